@@ -1,0 +1,61 @@
+"""OpenCLIP glue: backbone loading and precision, the text tower on embeddings, name slots, templates.
+
+This package is deliberately named ``clip`` (it shadows OpenAI's package of that name); open_clip is
+imported as ``open_clip``.
+"""
+from . import templates
+from .config import add_clip_config, parse_quick_gelu
+from .loader import (
+    BackboneSpec,
+    LoadedCLIP,
+    Precision,
+    autocast,
+    load_clip,
+    make_grad_scaler,
+    normalize_model_name,
+    register_repo_configs,
+    resolve_backbone,
+    resolve_precision,
+)
+from .prompts import (
+    NameMatcher,
+    PromptBank,
+    PromptBatch,
+    Slot,
+    assemble,
+    bank_offsets,
+    class_prompt_pieces,
+    name_slot_ids,
+    normalize_name,
+    scatter_names,
+    tokenize_pieces,
+)
+from .text import TextEncoder
+
+__all__ = [
+    "BackboneSpec",
+    "LoadedCLIP",
+    "NameMatcher",
+    "Precision",
+    "PromptBank",
+    "PromptBatch",
+    "Slot",
+    "TextEncoder",
+    "add_clip_config",
+    "assemble",
+    "autocast",
+    "bank_offsets",
+    "class_prompt_pieces",
+    "load_clip",
+    "make_grad_scaler",
+    "name_slot_ids",
+    "normalize_model_name",
+    "normalize_name",
+    "parse_quick_gelu",
+    "register_repo_configs",
+    "resolve_backbone",
+    "resolve_precision",
+    "scatter_names",
+    "templates",
+    "tokenize_pieces",
+]

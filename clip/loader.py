@@ -1,0 +1,388 @@
+"""Loading a frozen OpenCLIP backbone: name/weight resolution, precision, QuickGELU.
+
+Everything that can fail because of a typo (model name, pretrained tag, weight path) is checked here
+before open_clip is asked to build anything, so the error names the closest valid choice instead of
+open_clip's long lists. Downloads only ever happen inside open_clip's own code (pretrained tags and
+``hf-hub:`` names); the ``none``/file/``local-dir:`` paths never touch the network.
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ContextManager, Dict, List, Optional, Tuple, Union
+
+import open_clip
+import torch
+from torch import nn
+
+from .config import parse_quick_gelu
+from .pretrained import MODEL_CONFIG_DIR, REPO_ROOT, default_weights
+
+logger = logging.getLogger(__name__)
+
+DeviceLike = Union[str, torch.device]
+
+HF_HUB_PREFIX = "hf-hub:"
+LOCAL_DIR_PREFIX = "local-dir:"
+WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
+PRECISIONS = ("fp32", "fp16", "amp", "bf16")
+
+
+# ---------------------------------------------------------------------------------------- precision
+@dataclass(frozen=True)
+class Precision:
+    """How the backbone is stored and run.
+
+    ``weight_dtype`` is the dtype open_clip builds the weights in (fp16 means open_clip's "manual mixed
+    precision": Linear/Conv/attention weights in half, LayerNorm and embeddings fp32);
+    ``autocast_dtype`` is the autocast dtype for forward passes (None: no autocast);
+    ``use_scaler`` says whether a GradScaler is needed for the learned parameters.
+    """
+
+    name: str
+    weight_dtype: torch.dtype
+    autocast_dtype: Optional[torch.dtype]
+    use_scaler: bool
+
+    @property
+    def open_clip_precision(self) -> str:
+        return "fp16" if self.weight_dtype == torch.float16 else "fp32"
+
+
+_PRECISION_TABLE: Dict[str, Precision] = {
+    "fp32": Precision("fp32", torch.float32, None, False),
+    "fp16": Precision("fp16", torch.float16, None, False),
+    "amp": Precision("amp", torch.float32, torch.float16, True),
+    "bf16": Precision("bf16", torch.float32, torch.bfloat16, False),
+}
+
+
+def resolve_precision(prec: Union[str, Precision], device: DeviceLike) -> Precision:
+    """Map a precision name to what is actually used on ``device``.
+
+    B30: the reference asked for fp16 weights on CPU. Half-precision convolutions are unsupported or
+    very slow there and fp16 autocast is not a CPU thing, so every non-fp32 request falls back to fp32
+    on CPU with a warning.
+    """
+    name = prec.name if isinstance(prec, Precision) else str(prec).strip().lower()
+    if name not in _PRECISION_TABLE:
+        raise ValueError(f"Unknown precision {prec!r}; choose one of {PRECISIONS}")
+    if torch.device(device).type == "cpu" and name != "fp32":
+        logger.warning("Precision %r requested on CPU; using fp32 instead (B30)", name)
+        name = "fp32"
+    return _PRECISION_TABLE[name]
+
+
+def autocast(precision: Precision, device: DeviceLike) -> ContextManager:
+    """An autocast context for ``precision`` on ``device`` (a no-op when no autocast is wanted)."""
+    if precision.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=precision.autocast_dtype)
+
+
+def make_grad_scaler(precision: Precision, device: DeviceLike) -> torch.amp.GradScaler:
+    """A GradScaler that is a pass-through unless the precision needs loss scaling (amp)."""
+    return torch.amp.GradScaler(torch.device(device).type, enabled=precision.use_scaler)
+
+
+# ---------------------------------------------------------------------------------------- configs
+def register_repo_configs(directory: Union[str, Path] = MODEL_CONFIG_DIR) -> List[str]:
+    """Make every ``*.json`` model config of ``directory`` known to open_clip under its file stem.
+
+    Files are added one by one and only when their stem is not listed yet, so the call is cheap and
+    idempotent and also picks up configs written after the first call. Returns the stems.
+    """
+    directory = Path(directory)
+    stems = []
+    known = set(open_clip.list_models())
+    for path in sorted(directory.glob("*.json")):
+        stems.append(path.stem)
+        if path.stem in known:
+            continue
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in data]
+        if missing:
+            raise ValueError(f"Model config {path} lacks {missing}")
+        open_clip.add_model_config(path)
+        logger.debug("Registered model config %s", path)
+    return stems
+
+
+def normalize_model_name(name: str) -> str:
+    """OpenAI spelling (``ViT-B/16``) to open_clip's (``ViT-B-16``); schema names are left alone."""
+    name = str(name).strip()
+    if name.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX)):
+        return name
+    return name.replace("/", "-")
+
+
+def _closest(word: str, choices: List[str], n: int = 3) -> List[str]:
+    lowered = {c.lower(): c for c in choices}
+    hits = difflib.get_close_matches(word.lower(), list(lowered), n=n, cutoff=0.5)
+    return [lowered[h] for h in hits]
+
+
+def _resolve_path(path: str) -> Optional[Path]:
+    """An existing file/dir: absolute as given, relative against the cwd and then the repo root."""
+    p = Path(path).expanduser()
+    candidates = [p] if p.is_absolute() else [Path.cwd() / p, REPO_ROOT / p]
+    for c in candidates:
+        if c.exists():
+            return c.resolve()
+    return None
+
+
+def _looks_like_path(weights: str) -> bool:
+    return (os.sep in weights or "/" in weights or weights.lower().endswith(WEIGHT_FILE_SUFFIXES)
+            or weights.startswith("."))
+
+
+# ---------------------------------------------------------------------------------------- resolution
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What ``MODEL.BACKBONE`` asks for, checked and resolved (no model built yet).
+
+    ``weights_kind`` is ``tag``, ``file``, ``none`` or ``schema`` (``hf-hub:``/``local-dir:`` names
+    bring their own weights, and ``weights`` is then the name itself); ``pretrained`` is what
+    open_clip's ``pretrained`` argument receives. ``quick_gelu`` is the resolved activation flag; it is
+    None only for schema names left on "auto", whose own config decides.
+    """
+
+    name: str
+    weights: str
+    weights_kind: str
+    pretrained: Optional[str]
+    quick_gelu: Optional[bool]
+
+
+def resolve_backbone(cfg: Any) -> BackboneSpec:
+    """Resolve ``cfg.MODEL.BACKBONE`` into a :class:`BackboneSpec`, with friendly errors."""
+    backbone = cfg.MODEL.BACKBONE
+    raw_name = str(backbone.NAME)
+    weights = str(backbone.get("WEIGHTS", "default")).strip()
+    quick = parse_quick_gelu(backbone.get("QUICK_GELU", "auto"))
+    name = normalize_model_name(raw_name)
+
+    if name.startswith(LOCAL_DIR_PREFIX):
+        target = name[len(LOCAL_DIR_PREFIX):]
+        found = _resolve_path(target)
+        if found is None or not found.is_dir():
+            raise FileNotFoundError(
+                f"MODEL.BACKBONE.NAME {raw_name!r}: directory {target!r} not found (looked in "
+                f"{Path.cwd()} and {REPO_ROOT})"
+            )
+        name = LOCAL_DIR_PREFIX + str(found)
+    if name.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX)):
+        if weights.lower() not in ("", "none", "default"):
+            logger.info("MODEL.BACKBONE.WEIGHTS %r ignored: %r brings its own weights", weights, name)
+        return BackboneSpec(name, name, "schema", None, quick)
+
+    register_repo_configs()
+    models = open_clip.list_models()
+    if name not in models:
+        hint = _closest(name, models)
+        raise ValueError(
+            f"Unknown MODEL.BACKBONE.NAME {raw_name!r}"
+            + (f"; did you mean {hint}?" if hint else "")
+            + f" (open_clip built-ins or a config stem in {MODEL_CONFIG_DIR.relative_to(REPO_ROOT)}/)"
+        )
+
+    requested = weights
+    if weights.lower() == "default":
+        weights = default_weights(name)
+        logger.info("MODEL.BACKBONE.WEIGHTS default -> %r for %s", weights, name)
+
+    model_quick = bool((open_clip.get_model_config(name) or {}).get("quick_gelu", False))
+    if weights.lower() in ("none", ""):
+        return BackboneSpec(name, "none", "none", None, model_quick if quick is None else quick)
+
+    if open_clip.is_pretrained_cfg(name, weights):
+        tag_cfg = open_clip.get_pretrained_cfg(name, weights)
+        if quick is None:
+            quick = bool(tag_cfg.get("quick_gelu", False)) or model_quick
+        return BackboneSpec(name, weights, "tag", weights, quick)
+
+    found = _resolve_path(weights)
+    if found is not None and found.is_file():
+        return BackboneSpec(name, str(found), "file", str(found), model_quick if quick is None else quick)
+    if _looks_like_path(weights):
+        raise FileNotFoundError(
+            f"MODEL.BACKBONE.WEIGHTS {requested!r}: file {weights!r} not found (looked in {Path.cwd()} "
+            f"and {REPO_ROOT})"
+        )
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    hint = _closest(weights, tags)
+    local_default = None
+    with contextlib.suppress(ValueError):
+        local_default = default_weights(name)
+    raise ValueError(
+        f"Unknown MODEL.BACKBONE.WEIGHTS {weights!r} for model {name!r}"
+        + (f"; did you mean {hint}?" if hint else "")
+        + (f" Known tags: {tags}." if tags else " This model has no open_clip pretrained tags.")
+        + (f" Its registered default is {local_default!r} (WEIGHTS default)." if local_default else "")
+        + " A weight file path or 'none' also works."
+    )
+
+
+# ---------------------------------------------------------------------------------------- loading
+@dataclass
+class LoadedCLIP:
+    """A frozen open_clip model plus the facts other modules need about it."""
+
+    model: nn.Module
+    tokenizer: Any
+    context_length: int
+    dtype: torch.dtype
+    precision: Precision
+    name: str
+    weights: str
+    quick_gelu: bool
+    embed_dim: int
+    text_width: int
+    vision_width: Optional[int]
+    image_size: Tuple[int, int]
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    num_params: int
+
+
+def _text_tower(model: nn.Module) -> nn.Module:
+    """The module holding transformer/ln_final/...: the model itself (CLIP) or ``model.text``."""
+    return model if hasattr(model, "transformer") and hasattr(model, "token_embedding") else model.text
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype inputs should be cast to (the reference uses ``visual.conv1.weight.dtype``)."""
+    conv1 = getattr(model.visual, "conv1", None)
+    if conv1 is not None:
+        return conv1.weight.dtype
+    tower = _text_tower(model)
+    transformer = getattr(tower, "transformer", None)
+    if transformer is not None and hasattr(transformer, "get_cast_dtype"):
+        return transformer.get_cast_dtype()
+    for module in model.visual.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            return module.weight.dtype
+    return next(model.parameters()).dtype
+
+
+def _embed_dim(model: nn.Module) -> int:
+    out = getattr(model.visual, "output_dim", None)
+    if out:
+        return int(out)
+    proj = getattr(_text_tower(model), "text_projection", None)
+    if isinstance(proj, nn.Linear):
+        return int(proj.out_features)
+    if proj is not None:
+        return int(proj.shape[1])
+    return int(_text_tower(model).output_dim)
+
+
+def _text_width(tower: nn.Module) -> int:
+    for owner in (tower, getattr(tower, "transformer", None)):
+        width = getattr(owner, "width", None)
+        if isinstance(width, int):
+            return width
+    embedding = getattr(tower, "token_embedding", None)
+    if isinstance(embedding, nn.Embedding):
+        return int(embedding.embedding_dim)
+    return int(getattr(getattr(tower, "config", None), "hidden_size", 0))  # HF text towers
+
+
+def _two_tuple(size: Any) -> Tuple[int, int]:
+    if isinstance(size, (tuple, list)):
+        return int(size[0]), int(size[-1])
+    return int(size), int(size)
+
+
+def _has_quick_gelu(model: nn.Module) -> bool:
+    return any(isinstance(m, open_clip.transformer.QuickGELU) for m in model.modules())
+
+
+def _seed_value(cfg: Any) -> int:
+    try:
+        return int(cfg.get("SEED", -1))
+    except (TypeError, ValueError):
+        return -1
+
+
+def load_clip(cfg: Any, device: DeviceLike, precision: Union[str, Precision] = "fp32") -> LoadedCLIP:
+    """Build the frozen backbone named by ``cfg.MODEL.BACKBONE`` on ``device``.
+
+    ``WEIGHTS none`` gives a random init; with ``cfg.SEED >= 0`` it is seeded (inside a forked RNG, so
+    the caller's random stream is untouched) and two loads are identical.
+    """
+    device = torch.device(device)
+    prec = resolve_precision(precision, device)
+    spec = resolve_backbone(cfg)
+    kwargs: Dict[str, Any] = {}
+    if spec.quick_gelu:
+        kwargs["force_quick_gelu"] = True
+    elif spec.quick_gelu is False:
+        # force_quick_gelu can only switch it on; a model kwarg beats the config's own flag
+        kwargs["quick_gelu"] = False
+
+    def build() -> nn.Module:
+        return open_clip.create_model(
+            spec.name,
+            pretrained=spec.pretrained,
+            precision=prec.open_clip_precision,
+            device=device,
+            # never fetch tower-only base weights (timm/HF) behind the user's back
+            pretrained_image=False,
+            pretrained_text=spec.weights_kind == "schema",
+            **kwargs,
+        )
+
+    seed = _seed_value(cfg)
+    logger.info("Loading CLIP %s (weights %s, %s, quick_gelu=%s) on %s", spec.name, spec.weights,
+                prec.name, spec.quick_gelu if spec.quick_gelu is not None else "config", device)
+    try:
+        if spec.weights_kind == "none" and seed >= 0:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = build()
+        else:
+            model = build()
+    except RuntimeError as e:
+        if spec.weights_kind in ("tag", "schema"):
+            raise RuntimeError(
+                f"Could not fetch weights for {spec.name} / {spec.weights} ({e}). Offline? Download the "
+                "checkpoint elsewhere and set MODEL.BACKBONE.WEIGHTS to its local path."
+            ) from e
+        raise
+
+    model.eval()
+    model.requires_grad_(False)
+    context_length = int(model.context_length)
+    tokenizer = open_clip.get_tokenizer(spec.name, context_length=context_length)
+    tower = _text_tower(model)
+    pp = getattr(model.visual, "preprocess_cfg", {}) or {}
+    image_size = getattr(model.visual, "image_size", None) or pp.get("size")
+    vision_transformer = getattr(model.visual, "transformer", None)
+    loaded = LoadedCLIP(
+        model=model,
+        tokenizer=tokenizer,
+        context_length=context_length,
+        dtype=_model_dtype(model),
+        precision=prec,
+        name=spec.name,
+        weights=spec.weights,
+        quick_gelu=_has_quick_gelu(model),
+        embed_dim=_embed_dim(model),
+        text_width=_text_width(tower),
+        vision_width=int(vision_transformer.width) if hasattr(vision_transformer, "width") else None,
+        image_size=_two_tuple(image_size),
+        mean=tuple(float(v) for v in pp.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        std=tuple(float(v) for v in pp.get("std", open_clip.OPENAI_DATASET_STD)),
+        num_params=sum(p.numel() for p in model.parameters()),
+    )
+    logger.info("Loaded %s: %.1fM parameters, embed_dim %d, context %d, image %s", spec.name,
+                loaded.num_params / 1e6, loaded.embed_dim, context_length, loaded.image_size)
+    return loaded

@@ -1,0 +1,33 @@
+"""Dataset registry and builder (looked up by ``cfg.DATASET.NAME``)."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from dassl.utils.registry import Registry, RegistryKeyError, closest_name
+
+__all__ = ["DATASET_REGISTRY", "build_dataset"]
+
+logger = logging.getLogger(__name__)
+
+DATASET_REGISTRY = Registry("DATASET")
+
+
+def build_dataset(cfg: Any) -> Any:
+    """Instantiate the registered dataset named by ``cfg.DATASET.NAME`` with ``cfg``."""
+    name = cfg.DATASET.NAME
+    available = DATASET_REGISTRY.registered_names()
+    if name not in DATASET_REGISTRY:
+        hint = closest_name(name, available) if name else None
+        suggestion = f' Did you mean "{hint}"?' if hint else ""
+        # Datasets register themselves when their module is imported; an empty registry almost
+        # always means the caller forgot `import datasets` (train.py does it).
+        where = (
+            " No dataset is registered yet: import the `datasets` package (run from the repository root)."
+            if not available
+            else f" Registered: {', '.join(sorted(available))}"
+        )
+        raise RegistryKeyError(f'Unknown dataset "{name}" (cfg.DATASET.NAME).{suggestion}{where}')
+    if getattr(cfg, "VERBOSE", False):
+        logger.info("Loading dataset: %s", name)
+    return DATASET_REGISTRY.get(name)(cfg)

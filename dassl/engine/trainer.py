@@ -1,0 +1,731 @@
+"""Trainer classes with Dassl's hooks (spec §10.4) and the project's additions.
+
+Additions over Dassl (docs/architecture.md, "Engine"):
+
+* ``SimpleTrainer(cfg, shared=None)``: ``shared`` lets trainers built for cross-evaluation reuse
+  expensive objects (e.g. the loaded CLIP).
+* Checkpoints hold plain tensors/numbers/strings plus ``meta`` (``checkpoint_meta()``); all loading
+  goes through ``load_state(name, state_dict, meta)``, which trainers override to map weights
+  across label spaces.
+* ``model-best`` never moves the resume pointer (B14); ``load_model`` copes with checkpoints that
+  carry no ``val_result`` (B13); ``TEST.FINAL_MODEL`` selects on the val split (``best_val``), on
+  the test split as the reference did (``best_test``, B10) or keeps the last epoch (default).
+* ``test()`` keeps the full metric dict in ``last_results``; ``finalize()`` evaluates the other
+  ``DATASET.SUB_CLASSES`` (``TEST.CROSS_EVAL``) and writes ``OUTPUT_DIR/results.json``.
+* Models are never wrapped in ``nn.DataParallel`` (B9: wrapped models hide their attributes).
+* With ``SEED >= 0`` every epoch starts from a seed derived from (SEED, epoch), so a run resumed
+  from a checkpoint sees exactly the batches and augmentations of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import datetime
+import inspect
+import logging
+import os.path as osp
+import time
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from ..data import DataManager
+from ..evaluation import build_evaluator, hmean
+from ..utils import (
+    BEST_NAME,
+    POINTER_NAME,
+    AverageMeter,
+    MetricMeter,
+    list_checkpoints,
+    listdir_nohidden,
+    load_checkpoint,
+    mkdir_if_missing,
+    package_versions,
+    regular_name,
+    save_checkpoint,
+    set_random_seed,
+    tolist_if_not,
+    write_json,
+)
+
+__all__ = ["TrainerBase", "SimpleTrainer", "TrainerX", "TrainerXU", "NullWriter"]
+
+logger = logging.getLogger(__name__)
+
+Names = Optional[Union[str, Sequence[str]]]
+
+
+class NullWriter:
+    """Stands in for tensorboard's SummaryWriter when tensorboard is not installed."""
+
+    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain Python (float/int/str/list/dict) for json.dump; numpy/torch scalars become floats."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    return value
+
+
+class TrainerBase:
+    """Model registry, checkpointing and the epoch loop."""
+
+    def __init__(self) -> None:
+        self._models: OrderedDict[str, nn.Module] = OrderedDict()
+        self._optims: OrderedDict[str, Optional[torch.optim.Optimizer]] = OrderedDict()
+        self._scheds: OrderedDict[str, Optional[Any]] = OrderedDict()
+        self._writer: Optional[Any] = None
+        #: completed training epochs of the weights currently in the models.
+        self.model_epoch = 0
+
+    # ------------------------------------------------------------------ registration
+    def register_model(self, name: str = "model", model: Optional[nn.Module] = None,
+                       optim: Optional[torch.optim.Optimizer] = None, sched: Optional[Any] = None) -> None:
+        """Register a trainable module (with its optimizer and scheduler) for saving/loading."""
+        if self.__dict__.get("_models") is None:
+            raise AttributeError("Cannot assign model before super().__init__() call")
+        if self.__dict__.get("_optims") is None:
+            raise AttributeError("Cannot assign optim before super().__init__() call")
+        if self.__dict__.get("_scheds") is None:
+            raise AttributeError("Cannot assign sched before super().__init__() call")
+        if name in self._models:
+            raise KeyError(f'Found duplicate model name "{name}"')
+        if isinstance(model, nn.DataParallel):
+            raise TypeError("Do not register nn.DataParallel models: their attributes become unreachable (B9)")
+        self._models[name] = model
+        self._optims[name] = optim
+        self._scheds[name] = sched
+
+    def get_model_names(self, names: Names = None) -> List[str]:
+        names_real = list(self._models.keys())
+        if names is None:
+            return names_real
+        names = tolist_if_not(list(names) if isinstance(names, tuple) else names)
+        for name in names:
+            if name not in names_real:
+                raise KeyError(f'Unknown model name "{name}"; registered: {names_real}')
+        return names
+
+    # ------------------------------------------------------------------ state
+    def checkpoint_meta(self) -> Dict[str, Any]:
+        """Plain data stored with every checkpoint (label space etc.)."""
+        return {}
+
+    def load_state(self, name: str, state_dict: Dict[str, Any], meta: Dict[str, Any]) -> None:
+        """Load one registered model's weights; trainers override this to map across label spaces."""
+        self._models[name].load_state_dict(state_dict, strict=True)
+
+    def export_state(self) -> Dict[str, Dict[str, Any]]:
+        """``{name: state_dict}`` of every registered model."""
+        return {name: model.state_dict() for name, model in self._models.items()}
+
+    def import_state(self, states: Dict[str, Dict[str, Any]], meta: Optional[Dict[str, Any]] = None) -> None:
+        """Load weights exported by another trainer (``meta`` describes their label space)."""
+        for name in self.get_model_names():
+            if name not in states:
+                logger.warning('import_state: no weights for model "%s"; it keeps its initial state', name)
+                continue
+            self.load_state(name, states[name], dict(meta or {}))
+        for name in states:
+            if name not in self._models:
+                logger.warning('import_state: ignoring weights of unknown model "%s"', name)
+
+    def save_model(self, epoch: int, directory: str, is_best: bool = False,
+                   val_result: Optional[float] = None, model_name: str = "") -> None:
+        """Save every registered model as ``<directory>/<name>/…`` (epoch is 0-based here and
+        stored 1-based, so ``model.pth.tar-<E>`` holds the weights after E epochs)."""
+        meta = self.checkpoint_meta()
+        for name in self.get_model_names():
+            optim = self._optims[name]
+            sched = self._scheds[name]
+            state = {
+                "state_dict": self._models[name].state_dict(),
+                "epoch": int(epoch) + 1,
+                "optimizer": optim.state_dict() if optim is not None else None,
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "val_result": None if val_result is None else float(val_result),
+                "meta": meta,
+            }
+            save_checkpoint(state, osp.join(directory, name), is_best=is_best, model_name=model_name)
+
+    def resume_model_if_exist(self, directory: str) -> int:
+        """Restore models, optimizers and schedulers from the ``checkpoint`` pointer of each model
+        (never from ``model-best``); return the number of completed epochs (0 = start fresh)."""
+        names = self.get_model_names()
+        if not names:
+            return 0
+        pointers = [osp.join(directory, name, POINTER_NAME) for name in names]
+        present = [osp.exists(p) for p in pointers]
+        if not all(present):
+            if any(present):
+                missing = [n for n, ok in zip(names, present) if not ok]
+                logger.warning("Checkpoints in %s lack models %s; training from scratch", directory, missing)
+            else:
+                logger.info("No checkpoint found, train from scratch")
+            return 0
+
+        logger.info('Found checkpoint at "%s" (will resume training)', directory)
+        epochs = []
+        for name, pointer in zip(names, pointers):
+            fdir = osp.dirname(pointer)
+            with open(pointer, encoding="utf-8") as f:
+                fname = f.readline().strip()
+            ckpt = load_checkpoint(osp.join(fdir, fname))
+            self.load_state(name, ckpt["state_dict"], ckpt.get("meta") or {})
+            if self._optims[name] is not None and ckpt.get("optimizer") is not None:
+                self._optims[name].load_state_dict(ckpt["optimizer"])
+            if self._scheds[name] is not None and ckpt.get("scheduler") is not None:
+                self._scheds[name].load_state_dict(ckpt["scheduler"])
+            epochs.append(int(ckpt["epoch"]))
+            logger.info('Resumed "%s" from %s (epoch %d)', name, osp.join(fdir, fname), epochs[-1])
+        if len(set(epochs)) > 1:
+            logger.warning("Models were saved at different epochs %s; resuming from the earliest", epochs)
+        start_epoch = min(epochs)
+
+        best_path = osp.join(directory, names[0], BEST_NAME)
+        if osp.exists(best_path):
+            best = load_checkpoint(best_path).get("val_result")
+            if isinstance(best, (int, float)):
+                self.best_result = float(best)
+        self.model_epoch = start_epoch
+        return start_epoch
+
+    def _checkpoint_path(self, directory: str, name: str, epoch: Optional[int]) -> str:
+        mdir = osp.join(directory, name)
+        if epoch is not None:
+            candidates = [osp.join(mdir, regular_name(int(epoch)))]
+        else:
+            candidates = [osp.join(mdir, BEST_NAME)]
+            pointer = osp.join(mdir, POINTER_NAME)
+            if osp.exists(pointer):
+                with open(pointer, encoding="utf-8") as f:
+                    candidates.append(osp.join(mdir, f.readline().strip()))
+            regular = list_checkpoints(mdir)
+            if regular:
+                candidates.append(osp.join(mdir, regular[max(regular)]))
+        for path in candidates:
+            if osp.isfile(path):
+                return path
+        if osp.isdir(mdir):
+            existing = listdir_nohidden(mdir, sort=True)
+            what = f"it contains: {existing}" if existing else "it is empty"
+        else:
+            what = "that directory does not exist"
+        wanted = regular_name(int(epoch)) if epoch is not None else f"{BEST_NAME}, the pointed-to or the latest checkpoint"
+        raise FileNotFoundError(f'No checkpoint ({wanted}) for model "{name}" in "{mdir}": {what}')
+
+    def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
+        """Load weights for evaluation: ``model.pth.tar-<epoch>`` when ``epoch`` is given, else
+        ``model-best.pth.tar`` if present, else the pointer's file, else the latest epoch."""
+        if not directory:
+            logger.info("load_model() is skipped as no model directory is given")
+            return
+        names = self.get_model_names()
+        for name in names:
+            path = self._checkpoint_path(directory, name, epoch)
+            ckpt = load_checkpoint(path)
+            ep = int(ckpt.get("epoch", 0))
+            val = ckpt.get("val_result")
+            extra = f", val_result={val:.2f}" if isinstance(val, (int, float)) else ""
+            logger.info('Load %s to %s (epoch=%d%s)', path, name, ep, extra)
+            self.load_state(name, ckpt["state_dict"], ckpt.get("meta") or {})
+            self.model_epoch = ep
+
+    # ------------------------------------------------------------------ modes and steps
+    def set_model_mode(self, mode: str = "train", names: Names = None) -> None:
+        for name in self.get_model_names(names):
+            if mode == "train":
+                self._models[name].train()
+            elif mode in ("test", "eval"):
+                self._models[name].eval()
+            else:
+                raise KeyError(f"Unknown model mode {mode!r}")
+
+    def update_lr(self, names: Names = None) -> None:
+        for name in self.get_model_names(names):
+            if self._scheds[name] is not None:
+                self._scheds[name].step()
+
+    def detect_anomaly(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError("Loss is infinite or NaN!")
+
+    def init_writer(self, log_dir: str) -> None:
+        if self.__dict__.get("_writer") is None or isinstance(self._writer, NullWriter):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                logger.info("tensorboard is not installed: scalars are not logged")
+                self._writer = NullWriter()
+                return
+            mkdir_if_missing(log_dir)
+            logger.info("Initialize tensorboard (log_dir=%s)", log_dir)
+            self._writer = SummaryWriter(log_dir=log_dir)
+
+    def close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._writer = None
+
+    def write_scalar(self, tag: str, scalar_value: Any, global_step: Optional[int] = None) -> None:
+        if self._writer is not None:
+            self._writer.add_scalar(tag, scalar_value, global_step)
+
+    def model_zero_grad(self, names: Names = None) -> None:
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self._optims[name].zero_grad()
+
+    def model_backward(self, loss: torch.Tensor) -> None:
+        self.detect_anomaly(loss)
+        loss.backward()
+
+    def model_update(self, names: Names = None) -> None:
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self._optims[name].step()
+
+    def model_backward_and_update(self, loss: torch.Tensor, names: Names = None) -> None:
+        self.model_zero_grad(names)
+        self.model_backward(loss)
+        self.model_update(names)
+
+    # ------------------------------------------------------------------ loop
+    def seed_epoch(self, epoch: int) -> None:
+        """Hook called before every epoch (SimpleTrainer derives a seed from SEED and epoch)."""
+
+    def train(self, start_epoch: int, max_epoch: int) -> None:
+        self.start_epoch = start_epoch
+        self.max_epoch = max_epoch
+        self.before_train()
+        for epoch in range(self.start_epoch, self.max_epoch):
+            self.epoch = epoch
+            self.seed_epoch(epoch)
+            self.before_epoch()
+            self.run_epoch()
+            self.after_epoch()
+        self.after_train()
+
+    def before_train(self) -> None:
+        pass
+
+    def after_train(self) -> None:
+        pass
+
+    def before_epoch(self) -> None:
+        pass
+
+    def after_epoch(self) -> None:
+        pass
+
+    def run_epoch(self) -> None:
+        raise NotImplementedError
+
+    def test(self, split: Optional[str] = None) -> float:
+        raise NotImplementedError
+
+    def parse_batch_train(self, batch: Any) -> Any:
+        raise NotImplementedError
+
+    def parse_batch_test(self, batch: Any) -> Any:
+        raise NotImplementedError
+
+    def forward_backward(self, batch: Any) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def model_inference(self, input: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class SimpleTrainer(TrainerBase):
+    """Builds data, model and evaluator from ``cfg``; implements the loop hooks, test and finalize."""
+
+    def __init__(self, cfg: Any, shared: Optional[Dict[Any, Any]] = None) -> None:
+        super().__init__()
+        self.check_cfg(cfg)
+        self.cfg = cfg
+        self.shared: Dict[Any, Any] = shared if shared is not None else {}
+        use_cuda = torch.cuda.is_available() and bool(cfg.USE_CUDA)
+        self.device = torch.device("cuda" if use_cuda else "cpu")
+
+        self.start_epoch = self.epoch = 0
+        self.max_epoch = cfg.OPTIM.MAX_EPOCH
+        self.output_dir = cfg.OUTPUT_DIR
+        self.batch_idx = 0
+        self.num_batches = 0
+        self.model: Optional[nn.Module] = None
+        self.optim: Optional[torch.optim.Optimizer] = None
+        self.sched: Optional[Any] = None
+        self.scaler: Optional[Any] = None
+        self.best_result = -np.inf
+        self.last_results: Optional[OrderedDict[str, float]] = None
+        self.last_split: Optional[str] = None
+        self._warned_no_val = False
+
+        self.build_data_loader()
+        self.build_model()
+        self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
+
+    def check_cfg(self, cfg: Any) -> None:
+        """Hook to reject configurations a trainer cannot run."""
+
+    def build_data_loader(self) -> None:
+        """Build the DataManager; trainers needing custom transforms override this."""
+        dm = DataManager(self.cfg)
+        self.train_loader_x = dm.train_loader_x
+        self.train_loader_u = dm.train_loader_u
+        self.val_loader = dm.val_loader
+        self.test_loader = dm.test_loader
+        self.num_classes = dm.num_classes
+        self.num_source_domains = dm.num_source_domains
+        self.lab2cname = dm.lab2cname
+        self.dm = dm
+
+    def build_model(self) -> None:
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement build_model() and register its trainable modules"
+        )
+
+    def checkpoint_meta(self) -> Dict[str, Any]:
+        meta: Dict[str, Any] = {"trainer": str(self.cfg.TRAINER.NAME)}
+        dm = getattr(self, "dm", None)
+        if dm is not None:
+            meta["classnames"] = [str(c) for c in dm.dataset.classnames]
+        sub = self.cfg.DATASET.get("SUB_CLASSES")
+        if sub is not None:
+            meta["sub_classes"] = str(sub)
+        return meta
+
+    def seed_epoch(self, epoch: int) -> None:
+        seed = int(self.cfg.SEED)
+        if seed < 0:
+            return
+        derived = int(np.random.SeedSequence([seed, int(epoch)]).generate_state(1)[0])
+        set_random_seed(derived)
+
+    def train(self) -> None:  # type: ignore[override]
+        super().train(self.start_epoch, self.max_epoch)
+
+    def before_train(self) -> None:
+        directory = self.cfg.RESUME or self.cfg.OUTPUT_DIR
+        self.start_epoch = self.resume_model_if_exist(directory)
+        if self.start_epoch >= self.max_epoch and self.get_model_names():
+            logger.info(
+                "Training is already complete (checkpoint at epoch %d of %d in %s): skipping to evaluation",
+                self.start_epoch, self.max_epoch, directory,
+            )
+        self.init_writer(osp.join(self.output_dir, "tensorboard"))
+        self.time_start = time.time()
+
+    def selection_split(self) -> str:
+        """Split used to pick ``model-best`` under TEST.FINAL_MODEL best_val / best_test."""
+        if self.cfg.TEST.FINAL_MODEL == "best_test":
+            return "test"
+        if self.val_loader is None:
+            if not self._warned_no_val:
+                logger.warning("TEST.FINAL_MODEL is best_val but there is no val split: selecting on test")
+                self._warned_no_val = True
+            return "test"
+        return "val"
+
+    def after_epoch(self) -> None:
+        cfg = self.cfg
+        last_epoch = (self.epoch + 1) == self.max_epoch
+        freq = int(cfg.TRAIN.CHECKPOINT_FREQ)
+        tick = freq > 0 and (self.epoch + 1) % freq == 0
+        self.model_epoch = self.epoch + 1
+
+        if cfg.TEST.FINAL_MODEL in ("best_val", "best_test") and not cfg.TEST.NO_TEST:
+            if freq <= 0 or tick or last_epoch:
+                curr_result = self.test(split=self.selection_split())
+                if curr_result > self.best_result:
+                    self.best_result = curr_result
+                    self.save_model(self.epoch, self.output_dir, is_best=True, val_result=curr_result,
+                                    model_name=BEST_NAME)
+        # The regular checkpoint comes last: the pointer it moves marks the epoch as complete.
+        if tick or last_epoch:
+            self.save_model(self.epoch, self.output_dir)
+
+    def after_train(self) -> None:
+        logger.info("Finish training")
+        cfg = self.cfg
+        if not cfg.TEST.NO_TEST:
+            if cfg.TEST.FINAL_MODEL in ("best_val", "best_test"):
+                names = self.get_model_names()
+                if names and all(osp.exists(osp.join(self.output_dir, n, BEST_NAME)) for n in names):
+                    logger.info("Deploy the model with the best %s performance", self.selection_split())
+                    self.load_model(self.output_dir)
+                else:
+                    logger.warning("No model-best checkpoint in %s: evaluating the last-epoch model",
+                                   self.output_dir)
+            else:
+                logger.info("Deploy the last-epoch model")
+            self.test()
+            self.finalize()
+        elapsed = round(time.time() - getattr(self, "time_start", time.time()))
+        logger.info("Elapsed: %s", datetime.timedelta(seconds=elapsed))
+        self.close_writer()
+
+    # ------------------------------------------------------------------ evaluation
+    def _resolve_split(self, split: Optional[str]) -> str:
+        if split is None:
+            split = self.cfg.TEST.SPLIT
+        if split == "val" and self.val_loader is not None:
+            return "val"
+        if split == "val":
+            logger.info("No val split: evaluating on the test split")
+        return "test"
+
+    def before_test(self) -> None:
+        """Called once at the start of ``test()`` under ``no_grad`` (e.g. to cache text features)."""
+
+    def after_test(self) -> None:
+        """Called once at the end of ``test()``, also when it fails."""
+
+    @torch.no_grad()
+    def test(self, split: Optional[str] = None) -> float:
+        """Evaluate on ``split`` (default TEST.SPLIT; val falls back to test); returns the headline
+        metric and keeps the full dict in ``self.last_results``."""
+        self.set_model_mode("eval")
+        self.evaluator.reset()
+        split = self._resolve_split(split)
+        loader = self.val_loader if split == "val" else self.test_loader
+        logger.info("Evaluate on the *%s* set", split)
+        self.before_test()
+        try:
+            for batch in tqdm(loader, desc=split, disable=None, leave=False):
+                input, label = self.parse_batch_test(batch)
+                output = self.model_inference(input)
+                impaths = batch.get("impath") if isinstance(batch, dict) else None
+                self.evaluator.process(output, label, impaths)
+        finally:
+            self.after_test()
+        results = self.evaluator.evaluate()
+        for k, v in results.items():
+            if isinstance(v, (int, float)):
+                self.write_scalar(f"{split}/{k}", v, self.epoch)
+        self.last_results = results
+        self.last_split = split
+        return list(results.values())[0]
+
+    def model_inference(self, input: Any) -> torch.Tensor:
+        return self.model(input)
+
+    def parse_batch_test(self, batch: Dict[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
+        input = batch["img"].to(self.device)
+        label = batch["label"].to(self.device)
+        return input, label
+
+    def get_current_lr(self, names: Names = None) -> float:
+        for name in self.get_model_names(names):
+            optim = self._optims[name]
+            if optim is not None:
+                return float(optim.param_groups[0]["lr"])
+        return 0.0
+
+    # ------------------------------------------------------------------ cross-evaluation, results
+    def cross_eval_subsets(self) -> List[str]:
+        """The other DATASET.SUB_CLASSES to evaluate after the main test (TEST.CROSS_EVAL)."""
+        requested = self.cfg.TEST.get("CROSS_EVAL", ())
+        if isinstance(requested, str):
+            requested = (requested,)
+        main = self.cfg.DATASET.get("SUB_CLASSES")
+        supports = bool(getattr(self.dm.dataset, "supports_subsets", False))
+        subsets: List[str] = []
+        for item in requested:
+            if item == "auto":
+                if supports and main == "OOP":
+                    subsets.append("IP")
+                continue
+            if main is None:
+                logger.warning("TEST.CROSS_EVAL %s ignored: the config has no DATASET.SUB_CLASSES", item)
+                continue
+            if not supports:
+                logger.warning("Dataset %s does not declare supports_subsets; evaluating SUB_CLASSES=%s anyway",
+                               self.cfg.DATASET.NAME, item)
+            subsets.append(str(item))
+        out: List[str] = []
+        for sub in subsets:
+            if sub != main and sub not in out:
+                out.append(sub)
+        return out
+
+    def evaluate_subset(self, sub: str) -> OrderedDict[str, float]:
+        """Evaluate the current weights on ``DATASET.SUB_CLASSES = sub`` with a sibling trainer."""
+        cfg2 = self.cfg.clone()
+        cfg2.defrost()
+        cfg2.DATASET.SUB_CLASSES = sub
+        cfg2.TEST.CROSS_EVAL = ()
+        cfg2.freeze()
+        logger.info("Cross-evaluation on DATASET.SUB_CLASSES=%s", sub)
+        cls = type(self)
+        if "shared" in inspect.signature(cls.__init__).parameters:
+            other = cls(cfg2, shared=self.shared)
+        else:
+            other = cls(cfg2)
+        if hasattr(other.evaluator, "cmat_filename"):
+            other.evaluator.cmat_filename = f"cmat_{sub}.pt"
+        other.import_state(self.export_state(), meta=self.checkpoint_meta())
+        other.model_epoch = self.model_epoch
+        other.epoch = self.epoch
+        other.test()
+        assert other.last_results is not None
+        return other.last_results
+
+    def finalize(self, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Evaluate (if needed) and cross-evaluate, then write ``OUTPUT_DIR/results.json``."""
+        cfg = self.cfg
+        if self.last_results is None or self.last_split != self._resolve_split(None):
+            self.test()
+        assert self.last_results is not None
+        main_metrics = OrderedDict(self.last_results)
+        main_sub = cfg.DATASET.get("SUB_CLASSES")
+
+        subsets: OrderedDict[str, Dict[str, float]] = OrderedDict()
+        if main_sub is not None:
+            subsets[str(main_sub)] = main_metrics
+        for sub in self.cross_eval_subsets():
+            subsets[sub] = OrderedDict(self.evaluate_subset(sub))
+
+        results: Dict[str, Any] = OrderedDict()
+        results["trainer"] = cfg.TRAINER.NAME
+        results["dataset"] = cfg.DATASET.NAME
+        results["sub_classes"] = main_sub
+        results["shots"] = cfg.DATASET.NUM_SHOTS
+        results["seed"] = cfg.SEED
+        results["backbone"] = cfg.MODEL.BACKBONE.NAME
+        if "WEIGHTS" in cfg.MODEL.BACKBONE:
+            results["weights"] = cfg.MODEL.BACKBONE.WEIGHTS
+        results["epoch"] = self.model_epoch
+        results["final_model"] = cfg.TEST.FINAL_MODEL
+        results["split"] = self.last_split
+        results["accuracy"] = list(main_metrics.values())[0]
+        results["metrics"] = main_metrics
+        results["subsets"] = subsets
+        for sub, metrics in subsets.items():
+            results[sub.lower()] = list(metrics.values())[0]
+        if "oop" in results and "ip" in results:
+            results["hmean"] = hmean(results["oop"], results["ip"])
+            logger.info("* H-mean (OOP %.2f%%, IP %.2f%%): %.2f%%", results["oop"], results["ip"], results["hmean"])
+        results["versions"] = package_versions()
+        if extra:
+            results.update(extra)
+        results = _jsonable(results)
+        path = osp.join(self.output_dir, "results.json")
+        write_json(results, path)
+        logger.info("Results written to %s", path)
+        return results
+
+
+class TrainerX(SimpleTrainer):
+    """Trainer over labelled data only (``train_loader_x``)."""
+
+    def _log_progress(self, batch_time: AverageMeter, data_time: AverageMeter, losses: MetricMeter) -> None:
+        freq = max(int(self.cfg.TRAIN.PRINT_FREQ), 1)
+        meet_freq = (self.batch_idx + 1) % freq == 0
+        only_few_batches = self.num_batches < freq
+        if not (meet_freq or only_few_batches):
+            return
+        nb_remain = (self.num_batches - self.batch_idx - 1) + (self.max_epoch - self.epoch - 1) * self.num_batches
+        eta = str(datetime.timedelta(seconds=int(batch_time.avg * nb_remain)))
+        logger.info(
+            f"epoch [{self.epoch + 1}/{self.max_epoch}] "
+            f"batch [{self.batch_idx + 1}/{self.num_batches}] "
+            f"time {batch_time.val:.3f} ({batch_time.avg:.3f}) "
+            f"data {data_time.val:.3f} ({data_time.avg:.3f}) "
+            f"{losses} "
+            f"lr {self.get_current_lr():.4e} "
+            f"eta {eta}"
+        )
+
+    def _write_iter_scalars(self, losses: MetricMeter) -> None:
+        n_iter = self.epoch * self.num_batches + self.batch_idx
+        for name, meter in losses.meters.items():
+            self.write_scalar("train/" + name, meter.avg, n_iter)
+        self.write_scalar("train/lr", self.get_current_lr(), n_iter)
+
+    def run_epoch(self) -> None:
+        self.set_model_mode("train")
+        losses = MetricMeter()
+        batch_time = AverageMeter()
+        data_time = AverageMeter()
+        self.num_batches = len(self.train_loader_x)
+        desc = f"epoch {self.epoch + 1}/{self.max_epoch}"
+        end = time.time()
+        for batch_idx, batch in enumerate(tqdm(self.train_loader_x, desc=desc, disable=None, leave=False)):
+            self.batch_idx = batch_idx
+            data_time.update(time.time() - end)
+            loss_summary = self.forward_backward(batch)
+            batch_time.update(time.time() - end)
+            losses.update(loss_summary)
+            self._log_progress(batch_time, data_time, losses)
+            self._write_iter_scalars(losses)
+            end = time.time()
+
+    def parse_batch_train(self, batch: Dict[str, Any]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        input = batch["img"].to(self.device)
+        label = batch["label"].to(self.device)
+        domain = batch["domain"].to(self.device)
+        return input, label, domain
+
+
+class TrainerXU(TrainerX):
+    """Trainer over labelled + unlabelled data; ``TRAIN.COUNT_ITER`` picks the epoch length."""
+
+    def run_epoch(self) -> None:
+        if self.train_loader_u is None:
+            raise RuntimeError("TrainerXU needs a dataset with train_u")
+        self.set_model_mode("train")
+        losses = MetricMeter()
+        batch_time = AverageMeter()
+        data_time = AverageMeter()
+        len_x, len_u = len(self.train_loader_x), len(self.train_loader_u)
+        count = self.cfg.TRAIN.COUNT_ITER
+        if count == "train_x":
+            self.num_batches = len_x
+        elif count == "train_u":
+            self.num_batches = len_u
+        elif count == "smaller_one":
+            self.num_batches = min(len_x, len_u)
+        else:
+            raise ValueError(f"Unknown TRAIN.COUNT_ITER {count!r}")
+        iter_x, iter_u = iter(self.train_loader_x), iter(self.train_loader_u)
+        end = time.time()
+        for batch_idx in range(self.num_batches):
+            self.batch_idx = batch_idx
+            try:
+                batch_x = next(iter_x)
+            except StopIteration:
+                iter_x = iter(self.train_loader_x)
+                batch_x = next(iter_x)
+            try:
+                batch_u = next(iter_u)
+            except StopIteration:
+                iter_u = iter(self.train_loader_u)
+                batch_u = next(iter_u)
+            data_time.update(time.time() - end)
+            loss_summary = self.forward_backward(batch_x, batch_u)  # type: ignore[call-arg]
+            batch_time.update(time.time() - end)
+            losses.update(loss_summary)
+            self._log_progress(batch_time, data_time, losses)
+            self._write_iter_scalars(losses)
+            end = time.time()
+
+    def parse_batch_train(self, batch_x: Dict[str, Any], batch_u: Dict[str, Any]) -> Tuple[torch.Tensor, ...]:  # type: ignore[override]
+        input_x = batch_x["img"].to(self.device)
+        label_x = batch_x["label"].to(self.device)
+        input_u = batch_u["img"].to(self.device)
+        return input_x, label_x, input_u

@@ -1,0 +1,4 @@
+"""Evaluators (``TEST.EVALUATOR``) and the H-mean used for OOP/IP summaries."""
+from .evaluator import EVALUATOR_REGISTRY, Classification, EvaluatorBase, build_evaluator, hmean
+
+__all__ = ["EVALUATOR_REGISTRY", "build_evaluator", "EvaluatorBase", "Classification", "hmean"]

@@ -1,0 +1,4 @@
+"""Metrics shared by trainers."""
+from .accuracy import compute_accuracy
+
+__all__ = ["compute_accuracy"]

@@ -1,0 +1,191 @@
+"""Checkpoint I/O.
+
+Checkpoints hold only tensors, numbers, strings and containers of them, so they load with
+``torch.load(weights_only=True)`` (the reference pickled a scheduler object: bug B15). Files are
+written atomically, and the ``checkpoint`` pointer names the latest *regular* checkpoint only:
+writing ``model-best`` never moves it (bug B14), so resuming continues from where training stopped.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import os.path as osp
+import re
+import tempfile
+from collections import OrderedDict
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn as nn
+
+from .tools import atomic_write_text, mkdir_if_missing
+
+__all__ = [
+    "BEST_NAME",
+    "POINTER_NAME",
+    "regular_name",
+    "save_checkpoint",
+    "load_checkpoint",
+    "resume_from_checkpoint",
+    "load_pretrained_weights",
+    "count_num_param",
+    "strip_module_prefix",
+    "list_checkpoints",
+    "atomic_torch_save",
+]
+
+logger = logging.getLogger(__name__)
+
+BEST_NAME = "model-best.pth.tar"
+POINTER_NAME = "checkpoint"
+_REGULAR_RE = re.compile(r"^model\.pth\.tar-(\d+)$")
+
+
+def regular_name(epoch: int) -> str:
+    """File name of the regular checkpoint written after ``epoch`` (1-based) epochs."""
+    return f"model.pth.tar-{epoch}"
+
+
+def strip_module_prefix(state_dict: Dict[str, Any]) -> OrderedDict[str, Any]:
+    """Drop a leading ``module.`` (left by DataParallel/DDP) from every key."""
+    out: OrderedDict[str, Any] = OrderedDict()
+    for k, v in state_dict.items():
+        out[k[7:] if k.startswith("module.") else k] = v
+    return out
+
+
+def atomic_torch_save(obj: Any, fpath: str) -> None:
+    """``torch.save`` through a temporary sibling file and ``os.replace``."""
+    dirname = osp.dirname(osp.abspath(fpath))
+    mkdir_if_missing(dirname)
+    fd, tmp = tempfile.mkstemp(prefix=f".{osp.basename(fpath)}.", suffix=".tmp", dir=dirname)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, fpath)
+    except BaseException:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_checkpoint(
+    state: Dict[str, Any],
+    save_dir: str,
+    is_best: bool = False,
+    remove_module_from_keys: bool = True,
+    model_name: str = "",
+) -> str:
+    """Write ``state`` into ``save_dir`` and return the file path.
+
+    Regular checkpoints go to ``model_name`` (default ``model.pth.tar-<state["epoch"]>``) and
+    update the ``checkpoint`` pointer. With ``is_best`` the state goes to ``model-best.pth.tar``
+    (or ``model_name`` when given) and the pointer is left alone.
+    """
+    mkdir_if_missing(save_dir)
+    if remove_module_from_keys and "state_dict" in state:
+        state = dict(state)
+        state["state_dict"] = strip_module_prefix(state["state_dict"])
+    if is_best:
+        fpath = osp.join(save_dir, model_name or BEST_NAME)
+        atomic_torch_save(state, fpath)
+        logger.info("Best checkpoint saved to %s", fpath)
+        return fpath
+    fpath = osp.join(save_dir, model_name or regular_name(int(state["epoch"])))
+    atomic_torch_save(state, fpath)
+    atomic_write_text(osp.join(save_dir, POINTER_NAME), osp.basename(fpath) + "\n")
+    logger.info("Checkpoint saved to %s", fpath)
+    return fpath
+
+
+def load_checkpoint(fpath: str) -> Dict[str, Any]:
+    """Load a checkpoint onto the CPU with ``weights_only=True`` (no arbitrary unpickling)."""
+    if not fpath:
+        raise ValueError("File path is None or empty")
+    if not osp.exists(fpath):
+        raise FileNotFoundError(f'Checkpoint not found: "{fpath}"')
+    return torch.load(fpath, map_location="cpu", weights_only=True)
+
+
+def list_checkpoints(fdir: str) -> Dict[int, str]:
+    """Regular checkpoints in ``fdir`` as ``{epoch: file name}``."""
+    if not osp.isdir(fdir):
+        return {}
+    found = {}
+    for name in os.listdir(fdir):
+        m = _REGULAR_RE.match(name)
+        if m:
+            found[int(m.group(1))] = name
+    return dict(sorted(found.items()))
+
+
+def resume_from_checkpoint(
+    fdir: str,
+    model: nn.Module,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    scheduler: Optional[Any] = None,
+) -> int:
+    """Restore model/optimizer/scheduler from the checkpoint the pointer in ``fdir`` names.
+
+    Returns the number of completed epochs, i.e. the 0-based epoch to continue with.
+    """
+    pointer = osp.join(fdir, POINTER_NAME)
+    if not osp.exists(pointer):
+        raise FileNotFoundError(f'No "{POINTER_NAME}" pointer file in "{fdir}"')
+    with open(pointer, encoding="utf-8") as f:
+        fname = f.readline().strip("\n")
+    fpath = osp.join(fdir, fname)
+    logger.info('Loading checkpoint from "%s"', fpath)
+    checkpoint = load_checkpoint(fpath)
+    model.load_state_dict(checkpoint["state_dict"])
+    logger.info("Loaded model weights")
+    if optimizer is not None and checkpoint.get("optimizer") is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        logger.info("Loaded optimizer")
+    if scheduler is not None and checkpoint.get("scheduler") is not None:
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        logger.info("Loaded scheduler")
+    start_epoch = int(checkpoint["epoch"])
+    logger.info("Previous epoch: %d", start_epoch)
+    return start_epoch
+
+
+def load_pretrained_weights(model: nn.Module, weight_path: str) -> None:
+    """Load the entries of ``weight_path`` whose name and shape match ``model``; report the rest."""
+    checkpoint = load_checkpoint(weight_path)
+    state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    state_dict = strip_module_prefix(state_dict)
+    model_dict = model.state_dict()
+    matched, discarded = OrderedDict(), []
+    for k, v in state_dict.items():
+        if k in model_dict and torch.is_tensor(v) and model_dict[k].size() == v.size():
+            matched[k] = v
+        else:
+            discarded.append(k)
+    model_dict.update(matched)
+    model.load_state_dict(model_dict)
+    if not matched:
+        logger.warning(
+            'Cannot load "%s": no layer matches the model by name and shape', weight_path
+        )
+        return
+    logger.info('Loaded pretrained weights from "%s"', weight_path)
+    if discarded:
+        logger.info("Layers discarded due to unmatched keys or size: %s", discarded)
+
+
+def count_num_param(model: Optional[nn.Module] = None, params: Optional[Any] = None) -> int:
+    """Number of parameters of ``model`` (or of an iterable ``params``)."""
+    if model is not None:
+        return sum(p.numel() for p in model.parameters())
+    if params is not None:
+        total = 0
+        for p in params:
+            if isinstance(p, dict):
+                total += sum(q.numel() for q in p["params"])
+            else:
+                total += p.numel()
+        return total
+    raise ValueError("count_num_param() needs a model or params")
+
+

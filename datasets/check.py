@@ -1,0 +1,172 @@
+"""Validate a LAION-Beyond root before training on it.
+
+    python -m datasets.check --root DIR [--domains Animals92_42 Food53_27]
+
+Uses the loader's own discovery, split-file validation and image check, on the full splits of
+both subsets, and prints one table row per domain and subset. Without ``--domains`` every
+registered domain found under the root is checked (domains with neither subset present are
+listed as absent, not as errors). Exit status 0 when all is well, 1 when problems were found,
+2 when nothing could be checked.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, TextIO
+
+from .laion_beyond import (
+    SUBSETS,
+    DatasetError,
+    DatasetNotFoundError,
+    SubsetSplit,
+    check_disjoint_classnames,
+    find_missing_images,
+    find_subset_dir,
+    laion_beyond_domains,
+    load_subset,
+)
+
+__all__ = ["SubsetReport", "DomainReport", "check_domain", "check_root", "format_table", "main"]
+
+
+@dataclass
+class SubsetReport:
+    subset: str
+    directory: str = ""
+    num_classes: Optional[int] = None
+    num_images: Dict[str, int] = field(default_factory=dict)
+    num_missing: Optional[int] = None
+
+
+@dataclass
+class DomainReport:
+    name: str
+    subsets: Dict[str, SubsetReport] = field(default_factory=dict)
+    problems: List[str] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+    absent: bool = False
+
+
+def check_domain(root: str, name: str, prefix: str, required: bool) -> DomainReport:
+    """Check one domain; ``required`` turns "no folder at all" into a problem instead of "absent"."""
+    report = DomainReport(name)
+    dirs: Dict[str, Optional[str]] = {}
+    discovery_errors: Dict[str, DatasetError] = {}
+    for subset in SUBSETS:
+        try:
+            dirs[subset] = find_subset_dir(root, prefix, subset)
+        except DatasetError as err:
+            dirs[subset] = None
+            discovery_errors[subset] = err
+    nothing_there = all(isinstance(e, DatasetNotFoundError) for e in discovery_errors.values())
+    if not any(dirs.values()) and nothing_there and not required:
+        report.absent = True
+        return report
+    report.problems.extend(str(e) for e in discovery_errors.values())
+
+    parts: List[SubsetSplit] = []
+    for subset in SUBSETS:
+        directory = dirs[subset]
+        if directory is None:
+            continue
+        sub = SubsetReport(subset, directory)
+        report.subsets[subset] = sub
+        try:
+            part = load_subset(directory, subset)
+        except DatasetError as err:
+            report.problems.append(str(err))
+            continue
+        parts.append(part)
+        report.warnings.extend(part.warnings)
+        sub.num_classes = len(part.classnames)
+        sub.num_images = {"train": len(part.train), "val": len(part.val), "test": len(part.test)}
+        missing = find_missing_images([*part.train, *part.val, *part.test])
+        sub.num_missing = len(missing)
+        if missing:
+            shown = "\n".join(f"  {p}" for p in missing[:5])
+            report.problems.append(
+                f"{len(missing)} image(s) referenced by {part.split_file} are missing, e.g.:\n{shown}"
+            )
+        # Superclass mode is only used for a zero-shot side experiment: report, don't fail.
+        try:
+            load_subset(directory, subset, superclass=True)
+        except DatasetError as err:
+            report.warnings.append(f"superclass mode (USE_SUPERCLASS_F_ZS_TEST) unusable: {err}")
+    if len(parts) == len(SUBSETS):
+        try:
+            check_disjoint_classnames(parts)
+        except DatasetError as err:
+            report.problems.append(str(err))
+    return report
+
+
+def check_root(root: str, domains: Sequence[str] = ()) -> List[DomainReport]:
+    """Reports for the named domains (all must exist) or for every registered domain."""
+    available = laion_beyond_domains()
+    unknown = [d for d in domains if d not in available]
+    if unknown:
+        raise ValueError(f"Unknown domain(s) {unknown}; registered: {sorted(available)}")
+    names = list(domains) or sorted(available)
+    return [check_domain(root, n, available[n].prefix, required=bool(domains)) for n in names]
+
+
+def format_table(reports: Sequence[DomainReport]) -> str:
+    header = ("Domain", "Subset", "Folder", "Classes", "Train", "Val", "Test", "Missing", "Status")
+    rows = []
+    for rep in reports:
+        if rep.absent:
+            continue
+        status = "ok" if not rep.problems else "PROBLEMS"
+        for subset in SUBSETS:
+            sub = rep.subsets.get(subset)
+            if sub is None:
+                rows.append((rep.name, subset, "-", "-", "-", "-", "-", "-", status))
+                continue
+            n = sub.num_images
+            rows.append((
+                rep.name, subset, os.path.basename(sub.directory),
+                "-" if sub.num_classes is None else str(sub.num_classes),
+                str(n.get("train", "-")), str(n.get("val", "-")), str(n.get("test", "-")),
+                "-" if sub.num_missing is None else str(sub.num_missing), status,
+            ))
+    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in (header, *rows)]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] = (), stream: Optional[TextIO] = None) -> int:
+    stream = stream if stream is not None else sys.stdout
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", required=True, help="DATASET.ROOT to check")
+    parser.add_argument("--domains", nargs="+", default=[], help="registered dataset names (default: all found)")
+    args = parser.parse_args(list(argv) or None)
+    root = os.path.abspath(os.path.expanduser(args.root))
+    try:
+        reports = check_root(root, args.domains)
+    except ValueError as err:
+        print(f"error: {err}", file=stream)
+        return 2
+    found = [r for r in reports if not r.absent]
+    if not found:
+        print(f"No LAION-Beyond domain found under {root} (expected folders such as Animals92_OOP/).",
+              file=stream)
+        return 2
+    print(format_table(found), file=stream)
+    for rep in found:
+        for message in rep.warnings:
+            print(f"warning [{rep.name}]: {message}", file=stream)
+    problems = [(rep.name, p) for rep in found for p in rep.problems]
+    if problems:
+        print(f"\n{len(problems)} problem(s):", file=stream)
+        for name, message in problems:
+            print(f"[{name}] {message}", file=stream)
+        return 1
+    print(f"\nAll {len(found)} domain(s) OK.", file=stream)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

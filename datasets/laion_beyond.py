@@ -1,0 +1,674 @@
+"""LAION-Beyond loaders: one base class, nine two-line domains (spec §4).
+
+Layout under ``DATASET.ROOT``::
+
+    <Prefix><nOOP>_OOP/images/<classname>/<image_name>
+    <Prefix><nOOP>_OOP/split_Xin_<dir name>.json
+    <Prefix><nIP>_IP/...                     (same)
+
+Differences from the reference loaders, each fixing a bug of spec §11:
+
+* B21: discovery is sorted and strict (prefix + digits); zero or several candidates is an error
+  that names the candidates. Only the subset(s) a run needs must exist.
+* B22: JSON problems are reported with the file name; the few-shot cache is JSON keyed by a hash
+  of the split file and the superclass flag (a stale cache is never read) and falls back to
+  ``OUTPUT_DIR`` when the dataset tree is read-only.
+* B23 / P8: images are checked once, by listing each class folder, after few-shot selection.
+* B24: ``All`` builds its label space from the full split files and refuses a name present in both
+  OOP and IP.
+* B25: the label-ordered classnames of the split file are handed to ``DatasetBase``.
+* Sampling uses ``random.Random(SEED)`` per subset, never the global RNG. For ``OOP`` or ``IP``
+  runs this draws the same sample as the reference (global RNG seeded with ``SEED`` just before);
+  for ``All`` the IP sample no longer depends on how much randomness the OOP sample consumed, so
+  ``All`` reuses exactly the OOP and IP samples of the single-subset runs.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from dassl.data.datasets.base_dataset import DatasetBase, Datum
+from dassl.data.datasets.build import DATASET_REGISTRY
+
+__all__ = [
+    "LaionBeyond",
+    "DatasetError",
+    "DatasetNotFoundError",
+    "SubsetSplit",
+    "SUBSETS",
+    "SUB_CLASSES_CHOICES",
+    "DEFAULT_SEED",
+    "find_subset_dir",
+    "find_split_file",
+    "split_digest",
+    "parse_split",
+    "load_subset",
+    "find_missing_images",
+    "check_images",
+    "check_disjoint_classnames",
+    "merge_subsets",
+    "laion_beyond_domains",
+]
+
+logger = logging.getLogger(__name__)
+
+SUBSETS = ("OOP", "IP")
+SUB_CLASSES_CHOICES = ("OOP", "IP", "All")
+SPLITS = ("train", "val", "test")
+# SEED < 0 means "unseeded" in Dassl; an unseeded few-shot sample cannot be cached or reproduced,
+# so such runs sample with this seed instead (and say so).
+DEFAULT_SEED = 0
+VAL_MAX_SHOTS = 4
+FEWSHOT_DIRNAME = "split_fewshot"
+FEWSHOT_CACHE_FORMAT = "laion-beyond-fewshot"
+FEWSHOT_CACHE_VERSION = 1
+MAX_LISTED = 10
+
+
+class DatasetError(ValueError):
+    """A LAION-Beyond folder or split file is missing, ambiguous or malformed."""
+
+
+class DatasetNotFoundError(DatasetError):
+    """No folder or split file matches (as opposed to several, or a malformed one)."""
+
+
+@dataclass
+class SubsetSplit:
+    """One subset (OOP or IP) as read from its split file, before few-shot selection."""
+
+    subset: str
+    directory: str
+    split_file: str
+    digest: str
+    classnames: List[str]
+    train: List[Datum]
+    val: List[Datum]
+    test: List[Datum]
+    warnings: List[str] = field(default_factory=list)
+
+
+def _listing(items: Sequence[str], limit: int = MAX_LISTED) -> str:
+    shown = [f"  {item}" for item in items[:limit]]
+    if len(items) > limit:
+        shown.append(f"  ... and {len(items) - limit} more")
+    return "\n".join(shown)
+
+
+# ---------------------------------------------------------------------------------------------
+# Discovery
+
+
+def _subset_dir_regex(prefix: str, subset: str) -> re.Pattern[str]:
+    # The digits requirement keeps "Food" from claiming "FoodExtra12_OOP" and similar neighbours.
+    return re.compile(re.escape(prefix) + r"\d+_" + re.escape(subset))
+
+
+def find_subset_dir(root: str, prefix: str, subset: str) -> str:
+    """The unique ``<root>/<prefix><digits>_<subset>`` directory, or a DatasetError saying why not."""
+    pattern = os.path.join(glob.escape(root), glob.escape(prefix) + "*_" + subset)
+    shown_pattern = os.path.join(root, f"{prefix}<digits>_{subset}")
+    if not os.path.isdir(root):
+        raise DatasetNotFoundError(
+            f"DATASET.ROOT {root!r} is not a directory (looking for {shown_pattern}). "
+            "Fix: pass --root / DATASET.ROOT pointing at the folder that holds the LAION-Beyond "
+            "subsets (e.g. Animals92_OOP/), or create a toy one with "
+            "`python -m datasets.make_toy --root DIR`."
+        )
+    regex = _subset_dir_regex(prefix, subset)
+    hits = sorted(glob.glob(pattern))
+    matches = [h for h in hits if os.path.isdir(h) and regex.fullmatch(os.path.basename(h))]
+    ignored = [os.path.basename(h) for h in hits if h not in matches]
+    if not matches:
+        note = f" Ignored (prefix not followed by digits, or not a folder): {ignored}." if ignored else ""
+        raise DatasetNotFoundError(
+            f"No {subset} folder for prefix {prefix!r} under DATASET.ROOT {root!r}: nothing matches "
+            f"{shown_pattern}.{note} Fix: download/extract the domain there (expected e.g. "
+            f"{prefix}<n>_{subset}/images and split_Xin_*.json), or set --root / DATASET.ROOT to the "
+            "folder that contains it."
+        )
+    if len(matches) > 1:
+        raise DatasetError(
+            f"Several {subset} folders match {shown_pattern} under {root!r}; refusing to guess:\n"
+            f"{_listing(matches)}\nFix: keep one copy per domain under the root (e.g. separate roots "
+            "for the 400M and 2B versions) and point DATASET.ROOT at it."
+        )
+    return matches[0]
+
+
+def find_split_file(subset_dir: str) -> str:
+    """The unique ``split_Xin*.json`` inside a subset folder."""
+    pattern = os.path.join(glob.escape(subset_dir), "split_Xin*.json")
+    hits = [h for h in sorted(glob.glob(pattern)) if os.path.isfile(h)]
+    if not hits:
+        raise DatasetNotFoundError(
+            f"No split file in {subset_dir!r}: nothing matches "
+            f"{os.path.join(subset_dir, 'split_Xin*.json')}. Fix: restore the split JSON shipped "
+            f"with the dataset (split_Xin_{os.path.basename(subset_dir)}.json)."
+        )
+    if len(hits) > 1:
+        raise DatasetError(
+            f"Several split files in {subset_dir!r}; refusing to guess:\n{_listing(hits)}\n"
+            "Fix: keep exactly one split_Xin*.json per subset folder."
+        )
+    return hits[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Split file parsing and validation
+
+
+def split_digest(raw: bytes, superclass: bool) -> str:
+    """Cache key of a split file: what the few-shot sample depends on besides K and the seed."""
+    h = hashlib.sha1(raw)
+    h.update(b"\nsuperclass=" + (b"1" if superclass else b"0"))
+    return h.hexdigest()[:12]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _iter_split(split: Any) -> Iterable[Tuple[str, Any]]:
+    if isinstance(split, dict):
+        return ((str(k), v) for k, v in split.items())
+    return ((str(i), v) for i, v in enumerate(split))
+
+
+def parse_split(
+    path: str, raw: bytes, subset_dir: str, superclass: bool = False, subset: str = ""
+) -> SubsetSplit:
+    """Validate a split file and turn it into Datum lists; every problem is collected and reported at once.
+
+    In superclass mode (``USE_SUPERCLASS_F_ZS_TEST``) labels are ``s_label``, names are
+    ``superclass`` and captions are empty, as in the reference.
+    """
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path}: not UTF-8 text ({err})") from err
+    except json.JSONDecodeError as err:
+        raise DatasetError(
+            f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}"
+        ) from err
+
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: expected a JSON object with keys {list(SPLITS)}, got {type(data).__name__}")
+    missing_keys = [k for k in SPLITS if k not in data]
+    if missing_keys:
+        raise DatasetError(
+            f"{path}: missing split key(s) {missing_keys}; found keys {sorted(map(str, data))}"
+        )
+    bad_types = [k for k in SPLITS if not isinstance(data[k], (dict, list))]
+    if bad_types:
+        raise DatasetError(f"{path}: split(s) {bad_types} must be JSON objects (index -> item)")
+
+    label_key, name_key = ("s_label", "superclass") if superclass else ("label", "classname")
+    required = ("classname", "image_name") + ((label_key, name_key) if superclass else (label_key,))
+
+    problems: List[str] = []
+    # label -> {name: first record}, name -> {label: first record}: conflicts are reported once each.
+    label_names: Dict[int, Dict[str, str]] = {}
+    name_labels: Dict[str, Dict[int, str]] = {}
+    out: Dict[str, List[Datum]] = {s: [] for s in SPLITS}
+
+    for split in SPLITS:
+        for key, item in _iter_split(data[split]):
+            where = f"{split}[{key!r}]"
+            if not isinstance(item, dict):
+                problems.append(f"{where} is not an object")
+                continue
+            absent = [f for f in required if f not in item]
+            if absent:
+                problems.append(f"{where} lacks field(s) {absent}")
+                continue
+            label, name = item[label_key], item[name_key]
+            classname, image_name = item["classname"], item["image_name"]
+            if not _is_int(label):
+                problems.append(f"{where}: {label_key} must be an integer, got {label!r}")
+                continue
+            bad_str = [f for f in {name_key: name, "classname": classname, "image_name": image_name}
+                       if not isinstance(item[f], str) or not item[f]]
+            if bad_str:
+                problems.append(f"{where}: field(s) {bad_str} must be non-empty strings")
+                continue
+
+            caption = ""
+            if not superclass:
+                info = item.get("INFO")
+                if info is not None and not isinstance(info, dict):
+                    problems.append(f"{where}: INFO must be an object, got {type(info).__name__}")
+                    continue
+                caption = (info or {}).get("Refined_caption3") or ""
+                if not isinstance(caption, str):
+                    problems.append(f"{where}: INFO.Refined_caption3 must be a string")
+                    continue
+
+            label_names.setdefault(label, {}).setdefault(name, where)
+            name_labels.setdefault(name, {}).setdefault(label, where)
+
+            impath = os.path.join(subset_dir, "images", classname, image_name)
+            out[split].append(Datum(impath=impath, label=label, classname=name, caption=caption))
+
+    for label, names in label_names.items():
+        if len(names) > 1:
+            shown = ", ".join(f"{n!r} (first in {w})" for n, w in names.items())
+            problems.append(f"{label_key} {label} is mapped to {len(names)} names: {shown}")
+    for name, labs in name_labels.items():
+        if len(labs) > 1:
+            shown = ", ".join(f"{la} (first in {w})" for la, w in labs.items())
+            problems.append(f"{name_key} {name!r} has {len(labs)} {label_key}s: {shown}")
+
+    labels = sorted(label_names)
+    if labels:
+        num = labels[-1] + 1
+        negative = [la for la in labels if la < 0]
+        gaps = sorted(set(range(num)) - set(labels))
+        if negative:
+            problems.append(f"negative {label_key}(s): {negative}")
+        if gaps:
+            problems.append(
+                f"{label_key}s must be contiguous 0..C-1 (C = max {label_key} + 1 = {num}); "
+                f"missing: {gaps[:50]}{' ...' if len(gaps) > 50 else ''}"
+            )
+    elif not problems:
+        problems.append("no records in train/val/test")
+
+    if problems:
+        raise DatasetError(
+            f"{path}: {len(problems)} problem(s) in the split file:\n{_listing(problems, 20)}"
+        )
+
+    classnames = [next(iter(label_names[la])) for la in range(len(labels))]
+    warnings = []
+    for split in ("train", "test"):
+        present = {d.label for d in out[split]}
+        absent = [classnames[la] for la in range(len(classnames)) if la not in present]
+        if absent:
+            warnings.append(f"{path}: {len(absent)} class(es) have no {split} image: {absent[:MAX_LISTED]}")
+
+    return SubsetSplit(
+        subset=subset,
+        directory=subset_dir,
+        split_file=path,
+        digest=split_digest(raw, superclass),
+        classnames=classnames,
+        train=out["train"],
+        val=out["val"],
+        test=out["test"],
+        warnings=warnings,
+    )
+
+
+def load_subset(subset_dir: str, subset: str, superclass: bool = False) -> SubsetSplit:
+    """Find, read and validate the split file of one subset folder."""
+    path = find_split_file(subset_dir)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot read split file ({err})") from err
+    return parse_split(path, raw, subset_dir, superclass=superclass, subset=subset)
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
+
+
+def find_missing_images(data: Iterable[Datum]) -> List[str]:
+    """Paths of ``data`` that are not files, listing each folder once instead of one stat per image."""
+    listings: Dict[str, Optional[set]] = {}
+    missing: Dict[str, None] = {}
+    for item in data:
+        parent, name = os.path.split(item.impath)
+        if parent not in listings:
+            try:
+                listings[parent] = set(os.listdir(parent))
+            except OSError:
+                listings[parent] = None
+        entries = listings[parent]
+        if entries is not None and name in entries:
+            continue
+        # Not in the listing: confirm with a stat (case-insensitive or normalising file systems).
+        if not os.path.isfile(item.impath):
+            missing.setdefault(item.impath, None)
+    return list(missing)
+
+
+def check_images(groups: Sequence[Tuple[str, Iterable[Datum]]]) -> None:
+    """Raise one DatasetError for all missing images; ``groups`` pairs a split file with its records."""
+    report = []
+    total = 0
+    for split_file, data in groups:
+        missing = find_missing_images(data)
+        if missing:
+            total += len(missing)
+            report.append(f"{len(missing)} image(s) referenced by {split_file} are missing, e.g.:\n"
+                          f"{_listing(missing, 5)}")
+    if report:
+        raise DatasetError(
+            f"{total} missing image(s).\n" + "\n".join(report)
+            + "\nFix: complete the download/extraction of the images/ folders (expected "
+            "<subset dir>/images/<classname>/<image_name>)."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# OOP + IP
+
+
+def check_disjoint_classnames(parts: Sequence[SubsetSplit]) -> None:
+    """A name in both OOP and IP would silently merge two concepts into one class (B24)."""
+    if len(parts) < 2:
+        return
+    shared = sorted(set(parts[0].classnames).intersection(*(p.classnames for p in parts[1:])))
+    if shared:
+        files = ", ".join(p.split_file for p in parts)
+        raise DatasetError(
+            f"{len(shared)} class name(s) appear in both OOP and IP ({files}): {shared[:MAX_LISTED]}. "
+            "SUB_CLASSES=All needs disjoint names; rename one of them in its split file."
+        )
+
+
+def merge_subsets(
+    parts: Sequence[Tuple[SubsetSplit, List[Datum], List[Datum]]], allow_shared: bool = False
+) -> Tuple[List[str], List[Datum], List[Datum], List[Datum]]:
+    """Relabel (subset, train, val) parts into one label space: the sorted union of all names.
+
+    The label space comes from the full split files, not the few-shot train sets, so a class
+    without train image still has a label (B24). Lists keep the part order (OOP then IP).
+    ``allow_shared`` is used in superclass mode, where a superclass present in both subsets is
+    genuinely the same category.
+    """
+    if not allow_shared:
+        check_disjoint_classnames([p[0] for p in parts])
+    classnames = sorted({name for p in parts for name in p[0].classnames})
+    index = {name: i for i, name in enumerate(classnames)}
+
+    def relabel(items: List[Datum]) -> List[Datum]:
+        return [Datum(d.impath, index[d.classname], d.domain, d.classname, d.caption) for d in items]
+
+    train = [d for part, tr, _ in parts for d in relabel(tr)]
+    val = [d for part, _, va in parts for d in relabel(va)]
+    test = [d for part, _, _ in parts for d in relabel(part.test)]
+    return classnames, train, val, test
+
+
+# ---------------------------------------------------------------------------------------------
+# Few-shot cache
+
+
+def _atomic_write_json(path: str, payload: Dict[str, Any]) -> None:
+    """Write-then-rename so concurrent runs never read a half-written cache."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, ensure_ascii=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _to_record(item: Datum, subset_dir: str) -> Dict[str, Any]:
+    rel = os.path.relpath(item.impath, subset_dir).replace(os.sep, "/")
+    return {"impath": rel, "label": item.label, "classname": item.classname, "caption": item.caption}
+
+
+def _from_records(records: Any, subset_dir: str, classnames: List[str]) -> List[Datum]:
+    if not isinstance(records, list):
+        raise ValueError("records must be a list")
+    out = []
+    for rec in records:
+        impath, label, name = rec["impath"], rec["label"], rec["classname"]
+        if not _is_int(label) or not 0 <= label < len(classnames) or classnames[label] != name:
+            raise ValueError(f"record {rec!r} disagrees with the split file's classnames")
+        if os.path.isabs(impath) or ".." in impath.split("/"):
+            raise ValueError(f"record path {impath!r} is not relative to the subset folder")
+        out.append(Datum(os.path.join(subset_dir, *impath.split("/")), label, 0, name, rec.get("caption", "")))
+    return out
+
+
+def _read_fewshot_cache(
+    path: str, part: SubsetSplit, num_shots: int, seed: int, superclass: bool
+) -> Optional[Tuple[List[Datum], List[Datum]]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            payload = json.load(f)
+        expected = {
+            "format": FEWSHOT_CACHE_FORMAT,
+            "version": FEWSHOT_CACHE_VERSION,
+            "split_digest": part.digest,
+            "superclass": superclass,
+            "num_shots": num_shots,
+            "seed": seed,
+        }
+        wrong = [k for k, v in expected.items() if payload.get(k) != v]
+        if wrong:
+            logger.warning("Ignoring few-shot cache %s: %s do not match this run", path, wrong)
+            return None
+        train = _from_records(payload["train"], part.directory, part.classnames)
+        val = _from_records(payload["val"], part.directory, part.classnames)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        logger.warning("Ignoring unreadable few-shot cache %s (%s); resampling", path, err)
+        return None
+    return train, val
+
+
+class LaionBeyond(DatasetBase):
+    """Base class of the LAION-Beyond domains; subclasses only set ``prefix`` and ``hint``.
+
+    Reads ``DATASET.ROOT``, ``SUB_CLASSES`` (OOP | IP | All), ``USE_SUPERCLASS_F_ZS_TEST``,
+    ``NUM_SHOTS``, ``FEWSHOT_CACHE_DIR``, ``SEED`` and ``OUTPUT_DIR``. Besides the DatasetBase
+    properties, instances expose ``hint``, ``sub_classes``, ``superclass_mode``, ``num_shots``,
+    ``seed`` (the one used for sampling), ``dataset_dirs`` / ``split_files`` /
+    ``subset_classnames`` / ``fewshot_cache_files`` (dicts keyed by subset).
+    """
+
+    prefix: str = ""
+    hint: str = ""
+    supports_subsets = True
+
+    def __init__(self, cfg: Any) -> None:
+        if not self.prefix:
+            raise TypeError("LaionBeyond is a base class; build a registered domain such as Animals92_42")
+        dcfg = cfg.DATASET
+        sub_classes = str(dcfg.get("SUB_CLASSES", "OOP"))
+        if sub_classes not in SUB_CLASSES_CHOICES:
+            raise DatasetError(
+                f"DATASET.SUB_CLASSES must be one of {list(SUB_CLASSES_CHOICES)}, got {sub_classes!r}"
+            )
+        subsets = SUBSETS if sub_classes == "All" else (sub_classes,)
+
+        if not str(dcfg.ROOT).strip():
+            raise DatasetNotFoundError(
+                f"DATASET.ROOT is empty; pass --root (or DATASET.ROOT) pointing at the folder that holds "
+                f"{self.prefix}<n>_OOP/ and {self.prefix}<n>_IP/"
+            )
+        self.root = os.path.abspath(os.path.expanduser(str(dcfg.ROOT)))
+        self.sub_classes = sub_classes
+        self.superclass_mode = bool(dcfg.get("USE_SUPERCLASS_F_ZS_TEST", False))
+        self.num_shots = int(dcfg.get("NUM_SHOTS", -1))
+        self.seed = self._resolve_seed(cfg)
+
+        self.dataset_dirs = {s: find_subset_dir(self.root, self.prefix, s) for s in subsets}
+        parts = {s: load_subset(d, s, self.superclass_mode) for s, d in self.dataset_dirs.items()}
+        self.split_files = {s: p.split_file for s, p in parts.items()}
+        self.subset_classnames = {s: list(p.classnames) for s, p in parts.items()}
+        self.dataset_dir = self.dataset_dirs[subsets[0]] if len(subsets) == 1 else self.root
+        for part in parts.values():
+            for message in part.warnings:
+                logger.warning(message)
+
+        self.fewshot_cache_files: Dict[str, str] = {}
+        selected: Dict[str, Tuple[List[Datum], List[Datum]]] = {}
+        for s, part in parts.items():
+            if self.num_shots >= 1:
+                selected[s] = self._fewshot(part, cfg)
+            else:
+                selected[s] = (part.train, part.val)
+
+        check_images([(parts[s].split_file, [*tr, *va, *parts[s].test]) for s, (tr, va) in selected.items()])
+
+        if sub_classes == "All":
+            classnames, train, val, test = merge_subsets(
+                [(parts[s], *selected[s]) for s in subsets], allow_shared=self.superclass_mode
+            )
+        else:
+            part = parts[sub_classes]
+            classnames, (train, val), test = part.classnames, selected[sub_classes], part.test
+
+        super().__init__(train_x=train, val=val, test=test, classnames=classnames)
+        logger.info(
+            "%s [%s%s]: %d classes, %d train / %d val / %d test images (shots=%d)",
+            type(self).__name__, sub_classes, ", superclasses" if self.superclass_mode else "",
+            self.num_classes, len(train), len(val), len(test), self.num_shots,
+        )
+
+    @staticmethod
+    def _resolve_seed(cfg: Any) -> int:
+        seed = int(cfg.get("SEED", -1))
+        if seed < 0:
+            logger.warning(
+                "SEED=%d: few-shot samples are drawn with the fixed seed %d so they stay reproducible "
+                "and cacheable; pass --seed to choose another", seed, DEFAULT_SEED,
+            )
+            return DEFAULT_SEED
+        return seed
+
+    def _cache_dirs(self, part: SubsetSplit, cfg: Any) -> List[str]:
+        """Where the cache is looked for, in order; the first writable one receives a new cache."""
+        name = os.path.basename(part.directory)
+        override = str(cfg.DATASET.get("FEWSHOT_CACHE_DIR", "") or "")
+        if override:
+            return [os.path.join(os.path.abspath(os.path.expanduser(override)), name)]
+        output_dir = str(cfg.get("OUTPUT_DIR", "") or "./output")
+        return [
+            os.path.join(part.directory, FEWSHOT_DIRNAME),
+            os.path.join(os.path.abspath(output_dir), FEWSHOT_DIRNAME, name),
+        ]
+
+    def _fewshot(self, part: SubsetSplit, cfg: Any) -> Tuple[List[Datum], List[Datum]]:
+        shots, seed = self.num_shots, self.seed
+        filename = f"shot_{shots}-seed_{seed}-{part.digest}.json"
+        dirs = self._cache_dirs(part, cfg)
+        for directory in dirs:
+            path = os.path.join(directory, filename)
+            if os.path.isfile(path):
+                cached = _read_fewshot_cache(path, part, shots, seed, self.superclass_mode)
+                if cached is not None:
+                    logger.info("Loading few-shot split from %s", path)
+                    self.fewshot_cache_files[part.subset] = path
+                    return cached
+
+        # One generator per subset, train drawn before val, like the reference's global RNG after
+        # random.seed(SEED) — but immune to any other use of `random` before this point.
+        rng = random.Random(seed)
+        train = self.generate_fewshot_dataset(part.train, num_shots=shots, rng=rng)
+        val = self.generate_fewshot_dataset(part.val, num_shots=min(shots, VAL_MAX_SHOTS), rng=rng)
+
+        payload = {
+            "format": FEWSHOT_CACHE_FORMAT,
+            "version": FEWSHOT_CACHE_VERSION,
+            "split_file": os.path.basename(part.split_file),
+            "split_digest": part.digest,
+            "superclass": self.superclass_mode,
+            "num_shots": shots,
+            "seed": seed,
+            "train": [_to_record(d, part.directory) for d in train],
+            "val": [_to_record(d, part.directory) for d in val],
+        }
+        errors = []
+        for directory in dirs:
+            path = os.path.join(directory, filename)
+            try:
+                _atomic_write_json(path, payload)
+            except OSError as err:
+                errors.append(f"{path}: {err}")
+                continue
+            if errors:
+                logger.warning("Dataset folder not writable (%s); few-shot split cached in %s", errors[0], path)
+            else:
+                logger.info("Saving few-shot split to %s", path)
+            self.fewshot_cache_files[part.subset] = path
+            break
+        else:
+            logger.warning("Could not cache the few-shot split anywhere: %s", "; ".join(errors))
+        return train, val
+
+
+def laion_beyond_domains() -> Dict[str, type]:
+    """Registered LAION-Beyond-style datasets by name (used by the checker and the toy generator)."""
+    out = {}
+    for name in DATASET_REGISTRY.registered_names():
+        obj = DATASET_REGISTRY.get(name)
+        if isinstance(obj, type) and issubclass(obj, LaionBeyond) and obj.prefix:
+            out[name] = obj
+    return out
+
+
+@DATASET_REGISTRY.register()
+class Pokemon89_39(LaionBeyond):
+    prefix = "Pokemon"
+    hint = "pokemon"
+
+
+@DATASET_REGISTRY.register()
+class Animals92_42(LaionBeyond):
+    prefix = "Animals"
+    hint = "animal"
+
+
+@DATASET_REGISTRY.register()
+class Architecture50_23(LaionBeyond):
+    prefix = "Architecture"
+    hint = "architecture"
+
+
+@DATASET_REGISTRY.register()
+class Attire54_28(LaionBeyond):
+    prefix = "Attire"
+    hint = "attire"
+
+
+@DATASET_REGISTRY.register()
+class FolkArt59_27(LaionBeyond):
+    prefix = "FolkArt"
+    hint = "folk art"
+
+
+@DATASET_REGISTRY.register()
+class Food53_27(LaionBeyond):
+    prefix = "Food"
+    hint = "food"
+
+
+@DATASET_REGISTRY.register()
+class Insects_Spiders106_52(LaionBeyond):
+    prefix = "Insects_Spiders"
+    hint = "insect or spider"
+
+
+@DATASET_REGISTRY.register()
+class Landmark59_30(LaionBeyond):
+    prefix = "Landmark"
+    hint = "landmark"
+
+
+@DATASET_REGISTRY.register()
+class Plants_Fugi113_56(LaionBeyond):
+    prefix = "Plants_Fugi"  # "Fugi" (sic) is the dataset's folder prefix
+    hint = "plant or fungus"

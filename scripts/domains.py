@@ -1,0 +1,126 @@
+"""Domain names for the sweeps and tables, and class counts read from the data on disk.
+
+The reference scripts hard-coded the 400M OOP class counts (B33), which silently gave wrong batch
+sizes for the 2B/5B variants. Here every count comes from the split file that the loader itself
+would read, through the discovery code of ``datasets.laion_beyond`` (no second discovery).
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Dict, Iterable, List
+
+__all__ = [
+    "LAION_BEYOND_DOMAINS",
+    "REPO_ROOT",
+    "DomainError",
+    "laion_beyond_classes",
+    "resolve_domain",
+    "resolve_domains",
+    "short_name",
+    "count_classes",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+#: The nine benchmark domains (registered dataset names = ``configs/datasets/<name>.yaml``), in the
+#: column order of the paper's table. Only the names live here; class counts are read from disk.
+LAION_BEYOND_DOMAINS = (
+    "Animals92_42",
+    "Architecture50_23",
+    "Attire54_28",
+    "FolkArt59_27",
+    "Food53_27",
+    "Insects_Spiders106_52",
+    "Landmark59_30",
+    "Plants_Fugi113_56",
+    "Pokemon89_39",
+)
+
+_COUNT_SUFFIX = re.compile(r"\d+(_\d+)?$")
+
+
+class DomainError(ValueError):
+    """A domain name cannot be resolved or its classes cannot be counted."""
+
+
+def laion_beyond_classes() -> Dict[str, type]:
+    """Registered LAION-Beyond-style datasets by name (importing ``datasets`` registers them)."""
+    import datasets  # noqa: F401  (registration side effect)
+    from datasets.laion_beyond import laion_beyond_domains
+
+    return laion_beyond_domains()
+
+
+def _registered_names() -> List[str]:
+    import datasets  # noqa: F401
+    from dassl.data.datasets import DATASET_REGISTRY
+
+    return list(DATASET_REGISTRY.registered_names())
+
+
+def resolve_domain(name: str) -> str:
+    """Map a registered name (``Animals92_42``) or a short name (``Animals``, ``insects``) to the registered name.
+
+    Short names matter because the class counts in the registered names are those of the 400M
+    release: users of other variants should not have to type numbers that do not describe their data.
+    """
+    registered = _registered_names()
+    if name in registered or (REPO_ROOT / "configs" / "datasets" / f"{name}.yaml").is_file():
+        return name
+    lowered = name.lower()
+    for reg in registered:
+        if reg.lower() == lowered:
+            return reg
+    domains = laion_beyond_classes()
+    exact = [n for n, cls in domains.items() if cls.prefix.lower() == lowered]
+    hits = exact or [n for n, cls in domains.items() if cls.prefix.lower().startswith(lowered)]
+    if len(hits) == 1:
+        return hits[0]
+    if len(hits) > 1:
+        preferred = [h for h in hits if h in LAION_BEYOND_DOMAINS]
+        if len(preferred) == 1:
+            return preferred[0]
+        raise DomainError(f"Domain {name!r} is ambiguous: {', '.join(sorted(hits))}")
+    from dassl.utils import closest_name
+
+    hint = closest_name(name, list(domains) + [cls.prefix for cls in domains.values()])
+    suggestion = f' Did you mean "{hint}"?' if hint else ""
+    raise DomainError(
+        f"Unknown domain {name!r}.{suggestion} Known LAION-Beyond domains: {', '.join(sorted(domains))}"
+    )
+
+
+def resolve_domains(names: Iterable[str]) -> List[str]:
+    """Resolve several names, dropping duplicates but keeping the order given."""
+    out: List[str] = []
+    for name in names:
+        resolved = resolve_domain(name)
+        if resolved not in out:
+            out.append(resolved)
+    return out
+
+
+def short_name(dataset: str) -> str:
+    """Column title for a dataset: the registered name without its class counts (``Animals92_42`` → ``Animals``)."""
+    stripped = _COUNT_SUFFIX.sub("", dataset)
+    return stripped or dataset
+
+
+def count_classes(root: str, dataset: str, subset: str = "OOP") -> int:
+    """Number of classes of one subset of ``dataset`` under ``root``, read from its split file."""
+    from datasets.laion_beyond import DatasetError, find_subset_dir, load_subset
+
+    domains = laion_beyond_classes()
+    if dataset not in domains:
+        raise DomainError(
+            f"Cannot count the classes of {dataset!r}: it is not a registered LAION-Beyond-style dataset "
+            f"(known: {', '.join(sorted(domains))})"
+        )
+    prefix = domains[dataset].prefix
+    try:
+        subset_dir = find_subset_dir(os.fspath(root), prefix, subset)
+        return len(load_subset(subset_dir, subset).classnames)
+    except DatasetError as err:
+        raise DomainError(f"Cannot count the {subset} classes of {dataset}: {err}") from err

@@ -1,0 +1,434 @@
+"""Run a sweep's commands in parallel: a local process pool over the visible GPUs, or a SLURM job array.
+
+    python -m scripts.sweep --method fsnl --root DATA --out OUT --dry-run > cmds.txt
+    python -m scripts.launch cmds.txt --workers 4 --retries 1          # local, one GPU per worker
+    python -m scripts.sweep ... --dry-run --format yaml | python -m scripts.launch - --mode slurm \\
+        --partition gpu --gres gpu:1 --time 12:00:00 --max-parallel 20
+
+Input: a text file with one command per line (``#`` comments and blank lines ignored), or a YAML file
+with a ``commands:`` list whose items are strings or ``{cmd: ..., done: ...}`` mappings; ``-`` reads
+stdin. A command counts as done, and is skipped, when its ``done`` file exists, or, without one, when
+``<--output-dir>/results.json`` exists; so a launch can be repeated after failures or preemption.
+
+Local mode keeps a queue and ``--workers`` threads, each pinned to one GPU of ``--gpus`` /
+``CUDA_VISIBLE_DEVICES`` / ``torch.cuda.device_count()`` (round robin when there are more workers
+than GPUs; no GPU → no pinning). Every job writes ``<log-dir>/jobNNNN.log``; a failed job goes back
+to the end of the queue up to ``--retries`` times. The exit status is 1 when any job failed for good.
+
+SLURM mode writes ``commands.txt``, ``done.txt`` (the marker of each line) and ``job.sbatch`` (an
+``--array=0-(N-1)%M`` script whose task i runs line i+1 unless its marker exists) and submits it with
+``sbatch`` (``--no-submit`` only writes). There is deliberately no scheduler of our own beyond that.
+
+Why no multi-GPU (DDP) inside one run: FSNL's trainable state is a few name embeddings (kilobytes)
+and its step cost is dominated by the frozen encoders on a few hundred images, so a run fits one GPU
+with room to spare, and gradient synchronisation would only add overhead. What is large is the number
+of runs (9 domains × 5 shot counts × 3 seeds × 6 methods), and those are independent: running them
+side by side, one per GPU, scales perfectly with no communication at all.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, TextIO, Tuple
+
+from scripts.domains import REPO_ROOT
+
+__all__ = [
+    "Command",
+    "LaunchSummary",
+    "SlurmOptions",
+    "read_commands",
+    "parse_commands",
+    "done_marker",
+    "visible_gpus",
+    "run_local",
+    "slurm_script",
+    "write_slurm",
+    "submit_slurm",
+    "main",
+]
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+_NO_GPU = {"", "-1", "none", "None"}
+
+
+@dataclass
+class Command:
+    """One line of a sweep: the shell command and the file that marks it as done (if known)."""
+
+    index: int
+    cmd: str
+    done: Optional[str] = None
+    explicit_done: bool = False
+
+    def is_done(self) -> bool:
+        return bool(self.done) and os.path.isfile(self.done)
+
+
+@dataclass
+class LaunchSummary:
+    succeeded: List[Command] = field(default_factory=list)
+    skipped: List[Command] = field(default_factory=list)
+    failed: List[Tuple[Command, str, str]] = field(default_factory=list)  # (command, reason, log file)
+    attempts: Dict[int, int] = field(default_factory=dict)
+
+    def line(self) -> str:
+        total = len(self.succeeded) + len(self.skipped) + len(self.failed)
+        return (f"{total} command(s): succeeded {len(self.succeeded)}, skipped {len(self.skipped)}, "
+                f"failed {len(self.failed)}")
+
+
+@dataclass
+class SlurmOptions:
+    job_name: str = "fsnl-sweep"
+    partition: Optional[str] = None
+    gres: Optional[str] = "gpu:1"
+    time: str = "24:00:00"
+    cpus: int = 8
+    mem: str = "32G"
+    max_parallel: int = 32
+    account: Optional[str] = None
+    setup: Sequence[str] = ()
+    extra: Sequence[str] = ()
+
+
+# ------------------------------------------------------------------------------------ input
+
+
+def done_marker(cmd: str) -> Optional[str]:
+    """``<--output-dir>/results.json`` of a command line, or None when it has no ``--output-dir``."""
+    try:
+        tokens = shlex.split(cmd)
+    except ValueError:
+        return None
+    for i, tok in enumerate(tokens):
+        if tok == "--output-dir" and i + 1 < len(tokens):
+            return os.path.join(tokens[i + 1], RESULTS_FILE)
+        if tok.startswith("--output-dir="):
+            return os.path.join(tok.split("=", 1)[1], RESULTS_FILE)
+    return None
+
+
+def _entry(index: int, item: object) -> Command:
+    if isinstance(item, str):
+        cmd, done = item, None
+    elif isinstance(item, dict) and isinstance(item.get("cmd", item.get("command")), str):
+        cmd, done = item.get("cmd", item.get("command")), item.get("done")
+    else:
+        raise ValueError(f"commands[{index}] must be a string or a mapping with 'cmd', got {item!r}")
+    cmd = cmd.strip()
+    if "\n" in cmd:
+        raise ValueError(f"commands[{index}] spans several lines; give one command per entry")
+    if done:
+        return Command(index, cmd, str(done), True)
+    return Command(index, cmd, done_marker(cmd), False)
+
+
+def parse_commands(text: str, yaml_hint: bool = False) -> List[Command]:
+    """Commands from the text of a command list (one per line) or of a YAML with ``commands:``."""
+    stripped = text.lstrip()
+    if yaml_hint or stripped.startswith("commands:"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict) or not isinstance(data.get("commands"), list):
+            raise ValueError("a YAML sweep must be a mapping with a 'commands:' list")
+        return [_entry(i, item) for i, item in enumerate(data["commands"])]
+    lines = [ln.strip() for ln in text.splitlines()]
+    return [_entry(i, ln) for i, ln in enumerate(ln for ln in lines if ln and not ln.startswith("#"))]
+
+
+def read_commands(source: str, stdin: Optional[TextIO] = None) -> List[Command]:
+    if source == "-":
+        return parse_commands((stdin or sys.stdin).read())
+    path = Path(source)
+    return parse_commands(path.read_text(encoding="utf-8"), yaml_hint=path.suffix.lower() in (".yaml", ".yml"))
+
+
+def visible_gpus(explicit: Optional[str] = None) -> List[str]:
+    """GPU ids to hand out: ``--gpus``, else ``CUDA_VISIBLE_DEVICES``, else ``torch.cuda.device_count()``."""
+    spec = explicit if explicit is not None else os.environ.get("CUDA_VISIBLE_DEVICES")
+    if spec is not None:
+        spec = spec.strip()
+        return [] if spec in _NO_GPU else [g.strip() for g in spec.split(",") if g.strip()]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception as err:  # no torch or a broken driver both mean "no GPU to hand out"
+        logger.debug("torch.cuda unavailable (%s); running without GPU pinning", err)
+        return []
+
+
+# ------------------------------------------------------------------------------------ local
+
+
+def run_local(
+    commands: Sequence[Command],
+    workers: int,
+    gpus: Sequence[str],
+    retries: int = 0,
+    log_dir: str = "output/launch",
+    cwd: Optional[str] = None,
+    force: bool = False,
+) -> LaunchSummary:
+    """Run ``commands`` on a pool of ``workers`` threads; each job is a ``bash -c`` subprocess."""
+    summary = LaunchSummary()
+    logs = Path(log_dir)
+    logs.mkdir(parents=True, exist_ok=True)
+    workdir = cwd or os.fspath(REPO_ROOT)
+    todo: queue.Queue[Optional[Command]] = queue.Queue()
+    for c in commands:
+        if not force and c.is_done():
+            summary.skipped.append(c)
+        else:
+            todo.put(c)
+    lock = threading.Lock()
+    running: Dict[int, subprocess.Popen] = {}
+    stop = threading.Event()
+
+    def work(slot: int) -> None:
+        gpu = gpus[slot % len(gpus)] if gpus else None
+        env = dict(os.environ)
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        while True:
+            c = todo.get()
+            if c is None:
+                todo.task_done()
+                return
+            try:
+                if stop.is_set():
+                    continue
+                with lock:
+                    attempt = summary.attempts.get(c.index, 0) + 1
+                    summary.attempts[c.index] = attempt
+                log_path = logs / f"job{c.index:04d}.log"
+                with open(log_path, "a" if attempt > 1 else "w", encoding="utf-8") as log:
+                    log.write(f"# attempt {attempt}, worker {slot}, CUDA_VISIBLE_DEVICES={gpu if gpu is not None else '(unset)'}\n")
+                    log.write(f"# {c.cmd}\n")
+                    log.flush()
+                    logger.info("[job %d, attempt %d, gpu %s] %s", c.index, attempt, gpu, c.cmd)
+                    proc = subprocess.Popen(["bash", "-c", c.cmd], cwd=workdir, env=env, stdout=log,
+                                            stderr=subprocess.STDOUT)
+                    with lock:
+                        running[c.index] = proc
+                    rc = proc.wait()
+                    with lock:
+                        running.pop(c.index, None)
+                reason = ""
+                if rc != 0:
+                    reason = f"exit code {rc}"
+                elif c.explicit_done and not c.is_done():
+                    reason = f"exit code 0 but {c.done} was not written"
+                elif c.done and not c.is_done():
+                    logger.warning("job %d finished but %s does not exist", c.index, c.done)
+                with lock:
+                    if not reason:
+                        summary.succeeded.append(c)
+                    elif attempt <= retries and not stop.is_set():
+                        logger.warning("job %d failed (%s); retrying later (see %s)", c.index, reason, log_path)
+                        todo.put(c)
+                    else:
+                        summary.failed.append((c, reason, str(log_path)))
+            finally:
+                todo.task_done()
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(max(1, workers))]
+    for t in threads:
+        t.start()
+    try:
+        # join() in small steps so that Ctrl-C reaches the main thread.
+        while todo.unfinished_tasks:
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        stop.set()
+        with lock:
+            for proc in running.values():
+                proc.terminate()
+        raise
+    finally:
+        for _ in threads:
+            todo.put(None)
+    for t in threads:
+        t.join()
+    return summary
+
+
+# ------------------------------------------------------------------------------------ SLURM
+
+
+def _rel(path: Path, cwd: Path) -> str:
+    try:
+        return os.fspath(path.resolve().relative_to(cwd.resolve()))
+    except ValueError:
+        return os.fspath(path.resolve())
+
+
+def slurm_script(
+    num_tasks: int, commands_file: str, done_file: str, log_dir: str, options: SlurmOptions
+) -> str:
+    """Text of an array job with one task per command line (task i runs line i+1)."""
+    if num_tasks < 1:
+        raise ValueError("a SLURM array needs at least one command")
+    throttle = max(1, min(options.max_parallel, num_tasks))
+    lines = ["#!/usr/bin/env bash", f"#SBATCH --job-name={options.job_name}",
+             f"#SBATCH --array=0-{num_tasks - 1}%{throttle}"]
+    if options.partition:
+        lines.append(f"#SBATCH --partition={options.partition}")
+    if options.account:
+        lines.append(f"#SBATCH --account={options.account}")
+    if options.gres:
+        lines.append(f"#SBATCH --gres={options.gres}")
+    lines += [
+        f"#SBATCH --time={options.time}",
+        f"#SBATCH --cpus-per-task={options.cpus}",
+        f"#SBATCH --mem={options.mem}",
+        f"#SBATCH --output={log_dir}/%x-%A_%a.out",
+    ]
+    lines += [f"#SBATCH {extra}" for extra in options.extra]
+    lines += [
+        "# Written by scripts/launch.py: array task i runs line i+1 of the commands file, unless the",
+        "# file on the same line of the done file exists (finished runs are never repeated).",
+        "set -euo pipefail",
+        'cd "${SLURM_SUBMIT_DIR:-.}"',
+        f"COMMANDS={shlex.quote(commands_file)}",
+        f"DONE={shlex.quote(done_file)}",
+        "LINE=$((SLURM_ARRAY_TASK_ID + 1))",
+        'CMD="$(sed -n "${LINE}p" "$COMMANDS")"',
+        'MARKER="$(sed -n "${LINE}p" "$DONE")"',
+        'if [ -z "$CMD" ]; then echo "no command on line $LINE of $COMMANDS" >&2; exit 1; fi',
+        'if [ -n "$MARKER" ] && [ -f "$MARKER" ]; then echo "skip: $MARKER exists"; exit 0; fi',
+    ]
+    lines += list(options.setup)
+    lines += [
+        'echo "task ${SLURM_ARRAY_TASK_ID} on $(hostname): $CMD"',
+        'exec bash -c "$CMD"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_slurm(
+    commands: Sequence[Command], slurm_dir: str, options: SlurmOptions, cwd: Optional[str] = None
+) -> Tuple[str, str, str]:
+    """Write ``commands.txt``, ``done.txt`` and ``job.sbatch`` into ``slurm_dir``; paths are relative to ``cwd``."""
+    workdir = Path(cwd or REPO_ROOT)
+    out = Path(slurm_dir)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    commands_file, done_file, script = out / "commands.txt", out / "done.txt", out / "job.sbatch"
+    commands_file.write_text("".join(f"{c.cmd}\n" for c in commands), encoding="utf-8")
+    done_file.write_text("".join(f"{c.done or ''}\n" for c in commands), encoding="utf-8")
+    script.write_text(
+        slurm_script(len(commands), _rel(commands_file, workdir), _rel(done_file, workdir),
+                     _rel(out / "logs", workdir), options),
+        encoding="utf-8",
+    )
+    return str(script), str(commands_file), str(done_file)
+
+
+def submit_slurm(script: str, cwd: Optional[str] = None) -> str:
+    """``sbatch script`` from ``cwd`` (the jobs' working directory); returns sbatch's answer."""
+    workdir = cwd or os.fspath(REPO_ROOT)
+    res = subprocess.run(["sbatch", os.path.abspath(script)], cwd=workdir, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"sbatch failed ({res.returncode}): {res.stderr.strip() or res.stdout.strip()}")
+    return res.stdout.strip()
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m scripts.launch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("source", help="command list (text, one per line) or YAML with commands:; '-' = stdin")
+    p.add_argument("--mode", choices=["local", "slurm"], default="local")
+    p.add_argument("--cwd", default=None, help="working directory of the jobs (default: the repository root)")
+    p.add_argument("--force", action="store_true", help="also run commands whose results exist")
+    local = p.add_argument_group("local mode")
+    local.add_argument("--workers", type=int, default=None, help="parallel jobs (default: number of GPUs, else 1)")
+    local.add_argument("--gpus", default=None, help="comma-separated GPU ids (default: CUDA_VISIBLE_DEVICES / all)")
+    local.add_argument("--retries", type=int, default=0, help="extra attempts for a failed job")
+    local.add_argument("--log-dir", default="output/launch", help="per-job logs jobNNNN.log")
+    slurm = p.add_argument_group("slurm mode")
+    slurm.add_argument("--slurm-dir", default="output/slurm", help="where commands.txt / job.sbatch / logs go")
+    slurm.add_argument("--job-name", default="fsnl-sweep")
+    slurm.add_argument("--partition", default=None)
+    slurm.add_argument("--account", default=None)
+    slurm.add_argument("--gres", default="gpu:1")
+    slurm.add_argument("--time", default="24:00:00")
+    slurm.add_argument("--cpus", type=int, default=8)
+    slurm.add_argument("--mem", default="32G")
+    slurm.add_argument("--max-parallel", type=int, default=32, help="array throttle %%M")
+    slurm.add_argument("--setup", action="append", default=[],
+                       help="shell line run before each task's command (e.g. 'source .venv/bin/activate')")
+    slurm.add_argument("--sbatch-arg", action="append", default=[], help="extra '#SBATCH' option, e.g. --qos=high")
+    slurm.add_argument("--no-submit", action="store_true", help="write the files but do not call sbatch")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        commands = read_commands(args.source)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not commands:
+        print("nothing to run: the command list is empty", file=sys.stderr)
+        return 0
+
+    if args.mode == "slurm":
+        pending = commands if args.force else [c for c in commands if not c.is_done()]
+        skipped = len(commands) - len(pending)
+        if not pending:
+            print(f"all {len(commands)} command(s) are done; nothing to submit", file=sys.stderr)
+            return 0
+        options = SlurmOptions(
+            job_name=args.job_name, partition=args.partition, gres=args.gres or None, time=args.time,
+            cpus=args.cpus, mem=args.mem, max_parallel=args.max_parallel, account=args.account,
+            setup=args.setup, extra=args.sbatch_arg,
+        )
+        script, _, _ = write_slurm(pending, args.slurm_dir, options, args.cwd)
+        print(f"{len(pending)} array task(s) ({skipped} already done) in {script}", file=sys.stderr)
+        if args.no_submit:
+            print(f"submit with: cd {args.cwd or REPO_ROOT} && sbatch {os.path.abspath(script)}", file=sys.stderr)
+            return 0
+        try:
+            print(submit_slurm(script, args.cwd))
+        except FileNotFoundError:
+            print("error: sbatch not found; submit the script by hand on the cluster's login node", file=sys.stderr)
+            return 2
+        except RuntimeError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        return 0
+
+    gpus = visible_gpus(args.gpus)
+    workers = args.workers or max(1, len(gpus))
+    try:
+        summary = run_local(commands, workers, gpus, args.retries, args.log_dir, args.cwd, args.force)
+    except KeyboardInterrupt:
+        print("interrupted; running jobs were terminated", file=sys.stderr)
+        return 130
+    print(f"launch: {summary.line()} ({workers} worker(s), GPUs: {','.join(gpus) or 'none'})", file=sys.stderr)
+    for c, reason, log in summary.failed:
+        print(f"  FAILED job {c.index} ({reason}, log {log}): {c.cmd}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

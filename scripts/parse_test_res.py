@@ -1,0 +1,740 @@
+"""Collect run results into per-seed statistics, the paper's H-mean table and shot curves.
+
+    python -m scripts.parse_test_res OUT                      # every (dataset, method, shots) group
+    python -m scripts.parse_test_res OUT --table --shots 4    # rows = methods, columns = domains + Avg
+    python -m scripts.parse_test_res OUT --curves             # OOP accuracy vs shots (zero-shot at 0)
+    python -m scripts.parse_test_res OUT --log-mode           # old Dassl runs: "* accuracy: X%" in log.txt
+
+Every ``results.json`` below the directory is read. The run's place in the reference output layout
+gives its dataset, method and shots: ``<Dataset>/shots_<K>/<phase>/<method...>/seed<S>`` (phase
+``train`` for the OOP-trained run, ``test_IP`` / ``test_All`` for reference-style eval-only runs),
+``<Dataset>/<ZeroshotTrainer>/ZS_<SUB>/seed<S>`` for zero-shot (0 shots) and
+``<Dataset>/linear_probe`` for the linear probe (one entry per shot count and run). A file elsewhere
+falls back on its own ``dataset`` / ``trainer`` / ``shots`` / ``seed`` fields. Results of the same
+(dataset, method, shots, seed) are merged, so an OOP run and a separate IP evaluation form one seed.
+
+The method is the first folder below the phase (``FSNL_openclip_USE_CAPTION_True``, ``CoOp_openclip``,
+``TaskRes``...); ``--method-depth N`` keeps N folders to tell variants apart, with FSNL's
+``_BS_<n>_LR_<x>`` (derived from C and K by the rule) dropped so one method stays one row.
+
+H-mean ``H = 2·OOP·IP / (OOP + IP)``. The paper does not say how it was averaged over seeds (spec §8.6),
+so both conventions exist and the output names the one used: ``--hmean per-seed`` (default: H of each
+seed, then the mean over seeds) or ``--hmean from-means`` (H of the seed-averaged OOP and IP). The
+spread is the sample standard deviation over seeds (ddof 1) or, with ``--ci``, the half-width of the
+95% Student-t confidence interval of the mean.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+__all__ = [
+    "RunRecord",
+    "Stat",
+    "GroupSummary",
+    "HMEAN_CONVENTIONS",
+    "hmean",
+    "compute_stat",
+    "load_results",
+    "load_logs",
+    "merge_seeds",
+    "summarize",
+    "collect",
+    "method_labels",
+    "build_table",
+    "build_curves",
+    "summary_to_json",
+    "groups_from_json",
+    "render_summary_md",
+    "render_table_md",
+    "render_curves_md",
+    "hmean_note",
+    "spread_note",
+    "main",
+]
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+HMEAN_CONVENTIONS = ("per-seed", "from-means")
+ZEROSHOT_SHOTS = 0
+_SHOTS_DIR = re.compile(r"shots_(\d+)$")
+_SEED_DIR = re.compile(r"seed(-?\d+)$")
+_ZS_DIR = re.compile(r"ZS_(\w+)$")
+_FSNL_RULE_PART = re.compile(r"_BS_\d+_LR_[0-9.eE+-]+")
+_ACCURACY_LINE = re.compile(r"\* accuracy: ([0-9.]+)%")
+_LOG_NAME = re.compile(r"log\.txt(-.*)?$")
+_PHASE_SUBSET = {"train": "OOP", "test_OOP": "OOP", "test_IP": "IP", "test_All": "All"}
+
+#: Paper names and row order of the known methods (matched on the start of the first folder).
+_METHOD_NAMES: Tuple[Tuple[str, str], ...] = (
+    ("ZeroshotCLIP_openclip", "OpenCLIP (zero-shot)"),
+    ("ZeroshotCLIP", "Zero-shot CLIP"),
+    ("CoOp", "CoOp"),
+    ("CoCoOp", "CoCoOp"),
+    ("CLIP_Adapter", "CLIP-Adapter"),
+    ("TaskRes", "TaskRes"),
+    ("linear_probe", "Linear probe"),
+    ("FSNL", "FSNL"),
+)
+
+
+@dataclass
+class RunRecord:
+    """One evaluation (or several merged into one seed) of one (dataset, method, shots, seed)."""
+
+    dataset: str
+    method: str
+    shots: int
+    seed: Optional[int]
+    oop: Optional[float] = None
+    ip: Optional[float] = None
+    accuracy: Optional[float] = None
+    phase: str = "train"
+    sub_classes: str = ""
+    path: str = ""
+
+
+@dataclass
+class Stat:
+    """Mean and spread of a metric over seeds (``nan`` when undefined)."""
+
+    mean: float = math.nan
+    std: float = math.nan
+    ci95: float = math.nan
+    n: int = 0
+
+    def spread(self, kind: str) -> float:
+        return self.ci95 if kind == "ci95" else self.std
+
+
+@dataclass
+class GroupSummary:
+    dataset: str
+    method: str
+    shots: int
+    seeds: List[Any] = field(default_factory=list)
+    oop: Stat = field(default_factory=Stat)
+    ip: Stat = field(default_factory=Stat)
+    hmean: Stat = field(default_factory=Stat)
+    accuracy: Stat = field(default_factory=Stat)
+    label: str = ""
+
+
+# ------------------------------------------------------------------------------------ statistics
+
+
+def hmean(oop: float, ip: float) -> float:
+    """Harmonic mean of two accuracies (0 when both are 0)."""
+    total = oop + ip
+    return 0.0 if total == 0 else 2.0 * oop * ip / total
+
+
+def compute_stat(values: Sequence[float]) -> Stat:
+    """Mean, sample std (ddof 1) and 95% Student-t half-width of ``values``."""
+    vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    n = len(vals)
+    if n == 0:
+        return Stat()
+    mean = sum(vals) / n
+    if n == 1:
+        return Stat(mean, math.nan, math.nan, 1)
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
+    from scipy.stats import t
+
+    return Stat(mean, std, float(t.ppf(0.975, n - 1)) * std / math.sqrt(n), n)
+
+
+# ------------------------------------------------------------------------------------ loading
+
+
+def _num(value: Any) -> Optional[float]:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(out) else out
+
+
+def _method_key(parts: Sequence[str], depth: int) -> str:
+    kept = [_FSNL_RULE_PART.sub("", p) for p in parts[: max(1, depth)]]
+    return "/".join(kept)
+
+
+def _seed_from(part: str) -> Optional[int]:
+    m = _SEED_DIR.fullmatch(part)
+    return int(m.group(1)) if m else None
+
+
+def _layout(run_dir: Path, depth: int) -> Optional[Dict[str, Any]]:
+    """Dataset / method / shots / seed / phase read from a run folder's place in the output layout."""
+    parts = run_dir.parts
+    seed = _seed_from(parts[-1]) if parts else None
+    body = parts[:-1] if seed is not None else parts
+    for i in range(len(body) - 1, 0, -1):
+        m = _SHOTS_DIR.fullmatch(body[i])
+        if m and i + 2 < len(body):
+            return {
+                "dataset": body[i - 1],
+                "shots": int(m.group(1)),
+                "phase": body[i + 1],
+                "method": _method_key(body[i + 2:], depth),
+                "seed": seed,
+                "sub_classes": _PHASE_SUBSET.get(body[i + 1], ""),
+            }
+    if len(body) >= 3:
+        m = _ZS_DIR.fullmatch(body[-1])
+        if m:
+            return {
+                "dataset": body[-3],
+                "shots": ZEROSHOT_SHOTS,
+                "phase": "zeroshot",
+                "method": body[-2],
+                "seed": seed,
+                "sub_classes": m.group(1),
+            }
+    return None
+
+
+def _metrics(data: Dict[str, Any], sub_classes: str) -> Tuple[Optional[float], Optional[float], Optional[float]]:
+    accuracy = _num(data.get("accuracy"))
+    subsets = data.get("subsets") if isinstance(data.get("subsets"), dict) else {}
+    oop, ip = _num(data.get("oop")), _num(data.get("ip"))
+    if oop is None and isinstance(subsets.get("OOP"), dict):
+        oop = _num(subsets["OOP"].get("accuracy"))
+    if ip is None and isinstance(subsets.get("IP"), dict):
+        ip = _num(subsets["IP"].get("accuracy"))
+    if oop is None and sub_classes == "OOP":
+        oop = accuracy
+    if ip is None and sub_classes == "IP":
+        ip = accuracy
+    return oop, ip, accuracy
+
+
+def _linear_probe_records(path: Path, data: Dict[str, Any]) -> List[RunRecord]:
+    # lpclip.linear_probe: {"dataset", "sub_classes", "shots": {"K": {"accuracies": [...], "seeds": [...]}}};
+    # each of its runs counts as one seed of the group.
+    dataset = str(data.get("dataset") or (path.parent.parent.name if path.parent.name == "linear_probe" else ""))
+    sub = str(data.get("sub_classes") or "OOP")
+    out = []
+    for key, res in sorted(data["shots"].items(), key=lambda kv: int(kv[0])):
+        if not isinstance(res, dict):
+            continue
+        accs = res.get("accuracies") or ([res["accuracy_mean"]] if "accuracy_mean" in res else [])
+        seeds = res.get("seeds") or list(range(1, len(accs) + 1))
+        for seed, acc in zip(seeds, accs):
+            value = _num(acc)
+            out.append(RunRecord(
+                dataset=dataset, method="linear_probe", shots=int(res.get("shots", key)), seed=int(seed),
+                oop=value if sub == "OOP" else None, ip=value if sub == "IP" else None, accuracy=value,
+                phase="train", sub_classes=sub, path=str(path),
+            ))
+    return out
+
+
+def _record_from_json(path: Path, data: Dict[str, Any], depth: int) -> List[RunRecord]:
+    if isinstance(data.get("shots"), dict):
+        return _linear_probe_records(path, data)
+    where = _layout(path.parent, depth)
+    if where is None:
+        if not data.get("dataset") or not data.get("trainer"):
+            logger.warning("Skipping %s: neither its folder nor its fields say which run it is", path)
+            return []
+        shots = int(data.get("shots") or 0)
+        where = {
+            "dataset": str(data["dataset"]),
+            "method": str(data["trainer"]),
+            "shots": max(shots, 0),
+            "seed": data.get("seed"),
+            "phase": "train",
+            "sub_classes": "",
+        }
+    sub = str(data.get("sub_classes") or where["sub_classes"] or "")
+    oop, ip, accuracy = _metrics(data, sub)
+    seed = where["seed"] if where["seed"] is not None else data.get("seed")
+    return [RunRecord(
+        dataset=where["dataset"], method=where["method"], shots=where["shots"],
+        seed=None if seed is None else int(seed), oop=oop, ip=ip, accuracy=accuracy,
+        phase=where["phase"], sub_classes=sub, path=str(path),
+    )]
+
+
+def load_results(root: str, method_depth: int = 1) -> List[RunRecord]:
+    """One record per evaluation found in the ``results.json`` files below ``root`` (unmerged)."""
+    records: List[RunRecord] = []
+    for path in sorted(Path(root).rglob(RESULTS_FILE)):
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as err:
+            logger.warning("Skipping unreadable %s (%s)", path, err)
+            continue
+        if isinstance(data, dict):
+            records.extend(_record_from_json(path.resolve(), data, method_depth))
+    return records
+
+
+def _last_accuracy(path: Path) -> Optional[float]:
+    value = None
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                m = _ACCURACY_LINE.search(line)
+                if m:
+                    value = float(m.group(1))
+    except OSError as err:
+        logger.warning("Skipping unreadable %s (%s)", path, err)
+    return value
+
+
+def load_logs(root: str, method_depth: int = 1) -> List[RunRecord]:
+    """Dassl-compatible: the last ``* accuracy: X%`` of each run folder's newest log.
+
+    Dassl writes ``log.txt`` and, when it exists already, ``log.txt-<timestamp>``; the newest file that
+    holds an accuracy line is used. The accuracy is the OOP one for ``train`` / ``ZS_OOP`` folders and
+    the IP one for ``test_IP`` / ``ZS_IP`` folders (reference-style runs; a run of this code base writes
+    results.json, whose last log line may be its automatic IP evaluation).
+    """
+    by_dir: Dict[Path, List[Path]] = {}
+    for path in Path(root).rglob("log.txt*"):
+        if path.is_file() and _LOG_NAME.fullmatch(path.name):
+            by_dir.setdefault(path.parent.resolve(), []).append(path)
+    records = []
+    for run_dir in sorted(by_dir):
+        where = _layout(run_dir, method_depth)
+        if where is None:
+            logger.warning("Skipping %s: not in the <Dataset>/shots_<K>/<phase>/<method>/seed<S> layout", run_dir)
+            continue
+        # "log.txt" is the oldest; timestamped names sort chronologically after it.
+        files = sorted(by_dir[run_dir], key=lambda p: (p.name != "log.txt", p.name))
+        value = None
+        for path in reversed(files):
+            value = _last_accuracy(path)
+            if value is not None:
+                break
+        if value is None:
+            continue
+        sub = where["sub_classes"]
+        records.append(RunRecord(
+            dataset=where["dataset"], method=where["method"], shots=where["shots"], seed=where["seed"],
+            oop=value if sub == "OOP" else None, ip=value if sub == "IP" else None, accuracy=value,
+            phase=where["phase"], sub_classes=sub, path=str(path),
+        ))
+    return records
+
+
+def merge_seeds(records: Iterable[RunRecord]) -> List[RunRecord]:
+    """One record per (dataset, method, shots, seed): OOP and IP may come from different evaluations.
+
+    The training run (phase ``train`` or zero-shot on OOP) is the primary record: its accuracy is the
+    group's ``accuracy`` and its OOP/IP values win over those of separate evaluations.
+    """
+    groups: Dict[Tuple[Any, ...], List[RunRecord]] = {}
+    for rec in records:
+        key = (rec.dataset, rec.method, rec.shots, rec.seed if rec.seed is not None else rec.path)
+        groups.setdefault(key, []).append(rec)
+    merged = []
+    for key in sorted(groups, key=str):
+        recs = sorted(
+            groups[key],
+            key=lambda r: (not (r.phase == "train" or (r.phase == "zeroshot" and r.sub_classes == "OOP")), r.path),
+        )
+        first = recs[0]
+        merged.append(RunRecord(
+            dataset=first.dataset, method=first.method, shots=first.shots, seed=first.seed,
+            oop=next((r.oop for r in recs if r.oop is not None), None),
+            ip=next((r.ip for r in recs if r.ip is not None), None),
+            accuracy=first.accuracy, phase=first.phase, sub_classes=first.sub_classes,
+            path=";".join(r.path for r in recs),
+        ))
+    return merged
+
+
+def summarize(runs: Iterable[RunRecord], hmean_convention: str = "per-seed") -> List[GroupSummary]:
+    """Statistics over seeds for each (dataset, method, shots) of merged runs."""
+    if hmean_convention not in HMEAN_CONVENTIONS:
+        raise ValueError(f"hmean convention must be one of {HMEAN_CONVENTIONS}, got {hmean_convention!r}")
+    groups: Dict[Tuple[str, str, int], List[RunRecord]] = {}
+    for run in runs:
+        groups.setdefault((run.dataset, run.method, run.shots), []).append(run)
+    out = []
+    for (dataset, method, shots), recs in sorted(groups.items()):
+        oop = compute_stat([r.oop for r in recs if r.oop is not None])
+        ip = compute_stat([r.ip for r in recs if r.ip is not None])
+        if hmean_convention == "per-seed":
+            h = compute_stat([hmean(r.oop, r.ip) for r in recs if r.oop is not None and r.ip is not None])
+        elif oop.n and ip.n:
+            h = Stat(hmean(oop.mean, ip.mean), math.nan, math.nan, min(oop.n, ip.n))
+        else:
+            h = Stat()
+        out.append(GroupSummary(
+            dataset=dataset, method=method, shots=shots,
+            seeds=sorted(r.seed for r in recs if r.seed is not None),
+            oop=oop, ip=ip, hmean=h, accuracy=compute_stat([r.accuracy for r in recs if r.accuracy is not None]),
+        ))
+    labels = method_labels([g.method for g in out])
+    for g in out:
+        g.label = labels[g.method]
+    return out
+
+
+def collect(
+    root: str, log_mode: bool = False, hmean_convention: str = "per-seed", method_depth: int = 1
+) -> List[GroupSummary]:
+    """Load, merge and summarise everything below ``root`` (what the plot script reuses)."""
+    records = load_logs(root, method_depth) if log_mode else load_results(root, method_depth)
+    return summarize(merge_seeds(records), hmean_convention)
+
+
+# ------------------------------------------------------------------------------------ views
+
+
+def _known(method: str) -> Tuple[int, str]:
+    first, _, rest = method.partition("/")
+    for order, (prefix, name) in enumerate(_METHOD_NAMES):
+        if first.startswith(prefix):
+            return order, name + (f" ({rest})" if rest else "")
+    return len(_METHOD_NAMES), method
+
+
+def method_labels(methods: Iterable[str], raw: bool = False) -> Dict[str, str]:
+    """Paper names for method keys, falling back to the key when two keys would share a name."""
+    keys = sorted(set(methods))
+    labels = {m: (m if raw else _known(m)[1]) for m in keys}
+    counts: Dict[str, int] = {}
+    for label in labels.values():
+        counts[label] = counts.get(label, 0) + 1
+    return {m: (label if counts[label] == 1 else m) for m, label in labels.items()}
+
+
+def _method_order(method: str) -> Tuple[int, str]:
+    return _known(method)[0], method
+
+
+def _fmt(stat: Stat, spread: Optional[str], digits: int = 2) -> str:
+    if stat.n == 0 or math.isnan(stat.mean):
+        return "-"
+    text = f"{stat.mean:.{digits}f}"
+    if spread and not math.isnan(stat.spread(spread)):
+        text += f" ± {stat.spread(spread):.{digits}f}"
+    return text
+
+
+def _short(dataset: str) -> str:
+    from scripts.domains import short_name
+
+    return short_name(dataset)
+
+
+def build_table(groups: Sequence[GroupSummary], shots: int) -> Dict[str, Any]:
+    """H-mean table at ``shots``: methods trained with that K plus the zero-shot rows (0 shots)."""
+    zero_shot_only = {g.method for g in groups if g.shots == ZEROSHOT_SHOTS} - {
+        g.method for g in groups if g.shots != ZEROSHOT_SHOTS
+    }
+    chosen = [g for g in groups if g.shots == shots or (g.shots == ZEROSHOT_SHOTS and g.method in zero_shot_only)]
+    domains = sorted({g.dataset for g in chosen}, key=lambda d: (_short(d).lower(), d))
+    rows = []
+    for method in sorted({g.method for g in chosen}, key=_method_order):
+        cells = {g.dataset: g.hmean for g in chosen if g.method == method and g.hmean.n}
+        if not cells:
+            continue  # never evaluated on IP (TaskRes, linear probe): no H-mean to show
+        means = [cells[d].mean for d in domains if d in cells and cells[d].n and not math.isnan(cells[d].mean)]
+        rows.append({
+            "method": method,
+            "label": next(g.label for g in chosen if g.method == method),
+            "cells": cells,
+            "avg": sum(means) / len(means) if means else math.nan,
+            "complete": len(means) == len(domains),
+        })
+    return {"shots": shots, "domains": domains, "rows": rows}
+
+
+def build_curves(groups: Sequence[GroupSummary]) -> Dict[str, Any]:
+    """OOP accuracy per (dataset, method) over shots; zero-shot methods sit at 0 shots."""
+    datasets = sorted({g.dataset for g in groups}, key=lambda d: (_short(d).lower(), d))
+    shots = sorted({g.shots for g in groups})
+    curves = []
+    for dataset in datasets:
+        for method in sorted({g.method for g in groups if g.dataset == dataset}, key=_method_order):
+            points = sorted((g for g in groups if g.dataset == dataset and g.method == method), key=lambda g: g.shots)
+            curves.append({
+                "dataset": dataset,
+                "method": method,
+                "label": points[0].label,
+                "zero_shot": all(p.shots == ZEROSHOT_SHOTS for p in points),
+                "points": [(p.shots, p.oop) for p in points if p.oop.n],
+            })
+    return {"datasets": datasets, "shots": shots, "curves": curves}
+
+
+# ------------------------------------------------------------------------------------ rendering
+
+
+def hmean_note(hmean_convention: str) -> str:
+    if hmean_convention == "per-seed":
+        how = "H = 2·OOP·IP/(OOP+IP) of each seed, then the mean over seeds"
+    else:
+        how = "H of the seed-averaged accuracies, 2·mean(OOP)·mean(IP)/(mean(OOP)+mean(IP))"
+    return f"H-mean convention: {hmean_convention} ({how})."
+
+
+def spread_note(spread: Optional[str]) -> str:
+    if not spread:
+        return "Means over seeds; accuracies in %."
+    what = "95% Student-t confidence interval of the mean" if spread == "ci95" else "sample std over seeds (ddof 1)"
+    return f"Mean ± {what}; accuracies in %."
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_summary_md(groups: Sequence[GroupSummary], hmean_convention: str, spread: Optional[str]) -> str:
+    header = ["Dataset", "Method", "Shots", "Seeds", "OOP", "IP", "H-mean", "Accuracy"]
+    rows = [
+        [g.dataset, g.label, str(g.shots), str(len(g.seeds) or g.accuracy.n), _fmt(g.oop, spread), _fmt(g.ip, spread),
+         _fmt(g.hmean, spread), _fmt(g.accuracy, spread)]
+        for g in sorted(groups, key=lambda g: (g.dataset, _method_order(g.method), g.shots))
+    ]
+    note = f"{hmean_note(hmean_convention)} {spread_note(spread)}"
+    return note + "\n\n" + _md_table(header, rows) + "\n"
+
+
+def render_table_md(table: Dict[str, Any], hmean_convention: str, spread: Optional[str]) -> str:
+    domains = table["domains"]
+    header = ["Method"] + [_short(d) for d in domains] + ["Avg"]
+    rows = []
+    incomplete = False
+    for row in table["rows"]:
+        cells = [_fmt(row["cells"][d], spread) if d in row["cells"] else "-" for d in domains]
+        avg = "-" if math.isnan(row["avg"]) else f"{row['avg']:.2f}"
+        if not row["complete"] and avg != "-":
+            avg += "*"
+            incomplete = True
+        rows.append([row["label"]] + cells + [avg])
+    title = (f"H-mean of OOP and IP accuracy (%), {table['shots']} shots (zero-shot rows: no training); "
+             "Avg = mean over the domains.")
+    note = f"{hmean_note(hmean_convention)} {spread_note(spread)}"
+    if spread and hmean_convention == "from-means":
+        note += " (An H-mean of means has no spread.)"
+    text = f"{title}\n{note}\n\n{_md_table(header, rows)}\n"
+    if incomplete:
+        text += "\n\\* averaged over the domains available for that method only.\n"
+    return text
+
+
+def render_curves_md(curves: Dict[str, Any], spread: Optional[str]) -> str:
+    shots = curves["shots"]
+    parts = [f"OOP accuracy vs shots per class (0 = zero-shot). {spread_note(spread)}"]
+    for dataset in curves["datasets"]:
+        rows = []
+        for c in (c for c in curves["curves"] if c["dataset"] == dataset):
+            by_k = dict(c["points"])
+            rows.append([c["label"]] + [_fmt(by_k[k], spread) if k in by_k else "-" for k in shots])
+        parts.append(f"### {dataset}\n\n" + _md_table(["Method"] + [str(k) for k in shots], rows))
+    return "\n\n".join(parts) + "\n"
+
+
+def _stat_json(stat: Stat) -> Dict[str, Any]:
+    def clean(x: float) -> Optional[float]:
+        return None if math.isnan(x) else round(x, 6)
+
+    return {"mean": clean(stat.mean), "std": clean(stat.std), "ci95": clean(stat.ci95), "n": stat.n}
+
+
+def _stat_from_json(obj: Optional[Dict[str, Any]]) -> Stat:
+    if not obj:
+        return Stat()
+
+    def val(k: str) -> float:
+        v = obj.get(k)
+        return math.nan if v is None else float(v)
+
+    return Stat(val("mean"), val("std"), val("ci95"), int(obj.get("n") or 0))
+
+
+def summary_to_json(groups: Sequence[GroupSummary]) -> List[Dict[str, Any]]:
+    return [
+        {
+            "dataset": g.dataset, "method": g.method, "label": g.label, "shots": g.shots, "seeds": g.seeds,
+            "oop": _stat_json(g.oop), "ip": _stat_json(g.ip), "hmean": _stat_json(g.hmean),
+            "accuracy": _stat_json(g.accuracy),
+        }
+        for g in groups
+    ]
+
+
+def groups_from_json(payload: Dict[str, Any]) -> List[GroupSummary]:
+    """Inverse of the ``groups`` list written by ``--json`` (what the plot script reads)."""
+    return [
+        GroupSummary(
+            dataset=g["dataset"], method=g["method"], shots=int(g["shots"]), seeds=list(g.get("seeds", [])),
+            oop=_stat_from_json(g.get("oop")), ip=_stat_from_json(g.get("ip")),
+            hmean=_stat_from_json(g.get("hmean")), accuracy=_stat_from_json(g.get("accuracy")),
+            label=g.get("label") or g["method"],
+        )
+        for g in payload["groups"]
+    ]
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else round(value, 6)
+    return value
+
+
+def _csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([_csv_value(v) for v in row])
+    return buf.getvalue()
+
+
+def _csv_summary(groups: Sequence[GroupSummary], hmean_convention: str, spread: str) -> str:
+    header = ["dataset", "method", "label", "shots", "n_seeds", "seeds"]
+    for metric in ("oop", "ip", "hmean", "accuracy"):
+        header += [f"{metric}_mean", f"{metric}_{spread}", f"{metric}_n"]
+    header.append("hmean_convention")
+    rows = []
+    for g in groups:
+        row: List[Any] = [g.dataset, g.method, g.label, g.shots, len(g.seeds), " ".join(map(str, g.seeds))]
+        for stat in (g.oop, g.ip, g.hmean, g.accuracy):
+            row += [stat.mean, stat.spread(spread), stat.n]
+        row.append(hmean_convention)
+        rows.append(row)
+    return _csv_text(header, rows)
+
+
+def _csv_table(table: Dict[str, Any], spread: str) -> str:
+    domains = table["domains"]
+    header = ["method", "label"] + domains + [f"{d}_{spread}" for d in domains] + ["avg", "complete"]
+    rows = []
+    for row in table["rows"]:
+        cells = row["cells"]
+        rows.append(
+            [row["method"], row["label"]]
+            + [cells[d].mean if d in cells else math.nan for d in domains]
+            + [cells[d].spread(spread) if d in cells else math.nan for d in domains]
+            + [row["avg"], row["complete"]]
+        )
+    return _csv_text(header, rows)
+
+
+def _csv_curves(curves: Dict[str, Any], spread: str) -> str:
+    header = ["dataset", "method", "label", "shots", "oop_mean", f"oop_{spread}", "n"]
+    rows = [
+        [c["dataset"], c["method"], c["label"], k, s.mean, s.spread(spread), s.n]
+        for c in curves["curves"]
+        for k, s in c["points"]
+    ]
+    return _csv_text(header, rows)
+
+
+def _table_json(table: Dict[str, Any]) -> Dict[str, Any]:
+    return {
+        "shots": table["shots"],
+        "domains": table["domains"],
+        "rows": [
+            {"method": r["method"], "label": r["label"], "avg": None if math.isnan(r["avg"]) else r["avg"],
+             "complete": r["complete"], "cells": {d: _stat_json(s) for d, s in r["cells"].items()}}
+            for r in table["rows"]
+        ],
+    }
+
+
+def _curves_json(curves: Dict[str, Any]) -> List[Dict[str, Any]]:
+    return [
+        {"dataset": c["dataset"], "method": c["method"], "label": c["label"], "zero_shot": c["zero_shot"],
+         "points": [{"shots": k, **_stat_json(s)} for k, s in c["points"]]}
+        for c in curves["curves"]
+    ]
+
+
+def _write(path: str, text: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text, encoding="utf-8")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m scripts.parse_test_res", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("directory", help="output root to search recursively")
+    view = p.add_mutually_exclusive_group()
+    view.add_argument("--table", action="store_true", help="methods x domains H-mean table at --shots")
+    view.add_argument("--curves", action="store_true", help="OOP accuracy vs shots per domain and method")
+    p.add_argument("--shots", type=int, default=4, help="shot count of --table (default 4, as in the paper)")
+    p.add_argument("--hmean", choices=HMEAN_CONVENTIONS, default="per-seed")
+    p.add_argument("--ci", action="store_true", help="spread = 95%% CI half-width instead of the std")
+    p.add_argument("--no-spread", action="store_true", help="print means only")
+    p.add_argument("--log-mode", action="store_true", help="parse '* accuracy: X%%' lines of log.txt files")
+    p.add_argument("--method-depth", type=int, default=1, help="folders below the phase that name a method")
+    p.add_argument("--raw-names", action="store_true", help="show method folder names instead of paper names")
+    p.add_argument("--md", help="also write the Markdown here")
+    p.add_argument("--csv", help="write the selected view as CSV")
+    p.add_argument("--json", help="write all groups (and the selected view) as JSON")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if not Path(args.directory).is_dir():
+        print(f"error: {args.directory} is not a directory", file=sys.stderr)
+        return 2
+    groups = collect(args.directory, args.log_mode, args.hmean, args.method_depth)
+    if args.raw_names:
+        for g in groups:
+            g.label = g.method
+    if not groups:
+        source = "log.txt files with accuracy lines" if args.log_mode else "results.json files"
+        print(f"error: no {source} found under {args.directory}", file=sys.stderr)
+        return 1
+    spread = "ci95" if args.ci else "std"
+    shown_spread = None if args.no_spread else spread
+    payload: Dict[str, Any] = {
+        "hmean_convention": args.hmean,
+        "spread": spread,
+        "source": "log" if args.log_mode else "results.json",
+        "groups": summary_to_json(groups),
+    }
+    if args.table:
+        table = build_table(groups, args.shots)
+        md = render_table_md(table, args.hmean, shown_spread)
+        csv_text = _csv_table(table, spread)
+        payload["table"] = _table_json(table)
+    elif args.curves:
+        curves = build_curves(groups)
+        md = render_curves_md(curves, shown_spread)
+        csv_text = _csv_curves(curves, spread)
+        payload["curves"] = _curves_json(curves)
+    else:
+        md = render_summary_md(groups, args.hmean, shown_spread)
+        csv_text = _csv_summary(groups, args.hmean, spread)
+    sys.stdout.write(md)
+    if args.md:
+        _write(args.md, md)
+    if args.csv:
+        _write(args.csv, csv_text)
+    if args.json:
+        _write(args.json, json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Few-shot curves like the paper's Figure 5: OOP accuracy vs shots, one panel per domain.
+
+    python -m scripts.plot_curves OUT --out figures/curves            # a results directory
+    python -m scripts.plot_curves table.json --out figures/curves     # parse_test_res --json output
+
+One line per method (mean over seeds, ``--band`` adds ± std), the zero-shot model as a star at 0 shots.
+Writes ``<out>.png`` and ``<out>.pdf``. Results are read through ``scripts.parse_test_res`` so the
+table and the figure can never disagree.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from scripts.parse_test_res import GroupSummary, build_curves, collect, groups_from_json
+
+__all__ = ["load_groups", "plot_curves", "main"]
+
+
+def load_groups(source: str, log_mode: bool = False, method_depth: int = 1) -> List[GroupSummary]:
+    """Groups from a results directory, or from the JSON written by ``parse_test_res --json``."""
+    path = Path(source)
+    if path.is_dir():
+        return collect(str(path), log_mode=log_mode, method_depth=method_depth)
+    with open(path, encoding="utf-8") as f:
+        return groups_from_json(json.load(f))
+
+
+def _out_base(out: str) -> Path:
+    base = Path(out)
+    return base.with_suffix("") if base.suffix.lower() in (".png", ".pdf") else base
+
+
+def plot_curves(
+    groups: Sequence[GroupSummary],
+    out: str,
+    domains: Optional[Sequence[str]] = None,
+    band: bool = False,
+    ncols: Optional[int] = None,
+    title: Optional[str] = None,
+) -> Tuple[str, str]:
+    """Draw the curves of ``groups`` and save ``<out>.png`` / ``<out>.pdf``; returns both paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from scripts.domains import short_name
+
+    curves = build_curves(groups)
+    datasets = [d for d in curves["datasets"] if not domains or d in domains or short_name(d) in domains]
+    if not datasets:
+        raise ValueError("nothing to plot: no results for the requested domains")
+    shots = sorted({k for c in curves["curves"] if c["dataset"] in datasets for k, _ in c["points"]})
+
+    methods: List[str] = []
+    for c in curves["curves"]:
+        if c["method"] not in methods:
+            methods.append(c["method"])
+    palette = plt.get_cmap("tab10")
+    colors: Dict[str, object] = {m: palette(i % 10) for i, m in enumerate(methods)}
+
+    n = len(datasets)
+    ncols = ncols or min(n, max(1, math.ceil(math.sqrt(n))))
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.9 * nrows), squeeze=False)
+    handles: Dict[str, object] = {}
+    for ax, dataset in zip(axes.flat, datasets):
+        for c in (c for c in curves["curves"] if c["dataset"] == dataset and c["points"]):
+            xs = [k for k, _ in c["points"]]
+            ys = [s.mean for _, s in c["points"]]
+            color = colors[c["method"]]
+            if c["zero_shot"]:
+                (line,) = ax.plot(xs, ys, linestyle="none", marker="*", markersize=11, color=color)
+            else:
+                (line,) = ax.plot(xs, ys, marker="o", markersize=4, linewidth=1.6, color=color)
+                if band:
+                    sd = [0.0 if math.isnan(s.std) else s.std for _, s in c["points"]]
+                    ax.fill_between(xs, [y - e for y, e in zip(ys, sd)], [y + e for y, e in zip(ys, sd)],
+                                    color=color, alpha=0.15, linewidth=0)
+            handles.setdefault(c["label"], line)
+        ax.set_title(short_name(dataset))
+        ax.set_xticks(shots)
+        ax.set_xlabel("Shots per class")
+        ax.set_ylabel("OOP accuracy (%)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 7), frameon=False)
+    if title:
+        fig.suptitle(title)
+    legend_rows = math.ceil(len(handles) / 7)
+    fig.tight_layout(rect=(0, 0.04 + 0.05 * legend_rows / nrows, 1, 1))
+
+    base = _out_base(out)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    png, pdf = f"{base}.png", f"{base}.pdf"
+    fig.savefig(png, dpi=150)
+    fig.savefig(pdf)
+    plt.close(fig)
+    return png, pdf
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m scripts.plot_curves", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("source", help="results directory, or the JSON of `parse_test_res --json`")
+    p.add_argument("--out", default="figures/fewshot_curves", help="output path without extension")
+    p.add_argument("--domains", nargs="+", default=None, help="registered or short names (default: all found)")
+    p.add_argument("--band", action="store_true", help="shade ± one std over seeds")
+    p.add_argument("--ncols", type=int, default=None)
+    p.add_argument("--title", default=None)
+    p.add_argument("--log-mode", action="store_true", help="directory of old runs with log.txt only")
+    p.add_argument("--method-depth", type=int, default=1)
+    args = p.parse_args(argv)
+    if not Path(args.source).exists():
+        print(f"error: {args.source} does not exist", file=sys.stderr)
+        return 2
+    groups = load_groups(args.source, args.log_mode, args.method_depth)
+    try:
+        png, pdf = plot_curves(groups, args.out, args.domains, args.band, args.ncols, args.title)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {png} and {pdf}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

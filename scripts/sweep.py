@@ -1,0 +1,474 @@
+"""One generator of run commands for every method of the paper (spec §8), replacing the reference's
+hand-edited shell scripts with absolute paths (B33).
+
+Every run is a ``Job``: the command line plus the file whose existence means "done" (the run's
+``results.json``, or a feature file for the linear probe). A sweep is therefore idempotent and
+resumable: rerunning it skips what finished and retries what did not.
+
+    python -m scripts.sweep --method fsnl --root DATA --out OUT --domains Animals --shots 4 --dry-run
+    python -m scripts.sweep --method coop --root DATA --out OUT                  # runs sequentially
+    python -m scripts.sweep --method fsnl ... --dry-run > cmds.txt && python -m scripts.launch cmds.txt
+
+``--opts KEY VALUE ...`` (last on the line) is merged into every ``train.py`` / feature-extractor
+command: a key the sweep already sets is replaced in place, a new key is appended, and FSNL's
+output-directory name reflects the effective epochs / batch size / LR. Commands are meant to run from
+the repository root, which is where this module runs them.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from scripts.domains import LAION_BEYOND_DOMAINS, REPO_ROOT, DomainError, count_classes, resolve_domains
+from scripts.fsnl_rule import format_lr, fsnl_bs_lr
+
+__all__ = [
+    "METHODS",
+    "TRAINERS",
+    "DEFAULT_CONFIGS",
+    "DEFAULT_SHOTS",
+    "DEFAULT_SEEDS",
+    "RESULTS_FILE",
+    "Job",
+    "SweepSpec",
+    "SweepSummary",
+    "merge_opts",
+    "trainer_config",
+    "build_jobs",
+    "split_done",
+    "run_jobs",
+    "main",
+]
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+METHODS = ("fsnl", "coop", "cocoop", "clip_adapter", "taskres", "zeroshot", "linear_probe")
+TRAINERS = {
+    "fsnl": "FSNL_openclip",
+    "coop": "CoOp_openclip",
+    "cocoop": "CoCoOp_openclip",
+    "clip_adapter": "CLIP_Adapter",
+    "taskres": "TaskRes",
+    "zeroshot": "ZeroshotCLIP_openclip",
+    # The linear probe has no trainer; its feature extractor reads CoOp's lpclip config.
+    "linear_probe": "CoOp_openclip",
+}
+DEFAULT_CONFIGS = {
+    "fsnl": "vit_b16_ep200_standard",
+    "coop": "vit_b16_ep200_ctxv1",
+    "cocoop": "vit_b16_c4_ep10_batch1_ctxv1",
+    "clip_adapter": "vit_b16_ep200_ctxv1",
+    "zeroshot": "vit_b16_ep50_ctxv1",
+    "linear_probe": "vit_b16_ep200_ctxv1_lpclip",
+}
+#: TaskRes trains 100 epochs up to 4 shots and 200 beyond (spec §3.7).
+TASKRES_CONFIGS = ((4, "adam_lr2e-3_B256_ep100"), (16, "adam_lr2e-3_B256_ep200"))
+DEFAULT_SHOTS = (1, 2, 4, 8, 16)
+DEFAULT_SEEDS = (1, 2, 3)
+#: Zero-shot evaluation does not depend on the seed; the reference ran it with seed 3 only.
+ZEROSHOT_SEEDS = (3,)
+FEATURE_SPLITS = ("train", "val", "test")
+FEATURE_SUBSETS = ("OOP", "IP")
+
+Opts = List[Tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One command and the file that marks it as finished."""
+
+    argv: Tuple[str, ...]
+    done: str
+    label: str = ""
+
+    @property
+    def command(self) -> str:
+        return shlex.join(self.argv)
+
+    def is_done(self) -> bool:
+        return os.path.isfile(self.done)
+
+
+@dataclass
+class SweepSpec:
+    """What to sweep; ``domains`` may hold short names, ``seeds=None`` means the method's default."""
+
+    method: str
+    root: str
+    out: str
+    domains: Sequence[str] = LAION_BEYOND_DOMAINS
+    shots: Sequence[int] = DEFAULT_SHOTS
+    seeds: Optional[Sequence[int]] = None
+    config: Optional[str] = None
+    opts: Sequence[str] = ()
+    python: str = "python"
+    feature_dir: Optional[str] = None
+    sub_classes: Sequence[str] = ("OOP",)
+
+
+@dataclass
+class SweepSummary:
+    ran: List[Job] = field(default_factory=list)
+    skipped: List[Job] = field(default_factory=list)
+    failed: List[Tuple[Job, str]] = field(default_factory=list)
+
+    def line(self) -> str:
+        total = len(self.ran) + len(self.skipped) + len(self.failed)
+        return f"{total} job(s): ran {len(self.ran)}, skipped {len(self.skipped)}, failed {len(self.failed)}"
+
+
+def merge_opts(base: Sequence[Tuple[str, str]], extra: Sequence[str]) -> Opts:
+    """Override/extend ``base`` KEY VALUE pairs with the flat ``extra`` list (later wins, order kept)."""
+    if len(extra) % 2:
+        raise ValueError(f"--opts needs KEY VALUE pairs, got an odd number of items: {list(extra)}")
+    merged: Dict[str, str] = dict(base)
+    for key, value in zip(extra[::2], extra[1::2]):
+        merged[str(key)] = str(value)
+    return list(merged.items())
+
+
+def _flat(opts: Opts) -> List[str]:
+    return [item for pair in opts for item in pair]
+
+
+def trainer_config(trainer: str, config: str) -> Tuple[str, str]:
+    """(path, name) of a trainer config given by name (under ``configs/trainers/<trainer>/``) or by path."""
+    if config.endswith((".yaml", ".yml")) or "/" in config or os.sep in config:
+        return config, Path(config).stem
+    return f"configs/trainers/{trainer}/{config}.yaml", config
+
+
+def _dataset_config(dataset: str) -> str:
+    return f"configs/datasets/{dataset}.yaml"
+
+
+def _train_job(
+    spec: SweepSpec,
+    trainer: str,
+    dataset: str,
+    seed: int,
+    config_path: str,
+    output_dir: str,
+    opts: Opts,
+    label: str,
+    eval_only: bool = False,
+) -> Job:
+    argv = [
+        spec.python, "train.py",
+        "--root", spec.root,
+        "--seed", str(seed),
+        "--trainer", trainer,
+        "--dataset-config-file", _dataset_config(dataset),
+        "--config-file", config_path,
+        "--output-dir", output_dir,
+    ]
+    if eval_only:
+        argv.append("--eval-only")
+    argv += _flat(opts)
+    return Job(tuple(argv), os.path.join(output_dir, RESULTS_FILE), label)
+
+
+def _seeds(spec: SweepSpec) -> Sequence[int]:
+    if spec.seeds is not None:
+        return spec.seeds
+    return ZEROSHOT_SEEDS if spec.method == "zeroshot" else DEFAULT_SEEDS
+
+
+def _train_dir(spec: SweepSpec, dataset: str, shots: int, *method_parts: str) -> str:
+    return os.path.join(spec.out, dataset, f"shots_{shots}", "train", *method_parts)
+
+
+def _fsnl_jobs(spec: SweepSpec, dataset: str) -> Iterable[Job]:
+    trainer = TRAINERS["fsnl"]
+    config_path, _ = trainer_config(trainer, spec.config or DEFAULT_CONFIGS["fsnl"])
+    num_classes = count_classes(spec.root, dataset, "OOP")
+    for shots in spec.shots:
+        bs, lr = fsnl_bs_lr(num_classes, shots)
+        opts = merge_opts(
+            [
+                ("TRAINER.FSNL.FLE", "False"),
+                ("TRAINER.FSNL.N_CTX", "4"),
+                ("TRAINER.FSNL.CIFC", "True"),
+                ("TRAINER.FSNL.USE_CAPTION", "True"),
+                ("DATASET.NUM_SHOTS", str(shots)),
+                ("TRAIN.CHECKPOINT_FREQ", "10"),
+                ("TEST.NO_TEST", "False"),
+                ("OPTIM.LR", format_lr(lr)),
+                ("OPTIM.MAX_EPOCH", "200"),
+                ("DATALOADER.TRAIN_X.BATCH_SIZE", str(bs)),
+                ("DATASET.SUB_CLASSES", "OOP"),
+            ],
+            spec.opts,
+        )
+        o = dict(opts)
+        method_dirs = (
+            f"{trainer}_USE_CAPTION_{o['TRAINER.FSNL.USE_CAPTION']}",
+            f"MEPOCH_{o['OPTIM.MAX_EPOCH']}_BS_{o['DATALOADER.TRAIN_X.BATCH_SIZE']}_LR_{o['OPTIM.LR']}",
+        )
+        for seed in _seeds(spec):
+            out = os.path.join(_train_dir(spec, dataset, shots, *method_dirs), f"seed{seed}")
+            yield _train_job(spec, trainer, dataset, seed, config_path, out, opts, f"fsnl {dataset} K={shots} seed={seed}")
+
+
+def _simple_train_jobs(
+    spec: SweepSpec,
+    dataset: str,
+    base_opts: Callable[[int], Opts],
+    config_for: Callable[[int], str],
+    method_dirs: Callable[[int, str, Dict[str, str]], Tuple[str, ...]],
+) -> Iterable[Job]:
+    trainer = TRAINERS[spec.method]
+    for shots in spec.shots:
+        config_path, config_name = trainer_config(trainer, spec.config or config_for(shots))
+        opts = merge_opts(base_opts(shots), spec.opts)
+        dirs = method_dirs(shots, config_name, dict(opts))
+        for seed in _seeds(spec):
+            out = os.path.join(_train_dir(spec, dataset, shots, *dirs), f"seed{seed}")
+            label = f"{spec.method} {dataset} K={shots} seed={seed}"
+            yield _train_job(spec, trainer, dataset, seed, config_path, out, opts, label)
+
+
+def _taskres_config(shots: int) -> str:
+    for max_shots, name in TASKRES_CONFIGS:
+        if shots <= max_shots:
+            return name
+    return TASKRES_CONFIGS[-1][1]
+
+
+def _method_jobs(spec: SweepSpec, dataset: str) -> Iterable[Job]:
+    method = spec.method
+
+    def default_cfg(_shots: int) -> str:
+        return DEFAULT_CONFIGS[method]
+
+    if method == "fsnl":
+        yield from _fsnl_jobs(spec, dataset)
+    elif method == "coop":
+        yield from _simple_train_jobs(
+            spec, dataset,
+            lambda k: [
+                ("TRAINER.COOP.N_CTX", "4"),
+                ("TRAINER.COOP.CSC", "False"),
+                ("TRAINER.COOP.CLASS_TOKEN_POSITION", "end"),
+                ("DATASET.NUM_SHOTS", str(k)),
+                ("DATASET.SUB_CLASSES", "OOP"),
+            ],
+            default_cfg,
+            lambda _k, cfg, o: ("CoOp_openclip", f"CSC_{o['TRAINER.COOP.CSC']}", cfg),
+        )
+    elif method == "cocoop":
+        yield from _simple_train_jobs(
+            spec, dataset,
+            lambda k: [("DATASET.NUM_SHOTS", str(k)), ("TRAIN.CHECKPOINT_FREQ", "10"), ("DATASET.SUB_CLASSES", "OOP")],
+            default_cfg,
+            lambda _k, cfg, _o: (f"CoCoOp_openclip_{cfg}",),
+        )
+    elif method == "clip_adapter":
+        yield from _simple_train_jobs(
+            spec, dataset,
+            lambda k: [("DATASET.NUM_SHOTS", str(k)), ("DATASET.SUB_CLASSES", "OOP")],
+            default_cfg,
+            lambda _k, cfg, _o: ("CLIP_Adapter", f"ImageA_{cfg}"),
+        )
+    elif method == "taskres":
+        yield from _simple_train_jobs(
+            spec, dataset,
+            lambda k: [
+                ("DATASET.NUM_SHOTS", str(k)),
+                ("TRAINER.TaskRes.RESIDUAL_SCALE", "0.5"),
+                ("DATASET.SUB_CLASSES", "OOP"),
+            ],
+            _taskres_config,
+            lambda _k, cfg, _o: ("TaskRes", cfg),
+        )
+    elif method == "zeroshot":
+        yield from _zeroshot_jobs(spec, dataset)
+    elif method == "linear_probe":
+        yield from _linear_probe_jobs(spec, dataset)
+    else:
+        raise ValueError(f"Unknown method {method!r}; choose from {', '.join(METHODS)}")
+
+
+def _zeroshot_jobs(spec: SweepSpec, dataset: str) -> Iterable[Job]:
+    # Training-free: no shots and no model dir. With SUB_CLASSES OOP the engine's automatic
+    # cross-evaluation also measures IP, so one run gives OOP, IP and their H-mean.
+    trainer = TRAINERS["zeroshot"]
+    config_path, _ = trainer_config(trainer, spec.config or DEFAULT_CONFIGS["zeroshot"])
+    for sub in spec.sub_classes:
+        opts = merge_opts([("DATASET.SUB_CLASSES", sub)], spec.opts)
+        for seed in _seeds(spec):
+            out = os.path.join(spec.out, dataset, trainer, f"ZS_{sub}", f"seed{seed}")
+            label = f"zeroshot {dataset} {sub} seed={seed}"
+            yield _train_job(spec, trainer, dataset, seed, config_path, out, opts, label, eval_only=True)
+
+
+def _linear_probe_jobs(spec: SweepSpec, dataset: str) -> Iterable[Job]:
+    # Features of both subsets and all splits first, then one probe per domain (it loops over the
+    # shot counts and its own runs internally). --opts reach the extractor only: the probe has a
+    # plain argparse CLI without yacs overrides.
+    feature_dir = spec.feature_dir or os.path.join(spec.out, "clip_feat")
+    config_path, _ = trainer_config(TRAINERS["linear_probe"], spec.config or DEFAULT_CONFIGS["linear_probe"])
+    for sub in FEATURE_SUBSETS:
+        opts = merge_opts([("DATASET.SUB_CLASSES", sub)], spec.opts)
+        for split in FEATURE_SPLITS:
+            argv = (
+                spec.python, "-m", "lpclip.feat_extractor",
+                "--root", spec.root,
+                "--output-dir", feature_dir,
+                "--config-file", config_path,
+                "--dataset-config-file", _dataset_config(dataset),
+                "--split", split,
+                *_flat(opts),
+            )
+            done = os.path.join(feature_dir, dataset, sub, f"{split}.npz")
+            yield Job(argv, done, f"features {dataset} {sub} {split}")
+    out = os.path.join(spec.out, dataset, "linear_probe")
+    argv = (
+        spec.python, "-m", "lpclip.linear_probe",
+        "--feature-dir", feature_dir,
+        "--dataset", dataset,
+        "--sub-classes", "OOP",
+        "--output-dir", out,
+    )
+    yield Job(argv, os.path.join(out, RESULTS_FILE), f"linear_probe {dataset}")
+
+
+def build_jobs(spec: SweepSpec) -> List[Job]:
+    """All jobs of a sweep in domain → shots → seed order (FSNL reads its class counts from ``spec.root``)."""
+    if spec.method not in METHODS:
+        raise ValueError(f"Unknown method {spec.method!r}; choose from {', '.join(METHODS)}")
+    if any(k < 1 for k in spec.shots):
+        raise ValueError(f"shots must be >= 1, got {list(spec.shots)}")
+    jobs: List[Job] = []
+    for dataset in resolve_domains(spec.domains):
+        jobs.extend(_method_jobs(spec, dataset))
+    return jobs
+
+
+def split_done(jobs: Sequence[Job], force: bool = False) -> Tuple[List[Job], List[Job]]:
+    """(pending, already done); with ``force`` nothing counts as done."""
+    if force:
+        return list(jobs), []
+    pending = [j for j in jobs if not j.is_done()]
+    done = [j for j in jobs if j.is_done()]
+    return pending, done
+
+
+def _executable_argv(argv: Sequence[str]) -> List[str]:
+    # Commands say "python" so that they can be copied anywhere; run them with this interpreter
+    # so a virtual environment that launched the sweep also runs the jobs.
+    out = list(argv)
+    if out and out[0] == "python":
+        out[0] = sys.executable
+    return out
+
+
+def run_jobs(
+    jobs: Sequence[Job], force: bool = False, fail_fast: bool = False, cwd: Optional[str] = None
+) -> SweepSummary:
+    """Run pending jobs one after the other; a failure is recorded and the sweep goes on (unless ``fail_fast``)."""
+    summary = SweepSummary()
+    pending, summary.skipped = split_done(jobs, force)
+    workdir = cwd or os.fspath(REPO_ROOT)
+    for i, job in enumerate(pending, 1):
+        logger.info("[%d/%d] %s", i, len(pending), job.command)
+        try:
+            rc = subprocess.run(_executable_argv(job.argv), cwd=workdir).returncode
+        except OSError as err:
+            summary.failed.append((job, f"could not start: {err}"))
+        else:
+            if rc != 0:
+                summary.failed.append((job, f"exit code {rc}"))
+            elif not job.is_done():
+                summary.failed.append((job, f"exit code 0 but {job.done} was not written"))
+            else:
+                summary.ran.append(job)
+        if fail_fast and summary.failed:
+            break
+    return summary
+
+
+def _yaml_dump(jobs: Sequence[Job]) -> str:
+    import yaml
+
+    payload = {"commands": [{"cmd": j.command, "done": j.done} for j in jobs]}
+    return yaml.safe_dump(payload, sort_keys=False, width=1 << 16)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m scripts.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--root", required=True, help="dataset root (holds <Prefix><n>_OOP/ and _IP/ folders)")
+    p.add_argument("--out", required=True, help="output root; runs go to <out>/<Dataset>/shots_<K>/train/...")
+    p.add_argument("--domains", nargs="+", default=list(LAION_BEYOND_DOMAINS),
+                   help="registered or short names (default: the nine LAION-Beyond domains)")
+    p.add_argument("--shots", nargs="+", type=int, default=list(DEFAULT_SHOTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help=f"default {' '.join(map(str, DEFAULT_SEEDS))} (zeroshot: {ZEROSHOT_SEEDS[0]})")
+    p.add_argument("--config", default=None,
+                   help="trainer config name under configs/trainers/<Trainer>/ or a yaml path (e.g. a CPU smoke config)")
+    p.add_argument("--sub-classes", nargs="+", default=["OOP"], choices=["OOP", "IP", "All"],
+                   help="zeroshot only: subsets to evaluate (OOP also cross-evaluates IP)")
+    p.add_argument("--feature-dir", default=None, help="linear_probe only: feature folder (default <out>/clip_feat)")
+    p.add_argument("--python", default="python", help="interpreter named in the commands")
+    p.add_argument("--dry-run", action="store_true", help="print the pending commands, one per line, and exit")
+    p.add_argument("--format", choices=["text", "yaml"], default="text",
+                   help="dry-run output: one command per line, or a launch.py YAML with done markers")
+    p.add_argument("--force", action="store_true", help="also (re)run jobs whose results.json exists")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failed job")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
+                   help="KEY VALUE ... merged into every command (must come last)")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    spec = SweepSpec(
+        method=args.method,
+        root=args.root,
+        out=args.out,
+        domains=args.domains,
+        shots=args.shots,
+        seeds=args.seeds,
+        config=args.config,
+        opts=args.opts,
+        python=args.python,
+        feature_dir=args.feature_dir,
+        sub_classes=args.sub_classes,
+    )
+    try:
+        jobs = build_jobs(spec)
+    except (DomainError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    if args.dry_run:
+        pending, done = split_done(jobs, args.force)
+        if args.format == "yaml":
+            sys.stdout.write(_yaml_dump(pending))
+        else:
+            for job in pending:
+                print(job.command)
+        print(f"# {args.method}: {len(pending)} pending, {len(done)} skipped (results exist)", file=sys.stderr)
+        return 0
+
+    summary = run_jobs(jobs, force=args.force, fail_fast=args.fail_fast)
+    print(f"sweep {args.method}: {summary.line()}", file=sys.stderr)
+    for job, why in summary.failed:
+        print(f"  FAILED ({why}): {job.command}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

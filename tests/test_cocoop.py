@@ -1,0 +1,167 @@
+"""CoCoOp: chunked B·C prompts equal the reference's per-image loop, step 0 equals zero-shot, training,
+trainable parameters, checkpoint round trip and OOP→IP evaluation."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import train
+from clip import TextEncoder
+from dassl.engine import build_trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASET = "Animals92_42"
+TRAINER = "CoCoOp_openclip"
+
+
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory):
+    from datasets.make_toy import make_toy
+
+    root = tmp_path_factory.mktemp("toy")
+    make_toy(root, domains=(DATASET,))
+    return root
+
+
+def argv(toy_root, out, *opts, extra=()):
+    return [
+        "--root", str(toy_root), "--seed", "1", "--trainer", TRAINER,
+        "--dataset-config-file", str(ROOT / f"configs/datasets/{DATASET}.yaml"),
+        "--config-file", str(ROOT / f"configs/trainers/{TRAINER}/cpu_smoke.yaml"),
+        "--output-dir", str(out), *extra, "DATASET.NUM_SHOTS", "2", *opts,
+    ]
+
+
+def build(toy_root, out, *opts):
+    return build_trainer(train.setup_cfg(train.parse_args(argv(toy_root, out, *opts))))
+
+
+class CallRecorder(nn.Module):
+    """Wraps the text encoder and records the number of sequences of every call."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.sizes = []
+
+    @property
+    def can_truncate(self):
+        return self.inner.can_truncate
+
+    def forward(self, embeds, eot):
+        self.sizes.append(embeds.shape[0])
+        return self.inner(embeds, eot)
+
+
+def loop_logits(trainer, images):
+    """The reference's forward: for each image, shift the context and encode the C prompts."""
+    model, tok = trainer.clip.model, trainer.clip.tokenizer
+    learner = trainer.prompt_learner
+    names = [c.replace("_", " ") for c in trainer.dm.dataset.classnames]
+    n = learner.n_ctx
+    ids = tok(["a photo of a " + name + "." for name in names])
+    encoder = TextEncoder(model)
+    with torch.no_grad():
+        emb = model.token_embedding(ids)
+        prefix, suffix = emb[:, :1], emb[:, 1 + n:]
+        feats = F.normalize(model.encode_image(images), dim=-1)
+        rows = []
+        for b in range(feats.shape[0]):
+            shifted = learner.ctx + learner.meta_net(feats[b:b + 1])
+            prompts = torch.cat([prefix, shifted.expand(len(names), -1, -1), suffix], dim=1)
+            text = F.normalize(encoder(prompts, ids.argmax(dim=-1), truncate=False), dim=-1)
+            rows.append(model.logit_scale.exp() * feats[b] @ text.t())
+    return torch.stack(rows)
+
+
+def test_chunked_prompts_equal_per_image_loop(toy_root, tmp_path):
+    trainer = build(toy_root, tmp_path, "TRAINER.COCOOP.TEXT_CHUNK", "7")
+    learner = trainer.prompt_learner
+    with torch.no_grad():  # make both the context and the image-conditioned shift matter
+        learner.ctx.add_(0.05 * torch.randn_like(learner.ctx))
+        learner.meta_net.linear2.weight.mul_(20.0)
+    images = next(iter(trainer.test_loader))["img"]
+    b, c = images.shape[0], len(trainer.dm.dataset.classnames)
+    expected = loop_logits(trainer, images)
+    recorder = CallRecorder(trainer.model.text_encoder)
+    trainer.model.text_encoder = recorder
+    with torch.no_grad():
+        trainer.before_test()
+        got = trainer.model_inference(images)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert recorder.sizes == [7] * (b * c // 7) + ([b * c % 7] if b * c % 7 else [])
+    recorder.sizes.clear()
+    trainer.model.text_chunk = 4096
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.model_inference(images), expected, atol=1e-5, rtol=1e-5)
+    assert recorder.sizes == [b * c]  # one batched call, not one per image
+
+
+def test_zero_shift_at_init_equals_zero_shot(toy_root, tmp_path):
+    trainer = build(toy_root, tmp_path)
+    assert trainer.prompt_learner.ctx.shape == (4, trainer.clip.text_width)
+    with torch.no_grad():
+        trainer.prompt_learner.meta_net.linear2.weight.zero_()
+        trainer.prompt_learner.meta_net.linear2.bias.zero_()
+    model, tok = trainer.clip.model, trainer.clip.tokenizer
+    prompts = [f"a photo of a {c.replace('_', ' ')}." for c in trainer.dm.dataset.classnames]
+    images = next(iter(trainer.test_loader))["img"]
+    with torch.no_grad():
+        text = F.normalize(model.encode_text(tok(prompts)), dim=-1)
+        img = F.normalize(model.encode_image(images), dim=-1)
+        expected = model.logit_scale.exp() * img @ text.t()
+        got = trainer.model_inference(images)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_trainable_parameters_and_loss_decreases(toy_root, tmp_path):
+    trainer = build(toy_root, tmp_path)
+    learner = trainer.prompt_learner
+    names = ["ctx", "meta_net.linear1.weight", "meta_net.linear1.bias", "meta_net.linear2.weight",
+             "meta_net.linear2.bias"]
+    assert [n for n, p in learner.named_parameters() if p.requires_grad] == names
+    assert list(learner.state_dict()) == names
+    d = trainer.clip.embed_dim
+    assert learner.meta_net.linear1.weight.shape == (d // 16, d)
+    assert learner.meta_net.linear2.weight.shape == (trainer.clip.text_width, d // 16)
+    assert trainer.get_model_names() == ["prompt_learner"]
+    assert not any(p.requires_grad for p in trainer.clip.model.parameters())
+    optimised = {id(p) for g in trainer.optim.param_groups for p in g["params"]}
+    assert optimised == {id(p) for p in learner.parameters()}
+    for group in trainer.optim.param_groups:
+        group["lr"] = 0.5
+    batch = next(iter(trainer.train_loader_x))
+    trainer.num_batches, trainer.batch_idx = 100, 0
+    losses = [trainer.forward_backward(batch)["loss"] for _ in range(5)]
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0]
+    assert all(p.grad is None for p in trainer.clip.model.parameters())
+    with torch.no_grad():
+        expected = F.cross_entropy(loop_logits(trainer, batch["img"]), batch["label"]).item()
+    assert trainer.forward_backward(batch)["loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_round_trip_and_oop_to_ip(toy_root, tmp_path):
+    out = tmp_path / "train"
+    trainer = train.main(train.parse_args(argv(toy_root, out)))
+    res = json.loads((out / "results.json").read_text())
+    assert {"oop", "ip", "hmean"} <= set(res)
+    ckpt = torch.load(out / "prompt_learner" / "model.pth.tar-2", weights_only=True)
+    assert sorted(ckpt["state_dict"]) == sorted(trainer.prompt_learner.state_dict())
+    evald = tmp_path / "eval"
+    train.main(train.parse_args(argv(toy_root, evald, extra=("--eval-only", "--model-dir", str(out)))))
+    again = json.loads((evald / "results.json").read_text())
+    assert again["metrics"] == res["metrics"] and again["ip"] == res["ip"]
+    # The IP number is the OOP-trained prompt learner on the IP names.
+    ip = build(toy_root, tmp_path / "ip", "DATASET.SUB_CLASSES", "IP")
+    ip.load_model(str(out))
+    assert len(ip.dm.dataset.classnames) == 3
+    assert ip.test() == pytest.approx(res["ip"])
+    with pytest.raises(ValueError, match="N_CTX"):
+        ip.load_state("prompt_learner", {**ckpt["state_dict"], "ctx": torch.zeros(2, ip.clip.text_width)}, {})

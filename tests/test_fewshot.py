@@ -1,0 +1,262 @@
+"""Few-shot sampling and its JSON cache for the LAION-Beyond loaders (spec §4.5, B22)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from yacs.config import CfgNode as CN
+
+import datasets
+from dassl.data.datasets.build import build_dataset
+from datasets import laion_beyond
+from datasets.laion_beyond import LaionBeyond
+from datasets.make_toy import make_toy
+
+OOP = "Animals5_OOP"
+IP = "Animals3_IP"
+
+
+def make_cfg(root, shots=4, sub="OOP", seed=1, superclass=False, output_dir="", cache_dir=""):
+    try:
+        from dassl.config import get_cfg_default
+
+        cfg = get_cfg_default()
+    except ImportError:
+        cfg = CN({"DATASET": CN({"ROOT": "", "NAME": "", "NUM_SHOTS": -1}), "SEED": -1, "OUTPUT_DIR": ""})
+    datasets.add_dataset_config(cfg)
+    cfg.DATASET.ROOT = str(root)
+    cfg.DATASET.NAME = "Animals92_42"
+    cfg.DATASET.NUM_SHOTS = shots
+    cfg.DATASET.SUB_CLASSES = sub
+    cfg.DATASET.USE_SUPERCLASS_F_ZS_TEST = superclass
+    cfg.DATASET.FEWSHOT_CACHE_DIR = str(cache_dir)
+    cfg.SEED = seed
+    cfg.OUTPUT_DIR = str(output_dir or Path(root).parent / "out")
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def toy_master(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fewshot_master") / "root"
+    # 8 train / 6 val per class (label 1 has 8 // 3 = 2 train images), so K and min(K, 4) both bite.
+    make_toy(str(root), domains=["Animals92_42"], image_size=8, num_train=8, num_val=6, num_test=2)
+    return root
+
+
+@pytest.fixture
+def toy(toy_master, tmp_path):
+    dst = tmp_path / "root"
+    shutil.copytree(toy_master, dst)
+    return dst
+
+
+def split_file(root, dirname=OOP):
+    return Path(root) / dirname / f"split_Xin_{dirname}.json"
+
+
+def expected_name(root, shots, seed, superclass=False, dirname=OOP):
+    raw = split_file(root, dirname).read_bytes()
+    digest = hashlib.sha1(raw + b"\nsuperclass=" + (b"1" if superclass else b"0")).hexdigest()[:12]
+    return f"shot_{shots}-seed_{seed}-{digest}.json"
+
+
+def reference_sample(root, shots, seed, dirname=OOP):
+    """Dassl's algorithm on the global RNG seeded just before, as the reference code does."""
+    with open(split_file(root, dirname), encoding="utf-8") as f:
+        raw = json.load(f)
+    random.seed(seed)
+    out = []
+    for split, k in (("train", shots), ("val", min(shots, 4))):
+        groups = {}
+        for item in raw[split].values():
+            groups.setdefault(item["label"], []).append(item["image_name"])
+        picked = []
+        for names in groups.values():
+            picked += random.sample(names, k) if len(names) >= k else names
+        out.append(picked)
+    return out
+
+
+def names(data):
+    return [os.path.basename(d.impath) for d in data]
+
+
+def test_counts_follow_k_and_val_min_k_4(toy):
+    with open(split_file(toy), encoding="utf-8") as f:
+        raw = json.load(f)
+    n_train = Counter(i["label"] for i in raw["train"].values())
+    n_val = Counter(i["label"] for i in raw["val"].values())
+    assert n_train[1] == 2 and n_train[0] == 8 and n_val[0] == 6
+    for shots in (1, 3, 5):
+        ds = build_dataset(make_cfg(toy, shots=shots))
+        got_train = Counter(d.label for d in ds.train_x)
+        got_val = Counter(d.label for d in ds.val)
+        assert got_train == {c: min(shots, n) for c, n in n_train.items()}
+        assert got_val == {c: min(shots, 4, n) for c, n in n_val.items()}
+        assert len(ds.test) == len(raw["test"])  # test is always the full split
+        assert len(set(names(ds.train_x))) == len(ds.train_x)
+
+
+def test_sample_equals_reference_and_depends_on_seed(toy):
+    a = build_dataset(make_cfg(toy, shots=3, seed=1))
+    assert [names(a.train_x), names(a.val)] == reference_sample(toy, 3, 1)
+    b = build_dataset(make_cfg(toy, shots=3, seed=1, cache_dir=toy.parent / "other_cache"))
+    assert (names(b.train_x), names(b.val)) == (names(a.train_x), names(a.val))
+    c = build_dataset(make_cfg(toy, shots=3, seed=2))
+    assert names(c.train_x) != names(a.train_x)
+    assert [names(c.train_x), names(c.val)] == reference_sample(toy, 3, 2)
+
+
+def test_independent_of_global_rng(toy):
+    random.seed(12345)
+    for _ in range(17):
+        random.random()
+    a = build_dataset(make_cfg(toy, shots=3, seed=7, cache_dir=toy.parent / "c1"))
+    random.seed(999)
+    b = build_dataset(make_cfg(toy, shots=3, seed=7, cache_dir=toy.parent / "c2"))
+    assert names(a.train_x) == names(b.train_x) and names(a.val) == names(b.val)
+
+
+def test_cache_written_as_json_and_reused(toy, monkeypatch):
+    first = build_dataset(make_cfg(toy, shots=4, seed=3))
+    path = toy / OOP / "split_fewshot" / expected_name(toy, 4, 3)
+    assert first.fewshot_cache_files == {"OOP": str(path)}
+    with open(path, encoding="utf-8") as f:
+        payload = json.load(f)
+    assert [r["impath"] for r in payload["train"]] == [
+        f"images/{d.classname}/{os.path.basename(d.impath)}" for d in first.train_x
+    ]
+    assert [r["caption"] for r in payload["val"]] == [d.caption for d in first.val]
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the sampler must not run when a valid cache exists")
+
+    monkeypatch.setattr(LaionBeyond, "generate_fewshot_dataset", staticmethod(boom))
+    second = build_dataset(make_cfg(toy, shots=4, seed=3))
+    assert second.train_x == first.train_x and second.val == first.val
+    assert second.classnames == first.classnames
+
+
+def test_cache_invalidated_when_json_changes(toy, monkeypatch):
+    build_dataset(make_cfg(toy, shots=2, seed=1))
+    old = toy / OOP / "split_fewshot" / expected_name(toy, 2, 1)
+    path = split_file(toy)
+    with open(path, encoding="utf-8") as f:
+        raw = json.load(f)
+    raw["train"]["0"]["INFO"]["Refined_caption3"] = "An edited caption about a giant anteater."
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(raw, f)
+
+    calls = []
+    original = LaionBeyond.generate_fewshot_dataset
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["num_shots"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(LaionBeyond, "generate_fewshot_dataset", staticmethod(counting))
+    ds = build_dataset(make_cfg(toy, shots=2, seed=1))
+    new = toy / OOP / "split_fewshot" / expected_name(toy, 2, 1)
+    assert calls == [2, 2] and new != old and new.is_file() and old.is_file()
+    assert ds.fewshot_cache_files["OOP"] == str(new)
+    captions = {os.path.basename(d.impath): d.caption for d in ds.train_x}
+    if "giant_anteater_000.jpg" in captions:
+        assert captions["giant_anteater_000.jpg"] == "An edited caption about a giant anteater."
+
+
+def test_mismatched_cache_content_is_not_read(toy):
+    good = build_dataset(make_cfg(toy, shots=2, seed=1))
+    path = Path(good.fewshot_cache_files["OOP"])
+    with open(path, encoding="utf-8") as f:
+        payload = json.load(f)
+    payload["split_digest"] = "000000000000"
+    payload["train"] = payload["train"][:1]
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(payload, f)
+    again = build_dataset(make_cfg(toy, shots=2, seed=1))
+    assert again.train_x == good.train_x
+    path.write_text("{ truncated")
+    assert build_dataset(make_cfg(toy, shots=2, seed=1)).train_x == good.train_x
+
+
+def test_superclass_flag_is_part_of_the_key(toy):
+    plain = build_dataset(make_cfg(toy, shots=2, seed=1))
+    sup = build_dataset(make_cfg(toy, shots=2, seed=1, superclass=True))
+    assert Path(sup.fewshot_cache_files["OOP"]).name == expected_name(toy, 2, 1, superclass=True)
+    assert sup.fewshot_cache_files["OOP"] != plain.fewshot_cache_files["OOP"]
+    assert set(sup.classnames) == {"insect", "mammal", "primate"}
+    cached = build_dataset(make_cfg(toy, shots=2, seed=1, superclass=True))
+    assert cached.train_x == sup.train_x
+
+
+def test_read_only_dataset_dir_falls_back_to_output_dir(toy, monkeypatch):
+    real_write = laion_beyond._atomic_write_json
+
+    def guarded(path, payload):
+        if str(path).startswith(str(toy)):
+            raise PermissionError(13, "Permission denied", path)
+        real_write(path, payload)
+
+    monkeypatch.setattr(laion_beyond, "_atomic_write_json", guarded)
+    out = toy.parent / "run_out"
+    first = build_dataset(make_cfg(toy, shots=2, seed=1, output_dir=out))
+    fallback = out / "split_fewshot" / OOP / expected_name(toy, 2, 1)
+    assert first.fewshot_cache_files == {"OOP": str(fallback)} and fallback.is_file()
+    assert not (toy / OOP / "split_fewshot").exists()
+
+    monkeypatch.setattr(LaionBeyond, "generate_fewshot_dataset", staticmethod(lambda *a, **k: 1 / 0))
+    second = build_dataset(make_cfg(toy, shots=2, seed=1, output_dir=out))
+    assert second.train_x == first.train_x
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores permissions")
+def test_read_only_dataset_dir_real_permissions(toy):
+    os.chmod(toy / OOP, 0o555)
+    try:
+        out = toy.parent / "run_out"
+        ds = build_dataset(make_cfg(toy, shots=2, seed=1, output_dir=out))
+        assert ds.fewshot_cache_files["OOP"] == str(out / "split_fewshot" / OOP / expected_name(toy, 2, 1))
+    finally:
+        os.chmod(toy / OOP, 0o755)
+
+
+def test_cache_dir_override(toy):
+    cache = toy.parent / "my_cache"
+    ds = build_dataset(make_cfg(toy, shots=2, seed=1, cache_dir=cache))
+    assert ds.fewshot_cache_files["OOP"] == str(cache / OOP / expected_name(toy, 2, 1))
+    assert not (toy / OOP / "split_fewshot").exists()
+
+
+def test_no_shots_means_full_splits_and_no_cache(toy):
+    ds = build_dataset(make_cfg(toy, shots=-1))
+    with open(split_file(toy), encoding="utf-8") as f:
+        raw = json.load(f)
+    assert names(ds.train_x) == [i["image_name"] for i in raw["train"].values()]
+    assert len(ds.val) == len(raw["val"]) and ds.fewshot_cache_files == {}
+    assert not (toy / OOP / "split_fewshot").exists()
+
+
+def test_negative_seed_uses_documented_default(toy, caplog):
+    with caplog.at_level(logging.WARNING, logger="datasets.laion_beyond"):
+        ds = build_dataset(make_cfg(toy, shots=2, seed=-1))
+    assert ds.seed == laion_beyond.DEFAULT_SEED == 0
+    assert any("SEED=-1" in r.getMessage() for r in caplog.records)
+    assert Path(ds.fewshot_cache_files["OOP"]).name == expected_name(toy, 2, 0)
+    assert [names(ds.train_x), names(ds.val)] == reference_sample(toy, 2, 0)
+
+
+def test_all_reuses_the_single_subset_samples(toy):
+    oop = build_dataset(make_cfg(toy, shots=2, seed=5, sub="OOP"))
+    ip = build_dataset(make_cfg(toy, shots=2, seed=5, sub="IP"))
+    both = build_dataset(make_cfg(toy, shots=2, seed=5, sub="All", cache_dir=toy.parent / "fresh"))
+    assert [d.impath for d in both.train_x] == [d.impath for d in oop.train_x + ip.train_x]
+    assert [d.impath for d in both.val] == [d.impath for d in oop.val + ip.val]
+    assert [d.caption for d in both.train_x] == [d.caption for d in oop.train_x + ip.train_x]
+    assert set(both.fewshot_cache_files) == {"OOP", "IP"}

@@ -1,0 +1,225 @@
+"""FSNL: step-0 equivalence with zero-shot, gradients, losses, captions, checkpoints, OOP→IP."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import train
+from dassl.engine import build_trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs/trainers/FSNL_openclip/cpu_smoke.yaml"
+DATASET = "Animals92_42"
+
+
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory):
+    from datasets.make_toy import make_toy
+
+    root = tmp_path_factory.mktemp("toy")
+    make_toy(root)
+    return root
+
+
+def make_cfg(toy_root, out, *opts, trainer="FSNL_openclip", seed=1):
+    args = train.parse_args([
+        "--root", str(toy_root), "--seed", str(seed), "--trainer", trainer,
+        "--dataset-config-file", str(ROOT / f"configs/datasets/{DATASET}.yaml"),
+        "--config-file", str(SMOKE), "--output-dir", str(out),
+        "DATASET.NUM_SHOTS", "2", *opts,
+    ])
+    return train.setup_cfg(args)
+
+
+def test_step0_equals_zero_shot_with_fsnl_template(toy_root, tmp_path):
+    trainer = build_trainer(make_cfg(toy_root, tmp_path))
+    model = trainer.clip.model
+    tok = trainer.clip.tokenizer
+    names = [c.lower().replace("_", " ") for c in trainer.dm.dataset.classnames]
+    prompts = [f"a photo of {n}, a type of {trainer.hint}." for n in names]
+    batch = next(iter(trainer.test_loader))
+    images = batch["img"]
+    with torch.no_grad():
+        text = F.normalize(model.encode_text(tok(prompts)), dim=-1)
+        img = F.normalize(model.encode_image(images), dim=-1)
+        expected = model.logit_scale.exp() * img @ text.t()
+        trainer.before_test()
+        got = trainer.model_inference(images)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_only_name_tensors_get_gradients(toy_root, tmp_path):
+    trainer = build_trainer(make_cfg(toy_root, tmp_path))
+    trainable = [n for n, p in trainer.name_learner.named_parameters() if p.requires_grad]
+    assert trainable == ["bank"]
+    assert not any(p.requires_grad for p in trainer.clip.model.parameters())
+    before = trainer.name_learner.bank.detach().clone()
+    batch = next(iter(trainer.train_loader_x))
+    trainer.num_batches, trainer.batch_idx = 10, 0
+    trainer.forward_backward(batch)
+    assert trainer.name_learner.bank.grad is not None
+    assert all(p.grad is None for p in trainer.clip.model.parameters())
+    assert not torch.equal(before, trainer.name_learner.bank.detach())
+    # The optimiser holds exactly the name bank: no token table (B8).
+    params = [p for g in trainer.optim.param_groups for p in g["params"]]
+    assert len(params) == 1 and params[0] is trainer.name_learner.bank
+
+
+@pytest.mark.parametrize("opts", [
+    (),
+    ("TRAINER.FSNL.USE_CAPTION", "False"),
+    ("TRAINER.FSNL.FLE", "True", "TRAINER.FSNL.N_CTX", "3"),
+    ("TRAINER.FSNL.CIFC", "False"),
+    ("TRAINER.FSNL.ABSENT_CLASSES", "present"),
+])
+def test_loss_decreases(toy_root, tmp_path, opts):
+    cfg = make_cfg(toy_root, tmp_path, "OPTIM.LR", "0.5", *opts)
+    trainer = build_trainer(cfg)
+    for group in trainer.optim.param_groups:
+        group["lr"] = 0.5
+    batch = next(iter(trainer.train_loader_x))
+    trainer.num_batches, trainer.batch_idx = 100, 0
+    # Fix the caption-swap RNG so the loss is a deterministic function of the names.
+    losses = []
+    for _ in range(6):
+        trainer.rng.manual_seed(0)
+        losses.append(trainer.forward_backward(batch)["loss"])
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0]
+
+
+def test_fle_and_cifc_shapes(toy_root, tmp_path):
+    fle = build_trainer(make_cfg(toy_root, tmp_path / "a", "TRAINER.FSNL.FLE", "True", "TRAINER.FSNL.N_CTX", "3"))
+    c = len(fle.dm.dataset.classnames)
+    assert fle.name_learner.bank.shape[0] == 3 * c
+    cifc = build_trainer(make_cfg(toy_root, tmp_path / "b"))
+    table = cifc.clip.model.token_embedding.weight
+    ids = [cifc.clip.tokenizer.encode(n) for n in cifc.name_learner.classnames]
+    torch.testing.assert_close(cifc.name_learner.bank.detach(), table[[t for i in ids for t in i]].float())
+    rand = build_trainer(make_cfg(toy_root, tmp_path / "c", "TRAINER.FSNL.CIFC", "False"))
+    assert not torch.allclose(rand.name_learner.bank, cifc.name_learner.bank)
+    assert rand.name_learner.bank.std().item() == pytest.approx(0.02, rel=0.5)
+
+
+def test_same_label_loss_matches_manual():
+    from trainers.fsnl import same_label_loss
+
+    torch.manual_seed(0)
+    z = torch.randn(5, 4)
+    rows = torch.tensor([0, 1, 1, 3, 0])
+    cols = torch.arange(4)
+    p = z.softmax(1)
+    manual = torch.stack([-torch.log(p[r, rows[r]] + 1e-10) for r in range(5)]).mean()
+    torch.testing.assert_close(same_label_loss(z, rows, cols), manual)
+    # Transposed: class 2 has no image → constant -log(eps) in the reference mode.
+    zt = z.t()
+    pt = zt.softmax(1)
+    per = [-torch.log(pt[c][rows == c].sum() + 1e-10) for c in range(4)]
+    torch.testing.assert_close(same_label_loss(zt, cols, rows), torch.stack(per).mean())
+    present = torch.stack([per[c] for c in (0, 1, 3)]).mean()
+    torch.testing.assert_close(same_label_loss(zt, cols, rows, only_present=True), present)
+    assert per[2].item() == pytest.approx(-math.log(1e-10), rel=1e-4)
+
+
+def test_caption_fallbacks_never_crash(toy_root, tmp_path):
+    """B3/B5/B6: one-class batches, empty captions and captions without their name fall back."""
+    trainer = build_trainer(make_cfg(toy_root, tmp_path))
+    model = trainer.model
+    assert model.caption_template("", 0) is None
+    assert model.caption_template("a picture of something else entirely", 0) is None
+    # A one-class batch: every item falls back to its base prompt.
+    labels = torch.tensor([1, 1, 1])
+    seqs = trainer.swapped_sequences([0, 0, 0], labels)
+    assert all(s == model.class_pieces[1] for s in seqs)
+    # Two classes with valid templates: each item gets the *other* class's caption with its own name.
+    name0, name1 = model.classnames[0], model.classnames[1]
+    idx = len(trainer.caption_templates)
+    trainer.caption_templates.append(model.caption_template(f"a {name0} sleeping on grass", 0))
+    trainer.caption_templates.append(model.caption_template(f"two {name1} near water", 1))
+    out = trainer.swapped_sequences([idx, idx + 1], torch.tensor([0, 1]))
+    from clip import Slot
+
+    assert Slot(0) in out[0] and Slot(1) not in out[0]
+    assert Slot(1) in out[1] and Slot(0) not in out[1]
+    text0 = [p for p in out[0] if not isinstance(p, Slot)]
+    assert text0 == [p for p in trainer.caption_templates[idx + 1] if not isinstance(p, Slot)]
+
+
+def test_fp16_on_cpu_falls_back_to_fp32(toy_root, tmp_path):
+    trainer = build_trainer(make_cfg(toy_root, tmp_path, "TRAINER.FSNL.PREC", "fp16"))
+    assert trainer.precision.name == "fp32"
+    assert trainer.clip.dtype == torch.float32
+    assert trainer.name_learner.bank.dtype == torch.float32
+
+
+def test_train_eval_roundtrip_and_oop_to_ip(toy_root, tmp_path):
+    out = tmp_path / "run"
+    args = ["--root", str(toy_root), "--seed", "1", "--trainer", "FSNL_openclip",
+            "--dataset-config-file", str(ROOT / f"configs/datasets/{DATASET}.yaml"),
+            "--config-file", str(SMOKE)]
+    train.main(train.parse_args([*args, "--output-dir", str(out), "DATASET.NUM_SHOTS", "2"]))
+    res = json.loads((out / "results.json").read_text())
+    assert {"oop", "ip", "hmean"} <= set(res)
+    assert res["hmean"] == pytest.approx(2 * res["oop"] * res["ip"] / (res["oop"] + res["ip"]))
+    assert (out / "config.yaml").is_file()
+
+    # The checkpoint holds only name tensors, keyed by class name, and loads with weights_only.
+    ckpt_dir = out / "name_learner"
+    files = sorted(ckpt_dir.glob("model.pth.tar-*"))
+    assert files
+    ckpt = torch.load(files[-1], weights_only=True)
+    assert all(k.startswith("name_embeddings.") for k in ckpt["state_dict"])
+    assert files[-1].stat().st_size < 200_000
+
+    ev = tmp_path / "eval"
+    train.main(train.parse_args([*args, "--output-dir", str(ev), "--eval-only", "--model-dir", str(out),
+                                 "DATASET.NUM_SHOTS", "2"]))
+    res_ev = json.loads((ev / "results.json").read_text())
+    assert res_ev["oop"] == res["oop"]
+    assert res_ev["ip"] == res["ip"]
+
+    # IP evaluation of the OOP checkpoint: no IP name was trained, so it equals zero-shot on IP.
+    ip = tmp_path / "ip"
+    train.main(train.parse_args([*args, "--output-dir", str(ip), "--eval-only", "--model-dir", str(out),
+                                 "DATASET.NUM_SHOTS", "2", "DATASET.SUB_CLASSES", "IP"]))
+    zs = tmp_path / "zs_ip"
+    train.main(train.parse_args([*args, "--output-dir", str(zs), "--eval-only",
+                                 "DATASET.NUM_SHOTS", "2", "DATASET.SUB_CLASSES", "IP"]))
+    assert json.loads((ip / "results.json").read_text())["ip"] == res["ip"]
+    assert json.loads((zs / "results.json").read_text())["ip"] == res["ip"]
+
+
+def test_loads_reference_style_and_cross_label_space(toy_root, tmp_path):
+    """Reference keys keep '_' and carry the token table; both are handled."""
+    trainer = build_trainer(make_cfg(toy_root, tmp_path))
+    learner = trainer.name_learner
+    width = learner.bank.shape[1]
+    name = learner.classnames[0]
+    raw = name.replace(" ", "_")
+    value = torch.full((learner.lengths[0], width), 0.25)
+    state = {f"name_embeddings.{raw}": value, "name_embeddings.not a class here": torch.zeros(2, width),
+             "clip_model_token_embedding.weight": torch.zeros(10, width)}
+    before = learner.bank.detach().clone()
+    trainer.load_state("name_learner", state, {})
+    torch.testing.assert_close(learner.name_tensor(0).detach(), value)
+    torch.testing.assert_close(learner.bank.detach()[learner.lengths[0]:], before[learner.lengths[0]:])
+
+
+def test_variant_presets_and_ablations():
+    from trainers import fsnl
+
+    assert fsnl.FSNL_openclip_400M_L14.BACKBONE_PRESET[:2] == ("ViT-L-14", "laion400m_e32")
+    assert fsnl.FSNL_openclip_2B.BACKBONE_PRESET[:2] == ("ViT-g-14", "laion2b_s12b_b42k")
+    assert fsnl.OpenAI_FSNL.BACKBONE_PRESET[:2] == ("ViT-B-16", "openai")
+    assert fsnl.FSNL_openclip_Ablation2.LOSS_PRESET == "base"
+    import open_clip
+
+    for cls in (fsnl.FSNL_openclip_400M_L14, fsnl.FSNL_openclip_2B, fsnl.OpenAI_FSNL,
+                fsnl.EVA_FSNL_400M, fsnl.EVA_FSNL_2B):
+        name, tag = cls.BACKBONE_PRESET[:2]
+        assert tag in open_clip.list_pretrained_tags_by_model(name)

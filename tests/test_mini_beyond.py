@@ -1,0 +1,323 @@
+"""Mini-Beyond assets: the OOP guarantee, the split, the shipped mini CLIP, and the benchmark builder."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tools import mini_beyond as mb
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = REPO / "assets" / "mini_beyond"
+SMALL = ["Plants", "Attire"]  # the two smallest domains keep the build tests fast
+
+
+@pytest.fixture(scope="module")
+def assets():
+    return mb.load_assets(ASSETS)
+
+
+def test_asset_files_consistent(assets):
+    assert assets.rgba.dtype == np.uint8
+    assert assets.rgba.shape == (len(assets.meta), 64, 64, 4)
+    # premultiplied: no colour channel exceeds alpha
+    assert not (assets.rgba[..., :3] > assets.rgba[..., 3:4]).any()
+    for rec in assets.meta:
+        assert set(rec) >= {"codepoints", "name", "group", "subgroup"}
+        assert rec["group"] not in ("Flags", "Component")
+        assert not any(0x1F3FB <= int(cp, 16) <= 0x1F3FF for cp in rec["codepoints"])
+    total = sum(p.stat().st_size for p in ASSETS.iterdir() if p.is_file())
+    assert total < 30 * 2 ** 20
+    assert "OFL" in (ASSETS / "LICENSE.md").read_text(encoding="utf-8")
+
+
+def _independent_captions(assets):
+    """The pre-training caption set, rebuilt here from the templates and the metadata."""
+    oop = {r["index"] for d in assets.split["domains"].values() for r in d["oop"]}
+    caps = set()
+    for i, rec in enumerate(assets.meta):
+        if i in oop:
+            continue
+        sg = rec["subgroup"]
+        hint = next((d.hint for d in mb.DOMAINS if re.fullmatch(d.subgroup_pattern, sg)), None)
+        word = mb.SUBGROUP_WORDS.get(sg, sg.replace("-", " "))
+        name = mb.ascii_name(rec["name"])
+        for t in mb.PRETRAIN_TEMPLATES:
+            caps.add(t.format(name=name, word=word, hint=hint or word))
+    return caps
+
+
+def test_oop_names_absent_from_every_pretraining_caption(assets):
+    caps = _independent_captions(assets)
+    assert caps == set(mb.pretraining_captions(assets.meta, assets.split))
+    assert len(caps) > 5000
+    blob = "\n".join(sorted(caps)).lower()
+    oop_names = [r["classname"] for d in assets.split["domains"].values() for r in d["oop"]]
+    for name in oop_names:
+        assert re.search(r"\b" + re.escape(name) + r"\b", blob) is None, name
+        # the split is stricter still: no plural either
+        assert re.search(r"\b" + re.escape(name) + r"(s|es)?\b", blob) is None, name
+    # and the IP names are all there (the guarantee is not vacuous)
+    for d in assets.split["domains"].values():
+        for r in d["ip"]:
+            assert re.search(r"\b" + re.escape(r["classname"]) + r"\b", blob), r["classname"]
+    assert mb.oop_violations(assets.meta, assets.split) == []
+
+
+def test_pretraining_uses_exactly_the_checked_captions(assets):
+    oop = {r["index"] for d in assets.split["domains"].values() for r in d["oop"]}
+    assert set(assets.split["pretrain_indices"]) == set(range(len(assets.meta))) - oop
+
+
+def test_split_structure(assets):
+    split = assets.split
+    assert list(split["domains"]) == [d.name for d in mb.DOMAINS]
+    seen_names = set()
+    for d in mb.DOMAINS:
+        dom = split["domains"][d.name]
+        assert dom["prefix"] == d.prefix and dom["hint"] == d.hint
+        oop = [r["classname"] for r in dom["oop"]]
+        ip = [r["classname"] for r in dom["ip"]]
+        assert len(oop) >= 8 and len(ip) >= 8, d.name
+        assert not set(oop) & set(ip)
+        assert 0.25 <= len(oop) / (len(oop) + len(ip)) <= 0.4
+        assert oop == sorted(oop) and ip == sorted(ip)
+        for r in dom["oop"] + dom["ip"]:
+            meta = assets.meta[r["index"]]
+            assert r["subgroup"] == meta["subgroup"]
+            assert re.fullmatch(d.subgroup_pattern, r["subgroup"])
+            assert r["subgroup"] != "transport-sign"
+            assert r["classname"] == r["classname"].strip().lower()
+            assert r["classname"].isascii() and "/" not in r["classname"]
+            assert sum(c.isalpha() for c in r["classname"]) >= 2
+            assert r["classname"] not in seen_names
+            seen_names.add(r["classname"])
+    # every domain emoji of the metadata is a class unless dropped with a reason
+    n_domain = sum(mb.domain_of(m["subgroup"]) is not None for m in assets.meta)
+    assert len(seen_names) + len(split["dropped"]) == n_domain
+
+
+def test_split_is_reproducible(assets):
+    assert mb.make_split(assets.meta, seed=assets.split["seed"]) == assets.split
+    other = mb.make_split(assets.meta, seed=assets.split["seed"] + 1)
+    assert other["domains"]["Animals"]["oop"] != assets.split["domains"]["Animals"]["oop"]
+    assert mb.oop_violations(assets.meta, other, plurals=True) == []
+
+
+def test_greedy_never_picks_a_name_that_a_pretraining_caption_contains():
+    # "cat" occurs in "cat face" (Smileys, always pre-training), so "cat" can never be OOP;
+    # "shoe" occurs in the captions of "running shoe" only, so it may be OOP only together with it.
+    meta = [{"name": "cat", "subgroup": "animal-mammal"}, {"name": "cat face", "subgroup": "cat-face"}]
+    meta += [{"name": f"beast{i}", "subgroup": "animal-mammal"} for i in range(5)]
+    meta += [{"name": "shoe", "subgroup": "clothing"}, {"name": "running shoe", "subgroup": "clothing"},
+             {"name": "hat", "subgroup": "clothing"}]
+    for seed in range(10):
+        split = mb.make_split(meta, seed=seed, oop_fraction=0.9)
+        animals = {r["classname"] for r in split["domains"]["Animals"]["oop"]}
+        attire = {r["classname"] for r in split["domains"]["Attire"]["oop"]}
+        assert "cat" not in animals
+        assert "shoe" not in attire or "running shoe" in attire
+        assert mb.oop_violations(meta, split, plurals=True) == []
+
+
+def test_ascii_names():
+    assert mb.ascii_name("man\u2019s shoe") == "man's shoe"
+    assert mb.ascii_name("Pi\u00f1ata") == "pinata"
+    assert mb.ascii_name("  T-Shirt ") == "t-shirt"
+
+
+def test_composite_is_premultiplied_over():
+    rgba = np.zeros((2, 8, 8, 4), np.uint8)
+    rgba[0, 2:6, 2:6] = (100, 50, 0, 200)  # premultiplied colour under alpha 200
+    rgba[1] = (0, 0, 0, 0)
+    none = mb.AugStrength(zoom=(1, 1), aspect=0, translate=0, rotate_deg=0, flip_p=0, brightness=0,
+                          contrast=0, saturation=0, blur_p=0, noise_max=0, gradient_p=0)
+    bg = torch.tensor([[0.2, 0.4, 1.0], [1.0, 0.0, 0.5]])
+    out = mb.augment(mb.rgba_tensor(rgba), torch.Generator().manual_seed(0), none, background=bg)
+    a = rgba[..., 3:4] / 255.0
+    expect = rgba[..., :3] / 255.0 + (1 - a) * bg.numpy()[:, None, None, :]
+    assert np.allclose(out.permute(0, 2, 3, 1).numpy(), expect, atol=1e-5)
+
+
+def test_batches_have_no_repeats():
+    it = mb._batches(10, 4, np.random.default_rng(0))
+    counts = np.zeros(10, int)
+    for _ in range(25):
+        b = next(it)
+        assert len(set(b.tolist())) == 4
+        counts[b] += 1
+    assert counts.min() >= 8  # roughly uniform use of the corpus
+
+
+def test_shipped_weights_load_into_mini_clip(assets):
+    import open_clip
+    from safetensors.torch import load_file
+
+    weights = ASSETS / mb.WEIGHTS_FILE
+    state = load_file(str(weights))
+    open_clip.add_model_config(str(REPO / "clip" / "model_configs"))
+    model = open_clip.create_model("mini-clip", pretrained=str(weights))
+    assert set(state) == set(model.state_dict())
+    assert all(v.dtype == torch.float16 for v in state.values())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k].float()), k
+    tok = open_clip.get_tokenizer("mini-clip")
+    model.eval()
+    with torch.no_grad():
+        img = model.encode_image(torch.randn(3, 3, 64, 64))
+        txt = model.encode_text(tok(["a photo of a dog.", "a car", "x"]))
+    assert img.shape == (3, 128) and txt.shape == (3, 128)
+    assert torch.isfinite(img).all() and torch.isfinite(txt).all()
+    assert tok(["a"]).shape == (1, 32)
+
+
+def test_logged_zero_shot_numbers_reproduce(assets):
+    """Zero-shot on the Plants test views with the shipped weights equals what the log reports."""
+    log = json.loads((ASSETS / mb.LOG_FILE).read_text(encoding="utf-8"))
+    model, tok = mb.create_mini_clip(ASSETS / mb.WEIGHTS_FILE)
+    res = mb.evaluate(model, tok, assets, domains=["Plants"], kmeans=False)["per_domain"]["Plants"]
+    ref = log["eval"]["per_domain"]["Plants"]
+    assert abs(res["zs_ip"] - ref["zs_ip"]) <= 2.0
+    assert abs(res["zs_oop"] - ref["zs_oop"]) <= 2.0
+    mean = log["eval"]["mean"]
+    assert mean["zs_ip"] > mean["zs_oop"] + 20  # the OOP concepts really are unknown to the model
+
+
+def _load(path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, assets):
+    root = tmp_path_factory.mktemp("mini")
+    dirs = mb.build(root, train=3, val=1, test=2, domains=SMALL, assets=assets)
+    return root, dirs
+
+
+def test_build_layout(built, assets):
+    root, dirs = built
+    expected = []
+    for dname in SMALL:
+        dom = assets.split["domains"][dname]
+        for subset in ("OOP", "IP"):
+            expected.append(f"{dom['prefix']}{len(dom[subset.lower()])}_{subset}")
+    assert [d.name for d in dirs] == expected
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(expected)
+    counts = {"train": 3, "val": 1, "test": 2}
+    for d in dirs:
+        dname = next(n for n in SMALL if d.name.startswith(assets.split["domains"][n]["prefix"]))
+        recs = assets.split["domains"][dname][d.name.rsplit("_", 1)[1].lower()]
+        split = _load(d / f"split_Xin_{d.name}.json")
+        assert list(split) == ["train", "val", "test"]
+        names = sorted(r["classname"] for r in recs)
+        assert sorted(p.name for p in (d / "images").iterdir()) == names
+        for part, items in split.items():
+            assert list(items) == [str(i) for i in range(len(names) * counts[part])]
+            labels = set()
+            for item in items.values():
+                assert set(item) == {"classname", "image_name", "label", "s_label", "superclass", "INFO"}
+                assert item["label"] == names.index(item["classname"])
+                labels.add(item["label"])
+                cap = item["INFO"]["Refined_caption3"]
+                assert re.search(r"\b" + re.escape(item["classname"]) + r"\b", cap)
+                rec = next(r for r in recs if r["classname"] == item["classname"])
+                assert item["superclass"] == rec["subgroup"]
+                path = d / "images" / item["classname"] / item["image_name"]
+                with Image.open(path) as im:
+                    assert im.format == "JPEG" and im.size == (64, 64) and im.mode == "RGB"
+            assert labels == set(range(len(names)))
+        # the superclass ids follow the domain's sorted subgroups
+        subgroups = sorted({r["subgroup"] for s in ("oop", "ip") for r in assets.split["domains"][dname][s]})
+        for item in split["test"].values():
+            assert subgroups[item["s_label"]] == item["superclass"]
+
+
+def test_build_views_are_distinct(built):
+    root, dirs = built
+    d = dirs[0]
+    cls = sorted((d / "images").iterdir())[0]
+    imgs = {p.name: np.asarray(Image.open(p)).astype(int) for p in cls.iterdir()}
+    assert len(imgs) == 3 + 1 + 2
+    keys = sorted(imgs)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            assert np.abs(imgs[a] - imgs[b]).mean() > 2, (a, b)
+
+
+def test_build_is_deterministic_and_idempotent(built, assets, tmp_path):
+    root, dirs = built
+    other = mb.build(tmp_path, train=3, val=1, test=2, domains=SMALL, assets=assets)
+    for a, b in zip(dirs, other):
+        fa = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+        fb = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+        assert fa == fb
+        for rel in fa:
+            assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    marker = other[0] / "split_fewshot"
+    marker.mkdir()
+    mb.build(tmp_path, train=3, val=1, test=2, domains=SMALL, assets=assets)
+    assert marker.is_dir()  # same parameters: nothing rebuilt
+    again = mb.build(tmp_path, train=2, val=1, test=2, domains=SMALL, assets=assets)
+    assert not marker.exists()  # changed parameters: rebuilt from scratch
+    split = _load(again[0] / f"split_Xin_{again[0].name}.json")
+    assert len(split["train"]) == 2 * len(list((again[0] / "images").iterdir()))
+
+
+def test_mini_datasets_registered_and_loadable(built, assets):
+    datasets = pytest.importorskip("datasets.mini_beyond")
+    import datasets as dpkg
+    from dassl.config import get_cfg_default
+
+    for d in mb.DOMAINS:
+        cls = getattr(datasets, "Mini" + d.name)
+        assert cls.prefix == d.prefix and cls.hint == d.hint
+    root, _ = built
+    cfg = get_cfg_default()
+    dpkg.add_dataset_config(cfg)
+    cfg.DATASET.ROOT = str(root)
+    cfg.DATASET.NUM_SHOTS = 2
+    cfg.DATASET.SUB_CLASSES = "IP"
+    cfg.SEED = 1
+    cfg.OUTPUT_DIR = str(root / "_out")
+    ds = datasets.MiniPlants(cfg)
+    ip = sorted(r["classname"] for r in assets.split["domains"]["Plants"]["ip"])
+    assert ds.classnames == ip
+    assert len(ds.train_x) == 2 * len(ip) and len(ds.test) == 2 * len(ip)
+    assert all(Path(x.impath).is_file() for x in ds.test)
+
+
+def test_render_matches_shipped_arrays(assets):
+    """Re-rendering reproduces the shipped pixels (needs the font and unicode-data packages)."""
+    from tools import mini_beyond_render as r
+
+    if not (r.EMOJI_TEST_TXT.is_file() and r.NOTO_EMOJI_TTF.is_file()):
+        pytest.skip("fonts-noto-color-emoji / unicode-data not installed")
+    entries = r.parse_emoji_test()
+    assert [list(e.codepoints) for e in entries] == [m["codepoints"] for m in assets.meta]
+    pick = [0, 500, len(entries) - 1]
+    arr, kept = r.render_emoji([entries[i] for i in pick])
+    assert kept == [0, 1, 2]
+    assert np.array_equal(arr, assets.rgba[pick])
+
+
+def test_pretraining_is_deterministic(assets):
+    """Same seed -> same weights after a few (tiny) steps; another seed -> different weights."""
+    small = mb.Assets(assets.rgba, assets.meta, {"pretrain_indices": assets.split["pretrain_indices"][:40]},
+                      assets.directory)
+
+    def run(seed):
+        tr = mb._Pretrainer(small, seed=seed, batch_size=8, lr=1e-3, weight_decay=0.1, warmup_frac=0.5)
+        losses = [tr.step(s, 2) for s in range(2)]
+        return losses, {k: v.clone() for k, v in tr.model.state_dict().items()}
+
+    la, sa = run(0)
+    lb, sb = run(0)
+    lc, sc = run(1)
+    assert la == lb and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert all(np.isfinite(la)) and abs(la[0] - np.log(8)) < 1.0  # chance-level loss at init
+    assert not torch.equal(sa["visual.conv1.weight"], sc["visual.conv1.weight"])

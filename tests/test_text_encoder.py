@@ -1,0 +1,178 @@
+"""clip.text.TextEncoder equals open_clip's own encode_text on several tower variants."""
+from __future__ import annotations
+
+import json
+
+import open_clip
+import pytest
+import torch
+from torch import nn
+
+from clip import TextEncoder, register_repo_configs
+from clip.pretrained import REPO_ROOT
+
+PROMPTS = [
+    "a photo of an ant, a type of insect or spider.",
+    "x",
+    "",
+    "a photo of mr. mime, a type of pokemon.",
+    " ".join(["a very long caption"] * 30),  # truncated by the tokenizer, EOT at position 76
+]
+
+
+def tiny_cfg(**text_overrides) -> dict:
+    with open(REPO_ROOT / "clip" / "model_configs" / "test-tiny.json") as f:
+        cfg = json.load(f)
+    cfg["text_cfg"].update(text_overrides)
+    return cfg
+
+
+def build(cls=open_clip.CLIP, seed: int = 0, **text_overrides) -> nn.Module:
+    torch.manual_seed(seed)
+    model = cls(**tiny_cfg(**text_overrides)).eval()
+    return model.requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def ids() -> torch.Tensor:
+    return open_clip.tokenizer.SimpleTokenizer(context_length=77)(PROMPTS)
+
+
+def check_equal(model: nn.Module, ids: torch.Tensor) -> None:
+    enc = TextEncoder(model)
+    expected = model.encode_text(ids)
+    for truncate in (True, False):
+        torch.testing.assert_close(enc.encode_ids(ids, truncate=truncate), expected, atol=1e-5, rtol=0)
+    embeds = enc.token_embedding(ids)
+    got = enc(embeds, enc.eot_positions(ids), truncate=True)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_clip_parameter_projection(ids):
+    model = build()
+    assert isinstance(model.text_projection, nn.Parameter)
+    check_equal(model, ids)
+    assert ids.argmax(-1).max() == 76  # the long prompt exercises the full-length path
+
+
+def test_clip_linear_projection(ids):
+    model = build(proj_bias=True)
+    assert isinstance(model.text_projection, nn.Linear)
+    check_equal(model, ids)
+
+
+def test_custom_text_clip(ids):
+    model = build(open_clip.CustomTextCLIP)
+    assert not hasattr(model, "transformer")
+    check_equal(model, ids)
+
+
+def test_custom_text_clip_linear_projection(ids):
+    model = build(open_clip.CustomTextCLIP, proj_bias=True)
+    assert isinstance(model.text.text_projection, nn.Linear)
+    check_equal(model, ids)
+
+
+def test_custom_text_via_factory(ids):
+    register_repo_configs()
+    model = open_clip.create_model("test-tiny", force_custom_text=True).eval()
+    assert isinstance(model, open_clip.CustomTextCLIP)
+    check_equal(model, ids)
+
+
+def test_eos_pooling(ids):
+    model = build(pool_type="eos", eos_id=49407)
+    enc = TextEncoder(model)
+    assert enc.can_truncate
+    check_equal(model, ids)
+
+
+def test_bidirectional_tower_uses_full_length(ids):
+    model = build(open_clip.CustomTextCLIP, no_causal_mask=True)
+    enc = TextEncoder(model)
+    assert not enc.can_truncate
+    check_equal(model, ids)
+
+
+def test_no_projection(ids):
+    model = build(proj_type="none")
+    assert model.text_projection is None
+    check_equal(model, ids)
+
+
+def test_truncation_is_exact_not_trivial(ids):
+    """Truncating to max(eot)+1 must change nothing, while a shorter cut does change the result."""
+    model = build()
+    enc = TextEncoder(model)
+    short = ids[:2]  # eot positions 11 and 2
+    embeds = enc.token_embedding(short)
+    eot = short.argmax(-1)
+    full = enc(embeds, eot, truncate=False)
+    cut = enc(embeds[:, : int(eot.max()) + 1], eot, truncate=False)
+    torch.testing.assert_close(cut, full, atol=1e-5, rtol=0)
+    wrong = enc(embeds, eot.clamp(max=1), truncate=True)
+    assert not torch.allclose(wrong[0], full[0], atol=1e-3)
+
+
+class LegacyTransformer(nn.Module):
+    """A sequence-first transformer like old open_clip's (no ``batch_first`` attribute)."""
+
+    def __init__(self, inner: nn.Module, batch: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.batch = batch
+
+    def get_cast_dtype(self) -> torch.dtype:
+        return self.inner.get_cast_dtype()
+
+    def forward(self, x: torch.Tensor, attn_mask=None) -> torch.Tensor:
+        assert x.shape[1] == self.batch, "expects (L, N, W)"
+        return self.inner(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+
+
+def test_sequence_first_transformer_is_permuted(ids):
+    """B1: the permutation happens only for a legacy (sequence-first) transformer."""
+    model = build()
+    expected = model.encode_text(ids)
+    model.transformer = LegacyTransformer(model.transformer, ids.shape[0])
+    assert not hasattr(model.transformer, "batch_first")
+    got = TextEncoder(model).encode_ids(ids)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_encoder_owns_no_state():
+    """B8: the 49408×W token table (and the rest of the frozen tower) never enters the encoder's state."""
+    model = build()
+    enc = TextEncoder(model)
+    assert list(enc.state_dict()) == []
+    assert list(enc.parameters()) == []
+    assert enc.token_embedding is model.token_embedding
+    assert enc.context_length == 77
+    holder = nn.Module()
+    holder.text_encoder = enc
+    assert list(holder.state_dict()) == []
+
+
+def test_gradient_reaches_embeddings(ids):
+    model = build()
+    enc = TextEncoder(model)
+    embeds = enc.token_embedding(ids[:2]).clone().requires_grad_(True)
+    enc(embeds, ids[:2].argmax(-1)).sum().backward()
+    assert embeds.grad is not None and embeds.grad[0, 1].abs().sum() > 0
+    assert embeds.grad[0, 20:].abs().sum() == 0  # after the EOT nothing is used
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_low_precision_weights(ids, precision):
+    """open_clip's manual mixed precision: the encoder casts to the tower's dtype as encode_text does."""
+    register_repo_configs()
+    torch.manual_seed(0)
+    model = open_clip.create_model("test-tiny", precision=precision).eval()
+    enc = TextEncoder(model)
+    assert enc.cast_dtype == open_clip.get_cast_dtype(precision)
+    expected = model.encode_text(ids)
+    full = enc.encode_ids(ids, truncate=False)
+    assert full.dtype == expected.dtype
+    assert torch.equal(full, expected)
+    # a shorter run may pick other kernels: equal up to the format's rounding
+    torch.testing.assert_close(enc.encode_ids(ids).float(), expected.float(), atol=0.05, rtol=0.02)

@@ -1,0 +1,1 @@
+"""Offline tooling: the Mini-Beyond asset pipeline and helpers that are not part of training."""

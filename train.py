@@ -1,0 +1,263 @@
+"""Command-line entry point (CoOp's interface): build the config, seed, log, build the trainer, run.
+
+Run from the repository root::
+
+    python train.py --root DATA --seed 1 --trainer FSNL_openclip \
+        --dataset-config-file configs/datasets/Pokemon89_39.yaml \
+        --config-file configs/trainers/FSNL_openclip/vit_b16_ep200_standard.yaml \
+        --output-dir output/pokemon/seed1 DATASET.NUM_SHOTS 4
+
+Config merge order: Dassl defaults → project keys (``extend_cfg``) → dataset yaml → trainer yaml →
+trainer preset (``preset_cfg`` of backbone variants) → command-line fields → trailing ``KEY VALUE``
+overrides. Config mistakes (unknown key, trainer, dataset or evaluator) end with one ``error:``
+line on stderr that names the closest valid choice, and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os.path as osp
+import sys
+from typing import Any, List, Optional, Sequence
+
+import torch
+
+from dassl.config import FINAL_MODEL_CHOICES, get_cfg_default
+from dassl.utils import check_availability, closest_name, collect_env_info, set_random_seed, setup_logger
+from dassl.utils.registry import RegistryKeyError
+
+logger = logging.getLogger("train")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake, reported as one line without a traceback."""
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=str, default="", help="path to the dataset root")
+    parser.add_argument("--output-dir", type=str, default="", help="output directory")
+    parser.add_argument("--resume", type=str, default="", help="checkpoint directory to resume from")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="random seed (>= 0 seeds everything; -1 leaves the run unseeded)")
+    parser.add_argument("--source-domains", type=str, nargs="+", help="source domains for DA/DG")
+    parser.add_argument("--target-domains", type=str, nargs="+", help="target domains for DA/DG")
+    parser.add_argument("--transforms", type=str, nargs="+", help="data augmentation methods")
+    parser.add_argument("--config-file", type=str, default="", help="trainer config file")
+    parser.add_argument("--dataset-config-file", type=str, default="", help="dataset config file")
+    parser.add_argument("--trainer", type=str, default="", help="name of the trainer")
+    parser.add_argument("--backbone", type=str, default="", help="name of the CNN/ViT backbone")
+    parser.add_argument("--head", type=str, default="", help="name of the head")
+    parser.add_argument("--eval-only", action="store_true", help="evaluation only")
+    parser.add_argument("--model-dir", type=str, default="",
+                        help="load a model from this directory for --eval-only")
+    parser.add_argument("--load-epoch", type=int, help="load the checkpoint of this epoch (default: best/last)")
+    parser.add_argument("--no-train", action="store_true", help="build the trainer but do not train")
+    # Declared before the positional remainder so it parses wherever it appears before the first
+    # KEY VALUE override (the reference declared it after REMAINDER: B19).
+    parser.add_argument("--enhanced-base", type=str, default="none",
+                        help="TaskRes only: enhanced base weights ('none' = zero-shot CLIP)")
+    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
+                        help="modify config options using the command line (KEY VALUE pairs)")
+    return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------- cfg
+def _flat_keys(node: Any, prefix: str = "") -> List[str]:
+    keys = []
+    for k, v in node.items():
+        full = f"{prefix}{k}"
+        if isinstance(v, dict):
+            keys.extend(_flat_keys(v, full + "."))
+        else:
+            keys.append(full)
+    return keys
+
+
+def _unknown_key_error(cfg: Any, full_key: str, source: str) -> ConfigError:
+    hint = closest_name(full_key, _flat_keys(cfg))
+    suggestion = f' Did you mean "{hint}"?' if hint else ""
+    return ConfigError(f'unknown config key "{full_key}" in {source}.{suggestion}')
+
+
+def _merge_file(cfg: Any, path: str, what: str) -> None:
+    if not osp.isfile(path):
+        raise ConfigError(f'{what} "{path}" does not exist')
+    try:
+        cfg.merge_from_file(path)
+    except KeyError as e:
+        msg = str(e.args[0]) if e.args else str(e)
+        key = msg.split("Non-existent config key:")[-1].strip()
+        raise _unknown_key_error(cfg, key, f"{what} {path}") from None
+    except ValueError as e:
+        raise ConfigError(f"{what} {path}: {e}") from None
+
+
+def _merge_opts(cfg: Any, opts: Sequence[str]) -> None:
+    """Merge ``KEY VALUE`` pairs, with friendly errors and int → float promotion (``OPTIM.LR 1``)."""
+    opts = list(opts or [])
+    if len(opts) % 2 != 0:
+        raise ConfigError(f"config overrides must be KEY VALUE pairs, got an odd list: {opts}")
+    fixed: List[Any] = []
+    for key, value in zip(opts[0::2], opts[1::2]):
+        node = cfg
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node, dict) or part not in node:
+                raise _unknown_key_error(cfg, key, "the command-line overrides")
+            node = node[part]
+        if not isinstance(node, dict) or parts[-1] not in node or isinstance(node[parts[-1]], dict):
+            raise _unknown_key_error(cfg, key, "the command-line overrides")
+        decoded = cfg._decode_cfg_value(value)
+        if isinstance(node[parts[-1]], float) and isinstance(decoded, int) and not isinstance(decoded, bool):
+            decoded = float(decoded)
+        fixed += [key, decoded]
+    try:
+        cfg.merge_from_list(fixed)
+    except (ValueError, AssertionError) as e:
+        raise ConfigError(f"command-line overrides: {e}") from None
+
+
+def extend_cfg(cfg: Any, args: Optional[argparse.Namespace] = None) -> None:
+    """Add the project keys (datasets, CLIP, every trainer) to ``cfg``; importing those packages
+    also registers their datasets and trainers."""
+    import clip
+    import datasets
+    import trainers
+
+    datasets.add_dataset_config(cfg)
+    clip.add_clip_config(cfg)
+    trainers.add_trainer_configs(cfg)
+    if args is not None and "TaskRes" in cfg.TRAINER and "ENHANCED_BASE" in cfg.TRAINER.TaskRes:
+        cfg.TRAINER.TaskRes.ENHANCED_BASE = args.enhanced_base
+
+
+def reset_cfg(cfg: Any, args: argparse.Namespace) -> None:
+    """Copy command-line fields into ``cfg`` (only those the user gave)."""
+    if args.root:
+        cfg.DATASET.ROOT = args.root
+    if args.output_dir:
+        cfg.OUTPUT_DIR = args.output_dir
+    if args.resume:
+        cfg.RESUME = args.resume
+    # `is not None`, not truthiness: --seed 0 is a valid seed (B18).
+    if args.seed is not None:
+        cfg.SEED = args.seed
+    if args.source_domains:
+        cfg.DATASET.SOURCE_DOMAINS = args.source_domains
+    if args.target_domains:
+        cfg.DATASET.TARGET_DOMAINS = args.target_domains
+    if args.transforms:
+        cfg.INPUT.TRANSFORMS = args.transforms
+    if args.trainer:
+        cfg.TRAINER.NAME = args.trainer
+    if args.backbone:
+        cfg.MODEL.BACKBONE.NAME = args.backbone
+    if args.head:
+        cfg.MODEL.HEAD.NAME = args.head
+
+
+def _apply_trainer_preset(cfg: Any, args: argparse.Namespace) -> None:
+    """Trainer variants (e.g. a fixed backbone) may preset keys before the command line."""
+    from dassl.engine import TRAINER_REGISTRY
+
+    name = args.trainer or cfg.TRAINER.NAME
+    if name and name in TRAINER_REGISTRY:
+        preset = getattr(TRAINER_REGISTRY.get(name), "preset_cfg", None)
+        if callable(preset):
+            preset(cfg)
+
+
+def setup_cfg(args: argparse.Namespace) -> Any:
+    """The frozen run config, merged in the documented order."""
+    cfg = get_cfg_default()
+    extend_cfg(cfg, args)
+    if args.dataset_config_file:
+        _merge_file(cfg, args.dataset_config_file, "dataset config file")
+    if args.config_file:
+        _merge_file(cfg, args.config_file, "trainer config file")
+    _apply_trainer_preset(cfg, args)
+    reset_cfg(cfg, args)
+    _merge_opts(cfg, args.opts)
+    cfg.freeze()
+    return cfg
+
+
+def _check_choice(key: str, value: str, available: Sequence[str]) -> None:
+    if not value:
+        raise ConfigError(f"{key} is empty; available: {', '.join(sorted(available)) or '(none registered)'}")
+    try:
+        check_availability(value, list(available))
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def validate_cfg(cfg: Any) -> None:
+    """Reject unknown trainer/dataset/evaluator/optimizer names before anything is built."""
+    from dassl.data.datasets import DATASET_REGISTRY
+    from dassl.engine import TRAINER_REGISTRY
+    from dassl.evaluation import EVALUATOR_REGISTRY
+    from dassl.optim import AVAI_OPTIMS, AVAI_SCHEDS
+
+    _check_choice("TRAINER.NAME (--trainer)", cfg.TRAINER.NAME, TRAINER_REGISTRY.registered_names())
+    _check_choice("DATASET.NAME", cfg.DATASET.NAME, DATASET_REGISTRY.registered_names())
+    _check_choice("TEST.EVALUATOR", cfg.TEST.EVALUATOR, EVALUATOR_REGISTRY.registered_names())
+    _check_choice("TEST.FINAL_MODEL", cfg.TEST.FINAL_MODEL, FINAL_MODEL_CHOICES)
+    _check_choice("OPTIM.NAME", cfg.OPTIM.NAME, AVAI_OPTIMS)
+    _check_choice("OPTIM.LR_SCHEDULER", cfg.OPTIM.LR_SCHEDULER, AVAI_SCHEDS)
+
+
+# --------------------------------------------------------------------------------------------- main
+def _log_args_and_cfg(args: argparse.Namespace, cfg: Any) -> None:
+    lines = ["***************", "** Arguments **", "***************"]
+    for key in sorted(vars(args)):
+        lines.append(f"{key}: {getattr(args, key)}")
+    lines += ["************", "** Config **", "************", str(cfg)]
+    logger.info("\n".join(lines))
+
+
+def main(args: argparse.Namespace) -> Any:
+    """Run one experiment; returns the trainer (``--eval-only``: after writing results.json)."""
+    from dassl.engine import build_trainer
+
+    cfg = setup_cfg(args)
+    validate_cfg(cfg)
+    if cfg.SEED >= 0:
+        logger.info("Setting fixed seed: %d", cfg.SEED)
+        set_random_seed(cfg.SEED)
+    setup_logger(cfg.OUTPUT_DIR)
+    if torch.cuda.is_available() and cfg.USE_CUDA:
+        torch.backends.cudnn.benchmark = True
+
+    _log_args_and_cfg(args, cfg)
+    logger.info("Collecting env info ...")
+    logger.info("** System info **\n%s\n", collect_env_info())
+
+    trainer = build_trainer(cfg)
+    if args.eval_only:
+        if args.model_dir:
+            try:
+                trainer.load_model(args.model_dir, epoch=args.load_epoch)
+            except FileNotFoundError as e:
+                raise ConfigError(f"--model-dir: {e}") from None
+        trainer.test()
+        trainer.finalize()
+        return trainer
+    if not args.no_train:
+        trainer.train()
+    return trainer
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """``python train.py ...``: config mistakes become one ``error:`` line and exit code 2."""
+    args = parse_args(argv)
+    try:
+        main(args)
+    except (ConfigError, RegistryKeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

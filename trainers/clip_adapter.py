@@ -1,0 +1,175 @@
+"""CLIP-Adapter (Gao et al., IJCV 2023) as used as a baseline in the LAION-Beyond paper (spec §3.6).
+
+CLIP stays frozen. A small bottleneck MLP ``A`` reads the (unnormalised, projected) image feature and
+is blended back with a residual ratio ``r``::
+
+    f' = r · A(f) + (1 − r) · f,     A = Linear(D→D/red, no bias) → ReLU → Linear(→D, no bias) → ReLU
+
+The class scores are ``s · cos(f', t_c)`` with ``t_c`` the zero-shot text feature of
+``a photo of {name}, a type of {hint}.``. Only the adapter is optimised (cross-entropy).
+
+Differences from the reference, all deliberate:
+
+* B27 the adapter width ``D`` comes from the backbone (``LoadedCLIP.embed_dim``), not a hard-coded 512,
+  and the ratio / reduction are config keys (reference values 0.2 / 4);
+* B27 / P5 the class text features are computed once when the model is built, on the trainer's device,
+  and kept as a non-persistent buffer (the reference moved tokens to a hard-coded ``'cuda'`` and ran the
+  whole text tower on every forward);
+* B30 precision follows ``TRAINER.CLIP_ADAPTER.PREC`` through ``ClipTrainer`` (fp32 on CPU); the
+  adapter itself and the loss always run in fp32.
+
+The adapter does not depend on the label space, so IP / All evaluation rebuilds the text features for
+the new class names and applies the trained adapter unchanged (as in the reference).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from yacs.config import CfgNode as CN
+
+from dassl.engine import TRAINER_REGISTRY
+from dassl.metrics import compute_accuracy
+from dassl.optim import build_lr_scheduler, build_optimizer
+
+from .base import ClipTrainer
+
+logger = logging.getLogger(__name__)
+
+#: Class prompts are encoded in chunks of this many, so label spaces of any size fit in memory.
+TEXT_CHUNK = 256
+
+
+def add_config(cfg: CN) -> None:
+    """``TRAINER.CLIP_ADAPTER.*`` with the reference's values (spec §3.6, §12.2)."""
+    cfg.TRAINER.CLIP_ADAPTER = CN()
+    cfg.TRAINER.CLIP_ADAPTER.RATIO = 0.2  # weight of the adapter branch in the residual blend
+    cfg.TRAINER.CLIP_ADAPTER.REDUCTION = 4  # bottleneck width = D // REDUCTION
+    cfg.TRAINER.CLIP_ADAPTER.PREC = "fp32"
+
+
+add_clip_adapter_config = add_config
+
+
+def encode_class_prompts(trainer: ClipTrainer, template: str, names: Sequence[str]) -> torch.Tensor:
+    """Unnormalised ``[C, D]`` fp32 text features of ``template`` with ``{}`` → name, for every name.
+
+    Runs the frozen text tower once per chunk under the trainer's precision, on the trainer's device;
+    callers that need a fixed classifier call this once, at build time.
+    """
+    loaded = trainer.clip
+    prompts = [template.replace("{}", n) for n in names]
+    chunks: List[torch.Tensor] = []
+    with torch.no_grad(), trainer.autocast():
+        for start in range(0, len(prompts), TEXT_CHUNK):
+            ids = loaded.tokenizer(prompts[start:start + TEXT_CHUNK]).to(trainer.device)
+            chunks.append(loaded.model.encode_text(ids).float())
+    if not chunks:
+        raise ValueError("No class names to encode")
+    return torch.cat(chunks, dim=0)
+
+
+class Adapter(nn.Module):
+    """The bottleneck MLP of CLIP-Adapter (both layers bias-free, ReLU after each)."""
+
+    def __init__(self, dim: int, reduction: int) -> None:
+        super().__init__()
+        if reduction < 1 or dim // reduction < 1:
+            raise ValueError(f"TRAINER.CLIP_ADAPTER.REDUCTION must be in [1, {dim}], got {reduction}")
+        hidden = dim // reduction
+        self.fc = nn.Sequential(
+            nn.Linear(dim, hidden, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, dim, bias=False),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+class AdapterCLIP(nn.Module):
+    """Frozen CLIP + image-side residual adapter + fixed class text features.
+
+    Only ``adapter`` is a registered sub-module; the CLIP model is held by reference (it is shared with
+    the cross-evaluation trainers and must never appear in this module's state dict or parameters).
+    """
+
+    def __init__(self, trainer: CLIP_Adapter) -> None:
+        super().__init__()
+        cfg = trainer.cfg.TRAINER.CLIP_ADAPTER
+        loaded = trainer.clip
+        object.__setattr__(self, "clip_model", loaded.model)
+        object.__setattr__(self, "trainer_autocast", trainer.autocast)
+        self.image_dtype = loaded.dtype
+        self.ratio = float(cfg.RATIO)
+        self.adapter = Adapter(int(loaded.embed_dim), int(cfg.REDUCTION))
+        self.classnames = trainer.display_names(trainer.classnames)
+        text = encode_class_prompts(trainer, trainer.class_template(), self.classnames)
+        self.register_buffer("text_features", F.normalize(text, dim=-1), persistent=False)
+        self.register_buffer("logit_scale", trainer.logit_scale.clone(), persistent=False)
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Projected, unnormalised image features of the frozen tower, in fp32 (no graph)."""
+        with torch.no_grad(), self.trainer_autocast():
+            feats = self.clip_model.encode_image(images.to(dtype=self.image_dtype))
+        return feats.float()
+
+    def adapt(self, feats: torch.Tensor) -> torch.Tensor:
+        """``r · A(f) + (1 − r) · f`` in fp32, L2-normalised."""
+        mixed = self.ratio * self.adapter(feats) + (1.0 - self.ratio) * feats
+        return F.normalize(mixed, dim=-1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        feats = self.adapt(self.image_features(images))
+        return self.logit_scale * feats @ self.text_features.t()
+
+
+@TRAINER_REGISTRY.register()
+class CLIP_Adapter(ClipTrainer):
+    """CLIP-Adapter on an OpenCLIP backbone (``MODEL.BACKBONE.{NAME,WEIGHTS}``)."""
+
+    PREC_KEY = "CLIP_ADAPTER"
+
+    def check_cfg(self, cfg: CN) -> None:
+        super().check_cfg(cfg)
+        ratio = float(cfg.TRAINER.CLIP_ADAPTER.RATIO)
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"TRAINER.CLIP_ADAPTER.RATIO must be in [0, 1], got {ratio}")
+
+    def build_model(self) -> None:
+        cfg = self.cfg
+        self.load_clip()
+        self.model = AdapterCLIP(self).to(self.device)
+        self.adapter = self.model.adapter
+        self.optim = build_optimizer(self.adapter, cfg.OPTIM)
+        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
+        self.register_model("adapter", self.adapter, self.optim, self.sched)
+        self.scaler = self.build_scaler()
+        n_params = sum(p.numel() for p in self.adapter.parameters())
+        logger.info("CLIP-Adapter: %d classes, D=%d, reduction=%d, ratio=%.3g, %d trainable parameters",
+                    len(self.model.classnames), int(self.clip.embed_dim), int(cfg.TRAINER.CLIP_ADAPTER.REDUCTION),
+                    self.model.ratio, n_params)
+
+    def checkpoint_meta(self) -> Dict[str, Any]:
+        meta = super().checkpoint_meta()
+        meta.update(ratio=float(self.model.ratio), reduction=int(self.cfg.TRAINER.CLIP_ADAPTER.REDUCTION))
+        return meta
+
+    def forward_backward(self, batch: Dict[str, Any]) -> Dict[str, float]:
+        images, labels = self.parse_batch_train(batch)
+        logits = self.model(images)
+        loss = F.cross_entropy(logits.float(), labels)
+        self.optimize(loss)
+        self.maybe_update_lr()
+        return {"loss": loss.item(), "acc": compute_accuracy(logits.detach(), labels)[0].item()}
+
+    def compute_text_features(self) -> torch.Tensor:
+        return self.model.text_features
+
+    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(images.to(self.device))
