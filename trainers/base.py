@@ -12,10 +12,12 @@ an adapter, a residual). What they share lives here, so each trainer file only h
 from __future__ import annotations
 
 import logging
-from typing import Any, ContextManager, Dict, List, Optional
+import os.path as osp
+from typing import Any, ContextManager, Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from clip import LoadedCLIP, Precision, autocast, load_clip, normalize_name, resolve_precision
 from clip.templates import DEFAULT_TEMPLATE
@@ -39,6 +41,10 @@ class ClipTrainer(TrainerX):
     #: ``(backbone name, weights)`` forced by trainer variants such as ``FSNL_openclip_2B``; applied
     #: by :func:`preset_cfg` before the command line, so ``--backbone`` and opts still win.
     BACKBONE_PRESET: Optional[tuple] = None
+
+    def __init__(self, cfg: Any, shared: Optional[Dict[Any, Any]] = None) -> None:
+        super().__init__(cfg, shared=shared)
+        self.setup_feature_cache()
 
     # ------------------------------------------------------------------ config
     @classmethod
@@ -117,16 +123,34 @@ class ClipTrainer(TrainerX):
         return [normalize_name(c) for c in classnames]
 
     # ------------------------------------------------------------------ features
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised image features of the frozen visual tower (fp32 result)."""
+    def encode_images(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Image features of the frozen visual tower, in fp32 (L2-normalised unless asked not to)."""
         model = self.clip.model
         with torch.no_grad(), self.autocast():
-            feats = model.encode_image(images.to(self.device, dtype=self.clip.dtype))
-        return F.normalize(feats.float(), dim=-1)
+            feats = model.encode_image(images.to(self.device, dtype=self.clip.dtype)).float()
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    def batch_features(self, batch: Dict[str, Any], normalize: bool = True) -> torch.Tensor:
+        """Features of a training batch: cached views (``feat``) when the feature cache is on."""
+        if "feat" in batch:
+            feats = batch["feat"].to(self.device, dtype=torch.float32)
+            return F.normalize(feats, dim=-1) if normalize else feats
+        return self.encode_images(batch["img"], normalize=normalize)
 
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.clip.model.logit_scale.detach().exp().float()
+
+    def encode_class_texts(self, template: str, names: Sequence[str], normalize: bool = True) -> torch.Tensor:
+        """``[C, D]`` fp32 features of ``template.format(name)`` for every name, in one batched call."""
+        from clip import TextEncoder
+
+        texts = [template.format(n) for n in names]
+        ids = self.clip.tokenizer(texts).to(self.device)
+        encoder = TextEncoder(self.clip.model)
+        with torch.no_grad(), self.autocast():
+            feats = encoder.encode_ids(ids).float()
+        return F.normalize(feats, dim=-1) if normalize else feats
 
     def compute_text_features(self) -> torch.Tensor:
         """Normalised ``[C, D]`` class text features; trainers with fixed class prompts override."""
@@ -150,9 +174,63 @@ class ClipTrainer(TrainerX):
                 cache = self.compute_text_features()
         return cache
 
-    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        feats = self.encode_images(images)
-        return self.logit_scale * feats @ self.cached_text_features().t()
+    def logits_from_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """Class logits from *unnormalised* image features (what the feature caches hold)."""
+        return self.logit_scale * F.normalize(feats, dim=-1) @ self.cached_text_features().t()
+
+    def model_inference(self, input: torch.Tensor) -> torch.Tensor:
+        # 2-D input = cached image features (evaluation cache); 4-D = images.
+        feats = input if input.dim() == 2 else self.encode_images(input, normalize=False)
+        return self.logits_from_features(feats)
+
+    # ------------------------------------------------------------------ feature caches
+    def setup_feature_cache(self) -> None:
+        """Swap the image train loader for cached features when ``FEATURE_CACHE.VIEWS > 0``."""
+        node = self.cfg.DATALOADER.get("FEATURE_CACHE")
+        views = int(node.VIEWS) if node is not None else 0
+        self._cached_train = None
+        if views <= 0 or not self.get_model_names():
+            return
+        from . import feature_cache as fc
+
+        meta = fc.cache_meta(self.cfg, self.dm.dataset, self.precision.name, views)
+        directory = node.DIR or osp.join(self.output_dir, "feature_cache")
+        path = fc.cache_path(directory, meta)
+        feats = fc.load_cached(path, meta)
+        if feats is None:
+            logger.info("Encoding %d augmented views of %d training images for the feature cache",
+                        views, len(self.dm.dataset.train_x))
+            feats = fc.encode_views(self.cfg, self.dm.dataset.train_x, self.dm.tfm_train,
+                                    lambda x: self.encode_images(x, normalize=False), views, int(self.cfg.SEED))
+            fc.save_cached(path, meta, feats)
+            logger.info("Feature cache written to %s", path)
+        else:
+            logger.info("Feature cache loaded from %s", path)
+        self._cached_train = fc.CachedFeatureDataset(feats, self.dm.dataset.train_x, int(self.cfg.SEED))
+        self.train_loader_x = fc.cached_train_loader(self.cfg, self._cached_train)
+
+    def before_epoch(self) -> None:
+        super().before_epoch()
+        if getattr(self, "_cached_train", None) is not None:
+            self._cached_train.set_epoch(self.epoch)
+
+    def eval_loader(self, split: str) -> Iterable[Dict[str, Any]]:
+        """The evaluation batches; frozen features are encoded once per run and then reused (P3)."""
+        loader = super().eval_loader(split)
+        if not bool(self.cfg.TEST.get("CACHE_FEATURES", True)):
+            return loader
+        cache = self.__dict__.setdefault("_eval_cache", {})
+        if split not in cache:
+            batches = []
+            for batch in tqdm(loader, desc=f"encode {split}", disable=None, leave=False):
+                batches.append({"feat": self.encode_images(batch["img"], normalize=False),
+                                "label": batch["label"], "impath": batch.get("impath")})
+            cache[split] = batches
+        return cache[split]
+
+    def parse_batch_test(self, batch: Dict[str, Any]):
+        input = batch["feat"] if "feat" in batch else batch["img"].to(self.device)
+        return input, batch["label"].to(self.device)
 
     # ------------------------------------------------------------------ optimisation
     def build_scaler(self) -> Optional[torch.amp.GradScaler]:

@@ -306,9 +306,6 @@ class FSNL_openclip(ClipTrainer):
             logger.warning("No checkpoint name matches this label space")
 
     # ----------------------------------------------------------- training
-    def parse_batch_train(self, batch: Dict[str, Any]):
-        images, labels = super().parse_batch_train(batch)
-        return images, labels, batch["index"]
 
     def swapped_sequences(self, indices: Sequence[int], labels: torch.Tensor) -> List[List[Piece]]:
         """Template swapping (spec §2.7): a caption of *another* class, with this item's name in it."""
@@ -358,8 +355,9 @@ class FSNL_openclip(ClipTrainer):
         return (loss_cap if loss_cap is not None else loss_base), logits
 
     def forward_backward(self, batch: Dict[str, Any]) -> Dict[str, float]:
-        images, labels, indices = self.parse_batch_train(batch)
-        feats = self.encode_images(images)
+        feats = self.batch_features(batch)
+        labels = batch["label"].to(self.device)
+        indices = batch["index"]
         loss, logits = self.compute_loss(feats, labels, indices.tolist() if torch.is_tensor(indices) else indices)
         self.optimize(loss)
         self.maybe_update_lr()

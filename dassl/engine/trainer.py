@@ -24,7 +24,7 @@ import logging
 import os.path as osp
 import time
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -489,6 +489,10 @@ class SimpleTrainer(TrainerBase):
             logger.info("No val split: evaluating on the test split")
         return "test"
 
+    def eval_loader(self, split: str) -> Iterable[Any]:
+        """The batches ``test(split)`` iterates; trainers may substitute cached features."""
+        return self.val_loader if split == "val" else self.test_loader
+
     def before_test(self) -> None:
         """Called once at the start of ``test()`` under ``no_grad`` (e.g. to cache text features)."""
 
@@ -502,7 +506,7 @@ class SimpleTrainer(TrainerBase):
         self.set_model_mode("eval")
         self.evaluator.reset()
         split = self._resolve_split(split)
-        loader = self.val_loader if split == "val" else self.test_loader
+        loader = self.eval_loader(split)
         logger.info("Evaluate on the *%s* set", split)
         self.before_test()
         try:

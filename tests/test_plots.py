@@ -1,0 +1,75 @@
+"""scripts.plot_curves: PNG + PDF from a results directory or from parse_test_res's JSON."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from scripts import parse_test_res, plot_curves
+
+DPI = 150  # plot_curves saves PNGs at 150 dpi, 3.4 x 2.9 inches per panel
+
+
+def put(root: Path, rel: str, payload: dict) -> None:
+    path = root / rel / "results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload))
+
+
+@pytest.fixture()
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "out"
+    for d_i, dataset in enumerate(("Animals92_42", "Food53_27", "Pokemon89_39")):
+        for k in (1, 2, 4):
+            for seed in (1, 2):
+                put(root, f"{dataset}/shots_{k}/train/CoOp_openclip/CSC_False/cfg/seed{seed}",
+                    {"sub_classes": "OOP", "oop": 30.0 + 3 * k + seed + d_i, "ip": 30.0})
+                put(root, f"{dataset}/shots_{k}/train/FSNL_openclip_USE_CAPTION_True/MEPOCH_200_BS_4_LR_1e-05/seed{seed}",
+                    {"sub_classes": "OOP", "oop": 50.0 + 5 * k + seed, "ip": 30.0})
+        put(root, f"{dataset}/ZeroshotCLIP_openclip/ZS_OOP/seed3", {"sub_classes": "OOP", "oop": 20.0, "ip": 40.0})
+    return root
+
+
+def png_size(path: str) -> tuple[int, int]:
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as im:
+        return im.size
+
+
+def test_plot_from_directory(tree: Path, tmp_path: Path) -> None:
+    base = tmp_path / "fig" / "curves"
+    assert plot_curves.main([str(tree), "--out", str(base), "--band"]) == 0
+    png, pdf = Path(f"{base}.png"), Path(f"{base}.pdf")
+    assert png.stat().st_size > 10_000
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    # Three domains -> a 2x2 grid (ceil(sqrt(3)) columns), the fourth panel hidden.
+    assert png_size(str(png)) == (round(2 * 3.4 * DPI), round(2 * 2.9 * DPI))
+
+
+def test_plot_from_json_with_domain_filter(tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    table_json = tmp_path / "table.json"
+    assert parse_test_res.main([str(tree), "--curves", "--json", str(table_json)]) == 0
+    capsys.readouterr()
+    groups = plot_curves.load_groups(str(table_json))
+    assert {g.dataset for g in groups} == {"Animals92_42", "Food53_27", "Pokemon89_39"}
+    png, pdf = plot_curves.plot_curves(groups, str(tmp_path / "two.png"), domains=["Food", "Pokemon89_39"])
+    assert png.endswith("two.png") and Path(pdf).is_file()
+    assert png_size(png) == (round(2 * 3.4 * DPI), round(1 * 2.9 * DPI))  # one row of two panels
+
+
+def test_json_round_trip_matches_directory(tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    table_json = tmp_path / "all.json"
+    parse_test_res.main([str(tree), "--json", str(table_json)])
+    capsys.readouterr()
+    from_dir = {(g.dataset, g.method, g.shots): g.oop.mean for g in plot_curves.load_groups(str(tree))}
+    from_json = {(g.dataset, g.method, g.shots): g.oop.mean for g in plot_curves.load_groups(str(table_json))}
+    assert from_json == pytest.approx(from_dir)
+    assert from_dir[("Food53_27", "FSNL_openclip_USE_CAPTION_True", 4)] == pytest.approx(71.5)
+
+
+def test_nothing_to_plot(tree: Path, tmp_path: Path) -> None:
+    assert plot_curves.main([str(tree), "--out", str(tmp_path / "x"), "--domains", "Landmark"]) == 1
+    assert not (tmp_path / "x.png").exists()

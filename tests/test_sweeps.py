@@ -1,0 +1,311 @@
+"""scripts.sweep / scripts.fsnl_rule / the shell wrappers: exact commands, the BS/LR rule, skip-if-done."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict
+
+import pytest
+
+from scripts import fsnl_rule, sweep
+from scripts.domains import DomainError, count_classes, resolve_domains, short_name
+from scripts.sweep import Job, SweepSpec, build_jobs, run_jobs
+
+REPO = Path(__file__).resolve().parents[1]
+FSNL_CFG = "configs/trainers/FSNL_openclip/vit_b16_ep200_standard.yaml"
+
+
+def write_subset(root: Path, folder: str, num_classes: int) -> None:
+    """A split file in the LAION-Beyond layout (images are not needed to count classes)."""
+    d = root / folder
+    d.mkdir(parents=True)
+    split = {
+        s: {str(i): {"classname": f"{folder}_class{i}", "image_name": f"{s}{i}.jpg", "label": i}
+            for i in range(num_classes)}
+        for s in ("train", "val", "test")
+    }
+    (d / f"split_Xin_{folder}.json").write_text(json.dumps(split))
+
+
+@pytest.fixture()
+def data(tmp_path: Path) -> Path:
+    # Class counts deliberately unlike the 400M ones baked into the registered names (92 / 53).
+    root = tmp_path / "data"
+    write_subset(root, "Animals7_OOP", 7)
+    write_subset(root, "Animals3_IP", 3)
+    write_subset(root, "Food43_OOP", 43)
+    write_subset(root, "Food11_IP", 11)
+    return root
+
+
+def run_main(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, list[str], str]:
+    rc = sweep.main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, [ln for ln in out.splitlines() if ln], err
+
+
+# ------------------------------------------------------------------------------ rule
+
+
+@pytest.mark.parametrize(
+    "num_classes, shots, bs, lr",
+    [
+        (92, 4, 368, 5.75e-4),      # Animals, spec §8.3
+        (92, 16, 368, 5.75e-4),     # K >= 4 keeps 4·C
+        (89, 1, 89, 1.390625e-4),   # Pokemon 1-shot: bc printed .00013906
+        (50, 2, 100, 1.5625e-4),
+        (113, 8, 452, 7.0625e-4),
+    ],
+)
+def test_fsnl_bs_lr(num_classes: int, shots: int, bs: int, lr: float) -> None:
+    got_bs, got_lr = fsnl_rule.fsnl_bs_lr(num_classes, shots)
+    assert got_bs == bs
+    assert got_lr == pytest.approx(lr, rel=1e-12)
+
+
+def test_lr_is_not_truncated_like_bc() -> None:
+    _, lr = fsnl_rule.fsnl_bs_lr(89, 1)
+    assert fsnl_rule.format_lr(lr) == "0.0001390625"
+    assert lr != pytest.approx(0.00013906, rel=1e-9)
+    assert fsnl_rule.format_lr(fsnl_rule.fsnl_bs_lr(92, 4)[1]) == "0.000575"
+
+
+@pytest.mark.parametrize("args", [(0, 4), (5, 0)])
+def test_fsnl_bs_lr_rejects_nonsense(args: tuple[int, int]) -> None:
+    with pytest.raises(ValueError):
+        fsnl_rule.fsnl_bs_lr(*args)
+
+
+def test_fsnl_rule_cli_counts_classes_on_disk(data: Path, capsys: pytest.CaptureFixture) -> None:
+    assert fsnl_rule.main(["--root", str(data), "--dataset", "Food", "--shots", "2"]) == 0
+    assert capsys.readouterr().out.split() == ["86", fsnl_rule.format_lr(86 / 128 * 2e-4)]
+    assert fsnl_rule.main(["--root", str(data / "nowhere"), "--dataset", "Food", "--shots", "2"]) == 2
+
+
+def test_count_classes_and_names(data: Path) -> None:
+    assert count_classes(str(data), "Animals92_42", "OOP") == 7
+    assert count_classes(str(data), "Animals92_42", "IP") == 3
+    assert resolve_domains(["Animals", "insects", "Plants_Fugi113_56", "animals92_42"]) == [
+        "Animals92_42", "Insects_Spiders106_52", "Plants_Fugi113_56"]
+    assert short_name("Insects_Spiders106_52") == "Insects_Spiders"
+    with pytest.raises(DomainError, match="Did you mean"):
+        resolve_domains(["Animalz"])
+    with pytest.raises(DomainError):
+        count_classes(str(data), "Pokemon89_39", "OOP")  # no Pokemon folder under this root
+
+
+# ------------------------------------------------------------------------------ commands
+
+
+def expected_fsnl(root: Path, out: str, dataset: str, shots: int, seed: int, bs: int, lr: str, epochs: str = "200") -> str:
+    outdir = f"{out}/{dataset}/shots_{shots}/train/FSNL_openclip_USE_CAPTION_True/MEPOCH_{epochs}_BS_{bs}_LR_{lr}/seed{seed}"
+    return (
+        f"python train.py --root {root} --seed {seed} --trainer FSNL_openclip "
+        f"--dataset-config-file configs/datasets/{dataset}.yaml --config-file {FSNL_CFG} --output-dir {outdir} "
+        "TRAINER.FSNL.FLE False TRAINER.FSNL.N_CTX 4 TRAINER.FSNL.CIFC True TRAINER.FSNL.USE_CAPTION True "
+        f"DATASET.NUM_SHOTS {shots} TRAIN.CHECKPOINT_FREQ 10 TEST.NO_TEST False OPTIM.LR {lr} "
+        f"OPTIM.MAX_EPOCH {epochs} DATALOADER.TRAIN_X.BATCH_SIZE {bs} DATASET.SUB_CLASSES OOP"
+    )
+
+
+def test_fsnl_dry_run_exact_commands(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = str(tmp_path / "out")
+    rc, lines, err = run_main(capsys, "--method", "fsnl", "--root", str(data), "--out", out,
+                              "--domains", "Animals", "Food", "--shots", "2", "8", "--seeds", "1", "3", "--dry-run")
+    assert rc == 0
+    # C = 7 (Animals) and 43 (Food) from disk; BS = min(K,4)·C; LR = BS/128·2e-4.
+    expected = []
+    for dataset, c in (("Animals92_42", 7), ("Food53_27", 43)):
+        for k in (2, 8):
+            bs = min(k, 4) * c
+            lr = f"{bs / 128 * 2e-4:.12g}"
+            expected += [expected_fsnl(data, out, dataset, k, s, bs, lr) for s in (1, 3)]
+    assert lines == expected
+    assert "8 pending, 0 skipped" in err
+
+
+def test_fsnl_with_make_toy(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from datasets.make_toy import TOY_CLASSES, make_toy
+
+    root = tmp_path / "toy"
+    make_toy(str(root), domains=["Food53_27"], image_size=8, num_train=1, num_val=1, num_test=1)
+    c = len(TOY_CLASSES["Food53_27"]["OOP"])
+    rc, lines, _ = run_main(capsys, "--method", "fsnl", "--root", str(root), "--out", "o", "--domains", "Food",
+                            "--shots", "1", "--seeds", "1", "--dry-run")
+    assert rc == 0
+    assert lines == [expected_fsnl(root, "o", "Food53_27", 1, 1, c, f"{c / 128 * 2e-4:.12g}")]
+
+
+def test_opts_override_in_place_and_name_the_directory(data: Path, capsys: pytest.CaptureFixture) -> None:
+    rc, lines, _ = run_main(capsys, "--method", "fsnl", "--root", str(data), "--out", "o", "--domains", "Animals",
+                            "--shots", "4", "--seeds", "2", "--config", "configs/trainers/FSNL_openclip/cpu_smoke.yaml",
+                            "--dry-run", "--opts", "OPTIM.MAX_EPOCH", "2", "MODEL.BACKBONE.NAME", "test-tiny")
+    assert rc == 0 and len(lines) == 1
+    tokens = lines[0].split()
+    assert tokens[tokens.index("--config-file") + 1] == "configs/trainers/FSNL_openclip/cpu_smoke.yaml"
+    assert tokens.count("OPTIM.MAX_EPOCH") == 1
+    assert tokens[tokens.index("OPTIM.MAX_EPOCH") + 1] == "2"
+    assert tokens[-2:] == ["MODEL.BACKBONE.NAME", "test-tiny"]
+    assert "/MEPOCH_2_BS_28_LR_" in tokens[tokens.index("--output-dir") + 1]
+
+
+def by_method(data: Path, method: str, *extra: str) -> Dict[str, str]:
+    spec = SweepSpec(method=method, root="D", out="O", domains=["Animals"], shots=[1, 8], seeds=[1])
+    for k, v in zip(extra[::2], extra[1::2]):
+        setattr(spec, k, v)
+    return {j.label: j.command for j in build_jobs(spec)}
+
+
+def test_baseline_commands(data: Path) -> None:
+    prefix = "python train.py --root D --seed 1 --trainer"
+    ds = "--dataset-config-file configs/datasets/Animals92_42.yaml"
+    coop = by_method(data, "coop")
+    assert coop["coop Animals92_42 K=8 seed=1"] == (
+        f"{prefix} CoOp_openclip {ds} --config-file configs/trainers/CoOp_openclip/vit_b16_ep200_ctxv1.yaml "
+        "--output-dir O/Animals92_42/shots_8/train/CoOp_openclip/CSC_False/vit_b16_ep200_ctxv1/seed1 "
+        "TRAINER.COOP.N_CTX 4 TRAINER.COOP.CSC False TRAINER.COOP.CLASS_TOKEN_POSITION end "
+        "DATASET.NUM_SHOTS 8 DATASET.SUB_CLASSES OOP"
+    )
+    cocoop = by_method(data, "cocoop")
+    assert cocoop["cocoop Animals92_42 K=1 seed=1"] == (
+        f"{prefix} CoCoOp_openclip {ds} "
+        "--config-file configs/trainers/CoCoOp_openclip/vit_b16_c4_ep10_batch1_ctxv1.yaml "
+        "--output-dir O/Animals92_42/shots_1/train/CoCoOp_openclip_vit_b16_c4_ep10_batch1_ctxv1/seed1 "
+        "DATASET.NUM_SHOTS 1 TRAIN.CHECKPOINT_FREQ 10 DATASET.SUB_CLASSES OOP"
+    )
+    adapter = by_method(data, "clip_adapter")
+    assert adapter["clip_adapter Animals92_42 K=1 seed=1"] == (
+        f"{prefix} CLIP_Adapter {ds} --config-file configs/trainers/CLIP_Adapter/vit_b16_ep200_ctxv1.yaml "
+        "--output-dir O/Animals92_42/shots_1/train/CLIP_Adapter/ImageA_vit_b16_ep200_ctxv1/seed1 "
+        "DATASET.NUM_SHOTS 1 DATASET.SUB_CLASSES OOP"
+    )
+    taskres = by_method(data, "taskres")
+    for k, cfg in ((1, "adam_lr2e-3_B256_ep100"), (8, "adam_lr2e-3_B256_ep200")):
+        assert taskres[f"taskres Animals92_42 K={k} seed=1"] == (
+            f"{prefix} TaskRes {ds} --config-file configs/trainers/TaskRes/{cfg}.yaml "
+            f"--output-dir O/Animals92_42/shots_{k}/train/TaskRes/{cfg}/seed1 "
+            f"DATASET.NUM_SHOTS {k} TRAINER.TaskRes.RESIDUAL_SCALE 0.5 DATASET.SUB_CLASSES OOP"
+        )
+
+
+def test_zeroshot_and_linear_probe_commands(capsys: pytest.CaptureFixture) -> None:
+    rc, lines, _ = run_main(capsys, "--method", "zeroshot", "--root", "D", "--out", "O", "--domains", "Food",
+                            "--dry-run")
+    assert rc == 0
+    assert lines == [
+        "python train.py --root D --seed 3 --trainer ZeroshotCLIP_openclip "
+        "--dataset-config-file configs/datasets/Food53_27.yaml "
+        "--config-file configs/trainers/ZeroshotCLIP_openclip/vit_b16_ep50_ctxv1.yaml "
+        "--output-dir O/Food53_27/ZeroshotCLIP_openclip/ZS_OOP/seed3 --eval-only DATASET.SUB_CLASSES OOP"
+    ]
+    rc, lines, _ = run_main(capsys, "--method", "linear_probe", "--root", "D", "--out", "O", "--domains", "Food",
+                            "--dry-run")
+    assert rc == 0 and len(lines) == 7
+    assert lines[0] == (
+        "python -m lpclip.feat_extractor --root D --output-dir O/clip_feat "
+        "--config-file configs/trainers/CoOp_openclip/vit_b16_ep200_ctxv1_lpclip.yaml "
+        "--dataset-config-file configs/datasets/Food53_27.yaml --split train DATASET.SUB_CLASSES OOP"
+    )
+    assert [ln.split()[-3] for ln in lines[:6]] == ["train", "val", "test"] * 2
+    assert [ln.split()[-1] for ln in lines[:6]] == ["OOP"] * 3 + ["IP"] * 3
+    assert lines[6] == (
+        "python -m lpclip.linear_probe --feature-dir O/clip_feat --dataset Food53_27 --sub-classes OOP "
+        "--output-dir O/Food53_27/linear_probe"
+    )
+
+
+def test_default_domains_are_the_nine(capsys: pytest.CaptureFixture) -> None:
+    rc, lines, _ = run_main(capsys, "--method", "coop", "--root", "D", "--out", "O", "--dry-run")
+    assert rc == 0
+    assert len(lines) == 9 * 5 * 3
+    datasets = {ln.split("configs/datasets/")[1].split(".yaml")[0] for ln in lines}
+    assert datasets == set(sweep.LAION_BEYOND_DOMAINS)
+
+
+def test_missing_data_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rc, lines, err = run_main(capsys, "--method", "fsnl", "--root", str(tmp_path / "none"), "--out", "o",
+                              "--domains", "Animals", "--dry-run")
+    assert rc == 2 and not lines
+    assert "Cannot count the OOP classes of Animals92_42" in err
+
+
+# ------------------------------------------------------------------------------ skip / run
+
+
+def test_skip_if_results_exist(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    argv = ["--method", "coop", "--root", str(data), "--out", str(out), "--domains", "Animals", "--shots", "1", "2",
+            "--seeds", "1", "--dry-run"]
+    _, before, _ = run_main(capsys, *argv)
+    done_dir = out / "Animals92_42/shots_2/train/CoOp_openclip/CSC_False/vit_b16_ep200_ctxv1/seed1"
+    done_dir.mkdir(parents=True)
+    (done_dir / "results.json").write_text("{}")
+    rc, after, err = run_main(capsys, *argv)
+    assert rc == 0
+    assert after == [ln for ln in before if str(done_dir) not in ln] and len(after) == 1
+    assert "1 pending, 1 skipped" in err
+    _, forced, _ = run_main(capsys, *argv, "--force")
+    assert forced == before
+
+
+def test_yaml_dry_run_carries_done_markers(capsys: pytest.CaptureFixture) -> None:
+    import yaml
+
+    rc = sweep.main(["--method", "clip_adapter", "--root", "D", "--out", "O", "--domains", "Food", "--shots", "4",
+                     "--seeds", "1", "--dry-run", "--format", "yaml"])
+    payload = yaml.safe_load(capsys.readouterr().out)
+    assert rc == 0
+    (entry,) = payload["commands"]
+    assert entry["done"] == "O/Food53_27/shots_4/train/CLIP_Adapter/ImageA_vit_b16_ep200_ctxv1/seed1/results.json"
+    assert entry["cmd"].startswith("python train.py --root D --seed 1 --trainer CLIP_Adapter")
+
+
+def test_run_jobs_summary(tmp_path: Path) -> None:
+    def job(name: str, code: str) -> Job:
+        return Job(("python", "-c", code), str(tmp_path / name / "results.json"), name)
+
+    ok = job("ok", f"import os; os.makedirs({str(tmp_path / 'ok')!r}); open({str(tmp_path / 'ok/results.json')!r}, 'w').write('{{}}')")
+    silent = job("silent", "pass")  # exits 0 but writes nothing: not done, so it must count as failed
+    crash = job("crash", "raise SystemExit(3)")
+    done = job("done", "raise SystemExit('must not run')")
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done/results.json").write_text("{}")
+
+    summary = run_jobs([ok, silent, crash, done], cwd=str(tmp_path))
+    assert [j.label for j in summary.ran] == ["ok"]
+    assert [j.label for j in summary.skipped] == ["done"]
+    assert {j.label: why for j, why in summary.failed} == {
+        "silent": f"exit code 0 but {silent.done} was not written", "crash": "exit code 3"}
+    assert summary.line() == "4 job(s): ran 1, skipped 1, failed 2"
+
+    again = run_jobs([ok, crash], cwd=str(tmp_path), fail_fast=True)
+    assert [j.label for j in again.skipped] == ["ok"] and len(again.failed) == 1
+
+
+def test_shell_wrapper_dry_run_from_elsewhere(data: Path, tmp_path: Path) -> None:
+    cwd = tmp_path / "somewhere"
+    cwd.mkdir()
+    env = dict(os.environ, DRY_RUN="1", DOMAINS="Animals", SHOTS="4", SEEDS="2", PYTHON=sys.executable)
+    rel_data = os.path.relpath(data, cwd)
+    res = subprocess.run(["bash", str(REPO / "scripts/fsnl/train.sh"), rel_data, "out"], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    root = f"{cwd}/{rel_data}"
+    assert res.stdout.splitlines() == [expected_fsnl(Path(root), f"{cwd}/out", "Animals92_42", 4, 2, 28, "4.375e-05")]
+
+    env.pop("DRY_RUN")
+    res = subprocess.run(["bash", str(REPO / "scripts/coop/train.sh")], cwd=cwd, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 2 and "DATA OUT" in res.stderr
+
+
+@pytest.mark.parametrize("script", ["fsnl/train.sh", "coop/train.sh", "cocoop/train.sh", "clip_adapter/train.sh",
+                                    "taskres/train.sh", "zeroshot/eval.sh", "linear_probe/run.sh"])
+def test_every_wrapper_names_its_method(script: str) -> None:
+    text = (REPO / "scripts" / script).read_text()
+    method = script.split("/")[0]
+    assert f'run_sweep.sh" {method} "$@"' in text
+    assert os.access(REPO / "scripts" / script, os.X_OK)

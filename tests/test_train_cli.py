@@ -1,0 +1,227 @@
+"""train.py end to end: a toy trainer and dataset registered here, the real CLI, results on disk."""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import os.path as osp
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+from yacs.config import CfgNode as CN
+
+import train
+from dassl.data.datasets import DATASET_REGISTRY, DatasetBase, Datum
+from dassl.engine import TRAINER_REGISTRY, TrainerX
+from dassl.optim import build_lr_scheduler, build_optimizer
+
+COLORS = {"red": (220, 30, 30), "green": (30, 220, 30), "blue": (30, 30, 220), "yellow": (220, 220, 30),
+          "cyan": (30, 220, 220)}
+SUBSETS = {"OOP": ["red", "green", "blue"], "IP": ["yellow", "cyan"]}
+SUBSETS["All"] = SUBSETS["OOP"] + SUBSETS["IP"]
+
+
+@DATASET_REGISTRY.register(force=True)
+class ToyColorsCLI(DatasetBase):
+    supports_subsets = True
+
+    def __init__(self, cfg):
+        names = SUBSETS[cfg.DATASET.SUB_CLASSES]
+
+        def read(split):
+            return [Datum(impath=p, label=i, classname=n)
+                    for i, n in enumerate(names)
+                    for p in sorted(glob.glob(osp.join(cfg.DATASET.ROOT, split, n, "*.png")))]
+
+        super().__init__(train_x=read("train"), test=read("test"), classnames=names)
+
+
+@TRAINER_REGISTRY.register(force=True)
+class ToyLinearCLI(TrainerX):
+    def build_model(self):
+        self.model = nn.Linear(3 * 8 * 8, self.num_classes)
+        self.optim = build_optimizer(self.model, self.cfg.OPTIM)
+        self.sched = build_lr_scheduler(self.optim, self.cfg.OPTIM)
+        self.register_model("linear", self.model, self.optim, self.sched)
+
+    def model_inference(self, x):
+        return self.model(x.flatten(1))
+
+    def forward_backward(self, batch):
+        x, y, _ = self.parse_batch_train(batch)
+        loss = F.cross_entropy(self.model(x.flatten(1)), y)
+        self.model_backward_and_update(loss)
+        if self.batch_idx + 1 == self.num_batches:
+            self.update_lr()
+        return {"loss": loss.item()}
+
+    def load_state(self, name, state_dict, meta):
+        src, dst = list(meta.get("classnames", [])), list(self.dm.dataset.classnames)
+        if src == dst:
+            return super().load_state(name, state_dict, meta)
+        weight, bias = torch.zeros_like(self.model.weight), torch.zeros_like(self.model.bias)
+        for i, c in enumerate(dst):
+            if c in src:
+                weight[i], bias[i] = state_dict["weight"][src.index(c)], state_dict["bias"][src.index(c)]
+        self.model.load_state_dict({"weight": weight, "bias": bias})
+
+
+@pytest.fixture(autouse=True)
+def fake_project(monkeypatch):
+    """Stand-ins for datasets/, clip/ and trainers/ (this file tests train.py and dassl only)."""
+
+    def add_dataset_config(cfg):
+        cfg.DATASET.SUB_CLASSES = "OOP"
+
+    def add_clip_config(cfg):
+        cfg.MODEL.BACKBONE.WEIGHTS = "laion400m_e32"
+
+    def add_trainer_configs(cfg):
+        cfg.TRAINER.TOY = CN()
+        cfg.TRAINER.TOY.PREC = "fp32"
+
+    for name, attr, fn in (("datasets", "add_dataset_config", add_dataset_config),
+                           ("clip", "add_clip_config", add_clip_config),
+                           ("trainers", "add_trainer_configs", add_trainer_configs)):
+        mod = types.ModuleType(name)
+        setattr(mod, attr, fn)
+        monkeypatch.setitem(sys.modules, name, mod)
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    yield
+    for h in list(root.handlers):
+        if h not in handlers:
+            root.removeHandler(h)
+            h.close()
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy_cli")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("test", 3)):
+        for name, rgb in COLORS.items():
+            os.makedirs(root / split / name)
+            for i in range(n):
+                arr = np.clip(np.array(rgb) + rng.integers(-25, 26, size=(8, 8, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(root / split / name / f"{i}.png")
+    (root / "ds.yaml").write_text("DATASET:\n  NAME: ToyColorsCLI\n")
+    (root / "tr.yaml").write_text(
+        "INPUT:\n  SIZE: (8, 8)\n  TRANSFORMS: ['random_flip']\n  INTERPOLATION: bicubic\n"
+        "DATALOADER:\n  NUM_WORKERS: 0\n  TRAIN_X:\n    BATCH_SIZE: 4\n"
+        "OPTIM:\n  NAME: sgd\n  LR: 0.05\n  MAX_EPOCH: 5\n  LR_SCHEDULER: cosine\n"
+        "  WARMUP_EPOCH: 1\n  WARMUP_TYPE: constant\n"
+        "TRAINER:\n  TOY:\n    PREC: fp32\n"
+    )
+    return root
+
+
+def _args(data_root, out, *extra, opts=()):
+    return train.parse_args([
+        "--root", str(data_root), "--seed", "0", "--trainer", "ToyLinearCLI",
+        "--dataset-config-file", str(data_root / "ds.yaml"), "--config-file", str(data_root / "tr.yaml"),
+        "--output-dir", str(out), *extra, "USE_CUDA", "False", "OPTIM.MAX_EPOCH", "2", *opts,
+    ])
+
+
+def _manual_accuracy(data_root, names, weight, bias):
+    correct = total = 0
+    for label, name in enumerate(names):
+        for path in sorted(glob.glob(str(data_root / "test" / name / "*.png"))):
+            x = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0)
+            pred = int(torch.argmax(weight @ x.permute(2, 0, 1).flatten() + bias))
+            correct += int(pred == label)
+            total += 1
+    return 100.0 * correct / total
+
+
+def test_train_end_to_end_writes_results_config_and_log(data_root, tmp_path):
+    out = tmp_path / "train"
+    trainer = train.main(_args(data_root, out))
+    res = json.loads((out / "results.json").read_text())
+    ckpt = torch.load(out / "linear" / "model.pth.tar-2", weights_only=True)
+    w, b = ckpt["state_dict"]["weight"], ckpt["state_dict"]["bias"]
+    assert torch.equal(w, trainer.model.weight.detach())
+
+    oop = _manual_accuracy(data_root, SUBSETS["OOP"], w, b)
+    ip = _manual_accuracy(data_root, SUBSETS["IP"], torch.zeros(2, w.shape[1]), torch.zeros(2))
+    assert res["trainer"] == "ToyLinearCLI" and res["dataset"] == "ToyColorsCLI"
+    assert res["seed"] == 0 and res["shots"] == -1 and res["epoch"] == 2
+    assert res["backbone"] == "" and res["weights"] == "laion400m_e32"
+    assert res["sub_classes"] == "OOP" and list(res["subsets"]) == ["OOP", "IP"]  # CROSS_EVAL auto
+    assert res["accuracy"] == pytest.approx(oop) and res["oop"] == pytest.approx(oop)
+    assert res["ip"] == pytest.approx(ip) == 50.0
+    assert res["hmean"] == pytest.approx(2 * oop * ip / (oop + ip))
+
+    saved = CN.load_cfg((out / "config.yaml").read_text())
+    assert saved.SEED == 0 and saved.OPTIM.MAX_EPOCH == 2 and saved.OPTIM.LR == pytest.approx(0.05)
+    assert saved.INPUT.INTERPOLATION == "bicubic" and saved.DATASET.NAME == "ToyColorsCLI"
+    log = (out / "log.txt").read_text()
+    assert f"* accuracy: {oop:.2f}%" in log and "epoch [2/2] batch [3/3]" in log
+    assert "** Config **" in log
+
+
+def test_eval_only_on_another_subset_and_epoch(data_root, tmp_path):
+    train_out = tmp_path / "train"
+    train.main(_args(data_root, train_out, opts=("TRAIN.CHECKPOINT_FREQ", "1")))
+    w1 = torch.load(train_out / "linear" / "model.pth.tar-1", weights_only=True)["state_dict"]
+
+    out = tmp_path / "eval_all"
+    train.main(_args(data_root, out, "--eval-only", "--model-dir", str(train_out), "--load-epoch", "1",
+                     opts=("DATASET.SUB_CLASSES", "All")))
+    res = json.loads((out / "results.json").read_text())
+    weight = torch.cat([w1["weight"], torch.zeros(2, w1["weight"].shape[1])])
+    bias = torch.cat([w1["bias"], torch.zeros(2)])
+    assert res["sub_classes"] == "All" and res["epoch"] == 1 and list(res["subsets"]) == ["All"]
+    assert res["accuracy"] == pytest.approx(_manual_accuracy(data_root, SUBSETS["All"], weight, bias))
+    assert "hmean" not in res
+    assert not (out / "linear").exists()  # evaluation writes no checkpoint
+
+    zs = tmp_path / "zero_shot"
+    trainer = train.main(_args(data_root, zs, "--eval-only"))
+    assert json.loads((zs / "results.json").read_text())["epoch"] == 0
+    assert trainer.last_results is not None
+
+
+def test_no_train_builds_only(data_root, tmp_path):
+    out = tmp_path / "nt"
+    train.main(_args(data_root, out, "--no-train"))
+    assert (out / "config.yaml").exists() and not (out / "results.json").exists()
+    assert not (out / "linear").exists()
+
+
+@pytest.mark.parametrize("argv_change,expected", [
+    (("--trainer", "ToyLinearCLl"), 'Did you mean "ToyLinearCLI"'),
+    (("OPTIM.LRR", "0.1"), 'Did you mean "OPTIM.LR"'),
+    (("DATASET.NAME", "ToyColorCLI"), 'Did you mean "ToyColorsCLI"'),
+    (("TEST.EVALUATOR", "Clasification"), 'Did you mean "Classification"'),
+])
+def test_cli_config_mistakes_are_one_line_errors(data_root, tmp_path, capsys, argv_change, expected):
+    argv = ["--root", str(data_root), "--trainer", "ToyLinearCLI",
+            "--dataset-config-file", str(data_root / "ds.yaml"), "--config-file", str(data_root / "tr.yaml"),
+            "--output-dir", str(tmp_path / "o")]
+    if argv_change[0] == "--trainer":
+        argv[3] = argv_change[1]
+    else:
+        argv += list(argv_change)
+    rc = train.cli(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith("error: ") and "\n" not in err and expected in err
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_missing_model_dir_is_reported(data_root, tmp_path, capsys):
+    argv = ["--root", str(data_root), "--trainer", "ToyLinearCLI", "--dataset-config-file",
+            str(data_root / "ds.yaml"), "--config-file", str(data_root / "tr.yaml"), "--output-dir",
+            str(tmp_path / "o"), "--eval-only", "--model-dir", str(tmp_path / "nothing"), "USE_CUDA", "False"]
+    assert train.cli(argv) == 2
+    err = capsys.readouterr().err
+    assert "--model-dir" in err and "nothing" in err
