@@ -59,7 +59,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="TaskRes only: enhanced base weights ('none' = zero-shot CLIP)")
     parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
                         help="modify config options using the command line (KEY VALUE pairs)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # REMAINDER swallows everything after the first override; recover a trailing --enhanced-base
+    # (how the reference's TaskRes scripts could be misread) instead of failing on it as a key.
+    opts = list(args.opts or [])
+    if "--enhanced-base" in opts:
+        i = opts.index("--enhanced-base")
+        if i + 1 >= len(opts):
+            parser.error("argument --enhanced-base: expected one argument")
+        args.enhanced_base = opts[i + 1]
+        del opts[i : i + 2]
+    args.opts = opts
+    return args
 
 
 # ---------------------------------------------------------------------------------------------- cfg
@@ -94,12 +105,15 @@ def _merge_file(cfg: Any, path: str, what: str) -> None:
 
 
 def _merge_opts(cfg: Any, opts: Sequence[str]) -> None:
-    """Merge ``KEY VALUE`` pairs, with friendly errors and int → float promotion (``OPTIM.LR 1``)."""
+    """Merge ``KEY VALUE`` pairs with friendly errors; an int for a float key is promoted
+    (``OPTIM.LR 1``) and a single word for a tuple key becomes a 1-tuple (``TEST.CROSS_EVAL IP``)."""
     opts = list(opts or [])
     if len(opts) % 2 != 0:
         raise ConfigError(f"config overrides must be KEY VALUE pairs, got an odd list: {opts}")
     fixed: List[Any] = []
     for key, value in zip(opts[0::2], opts[1::2]):
+        if key.startswith("-"):
+            raise ConfigError(f'option "{key}" comes after the first KEY VALUE override; put options first')
         node = cfg
         parts = key.split(".")
         for part in parts[:-1]:
@@ -109,8 +123,11 @@ def _merge_opts(cfg: Any, opts: Sequence[str]) -> None:
         if not isinstance(node, dict) or parts[-1] not in node or isinstance(node[parts[-1]], dict):
             raise _unknown_key_error(cfg, key, "the command-line overrides")
         decoded = cfg._decode_cfg_value(value)
-        if isinstance(node[parts[-1]], float) and isinstance(decoded, int) and not isinstance(decoded, bool):
+        original = node[parts[-1]]
+        if isinstance(original, float) and isinstance(decoded, int) and not isinstance(decoded, bool):
             decoded = float(decoded)
+        elif isinstance(original, (tuple, list)) and isinstance(decoded, str):
+            decoded = (decoded,)  # TEST.CROSS_EVAL IP → ("IP",)
         fixed += [key, decoded]
     try:
         cfg.merge_from_list(fixed)

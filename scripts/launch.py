@@ -72,8 +72,11 @@ class Command:
     done: Optional[str] = None
     explicit_done: bool = False
 
-    def is_done(self) -> bool:
-        return bool(self.done) and os.path.isfile(self.done)
+    def is_done(self, cwd: Optional[str] = None) -> bool:
+        """Whether the marker exists; a relative marker is relative to the jobs' working directory."""
+        if not self.done:
+            return False
+        return os.path.isfile(os.path.join(cwd, self.done) if cwd else self.done)
 
 
 @dataclass
@@ -190,7 +193,7 @@ def run_local(
     workdir = cwd or os.fspath(REPO_ROOT)
     todo: queue.Queue[Optional[Command]] = queue.Queue()
     for c in commands:
-        if not force and c.is_done():
+        if not force and c.is_done(workdir):
             summary.skipped.append(c)
         else:
             todo.put(c)
@@ -230,9 +233,9 @@ def run_local(
                 reason = ""
                 if rc != 0:
                     reason = f"exit code {rc}"
-                elif c.explicit_done and not c.is_done():
+                elif c.explicit_done and not c.is_done(workdir):
                     reason = f"exit code 0 but {c.done} was not written"
-                elif c.done and not c.is_done():
+                elif c.done and not c.is_done(workdir):
                     logger.warning("job %d finished but %s does not exist", c.index, c.done)
                 with lock:
                     if not reason:
@@ -392,7 +395,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
 
     if args.mode == "slurm":
-        pending = commands if args.force else [c for c in commands if not c.is_done()]
+        workdir = args.cwd or os.fspath(REPO_ROOT)
+        pending = commands if args.force else [c for c in commands if not c.is_done(workdir)]
         skipped = len(commands) - len(pending)
         if not pending:
             print(f"all {len(commands)} command(s) are done; nothing to submit", file=sys.stderr)

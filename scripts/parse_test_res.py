@@ -303,8 +303,8 @@ def load_logs(root: str, method_depth: int = 1) -> List[RunRecord]:
 
     Dassl writes ``log.txt`` and, when it exists already, ``log.txt-<timestamp>``; the newest file that
     holds an accuracy line is used. The accuracy is the OOP one for ``train`` / ``ZS_OOP`` folders and
-    the IP one for ``test_IP`` / ``ZS_IP`` folders (reference-style runs; a run of this code base writes
-    results.json, whose last log line may be its automatic IP evaluation).
+    the IP one for ``test_IP`` / ``ZS_IP`` folders. Folders holding a ``results.json`` (runs of this code
+    base, whose last log line may be the automatic IP evaluation) are skipped with a warning.
     """
     by_dir: Dict[Path, List[Path]] = {}
     for path in Path(root).rglob("log.txt*"):
@@ -312,6 +312,11 @@ def load_logs(root: str, method_depth: int = 1) -> List[RunRecord]:
             by_dir.setdefault(path.parent.resolve(), []).append(path)
     records = []
     for run_dir in sorted(by_dir):
+        if (run_dir / RESULTS_FILE).is_file():
+            # This code base's runs also log their automatic IP evaluation, so the last accuracy
+            # line is not the OOP one; their results.json is authoritative.
+            logger.warning("Skipping the log of %s: it has a results.json (parse it without --log-mode)", run_dir)
+            continue
         where = _layout(run_dir, method_depth)
         if where is None:
             logger.warning("Skipping %s: not in the <Dataset>/shots_<K>/<phase>/<method>/seed<S> layout", run_dir)

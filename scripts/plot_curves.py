@@ -18,7 +18,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from scripts.parse_test_res import GroupSummary, build_curves, collect, groups_from_json
 
-__all__ = ["load_groups", "plot_curves", "main"]
+__all__ = ["PANEL_WIDTH", "PANEL_HEIGHT", "DPI", "load_groups", "plot_curves", "main"]
+
+PANEL_WIDTH = 3.4  # inches per panel
+PANEL_HEIGHT = 2.9
+DPI = 150
 
 
 def load_groups(source: str, log_mode: bool = False, method_depth: int = 1) -> List[GroupSummary]:
@@ -67,7 +71,15 @@ def plot_curves(
     n = len(datasets)
     ncols = ncols or min(n, max(1, math.ceil(math.sqrt(n))))
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.9 * nrows), squeeze=False)
+    # The legend goes below the panels with as many entries per row as fit the width (about 0.075
+    # inch per character at the default font size, plus the marker); the figure grows to hold it.
+    labels = list(dict.fromkeys(c["label"] for c in curves["curves"] if c["dataset"] in datasets and c["points"]))
+    width = PANEL_WIDTH * ncols
+    entry = max((0.45 + 0.075 * len(label) for label in labels), default=1.0)
+    per_row = max(1, min(len(labels), int(width // entry)))
+    legend_height = 0.15 + 0.28 * math.ceil(len(labels) / per_row)
+    height = PANEL_HEIGHT * nrows + legend_height
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False)
     handles: Dict[str, object] = {}
     for ax, dataset in zip(axes.flat, datasets):
         for c in (c for c in curves["curves"] if c["dataset"] == dataset and c["points"]):
@@ -90,16 +102,16 @@ def plot_curves(
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
-    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 7), frameon=False)
+    fig.legend([handles[label] for label in labels if label in handles], [lb for lb in labels if lb in handles],
+               loc="lower center", ncol=per_row, frameon=False)
     if title:
         fig.suptitle(title)
-    legend_rows = math.ceil(len(handles) / 7)
-    fig.tight_layout(rect=(0, 0.04 + 0.05 * legend_rows / nrows, 1, 1))
+    fig.tight_layout(rect=(0, legend_height / height, 1, 1))
 
     base = _out_base(out)
     base.parent.mkdir(parents=True, exist_ok=True)
     png, pdf = f"{base}.png", f"{base}.pdf"
-    fig.savefig(png, dpi=150)
+    fig.savefig(png, dpi=DPI)
     fig.savefig(pdf)
     plt.close(fig)
     return png, pdf

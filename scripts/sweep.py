@@ -93,8 +93,9 @@ class Job:
     def command(self) -> str:
         return shlex.join(self.argv)
 
-    def is_done(self) -> bool:
-        return os.path.isfile(self.done)
+    def is_done(self, cwd: Optional[str] = None) -> bool:
+        """Whether the marker exists; relative paths are relative to where the job runs (``cwd``)."""
+        return os.path.isfile(os.path.join(cwd, self.done) if cwd else self.done)
 
 
 @dataclass
@@ -353,12 +354,13 @@ def build_jobs(spec: SweepSpec) -> List[Job]:
     return jobs
 
 
-def split_done(jobs: Sequence[Job], force: bool = False) -> Tuple[List[Job], List[Job]]:
-    """(pending, already done); with ``force`` nothing counts as done."""
+def split_done(jobs: Sequence[Job], force: bool = False, cwd: Optional[str] = None) -> Tuple[List[Job], List[Job]]:
+    """(pending, already done), relative paths taken from ``cwd`` (default: the repository root, where jobs run)."""
     if force:
         return list(jobs), []
-    pending = [j for j in jobs if not j.is_done()]
-    done = [j for j in jobs if j.is_done()]
+    workdir = cwd or os.fspath(REPO_ROOT)
+    pending = [j for j in jobs if not j.is_done(workdir)]
+    done = [j for j in jobs if j.is_done(workdir)]
     return pending, done
 
 
@@ -376,8 +378,8 @@ def run_jobs(
 ) -> SweepSummary:
     """Run pending jobs one after the other; a failure is recorded and the sweep goes on (unless ``fail_fast``)."""
     summary = SweepSummary()
-    pending, summary.skipped = split_done(jobs, force)
     workdir = cwd or os.fspath(REPO_ROOT)
+    pending, summary.skipped = split_done(jobs, force, workdir)
     for i, job in enumerate(pending, 1):
         logger.info("[%d/%d] %s", i, len(pending), job.command)
         try:
@@ -387,7 +389,7 @@ def run_jobs(
         else:
             if rc != 0:
                 summary.failed.append((job, f"exit code {rc}"))
-            elif not job.is_done():
+            elif not job.is_done(workdir):
                 summary.failed.append((job, f"exit code 0 but {job.done} was not written"))
             else:
                 summary.ran.append(job)

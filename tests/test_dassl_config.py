@@ -95,18 +95,28 @@ def test_merge_order_and_seed_zero(tmp_path, monkeypatch):
 def test_seed_absent_keeps_yaml_and_enhanced_base(tmp_path, monkeypatch):
     _fake_project_modules(monkeypatch)
     tr_yaml = _write(tmp_path / "tr.yaml", "SEED: 5\n")
-    args = train.parse_args(["--config-file", tr_yaml, "--enhanced-base", "clip", "OPTIM.LR", "1"])
+    args = train.parse_args(["--config-file", tr_yaml, "--enhanced-base", "clip", "OPTIM.LR", "1",
+                             "TEST.CROSS_EVAL", "IP"])
     cfg = train.setup_cfg(args)
     assert cfg.SEED == 5
     assert cfg.TRAINER.TaskRes.ENHANCED_BASE == "clip"
     # int literal promoted to the float type of the default instead of a yacs type error
     assert isinstance(cfg.OPTIM.LR, float) and cfg.OPTIM.LR == 1.0
+    assert tuple(cfg.TEST.CROSS_EVAL) == ("IP",)
 
 
 def test_enhanced_base_before_opts_is_parsed():
     args = train.parse_args(["--trainer", "TaskRes", "--enhanced-base", "none", "DATASET.NUM_SHOTS", "4"])
     assert args.enhanced_base == "none"
     assert args.opts == ["DATASET.NUM_SHOTS", "4"]
+    late = train.parse_args(["--trainer", "TaskRes", "DATASET.NUM_SHOTS", "4", "--enhanced-base", "clip"])
+    assert late.enhanced_base == "clip" and late.opts == ["DATASET.NUM_SHOTS", "4"]
+
+
+def test_option_after_overrides_is_a_config_error(monkeypatch):
+    _fake_project_modules(monkeypatch)
+    with pytest.raises(train.ConfigError, match="--seed"):
+        train.setup_cfg(train.parse_args(["OPTIM.LR", "0.1", "--seed", "1"]))
 
 
 def test_unknown_opts_key_names_closest(monkeypatch):

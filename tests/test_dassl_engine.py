@@ -29,8 +29,10 @@ from dassl.evaluation import build_evaluator, hmean
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils import (
+    MetricMeter,
     load_checkpoint,
     load_pretrained_weights,
+    resume_from_checkpoint,
     save_checkpoint,
     set_random_seed,
     setup_logger,
@@ -223,6 +225,14 @@ def test_checkpoint_roundtrip_pointer_and_load_model(image_root, tmp_path):
         other.load_model(str(tmp_path / "run"), epoch=7)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         other.load_model(str(tmp_path / "nowhere"))
+
+    fresh = nn.Linear(3 * 8 * 8, 3)
+    fresh_opt = build_optimizer(fresh, cfg.OPTIM)
+    fresh_sched = build_lr_scheduler(fresh_opt, cfg.OPTIM)
+    assert resume_from_checkpoint(str(mdir), fresh, fresh_opt, fresh_sched) == 3
+    assert torch.equal(fresh.weight, trainer.model.weight)
+    assert fresh_sched.last_epoch == trainer.sched.last_epoch
+    assert fresh_opt.param_groups[0]["lr"] == pytest.approx(trainer.optim.param_groups[0]["lr"])
 
 
 def test_model_best_does_not_move_pointer(tmp_path):
@@ -526,6 +536,15 @@ def test_setup_logger_idempotent_and_timestamped(tmp_path):
             if h not in before:
                 root.removeHandler(h)
                 h.close()
+
+
+def test_metric_meter_format():
+    meter = MetricMeter()
+    meter.update({"loss": torch.tensor(2.0), "acc": 50.0})
+    meter.update({"loss": 1.0, "acc": 100.0})
+    assert str(meter) == "loss 1.0000 (1.5000) acc 100.0000 (75.0000)"
+    with pytest.raises(TypeError):
+        meter.update(3.0)
 
 
 def test_load_pretrained_weights_partial(tmp_path):

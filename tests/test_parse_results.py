@@ -216,6 +216,9 @@ def test_log_mode(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     write_log(root / base.format("test_IP", 2) / "log.txt", [44.0])
     write_log(root / "Animals92_42/ZeroshotCLIP_openclip/ZS_OOP/seed3/log.txt", [20.0])
     write_log(root / "Animals92_42/ZeroshotCLIP_openclip/ZS_IP/seed3/log.txt", [40.0])
+    # A run of this code base: its log ends with the automatic IP evaluation, so it must be ignored.
+    write_log(root / base.format("train", 3) / "log.txt", [70.0, 10.0])
+    (root / base.format("train", 3) / "results.json").write_text("{}")
 
     out_json = tmp_path / "log.json"
     run(capsys, str(root), "--log-mode", "--json", str(out_json))

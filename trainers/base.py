@@ -38,6 +38,8 @@ class ClipTrainer(TrainerX):
     """
 
     PREC_KEY: str = "COOP"
+    #: Sequences per text-tower call when encoding fixed prompts (bounds memory for large C).
+    TEXT_CHUNK: int = 4096
     #: ``(backbone name, weights)`` forced by trainer variants such as ``FSNL_openclip_2B``; applied
     #: by :func:`preset_cfg` before the command line, so ``--backbone`` and opts still win.
     BACKBONE_PRESET: Optional[tuple] = None
@@ -141,16 +143,29 @@ class ClipTrainer(TrainerX):
     def logit_scale(self) -> torch.Tensor:
         return self.clip.model.logit_scale.detach().exp().float()
 
-    def encode_class_texts(self, template: str, names: Sequence[str], normalize: bool = True) -> torch.Tensor:
-        """``[C, D]`` fp32 features of ``template.format(name)`` for every name, in one batched call."""
+    def encode_texts(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
+        """``[N, D]`` fp32 features of plain texts, ``TEXT_CHUNK`` sequences per text-tower call.
+
+        The tower runs on truncated sequences (up to the longest EOT of the chunk), which is exact
+        because CLIP's text transformer is causal.
+        """
         from clip import TextEncoder
 
-        texts = [template.format(n) for n in names]
-        ids = self.clip.tokenizer(texts).to(self.device)
         encoder = TextEncoder(self.clip.model)
+        ids = self.clip.tokenizer(list(texts))
+        chunk = max(1, int(self.TEXT_CHUNK))
+        feats = []
         with torch.no_grad(), self.autocast():
-            feats = encoder.encode_ids(ids).float()
-        return F.normalize(feats, dim=-1) if normalize else feats
+            for start in range(0, ids.shape[0], chunk):
+                feats.append(encoder.encode_ids(ids[start:start + chunk].to(self.device)).float())
+        if not feats:
+            raise ValueError("No text to encode")
+        out = torch.cat(feats)
+        return F.normalize(out, dim=-1) if normalize else out
+
+    def encode_class_texts(self, template: str, names: Sequence[str], normalize: bool = True) -> torch.Tensor:
+        """Features of ``template`` with ``{}`` replaced by each name (``str.replace``: names may hold braces)."""
+        return self.encode_texts([template.replace("{}", n) for n in names], normalize=normalize)
 
     def compute_text_features(self) -> torch.Tensor:
         """Normalised ``[C, D]`` class text features; trainers with fixed class prompts override."""

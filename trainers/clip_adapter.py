@@ -24,7 +24,7 @@ the new class names and applies the trained adapter unchanged (as in the referen
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict
 
 import torch
 import torch.nn as nn
@@ -40,7 +40,6 @@ from .base import ClipTrainer
 logger = logging.getLogger(__name__)
 
 #: Class prompts are encoded in chunks of this many, so label spaces of any size fit in memory.
-TEXT_CHUNK = 256
 
 
 def add_config(cfg: CN) -> None:
@@ -52,24 +51,6 @@ def add_config(cfg: CN) -> None:
 
 
 add_clip_adapter_config = add_config
-
-
-def encode_class_prompts(trainer: ClipTrainer, template: str, names: Sequence[str]) -> torch.Tensor:
-    """Unnormalised ``[C, D]`` fp32 text features of ``template`` with ``{}`` → name, for every name.
-
-    Runs the frozen text tower once per chunk under the trainer's precision, on the trainer's device;
-    callers that need a fixed classifier call this once, at build time.
-    """
-    loaded = trainer.clip
-    prompts = [template.replace("{}", n) for n in names]
-    chunks: List[torch.Tensor] = []
-    with torch.no_grad(), trainer.autocast():
-        for start in range(0, len(prompts), TEXT_CHUNK):
-            ids = loaded.tokenizer(prompts[start:start + TEXT_CHUNK]).to(trainer.device)
-            chunks.append(loaded.model.encode_text(ids).float())
-    if not chunks:
-        raise ValueError("No class names to encode")
-    return torch.cat(chunks, dim=0)
 
 
 class Adapter(nn.Module):
@@ -102,30 +83,20 @@ class AdapterCLIP(nn.Module):
         super().__init__()
         cfg = trainer.cfg.TRAINER.CLIP_ADAPTER
         loaded = trainer.clip
-        object.__setattr__(self, "clip_model", loaded.model)
-        object.__setattr__(self, "trainer_autocast", trainer.autocast)
-        self.image_dtype = loaded.dtype
         self.ratio = float(cfg.RATIO)
         self.adapter = Adapter(int(loaded.embed_dim), int(cfg.REDUCTION))
         self.classnames = trainer.display_names(trainer.classnames)
-        text = encode_class_prompts(trainer, trainer.class_template(), self.classnames)
-        self.register_buffer("text_features", F.normalize(text, dim=-1), persistent=False)
+        text = trainer.encode_class_texts(trainer.class_template(), self.classnames)
+        self.register_buffer("text_features", text, persistent=False)
         self.register_buffer("logit_scale", trainer.logit_scale.clone(), persistent=False)
 
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Projected, unnormalised image features of the frozen tower, in fp32 (no graph)."""
-        with torch.no_grad(), self.trainer_autocast():
-            feats = self.clip_model.encode_image(images.to(dtype=self.image_dtype))
-        return feats.float()
-
     def adapt(self, feats: torch.Tensor) -> torch.Tensor:
-        """``r · A(f) + (1 − r) · f`` in fp32, L2-normalised."""
+        """``r · A(f) + (1 − r) · f`` in fp32 on the raw projected feature, L2-normalised."""
         mixed = self.ratio * self.adapter(feats) + (1.0 - self.ratio) * feats
         return F.normalize(mixed, dim=-1)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        feats = self.adapt(self.image_features(images))
-        return self.logit_scale * feats @ self.text_features.t()
+    def forward(self, raw_feats: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale * self.adapt(raw_feats) @ self.text_features.t()
 
 
 @TRAINER_REGISTRY.register()
@@ -160,8 +131,8 @@ class CLIP_Adapter(ClipTrainer):
         return meta
 
     def forward_backward(self, batch: Dict[str, Any]) -> Dict[str, float]:
-        images, labels = self.parse_batch_train(batch)
-        logits = self.model(images)
+        labels = batch["label"].to(self.device)
+        logits = self.model(self.batch_features(batch, normalize=False))
         loss = F.cross_entropy(logits.float(), labels)
         self.optimize(loss)
         self.maybe_update_lr()
@@ -170,6 +141,5 @@ class CLIP_Adapter(ClipTrainer):
     def compute_text_features(self) -> torch.Tensor:
         return self.model.text_features
 
-    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.model(images.to(self.device))
+    def logits_from_features(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.model(feats)

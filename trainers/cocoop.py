@@ -171,13 +171,17 @@ class CoCoOp_openclip(ClipTrainer):
         return self.logit_scale * sims.float()
 
     def forward_backward(self, batch: Dict[str, Any]) -> Dict[str, float]:
-        images, labels = self.parse_batch_train(batch)
-        logits = self.logits(self.encode_images(images))
+        labels = batch["label"].to(self.device)
+        logits = self.logits(self.batch_features(batch))
         loss = F.cross_entropy(logits, labels)
         self.optimize(loss)
         self.maybe_update_lr()
         return {"loss": loss.item(), "acc": compute_accuracy(logits.detach(), labels)[0].item()}
 
-    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        """Per-image prompts: nothing to cache across the test set (the base class finds no text cache)."""
-        return self.logits(self.encode_images(images))
+    def model_inference(self, input: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` or cached unnormalised features ``[B, D]`` to logits.
+
+        The prompts depend on the image, so there are no class text features to cache per test.
+        """
+        feats = F.normalize(input.float(), dim=-1) if input.dim() == 2 else self.encode_images(input)
+        return self.logits(feats)

@@ -301,8 +301,8 @@ class CoOp_openclip(ClipTrainer):
 
     # ----------------------------------------------------------- training
     def forward_backward(self, batch: Dict[str, Any]) -> Dict[str, float]:
-        images, labels = self.parse_batch_train(batch)
-        feats = self.encode_images(images)
+        feats = self.batch_features(batch)
+        labels = batch["label"].to(self.device)
         with self.autocast():
             text = self.model.class_text_features()
         logits = self.logit_scale * feats @ text.float().t()

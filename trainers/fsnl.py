@@ -184,7 +184,7 @@ class NameLearner(nn.Module):
 class FSNLModel(nn.Module):
     """The frozen CLIP text path plus the learned names; builds prompts and caption texts."""
 
-    def __init__(self, trainer: "FSNL_openclip") -> None:
+    def __init__(self, trainer: FSNL_openclip) -> None:
         super().__init__()
         cfg = trainer.cfg.TRAINER.FSNL
         loaded = trainer.clip

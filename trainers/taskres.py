@@ -35,7 +35,6 @@ from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
 
 from .base import ClipTrainer
-from .clip_adapter import encode_class_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +165,7 @@ class TaskRes(ClipTrainer):
         cfg = self.cfg
         self.load_clip()
         names = self.display_names(self.classnames)
-        base = encode_class_prompts(self, self.class_template(), names)
+        base = self.encode_class_texts(self.class_template(), names, normalize=False)
         self.model = TaskResLearner(names, base, cfg.TRAINER.TaskRes.RESIDUAL_SCALE).to(self.device)
         self.optim = build_optimizer(self.model, cfg.OPTIM)
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
@@ -194,12 +193,9 @@ class TaskRes(ClipTrainer):
             logger.warning("TaskRes residuals are class-specific: skipping cross-evaluation on %s", explicit)
         return []
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        return self.logit_scale * self.encode_images(images) @ self.model().t()
-
     def forward_backward(self, batch: Dict[str, Any]) -> Dict[str, float]:
-        images, labels = self.parse_batch_train(batch)
-        logits = self.logits(images)
+        labels = batch["label"].to(self.device)
+        logits = self.logit_scale * self.batch_features(batch) @ self.model().t()
         loss = F.cross_entropy(logits, labels)
         self.optimize(loss)
         self.maybe_update_lr()

@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
-from clip import TextEncoder
 from clip.templates import IMAGENET_ENSEMBLE, ensemble_templates
 from dassl.engine import TRAINER_REGISTRY
 
@@ -54,13 +53,9 @@ class ZeroshotCLIP_openclip(ClipTrainer):
     """Zero-shot CLIP with the dataset's single template ``a photo of {}, a type of {hint}.``."""
 
     PREC_KEY = "COOP"
-    #: Prompts per text-tower call when encoding ``templates × classes`` sequences.
-    TEXT_CHUNK: int = 4096
 
     def build_model(self) -> None:
         self.load_clip()
-        # Not an nn.Module attribute of the trainer's registry: zero-shot registers no model at all.
-        self.text_encoder = TextEncoder(self.clip.model)
         templates = self.templates()
         logger.info("%s: %d template(s) × %d classes, e.g. %r", type(self).__name__, len(templates),
                     len(self.classnames), fill_template(templates[0], self.display_names(self.classnames)[0]))
@@ -68,23 +63,12 @@ class ZeroshotCLIP_openclip(ClipTrainer):
     def templates(self) -> List[str]:
         return [self.class_template()]
 
-    def encode_prompts(self, texts: List[str]) -> torch.Tensor:
-        """Normalised fp32 text features of ``texts``, ``TEXT_CHUNK`` sequences per tower call."""
-        ids = self.clip.tokenizer(texts)
-        chunk = max(1, int(self.TEXT_CHUNK))
-        feats = []
-        with torch.no_grad(), self.autocast():
-            for start in range(0, ids.shape[0], chunk):
-                part = ids[start:start + chunk].to(self.device)
-                feats.append(self.text_encoder.encode_ids(part).float())
-        return F.normalize(torch.cat(feats), dim=-1)
-
     def compute_text_features(self) -> torch.Tensor:
         """Per-template normalised features, averaged over templates, renormalised (spec §3.5)."""
         names = self.display_names(self.classnames)
         templates = self.templates()
         texts = [fill_template(t, n) for t in templates for n in names]
-        feats = self.encode_prompts(texts).view(len(templates), len(names), -1)
+        feats = self.encode_texts(texts).view(len(templates), len(names), -1)
         return F.normalize(feats.mean(dim=0), dim=-1)
 
     # ------------------------------------------------------------------ no training

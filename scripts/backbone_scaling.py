@@ -1,0 +1,307 @@
+"""Finding 3 of the paper (Figure 6): bigger backbones barely help OOP zero-shot; FSNL helps them all.
+
+    python -m scripts.backbone_scaling --root DATA --out OUT [--domain Pokemon] [--shots 4] [--seeds 1 2 3]
+        [--backbones ViT-B-16:laion400m_e32 EVA01-g-14:laion400m_s11b_b41k ...] [--dry-run | --plot-only]
+        [--figure figures/backbone_scaling] [--metric oop] [--opts KEY VALUE ...]
+
+For each ``NAME:WEIGHTS`` backbone, on one domain:
+
+* zero-shot: ``FSNL_openclip --eval-only`` without a model directory, i.e. CLIP with the FSNL prompt
+  and the names' own token embeddings (the reference's ``..._D_Backbone_ZS`` scripts, spec §8.4);
+* FSNL at ``--shots`` shots with the paper's settings (batch size and LR from ``scripts.fsnl_rule``).
+
+Runs go to ``OUT/<backbone tag>/<Dataset>/...`` in the layout ``scripts.parse_test_res`` reads, and a
+run whose ``results.json`` exists is skipped. The figure plots the accuracy (mean over seeds) against
+the parameter count of each backbone, counted on an open_clip model instantiated on the ``meta``
+device (no weights, no memory, no download). Writes ``<figure>.png``, ``<figure>.pdf`` and
+``<figure>.json`` (the plotted numbers).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from scripts.sweep import Job, merge_opts, run_jobs, split_done, trainer_config
+
+__all__ = [
+    "DEFAULT_BACKBONES",
+    "Backbone",
+    "parse_backbone",
+    "backbone_tag",
+    "count_parameters",
+    "image_size_of",
+    "build_jobs",
+    "collect_points",
+    "plot_scaling",
+    "main",
+]
+
+logger = logging.getLogger(__name__)
+
+TRAINER = "FSNL_openclip"
+DEFAULT_CONFIG = "vit_b16_ep200_standard"
+DEFAULT_DOMAIN = "Pokemon89_39"
+#: The backbones of the paper's Figure 6 (open_clip names and tags).
+DEFAULT_BACKBONES = (
+    "ViT-B-16:laion400m_e32",
+    "ViT-L-14:laion400m_e32",
+    "ViT-g-14:laion2b_s12b_b42k",
+    "ViT-B-16:openai",
+    "EVA01-g-14:laion400m_s11b_b41k",
+    "EVA02-E-14-plus:laion2b_s9b_b144k",
+)
+METRICS = ("oop", "ip", "hmean")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    weights: str
+
+    @property
+    def tag(self) -> str:
+        return backbone_tag(self.name, self.weights)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.weights})"
+
+
+def parse_backbone(text: str) -> Backbone:
+    """``NAME:WEIGHTS`` (split at the last colon, so ``hf-hub:org/repo:none``-style names survive)."""
+    name, sep, weights = str(text).rpartition(":")
+    if not sep or not name or not weights:
+        raise ValueError(f"backbone {text!r} must be NAME:WEIGHTS, e.g. ViT-B-16:laion400m_e32")
+    return Backbone(name, weights)
+
+
+def backbone_tag(name: str, weights: str) -> str:
+    """A folder name for a backbone; weight files are named by their stem."""
+    w = Path(weights).stem if ("/" in weights or os.sep in weights) else weights
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", f"{name}__{w}")
+
+
+def count_parameters(name: str) -> int:
+    """Parameters of open_clip model ``name``, built on the meta device (shapes only, no weights)."""
+    import open_clip
+    import torch
+
+    from clip import normalize_model_name, register_repo_configs
+
+    register_repo_configs()
+    with torch.device("meta"):
+        model = open_clip.create_model(normalize_model_name(name), pretrained=None, device="meta")
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def image_size_of(name: str) -> Optional[int]:
+    """Input resolution from the model config (None when the config does not say)."""
+    import open_clip
+
+    from clip import normalize_model_name, register_repo_configs
+
+    register_repo_configs()
+    cfg = open_clip.get_model_config(normalize_model_name(name)) or {}
+    size = (cfg.get("vision_cfg") or {}).get("image_size")
+    if isinstance(size, (list, tuple)):
+        size = size[0]
+    return int(size) if size else None
+
+
+def _fsnl_opts(shots: int, bs: int, lr: str) -> List[Tuple[str, str]]:
+    # The main FSNL sweep's settings (scripts/sweep.py), so the ViT-B-16 point equals that run.
+    return [
+        ("TRAINER.FSNL.FLE", "False"),
+        ("TRAINER.FSNL.N_CTX", "4"),
+        ("TRAINER.FSNL.CIFC", "True"),
+        ("TRAINER.FSNL.USE_CAPTION", "True"),
+        ("DATASET.NUM_SHOTS", str(shots)),
+        ("TRAIN.CHECKPOINT_FREQ", "10"),
+        ("OPTIM.LR", lr),
+        ("OPTIM.MAX_EPOCH", "200"),
+        ("DATALOADER.TRAIN_X.BATCH_SIZE", str(bs)),
+        ("DATASET.SUB_CLASSES", "OOP"),
+    ]
+
+
+def build_jobs(
+    root: str, out: str, dataset: str, backbones: Sequence[Backbone], shots: int = 4,
+    seeds: Sequence[int] = (1, 2, 3), zeroshot_seed: int = 1, num_classes: Optional[int] = None,
+    config: str = DEFAULT_CONFIG, opts: Sequence[str] = (), python: str = "python",
+) -> List[Job]:
+    """Zero-shot and FSNL jobs per backbone (class count read from ``root`` unless given)."""
+    from scripts.domains import count_classes
+    from scripts.fsnl_rule import format_lr, fsnl_bs_lr
+
+    config_path, _ = trainer_config(TRAINER, config)
+    c = num_classes if num_classes else count_classes(root, dataset, "OOP")
+    bs, lr = fsnl_bs_lr(c, shots)
+    jobs: List[Job] = []
+    for bb in backbones:
+        base = [("DATASET.NUM_SHOTS", str(shots)), ("DATASET.SUB_CLASSES", "OOP"),
+                ("MODEL.BACKBONE.WEIGHTS", bb.weights)]
+        size = image_size_of(bb.name)
+        if size:
+            base.append(("INPUT.SIZE", f"({size}, {size})"))
+        head = [python, "train.py", "--root", root, "--trainer", TRAINER,
+                "--dataset-config-file", f"configs/datasets/{dataset}.yaml", "--config-file", config_path,
+                "--backbone", bb.name]
+        zs_dir = os.path.join(out, bb.tag, dataset, TRAINER, "ZS_OOP", f"seed{zeroshot_seed}")
+        zs_opts = merge_opts(base, opts)
+        argv = head + ["--seed", str(zeroshot_seed), "--output-dir", zs_dir, "--eval-only"]
+        argv += [x for pair in zs_opts for x in pair]
+        jobs.append(Job(tuple(argv), os.path.join(zs_dir, "results.json"), f"zero-shot {bb.label}"))
+        fsnl_opts = merge_opts(base + _fsnl_opts(shots, bs, format_lr(lr)), opts)
+        o = dict(fsnl_opts)
+        method_dirs = (f"{TRAINER}_USE_CAPTION_{o['TRAINER.FSNL.USE_CAPTION']}",
+                       f"MEPOCH_{o['OPTIM.MAX_EPOCH']}_BS_{o['DATALOADER.TRAIN_X.BATCH_SIZE']}_LR_{o['OPTIM.LR']}")
+        for seed in seeds:
+            run_dir = os.path.join(out, bb.tag, dataset, f"shots_{shots}", "train", *method_dirs, f"seed{seed}")
+            argv = head + ["--seed", str(seed), "--output-dir", run_dir] + [x for pair in fsnl_opts for x in pair]
+            jobs.append(Job(tuple(argv), os.path.join(run_dir, "results.json"), f"FSNL {bb.label} K={shots} seed={seed}"))
+    return jobs
+
+
+def collect_points(
+    out: str, dataset: str, backbones: Sequence[Backbone], shots: int = 4, metric: str = "oop",
+    param_counts: Optional[Dict[str, int]] = None,
+) -> List[Dict[str, Any]]:
+    """Per backbone: parameter count and the zero-shot / FSNL ``metric`` (mean and std over seeds)."""
+    from scripts.parse_test_res import ZEROSHOT_SHOTS, collect
+
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    points = []
+    for bb in backbones:
+        run_root = os.path.join(out, bb.tag)
+        groups = collect(run_root) if os.path.isdir(run_root) else []
+        groups = [g for g in groups if g.dataset == dataset]
+        values: Dict[str, Any] = {}
+        for kind, k in (("zeroshot", ZEROSHOT_SHOTS), ("fsnl", shots)):
+            g = next((g for g in groups if g.shots == k), None)
+            stat = getattr(g, metric) if g is not None else None
+            values[kind] = None if stat is None or math.isnan(stat.mean) else stat.mean
+            values[f"{kind}_std"] = None if stat is None or math.isnan(stat.std) else stat.std
+            values[f"{kind}_n"] = 0 if stat is None else stat.n
+        params = (param_counts or {}).get(bb.name)
+        points.append({"backbone": bb.name, "weights": bb.weights, "label": bb.label,
+                       "params": params if params is not None else count_parameters(bb.name), **values})
+    return points
+
+
+def plot_scaling(points: Sequence[Dict[str, Any]], out: str, metric: str = "oop", shots: int = 4,
+                 title: Optional[str] = None) -> Tuple[str, str, str]:
+    """Accuracy vs parameter count (log x); zero-shot light circles, FSNL dark ones."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drawn = [p for p in points if p["zeroshot"] is not None or p["fsnl"] is not None]
+    if not drawn:
+        raise ValueError("no results to plot: run the jobs first (or check --out / --domain)")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    palette = plt.get_cmap("tab10")
+    for i, p in enumerate(drawn):
+        x = p["params"] / 1e9
+        color = palette(i % 10)
+        if p["zeroshot"] is not None:
+            ax.scatter([x], [p["zeroshot"]], s=70, color=color, alpha=0.35, edgecolors="none")
+        if p["fsnl"] is not None:
+            ax.errorbar([x], [p["fsnl"]], yerr=[p["fsnl_std"] or 0.0], fmt="o", markersize=8, color=color,
+                        capsize=3, label=p["label"])
+        if p["zeroshot"] is not None and p["fsnl"] is not None:
+            ax.annotate("", xy=(x, p["fsnl"]), xytext=(x, p["zeroshot"]),
+                        arrowprops={"arrowstyle": "->", "color": color, "alpha": 0.5})
+        elif p["fsnl"] is None:
+            ax.scatter([], [], color=color, label=p["label"])
+    ax.set_xscale("log")
+    ax.set_xlabel("Parameters (billions, log scale)")
+    ax.set_ylabel({"oop": "OOP", "ip": "IP", "hmean": "H-mean"}[metric] + " accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, frameon=False, loc="best")
+    ax.set_title(title if title is not None else f"Zero-shot (light) vs FSNL {shots}-shot (dark)")
+    fig.tight_layout()
+    base = Path(out)
+    if base.suffix.lower() in (".png", ".pdf", ".json"):
+        base = base.with_suffix("")
+    base.parent.mkdir(parents=True, exist_ok=True)
+    png, pdf, js = f"{base}.png", f"{base}.pdf", f"{base}.json"
+    fig.savefig(png, dpi=150)
+    fig.savefig(pdf)
+    plt.close(fig)
+    with open(js, "w", encoding="utf-8") as f:
+        json.dump({"metric": metric, "shots": shots, "points": list(points)}, f, indent=1)
+    return png, pdf, js
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m scripts.backbone_scaling", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", required=True, help="dataset root")
+    p.add_argument("--out", required=True, help="output root of the runs")
+    p.add_argument("--domain", default=DEFAULT_DOMAIN, help="registered or short name (default Pokemon89_39)")
+    p.add_argument("--backbones", nargs="+", default=list(DEFAULT_BACKBONES), help="NAME:WEIGHTS ...")
+    p.add_argument("--shots", type=int, default=4)
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="FSNL seeds")
+    p.add_argument("--zeroshot-seed", type=int, default=1)
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="FSNL_openclip config name or yaml path")
+    p.add_argument("--num-classes", type=int, default=0, help="OOP class count (default: read from --root)")
+    p.add_argument("--metric", default="oop", choices=METRICS)
+    p.add_argument("--figure", default="figures/backbone_scaling", help="figure path without extension")
+    p.add_argument("--python", default="python", help="interpreter named in the commands")
+    p.add_argument("--dry-run", action="store_true", help="print the pending commands and exit")
+    p.add_argument("--plot-only", action="store_true", help="only plot what has been run")
+    p.add_argument("--force", action="store_true", help="rerun jobs whose results.json exists")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE ... for every run (last)")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from scripts.domains import DomainError, resolve_domain
+
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        dataset = resolve_domain(args.domain)
+        backbones = [parse_backbone(b) for b in args.backbones]
+    except (DomainError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not args.plot_only:
+        try:
+            jobs = build_jobs(args.root, args.out, dataset, backbones, args.shots, args.seeds, args.zeroshot_seed,
+                              args.num_classes or None, args.config, args.opts, args.python)
+        except (DomainError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if args.dry_run:
+            pending, done = split_done(jobs, args.force)
+            for job in pending:
+                print(job.command)
+            print(f"# backbone scaling: {len(pending)} pending, {len(done)} skipped (results exist)", file=sys.stderr)
+            return 0
+        summary = run_jobs(jobs, force=args.force)
+        print(f"backbone scaling: {summary.line()}", file=sys.stderr)
+        for job, why in summary.failed:
+            print(f"  FAILED ({why}): {job.command}", file=sys.stderr)
+    points = collect_points(args.out, dataset, backbones, args.shots, args.metric)
+    try:
+        paths = plot_scaling(points, args.figure, args.metric, args.shots)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print("wrote " + ", ".join(paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

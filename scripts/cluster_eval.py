@@ -1,0 +1,143 @@
+"""Finding 1 of the paper: CLIP image features cluster OOP concepts worse than IP concepts.
+
+    python -m scripts.cluster_eval --root DATA [--domains Animals Food ...] [--subsets OOP IP]
+        [--splits test] [--config FILE | --backbone NAME --weights W] [--seed 0] --out results/cluster_eval
+
+For every domain and subset: L2-normalised frozen image features of the chosen splits, k-means with
+k = the subset's number of classes, and the clustering accuracy (the best one-to-one cluster → class
+map, the same Hungarian matching as the ``ClusteringAccuracy`` evaluator). Writes ``<out>.json``
+(one row per domain × subset) and ``<out>.md`` (domains × subsets, with the average).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["kmeans_accuracy", "evaluate", "render_markdown", "write_outputs", "main"]
+
+logger = logging.getLogger(__name__)
+
+
+def kmeans_accuracy(
+    features: np.ndarray, labels: Sequence[int], k: Optional[int] = None, seed: int = 0, n_init: int = 10
+) -> float:
+    """Clustering accuracy (%) of seeded k-means on ``features`` (k = number of distinct labels by default)."""
+    from dassl.evaluation.clustering import clustering_accuracy
+    from tools.cluster_names import kmeans_labels
+
+    labels = np.asarray(labels)
+    k = int(k) if k else len(np.unique(labels))
+    pred = kmeans_labels(np.asarray(features, dtype=np.float32), k, seed, n_init)
+    return clustering_accuracy(labels.tolist(), pred.tolist())
+
+
+def evaluate(
+    args: argparse.Namespace, domains: Sequence[str], subsets: Sequence[str], splits: Sequence[str]
+) -> List[Dict[str, Any]]:
+    """One row per (domain, subset); the backbone is loaded once."""
+    import torch
+
+    from scripts.features import cfg_from_args, image_features, load_backbone
+
+    rows: List[Dict[str, Any]] = []
+    loaded = None
+    for dataset in domains:
+        cfg = cfg_from_args(args, dataset)
+        if loaded is None:
+            loaded = load_backbone(cfg, torch.device(args.device) if args.device else None, args.precision)
+        for sub in subsets:
+            fs = image_features(cfg, loaded, sub, splits, batch_size=args.batch_size)
+            acc = kmeans_accuracy(fs.features, fs.labels, len(fs.classnames), args.seed, args.n_init)
+            rows.append({
+                "dataset": dataset, "subset": sub, "splits": list(splits), "num_classes": len(fs.classnames),
+                "num_images": len(fs), "clustering_accuracy": acc,
+                "backbone": str(loaded.name), "weights": str(loaded.weights), "seed": args.seed,
+            })
+            logger.info("%s %s: k-means clustering accuracy %.2f%% (%d classes, %d images)",
+                        dataset, sub, acc, len(fs.classnames), len(fs))
+    return rows
+
+
+def render_markdown(rows: Sequence[Dict[str, Any]]) -> str:
+    """Domains as rows, subsets as columns, plus the average over domains that have every subset."""
+    from scripts.domains import short_name
+
+    subsets: List[str] = []
+    datasets: List[str] = []
+    for r in rows:
+        if r["subset"] not in subsets:
+            subsets.append(r["subset"])
+        if r["dataset"] not in datasets:
+            datasets.append(r["dataset"])
+    value = {(r["dataset"], r["subset"]): r for r in rows}
+    header = ["Domain"] + [f"{s} (k)" for s in subsets]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for d in datasets:
+        cells = [short_name(d)]
+        for s in subsets:
+            r = value.get((d, s))
+            cells.append("–" if r is None else f"{r['clustering_accuracy']:.2f} ({r['num_classes']})")
+        lines.append("| " + " | ".join(cells) + " |")
+    complete = [d for d in datasets if all((d, s) in value for s in subsets)]
+    if len(complete) > 1:
+        means = [float(np.mean([value[(d, s)]["clustering_accuracy"] for d in complete])) for s in subsets]
+        lines.append("| Avg | " + " | ".join(f"{m:.2f}" for m in means) + " |")
+    note = "k-means clustering accuracy (%) of frozen image features, Hungarian-matched; k = classes."
+    return note + "\n\n" + "\n".join(lines) + "\n"
+
+
+def write_outputs(rows: Sequence[Dict[str, Any]], out: str) -> List[str]:
+    """``<out>.json`` and ``<out>.md``; returns both paths."""
+    base = Path(out)
+    if base.suffix.lower() in (".json", ".md"):
+        base = base.with_suffix("")
+    base.parent.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = f"{base}.json", f"{base}.md"
+    clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
+    with open(json_path, "w", encoding="utf-8") as f:
+        json.dump({"rows": clean}, f, indent=1)
+    with open(md_path, "w", encoding="utf-8") as f:
+        f.write(render_markdown(rows))
+    return [json_path, md_path]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from scripts.domains import LAION_BEYOND_DOMAINS, DomainError, resolve_domains
+    from scripts.features import add_backbone_args
+
+    p = argparse.ArgumentParser(prog="python -m scripts.cluster_eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", required=True, help="dataset root")
+    p.add_argument("--domains", nargs="+", default=list(LAION_BEYOND_DOMAINS), help="registered or short names")
+    p.add_argument("--subsets", nargs="+", default=["OOP", "IP"], choices=["OOP", "IP"])
+    p.add_argument("--splits", nargs="+", default=["test"], choices=["train", "val", "test"])
+    p.add_argument("--n-init", type=int, default=10, help="k-means restarts")
+    p.add_argument("--out", default="results/cluster_eval", help="output path without extension")
+    add_backbone_args(p)
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides, as for train.py")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        domains = resolve_domains(args.domains)
+    except DomainError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from dassl.utils import set_random_seed
+
+    set_random_seed(args.seed)
+    rows = evaluate(args, domains, args.subsets, args.splits)
+    paths = write_outputs(rows, args.out)
+    print(render_markdown(rows))
+    print("wrote " + " and ".join(paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

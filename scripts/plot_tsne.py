@@ -1,0 +1,156 @@
+"""t-SNE of frozen image features, like the paper's Figure 3: OOP alone, and OOP mixed with IP.
+
+    python -m scripts.plot_tsne --root DATA --domain Animals [--split test] [--max-per-class 50]
+        [--perplexity 30] [--config FILE | --backbone NAME --weights W] [--seed 0] --out figures/tsne_animals
+
+Left panel: the OOP images coloured by class. Right panel: OOP and IP images embedded together,
+coloured by class, OOP as crosses and IP as dots, which shows whether the OOP concepts form clusters
+as tight as the IP ones. Writes ``<out>.png`` and ``<out>.pdf`` (matplotlib, Agg backend).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = ["tsne_2d", "plot_tsne_panels", "plot_tsne", "main"]
+
+logger = logging.getLogger(__name__)
+
+
+def tsne_2d(features: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
+    """2-D t-SNE (cosine metric, PCA init) of ``features``; the perplexity is capped for small sets."""
+    from sklearn.manifold import TSNE
+
+    n = int(features.shape[0])
+    if n < 3:
+        raise ValueError(f"t-SNE needs at least 3 points, got {n}")
+    perp = float(min(perplexity, max(1.0, (n - 1) / 3.0)))
+    tsne = TSNE(n_components=2, perplexity=perp, init="pca", metric="cosine", random_state=seed)
+    return tsne.fit_transform(np.asarray(features, dtype=np.float32)).astype(np.float32)
+
+
+def _colors(n: int) -> List[Tuple[float, ...]]:
+    import matplotlib.pyplot as plt
+
+    if n <= 20:
+        listed = plt.get_cmap("tab20")
+        return [listed(i) for i in range(n)]
+    cyclic = plt.get_cmap("hsv")
+    return [cyclic(i / n) for i in range(n)]
+
+
+def plot_tsne_panels(
+    oop_xy: np.ndarray,
+    oop_labels: Sequence[int],
+    mixed_xy: np.ndarray,
+    mixed_labels: Sequence[int],
+    mixed_is_oop: Sequence[bool],
+    out: str,
+    title: Optional[str] = None,
+) -> Tuple[str, str]:
+    """Draw the two panels from 2-D points; ``mixed_labels`` index one joint class list (OOP then IP)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    oop_labels = np.asarray(oop_labels)
+    mixed_labels = np.asarray(mixed_labels)
+    is_oop = np.asarray(mixed_is_oop, dtype=bool)
+    colors = _colors(int(mixed_labels.max()) + 1 if mixed_labels.size else 1)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.8))
+    ax1.scatter(oop_xy[:, 0], oop_xy[:, 1], c=[colors[int(y)] for y in oop_labels], s=10, marker="x", linewidths=0.8)
+    ax1.set_title("(a) OOP concepts")
+    for mask, marker in ((is_oop, "x"), (~is_oop, "o")):
+        if mask.any():
+            ax2.scatter(mixed_xy[mask, 0], mixed_xy[mask, 1], c=[colors[int(y)] for y in mixed_labels[mask]],
+                        s=10, marker=marker, linewidths=0.8)
+    ax2.set_title("(b) OOP and IP concepts")
+    ax2.legend(handles=[Line2D([], [], color="0.3", marker="x", linestyle="none", label="OOP"),
+                        Line2D([], [], color="0.3", marker="o", linestyle="none", label="IP")],
+               loc="best", frameon=False)
+    for ax in (ax1, ax2):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    base = Path(out)
+    if base.suffix.lower() in (".png", ".pdf"):
+        base = base.with_suffix("")
+    base.parent.mkdir(parents=True, exist_ok=True)
+    png, pdf = f"{base}.png", f"{base}.pdf"
+    fig.savefig(png, dpi=150)
+    fig.savefig(pdf)
+    plt.close(fig)
+    return png, pdf
+
+
+def plot_tsne(
+    oop_features: np.ndarray,
+    oop_labels: Sequence[int],
+    ip_features: np.ndarray,
+    ip_labels: Sequence[int],
+    out: str,
+    seed: int = 0,
+    perplexity: float = 30.0,
+    title: Optional[str] = None,
+) -> Tuple[str, str]:
+    """Embed OOP alone and OOP + IP together, then draw both panels."""
+    oop_labels = np.asarray(oop_labels, dtype=np.int64)
+    ip_labels = np.asarray(ip_labels, dtype=np.int64)
+    oop_xy = tsne_2d(oop_features, seed, perplexity)
+    mixed = np.concatenate([oop_features, ip_features], axis=0)
+    offset = int(oop_labels.max()) + 1 if oop_labels.size else 0
+    mixed_labels = np.concatenate([oop_labels, ip_labels + offset])
+    is_oop = np.concatenate([np.ones(len(oop_labels), bool), np.zeros(len(ip_labels), bool)])
+    mixed_xy = tsne_2d(mixed, seed, perplexity)
+    return plot_tsne_panels(oop_xy, oop_labels, mixed_xy, mixed_labels, is_oop, out, title)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    import torch
+
+    from dassl.utils import set_random_seed
+    from scripts.domains import DomainError, resolve_domain, short_name
+    from scripts.features import add_backbone_args, cfg_from_args, image_features, load_backbone
+
+    p = argparse.ArgumentParser(prog="python -m scripts.plot_tsne", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", required=True, help="dataset root")
+    p.add_argument("--domain", required=True, help="registered or short name")
+    p.add_argument("--splits", nargs="+", default=["test"], choices=["train", "val", "test"])
+    p.add_argument("--max-per-class", type=int, default=50, help="seeded sample per class (0 = all)")
+    p.add_argument("--perplexity", type=float, default=30.0)
+    p.add_argument("--title", default=None)
+    p.add_argument("--out", default="", help="output path without extension (default figures/tsne_<domain>)")
+    add_backbone_args(p)
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides, as for train.py")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        dataset = resolve_domain(args.domain)
+    except DomainError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    set_random_seed(args.seed)
+    cfg = cfg_from_args(args, dataset)
+    loaded = load_backbone(cfg, torch.device(args.device) if args.device else None, args.precision)
+    sets = {sub: image_features(cfg, loaded, sub, args.splits, batch_size=args.batch_size,
+                                max_per_class=args.max_per_class, seed=args.seed) for sub in ("OOP", "IP")}
+    out = args.out or f"figures/tsne_{short_name(dataset).lower()}"
+    title = args.title if args.title is not None else f"{short_name(dataset)} ({loaded.name}, {loaded.weights})"
+    png, pdf = plot_tsne(sets["OOP"].features, sets["OOP"].labels, sets["IP"].features, sets["IP"].labels,
+                         out, args.seed, args.perplexity, title)
+    print(f"wrote {png} and {pdf}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Finding 2 of the paper (Figure 4a): zero-shot accuracy is far lower on OOP than on IP concepts.
+
+    python -m scripts.plot_zeroshot OUT [--method ZeroshotCLIP_openclip] [--domains ...] --out figures/zeroshot
+    python -m scripts.plot_zeroshot table.json --out figures/zeroshot     # parse_test_res --json output
+
+Reads the zero-shot runs (0 shots) through ``scripts.parse_test_res`` — e.g. the output of
+``scripts/zeroshot/eval.sh``, whose OOP runs carry the IP accuracy of their cross-evaluation — and
+draws one pair of bars (OOP, IP; mean over seeds) per domain plus their average. Writes
+``<out>.png`` and ``<out>.pdf``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from scripts.parse_test_res import ZEROSHOT_SHOTS, GroupSummary
+from scripts.plot_curves import load_groups
+
+__all__ = ["zeroshot_bars", "plot_zeroshot", "main"]
+
+
+def zeroshot_bars(
+    groups: Sequence[GroupSummary], method: Optional[str] = None, domains: Optional[Sequence[str]] = None
+) -> Dict[str, Any]:
+    """``{"method", "datasets", "oop", "ip"}`` of the zero-shot groups (0 shots) of one method.
+
+    Without ``method`` the zero-shot method present on the most domains is used (ties: the first
+    in name order), so a directory holding several zero-shot variants still gives one figure.
+    """
+    from scripts.domains import short_name
+
+    zs = [g for g in groups if g.shots == ZEROSHOT_SHOTS]
+    if domains:
+        zs = [g for g in zs if g.dataset in domains or short_name(g.dataset) in domains]
+    if method is None:
+        counts: Dict[str, int] = {}
+        for g in zs:
+            if not math.isnan(g.oop.mean) or not math.isnan(g.ip.mean):
+                counts[g.method] = counts.get(g.method, 0) + 1
+        if not counts:
+            raise ValueError("no zero-shot results (0 shots) with an OOP or IP accuracy")
+        method = sorted(counts, key=lambda m: (-counts[m], m))[0]
+    chosen = sorted((g for g in zs if g.method == method), key=lambda g: g.dataset)
+    if not chosen:
+        raise ValueError(f"no zero-shot results of method {method!r}")
+    return {
+        "method": method,
+        "datasets": [g.dataset for g in chosen],
+        "oop": [g.oop.mean for g in chosen],
+        "ip": [g.ip.mean for g in chosen],
+    }
+
+
+def plot_zeroshot(
+    groups: Sequence[GroupSummary], out: str, method: Optional[str] = None,
+    domains: Optional[Sequence[str]] = None, title: Optional[str] = None,
+) -> Tuple[str, str]:
+    """Grouped bars OOP vs IP per domain (+ Avg over domains with both); returns the PNG and PDF paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from scripts.domains import short_name
+
+    bars = zeroshot_bars(groups, method, domains)
+    names = [short_name(d) for d in bars["datasets"]]
+    oop = list(bars["oop"])
+    ip = list(bars["ip"])
+    both = [(o, i) for o, i in zip(oop, ip) if not math.isnan(o) and not math.isnan(i)]
+    if len(both) > 1:
+        names.append("Avg")
+        oop.append(float(np.mean([o for o, _ in both])))
+        ip.append(float(np.mean([i for _, i in both])))
+    x = np.arange(len(names))
+    width = 0.38
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(names) + 2), 3.6))
+    for shift, values, label, color in ((-width / 2, oop, "OOP", "#d62728"), (width / 2, ip, "IP", "#1f77b4")):
+        heights = [0.0 if math.isnan(v) else v for v in values]
+        rects = ax.bar(x + shift, heights, width, label=label, color=color)
+        for rect, v in zip(rects, values):
+            if not math.isnan(v):
+                ax.annotate(f"{v:.1f}", (rect.get_x() + rect.get_width() / 2, rect.get_height()),
+                            ha="center", va="bottom", fontsize=7, xytext=(0, 1), textcoords="offset points")
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=30, ha="right")
+    ax.set_ylabel("Zero-shot accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title if title is not None else f"Zero-shot accuracy, OOP vs IP ({bars['method']})")
+    fig.tight_layout()
+    base = Path(out)
+    if base.suffix.lower() in (".png", ".pdf"):
+        base = base.with_suffix("")
+    base.parent.mkdir(parents=True, exist_ok=True)
+    png, pdf = f"{base}.png", f"{base}.pdf"
+    fig.savefig(png, dpi=150)
+    fig.savefig(pdf)
+    plt.close(fig)
+    return png, pdf
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m scripts.plot_zeroshot", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", help="results directory, or the JSON of `parse_test_res --json`")
+    p.add_argument("--out", default="figures/zeroshot_oop_ip", help="output path without extension")
+    p.add_argument("--method", default=None, help="method key (default: the zero-shot method on most domains)")
+    p.add_argument("--domains", nargs="+", default=None, help="registered or short names (default: all found)")
+    p.add_argument("--title", default=None)
+    p.add_argument("--log-mode", action="store_true", help="directory of old runs with log.txt only")
+    args = p.parse_args(argv)
+    if not Path(args.source).exists():
+        print(f"error: {args.source} does not exist", file=sys.stderr)
+        return 2
+    try:
+        png, pdf = plot_zeroshot(load_groups(args.source, args.log_mode), args.out, args.method, args.domains,
+                                 args.title)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {png} and {pdf}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""scripts.launch: local pool (failures, retries, GPU pinning, skip-if-done) and the SLURM array script."""
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scripts import launch
+
+PY = shlex.quote(sys.executable)
+
+
+def py(code: str) -> str:
+    return f"{PY} -c {shlex.quote(code)}"
+
+
+def writer(path: Path, extra: str = "") -> str:
+    """A command that writes its CUDA_VISIBLE_DEVICES into ``path``."""
+    return py(f"import os; open({str(path)!r}, 'w').write(os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')){extra}")
+
+
+def test_local_three_jobs_one_failure(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    outs = [tmp_path / f"o{i}.txt" for i in range(3)]
+    cmds = tmp_path / "cmds.txt"
+    cmds.write_text("# a comment\n\n" + "\n".join([
+        writer(outs[0]),
+        writer(outs[1], "; raise SystemExit(7)"),
+        writer(outs[2]),
+    ]) + "\n")
+    logs = tmp_path / "logs"
+    rc = launch.main([str(cmds), "--workers", "2", "--gpus", "0,1", "--log-dir", str(logs), "--cwd", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "3 command(s): succeeded 2, skipped 0, failed 1" in err
+    assert "FAILED job 1 (exit code 7" in err
+    assert {p.read_text() for p in outs} <= {"0", "1"}  # every job pinned to one GPU of the list
+    for i in range(3):
+        log = (logs / f"job{i:04d}.log").read_text()
+        assert "# attempt 1" in log
+    assert sorted(p.name for p in logs.iterdir()) == ["job0000.log", "job0001.log", "job0002.log"]
+
+
+def test_retries(tmp_path: Path) -> None:
+    counter = tmp_path / "count"
+    # Fails on its first attempt, succeeds on the second.
+    flaky = py(
+        f"import os, sys; p = {str(counter)!r}; n = int(open(p).read()) if os.path.exists(p) else 0; "
+        "open(p, 'w').write(str(n + 1)); sys.exit(0 if n >= 1 else 1)"
+    )
+    commands = launch.parse_commands(flaky + "\n")
+    summary = launch.run_local(commands, workers=1, gpus=[], retries=0, log_dir=str(tmp_path / "l0"), cwd=str(tmp_path))
+    assert len(summary.failed) == 1 and summary.failed[0][1] == "exit code 1"
+
+    counter.unlink()
+    summary = launch.run_local(commands, workers=2, gpus=[], retries=1, log_dir=str(tmp_path / "l1"), cwd=str(tmp_path))
+    assert len(summary.succeeded) == 1 and not summary.failed
+    assert summary.attempts == {0: 2}
+    assert counter.read_text() == "2"
+    assert "# attempt 2" in (tmp_path / "l1/job0000.log").read_text()
+
+
+def test_skip_when_output_dir_has_results(tmp_path: Path) -> None:
+    done_dir, todo_dir = tmp_path / "runA", tmp_path / "runB"
+    done_dir.mkdir()
+    (done_dir / "results.json").write_text("{}")
+    marker = tmp_path / "ran.txt"
+    text = "\n".join(
+        f"{py(f'open({str(marker)!r}, {chr(39)}a{chr(39)}).write({str(d.name)!r})')} --output-dir {d}"
+        for d in (done_dir, todo_dir)
+    )
+    commands = launch.parse_commands(text)
+    assert [c.done for c in commands] == [str(done_dir / "results.json"), str(todo_dir / "results.json")]
+    summary = launch.run_local(commands, workers=2, gpus=[], log_dir=str(tmp_path / "logs"), cwd=str(tmp_path))
+    assert marker.read_text() == "runB"  # runA was skipped
+    assert [c.index for c in summary.skipped] == [0]
+    assert [c.index for c in summary.succeeded] == [1]  # no results.json written: a warning, not a failure
+
+
+def test_yaml_and_stdin(tmp_path: Path) -> None:
+    done = tmp_path / "done.flag"
+    yaml_text = (
+        "commands:\n"
+        f"  - {{cmd: {py('pass')!r}, done: {str(done)!r}}}\n"
+        f"  - {py('raise SystemExit(0)')!r}\n"
+    )
+    commands = launch.read_commands("-", stdin=io.StringIO(yaml_text))
+    assert [c.explicit_done for c in commands] == [True, False]
+    summary = launch.run_local(commands, workers=1, gpus=[], log_dir=str(tmp_path / "logs"), cwd=str(tmp_path))
+    # The first command exits 0 without creating its explicit done marker: that is a failure.
+    assert [(c.index, why) for c, why, _ in summary.failed] == [(0, f"exit code 0 but {done} was not written")]
+    with pytest.raises(ValueError, match="commands"):
+        launch.parse_commands("commands: 3", yaml_hint=True)
+
+
+def test_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3")
+    assert launch.visible_gpus() == ["2", "3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert launch.visible_gpus() == []
+    assert launch.visible_gpus("5") == ["5"]
+
+
+def test_done_marker() -> None:
+    assert launch.done_marker("python train.py --output-dir 'a b/c' --seed 1") == os.path.join("a b/c", "results.json")
+    assert launch.done_marker("python x.py --output-dir=out") == os.path.join("out", "results.json")
+    assert launch.done_marker("echo hi") is None
+
+
+def test_slurm_array_script(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "out1").mkdir()
+    (work / "out1/results.json").write_text("{}")
+    cmds = [f"{py(f'open({name!r}, {chr(39)}w{chr(39)}).write({name!r})')} --output-dir out{i}"
+            for i, name in enumerate(("r0", "r1", "r2", "r3"))]
+    src = tmp_path / "cmds.txt"
+    src.write_text("\n".join(cmds) + "\n")
+
+    # A fake sbatch on PATH records its arguments and answers like the real one.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "sbatch"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$PWD $*" > {tmp_path / "sbatch_args"}\necho "Submitted batch job 42"\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+    slurm_dir = work / "slurm"
+    rc = launch.main([str(src), "--mode", "slurm", "--cwd", str(work), "--slurm-dir", str(slurm_dir),
+                      "--partition", "gpu", "--gres", "gpu:a100:1", "--time", "02:00:00", "--cpus", "4",
+                      "--mem", "16G", "--max-parallel", "2", "--setup", "export FOO=1"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and out.strip() == "Submitted batch job 42"
+    assert "3 array task(s) (1 already done)" in err
+    script = slurm_dir / "job.sbatch"
+    assert (tmp_path / "sbatch_args").read_text().split() == [str(work), str(script)]
+
+    text = script.read_text()
+    for line in ("#SBATCH --array=0-2%2", "#SBATCH --partition=gpu", "#SBATCH --gres=gpu:a100:1",
+                 "#SBATCH --time=02:00:00", "#SBATCH --cpus-per-task=4", "#SBATCH --mem=16G",
+                 "#SBATCH --output=slurm/logs/%x-%A_%a.out", "COMMANDS=slurm/commands.txt", "DONE=slurm/done.txt",
+                 "export FOO=1"):
+        assert line in text.splitlines()
+    assert (slurm_dir / "commands.txt").read_text().splitlines() == [cmds[0], cmds[2], cmds[3]]
+    assert (slurm_dir / "done.txt").read_text().splitlines() == [f"out{i}/results.json" for i in (0, 2, 3)]
+
+    # Run array task 1 as SLURM would: it executes line 2 (the "r2" command) from the submit dir.
+    env = dict(os.environ, SLURM_ARRAY_TASK_ID="1", SLURM_SUBMIT_DIR=str(work))
+    res = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert (work / "r2").read_text() == "r2" and not (work / "r0").exists()
+    # Once its results exist the task is skipped instead of rerun.
+    (work / "out2").mkdir()
+    (work / "out2/results.json").write_text("{}")
+    (work / "r2").unlink()
+    res = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "skip" in res.stdout and not (work / "r2").exists()
+
+
+def test_slurm_no_submit_and_all_done(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    src = tmp_path / "c.txt"
+    src.write_text(f"{py('pass')}\n")
+    rc = launch.main([str(src), "--mode", "slurm", "--no-submit", "--cwd", str(tmp_path),
+                      "--slurm-dir", str(tmp_path / "s"), "--gres", ""])
+    assert rc == 0
+    text = (tmp_path / "s/job.sbatch").read_text()
+    assert "#SBATCH --array=0-0%1" in text and "--gres" not in text and "--partition" not in text
+    assert "sbatch" in capsys.readouterr().err
+
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o/results.json").write_text("{}")
+    src.write_text(f"{py('pass')} --output-dir {tmp_path / 'o'}\n")
+    assert launch.main([str(src), "--mode", "slurm", "--slurm-dir", str(tmp_path / "s2")]) == 0
+    assert "nothing to submit" in capsys.readouterr().err
+    assert not (tmp_path / "s2").exists()
