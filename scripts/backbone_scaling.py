@@ -224,7 +224,14 @@ def plot_scaling(points: Sequence[Dict[str, Any]], out: str, metric: str = "oop"
         elif p["fsnl"] is None:
             ax.scatter([], [], color=color, label=p["label"])
     ax.set_xscale("log")
-    ax.set_xlabel("Parameters (billions, log scale)")
+    from matplotlib.ticker import NullFormatter
+
+    ticks = sorted({p["params"] / 1e9 for p in drawn})
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:.2g}B" for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("Parameters (log scale)")
     ax.set_ylabel({"oop": "OOP", "ip": "IP", "hmean": "H-mean"}[metric] + " accuracy (%)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, frameon=False, loc="best")

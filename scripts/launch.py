@@ -60,7 +60,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
-_NO_GPU = {"", "-1", "none", "None"}
+_NO_GPU = frozenset({"", "-1", "none", "None"})
 
 
 @dataclass

@@ -35,6 +35,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 __all__ = [
@@ -73,7 +74,7 @@ _ZS_DIR = re.compile(r"ZS_(\w+)$")
 _FSNL_RULE_PART = re.compile(r"_BS_\d+_LR_[0-9.eE+-]+")
 _ACCURACY_LINE = re.compile(r"\* accuracy: ([0-9.]+)%")
 _LOG_NAME = re.compile(r"log\.txt(-.*)?$")
-_PHASE_SUBSET = {"train": "OOP", "test_OOP": "OOP", "test_IP": "IP", "test_All": "All"}
+_PHASE_SUBSET = MappingProxyType({"train": "OOP", "test_OOP": "OOP", "test_IP": "IP", "test_All": "All"})
 
 #: Paper names and row order of the known methods (matched on the start of the first folder).
 _METHOD_NAMES: Tuple[Tuple[str, str], ...] = (

@@ -24,6 +24,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from scripts.domains import LAION_BEYOND_DOMAINS, REPO_ROOT, DomainError, count_classes, resolve_domains
@@ -51,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 METHODS = ("fsnl", "coop", "cocoop", "clip_adapter", "taskres", "zeroshot", "linear_probe")
-TRAINERS = {
+TRAINERS = MappingProxyType({
     "fsnl": "FSNL_openclip",
     "coop": "CoOp_openclip",
     "cocoop": "CoCoOp_openclip",
@@ -60,15 +61,15 @@ TRAINERS = {
     "zeroshot": "ZeroshotCLIP_openclip",
     # The linear probe has no trainer; its feature extractor reads CoOp's lpclip config.
     "linear_probe": "CoOp_openclip",
-}
-DEFAULT_CONFIGS = {
+})
+DEFAULT_CONFIGS = MappingProxyType({
     "fsnl": "vit_b16_ep200_standard",
     "coop": "vit_b16_ep200_ctxv1",
     "cocoop": "vit_b16_c4_ep10_batch1_ctxv1",
     "clip_adapter": "vit_b16_ep200_ctxv1",
     "zeroshot": "vit_b16_ep50_ctxv1",
     "linear_probe": "vit_b16_ep200_ctxv1_lpclip",
-}
+})
 #: TaskRes trains 100 epochs up to 4 shots and 200 beyond (spec §3.7).
 TASKRES_CONFIGS = ((4, "adam_lr2e-3_B256_ep100"), (16, "adam_lr2e-3_B256_ep200"))
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
@@ -351,7 +352,21 @@ def build_jobs(spec: SweepSpec) -> List[Job]:
     jobs: List[Job] = []
     for dataset in resolve_domains(spec.domains):
         jobs.extend(_method_jobs(spec, dataset))
+    _check_config_files(jobs)
     return jobs
+
+
+def _check_config_files(jobs: Sequence[Job]) -> None:
+    """Fail before running anything when a config file named by the jobs does not exist."""
+    wanted = {
+        job.argv[i + 1]
+        for job in jobs
+        for i, tok in enumerate(job.argv[:-1])
+        if tok in ("--config-file", "--dataset-config-file")
+    }
+    missing = sorted(p for p in wanted if not (Path(p) if os.path.isabs(p) else REPO_ROOT / p).is_file())
+    if missing:
+        raise ValueError(f"config file(s) not found (relative to the repository root): {', '.join(missing)}")
 
 
 def split_done(jobs: Sequence[Job], force: bool = False, cwd: Optional[str] = None) -> Tuple[List[Job], List[Job]]:

@@ -309,3 +309,10 @@ def test_every_wrapper_names_its_method(script: str) -> None:
     method = script.split("/")[0]
     assert f'run_sweep.sh" {method} "$@"' in text
     assert os.access(REPO / "scripts" / script, os.X_OK)
+
+
+def test_missing_config_is_caught_before_running(capsys: pytest.CaptureFixture) -> None:
+    rc, lines, err = run_main(capsys, "--method", "coop", "--root", "D", "--out", "O", "--domains", "Food",
+                              "--config", "no_such_cfg", "--dry-run")
+    assert rc == 2 and not lines
+    assert "configs/trainers/CoOp_openclip/no_such_cfg.yaml" in err

@@ -131,8 +131,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from datasets.gcd import clustering_results_path, write_clustering_results
     from dassl.utils import set_random_seed
+    from datasets.gcd import clustering_results_path, write_clustering_results
     from scripts.domains import DomainError, laion_beyond_classes, resolve_domain
     from scripts.features import cfg_from_args, load_backbone
 

@@ -135,14 +135,14 @@ class ClusteringAccuracy(EvaluatorBase):
             return value
         return self._lab2cname.get(value, str(value)) if self._lab2cname else str(value)
 
-    def evaluate(self) -> "OrderedDict[str, float]":
+    def evaluate(self) -> OrderedDict[str, float]:
         total = len(self._y_true)
         if total == 0:
             raise RuntimeError("ClusteringAccuracy.evaluate() called before any prediction was processed")
         mapping, matched, counts = match_clusters(self._y_true, self._y_pred)
         acc = 100.0 * matched / total
         true_names = sorted(set(self._y_true))
-        results: "OrderedDict[str, float]" = OrderedDict()
+        results: OrderedDict[str, float] = OrderedDict()
         results["clustering_accuracy"] = acc
         results["accuracy"] = acc
         logger.info(

@@ -1,0 +1,69 @@
+"""The original CoOp trainer names resolve to the OpenCLIP trainers on OpenAI ViT-B/16 (no weights loaded)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import train
+import trainers.aliases  # noqa: F401  (registration until trainers/__init__ lists the module)
+from clip import resolve_backbone, resolve_precision
+from dassl.engine import TRAINER_REGISTRY
+from trainers.cocoop import CoCoOp_openclip
+from trainers.coop import CoOp_openclip
+from trainers.zsclip import ZeroshotCLIP2_openclip, ZeroshotCLIP_openclip
+
+ROOT = Path(__file__).resolve().parents[1]
+ALIASES = {
+    "CoOp": (CoOp_openclip, "COOP"),
+    "CoCoOp": (CoCoOp_openclip, "COCOOP"),
+    "ZeroshotCLIP": (ZeroshotCLIP_openclip, "COOP"),
+    "ZeroshotCLIP2": (ZeroshotCLIP2_openclip, "COOP"),
+}
+
+
+def setup(*argv):
+    return train.setup_cfg(train.parse_args(list(argv)))
+
+
+@pytest.mark.parametrize("alias", sorted(ALIASES))
+def test_alias_resolves_to_openai_vit_b16(alias):
+    parent, prec_key = ALIASES[alias]
+    cls = TRAINER_REGISTRY.get(alias)
+    assert issubclass(cls, parent) and cls is not parent
+    cfg = setup("--trainer", alias)
+    spec = resolve_backbone(cfg)  # checks the tag without building or downloading anything
+    assert (spec.name, spec.weights, spec.weights_kind, spec.quick_gelu) == ("ViT-B-16", "openai", "tag", True)
+    assert cfg.MODEL.BACKBONE.QUICK_GELU == "true"
+    assert getattr(cfg.TRAINER, prec_key).PREC == "fp16"  # CoOp's default setting...
+    assert resolve_precision(getattr(cfg.TRAINER, prec_key).PREC, "cpu").name == "fp32"  # ...run fp32 on CPU
+
+
+def test_trainer_yaml_backbone_loses_to_the_preset():
+    # The OpenCLIP yaml names ViT-B-16 / laion400m_e32; the alias's backbone wins, as with the FSNL variants.
+    cfg = setup("--trainer", "CoOp", "--config-file", str(ROOT / "configs/trainers/CoOp_openclip/vit_b16_ep200_ctxv1.yaml"))
+    assert (cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.WEIGHTS) == ("ViT-B-16", "openai")
+    assert cfg.TRAINER.COOP.N_CTX == 4  # the rest of the yaml is kept
+
+
+def test_command_line_still_wins_over_the_preset():
+    cfg = setup("--trainer", "CoOp", "--backbone", "ViT-L-14", "MODEL.BACKBONE.WEIGHTS", "none")
+    assert (cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.WEIGHTS) == ("ViT-L-14", "none")
+
+
+def test_alias_runs_end_to_end(tmp_path):
+    from datasets.make_toy import make_toy
+
+    make_toy(tmp_path / "data", domains=("Animals92_42",))
+    out = tmp_path / "zs"
+    train.main(train.parse_args([
+        "--root", str(tmp_path / "data"), "--seed", "1", "--trainer", "ZeroshotCLIP",
+        "--dataset-config-file", str(ROOT / "configs/datasets/Animals92_42.yaml"),
+        "--config-file", str(ROOT / "configs/trainers/ZeroshotCLIP_openclip/cpu_smoke.yaml"),
+        "--output-dir", str(out), "--eval-only",
+        "MODEL.BACKBONE.NAME", "test-tiny", "MODEL.BACKBONE.WEIGHTS", "none", "MODEL.BACKBONE.QUICK_GELU", "auto",
+    ]))
+    results = json.loads((out / "results.json").read_text())
+    assert results["trainer"] == "ZeroshotCLIP" and results["backbone"] == "test-tiny"
+    assert set(results["subsets"]) == {"OOP", "IP"}

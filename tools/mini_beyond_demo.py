@@ -1,0 +1,126 @@
+"""The README's main job: Mini-Beyond end to end on a CPU, in a few minutes.
+
+    python -m tools.mini_beyond demo [--root data/mini_beyond] [--out output/mini_beyond_demo]
+
+1. builds Mini-Beyond into ``--root`` (seconds; skipped when it is already there),
+2. runs zero-shot CLIP and FSNL at 4 shots (seed 1) on the five domains, through the same sweep
+   generator (``scripts.sweep``) users run on LAION-Beyond, skipping finished runs,
+3. prints the OOP / IP / H-mean table per domain with the average and the zero-shot row, and saves
+   the accuracy-vs-shots figure.
+
+The runs execute in this process (``train.main``), which saves a few seconds of imports per run.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DOMAINS = ("MiniAnimals", "MiniFood", "MiniPlants", "MiniAttire", "MiniTransport")
+#: Per-method config under ``configs/trainers/<trainer>/`` sized for a CPU and the 64-px mini CLIP.
+MINI_CONFIG = "mini_cpu"
+
+logger = logging.getLogger(__name__)
+
+
+def run_jobs_in_process(jobs: Sequence) -> List[str]:
+    """Run pending sweep jobs with ``train.main`` (same argv as the shell commands); return failures."""
+    import train
+    from scripts.sweep import split_done
+
+    pending, done = split_done(jobs, cwd=os.fspath(REPO_ROOT))
+    logger.info("%d run(s) to do, %d already finished", len(pending), len(done))
+    failed = []
+    for i, job in enumerate(pending, 1):
+        logger.info("[%d/%d] %s", i, len(pending), job.label)
+        argv = list(job.argv)
+        argv = argv[2:] if argv[1] == "train.py" else argv
+        try:
+            train.main(train.parse_args(argv))
+        except Exception as e:  # one failed run must not lose the others
+            logger.exception("run failed: %s", job.label)
+            failed.append(f"{job.label}: {e}")
+    return failed
+
+
+def demo_jobs(root: str, out: str, domains: Sequence[str], shots: Sequence[int], seeds: Sequence[int],
+              methods: Sequence[str] = ("zeroshot", "fsnl"), extra_opts: Sequence[str] = ()) -> list:
+    from scripts.sweep import SweepSpec, build_jobs
+
+    jobs = []
+    for method in methods:
+        spec = SweepSpec(method=method, root=root, out=out, domains=list(domains), shots=list(shots),
+                         seeds=list(seeds), config=MINI_CONFIG, opts=list(extra_opts))
+        jobs.extend(build_jobs(spec))
+    return jobs
+
+
+def format_table(groups: Sequence, shots: int) -> str:
+    """Per-domain OOP / IP / H of each method at ``shots`` (zero-shot at 0), plus the average row."""
+    from scripts.domains import short_name
+
+    rows: Dict[str, Dict[str, tuple]] = {}
+    for g in groups:
+        if g.shots not in (0, shots):
+            continue
+        rows.setdefault(g.label, {})[g.dataset] = (g.oop.mean, g.ip.mean, g.hmean.mean)
+    datasets = sorted({d for r in rows.values() for d in r})
+    lines = ["| Method | Domain | OOP | IP | H |", "|---|---|---|---|---|"]
+    for label, cells in rows.items():
+        for d in datasets:
+            if d in cells:
+                oop, ip, h = cells[d]
+                lines.append(f"| {label} | {short_name(d)} | {oop:.2f} | {ip:.2f} | {h:.2f} |")
+        vals = [cells[d] for d in datasets if d in cells]
+        if vals:
+            avg = [sum(v[i] for v in vals) / len(vals) for i in range(3)]
+            lines.append(f"| **{label}** | **Average** | **{avg[0]:.2f}** | **{avg[1]:.2f}** | **{avg[2]:.2f}** |")
+    return "\n".join(lines)
+
+
+def run_demo(root: str = "data/mini_beyond", out: str = "output/mini_beyond_demo",
+             domains: Sequence[str] = DOMAINS, shots: int = 4, seed: int = 1,
+             figure: Optional[str] = None) -> Dict[str, object]:
+    from scripts.parse_test_res import collect
+    from scripts.plot_curves import plot_curves
+    from tools.mini_beyond import build
+
+    start = time.time()
+    root_abs = root if os.path.isabs(root) else os.fspath(REPO_ROOT / root)
+    out_abs = out if os.path.isabs(out) else os.fspath(REPO_ROOT / out)
+    build(Path(root_abs), domains=[d for d in domains])
+    failed = run_jobs_in_process(demo_jobs(root_abs, out_abs, domains, [shots], [seed]))
+    groups = collect(out_abs)
+    table = format_table(groups, shots)
+    figure = figure or os.path.join(out_abs, "accuracy_vs_shots")
+    png, _ = plot_curves(groups, figure, title=f"Mini-Beyond: OOP accuracy, FSNL at {shots} shots vs zero-shot")
+    elapsed = time.time() - start
+    print(f"\nMini-Beyond, {shots} shots, seed {seed} (OOP/IP accuracy %, H = harmonic mean)\n")
+    print(table)
+    print(f"\nFigure: {png}\nRuns: {out_abs}   ({elapsed / 60:.1f} min)")
+    if failed:
+        print("Failed runs:\n  " + "\n  ".join(failed))
+    return {"table": table, "figure": png, "failed": failed, "minutes": elapsed / 60}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", default="data/mini_beyond", help="where Mini-Beyond is built")
+    parser.add_argument("--out", default="output/mini_beyond_demo", help="where the runs go")
+    parser.add_argument("--domains", nargs="+", default=list(DOMAINS))
+    parser.add_argument("--shots", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    import torch
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    result = run_demo(args.root, args.out, args.domains, args.shots, args.seed)
+    return 1 if result["failed"] else 0
+
