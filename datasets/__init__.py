@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 # Imported for their side effect: the nine LAION-Beyond and the five Mini-Beyond domains register.
-from . import laion_beyond, mini_beyond  # noqa: F401
+from . import gcd, laion_beyond, mini_beyond  # noqa: F401
 from .laion_beyond import LaionBeyond
 
 __all__ = ["add_dataset_config", "LaionBeyond"]

@@ -233,6 +233,7 @@ def test_round_trip_training_reports_clustering_accuracy(gcd_root, tmp_path):
     assert ds.hint == "animal" and ds.classnames == sorted(ds.classnames)
     results = json.loads((out / "results.json").read_text())
     assert results["trainer"] == "FSNL_openclip_GCD"
+    assert results["subfield"] == "Animals" and results["num_clusters"] == len(ds.classnames)
     assert "clustering_accuracy" in results["metrics"] and list(results["subsets"]) == ["OOP"]
 
     # Recompute independently: predictions of the trained model vs the images' folder names.

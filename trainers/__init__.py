@@ -14,7 +14,9 @@ from typing import Any, List, Tuple
 __all__ = ["TRAINER_MODULES", "add_trainer_configs", "trainer_modules"]
 
 #: Modules (relative to this package) that define trainers, in registration order.
-TRAINER_MODULES: Tuple[str, ...] = ("feature_cache", "fsnl", "zsclip", "coop", "cocoop", "clip_adapter", "taskres")
+TRAINER_MODULES: Tuple[str, ...] = (
+    "feature_cache", "fsnl", "zsclip", "coop", "cocoop", "clip_adapter", "taskres", "fsnl_gcd", "aliases",
+)
 
 
 def trainer_modules() -> List[ModuleType]:

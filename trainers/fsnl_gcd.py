@@ -51,6 +51,12 @@ class FSNL_openclip_GCD(FSNL_openclip):
                            "real classes (set TEST.EVALUATOR %s for the GCD metric)",
                            cfg.TEST.EVALUATOR, GCD_EVALUATOR)
 
+    def finalize(self, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """results.json also names the subfield and the number of clusters (the reference's CSV columns)."""
+        info: Dict[str, Any] = {"subfield": str(self.cfg.DATASET.SUBFIELD), "num_clusters": int(self.num_classes)}
+        info.update(extra or {})
+        return super().finalize(info)
+
     @property
     def uses_captions(self) -> bool:
         return False
