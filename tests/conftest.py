@@ -1,9 +1,14 @@
-"""Shared test set-up: offline, CPU, few threads, and the repository root on sys.path."""
+"""Shared test set-up: offline, CPU, few threads, the repository root on sys.path, the shared toy data.
+
+Plain helpers (cfgs, trainers, runs, the colour-square toys) live in ``tests/helpers.py``.
+"""
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,3 +21,27 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("TEST_NUM_THREADS", "2")))
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory):
+    """The toy LAION-Beyond benchmark (every toy domain), built once per session.
+
+    Shared read-only: tests that edit split files, delete images or inspect few-shot cache files
+    build or copy a private root instead. Few-shot caches that runs write here are deterministic.
+    """
+    from datasets.make_toy import TOY_CLASSES, make_toy
+
+    root = tmp_path_factory.mktemp("toy_shared")
+    return root, make_toy(str(root), domains=tuple(TOY_CLASSES))
+
+
+@pytest.fixture(scope="session")
+def toy_root(toy_data) -> Path:
+    return toy_data[0]
+
+
+@pytest.fixture(scope="session")
+def toy_info(toy_data) -> dict:
+    """``make_toy``'s description of ``toy_root``: ``{domain: {subset: {dir, split_file, classnames, ...}}}``."""
+    return toy_data[1]

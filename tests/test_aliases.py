@@ -2,19 +2,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 import train
-import trainers.aliases  # noqa: F401  (registration until trainers/__init__ lists the module)
 from clip import resolve_backbone, resolve_precision
 from dassl.engine import TRAINER_REGISTRY
+from tests.helpers import run_train, train_argv, trainer_config
 from trainers.cocoop import CoCoOp_openclip
 from trainers.coop import CoOp_openclip
 from trainers.zsclip import ZeroshotCLIP2_openclip, ZeroshotCLIP_openclip
 
-ROOT = Path(__file__).resolve().parents[1]
 ALIASES = {
     "CoOp": (CoOp_openclip, "COOP"),
     "CoCoOp": (CoCoOp_openclip, "COCOOP"),
@@ -42,7 +40,7 @@ def test_alias_resolves_to_openai_vit_b16(alias):
 
 def test_trainer_yaml_backbone_loses_to_the_preset():
     # The OpenCLIP yaml names ViT-B-16 / laion400m_e32; the alias's backbone wins, as with the FSNL variants.
-    cfg = setup("--trainer", "CoOp", "--config-file", str(ROOT / "configs/trainers/CoOp_openclip/vit_b16_ep200_ctxv1.yaml"))
+    cfg = setup("--trainer", "CoOp", "--config-file", str(trainer_config("CoOp_openclip", "vit_b16_ep200_ctxv1")))
     assert (cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.WEIGHTS) == ("ViT-B-16", "openai")
     assert cfg.TRAINER.COOP.N_CTX == 4  # the rest of the yaml is kept
 
@@ -52,18 +50,13 @@ def test_command_line_still_wins_over_the_preset():
     assert (cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.WEIGHTS) == ("ViT-L-14", "none")
 
 
-def test_alias_runs_end_to_end(tmp_path):
-    from datasets.make_toy import make_toy
-
-    make_toy(tmp_path / "data", domains=("Animals92_42",))
+def test_alias_runs_end_to_end(toy_root, tmp_path):
     out = tmp_path / "zs"
-    train.main(train.parse_args([
-        "--root", str(tmp_path / "data"), "--seed", "1", "--trainer", "ZeroshotCLIP",
-        "--dataset-config-file", str(ROOT / "configs/datasets/Animals92_42.yaml"),
-        "--config-file", str(ROOT / "configs/trainers/ZeroshotCLIP_openclip/cpu_smoke.yaml"),
-        "--output-dir", str(out), "--eval-only",
+    run_train(train_argv(
+        toy_root, out, "ZeroshotCLIP",
         "MODEL.BACKBONE.NAME", "test-tiny", "MODEL.BACKBONE.WEIGHTS", "none", "MODEL.BACKBONE.QUICK_GELU", "auto",
-    ]))
+        extra=("--eval-only",), config=trainer_config("ZeroshotCLIP_openclip"), shots=None,
+    ))
     results = json.loads((out / "results.json").read_text())
     assert results["trainer"] == "ZeroshotCLIP" and results["backbone"] == "test-tiny"
     assert set(results["subsets"]) == {"OOP", "IP"}

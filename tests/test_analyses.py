@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-import dassl.evaluation.clustering  # noqa: F401  (registration until the package imports it)
 from scripts import backbone_scaling as bbs
 from scripts.cluster_eval import kmeans_accuracy, render_markdown, write_outputs
 from scripts.plot_tsne import plot_tsne
 from scripts.plot_zeroshot import plot_zeroshot, zeroshot_bars
+from tests.helpers import trainer_config
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "configs/trainers/FSNL_openclip/cpu_smoke.yaml"
+SMOKE = trainer_config("FSNL_openclip")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -66,13 +65,11 @@ def test_cluster_table_outputs(tmp_path):
     assert Path(md_path).read_text() == md
 
 
-def test_cluster_eval_cli_on_toy_data(tmp_path):
-    from datasets.make_toy import make_toy
+def test_cluster_eval_cli_on_toy_data(toy_root, tmp_path):
     from scripts.cluster_eval import main
 
-    make_toy(tmp_path / "data", domains=("Animals92_42",))
     out = tmp_path / "ce"
-    rc = main(["--root", str(tmp_path / "data"), "--domains", "Animals", "--config", str(SMOKE),
+    rc = main(["--root", str(toy_root), "--domains", "Animals", "--config", str(SMOKE),
                "--n-init", "2", "--out", str(out)])
     assert rc == 0
     rows = json.loads((tmp_path / "ce.json").read_text())["rows"]
@@ -81,12 +78,10 @@ def test_cluster_eval_cli_on_toy_data(tmp_path):
     assert rows[0]["backbone"] == "test-tiny"
 
 
-def test_feature_helper_matches_the_model(tmp_path):
-    from datasets.make_toy import make_toy
+def test_feature_helper_matches_the_model(toy_root):
     from scripts.features import build_cfg, image_features, load_backbone, text_features
 
-    make_toy(tmp_path, domains=("Animals92_42",))
-    cfg = build_cfg(str(tmp_path), "Animals", str(SMOKE), seed=1)
+    cfg = build_cfg(str(toy_root), "Animals", str(SMOKE), seed=1)
     loaded = load_backbone(cfg, torch.device("cpu"))
     fs = image_features(cfg, loaded, "IP", ("test",), batch_size=5)
     assert fs.features.shape == (len(fs.impaths), loaded.embed_dim)
@@ -162,13 +157,10 @@ def test_backbone_parsing():
     assert bbs.backbone_tag("ViT-B-16", "weights/my model.pt") == "ViT-B-16__my_model"
 
 
-def test_scaling_jobs_and_plot(tmp_path):
-    from datasets.make_toy import make_toy
-
-    make_toy(tmp_path / "data", domains=("Pokemon89_39",))
+def test_scaling_jobs_and_plot(toy_root, tmp_path):
     backbones = [bbs.Backbone("test-tiny", "none"), bbs.Backbone("ViT-B-16", "openai")]
     out = tmp_path / "out"
-    jobs = bbs.build_jobs(str(tmp_path / "data"), str(out), "Pokemon89_39", backbones, shots=4, seeds=(1, 2))
+    jobs = bbs.build_jobs(str(toy_root), str(out), "Pokemon89_39", backbones, shots=4, seeds=(1, 2))
     assert len(jobs) == 2 * (1 + 2)
     c = 4  # toy Pokemon OOP classes
     for job in jobs:
@@ -209,11 +201,8 @@ def test_scaling_jobs_and_plot(tmp_path):
     assert json.loads(Path(js).read_text())["points"][1]["fsnl"] == pytest.approx(81.5)
 
 
-def test_scaling_dry_run_prints_pending_only(tmp_path, capsys):
-    from datasets.make_toy import make_toy
-
-    make_toy(tmp_path / "data", domains=("Pokemon89_39",))
-    rc = bbs.main(["--root", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--domain", "Pokemon",
+def test_scaling_dry_run_prints_pending_only(toy_root, tmp_path, capsys):
+    rc = bbs.main(["--root", str(toy_root), "--out", str(tmp_path / "out"), "--domain", "Pokemon",
                    "--backbones", "ViT-B-16:laion400m_e32", "--seeds", "1", "--dry-run"])
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()

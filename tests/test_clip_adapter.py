@@ -2,45 +2,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import train
-import trainers
-from datasets.make_toy import make_toy
+from tests.helpers import build, run_train, train_argv
 
-ROOT = Path(__file__).resolve().parents[1]
-DATASET_CFG = str(ROOT / "configs" / "datasets" / "Animals92_42.yaml")
-SMOKE_CFG = str(ROOT / "configs" / "trainers" / "CLIP_Adapter" / "cpu_smoke.yaml")
-
-
-@pytest.fixture(autouse=True)
-def registered(monkeypatch):
-    """Make sure ``train.extend_cfg`` sees this trainer's config block (a no-op once it is listed)."""
-    if "clip_adapter" not in trainers.TRAINER_MODULES:
-        monkeypatch.setattr(trainers, "TRAINER_MODULES", tuple(trainers.TRAINER_MODULES) + ("clip_adapter",))
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
-    info = make_toy(str(root), domains=("Animals92_42",))
-    return str(root), info["Animals92_42"]
-
-
-def argv(root, out, *extra, opts=()):
-    return ["--root", root, "--seed", "1", "--trainer", "CLIP_Adapter", "--dataset-config-file", DATASET_CFG,
-            "--config-file", SMOKE_CFG, "--output-dir", str(out), *extra, "DATASET.NUM_SHOTS", "2", *opts]
-
-
-def build(root, out, opts=()):
-    from dassl.engine import build_trainer
-
-    cfg = train.setup_cfg(train.parse_args(argv(root, out, opts=opts)))
-    return build_trainer(cfg)
+TRAINER = "CLIP_Adapter"
 
 
 def first_test_batch(trainer):
@@ -58,15 +27,15 @@ def zero_shot_logits(trainer, images, classnames):
     return model.logit_scale.exp() * F.normalize(img, dim=-1) @ text.t(), img
 
 
-def test_ratio_zero_is_zero_shot_and_ratio_blends_the_adapter(toy, tmp_path):
-    root, info = toy
-    trainer = build(root, tmp_path / "a", opts=("TRAINER.CLIP_ADAPTER.RATIO", "0.0"))
+def test_ratio_zero_is_zero_shot_and_ratio_blends_the_adapter(toy_root, toy_info, tmp_path):
+    info = toy_info["Animals92_42"]
+    trainer = build(toy_root, tmp_path / "a", TRAINER, "TRAINER.CLIP_ADAPTER.RATIO", "0.0")
     assert trainer.classnames == info["OOP"]["classnames"]
     images, _ = first_test_batch(trainer)
     expected, raw = zero_shot_logits(trainer, images, info["OOP"]["classnames"])
     torch.testing.assert_close(trainer.model_inference(images), expected, rtol=1e-5, atol=1e-5)
 
-    trainer2 = build(root, tmp_path / "b")  # default ratio 0.2
+    trainer2 = build(toy_root, tmp_path / "b", TRAINER)  # default ratio 0.2
     assert trainer2.model.ratio == pytest.approx(0.2)
     w1, w2 = (m.weight.detach() for m in trainer2.adapter.modules() if isinstance(m, torch.nn.Linear))
     adapted = 0.2 * torch.relu(torch.relu(raw @ w1.t()) @ w2.t()) + 0.8 * raw
@@ -77,9 +46,8 @@ def test_ratio_zero_is_zero_shot_and_ratio_blends_the_adapter(toy, tmp_path):
     assert not torch.allclose(got, expected, atol=1e-3)
 
 
-def test_only_the_adapter_trains_and_text_is_encoded_once(toy, tmp_path):
-    root, _ = toy
-    trainer = build(root, tmp_path)
+def test_only_the_adapter_trains_and_text_is_encoded_once(toy_root, tmp_path):
+    trainer = build(toy_root, tmp_path, TRAINER)
     d = trainer.clip.embed_dim
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert trainable == ["adapter.fc.0.weight", "adapter.fc.2.weight"]
@@ -102,9 +70,8 @@ def test_only_the_adapter_trains_and_text_is_encoded_once(toy, tmp_path):
         del trainer.clip.model.encode_text
 
 
-def test_loss_decreases(toy, tmp_path):
-    root, _ = toy
-    trainer = build(root, tmp_path)
+def test_loss_decreases(toy_root, tmp_path):
+    trainer = build(toy_root, tmp_path, TRAINER)
     for group in trainer.optim.param_groups:
         group["lr"] = 0.5
     batch = next(iter(trainer.train_loader_x))
@@ -114,10 +81,9 @@ def test_loss_decreases(toy, tmp_path):
     assert all(not torch.equal(a, b) for a, b in zip(before, trainer.adapter.parameters()))
 
 
-def test_train_then_eval_only_round_trip_and_ip(toy, tmp_path):
-    root, _ = toy
+def test_train_then_eval_only_round_trip_and_ip(toy_root, tmp_path):
     run = tmp_path / "train"
-    train.main(train.parse_args(argv(root, run)))
+    run_train(train_argv(toy_root, run, TRAINER))
     res = json.loads((run / "results.json").read_text())
     assert res["trainer"] == "CLIP_Adapter" and res["sub_classes"] == "OOP"
     assert set(res["subsets"]) == {"OOP", "IP"}
@@ -126,7 +92,7 @@ def test_train_then_eval_only_round_trip_and_ip(toy, tmp_path):
     assert (run / "adapter" / "model.pth.tar-2").is_file()
 
     again = tmp_path / "eval"
-    trainer = train.main(train.parse_args(argv(root, again, "--eval-only", "--model-dir", str(run))))
+    trainer = run_train(train_argv(toy_root, again, TRAINER, extra=("--eval-only", "--model-dir", str(run))))
     res2 = json.loads((again / "results.json").read_text())
     assert res2["oop"] == res["oop"] and res2["ip"] == res["ip"]
     ckpt = torch.load(run / "adapter" / "model.pth.tar-2", weights_only=True)
@@ -135,13 +101,12 @@ def test_train_then_eval_only_round_trip_and_ip(toy, tmp_path):
 
     # the trained adapter evaluated directly on the IP label space gives the cross-evaluated IP accuracy
     ip_dir = tmp_path / "ip"
-    train.main(train.parse_args(argv(root, ip_dir, "--eval-only", "--model-dir", str(run),
-                                     opts=("DATASET.SUB_CLASSES", "IP"))))
+    run_train(train_argv(toy_root, ip_dir, TRAINER, "DATASET.SUB_CLASSES", "IP",
+                         extra=("--eval-only", "--model-dir", str(run))))
     res3 = json.loads((ip_dir / "results.json").read_text())
     assert res3["sub_classes"] == "IP" and res3["accuracy"] == res["ip"]
 
 
-def test_bad_ratio_is_rejected(toy, tmp_path):
-    root, _ = toy
+def test_bad_ratio_is_rejected(toy_root, tmp_path):
     with pytest.raises(ValueError, match="RATIO"):
-        build(root, tmp_path, opts=("TRAINER.CLIP_ADAPTER.RATIO", "1.5"))
+        build(toy_root, tmp_path, TRAINER, "TRAINER.CLIP_ADAPTER.RATIO", "1.5")

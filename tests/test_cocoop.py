@@ -4,42 +4,16 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import train
 from clip import TextEncoder
-from dassl.engine import build_trainer
+from tests.helpers import build, clip_logits, clip_text_features, run_train, train_argv
 
-ROOT = Path(__file__).resolve().parents[1]
-DATASET = "Animals92_42"
 TRAINER = "CoCoOp_openclip"
-
-
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
-    from datasets.make_toy import make_toy
-
-    root = tmp_path_factory.mktemp("toy")
-    make_toy(root, domains=(DATASET,))
-    return root
-
-
-def argv(toy_root, out, *opts, extra=()):
-    return [
-        "--root", str(toy_root), "--seed", "1", "--trainer", TRAINER,
-        "--dataset-config-file", str(ROOT / f"configs/datasets/{DATASET}.yaml"),
-        "--config-file", str(ROOT / f"configs/trainers/{TRAINER}/cpu_smoke.yaml"),
-        "--output-dir", str(out), *extra, "DATASET.NUM_SHOTS", "2", *opts,
-    ]
-
-
-def build(toy_root, out, *opts):
-    return build_trainer(train.setup_cfg(train.parse_args(argv(toy_root, out, *opts))))
 
 
 class CallRecorder(nn.Module):
@@ -81,7 +55,7 @@ def loop_logits(trainer, images):
 
 
 def test_chunked_prompts_equal_per_image_loop(toy_root, tmp_path):
-    trainer = build(toy_root, tmp_path, "TRAINER.COCOOP.TEXT_CHUNK", "7")
+    trainer = build(toy_root, tmp_path, TRAINER, "TRAINER.COCOOP.TEXT_CHUNK", "7")
     learner = trainer.prompt_learner
     with torch.no_grad():  # make both the context and the image-conditioned shift matter
         learner.ctx.add_(0.05 * torch.randn_like(learner.ctx))
@@ -104,24 +78,21 @@ def test_chunked_prompts_equal_per_image_loop(toy_root, tmp_path):
 
 
 def test_zero_shift_at_init_equals_zero_shot(toy_root, tmp_path):
-    trainer = build(toy_root, tmp_path)
+    trainer = build(toy_root, tmp_path, TRAINER)
     assert trainer.prompt_learner.ctx.shape == (4, trainer.clip.text_width)
     with torch.no_grad():
         trainer.prompt_learner.meta_net.linear2.weight.zero_()
         trainer.prompt_learner.meta_net.linear2.bias.zero_()
-    model, tok = trainer.clip.model, trainer.clip.tokenizer
     prompts = [f"a photo of a {c.replace('_', ' ')}." for c in trainer.dm.dataset.classnames]
     images = next(iter(trainer.test_loader))["img"]
+    expected = clip_logits(trainer, images, clip_text_features(trainer, prompts))
     with torch.no_grad():
-        text = F.normalize(model.encode_text(tok(prompts)), dim=-1)
-        img = F.normalize(model.encode_image(images), dim=-1)
-        expected = model.logit_scale.exp() * img @ text.t()
         got = trainer.model_inference(images)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_trainable_parameters_and_loss_decreases(toy_root, tmp_path):
-    trainer = build(toy_root, tmp_path)
+    trainer = build(toy_root, tmp_path, TRAINER)
     learner = trainer.prompt_learner
     names = ["ctx", "meta_net.linear1.weight", "meta_net.linear1.bias", "meta_net.linear2.weight",
              "meta_net.linear2.bias"]
@@ -149,17 +120,17 @@ def test_trainable_parameters_and_loss_decreases(toy_root, tmp_path):
 
 def test_round_trip_and_oop_to_ip(toy_root, tmp_path):
     out = tmp_path / "train"
-    trainer = train.main(train.parse_args(argv(toy_root, out)))
+    trainer = run_train(train_argv(toy_root, out, TRAINER))
     res = json.loads((out / "results.json").read_text())
     assert {"oop", "ip", "hmean"} <= set(res)
     ckpt = torch.load(out / "prompt_learner" / "model.pth.tar-2", weights_only=True)
     assert sorted(ckpt["state_dict"]) == sorted(trainer.prompt_learner.state_dict())
     evald = tmp_path / "eval"
-    train.main(train.parse_args(argv(toy_root, evald, extra=("--eval-only", "--model-dir", str(out)))))
+    run_train(train_argv(toy_root, evald, TRAINER, extra=("--eval-only", "--model-dir", str(out))))
     again = json.loads((evald / "results.json").read_text())
     assert again["metrics"] == res["metrics"] and again["ip"] == res["ip"]
     # The IP number is the OOP-trained prompt learner on the IP names.
-    ip = build(toy_root, tmp_path / "ip", "DATASET.SUB_CLASSES", "IP")
+    ip = build(toy_root, tmp_path / "ip", TRAINER, "DATASET.SUB_CLASSES", "IP")
     ip.load_model(str(out))
     assert len(ip.dm.dataset.classnames) == 3
     assert ip.test() == pytest.approx(res["ip"])

@@ -3,41 +3,15 @@ training, trainable parameters, checkpoint round trip, OOP→IP, and the CSC lab
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import train
 from clip import TextEncoder
-from dassl.engine import build_trainer
+from tests.helpers import build, clip_logits, clip_text_features, run_train, train_argv
 
-ROOT = Path(__file__).resolve().parents[1]
-DATASET = "Animals92_42"
 TRAINER = "CoOp_openclip"
-
-
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
-    from datasets.make_toy import make_toy
-
-    root = tmp_path_factory.mktemp("toy")
-    make_toy(root, domains=(DATASET,))
-    return root
-
-
-def argv(toy_root, out, *opts, extra=()):
-    return [
-        "--root", str(toy_root), "--seed", "1", "--trainer", TRAINER,
-        "--dataset-config-file", str(ROOT / f"configs/datasets/{DATASET}.yaml"),
-        "--config-file", str(ROOT / f"configs/trainers/{TRAINER}/cpu_smoke.yaml"),
-        "--output-dir", str(out), *extra, "DATASET.NUM_SHOTS", "2", *opts,
-    ]
-
-
-def build(toy_root, out, *opts):
-    return build_trainer(train.setup_cfg(train.parse_args(argv(toy_root, out, *opts))))
 
 
 def reference_prompts(trainer, ctx, position):
@@ -65,15 +39,12 @@ def reference_prompts(trainer, ctx, position):
 
 
 def test_ctx_init_step0_equals_zero_shot(toy_root, tmp_path):
-    trainer = build(toy_root, tmp_path)
+    trainer = build(toy_root, tmp_path, TRAINER)
     assert trainer.prompt_learner.ctx.shape == (4, trainer.clip.text_width)
-    model, tok = trainer.clip.model, trainer.clip.tokenizer
     prompts = [f"a photo of a {c.replace('_', ' ')}." for c in trainer.dm.dataset.classnames]
     images = next(iter(trainer.test_loader))["img"]
+    expected = clip_logits(trainer, images, clip_text_features(trainer, prompts))
     with torch.no_grad():
-        text = F.normalize(model.encode_text(tok(prompts)), dim=-1)
-        img = F.normalize(model.encode_image(images), dim=-1)
-        expected = model.logit_scale.exp() * img @ text.t()
         trainer.before_test()
         got = trainer.model_inference(images)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
@@ -84,7 +55,7 @@ def test_ctx_init_step0_equals_zero_shot(toy_root, tmp_path):
     ("middle", True, 3), ("front", True, 2), ("end", True, 2), ("middle", False, 1),
 ])
 def test_positions_match_per_class_construction(toy_root, tmp_path, position, csc, n_ctx):
-    trainer = build(toy_root, tmp_path, "TRAINER.COOP.CTX_INIT", "", "TRAINER.COOP.N_CTX", str(n_ctx),
+    trainer = build(toy_root, tmp_path, TRAINER, "TRAINER.COOP.CTX_INIT", "", "TRAINER.COOP.N_CTX", str(n_ctx),
                     "TRAINER.COOP.CSC", str(csc), "TRAINER.COOP.CLASS_TOKEN_POSITION", position)
     ctx = trainer.prompt_learner.ctx
     c = len(trainer.dm.dataset.classnames)
@@ -100,7 +71,7 @@ def test_positions_match_per_class_construction(toy_root, tmp_path, position, cs
 
 
 def test_only_context_is_trained_and_loss_decreases(toy_root, tmp_path):
-    trainer = build(toy_root, tmp_path)
+    trainer = build(toy_root, tmp_path, TRAINER)
     assert [n for n, p in trainer.prompt_learner.named_parameters() if p.requires_grad] == ["ctx"]
     assert list(trainer.prompt_learner.state_dict()) == ["ctx"]
     assert trainer.get_model_names() == ["prompt_learner"]
@@ -126,7 +97,7 @@ def test_only_context_is_trained_and_loss_decreases(toy_root, tmp_path):
 
 def test_round_trip_and_oop_to_ip(toy_root, tmp_path):
     out = tmp_path / "train"
-    trainer = train.main(train.parse_args(argv(toy_root, out)))
+    trainer = run_train(train_argv(toy_root, out, TRAINER))
     res = json.loads((out / "results.json").read_text())
     assert {"oop", "ip", "hmean"} <= set(res)
     assert res["hmean"] == pytest.approx(0.0 if res["oop"] + res["ip"] == 0
@@ -137,15 +108,15 @@ def test_round_trip_and_oop_to_ip(toy_root, tmp_path):
     torch.testing.assert_close(ckpt["state_dict"]["ctx"], trainer.prompt_learner.ctx.detach())
 
     evald = tmp_path / "eval"
-    train.main(train.parse_args(argv(toy_root, evald, extra=("--eval-only", "--model-dir", str(out)))))
+    run_train(train_argv(toy_root, evald, TRAINER, extra=("--eval-only", "--model-dir", str(out))))
     again = json.loads((evald / "results.json").read_text())
     assert again["oop"] == res["oop"] and again["ip"] == res["ip"]
     assert again["metrics"] == res["metrics"]
 
     # IP: the shared OOP context applied to the IP names, i.e. the cross-evaluation's number.
     ip_dir = tmp_path / "ip"
-    ip = train.main(train.parse_args(argv(toy_root, ip_dir, "DATASET.SUB_CLASSES", "IP",
-                                          extra=("--eval-only", "--model-dir", str(out)))))
+    ip = run_train(train_argv(toy_root, ip_dir, TRAINER, "DATASET.SUB_CLASSES", "IP",
+                              extra=("--eval-only", "--model-dir", str(out))))
     assert len(ip.dm.dataset.classnames) == 3
     torch.testing.assert_close(ip.prompt_learner.ctx.detach(), trainer.prompt_learner.ctx.detach())
     assert json.loads((ip_dir / "results.json").read_text())["ip"] == res["ip"]
@@ -153,22 +124,21 @@ def test_round_trip_and_oop_to_ip(toy_root, tmp_path):
 
 def test_class_specific_context_refuses_other_label_space(toy_root, tmp_path):
     out = tmp_path / "csc"
-    trainer = train.main(train.parse_args(argv(toy_root, out, "TRAINER.COOP.CSC", "True")))
+    trainer = run_train(train_argv(toy_root, out, TRAINER, "TRAINER.COOP.CSC", "True"))
     assert trainer.prompt_learner.ctx.shape[0] == 5
     res = json.loads((out / "results.json").read_text())
     assert "oop" in res and "ip" not in res  # no cross-evaluation for class-specific contexts
     with pytest.raises(ValueError, match=r"5 classes.*3 classes"):
-        train.main(train.parse_args(argv(toy_root, tmp_path / "ip", "TRAINER.COOP.CSC", "True",
-                                         "DATASET.SUB_CLASSES", "IP",
-                                         extra=("--eval-only", "--model-dir", str(out)))))
+        run_train(train_argv(toy_root, tmp_path / "ip", TRAINER, "TRAINER.COOP.CSC", "True",
+                             "DATASET.SUB_CLASSES", "IP", extra=("--eval-only", "--model-dir", str(out))))
     # A shared-context trainer refuses a class-specific checkpoint too.
-    shared = build(toy_root, tmp_path / "shared")
+    shared = build(toy_root, tmp_path / "shared", TRAINER)
     with pytest.raises(ValueError, match="class-specific"):
         shared.load_state("prompt_learner", trainer.prompt_learner.state_dict(), {})
 
 
 def test_loads_reference_checkpoint_keys(toy_root, tmp_path):
-    trainer = build(toy_root, tmp_path)
+    trainer = build(toy_root, tmp_path, TRAINER)
     ctx = torch.randn_like(trainer.prompt_learner.ctx)
     state = {"module.ctx": ctx.half(), "token_prefix": torch.zeros(5, 1, 32), "token_suffix": torch.zeros(5, 72, 32)}
     trainer.load_state("prompt_learner", state, {})

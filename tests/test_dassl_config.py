@@ -1,10 +1,8 @@
 """Config defaults, merge order of train.setup_cfg, seed 0, and one-line errors for config mistakes."""
 from __future__ import annotations
 
-import sys
-import types
-
 import pytest
+from yacs.config import CfgNode as CN
 
 import train
 from dassl.config import FINAL_MODEL_CHOICES, get_cfg_default
@@ -12,32 +10,18 @@ from dassl.data.datasets import DATASET_REGISTRY
 from dassl.engine import TRAINER_REGISTRY
 from dassl.utils import Registry, check_availability
 from dassl.utils.registry import RegistryKeyError
+from tests.helpers import stub_project_modules
 
 
 def _fake_project_modules(monkeypatch: pytest.MonkeyPatch) -> None:
     """Stand-ins for datasets/, clip/ and trainers/ so these tests exercise only train.py + dassl."""
 
-    def add_dataset_config(cfg):
-        cfg.DATASET.SUB_CLASSES = "OOP"
-
-    def add_clip_config(cfg):
-        cfg.MODEL.BACKBONE.WEIGHTS = "laion400m_e32"
-
     def add_trainer_configs(cfg):
-        from yacs.config import CfgNode as CN
-
         cfg.TRAINER.TaskRes = CN()
         cfg.TRAINER.TaskRes.ENHANCED_BASE = "none"
         cfg.TRAINER.TaskRes.RESIDUAL_SCALE = 1.0
 
-    for name, attr, fn in (
-        ("datasets", "add_dataset_config", add_dataset_config),
-        ("clip", "add_clip_config", add_clip_config),
-        ("trainers", "add_trainer_configs", add_trainer_configs),
-    ):
-        mod = types.ModuleType(name)
-        setattr(mod, attr, fn)
-        monkeypatch.setitem(sys.modules, name, mod)
+    stub_project_modules(monkeypatch, add_trainer_configs)
 
 
 def test_defaults_match_spec():

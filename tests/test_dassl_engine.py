@@ -1,7 +1,6 @@
 """Engine behaviour on a tiny synthetic colour dataset and linear trainers (CPU, a few seconds)."""
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -15,16 +14,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from PIL import Image
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 from dassl.config import get_cfg_default
 from dassl.data import DataManager, DatasetWrapper
-from dassl.data.datasets import DATASET_REGISTRY, DatasetBase, Datum
+from dassl.data.datasets import DATASET_REGISTRY, Datum
 from dassl.data.samplers import RandomClassSampler, build_sampler
 from dassl.data.transforms import build_transform
-from dassl.engine import TRAINER_REGISTRY, TrainerX, build_trainer
+from dassl.engine import TRAINER_REGISTRY, build_trainer
 from dassl.evaluation import build_evaluator, hmean
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
@@ -38,57 +36,24 @@ from dassl.utils import (
     setup_logger,
     write_json,
 )
+from tests.helpers import (
+    COLORS,
+    IP_COLORS,
+    OOP_COLORS,
+    ToyColors,
+    ToyLinear,
+    colour_accuracy,
+    make_colour_images,
+)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-
-COLORS = {
-    "red": (220, 30, 30),
-    "green": (30, 220, 30),
-    "blue": (30, 30, 220),
-    "yellow": (220, 220, 30),
-    "cyan": (30, 220, 220),
-}
-OOP = ["red", "green", "blue"]
-IP = ["yellow", "cyan"]
+OOP, IP = OOP_COLORS, IP_COLORS
 SPLITS = {"train": 4, "val": 2, "test": 3}
 
 
-def make_images(root: str, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    for split, n in SPLITS.items():
-        for name, rgb in COLORS.items():
-            os.makedirs(osp.join(root, split, name), exist_ok=True)
-            for i in range(n):
-                arr = np.clip(np.array(rgb) + rng.integers(-25, 26, size=(8, 8, 3)), 0, 255)
-                Image.fromarray(arr.astype(np.uint8)).save(osp.join(root, split, name, f"{i}.png"))
-
-
-def subset_names(cfg) -> list:
-    sub = cfg.DATASET.get("SUB_CLASSES", "OOP")
-    return {"OOP": OOP, "IP": IP, "All": OOP + IP}[sub]
-
-
 @DATASET_REGISTRY.register(force=True)
-class ToyColorsEngine(DatasetBase):
-    supports_subsets = True
-    with_val = True
-
-    def __init__(self, cfg):
-        names = subset_names(cfg)
-
-        def read(split):
-            items = []
-            for label, name in enumerate(names):
-                for path in sorted(glob.glob(osp.join(cfg.DATASET.ROOT, split, name, "*.png"))):
-                    items.append(Datum(impath=path, label=label, classname=name, caption=f"a {name} square"))
-            return items
-
-        train = read("train")
-        if cfg.DATASET.NUM_SHOTS > 0:
-            train = self.generate_fewshot_dataset(train, num_shots=cfg.DATASET.NUM_SHOTS,
-                                                  rng=random.Random(cfg.SEED))
-        val = read("val") if self.with_val else None
-        super().__init__(train_x=train, val=val, test=read("test"), classnames=names)
+class ToyColorsEngine(ToyColors):
+    """Colour squares with a val split; ``DATASET.NUM_SHOTS`` samples the train split."""
 
 
 @DATASET_REGISTRY.register(force=True)
@@ -97,39 +62,8 @@ class ToyColorsEngineNoVal(ToyColorsEngine):
 
 
 @TRAINER_REGISTRY.register(force=True)
-class ToyLinearEngine(TrainerX):
-    """Linear classifier on flattened 8x8 RGB images; maps weights across label spaces by name."""
-
-    def build_model(self):
-        self.model = nn.Linear(3 * 8 * 8, self.num_classes)
-        self.optim = build_optimizer(self.model, self.cfg.OPTIM)
-        self.sched = build_lr_scheduler(self.optim, self.cfg.OPTIM)
-        self.register_model("linear", self.model, self.optim, self.sched)
-
-    def model_inference(self, x):
-        return self.model(x.flatten(1))
-
-    def forward_backward(self, batch):
-        x, y, _ = self.parse_batch_train(batch)
-        out = self.model(x.flatten(1))
-        loss = F.cross_entropy(out, y)
-        self.model_backward_and_update(loss)
-        if self.batch_idx + 1 == self.num_batches:
-            self.update_lr()
-        return {"loss": loss.item(), "acc": compute_accuracy(out, y)[0].item()}
-
-    def load_state(self, name, state_dict, meta):
-        src = meta.get("classnames")
-        dst = list(self.dm.dataset.classnames)
-        if src is None or list(src) == dst:
-            return super().load_state(name, state_dict, meta)
-        weight = torch.zeros_like(self.model.weight)
-        bias = torch.zeros_like(self.model.bias)
-        for i, c in enumerate(dst):
-            if c in src:
-                weight[i] = state_dict["weight"][src.index(c)]
-                bias[i] = state_dict["bias"][src.index(c)]
-        self.model.load_state_dict({"weight": weight, "bias": bias})
+class ToyLinearEngine(ToyLinear):
+    """The shared linear trainer under this file's registered name."""
 
 
 def good_weights(names):
@@ -157,7 +91,7 @@ class ToyScriptedEngine(ToyLinearEngine):
 @pytest.fixture(scope="module")
 def image_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("toy_colors"))
-    make_images(root)
+    make_colour_images(root, SPLITS)
     return root
 
 
@@ -365,18 +299,6 @@ def test_best_val_uses_val_and_falls_back_without_val(image_root, tmp_path, capl
 
 
 # ------------------------------------------------------------------------------------------ results
-def _manual_accuracy(root, names, weight):
-    """Accuracy of argmax(weight @ x) over the test images, computed without the engine."""
-    correct = total = 0
-    for label, name in enumerate(names):
-        for path in sorted(glob.glob(osp.join(root, "test", name, "*.png"))):
-            x = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0)
-            x = x.permute(2, 0, 1).flatten()
-            correct += int(int(torch.argmax(weight @ x)) == label)
-            total += 1
-    return 100.0 * correct / total
-
-
 def test_results_json_with_cross_eval_and_hmean(image_root, tmp_path):
     class AllGood(ToyScriptedEngine):
         SCRIPT = ("good",)
@@ -391,9 +313,9 @@ def test_results_json_with_cross_eval_and_hmean(image_root, tmp_path):
 
     w_oop = good_weights(OOP)
     w_all = torch.cat([w_oop, torch.zeros(len(IP), w_oop.shape[1])])  # IP rows unmatched → zero
-    oop = _manual_accuracy(image_root, OOP, w_oop)
-    ip = _manual_accuracy(image_root, IP, torch.zeros(len(IP), w_oop.shape[1]))
-    all_acc = _manual_accuracy(image_root, OOP + IP, w_all)
+    oop = colour_accuracy(image_root, OOP, w_oop)
+    ip = colour_accuracy(image_root, IP, torch.zeros(len(IP), w_oop.shape[1]))
+    all_acc = colour_accuracy(image_root, OOP + IP, w_all)
     assert ip == pytest.approx(50.0)
 
     assert res["trainer"] == "ToyAllGoodEngine" and res["dataset"] == "ToyColorsEngine"

@@ -20,6 +20,7 @@ from dassl.data.datasets.build import DATASET_REGISTRY, build_dataset
 from datasets import check as checker
 from datasets.laion_beyond import DatasetError, LaionBeyond
 from datasets.make_toy import TOY_CLASSES, make_toy
+from tests.helpers import dataset_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 NINE = {
@@ -33,31 +34,6 @@ NINE = {
     "Landmark59_30": ("Landmark", "landmark"),
     "Plants_Fugi113_56": ("Plants_Fugi", "plant or fungus"),
 }
-
-
-def make_cfg(root, name="Animals92_42", shots=-1, sub="OOP", seed=1, superclass=False, output_dir="", cache_dir=""):
-    try:
-        from dassl.config import get_cfg_default
-
-        cfg = get_cfg_default()
-    except ImportError:
-        cfg = CN()
-        cfg.DATASET = CN()
-        cfg.DATASET.ROOT = ""
-        cfg.DATASET.NAME = ""
-        cfg.DATASET.NUM_SHOTS = -1
-        cfg.SEED = -1
-        cfg.OUTPUT_DIR = "./output"
-    datasets.add_dataset_config(cfg)
-    cfg.DATASET.ROOT = str(root)
-    cfg.DATASET.NAME = name
-    cfg.DATASET.NUM_SHOTS = shots
-    cfg.DATASET.SUB_CLASSES = sub
-    cfg.DATASET.USE_SUPERCLASS_F_ZS_TEST = superclass
-    cfg.DATASET.FEWSHOT_CACHE_DIR = str(cache_dir)
-    cfg.SEED = seed
-    cfg.OUTPUT_DIR = str(output_dir or Path(root) / "_out")
-    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -157,11 +133,11 @@ def test_generate_fewshot_dataset_matches_dassl_algorithm():
 
 
 def test_build_dataset_unknown_name_suggests_closest(toy):
-    cfg = make_cfg(toy, name="Animal92_42")
+    cfg = dataset_cfg(toy, name="Animal92_42")
     with pytest.raises(KeyError) as err:
         build_dataset(cfg)
     assert 'Did you mean "Animals92_42"' in str(err.value)
-    ds = build_dataset(make_cfg(toy))
+    ds = build_dataset(dataset_cfg(toy))
     assert type(ds).__name__ == "Animals92_42"
 
 
@@ -195,7 +171,7 @@ def test_add_dataset_config():
 
 
 def test_reading_matches_split_file(toy):
-    ds = build_dataset(make_cfg(toy))
+    ds = build_dataset(dataset_cfg(toy))
     raw = load_json(split_path(toy, "Animals5_OOP"))
     names = {}
     for item in raw["train"].values():
@@ -216,7 +192,7 @@ def test_reading_matches_split_file(toy):
 
 
 def test_superclass_mode(toy):
-    ds = build_dataset(make_cfg(toy, superclass=True))
+    ds = build_dataset(dataset_cfg(toy, superclass=True))
     raw = load_json(split_path(toy, "Animals5_OOP"))
     items = list(raw["test"].values())
     assert [d.label for d in ds.test] == [i["s_label"] for i in items]
@@ -227,17 +203,17 @@ def test_superclass_mode(toy):
 
 
 def test_sub_classes_ip_and_invalid(toy):
-    ds = build_dataset(make_cfg(toy, sub="IP"))
+    ds = build_dataset(dataset_cfg(toy, sub="IP"))
     assert ds.classnames == ["zebra", "red panda", "antlion"] and ds.sub_classes == "IP"
     with pytest.raises(DatasetError) as err:
-        build_dataset(make_cfg(toy, sub="oop"))
+        build_dataset(dataset_cfg(toy, sub="oop"))
     assert "'OOP', 'IP', 'All'" in str(err.value)
 
 
 def test_all_relabels_sorted_union_oop_then_ip(toy):
-    oop = build_dataset(make_cfg(toy, sub="OOP"))
-    ip = build_dataset(make_cfg(toy, sub="IP"))
-    both = build_dataset(make_cfg(toy, sub="All"))
+    oop = build_dataset(dataset_cfg(toy, sub="OOP"))
+    ip = build_dataset(dataset_cfg(toy, sub="IP"))
+    both = build_dataset(dataset_cfg(toy, sub="All"))
     expected_names = sorted(oop.classnames + ip.classnames)
     assert both.classnames == expected_names and both.num_classes == 8
     for split in ("train_x", "val", "test"):
@@ -258,14 +234,14 @@ def test_all_with_shared_name_is_an_error_b24(toy):
                 item["classname"] = "ant"
     write_json(path, raw)
     os.rename(toy / "Animals3_IP" / "images" / "zebra", toy / "Animals3_IP" / "images" / "ant")
-    build_dataset(make_cfg(toy, sub="IP"))  # fine on its own
+    build_dataset(dataset_cfg(toy, sub="IP"))  # fine on its own
     with pytest.raises(DatasetError) as err:
-        build_dataset(make_cfg(toy, sub="All"))
+        build_dataset(dataset_cfg(toy, sub="All"))
     assert "'ant'" in str(err.value) and "both OOP and IP" in str(err.value)
 
 
 def test_all_superclass_mode_merges_shared_superclasses(toy):
-    both = build_dataset(make_cfg(toy, sub="All", superclass=True))
+    both = build_dataset(dataset_cfg(toy, sub="All", superclass=True))
     assert both.classnames == ["insect", "mammal", "primate"]
 
 
@@ -274,7 +250,7 @@ def test_class_without_train_image_keeps_its_name_b25(toy):
     raw = load_json(path)
     raw["train"] = {k: v for k, v in raw["train"].items() if v["label"] != 4}
     write_json(path, raw)
-    ds = build_dataset(make_cfg(toy, shots=2))
+    ds = build_dataset(dataset_cfg(toy, shots=2))
     assert ds.num_classes == 5 and ds.classnames[4] == "aye-aye"
     assert 4 not in {d.label for d in ds.train_x}
 
@@ -286,12 +262,12 @@ def test_class_without_train_image_keeps_its_name_b25(toy):
 def test_discovery_zero_hits_names_root_pattern_and_fix(tmp_path):
     (tmp_path / "Animals5_OOP").mkdir()
     with pytest.raises(DatasetError) as err:
-        build_dataset(make_cfg(tmp_path, name="Food53_27"))
+        build_dataset(dataset_cfg(tmp_path, name="Food53_27"))
     msg = str(err.value)
     assert str(tmp_path) in msg and "Food<digits>_OOP" in msg and "Fix" in msg
     with pytest.raises(DatasetError, match="is not a directory"):
-        build_dataset(make_cfg(tmp_path / "nope"))
-    cfg = make_cfg(tmp_path)
+        build_dataset(dataset_cfg(tmp_path / "nope"))
+    cfg = dataset_cfg(tmp_path)
     cfg.DATASET.ROOT = ""
     with pytest.raises(DatasetError, match="DATASET.ROOT is empty"):
         build_dataset(cfg)
@@ -300,40 +276,40 @@ def test_discovery_zero_hits_names_root_pattern_and_fix(tmp_path):
 def test_discovery_several_hits_lists_candidates(toy):
     shutil.copytree(toy / "Animals5_OOP", toy / "Animals92_OOP")
     with pytest.raises(DatasetError) as err:
-        build_dataset(make_cfg(toy))
+        build_dataset(dataset_cfg(toy))
     msg = str(err.value)
     assert str(toy / "Animals5_OOP") in msg and str(toy / "Animals92_OOP") in msg
-    build_dataset(make_cfg(toy, sub="IP"))  # only the needed subset must be unambiguous
+    build_dataset(dataset_cfg(toy, sub="IP"))  # only the needed subset must be unambiguous
 
 
 def test_discovery_requires_digits_after_prefix(toy):
     shutil.copytree(toy / "FolkArt4_OOP", toy / "FolkArtExtra12_OOP")
-    ds = build_dataset(make_cfg(toy, name="FolkArt59_27"))
+    ds = build_dataset(dataset_cfg(toy, name="FolkArt59_27"))
     assert ds.dataset_dirs["OOP"] == str(toy / "FolkArt4_OOP")
     shutil.rmtree(toy / "FolkArt4_OOP")
     with pytest.raises(DatasetError) as err:
-        build_dataset(make_cfg(toy, name="FolkArt59_27"))
+        build_dataset(dataset_cfg(toy, name="FolkArt59_27"))
     assert "FolkArtExtra12_OOP" in str(err.value) and "Ignored" in str(err.value)
 
 
 def test_only_needed_subset_must_exist(toy):
     shutil.rmtree(toy / "Animals5_OOP")
-    assert build_dataset(make_cfg(toy, sub="IP")).num_classes == 3
+    assert build_dataset(dataset_cfg(toy, sub="IP")).num_classes == 3
     for sub in ("OOP", "All"):
         with pytest.raises(DatasetError, match="No OOP folder"):
-            build_dataset(make_cfg(toy, sub=sub))
+            build_dataset(dataset_cfg(toy, sub=sub))
 
 
 def test_split_file_zero_and_several(toy):
     path = split_path(toy, "Animals5_OOP")
     shutil.copy(path, toy / "Animals5_OOP" / "split_Xin_old.json")
     with pytest.raises(DatasetError) as err:
-        build_dataset(make_cfg(toy))
+        build_dataset(dataset_cfg(toy))
     assert "split_Xin_old.json" in str(err.value) and path.name in str(err.value)
     os.remove(toy / "Animals5_OOP" / "split_Xin_old.json")
     os.remove(path)
     with pytest.raises(DatasetError, match="No split file"):
-        build_dataset(make_cfg(toy))
+        build_dataset(dataset_cfg(toy))
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,7 +320,7 @@ def test_malformed_json_names_file_and_line(toy):
     path = split_path(toy, "Animals5_OOP")
     path.write_text('{\n "train": {},\n "val": {,\n}')
     with pytest.raises(DatasetError) as err:
-        build_dataset(make_cfg(toy))
+        build_dataset(dataset_cfg(toy))
     assert str(path) in str(err.value) and "line 3" in str(err.value)
 
 
@@ -354,7 +330,7 @@ def test_missing_split_key(toy):
     del raw["val"]
     write_json(path, raw)
     with pytest.raises(DatasetError) as err:
-        build_dataset(make_cfg(toy))
+        build_dataset(dataset_cfg(toy))
     assert str(path) in str(err.value) and "['val']" in str(err.value)
 
 
@@ -364,7 +340,7 @@ def test_item_missing_field(toy):
     del raw["test"]["3"]["image_name"]
     write_json(path, raw)
     with pytest.raises(DatasetError) as err:
-        build_dataset(make_cfg(toy))
+        build_dataset(dataset_cfg(toy))
     msg = str(err.value)
     assert str(path) in msg and "test['3']" in msg and "image_name" in msg
 
@@ -378,7 +354,7 @@ def test_label_gap_reports_missing_labels(toy):
                 item["label"] += 2  # labels 0,1,4,5,6: 2 and 3 missing
     write_json(path, raw)
     with pytest.raises(DatasetError) as err:
-        build_dataset(make_cfg(toy))
+        build_dataset(dataset_cfg(toy))
     msg = str(err.value)
     assert str(path) in msg and "contiguous" in msg and "missing: [2, 3]" in msg
 
@@ -389,7 +365,7 @@ def test_label_with_two_classnames(toy):
     raw["val"]["0"]["label"] = 1  # a "giant anteater" record labelled like "ant"
     write_json(path, raw)
     with pytest.raises(DatasetError) as err:
-        build_dataset(make_cfg(toy))
+        build_dataset(dataset_cfg(toy))
     msg = str(err.value)
     assert str(path) in msg and "label 1 is mapped to 2 names" in msg
     assert "'ant'" in msg and "'giant anteater'" in msg
@@ -400,7 +376,7 @@ def test_missing_images_reported_once_with_count(toy):
     for p in removed:
         p.unlink()
     with pytest.raises(DatasetError) as err:
-        build_dataset(make_cfg(toy))
+        build_dataset(dataset_cfg(toy))
     msg = str(err.value)
     assert msg.startswith("3 missing image(s).")
     assert str(split_path(toy, "Animals5_OOP")) in msg and str(removed[0]) in msg

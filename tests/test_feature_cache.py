@@ -2,40 +2,20 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import train
-from dassl.engine import build_trainer
+from tests.helpers import build
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "configs/trainers/FSNL_openclip/cpu_smoke.yaml"
-
-
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
-    from datasets.make_toy import make_toy
-
-    root = tmp_path_factory.mktemp("toy_cache")
-    make_toy(root, domains=("Animals92_42",))
-    return root
-
-
-def cfg_for(toy_root, out, *opts, trainer="FSNL_openclip"):
-    return train.setup_cfg(train.parse_args([
-        "--root", str(toy_root), "--seed", "1", "--trainer", trainer,
-        "--dataset-config-file", str(ROOT / "configs/datasets/Animals92_42.yaml"),
-        "--config-file", str(SMOKE), "--output-dir", str(out), "DATASET.NUM_SHOTS", "2", *opts,
-    ]))
+TRAINER = "FSNL_openclip"
 
 
 def test_cached_features_equal_direct_encoding(toy_root, tmp_path):
     # A deterministic "augmentation" (resize + center crop) makes every view equal the test view.
     opts = ("DATALOADER.FEATURE_CACHE.VIEWS", "2", "INPUT.TRANSFORMS", "['center_crop', 'normalize']")
-    trainer = build_trainer(cfg_for(toy_root, tmp_path, *opts))
+    trainer = build(toy_root, tmp_path, TRAINER, *opts)
     cached = trainer._cached_train.features
     n = len(trainer.dm.dataset.train_x)
     assert cached.shape[:2] == (2, n)
@@ -53,31 +33,31 @@ def test_cached_features_equal_direct_encoding(toy_root, tmp_path):
 def test_cache_reused_only_when_key_matches(toy_root, tmp_path, caplog):
     shared_dir = tmp_path / "cache"
     base = ("DATALOADER.FEATURE_CACHE.VIEWS", "2", "DATALOADER.FEATURE_CACHE.DIR", str(shared_dir))
-    first = build_trainer(cfg_for(toy_root, tmp_path / "a", *base))
+    first = build(toy_root, tmp_path / "a", TRAINER, *base)
     files = list(shared_dir.glob("*.pt"))
     assert len(files) == 1
     # Same key: loaded, identical tensors.
-    second = build_trainer(cfg_for(toy_root, tmp_path / "b", *base))
+    second = build(toy_root, tmp_path / "b", TRAINER, *base)
     assert torch.equal(first._cached_train.features, second._cached_train.features)
     assert len(list(shared_dir.glob("*.pt"))) == 1
     # Different shots → a different key and file; a tampered file with the right name is not trusted.
-    build_trainer(cfg_for(toy_root, tmp_path / "c", *base, "DATASET.NUM_SHOTS", "3"))
+    build(toy_root, tmp_path / "c", TRAINER, *base, "DATASET.NUM_SHOTS", "3")
     assert len(list(shared_dir.glob("*.pt"))) == 2
     payload = torch.load(files[0], weights_only=True)
     meta = json.loads(payload["meta"])
     meta["seed"] = 999
     torch.save({"meta": json.dumps(meta), "features": payload["features"] * 0}, files[0])
-    third = build_trainer(cfg_for(toy_root, tmp_path / "d", *base))
+    third = build(toy_root, tmp_path / "d", TRAINER, *base)
     assert torch.equal(third._cached_train.features, first._cached_train.features)
 
 
 def test_cached_mode_trains_and_evaluation_cache_matches_online(toy_root, tmp_path):
-    trainer = build_trainer(cfg_for(toy_root, tmp_path, "DATALOADER.FEATURE_CACHE.VIEWS", "2"))
+    trainer = build(toy_root, tmp_path, TRAINER, "DATALOADER.FEATURE_CACHE.VIEWS", "2")
     trainer.train()
     res = json.loads((tmp_path / "results.json").read_text())
     assert {"oop", "ip", "hmean"} <= set(res)
     cached_acc = trainer.test()
     # The same weights evaluated without the evaluation cache give the same accuracy.
-    online = build_trainer(cfg_for(toy_root, tmp_path / "online", "TEST.CACHE_FEATURES", "False"))
+    online = build(toy_root, tmp_path / "online", TRAINER, "TEST.CACHE_FEATURES", "False")
     online.import_state(trainer.export_state())
     assert online.test() == pytest.approx(cached_acc, abs=1e-9)

@@ -11,35 +11,20 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from yacs.config import CfgNode as CN
 
-import datasets
 from dassl.data.datasets.build import build_dataset
 from datasets import laion_beyond
 from datasets.laion_beyond import LaionBeyond
 from datasets.make_toy import make_toy
+from tests.helpers import dataset_cfg
 
 OOP = "Animals5_OOP"
 IP = "Animals3_IP"
 
 
-def make_cfg(root, shots=4, sub="OOP", seed=1, superclass=False, output_dir="", cache_dir=""):
-    try:
-        from dassl.config import get_cfg_default
-
-        cfg = get_cfg_default()
-    except ImportError:
-        cfg = CN({"DATASET": CN({"ROOT": "", "NAME": "", "NUM_SHOTS": -1}), "SEED": -1, "OUTPUT_DIR": ""})
-    datasets.add_dataset_config(cfg)
-    cfg.DATASET.ROOT = str(root)
-    cfg.DATASET.NAME = "Animals92_42"
-    cfg.DATASET.NUM_SHOTS = shots
-    cfg.DATASET.SUB_CLASSES = sub
-    cfg.DATASET.USE_SUPERCLASS_F_ZS_TEST = superclass
-    cfg.DATASET.FEWSHOT_CACHE_DIR = str(cache_dir)
-    cfg.SEED = seed
-    cfg.OUTPUT_DIR = str(output_dir or Path(root).parent / "out")
-    return cfg
+def make_cfg(root, shots=4, output_dir="", **kwargs):
+    """The loader cfg of these tests: outputs go beside the private root, not into it."""
+    return dataset_cfg(root, shots=shots, output_dir=output_dir or Path(root).parent / "out", **kwargs)
 
 
 @pytest.fixture(scope="module")

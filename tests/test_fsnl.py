@@ -3,58 +3,30 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-import train
-from dassl.engine import build_trainer
+from tests.helpers import build, clip_logits, clip_text_features, run_train, train_argv
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "configs/trainers/FSNL_openclip/cpu_smoke.yaml"
-DATASET = "Animals92_42"
-
-
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
-    from datasets.make_toy import make_toy
-
-    root = tmp_path_factory.mktemp("toy")
-    make_toy(root)
-    return root
-
-
-def make_cfg(toy_root, out, *opts, trainer="FSNL_openclip", seed=1):
-    args = train.parse_args([
-        "--root", str(toy_root), "--seed", str(seed), "--trainer", trainer,
-        "--dataset-config-file", str(ROOT / f"configs/datasets/{DATASET}.yaml"),
-        "--config-file", str(SMOKE), "--output-dir", str(out),
-        "DATASET.NUM_SHOTS", "2", *opts,
-    ])
-    return train.setup_cfg(args)
+TRAINER = "FSNL_openclip"
 
 
 def test_step0_equals_zero_shot_with_fsnl_template(toy_root, tmp_path):
-    trainer = build_trainer(make_cfg(toy_root, tmp_path))
-    model = trainer.clip.model
-    tok = trainer.clip.tokenizer
+    trainer = build(toy_root, tmp_path, TRAINER)
     names = [c.lower().replace("_", " ") for c in trainer.dm.dataset.classnames]
     prompts = [f"a photo of {n}, a type of {trainer.hint}." for n in names]
     batch = next(iter(trainer.test_loader))
     images = batch["img"]
+    expected = clip_logits(trainer, images, clip_text_features(trainer, prompts))
     with torch.no_grad():
-        text = F.normalize(model.encode_text(tok(prompts)), dim=-1)
-        img = F.normalize(model.encode_image(images), dim=-1)
-        expected = model.logit_scale.exp() * img @ text.t()
         trainer.before_test()
         got = trainer.model_inference(images)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_only_name_tensors_get_gradients(toy_root, tmp_path):
-    trainer = build_trainer(make_cfg(toy_root, tmp_path))
+    trainer = build(toy_root, tmp_path, TRAINER)
     trainable = [n for n, p in trainer.name_learner.named_parameters() if p.requires_grad]
     assert trainable == ["bank"]
     assert not any(p.requires_grad for p in trainer.clip.model.parameters())
@@ -78,8 +50,7 @@ def test_only_name_tensors_get_gradients(toy_root, tmp_path):
     ("TRAINER.FSNL.ABSENT_CLASSES", "present"),
 ])
 def test_loss_decreases(toy_root, tmp_path, opts):
-    cfg = make_cfg(toy_root, tmp_path, "OPTIM.LR", "0.5", *opts)
-    trainer = build_trainer(cfg)
+    trainer = build(toy_root, tmp_path, TRAINER, "OPTIM.LR", "0.5", *opts)
     for group in trainer.optim.param_groups:
         group["lr"] = 0.5
     batch = next(iter(trainer.train_loader_x))
@@ -94,14 +65,14 @@ def test_loss_decreases(toy_root, tmp_path, opts):
 
 
 def test_fle_and_cifc_shapes(toy_root, tmp_path):
-    fle = build_trainer(make_cfg(toy_root, tmp_path / "a", "TRAINER.FSNL.FLE", "True", "TRAINER.FSNL.N_CTX", "3"))
+    fle = build(toy_root, tmp_path / "a", TRAINER, "TRAINER.FSNL.FLE", "True", "TRAINER.FSNL.N_CTX", "3")
     c = len(fle.dm.dataset.classnames)
     assert fle.name_learner.bank.shape[0] == 3 * c
-    cifc = build_trainer(make_cfg(toy_root, tmp_path / "b"))
+    cifc = build(toy_root, tmp_path / "b", TRAINER)
     table = cifc.clip.model.token_embedding.weight
     ids = [cifc.clip.tokenizer.encode(n) for n in cifc.name_learner.classnames]
     torch.testing.assert_close(cifc.name_learner.bank.detach(), table[[t for i in ids for t in i]].float())
-    rand = build_trainer(make_cfg(toy_root, tmp_path / "c", "TRAINER.FSNL.CIFC", "False"))
+    rand = build(toy_root, tmp_path / "c", TRAINER, "TRAINER.FSNL.CIFC", "False")
     assert not torch.allclose(rand.name_learner.bank, cifc.name_learner.bank)
     assert rand.name_learner.bank.std().item() == pytest.approx(0.02, rel=0.5)
 
@@ -128,7 +99,7 @@ def test_same_label_loss_matches_manual():
 
 def test_caption_fallbacks_never_crash(toy_root, tmp_path):
     """B3/B5/B6: one-class batches, empty captions and captions without their name fall back."""
-    trainer = build_trainer(make_cfg(toy_root, tmp_path))
+    trainer = build(toy_root, tmp_path, TRAINER)
     model = trainer.model
     assert model.caption_template("", 0) is None
     assert model.caption_template("a picture of something else entirely", 0) is None
@@ -151,7 +122,7 @@ def test_caption_fallbacks_never_crash(toy_root, tmp_path):
 
 
 def test_fp16_on_cpu_falls_back_to_fp32(toy_root, tmp_path):
-    trainer = build_trainer(make_cfg(toy_root, tmp_path, "TRAINER.FSNL.PREC", "fp16"))
+    trainer = build(toy_root, tmp_path, TRAINER, "TRAINER.FSNL.PREC", "fp16")
     assert trainer.precision.name == "fp32"
     assert trainer.clip.dtype == torch.float32
     assert trainer.name_learner.bank.dtype == torch.float32
@@ -159,10 +130,7 @@ def test_fp16_on_cpu_falls_back_to_fp32(toy_root, tmp_path):
 
 def test_train_eval_roundtrip_and_oop_to_ip(toy_root, tmp_path):
     out = tmp_path / "run"
-    args = ["--root", str(toy_root), "--seed", "1", "--trainer", "FSNL_openclip",
-            "--dataset-config-file", str(ROOT / f"configs/datasets/{DATASET}.yaml"),
-            "--config-file", str(SMOKE)]
-    train.main(train.parse_args([*args, "--output-dir", str(out), "DATASET.NUM_SHOTS", "2"]))
+    run_train(train_argv(toy_root, out, TRAINER))
     res = json.loads((out / "results.json").read_text())
     assert {"oop", "ip", "hmean"} <= set(res)
     assert res["hmean"] == pytest.approx(2 * res["oop"] * res["ip"] / (res["oop"] + res["ip"]))
@@ -177,26 +145,24 @@ def test_train_eval_roundtrip_and_oop_to_ip(toy_root, tmp_path):
     assert files[-1].stat().st_size < 200_000
 
     ev = tmp_path / "eval"
-    train.main(train.parse_args([*args, "--output-dir", str(ev), "--eval-only", "--model-dir", str(out),
-                                 "DATASET.NUM_SHOTS", "2"]))
+    run_train(train_argv(toy_root, ev, TRAINER, extra=("--eval-only", "--model-dir", str(out))))
     res_ev = json.loads((ev / "results.json").read_text())
     assert res_ev["oop"] == res["oop"]
     assert res_ev["ip"] == res["ip"]
 
     # IP evaluation of the OOP checkpoint: no IP name was trained, so it equals zero-shot on IP.
     ip = tmp_path / "ip"
-    train.main(train.parse_args([*args, "--output-dir", str(ip), "--eval-only", "--model-dir", str(out),
-                                 "DATASET.NUM_SHOTS", "2", "DATASET.SUB_CLASSES", "IP"]))
+    run_train(train_argv(toy_root, ip, TRAINER, "DATASET.SUB_CLASSES", "IP",
+                         extra=("--eval-only", "--model-dir", str(out))))
     zs = tmp_path / "zs_ip"
-    train.main(train.parse_args([*args, "--output-dir", str(zs), "--eval-only",
-                                 "DATASET.NUM_SHOTS", "2", "DATASET.SUB_CLASSES", "IP"]))
+    run_train(train_argv(toy_root, zs, TRAINER, "DATASET.SUB_CLASSES", "IP", extra=("--eval-only",)))
     assert json.loads((ip / "results.json").read_text())["ip"] == res["ip"]
     assert json.loads((zs / "results.json").read_text())["ip"] == res["ip"]
 
 
 def test_loads_reference_style_and_cross_label_space(toy_root, tmp_path):
     """Reference keys keep '_' and carry the token table; both are handled."""
-    trainer = build_trainer(make_cfg(toy_root, tmp_path))
+    trainer = build(toy_root, tmp_path, TRAINER)
     learner = trainer.name_learner
     width = learner.bank.shape[1]
     name = learner.classnames[0]

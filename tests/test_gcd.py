@@ -13,11 +13,6 @@ import pytest
 import torch
 from yacs.config import CfgNode as CN
 
-# Registered explicitly until the package __init__ files import these modules (harmless afterwards).
-import dassl.evaluation.clustering  # noqa: F401
-import datasets.gcd  # noqa: F401
-import train
-import trainers.fsnl_gcd  # noqa: F401
 from dassl.evaluation.clustering import (
     ClusteringAccuracy,
     clustering_accuracy,
@@ -33,9 +28,11 @@ from datasets.gcd import (
     write_clustering_results,
 )
 from datasets.laion_beyond import DatasetError
+from tests.helpers import REPO, make_cfg, run_train, train_argv, trainer_config
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "configs/trainers/FSNL_openclip/cpu_smoke.yaml"
+TRAINER = "FSNL_openclip_GCD"
+SMOKE = trainer_config("FSNL_openclip")
+GCD = {"config": SMOKE, "dataset": "LAION_Beyond_GCD", "shots": None}  # FSNL's smoke config, no shots default
 
 
 def brute_force_accuracy(y_true, y_pred):
@@ -170,19 +167,11 @@ def test_split_is_sorted_seeded_and_per_class():
     assert [d.impath for d in other[1]] != [d.impath for d in train_x]
 
 
-def gcd_cfg(root, out, *opts, trainer="FSNL_openclip_GCD"):
-    return train.setup_cfg(train.parse_args([
-        "--root", str(root), "--seed", "1", "--trainer", trainer,
-        "--dataset-config-file", str(ROOT / "configs/datasets/LAION_Beyond_GCD.yaml"),
-        "--config-file", str(SMOKE), "--output-dir", str(out), *opts,
-    ]))
-
-
 def test_dataset_refuses_other_subsets_and_missing_file(tmp_path):
     with pytest.raises(DatasetError, match="SUB_CLASSES OOP"):
-        LAION_Beyond_GCD(gcd_cfg(tmp_path, tmp_path / "o", "DATASET.SUB_CLASSES", "IP"))
+        LAION_Beyond_GCD(make_cfg(tmp_path, tmp_path / "o", TRAINER, "DATASET.SUB_CLASSES", "IP", **GCD))
     with pytest.raises(DatasetError, match="tools.cluster_names"):
-        LAION_Beyond_GCD(gcd_cfg(tmp_path, tmp_path / "o", "DATASET.SUBFIELD", "Animals"))
+        LAION_Beyond_GCD(make_cfg(tmp_path, tmp_path / "o", TRAINER, "DATASET.SUBFIELD", "Animals", **GCD))
 
 
 # ------------------------------------------------------------------------------- round trip
@@ -220,14 +209,12 @@ def test_cluster_names_writes_the_gcd_format(gcd_root):
 
 def test_round_trip_training_reports_clustering_accuracy(gcd_root, tmp_path):
     out = tmp_path / "run"
-    args = train.parse_args([
-        "--root", str(gcd_root), "--seed", "1", "--trainer", "FSNL_openclip_GCD",
-        "--dataset-config-file", str(ROOT / "configs/datasets/LAION_Beyond_GCD.yaml"),
-        "--config-file", str(SMOKE), "--output-dir", str(out),
+    trainer = run_train(train_argv(
+        gcd_root, out, TRAINER,
         "DATASET.SUBFIELD", "Animals", "DATASET.NUM_SHOTS", "3", "OPTIM.MAX_EPOCH", "1",
         "TRAIN.CHECKPOINT_FREQ", "0", "TEST.EVALUATOR", "ClusteringAccuracy", "TRAINER.FSNL.USE_CAPTION", "True",
-    ])
-    trainer = train.main(args)
+        **GCD,
+    ))
     assert trainer.uses_captions is False and trainer.hint == "animal"
     ds = trainer.dm.dataset
     assert ds.hint == "animal" and ds.classnames == sorted(ds.classnames)
@@ -252,7 +239,7 @@ def test_sweep_script_dry_run(gcd_root, tmp_path):
     data = json.loads(Path(clustering_results_path(str(gcd_root), "Animals")).read_text())
     c = len({r["pseudo_classname"] for r in data})
     env = dict(os.environ, DRY_RUN="1", PYTHON=sys.executable, SEEDS="1 2")
-    proc = subprocess.run(["bash", str(ROOT / "scripts/gcd/gcd_fsnl.sh"), "Animals", str(gcd_root), str(tmp_path)],
+    proc = subprocess.run(["bash", str(REPO / "scripts/gcd/gcd_fsnl.sh"), "Animals", str(gcd_root), str(tmp_path)],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from lpclip import linear_probe as lp
+from tests.helpers import dataset_config, trainer_config
 
 # ---------------------------------------------------------------------------- C search
 
@@ -191,21 +192,14 @@ def test_missing_files_fail_fast_with_their_names(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------- feature extractor
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-SMOKE_CFG = osp.join(REPO, "configs", "trainers", "CLIP_Adapter", "cpu_smoke.yaml")
-DATASET_CFG = osp.join(REPO, "configs", "datasets", "Animals92_42.yaml")
+SMOKE_CFG = str(trainer_config("CLIP_Adapter"))
+DATASET_CFG = str(dataset_config("Animals92_42"))
 
 
 @pytest.fixture
-def extractor_env(tmp_path, monkeypatch):
-    import trainers
-    from datasets.make_toy import make_toy
-
-    if "clip_adapter" not in trainers.TRAINER_MODULES:  # the smoke yaml sets TRAINER.CLIP_ADAPTER.PREC
-        monkeypatch.setattr(trainers, "TRAINER_MODULES", tuple(trainers.TRAINER_MODULES) + ("clip_adapter",))
-    root = tmp_path / "data"
-    info = make_toy(str(root), domains=("Animals92_42",))["Animals92_42"]
-    return str(root), info, tmp_path / "feat"
+def extractor_env(toy_root, toy_info, tmp_path):
+    """The shared toy root (only read) and a private output folder for the features."""
+    return str(toy_root), toy_info["Animals92_42"], tmp_path / "feat"
 
 
 def extractor_argv(root, out, split, *extra):

@@ -2,51 +2,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import train
-import trainers
-from datasets.make_toy import make_toy
+from tests.helpers import build, run_train, train_argv
 
-ROOT = Path(__file__).resolve().parents[1]
-DATASET_CFG = str(ROOT / "configs" / "datasets" / "Animals92_42.yaml")
-SMOKE_CFG = str(ROOT / "configs" / "trainers" / "TaskRes" / "cpu_smoke.yaml")
+TRAINER = "TaskRes"
 
 
-@pytest.fixture(autouse=True)
-def registered(monkeypatch):
-    """Make sure ``train.extend_cfg`` sees this trainer's config block (a no-op once it is listed)."""
-    if "taskres" not in trainers.TRAINER_MODULES:
-        monkeypatch.setattr(trainers, "TRAINER_MODULES", tuple(trainers.TRAINER_MODULES) + ("taskres",))
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
-    info = make_toy(str(root), domains=("Animals92_42",))
-    return str(root), info["Animals92_42"]
-
-
-def argv(root, out, *extra, opts=()):
-    return ["--root", root, "--seed", "1", "--trainer", "TaskRes", "--dataset-config-file", DATASET_CFG,
-            "--config-file", SMOKE_CFG, "--output-dir", str(out), *extra, "DATASET.NUM_SHOTS", "2", *opts]
-
-
-def build(root, out, *extra, opts=()):
-    from dassl.engine import build_trainer
-
-    cfg = train.setup_cfg(train.parse_args(argv(root, out, *extra, opts=opts)))
-    return build_trainer(cfg)
-
-
-def test_zero_residual_is_zero_shot_and_alpha_scales_the_residual(toy, tmp_path):
-    root, info = toy
-    trainer = build(root, tmp_path, opts=("TRAINER.TaskRes.RESIDUAL_SCALE", "0.5"))
-    names = info["OOP"]["classnames"]
+def test_zero_residual_is_zero_shot_and_alpha_scales_the_residual(toy_root, toy_info, tmp_path):
+    trainer = build(toy_root, tmp_path, TRAINER, "TRAINER.TaskRes.RESIDUAL_SCALE", "0.5")
+    names = toy_info["Animals92_42"]["OOP"]["classnames"]
     batch = next(iter(trainer.test_loader))
     images = batch["img"].to(trainer.device)
     model, tok = trainer.clip.model, trainer.clip.tokenizer
@@ -66,9 +34,9 @@ def test_zero_residual_is_zero_shot_and_alpha_scales_the_residual(toy, tmp_path)
     torch.testing.assert_close(trainer.model_inference(images), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_only_the_residual_trains_and_is_saved_by_name(toy, tmp_path):
-    root, info = toy
-    trainer = build(root, tmp_path)
+def test_only_the_residual_trains_and_is_saved_by_name(toy_root, toy_info, tmp_path):
+    info = toy_info["Animals92_42"]
+    trainer = build(toy_root, tmp_path, TRAINER)
     assert [n for n, p in trainer.model.named_parameters() if p.requires_grad] == ["text_feature_residuals"]
     assert tuple(trainer.model.text_feature_residuals.shape) == (len(info["OOP"]["classnames"]), trainer.clip.embed_dim)
     assert not any(p.requires_grad for p in trainer.clip.model.parameters())
@@ -79,9 +47,8 @@ def test_only_the_residual_trains_and_is_saved_by_name(toy, tmp_path):
     assert len(optimised) == 1 and optimised[0] is trainer.model.text_feature_residuals
 
 
-def test_loss_decreases(toy, tmp_path):
-    root, _ = toy
-    trainer = build(root, tmp_path)
+def test_loss_decreases(toy_root, tmp_path):
+    trainer = build(toy_root, tmp_path, TRAINER)
     for group in trainer.optim.param_groups:
         group["lr"] = 0.05
     batch = next(iter(trainer.train_loader_x))
@@ -90,15 +57,14 @@ def test_loss_decreases(toy, tmp_path):
     assert torch.count_nonzero(trainer.model.text_feature_residuals) > 0
 
 
-def test_round_trip_and_other_label_space(toy, tmp_path):
-    root, _ = toy
+def test_round_trip_and_other_label_space(toy_root, tmp_path):
     run = tmp_path / "train"
-    train.main(train.parse_args(argv(root, run)))
+    run_train(train_argv(toy_root, run, TRAINER))
     res = json.loads((run / "results.json").read_text())
     assert res["trainer"] == "TaskRes" and set(res["subsets"]) == {"OOP"} and "ip" not in res
 
     again = tmp_path / "eval"
-    trainer = train.main(train.parse_args(argv(root, again, "--eval-only", "--model-dir", str(run))))
+    trainer = run_train(train_argv(toy_root, again, TRAINER, extra=("--eval-only", "--model-dir", str(run))))
     assert json.loads((again / "results.json").read_text())["oop"] == res["oop"]
     ckpt = torch.load(run / "prompt_learner" / "model.pth.tar-2", weights_only=True)
     for key, value in ckpt["state_dict"].items():
@@ -108,8 +74,8 @@ def test_round_trip_and_other_label_space(toy, tmp_path):
     from trainers.taskres import LabelSpaceError
 
     with pytest.raises(LabelSpaceError, match="class-specific|trained on"):
-        train.main(train.parse_args(argv(root, tmp_path / "ip", "--eval-only", "--model-dir", str(run),
-                                         opts=("DATASET.SUB_CLASSES", "IP"))))
+        run_train(train_argv(toy_root, tmp_path / "ip", TRAINER, "DATASET.SUB_CLASSES", "IP",
+                             extra=("--eval-only", "--model-dir", str(run))))
 
 
 def test_same_names_in_another_order_are_remapped():
@@ -132,7 +98,6 @@ def test_same_names_in_another_order_are_remapped():
         a.load_state_dict({"text_feature_residuals": torch.zeros(5, 4)})
 
 
-def test_enhanced_base_other_than_none_is_refused(toy, tmp_path):
-    root, _ = toy
+def test_enhanced_base_other_than_none_is_refused(toy_root, tmp_path):
     with pytest.raises(ValueError, match="not supported"):
-        build(root, tmp_path, "--enhanced-base", "weights.pth")
+        build(toy_root, tmp_path, TRAINER, extra=("--enhanced-base", "weights.pth"))

@@ -1,98 +1,47 @@
 """train.py end to end: a toy trainer and dataset registered here, the real CLI, results on disk."""
 from __future__ import annotations
 
-import glob
 import json
 import logging
-import os
-import os.path as osp
-import sys
-import types
 
-import numpy as np
 import pytest
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from PIL import Image
 from yacs.config import CfgNode as CN
 
 import train
-from dassl.data.datasets import DATASET_REGISTRY, DatasetBase, Datum
-from dassl.engine import TRAINER_REGISTRY, TrainerX
-from dassl.optim import build_lr_scheduler, build_optimizer
+from dassl.data.datasets import DATASET_REGISTRY
+from dassl.engine import TRAINER_REGISTRY
+from tests.helpers import (
+    COLOR_SUBSETS,
+    ToyColors,
+    ToyLinear,
+    colour_accuracy,
+    make_colour_images,
+    stub_project_modules,
+)
 
-COLORS = {"red": (220, 30, 30), "green": (30, 220, 30), "blue": (30, 30, 220), "yellow": (220, 220, 30),
-          "cyan": (30, 220, 220)}
-SUBSETS = {"OOP": ["red", "green", "blue"], "IP": ["yellow", "cyan"]}
-SUBSETS["All"] = SUBSETS["OOP"] + SUBSETS["IP"]
+TRAIN_TEST = {"train": 4, "test": 3}
 
 
 @DATASET_REGISTRY.register(force=True)
-class ToyColorsCLI(DatasetBase):
-    supports_subsets = True
-
-    def __init__(self, cfg):
-        names = SUBSETS[cfg.DATASET.SUB_CLASSES]
-
-        def read(split):
-            return [Datum(impath=p, label=i, classname=n)
-                    for i, n in enumerate(names)
-                    for p in sorted(glob.glob(osp.join(cfg.DATASET.ROOT, split, n, "*.png")))]
-
-        super().__init__(train_x=read("train"), test=read("test"), classnames=names)
+class ToyColorsCLI(ToyColors):
+    with_val = False
 
 
 @TRAINER_REGISTRY.register(force=True)
-class ToyLinearCLI(TrainerX):
-    def build_model(self):
-        self.model = nn.Linear(3 * 8 * 8, self.num_classes)
-        self.optim = build_optimizer(self.model, self.cfg.OPTIM)
-        self.sched = build_lr_scheduler(self.optim, self.cfg.OPTIM)
-        self.register_model("linear", self.model, self.optim, self.sched)
-
-    def model_inference(self, x):
-        return self.model(x.flatten(1))
-
-    def forward_backward(self, batch):
-        x, y, _ = self.parse_batch_train(batch)
-        loss = F.cross_entropy(self.model(x.flatten(1)), y)
-        self.model_backward_and_update(loss)
-        if self.batch_idx + 1 == self.num_batches:
-            self.update_lr()
-        return {"loss": loss.item()}
-
-    def load_state(self, name, state_dict, meta):
-        src, dst = list(meta.get("classnames", [])), list(self.dm.dataset.classnames)
-        if src == dst:
-            return super().load_state(name, state_dict, meta)
-        weight, bias = torch.zeros_like(self.model.weight), torch.zeros_like(self.model.bias)
-        for i, c in enumerate(dst):
-            if c in src:
-                weight[i], bias[i] = state_dict["weight"][src.index(c)], state_dict["bias"][src.index(c)]
-        self.model.load_state_dict({"weight": weight, "bias": bias})
+class ToyLinearCLI(ToyLinear):
+    """The shared linear trainer under this file's registered name."""
 
 
 @pytest.fixture(autouse=True)
 def fake_project(monkeypatch):
     """Stand-ins for datasets/, clip/ and trainers/ (this file tests train.py and dassl only)."""
 
-    def add_dataset_config(cfg):
-        cfg.DATASET.SUB_CLASSES = "OOP"
-
-    def add_clip_config(cfg):
-        cfg.MODEL.BACKBONE.WEIGHTS = "laion400m_e32"
-
     def add_trainer_configs(cfg):
         cfg.TRAINER.TOY = CN()
         cfg.TRAINER.TOY.PREC = "fp32"
 
-    for name, attr, fn in (("datasets", "add_dataset_config", add_dataset_config),
-                           ("clip", "add_clip_config", add_clip_config),
-                           ("trainers", "add_trainer_configs", add_trainer_configs)):
-        mod = types.ModuleType(name)
-        setattr(mod, attr, fn)
-        monkeypatch.setitem(sys.modules, name, mod)
+    stub_project_modules(monkeypatch, add_trainer_configs)
     root = logging.getLogger()
     handlers = list(root.handlers)
     yield
@@ -105,13 +54,7 @@ def fake_project(monkeypatch):
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy_cli")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 4), ("test", 3)):
-        for name, rgb in COLORS.items():
-            os.makedirs(root / split / name)
-            for i in range(n):
-                arr = np.clip(np.array(rgb) + rng.integers(-25, 26, size=(8, 8, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(arr).save(root / split / name / f"{i}.png")
+    make_colour_images(root, TRAIN_TEST)
     (root / "ds.yaml").write_text("DATASET:\n  NAME: ToyColorsCLI\n")
     (root / "tr.yaml").write_text(
         "INPUT:\n  SIZE: (8, 8)\n  TRANSFORMS: ['random_flip']\n  INTERPOLATION: bicubic\n"
@@ -131,17 +74,6 @@ def _args(data_root, out, *extra, opts=()):
     ])
 
 
-def _manual_accuracy(data_root, names, weight, bias):
-    correct = total = 0
-    for label, name in enumerate(names):
-        for path in sorted(glob.glob(str(data_root / "test" / name / "*.png"))):
-            x = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0)
-            pred = int(torch.argmax(weight @ x.permute(2, 0, 1).flatten() + bias))
-            correct += int(pred == label)
-            total += 1
-    return 100.0 * correct / total
-
-
 def test_train_end_to_end_writes_results_config_and_log(data_root, tmp_path):
     out = tmp_path / "train"
     trainer = train.main(_args(data_root, out))
@@ -150,8 +82,8 @@ def test_train_end_to_end_writes_results_config_and_log(data_root, tmp_path):
     w, b = ckpt["state_dict"]["weight"], ckpt["state_dict"]["bias"]
     assert torch.equal(w, trainer.model.weight.detach())
 
-    oop = _manual_accuracy(data_root, SUBSETS["OOP"], w, b)
-    ip = _manual_accuracy(data_root, SUBSETS["IP"], torch.zeros(2, w.shape[1]), torch.zeros(2))
+    oop = colour_accuracy(data_root, COLOR_SUBSETS["OOP"], w, b)
+    ip = colour_accuracy(data_root, COLOR_SUBSETS["IP"], torch.zeros(2, w.shape[1]), torch.zeros(2))
     assert res["trainer"] == "ToyLinearCLI" and res["dataset"] == "ToyColorsCLI"
     assert res["seed"] == 0 and res["shots"] == -1 and res["epoch"] == 2
     assert res["backbone"] == "" and res["weights"] == "laion400m_e32"
@@ -180,7 +112,7 @@ def test_eval_only_on_another_subset_and_epoch(data_root, tmp_path):
     weight = torch.cat([w1["weight"], torch.zeros(2, w1["weight"].shape[1])])
     bias = torch.cat([w1["bias"], torch.zeros(2)])
     assert res["sub_classes"] == "All" and res["epoch"] == 1 and list(res["subsets"]) == ["All"]
-    assert res["accuracy"] == pytest.approx(_manual_accuracy(data_root, SUBSETS["All"], weight, bias))
+    assert res["accuracy"] == pytest.approx(colour_accuracy(data_root, COLOR_SUBSETS["All"], weight, bias))
     assert "hmean" not in res
     assert not (out / "linear").exists()  # evaluation writes no checkpoint
 

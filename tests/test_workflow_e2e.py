@@ -9,11 +9,8 @@ from scripts.sweep import SweepSpec, build_jobs
 from tools.mini_beyond_demo import run_jobs_in_process
 
 
-def test_sweep_table_plot_chain(tmp_path):
-    from datasets.make_toy import make_toy
-
-    root, out = tmp_path / "toy", tmp_path / "out"
-    make_toy(root, domains=("Food53_27",))
+def test_sweep_table_plot_chain(toy_root, tmp_path):
+    root, out = toy_root, tmp_path / "out"
     jobs = []
     for method, opts in (("zeroshot", ()), ("fsnl", ("OPTIM.MAX_EPOCH", "2")), ("coop", ("OPTIM.MAX_EPOCH", "2"))):
         jobs += build_jobs(SweepSpec(method=method, root=str(root), out=str(out), domains=["Food"], shots=[2],

@@ -1,0 +1,135 @@
+"""The benchmark scripts run (``--tiny``, test-tiny model), print their tables, and their numbers add up.
+
+No timing assertions: only that each script works, reports what it measured consistently, and that
+the reference-style construction it times behaves like the reference (spec §2.5).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+import torch
+
+from benchmarks import common, eval_throughput, fsnl_step, prompt_building, run_all
+
+
+def tiny_args(tmp_path, name):
+    # Keep the session's thread count (the benchmarks call torch.set_num_threads).
+    return ["--tiny", "--threads", str(torch.get_num_threads()), "--repeats", "2", "--warmup", "0",
+            "--json", str(tmp_path / f"{name}.json")]
+
+
+def test_prompt_building_smoke(tmp_path, capsys):
+    prompt_building.main(tiny_args(tmp_path, "pb"))
+    printed = capsys.readouterr().out
+    assert "| class prompts | 10 | 10 |" in printed and "| captions |" in printed
+    data = json.loads((tmp_path / "pb.json").read_text())
+    assert data["checks"] and all(data["checks"].values())
+    assert [r["C"] for r in data["rows"] if r["what"] == "class prompts"] == [10, 20]
+    for row in data["rows"]:
+        assert len(row["ours_times"]) == len(row["reference_times"]) == 2
+        assert row["ours_s"] == statistics.median(row["ours_times"])
+        assert row["ratio"] == pytest.approx(statistics.median(row["reference_times"]) / row["ours_s"])
+        assert row["proposal_ratio"] == pytest.approx(row["reference_s"] / row["proposal_s"])
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    return common.load_model("test-tiny", torch.device("cpu"))
+
+
+def test_reference_style_keeps_substring_matching(tiny_clip):
+    """B4 kept on purpose: "ant" fires inside "plant", and the learned rows land where its BPE was."""
+    tok, emb = tiny_clip.tokenizer, tiny_clip.model.token_embedding
+    names = ["ant", "giant anteater"]
+    learned = {n: torch.randn(len(tok.encode(n)), emb.weight.shape[1]) for n in names}
+    text = "Plant near a giant anteater"
+    got, ids = prompt_building.reference_text2embedding(text, names, learned, tok, emb, 77)
+    pieces = ["pl", "ant", " near a ", "giant anteater"]
+    want_ids = [49406] + [t for p in pieces for t in tok.encode(p)] + [49407]
+    assert ids[:len(want_ids)].tolist() == want_ids and not ids[len(want_ids):].any()
+    want = emb.weight.detach()[torch.tensor(want_ids + [0] * (77 - len(want_ids)))].clone()
+    pos = 1 + len(tok.encode("pl"))
+    want[pos:pos + len(learned["ant"])] = learned["ant"]
+    pos += len(learned["ant"]) + len(tok.encode(" near a "))
+    want[pos:pos + len(learned["giant anteater"])] = learned["giant anteater"]
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_reference_style_length_budget(tiny_clip):
+    """Over-long text: the trailing text piece is cut to the room left, SOT/EOT kept (spec §2.5 step 4)."""
+    tok, emb = tiny_clip.tokenizer, tiny_clip.model.token_embedding
+    learned = {"ant": torch.zeros(len(tok.encode("ant")), emb.weight.shape[1])}
+    rest = " lorem" * 100
+    _, ids = prompt_building.reference_text2embedding("ant" + rest, ["ant"], learned, tok, emb, 77)
+    room = 75 - len(tok.encode("ant"))
+    assert ids.tolist() == [49406] + tok.encode("ant") + tok.encode(rest)[:room] + [49407]
+
+
+def test_reference_swap_puts_own_name_in_another_class_caption():
+    import random
+
+    names = ["spotted owl", "golden gecko"]
+    caps = ["A Spotted Owl on a branch.", "two golden gecko on a rock"]
+    out = prompt_building.reference_swap_captions(caps, names, random.Random(0))
+    assert out == ["two spotted owl on a rock", "a golden gecko on a branch."]
+    with pytest.raises(ValueError):
+        prompt_building.reference_swap_captions(["no name here"], names, random.Random(0))
+
+
+def test_fsnl_step_smoke(tmp_path, capsys):
+    fsnl_step.main(tiny_args(tmp_path, "step") + ["--profile", "--profile-rows", "5"])
+    printed = capsys.readouterr().out
+    for mode in ("reference-style", "ours, online", "ours, cached", "bare text fwd+bwd"):
+        assert f"| {mode} | 2 |" in printed
+    data = json.loads((tmp_path / "step.json").read_text())
+    rows = {r["mode"]: r for r in data["rows"]}
+    ref = rows["reference-style"]["median_s"]
+    for row in rows.values():
+        assert row["median_s"] == statistics.median(row["times_s"])
+        assert row["speedup_vs_reference"] == pytest.approx(ref / row["median_s"])
+        assert row["peak_bytes"] >= 0
+    for mode in ("reference-style", "ours, online", "ours, cached"):
+        parts = rows[mode]["breakdown_s"]
+        assert parts["text forward"] > 0 and parts["prompt/caption construction"] > 0
+        assert sum(parts[k] for k in fsnl_step.COMPONENTS) == pytest.approx(parts["total"], rel=1e-6, abs=1e-9)
+    # The modes really differ in what they run: only the cached one skips the image encoder.
+    assert rows["ours, cached"]["breakdown_s"]["image encoder"] == 0
+    assert rows["reference-style"]["breakdown_s"]["image encoder"] > 0
+    assert rows["ours, online"]["breakdown_s"]["image encoder"] > 0
+    assert data["lengths"]["class_prompt_length"] < data["lengths"]["context_length"] == 77
+    assert len(data["targets"]) == 3
+    ops = data["profile"]
+    assert 0 < len(ops) <= 5 and "Profile of one extra" in printed
+    assert [o["self_s"] for o in ops] == sorted((o["self_s"] for o in ops), reverse=True)
+    assert any("addmm" in o["op"] or "linear" in o["op"] or "mm" in o["op"] for o in ops)
+
+
+def test_eval_throughput_smoke(tmp_path, capsys):
+    eval_throughput.main(tiny_args(tmp_path, "eval"))
+    printed = capsys.readouterr().out
+    assert "| test(), first call | 2 |" in printed and "| test(), second call | 2 |" in printed
+    data = json.loads((tmp_path / "eval.json").read_text())
+    assert data["images"] == 24
+    rows = data["rows"]
+    assert [r["mode"] for r in rows] == ["encode_image (pre-loaded)", "test(), first call", "test(), second call"]
+    for row in rows:
+        assert row["images_per_s"] == pytest.approx(24 / statistics.median(row["times_s"]))
+        assert row["vs_encode_image"] == pytest.approx(rows[0]["median_s"] / row["median_s"])
+
+
+def test_run_all_assembles_sections():
+    info = common.machine_info(torch.device("cpu"), 1)
+    cmd = run_all.command("fsnl_step", run_all.parse_args(["--threads", "3"]), "/tmp/x.json")
+    assert run_all.shown(cmd) == "python -m benchmarks.fsnl_step --device cpu --prec fp32 --threads 3 --profile"
+    text = run_all.assemble(
+        [{"name": "fsnl_step", "command": "python -m benchmarks.fsnl_step", "elapsed_s": 12.0,
+          "returncode": 0, "markdown": "| a |\n|---|"},
+         {"name": "eval_throughput", "command": "python -m benchmarks.eval_throughput", "elapsed_s": 1.0,
+          "returncode": 3, "stderr": "Traceback: boom"}],
+        info, "Benchmark results (cpu)", 90.0, "python -m benchmarks.run_all")
+    assert text.startswith("# Benchmark results (cpu)\n")
+    assert "## fsnl_step" in text and "| a |" in text and "(12 s)" in text
+    assert "FAILED (exit 3)" in text and "boom" in text
+    assert info["cpu"] in text and "1.5 min" in text
