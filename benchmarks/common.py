@@ -258,6 +258,11 @@ def fmt_seconds(s: float) -> str:
     return f"{s * 1e6:.1f} µs"
 
 
+def fmt_spread(times: Sequence[float]) -> str:
+    """``min–max`` of the timed repeats: how noisy the machine was while this mode ran."""
+    return f"{fmt_seconds(min(times))}–{fmt_seconds(max(times))}" if times else "–"
+
+
 def fmt_bytes(n: float) -> str:
     return f"{n / 2 ** 20:.1f} MiB"
 

@@ -97,7 +97,7 @@ def measure_eval(args: argparse.Namespace, device: torch.device, info: Dict[str,
         row = {"mode": name, "median_s": m.median, "times_s": m.times, "images_per_s": ips,
                "vs_encode_image": pure / m.median, "peak_bytes": m.peak}
         rows.append(row)
-        table.append([name, len(m.times), common.fmt_seconds(m.median), f"{ips:,.1f}",
+        table.append([name, len(m.times), common.fmt_seconds(m.median), common.fmt_spread(m.times), f"{ips:,.1f}",
                       f"**{common.fmt_ratio(pure / m.median)}**", common.fmt_bytes(m.peak)])
     first = rows[1]["vs_encode_image"]
     md = "\n".join([
@@ -112,7 +112,7 @@ def measure_eval(args: argparse.Namespace, device: torch.device, info: Dict[str,
         "equal to `encode_image` of the same batches. Peak memory = the most one call added "
         f"({common.memory_method(device)}). Trainer build: {common.fmt_seconds(build_s)}, not timed.",
         "",
-        common.markdown_table(["mode", "n", "median", "images/s", "throughput vs encode_image",
+        common.markdown_table(["mode", "n", "median", "min–max", "images/s", "throughput vs encode_image",
                                "peak memory added"], table),
         "",
         f"The second call's {common.fmt_seconds(rows[2]['median_s'])} is the per-call fixed cost (text "

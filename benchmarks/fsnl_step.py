@@ -319,7 +319,8 @@ def report(args: argparse.Namespace, device: torch.device, info: Dict[str, Any],
         row = {"mode": name, "median_s": m.median, "times_s": m.times, "speedup_vs_reference": ref / m.median,
                "vs_bare": m.median / bare, "peak_bytes": m.peak, "breakdown_s": parts}
         rows.append(row)
-        table.append([name, len(m.times), common.fmt_seconds(m.median), f"**{common.fmt_ratio(ref / m.median)}**",
+        table.append([name, len(m.times), common.fmt_seconds(m.median), common.fmt_spread(m.times),
+                      f"**{common.fmt_ratio(ref / m.median)}**",
                       common.fmt_ratio(m.median / bare), common.fmt_bytes(m.peak)]
                      + [common.fmt_seconds(parts.get(k, 0.0)) if name != "bare text fwd+bwd" else "–"
                         for k in COMPONENTS])
@@ -340,7 +341,7 @@ def report(args: argparse.Namespace, device: torch.device, info: Dict[str, Any],
         f"Peak memory = the most one step added ({common.memory_method(device)}). Trainer build "
         f"(dataset, random-weight model, captions): {common.fmt_seconds(build_s)}, not timed.",
         "",
-        common.markdown_table(["mode", "n", "median step", "speed-up vs reference", "× bare text",
+        common.markdown_table(["mode", "n", "median step", "min–max", "speed-up vs reference", "× bare text",
                                "peak memory added"] + list(COMPONENTS), table),
         "",
         "Breakdown columns are medians of wall time inside the image encoder, the prompt/caption "

@@ -271,7 +271,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                    proposal_s=cut_m.median, proposal_ratio=ref_m.median / cut_m.median,
                    ours_times=ours_m.times, reference_times=ref_m.times, proposal_times=cut_m.times)
         table.append([row["what"], row["C"], row["N"], common.fmt_seconds(ref_m.median),
-                      common.fmt_seconds(ours_m.median), f"**{common.fmt_ratio(row['ratio'])}**",
+                      f"{common.fmt_seconds(ours_m.median)} ({common.fmt_spread(ours_m.times)})",
+                      f"**{common.fmt_ratio(row['ratio'])}**",
                       common.fmt_seconds(cut_m.median), common.fmt_ratio(row["proposal_ratio"]),
                       common.fmt_seconds(row["setup_s"])])
     target = next((r for r in rows if r["what"] == "class prompts" and r["C"] == 100), None)
@@ -293,7 +294,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "`TextEncoder` never reads further), measured here but not in `clip/`.",
         "",
         common.markdown_table(
-            ["what", "C", "sequences", "reference", "ours", "speed-up", "proposal: cut at max EOT+1",
+            ["what", "C", "sequences", "reference", "ours (min–max)", "speed-up", "proposal: cut at max EOT+1",
              "proposal speed-up", "ours one-time setup"], table),
     ]) + verdict
     return {"benchmark": "prompt_building", "args": vars(args), "machine": info, "rows": rows,

@@ -1,4 +1,4 @@
-"""Run every benchmark with its defaults and write ``benchmarks/results_<device>.md``.
+"""Run every benchmark with its defaults and write ``benchmarks/results_<device>.md`` (+ ``.json``).
 
     python -m benchmarks.run_all [--device cpu|cuda] [--prec fp32|bf16|amp] [--threads N]
                                  [--only prompt_building fsnl_step eval_throughput] [--out FILE] [--tiny]
@@ -90,7 +90,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             section = {"name": name, "command": shown(cmd), "elapsed_s": time.perf_counter() - t0,
                        "returncode": proc.returncode, "stderr": proc.stderr}
             if proc.returncode == 0 and Path(json_path).is_file():
-                section["markdown"] = json.loads(Path(json_path).read_text(encoding="utf-8"))["markdown"]
+                section["result"] = json.loads(Path(json_path).read_text(encoding="utf-8"))
+                section["markdown"] = section["result"]["markdown"]
             else:
                 failed += 1
             sections.append(section)
@@ -99,6 +100,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     text = assemble(sections, info, title, time.perf_counter() - start, run_command.strip())
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
+    # Raw per-repeat times and peaks next to the Markdown, for anyone re-deriving the ratios.
+    raw = {"machine": info, "command": run_command.strip(), "benchmarks": {
+        s["name"]: s.get("result", {"returncode": s["returncode"], "stderr": s["stderr"][-3000:]})
+        for s in sections}}
+    out.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str), encoding="utf-8")
     print(text)
     print(f"[run_all] written to {out}", file=sys.stderr)
     return 1 if failed else 0

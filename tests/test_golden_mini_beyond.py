@@ -22,13 +22,12 @@ pytestmark = pytest.mark.skipif(not WEIGHTS.is_file(), reason="mini CLIP weights
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from tools.mini_beyond_demo import demo_jobs, run_jobs_in_process
-    from tools.mini_beyond import build
+    from tools.mini_beyond_demo import build_domains, demo_jobs, run_jobs_in_process
 
     tmp = tmp_path_factory.mktemp("golden")
     root, out = tmp / "data", tmp / "out"
     domain = GOLDEN["domain"]
-    build(root, domains=[domain])
+    build_domains(str(root), [domain])
     jobs = demo_jobs(str(root), str(out), [domain], [GOLDEN["shots"]], [GOLDEN["seed"]])
     assert run_jobs_in_process(jobs) == []
     results = {}

@@ -13,6 +13,8 @@ Steps (each a sub-command of ``python -m tools.mini_beyond``):
               fp16 safetensors plus ``pretrain_log.json`` (loss curve and zero-shot numbers).
 ``eval``      zero-shot IP/OOP accuracy (and k-means clustering accuracy) of a weights file.
 ``build``     write the benchmark in the exact LAION-Beyond directory / split-JSON layout.
+``demo``      the README's main job: build, zero-shot + FSNL at 4 shots on five domains, table + plot.
+``golden``    re-measure the numbers recorded for tests/test_golden_mini_beyond.py.
 
 Pixel convention: the shipped RGBA is premultiplied (see :mod:`tools.mini_beyond_render`).
 """
@@ -24,6 +26,7 @@ import io
 import json
 import logging
 import math
+import os
 import random
 import re
 import shutil
@@ -465,7 +468,10 @@ def augment(
     gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
     x = gray + (x - gray) * sat
     blur_w = (torch.rand(b, generator=gen) < strength.blur_p).float() * torch.rand(b, generator=gen)
-    x = x + blur_w.view(b, 1, 1, 1) * (_gaussian_blur(x) - x)
+    sel = blur_w > 0  # blur only the images that use it (an unblurred row would be unchanged)
+    if sel.any():
+        xs = x[sel]
+        x[sel] = xs + blur_w[sel].view(-1, 1, 1, 1) * (_gaussian_blur(xs) - xs)
     noise_sd = _uniform(b, 0.0, strength.noise_max, gen).view(b, 1, 1, 1)
     x = x + noise_sd * torch.randn(x.shape, generator=gen)
     return x.clamp_(0, 1)
@@ -892,6 +898,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     t.add_argument("--threads", type=int, default=2)
     e = sub.add_parser("eval", help="zero-shot / k-means accuracy of a mini-clip weights file")
     e.add_argument("--weights", type=Path, default=ASSETS_DIR / WEIGHTS_FILE)
+    d = sub.add_parser("demo", help="the README's main job: build, zero-shot + FSNL at 4 shots, table, plot")
+    from tools.mini_beyond_demo import add_arguments as add_demo_arguments
+
+    add_demo_arguments(d)
+    g = sub.add_parser("golden", help="re-measure the golden numbers of tests/test_golden_mini_beyond.py")
+    g.add_argument("--domain", default="MiniAttire")
     b = sub.add_parser("build", help="write the Mini-Beyond benchmark in the LAION-Beyond layout")
     b.add_argument("--root", type=Path, required=True)
     b.add_argument("--train", type=int, default=16)
@@ -902,7 +914,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     b.add_argument("--domains", nargs="*", default=None)
     b.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.cmd not in ("demo", "golden"):  # those runs log through dassl's own handlers
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     if args.cmd == "render":
         write_assets(args.assets, args.seed)
@@ -917,6 +930,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         torch.set_num_threads(2)
         model, tok = create_mini_clip(args.weights)
         print(_format_eval(evaluate(model, tok, load_assets())))
+    elif args.cmd == "demo":
+        from tools.mini_beyond_demo import main_from_args
+
+        raise SystemExit(main_from_args(args))
+    elif args.cmd == "golden":
+        from tools.mini_beyond_demo import write_golden
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        write_golden(args.domain)
     elif args.cmd == "build":
         dirs = build(args.root, args.train, args.val, args.test, args.seed, args.size, args.domains, force=args.force)
         for d in dirs:
