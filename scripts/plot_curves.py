@@ -99,6 +99,7 @@ def plot_curves(
         ax.set_xticks(shots)
         ax.set_xlabel("Shots per class")
         ax.set_ylabel("OOP accuracy (%)")
+        ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)

@@ -189,3 +189,40 @@ def test_variant_presets_and_ablations():
                 fsnl.EVA_FSNL_400M, fsnl.EVA_FSNL_2B):
         name, tag = cls.BACKBONE_PRESET[:2]
         assert tag in open_clip.list_pretrained_tags_by_model(name)
+
+
+class _ReferenceScheduler:
+    """Stands for the reference's pickled Dassl scheduler object (module path is gone on load)."""
+
+    def __init__(self):
+        self.successor = {"T_max": 200}
+
+
+def test_loads_a_reference_checkpoint_file(toy_root, tmp_path, monkeypatch):
+    """B15/B8: a reference checkpoint pickles a scheduler object and embeds the token table."""
+    import sys
+    import types
+
+    from dassl.utils import load_checkpoint
+
+    trainer = build(toy_root, tmp_path, "FSNL_openclip")
+    learner = trainer.name_learner
+    name = learner.classnames[1]
+    value = torch.full((learner.lengths[1], learner.bank.shape[1]), -0.5)
+    module = types.ModuleType("reference_dassl_lr_scheduler")
+    module._ReferenceScheduler = _ReferenceScheduler
+    monkeypatch.setattr(_ReferenceScheduler, "__module__", module.__name__)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    ckpt = {"state_dict": {f"name_embeddings.{name.replace(' ', '_')}": value,
+                           "clip_model_token_embedding.weight": torch.zeros(4, learner.bank.shape[1])},
+            "epoch": 200, "optimizer": {}, "scheduler": _ReferenceScheduler(), "val_result": 71.5}
+    path = tmp_path / "name_learner" / "model-best.pth.tar"
+    path.parent.mkdir()
+    torch.save(ckpt, path)
+    monkeypatch.delitem(sys.modules, module.__name__)
+    with pytest.raises(Exception):
+        torch.load(path, weights_only=True)
+    loaded = load_checkpoint(str(path))
+    assert loaded["scheduler"] is None and loaded["epoch"] == 200
+    trainer.load_model(str(tmp_path))
+    torch.testing.assert_close(learner.name_tensor(1).detach(), value)

@@ -40,6 +40,7 @@ def run_jobs_in_process(jobs: Sequence, quiet: bool = True) -> List[str]:
     With ``quiet`` each run's log goes only to its ``log.txt`` and one summary line is printed.
     """
     import contextlib
+    import importlib
     import io
     import json
 
@@ -51,18 +52,22 @@ def run_jobs_in_process(jobs: Sequence, quiet: bool = True) -> List[str]:
     failed = []
     for i, job in enumerate(pending, 1):
         argv = list(job.argv)
-        argv = argv[2:] if argv[1] == "train.py" else argv
         start = time.time()
         sink = io.StringIO()
         try:
             with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext():
-                train.main(train.parse_args(argv))
+                if argv[1] == "-m":  # e.g. the linear probe's python -m lpclip.* steps
+                    rc = importlib.import_module(argv[2]).main(argv[3:])
+                    if rc:
+                        raise RuntimeError(f"exit code {rc}")
+                else:
+                    train.main(train.parse_args(argv[2:]))
         except Exception as e:  # one failed run must not lose the others
             logger.error("run failed: %s\n%s", job.label, sink.getvalue()[-4000:], exc_info=True)
             failed.append(f"{job.label}: {e}")
             continue
-        res = json.loads(Path(job.done).read_text())
-        parts = [f"{k.upper()} {res[k]:.2f}" for k in ("oop", "ip", "hmean") if k in res]
+        res = json.loads(Path(job.done).read_text()) if job.done.endswith(".json") else {}
+        parts = [f"{k.upper()} {res[k]:.2f}" for k in ("oop", "ip", "hmean") if isinstance(res.get(k), float)]
         print(f"[{i}/{len(pending)}] {job.label}: {', '.join(parts)} ({time.time() - start:.0f} s)", flush=True)
     return failed
 
@@ -183,3 +188,27 @@ def write_golden(domain: str = "MiniAttire", shots: int = 4, seed: int = 1) -> D
     GOLDEN_FILE.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
     return record
+
+
+COMPARE_METHODS = ("zeroshot", "fsnl", "coop", "cocoop", "clip_adapter", "taskres", "linear_probe")
+
+
+def run_comparison(root: str = "data/mini_beyond", out: str = "output/mini_beyond_compare",
+                   domains: Sequence[str] = DOMAINS, shots: Sequence[int] = (1, 2, 4, 8, 16),
+                   seeds: Sequence[int] = (1, 2, 3), methods: Sequence[str] = COMPARE_METHODS,
+                   extra_opts: Sequence[str] = (), results: str = "docs/results/mini_beyond_comparison"
+                   ) -> List[str]:
+    """The full method comparison on Mini-Beyond (run once; its tables are committed under docs/)."""
+    from scripts.parse_test_res import main as parse_main
+    from scripts.plot_curves import main as plot_main
+
+    root_abs = root if os.path.isabs(root) else os.fspath(REPO_ROOT / root)
+    out_abs = out if os.path.isabs(out) else os.fspath(REPO_ROOT / out)
+    build_domains(root_abs, domains)
+    failed = run_jobs_in_process(demo_jobs(root_abs, out_abs, domains, shots, seeds, methods, extra_opts))
+    res = os.fspath(REPO_ROOT / results)
+    os.makedirs(os.path.dirname(res), exist_ok=True)
+    parse_main([out_abs, "--table", "--shots", "4", "--md", f"{res}_table4.md", "--csv", f"{res}_table4.csv"])
+    parse_main([out_abs, "--curves", "--md", f"{res}_curves.md", "--json", f"{res}_curves.json"])
+    plot_main([f"{res}_curves.json", "--out", f"{res}_curves"])
+    return failed

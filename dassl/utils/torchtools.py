@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import os.path as osp
+import pickle
 import re
 import tempfile
 from collections import OrderedDict
@@ -98,13 +99,70 @@ def save_checkpoint(
     return fpath
 
 
-def load_checkpoint(fpath: str) -> Dict[str, Any]:
-    """Load a checkpoint onto the CPU with ``weights_only=True`` (no arbitrary unpickling)."""
+class _LegacyObject:
+    """Stand-in for a pickled object of another code base (e.g. the reference's LR scheduler)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+class _LegacyUnpickler(pickle.Unpickler):
+    """Unpickles tensors and plain containers; every other class becomes an inert stand-in.
+
+    Nothing outside torch's tensor/storage rebuilders and a few builtin containers is ever imported
+    or called, so an old checkpoint cannot run code through its pickled objects.
+    """
+
+    _ALLOWED = {("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"),
+                ("builtins", "slice"), ("torch", "Size"), ("torch", "device"), ("torch.nn.parameter", "Parameter")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in ("torch._utils", "torch._tensor") and name.startswith("_rebuild"):
+            return super().find_class(module, name)
+        if (module, name) in self._ALLOWED or (module == "torch" and name.endswith("Storage")):
+            return super().find_class(module, name)
+        return _LegacyObject
+
+
+class _LegacyPickleModule:
+    Unpickler = _LegacyUnpickler
+    load = staticmethod(lambda f, **kw: _LegacyUnpickler(f, **kw).load())
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every stand-in object replaced by None (so the result is weights_only-safe)."""
+    if isinstance(value, _LegacyObject):
+        return None
+    if isinstance(value, dict):
+        return type(value)((k, _plain(v)) for k, v in value.items()) if isinstance(value, OrderedDict) \
+            else {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def load_checkpoint(fpath: str, allow_legacy: bool = True) -> Dict[str, Any]:
+    """Load a checkpoint onto the CPU with ``weights_only=True`` (no arbitrary unpickling).
+
+    Checkpoints written by the reference code also pickle a scheduler object, which
+    ``weights_only`` refuses; with ``allow_legacy`` such a file is read with an unpickler that only
+    rebuilds tensors and containers and drops every other object (logged), so its weights load.
+    """
     if not fpath:
         raise ValueError("File path is None or empty")
     if not osp.exists(fpath):
         raise FileNotFoundError(f'Checkpoint not found: "{fpath}"')
-    return torch.load(fpath, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(fpath, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not allow_legacy:
+            raise
+    logger.warning("%s holds pickled objects (a reference-code checkpoint?): loading its tensors and "
+                   "numbers only", fpath)
+    return _plain(torch.load(fpath, map_location="cpu", weights_only=False, pickle_module=_LegacyPickleModule))
 
 
 def list_checkpoints(fdir: str) -> Dict[int, str]:
