@@ -245,6 +245,16 @@ def measure(
     return out
 
 
+def paired_ratio(numerator: Measurement, denominator: Measurement) -> float:
+    """Median over repeats of ``numerator_r / denominator_r`` (same round of the interleaving).
+
+    Both modes of a pair ran back to back, so this cancels most of a load change that happens
+    between rounds; it complements the ratio of medians on a busy machine.
+    """
+    pairs = [a / b for a, b in zip(numerator.times, denominator.times) if b > 0]
+    return statistics.median(pairs) if pairs else float("nan")
+
+
 def memory_method(device: torch.device) -> str:
     return PeakMemory(device).method
 

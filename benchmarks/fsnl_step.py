@@ -11,7 +11,8 @@ images with captions:
 * **reference-style**: the trainer with its prompt and caption construction replaced by the
   per-string version of spec §2.5/§2.7 (``benchmarks.prompt_building``), the text tower run on all
   77 positions (``truncate=False``) and the frozen image encoder run on every step;
-* **ours, online**: the trainer as shipped (name slots, one gather/scatter, truncated text tower),
+* **ours, online**: the trainer as shipped (name slots, one gather/scatter on prompts cut after the
+  longest EOT, truncated text tower),
   image encoder on every step (``DATALOADER.FEATURE_CACHE.VIEWS 0``, the paper's setting);
 * **ours, cached**: the same with the batch's image features taken from the feature cache
   (``DATALOADER.FEATURE_CACHE.VIEWS K``): only the text path runs;
@@ -170,7 +171,8 @@ def check_equivalence(trainer: Any, ref: ReferenceStyle, indices: Sequence[int],
     with torch.no_grad(), trainer.autocast():
         ours_e, ours_eot = model.prompt_bank(model.name_learner.bank)
         ref_e, ref_eot = ref.class_embeddings()
-        if not (torch.equal(ours_e, ref_e) and torch.equal(ours_eot, ref_eot)):
+        # Ours may stop after the longest EOT (PromptBank trim); nothing later is ever read.
+        if not (torch.equal(ours_e, ref_e[:, :ours_e.shape[1]]) and torch.equal(ours_eot, ref_eot)):
             raise AssertionError("class prompt embeddings differ between our path and the reference-style one")
         ours_f = model.class_text_features()
         ref_f = ref.class_text_features()
@@ -181,7 +183,7 @@ def check_equivalence(trainer: Any, ref: ReferenceStyle, indices: Sequence[int],
                                   model.context_length).to(trainer.device)
         ours_c = batch.embed(model.token_weight, model.name_learner.bank)
         ref_c, ref_ceot = ref.string_embeddings([ref.captions[int(i)] for i in indices])
-        if not (torch.equal(ours_c, ref_c) and torch.equal(batch.eot_idx, ref_ceot)):
+        if not (torch.equal(ours_c, ref_c[:, :ours_c.shape[1]]) and torch.equal(batch.eot_idx, ref_ceot)):
             raise AssertionError("caption embeddings differ between our path and the reference-style one")
     return {"class_prompt_length": int(ours_eot.max()) + 1, "caption_length": int(batch.eot_idx.max()) + 1,
             "context_length": int(model.context_length)}
@@ -311,20 +313,23 @@ def profile_markdown(ops: List[Dict[str, Any]], mode: str) -> str:
 def report(args: argparse.Namespace, device: torch.device, info: Dict[str, Any],
            results: Dict[str, common.Measurement], breakdown: Breakdown, lengths: Dict[str, Any],
            build_s: float) -> Dict[str, Any]:
-    ref = results["reference-style"].median
-    bare = results["bare text fwd+bwd"].median
+    ref_m, bare_m = results["reference-style"], results["bare text fwd+bwd"]
+    ref, bare = ref_m.median, bare_m.median
     rows, table = [], []
     for name, m in results.items():
         parts = breakdown.medians(name, args.warmup)
+        paired = common.paired_ratio(ref_m, m)
         row = {"mode": name, "median_s": m.median, "times_s": m.times, "speedup_vs_reference": ref / m.median,
-               "vs_bare": m.median / bare, "peak_bytes": m.peak, "breakdown_s": parts}
+               "paired_speedup_vs_reference": paired, "vs_bare": m.median / bare,
+               "paired_vs_bare": common.paired_ratio(m, bare_m), "peak_bytes": m.peak, "breakdown_s": parts}
         rows.append(row)
         table.append([name, len(m.times), common.fmt_seconds(m.median), common.fmt_spread(m.times),
-                      f"**{common.fmt_ratio(ref / m.median)}**",
+                      f"**{common.fmt_ratio(ref / m.median)}**", common.fmt_ratio(paired),
                       common.fmt_ratio(m.median / bare), common.fmt_bytes(m.peak)]
                      + [common.fmt_seconds(parts.get(k, 0.0)) if name != "bare text fwd+bwd" else "–"
                         for k in COMPONENTS])
     by = {r["mode"]: r for r in rows}
+    by_parts = by["reference-style"]["breakdown_s"] or {k: 0.0 for k in COMPONENTS}
     checks = {
         f"online ≥ {TARGET_ONLINE}× faster than reference-style": by["ours, online"]["speedup_vs_reference"] >= TARGET_ONLINE,
         f"cached ≥ {TARGET_CACHED:.0f}× faster than reference-style": by["ours, cached"]["speedup_vs_reference"] >= TARGET_CACHED,
@@ -341,12 +346,21 @@ def report(args: argparse.Namespace, device: torch.device, info: Dict[str, Any],
         f"Peak memory = the most one step added ({common.memory_method(device)}). Trainer build "
         f"(dataset, random-weight model, captions): {common.fmt_seconds(build_s)}, not timed.",
         "",
-        common.markdown_table(["mode", "n", "median step", "min–max", "speed-up vs reference", "× bare text",
+        common.markdown_table(["mode", "n", "median step", "min–max", "speed-up vs reference",
+                               "paired speed-up", "× bare text",
                                "peak memory added"] + list(COMPONENTS), table),
         "",
-        "Breakdown columns are medians of wall time inside the image encoder, the prompt/caption "
+        "Speed-up = ratio of medians; paired = median over rounds of the per-round ratio (robust to load "
+        "changes between rounds). Breakdown columns are medians of wall time inside the image encoder, the prompt/caption "
         "construction (incl. template swapping), the text tower's forward, and the rest (backward, "
         "losses, SGD step).",
+        "",
+        "Why the cached mode cannot reach 10× here: it runs at the floor (× bare text ≈ 1), and the floor "
+        f"itself is {common.fmt_ratio(ref / bare)} faster than the reference-style step: the reference's "
+        f"time is the image encoder ({common.fmt_seconds(by_parts['image encoder'])}) plus its text path "
+        f"over all {lengths['context_length']} positions ({common.fmt_seconds(by_parts['text forward'])} "
+        f"forward, {common.fmt_seconds(by_parts['rest'])} backward + rest), while prompt construction "
+        f"is only {common.fmt_seconds(by_parts['prompt/caption construction'])} of it on CPU.",
         "",
         "Targets: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in checks.items()) + ".",
     ])

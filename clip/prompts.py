@@ -232,6 +232,20 @@ class PromptBatch:
                 src.extend(range(offsets[index], offsets[index] + length))
         return cls(ids, eot, torch.tensor(dst, dtype=torch.long), torch.tensor(src, dtype=torch.long))
 
+    def trimmed(self) -> PromptBatch:
+        """The same prompts cut after the longest EOT (``[N, max(eot)+1]``).
+
+        The causal text tower never reads past the pooled EOT token, so features are unchanged,
+        while every later copy of the embeddings (the per-step scatter) shrinks from L to the prompt
+        length.
+        """
+        old_len = self.ids.shape[1]
+        new_len = int(self.eot_idx.max()) + 1 if self.eot_idx.numel() else old_len
+        if new_len >= old_len:
+            return self
+        rows, cols = self.slot_dst // old_len, self.slot_dst % old_len
+        return PromptBatch(self.ids[:, :new_len].contiguous(), self.eot_idx, rows * new_len + cols, self.slot_src)
+
     def to(self, device: Union[str, torch.device]) -> PromptBatch:
         return PromptBatch(self.ids.to(device), self.eot_idx.to(device), self.slot_dst.to(device),
                            self.slot_src.to(device))
@@ -259,13 +273,14 @@ class PromptBank(nn.Module):
     """A fixed set of prompts (e.g. one per class), prepared once; ``forward(bank)`` splices names in.
 
     The ids, scatter indices and frozen base embeddings are non-persistent buffers: they follow
-    ``.to(device)`` but never enter a checkpoint. ``sequences`` hold token lists or :class:`Slot` s;
+    ``.to(device)`` but never enter a checkpoint. ``trim`` keeps only the positions up to the longest
+    EOT (what :class:`clip.TextEncoder` reads). ``sequences`` hold token lists or :class:`Slot` s;
     text pieces are allowed too when a ``tokenizer`` is given.
     """
 
     def __init__(self, sequences: Sequence[Sequence[Union[Piece, List[int]]]], slot_lengths: Sequence[int],
                  slot_token_ids: Sequence[Sequence[int]], token_embedding: Union[nn.Embedding, torch.Tensor],
-                 context_length: int, tokenizer: Any = None) -> None:
+                 context_length: int, tokenizer: Any = None, trim: bool = False) -> None:
         super().__init__()
         cache: Dict[str, List[int]] = {}
         token_sequences = []
@@ -274,6 +289,8 @@ class PromptBank(nn.Module):
                 raise ValueError("PromptBank got text pieces but no tokenizer")
             token_sequences.append(tokenize_pieces(tokenizer, seq, cache))
         batch = PromptBatch.build(token_sequences, slot_lengths, slot_token_ids, context_length)
+        if trim:  # see PromptBatch.trimmed: exact for the text encoder, less to copy every step
+            batch = batch.trimmed()
         weight = _token_weight(token_embedding)
         self.context_length = int(context_length)
         self.slot_lengths = [int(v) for v in slot_lengths]

@@ -23,7 +23,7 @@ def tiny_args(tmp_path, name):
 def test_prompt_building_smoke(tmp_path, capsys):
     prompt_building.main(tiny_args(tmp_path, "pb"))
     printed = capsys.readouterr().out
-    assert "| class prompts | 10 | 10 |" in printed and "| captions |" in printed
+    assert "| class prompts | 10 | 10 | 16 |" in printed and "| captions |" in printed
     data = json.loads((tmp_path / "pb.json").read_text())
     assert data["checks"] and all(data["checks"].values())
     assert [r["C"] for r in data["rows"] if r["what"] == "class prompts"] == [10, 20]
@@ -31,7 +31,10 @@ def test_prompt_building_smoke(tmp_path, capsys):
         assert len(row["ours_times"]) == len(row["reference_times"]) == 2
         assert row["ours_s"] == statistics.median(row["ours_times"])
         assert row["ratio"] == pytest.approx(statistics.median(row["reference_times"]) / row["ours_s"])
-        assert row["proposal_ratio"] == pytest.approx(row["reference_s"] / row["proposal_s"])
+        assert row["untrimmed_ratio"] == pytest.approx(row["reference_s"] / row["untrimmed_s"])
+        assert row["length"] < 77
+        pairs = [a / b for a, b in zip(row["reference_times"], row["ours_times"])]
+        assert row["paired_ratio"] == pytest.approx(statistics.median(pairs))
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +92,8 @@ def test_fsnl_step_smoke(tmp_path, capsys):
     for row in rows.values():
         assert row["median_s"] == statistics.median(row["times_s"])
         assert row["speedup_vs_reference"] == pytest.approx(ref / row["median_s"])
+        pairs = [a / b for a, b in zip(rows["reference-style"]["times_s"], row["times_s"])]
+        assert row["paired_speedup_vs_reference"] == pytest.approx(statistics.median(pairs))
         assert row["peak_bytes"] >= 0
     for mode in ("reference-style", "ours, online", "ours, cached"):
         parts = rows[mode]["breakdown_s"]

@@ -96,7 +96,7 @@ class CoCoOpModel(nn.Module):
         sequences, lengths, slot_ids = class_sequences(loaded.tokenizer, self.classnames, placeholder, "end", False)
         self.text_encoder = TextEncoder(loaded.model)
         self.prompt_bank = PromptBank(sequences, lengths, slot_ids, self.text_encoder.token_embedding,
-                                      loaded.context_length)
+                                      loaded.context_length, trim=True)
         bank = self.prompt_bank
         mask = torch.zeros(bank.ids.numel(), dtype=torch.bool, device=bank.ids.device)
         mask[bank.slot_dst] = True

@@ -233,7 +233,7 @@ class CoOpModel(nn.Module):
                                                        class_specific)
         self.text_encoder = TextEncoder(loaded.model)
         self.prompt_bank = PromptBank(sequences, lengths, slot_ids, self.text_encoder.token_embedding,
-                                      loaded.context_length)
+                                      loaded.context_length, trim=True)
         self.position = position
 
     def class_text_features(self) -> torch.Tensor:

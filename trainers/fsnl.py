@@ -209,7 +209,7 @@ class FSNLModel(nn.Module):
         self.class_pieces = [tokenize_pieces(tokenizer, p) for p in class_prompt_pieces(template, len(self.classnames))]
         self.prompt_bank = PromptBank(
             self.class_pieces, self.name_learner.lengths, self.slot_token_ids, token_weight,
-            self.context_length,
+            self.context_length, trim=True,
         )
         self.matcher = NameMatcher(self.classnames)
 
@@ -236,7 +236,7 @@ class FSNLModel(nn.Module):
     def text_features_for(self, sequences: Sequence[Sequence[Piece]]) -> torch.Tensor:
         device = self.name_learner.bank.device
         batch = PromptBatch.build(sequences, self.name_learner.lengths, self.slot_token_ids,
-                                  self.context_length).to(device)
+                                  self.context_length).trimmed().to(device)
         embeds = batch.embed(self.token_weight, self.name_learner.bank)
         return F.normalize(self.text_encoder(embeds, batch.eot_idx).float(), dim=-1)
 
