@@ -2,14 +2,15 @@
 
 Design choices (the README explains them with the numbers):
 
-* Timing is *interleaved*: after the warm-up, repeat ``r`` runs every mode once before repeat
-  ``r + 1`` starts. The benchmark machines are shared, so a load change hits all modes alike and
-  the ratios of medians stay meaningful even when absolute times drift.
-* Peak memory is measured per timed call. CUDA: ``max_memory_allocated`` after
-  ``reset_peak_memory_stats``, minus what was allocated before the call. CPU: the resident set
-  size; before each call freed heap memory is handed back to the OS (``malloc_trim``) and the
-  kernel's high-water mark is reset (``/proc/self/clear_refs``), so ``VmHWM - VmRSS(before)`` is
-  the memory the call itself added. Where the kernel refuses the reset the growth of
+* Timing of long modes is *interleaved*: after the warm-up, repeat ``r`` runs every mode once
+  before repeat ``r + 1`` starts. The benchmark machines are shared, so a load change hits all
+  modes alike and the ratios of medians stay meaningful even when absolute times drift.
+  Sub-millisecond modes run their repeats back to back instead (see :func:`measure`).
+* Peak memory is measured in one extra, untimed call per mode after the warm-up. CUDA:
+  ``max_memory_allocated`` after ``reset_peak_memory_stats``, minus what was allocated before the
+  call. CPU: the resident set size; before the call freed heap memory is handed back to the OS
+  (``malloc_trim``) and the kernel's high-water mark is reset (``/proc/self/clear_refs``), so
+  ``VmHWM - VmRSS(before)`` is the memory the call itself added. Where the kernel refuses the reset the growth of
   ``ru_maxrss`` is used instead, which is only a lower bound (it says so in the table).
 * Synthetic data: realistic multi-word class names chosen so that no name occurs inside another
   name or inside template text; the reference's plain-substring matching (spec §2.5) then finds
@@ -193,7 +194,7 @@ class PeakMemory:
 # ------------------------------------------------------------------------------------ timing
 @dataclass
 class Measurement:
-    """Timed calls of one mode: wall seconds and the peak memory each call added."""
+    """Timed calls of one mode (wall seconds) and the memory its probe call(s) added."""
 
     name: str
     times: List[float] = field(default_factory=list)
@@ -219,30 +220,50 @@ def measure(
     device: torch.device,
     repeats_for: Optional[Dict[str, int]] = None,
     memory: bool = True,
+    interleave: bool = True,
 ) -> Dict[str, Measurement]:
-    """Warm every mode up, then time them round-robin; ``repeats_for`` lowers one mode's count."""
+    """Warm every mode up, probe its memory once, then time it; ``repeats_for`` lowers one mode's count.
+
+    The memory probe is a separate, untimed call (``PROBE_CALLS`` per mode, after the warm-up): it
+    hands freed memory back to the OS first, which would make the next allocations page-fault and
+    so must not happen inside a timed call. ``interleave`` runs the modes round-robin (long modes on
+    a shared machine); without it each mode's repeats run back to back (sub-millisecond modes, where
+    the allocator state another mode leaves behind would be timed too).
+    """
     counts = {name: (repeats_for or {}).get(name, repeats) for name in modes}
-    probe = PeakMemory(device) if memory else None
+    out = {name: Measurement(name) for name in modes}
     for fn in modes.values():
         for _ in range(warmup):
             fn()
             sync(device)
-    out = {name: Measurement(name) for name in modes}
-    for r in range(max(counts.values())):
+    if memory:
+        probe = PeakMemory(device)
         for name, fn in modes.items():
-            if r >= counts[name]:
-                continue
-            if probe is not None:
-                probe.start()
-            sync(device)
-            t0 = time.perf_counter()
+            probe.start()
             fn()
-            sync(device)
-            out[name].times.append(time.perf_counter() - t0)
-            if probe is not None:
-                out[name].peaks.append(probe.stop())
-            logger.info("%s repeat %d: %.4f s", name, r + 1, out[name].times[-1])
+            out[name].peaks.append(probe.stop())
+
+    def timed(name: str, fn: Callable[[], Any], r: int) -> None:
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        out[name].times.append(time.perf_counter() - t0)
+        logger.info("%s repeat %d: %.4f s", name, r + 1, out[name].times[-1])
+
+    if interleave:
+        for r in range(max(counts.values())):
+            for name, fn in modes.items():
+                if r < counts[name]:
+                    timed(name, fn, r)
+    else:
+        for name, fn in modes.items():
+            for r in range(counts[name]):
+                timed(name, fn, r)
     return out
+
+
+PROBE_CALLS = 1
 
 
 def paired_ratio(numerator: Measurement, denominator: Measurement) -> float:

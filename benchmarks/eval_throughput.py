@@ -113,7 +113,7 @@ def measure_eval(args: argparse.Namespace, device: torch.device, info: Dict[str,
         f"once (+ {args.warmup} extra warm-up call(s)). The first "
         "call reads, transforms and encodes every image and caches the features (the cache is dropped "
         "before each repeat); the second call is served from that cache. Cached features were checked "
-        "equal to `encode_image` of the same batches. Peak memory = the most one call added "
+        "equal to `encode_image` of the same batches. Peak memory = what one extra, untimed call added "
         f"({common.memory_method(device)}). Trainer build: {common.fmt_seconds(build_s)}, not timed.",
         "",
         common.markdown_table(["mode", "n", "median", "min–max", "images/s", "throughput vs encode_image",

@@ -317,7 +317,7 @@ def report(args: argparse.Namespace, device: torch.device, info: Dict[str, Any],
     ref, bare = ref_m.median, bare_m.median
     rows, table = [], []
     for name, m in results.items():
-        parts = breakdown.medians(name, args.warmup)
+        parts = breakdown.medians(name, args.warmup + common.PROBE_CALLS)
         paired = common.paired_ratio(ref_m, m)
         row = {"mode": name, "median_s": m.median, "times_s": m.times, "speedup_vs_reference": ref / m.median,
                "paired_speedup_vs_reference": paired, "vs_bare": m.median / bare,
@@ -343,7 +343,7 @@ def report(args: argparse.Namespace, device: torch.device, info: Dict[str, Any],
         "a step = forward + backward + SGD update (`FSNL_openclip.forward_backward`). Text lengths: class "
         f"prompts {lengths['class_prompt_length']}, captions {lengths['caption_length']} positions "
         f"(max EOT + 1) vs the full {lengths['context_length']}; both text paths verified equal before timing. "
-        f"Peak memory = the most one step added ({common.memory_method(device)}). Trainer build "
+        f"Peak memory = what one extra, untimed step added ({common.memory_method(device)}). Trainer build "
         f"(dataset, random-weight model, captions): {common.fmt_seconds(build_s)}, not timed.",
         "",
         common.markdown_table(["mode", "n", "median step", "min–max", "speed-up vs reference",
