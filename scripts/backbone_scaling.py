@@ -237,14 +237,10 @@ def plot_scaling(points: Sequence[Dict[str, Any]], out: str, metric: str = "oop"
     ax.legend(fontsize=7, frameon=False, loc="best")
     ax.set_title(title if title is not None else f"Zero-shot (light) vs FSNL {shots}-shot (dark)")
     fig.tight_layout()
-    base = Path(out)
-    if base.suffix.lower() in (".png", ".pdf", ".json"):
-        base = base.with_suffix("")
-    base.parent.mkdir(parents=True, exist_ok=True)
-    png, pdf, js = f"{base}.png", f"{base}.pdf", f"{base}.json"
-    fig.savefig(png, dpi=150)
-    fig.savefig(pdf)
-    plt.close(fig)
+    from scripts.plot_curves import save_figure
+
+    png, pdf = save_figure(fig, out)
+    js = f"{png[:-len('.png')]}.json"
     with open(js, "w", encoding="utf-8") as f:
         json.dump({"metric": metric, "shots": shots, "points": list(points)}, f, indent=1)
     return png, pdf, js

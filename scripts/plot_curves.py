@@ -14,7 +14,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from scripts.parse_test_res import GroupSummary, build_curves, collect, groups_from_json
 
@@ -36,7 +36,20 @@ def load_groups(source: str, log_mode: bool = False, method_depth: int = 1) -> L
 
 def _out_base(out: str) -> Path:
     base = Path(out)
-    return base.with_suffix("") if base.suffix.lower() in (".png", ".pdf") else base
+    return base.with_suffix("") if base.suffix.lower() in (".png", ".pdf", ".json") else base
+
+
+def save_figure(fig: Any, out: str, dpi: int = DPI) -> Tuple[str, str]:
+    """Save ``fig`` as ``<out>.png`` and ``<out>.pdf`` (any extension on ``out`` is dropped) and close it."""
+    import matplotlib.pyplot as plt
+
+    base = _out_base(out)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    png, pdf = f"{base}.png", f"{base}.pdf"
+    fig.savefig(png, dpi=dpi)
+    fig.savefig(pdf)
+    plt.close(fig)
+    return png, pdf
 
 
 def plot_curves(
@@ -109,13 +122,7 @@ def plot_curves(
         fig.suptitle(title)
     fig.tight_layout(rect=(0, legend_height / height, 1, 1))
 
-    base = _out_base(out)
-    base.parent.mkdir(parents=True, exist_ok=True)
-    png, pdf = f"{base}.png", f"{base}.pdf"
-    fig.savefig(png, dpi=DPI)
-    fig.savefig(pdf)
-    plt.close(fig)
-    return png, pdf
+    return save_figure(fig, out)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

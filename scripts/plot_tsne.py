@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -81,15 +80,9 @@ def plot_tsne_panels(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    base = Path(out)
-    if base.suffix.lower() in (".png", ".pdf"):
-        base = base.with_suffix("")
-    base.parent.mkdir(parents=True, exist_ok=True)
-    png, pdf = f"{base}.png", f"{base}.pdf"
-    fig.savefig(png, dpi=150)
-    fig.savefig(pdf)
-    plt.close(fig)
-    return png, pdf
+    from scripts.plot_curves import save_figure
+
+    return save_figure(fig, out)
 
 
 def plot_tsne(

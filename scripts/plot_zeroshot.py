@@ -94,15 +94,9 @@ def plot_zeroshot(
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(title if title is not None else f"Zero-shot accuracy, OOP vs IP ({bars['method']})")
     fig.tight_layout()
-    base = Path(out)
-    if base.suffix.lower() in (".png", ".pdf"):
-        base = base.with_suffix("")
-    base.parent.mkdir(parents=True, exist_ok=True)
-    png, pdf = f"{base}.png", f"{base}.pdf"
-    fig.savefig(png, dpi=150)
-    fig.savefig(pdf)
-    plt.close(fig)
-    return png, pdf
+    from scripts.plot_curves import save_figure
+
+    return save_figure(fig, out)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
