@@ -355,12 +355,11 @@ def report(args: argparse.Namespace, device: torch.device, info: Dict[str, Any],
         "construction (incl. template swapping), the text tower's forward, and the rest (backward, "
         "losses, SGD step).",
         "",
-        "Why the cached mode cannot reach 10× here: it runs at the floor (× bare text ≈ 1), and the floor "
-        f"itself is {common.fmt_ratio(ref / bare)} faster than the reference-style step: the reference's "
-        f"time is the image encoder ({common.fmt_seconds(by_parts['image encoder'])}) plus its text path "
-        f"over all {lengths['context_length']} positions ({common.fmt_seconds(by_parts['text forward'])} "
-        f"forward, {common.fmt_seconds(by_parts['rest'])} backward + rest), while prompt construction "
-        f"is only {common.fmt_seconds(by_parts['prompt/caption construction'])} of it on CPU.",
+        f"Where the reference-style step's time goes: image encoder {common.fmt_seconds(by_parts['image encoder'])}, "
+        f"text forward over all {lengths['context_length']} positions {common.fmt_seconds(by_parts['text forward'])}, "
+        f"backward + rest {common.fmt_seconds(by_parts['rest'])}, prompt/caption construction "
+        f"{common.fmt_seconds(by_parts['prompt/caption construction'])}. No text-path mode can beat the floor, "
+        f"which is {common.fmt_ratio(ref / bare)} faster than the reference-style step here.",
         "",
         "Targets: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in checks.items()) + ".",
     ])
