@@ -183,8 +183,8 @@ def assemble(pieces: Sequence[TokenPiece], slot_lengths: Sequence[int], slot_tok
 
 
 # ---------------------------------------------------------------------------------------- batches
-def scatter_names(base: torch.Tensor, bank: torch.Tensor, slot_dst: torch.Tensor, slot_src: torch.Tensor
-                  ) -> torch.Tensor:
+def scatter_names(base: torch.Tensor, bank: torch.Tensor, slot_dst: torch.Tensor, slot_src: torch.Tensor,
+                  identity_src: bool = False) -> torch.Tensor:
     """``base`` ``[N, L, W]`` with the bank rows ``slot_src`` written at flat positions ``slot_dst``.
 
     Out of place (``base`` may be a frozen buffer) and differentiable with respect to ``bank``.
@@ -192,7 +192,9 @@ def scatter_names(base: torch.Tensor, bank: torch.Tensor, slot_dst: torch.Tensor
     n, length, width = base.shape
     flat = base.reshape(n * length, width)
     if slot_dst.numel():
-        flat = flat.index_put((slot_dst,), bank[slot_src].to(flat.dtype))
+        # identity_src: one slot per bank row, in bank order (class prompts), so no gather is needed.
+        rows = bank if identity_src else bank[slot_src]
+        flat = flat.index_put((slot_dst,), rows.to(flat.dtype))
     return flat.view(n, length, width)
 
 
@@ -299,13 +301,17 @@ class PromptBank(nn.Module):
         self.register_buffer("slot_dst", batch.slot_dst.to(weight.device), persistent=False)
         self.register_buffer("slot_src", batch.slot_src.to(weight.device), persistent=False)
         self.register_buffer("base", batch.base_embeddings(weight), persistent=False)
+        src = batch.slot_src
+        self.identity_src = bool(torch.equal(src, torch.arange(src.numel()))) and src.numel() == sum(
+            self.slot_lengths)
 
     @property
     def batch(self) -> PromptBatch:
         return PromptBatch(self.ids, self.eot_idx, self.slot_dst, self.slot_src)
 
     def forward(self, bank: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return scatter_names(self.base, bank, self.slot_dst, self.slot_src), self.eot_idx
+        identity = self.identity_src and bank.shape[0] == self.slot_src.numel()
+        return scatter_names(self.base, bank, self.slot_dst, self.slot_src, identity), self.eot_idx
 
 
 def class_prompt_pieces(template: str, n_classes: int) -> List[List[Piece]]:
