@@ -228,3 +228,12 @@ def test_loads_a_reference_checkpoint_file(toy_root, tmp_path, monkeypatch):
     assert loaded["scheduler"] is None and loaded["epoch"] == 200
     trainer.load_model(str(tmp_path))
     torch.testing.assert_close(learner.name_tensor(1).detach(), value)
+
+
+def test_no_dataparallel_wrapping(toy_root, tmp_path, monkeypatch):
+    """B9: even with several GPUs visible the model is never wrapped, so its attributes stay reachable."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    trainer = build(toy_root, tmp_path, "FSNL_openclip")
+    assert not isinstance(trainer.model, torch.nn.DataParallel)
+    assert trainer.model.name_learner is trainer.name_learner
+    assert all(not isinstance(m, torch.nn.DataParallel) for m in trainer._models.values())
