@@ -266,11 +266,14 @@ def main(args: argparse.Namespace) -> Any:
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
-    """``python train.py ...``: config mistakes become one ``error:`` line and exit code 2."""
+    """``python train.py ...``: config, data and backbone mistakes become one ``error:`` line and exit 2."""
+    from clip import BackboneError
+    from datasets.laion_beyond import DatasetError
+
     args = parse_args(argv)
     try:
         main(args)
-    except (ConfigError, RegistryKeyError) as e:
+    except (ConfigError, RegistryKeyError, BackboneError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -6,6 +6,8 @@ imported as ``open_clip``.
 from . import templates
 from .config import add_clip_config, parse_quick_gelu
 from .loader import (
+    BackboneError,
+    BackboneNotFoundError,
     BackboneSpec,
     LoadedCLIP,
     Precision,
@@ -33,6 +35,8 @@ from .prompts import (
 from .text import TextEncoder
 
 __all__ = [
+    "BackboneError",
+    "BackboneNotFoundError",
     "BackboneSpec",
     "LoadedCLIP",
     "NameMatcher",

@@ -144,6 +144,14 @@ def _looks_like_path(weights: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------- resolution
+class BackboneError(ValueError):
+    """A backbone the config names cannot be resolved (unknown model, tag or file)."""
+
+
+class BackboneNotFoundError(BackboneError, FileNotFoundError):
+    """A weight file or ``local-dir:`` folder the config names does not exist."""
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     """What ``MODEL.BACKBONE`` asks for, checked and resolved (no model built yet).
@@ -173,7 +181,7 @@ def resolve_backbone(cfg: Any) -> BackboneSpec:
         target = name[len(LOCAL_DIR_PREFIX):]
         found = _resolve_path(target)
         if found is None or not found.is_dir():
-            raise FileNotFoundError(
+            raise BackboneNotFoundError(
                 f"MODEL.BACKBONE.NAME {raw_name!r}: directory {target!r} not found (looked in "
                 f"{Path.cwd()} and {REPO_ROOT})"
             )
@@ -187,7 +195,7 @@ def resolve_backbone(cfg: Any) -> BackboneSpec:
     models = open_clip.list_models()
     if name not in models:
         hint = _closest(name, models)
-        raise ValueError(
+        raise BackboneError(
             f"Unknown MODEL.BACKBONE.NAME {raw_name!r}"
             + (f"; did you mean {hint}?" if hint else "")
             + f" (open_clip built-ins or a config stem in {MODEL_CONFIG_DIR.relative_to(REPO_ROOT)}/)"
@@ -212,7 +220,7 @@ def resolve_backbone(cfg: Any) -> BackboneSpec:
     if found is not None and found.is_file():
         return BackboneSpec(name, str(found), "file", str(found), model_quick if quick is None else quick)
     if _looks_like_path(weights):
-        raise FileNotFoundError(
+        raise BackboneNotFoundError(
             f"MODEL.BACKBONE.WEIGHTS {requested!r}: file {weights!r} not found (looked in {Path.cwd()} "
             f"and {REPO_ROOT})"
         )
@@ -221,7 +229,7 @@ def resolve_backbone(cfg: Any) -> BackboneSpec:
     local_default = None
     with contextlib.suppress(ValueError):
         local_default = default_weights(name)
-    raise ValueError(
+    raise BackboneError(
         f"Unknown MODEL.BACKBONE.WEIGHTS {weights!r} for model {name!r}"
         + (f"; did you mean {hint}?" if hint else "")
         + (f" Known tags: {tags}." if tags else " This model has no open_clip pretrained tags.")
