@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -283,6 +284,13 @@ class FSNL_openclip(ClipTrainer):
         logger.info("FSNL: %d classes, %d learned rows (%s), loss=%s, captions=%s", len(self.model.classnames),
                     self.name_learner.bank.shape[0], "FLE" if cfg.TRAINER.FSNL.FLE else "BPE length",
                     self.loss_name, self.uses_captions)
+
+    def before_epoch(self) -> None:
+        super().before_epoch()
+        # Template swapping draws from its own generator, reseeded per epoch so that a resumed run
+        # makes the same draws as an uninterrupted one.
+        seed = max(int(self.cfg.SEED), 0)
+        self.rng.manual_seed(int(np.random.SeedSequence([seed, int(self.epoch), 13]).generate_state(1)[0]))
 
     @property
     def uses_captions(self) -> bool:
