@@ -5,7 +5,8 @@ an adapter, a residual). What they share lives here, so each trainer file only h
 
 * loading CLIP once (and sharing it with the trainers built for cross-subset evaluation),
 * precision that follows the device (``PREC``: fp32 | fp16 | amp | bf16; CPU always runs fp32),
-* frozen image features under ``inference_mode`` and autocast,
+* frozen image features under ``no_grad``/``inference_mode`` and autocast, encoded once per run for
+  evaluation (and, opt-in, once per training run: the feature cache),
 * class-text features computed once per ``test()`` call instead of once per batch (P1),
 * one optimisation step that handles the AMP GradScaler, so no trainer re-implements it.
 """
@@ -237,9 +238,10 @@ class ClipTrainer(TrainerX):
         cache = self.__dict__.setdefault("_eval_cache", {})
         if split not in cache:
             batches = []
-            for batch in tqdm(loader, desc=f"encode {split}", disable=None, leave=False):
-                batches.append({"feat": self.encode_images(batch["img"], normalize=False),
-                                "label": batch["label"], "impath": batch.get("impath")})
+            with torch.inference_mode():
+                for batch in tqdm(loader, desc=f"encode {split}", disable=None, leave=False):
+                    batches.append({"feat": self.encode_images(batch["img"], normalize=False),
+                                    "label": batch["label"], "impath": batch.get("impath")})
             cache[split] = batches
         return cache[split]
 
