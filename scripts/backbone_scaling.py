@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from scripts.sweep import Job, merge_opts, run_jobs, split_done, trainer_config
+from scripts.sweep import Job, fsnl_opts, merge_opts, run_jobs, split_done, trainer_config
 
 __all__ = [
     "DEFAULT_BACKBONES",
@@ -116,22 +116,6 @@ def image_size_of(name: str) -> Optional[int]:
     return int(size) if size else None
 
 
-def _fsnl_opts(shots: int, bs: int, lr: str) -> List[Tuple[str, str]]:
-    # The main FSNL sweep's settings (scripts/sweep.py), so the ViT-B-16 point equals that run.
-    return [
-        ("TRAINER.FSNL.FLE", "False"),
-        ("TRAINER.FSNL.N_CTX", "4"),
-        ("TRAINER.FSNL.CIFC", "True"),
-        ("TRAINER.FSNL.USE_CAPTION", "True"),
-        ("DATASET.NUM_SHOTS", str(shots)),
-        ("TRAIN.CHECKPOINT_FREQ", "10"),
-        ("OPTIM.LR", lr),
-        ("OPTIM.MAX_EPOCH", "200"),
-        ("DATALOADER.TRAIN_X.BATCH_SIZE", str(bs)),
-        ("DATASET.SUB_CLASSES", "OOP"),
-    ]
-
-
 def build_jobs(
     root: str, out: str, dataset: str, backbones: Sequence[Backbone], shots: int = 4,
     seeds: Sequence[int] = (1, 2, 3), zeroshot_seed: int = 1, num_classes: Optional[int] = None,
@@ -139,7 +123,7 @@ def build_jobs(
 ) -> List[Job]:
     """Zero-shot and FSNL jobs per backbone (class count read from ``root`` unless given)."""
     from scripts.domains import count_classes
-    from scripts.fsnl_rule import format_lr, fsnl_bs_lr
+    from scripts.fsnl_rule import fsnl_bs_lr
 
     config_path, _ = trainer_config(TRAINER, config)
     c = num_classes if num_classes else count_classes(root, dataset, "OOP")
@@ -159,13 +143,13 @@ def build_jobs(
         argv = head + ["--seed", str(zeroshot_seed), "--output-dir", zs_dir, "--eval-only"]
         argv += [x for pair in zs_opts for x in pair]
         jobs.append(Job(tuple(argv), os.path.join(zs_dir, "results.json"), f"zero-shot {bb.label}"))
-        fsnl_opts = merge_opts(base + _fsnl_opts(shots, bs, format_lr(lr)), opts)
-        o = dict(fsnl_opts)
+        run_opts = merge_opts(base + fsnl_opts(shots, bs, lr), opts)
+        o = dict(run_opts)
         method_dirs = (f"{TRAINER}_USE_CAPTION_{o['TRAINER.FSNL.USE_CAPTION']}",
                        f"MEPOCH_{o['OPTIM.MAX_EPOCH']}_BS_{o['DATALOADER.TRAIN_X.BATCH_SIZE']}_LR_{o['OPTIM.LR']}")
         for seed in seeds:
             run_dir = os.path.join(out, bb.tag, dataset, f"shots_{shots}", "train", *method_dirs, f"seed{seed}")
-            argv = head + ["--seed", str(seed), "--output-dir", run_dir] + [x for pair in fsnl_opts for x in pair]
+            argv = head + ["--seed", str(seed), "--output-dir", run_dir] + [x for pair in run_opts for x in pair]
             jobs.append(Job(tuple(argv), os.path.join(run_dir, "results.json"), f"FSNL {bb.label} K={shots} seed={seed}"))
     return jobs
 

@@ -41,6 +41,7 @@ __all__ = [
     "SweepSpec",
     "SweepSummary",
     "merge_opts",
+    "fsnl_opts",
     "trainer_config",
     "build_jobs",
     "split_done",
@@ -188,28 +189,30 @@ def _train_dir(spec: SweepSpec, dataset: str, shots: int, *method_parts: str) ->
     return os.path.join(spec.out, dataset, f"shots_{shots}", "train", *method_parts)
 
 
+def fsnl_opts(shots: int, bs: int, lr: float) -> Opts:
+    """The paper's FSNL training overrides (spec §8.1) for K shots with the rule's BS and LR."""
+    return [
+        ("TRAINER.FSNL.FLE", "False"),
+        ("TRAINER.FSNL.N_CTX", "4"),
+        ("TRAINER.FSNL.CIFC", "True"),
+        ("TRAINER.FSNL.USE_CAPTION", "True"),
+        ("DATASET.NUM_SHOTS", str(shots)),
+        ("TRAIN.CHECKPOINT_FREQ", "10"),
+        ("TEST.NO_TEST", "False"),
+        ("OPTIM.LR", format_lr(lr)),
+        ("OPTIM.MAX_EPOCH", "200"),
+        ("DATALOADER.TRAIN_X.BATCH_SIZE", str(bs)),
+        ("DATASET.SUB_CLASSES", "OOP"),
+    ]
+
+
 def _fsnl_jobs(spec: SweepSpec, dataset: str) -> Iterable[Job]:
     trainer = TRAINERS["fsnl"]
     config_path, _ = trainer_config(trainer, spec.config or DEFAULT_CONFIGS["fsnl"])
     num_classes = count_classes(spec.root, dataset, "OOP")
     for shots in spec.shots:
         bs, lr = fsnl_bs_lr(num_classes, shots)
-        opts = merge_opts(
-            [
-                ("TRAINER.FSNL.FLE", "False"),
-                ("TRAINER.FSNL.N_CTX", "4"),
-                ("TRAINER.FSNL.CIFC", "True"),
-                ("TRAINER.FSNL.USE_CAPTION", "True"),
-                ("DATASET.NUM_SHOTS", str(shots)),
-                ("TRAIN.CHECKPOINT_FREQ", "10"),
-                ("TEST.NO_TEST", "False"),
-                ("OPTIM.LR", format_lr(lr)),
-                ("OPTIM.MAX_EPOCH", "200"),
-                ("DATALOADER.TRAIN_X.BATCH_SIZE", str(bs)),
-                ("DATASET.SUB_CLASSES", "OOP"),
-            ],
-            spec.opts,
-        )
+        opts = merge_opts(fsnl_opts(shots, bs, lr), spec.opts)
         o = dict(opts)
         method_dirs = (
             f"{trainer}_USE_CAPTION_{o['TRAINER.FSNL.USE_CAPTION']}",

@@ -658,16 +658,6 @@ def _jpeg_roundtrip(views: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.stack(dec)).permute(0, 3, 1, 2).float().div_(255)
 
 
-def _cluster_accuracy(labels: np.ndarray, pred: np.ndarray) -> float:
-    from scipy.optimize import linear_sum_assignment
-
-    k = int(max(labels.max(), pred.max())) + 1
-    w = np.zeros((k, k), dtype=np.int64)
-    np.add.at(w, (pred, labels), 1)
-    r, c = linear_sum_assignment(-w)
-    return float(w[r, c].sum() / len(labels))
-
-
 @torch.no_grad()
 def evaluate(
     model, tokenizer, assets: Assets, per_class: int = 10, seed: int = 0, kmeans: bool = True,
@@ -695,8 +685,10 @@ def evaluate(
             if kmeans:
                 from sklearn.cluster import KMeans
 
+                from dassl.evaluation.clustering import clustering_accuracy
+
                 pred = KMeans(n_clusters=len(recs), n_init=3, random_state=seed).fit_predict(img.numpy())
-                res[f"kmeans_{subset.lower()}"] = 100 * _cluster_accuracy(y, pred)
+                res[f"kmeans_{subset.lower()}"] = clustering_accuracy(y, pred)
         out["per_domain"][d.name] = res
     keys = sorted({k for r in out["per_domain"].values() for k in r})
     out["mean"] = {k: float(np.mean([r[k] for r in out["per_domain"].values()])) for k in keys}

@@ -13,7 +13,7 @@ Differences from the reference, all deliberate:
 * B27 the adapter width ``D`` comes from the backbone (``LoadedCLIP.embed_dim``), not a hard-coded 512,
   and the ratio / reduction are config keys (reference values 0.2 / 4);
 * B27 / P5 the class text features are computed once when the model is built, on the trainer's device,
-  and kept as a non-persistent buffer (the reference moved tokens to a hard-coded ``'cuda'`` and ran the
+  and kept as a non-persistent buffer (the reference moved tokens to a hard-coded CUDA device and ran the
   whole text tower on every forward);
 * B30 precision follows ``TRAINER.CLIP_ADAPTER.PREC`` through ``ClipTrainer`` (fp32 on CPU); the
   adapter itself and the loss always run in fp32.
