@@ -18,6 +18,7 @@ from .loader import (
     register_repo_configs,
     resolve_backbone,
     resolve_precision,
+    weights_identity,
 )
 from .prompts import (
     NameMatcher,
@@ -35,6 +36,7 @@ from .prompts import (
 from .text import TextEncoder
 
 __all__ = [
+    "weights_identity",
     "BackboneError",
     "BackboneNotFoundError",
     "BackboneSpec",

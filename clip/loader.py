@@ -20,6 +20,8 @@ import open_clip
 import torch
 from torch import nn
 
+from dassl.utils.identity import content_identity
+
 from .config import parse_quick_gelu
 from .pretrained import MODEL_CONFIG_DIR, REPO_ROOT, default_weights
 
@@ -236,6 +238,36 @@ def resolve_backbone(cfg: Any) -> BackboneSpec:
         + (f" Its registered default is {local_default!r} (WEIGHTS default)." if local_default else "")
         + " A weight file path or 'none' also works."
     )
+
+
+def weights_identity(cfg: Any) -> Dict[str, Any]:
+    """What the frozen backbone's weights *are*, for run fingerprints and cache keys.
+
+    * an open_clip tag: ``{"kind": "tag", "model", "tag"}`` (tags name immutable releases);
+    * a local file: ``{"kind": "file", "model", "size", "sha256"}`` -- content, not path, so a file
+      rewritten in place changes the identity and a copy elsewhere keeps it (hash memoised per file
+      version, see :func:`dassl.utils.identity.file_identity`);
+    * ``none``: ``{"kind": "random", "model", "seed"}`` (the seeded random init of :func:`load_clip`);
+    * ``hf-hub:``: ``{"kind": "hub", "model"}``; ``local-dir:``: the content of every file in the folder.
+
+    ``quick_gelu`` (the resolved activation) is part of every identity: it changes the features.
+    """
+    spec = resolve_backbone(cfg)
+    ident: Dict[str, Any] = {"kind": spec.weights_kind, "model": spec.name, "quick_gelu": spec.quick_gelu}
+    if spec.weights_kind == "tag":
+        ident["tag"] = spec.weights
+    elif spec.weights_kind == "file":
+        ident.update(content_identity(spec.weights))
+    elif spec.weights_kind == "none":
+        ident.update(kind="random", seed=_seed_value(cfg))
+    elif spec.name.startswith(LOCAL_DIR_PREFIX):
+        folder = Path(spec.name[len(LOCAL_DIR_PREFIX):])
+        ident.update(kind="local-dir", files={
+            p.name: content_identity(str(p)) for p in sorted(folder.iterdir()) if p.is_file()
+        })
+    else:
+        ident["kind"] = "hub"
+    return ident
 
 
 # ---------------------------------------------------------------------------------------- loading
