@@ -17,21 +17,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os.path as osp
 import sys
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from dassl.config import FINAL_MODEL_CHOICES, get_cfg_default
-from dassl.utils import check_availability, closest_name, collect_env_info, set_random_seed, setup_logger
+from configs import FIELDS, ConfigError, build_cfg, extend_cfg  # noqa: F401  (re-exported)
+from dassl.config import FINAL_MODEL_CHOICES
+from dassl.utils import check_availability, collect_env_info, set_random_seed, setup_logger
 from dassl.utils.registry import RegistryKeyError
 
 logger = logging.getLogger("train")
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration mistake, reported as one line without a traceback."""
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -75,130 +71,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------------- cfg
-def _flat_keys(node: Any, prefix: str = "") -> List[str]:
-    keys = []
-    for k, v in node.items():
-        full = f"{prefix}{k}"
-        if isinstance(v, dict):
-            keys.extend(_flat_keys(v, full + "."))
-        else:
-            keys.append(full)
-    return keys
-
-
-def _unknown_key_error(cfg: Any, full_key: str, source: str) -> ConfigError:
-    hint = closest_name(full_key, _flat_keys(cfg))
-    suggestion = f' Did you mean "{hint}"?' if hint else ""
-    return ConfigError(f'unknown config key "{full_key}" in {source}.{suggestion}')
-
-
-def _merge_file(cfg: Any, path: str, what: str) -> None:
-    if not osp.isfile(path):
-        raise ConfigError(f'{what} "{path}" does not exist')
-    try:
-        cfg.merge_from_file(path)
-    except KeyError as e:
-        msg = str(e.args[0]) if e.args else str(e)
-        key = msg.split("Non-existent config key:")[-1].strip()
-        raise _unknown_key_error(cfg, key, f"{what} {path}") from None
-    except ValueError as e:
-        raise ConfigError(f"{what} {path}: {e}") from None
-
-
-def _merge_opts(cfg: Any, opts: Sequence[str]) -> None:
-    """Merge ``KEY VALUE`` pairs with friendly errors; an int for a float key is promoted
-    (``OPTIM.LR 1``) and a single word for a tuple key becomes a 1-tuple (``TEST.CROSS_EVAL IP``)."""
-    opts = list(opts or [])
-    if len(opts) % 2 != 0:
-        raise ConfigError(f"config overrides must be KEY VALUE pairs, got an odd list: {opts}")
-    fixed: List[Any] = []
-    for key, value in zip(opts[0::2], opts[1::2]):
-        if key.startswith("-"):
-            raise ConfigError(f'option "{key}" comes after the first KEY VALUE override; put options first')
-        node = cfg
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node, dict) or part not in node:
-                raise _unknown_key_error(cfg, key, "the command-line overrides")
-            node = node[part]
-        if not isinstance(node, dict) or parts[-1] not in node or isinstance(node[parts[-1]], dict):
-            raise _unknown_key_error(cfg, key, "the command-line overrides")
-        decoded = cfg._decode_cfg_value(value)
-        original = node[parts[-1]]
-        if isinstance(original, float) and isinstance(decoded, int) and not isinstance(decoded, bool):
-            decoded = float(decoded)
-        elif isinstance(original, (tuple, list)) and isinstance(decoded, str):
-            decoded = (decoded,)  # TEST.CROSS_EVAL IP → ("IP",)
-        fixed += [key, decoded]
-    try:
-        cfg.merge_from_list(fixed)
-    except (ValueError, AssertionError) as e:
-        raise ConfigError(f"command-line overrides: {e}") from None
-
-
-def extend_cfg(cfg: Any, args: Optional[argparse.Namespace] = None) -> None:
-    """Add the project keys (datasets, CLIP, every trainer) to ``cfg``; importing those packages
-    also registers their datasets and trainers."""
-    import clip
-    import datasets
-    import trainers
-
-    datasets.add_dataset_config(cfg)
-    clip.add_clip_config(cfg)
-    trainers.add_trainer_configs(cfg)
-    if args is not None and "TaskRes" in cfg.TRAINER and "ENHANCED_BASE" in cfg.TRAINER.TaskRes:
-        cfg.TRAINER.TaskRes.ENHANCED_BASE = args.enhanced_base
-
-
-def reset_cfg(cfg: Any, args: argparse.Namespace) -> None:
-    """Copy command-line fields into ``cfg`` (only those the user gave)."""
-    if args.root:
-        cfg.DATASET.ROOT = args.root
-    if args.output_dir:
-        cfg.OUTPUT_DIR = args.output_dir
-    if args.resume:
-        cfg.RESUME = args.resume
-    # `is not None`, not truthiness: --seed 0 is a valid seed (B18).
-    if args.seed is not None:
-        cfg.SEED = args.seed
-    if args.source_domains:
-        cfg.DATASET.SOURCE_DOMAINS = args.source_domains
-    if args.target_domains:
-        cfg.DATASET.TARGET_DOMAINS = args.target_domains
-    if args.transforms:
-        cfg.INPUT.TRANSFORMS = args.transforms
-    if args.trainer:
-        cfg.TRAINER.NAME = args.trainer
-    if args.backbone:
-        cfg.MODEL.BACKBONE.NAME = args.backbone
-    if args.head:
-        cfg.MODEL.HEAD.NAME = args.head
-
-
-def _apply_trainer_preset(cfg: Any, args: argparse.Namespace) -> None:
-    """Trainer variants (e.g. a fixed backbone) may preset keys before the command line."""
-    from dassl.engine import TRAINER_REGISTRY
-
-    name = args.trainer or cfg.TRAINER.NAME
-    if name and name in TRAINER_REGISTRY:
-        preset = getattr(TRAINER_REGISTRY.get(name), "preset_cfg", None)
-        if callable(preset):
-            preset(cfg)
+def fields_from_args(args: argparse.Namespace) -> Dict[str, Any]:
+    """The :func:`configs.build_cfg` fields that ``train.py``'s options set."""
+    return {name: getattr(args, name, None) for name in FIELDS}
 
 
 def setup_cfg(args: argparse.Namespace) -> Any:
-    """The frozen run config, merged in the documented order."""
-    cfg = get_cfg_default()
-    extend_cfg(cfg, args)
-    if args.dataset_config_file:
-        _merge_file(cfg, args.dataset_config_file, "dataset config file")
-    if args.config_file:
-        _merge_file(cfg, args.config_file, "trainer config file")
-    _apply_trainer_preset(cfg, args)
-    reset_cfg(cfg, args)
-    _merge_opts(cfg, args.opts)
-    cfg.freeze()
-    return cfg
+    """The frozen run config of a parsed command line (see :func:`configs.build_cfg`)."""
+    return build_cfg(trainer=args.trainer, dataset=args.dataset_config_file, config=args.config_file,
+                     opts=args.opts, **fields_from_args(args))
 
 
 def _check_choice(key: str, value: str, available: Sequence[str]) -> None:

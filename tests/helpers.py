@@ -14,7 +14,6 @@ import glob
 import os
 import os.path as osp
 import random
-import sys
 import types
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
@@ -26,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+import configs
 import train
 from dassl.data.datasets import DatasetBase, Datum
 from dassl.engine import TrainerX, build_trainer
@@ -234,7 +234,7 @@ class ToyLinear(TrainerX):
 def stub_project_modules(monkeypatch: pytest.MonkeyPatch, add_trainer_configs: Callable[[Any], None]) -> None:
     """Stand-ins for ``datasets/``, ``clip/`` and ``trainers/`` so a test exercises only ``train.py`` + dassl.
 
-    ``train.extend_cfg`` imports these three packages; the stand-ins add just ``DATASET.SUB_CLASSES``,
+    ``configs.extend_cfg`` calls these three packages; the stand-ins add just ``DATASET.SUB_CLASSES``,
     ``MODEL.BACKBONE.WEIGHTS`` and whatever trainer keys the caller needs.
     """
 
@@ -251,4 +251,4 @@ def stub_project_modules(monkeypatch: pytest.MonkeyPatch, add_trainer_configs: C
     ):
         mod = types.ModuleType(name)
         setattr(mod, attr, fn)
-        monkeypatch.setitem(sys.modules, name, mod)
+        monkeypatch.setattr(configs, name, mod)

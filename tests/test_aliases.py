@@ -38,11 +38,18 @@ def test_alias_resolves_to_openai_vit_b16(alias):
     assert resolve_precision(getattr(cfg.TRAINER, prec_key).PREC, "cpu").name == "fp32"  # ...run fp32 on CPU
 
 
-def test_trainer_yaml_backbone_loses_to_the_preset():
-    # The OpenCLIP yaml names ViT-B-16 / laion400m_e32; the alias's backbone wins, as with the FSNL variants.
-    cfg = setup("--trainer", "CoOp", "--config-file", str(trainer_config("CoOp_openclip", "vit_b16_ep200_ctxv1")))
-    assert (cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.WEIGHTS) == ("ViT-B-16", "openai")
+def test_user_yaml_wins_over_the_preset_and_the_log_says_so(caplog):
+    # The OpenCLIP yaml names ViT-B-16 / laion400m_e32: a value the user's file sets is never silently
+    # replaced by the trainer's preset (the preset fills only what the file leaves alone).
+    with caplog.at_level("INFO", logger="configs"):
+        cfg = setup("--trainer", "CoOp", "--config-file",
+                    str(trainer_config("CoOp_openclip", "vit_b16_ep200_ctxv1")))
+    assert (cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.WEIGHTS) == ("ViT-B-16", "laion400m_e32")
+    # the preset's QUICK_GELU "true" belongs with its openai weights: dropped with the group
+    assert cfg.MODEL.BACKBONE.QUICK_GELU == "auto"
     assert cfg.TRAINER.COOP.N_CTX == 4  # the rest of the yaml is kept
+    assert any("MODEL.BACKBONE.WEIGHTS" in r.getMessage() and "wins over CoOp's preset 'openai'" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_command_line_still_wins_over_the_preset():

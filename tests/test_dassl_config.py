@@ -176,6 +176,30 @@ def test_registry_miss_and_duplicates():
 def test_real_extend_cfg_adds_project_keys():
     """The real datasets/clip/trainers packages provide the keys of docs/architecture.md."""
     cfg = get_cfg_default()
-    train.extend_cfg(cfg, train.parse_args([]))
+    train.extend_cfg(cfg)
     assert cfg.DATASET.SUB_CLASSES == "OOP"
     assert "WEIGHTS" in cfg.MODEL.BACKBONE
+
+
+def test_build_cfg_is_the_command_line_as_a_library_call():
+    """Friendly names resolve to the repository's yaml files; the result equals train.py's config."""
+    from configs import build_cfg
+
+    lib = build_cfg(trainer="FSNL_openclip", dataset="MiniAnimals", config="mini_cpu", seed=0, root="data/x",
+                    opts=["DATASET.NUM_SHOTS", 4])
+    cli = train.setup_cfg(train.parse_args([
+        "--trainer", "FSNL_openclip", "--seed", "0", "--root", "data/x",
+        "--dataset-config-file", "configs/datasets/MiniAnimals.yaml",
+        "--config-file", "configs/trainers/FSNL_openclip/mini_cpu.yaml", "DATASET.NUM_SHOTS", "4",
+    ]))
+    assert lib.dump() == cli.dump()
+    assert (lib.SEED, lib.DATASET.NAME, lib.DATASET.NUM_SHOTS) == (0, "MiniAnimals", 4)
+
+
+def test_build_cfg_names_the_closest_config_and_unknown_fields():
+    from configs import build_cfg
+
+    with pytest.raises(train.ConfigError, match='trainer config "mini_cp" not found.*did you mean "mini_cpu"'):
+        build_cfg(trainer="FSNL_openclip", config="mini_cp")
+    with pytest.raises(train.ConfigError, match="unknown field"):
+        build_cfg(trainer="FSNL_openclip", roots="x")
