@@ -24,7 +24,7 @@ import torch
 
 from configs import FIELDS, ConfigError, build_cfg, extend_cfg  # noqa: F401  (re-exported)
 from dassl.config import FINAL_MODEL_CHOICES
-from dassl.utils import check_availability, collect_env_info, set_random_seed, setup_logger
+from dassl.utils import UnreadableImageError, check_availability, collect_env_info, set_random_seed, setup_logger
 from dassl.utils.registry import RegistryKeyError
 
 logger = logging.getLogger("train")
@@ -158,13 +158,27 @@ def _project_errors() -> Tuple[type, ...]:
     return tuple(errors)
 
 
+WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
+def error_message(e: BaseException) -> str:
+    """The user-facing text of ``e``. An error raised in a DataLoader worker comes back with the
+    worker's traceback folded into its message; only its last line (the original message) is kept."""
+    text = str(e)
+    if WORKER_TRACEBACK in text:
+        last = text.rstrip().splitlines()[-1]
+        prefix = f"{type(e).__name__}: "
+        text = last[len(prefix):] if last.startswith(prefix) else last
+    return text
+
+
 def cli(argv: Optional[Sequence[str]] = None) -> int:
     """``python train.py ...``: config, data and backbone mistakes become one ``error:`` line and exit 2."""
     args = parse_args(argv)
     try:
         main(args)
-    except (ConfigError, RegistryKeyError, *_project_errors()) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ConfigError, RegistryKeyError, UnreadableImageError, *_project_errors()) as e:
+        print(f"error: {error_message(e)}", file=sys.stderr)
         return 2
     return 0
 

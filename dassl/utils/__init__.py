@@ -8,6 +8,8 @@ from .logger import setup_logger
 from .meters import AverageMeter, MetricMeter
 from .registry import Registry, check_availability, closest_name
 from .tools import (
+    ImageNotFoundError,
+    UnreadableImageError,
     atomic_write_text,
     check_isfile,
     listdir_nohidden,
@@ -43,6 +45,8 @@ __all__ = [
     "mkdir_if_missing",
     "check_isfile",
     "read_image",
+    "UnreadableImageError",
+    "ImageNotFoundError",
     "read_json",
     "write_json",
     "atomic_write_text",

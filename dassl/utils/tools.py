@@ -8,6 +8,7 @@ import os
 import os.path as osp
 import random
 import tempfile
+import warnings
 from typing import Any, List
 
 import numpy as np
@@ -18,6 +19,8 @@ __all__ = [
     "mkdir_if_missing",
     "check_isfile",
     "read_image",
+    "UnreadableImageError",
+    "ImageNotFoundError",
     "read_json",
     "write_json",
     "atomic_write_text",
@@ -48,12 +51,45 @@ def check_isfile(fpath: str) -> bool:
     return isfile
 
 
+class UnreadableImageError(OSError):
+    """An image file that cannot be decoded; the message names the path and the reason.
+
+    An ``OSError`` so DataLoader workers can re-raise it with its message (one-argument init).
+    """
+
+
+class ImageNotFoundError(UnreadableImageError, FileNotFoundError):
+    """The image path does not exist (or is a dangling symlink)."""
+
+
 def read_image(path: str) -> Image.Image:
-    """Open an image as RGB; a missing file raises an error that names it."""
+    """Open and fully decode an image as RGB, or raise an :class:`UnreadableImageError` naming it.
+
+    Empty, truncated or non-image files, folders and dangling symlinks all end in that one error
+    type (PIL raises half a dozen). Images above PIL's ``Image.MAX_IMAGE_PIXELS`` are refused before
+    decoding (PIL itself only warns below twice that limit): a decompression bomb must not take the
+    run's memory.
+    """
     if not osp.exists(path):
-        raise FileNotFoundError(f'Image not found: "{path}"')
-    with Image.open(path) as img:
-        return img.convert("RGB")
+        raise ImageNotFoundError(f'Image not found: "{path}"')
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                limit = Image.MAX_IMAGE_PIXELS
+                width, height = img.size
+                if limit is not None and width * height > limit:
+                    raise UnreadableImageError(
+                        f'Image "{path}" has {width}x{height} pixels, more than PIL.Image.MAX_IMAGE_PIXELS '
+                        f"({limit}): refused as a possible decompression bomb"
+                    )
+                return img.convert("RGB")
+    except UnreadableImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as e:
+        reason = str(e) or type(e).__name__
+        raise UnreadableImageError(f'Cannot decode image "{path}": {reason}') from None
 
 
 def read_json(fpath: str) -> Any:
