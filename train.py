@@ -24,7 +24,13 @@ import torch
 
 from configs import FIELDS, ConfigError, build_cfg, extend_cfg  # noqa: F401  (re-exported)
 from dassl.config import FINAL_MODEL_CHOICES
-from dassl.utils import UnreadableImageError, check_availability, collect_env_info, set_random_seed, setup_logger
+from dassl.utils import (
+    UnreadableImageError,
+    check_availability,
+    collect_env_info,
+    set_random_seed,
+    setup_logger,
+)
 from dassl.utils.registry import RegistryKeyError
 
 logger = logging.getLogger("train")
