@@ -458,12 +458,14 @@ def scan_images(data: Iterable[Datum], images_dir: str) -> Dict[str, str]:
         parent, name = os.path.split(norm)
         if parent not in listings:
             real_parent = os.path.realpath(parent)
+            listings[parent] = None
             if real_parent != root_real and not _inside(real_parent, root_real):
                 folder_problem[parent] = f"its folder resolves outside {images_dir} (to {real_parent})"
-            try:
-                listings[parent] = {e.name: e for e in os.scandir(parent)}
-            except OSError:
-                listings[parent] = None
+            else:
+                try:
+                    listings[parent] = {e.name: e for e in os.scandir(parent)}
+                except OSError:
+                    pass
         if parent in folder_problem:
             out[path] = folder_problem[parent]
             continue

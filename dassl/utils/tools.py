@@ -86,8 +86,12 @@ def read_image(path: str) -> Image.Image:
                 return img.convert("RGB")
     except UnreadableImageError:
         raise
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UnreadableImageError(
+            f'Image "{path}" refused as a possible decompression bomb (more than PIL.Image.MAX_IMAGE_PIXELS = '
+            f"{Image.MAX_IMAGE_PIXELS} pixels): {e}"
+        ) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
         reason = str(e) or type(e).__name__
         raise UnreadableImageError(f'Cannot decode image "{path}": {reason}') from None
 
