@@ -40,7 +40,9 @@ from tests.helpers import REPO, train_argv
 OOP_DIR = "Animals5_OOP"
 IP_DIR = "Animals3_IP"
 FIRST = "giant anteater"  # class of train['0'] and test['0'] (label 0)
-FIRST_IMAGE = "giant_anteater_009.jpg"  # test['0']: the test split is always read in full
+COUNTS = {"num_train": 3, "num_val": 1, "num_test": 2}  # images per class: a small toy copies fast
+# test['0']: the test split is always read in full (image numbers run on through train, val, test).
+FIRST_IMAGE = f"giant_anteater_{COUNTS['num_train'] + COUNTS['num_val']:03d}.jpg"
 AUDITED = ("open", "os.scandir", "os.listdir")
 
 
@@ -74,7 +76,7 @@ def opens() -> OpenRecorder:
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("hostile") / "root"
-    make_toy(str(root), domains=("Animals92_42",))
+    make_toy(str(root), domains=("Animals92_42",), **COUNTS)
     return root
 
 
@@ -396,33 +398,38 @@ sys.addaudithook(_hook)
 '''
 
 
-def _cli(world: World, tmp_path: Path, argv: List[str]) -> subprocess.CompletedProcess:
+def _start(tmp_path: Path, name: str, argv: List[str]) -> tuple:
+    """Start ``python argv`` with the audit hook; returns (process, log of opened paths)."""
     hook_dir = tmp_path / "hook"
     hook_dir.mkdir(exist_ok=True)
     (hook_dir / "sitecustomize.py").write_text(SITECUSTOMIZE.format(audited=AUDITED))
-    log = tmp_path / "opened.txt"
+    log = tmp_path / f"opened-{name}.txt"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook_dir), str(REPO)]), "AUDIT_OPEN_LOG": str(log),
            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    proc.opened = log.read_text().splitlines()  # type: ignore[attr-defined]
-    assert proc.opened, "the audit hook did not run"  # type: ignore[attr-defined]
-    return proc
+    proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return proc, log
+
+
+def _finish(started: tuple) -> Outcome:
+    proc, log = started
+    out, err = proc.communicate(timeout=300)
+    opened = log.read_text().splitlines()
+    assert opened, "the audit hook did not run"
+    return Outcome(proc.returncode, out, err, opened)
 
 
 @pytest.mark.parametrize("tool", ["train.py", "datasets.check"])
 def test_traversal_through_the_command_line(tool: str, world: World, tmp_path: Path):
+    """The real ``python train.py`` and ``python -m datasets.check``."""
     _set("train", "0", image_name="../../../../outside/secret.jpg")(world)
     before = world.snapshot()
     if tool == "train.py":
-        argv = ["train.py", *train_argv(world.root, world.out, "FSNL_openclip")]
-    else:
-        argv = ["-m", "datasets.check", "--root", str(world.root), "--no-progress"]
-    proc = _cli(world, tmp_path, argv)
-    outcome = Outcome(proc.returncode, proc.stdout, proc.stderr, proc.opened)  # type: ignore[attr-defined]
-    if tool == "train.py":
+        outcome = _finish(_start(tmp_path, tool, ["train.py", *train_argv(world.root, world.out, "FSNL_openclip")]))
         assert_one_error(outcome, [SPLIT, "train['0']", "contains '..'"])
         assert_not_trained(world)
     else:
-        assert proc.returncode == 1 and "train['0']" in proc.stdout and "OK." not in proc.stdout
+        outcome = _finish(_start(tmp_path, tool, ["-m", "datasets.check", "--root", str(world.root), "--no-progress"]))
+        assert outcome.rc == 1 and "train['0']" in outcome.stdout and "OK." not in outcome.stdout
     assert_nothing_outside(world, outcome)
     assert_nothing_lost(before, world)
