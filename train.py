@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -173,8 +174,7 @@ def error_message(e: BaseException) -> str:
     text = str(e)
     if WORKER_TRACEBACK in text:
         last = text.rstrip().splitlines()[-1]
-        prefix = f"{type(e).__name__}: "
-        text = last[len(prefix):] if last.startswith(prefix) else last
+        text = re.sub(rf"^(?:[\w.]+\.)?{re.escape(type(e).__name__)}: ", "", last)
     return text
 
 

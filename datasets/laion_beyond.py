@@ -290,6 +290,8 @@ def parse_split(
         raise DatasetError(
             f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}"
         ) from err
+    except RecursionError:
+        raise DatasetError(f"{path}: JSON nested too deeply to be a split file") from None
 
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected a JSON object with keys {list(SPLITS)}, got {type(data).__name__}")
@@ -414,6 +416,12 @@ def images_dir_of(part: SubsetSplit) -> str:
 def load_subset(subset_dir: str, subset: str, superclass: bool = False) -> SubsetSplit:
     """Find, read and validate the split file of one subset folder."""
     path = find_split_file(subset_dir)
+    real, real_dir = os.path.realpath(path), os.path.realpath(subset_dir)
+    if not real.startswith(real_dir.rstrip(os.sep) + os.sep):
+        raise DatasetError(
+            f"{path}: the split file is a symlink to {real}, outside its subset folder; copy the file "
+            "into the folder instead of linking it"
+        )
     try:
         with open(path, "rb") as f:
             raw = f.read()

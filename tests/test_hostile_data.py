@@ -287,6 +287,18 @@ CASES = [
     Case("ip_split_traversal",
          lambda w: w.edit(lambda d: d["test"]["0"].update(image_name="../../../../outside/secret.jpg"), IP_DIR),
          [str(Path(IP_DIR) / f"split_Xin_{IP_DIR}.json"), "test['0']", "contains '..'"]),
+    Case("backslash_traversal", _set("train", "0", image_name="..\\..\\..\\..\\outside\\secret.jpg"),
+         [SPLIT, "train['0']", "contains '..'"]),
+    Case("symlink_loop", _replace_image(lambda w, p: p.symlink_to(p)), [SPLIT, FIRST_IMAGE, "dangling symlink"]),
+    Case("split_file_symlinked_outside",
+         lambda w: (shutil.copy(w.split_file(), w.outside / "split.json"), w.split_file().unlink(),
+                    w.split_file().symlink_to(w.outside / "split.json")),
+         [SPLIT, "outside its subset folder"]),
+    Case("deeply_nested_json", lambda w: w.split_file().write_text("[" * 100_000 + "]" * 100_000),
+         [SPLIT, "nested too deeply"]),
+    Case("undecodable_ip_image",
+         lambda w: w.image("zebra", "zebra_004.jpg", IP_DIR).write_bytes(b"\xff\xd8\xff\xe0 garbage"),
+         ["zebra_004.jpg", "Cannot decode"], "run"),
     Case("missing_ip_folder", _remove_ip, ["No IP folder", "Animals"],
          check_needles=["No IP folder"]),
     Case("zero_byte_image", _replace_image(lambda w, p: p.write_bytes(b"")), [FIRST_IMAGE, "Cannot decode"], "run"),
@@ -433,3 +445,22 @@ def test_traversal_through_the_command_line(tool: str, world: World, tmp_path: P
         assert outcome.rc == 1 and "train['0']" in outcome.stdout and "OK." not in outcome.stdout
     assert_nothing_outside(world, outcome)
     assert_nothing_lost(before, world)
+
+
+def test_worker_errors_keep_their_one_line_message(tmp_path):
+    """With DATALOADER.NUM_WORKERS > 0 torch re-raises a worker's error with the worker traceback in
+    its message; the CLI keeps only the original line."""
+    from torch._utils import ExceptionWrapper
+
+    from dassl.utils import UnreadableImageError, read_image
+
+    bad = tmp_path / "x.jpg"
+    bad.write_bytes(b"")
+    try:
+        read_image(str(bad))
+    except UnreadableImageError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(UnreadableImageError) as info:
+        wrapped.reraise()
+    assert "Traceback" in str(info.value)
+    assert train.error_message(info.value) == f'Cannot decode image "{bad}": cannot identify image file {str(bad)!r}'
