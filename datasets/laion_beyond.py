@@ -197,7 +197,7 @@ def _unsafe_path(classname: str, image_name: str) -> str:
     for key, value in (("classname", classname), ("image_name", image_name)):
         if "\x00" in value:
             return f"{key} {value!r} contains a NUL byte"
-        if os.path.isabs(value) or value.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", value):
+        if os.path.isabs(value) or value.startswith(("/", "\\")):
             return f"{key} {value!r} is an absolute path"
         if ".." in re.split(r"[/\\]", value):
             return f"{key} {value!r} contains '..'"
