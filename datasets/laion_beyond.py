@@ -17,6 +17,15 @@ Differences from the reference loaders, each fixing a bug of spec §11:
 * B24: ``All`` builds its label space from the full split files and refuses a name present in both
   OOP and IP.
 * B25: the label-ordered classnames of the split file are handed to ``DatasetBase``.
+* Nothing outside its place is read (issue 12): record paths that leave ``<subset>/images`` (``..``,
+  absolute, NUL) are split-file errors, and :func:`scan_images` refuses symlinks (of images or class
+  folders) that resolve outside ``realpath(<subset>/images)``, as well as folders, FIFOs and
+  dangling links named like images. A split file linked from outside its folder is refused too.
+* Duplicate records and images shared by two splits are errors (they would count twice as shots or
+  leak test images into training); labels are checked in O(records) whatever their values; class
+  names must stay distinct and non-empty under ``clip.normalize_name``.
+* The reference's pickled few-shot caches (``shot_K-seed_S.pkl``) are logged and ignored, never
+  unpickled.
 * Sampling uses ``random.Random(SEED)`` per subset, never the global RNG. For ``OOP`` or ``IP``
   runs this draws the same sample as the reference (global RNG seeded with ``SEED`` just before);
   for ``All`` the IP sample no longer depends on how much randomness the OOP sample consumed, so
