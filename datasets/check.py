@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, TextIO, Tuple
 
 from tqdm import tqdm
 
-from dassl.utils import UnreadableImageError, read_image
+from dassl.utils import UnreadableImageError, read_image, shown_path
 
 from .laion_beyond import (
     MISSING,
@@ -100,8 +100,8 @@ def check_domain(root: str, name: str, prefix: str, required: bool) -> DomainRep
         sub.num_classes = len(part.classnames)
         sub.num_images = {"train": len(part.train), "val": len(part.val), "test": len(part.test)}
         found = scan_images([*part.train, *part.val, *part.test], images_dir_of(part))
-        missing = [p for p, why in found.items() if why == MISSING]
-        unusable = [f"{p}: {why}" for p, why in found.items() if why != MISSING]
+        missing = [shown_path(p) for p, why in found.items() if why == MISSING]
+        unusable = [f"{shown_path(p)}: {why}" for p, why in found.items() if why != MISSING]
         sub.num_missing = len(missing)
         sub.num_bad = len(unusable)
         sub.to_decode = sorted({d.impath for d in (*part.train, *part.val, *part.test)} - set(found))

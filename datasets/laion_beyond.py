@@ -47,6 +47,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from clip import normalize_name
 from dassl.data.datasets.base_dataset import DatasetBase, Datum
 from dassl.data.datasets.build import DATASET_REGISTRY
+from dassl.utils import shown_path
 
 __all__ = [
     "LaionBeyond",
@@ -227,7 +228,7 @@ def _duplicate_problems(duplicates: Sequence[Tuple[str, str, str]]) -> List[str]
     across: Dict[Tuple[str, str], List[str]] = {}
     for first, later, rel in duplicates:
         a, b = first.split("[", 1)[0], later.split("[", 1)[0]
-        text = f"{later} = {first} ({rel})"
+        text = f"{later} = {first} ({shown_path(rel)})"
         if a == b:
             within.append(text)
         else:
@@ -461,6 +462,7 @@ def scan_images(data: Iterable[Datum], images_dir: str) -> Dict[str, str]:
     """
     root = os.path.normpath(os.path.abspath(images_dir))
     root_real = os.path.realpath(root)
+    shown = shown_path(images_dir)
     listings: Dict[str, Optional[Dict[str, os.DirEntry]]] = {}
     folder_problem: Dict[str, str] = {}
     out: Dict[str, str] = {}
@@ -470,14 +472,14 @@ def scan_images(data: Iterable[Datum], images_dir: str) -> Dict[str, str]:
             continue
         norm = os.path.normpath(os.path.abspath(path))
         if not _inside(norm, root):
-            out[path] = f"outside {images_dir}"
+            out[path] = f"outside {shown}"
             continue
         parent, name = os.path.split(norm)
         if parent not in listings:
             real_parent = os.path.realpath(parent)
             listings[parent] = None
             if real_parent != root_real and not _inside(real_parent, root_real):
-                folder_problem[parent] = f"its folder resolves outside {images_dir} (to {real_parent})"
+                folder_problem[parent] = f"its folder resolves outside {shown} (to {shown_path(real_parent)})"
             else:
                 try:
                     listings[parent] = {e.name: e for e in os.scandir(parent)}
@@ -501,9 +503,9 @@ def scan_images(data: Iterable[Datum], images_dir: str) -> Dict[str, str]:
         if is_link:
             real = os.path.realpath(norm)
             if not _inside(real, root_real):
-                out[path] = f"symlink resolves outside {images_dir} (to {real})"
+                out[path] = f"symlink resolves outside {shown} (to {shown_path(real)})"
             elif not os.path.exists(real):
-                out[path] = f"dangling symlink (to {real})"
+                out[path] = f"dangling symlink (to {shown_path(real)})"
             elif not os.path.isfile(real):
                 out[path] = "symlink to something that is not a regular file"
     return out
@@ -532,8 +534,8 @@ def check_images(groups: Sequence[ImageGroup]) -> None:
         if not found:
             continue
         total += len(found)
-        missing = [p for p, why in found.items() if why == MISSING]
-        other = [f"{p}: {why}" for p, why in found.items() if why != MISSING]
+        missing = [shown_path(p) for p, why in found.items() if why == MISSING]
+        other = [f"{shown_path(p)}: {why}" for p, why in found.items() if why != MISSING]
         unusable += len(other)
         if other:
             report.append(f"{len(other)} image(s) referenced by {split_file} are unusable:\n{_listing(other, 5)}")

@@ -299,6 +299,9 @@ CASES = [
     Case("undecodable_ip_image",
          lambda w: w.image("zebra", "zebra_004.jpg", IP_DIR).write_bytes(b"\xff\xd8\xff\xe0 garbage"),
          ["zebra_004.jpg", "Cannot decode"], "run"),
+    # A newline in a name must not forge a second "error:" line: paths are shown escaped.
+    Case("newline_in_image_name", _set("test", "0", image_name="x\nerror: forged.jpg"),
+         [SPLIT, "missing", "x\\nerror: forged.jpg"]),
     Case("missing_ip_folder", _remove_ip, ["No IP folder", "Animals"],
          check_needles=["No IP folder"]),
     Case("zero_byte_image", _replace_image(lambda w, p: p.write_bytes(b"")), [FIRST_IMAGE, "Cannot decode"], "run"),

@@ -17,6 +17,7 @@ from .tools import (
     read_image,
     read_json,
     set_random_seed,
+    shown_path,
     tolist_if_not,
     write_json,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "mkdir_if_missing",
     "check_isfile",
     "read_image",
+    "shown_path",
     "UnreadableImageError",
     "ImageNotFoundError",
     "read_json",

@@ -19,6 +19,7 @@ __all__ = [
     "mkdir_if_missing",
     "check_isfile",
     "read_image",
+    "shown_path",
     "UnreadableImageError",
     "ImageNotFoundError",
     "read_json",
@@ -51,6 +52,13 @@ def check_isfile(fpath: str) -> bool:
     return isfile
 
 
+def shown_path(path: Any) -> str:
+    """``path`` for a one-line message: as is when printable, else escaped (a newline in a file name
+    must not start a second, forged ``error:`` line)."""
+    text = os.fspath(path) if isinstance(path, os.PathLike) else str(path)
+    return text if text.isprintable() else ascii(text)
+
+
 class UnreadableImageError(OSError):
     """An image file that cannot be decoded; the message names the path and the reason.
 
@@ -71,7 +79,7 @@ def read_image(path: str) -> Image.Image:
     run's memory.
     """
     if not osp.exists(path):
-        raise ImageNotFoundError(f'Image not found: "{path}"')
+        raise ImageNotFoundError(f'Image not found: "{shown_path(path)}"')
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -80,7 +88,7 @@ def read_image(path: str) -> Image.Image:
                 width, height = img.size
                 if limit is not None and width * height > limit:
                     raise UnreadableImageError(
-                        f'Image "{path}" has {width}x{height} pixels, more than PIL.Image.MAX_IMAGE_PIXELS '
+                        f'Image "{shown_path(path)}" has {width}x{height} pixels, more than PIL.Image.MAX_IMAGE_PIXELS '
                         f"({limit}): refused as a possible decompression bomb"
                     )
                 return img.convert("RGB")
@@ -88,12 +96,12 @@ def read_image(path: str) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise UnreadableImageError(
-            f'Image "{path}" refused as a possible decompression bomb (more than PIL.Image.MAX_IMAGE_PIXELS = '
+            f'Image "{shown_path(path)}" refused as a possible decompression bomb (more than PIL.Image.MAX_IMAGE_PIXELS = '
             f"{Image.MAX_IMAGE_PIXELS} pixels): {e}"
         ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
-        reason = str(e) or type(e).__name__
-        raise UnreadableImageError(f'Cannot decode image "{path}": {reason}') from None
+        reason = " ".join((str(e) or type(e).__name__).split())
+        raise UnreadableImageError(f'Cannot decode image "{shown_path(path)}": {reason}') from None
 
 
 def read_json(fpath: str) -> Any:
