@@ -38,6 +38,7 @@ from ..utils import (
     POINTER_NAME,
     AverageMeter,
     MetricMeter,
+    derive_seed,
     list_checkpoints,
     listdir_nohidden,
     load_checkpoint,
@@ -413,8 +414,7 @@ class SimpleTrainer(TrainerBase):
         seed = int(self.cfg.SEED)
         if seed < 0:
             return
-        derived = int(np.random.SeedSequence([seed, int(epoch)]).generate_state(1)[0])
-        set_random_seed(derived)
+        set_random_seed(derive_seed(seed, int(epoch)))
 
     def train(self) -> None:  # type: ignore[override]
         super().train(self.start_epoch, self.max_epoch)

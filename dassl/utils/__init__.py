@@ -8,14 +8,20 @@ from .logger import setup_logger
 from .meters import AverageMeter, MetricMeter
 from .registry import Registry, check_availability, closest_name
 from .tools import (
+    WriteError,
+    atomic_write,
     atomic_write_text,
     check_isfile,
+    check_writable_dir,
+    clean_temp_files,
+    derive_seed,
     listdir_nohidden,
     mkdir_if_missing,
     read_image,
     read_json,
     set_random_seed,
     tolist_if_not,
+    write_error,
     write_json,
 )
 from .torchtools import (
@@ -46,6 +52,12 @@ __all__ = [
     "read_json",
     "write_json",
     "atomic_write_text",
+    "atomic_write",
+    "WriteError",
+    "write_error",
+    "check_writable_dir",
+    "clean_temp_files",
+    "derive_seed",
     "listdir_nohidden",
     "tolist_if_not",
     "load_checkpoint",

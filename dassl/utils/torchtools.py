@@ -12,14 +12,13 @@ import os
 import os.path as osp
 import pickle
 import re
-import tempfile
 from collections import OrderedDict
 from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
 
-from .tools import atomic_write_text, mkdir_if_missing
+from .tools import atomic_write, atomic_write_text, mkdir_if_missing
 
 __all__ = [
     "BEST_NAME",
@@ -56,18 +55,8 @@ def strip_module_prefix(state_dict: Dict[str, Any]) -> OrderedDict[str, Any]:
 
 
 def atomic_torch_save(obj: Any, fpath: str) -> None:
-    """``torch.save`` through a temporary sibling file and ``os.replace``."""
-    dirname = osp.dirname(osp.abspath(fpath))
-    mkdir_if_missing(dirname)
-    fd, tmp = tempfile.mkstemp(prefix=f".{osp.basename(fpath)}.", suffix=".tmp", dir=dirname)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, fpath)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+    """``torch.save`` through :func:`dassl.utils.tools.atomic_write` (fsync, rename, umask)."""
+    atomic_write(fpath, lambda f: torch.save(obj, f), mode="wb")
 
 
 def save_checkpoint(
