@@ -17,17 +17,29 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from configs import FIELDS, ConfigError, build_cfg, extend_cfg  # noqa: F401  (re-exported)
+from configs import FIELDS, ConfigError, build_cfg, check_cfg, extend_cfg  # noqa: F401  (re-exported)
 from dassl.config import FINAL_MODEL_CHOICES
-from dassl.utils import check_availability, collect_env_info, set_random_seed, setup_logger
+from dassl.utils import (
+    WriteError,
+    check_availability,
+    check_writable_dir,
+    clean_temp_files,
+    collect_env_info,
+    set_random_seed,
+    setup_logger,
+)
 from dassl.utils.registry import RegistryKeyError
 
 logger = logging.getLogger("train")
+
+#: Environment variable that, like ``--debug``, shows tracebacks instead of one-line errors.
+DEBUG_ENV = "FSNL_DEBUG"
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -50,6 +62,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="load a model from this directory for --eval-only")
     parser.add_argument("--load-epoch", type=int, help="load the checkpoint of this epoch (default: best/last)")
     parser.add_argument("--no-train", action="store_true", help="build the trainer but do not train")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of user errors instead of one line (also {DEBUG_ENV}=1)")
     # Declared before the positional remainder so it parses wherever it appears before the first
     # KEY VALUE override (the reference declared it after REMAINDER: B19).
     parser.add_argument("--enhanced-base", type=str, default="none",
@@ -91,8 +105,9 @@ def _check_choice(key: str, value: str, available: Sequence[str]) -> None:
         raise ConfigError(f"{key}: {e}") from None
 
 
-def validate_cfg(cfg: Any) -> None:
-    """Reject unknown trainer/dataset/evaluator/optimizer names before anything is built."""
+def validate_cfg(cfg: Any, training: bool = True) -> None:
+    """Reject unknown trainer/dataset/evaluator/optimizer names and every config mistake
+    :func:`configs.check_cfg` detects, before anything is built."""
     from dassl.data.datasets import DATASET_REGISTRY
     from dassl.engine import TRAINER_REGISTRY
     from dassl.evaluation import EVALUATOR_REGISTRY
@@ -104,6 +119,7 @@ def validate_cfg(cfg: Any) -> None:
     _check_choice("TEST.FINAL_MODEL", cfg.TEST.FINAL_MODEL, FINAL_MODEL_CHOICES)
     _check_choice("OPTIM.NAME", cfg.OPTIM.NAME, AVAI_OPTIMS)
     _check_choice("OPTIM.LR_SCHEDULER", cfg.OPTIM.LR_SCHEDULER, AVAI_SCHEDS)
+    check_cfg(cfg, training=training)
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -120,7 +136,9 @@ def main(args: argparse.Namespace) -> Any:
     from dassl.engine import build_trainer
 
     cfg = setup_cfg(args)
-    validate_cfg(cfg)
+    validate_cfg(cfg, training=not (args.eval_only or args.no_train))
+    check_writable_dir(cfg.OUTPUT_DIR)
+    clean_temp_files(cfg.OUTPUT_DIR)
     if cfg.SEED >= 0:
         logger.info("Setting fixed seed: %d", cfg.SEED)
         set_random_seed(cfg.SEED)
@@ -158,12 +176,21 @@ def _project_errors() -> Tuple[type, ...]:
     return tuple(errors)
 
 
+def debug_requested(args: Optional[argparse.Namespace] = None) -> bool:
+    """``--debug`` or ``FSNL_DEBUG`` set to anything but empty/0/false."""
+    env = os.environ.get(DEBUG_ENV, "").strip().lower()
+    return bool(getattr(args, "debug", False)) or env not in ("", "0", "false", "no", "off")
+
+
 def cli(argv: Optional[Sequence[str]] = None) -> int:
-    """``python train.py ...``: config, data and backbone mistakes become one ``error:`` line and exit 2."""
+    """``python train.py ...``: config, data, backbone and output-directory mistakes become one
+    ``error:`` line and exit 2 (``--debug`` / ``FSNL_DEBUG=1``: the traceback instead)."""
     args = parse_args(argv)
     try:
         main(args)
-    except (ConfigError, RegistryKeyError, *_project_errors()) as e:
+    except (ConfigError, RegistryKeyError, WriteError, *_project_errors()) as e:
+        if debug_requested(args):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from clip import LoadedCLIP, Precision, autocast, load_clip, normalize_name, resolve_precision
+from clip import LoadedCLIP, Precision, autocast, load_clip, normalize_name, resolve_backbone, resolve_precision
+from clip.loader import check_weights_available, expected_image_size
 from clip.templates import DEFAULT_TEMPLATE
 from dassl.engine import TrainerX
 
@@ -62,10 +63,21 @@ class ClipTrainer(TrainerX):
             cfg.MODEL.BACKBONE.QUICK_GELU = rest[0]
 
     def check_cfg(self, cfg: Any) -> None:
+        """Precision, backbone (resolvable, weights reachable offline) and INPUT.SIZE against the
+        backbone's declared image size: all read from the config, so ``train.py`` runs this before
+        any data or model is built (on an uninitialised instance: class attributes only)."""
         prec = self.prec_name(cfg)
         if prec not in VALID_PRECISIONS:
             raise ValueError(
                 f"TRAINER.{self.PREC_KEY}.PREC must be one of {VALID_PRECISIONS}, got {prec!r}"
+            )
+        check_weights_available(resolve_backbone(cfg))
+        expected = expected_image_size(cfg)
+        size = tuple(cfg.INPUT.SIZE)
+        if expected is not None and size != expected:
+            raise ValueError(
+                f"INPUT.SIZE {size} does not match the image size {expected} of {cfg.MODEL.BACKBONE.NAME}; "
+                f"set INPUT.SIZE {list(expected)}"
             )
 
     @classmethod

@@ -215,21 +215,29 @@ def clean_temp_files(directory: str, recursive: bool = True) -> List[str]:
 
 def check_writable_dir(directory: str, what: str = "output directory") -> None:
     """Create ``directory`` and prove that a file can be written there, or raise a :class:`WriteError`
-    naming it (read-only, permission denied, a file in the way, full). Called before any work starts."""
+    naming it (read-only, permission denied, a file in the way, full). Called before any work starts;
+    the probe is a temporary file of :func:`atomic_write`'s pattern, removed at once."""
+    if not directory:
+        return
     try:
         mkdir_if_missing(directory)
     except OSError as e:
         raise WriteError(e.errno, f'cannot create the {what} "{directory}": {_write_problem(e)}') from e
     if not osp.isdir(directory):
         raise WriteError(errno.ENOTDIR, f'the {what} "{directory}" is a file, not a directory')
-    probe = osp.join(directory, "write-probe")
+    probe = _temp_path(osp.join(directory, "write-probe"))
     try:
-        atomic_write(probe, lambda f: f.write("ok\n"))
-        os.remove(probe)
-    except WriteError as e:
-        raise WriteError(e.errno, f'cannot write into the {what} "{directory}": {_write_problem(e)}') from e
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            os.write(fd, b"ok\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except OSError as e:
         raise WriteError(e.errno, f'cannot write into the {what} "{directory}": {_write_problem(e)}') from e
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(probe)
 
 
 def derive_seed(seed: int, *parts: Union[int, str]) -> int:
