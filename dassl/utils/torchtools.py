@@ -89,13 +89,32 @@ def save_checkpoint(
 
 
 class _LegacyObject:
-    """Stand-in for a pickled object of another code base (e.g. the reference's LR scheduler)."""
+    """Stand-in for a pickled object of another code base (e.g. the reference's LR scheduler).
+
+    It swallows whatever the pickle stream feeds it: constructor arguments, state, and the items a
+    dict- or list-like object is rebuilt from (``SETITEMS``/``APPENDS``), so nested objects such as
+    the optimizer inside the reference's pickled scheduler unpickle to inert stand-ins.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass
 
     def __setstate__(self, state: Any) -> None:
         pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+
+def _plain_dict(*args: Any, **kwargs: Any) -> Dict[Any, Any]:
+    """``collections.defaultdict`` rebuilt as a plain dict (its default factory is never called)."""
+    return {}
 
 
 class _LegacyUnpickler(pickle.Unpickler):
@@ -109,6 +128,9 @@ class _LegacyUnpickler(pickle.Unpickler):
                 ("builtins", "slice"), ("torch", "Size"), ("torch", "device"), ("torch.nn.parameter", "Parameter")}
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("collections", "defaultdict"):
+            # the reference's optimizer state (keyed by parameters) after >= 1 momentum step
+            return _plain_dict
         if module in ("torch._utils", "torch._tensor") and name.startswith("_rebuild"):
             return super().find_class(module, name)
         if (module, name) in self._ALLOWED or (module == "torch" and name.endswith("Storage")):
@@ -126,8 +148,8 @@ def _plain(value: Any) -> Any:
     if isinstance(value, _LegacyObject):
         return None
     if isinstance(value, dict):
-        return type(value)((k, _plain(v)) for k, v in value.items()) if isinstance(value, OrderedDict) \
-            else {k: _plain(v) for k, v in value.items()}
+        items = [(k, _plain(v)) for k, v in value.items() if not isinstance(k, _LegacyObject)]
+        return OrderedDict(items) if isinstance(value, OrderedDict) else dict(items)
     if isinstance(value, (list, tuple)):
         return type(value)(_plain(v) for v in value)
     return value
