@@ -18,6 +18,7 @@ import argparse
 import importlib
 import logging
 import os
+import os.path as osp
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -26,11 +27,13 @@ import torch
 from configs import FIELDS, ConfigError, build_cfg, check_cfg, extend_cfg  # noqa: F401  (re-exported)
 from dassl.config import FINAL_MODEL_CHOICES
 from dassl.utils import (
+    CheckpointError,
     WriteError,
     check_availability,
     check_writable_dir,
     clean_temp_files,
     collect_env_info,
+    list_checkpoints,
     set_random_seed,
     setup_logger,
 )
@@ -122,6 +125,20 @@ def validate_cfg(cfg: Any, training: bool = True) -> None:
     check_cfg(cfg, training=training)
 
 
+def check_resume_dir(directory: str) -> None:
+    """``--resume DIR`` must hold at least one regular checkpoint (``<model>/model.pth.tar-<E>``);
+    which models, trainer and label space is checked when the trainer resumes, before any
+    optimizer state is touched. Before, a wrong DIR silently trained from scratch (issue 11)."""
+    if not osp.isdir(directory):
+        raise CheckpointError(f'--resume "{directory}": no such directory')
+    subdirs = [osp.join(directory, d) for d in sorted(os.listdir(directory)) if osp.isdir(osp.join(directory, d))]
+    if not any(list_checkpoints(d) for d in subdirs):
+        raise CheckpointError(
+            f'--resume "{directory}": no checkpoint there (expected <model>/model.pth.tar-<epoch>, written '
+            "with TRAIN.CHECKPOINT_FREQ or at the last epoch)"
+        )
+
+
 # --------------------------------------------------------------------------------------------- main
 def _log_args_and_cfg(args: argparse.Namespace, cfg: Any) -> None:
     lines = ["***************", "** Arguments **", "***************"]
@@ -137,6 +154,8 @@ def main(args: argparse.Namespace) -> Any:
 
     cfg = setup_cfg(args)
     validate_cfg(cfg, training=not (args.eval_only or args.no_train))
+    if cfg.RESUME:
+        check_resume_dir(cfg.RESUME)
     check_writable_dir(cfg.OUTPUT_DIR)
     clean_temp_files(cfg.OUTPUT_DIR)
     if cfg.SEED >= 0:
@@ -188,7 +207,7 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
         main(args)
-    except (ConfigError, RegistryKeyError, WriteError, *_project_errors()) as e:
+    except (ConfigError, RegistryKeyError, WriteError, CheckpointError, *_project_errors()) as e:
         if debug_requested(args):
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -20,7 +20,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from clip import LoadedCLIP, Precision, autocast, load_clip, normalize_name, resolve_backbone, resolve_precision
+from clip import (
+    LoadedCLIP,
+    Precision,
+    autocast,
+    load_clip,
+    normalize_name,
+    resolve_backbone,
+    resolve_precision,
+)
 from clip.loader import check_weights_available, expected_image_size
 from clip.templates import DEFAULT_TEMPLATE
 from dassl.engine import TrainerX

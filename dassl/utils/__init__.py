@@ -27,6 +27,7 @@ from .tools import (
 from .torchtools import (
     BEST_NAME,
     POINTER_NAME,
+    CheckpointError,
     atomic_torch_save,
     count_num_param,
     list_checkpoints,
@@ -70,6 +71,7 @@ __all__ = [
     "regular_name",
     "atomic_torch_save",
     "BEST_NAME",
+    "CheckpointError",
     "POINTER_NAME",
     "MetricMeter",
     "AverageMeter",

@@ -21,6 +21,7 @@ import torch.nn as nn
 from .tools import atomic_write, atomic_write_text, mkdir_if_missing
 
 __all__ = [
+    "CheckpointError",
     "BEST_NAME",
     "POINTER_NAME",
     "regular_name",
@@ -39,6 +40,11 @@ logger = logging.getLogger(__name__)
 BEST_NAME = "model-best.pth.tar"
 POINTER_NAME = "checkpoint"
 _REGULAR_RE = re.compile(r"^model\.pth\.tar-(\d+)$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used for this run (none there, unreadable, another trainer or label
+    space); reported by ``train.py`` as one ``error:`` line."""
 
 
 def regular_name(epoch: int) -> str:
