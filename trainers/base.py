@@ -259,7 +259,7 @@ class ClipTrainer(TrainerX):
         if split not in cache:
             batches = []
             with torch.inference_mode():
-                for batch in tqdm(loader, desc=f"encode {split}", disable=None, leave=False):
+                for batch in tqdm(loader, desc=f"encode {split}", disable=self.progress_disabled(), leave=False):
                     batches.append({"feat": self.encode_images(batch["img"], normalize=False),
                                     "label": batch["label"], "impath": batch.get("impath")})
             cache[split] = batches

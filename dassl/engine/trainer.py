@@ -378,11 +378,27 @@ class TrainerBase:
     def seed_epoch(self, epoch: int) -> None:
         """Hook called before every epoch (SimpleTrainer derives a seed from SEED and epoch)."""
 
+    #: Progress bars for epochs and batches (shown only on a terminal); ``train.py --quiet`` clears it.
+    show_progress: bool = True
+
+    def progress_disabled(self) -> Optional[bool]:
+        """tqdm's ``disable``: None (auto: off when stdout is not a TTY) or True (``--quiet``)."""
+        return None if self.show_progress else True
+
+    def progress_label(self) -> str:
+        cfg = getattr(self, "cfg", None)
+        if cfg is None:
+            return type(self).__name__
+        return f"{cfg.TRAINER.NAME} {cfg.DATASET.NAME} seed{cfg.SEED}"
+
     def train(self, start_epoch: int, max_epoch: int) -> None:
         self.start_epoch = start_epoch
         self.max_epoch = max_epoch
         self.before_train()
-        for epoch in range(self.start_epoch, self.max_epoch):
+        epochs = tqdm(range(self.start_epoch, self.max_epoch), desc=self.progress_label(), unit="epoch",
+                      initial=self.start_epoch, total=self.max_epoch, disable=self.progress_disabled(),
+                      leave=False, dynamic_ncols=True)
+        for epoch in epochs:
             self.epoch = epoch
             self.seed_epoch(epoch)
             self.before_epoch()
@@ -580,7 +596,7 @@ class SimpleTrainer(TrainerBase):
         logger.info("Evaluate on the *%s* set", split)
         self.before_test()
         try:
-            for batch in tqdm(loader, desc=split, disable=None, leave=False):
+            for batch in tqdm(loader, desc=split, disable=self.progress_disabled(), leave=False):
                 input, label = self.parse_batch_test(batch)
                 output = self.model_inference(input)
                 impaths = batch.get("impath") if isinstance(batch, dict) else None
@@ -701,6 +717,7 @@ class SimpleTrainer(TrainerBase):
         path = osp.join(self.output_dir, "results.json")
         write_json(results, path)
         logger.info("Results written to %s", path)
+        self.final_results = results
         return results
 
 
@@ -739,7 +756,8 @@ class TrainerX(SimpleTrainer):
         self.num_batches = len(self.train_loader_x)
         desc = f"epoch {self.epoch + 1}/{self.max_epoch}"
         end = time.time()
-        for batch_idx, batch in enumerate(tqdm(self.train_loader_x, desc=desc, disable=None, leave=False)):
+        for batch_idx, batch in enumerate(tqdm(self.train_loader_x, desc=desc, disable=self.progress_disabled(),
+                                               leave=False)):
             self.batch_idx = batch_idx
             data_time.update(time.time() - end)
             loss_summary = self.forward_backward(batch)
