@@ -12,6 +12,7 @@ import difflib
 import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ContextManager, Dict, List, Optional, Tuple, Union
@@ -19,6 +20,7 @@ from typing import Any, ContextManager, Dict, List, Optional, Tuple, Union
 import open_clip
 import torch
 from huggingface_hub import try_to_load_from_cache
+from safetensors import safe_open
 from torch import nn
 
 from dassl.utils.identity import content_identity
@@ -322,6 +324,33 @@ def check_weights_available(spec: BackboneSpec) -> None:
     what = (f"MODEL.BACKBONE.NAME {spec.name!r}" if spec.weights_kind == "schema"
             else f"MODEL.BACKBONE.WEIGHTS {spec.weights!r} of {spec.name}")
     raise BackboneError(f"{what} is not in the local cache and HF_HUB_OFFLINE is set: {_LOCAL_ADVICE}")
+
+
+def check_weights_file(path: str) -> None:
+    """A cheap up-front test that a local weights file can be a checkpoint at all (no tensor is read).
+
+    Empty files, safetensors with a broken header and files that are neither a zip archive (torch's
+    format, TorchScript) nor a pickle (torch's legacy format) are rejected in one line before any data
+    or model is built; anything subtler is diagnosed when open_clip loads it (see ``load_clip``).
+    """
+    if os.path.getsize(path) == 0:
+        raise BackboneError(f'MODEL.BACKBONE.WEIGHTS "{path}" is not a readable weights file (the file is empty)')
+    if path.endswith(".npz"):
+        return
+    if path.endswith(".safetensors"):
+        try:
+            with safe_open(path, framework="pt") as f:
+                f.keys()
+        except Exception as e:  # the header is the whole check: any failure means unreadable
+            raise BackboneError(f'MODEL.BACKBONE.WEIGHTS "{path}" is not a readable weights file '
+                                f"({type(e).__name__}: {_first_sentence(e)})") from None
+        return
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":
+        raise BackboneError(f'MODEL.BACKBONE.WEIGHTS "{path}" is not a readable weights file (neither a torch '
+                            "zip archive nor a pickle); give a .pt/.bin/.safetensors state dict saved by torch "
+                            "or open_clip")
 
 
 def expected_image_size(cfg: Any) -> Optional[Tuple[int, int]]:

@@ -29,7 +29,7 @@ from clip import (
     resolve_backbone,
     resolve_precision,
 )
-from clip.loader import check_weights_available, expected_image_size
+from clip.loader import check_weights_available, check_weights_file, expected_image_size
 from clip.templates import DEFAULT_TEMPLATE
 from dassl.engine import TrainerX
 
@@ -79,7 +79,10 @@ class ClipTrainer(TrainerX):
             raise ValueError(
                 f"TRAINER.{self.PREC_KEY}.PREC must be one of {VALID_PRECISIONS}, got {prec!r}"
             )
-        check_weights_available(resolve_backbone(cfg))
+        spec = resolve_backbone(cfg)
+        check_weights_available(spec)
+        if spec.weights_kind == "file":
+            check_weights_file(spec.weights)
         expected = expected_image_size(cfg)
         size = tuple(cfg.INPUT.SIZE)
         if expected is not None and size != expected:

@@ -78,7 +78,8 @@ def _log_file_for(output: str) -> str:
 def setup_logger(output: Optional[str] = None, level: int = logging.INFO, console: str = "all") -> Optional[str]:
     """Send log records to stdout and, when ``output`` is given, to its ``log.txt``.
 
-    An existing ``log.txt`` is kept and a time-stamped sibling is used (as Dassl does). Calling it
+    An existing ``log.txt`` is kept and a new time-stamped sibling is used (as Dassl does; a counter
+    is added when that name exists too). Calling it
     again for the same directory and console mode in one process keeps the current file instead of
     opening another. ``console`` is ``all`` or ``summary`` (see the module docstring). Returns the
     path of the log file (None without ``output``).
@@ -118,7 +119,10 @@ def setup_logger(output: Optional[str] = None, level: int = logging.INFO, consol
         return None
     fpath = wanted
     if osp.exists(fpath):
-        fpath += time.strftime("-%Y-%m-%d-%H-%M-%S")
+        stamped = fpath + time.strftime("-%Y-%m-%d-%H-%M-%S")
+        fpath, n = stamped, 1
+        while osp.exists(fpath):  # two runs in the same second must not share (append to) one file
+            fpath, n = f"{stamped}-{n}", n + 1
     try:
         mkdir_if_missing(osp.dirname(osp.abspath(wanted)))
         file_handler = _RunFileHandler(fpath, encoding="utf-8")
