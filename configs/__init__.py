@@ -206,6 +206,9 @@ def check_cfg(cfg: Any, training: bool = True) -> None:
         raise  # already one-line project errors
     except (ValueError, AssertionError) as e:
         raise ConfigError(str(e) or f"{name} rejects this config ({type(e).__name__})") from None
+    except AttributeError:
+        # a check_cfg that needs the constructed trainer: it runs again inside the constructor
+        logger.debug("%s.check_cfg needs a constructed trainer; checked at construction", name)
 
 
 def extend_cfg(cfg: Any) -> None:
