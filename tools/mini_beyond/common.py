@@ -13,6 +13,8 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
+from dassl.utils import atomic_write
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -295,8 +297,7 @@ def load_assets(directory: Path = ASSETS_DIR) -> Assets:
 
 
 def write_json_file(path: Path, obj: object) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    """Indented JSON through the project's one atomic writer (fsync, umask)."""
+    atomic_write(str(path), lambda f: f.write(json.dumps(obj, indent=1, ensure_ascii=False) + "\n"))
 
 
