@@ -248,6 +248,21 @@ class PromptBatch:
         rows, cols = self.slot_dst // old_len, self.slot_dst % old_len
         return PromptBatch(self.ids[:, :new_len].contiguous(), self.eot_idx, rows * new_len + cols, self.slot_src)
 
+    def shared_prefix(self) -> int:
+        """Leading positions with the same id in every row and no name slot (constant under the causal mask).
+
+        What :class:`clip.TextEncoder` may compute once and reuse (``shared_prefix``): at least the
+        SOT position; for class prompts "SOT a photo of".
+        """
+        n, length = self.ids.shape
+        if n == 0 or length == 0:
+            return 0
+        same = (self.ids == self.ids[:1]).all(dim=0).long()
+        p = int(same.cumprod(0).sum())
+        if self.slot_dst.numel():
+            p = min(p, int((self.slot_dst % length).min()))
+        return min(p, int(self.eot_idx.min()))
+
     def to(self, device: Union[str, torch.device]) -> PromptBatch:
         return PromptBatch(self.ids.to(device), self.eot_idx.to(device), self.slot_dst.to(device),
                            self.slot_src.to(device))
@@ -301,6 +316,7 @@ class PromptBank(nn.Module):
         self.register_buffer("slot_dst", batch.slot_dst.to(weight.device), persistent=False)
         self.register_buffer("slot_src", batch.slot_src.to(weight.device), persistent=False)
         self.register_buffer("base", batch.base_embeddings(weight), persistent=False)
+        self.shared_prefix = batch.shared_prefix()
         src = batch.slot_src
         self.identity_src = bool(torch.equal(src, torch.arange(src.numel()))) and src.numel() == sum(
             self.slot_lengths)

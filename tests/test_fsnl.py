@@ -237,3 +237,46 @@ def test_no_dataparallel_wrapping(toy_root, tmp_path, monkeypatch):
     assert not isinstance(trainer.model, torch.nn.DataParallel)
     assert trainer.model.name_learner is trainer.name_learner
     assert all(not isinstance(m, torch.nn.DataParallel) for m in trainer._models.values())
+
+
+def _reference_partner_sets(labels, valid):
+    """The reference's candidates per item: valid items of another label (spec §2.7)."""
+    return [{j for j in range(len(labels)) if valid[j] and labels[j] != labels[i]} for i in range(len(labels))]
+
+
+def test_swap_partners_uniform_over_the_reference_candidates():
+    """O(B) template swapping draws exactly the reference's distribution: uniform over the candidates."""
+    from trainers.fsnl import swap_partners
+
+    labels = torch.tensor([3, 1, 3, 0, 1, 3, 2, 2, 0, 5])
+    valid = torch.tensor([1, 1, 0, 1, 1, 1, 0, 1, 1, 0], dtype=torch.bool)
+    sets = _reference_partner_sets(labels.tolist(), valid.tolist())
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([swap_partners(labels, valid, g) for _ in range(6000)])
+    for i, cands in enumerate(sets):
+        got = draws[:, i]
+        if not cands:
+            assert bool((got == -1).all())
+            continue
+        assert set(got.tolist()) == cands  # never outside, every candidate reached
+        counts = torch.bincount(got, minlength=len(labels)).double()[sorted(cands)]
+        expected = len(got) / len(cands)
+        chi2 = float(((counts - expected) ** 2 / expected).sum())
+        # 99.9% quantile of chi² with <= 7 degrees of freedom is 24.3
+        assert chi2 < 24.3, (i, counts.tolist())
+
+
+def test_swap_partners_maps_every_draw_onto_one_candidate():
+    """Exact: the draws (u + ½)/n, u = 0..n-1, hit every reference candidate once (a bijection: uniform)."""
+    from trainers.fsnl import swap_partners
+
+    rng = torch.Generator().manual_seed(1)
+    for trial in range(40):
+        b = int(torch.randint(1, 12, (1,), generator=rng))
+        labels = torch.randint(0, 4, (b,), generator=rng)
+        valid = torch.rand(b, generator=rng) < 0.7
+        for i, cands in enumerate(_reference_partner_sets(labels.tolist(), valid.tolist())):
+            n = max(len(cands), 1)
+            hits = [int(swap_partners(labels, valid, draws=torch.full((b,), (u + 0.5) / n,
+                                                                      dtype=torch.float64))[i]) for u in range(n)]
+            assert sorted(hits) == (sorted(cands) if cands else [-1]), (trial, i)

@@ -54,6 +54,9 @@ LOSSES = ("full", "caption", "base", "clip_caption")
 Piece = Union[List[int], Slot]
 #: Marks "this caption's own class name" inside a cached caption template.
 OWN = Slot(-1)
+#: Length groups of the text tower's input (``clip.TextEncoder`` ``buckets``): exact, and each group
+#: is cut at its own longest prompt instead of the batch's.
+TEXT_BUCKETS = 4
 
 
 def add_config(cfg: CN) -> None:
@@ -92,6 +95,35 @@ def same_label_loss(
         has_pos = positive.any(dim=1)
         return per_row[has_pos].mean() if bool(has_pos.any()) else per_row.sum() * 0.0
     return per_row.mean()
+
+
+def swap_partners(labels: torch.Tensor, valid: torch.Tensor, generator: Optional[torch.Generator] = None,
+                  draws: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """For every item ``i``, a uniformly drawn ``j`` with ``valid[j]`` and ``labels[j] != labels[i]``; -1 if none.
+
+    The distribution of the reference's template swapping (spec §2.7: uniform over the batch items of
+    another class), in O(B log B) instead of a dense ``[B, B]`` weight matrix: the valid items are
+    sorted by label, so those of ``i``'s own label form one block ``[start, start + own)``; a draw
+    ``u`` uniform in ``[0, n_valid - own)`` skips that block (``u`` or ``u + own``). ``draws``
+    (``[B]`` floats in ``[0, 1)``, default: drawn from ``generator``) fix the randomness, for tests.
+    """
+    y = labels.reshape(-1).cpu().long()
+    valid = valid.reshape(-1).cpu().bool()
+    b = y.numel()
+    cand = torch.nonzero(valid).squeeze(1)
+    if cand.numel() == 0:
+        return torch.full((b,), -1, dtype=torch.long)
+    cand = cand[torch.argsort(y[cand], stable=True)]
+    sorted_y = y[cand]
+    start = torch.searchsorted(sorted_y, y, side="left")
+    own = torch.searchsorted(sorted_y, y, side="right") - start
+    allowed = cand.numel() - own
+    if draws is None:
+        draws = torch.rand(b, dtype=torch.float64, generator=generator)
+    u = torch.floor(draws.double() * allowed.double()).long()
+    u = torch.minimum(u, (allowed - 1).clamp(min=0))
+    k = torch.where(u < start, u, u + own).clamp(max=cand.numel() - 1)
+    return torch.where(allowed > 0, cand[k], torch.full_like(k, -1))
 
 
 class NameLearner(nn.Module):
@@ -217,7 +249,8 @@ class FSNLModel(nn.Module):
     # ----------------------------------------------------------- class prompts
     def class_text_features(self) -> torch.Tensor:
         embeds, eot = self.prompt_bank(self.name_learner.bank)
-        return F.normalize(self.text_encoder(embeds, eot).float(), dim=-1)
+        return F.normalize(self.text_encoder(embeds, eot, shared_prefix=self.prompt_bank.shared_prefix,
+                                             buckets=TEXT_BUCKETS).float(), dim=-1)
 
     # ----------------------------------------------------------- captions
     def caption_template(self, caption: str, label: int) -> Optional[List[Piece]]:
@@ -239,7 +272,8 @@ class FSNLModel(nn.Module):
         batch = PromptBatch.build(sequences, self.name_learner.lengths, self.slot_token_ids,
                                   self.context_length).trimmed().to(device)
         embeds = batch.embed(self.token_weight, self.name_learner.bank)
-        return F.normalize(self.text_encoder(embeds, batch.eot_idx).float(), dim=-1)
+        return F.normalize(self.text_encoder(embeds, batch.eot_idx, shared_prefix=batch.shared_prefix(),
+                                             buckets=TEXT_BUCKETS).float(), dim=-1)
 
 
 @TRAINER_REGISTRY.register()
@@ -319,17 +353,9 @@ class FSNL_openclip(ClipTrainer):
         """Template swapping (spec §2.7): a caption of *another* class, with this item's name in it."""
         templates = [self.caption_templates[int(i)] for i in indices]
         y = labels.cpu()
-        valid = torch.tensor([t is not None for t in templates])
-        allowed = valid[None, :] & (y[None, :] != y[:, None])
-        has = allowed.any(dim=1)
-        weights = allowed.float()
-        weights[~has] = 1.0
-        pick = torch.multinomial(weights, 1, generator=self.rng).squeeze(1).tolist()
-        out = []
-        for i, label in enumerate(y.tolist()):
-            template = templates[pick[i]] if bool(has[i]) else None
-            out.append(self.model.fill(template, label))
-        return out
+        valid = torch.tensor([t is not None for t in templates], dtype=torch.bool)
+        pick = swap_partners(y, valid, self.rng).tolist()
+        return [self.model.fill(templates[j] if j >= 0 else None, label) for j, label in zip(pick, y.tolist())]
 
     def own_sequences(self, indices: Sequence[int], labels: torch.Tensor) -> List[List[Piece]]:
         return [self.model.fill(self.caption_templates[int(i)], int(y)) for i, y in zip(indices, labels.tolist())]
