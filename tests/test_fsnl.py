@@ -280,3 +280,79 @@ def test_swap_partners_maps_every_draw_onto_one_candidate():
             hits = [int(swap_partners(labels, valid, draws=torch.full((b,), (u + 0.5) / n,
                                                                       dtype=torch.float64))[i]) for u in range(n)]
             assert sorted(hits) == (sorted(cands) if cands else [-1]), (trial, i)
+
+
+def _fake_trainer(names, hint, matching):
+    """What ``FSNLModel`` reads from a trainer, around the tiny random-weight CLIP."""
+    from types import SimpleNamespace
+
+    from benchmarks.common import load_model
+    from trainers.base import ClipTrainer
+    from trainers.fsnl import add_config
+    from yacs.config import CfgNode as CN
+
+    cfg = CN()
+    cfg.TRAINER = CN()
+    add_config(cfg)
+    cfg.TRAINER.FSNL.NAME_MATCHING = matching
+    return SimpleNamespace(cfg=cfg, clip=load_model("test-tiny", torch.device("cpu")), classnames=list(names),
+                           hint=hint, display_names=ClipTrainer.display_names)
+
+
+REFERENCE_NAMES = ["ant", "Giant_Anteater", "plant", "art", "folk art", "Mr._Mime", "red  panda"]
+
+
+def test_name_matching_reference_reproduces_the_original_embeddings():
+    """NAME_MATCHING reference: class prompts and captions embed exactly as the original's
+    per-string ``text2embedding`` (spec §2.5, re-implemented independently in benchmarks/)."""
+    from benchmarks.prompt_building import reference_class_prompts, reference_text2embedding
+    from clip import PromptBatch, tokenize_pieces
+    from trainers.fsnl import FSNLModel
+
+    model = FSNLModel(_fake_trainer(REFERENCE_NAMES, "folk art", "reference"))
+    assert model.classnames == ["ant", "giant_anteater", "plant", "art", "folk art", "mr _mime", "red  panda"]
+    nl, tok_emb = model.name_learner, model.text_encoder.token_embedding
+    learned = {n: nl.name_tensor(i) for i, n in enumerate(model.classnames)}
+    with torch.no_grad():
+        ours, ours_eot = model.prompt_bank(nl.bank)
+        ref, ref_eot = reference_class_prompts(model.classnames, "folk art", learned, model.tokenizer, tok_emb,
+                                               model.context_length)
+        assert torch.equal(ours_eot, ref_eot)
+        assert torch.equal(ours, ref[:, :ours.shape[1]])
+        for caption in ["A giant anteater, a PLANT and pants", "folk art with art", "mr _mime and a red  panda",
+                        "no name here at all"]:
+            seq = tokenize_pieces(model.tokenizer, model.matcher.split(caption))
+            batch = PromptBatch.build([seq], nl.lengths, model.slot_token_ids, model.context_length)
+            got = batch.embed(model.token_weight, nl.bank)
+            exp, exp_ids = reference_text2embedding(caption, model.classnames, learned, model.tokenizer, tok_emb,
+                                                    model.context_length)
+            assert int(batch.eot_idx[0]) == int(exp_ids.argmax())
+            assert torch.equal(got[0], exp), caption
+
+
+def test_name_matching_fixed_is_the_default_and_differs():
+    """The default keeps B2/B4 fixed: "art" is not found inside the hint "folk art" or inside words."""
+    from clip import Slot
+    from trainers.fsnl import FSNLModel
+
+    fixed = FSNLModel(_fake_trainer(REFERENCE_NAMES, "folk art", "fixed"))
+    ref = FSNLModel(_fake_trainer(REFERENCE_NAMES, "folk art", "reference"))
+    art = 3
+    slots = lambda pieces: [p.index for p in pieces if isinstance(p, Slot)]  # noqa: E731
+    assert slots(fixed.class_pieces[art]) == [art]
+    assert slots(ref.class_pieces[art]) == [art, 4]  # the hint "folk art" is a class name too
+    assert slots(ref.class_pieces[2]) == [2, 4]  # "plant", then the hint
+    assert fixed.classnames[1] == "giant anteater" and ref.classnames[1] == "giant_anteater"
+    assert fixed.caption_owner("a plant near an ant", 2) == 2
+    assert ref.caption_owner("a plant near an ant", 2) == 0  # B6: first name in label order
+
+
+def test_name_matching_reference_trains_and_bad_values_fail(toy_root, tmp_path):
+    trainer = build(toy_root, tmp_path / "ref", TRAINER, "TRAINER.FSNL.NAME_MATCHING", "reference")
+    assert trainer.model.reference_matching
+    batch = next(iter(trainer.train_loader_x))
+    trainer.num_batches, trainer.batch_idx = 10, 0
+    out = trainer.forward_backward(batch)
+    assert math.isfinite(out["loss"])
+    with pytest.raises(ValueError, match="NAME_MATCHING"):
+        build(toy_root, tmp_path / "bad", TRAINER, "TRAINER.FSNL.NAME_MATCHING", "regex")
