@@ -286,10 +286,11 @@ def _fake_trainer(names, hint, matching):
     """What ``FSNLModel`` reads from a trainer, around the tiny random-weight CLIP."""
     from types import SimpleNamespace
 
+    from yacs.config import CfgNode as CN
+
     from benchmarks.common import load_model
     from trainers.base import ClipTrainer
     from trainers.fsnl import add_config
-    from yacs.config import CfgNode as CN
 
     cfg = CN()
     cfg.TRAINER = CN()
