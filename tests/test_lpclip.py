@@ -166,7 +166,8 @@ def test_cli_writes_results_and_named_csv_columns(tmp_path, capsys):
     k4 = res["shots"]["4"]
     assert len(k4["accuracies"]) == 2 and len(k4["c"]) == 2
     assert k4["accuracy_mean"] == pytest.approx(np.mean(k4["accuracies"]))
-    assert k4["accuracy_std"] == pytest.approx(np.std(k4["accuracies"]))
+    assert k4["accuracy_std"] == pytest.approx(np.std(k4["accuracies"], ddof=1))  # the project's one convention
+    assert res["schema"] == 1 and res["kind"] == "linear_probe" and res["fingerprint"]["trainer"] == "linear_probe"
     with open(out / "linear_probe.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == list(lp.CSV_COLUMNS)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from clip import LoadedCLIP, Precision, autocast, load_clip, normalize_name, resolve_precision
+from clip import LoadedCLIP, Precision, autocast, load_clip, normalize_name, resolve_precision, weights_identity
 from clip.templates import DEFAULT_TEMPLATE
 from dassl.engine import TrainerX
 
@@ -60,6 +60,13 @@ class ClipTrainer(TrainerX):
         cfg.MODEL.BACKBONE.WEIGHTS = weights
         if rest:
             cfg.MODEL.BACKBONE.QUICK_GELU = rest[0]
+
+    @classmethod
+    def identity_parts(cls, cfg: Any) -> Dict[str, Any]:
+        """Adds the frozen backbone's weights identity (tag, or file content) to the run fingerprint."""
+        parts = super().identity_parts(cfg)
+        parts["weights"] = weights_identity(cfg)
+        return parts
 
     def check_cfg(self, cfg: Any) -> None:
         prec = self.prec_name(cfg)

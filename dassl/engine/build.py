@@ -2,21 +2,31 @@
 from __future__ import annotations
 
 import logging
-import os.path as osp
-from typing import Any
+from typing import Any, Dict
 
-from ..utils import Registry, atomic_write_text
+from ..results import fingerprint, write_config
+from ..utils import Registry
 
-__all__ = ["TRAINER_REGISTRY", "build_trainer"]
+__all__ = ["TRAINER_REGISTRY", "build_trainer", "expected_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
 TRAINER_REGISTRY = Registry("TRAINER")
 
 
+def expected_fingerprint(cfg: Any) -> Dict[str, Any]:
+    """The fingerprint a run of ``cfg`` will record (dassl.results), computed from the config and the
+    trainer class's ``identity_parts(cfg)`` without building anything: what a sweep compares with a
+    finished run's ``results.json``. It lacks only the few-shot digest, which ``id`` does not cover."""
+    name = str(cfg.TRAINER.NAME)
+    cls = TRAINER_REGISTRY.get(name)
+    parts = cls.identity_parts(cfg) if hasattr(cls, "identity_parts") else {}
+    return fingerprint(cfg, trainer=name, **parts)
+
+
 def build_trainer(cfg: Any, **kwargs: Any) -> Any:
-    """Look up ``cfg.TRAINER.NAME``, write the resolved config to ``OUTPUT_DIR/config.yaml`` and
-    construct the trainer.
+    """Look up ``cfg.TRAINER.NAME``, write the resolved config to ``OUTPUT_DIR/config.yaml`` (with the
+    run fingerprint as a comment header) and construct the trainer.
 
     The config is written here rather than in the trainer's constructor because trainers built
     for cross-evaluation share the output directory and must not overwrite it.
@@ -24,5 +34,7 @@ def build_trainer(cfg: Any, **kwargs: Any) -> Any:
     cls = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
     if cfg.VERBOSE:
         logger.info("Loading trainer: %s", cfg.TRAINER.NAME)
-    atomic_write_text(osp.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
+    fp = expected_fingerprint(cfg)
+    write_config(cfg.OUTPUT_DIR, cfg.dump(), fp)
+    logger.info("Run fingerprint %s (without seed: %s)", fp["id"], fp["group"])
     return cls(cfg, **kwargs)

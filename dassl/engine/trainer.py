@@ -31,7 +31,9 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from .. import results as results_contract
 from ..data import DataManager
+from ..data.datasets import DATASET_REGISTRY
 from ..evaluation import build_evaluator, hmean
 from ..utils import (
     BEST_NAME,
@@ -47,7 +49,6 @@ from ..utils import (
     save_checkpoint,
     set_random_seed,
     tolist_if_not,
-    write_json,
 )
 
 __all__ = ["TrainerBase", "SimpleTrainer", "TrainerX", "TrainerXU", "NullWriter"]
@@ -90,6 +91,10 @@ class TrainerBase:
         self._writer: Optional[Any] = None
         #: completed training epochs of the weights currently in the models.
         self.model_epoch = 0
+        #: what ``load_model`` loaded (``model_dir``, ``epoch``, ``checkpoints``); trainers that map
+        #: across label spaces add ``names_loaded`` ("3/5"). ``finalize()`` writes it to
+        #: results.json as ``loaded`` (None: the weights were trained by this run).
+        self.load_info: Optional[Dict[str, Any]] = None
 
     # ------------------------------------------------------------------ registration
     def register_model(self, name: str = "model", model: Optional[nn.Module] = None,
@@ -234,6 +239,8 @@ class TrainerBase:
             logger.info("load_model() is skipped as no model directory is given")
             return
         names = self.get_model_names()
+        info: Dict[str, Any] = {"model_dir": osp.abspath(directory), "epoch": None, "checkpoints": {}}
+        self.load_info = info
         for name in names:
             path = self._checkpoint_path(directory, name, epoch)
             ckpt = load_checkpoint(path)
@@ -243,6 +250,8 @@ class TrainerBase:
             logger.info('Load %s to %s (epoch=%d%s)', path, name, ep, extra)
             self.load_state(name, ckpt["state_dict"], ckpt.get("meta") or {})
             self.model_epoch = ep
+            info["epoch"] = ep
+            info["checkpoints"][name] = osp.relpath(path, directory)
 
     # ------------------------------------------------------------------ modes and steps
     def set_model_mode(self, mode: str = "train", names: Names = None) -> None:
@@ -381,6 +390,23 @@ class SimpleTrainer(TrainerBase):
 
     def check_cfg(self, cfg: Any) -> None:
         """Hook to reject configurations a trainer cannot run."""
+
+    @classmethod
+    def identity_parts(cls, cfg: Any) -> Dict[str, Any]:
+        """The run-fingerprint parts beyond the config, from ``cfg`` alone (no data loaded, no model
+        built), so that a sweep computes exactly what ``finalize()`` records: ``data`` from the
+        dataset class's ``data_identity(cfg)``; ``weights`` None here (CLIP trainers add theirs)."""
+        name = str(cfg.DATASET.NAME)
+        dataset_cls = DATASET_REGISTRY.get(name) if name in DATASET_REGISTRY else None
+        identity = getattr(dataset_cls, "data_identity", None)
+        return {"data": identity(cfg) if callable(identity) else {}, "weights": None}
+
+    def run_fingerprint(self) -> Dict[str, Any]:
+        """This run's fingerprint (dassl.results): the cfg-only parts plus the few-shot sample digest."""
+        dataset = getattr(getattr(self, "dm", None), "dataset", None)
+        return results_contract.fingerprint(self.cfg, trainer=str(self.cfg.TRAINER.NAME),
+                                            fewshot=getattr(dataset, "fewshot_digest", None),
+                                            **type(self).identity_parts(self.cfg))
 
     def build_data_loader(self) -> None:
         """Build the DataManager; trainers needing custom transforms override this."""
@@ -616,6 +642,7 @@ class SimpleTrainer(TrainerBase):
         results["epoch"] = self.model_epoch
         results["final_model"] = cfg.TEST.FINAL_MODEL
         results["split"] = self.last_split
+        results["device"] = str(self.device)
         results["accuracy"] = list(main_metrics.values())[0]
         results["metrics"] = main_metrics
         results["subsets"] = subsets
@@ -628,10 +655,10 @@ class SimpleTrainer(TrainerBase):
         if extra:
             results.update(extra)
         results = _jsonable(results)
-        path = osp.join(self.output_dir, "results.json")
-        write_json(results, path)
-        logger.info("Results written to %s", path)
-        return results
+        fp = self.run_fingerprint()
+        path = results_contract.write_results(self.output_dir, results, fp, kind="run", loaded=self.load_info)
+        logger.info("Results written to %s (fingerprint %s)", path, fp["id"])
+        return results_contract.read_results(path).data
 
 
 class TrainerX(SimpleTrainer):
