@@ -15,8 +15,11 @@ version is compared only with ``match_code`` (see ``dassl.results``).
 """
 from __future__ import annotations
 
+import argparse
 import os
 import os.path as osp
+import shlex
+import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 import train
@@ -107,3 +110,30 @@ def conflict_message(states: Sequence[results.Finished]) -> str:
     more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
     return (f"{len(bad)} job(s) would overwrite a different finished run{more}: {first.path} differs in: "
             f"{'; '.join(first.differences)}. Fix: use another --out, or --force to overwrite")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m scripts.run_identity",
+                                description="exit 0 when DONE holds a finished run of CMD's fingerprint (skip it), "
+                                            "1 when there is none (run it), 2 when a different run is in the way")
+    p.add_argument("--done", required=True, help="the job's marker (its results.json)")
+    p.add_argument("--cmd", required=True, help="the job's command line, one string")
+    p.add_argument("--match-code", action="store_true", help="also require the same code version")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """What the SLURM array tasks of ``scripts.launch`` run before their command."""
+    args = _parser().parse_args(argv)
+    state = command_state(shlex.split(args.cmd), args.done, os.getcwd(), args.match_code)
+    if state.done:
+        print(f"skip: {state.line()}")
+        return 0
+    if state.state == "missing":
+        return 1
+    print(f"error: {conflict_message([state])}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
