@@ -12,8 +12,8 @@ import pytest
 
 from dassl import results
 from scripts import fsnl_rule, sweep
-from scripts.run_identity import command_fingerprint
 from scripts.domains import DomainError, count_classes, resolve_domains, short_name
+from scripts.run_identity import command_fingerprint
 from scripts.sweep import Job, SweepSpec, build_jobs, run_jobs
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,7 +20,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from clip import LoadedCLIP, Precision, autocast, load_clip, normalize_name, resolve_precision, weights_identity
+from clip import (
+    LoadedCLIP,
+    Precision,
+    autocast,
+    load_clip,
+    normalize_name,
+    resolve_precision,
+    weights_identity,
+)
 from clip.templates import DEFAULT_TEMPLATE
 from dassl.engine import TrainerX
 
