@@ -254,10 +254,10 @@ def _fmt_value(value: Any) -> str:
 
 
 def hparam_dir(pairs: Sequence[Tuple[str, Any]], fp: Optional[Mapping[str, Any]] = None) -> str:
-    """A readable folder name for hyper-parameters: ``KEY_value`` joined by ``_`` (keys by their last
-    component, ``OPTIM.LR`` -> ``LR``), plus ``_h<8 hex>`` of the fingerprint when one is given (for the
-    keys a name cannot show)."""
-    parts = [f"{key.rsplit('.', 1)[-1]}_{_fmt_value(value)}" for key, value in pairs]
+    """A readable, complete folder name for hyper-parameters: ``KEY_value`` joined by ``_`` with the
+    full key (``OPTIM.LR_0.002``, so two keys never share a name), plus ``_h<8 hex>`` of the
+    fingerprint when one is given (for what a name cannot show)."""
+    parts = [f"{key}_{_fmt_value(value)}" for key, value in pairs]
     if fp is not None:
         parts.append(f"h{short_id(fp)}")
     return "_".join(parts)
