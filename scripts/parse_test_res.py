@@ -674,6 +674,7 @@ def summary_to_json(groups: Sequence[GroupSummary]) -> List[Dict[str, Any]]:
     return [
         {
             "dataset": g.dataset, "method": g.method, "label": g.label, "shots": g.shots, "seeds": g.seeds,
+            "config": g.config, "paths": g.paths,
             "oop": _stat_json(g.oop), "ip": _stat_json(g.ip), "hmean": _stat_json(g.hmean),
             "accuracy": _stat_json(g.accuracy),
         }
@@ -688,7 +689,7 @@ def groups_from_json(payload: Dict[str, Any]) -> List[GroupSummary]:
             dataset=g["dataset"], method=g["method"], shots=int(g["shots"]), seeds=list(g.get("seeds", [])),
             oop=_stat_from_json(g.get("oop")), ip=_stat_from_json(g.get("ip")),
             hmean=_stat_from_json(g.get("hmean")), accuracy=_stat_from_json(g.get("accuracy")),
-            label=g.get("label") or g["method"],
+            label=g.get("label") or g["method"], config=g.get("config", LEGACY), paths=list(g.get("paths", [])),
         )
         for g in payload["groups"]
     ]
