@@ -252,3 +252,21 @@ def test_coop_flags(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert f"* accuracy: 63.00% +- {half:.2f}%" in capsys.readouterr().out
     assert ptr.main([str(root / "exp_b"), "--test-log"]) == 0  # evaluation-only logs: no "Finish training"
     assert "* accuracy: 65.00%" in capsys.readouterr().out
+
+
+def test_zeroshot_other_opts_same_directory_is_one_error_line(toy: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "zs"
+    argv = ["--method", "zeroshot", "--root", str(toy), "--out", str(out), "--domains", "Animals", "--seeds", "1",
+            "--dry-run"]
+    (job,) = sweep.build_jobs(sweep.SweepSpec(method="zeroshot", root=str(toy), out=str(out), domains=["Animals"],
+                                              seeds=[1]))
+    results.write_results(str(Path(job.done).parent), {"trainer": "ZeroshotCLIP_openclip", "dataset": "Animals92_42",
+                                                       "seed": 1, "accuracy": 5.0}, command_fingerprint(job.argv))
+    assert sweep.main(argv) == 0 and "0 pending, 1 skipped" in capsys.readouterr().err
+    # The zero-shot folder does not name opts: the same directory, so the sweep refuses to reuse it.
+    assert sweep.main(argv + ["--opts", "INPUT.INTERPOLATION", "bilinear"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "INPUT.INTERPOLATION 'bicubic' -> 'bilinear'" in err
+    assert sweep.main(argv + ["--force", "--opts", "INPUT.INTERPOLATION", "bilinear"]) == 0
+    assert "1 pending, 0 skipped" in capsys.readouterr().err
