@@ -83,6 +83,7 @@ __all__ = [
     "short_id",
     "sample_std",
     "mean_std",
+    "jsonable",
 ]
 
 logger = logging.getLogger(__name__)
@@ -117,14 +118,14 @@ class ResultsError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------- config
-def _plain(value: Any) -> Any:
-    """JSON-stable form of a config value (tuples → lists, numpy/torch scalars → numbers)."""
+def jsonable(value: Any) -> Any:
+    """Plain JSON data: mappings → dicts with str keys, tuples → lists, numpy/torch values → numbers."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [jsonable(v) for v in value]
     if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        return _plain(value.tolist())
+        return jsonable(value.tolist())
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         return value.item()
     return value
@@ -137,7 +138,7 @@ def _flatten(node: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
         if isinstance(value, Mapping):
             out.update(_flatten(value, full + "."))
         else:
-            out[full] = _plain(value)
+            out[full] = jsonable(value)
     return out
 
 
@@ -172,8 +173,8 @@ def fingerprint(
     and the identity parts the hooks computed. ``code`` defaults to :func:`code_version`."""
     semantic = semantic_config(config)
     trainer = str(trainer or semantic.get("TRAINER.NAME", ""))
-    data = _plain(dict(data or {}))
-    weights = _plain(weights) if weights is not None else None
+    data = jsonable(dict(data or {}))
+    weights = jsonable(weights) if weights is not None else None
     unseeded = {k: v for k, v in semantic.items() if k != "SEED"}
     return {
         "id": json_digest({"trainer": trainer, "config": semantic, "data": data, "weights": weights}),
@@ -185,7 +186,7 @@ def fingerprint(
         "data": data,
         "weights": weights,
         "fewshot": fewshot,
-        "code": _plain(dict(code)) if code is not None else code_version(),
+        "code": jsonable(dict(code)) if code is not None else code_version(),
     }
 
 
@@ -322,16 +323,6 @@ class RunResults:
         return self.data.get(key, default)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        return _jsonable(value.tolist())
-    return value
-
-
 _REQUIRED = {"run": ("trainer", "dataset", "seed", "accuracy"), "linear_probe": ("dataset", "shots")}
 
 
@@ -354,7 +345,7 @@ def write_results(output_dir: str, payload: Mapping[str, Any], fp: Mapping[str, 
     out["loaded"] = dict(loaded) if loaded else None
     out["fingerprint"] = dict(fp)
     path = osp.join(output_dir, RESULTS_FILE)
-    write_json(_jsonable(out), path)
+    write_json(jsonable(out), path)
     return path
 
 

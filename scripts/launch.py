@@ -21,8 +21,9 @@ to the end of the queue up to ``--retries`` times. The exit status is 1 when any
 SLURM mode writes ``commands.txt``, ``done.txt`` (the marker of each line) and ``job.sbatch`` (an
 ``--array=0-(N-1)%M`` script whose task i runs line i+1 unless its marker exists) and submits it with
 ``sbatch`` (``--no-submit`` only writes); each task asks ``python -m scripts.run_identity`` whether its
-run is finished (skip), missing (run) or another run (fail with the error line). There is deliberately
-no scheduler of our own beyond that.
+run is finished (skip), missing (run) or another run (fail with the error line); it runs with the
+interpreter that wrote the script unless ``FSNL_PYTHON`` names another. There is deliberately no
+scheduler of our own beyond that.
 
 Why no multi-GPU (DDP) inside one run: FSNL's trainable state is a few name embeddings (kilobytes)
 and its step cost is dominated by the frozen encoders on a few hundred images, so a run fits one GPU

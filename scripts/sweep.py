@@ -35,6 +35,7 @@ from types import MappingProxyType
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from dassl import results
+from dassl.utils.identity import code_version
 from scripts.domains import LAION_BEYOND_DOMAINS, REPO_ROOT, DomainError, count_classes, resolve_domains
 from scripts.fsnl_rule import format_lr, fsnl_bs_lr
 from scripts.run_identity import RunConflict, command_state, conflict_message
@@ -419,6 +420,12 @@ def split_done(jobs: Sequence[Job], force: bool = False, cwd: Optional[str] = No
         raise RunConflict(conflict_message(states))
     pending = [j for j, s in zip(jobs, states) if not s.done]
     done = [j for j, s in zip(jobs, states) if s.done]
+    commit = code_version()["commit"]
+    older = [s for s in states if s.done and s.results is not None and s.results.fingerprint
+             and (s.results.fingerprint.get("code") or {}).get("commit") != commit]
+    if older:
+        logger.warning("%d of the skipped run(s) were produced by another code version than %s (e.g. %s); "
+                       "--match-code reruns them", len(older), commit[:12], older[0].path)
     return pending, done
 
 

@@ -68,19 +68,6 @@ class NullWriter:
         return None
 
 
-def _jsonable(value: Any) -> Any:
-    """Plain Python (float/int/str/list/dict) for json.dump; numpy/torch scalars become floats."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return _jsonable(value.tolist())
-    if isinstance(value, (np.floating, np.integer, np.bool_)):
-        return value.item()
-    return value
-
-
 class TrainerBase:
     """Model registry, checkpointing and the epoch loop."""
 
@@ -654,7 +641,7 @@ class SimpleTrainer(TrainerBase):
         results["versions"] = package_versions()
         if extra:
             results.update(extra)
-        results = _jsonable(results)
+        results = results_contract.jsonable(results)
         fp = self.run_fingerprint()
         path = results_contract.write_results(self.output_dir, results, fp, kind="run", loaded=self.load_info)
         logger.info("Results written to %s (fingerprint %s)", path, fp["id"])
