@@ -9,12 +9,13 @@ handed in by hooks (``DatasetBase.data_identity``, ``SimpleTrainer.identity_part
 Fingerprint (stored in ``results.json`` under ``"fingerprint"`` and as a comment header of
 ``config.yaml``)::
 
-    {"id":      hash of (trainer, semantic config, data, weights)  -- what "the same run" means
+    {"id":      hash of (trainer, semantic config, data, weights[, source]) -- "the same run"
      "group":   the same hash without the seed                      -- what parse_test_res groups by
      "trainer": "FSNL_openclip",
      "config_digest": hash of the semantic config, "config": {flat KEY: value},
      "data":    {"OOP": "<sha256 of the split file>", ...}          -- DatasetBase.data_identity(cfg)
      "weights": clip.weights_identity(cfg) or null,
+     "source":  what an evaluation loaded (source_identity) or null,
      "fewshot": digest of the sampled train/val records or null,
      "code":    {"commit", "dirty", "packages"}}
 
@@ -51,12 +52,13 @@ import json
 import logging
 import math
 import os.path as osp
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .utils import atomic_write_text, write_json
-from .utils.identity import code_version, json_digest
+from .utils.identity import code_version, json_digest, stat_identity
 
 __all__ = [
     "SCHEMA",
@@ -70,6 +72,7 @@ __all__ = [
     "Finished",
     "semantic_config",
     "fingerprint",
+    "source_identity",
     "diff_fingerprints",
     "fingerprint_header",
     "read_header_fingerprint",
@@ -161,6 +164,29 @@ def _without_seed(weights: Any) -> Any:
     return weights
 
 
+_CHECKPOINT_NAME = re.compile(r"model\.pth\.tar-\d+|model-best\.pth\.tar|checkpoint")
+
+
+def source_identity(model_dir: str, load_epoch: Optional[int] = None, output_dir: str = "") -> Optional[Dict[str, Any]]:
+    """What an evaluation loads (``--model-dir`` / ``--load-epoch``), for its fingerprint: the fingerprint
+    id of the run that wrote ``model_dir`` (its results.json, unless it is this run's own folder) and a
+    digest of its checkpoint files' relative paths, sizes and mtimes -- so retraining the model dir, or
+    pointing at another one, is another evaluation. None without a model dir (a run that trains)."""
+    if not model_dir:
+        return None
+    root = Path(model_dir)
+    files = sorted(p for p in root.glob("*/*") if p.is_file() and _CHECKPOINT_NAME.fullmatch(p.name))
+    stats = [[p.relative_to(root).as_posix(), *stat_identity(str(p))] for p in files]
+    run = None
+    own = bool(output_dir) and osp.realpath(model_dir) == osp.realpath(output_dir)
+    if not own and (root / RESULTS_FILE).is_file():
+        try:
+            run = (read_results(str(root)).fingerprint or {}).get("id")
+        except ResultsError:
+            run = None
+    return {"run": run, "checkpoints": json_digest(stats), "load_epoch": load_epoch}
+
+
 def fingerprint(
     config: Mapping[str, Any],
     trainer: str = "",
@@ -168,23 +194,30 @@ def fingerprint(
     weights: Optional[Mapping[str, Any]] = None,
     fewshot: Optional[str] = None,
     code: Optional[Mapping[str, Any]] = None,
+    source: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
     """A run's fingerprint from its resolved config (a yacs node or a plain, possibly nested, dict)
-    and the identity parts the hooks computed. ``code`` defaults to :func:`code_version`."""
+    and the identity parts the hooks computed. ``code`` defaults to :func:`code_version`; ``source``
+    is :func:`source_identity` of an evaluation's model dir."""
     semantic = semantic_config(config)
     trainer = str(trainer or semantic.get("TRAINER.NAME", ""))
     data = jsonable(dict(data or {}))
     weights = jsonable(weights) if weights is not None else None
+    source = jsonable(dict(source)) if source else None
     unseeded = {k: v for k, v in semantic.items() if k != "SEED"}
+    hashed = {"trainer": trainer, "config": semantic, "data": data, "weights": weights}
+    grouped = {"trainer": trainer, "config": unseeded, "data": data, "weights": _without_seed(weights)}
+    if source is not None:  # keeps the ids of training runs independent of this optional part
+        hashed["source"] = grouped["source"] = source
     return {
-        "id": json_digest({"trainer": trainer, "config": semantic, "data": data, "weights": weights}),
-        "group": json_digest({"trainer": trainer, "config": unseeded, "data": data,
-                              "weights": _without_seed(weights)}),
+        "id": json_digest(hashed),
+        "group": json_digest(grouped),
         "trainer": trainer,
         "config_digest": json_digest(semantic),
         "config": semantic,
         "data": data,
         "weights": weights,
+        "source": source,
         "fewshot": fewshot,
         "code": jsonable(dict(code)) if code is not None else code_version(),
     }
@@ -227,6 +260,8 @@ def diff_fingerprints(old: Optional[Mapping[str, Any]], new: Mapping[str, Any], 
     wa, wb = old.get("weights"), new.get("weights")
     if (wa if seed else _without_seed(wa)) != (wb if seed else _without_seed(wb)):
         out.append("weights (backbone weights identity)")
+    if old.get("source") != new.get("source"):
+        out.append("source (the evaluated --model-dir / --load-epoch)")
     if not out and old.get("id") != new.get("id") and seed:
         out.append("fingerprint id (same parts, different hash: written by another code version)")
     if match_code and (old.get("code") or {}).get("commit") != (new.get("code") or {}).get("commit"):

@@ -68,7 +68,8 @@ def command_fingerprint(argv: Sequence[str], cwd: Optional[str] = None) -> Optio
             if opts[i] == "MODEL.BACKBONE.WEIGHTS" and osp.exists(osp.join(workdir, opts[i + 1])):
                 opts[i + 1] = _abs(opts[i + 1], workdir)
         args.opts = opts
-        return expected_fingerprint(train.setup_cfg(args))
+        model_dir = args.model_dir if args.eval_only else ""
+        return expected_fingerprint(train.setup_cfg(args), model_dir=model_dir, load_epoch=args.load_epoch)
     if _module(argv) == "lpclip.linear_probe":
         a = linear_probe.parse_args(list(argv[3:]))
         return linear_probe.probe_fingerprint(_abs(a.feature_dir, workdir), a.dataset, a.sub_classes, a.shots,

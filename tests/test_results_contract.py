@@ -270,3 +270,25 @@ def test_zeroshot_other_opts_same_directory_is_one_error_line(toy: Path, tmp_pat
     assert err.count("\n") == 1 and "INPUT.INTERPOLATION 'bicubic' -> 'bilinear'" in err
     assert sweep.main(argv + ["--force", "--opts", "INPUT.INTERPOLATION", "bilinear"]) == 0
     assert "1 pending, 0 skipped" in capsys.readouterr().err
+
+
+def test_evaluation_fingerprint_follows_the_model_dir(toy: Path, tmp_path: Path) -> None:
+    """An eval-only run is identified by what it loads: the sweep's expectation equals what the run
+    records, and retraining the model dir (or pointing at another) makes it another run."""
+    run = tmp_path / "run"
+    argv = ["python", "train.py", "--root", str(toy), "--seed", "1", "--trainer", "FSNL_openclip",
+            "--dataset-config-file", str(dataset_config()), "--config-file", FSNL_SMOKE, "--output-dir", str(run),
+            "DATASET.NUM_SHOTS", "2", "OPTIM.MAX_EPOCH", "1", "TEST.FINAL_MODEL", "best_val"]
+    train.main(train.parse_args(argv[2:]))
+    trained = results.read_results(str(run))
+    assert trained.fingerprint["source"] is None and trained.fingerprint["id"] == command_fingerprint(argv)["id"]
+    ev = tmp_path / "eval"
+    eval_argv = argv[:argv.index("--output-dir")] + ["--output-dir", str(ev), "--eval-only", "--model-dir", str(run),
+                                                       "DATASET.NUM_SHOTS", "2"]
+    train.main(train.parse_args(eval_argv[2:]))
+    evaluated = results.read_results(str(ev))
+    assert evaluated.fingerprint["source"]["run"] == trained.fingerprint["id"]
+    assert evaluated.fingerprint["id"] == command_fingerprint(eval_argv)["id"]
+    other = eval_argv[:-4] + ["--model-dir", str(tmp_path / "elsewhere"), "DATASET.NUM_SHOTS", "2"]
+    assert "source (the evaluated --model-dir / --load-epoch)" in results.diff_fingerprints(
+        evaluated.fingerprint, command_fingerprint(other))

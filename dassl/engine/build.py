@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
-from ..results import fingerprint, write_config
+from ..results import fingerprint, source_identity, write_config
 from ..utils import Registry
 
 __all__ = ["TRAINER_REGISTRY", "build_trainer", "expected_fingerprint"]
@@ -14,14 +14,16 @@ logger = logging.getLogger(__name__)
 TRAINER_REGISTRY = Registry("TRAINER")
 
 
-def expected_fingerprint(cfg: Any) -> Dict[str, Any]:
-    """The fingerprint a run of ``cfg`` will record (dassl.results), computed from the config and the
-    trainer class's ``identity_parts(cfg)`` without building anything: what a sweep compares with a
-    finished run's ``results.json``. It lacks only the few-shot digest, which ``id`` does not cover."""
+def expected_fingerprint(cfg: Any, model_dir: str = "", load_epoch: Optional[int] = None) -> Dict[str, Any]:
+    """The fingerprint a run of ``cfg`` will record (dassl.results), computed from the config, the
+    trainer class's ``identity_parts(cfg)`` and, for an evaluation, the model dir it loads, without
+    building anything: what a sweep compares with a finished run's ``results.json``. It lacks only the
+    few-shot digest, which ``id`` does not cover."""
     name = str(cfg.TRAINER.NAME)
     cls = TRAINER_REGISTRY.get(name)
     parts = cls.identity_parts(cfg) if hasattr(cls, "identity_parts") else {}
-    return fingerprint(cfg, trainer=name, **parts)
+    source = source_identity(model_dir, load_epoch, str(cfg.OUTPUT_DIR)) if model_dir else None
+    return fingerprint(cfg, trainer=name, source=source, **parts)
 
 
 def build_trainer(cfg: Any, **kwargs: Any) -> Any:

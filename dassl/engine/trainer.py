@@ -226,7 +226,8 @@ class TrainerBase:
             logger.info("load_model() is skipped as no model directory is given")
             return
         names = self.get_model_names()
-        info: Dict[str, Any] = {"model_dir": osp.abspath(directory), "epoch": None, "checkpoints": {}}
+        info: Dict[str, Any] = {"model_dir": osp.abspath(directory), "requested_epoch": epoch, "epoch": None,
+                                "checkpoints": {}}
         self.load_info = info
         for name in names:
             path = self._checkpoint_path(directory, name, epoch)
@@ -391,8 +392,11 @@ class SimpleTrainer(TrainerBase):
     def run_fingerprint(self) -> Dict[str, Any]:
         """This run's fingerprint (dassl.results): the cfg-only parts plus the few-shot sample digest."""
         dataset = getattr(getattr(self, "dm", None), "dataset", None)
+        info = self.load_info or {}
+        source = results_contract.source_identity(info.get("model_dir", ""), info.get("requested_epoch"),
+                                                  str(self.cfg.OUTPUT_DIR))
         return results_contract.fingerprint(self.cfg, trainer=str(self.cfg.TRAINER.NAME),
-                                            fewshot=getattr(dataset, "fewshot_digest", None),
+                                            fewshot=getattr(dataset, "fewshot_digest", None), source=source,
                                             **type(self).identity_parts(self.cfg))
 
     def build_data_loader(self) -> None:
@@ -481,6 +485,7 @@ class SimpleTrainer(TrainerBase):
                 if names and all(osp.exists(osp.join(self.output_dir, n, BEST_NAME)) for n in names):
                     logger.info("Deploy the model with the best %s performance", self.selection_split())
                     self.load_model(self.output_dir)
+                    self.load_info = None  # this run's own best checkpoint: nothing foreign was loaded
                 else:
                     logger.warning("No model-best checkpoint in %s: evaluating the last-epoch model",
                                    self.output_dir)
