@@ -41,7 +41,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from dassl import results as results_contract
-from dassl.utils import atomic_write_text
+from dassl.utils import atomic_write
 from dassl.utils.identity import content_identity
 
 logger = logging.getLogger(__name__)
@@ -298,7 +298,7 @@ def write_results(output_dir: str, payload: Dict[str, Any], rows: List[Dict[str,
     writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS))
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(csv_path, buf.getvalue())
+    atomic_write(csv_path, lambda f: f.write(buf.getvalue().encode("utf-8")), mode="wb")
     return json_path, csv_path
 
 

@@ -27,8 +27,11 @@ def expected_fingerprint(cfg: Any, model_dir: str = "", load_epoch: Optional[int
 
 
 def build_trainer(cfg: Any, **kwargs: Any) -> Any:
-    """Look up ``cfg.TRAINER.NAME``, write the resolved config to ``OUTPUT_DIR/config.yaml`` (with the
-    run fingerprint as a comment header) and construct the trainer.
+    """Look up ``cfg.TRAINER.NAME``, construct the trainer and write the resolved config to
+    ``OUTPUT_DIR/config.yaml``, headed by the run fingerprint as comments (dassl.results).
+
+    The config is written only once the trainer is built, so a config that fails to build (bad
+    weights, data) never replaces the ``config.yaml`` of a finished run in the same directory.
 
     The config is written here rather than in the trainer's constructor because trainers built
     for cross-evaluation share the output directory and must not overwrite it.
@@ -36,7 +39,8 @@ def build_trainer(cfg: Any, **kwargs: Any) -> Any:
     cls = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
     if cfg.VERBOSE:
         logger.info("Loading trainer: %s", cfg.TRAINER.NAME)
+    trainer = cls(cfg, **kwargs)
     fp = expected_fingerprint(cfg)
     write_config(cfg.OUTPUT_DIR, cfg.dump(), fp)
     logger.info("Run fingerprint %s (without seed: %s)", fp["id"], fp["group"])
-    return cls(cfg, **kwargs)
+    return trainer
