@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import importlib
 import io
-import json
 import logging
 import os
 import time
@@ -30,6 +29,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 import train
+from dassl import results
 from scripts.domains import count_classes, short_name
 from scripts.fsnl_rule import format_lr, fsnl_bs_lr
 from scripts.parse_test_res import collect
@@ -77,7 +77,7 @@ def run_jobs_in_process(jobs: Sequence, quiet: bool = True) -> List[str]:
             logger.error("run failed: %s\n%s", job.label, sink.getvalue()[-4000:], exc_info=True)
             failed.append(f"{job.label}: {e}")
             continue
-        res = json.loads(Path(job.done).read_text()) if job.done.endswith(".json") else {}
+        res = results.read_results(job.done).data if job.done.endswith(results.RESULTS_FILE) else {}
         parts = [f"{k.upper()} {res[k]:.2f}" for k in ("oop", "ip", "hmean") if isinstance(res.get(k), float)]
         print(f"[{i}/{len(pending)}] {job.label}: {', '.join(parts)} ({time.time() - start:.0f} s)", flush=True)
     return failed

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from pathlib import Path
 from typing import Dict
+
+from dassl import results
 
 from .demo import REPO_ROOT, build_domains, demo_jobs, run_jobs_in_process
 
@@ -24,7 +25,7 @@ def write_golden(domain: str = "MiniAttire", shots: int = 4, seed: int = 1) -> D
             raise RuntimeError(f"golden runs failed: {failed}")
         record: Dict[str, object] = {"domain": domain, "shots": shots, "seed": seed}
         for job in jobs:
-            res = json.loads(Path(job.done).read_text())
+            res = results.read_results(job.done).data
             key = "fsnl" if "FSNL" in job.done else "zeroshot"
             record[key] = {k: res[k] for k in ("oop", "ip", "hmean")}
     GOLDEN_FILE.write_text(json.dumps(record, indent=2) + "\n")
