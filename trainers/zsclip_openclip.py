@@ -29,7 +29,7 @@ from clip.templates import IMAGENET_ENSEMBLE, ensemble_templates
 from dassl.engine import TRAINER_REGISTRY
 
 from .base import ClipTrainer
-from .coop import add_config as add_coop_config
+from .coop_openclip import add_config as add_coop_config
 
 logger = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
 
 from .base import ClipTrainer
-from .coop import REFERENCE_BUFFERS, class_sequences, init_context
+from .coop_openclip import REFERENCE_BUFFERS, class_sequences, init_context
 
 logger = logging.getLogger(__name__)
 
