@@ -39,12 +39,15 @@ from safetensors.torch import load_file
 from dassl.utils import atomic_torch_save
 from dassl.utils.identity import file_identity, json_digest
 
-from .loader import BackboneNotFoundError, register_repo_configs
+from .loader import BackboneError, BackboneNotFoundError, register_repo_configs
 from .model import CLIP, build_model, convert_weights
 from .pretrained import DEFAULT_WEIGHTS, MODEL_CONFIG_DIR
 from .simple_tokenizer import SimpleTokenizer
 
-__all__ = ["available_models", "load", "tokenize", "build_model", "load_state_dict", "OPEN_CLIP_NAMES"]
+__all__ = [
+    "BackboneError", "BackboneNotFoundError", "CLIP", "OPEN_CLIP_NAMES", "available_models", "build_model", "load",
+    "load_state_dict", "tokenize",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import importlib
 import logging
 import pkgutil
 from types import ModuleType
-from typing import Any, List
+from typing import List
 
 from yacs.config import CfgNode as CN
 
