@@ -137,9 +137,11 @@ def build_model(state_dict: Dict[str, torch.Tensor]) -> CLIP:
     """An OpenAI-layout CLIP (in eval mode) from an OpenAI-format state dict.
 
     The architecture is read off the tensor shapes as OpenAI does (heads = width / 64, QuickGELU),
-    via open_clip's builder; the caller's dict is not modified.
+    via open_clip's builder; the caller's dict is not modified. Attention masks (which a JIT archive
+    of this module carries as buffers) are rebuilt from the context length, not loaded.
     """
-    state = {k: v for k, v in state_dict.items() if k not in NON_WEIGHT_KEYS}
+    state = {k: v for k, v in state_dict.items()
+             if k not in NON_WEIGHT_KEYS and not k.endswith("attn_mask")}  # masks are rebuilt, not loaded
     missing = [k for k in ("text_projection", "positional_embedding", "token_embedding.weight") if k not in state]
     if missing:
         raise ValueError(f"not an OpenAI CLIP state dict: it lacks {missing}")
