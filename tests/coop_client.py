@@ -6,6 +6,9 @@ text tower sequence-first on its own prompt embeddings, and overrides ``load_mod
 signature. Nothing here knows about open_clip: if this runs and matches ``CoOp_openclip``, a copied
 CoOp-family file runs too. Registered as ``CoOpClient`` on import; reads ``TRAINER.COOP.*``.
 """
+# Written as CoOp's files are (their import order and string formatting), so the linter's style
+# rules for those two are off here.
+# ruff: noqa: I001, UP032
 import os.path as osp
 
 import torch
@@ -14,7 +17,7 @@ from torch.nn import functional as F
 
 from dassl.engine import TRAINER_REGISTRY, TrainerX
 from dassl.metrics import compute_accuracy
-from dassl.utils import load_pretrained_weights, load_checkpoint  # noqa: I001  (CoOp's order)
+from dassl.utils import load_pretrained_weights, load_checkpoint
 from dassl.optim import build_optimizer, build_lr_scheduler
 
 from clip import clip
