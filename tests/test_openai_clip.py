@@ -316,6 +316,8 @@ def test_zeroshot_matches_openclip_and_runs_eval_only(home, toy_root, tmp_path, 
         mine = ours.model_inference(images)
         ref = reference.logit_scale * F.normalize(reference.encode_images(images), dim=-1) @ theirs.t()
     assert ((mine - ref).abs() / ours.clip_model.logit_scale.exp()).max() <= TOL
+    again = run_train(train_argv(toy_root, tmp_path / "no_flag", name, config=trainer_config(name), shots=None))
+    assert again.last_results["accuracy"] == ours.last_results["accuracy"]  # no --eval-only: evaluates
 
 
 def test_repo_model_weights_are_seeded_and_keyed_by_config(tmp_path):

@@ -6,7 +6,7 @@ The shape of CoOp's ``trainers/zsclip.py`` (text features computed once in ``bui
 
 Departures from CoOp's file, deliberate: ``CUSTOM_TEMPLATES`` also knows the LAION-Beyond domains
 (``a photo of {}, a type of <hint>.``) and any other dataset falls back to ``a photo of a {}.``
-(CoOp's raised KeyError); ZeroshotCLIP2 builds a fresh template list per trainer, so a second
+(CoOp's raised KeyError); a run without ``--eval-only`` evaluates instead of failing; ZeroshotCLIP2 builds a fresh template list per trainer, so a second
 instance does not append the dataset template again (B26); precision follows the device (B30).
 """
 from __future__ import annotations
@@ -85,6 +85,11 @@ class ZeroshotCLIP(TrainerX):
 
     def forward_backward(self, batch: Any) -> Any:
         raise RuntimeError(f"{type(self).__name__} has nothing to train; run it with --eval-only")
+
+    def train(self) -> None:  # type: ignore[override]
+        """Nothing to train: without ``--eval-only`` too, evaluate and write results.json."""
+        logger.info("%s has no parameters to train; evaluating directly", type(self).__name__)
+        self.finalize()
 
 
 @TRAINER_REGISTRY.register()
