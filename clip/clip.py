@@ -29,7 +29,8 @@ import os
 import os.path as osp
 import re
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from types import MappingProxyType
+from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import open_clip
 import torch
@@ -86,8 +87,8 @@ def _model_urls() -> Dict[str, str]:
     return urls
 
 
-#: OpenAI's name → download URL table (read-only by convention, as in OpenAI's package).
-_MODELS: Dict[str, str] = _model_urls()
+#: OpenAI's name → download URL table (read-only; CoOp-family code indexes it with MODEL.BACKBONE.NAME).
+_MODELS: Mapping[str, str] = MappingProxyType(_model_urls())
 
 
 def available_models() -> List[str]:

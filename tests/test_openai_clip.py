@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 import configs
 import train
 import trainers
-from clip import BackboneNotFoundError, load_clip, register_repo_configs
+from clip import BackboneNotFoundError, load_clip, register_repo_configs, weights_identity
 from clip import clip as oai
 from clip import model as oai_model
 from clip.simple_tokenizer import SimpleTokenizer
@@ -327,3 +327,15 @@ def test_repo_model_weights_are_seeded_and_keyed_by_config(tmp_path):
     sa, sb = (torch.load(p, weights_only=True) for p in (a, b))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert os.path.basename(a) == os.path.basename(oai._MODELS[TINY]) and "openai-tiny-" in os.path.basename(a)
+
+
+@pytest.mark.parametrize("trainer,config", [
+    ("CoOp", "vit_b16_ep50"), ("CoOp", "vit_b16"), ("CoOp", "rn50"), ("CoOp", "vit_b32"),
+    ("CoCoOp", "vit_b16_c4_ep10_batch1_ctxv1"), ("CoCoOp", "vit_b16_c16_ep10_batch1"), ("ZeroshotCLIP", "vit_b16"),
+])
+def test_coop_configs_keep_openai_backbone_names(trainer, config):
+    cfg = configs.build_cfg(trainer=trainer, config=config)
+    assert cfg.MODEL.BACKBONE.NAME in oai._MODELS  # OpenAI spelling kept (ViT-B/16)
+    ident = weights_identity(cfg)  # what results and caches record: OpenAI's weights, QuickGELU
+    assert (ident["kind"], ident["tag"], ident["quick_gelu"]) == ("tag", "openai", True)
+    assert tuple(cfg.INPUT.SIZE) == (224, 224) and cfg.TRAINER.COOP.PREC == "fp16"
