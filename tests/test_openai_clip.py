@@ -339,3 +339,26 @@ def test_coop_configs_keep_openai_backbone_names(trainer, config):
     ident = weights_identity(cfg)  # what results and caches record: OpenAI's weights, QuickGELU
     assert (ident["kind"], ident["tag"], ident["quick_gelu"]) == ("tag", "openai", True)
     assert tuple(cfg.INPUT.SIZE) == (224, 224) and cfg.TRAINER.COOP.PREC == "fp16"
+
+
+def test_openai_trainer_rejects_an_open_clip_name_in_one_line(toy_root, tmp_path, capsys):
+    code = train.cli(train_argv(toy_root, tmp_path / "out", "CoOp", "MODEL.BACKBONE.NAME", "ViT-B-16",
+                                config=trainer_config("CoOp")))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("error: MODEL.BACKBONE.NAME 'ViT-B-16' is not an OpenAI CLIP name") and "ViT-B/16" in err[0]
+
+
+@pytest.mark.parametrize("name", ["CoOp", "CoCoOp"])
+def test_openai_trainers_train_via_train_py_and_evaluate_like_openclip(home, toy_root, tmp_path, name):
+    out = tmp_path / "run"
+    ours = run_train(train_argv(toy_root, out, name, config=trainer_config(name)))
+    results = json.loads((out / "results.json").read_text())
+    assert results["trainer"] == name and set(results["subsets"]) == {"OOP", "IP"}
+    assert (out / "prompt_learner" / "model.pth.tar-2").is_file()
+    reference = _openclip_trainer(toy_root, tmp_path / "oc", f"{name}_openclip", tiny_file(home),
+                                  config=trainer_config(f"{name}_openclip"))
+    reference.import_state(ours.export_state(), meta=ours.checkpoint_meta())
+    reference.test()
+    assert reference.last_results["accuracy"] == pytest.approx(results["accuracy"], abs=1e-9)
+    assert all(torch.isfinite(p).all() for p in ours.model.prompt_learner.parameters())

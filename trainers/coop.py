@@ -12,6 +12,7 @@ Where this file departs from CoOp's, deliberately:
 * precision follows the device: on CPU the model runs fp32 whatever ``PREC`` says (B30);
 * the ``middle`` / ``front`` prompts are one precomputed gather instead of a Python loop over
   classes, and ``end`` is one concatenation (same values as CoOp's construction);
+* the class text features are encoded once per ``test()`` call, not once per test batch (P1);
 * no ``nn.DataParallel`` (B9), ``torch.amp`` instead of the deprecated ``torch.cuda.amp``;
 * checkpoints are loaded by the engine (best, pointer, latest epoch); its ``load_state`` keeps the
   frozen ``token_prefix``/``token_suffix`` of the current class names, so a context trained on one
@@ -20,7 +21,7 @@ Where this file departs from CoOp's, deliberately:
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -174,10 +175,13 @@ class CustomCLIP(nn.Module):
         feats = self.text_encoder(self.prompt_learner(), self.tokenized_prompts.to(self.logit_scale.device))
         return feats / feats.norm(dim=-1, keepdim=True)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, text_features: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits; ``text_features`` (from :meth:`text_features`) skips re-encoding the prompts."""
         image_features = self.image_encoder(image.type(self.dtype))
         image_features = image_features / image_features.norm(dim=-1, keepdim=True)
-        return self.logit_scale.exp() * image_features @ self.text_features().t()
+        if text_features is None:
+            text_features = self.text_features()
+        return self.logit_scale.exp() * image_features @ text_features.t()
 
 
 @TRAINER_REGISTRY.register()
@@ -229,3 +233,13 @@ class CoOp(TrainerX):
 
     def parse_batch_train(self, batch: Dict[str, Any]):
         return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    def before_test(self) -> None:
+        """The class prompts do not change during a test: encode them once, not once per batch (P1)."""
+        self._test_text_features = self.model.text_features()
+
+    def after_test(self) -> None:
+        self._test_text_features = None
+
+    def model_inference(self, input: torch.Tensor) -> torch.Tensor:
+        return self.model(input, getattr(self, "_test_text_features", None))
