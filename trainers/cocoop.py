@@ -25,7 +25,7 @@ from dassl.engine import TRAINER_REGISTRY, TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils import load_pretrained_weights
 
-from .coop import PRECISIONS, TextEncoder, load_clip_to_cpu, run_fp32
+from .coop import TextEncoder, check_backbone, check_precision, load_clip_to_cpu, run_fp32
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +118,8 @@ class CoCoOp(TrainerX):
     """Conditional Context Optimization (CoCoOp; Zhou et al., CVPR 2022) on OpenAI CLIP."""
 
     def check_cfg(self, cfg: Any) -> None:
-        if cfg.TRAINER.COCOOP.PREC not in PRECISIONS:
-            raise ValueError(f"TRAINER.COCOOP.PREC must be one of {PRECISIONS}, got {cfg.TRAINER.COCOOP.PREC!r}")
+        check_precision(cfg.TRAINER.COCOOP.PREC, "TRAINER.COCOOP.PREC")
+        check_backbone(cfg)
 
     def build_model(self) -> None:
         cfg = self.cfg

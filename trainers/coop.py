@@ -42,15 +42,25 @@ POSITIONS = ("end", "middle", "front")
 _tokenizer = _Tokenizer()
 
 
-def load_clip_to_cpu(cfg: Any) -> clip.CLIP:
-    """OpenAI CLIP named by ``MODEL.BACKBONE.NAME`` (a ``clip._MODELS`` key), as CoOp loads it."""
+def check_backbone(cfg: Any) -> None:
+    """``MODEL.BACKBONE.NAME`` must be a ``clip._MODELS`` key (checked before any data is built)."""
     backbone_name = cfg.MODEL.BACKBONE.NAME
     if backbone_name not in clip._MODELS:
         raise clip.BackboneError(
             f"MODEL.BACKBONE.NAME {backbone_name!r} is not an OpenAI CLIP name; OpenAI-CLIP trainers "
             f"take one of {clip.available_models()} (OpenCLIP models: use the *_openclip trainers)"
         )
-    model_path = clip._download(clip._MODELS[backbone_name])
+
+
+def check_precision(prec: str, key: str) -> None:
+    if prec not in PRECISIONS:
+        raise ValueError(f"{key} must be one of {PRECISIONS}, got {prec!r}")
+
+
+def load_clip_to_cpu(cfg: Any) -> clip.CLIP:
+    """OpenAI CLIP named by ``MODEL.BACKBONE.NAME`` (a ``clip._MODELS`` key), as CoOp loads it."""
+    check_backbone(cfg)
+    model_path = clip._download(clip._MODELS[cfg.MODEL.BACKBONE.NAME])
     return clip.build_model(clip.load_state_dict(model_path))
 
 
@@ -189,8 +199,8 @@ class CoOp(TrainerX):
     """Context Optimization (CoOp; Zhou et al., IJCV 2022) on OpenAI CLIP."""
 
     def check_cfg(self, cfg: Any) -> None:
-        if cfg.TRAINER.COOP.PREC not in PRECISIONS:
-            raise ValueError(f"TRAINER.COOP.PREC must be one of {PRECISIONS}, got {cfg.TRAINER.COOP.PREC!r}")
+        check_precision(cfg.TRAINER.COOP.PREC, "TRAINER.COOP.PREC")
+        check_backbone(cfg)
 
     def build_model(self) -> None:
         cfg = self.cfg

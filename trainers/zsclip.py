@@ -21,7 +21,7 @@ from clip import clip
 from clip.templates import DEFAULT_TEMPLATE, DOMAIN_HINTS, zs_template
 from dassl.engine import TRAINER_REGISTRY, TrainerX
 
-from .coop import load_clip_to_cpu, run_fp32
+from .coop import check_backbone, check_precision, load_clip_to_cpu, run_fp32
 from .imagenet_templates import IMAGENET_TEMPLATES_SELECT
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,10 @@ def dataset_template(dataset_name: str) -> str:
 @TRAINER_REGISTRY.register()
 class ZeroshotCLIP(TrainerX):
     """CLIP with the dataset's single template; nothing is trained."""
+
+    def check_cfg(self, cfg: Any) -> None:
+        check_precision(cfg.TRAINER.COOP.PREC, "TRAINER.COOP.PREC")
+        check_backbone(cfg)
 
     def templates(self) -> List[str]:
         return [dataset_template(self.cfg.DATASET.NAME)]
