@@ -25,7 +25,7 @@ from dassl.engine import TRAINER_REGISTRY, TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils import load_pretrained_weights
 
-from .coop import TextEncoder, check_backbone, check_precision, load_clip_to_cpu, run_fp32
+from ._openai_clip import TextEncoder, check_backbone, check_precision, load_clip_to_cpu, run_fp32
 
 logger = logging.getLogger(__name__)
 

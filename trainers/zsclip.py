@@ -21,7 +21,7 @@ from clip import clip
 from clip.templates import DEFAULT_TEMPLATE, DOMAIN_HINTS, zs_template
 from dassl.engine import TRAINER_REGISTRY, TrainerX
 
-from .coop import check_backbone, check_precision, load_clip_to_cpu, run_fp32
+from ._openai_clip import check_backbone, check_precision, load_clip_to_cpu, run_fp32
 from .imagenet_templates import IMAGENET_TEMPLATES_SELECT
 
 logger = logging.getLogger(__name__)
