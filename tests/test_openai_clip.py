@@ -8,6 +8,7 @@ downloaded.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import save_file
 
 import configs
@@ -28,7 +30,8 @@ from clip import model as oai_model
 from clip.simple_tokenizer import SimpleTokenizer
 from dassl.engine import TRAINER_REGISTRY
 from tests import coop_client  # noqa: F401  (registers CoOpClient)
-from tests.helpers import build, run_train, train_argv, trainer_config
+from tests.helpers import REPO, build, run_train, train_argv, trainer_config
+from trainers import coop, imagenet_templates
 
 TINY = "openai-tiny"
 TOL = 1e-5
@@ -122,8 +125,6 @@ def test_jit_archive_and_plain_state_dict_both_load(home, tmp_path):
 def test_load_returns_model_and_preprocess(home):
     model, preprocess = oai.load(TINY, device="cpu")
     assert isinstance(model, oai_model.CLIP) and model.dtype == torch.float32  # CPU: fp32, as OpenAI's
-    from PIL import Image
-
     assert preprocess(Image.new("RGB", (50, 40))).shape == (3, 32, 32)
     assert TINY in oai.available_models() and "ViT-B/16" in oai.available_models()
     with pytest.raises(BackboneNotFoundError, match="not found"):
@@ -362,3 +363,16 @@ def test_openai_trainers_train_via_train_py_and_evaluate_like_openclip(home, toy
     reference.test()
     assert reference.last_results["accuracy"] == pytest.approx(results["accuracy"], abs=1e-9)
     assert all(torch.isfinite(p).all() for p in ours.model.prompt_learner.parameters())
+
+
+def test_each_openai_trainer_file_can_be_replaced_by_coops_alone():
+    """Our coop/cocoop/zsclip.py import nothing from one another (shared helpers: _openai_clip), and
+    offer what CoOp's own files import from their siblings and from clip/."""
+    for name in ("coop", "cocoop", "zsclip"):
+        tree = ast.parse((REPO / "trainers" / f"{name}.py").read_text())
+        siblings = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1}
+        assert siblings <= {"_openai_clip", "imagenet_templates"}, (name, siblings)
+    assert callable(coop.load_clip_to_cpu)  # CoOp's zsclip.py: from .coop import load_clip_to_cpu
+    assert len(imagenet_templates.IMAGENET_TEMPLATES) == 80 and len(imagenet_templates.IMAGENET_TEMPLATES_SELECT) == 7
+    assert isinstance(imagenet_templates.IMAGENET_TEMPLATES_SELECT, list)  # CoOp's ZS2 does += [...]
+    assert callable(oai_model.convert_weights)  # CoOp's zsclip.py: from clip.model import convert_weights
