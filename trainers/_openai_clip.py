@@ -19,6 +19,7 @@ __all__ = ["PRECISIONS", "TextEncoder", "check_backbone", "check_precision", "lo
 #: ``TRAINER.COOP.PREC`` / ``TRAINER.COCOOP.PREC`` values CoOp accepts.
 PRECISIONS = ("fp16", "fp32", "amp")
 
+
 def check_backbone(cfg: Any) -> None:
     """``MODEL.BACKBONE.NAME`` must be a ``clip._MODELS`` key (checked before any data is built)."""
     backbone_name = cfg.MODEL.BACKBONE.NAME
