@@ -104,7 +104,7 @@ def test_fsnl_step_smoke(tmp_path, capsys):
     assert rows["reference-style"]["breakdown_s"]["image encoder"] > 0
     assert rows["ours, online"]["breakdown_s"]["image encoder"] > 0
     assert data["lengths"]["class_prompt_length"] < data["lengths"]["context_length"] == 77
-    assert len(data["targets"]) == (4 if "ours, cached, bf16 autocast" in rows else 3)
+    assert len(data["targets"]) == 3 + ("ours, cached, bf16 autocast" in rows)  # bf16 mode where the CPU has it
     # Work counts: the baseline does the most; prefix reuse + length buckets cut the cached step's work.
     flops = {mode: row["gemm_flops"]["total"] for mode, row in rows.items()}
     assert flops["reference-style"] > flops["ours, online"] > flops["ours, cached"] > 0
