@@ -68,7 +68,7 @@ def carried_over(out: Path, names: Sequence[str]) -> List[Dict[str, Any]]:
         if result.get("markdown"):
             date = previous.get("machine", {}).get("date", "?")
             kept.append({"name": name, "command": f"not re-run; carried over from the run of {date}",
-                         "elapsed_s": 0.0, "returncode": 0, "result": result,
+                         "elapsed_s": 0.0, "returncode": 0, "stderr": "", "result": result,
                          "markdown": result["markdown"]})
     return kept
 
