@@ -26,11 +26,16 @@ Differences from the reference, all deliberate (B32, P9):
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import argparse
 import logging
 import os
 import os.path as osp
-import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
