@@ -36,7 +36,6 @@ import warnings  # noqa: E402
 from typing import Any, Dict, List, Optional, Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from lpclip import linear_probe as lp  # noqa: E402
@@ -65,9 +64,12 @@ def synthetic_features(classes: int, dim: int, seed: int, train: int = 16, val: 
     return out
 
 
-def timed(fn: Any) -> Any:
+def timed(feats: Dict[str, lp.FeatureSplit], shots: int, seeds: List[int], num_step: int, solver: str,
+          device: Any) -> Any:
+    """``(seconds, per-run results)`` of one solver's whole protocol for one shot count."""
     start = time.perf_counter()
-    value = fn()
+    value = lp.probe_runs(feats, shots, seeds, num_step, solver, device)
+    common.sync(device)
     return time.perf_counter() - start, value
 
 
@@ -82,9 +84,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     for k in args.shots:
         sk_times, to_times = [], []
         for _ in range(args.repeats):
-            t_sk, sk = timed(lambda: lp.probe_runs(feats, k, seeds, args.num_step, "sklearn"))
-            t_to, to = timed(lambda: lp.probe_runs(feats, k, seeds, args.num_step, "torch", device))
-            common.sync(device)
+            t_sk, sk = timed(feats, k, seeds, args.num_step, "sklearn", device)
+            t_to, to = timed(feats, k, seeds, args.num_step, "torch", device)
             sk_times.append(t_sk)
             to_times.append(t_to)
         acc_sk = float(np.mean([r["accuracy"] for r in sk]))

@@ -68,29 +68,18 @@ from dassl.data.transforms import build_transform
 from dassl.utils import set_random_seed, setup_logger
 from dassl.utils.registry import RegistryKeyError
 from datasets.laion_beyond import DatasetError
+from lpclip.files import FINGERPRINT_KEY, SPLITS, FeatureError, feature_file
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SPLITS = ("train", "val", "test")
 EXTRACT_PRECISIONS = ("fp32", "amp")
 #: The reference's lpclip config (spec §5.4); a relative --config-file is read from the cwd as usual.
 DEFAULT_CONFIG_FILE = str(REPO_ROOT / "configs" / "trainers" / "CoOp_openclip" / "vit_b16_ep200_ctxv1_lpclip.yaml")
 #: Relative to the current directory, as the reference (run from ``lpclip/``) and its probe expect.
 DEFAULT_OUTPUT_DIR = "clip_feat"
-FINGERPRINT_KEY = "fingerprint"
-
-
-class FeatureError(ValueError):
-    """A user-facing problem with feature files or their extraction, reported as one ``error:`` line."""
-
 
 USER_ERRORS = (ConfigError, RegistryKeyError, BackboneError, DatasetError, FeatureError)
-
-
-def feature_file(output_dir: str, dataset_name: str, sub_classes: str, split: str) -> str:
-    """The one layout shared with ``lpclip.linear_probe`` (B31)."""
-    return osp.join(output_dir, dataset_name, sub_classes, f"{split}.npz")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -189,7 +178,7 @@ def parameters_digest(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         h.update(name.encode("utf-8"))
-        h.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 

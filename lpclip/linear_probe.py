@@ -58,11 +58,10 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from lpclip import logreg
-from lpclip.feat_extractor import FINGERPRINT_KEY, FeatureError, feature_file
+from lpclip.files import FINGERPRINT_KEY, SPLITS, FeatureError, feature_file
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 COARSE_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 VAL_MAX_SHOTS = 4

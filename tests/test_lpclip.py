@@ -141,6 +141,9 @@ def test_probe_picks_the_c_with_the_best_val_accuracy():
     assert run["c"] == pytest.approx(1e5)
 
 
+FINGERPRINT = json.dumps({"weights": {"kind": "tag", "model": "toy", "tag": "t"}, "model": "toy"})
+
+
 def write_features(root, dataset="Toy9_9", sub="IP", train_counts=(8, 2, 8), drop=()):
     feats = separable_features(train_counts)
     for split, fs in feats.items():
@@ -150,7 +153,7 @@ def write_features(root, dataset="Toy9_9", sub="IP", train_counts=(8, 2, 8), dro
         os.makedirs(osp.dirname(path), exist_ok=True)
         norm = fs.x / np.linalg.norm(fs.x, axis=1, keepdims=True)
         np.savez(path, features=norm, features_raw=fs.x, labels=fs.y, image_ids=fs.image_ids,
-                 classnames=np.array(fs.classnames))
+                 classnames=np.array(fs.classnames), fingerprint=np.array(FINGERPRINT))
     return feats
 
 
@@ -166,7 +169,7 @@ def test_cli_writes_results_and_named_csv_columns(tmp_path, capsys):
     k4 = res["shots"]["4"]
     assert len(k4["accuracies"]) == 2 and len(k4["c"]) == 2
     assert k4["accuracy_mean"] == pytest.approx(np.mean(k4["accuracies"]))
-    assert k4["accuracy_std"] == pytest.approx(np.std(k4["accuracies"]))
+    assert k4["accuracy_std"] == pytest.approx(np.std(k4["accuracies"], ddof=1))  # sample std
     with open(out / "linear_probe.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == list(lp.CSV_COLUMNS)
@@ -255,5 +258,5 @@ def test_extractor_views_are_augmented_copies(extractor_env):
     assert data["labels"][:n].tolist() == data["labels"][n:].tolist()
     assert not np.allclose(data["features_raw"][:n], data["features_raw"][n:])  # different augmentations
     # and the probe reads exactly this layout
-    feats = lp.load_split(str(out / "Animals92_42" / "OOP" / "train.npz"), normalized=True)
+    feats, _ = lp.load_split(str(out / "Animals92_42" / "OOP" / "train.npz"), normalized=True)
     np.testing.assert_array_equal(feats.x, data["features"])
