@@ -34,7 +34,7 @@ ARMIJO = 1e-4
 MAX_HALVINGS = 20
 #: Relative decrease below which a problem counts as converged, in units of the dtype's epsilon
 #: (scipy's L-BFGS-B, which scikit-learn calls, stops at 64·eps of float64 on the same quantity).
-FTOL_EPS = 16
+FTOL_EPS = 2
 
 
 @dataclass
@@ -175,7 +175,7 @@ def fit(
         gamma = torch.where(valid, sy / _bdot(yv, yv).clamp_min(1e-30), gamma)
         # no decrease at any step length, or one below the dtype's resolution: as converged as it gets
         ftol = FTOL_EPS * torch.finfo(dtype).eps
-        stalled = pending | ((f - new_f) <= ftol * torch.maximum(f.abs(), new_f.abs()).clamp_min(1.0))
+        stalled = pending | ((f - new_f) <= ftol * torch.maximum(f.abs(), new_f.abs()))
         th, f, g = new_th, new_f, new_g
         n_iter[active] += 1
         if bool(stalled.any()):
