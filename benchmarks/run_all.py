@@ -1,7 +1,8 @@
 """Run every benchmark with its defaults and write ``benchmarks/results_<device>.md`` (+ ``.json``).
 
     python -m benchmarks.run_all [--device cpu|cuda] [--prec fp32|bf16|amp] [--threads N]
-                                 [--only prompt_building fsnl_step eval_throughput] [--out FILE] [--tiny]
+                                 [--only prompt_building fsnl_step eval_throughput linear_probe]
+                                 [--out FILE] [--tiny]
 
 Each benchmark runs in its own Python process, one after the other: a process's peak memory and
 allocator state never leak into the next benchmark. The file records the machine, the load before
@@ -31,7 +32,7 @@ import torch  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 
-BENCHMARKS = ("prompt_building", "fsnl_step", "eval_throughput")
+BENCHMARKS = ("prompt_building", "fsnl_step", "eval_throughput", "linear_probe")
 
 
 def command(name: str, args: argparse.Namespace, json_path: str) -> List[str]:
