@@ -317,8 +317,11 @@ class BatchedFits:
 
     Each stage's fits form one batch (``(run, log10 C)`` pairs over all runs); a new C of a run starts
     from the fitted C of that run nearest in log10 (a warm start along the C path), the coarse grid
-    from zeros as scikit-learn does. Labels are mapped to the sorted classes of the train split, as
-    scikit-learn's ``classes_``; a val/test label outside them is never predicted.
+    from zeros as scikit-learn does. Runs that drew the same training rows (every run, when a class
+    has no more images than the shot count -- Mini-Beyond's 16 train images at 16 shots) share their
+    fits: a fit depends on the rows and C only, so it is done once. Labels are mapped to the sorted
+    classes of the train split, as scikit-learn's ``classes_``; a val/test label outside them is never
+    predicted.
     """
 
     def __init__(self, feats: Dict[str, FeatureSplit], samples: Sequence[Tuple[np.ndarray, np.ndarray]],
@@ -326,7 +329,11 @@ class BatchedFits:
         train, val = feats["train"], feats["val"]
         self.classes = np.unique(train.y)
         self.device, self.max_iter, self.tol = device, int(max_iter), float(tol)
-        self.x_tr, self.y_tr, self.w_tr = self._pad(train, [tr for tr, _ in samples])
+        # one training set per distinct row sample; run r fits training set set_of[r]
+        distinct: Dict[bytes, int] = {}
+        self.set_of = [distinct.setdefault(np.asarray(tr).tobytes(), len(distinct)) for tr, _ in samples]
+        first = {s: r for r, s in reversed(list(enumerate(self.set_of)))}
+        self.x_tr, self.y_tr, self.w_tr = self._pad(train, [samples[first[s]][0] for s in range(len(distinct))])
         self.x_va, _, _ = self._pad(val, [va for _, va in samples])
         self.val_rows = [va for _, va in samples]
         self.val_y = val.y
@@ -347,11 +354,15 @@ class BatchedFits:
         return (torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device),
                 torch.from_numpy(w).to(self.device))
 
-    def _start(self, run: int, log_c: float) -> Optional[torch.Tensor]:
-        fitted = [lc for (r, lc) in self.thetas if r == run]
+    def _start(self, train_set: int, log_c: float) -> Optional[torch.Tensor]:
+        fitted = [lc for (s, lc) in self.thetas if s == train_set]
         if not fitted:
             return None
-        return self.thetas[(run, min(fitted, key=lambda lc: (abs(lc - log_c), lc)))]
+        return self.thetas[(train_set, min(fitted, key=lambda lc: (abs(lc - log_c), lc)))]
+
+    def theta(self, run: int, log_c: float) -> torch.Tensor:
+        """The fitted classifier of ``run`` at ``log10 C``."""
+        return self.thetas[(self.set_of[run], log_c)]
 
     def predict(self, theta: torch.Tensor, x: np.ndarray) -> np.ndarray:
         """Labels (in the split's label space) of ``theta [D+1, K]`` on rows ``x [N, D]``."""
@@ -359,20 +370,26 @@ class BatchedFits:
         return self.classes[logreg.predict(xt.unsqueeze(0), theta.unsqueeze(0))[0].cpu().numpy()]
 
     def evaluate_many(self, pairs: List[Tuple[int, float]]) -> List[float]:
+        todo = list(dict.fromkeys((self.set_of[r], lc) for r, lc in pairs
+                                  if (self.set_of[r], lc) not in self.thetas))
+        if todo:
+            idx = torch.tensor([s for s, _ in todo], device=self.device)
+            c = torch.tensor([10.0 ** lc for _, lc in todo], dtype=torch.float32, device=self.device)
+            starts = [self._start(s, lc) for s, lc in todo]
+            init = None
+            if any(st is not None for st in starts):
+                zero = torch.zeros(self.x_tr.shape[-1] + 1, len(self.classes), device=self.device)
+                init = torch.stack([zero if st is None else st for st in starts])
+            problems = logreg.Problems(self.x_tr[idx], self.y_tr[idx], self.w_tr[idx], len(self.classes))
+            theta, _ = logreg.fit(problems, c, init, max_iter=self.max_iter, tol=self.tol)
+            for i, key in enumerate(todo):
+                self.thetas[key] = theta[i]
         runs = [r for r, _ in pairs]
-        idx = torch.tensor(runs, device=self.device)
-        c = torch.tensor([10.0 ** lc for _, lc in pairs], dtype=torch.float32, device=self.device)
-        starts = [self._start(r, lc) for r, lc in pairs]
-        init = None
-        if any(s is not None for s in starts):
-            zero = torch.zeros(self.x_tr.shape[-1] + 1, len(self.classes), device=self.device)
-            init = torch.stack([zero if s is None else s for s in starts])
-        problems = logreg.Problems(self.x_tr[idx], self.y_tr[idx], self.w_tr[idx], len(self.classes))
-        theta, _ = logreg.fit(problems, c, init, max_iter=self.max_iter, tol=self.tol)
-        preds = self.classes[logreg.predict(self.x_va[idx], theta).cpu().numpy()]
+        x_va = self.x_va[torch.tensor(runs, device=self.device)]
+        stacked = torch.stack([self.theta(r, lc) for r, lc in pairs])
+        preds = self.classes[logreg.predict(x_va, stacked).cpu().numpy()]
         accs = []
-        for i, (r, lc) in enumerate(pairs):
-            self.thetas[(r, lc)] = theta[i]
+        for i, r in enumerate(runs):
             va = self.val_rows[r]
             accs.append(float(np.mean(preds[i, :len(va)] == self.val_y[va]) * 100.0))
         return accs
@@ -387,7 +404,7 @@ def probe_runs_torch(feats: Dict[str, FeatureSplit], shots: int, seeds: Sequence
     test = feats["test"]
     out = []
     for i, (log_c, val_acc) in enumerate(best):
-        pred = fits.predict(fits.thetas[(i, log_c)], test.x)
+        pred = fits.predict(fits.theta(i, log_c), test.x)
         out.append({"accuracy": float(np.mean(pred == test.y) * 100.0), "c": 10.0 ** log_c,
                     "val_accuracy": float(val_acc), "n_train": int(len(samples[i][0])),
                     "n_val": int(len(samples[i][1]))})

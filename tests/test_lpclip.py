@@ -449,3 +449,24 @@ def test_search_many_equals_the_single_run_search():
     for r, curve in enumerate(curves):
         alone = lp.search_c(lambda c, f=curve: (f(math.log10(c)), None), num_step=5)
         assert 10.0 ** many[r][0] == pytest.approx(alone.c) and many[r][1] == pytest.approx(alone.val_accuracy)
+
+
+def test_runs_with_the_same_training_rows_share_their_fits(monkeypatch):
+    """At shots >= images per class every run draws all rows: each (rows, C) is fitted once, and each
+    run's result is what it would be alone."""
+    from lpclip import logreg
+
+    feats = gaussian_problem(classes=6, dim=8, per_class=(4, 4, 6))
+    sizes = []
+    real_fit = logreg.fit
+
+    def counting_fit(problems, c, *args, **kwargs):
+        sizes.append(len(c))
+        return real_fit(problems, c, *args, **kwargs)
+
+    monkeypatch.setattr(logreg, "fit", counting_fit)
+    runs = lp.probe_runs(feats, 4, [1, 2, 3], 3, "torch")
+    assert sizes[0] == len(lp.COARSE_GRID)  # one training set, not three
+    alone = [lp.probe_runs(feats, 4, [r], 3, "torch")[0] for r in (1, 2, 3)]
+    for got, want in zip(runs, alone):
+        assert got["c"] == pytest.approx(want["c"]) and got["accuracy"] == pytest.approx(want["accuracy"])
