@@ -52,7 +52,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import os.path as osp
 from typing import Any, Dict, Optional, Sequence
 
@@ -65,7 +64,7 @@ from configs import ConfigError, build_cfg
 from dassl.data import build_data_loader
 from dassl.data.datasets import build_dataset
 from dassl.data.transforms import build_transform
-from dassl.utils import set_random_seed, setup_logger
+from dassl.utils import WriteError, atomic_write, set_random_seed, setup_logger
 from dassl.utils.registry import RegistryKeyError
 from datasets.laion_beyond import DatasetError
 from lpclip.files import FINGERPRINT_KEY, SPLITS, FeatureError, feature_file
@@ -79,7 +78,7 @@ DEFAULT_CONFIG_FILE = str(REPO_ROOT / "configs" / "trainers" / "CoOp_openclip" /
 #: Relative to the current directory, as the reference (run from ``lpclip/``) and its probe expect.
 DEFAULT_OUTPUT_DIR = "clip_feat"
 
-USER_ERRORS = (ConfigError, RegistryKeyError, BackboneError, DatasetError, FeatureError)
+USER_ERRORS = (ConfigError, RegistryKeyError, BackboneError, DatasetError, FeatureError, WriteError)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -165,11 +164,7 @@ def encode_loader(loaded: Any, loader: Any, device: torch.device, precision: Any
 
 def save_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
     """Write ``arrays`` to ``path`` atomically (a crash never leaves a half-written file behind)."""
-    os.makedirs(osp.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez(f, **arrays), mode="wb")
 
 
 def parameters_digest(model: torch.nn.Module) -> str:

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
+from dassl.utils import WriteError, atomic_write, atomic_write_text
 from lpclip import logreg
 from lpclip.files import FINGERPRINT_KEY, SPLITS, FeatureError, feature_file
 
@@ -471,23 +472,16 @@ def csv_rows(results: Dict[str, Dict[str, Any]], dataset: str, sub_classes: str,
     return rows
 
 
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_results(output_dir: str, payload: Dict[str, Any], rows: List[Dict[str, Any]]) -> Tuple[str, str]:
     os.makedirs(output_dir, exist_ok=True)
     json_path = osp.join(output_dir, RESULTS_JSON)
     csv_path = osp.join(output_dir, RESULTS_CSV)
-    _atomic_write(json_path, json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(payload, indent=2) + "\n")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS))
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(csv_path, buf.getvalue())
+    atomic_write(csv_path, lambda f: f.write(buf.getvalue().encode("utf-8")), mode="wb")
     return json_path, csv_path
 
 
@@ -549,8 +543,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "std": "sample std over runs (ddof 1)",
         "shots": results,
     }
-    json_path, csv_path = write_results(output_dir, payload,
-                                        csv_rows(results, args.dataset, args.sub_classes, features, args.num_step))
+    try:
+        json_path, csv_path = write_results(output_dir, payload,
+                                            csv_rows(results, args.dataset, args.sub_classes, features, args.num_step))
+    except WriteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"accuracy (%): mean ± sample std over {args.num_run} runs (ddof 1)")
     for res in results.values():
         spread = "-" if res["accuracy_std"] is None else f"{res['accuracy_std']:.2f}"

@@ -15,17 +15,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import os.path as osp
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from dassl.data import build_data_loader
 from dassl.data.samplers import build_sampler
+from dassl.utils import atomic_torch_save, derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +97,7 @@ def load_cached(path: str, meta: Dict[str, Any]) -> Optional[torch.Tensor]:
 
 
 def save_cached(path: str, meta: Dict[str, Any], features: torch.Tensor) -> None:
-    os.makedirs(osp.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save({"meta": json.dumps(meta, sort_keys=True), "features": features}, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save({"meta": json.dumps(meta, sort_keys=True), "features": features}, path)
 
 
 def encode_views(
@@ -115,7 +111,7 @@ def encode_views(
     out: List[torch.Tensor] = []
     for v in range(views):
         # Each view's augmentation stream depends only on (seed, view): reruns give the same cache.
-        torch.manual_seed(int(np.random.SeedSequence([max(seed, 0), v, 7]).generate_state(1)[0]))
+        torch.manual_seed(derive_seed(max(seed, 0), v, 7))
         feats = [encode(batch["img"]).cpu() for batch in tqdm(loader, desc=f"cache view {v + 1}/{views}",
                                                                   disable=None, leave=False)]
         out.append(torch.cat(feats))
@@ -132,7 +128,7 @@ class CachedFeatureDataset(Dataset):
         self.view = torch.zeros(len(self.data_source), dtype=torch.long)
 
     def set_epoch(self, epoch: int) -> None:
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, epoch, 11]).generate_state(1)[0]))
+        g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 11))
         self.view = torch.randint(self.features.shape[0], (len(self.data_source),), generator=g)
 
     def __len__(self) -> int:
