@@ -518,6 +518,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        device = torch.device(args.device) if args.device else None
+    except RuntimeError as err:
+        print(f"error: --device {args.device!r}: {err}", file=sys.stderr)
+        return 2
+    if device is not None and device.type == "cuda" and not torch.cuda.is_available():
+        print(f"error: --device {args.device}: torch sees no CUDA device; leave --device out to use the CPU",
+              file=sys.stderr)
+        return 2
+    try:
         feats = load_features(args.feature_dir, args.dataset, args.sub_classes, args.normalized)
     except FeatureError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -526,7 +535,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logger.info("%s/%s: train %d, val %d, test %d rows, D=%d, %s features", args.dataset, args.sub_classes,
                 len(feats["train"].y), len(feats["val"].y), len(feats["test"].y), feats["train"].x.shape[1],
                 features)
-    device = torch.device(args.device) if args.device else None
     results = linear_probe(feats, args.shots, args.num_run, args.num_step, args.solver, device)
     output_dir = args.output_dir or osp.join(args.feature_dir, args.dataset, args.sub_classes, "linear_probe")
     payload = {

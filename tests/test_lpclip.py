@@ -470,3 +470,14 @@ def test_runs_with_the_same_training_rows_share_their_fits(monkeypatch):
     alone = [lp.probe_runs(feats, 4, [r], 3, "torch")[0] for r in (1, 2, 3)]
     for got, want in zip(runs, alone):
         assert got["c"] == pytest.approx(want["c"]) and got["accuracy"] == pytest.approx(want["accuracy"])
+
+
+def test_unusable_device_is_one_error_line_before_loading(tmp_path, capsys):
+    import torch
+
+    write_features(str(tmp_path))
+    bad = ["nope"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in bad:
+        rc, err = probe_cli(tmp_path, capsys, "--device", device)
+        assert rc == 2 and len(err) == 1 and err[0].startswith("error: --device")
+    assert not (tmp_path / "Toy9_9" / "IP" / "linear_probe").exists()
