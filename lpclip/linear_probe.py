@@ -29,9 +29,11 @@ Differences from the reference, all deliberate (B31):
 * each run draws from its own ``np.random.default_rng(run)`` instead of re-seeding the global RNG;
   with augmented train views (``--views``) K *images* are sampled and all their views are used;
 * fits are cached per C within a search (lbfgs is deterministic, so results are unchanged);
-* results go to ``results.json`` and a CSV whose columns say what they hold (``accuracy_mean``,
-  ``accuracy_std``, ...) with the real SUB_CLASSES and seeds (the reference wrote the std into
-  ``error_rate`` and hard-coded SUB_CLASSES "OOP" and SEED 4).
+* results go to ``results.json`` (written through the results contract, ``dassl.results``, kind
+  ``linear_probe``, fingerprinted by the probe's settings -- solver included -- and the feature files'
+  content) and a CSV whose columns say what they hold (``accuracy_mean``, ``accuracy_std``: the
+  project's one spread convention, the sample std with ddof 1) with the real SUB_CLASSES and seeds
+  (the reference wrote the std into ``error_rate`` and hard-coded SUB_CLASSES "OOP" and SEED 4).
 """
 from __future__ import annotations
 
@@ -57,7 +59,9 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from dassl.utils import WriteError, atomic_write, atomic_write_text
+from dassl import results as results_contract
+from dassl.utils import WriteError, atomic_write
+from dassl.utils.identity import content_identity
 from lpclip import logreg
 from lpclip.files import FINGERPRINT_KEY, SPLITS, FeatureError, feature_file
 
@@ -66,7 +70,7 @@ logger = logging.getLogger(__name__)
 COARSE_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 VAL_MAX_SHOTS = 4
-RESULTS_JSON = "results.json"
+RESULTS_JSON = results_contract.RESULTS_FILE
 RESULTS_CSV = "linear_probe.csv"
 CSV_COLUMNS = (
     "method", "dataset", "sub_classes", "shots", "features", "num_run", "num_step", "seeds",
@@ -422,17 +426,23 @@ def probe_runs(feats: Dict[str, FeatureSplit], shots: int, seeds: Sequence[int],
     raise ValueError(f"unknown solver {solver!r}; choose from {SOLVERS}")
 
 
+def _nan_to_none(value: float) -> Optional[float]:
+    """JSON has no NaN: an undefined spread (one run) is written as null."""
+    return None if math.isnan(value) else float(value)
+
+
 def linear_probe(
     feats: Dict[str, FeatureSplit], shots: Sequence[int], num_run: int, num_step: int,
     solver: str = "torch", device: Optional[torch.device] = None,
 ) -> Dict[str, Dict[str, Any]]:
-    """Per K: mean / sample std (ddof 1; None for one run) / per-run accuracies and the chosen C of each run."""
+    """Per K: mean / sample std (ddof 1, :func:`dassl.results.sample_std`; None for one run) / per-run
+    accuracies and the chosen C of each run."""
     out: Dict[str, Dict[str, Any]] = {}
     seeds = list(range(1, int(num_run) + 1))
     for k in shots:
         runs = probe_runs(feats, int(k), seeds, num_step, solver, device)
         accs = np.array([r["accuracy"] for r in runs])
-        std = float(np.std(accs, ddof=1)) if len(accs) > 1 else None
+        std = _nan_to_none(results_contract.sample_std(accs))
         out[str(int(k))] = {
             "shots": int(k),
             "accuracy_mean": float(accs.mean()),
@@ -472,11 +482,27 @@ def csv_rows(results: Dict[str, Dict[str, Any]], dataset: str, sub_classes: str,
     return rows
 
 
-def write_results(output_dir: str, payload: Dict[str, Any], rows: List[Dict[str, Any]]) -> Tuple[str, str]:
+def probe_fingerprint(feature_dir: str, dataset: str, sub_classes: str, shots: Sequence[int], num_run: int,
+                      num_step: int, normalized: bool, solver: str = "torch") -> Dict[str, Any]:
+    """The probe's run fingerprint (dassl.results): its settings (the solver too: the two solvers agree
+    to a few tenths of a point, not bit for bit) plus the content of the feature files it reads (which
+    embody backbone, weights, transform and split). ``scripts.sweep`` compares it with a finished
+    probe's results.json before skipping it."""
+    config = {
+        "method": "linear_probe", "dataset": dataset, "sub_classes": sub_classes,
+        "shots": [int(k) for k in shots], "num_run": int(num_run), "num_step": int(num_step),
+        "features": "normalized" if normalized else "raw", "coarse_grid": list(COARSE_GRID), "solver": solver,
+    }
+    paths = check_features(feature_dir, dataset, sub_classes)
+    data = {split: content_identity(path)["sha256"] for split, path in paths.items()}
+    return results_contract.fingerprint(config, trainer="linear_probe", data=data)
+
+
+def write_results(output_dir: str, payload: Dict[str, Any], rows: List[Dict[str, Any]],
+                  fp: Dict[str, Any]) -> Tuple[str, str]:
     os.makedirs(output_dir, exist_ok=True)
-    json_path = osp.join(output_dir, RESULTS_JSON)
     csv_path = osp.join(output_dir, RESULTS_CSV)
-    atomic_write_text(json_path, json.dumps(payload, indent=2) + "\n")
+    json_path = results_contract.write_results(output_dir, payload, fp, kind="linear_probe")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS))
     writer.writeheader()
@@ -548,16 +574,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "seeds": list(range(1, args.num_run + 1)),
         "coarse_grid": list(COARSE_GRID),
         "solver": args.solver,
-        "std": "sample std over runs (ddof 1)",
+        "std": results_contract.STD_CONVENTION.replace("over seeds", "over runs"),
         "shots": results,
     }
+    fp = probe_fingerprint(args.feature_dir, args.dataset, args.sub_classes, args.shots, args.num_run,
+                           args.num_step, args.normalized, args.solver)
     try:
         json_path, csv_path = write_results(output_dir, payload,
-                                            csv_rows(results, args.dataset, args.sub_classes, features, args.num_step))
+                                            csv_rows(results, args.dataset, args.sub_classes, features, args.num_step),
+                                            fp)
     except WriteError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"accuracy (%): mean ± sample std over {args.num_run} runs (ddof 1)")
+    print(f"accuracy (%): mean ± {results_contract.STD_CONVENTION.replace('over seeds', f'over {args.num_run} runs')}")
     for res in results.values():
         spread = "-" if res["accuracy_std"] is None else f"{res['accuracy_std']:.2f}"
         print(f"K={res['shots']:>2}: {res['accuracy_mean']:.2f} ± {spread}")
