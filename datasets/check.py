@@ -13,9 +13,14 @@ checked.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import argparse
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, TextIO, Tuple
@@ -23,8 +28,7 @@ from typing import Dict, List, Optional, Sequence, TextIO, Tuple
 from tqdm import tqdm
 
 from dassl.utils import UnreadableImageError, read_image, shown_path
-
-from .laion_beyond import (
+from datasets.laion_beyond import (
     MISSING,
     SUBSETS,
     DatasetError,

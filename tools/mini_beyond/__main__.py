@@ -1,17 +1,22 @@
 """``python -m tools.mini_beyond <job>``: the command line of the Mini-Beyond jobs (one module each)."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by path (python tools/mini_beyond/__main__.py): the repo root first, as under -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 import argparse
 import logging
 import os
-from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
-from . import __doc__ as package_doc
-from . import build, demo, evaluate, golden, pretrain, render
-from .common import ASSETS_DIR, WEIGHTS_FILE, load_assets
+from tools.mini_beyond import __doc__ as package_doc
+from tools.mini_beyond import build, demo, evaluate, golden, pretrain, render
+from tools.mini_beyond.common import ASSETS_DIR, WEIGHTS_FILE, load_assets
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
