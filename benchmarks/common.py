@@ -468,6 +468,7 @@ def build_fsnl_trainer(
         "DATALOADER.TRAIN_X.BATCH_SIZE", str(batch_size),
         "DATALOADER.TEST.BATCH_SIZE", str(test_batch_size),
         "DATALOADER.NUM_WORKERS", "0",
+        "TEST.CROSS_EVAL", "()",  # the synthetic domain has no IP subset (validated when the trainer is built)
         "TRAINER.FSNL.PREC", prec,
         "USE_CUDA", str(device.type == "cuda"),
         *extra_opts,

@@ -56,7 +56,7 @@ def test_every_script_carries_the_by_path_idiom():
 
 
 @pytest.mark.parametrize("script", ["scripts/parse_test_res.py", "scripts/sweep.py", "datasets/check.py",
-                                    "tools/mini_beyond.py", "benchmarks/linear_probe.py"])
+                                    "tools/mini_beyond/__main__.py", "benchmarks/linear_probe.py"])
 def test_scripts_run_by_path_from_any_directory(script, tmp_path):
     proc = run([str(REPO / script), "--help"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
