@@ -38,6 +38,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from scripts.methods import label_for
+
 __all__ = [
     "RunRecord",
     "Stat",
@@ -75,19 +77,6 @@ _FSNL_RULE_PART = re.compile(r"_BS_\d+_LR_[0-9.eE+-]+")
 _ACCURACY_LINE = re.compile(r"\* accuracy: ([0-9.]+)%")
 _LOG_NAME = re.compile(r"log\.txt(-.*)?$")
 _PHASE_SUBSET = MappingProxyType({"train": "OOP", "test_OOP": "OOP", "test_IP": "IP", "test_All": "All"})
-
-#: Paper names and row order of the known methods (matched on the start of the first folder).
-_METHOD_NAMES: Tuple[Tuple[str, str], ...] = (
-    ("ZeroshotCLIP_openclip", "OpenCLIP (zero-shot)"),
-    ("ZeroshotCLIP", "Zero-shot CLIP"),
-    ("CoOp", "CoOp"),
-    ("CoCoOp", "CoCoOp"),
-    ("CLIP_Adapter", "CLIP-Adapter"),
-    ("TaskRes", "TaskRes"),
-    ("linear_probe", "Linear probe"),
-    ("FSNL", "FSNL"),
-)
-
 
 @dataclass
 class RunRecord:
@@ -407,11 +396,12 @@ def collect(
 
 
 def _known(method: str) -> Tuple[int, str]:
+    """Row order and paper label of a method key from the registry (``scripts/methods.py``)."""
     first, _, rest = method.partition("/")
-    for order, (prefix, name) in enumerate(_METHOD_NAMES):
-        if first.startswith(prefix):
-            return order, name + (f" ({rest})" if rest else "")
-    return len(_METHOD_NAMES), method
+    order, label = label_for(first)
+    if label is None:
+        return order, method
+    return order, label + (f" ({rest})" if rest else "")
 
 
 def method_labels(methods: Iterable[str], raw: bool = False) -> Dict[str, str]:

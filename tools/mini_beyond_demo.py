@@ -21,8 +21,8 @@ from typing import Dict, List, Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = ("MiniAnimals", "MiniFood", "MiniPlants", "MiniAttire", "MiniTransport")
-#: Per-method config under ``configs/trainers/<trainer>/`` sized for a CPU and the 64-px mini CLIP.
-MINI_CONFIG = "mini_cpu"
+#: The registry's config set (``mini_cpu`` configs) and rule of Mini-Beyond (scripts/methods.py).
+MINI_CONFIG_SET = "mini"
 
 logger = logging.getLogger(__name__)
 
@@ -72,31 +72,18 @@ def run_jobs_in_process(jobs: Sequence, quiet: bool = True) -> List[str]:
     return failed
 
 
-#: FSNL on Mini-Beyond: 50 epochs instead of 200, so the LR rule's base (2e-4 per 128 images) is
-#: raised 8x; BS = min(K,4)*C as in the paper. Tuned once on MiniAnimals (OOP 78% at 4 shots).
-FSNL_EPOCHS = 50
-FSNL_LR_SCALE = 8.0
-
-
 def demo_jobs(root: str, out: str, domains: Sequence[str], shots: Sequence[int], seeds: Sequence[int],
               methods: Sequence[str] = ("zeroshot", "fsnl"), extra_opts: Sequence[str] = ()) -> list:
-    """Sweep jobs with the Mini-Beyond configs (``mini_cpu``); FSNL gets its per-domain BS/LR."""
-    from scripts.domains import count_classes
-    from scripts.fsnl_rule import format_lr, fsnl_bs_lr
+    """Sweep jobs of the Mini-Beyond recipe: the registry's ``mini`` config set and rule
+    (``mini_cpu`` configs; FSNL with BS = min(K,4)·C, 50 epochs, 8x the paper's LR rule), the same
+    path as ``python -m scripts.sweep --config-set mini`` and ``python -m scripts.grid --config-set mini``."""
     from scripts.sweep import SweepSpec, build_jobs
 
     jobs = []
     for method in methods:
-        for domain in domains:
-            for k in shots:
-                opts = list(extra_opts)
-                if method == "fsnl":
-                    bs, lr = fsnl_bs_lr(count_classes(root, domain, "OOP"), k)
-                    opts = ["OPTIM.MAX_EPOCH", str(FSNL_EPOCHS), "OPTIM.LR", format_lr(lr * FSNL_LR_SCALE),
-                            "DATALOADER.TRAIN_X.BATCH_SIZE", str(bs), *opts]
-                spec = SweepSpec(method=method, root=root, out=out, domains=[domain], shots=[k],
-                                 seeds=list(seeds), config=MINI_CONFIG, opts=opts)
-                jobs.extend(j for j in build_jobs(spec) if j not in jobs)
+        spec = SweepSpec(method=method, root=root, out=out, domains=list(domains), shots=list(shots),
+                         seeds=list(seeds), config_set=MINI_CONFIG_SET, opts=list(extra_opts))
+        jobs.extend(j for j in build_jobs(spec) if j not in jobs)
     return jobs
 
 
