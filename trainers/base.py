@@ -18,11 +18,21 @@ from typing import Any, ContextManager, Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from clip import LoadedCLIP, Precision, autocast, load_clip, normalize_name, resolve_precision
+from clip import (
+    LoadedCLIP,
+    Precision,
+    autocast,
+    load_clip,
+    normalize_name,
+    resolve_precision,
+    weights_identity,
+)
 from clip.templates import DEFAULT_TEMPLATE
 from dassl.engine import TrainerX
+from dassl.utils.identity import json_digest
+
+from . import feature_cache as fc
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +95,9 @@ class ClipTrainer(TrainerX):
     # ------------------------------------------------------------------ CLIP
     def load_clip(self) -> LoadedCLIP:
         """Load (or reuse) the frozen CLIP for this backbone, weights and precision."""
-        bb = self.cfg.MODEL.BACKBONE
-        key = ("clip", bb.NAME, bb.get("WEIGHTS", ""), str(bb.get("QUICK_GELU", "auto")),
-               self.precision.name, str(self.device))
+        # The weights identity (not the WEIGHTS string) keys the model: ``none`` is a seeded random
+        # init, so the grid engine's runs of another seed must not get this one's model.
+        key = ("clip", json_digest(weights_identity(self.cfg)), self.precision.name, str(self.device))
         cached = self.shared.get(key)
         if cached is None:
             cached = load_clip(self.cfg, self.device, self.precision.name)
@@ -200,29 +210,51 @@ class ClipTrainer(TrainerX):
         return self.logits_from_features(feats)
 
     # ------------------------------------------------------------------ feature caches
+    def feature_store(self, kind: str, seed: Optional[int]) -> fc.FeatureStore:
+        """The store of frozen features for this model, input transform and ``seed`` (``kind``
+        ``train``: augmented views; ``eval``: the test transform), kept in ``shared`` so that
+        cross-evaluation trainers and the grid engine's runs reuse what was encoded."""
+        key = fc.store_namespace(kind, self.cfg, self.precision.name, str(self.device), seed)
+        store = self.shared.get(key)
+        if store is None:
+            store = self.shared[key] = fc.FeatureStore()
+        return store
+
     def setup_feature_cache(self) -> None:
-        """Swap the image train loader for cached features when ``FEATURE_CACHE.VIEWS > 0``."""
+        """Swap the image train loader for cached features when ``FEATURE_CACHE.VIEWS > 0``.
+
+        Standalone runs keep the features on disk (``FEATURE_CACHE.DIR``); under the grid engine
+        (``shared[fc.STORE_ONLY]``) the in-memory store is the cache and nothing is written.
+        """
         node = self.cfg.DATALOADER.get("FEATURE_CACHE")
         views = int(node.VIEWS) if node is not None else 0
         self._cached_train = None
         if views <= 0 or not self.get_model_names():
             return
-        from . import feature_cache as fc
+        seed = int(self.cfg.SEED)
+        train_x = self.dm.dataset.train_x
 
-        meta = fc.cache_meta(self.cfg, self.dm.dataset, self.precision.name, views)
-        directory = node.DIR or osp.join(self.output_dir, "feature_cache")
-        path = fc.cache_path(directory, meta)
-        feats = fc.load_cached(path, meta)
-        if feats is None:
-            logger.info("Encoding %d augmented views of %d training images for the feature cache",
-                        views, len(self.dm.dataset.train_x))
-            feats = fc.encode_views(self.cfg, self.dm.dataset.train_x, self.dm.tfm_train,
-                                    lambda x: self.encode_images(x, normalize=False), views, int(self.cfg.SEED))
-            fc.save_cached(path, meta, feats)
-            logger.info("Feature cache written to %s", path)
+        def encode() -> torch.Tensor:
+            return fc.encode_views(self.cfg, train_x, self.dm.tfm_train,
+                                   lambda x: self.encode_images(x, normalize=False), views, seed,
+                                   store=self.feature_store("train", seed))
+
+        if self.shared.get(fc.STORE_ONLY):
+            feats = encode()
         else:
-            logger.info("Feature cache loaded from %s", path)
-        self._cached_train = fc.CachedFeatureDataset(feats, self.dm.dataset.train_x, int(self.cfg.SEED))
+            meta = fc.cache_meta(self.cfg, self.dm.dataset, self.precision.name, views)
+            directory = node.DIR or osp.join(self.output_dir, "feature_cache")
+            path = fc.cache_path(directory, meta)
+            feats = fc.load_cached(path, meta)
+            if feats is None:
+                logger.info("Encoding %d augmented views of %d training images for the feature cache",
+                            views, len(train_x))
+                feats = encode()
+                fc.save_cached(path, meta, feats)
+                logger.info("Feature cache written to %s", path)
+            else:
+                logger.info("Feature cache loaded from %s", path)
+        self._cached_train = fc.CachedFeatureDataset(feats, train_x, seed)
         self.train_loader_x = fc.cached_train_loader(self.cfg, self._cached_train)
 
     def before_epoch(self) -> None:
@@ -231,18 +263,23 @@ class ClipTrainer(TrainerX):
             self._cached_train.set_epoch(self.epoch)
 
     def eval_loader(self, split: str) -> Iterable[Dict[str, Any]]:
-        """The evaluation batches; frozen features are encoded once per run and then reused (P3)."""
-        loader = super().eval_loader(split)
+        """The evaluation batches; frozen features are encoded once per image and process (P3):
+        through the evaluation :meth:`feature_store`, in the loader's order and batch size."""
         if not bool(self.cfg.TEST.get("CACHE_FEATURES", True)):
-            return loader
+            return super().eval_loader(split)
         cache = self.__dict__.setdefault("_eval_cache", {})
         if split not in cache:
-            batches = []
+            data = self.dm.dataset.val if split == "val" else self.dm.dataset.test
+            bs = int(self.cfg.DATALOADER.TEST.BATCH_SIZE)
+            store = self.feature_store("eval", None)
             with torch.inference_mode():
-                for batch in tqdm(loader, desc=f"encode {split}", disable=None, leave=False):
-                    batches.append({"feat": self.encode_images(batch["img"], normalize=False),
-                                    "label": batch["label"], "impath": batch.get("impath")})
-            cache[split] = batches
+                fc.fill_store(store, data, [-1], self.dm.tfm_test, lambda x: self.encode_images(x, normalize=False),
+                              0, str(self.cfg.DATASET.ROOT), bs, f"encode {split}")
+            feats = fc.gather(store, data, -1).to(self.device)
+            labels = torch.tensor([d.label for d in data], dtype=torch.long)
+            impaths = [d.impath for d in data]
+            cache[split] = [{"feat": feats[i:i + bs], "label": labels[i:i + bs], "impath": impaths[i:i + bs]}
+                            for i in range(0, len(data), bs)]
         return cache[split]
 
     def parse_batch_test(self, batch: Dict[str, Any]):
