@@ -167,16 +167,23 @@ def extract(cfg: Any, split: str, views: int = 0, device: Optional[torch.device]
     logger.info("%s/%s %s: %d images x %d view(s) -> %s features (%s transform)", cfg.DATASET.NAME,
                 cfg.DATASET.SUB_CLASSES, split, len(data), max(views, 1), tuple(raw.shape),
                 "train" if augment else "test")
+    return feature_arrays(raw, out["labels"], out["image_ids"], list(dataset.classnames), loaded, augment,
+                          max(views, 1))
+
+
+def feature_arrays(raw: torch.Tensor, labels: torch.Tensor, image_ids: torch.Tensor, classnames: Sequence[str],
+                   loaded: Any, augment: bool, views: int) -> Dict[str, np.ndarray]:
+    """The arrays of one split's npz (the grid engine writes the same ones from its feature store)."""
     return {
         "features": F.normalize(raw, dim=-1).numpy(),
         "features_raw": raw.numpy(),
-        "labels": out["labels"].numpy(),
-        "image_ids": out["image_ids"].numpy(),
-        "classnames": np.array(list(dataset.classnames), dtype=str),
+        "labels": labels.numpy(),
+        "image_ids": image_ids.numpy(),
+        "classnames": np.array(list(classnames), dtype=str),
         "backbone": np.array(str(loaded.name)),
         "weights": np.array(str(loaded.weights)),
         "transform": np.array("train" if augment else "test"),
-        "views": np.array(max(views, 1)),
+        "views": np.array(int(views)),
     }
 
 

@@ -39,6 +39,19 @@ logger = logging.getLogger(__name__)
 VALID_PRECISIONS = ("fp32", "fp16", "amp", "bf16")
 
 
+def shared_clip(shared: Dict[Any, Any], cfg: Any, device: torch.device, precision: str) -> LoadedCLIP:
+    """The frozen CLIP of ``cfg`` from ``shared``, loaded on first use.
+
+    The weights identity (not the WEIGHTS string) keys the model: ``none`` is a seeded random init,
+    so a grid engine's run of another seed must not get this one's model.
+    """
+    key = ("clip", json_digest(weights_identity(cfg)), precision, str(device))
+    loaded = shared.get(key)
+    if loaded is None:
+        loaded = shared[key] = load_clip(cfg, device, precision)
+    return loaded
+
+
 class ClipTrainer(TrainerX):
     """A Dassl ``TrainerX`` around a frozen OpenCLIP model.
 
@@ -94,17 +107,10 @@ class ClipTrainer(TrainerX):
 
     # ------------------------------------------------------------------ CLIP
     def load_clip(self) -> LoadedCLIP:
-        """Load (or reuse) the frozen CLIP for this backbone, weights and precision."""
-        # The weights identity (not the WEIGHTS string) keys the model: ``none`` is a seeded random
-        # init, so the grid engine's runs of another seed must not get this one's model.
-        key = ("clip", json_digest(weights_identity(self.cfg)), self.precision.name, str(self.device))
-        cached = self.shared.get(key)
-        if cached is None:
-            cached = load_clip(self.cfg, self.device, self.precision.name)
-            self.shared[key] = cached
-        self.clip = cached
-        self.check_input_size(cached)
-        return cached
+        """Load (or reuse, through ``shared``) the frozen CLIP for this backbone, weights and precision."""
+        self.clip = shared_clip(self.shared, self.cfg, self.device, self.precision.name)
+        self.check_input_size(self.clip)
+        return self.clip
 
     def check_input_size(self, loaded: LoadedCLIP) -> None:
         size = tuple(self.cfg.INPUT.SIZE)
@@ -214,7 +220,8 @@ class ClipTrainer(TrainerX):
         """The store of frozen features for this model, input transform and ``seed`` (``kind``
         ``train``: augmented views; ``eval``: the test transform), kept in ``shared`` so that
         cross-evaluation trainers and the grid engine's runs reuse what was encoded."""
-        key = fc.store_namespace(kind, self.cfg, self.precision.name, str(self.device), seed)
+        transform = self.dm.tfm_train if kind == "train" else self.dm.tfm_test
+        key = fc.store_namespace(kind, self.cfg, transform, self.precision.name, str(self.device), seed)
         store = self.shared.get(key)
         if store is None:
             store = self.shared[key] = fc.FeatureStore()
@@ -229,7 +236,7 @@ class ClipTrainer(TrainerX):
         node = self.cfg.DATALOADER.get("FEATURE_CACHE")
         views = int(node.VIEWS) if node is not None else 0
         self._cached_train = None
-        if views <= 0 or not self.get_model_names():
+        if views <= 0 or not self.get_model_names() or self.shared.get(fc.EVALUATION_ONLY):
             return
         seed = int(self.cfg.SEED)
         train_x = self.dm.dataset.train_x
@@ -256,6 +263,14 @@ class ClipTrainer(TrainerX):
                 logger.info("Feature cache loaded from %s", path)
         self._cached_train = fc.CachedFeatureDataset(feats, train_x, seed)
         self.train_loader_x = fc.cached_train_loader(self.cfg, self._cached_train)
+
+    def evaluate_subset(self, sub: str) -> Any:
+        """Cross-evaluation; the sibling trainer only evaluates, so it encodes no training views."""
+        self.shared[fc.EVALUATION_ONLY] = True
+        try:
+            return super().evaluate_subset(sub)
+        finally:
+            self.shared.pop(fc.EVALUATION_ONLY, None)
 
     def before_epoch(self) -> None:
         super().before_epoch()

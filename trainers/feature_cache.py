@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from clip import weights_identity
 from dassl.data.samplers import build_sampler
 from dassl.utils import read_image
 from dassl.utils.identity import json_digest, stat_identity
@@ -45,6 +46,9 @@ CACHE_VERSION = 2
 
 #: ``shared`` flag set by the grid engine: the in-memory stores are the cache, nothing goes to disk.
 STORE_ONLY = "feature_store_only"
+
+#: ``shared`` flag while a cross-evaluation trainer is built: it never trains, so it encodes no views.
+EVALUATION_ONLY = "evaluation_only"
 
 #: Store key of one image: (real path, size, mtime_ns), as ``dassl.utils.identity.stat_identity``.
 ImageKey = Tuple[str, int, int]
@@ -167,14 +171,12 @@ class FeatureStore:
         self._feats[key] = feat
 
 
-def store_namespace(kind: str, cfg: Any, precision: str, device: str, seed: Optional[int]) -> Tuple[str, str]:
-    """The ``shared`` key of a store: everything the features depend on besides the image and view."""
-    from clip import weights_identity
-
-    bb = cfg.MODEL.BACKBONE
-    meta = {"kind": kind, "backbone": str(bb.NAME), "weights": weights_identity(cfg),
-            "quick_gelu": str(bb.get("QUICK_GELU", "auto")), "precision": precision, "device": device,
-            "input": json.loads(json.dumps(cfg.INPUT, default=str)), "seed": seed}
+def store_namespace(kind: str, cfg: Any, transform: Any, precision: str, device: str,
+                    seed: Optional[int]) -> Tuple[str, str]:
+    """The ``shared`` key of a store: everything the features depend on besides the image and view
+    (the transform by its ``repr``, which lists every op and parameter)."""
+    meta = {"kind": kind, "weights": weights_identity(cfg), "precision": precision, "device": device,
+            "transform": repr(transform), "seed": seed}
     return ("feature_store", json_digest(meta))
 
 

@@ -1,0 +1,395 @@
+"""The whole grid in one process per (domain, backbone): every method × shots × seed from shared features.
+
+    python -m scripts.grid --root data/mini_beyond --out output/mini_grid --config-set mini \\
+        --domains MiniAnimals MiniFood --methods fsnl coop clip_adapter taskres zeroshot linear_probe \\
+        --shots 1 2 4 8 16 --seeds 1 2 3 [--views 8] [--dry-run] [--force]
+
+A *cell* is one run the sweep would start as ``python train.py ...`` (``scripts.sweep.plan_runs``, the
+same registry, config sets and rules), with ``DATALOADER.FEATURE_CACHE.VIEWS K`` added for the
+trained methods, or one domain's linear probe. The engine builds each cell's config with
+:func:`configs.build_cfg` (exactly the call ``train.py`` makes for that command line), builds the
+normal trainer with a ``shared`` dict and runs it, so a cell writes what that ``train.py`` run writes
+(``config.yaml``, ``log.txt``, checkpoints, ``results.json``) with the same numbers. Shared per
+(domain, backbone), through ``shared``:
+
+* the frozen CLIP, loaded once (keyed by the weights identity);
+* the evaluation features: every test / val image encoded once (``trainers.feature_cache.FeatureStore``
+  keyed by file identity), also for the IP cross-evaluation and the linear probe's full splits;
+* the training views: view ``v`` of an image is drawn from an RNG seeded by (seed, image, v), so
+  each (image, view, seed) is encoded once into the store, for the union of all cells' few-shot
+  images, and every cell gets exactly the views its standalone run would compute. The in-memory store
+  is the cache: cells do not write ``feature_cache/`` files (the only file a standalone run adds).
+
+Every cell starts from ``set_random_seed(SEED)``, as ``train.py`` does, and nothing a cell draws
+depends on an earlier cell (model loads and view encoding run in forked RNGs), so results do not
+depend on the grid's order. Each cell logs to its own ``log.txt``; the console gets a progress bar
+(cells done / total, ETA) and one line per finished cell. A cell is skipped only when its folder holds
+a finished run of the same configuration (``results.json`` plus a ``config.yaml`` equal to the
+cell's). SIGTERM / SIGUSR1 (SLURM preemption) stop the grid after the running cell; rerunning
+continues with the missing cells.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import os.path as osp
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from tqdm import tqdm
+
+import train
+from clip import autocast, weights_identity
+from configs import ConfigError, build_cfg
+from dassl.data.datasets import build_dataset
+from dassl.data.transforms import build_transform
+from dassl.engine import build_trainer
+from dassl.utils import set_random_seed, setup_logger
+from dassl.utils.identity import json_digest
+from dassl.utils.registry import RegistryKeyError
+from lpclip import feat_extractor, linear_probe
+from scripts.domains import LAION_BEYOND_DOMAINS, REPO_ROOT, DomainError, resolve_domains
+from scripts.methods import CONFIG_SETS, RULES, Method, get_method, method_names
+from scripts.sweep import (
+    FEATURE_SPLITS,
+    FEATURE_SUBSETS,
+    RESULTS_FILE,
+    Run,
+    SweepSpec,
+    merge_opts,
+    plan_runs,
+    probe_dir,
+    trainer_config,
+)
+from trainers import feature_cache as fc
+from trainers.base import shared_clip
+
+__all__ = ["Cell", "GridSummary", "plan_grid", "group_cells", "is_finished", "run_cell", "run_grid", "main"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_VIEWS = 8
+#: Exit status of a grid stopped by SIGTERM / SIGUSR1 (rerun to continue).
+STOPPED = 143
+
+
+@dataclass
+class Cell:
+    """One run of the grid: a ``train.py`` run (``run``) or a domain's linear probe (``run`` None)."""
+
+    method: Method
+    dataset: str
+    cfg: Any
+    run: Optional[Run] = None
+    shots: Tuple[int, ...] = ()
+    feature_dir: str = ""
+    output_dir: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.run.label if self.run is not None else f"linear_probe {self.dataset}"
+
+    @property
+    def results_file(self) -> str:
+        return osp.join(self.output_dir, RESULTS_FILE)
+
+    @property
+    def group(self) -> Tuple[str, str]:
+        """(dataset, backbone identity): the unit that shares one model and one feature store."""
+        return self.dataset, json_digest(weights_identity(self.cfg))
+
+
+@dataclass
+class GridSummary:
+    ran: List[Cell] = field(default_factory=list)
+    skipped: List[Cell] = field(default_factory=list)
+    failed: List[Tuple[Cell, str]] = field(default_factory=list)
+    stopped: bool = False
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+    def line(self) -> str:
+        total = len(self.ran) + len(self.skipped) + len(self.failed)
+        return (f"{total} cell(s): ran {len(self.ran)}, skipped {len(self.skipped)}, failed {len(self.failed)}"
+                + (" (stopped by a signal: rerun to continue)" if self.stopped else ""))
+
+
+# ---------------------------------------------------------------------------------------------- plan
+def _abs(path: str) -> str:
+    return path if osp.isabs(path) else osp.abspath(path)
+
+
+def _run_cfg(run: Run, root: str) -> Any:
+    """The config ``train.py`` builds for ``run.argv(root)`` (same call as ``train.setup_cfg``)."""
+    return build_cfg(trainer=run.trainer, dataset=_repo_path(f"configs/datasets/{run.dataset}.yaml"),
+                     config=_repo_path(run.config), opts=[x for pair in run.opts for x in pair],
+                     root=root, output_dir=run.output_dir, seed=run.seed)
+
+
+def _repo_path(path: str) -> str:
+    return path if osp.isabs(path) else os.fspath(REPO_ROOT / path)
+
+
+def _probe_cfg(spec: SweepSpec, dataset: str, sub: str, config_path: str) -> Any:
+    """The config of ``lpclip.feat_extractor`` for one subset (what the sweep's extractor jobs build)."""
+    opts = merge_opts([("DATASET.SUB_CLASSES", sub)], spec.opts)
+    return build_cfg(dataset=_repo_path(f"configs/datasets/{dataset}.yaml"), config=_repo_path(config_path),
+                     opts=[x for pair in opts for x in pair], root=spec.root,
+                     output_dir=spec.feature_dir or osp.join(spec.out, "clip_feat"))
+
+
+def plan_grid(
+    root: str, out: str, domains: Sequence[str], methods: Sequence[str], shots: Sequence[int],
+    seeds: Optional[Sequence[int]] = None, config_set: str = "paper", config: Optional[str] = None,
+    rule: Optional[str] = None, views: int = DEFAULT_VIEWS, opts: Sequence[str] = (),
+) -> List[Cell]:
+    """Every cell, in domain → method → shots → seed order (paths made absolute)."""
+    root, out = _abs(root), _abs(out)
+    cells: List[Cell] = []
+    for dataset in resolve_domains(domains):
+        for name in methods:
+            method = get_method(name)
+            extra = list(opts)
+            if method.kind == "train" and views > 0:
+                extra = ["DATALOADER.FEATURE_CACHE.VIEWS", str(int(views)), *extra]
+            spec = SweepSpec(method=name, root=root, out=out, domains=[dataset], shots=list(shots),
+                             seeds=list(seeds) if seeds is not None else None, config=config,
+                             opts=extra, config_set=config_set, rule=rule)
+            if method.kind == "probe":
+                config_path, _ = trainer_config(method.config_trainer, config or method.config_for(config_set, 1))
+                cells.append(Cell(method, dataset, _probe_cfg(spec, dataset, "OOP", config_path),
+                                  shots=tuple(int(k) for k in shots),
+                                  feature_dir=spec.feature_dir or osp.join(out, "clip_feat"),
+                                  output_dir=probe_dir(spec, dataset)))
+                continue
+            for run in plan_runs(spec, dataset, method):
+                cells.append(Cell(method, dataset, _run_cfg(run, root), run=run, output_dir=run.output_dir))
+    return cells
+
+
+def group_cells(cells: Sequence[Cell]) -> Dict[Tuple[str, str], List[Cell]]:
+    """Cells by (dataset, backbone identity), each group in the given order."""
+    groups: Dict[Tuple[str, str], List[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(cell.group, []).append(cell)
+    return groups
+
+
+def is_finished(cell: Cell) -> bool:
+    """A finished run of the same configuration: ``results.json`` and an equal ``config.yaml``
+    (the probe: its ``results.json`` and the six feature files)."""
+    if not osp.isfile(cell.results_file):
+        return False
+    if cell.run is None:
+        return all(osp.isfile(feat_extractor.feature_file(cell.feature_dir, cell.dataset, sub, split))
+                   for sub in FEATURE_SUBSETS for split in FEATURE_SPLITS)
+    path = osp.join(cell.output_dir, "config.yaml")
+    if not osp.isfile(path):
+        return False
+    with open(path, encoding="utf-8") as f:
+        return f.read() == cell.cfg.dump()
+
+
+# ---------------------------------------------------------------------------------------------- run
+def _cell_logging(output_dir: str) -> None:
+    """The cell's log goes to its ``log.txt``; the console keeps warnings only (the bar and one line
+    per cell are the engine's)."""
+    setup_logger(output_dir)
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            h.setLevel(logging.WARNING)
+
+
+def _run_train_cell(cell: Cell, shared: Dict[Any, Any]) -> None:
+    cfg = cell.cfg
+    train.validate_cfg(cfg)
+    if cfg.SEED >= 0:
+        set_random_seed(cfg.SEED)
+    _cell_logging(cfg.OUTPUT_DIR)
+    trainer = build_trainer(cfg, shared=shared)
+    assert cell.run is not None
+    if cell.run.eval_only:
+        trainer.test()
+        trainer.finalize()
+    else:
+        trainer.train()
+
+
+def _probe_features(cell: Cell, sub: str, shared: Dict[Any, Any]) -> None:
+    """Write the three feature files ``lpclip.feat_extractor`` would write for ``sub``, from the store."""
+    cfg = cell.cfg.clone()
+    cfg.defrost()
+    cfg.DATASET.SUB_CLASSES = sub
+    cfg.freeze()
+    device = feat_extractor.pick_device(cfg)
+    loaded = shared_clip(shared, cfg, device, "fp32")
+    dataset = build_dataset(cfg)
+    tfm = build_transform(cfg, is_train=False)
+    store = shared.setdefault(fc.store_namespace("eval", cfg, tfm, loaded.precision.name, str(device), None),
+                              fc.FeatureStore())
+
+    def encode(images: torch.Tensor) -> torch.Tensor:
+        with autocast(loaded.precision, device):
+            return loaded.model.encode_image(images.to(device, dtype=loaded.dtype)).float()
+
+    for split in FEATURE_SPLITS:
+        data = {"train": dataset.train_x, "val": dataset.val, "test": dataset.test}[split]
+        with torch.inference_mode():
+            fc.fill_store(store, data, [-1], tfm, encode, 0, str(cfg.DATASET.ROOT),
+                          int(cfg.DATALOADER.TEST.BATCH_SIZE), f"encode {sub} {split}")
+        raw = fc.gather(store, data, -1)
+        labels = torch.tensor([d.label for d in data], dtype=torch.int64)
+        arrays = feat_extractor.feature_arrays(raw, labels, torch.arange(len(data)), list(dataset.classnames),
+                                               loaded, False, 1)
+        feat_extractor.save_npz(feat_extractor.feature_file(cell.feature_dir, cfg.DATASET.NAME, sub, split), arrays)
+
+
+def _run_probe_cell(cell: Cell, shared: Dict[Any, Any]) -> None:
+    _cell_logging(cell.output_dir)
+    for sub in FEATURE_SUBSETS:
+        _probe_features(cell, sub, shared)
+    argv = ["--feature-dir", cell.feature_dir, "--dataset", cell.dataset, "--sub-classes", "OOP",
+            "--output-dir", cell.output_dir, "--shots", *[str(k) for k in cell.shots]]
+    if linear_probe.main(argv) != 0:
+        raise RuntimeError(f"linear probe of {cell.dataset} failed")
+
+
+def run_cell(cell: Cell, shared: Dict[Any, Any]) -> None:
+    """Run one cell with the group's ``shared`` objects (model, feature stores)."""
+    if cell.run is None:
+        _run_probe_cell(cell, shared)
+    else:
+        _run_train_cell(cell, shared)
+
+
+def _result_line(cell: Cell) -> str:
+    import json
+
+    try:
+        with open(cell.results_file, encoding="utf-8") as f:
+            res = json.load(f)
+    except (OSError, ValueError):
+        return "(no results.json)"
+    if cell.run is None:
+        shots = res.get("shots", {})
+        return ", ".join(f"K={k} {v['accuracy_mean']:.2f}" for k, v in shots.items() if isinstance(v, dict))
+    return ", ".join(f"{k.upper()} {res[k]:.2f}" for k in ("oop", "ip", "hmean") if isinstance(res.get(k), float))
+
+
+def _error_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def run_grid(
+    cells: Sequence[Cell], force: bool = False, fail_fast: bool = False,
+    stop: Optional[threading.Event] = None, after_cell: Optional[Callable[[Cell], None]] = None,
+) -> GridSummary:
+    """Run every pending cell, group by group; a failed cell is recorded and the grid goes on."""
+    summary = GridSummary()
+    pending = []
+    for cell in cells:
+        if not force and is_finished(cell):
+            summary.skipped.append(cell)
+        else:
+            pending.append(cell)
+    bar = tqdm(total=len(pending), desc="grid", unit="cell", disable=None, dynamic_ncols=True)
+    try:
+        for group in group_cells(pending).values():
+            shared: Dict[Any, Any] = {fc.STORE_ONLY: True}
+            for cell in group:
+                if stop is not None and stop.is_set():
+                    summary.stopped = True
+                    return summary
+                start = time.time()
+                try:
+                    run_cell(cell, shared)
+                except Exception as err:  # one failed cell must not lose the others
+                    logger.error("cell failed: %s", cell.label, exc_info=True)
+                    summary.failed.append((cell, _error_line(err)))
+                    bar.write(f"FAILED {cell.label}: {_error_line(err)}")
+                    if fail_fast:
+                        return summary
+                else:
+                    summary.ran.append(cell)
+                    seconds = time.time() - start
+                    summary.seconds[cell.output_dir] = seconds
+                    done = len(summary.ran) + len(summary.failed)
+                    bar.write(f"[{done}/{len(pending)}] {cell.label}: {_result_line(cell)} ({seconds:.1f} s)")
+                finally:
+                    bar.update(1)
+                    if after_cell is not None:
+                        after_cell(cell)
+    finally:
+        bar.close()
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m scripts.grid", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", required=True, help="dataset root")
+    p.add_argument("--out", required=True, help="output root (the sweep's layout)")
+    p.add_argument("--domains", nargs="+", default=list(LAION_BEYOND_DOMAINS))
+    p.add_argument("--methods", nargs="+", default=["zeroshot", "fsnl", "coop", "cocoop", "clip_adapter",
+                                                    "taskres", "linear_probe"], choices=list(method_names()))
+    p.add_argument("--shots", nargs="+", type=int, default=[1, 2, 4, 8, 16])
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: each method's (zero-shot: 3)")
+    p.add_argument("--config-set", default="paper", choices=list(CONFIG_SETS))
+    p.add_argument("--config", default=None, help="one trainer config for every method (rule none unless --rule)")
+    p.add_argument("--rule", default=None, choices=list(RULES))
+    p.add_argument("--views", type=int, default=DEFAULT_VIEWS,
+                   help="DATALOADER.FEATURE_CACHE.VIEWS of the trained methods (augmented views per image)")
+    p.add_argument("--dry-run", action="store_true", help="print the equivalent train.py commands and exit")
+    p.add_argument("--force", action="store_true", help="rerun finished cells too")
+    p.add_argument("--fail-fast", action="store_true")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: keep torch's default)")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE ... for every cell (last)")
+    return p
+
+
+def _install_stop_handlers(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        stop.set()
+        print(f"signal {signum}: stopping after the running cell", file=sys.stderr, flush=True)
+
+    for name in ("SIGTERM", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), handler)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        cells = plan_grid(args.root, args.out, args.domains, args.methods, args.shots, args.seeds,
+                          args.config_set, args.config, args.rule, args.views, args.opts)
+    except (DomainError, ConfigError, RegistryKeyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for cell in cells:
+            if args.force or not is_finished(cell):
+                print(" ".join(cell.run.argv(_abs(args.root))) if cell.run else f"# {cell.label}")
+        return 0
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    start = time.time()
+    summary = run_grid(cells, force=args.force, fail_fast=args.fail_fast, stop=stop)
+    print(f"grid: {summary.line()} in {time.time() - start:.0f} s", file=sys.stderr)
+    for cell, why in summary.failed:
+        print(f"  FAILED {cell.label}: {why}", file=sys.stderr)
+    if summary.stopped:
+        return STOPPED
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
