@@ -31,6 +31,8 @@ continues with the missing cells.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import os
 import os.path as osp
@@ -112,6 +114,8 @@ class GridSummary:
     failed: List[Tuple[Cell, str]] = field(default_factory=list)
     stopped: bool = False
     seconds: Dict[str, float] = field(default_factory=dict)
+    #: images (and views) the encoder saw through the feature stores, over all groups
+    encoded: int = 0
 
     def line(self) -> str:
         total = len(self.ran) + len(self.skipped) + len(self.failed)
@@ -255,7 +259,11 @@ def _run_probe_cell(cell: Cell, shared: Dict[Any, Any]) -> None:
         _probe_features(cell, sub, shared)
     argv = ["--feature-dir", cell.feature_dir, "--dataset", cell.dataset, "--sub-classes", "OOP",
             "--output-dir", cell.output_dir, "--shots", *[str(k) for k in cell.shots]]
-    if linear_probe.main(argv) != 0:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # the CLI's summary lines go to the cell's log, not the console
+        rc = linear_probe.main(argv)
+    logger.info("%s", out.getvalue().rstrip())
+    if rc != 0:
         raise RuntimeError(f"linear probe of {cell.dataset} failed")
 
 
@@ -302,6 +310,7 @@ def run_grid(
     try:
         for group in group_cells(pending).values():
             shared: Dict[Any, Any] = {fc.STORE_ONLY: True}
+            stores_before = summary.encoded
             for cell in group:
                 if stop is not None and stop.is_set():
                     summary.stopped = True
@@ -323,6 +332,8 @@ def run_grid(
                     bar.write(f"[{done}/{len(pending)}] {cell.label}: {_result_line(cell)} ({seconds:.1f} s)")
                 finally:
                     bar.update(1)
+                    summary.encoded = stores_before + sum(
+                        v.encoded for v in shared.values() if isinstance(v, fc.FeatureStore))
                     if after_cell is not None:
                         after_cell(cell)
     finally:

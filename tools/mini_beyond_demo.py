@@ -185,14 +185,18 @@ def run_comparison(root: str = "data/mini_beyond", out: str = "output/mini_beyon
                    seeds: Sequence[int] = (1, 2, 3), methods: Sequence[str] = COMPARE_METHODS,
                    extra_opts: Sequence[str] = (), results: str = "docs/results/mini_beyond_comparison"
                    ) -> List[str]:
-    """The full method comparison on Mini-Beyond (run once; its tables are committed under docs/)."""
+    """The full method comparison on Mini-Beyond through the grid engine (``scripts.grid``, config set
+    ``mini``, 8 cached views), then its tables and curves (committed under docs/)."""
+    from scripts.grid import plan_grid, run_grid
     from scripts.parse_test_res import main as parse_main
     from scripts.plot_curves import main as plot_main
 
     root_abs = root if os.path.isabs(root) else os.fspath(REPO_ROOT / root)
     out_abs = out if os.path.isabs(out) else os.fspath(REPO_ROOT / out)
     build_domains(root_abs, domains)
-    failed = run_jobs_in_process(demo_jobs(root_abs, out_abs, domains, shots, seeds, methods, extra_opts))
+    cells = plan_grid(root_abs, out_abs, domains, methods, shots, seeds, config_set=MINI_CONFIG_SET, views=8,
+                      opts=extra_opts)
+    failed = [f"{cell.label}: {why}" for cell, why in run_grid(cells).failed]
     res = os.fspath(REPO_ROOT / results)
     os.makedirs(os.path.dirname(res), exist_ok=True)
     parse_main([out_abs, "--table", "--shots", "4", "--md", f"{res}_table4.md", "--csv", f"{res}_table4.csv"])
