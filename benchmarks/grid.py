@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -91,7 +92,8 @@ def main(argv: Sequence[str] = ()) -> int:
     total_proc = sum(proc.values())
     print(f"| **sample total** | **{engine_wall:.1f}** (cells {cell_sum:.1f} + fixed {fixed:.1f}) | "
           f"**{total_proc:.1f}** | **{total_proc / engine_wall:.1f}x** |")
-    print(f"\nencoder: {summary.encoded} image-views encoded by the engine's feature stores")
+    print(f"\nencoder: {summary.encoded} image-views encoded by the engine's feature stores; peak RSS of the "
+          f"engine process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
     # Extrapolation to the full grid (method in the module docstring).
     c_sample = count_classes(root, args.domain, "OOP")
