@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import logging
 import os
 import os.path as osp
@@ -52,7 +53,7 @@ from configs import ConfigError, build_cfg
 from dassl.data.datasets import build_dataset
 from dassl.data.transforms import build_transform
 from dassl.engine import build_trainer
-from dassl.utils import set_random_seed, setup_logger
+from dassl.utils import check_writable_dir, clean_temp_files, set_random_seed, setup_logger
 from dassl.utils.identity import json_digest
 from dassl.utils.registry import RegistryKeyError
 from lpclip import feat_extractor, linear_probe
@@ -201,27 +202,28 @@ def is_finished(cell: Cell) -> bool:
 
 # ---------------------------------------------------------------------------------------------- run
 def _cell_logging(output_dir: str) -> None:
-    """The cell's log goes to its ``log.txt``; the console keeps warnings only (the bar and one line
-    per cell are the engine's)."""
-    setup_logger(output_dir)
-    for h in logging.getLogger().handlers:
-        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-            h.setLevel(logging.WARNING)
+    """The cell's log goes to its ``log.txt``; the console keeps warnings and the engine's lines."""
+    check_writable_dir(output_dir)
+    setup_logger(output_dir, console="summary")
+    clean_temp_files(output_dir)
 
 
-def _run_train_cell(cell: Cell, shared: Dict[Any, Any]) -> None:
+def _run_train_cell(cell: Cell, shared: Dict[Any, Any]) -> Dict[str, Any]:
+    """What ``train.main`` does for the cell's command line, with the group's ``shared`` objects."""
     cfg = cell.cfg
-    train.validate_cfg(cfg)
+    assert cell.run is not None
+    train.validate_cfg(cfg, training=not cell.run.eval_only)
+    _cell_logging(cfg.OUTPUT_DIR)
     if cfg.SEED >= 0:
         set_random_seed(cfg.SEED)
-    _cell_logging(cfg.OUTPUT_DIR)
     trainer = build_trainer(cfg, shared=shared)
-    assert cell.run is not None
+    trainer.show_progress = False  # the grid's bar is the progress display
     if cell.run.eval_only:
         trainer.test()
         trainer.finalize()
     else:
         trainer.train()
+    return dict(getattr(trainer, "final_results", None) or {})
 
 
 def _probe_features(cell: Cell, sub: str, shared: Dict[Any, Any]) -> None:
@@ -275,18 +277,24 @@ def run_cell(cell: Cell, shared: Dict[Any, Any]) -> None:
         _run_train_cell(cell, shared)
 
 
-def _result_line(cell: Cell) -> str:
-    import json
+def _done_line(cell: Cell, seconds: float) -> str:
+    """The cell's console line: ``train.run_summary``'s for a run, the accuracies per K for the probe."""
+    if cell.run is not None:
+        try:
+            with open(cell.results_file, encoding="utf-8") as f:
+                return train.run_summary(cell.cfg, json.load(f), seconds)
+        except (OSError, ValueError):
+            return f"{cell.label}: no results.json ({seconds:.0f} s)"
+    return f"done {cell.label}: {_result_line(cell)} ({seconds:.0f} s) -> {cell.output_dir}"
 
+
+def _result_line(cell: Cell) -> str:
     try:
         with open(cell.results_file, encoding="utf-8") as f:
-            res = json.load(f)
+            shots = json.load(f).get("shots", {})
     except (OSError, ValueError):
         return "(no results.json)"
-    if cell.run is None:
-        shots = res.get("shots", {})
-        return ", ".join(f"K={k} {v['accuracy_mean']:.2f}" for k, v in shots.items() if isinstance(v, dict))
-    return ", ".join(f"{k.upper()} {res[k]:.2f}" for k in ("oop", "ip", "hmean") if isinstance(res.get(k), float))
+    return ", ".join(f"K={k} {v['accuracy_mean']:.2f}" for k, v in shots.items() if isinstance(v, dict))
 
 
 def _error_line(err: BaseException) -> str:
@@ -329,7 +337,7 @@ def run_grid(
                     seconds = time.time() - start
                     summary.seconds[cell.output_dir] = seconds
                     done = len(summary.ran) + len(summary.failed)
-                    bar.write(f"[{done}/{len(pending)}] {cell.label}: {_result_line(cell)} ({seconds:.1f} s)")
+                    bar.write(f"[{done}/{len(pending)}] {_done_line(cell, seconds)}")
                 finally:
                     bar.update(1)
                     summary.encoded = stores_before + sum(

@@ -30,14 +30,13 @@ import os
 import os.path as osp
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from clip import weights_identity
 from dassl.data.samplers import build_sampler
-from dassl.utils import read_image
+from dassl.utils import atomic_torch_save, derive_seed, read_image
 from dassl.utils.identity import json_digest, stat_identity
 
 logger = logging.getLogger(__name__)
@@ -120,10 +119,7 @@ def load_cached(path: str, meta: Dict[str, Any]) -> Optional[torch.Tensor]:
 
 
 def save_cached(path: str, meta: Dict[str, Any], features: torch.Tensor) -> None:
-    os.makedirs(osp.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save({"meta": json.dumps(meta, sort_keys=True), "features": features}, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save({"meta": json.dumps(meta, sort_keys=True), "features": features}, path)
 
 
 def image_key(impath: str) -> ImageKey:
@@ -136,7 +132,7 @@ def image_key(impath: str) -> ImageKey:
 def view_seed(seed: int, rel_path: str, view: int) -> int:
     """The RNG seed of view ``view`` of one image: a function of (seed, image, view) only."""
     digest = int(hashlib.sha256(rel_path.encode("utf-8")).hexdigest()[:15], 16)
-    return int(np.random.SeedSequence([max(int(seed), 0), digest, int(view), 7]).generate_state(1)[0])
+    return derive_seed(max(int(seed), 0), digest, int(view), 7)
 
 
 def _rel(impath: str, root: str) -> str:
@@ -258,7 +254,7 @@ class CachedFeatureDataset(Dataset):
         self.view = torch.zeros(len(self.data_source), dtype=torch.long)
 
     def set_epoch(self, epoch: int) -> None:
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, epoch, 11]).generate_state(1)[0]))
+        g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 11))
         self.view = torch.randint(self.features.shape[0], (len(self.data_source),), generator=g)
 
     def __len__(self) -> int:
