@@ -24,8 +24,9 @@ Every cell starts from ``set_random_seed(SEED)``, as ``train.py`` does, and noth
 depends on an earlier cell (model loads and view encoding run in forked RNGs), so results do not
 depend on the grid's order. Each cell logs to its own ``log.txt``; the console gets a progress bar
 (cells done / total, ETA) and one line per finished cell. A cell is skipped only when its folder holds
-a finished run of the same configuration (``results.json`` plus a ``config.yaml`` equal to the
-cell's). SIGTERM / SIGUSR1 (SLURM preemption) stop the grid after the running cell; rerunning
+a finished run with the cell's fingerprint (``dassl.results``, the same check as ``scripts.sweep``); a
+finished run of another fingerprint stops the grid before it starts, with one line naming the
+differing keys (``--force`` overwrites). SIGTERM / SIGUSR1 (SLURM preemption) stop the grid after the running cell; rerunning
 continues with the missing cells.
 """
 from __future__ import annotations
@@ -50,15 +51,17 @@ from tqdm import tqdm
 import train
 from clip import autocast, weights_identity
 from configs import ConfigError, build_cfg
+from dassl import results
 from dassl.data.datasets import build_dataset
 from dassl.data.transforms import build_transform
-from dassl.engine import build_trainer
+from dassl.engine import build_trainer, expected_fingerprint
 from dassl.utils import check_writable_dir, clean_temp_files, set_random_seed, setup_logger
 from dassl.utils.identity import json_digest
 from dassl.utils.registry import RegistryKeyError
 from lpclip import feat_extractor, linear_probe
 from scripts.domains import LAION_BEYOND_DOMAINS, REPO_ROOT, DomainError, resolve_domains
 from scripts.methods import CONFIG_SETS, RULES, Method, get_method, method_names
+from scripts.run_identity import RunConflict, command_state, conflict_message
 from scripts.sweep import (
     FEATURE_SPLITS,
     FEATURE_SUBSETS,
@@ -73,7 +76,8 @@ from scripts.sweep import (
 from trainers import feature_cache as fc
 from trainers.base import shared_clip
 
-__all__ = ["Cell", "GridSummary", "plan_grid", "group_cells", "is_finished", "run_cell", "run_grid", "main"]
+__all__ = ["Cell", "GridSummary", "plan_grid", "group_cells", "cell_state", "is_finished", "run_cell", "run_grid",
+           "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -185,19 +189,29 @@ def group_cells(cells: Sequence[Cell]) -> Dict[Tuple[str, str], List[Cell]]:
     return groups
 
 
-def is_finished(cell: Cell) -> bool:
-    """A finished run of the same configuration: ``results.json`` and an equal ``config.yaml``
-    (the probe: its ``results.json`` and the six feature files)."""
-    if not osp.isfile(cell.results_file):
-        return False
+def _probe_argv(cell: Cell) -> List[str]:
+    """``lpclip.linear_probe``'s arguments for the probe cell (the sweep's job, with the grid's shots)."""
+    return ["--feature-dir", cell.feature_dir, "--dataset", cell.dataset, "--sub-classes", "OOP",
+            "--output-dir", cell.output_dir, "--shots", *[str(k) for k in cell.shots]]
+
+
+def cell_state(cell: Cell, match_code: bool = False) -> results.Finished:
+    """What the cell's folder holds (``dassl.results``): ``match`` (a finished run with the cell's
+    fingerprint: skip), ``missing`` (run), ``mismatch`` / ``unreadable`` (another run: never reused)."""
     if cell.run is None:
-        return all(osp.isfile(feat_extractor.feature_file(cell.feature_dir, cell.dataset, sub, split))
-                   for sub in FEATURE_SUBSETS for split in FEATURE_SPLITS)
-    path = osp.join(cell.output_dir, "config.yaml")
-    if not osp.isfile(path):
-        return False
-    with open(path, encoding="utf-8") as f:
-        return f.read() == cell.cfg.dump()
+        if not all(osp.isfile(feat_extractor.feature_file(cell.feature_dir, cell.dataset, sub, split))
+                   for sub in FEATURE_SUBSETS for split in FEATURE_SPLITS):
+            return results.Finished("missing", cell.results_file)
+        return command_state(["python", "-m", "lpclip.linear_probe", *_probe_argv(cell)], cell.results_file,
+                             match_code=match_code)
+    if not osp.isfile(cell.results_file):
+        return results.Finished("missing", cell.results_file)
+    return results.find_finished(cell.output_dir, expected_fingerprint(cell.cfg), match_code=match_code)
+
+
+def is_finished(cell: Cell, match_code: bool = False) -> bool:
+    """A finished run with the cell's fingerprint is in its folder."""
+    return cell_state(cell, match_code).done
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -259,8 +273,7 @@ def _run_probe_cell(cell: Cell, shared: Dict[Any, Any]) -> None:
     _cell_logging(cell.output_dir)
     for sub in FEATURE_SUBSETS:
         _probe_features(cell, sub, shared)
-    argv = ["--feature-dir", cell.feature_dir, "--dataset", cell.dataset, "--sub-classes", "OOP",
-            "--output-dir", cell.output_dir, "--shots", *[str(k) for k in cell.shots]]
+    argv = _probe_argv(cell)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):  # the CLI's summary lines go to the cell's log, not the console
         rc = linear_probe.main(argv)
@@ -305,15 +318,22 @@ def _error_line(err: BaseException) -> str:
 def run_grid(
     cells: Sequence[Cell], force: bool = False, fail_fast: bool = False,
     stop: Optional[threading.Event] = None, after_cell: Optional[Callable[[Cell], None]] = None,
+    match_code: bool = False,
 ) -> GridSummary:
-    """Run every pending cell, group by group; a failed cell is recorded and the grid goes on."""
+    """Run every pending cell, group by group; a failed cell is recorded and the grid goes on.
+
+    Raises :class:`RunConflict` (one line naming the differing keys) before running anything when a
+    cell's folder holds a finished run of another fingerprint, unless ``force``."""
     summary = GridSummary()
     pending = []
-    for cell in cells:
-        if not force and is_finished(cell):
-            summary.skipped.append(cell)
-        else:
-            pending.append(cell)
+    if force:
+        pending = list(cells)
+    else:
+        states = [cell_state(cell, match_code) for cell in cells]
+        if any(s.state in ("mismatch", "unreadable") for s in states):
+            raise RunConflict(conflict_message(states))
+        for cell, state in zip(cells, states):
+            (summary.skipped if state.done else pending).append(cell)
     bar = tqdm(total=len(pending), desc="grid", unit="cell", disable=None, dynamic_ncols=True)
     try:
         for group in group_cells(pending).values():
@@ -366,7 +386,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--views", type=int, default=DEFAULT_VIEWS,
                    help="DATALOADER.FEATURE_CACHE.VIEWS of the trained methods (augmented views per image)")
     p.add_argument("--dry-run", action="store_true", help="print the equivalent train.py commands and exit")
-    p.add_argument("--force", action="store_true", help="rerun finished cells too")
+    p.add_argument("--force", action="store_true",
+                   help="rerun every cell, overwriting finished runs (also those of another fingerprint)")
+    p.add_argument("--match-code", action="store_true",
+                   help="a finished run counts only if the same code version (git commit) produced it")
     p.add_argument("--fail-fast", action="store_true")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: keep torch's default)")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE ... for every cell (last)")
@@ -395,13 +418,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if args.dry_run:
         for cell in cells:
-            if args.force or not is_finished(cell):
+            if args.force or not is_finished(cell, args.match_code):
                 print(" ".join(cell.run.argv(_abs(args.root))) if cell.run else f"# {cell.label}")
         return 0
     stop = threading.Event()
     _install_stop_handlers(stop)
     start = time.time()
-    summary = run_grid(cells, force=args.force, fail_fast=args.fail_fast, stop=stop)
+    try:
+        summary = run_grid(cells, force=args.force, fail_fast=args.fail_fast, stop=stop, match_code=args.match_code)
+    except RunConflict as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"grid: {summary.line()} in {time.time() - start:.0f} s", file=sys.stderr)
     for cell, why in summary.failed:
         print(f"  FAILED {cell.label}: {why}", file=sys.stderr)

@@ -49,6 +49,7 @@ __all__ = [
     "format_template",
     "batch_lr",
     "cfg_lookup",
+    "PLACEHOLDER",
     "run_dir_parts",
 ]
 
@@ -261,7 +262,7 @@ def label_for(folder: str) -> Tuple[int, Optional[str]]:
     return best[1], best[2]
 
 
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
 
 
 def format_template(template: str, lookup: Callable[[str], Any]) -> str:
@@ -273,7 +274,7 @@ def format_template(template: str, lookup: Callable[[str], Any]) -> str:
             return format_lr(value)
         return str(value)
 
-    return _PLACEHOLDER.sub(one, template)
+    return PLACEHOLDER.sub(one, template)
 
 
 def cfg_lookup(cfg: Any, extra: Mapping[str, Any]) -> Callable[[str], Any]:

@@ -144,11 +144,16 @@ def test_killed_grid_reruns_only_the_missing_cells(toy_root, tmp_path):
     assert sorted(c.label for c in again.ran) == sorted(set(c.label for c in cells) - set(finished))
     for label, stamp in stamps.items():  # finished cells were not rewritten
         assert Path(next(c for c in cells if c.label == label).results_file).stat().st_mtime_ns == stamp
-    # Another configuration in the same folders is not "finished".
-    other = grid.plan_grid(str(toy_root), str(tmp_path / "g"), [DOMAIN], ["fsnl"], [1], [1], config_set="smoke",
-                           views=2, opts=["OPTIM.MAX_EPOCH", "2", "TRAINER.FSNL.LOSS", "base"])
-    assert other[0].output_dir == cells[0].output_dir
-    assert not grid.is_finished(other[0])
+    # A finished run of another configuration in a cell's folder is never reused: one error line
+    # naming the differing key, before anything runs; --force overwrites it.
+    path = Path(cells[0].results_file)
+    res = results(str(path))
+    res["fingerprint"]["config"]["OPTIM.MAX_EPOCH"] = 3
+    path.write_text(json.dumps(res))
+    with pytest.raises(grid.RunConflict, match="OPTIM.MAX_EPOCH"):
+        grid.run_grid(plan(toy_root, tmp_path / "g", ["fsnl", "clip_adapter"], shots=(1,)))
+    forced = grid.run_grid(plan(toy_root, tmp_path / "g", ["fsnl", "clip_adapter"], shots=(1,)), force=True)
+    assert len(forced.ran) == 4 and grid.is_finished(cells[0])
 
 
 def test_image_encoder_runs_once_per_image_and_view(toy_root, tmp_path, monkeypatch):

@@ -86,6 +86,13 @@ class ClipTrainer(TrainerX):
         if rest:
             cfg.MODEL.BACKBONE.QUICK_GELU = rest[0]
 
+    @classmethod
+    def identity_parts(cls, cfg: Any) -> Dict[str, Any]:
+        """Adds the frozen backbone's weights identity (tag, or file content) to the run fingerprint."""
+        parts = super().identity_parts(cfg)
+        parts["weights"] = weights_identity(cfg)
+        return parts
+
     def check_cfg(self, cfg: Any) -> None:
         """Precision, backbone (resolvable, weights reachable offline) and INPUT.SIZE against the
         backbone's declared image size: all read from the config, so ``train.py`` runs this before

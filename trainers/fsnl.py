@@ -387,6 +387,8 @@ class FSNL_openclip(ClipTrainer):
                     "their initialisation", matched, own, total, own - matched)
         if total and not matched:
             logger.warning("No checkpoint name matches this label space")
+        if self.load_info is not None:  # an evaluation's load_model: results.json records the match
+            self.load_info["names_loaded"] = f"{matched}/{own}"
 
     # ----------------------------------------------------------- training
 
