@@ -255,8 +255,8 @@ def plan_runs(spec: SweepSpec, dataset: str, method: Optional[Method] = None) ->
             config_path, config_name = trainer_config(method.config_trainer,
                                                       spec.config or method.config_for(spec.config_set, 1))
             opts = merge_opts(method.run_opts(0, rule, sub_classes=sub), spec.opts)
+            # The zero-shot folder names no opts (as before): another config there is a conflict.
             parts = run_dir_parts(method, _dir_cfg(method, dataset, config_path, opts), dataset, 0, config_name)
-            parts += _extra_dirs(spec, method)
             for seed in _seeds(spec, method):
                 runs.append(Run(method.name, method.trainer, dataset, 0, int(seed), config_path, tuple(opts),
                                 os.path.join(spec.out, *parts, f"seed{seed}"), eval_only=True))
