@@ -75,6 +75,8 @@ def measure_eval(args: argparse.Namespace, device: torch.device, info: Dict[str,
 
     def first_call() -> float:
         trainer.__dict__.pop(EVAL_CACHE_ATTR, None)
+        for key in [k for k in trainer.shared if isinstance(k, tuple) and k[:1] == ("feature_store",)]:
+            trainer.shared.pop(key)  # the per-image store would otherwise serve the features
         return trainer.test()
 
     def second_call() -> float:

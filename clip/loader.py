@@ -514,8 +514,8 @@ def _seed_value(cfg: Any) -> int:
 def load_clip(cfg: Any, device: DeviceLike, precision: Union[str, Precision] = "fp32") -> LoadedCLIP:
     """Build the frozen backbone named by ``cfg.MODEL.BACKBONE`` on ``device``.
 
-    ``WEIGHTS none`` gives a random init; with ``cfg.SEED >= 0`` it is seeded (inside a forked RNG, so
-    the caller's random stream is untouched) and two loads are identical.
+    ``WEIGHTS none`` gives a random init; with ``cfg.SEED >= 0`` it is seeded and two loads are
+    identical. Every load runs inside a forked RNG, so the caller's random stream is untouched.
     """
     device = torch.device(device)
     prec = resolve_precision(precision, device)
@@ -549,11 +549,12 @@ def load_clip(cfg: Any, device: DeviceLike, precision: Union[str, Precision] = "
     logger.info("Loading CLIP %s (weights %s, %s, quick_gelu=%s) on %s", spec.name, spec.weights,
                 prec.name, spec.quick_gelu if spec.quick_gelu is not None else "config", device)
     try:
-        if spec.weights_kind == "none" and seed >= 0:
-            with torch.random.fork_rng(devices=[]):
+        # Always inside a forked RNG: building the model draws its initial weights, and a caller's
+        # random stream must not depend on whether the model was built or reused (the grid engine
+        # shares one load across runs, so a standalone run must not consume the stream either).
+        with torch.random.fork_rng(devices=[]):
+            if spec.weights_kind == "none" and seed >= 0:
                 torch.manual_seed(seed)
-                model = build()
-        else:
             model = build()
     except Exception as e:
         if spec.weights_kind == "file":

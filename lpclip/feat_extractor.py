@@ -53,7 +53,7 @@ import hashlib
 import json
 import logging
 import os.path as osp
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -81,6 +81,18 @@ DEFAULT_OUTPUT_DIR = "clip_feat"
 USER_ERRORS = (ConfigError, RegistryKeyError, BackboneError, DatasetError, FeatureError, WriteError)
 
 
+def _split_first(argv: List[str]) -> List[str]:
+    """Move ``--split NAME...`` to the front: its ``nargs="+"`` would otherwise swallow the trailing
+    ``KEY VALUE`` overrides (``--split train DATASET.SUB_CLASSES IP``)."""
+    if "--split" not in argv:
+        return argv
+    i = argv.index("--split")
+    j = i + 1
+    while j < len(argv) and argv[j] in SPLITS:
+        j += 1
+    return argv[i:j] + argv[:i] + argv[j:]
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python lpclip/feat_extractor.py", description=__doc__.split("\n")[0])
     p.add_argument("--root", required=True, help="dataset root (DATASET.ROOT)")
@@ -105,7 +117,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=0, help="default: DATALOADER.TEST.BATCH_SIZE")
     p.add_argument("--device", default="", help="torch device; default: the GPU when available, else CPU")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides, as for train.py")
-    args = p.parse_args(argv)
+    args = p.parse_args(_split_first(sys.argv[1:] if argv is None else list(argv)))
     args.split = list(dict.fromkeys(args.split))
     if args.views < 0:
         p.error("--views must be >= 0")
@@ -193,6 +205,28 @@ def backbone_fingerprint(cfg: Any, loaded: LoadedCLIP) -> Dict[str, Any]:
     }
 
 
+def fingerprint_string(cfg: Any, loaded: LoadedCLIP) -> str:
+    """:func:`backbone_fingerprint` as the JSON string stored in every npz."""
+    return json.dumps(backbone_fingerprint(cfg, loaded), sort_keys=True, default=str)
+
+
+def feature_arrays(raw: torch.Tensor, labels: torch.Tensor, image_ids: torch.Tensor, classnames: Sequence[str],
+                   loaded: LoadedCLIP, augment: bool, views: int, fingerprint: str) -> Dict[str, np.ndarray]:
+    """The arrays of one split's npz (the grid engine writes the same ones from its feature store)."""
+    return {
+        "features": F.normalize(raw, dim=-1).numpy(),
+        "features_raw": raw.numpy(),
+        "labels": labels.numpy(),
+        "image_ids": image_ids.numpy(),
+        "classnames": np.array(list(classnames), dtype=str),
+        "backbone": np.array(str(loaded.name)),
+        "weights": np.array(str(loaded.weights)),
+        "transform": np.array("train" if augment else "test"),
+        "views": np.array(int(views)),
+        FINGERPRINT_KEY: np.array(fingerprint),
+    }
+
+
 def check_input_size(cfg: Any, loaded: LoadedCLIP) -> None:
     size, expected = tuple(cfg.INPUT.SIZE), tuple(loaded.image_size)
     if size != expected:
@@ -215,7 +249,7 @@ def extract(cfg: Any, splits: Sequence[str] = SPLITS, views: int = 0, device: Op
                            f"under {cfg.DATASET.ROOT}")
     loaded = load_clip(cfg, device, precision)
     check_input_size(cfg, loaded)
-    fingerprint = json.dumps(backbone_fingerprint(cfg, loaded), sort_keys=True, default=str)
+    fingerprint = fingerprint_string(cfg, loaded)
     out: Dict[str, Dict[str, np.ndarray]] = {}
     for split in splits:
         augment = split == "train" and views > 0
@@ -230,18 +264,8 @@ def extract(cfg: Any, splits: Sequence[str] = SPLITS, views: int = 0, device: Op
         logger.info("%s/%s %s: %d images x %d view(s) -> %s features (%s transform)", cfg.DATASET.NAME,
                     cfg.DATASET.SUB_CLASSES, split, len(sources[split]), n_views, tuple(raw.shape),
                     "train" if augment else "test")
-        out[split] = {
-            "features": F.normalize(raw, dim=-1).numpy(),
-            "features_raw": raw.numpy(),
-            "labels": enc["labels"].numpy(),
-            "image_ids": enc["image_ids"].numpy(),
-            "classnames": np.array(list(dataset.classnames), dtype=str),
-            "backbone": np.array(str(loaded.name)),
-            "weights": np.array(str(loaded.weights)),
-            "transform": np.array("train" if augment else "test"),
-            "views": np.array(n_views),
-            FINGERPRINT_KEY: np.array(fingerprint),
-        }
+        out[split] = feature_arrays(raw, enc["labels"], enc["image_ids"], list(dataset.classnames), loaded,
+                                    augment, n_views, fingerprint)
     return out
 
 

@@ -15,15 +15,25 @@ differing keys (``--force`` overwrites). So a launch can be repeated after failu
 
 Local mode keeps a queue and ``--workers`` threads, each pinned to one GPU of ``--gpus`` /
 ``CUDA_VISIBLE_DEVICES`` / ``torch.cuda.device_count()`` (round robin when there are more workers
-than GPUs; no GPU → no pinning). Every job writes ``<log-dir>/jobNNNN.log``; a failed job goes back
-to the end of the queue up to ``--retries`` times. The exit status is 1 when any job failed for good.
+than GPUs; no GPU → no pinning). Each job runs with ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` set to
+``--threads`` (default: CPU cores // workers), which is the number of threads torch takes in the
+child: without the cap every worker starts one thread per core and the pool runs slower than the jobs
+one after another. Every job writes ``<log-dir>/jobNNNN.log`` and ends with one console line (done /
+failed, done count and ETA). A failed job goes back to the end of the queue up to ``--retries`` times,
+except exit code 2, a deterministic error (a config or data mistake) that would fail again. The exit
+status is 1 when any job failed for good; the summary quotes each failure's error line.
 
 SLURM mode writes ``commands.txt``, ``done.txt`` (the marker of each line) and ``job.sbatch`` (an
-``--array=0-(N-1)%M`` script whose task i runs line i+1 unless its marker exists) and submits it with
-``sbatch`` (``--no-submit`` only writes); each task asks ``python -m scripts.run_identity`` whether its
-run is finished (skip), missing (run) or another run (fail with the error line); it runs with the
-interpreter that wrote the script unless ``FSNL_PYTHON`` names another. There is deliberately no
-scheduler of our own beyond that.
+``--array=0-(T-1)%M`` script whose task i runs ``--chunk`` consecutive lines, each unless its marker
+exists: many short runs share one task; a grid engine command is a natural unit of its own) and submits
+it with ``sbatch`` (``--no-submit`` only writes). With ``--requeue`` the job asks SLURM for a signal
+two minutes before the time limit or on preemption (``--signal=B:USR1@120``, ``--requeue``); the task
+then stops the running command with SIGTERM (checkpoints are written atomically, and ``scripts.grid``
+finishes its running cell first), requeues itself with ``scontrol requeue`` and, back in the queue,
+skips what finished: each line's marker is checked with ``python -m scripts.run_identity``
+(finished with the same fingerprint: skip; missing: run; another run there: the task fails with
+the error line), with the interpreter that wrote the script unless ``FSNL_PYTHON`` names another. Resource options not given on the command line are printed with their defaults.
+There is deliberately no scheduler of our own beyond that.
 
 Why no multi-GPU (DDP) inside one run: FSNL's trainable state is a few name embeddings (kilobytes)
 and its step cost is dominated by the frozen encoders on a few hundred images, so a run fits one GPU
@@ -40,6 +50,7 @@ if not __package__:  # run by path (python dir/script.py): the repo root goes fi
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
+import datetime
 import logging
 import os
 import queue
@@ -73,6 +84,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = results.RESULTS_FILE
+#: Resources of an array task when the command line does not say (printed when used).
+SLURM_DEFAULTS = {"gres": "gpu:1", "time": "24:00:00", "cpus": 8, "mem": "32G"}
 _NO_GPU = frozenset({"", "-1", "none", "None"})
 
 
@@ -105,6 +118,7 @@ class LaunchSummary:
     succeeded: List[Command] = field(default_factory=list)
     skipped: List[Command] = field(default_factory=list)
     failed: List[Tuple[Command, str, str]] = field(default_factory=list)  # (command, reason, log file)
+    error_lines: Dict[int, str] = field(default_factory=dict)  # command index → the log's error line
     attempts: Dict[int, int] = field(default_factory=dict)
 
     def line(self) -> str:
@@ -123,6 +137,8 @@ class SlurmOptions:
     mem: str = "32G"
     max_parallel: int = 32
     account: Optional[str] = None
+    chunk: int = 1
+    requeue: bool = False
     setup: Sequence[str] = ()
     extra: Sequence[str] = ()
 
@@ -197,6 +213,39 @@ def visible_gpus(explicit: Optional[str] = None) -> List[str]:
 
 # ------------------------------------------------------------------------------------ local
 
+#: Exit code of a deterministic error (config / data mistake): retrying cannot help.
+DETERMINISTIC_EXIT = 2
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def default_threads(workers: int, cores: Optional[int] = None) -> int:
+    """CPU threads per worker: the cores shared evenly, at least one."""
+    return max(1, (cores or os.cpu_count() or 1) // max(1, workers))
+
+
+def error_line(log_path: str) -> str:
+    """The line that says why a job failed: the last ``error:`` line of its log, else the last
+    exception line of a traceback, else the last non-empty line."""
+    try:
+        lines = [ln.strip() for ln in Path(log_path).read_text(encoding="utf-8", errors="replace").splitlines()]
+    except OSError:
+        return ""
+    lines = [ln for ln in lines if ln and not ln.startswith("# ")]
+    for ln in reversed(lines):
+        if ln.startswith("error:"):
+            return ln
+    for ln in reversed(lines):
+        if ln.split(":", 1)[0].endswith(("Error", "Exception", "Interrupt")):
+            return ln
+    return lines[-1] if lines else ""
+
+
+def _eta(done: int, total: int, elapsed: float) -> str:
+    if done <= 0 or done >= total:
+        return "0:00:00"
+    return str(datetime.timedelta(seconds=int(elapsed / done * (total - done))))
+
+
 
 def split_done(commands: Sequence[Command], force: bool = False,
                cwd: Optional[str] = None) -> Tuple[List[Command], List[Command]]:
@@ -219,8 +268,10 @@ def run_local(
     log_dir: str = "output/launch",
     cwd: Optional[str] = None,
     force: bool = False,
+    threads: Optional[int] = None,
 ) -> LaunchSummary:
-    """Run ``commands`` on a pool of ``workers`` threads; each job is a ``bash -c`` subprocess."""
+    """Run ``commands`` on a pool of ``workers`` threads; each job is a ``bash -c`` subprocess with
+    ``threads`` CPU threads (default :func:`default_threads`)."""
     summary = LaunchSummary()
     logs = Path(log_dir)
     logs.mkdir(parents=True, exist_ok=True)
@@ -232,10 +283,15 @@ def run_local(
     lock = threading.Lock()
     running: Dict[int, subprocess.Popen] = {}
     stop = threading.Event()
+    per_worker = int(threads) if threads else default_threads(workers)
+    total = todo.qsize()
+    started = time.time()
 
     def work(slot: int) -> None:
         gpu = gpus[slot % len(gpus)] if gpus else None
         env = dict(os.environ)
+        for name in THREAD_ENV:
+            env[name] = str(per_worker)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
         while True:
@@ -270,13 +326,24 @@ def run_local(
                 elif c.done and not c.is_done(workdir):
                     logger.warning("job %d finished but %s does not exist", c.index, c.done)
                 with lock:
+                    retry = reason and rc != DETERMINISTIC_EXIT and attempt <= retries and not stop.is_set()
                     if not reason:
                         summary.succeeded.append(c)
-                    elif attempt <= retries and not stop.is_set():
+                    elif retry:
                         logger.warning("job %d failed (%s); retrying later (see %s)", c.index, reason, log_path)
                         todo.put(c)
                     else:
                         summary.failed.append((c, reason, str(log_path)))
+                        summary.error_lines[c.index] = error_line(str(log_path))
+                    if not retry:
+                        finished = len(summary.succeeded) + len(summary.failed)
+                        eta = _eta(finished, total, time.time() - started)
+                        if reason:
+                            why = summary.error_lines.get(c.index) or reason
+                            logger.info("[%d/%d] FAILED job %d (%s): %s  ETA %s", finished, total, c.index,
+                                        reason, why, eta)
+                        else:
+                            logger.info("[%d/%d] done job %d  ETA %s", finished, total, c.index, eta)
             finally:
                 todo.task_done()
 
@@ -314,9 +381,10 @@ def _rel(path: Path, cwd: Path) -> str:
 def slurm_script(
     num_tasks: int, commands_file: str, done_file: str, log_dir: str, options: SlurmOptions
 ) -> str:
-    """Text of an array job with one task per command line (task i runs line i+1)."""
+    """Text of an array job over ``num_tasks`` command lines, ``options.chunk`` lines per task."""
     if num_tasks < 1:
         raise ValueError("a SLURM array needs at least one command")
+    num_tasks = -(-num_tasks // max(1, int(options.chunk)))  # array tasks of --chunk commands each
     throttle = max(1, min(options.max_parallel, num_tasks))
     lines = ["#!/usr/bin/env bash", f"#SBATCH --job-name={options.job_name}",
              f"#SBATCH --array=0-{num_tasks - 1}%{throttle}"]
@@ -333,29 +401,57 @@ def slurm_script(
         f"#SBATCH --output={log_dir}/%x-%A_%a.out",
     ]
     lines += [f"#SBATCH {extra}" for extra in options.extra]
+    if options.requeue:
+        lines += ["#SBATCH --requeue", "#SBATCH --signal=B:USR1@120"]
+    chunk = max(1, int(options.chunk))
     lines += [
-        "# Written by scripts/launch.py: array task i runs line i+1 of the commands file, unless the",
-        "# marker on the same line of the done file holds this command's finished run (same fingerprint;",
-        "# finished runs are never repeated, and a different run there is an error, never overwritten).",
-        "set -euo pipefail",
+        f"# Written by scripts/launch.py: array task i runs lines i*{chunk}+1 .. (i+1)*{chunk} of the commands",
+        "# file, each unless the marker on the same line of the done file holds this command's finished run",
+        "# (same fingerprint; finished runs are never repeated, and a different run there is an error).",
+        "set -uo pipefail",
         'cd "${SLURM_SUBMIT_DIR:-.}"',
         f"COMMANDS={shlex.quote(commands_file)}",
         f"DONE={shlex.quote(done_file)}",
-        "LINE=$((SLURM_ARRAY_TASK_ID + 1))",
-        'CMD="$(sed -n "${LINE}p" "$COMMANDS")"',
-        'MARKER="$(sed -n "${LINE}p" "$DONE")"',
-        'if [ -z "$CMD" ]; then echo "no command on line $LINE of $COMMANDS" >&2; exit 1; fi',
-        'if [ -n "$MARKER" ]; then',
-        f'  set +e; PYTHONPATH={shlex.quote(os.fspath(REPO_ROOT))}"${{PYTHONPATH:+:$PYTHONPATH}}" '
-        f'"${{FSNL_PYTHON:-{sys.executable}}}" -m scripts.run_identity --done "$MARKER" --cmd "$CMD"; STATE=$?; set -e',
-        '  if [ "$STATE" = 0 ]; then exit 0; fi',
-        '  if [ "$STATE" != 1 ]; then exit "$STATE"; fi',
-        'fi',
+        f"CHUNK={chunk}",
+        "CHILD=",
     ]
+    if options.requeue:
+        lines += [
+            "# Preemption or the time limit: stop the running command (SIGTERM; checkpoints are atomic and the",
+            "# grid engine finishes its cell), then put this task back in the queue.",
+            "requeue() {",
+            '  echo "signal received: stopping and requeueing"',
+            '  if [ -n "$CHILD" ]; then kill -TERM "$CHILD" 2>/dev/null; wait "$CHILD"; fi',
+            '  scontrol requeue "${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID}}_${SLURM_ARRAY_TASK_ID}"',
+            "  exit 0",
+            "}",
+            "trap requeue USR1 TERM",
+        ]
     lines += list(options.setup)
     lines += [
-        'echo "task ${SLURM_ARRAY_TASK_ID} on $(hostname): $CMD"',
-        'exec bash -c "$CMD"',
+        "FAILED=0",
+        "FIRST=$((SLURM_ARRAY_TASK_ID * CHUNK + 1))",
+        "for LINE in $(seq \"$FIRST\" $((FIRST + CHUNK - 1))); do",
+        '  CMD="$(sed -n "${LINE}p" "$COMMANDS")"',
+        '  MARKER="$(sed -n "${LINE}p" "$DONE")"',
+        '  if [ -z "$CMD" ]; then',
+        '    if [ "$LINE" -eq "$FIRST" ]; then echo "no command on line $LINE of $COMMANDS" >&2; exit 1; fi',
+        "    break",
+        "  fi",
+        '  if [ -n "$MARKER" ]; then',
+        f'    PYTHONPATH={shlex.quote(os.fspath(REPO_ROOT))}"${{PYTHONPATH:+:$PYTHONPATH}}" '
+        f'"${{FSNL_PYTHON:-{sys.executable}}}" -m scripts.run_identity --done "$MARKER" --cmd "$CMD"; STATE=$?',
+        '    if [ "$STATE" = 0 ]; then echo "skip: $MARKER is finished"; continue; fi',
+        '    if [ "$STATE" != 1 ]; then echo "line ${LINE}: $MARKER holds another run" >&2; FAILED=1; continue; fi',
+        '  fi',
+        '  echo "task ${SLURM_ARRAY_TASK_ID} line ${LINE} on $(hostname): $CMD"',
+        '  bash -c "$CMD" &',
+        "  CHILD=$!",
+        '  wait "$CHILD"; RC=$?',
+        "  CHILD=",
+        '  if [ "$RC" -ne 0 ]; then echo "line ${LINE} failed with exit code ${RC}" >&2; FAILED=1; fi',
+        "done",
+        'exit "$FAILED"',
     ]
     return "\n".join(lines) + "\n"
 
@@ -401,17 +497,24 @@ def _parser() -> argparse.ArgumentParser:
     local = p.add_argument_group("local mode")
     local.add_argument("--workers", type=int, default=None, help="parallel jobs (default: number of GPUs, else 1)")
     local.add_argument("--gpus", default=None, help="comma-separated GPU ids (default: CUDA_VISIBLE_DEVICES / all)")
-    local.add_argument("--retries", type=int, default=0, help="extra attempts for a failed job")
+    local.add_argument("--retries", type=int, default=0,
+                       help="extra attempts for a failed job (never for exit code 2: a deterministic error)")
+    local.add_argument("--threads", type=int, default=None,
+                       help="CPU threads per job (OMP_NUM_THREADS / MKL_NUM_THREADS; default: cores // workers)")
     local.add_argument("--log-dir", default="output/launch", help="per-job logs jobNNNN.log")
     slurm = p.add_argument_group("slurm mode")
     slurm.add_argument("--slurm-dir", default="output/slurm", help="where commands.txt / job.sbatch / logs go")
     slurm.add_argument("--job-name", default="fsnl-sweep")
     slurm.add_argument("--partition", default=None)
     slurm.add_argument("--account", default=None)
-    slurm.add_argument("--gres", default="gpu:1")
-    slurm.add_argument("--time", default="24:00:00")
-    slurm.add_argument("--cpus", type=int, default=8)
-    slurm.add_argument("--mem", default="32G")
+    slurm.add_argument("--gres", default=None, help=f"default {SLURM_DEFAULTS['gres']}")
+    slurm.add_argument("--time", default=None, help=f"default {SLURM_DEFAULTS['time']}")
+    slurm.add_argument("--cpus", type=int, default=None, help=f"default {SLURM_DEFAULTS['cpus']}")
+    slurm.add_argument("--mem", default=None, help=f"default {SLURM_DEFAULTS['mem']}")
+    slurm.add_argument("--chunk", type=int, default=1,
+                       help="commands per array task, run one after the other (many short runs, one task)")
+    slurm.add_argument("--requeue", action="store_true",
+                       help="on preemption / near the time limit: stop the command (SIGTERM) and requeue the task")
     slurm.add_argument("--max-parallel", type=int, default=32, help="array throttle %%M")
     slurm.add_argument("--setup", action="append", default=[],
                        help="shell line run before each task's command (e.g. 'source .venv/bin/activate')")
@@ -444,13 +547,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not pending:
             print(f"all {len(commands)} command(s) are done; nothing to submit", file=sys.stderr)
             return 0
+        resources = {}
+        for key, default in SLURM_DEFAULTS.items():
+            value = getattr(args, key)
+            if value is None:
+                value = default
+                print(f"slurm: --{key} not given, using the default {default}", file=sys.stderr)
+            resources[key] = value
         options = SlurmOptions(
-            job_name=args.job_name, partition=args.partition, gres=args.gres or None, time=args.time,
-            cpus=args.cpus, mem=args.mem, max_parallel=args.max_parallel, account=args.account,
-            setup=args.setup, extra=args.sbatch_arg,
+            job_name=args.job_name, partition=args.partition, gres=resources["gres"] or None,
+            time=resources["time"], cpus=int(resources["cpus"]), mem=resources["mem"],
+            max_parallel=args.max_parallel, account=args.account, setup=args.setup, extra=args.sbatch_arg,
+            chunk=max(1, args.chunk), requeue=args.requeue,
         )
         script, _, _ = write_slurm(pending, args.slurm_dir, options, args.cwd)
-        print(f"{len(pending)} array task(s) ({skipped} already done) in {script}", file=sys.stderr)
+        tasks = -(-len(pending) // options.chunk)
+        print(f"{tasks} array task(s) for {len(pending)} command(s) ({skipped} already done) in {script}",
+              file=sys.stderr)
         if args.no_submit:
             print(f"submit with: cd {args.cwd or REPO_ROOT} && sbatch {os.path.abspath(script)}", file=sys.stderr)
             return 0
@@ -467,7 +580,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     gpus = visible_gpus(args.gpus)
     workers = args.workers or max(1, len(gpus))
     try:
-        summary = run_local(commands, workers, gpus, args.retries, args.log_dir, args.cwd, args.force)
+        summary = run_local(commands, workers, gpus, args.retries, args.log_dir, args.cwd, args.force, args.threads)
     except RunConflict as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -477,6 +590,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"launch: {summary.line()} ({workers} worker(s), GPUs: {','.join(gpus) or 'none'})", file=sys.stderr)
     for c, reason, log in summary.failed:
         print(f"  FAILED job {c.index} ({reason}, log {log}): {c.cmd}", file=sys.stderr)
+        if summary.error_lines.get(c.index):
+            print(f"    {summary.error_lines[c.index]}", file=sys.stderr)
     return 1 if summary.failed else 0
 
 

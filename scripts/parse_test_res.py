@@ -63,6 +63,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from dassl import results
 from dassl.utils import atomic_write_text
 from dassl.utils.identity import json_digest
+from scripts.methods import label_for
 
 __all__ = [
     "RunRecord",
@@ -106,19 +107,6 @@ _FSNL_RULE_PART = re.compile(r"_BS_\d+_LR_[0-9.eE+-]+")
 _ACCURACY_LINE = re.compile(r"\* accuracy: ([0-9.]+)%")
 _LOG_NAME = re.compile(r"log\.txt(-.*)?$")
 _PHASE_SUBSET = MappingProxyType({"train": "OOP", "test_OOP": "OOP", "test_IP": "IP", "test_All": "All"})
-
-#: Paper names and row order of the known methods (matched on the start of the first folder).
-_METHOD_NAMES: Tuple[Tuple[str, str], ...] = (
-    ("ZeroshotCLIP_openclip", "OpenCLIP (zero-shot)"),
-    ("ZeroshotCLIP", "Zero-shot CLIP"),
-    ("CoOp", "CoOp"),
-    ("CoCoOp", "CoCoOp"),
-    ("CLIP_Adapter", "CLIP-Adapter"),
-    ("TaskRes", "TaskRes"),
-    ("linear_probe", "Linear probe"),
-    ("FSNL", "FSNL"),
-)
-
 
 @dataclass
 class RunRecord:
@@ -507,13 +495,15 @@ def collect(
 
 
 def _known(method: str) -> Tuple[int, str]:
+    """Row order and paper label of a method key from the registry (``scripts/methods.py``); a
+    `` [variant]`` suffix (configurations that differ) is kept."""
     base, sep, variant = method.partition(" [")
     suffix = f" [{variant}" if sep else ""
     first, _, rest = base.partition("/")
-    for order, (prefix, name) in enumerate(_METHOD_NAMES):
-        if first.startswith(prefix):
-            return order, name + (f" ({rest})" if rest else "") + suffix
-    return len(_METHOD_NAMES), method
+    order, label = label_for(first)
+    if label is None:
+        return order, method
+    return order, label + (f" ({rest})" if rest else "") + suffix
 
 
 def method_labels(methods: Iterable[str], raw: bool = False) -> Dict[str, str]:

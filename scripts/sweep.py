@@ -36,12 +36,26 @@ import shlex
 import subprocess
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from configs import build_cfg
 from dassl import results
 from dassl.utils.identity import code_version
 from scripts.domains import LAION_BEYOND_DOMAINS, REPO_ROOT, DomainError, count_classes, resolve_domains
-from scripts.fsnl_rule import format_lr, fsnl_bs_lr
+from scripts.fsnl_rule import format_lr
+from scripts.methods import (
+    CONFIG_SETS,
+    PLACEHOLDER,
+    RULES,
+    Method,
+    default_rule,
+    format_template,
+    get_method,
+    get_rule,
+    method_names,
+    run_dir_parts,
+)
+from scripts.methods import METHODS as REGISTRY
 from scripts.run_identity import RunConflict, command_state, conflict_message
 
 __all__ = [
@@ -52,11 +66,14 @@ __all__ = [
     "DEFAULT_SEEDS",
     "RESULTS_FILE",
     "Job",
+    "Run",
     "SweepSpec",
     "SweepSummary",
     "merge_opts",
     "fsnl_opts",
     "trainer_config",
+    "plan_runs",
+    "probe_dir",
     "build_jobs",
     "split_done",
     "job_states",
@@ -68,31 +85,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = results.RESULTS_FILE
-METHODS = ("fsnl", "coop", "cocoop", "clip_adapter", "taskres", "zeroshot", "linear_probe")
-TRAINERS = MappingProxyType({
-    "fsnl": "FSNL_openclip",
-    "coop": "CoOp_openclip",
-    "cocoop": "CoCoOp_openclip",
-    "clip_adapter": "CLIP_Adapter",
-    "taskres": "TaskRes",
-    "zeroshot": "ZeroshotCLIP_openclip",
-    # The linear probe has no trainer; its feature extractor reads CoOp's lpclip config.
-    "linear_probe": "CoOp_openclip",
-})
-DEFAULT_CONFIGS = MappingProxyType({
-    "fsnl": "vit_b16_ep200_standard",
-    "coop": "vit_b16_ep200_ctxv1",
-    "cocoop": "vit_b16_c4_ep10_batch1_ctxv1",
-    "clip_adapter": "vit_b16_ep200_ctxv1",
-    "zeroshot": "vit_b16_ep50_ctxv1",
-    "linear_probe": "vit_b16_ep200_ctxv1_lpclip",
-})
-#: TaskRes trains 100 epochs up to 4 shots and 200 beyond (spec §3.7).
-TASKRES_CONFIGS = ((4, "adam_lr2e-3_B256_ep100"), (16, "adam_lr2e-3_B256_ep200"))
+#: Method names, trainers and default (paper) configs, read from the registry (scripts/methods.py).
+METHODS = method_names()
+TRAINERS = MappingProxyType({name: m.trainer for name, m in REGISTRY.items()})
+DEFAULT_CONFIGS = MappingProxyType({name: m.config_for("paper", 1) for name, m in REGISTRY.items()})
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
-#: Zero-shot evaluation does not depend on the seed; the reference ran it with seed 3 only.
-ZEROSHOT_SEEDS = (3,)
 FEATURE_SPLITS = ("train", "val", "test")
 FEATURE_SUBSETS = ("OOP", "IP")
 
@@ -135,6 +133,10 @@ class SweepSpec:
     python: str = "python"
     feature_dir: Optional[str] = None
     sub_classes: Sequence[str] = ("OOP",)
+    #: config set of the registry (paper | mini | smoke), used where ``config`` is not given
+    config_set: str = "paper"
+    #: paper | mini | none; default: the config set's rule, or none with an explicit ``config``
+    rule: Optional[str] = None
 
 
 @dataclass
@@ -173,40 +175,42 @@ def _dataset_config(dataset: str) -> str:
     return f"configs/datasets/{dataset}.yaml"
 
 
-def _train_job(
-    spec: SweepSpec,
-    trainer: str,
-    dataset: str,
-    seed: int,
-    config_path: str,
-    output_dir: str,
-    opts: Opts,
-    label: str,
-    eval_only: bool = False,
-) -> Job:
-    argv = [
-        spec.python, "train.py",
-        "--root", spec.root,
-        "--seed", str(seed),
-        "--trainer", trainer,
-        "--dataset-config-file", _dataset_config(dataset),
-        "--config-file", config_path,
-        "--output-dir", output_dir,
-    ]
-    if eval_only:
-        argv.append("--eval-only")
-    argv += _flat(opts)
-    return Job(tuple(argv), os.path.join(output_dir, RESULTS_FILE), label)
+@dataclass(frozen=True)
+class Run:
+    """One planned ``train.py`` run: what its command line says, as data (the grid engine builds the
+    same config from it with :func:`configs.build_cfg`, exactly as ``train.py`` would)."""
+
+    method: str
+    trainer: str
+    dataset: str
+    shots: int
+    seed: int
+    config: str
+    opts: Tuple[Tuple[str, str], ...]
+    output_dir: str
+    eval_only: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {self.dataset} K={self.shots} seed={self.seed}"
+
+    def argv(self, root: str, python: str = "python") -> Tuple[str, ...]:
+        argv = [
+            python, "train.py",
+            "--root", root,
+            "--seed", str(self.seed),
+            "--trainer", self.trainer,
+            "--dataset-config-file", _dataset_config(self.dataset),
+            "--config-file", self.config,
+            "--output-dir", self.output_dir,
+        ]
+        if self.eval_only:
+            argv.append("--eval-only")
+        return tuple(argv + _flat(list(self.opts)))
 
 
-def _seeds(spec: SweepSpec) -> Sequence[int]:
-    if spec.seeds is not None:
-        return spec.seeds
-    return ZEROSHOT_SEEDS if spec.method == "zeroshot" else DEFAULT_SEEDS
-
-
-def _train_dir(spec: SweepSpec, dataset: str, shots: int, *method_parts: str) -> str:
-    return os.path.join(spec.out, dataset, f"shots_{shots}", "train", *method_parts)
+def _seeds(spec: SweepSpec, method: Method) -> Sequence[int]:
+    return spec.seeds if spec.seeds is not None else method.seeds
 
 
 def _opts_dirs(spec: SweepSpec, shown: Sequence[str], config_name: str = "") -> Tuple[str, ...]:
@@ -221,140 +225,93 @@ def _opts_dirs(spec: SweepSpec, shown: Sequence[str], config_name: str = "") -> 
 
 def fsnl_opts(shots: int, bs: int, lr: float) -> Opts:
     """The paper's FSNL training overrides (spec §8.1) for K shots with the rule's BS and LR."""
-    return [
-        ("TRAINER.FSNL.FLE", "False"),
-        ("TRAINER.FSNL.N_CTX", "4"),
-        ("TRAINER.FSNL.CIFC", "True"),
-        ("TRAINER.FSNL.USE_CAPTION", "True"),
-        ("DATASET.NUM_SHOTS", str(shots)),
-        ("TRAIN.CHECKPOINT_FREQ", "10"),
-        ("TEST.NO_TEST", "False"),
-        ("OPTIM.LR", format_lr(lr)),
-        ("OPTIM.MAX_EPOCH", "200"),
-        ("DATALOADER.TRAIN_X.BATCH_SIZE", str(bs)),
-        ("DATASET.SUB_CLASSES", "OOP"),
-    ]
+    opts = dict(get_method("fsnl").run_opts(shots, get_rule("paper"), num_classes=1))
+    opts["OPTIM.LR"] = format_lr(lr)
+    opts["DATALOADER.TRAIN_X.BATCH_SIZE"] = str(bs)
+    return list(opts.items())
 
 
-#: The keys FSNL's reference folder names show.
-_FSNL_SHOWN = ("TRAINER.FSNL.USE_CAPTION", "OPTIM.MAX_EPOCH", "DATALOADER.TRAIN_X.BATCH_SIZE", "OPTIM.LR")
+def _abs_config(path: str) -> str:
+    return path if os.path.isabs(path) else os.fspath(REPO_ROOT / path)
 
 
-def _fsnl_jobs(spec: SweepSpec, dataset: str) -> Iterable[Job]:
-    trainer = TRAINERS["fsnl"]
-    config_path, _ = trainer_config(trainer, spec.config or DEFAULT_CONFIGS["fsnl"])
-    num_classes = count_classes(spec.root, dataset, "OOP")
+def _dir_cfg(method: Method, dataset: str, config_path: str, opts: Opts) -> Any:
+    """The resolved config a run's directory name is read from (the same ``build_cfg`` call as
+    ``train.py``'s, without the per-seed fields, which no directory part shows)."""
+    if not (REPO_ROOT / config_path).is_file() and not os.path.isfile(config_path):
+        raise ValueError(f"config file(s) not found (relative to the repository root): {config_path}")
+    return build_cfg(trainer=method.trainer, dataset=_abs_config(_dataset_config(dataset)),
+                     config=_abs_config(config_path), opts=_flat(opts))
+
+
+def plan_runs(spec: SweepSpec, dataset: str, method: Optional[Method] = None) -> List[Run]:
+    """The ``train.py`` runs of one method (default ``spec.method``) on one dataset, in shots → seed
+    order (training methods) or subset → seed order (zero-shot). The linear probe has none."""
+    method = method or get_method(spec.method)
+    if method.kind == "probe":
+        return []
+    rule = default_rule(spec.config_set, spec.config, spec.rule)
+    runs: List[Run] = []
+    if method.kind == "zeroshot":
+        # Training-free: no shots and no model dir. With SUB_CLASSES OOP the engine's automatic
+        # cross-evaluation also measures IP, so one run gives OOP, IP and their H-mean.
+        for sub in spec.sub_classes:
+            config_path, config_name = trainer_config(method.config_trainer,
+                                                      spec.config or method.config_for(spec.config_set, 1))
+            opts = merge_opts(method.run_opts(0, rule, sub_classes=sub), spec.opts)
+            # The zero-shot folder names no opts (as before): another config there is a conflict.
+            parts = run_dir_parts(method, _dir_cfg(method, dataset, config_path, opts), dataset, 0, config_name)
+            for seed in _seeds(spec, method):
+                runs.append(Run(method.name, method.trainer, dataset, 0, int(seed), config_path, tuple(opts),
+                                os.path.join(spec.out, *parts, f"seed{seed}"), eval_only=True))
+        return runs
+    needs_classes = method.batch_rule and rule.method_opts
+    num_classes = count_classes(spec.root, dataset, "OOP") if needs_classes else 0
     for shots in spec.shots:
-        bs, lr = fsnl_bs_lr(num_classes, shots)
-        opts = merge_opts(fsnl_opts(shots, bs, lr), spec.opts)
-        o = dict(opts)
-        method_dirs = (
-            f"{trainer}_USE_CAPTION_{o['TRAINER.FSNL.USE_CAPTION']}",
-            f"MEPOCH_{o['OPTIM.MAX_EPOCH']}_BS_{o['DATALOADER.TRAIN_X.BATCH_SIZE']}_LR_{o['OPTIM.LR']}",
-        ) + _opts_dirs(spec, _FSNL_SHOWN, Path(spec.config).stem if spec.config else "")
-        for seed in _seeds(spec):
-            out = os.path.join(_train_dir(spec, dataset, shots, *method_dirs), f"seed{seed}")
-            yield _train_job(spec, trainer, dataset, seed, config_path, out, opts, f"fsnl {dataset} K={shots} seed={seed}")
+        config_path, config_name = trainer_config(method.config_trainer,
+                                                  spec.config or method.config_for(spec.config_set, shots))
+        opts = merge_opts(method.run_opts(shots, rule, num_classes), spec.opts)
+        parts = run_dir_parts(method, _dir_cfg(method, dataset, config_path, opts), dataset, shots, config_name)
+        parts += _extra_dirs(spec, method)
+        for seed in _seeds(spec, method):
+            runs.append(Run(method.name, method.trainer, dataset, int(shots), int(seed), config_path, tuple(opts),
+                            os.path.join(spec.out, *parts, f"seed{seed}")))
+    return runs
 
 
-def _simple_train_jobs(
-    spec: SweepSpec,
-    dataset: str,
-    base_opts: Callable[[int], Opts],
-    config_for: Callable[[int], str],
-    method_dirs: Callable[[int, str, Dict[str, str]], Tuple[str, ...]],
-) -> Iterable[Job]:
-    trainer = TRAINERS[spec.method]
-    for shots in spec.shots:
-        config_path, config_name = trainer_config(trainer, spec.config or config_for(shots))
-        opts = merge_opts(base_opts(shots), spec.opts)
-        dirs = method_dirs(shots, config_name, dict(opts)) + _opts_dirs(spec, ("TRAINER.COOP.CSC",))
-        for seed in _seeds(spec):
-            out = os.path.join(_train_dir(spec, dataset, shots, *dirs), f"seed{seed}")
-            label = f"{spec.method} {dataset} K={shots} seed={seed}"
-            yield _train_job(spec, trainer, dataset, seed, config_path, out, opts, label)
-
-
-def _taskres_config(shots: int) -> str:
-    for max_shots, name in TASKRES_CONFIGS:
-        if shots <= max_shots:
-            return name
-    return TASKRES_CONFIGS[-1][1]
+def _extra_dirs(spec: SweepSpec, method: Method) -> List[str]:
+    """What the method's folders do not show (``dassl.results.hparam_dir``): ``config_<name>`` for an
+    explicit ``--config`` where no folder names the config, and every ``--opts`` key no folder shows."""
+    shown = {name for t in method.dirs for name in PLACEHOLDER.findall(t) if "." in name}
+    named_config = any("{config}" in t for t in method.dirs)
+    config_name = Path(spec.config).stem if spec.config and not named_config else ""
+    return list(_opts_dirs(spec, sorted(shown), config_name))
 
 
 def _method_jobs(spec: SweepSpec, dataset: str) -> Iterable[Job]:
-    method = spec.method
-
-    def default_cfg(_shots: int) -> str:
-        return DEFAULT_CONFIGS[method]
-
-    if method == "fsnl":
-        yield from _fsnl_jobs(spec, dataset)
-    elif method == "coop":
-        yield from _simple_train_jobs(
-            spec, dataset,
-            lambda k: [
-                ("TRAINER.COOP.N_CTX", "4"),
-                ("TRAINER.COOP.CSC", "False"),
-                ("TRAINER.COOP.CLASS_TOKEN_POSITION", "end"),
-                ("DATASET.NUM_SHOTS", str(k)),
-                ("DATASET.SUB_CLASSES", "OOP"),
-            ],
-            default_cfg,
-            lambda _k, cfg, o: ("CoOp_openclip", f"CSC_{o['TRAINER.COOP.CSC']}", cfg),
-        )
-    elif method == "cocoop":
-        yield from _simple_train_jobs(
-            spec, dataset,
-            lambda k: [("DATASET.NUM_SHOTS", str(k)), ("TRAIN.CHECKPOINT_FREQ", "10"), ("DATASET.SUB_CLASSES", "OOP")],
-            default_cfg,
-            lambda _k, cfg, _o: (f"CoCoOp_openclip_{cfg}",),
-        )
-    elif method == "clip_adapter":
-        yield from _simple_train_jobs(
-            spec, dataset,
-            lambda k: [("DATASET.NUM_SHOTS", str(k)), ("DATASET.SUB_CLASSES", "OOP")],
-            default_cfg,
-            lambda _k, cfg, _o: ("CLIP_Adapter", f"ImageA_{cfg}"),
-        )
-    elif method == "taskres":
-        yield from _simple_train_jobs(
-            spec, dataset,
-            lambda k: [
-                ("DATASET.NUM_SHOTS", str(k)),
-                ("TRAINER.TaskRes.RESIDUAL_SCALE", "0.5"),
-                ("DATASET.SUB_CLASSES", "OOP"),
-            ],
-            _taskres_config,
-            lambda _k, cfg, _o: ("TaskRes", cfg),
-        )
-    elif method == "zeroshot":
-        yield from _zeroshot_jobs(spec, dataset)
-    elif method == "linear_probe":
+    method = get_method(spec.method)
+    if method.kind == "probe":
         yield from _linear_probe_jobs(spec, dataset)
-    else:
-        raise ValueError(f"Unknown method {method!r}; choose from {', '.join(METHODS)}")
+        return
+    for run in plan_runs(spec, dataset, method):
+        label = f"zeroshot {dataset} {dict(run.opts).get('DATASET.SUB_CLASSES')} seed={run.seed}" \
+            if method.kind == "zeroshot" else run.label
+        yield Job(run.argv(spec.root, spec.python), os.path.join(run.output_dir, RESULTS_FILE), label)
 
 
-def _zeroshot_jobs(spec: SweepSpec, dataset: str) -> Iterable[Job]:
-    # Training-free: no shots and no model dir. With SUB_CLASSES OOP the engine's automatic
-    # cross-evaluation also measures IP, so one run gives OOP, IP and their H-mean.
-    trainer = TRAINERS["zeroshot"]
-    config_path, _ = trainer_config(trainer, spec.config or DEFAULT_CONFIGS["zeroshot"])
-    for sub in spec.sub_classes:
-        opts = merge_opts([("DATASET.SUB_CLASSES", sub)], spec.opts)
-        for seed in _seeds(spec):
-            out = os.path.join(spec.out, dataset, trainer, f"ZS_{sub}", f"seed{seed}")
-            label = f"zeroshot {dataset} {sub} seed={seed}"
-            yield _train_job(spec, trainer, dataset, seed, config_path, out, opts, label, eval_only=True)
+def probe_dir(spec: SweepSpec, dataset: str) -> str:
+    """Where the linear probe of ``dataset`` writes its results."""
+    method = get_method("linear_probe")
+    return os.path.join(spec.out, *[format_template(t, lambda n: {"dataset": dataset}[n]) for t in method.dirs])
 
 
 def _linear_probe_jobs(spec: SweepSpec, dataset: str) -> Iterable[Job]:
     # Features of both subsets and all splits first, then one probe per domain (it loops over the
     # shot counts and its own runs internally). --opts reach the extractor only: the probe has a
     # plain argparse CLI without yacs overrides.
+    method = get_method("linear_probe")
     feature_dir = spec.feature_dir or os.path.join(spec.out, "clip_feat")
-    config_path, _ = trainer_config(TRAINERS["linear_probe"], spec.config or DEFAULT_CONFIGS["linear_probe"])
+    config_path, _ = trainer_config(method.config_trainer, spec.config or method.config_for(spec.config_set, 1))
     for sub in FEATURE_SUBSETS:
         opts = merge_opts([("DATASET.SUB_CLASSES", sub)], spec.opts)
         for split in FEATURE_SPLITS:
@@ -369,7 +326,7 @@ def _linear_probe_jobs(spec: SweepSpec, dataset: str) -> Iterable[Job]:
             )
             done = os.path.join(feature_dir, dataset, sub, f"{split}.npz")
             yield Job(argv, done, f"features {dataset} {sub} {split}")
-    out = os.path.join(spec.out, dataset, "linear_probe")
+    out = probe_dir(spec, dataset)
     argv = (
         spec.python, "-m", "lpclip.linear_probe",
         "--feature-dir", feature_dir,
@@ -382,8 +339,7 @@ def _linear_probe_jobs(spec: SweepSpec, dataset: str) -> Iterable[Job]:
 
 def build_jobs(spec: SweepSpec) -> List[Job]:
     """All jobs of a sweep in domain → shots → seed order (FSNL reads its class counts from ``spec.root``)."""
-    if spec.method not in METHODS:
-        raise ValueError(f"Unknown method {spec.method!r}; choose from {', '.join(METHODS)}")
+    get_method(spec.method)
     if any(k < 1 for k in spec.shots):
         raise ValueError(f"shots must be >= 1, got {list(spec.shots)}")
     jobs: List[Job] = []
@@ -489,9 +445,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="registered or short names (default: the nine LAION-Beyond domains)")
     p.add_argument("--shots", nargs="+", type=int, default=list(DEFAULT_SHOTS))
     p.add_argument("--seeds", nargs="+", type=int, default=None,
-                   help=f"default {' '.join(map(str, DEFAULT_SEEDS))} (zeroshot: {ZEROSHOT_SEEDS[0]})")
+                   help="default: the method's (1 2 3; zero-shot: 3)")
+    p.add_argument("--config-set", default="paper", choices=list(CONFIG_SETS),
+                   help="the registry's configs per shot count: paper (ViT-B-16), mini (Mini-Beyond), smoke (tests)")
     p.add_argument("--config", default=None,
-                   help="trainer config name under configs/trainers/<Trainer>/ or a yaml path (e.g. a CPU smoke config)")
+                   help="one trainer config name under configs/trainers/<Trainer>/ or a yaml path for every "
+                        "shot count; it is used as it is (rule none) unless --rule says otherwise")
+    p.add_argument("--rule", default=None, choices=list(RULES),
+                   help="schedule on top of the configs: paper (200 epochs, FSNL's BS/LR rule, checkpoints every "
+                        "10), mini (the Mini-Beyond recipe), none (the files as they are). Default: the config "
+                        "set's (paper→paper, mini→mini, smoke→none); none with --config")
     p.add_argument("--sub-classes", nargs="+", default=["OOP"], choices=["OOP", "IP", "All"],
                    help="zeroshot only: subsets to evaluate (OOP also cross-evaluates IP)")
     p.add_argument("--feature-dir", default=None, help="linear_probe only: feature folder (default <out>/clip_feat)")
@@ -524,6 +487,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         python=args.python,
         feature_dir=args.feature_dir,
         sub_classes=args.sub_classes,
+        config_set=args.config_set,
+        rule=args.rule,
     )
     try:
         jobs = build_jobs(spec)

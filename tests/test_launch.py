@@ -4,9 +4,11 @@ from __future__ import annotations
 import io
 import os
 import shlex
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -136,7 +138,7 @@ def test_slurm_array_script(tmp_path: Path, capsys: pytest.CaptureFixture, monke
                       "--mem", "16G", "--max-parallel", "2", "--setup", "export FOO=1"])
     out, err = capsys.readouterr()
     assert rc == 0 and out.strip() == "Submitted batch job 42"
-    assert "3 array task(s) (1 already done)" in err
+    assert "3 array task(s) for 3 command(s) (1 already done)" in err
     script = slurm_dir / "job.sbatch"
     assert (tmp_path / "sbatch_args").read_text().split() == [str(work), str(script)]
 
@@ -160,6 +162,85 @@ def test_slurm_array_script(tmp_path: Path, capsys: pytest.CaptureFixture, monke
     (work / "r2").unlink()
     res = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "skip" in res.stdout and not (work / "r2").exists()
+
+
+def test_slurm_chunks_requeue_and_printed_defaults(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    cmds = [f"{py(f'open({name!r}, {chr(39)}w{chr(39)}).write({name!r})')} --output-dir out{i}"
+            for i, name in enumerate(("r0", "r1", "r2", "r3", "r4"))]
+    src = tmp_path / "cmds.txt"
+    src.write_text("\n".join(cmds) + "\n")
+    slurm_dir = work / "slurm"
+    rc = launch.main([str(src), "--mode", "slurm", "--cwd", str(work), "--slurm-dir", str(slurm_dir), "--no-submit",
+                      "--chunk", "2", "--requeue", "--time", "01:00:00"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "3 array task(s) for 5 command(s)" in err
+    # Resources left out are printed with their defaults; the one given is not.
+    for key, default in (("gres", "gpu:1"), ("cpus", "8"), ("mem", "32G")):
+        assert f"--{key} not given, using the default {default}" in err
+    assert "--time not given" not in err
+    text = (slurm_dir / "job.sbatch").read_text().splitlines()
+    for line in ("#SBATCH --array=0-2%3", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@120", "trap requeue USR1 TERM"):
+        assert line in text
+    # Task 1 runs lines 3 and 4; the last task holds the single line 5.
+    env = dict(os.environ, SLURM_ARRAY_TASK_ID="1", SLURM_SUBMIT_DIR=str(work))
+    res = subprocess.run(["bash", str(slurm_dir / "job.sbatch")], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in work.glob("r*")) == ["r2", "r3"]
+    env["SLURM_ARRAY_TASK_ID"] = "2"
+    res = subprocess.run(["bash", str(slurm_dir / "job.sbatch")], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0 and (work / "r4").exists()
+
+
+def test_slurm_requeue_on_signal(tmp_path: Path) -> None:
+    """SIGUSR1 (SLURM's warning) stops the running command with SIGTERM and requeues the task."""
+    work = tmp_path / "work"
+    (work / "bin").mkdir(parents=True)
+    fake = work / "bin" / "scontrol"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" > {work / "requeued"}\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    child = py(f"import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: (open({str(work / 'term')!r}, "
+               "'w').write('x'), sys.exit(143))); time.sleep(60)")
+    options = launch.SlurmOptions(requeue=True)
+    launch.write_slurm(launch.parse_commands(child + "\n"), str(work / "s"), options, str(work))
+    env = dict(os.environ, SLURM_ARRAY_TASK_ID="0", SLURM_ARRAY_JOB_ID="7", SLURM_SUBMIT_DIR=str(work),
+               PATH=f"{work / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.Popen(["bash", str(work / "s" / "job.sbatch")], cwd=work, env=env, stdout=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 30
+    while "line 1" not in (proc.stdout.readline() or "") and time.time() < deadline:
+        pass
+    time.sleep(1.0)  # let the child install its handler
+    proc.send_signal(signal.SIGUSR1)
+    assert proc.wait(timeout=30) == 0
+    assert (work / "term").exists()
+    assert (work / "requeued").read_text().split() == ["requeue", "7_0"]
+
+
+def test_thread_cap_no_retry_on_exit_2_and_quoted_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "threads.txt"
+    cmds = tmp_path / "cmds.txt"
+    counter = tmp_path / "count"
+    deterministic = py(f"import sys; open({str(counter)!r}, 'a').write('x'); "
+                       "print('error: unknown config key \"OPTIM.LRR\"', file=sys.stderr); sys.exit(2)")
+    cmds.write_text("\n".join([
+        py(f"import os, torch; open({str(out)!r}, 'w').write(f\"{{os.environ['OMP_NUM_THREADS']}} "
+           f"{{os.environ['MKL_NUM_THREADS']}} {{torch.get_num_threads()}}\")"),
+        deterministic,
+        py("raise RuntimeError('boom in the job')"),
+    ]) + "\n")
+    rc = launch.main([str(cmds), "--workers", "2", "--threads", "1", "--retries", "2", "--log-dir",
+                      str(tmp_path / "logs"), "--cwd", str(tmp_path), "--gpus", ""])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert out.read_text().split() == ["1", "1", "1"]  # env cap, and torch in the child honours it
+    assert counter.read_text() == "x"  # exit 2: never retried
+    assert 'error: unknown config key "OPTIM.LRR"' in err  # the summary quotes the error line
+    assert "RuntimeError: boom in the job" in err
+    assert launch.default_threads(4, cores=2) == 1 and launch.default_threads(2, cores=16) == 8
 
 
 def test_slurm_no_submit_and_all_done(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

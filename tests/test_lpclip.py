@@ -482,3 +482,12 @@ def test_unusable_device_is_one_error_line_before_loading(tmp_path, capsys):
         rc, err = probe_cli(tmp_path, capsys, "--device", device)
         assert rc == 2 and len(err) == 1 and err[0].startswith("error: --device")
     assert not (tmp_path / "Toy9_9" / "IP" / "linear_probe").exists()
+
+
+def test_split_list_stops_before_the_config_overrides():
+    """``--split`` takes several names but must not swallow the trailing KEY VALUE overrides."""
+    from lpclip import feat_extractor
+
+    args = feat_extractor.parse_args(["--root", "r", "--dataset", "Food53_27", "--split", "train", "val",
+                                      "DATASET.SUB_CLASSES", "IP"])
+    assert args.split == ["train", "val"] and args.opts == ["DATASET.SUB_CLASSES", "IP"]

@@ -151,7 +151,25 @@ def test_opts_override_in_place_and_name_the_directory(data: Path, capsys: pytes
     assert tokens.count("OPTIM.MAX_EPOCH") == 1
     assert tokens[tokens.index("OPTIM.MAX_EPOCH") + 1] == "2"
     assert tokens[-2:] == ["MODEL.BACKBONE.NAME", "test-tiny"]
-    assert "/MEPOCH_2_BS_28_LR_" in tokens[tokens.index("--output-dir") + 1]
+    # --config is honoured: no rule overrides the file's batch size and LR unless asked for.
+    assert "/MEPOCH_2_BS_16_LR_0.05/" in tokens[tokens.index("--output-dir") + 1]
+    assert "DATALOADER.TRAIN_X.BATCH_SIZE" not in tokens and "OPTIM.LR" not in tokens
+    rc, lines, _ = run_main(capsys, "--method", "fsnl", "--root", str(data), "--out", "o", "--domains", "Animals",
+                            "--shots", "4", "--seeds", "2", "--config", "configs/trainers/FSNL_openclip/cpu_smoke.yaml",
+                            "--rule", "paper", "--dry-run", "--opts", "OPTIM.MAX_EPOCH", "2")
+    assert rc == 0 and "/MEPOCH_2_BS_28_LR_" in lines[0]
+
+
+def test_mini_config_set_is_the_mini_beyond_recipe(data: Path, capsys: pytest.CaptureFixture) -> None:
+    """--config-set mini = the mini_cpu configs + the mini rule (50 epochs, 8x the paper's LR rule)."""
+    rc, lines, _ = run_main(capsys, "--method", "fsnl", "--root", str(data), "--out", "o", "--domains", "Animals",
+                            "--shots", "2", "--seeds", "1", "--config-set", "mini", "--dry-run")
+    assert rc == 0 and len(lines) == 1
+    tokens = lines[0].split()
+    opts = dict(zip(tokens[tokens.index("--output-dir") + 2::2], tokens[tokens.index("--output-dir") + 3::2]))
+    assert tokens[tokens.index("--config-file") + 1] == "configs/trainers/FSNL_openclip/mini_cpu.yaml"
+    assert opts["OPTIM.MAX_EPOCH"] == "50" and opts["DATALOADER.TRAIN_X.BATCH_SIZE"] == "14"
+    assert float(opts["OPTIM.LR"]) == pytest.approx(8 * 14 / 128 * 2e-4, rel=1e-12)
 
 
 def by_method(data: Path, method: str, *extra: str) -> Dict[str, str]:

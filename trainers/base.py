@@ -18,7 +18,6 @@ from typing import Any, ContextManager, Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from clip import (
     LoadedCLIP,
@@ -33,10 +32,26 @@ from clip import (
 from clip.loader import check_weights_available, check_weights_file, expected_image_size
 from clip.templates import DEFAULT_TEMPLATE
 from dassl.engine import TrainerX
+from dassl.utils.identity import json_digest
+
+from . import feature_cache as fc
 
 logger = logging.getLogger(__name__)
 
 VALID_PRECISIONS = ("fp32", "fp16", "amp", "bf16")
+
+
+def shared_clip(shared: Dict[Any, Any], cfg: Any, device: torch.device, precision: str) -> LoadedCLIP:
+    """The frozen CLIP of ``cfg`` from ``shared``, loaded on first use.
+
+    The weights identity (not the WEIGHTS string) keys the model: ``none`` is a seeded random init,
+    so a grid engine's run of another seed must not get this one's model.
+    """
+    key = ("clip", json_digest(weights_identity(cfg)), precision, str(device))
+    loaded = shared.get(key)
+    if loaded is None:
+        loaded = shared[key] = load_clip(cfg, device, precision)
+    return loaded
 
 
 class ClipTrainer(TrainerX):
@@ -115,17 +130,10 @@ class ClipTrainer(TrainerX):
 
     # ------------------------------------------------------------------ CLIP
     def load_clip(self) -> LoadedCLIP:
-        """Load (or reuse) the frozen CLIP for this backbone, weights and precision."""
-        bb = self.cfg.MODEL.BACKBONE
-        key = ("clip", bb.NAME, bb.get("WEIGHTS", ""), str(bb.get("QUICK_GELU", "auto")),
-               self.precision.name, str(self.device))
-        cached = self.shared.get(key)
-        if cached is None:
-            cached = load_clip(self.cfg, self.device, self.precision.name)
-            self.shared[key] = cached
-        self.clip = cached
-        self.check_input_size(cached)
-        return cached
+        """Load (or reuse, through ``shared``) the frozen CLIP for this backbone, weights and precision."""
+        self.clip = shared_clip(self.shared, self.cfg, self.device, self.precision.name)
+        self.check_input_size(self.clip)
+        return self.clip
 
     def check_input_size(self, loaded: LoadedCLIP) -> None:
         size = tuple(self.cfg.INPUT.SIZE)
@@ -231,30 +239,61 @@ class ClipTrainer(TrainerX):
         return self.logits_from_features(feats)
 
     # ------------------------------------------------------------------ feature caches
+    def feature_store(self, kind: str, seed: Optional[int]) -> fc.FeatureStore:
+        """The store of frozen features for this model, input transform and ``seed`` (``kind``
+        ``train``: augmented views; ``eval``: the test transform), kept in ``shared`` so that
+        cross-evaluation trainers and the grid engine's runs reuse what was encoded."""
+        transform = self.dm.tfm_train if kind == "train" else self.dm.tfm_test
+        key = fc.store_namespace(kind, self.cfg, transform, self.precision.name, str(self.device), seed)
+        store = self.shared.get(key)
+        if store is None:
+            store = self.shared[key] = fc.FeatureStore()
+        return store
+
     def setup_feature_cache(self) -> None:
-        """Swap the image train loader for cached features when ``FEATURE_CACHE.VIEWS > 0``."""
+        """Swap the image train loader for cached features when ``FEATURE_CACHE.VIEWS > 0``.
+
+        Standalone runs keep the features on disk (``FEATURE_CACHE.DIR``); under the grid engine
+        (``shared[fc.STORE_ONLY]``) the in-memory store is the cache and nothing is written.
+        """
         node = self.cfg.DATALOADER.get("FEATURE_CACHE")
         views = int(node.VIEWS) if node is not None else 0
         self._cached_train = None
-        if views <= 0 or not self.get_model_names():
+        if views <= 0 or not self.get_model_names() or self.shared.get(fc.EVALUATION_ONLY):
             return
-        from . import feature_cache as fc
+        seed = int(self.cfg.SEED)
+        train_x = self.dm.dataset.train_x
 
-        meta = fc.cache_meta(self.cfg, self.dm.dataset, self.precision.name, views)
-        directory = node.DIR or osp.join(self.output_dir, "feature_cache")
-        path = fc.cache_path(directory, meta)
-        feats = fc.load_cached(path, meta)
-        if feats is None:
-            logger.info("Encoding %d augmented views of %d training images for the feature cache",
-                        views, len(self.dm.dataset.train_x))
-            feats = fc.encode_views(self.cfg, self.dm.dataset.train_x, self.dm.tfm_train,
-                                    lambda x: self.encode_images(x, normalize=False), views, int(self.cfg.SEED))
-            fc.save_cached(path, meta, feats)
-            logger.info("Feature cache written to %s", path)
+        def encode() -> torch.Tensor:
+            return fc.encode_views(self.cfg, train_x, self.dm.tfm_train,
+                                   lambda x: self.encode_images(x, normalize=False), views, seed,
+                                   store=self.feature_store("train", seed))
+
+        if self.shared.get(fc.STORE_ONLY):
+            feats = encode()
         else:
-            logger.info("Feature cache loaded from %s", path)
-        self._cached_train = fc.CachedFeatureDataset(feats, self.dm.dataset.train_x, int(self.cfg.SEED))
+            meta = fc.cache_meta(self.cfg, self.dm.dataset, self.precision.name, views)
+            directory = node.DIR or osp.join(self.output_dir, "feature_cache")
+            path = fc.cache_path(directory, meta)
+            feats = fc.load_cached(path, meta)
+            if feats is None:
+                logger.info("Encoding %d augmented views of %d training images for the feature cache",
+                            views, len(train_x))
+                feats = encode()
+                fc.save_cached(path, meta, feats)
+                logger.info("Feature cache written to %s", path)
+            else:
+                logger.info("Feature cache loaded from %s", path)
+        self._cached_train = fc.CachedFeatureDataset(feats, train_x, seed)
         self.train_loader_x = fc.cached_train_loader(self.cfg, self._cached_train)
+
+    def evaluate_subset(self, sub: str) -> Any:
+        """Cross-evaluation; the sibling trainer only evaluates, so it encodes no training views."""
+        self.shared[fc.EVALUATION_ONLY] = True
+        try:
+            return super().evaluate_subset(sub)
+        finally:
+            self.shared.pop(fc.EVALUATION_ONLY, None)
 
     def before_epoch(self) -> None:
         super().before_epoch()
@@ -262,18 +301,23 @@ class ClipTrainer(TrainerX):
             self._cached_train.set_epoch(self.epoch)
 
     def eval_loader(self, split: str) -> Iterable[Dict[str, Any]]:
-        """The evaluation batches; frozen features are encoded once per run and then reused (P3)."""
-        loader = super().eval_loader(split)
+        """The evaluation batches; frozen features are encoded once per image and process (P3):
+        through the evaluation :meth:`feature_store`, in the loader's order and batch size."""
         if not bool(self.cfg.TEST.get("CACHE_FEATURES", True)):
-            return loader
+            return super().eval_loader(split)
         cache = self.__dict__.setdefault("_eval_cache", {})
         if split not in cache:
-            batches = []
+            data = self.dm.dataset.val if split == "val" else self.dm.dataset.test
+            bs = int(self.cfg.DATALOADER.TEST.BATCH_SIZE)
+            store = self.feature_store("eval", None)
             with torch.inference_mode():
-                for batch in tqdm(loader, desc=f"encode {split}", disable=self.progress_disabled(), leave=False):
-                    batches.append({"feat": self.encode_images(batch["img"], normalize=False),
-                                    "label": batch["label"], "impath": batch.get("impath")})
-            cache[split] = batches
+                fc.fill_store(store, data, [-1], self.dm.tfm_test, lambda x: self.encode_images(x, normalize=False),
+                              0, str(self.cfg.DATASET.ROOT), bs, f"encode {split}")
+            feats = fc.gather(store, data, -1).to(self.device)
+            labels = torch.tensor([d.label for d in data], dtype=torch.long)
+            impaths = [d.impath for d in data]
+            cache[split] = [{"feat": feats[i:i + bs], "label": labels[i:i + bs], "impath": impaths[i:i + bs]}
+                            for i in range(0, len(data), bs)]
         return cache[split]
 
     def parse_batch_test(self, batch: Dict[str, Any]):

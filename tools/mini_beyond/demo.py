@@ -30,8 +30,8 @@ import torch
 
 import train
 from dassl import results
-from scripts.domains import count_classes, short_name
-from scripts.fsnl_rule import format_lr, fsnl_bs_lr
+from scripts.domains import short_name
+from scripts.grid import plan_grid, run_grid
 from scripts.parse_test_res import collect
 from scripts.parse_test_res import main as parse_main
 from scripts.plot_curves import main as plot_main
@@ -42,8 +42,8 @@ from .build import build
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOMAINS = ("MiniAnimals", "MiniFood", "MiniPlants", "MiniAttire", "MiniTransport")
-#: Per-method config under ``configs/trainers/<trainer>/`` sized for a CPU and the 64-px mini CLIP.
-MINI_CONFIG = "mini_cpu"
+#: The registry's config set (``mini_cpu`` configs) and rule of Mini-Beyond (scripts/methods.py).
+MINI_CONFIG_SET = "mini"
 
 logger = logging.getLogger(__name__)
 
@@ -83,27 +83,16 @@ def run_jobs_in_process(jobs: Sequence, quiet: bool = True) -> List[str]:
     return failed
 
 
-#: FSNL on Mini-Beyond: 50 epochs instead of 200, so the LR rule's base (2e-4 per 128 images) is
-#: raised 8x; BS = min(K,4)*C as in the paper. Tuned once on MiniAnimals (OOP 78% at 4 shots).
-FSNL_EPOCHS = 50
-FSNL_LR_SCALE = 8.0
-
-
 def demo_jobs(root: str, out: str, domains: Sequence[str], shots: Sequence[int], seeds: Sequence[int],
               methods: Sequence[str] = ("zeroshot", "fsnl"), extra_opts: Sequence[str] = ()) -> list:
-    """Sweep jobs with the Mini-Beyond configs (``mini_cpu``); FSNL gets its per-domain BS/LR."""
+    """Sweep jobs of the Mini-Beyond recipe: the registry's ``mini`` config set and rule
+    (``mini_cpu`` configs; FSNL with BS = min(K,4)·C, 50 epochs, 8x the paper's LR rule), the same
+    path as ``python -m scripts.sweep --config-set mini`` and ``python -m scripts.grid --config-set mini``."""
     jobs = []
     for method in methods:
-        for domain in domains:
-            for k in shots:
-                opts = list(extra_opts)
-                if method == "fsnl":
-                    bs, lr = fsnl_bs_lr(count_classes(root, domain, "OOP"), k)
-                    opts = ["OPTIM.MAX_EPOCH", str(FSNL_EPOCHS), "OPTIM.LR", format_lr(lr * FSNL_LR_SCALE),
-                            "DATALOADER.TRAIN_X.BATCH_SIZE", str(bs), *opts]
-                spec = SweepSpec(method=method, root=root, out=out, domains=[domain], shots=[k],
-                                 seeds=list(seeds), config=MINI_CONFIG, opts=opts)
-                jobs.extend(j for j in build_jobs(spec) if j not in jobs)
+        spec = SweepSpec(method=method, root=root, out=out, domains=list(domains), shots=list(shots),
+                         seeds=list(seeds), config_set=MINI_CONFIG_SET, opts=list(extra_opts))
+        jobs.extend(j for j in build_jobs(spec) if j not in jobs)
     return jobs
 
 
@@ -173,11 +162,14 @@ def run_comparison(root: str = "data/mini_beyond", out: str = "output/mini_beyon
                    seeds: Sequence[int] = (1, 2, 3), methods: Sequence[str] = COMPARE_METHODS,
                    extra_opts: Sequence[str] = (), results: str = "docs/results/mini_beyond_comparison"
                    ) -> List[str]:
-    """The full method comparison on Mini-Beyond (run once; its tables are committed under docs/)."""
+    """The full method comparison on Mini-Beyond through the grid engine (``scripts.grid``, config set
+    ``mini``, 8 cached views), then its tables and curves (committed under docs/)."""
     root_abs = root if os.path.isabs(root) else os.fspath(REPO_ROOT / root)
     out_abs = out if os.path.isabs(out) else os.fspath(REPO_ROOT / out)
     build_domains(root_abs, domains)
-    failed = run_jobs_in_process(demo_jobs(root_abs, out_abs, domains, shots, seeds, methods, extra_opts))
+    cells = plan_grid(root_abs, out_abs, domains, methods, shots, seeds, config_set=MINI_CONFIG_SET, views=8,
+                      opts=extra_opts)
+    failed = [f"{cell.label}: {why}" for cell, why in run_grid(cells).failed]
     res = os.fspath(REPO_ROOT / results)
     os.makedirs(os.path.dirname(res), exist_ok=True)
     parse_main([out_abs, "--table", "--shots", "4", "--md", f"{res}_table4.md", "--csv", f"{res}_table4.csv"])

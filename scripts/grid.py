@@ -1,0 +1,446 @@
+"""The whole grid in one process per (domain, backbone): every method × shots × seed from shared features.
+
+    python -m scripts.grid --root data/mini_beyond --out output/mini_grid --config-set mini \\
+        --domains MiniAnimals MiniFood --methods fsnl coop clip_adapter taskres zeroshot linear_probe \\
+        --shots 1 2 4 8 16 --seeds 1 2 3 [--views 8] [--dry-run] [--force]
+
+A *cell* is one run the sweep would start as ``python train.py ...`` (``scripts.sweep.plan_runs``, the
+same registry, config sets and rules), with ``DATALOADER.FEATURE_CACHE.VIEWS K`` added for the
+trained methods, or one domain's linear probe. The engine builds each cell's config with
+:func:`configs.build_cfg` (exactly the call ``train.py`` makes for that command line), builds the
+normal trainer with a ``shared`` dict and runs it, so a cell writes what that ``train.py`` run writes
+(``config.yaml``, ``log.txt``, checkpoints, ``results.json``) with the same numbers. Shared per
+(domain, backbone), through ``shared``:
+
+* the frozen CLIP, loaded once (keyed by the weights identity);
+* the evaluation features: every test / val image encoded once (``trainers.feature_cache.FeatureStore``
+  keyed by file identity), also for the IP cross-evaluation and the linear probe's full splits;
+* the training views: view ``v`` of an image is drawn from an RNG seeded by (seed, image, v), so
+  each (image, view, seed) is encoded once into the store, for the union of all cells' few-shot
+  images, and every cell gets exactly the views its standalone run would compute. The in-memory store
+  is the cache: cells do not write ``feature_cache/`` files (the only file a standalone run adds).
+
+Every cell starts from ``set_random_seed(SEED)``, as ``train.py`` does, and nothing a cell draws
+depends on an earlier cell (model loads and view encoding run in forked RNGs), so results do not
+depend on the grid's order. Each cell logs to its own ``log.txt``; the console gets a progress bar
+(cells done / total, ETA) and one line per finished cell. A cell is skipped only when its folder holds
+a finished run with the cell's fingerprint (``dassl.results``, the same check as ``scripts.sweep``); a
+finished run of another fingerprint stops the grid before it starts, with one line naming the
+differing keys (``--force`` overwrites). SIGTERM / SIGUSR1 (SLURM preemption) stop the grid after the running cell; rerunning
+continues with the missing cells.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import os.path as osp
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from tqdm import tqdm
+
+import train
+from clip import autocast, weights_identity
+from configs import ConfigError, build_cfg
+from dassl import results
+from dassl.data.datasets import build_dataset
+from dassl.data.transforms import build_transform
+from dassl.engine import build_trainer, expected_fingerprint
+from dassl.utils import check_writable_dir, clean_temp_files, set_random_seed, setup_logger
+from dassl.utils.identity import json_digest
+from dassl.utils.registry import RegistryKeyError
+from lpclip import feat_extractor, linear_probe
+from scripts.domains import LAION_BEYOND_DOMAINS, REPO_ROOT, DomainError, resolve_domains
+from scripts.methods import CONFIG_SETS, RULES, Method, get_method, method_names
+from scripts.run_identity import RunConflict, command_state, conflict_message
+from scripts.sweep import (
+    FEATURE_SPLITS,
+    FEATURE_SUBSETS,
+    RESULTS_FILE,
+    Run,
+    SweepSpec,
+    merge_opts,
+    plan_runs,
+    probe_dir,
+    trainer_config,
+)
+from trainers import feature_cache as fc
+from trainers.base import shared_clip
+
+__all__ = ["Cell", "GridSummary", "plan_grid", "group_cells", "cell_state", "is_finished", "run_cell", "run_grid",
+           "main"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_VIEWS = 8
+#: Exit status of a grid stopped by SIGTERM / SIGUSR1 (rerun to continue).
+STOPPED = 143
+
+
+@dataclass
+class Cell:
+    """One run of the grid: a ``train.py`` run (``run``) or a domain's linear probe (``run`` None)."""
+
+    method: Method
+    dataset: str
+    cfg: Any
+    run: Optional[Run] = None
+    shots: Tuple[int, ...] = ()
+    feature_dir: str = ""
+    output_dir: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.run.label if self.run is not None else f"linear_probe {self.dataset}"
+
+    @property
+    def results_file(self) -> str:
+        return osp.join(self.output_dir, RESULTS_FILE)
+
+    @property
+    def group(self) -> Tuple[str, str]:
+        """(dataset, backbone identity): the unit that shares one model and one feature store."""
+        return self.dataset, json_digest(weights_identity(self.cfg))
+
+
+@dataclass
+class GridSummary:
+    ran: List[Cell] = field(default_factory=list)
+    skipped: List[Cell] = field(default_factory=list)
+    failed: List[Tuple[Cell, str]] = field(default_factory=list)
+    stopped: bool = False
+    seconds: Dict[str, float] = field(default_factory=dict)
+    #: images (and views) the encoder saw through the feature stores, over all groups
+    encoded: int = 0
+
+    def line(self) -> str:
+        total = len(self.ran) + len(self.skipped) + len(self.failed)
+        return (f"{total} cell(s): ran {len(self.ran)}, skipped {len(self.skipped)}, failed {len(self.failed)}"
+                + (" (stopped by a signal: rerun to continue)" if self.stopped else ""))
+
+
+# ---------------------------------------------------------------------------------------------- plan
+def _abs(path: str) -> str:
+    return path if osp.isabs(path) else osp.abspath(path)
+
+
+def _run_cfg(run: Run, root: str) -> Any:
+    """The config ``train.py`` builds for ``run.argv(root)`` (same call as ``train.setup_cfg``)."""
+    return build_cfg(trainer=run.trainer, dataset=_repo_path(f"configs/datasets/{run.dataset}.yaml"),
+                     config=_repo_path(run.config), opts=[x for pair in run.opts for x in pair],
+                     root=root, output_dir=run.output_dir, seed=run.seed)
+
+
+def _repo_path(path: str) -> str:
+    return path if osp.isabs(path) else os.fspath(REPO_ROOT / path)
+
+
+def _probe_cfg(spec: SweepSpec, dataset: str, sub: str, config_path: str) -> Any:
+    """The config of ``lpclip.feat_extractor`` for one subset (what the sweep's extractor jobs build)."""
+    opts = merge_opts([("DATASET.SUB_CLASSES", sub)], spec.opts)
+    return build_cfg(dataset=_repo_path(f"configs/datasets/{dataset}.yaml"), config=_repo_path(config_path),
+                     opts=[x for pair in opts for x in pair], root=spec.root,
+                     output_dir=spec.feature_dir or osp.join(spec.out, "clip_feat"))
+
+
+def plan_grid(
+    root: str, out: str, domains: Sequence[str], methods: Sequence[str], shots: Sequence[int],
+    seeds: Optional[Sequence[int]] = None, config_set: str = "paper", config: Optional[str] = None,
+    rule: Optional[str] = None, views: int = DEFAULT_VIEWS, opts: Sequence[str] = (),
+) -> List[Cell]:
+    """Every cell, in domain → method → shots → seed order (paths made absolute)."""
+    root, out = _abs(root), _abs(out)
+    cells: List[Cell] = []
+    for dataset in resolve_domains(domains):
+        for name in methods:
+            method = get_method(name)
+            extra = list(opts)
+            if method.kind == "train" and views > 0:
+                extra = ["DATALOADER.FEATURE_CACHE.VIEWS", str(int(views)), *extra]
+            spec = SweepSpec(method=name, root=root, out=out, domains=[dataset], shots=list(shots),
+                             seeds=list(seeds) if seeds is not None else None, config=config,
+                             opts=extra, config_set=config_set, rule=rule)
+            if method.kind == "probe":
+                config_path, _ = trainer_config(method.config_trainer, config or method.config_for(config_set, 1))
+                cells.append(Cell(method, dataset, _probe_cfg(spec, dataset, "OOP", config_path),
+                                  shots=tuple(int(k) for k in shots),
+                                  feature_dir=spec.feature_dir or osp.join(out, "clip_feat"),
+                                  output_dir=probe_dir(spec, dataset)))
+                continue
+            for run in plan_runs(spec, dataset, method):
+                cells.append(Cell(method, dataset, _run_cfg(run, root), run=run, output_dir=run.output_dir))
+    return cells
+
+
+def group_cells(cells: Sequence[Cell]) -> Dict[Tuple[str, str], List[Cell]]:
+    """Cells by (dataset, backbone identity), each group in the given order."""
+    groups: Dict[Tuple[str, str], List[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(cell.group, []).append(cell)
+    return groups
+
+
+def _probe_argv(cell: Cell) -> List[str]:
+    """``lpclip.linear_probe``'s arguments for the probe cell (the sweep's job, with the grid's shots)."""
+    return ["--feature-dir", cell.feature_dir, "--dataset", cell.dataset, "--sub-classes", "OOP",
+            "--output-dir", cell.output_dir, "--shots", *[str(k) for k in cell.shots]]
+
+
+def cell_state(cell: Cell, match_code: bool = False) -> results.Finished:
+    """What the cell's folder holds (``dassl.results``): ``match`` (a finished run with the cell's
+    fingerprint: skip), ``missing`` (run), ``mismatch`` / ``unreadable`` (another run: never reused)."""
+    if cell.run is None:
+        if not all(osp.isfile(feat_extractor.feature_file(cell.feature_dir, cell.dataset, sub, split))
+                   for sub in FEATURE_SUBSETS for split in FEATURE_SPLITS):
+            return results.Finished("missing", cell.results_file)
+        return command_state(["python", "-m", "lpclip.linear_probe", *_probe_argv(cell)], cell.results_file,
+                             match_code=match_code)
+    if not osp.isfile(cell.results_file):
+        return results.Finished("missing", cell.results_file)
+    return results.find_finished(cell.output_dir, expected_fingerprint(cell.cfg), match_code=match_code)
+
+
+def is_finished(cell: Cell, match_code: bool = False) -> bool:
+    """A finished run with the cell's fingerprint is in its folder."""
+    return cell_state(cell, match_code).done
+
+
+# ---------------------------------------------------------------------------------------------- run
+def _cell_logging(output_dir: str) -> None:
+    """The cell's log goes to its ``log.txt``; the console keeps warnings and the engine's lines."""
+    check_writable_dir(output_dir)
+    setup_logger(output_dir, console="summary")
+    clean_temp_files(output_dir)
+
+
+def _run_train_cell(cell: Cell, shared: Dict[Any, Any]) -> Dict[str, Any]:
+    """What ``train.main`` does for the cell's command line, with the group's ``shared`` objects."""
+    cfg = cell.cfg
+    assert cell.run is not None
+    train.validate_cfg(cfg, training=not cell.run.eval_only)
+    _cell_logging(cfg.OUTPUT_DIR)
+    if cfg.SEED >= 0:
+        set_random_seed(cfg.SEED)
+    trainer = build_trainer(cfg, shared=shared)
+    trainer.show_progress = False  # the grid's bar is the progress display
+    if cell.run.eval_only:
+        trainer.test()
+        trainer.finalize()
+    else:
+        trainer.train()
+    return dict(getattr(trainer, "final_results", None) or {})
+
+
+def _probe_features(cell: Cell, sub: str, shared: Dict[Any, Any]) -> None:
+    """Write the three feature files ``lpclip.feat_extractor`` would write for ``sub``, from the store."""
+    cfg = cell.cfg.clone()
+    cfg.defrost()
+    cfg.DATASET.SUB_CLASSES = sub
+    cfg.freeze()
+    device = feat_extractor.pick_device(cfg)
+    loaded = shared_clip(shared, cfg, device, "fp32")
+    dataset = build_dataset(cfg)
+    tfm = build_transform(cfg, is_train=False)
+    store = shared.setdefault(fc.store_namespace("eval", cfg, tfm, loaded.precision.name, str(device), None),
+                              fc.FeatureStore())
+
+    def encode(images: torch.Tensor) -> torch.Tensor:
+        with autocast(loaded.precision, device):
+            return loaded.model.encode_image(images.to(device, dtype=loaded.dtype)).float()
+
+    for split in FEATURE_SPLITS:
+        data = {"train": dataset.train_x, "val": dataset.val, "test": dataset.test}[split]
+        with torch.inference_mode():
+            fc.fill_store(store, data, [-1], tfm, encode, 0, str(cfg.DATASET.ROOT),
+                          int(cfg.DATALOADER.TEST.BATCH_SIZE), f"encode {sub} {split}")
+        raw = fc.gather(store, data, -1)
+        labels = torch.tensor([d.label for d in data], dtype=torch.int64)
+        arrays = feat_extractor.feature_arrays(raw, labels, torch.arange(len(data)), list(dataset.classnames),
+                                               loaded, False, 1, feat_extractor.fingerprint_string(cfg, loaded))
+        feat_extractor.save_npz(feat_extractor.feature_file(cell.feature_dir, cfg.DATASET.NAME, sub, split), arrays)
+
+
+def _run_probe_cell(cell: Cell, shared: Dict[Any, Any]) -> None:
+    _cell_logging(cell.output_dir)
+    for sub in FEATURE_SUBSETS:
+        _probe_features(cell, sub, shared)
+    argv = _probe_argv(cell)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # the CLI's summary lines go to the cell's log, not the console
+        rc = linear_probe.main(argv)
+    logger.info("%s", out.getvalue().rstrip())
+    if rc != 0:
+        raise RuntimeError(f"linear probe of {cell.dataset} failed")
+
+
+def run_cell(cell: Cell, shared: Dict[Any, Any]) -> None:
+    """Run one cell with the group's ``shared`` objects (model, feature stores)."""
+    if cell.run is None:
+        _run_probe_cell(cell, shared)
+    else:
+        _run_train_cell(cell, shared)
+
+
+def _done_line(cell: Cell, seconds: float) -> str:
+    """The cell's console line: ``train.run_summary``'s for a run, the accuracies per K for the probe."""
+    if cell.run is not None:
+        try:
+            with open(cell.results_file, encoding="utf-8") as f:
+                return train.run_summary(cell.cfg, json.load(f), seconds)
+        except (OSError, ValueError):
+            return f"{cell.label}: no results.json ({seconds:.0f} s)"
+    return f"done {cell.label}: {_result_line(cell)} ({seconds:.0f} s) -> {cell.output_dir}"
+
+
+def _result_line(cell: Cell) -> str:
+    try:
+        with open(cell.results_file, encoding="utf-8") as f:
+            shots = json.load(f).get("shots", {})
+    except (OSError, ValueError):
+        return "(no results.json)"
+    return ", ".join(f"K={k} {v['accuracy_mean']:.2f}" for k, v in shots.items() if isinstance(v, dict))
+
+
+def _error_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def run_grid(
+    cells: Sequence[Cell], force: bool = False, fail_fast: bool = False,
+    stop: Optional[threading.Event] = None, after_cell: Optional[Callable[[Cell], None]] = None,
+    match_code: bool = False,
+) -> GridSummary:
+    """Run every pending cell, group by group; a failed cell is recorded and the grid goes on.
+
+    Raises :class:`RunConflict` (one line naming the differing keys) before running anything when a
+    cell's folder holds a finished run of another fingerprint, unless ``force``."""
+    summary = GridSummary()
+    pending = []
+    if force:
+        pending = list(cells)
+    else:
+        states = [cell_state(cell, match_code) for cell in cells]
+        if any(s.state in ("mismatch", "unreadable") for s in states):
+            raise RunConflict(conflict_message(states))
+        for cell, state in zip(cells, states):
+            (summary.skipped if state.done else pending).append(cell)
+    bar = tqdm(total=len(pending), desc="grid", unit="cell", disable=None, dynamic_ncols=True)
+    try:
+        for group in group_cells(pending).values():
+            shared: Dict[Any, Any] = {fc.STORE_ONLY: True}
+            stores_before = summary.encoded
+            for cell in group:
+                if stop is not None and stop.is_set():
+                    summary.stopped = True
+                    return summary
+                start = time.time()
+                try:
+                    run_cell(cell, shared)
+                except Exception as err:  # one failed cell must not lose the others
+                    logger.error("cell failed: %s", cell.label, exc_info=True)
+                    summary.failed.append((cell, _error_line(err)))
+                    bar.write(f"FAILED {cell.label}: {_error_line(err)}")
+                    if fail_fast:
+                        return summary
+                else:
+                    summary.ran.append(cell)
+                    seconds = time.time() - start
+                    summary.seconds[cell.output_dir] = seconds
+                    done = len(summary.ran) + len(summary.failed)
+                    bar.write(f"[{done}/{len(pending)}] {_done_line(cell, seconds)}")
+                finally:
+                    bar.update(1)
+                    summary.encoded = stores_before + sum(
+                        v.encoded for v in shared.values() if isinstance(v, fc.FeatureStore))
+                    if after_cell is not None:
+                        after_cell(cell)
+    finally:
+        bar.close()
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m scripts.grid", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", required=True, help="dataset root")
+    p.add_argument("--out", required=True, help="output root (the sweep's layout)")
+    p.add_argument("--domains", nargs="+", default=list(LAION_BEYOND_DOMAINS))
+    p.add_argument("--methods", nargs="+", default=["zeroshot", "fsnl", "coop", "cocoop", "clip_adapter",
+                                                    "taskres", "linear_probe"], choices=list(method_names()))
+    p.add_argument("--shots", nargs="+", type=int, default=[1, 2, 4, 8, 16])
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: each method's (zero-shot: 3)")
+    p.add_argument("--config-set", default="paper", choices=list(CONFIG_SETS))
+    p.add_argument("--config", default=None, help="one trainer config for every method (rule none unless --rule)")
+    p.add_argument("--rule", default=None, choices=list(RULES))
+    p.add_argument("--views", type=int, default=DEFAULT_VIEWS,
+                   help="DATALOADER.FEATURE_CACHE.VIEWS of the trained methods (augmented views per image)")
+    p.add_argument("--dry-run", action="store_true", help="print the equivalent train.py commands and exit")
+    p.add_argument("--force", action="store_true",
+                   help="rerun every cell, overwriting finished runs (also those of another fingerprint)")
+    p.add_argument("--match-code", action="store_true",
+                   help="a finished run counts only if the same code version (git commit) produced it")
+    p.add_argument("--fail-fast", action="store_true")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: keep torch's default)")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE ... for every cell (last)")
+    return p
+
+
+def _install_stop_handlers(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        stop.set()
+        print(f"signal {signum}: stopping after the running cell", file=sys.stderr, flush=True)
+
+    for name in ("SIGTERM", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), handler)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        cells = plan_grid(args.root, args.out, args.domains, args.methods, args.shots, args.seeds,
+                          args.config_set, args.config, args.rule, args.views, args.opts)
+    except (DomainError, ConfigError, RegistryKeyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for cell in cells:
+            if args.force or not is_finished(cell, args.match_code):
+                print(" ".join(cell.run.argv(_abs(args.root))) if cell.run else f"# {cell.label}")
+        return 0
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    start = time.time()
+    try:
+        summary = run_grid(cells, force=args.force, fail_fast=args.fail_fast, stop=stop, match_code=args.match_code)
+    except RunConflict as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"grid: {summary.line()} in {time.time() - start:.0f} s", file=sys.stderr)
+    for cell, why in summary.failed:
+        print(f"  FAILED {cell.label}: {why}", file=sys.stderr)
+    if summary.stopped:
+        return STOPPED
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""scripts.grid: an engine cell equals its train.py run; order does not matter; reruns complete only the
+missing cells; each (image, view) is encoded once."""
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import pytest
+import torch
+
+import trainers.base
+from dassl.data.datasets import build_dataset
+from lpclip import feat_extractor, linear_probe
+from scripts import grid
+from scripts.sweep import SweepSpec, build_jobs
+from tests.helpers import run_train
+
+DOMAIN = "Food"
+#: 2 epochs and 2 views keep every cell at a second or two on the tiny model.
+OPTS = ["OPTIM.MAX_EPOCH", "2"]
+METRIC_KEYS = ("accuracy", "oop", "ip", "hmean")
+
+
+def plan(root: Path, out: Path, methods: List[str], shots=(1, 2), seeds=(1, 2), **kw: Any) -> List[grid.Cell]:
+    return grid.plan_grid(str(root), str(out), [DOMAIN], methods, list(shots), list(seeds), config_set="smoke",
+                          views=2, opts=OPTS, **kw)
+
+
+def results(path: str) -> Dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def metrics(res: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: res[k] for k in METRIC_KEYS if k in res} | {"subsets": res.get("subsets")}
+
+
+def assert_same_metrics(a: Dict[str, Any], b: Dict[str, Any]) -> None:
+    ma, mb = metrics(a), metrics(b)
+    assert set(ma) == set(mb)
+    for key in METRIC_KEYS:
+        if key in ma:
+            assert ma[key] == pytest.approx(mb[key], abs=1e-6), key
+    for sub, values in (ma["subsets"] or {}).items():
+        for k, v in values.items():
+            assert v == pytest.approx(mb["subsets"][sub][k], abs=1e-6), (sub, k)
+
+
+@pytest.fixture(scope="module")
+def engine_run(toy_root, tmp_path_factory):
+    """One grid over the trained methods (and zero-shot), run once for the module."""
+    out = tmp_path_factory.mktemp("grid")
+    cells = plan(toy_root, out, ["fsnl", "coop", "clip_adapter", "taskres", "zeroshot"], shots=(2,), seeds=(1,))
+    summary = grid.run_grid(cells)
+    assert not summary.failed, summary.failed
+    return cells
+
+
+@pytest.mark.parametrize("method", ["fsnl", "coop", "clip_adapter", "taskres", "zeroshot"])
+def test_engine_cell_equals_train_py(engine_run, method, tmp_path):
+    cell = next(c for c in engine_run if c.method.name == method)
+    assert cell.run is not None
+    # The same command line as the sweep's, into another folder: a standalone, in-order run.
+    argv = list(cell.run.argv(str(cell.cfg.DATASET.ROOT)))[2:]
+    argv[argv.index("--output-dir") + 1] = str(tmp_path / "alone")
+    run_train(argv)
+    alone = results(str(tmp_path / "alone" / "results.json"))
+    assert_same_metrics(results(cell.results_file), alone)
+    # Same resolved config but for the output folder; the same files except the on-disk view cache.
+    engine_cfg = (Path(cell.output_dir) / "config.yaml").read_text()
+    assert engine_cfg.replace(cell.output_dir, str(tmp_path / "alone")) == (tmp_path / "alone" / "config.yaml").read_text()
+    engine_files = {p.relative_to(cell.output_dir).parts[0] for p in Path(cell.output_dir).iterdir()}
+    alone_files = {p.relative_to(tmp_path / "alone").parts[0] for p in (tmp_path / "alone").iterdir()}
+    assert alone_files - engine_files <= {"feature_cache"}
+    assert engine_files <= alone_files
+
+
+def test_linear_probe_cell_equals_the_sweep_jobs(toy_root, tmp_path):
+    # SEED 1: the tiny model's random init is seeded, so separate extractor processes load one model.
+    cells = grid.plan_grid(str(toy_root), str(tmp_path / "g"), [DOMAIN], ["linear_probe"], [1, 2, 4, 8, 16],
+                           config_set="smoke", opts=["SEED", "1"])
+    assert not grid.run_grid(cells).failed
+    spec = SweepSpec(method="linear_probe", root=str(toy_root), out=str(tmp_path / "s"), domains=[DOMAIN],
+                     config_set="smoke", opts=["SEED", "1"])
+    for job in build_jobs(spec):
+        module = feat_extractor if job.argv[2] == "lpclip.feat_extractor" else linear_probe
+        assert module.main(list(job.argv[3:])) == 0
+    engine, alone = results(cells[0].results_file), results(build_jobs(spec)[-1].done)
+    for k, res in alone["shots"].items():
+        assert engine["shots"][k]["accuracies"] == pytest.approx(res["accuracies"], abs=1e-6)
+        assert engine["shots"][k]["c"] == res["c"]
+    dataset = cells[0].cfg.DATASET.NAME
+    for sub in ("OOP", "IP"):
+        for split in ("train", "val", "test"):
+            with (
+                open(feat_extractor.feature_file(cells[0].feature_dir, dataset, sub, split), "rb") as a,
+                open(feat_extractor.feature_file(str(tmp_path / "s" / "clip_feat"), dataset, sub, split), "rb") as b,
+            ):
+                za, zb = np.load(a), np.load(b)
+                assert sorted(za.files) == sorted(zb.files)
+                for key in za.files:
+                    np.testing.assert_array_equal(za[key], zb[key])
+
+
+def test_shuffled_grid_order_gives_identical_results(toy_root, tmp_path):
+    methods = ["fsnl", "coop"]
+    first = plan(toy_root, tmp_path / "a", methods)
+    second = plan(toy_root, tmp_path / "b", methods)
+    random.Random(3).shuffle(second)
+    assert [c.label for c in second] != [c.label for c in first]
+    assert not grid.run_grid(first).failed
+    assert not grid.run_grid(second).failed
+    by_label = {c.label: c for c in second}
+    for cell in first:
+        a, b = results(cell.results_file), results(by_label[cell.label].results_file)
+        assert a["accuracy"] == b["accuracy"] and a.get("ip") == b.get("ip")
+        assert metrics(a) == metrics(b)
+
+
+def test_killed_grid_reruns_only_the_missing_cells(toy_root, tmp_path):
+    cells = plan(toy_root, tmp_path / "g", ["fsnl", "clip_adapter"], shots=(1,))
+    assert len(cells) == 4
+
+    class Killed(Exception):
+        pass
+
+    finished: List[str] = []
+
+    def kill_after_two(cell: grid.Cell) -> None:
+        finished.append(cell.label)
+        if len(finished) == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        grid.run_grid(cells, after_cell=kill_after_two)
+    stamps = {c.label: Path(c.results_file).stat().st_mtime_ns for c in cells if Path(c.results_file).exists()}
+    assert set(stamps) == set(finished)
+
+    again = grid.run_grid(plan(toy_root, tmp_path / "g", ["fsnl", "clip_adapter"], shots=(1,)))
+    assert sorted(c.label for c in again.skipped) == sorted(finished)
+    assert sorted(c.label for c in again.ran) == sorted(set(c.label for c in cells) - set(finished))
+    for label, stamp in stamps.items():  # finished cells were not rewritten
+        assert Path(next(c for c in cells if c.label == label).results_file).stat().st_mtime_ns == stamp
+    # A finished run of another configuration in a cell's folder is never reused: one error line
+    # naming the differing key, before anything runs; --force overwrites it.
+    path = Path(cells[0].results_file)
+    res = results(str(path))
+    res["fingerprint"]["config"]["OPTIM.MAX_EPOCH"] = 3
+    path.write_text(json.dumps(res))
+    with pytest.raises(grid.RunConflict, match="OPTIM.MAX_EPOCH"):
+        grid.run_grid(plan(toy_root, tmp_path / "g", ["fsnl", "clip_adapter"], shots=(1,)))
+    forced = grid.run_grid(plan(toy_root, tmp_path / "g", ["fsnl", "clip_adapter"], shots=(1,)), force=True)
+    assert len(forced.ran) == 4 and grid.is_finished(cells[0])
+
+
+def test_image_encoder_runs_once_per_image_and_view(toy_root, tmp_path, monkeypatch):
+    rows: Counter = Counter()
+    calls = {"n": 0}
+    real_load = trainers.base.load_clip
+
+    def counting_load(*args: Any, **kwargs: Any):
+        loaded = real_load(*args, **kwargs)
+        encode = loaded.model.encode_image
+
+        def counted(images: torch.Tensor, *a: Any, **k: Any) -> torch.Tensor:
+            calls["n"] += 1
+            # A padded one-image batch repeats its row; count each distinct input once per call.
+            for row in {bytes(img.detach().cpu().numpy().tobytes()) for img in images}:
+                rows[row] += 1
+            return encode(images, *a, **k)
+
+        loaded.model.encode_image = counted
+        return loaded
+
+    monkeypatch.setattr(trainers.base, "load_clip", counting_load)
+    views = 2
+    cells = grid.plan_grid(str(toy_root), str(tmp_path / "g"), [DOMAIN], ["fsnl", "coop", "zeroshot"], [1, 2],
+                           [1], config_set="smoke", views=views, opts=OPTS)
+    assert not grid.run_grid(cells).failed
+    assert rows and max(rows.values()) == 1  # no (image, view) was encoded twice
+
+    # Independently: the union of the trained cells' few-shot images × views, plus every test image of
+    # OOP (the runs) and IP (their cross-evaluation).
+    train_images = set()
+    test_images = set()
+    for cell in cells:
+        dataset = build_dataset(cell.cfg)
+        if cell.method.kind == "train":
+            train_images |= {d.impath for d in dataset.train_x}
+        test_images |= {d.impath for d in dataset.test}
+        cfg_ip = cell.cfg.clone()
+        cfg_ip.defrost()
+        cfg_ip.DATASET.SUB_CLASSES = "IP"
+        test_images |= {d.impath for d in build_dataset(cfg_ip).test}
+    assert sum(rows.values()) == len(train_images) * views + len(test_images)
+    assert calls["n"] < sum(rows.values())  # batched, not one call per image
