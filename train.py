@@ -24,6 +24,7 @@ import torch
 
 from configs import FIELDS, ConfigError, build_cfg, extend_cfg  # noqa: F401  (re-exported)
 from dassl.config import FINAL_MODEL_CHOICES
+from dassl.engine import ModelLoadError
 from dassl.utils import check_availability, collect_env_info, set_random_seed, setup_logger
 from dassl.utils.registry import RegistryKeyError
 
@@ -139,12 +140,31 @@ def main(args: argparse.Namespace) -> Any:
                 trainer.load_model(args.model_dir, epoch=args.load_epoch)
             except FileNotFoundError as e:
                 raise ConfigError(f"--model-dir: {e}") from None
+        else:
+            check_untrained_eval(trainer, cfg)
         trainer.test()
         trainer.finalize()
         return trainer
     if not args.no_train:
         trainer.train()
     return trainer
+
+
+def check_untrained_eval(trainer: Any, cfg: Any) -> None:
+    """``--eval-only`` of a trainable method without ``--model-dir`` would report the initial model
+    as if it were a result: an error, unless ``TEST.ALLOW_UNTRAINED True`` asks for exactly that
+    (results.json then records ``loaded: {"untrained": true}``)."""
+    models = trainer.get_model_names()
+    if not models:
+        return
+    if not bool(cfg.TEST.get("ALLOW_UNTRAINED", False)):
+        raise ConfigError(
+            f"--eval-only of {cfg.TRAINER.NAME} needs --model-dir (a finished training run's output dir) "
+            f"to evaluate trained weights; to evaluate the untrained initial model on purpose, add "
+            f"TEST.ALLOW_UNTRAINED True"
+        )
+    logger.warning("TEST.ALLOW_UNTRAINED: evaluating the untrained initial %s model", cfg.TRAINER.NAME)
+    trainer.load_info = {"model_dir": None, "epoch": 0, "untrained": True}
 
 
 def _project_errors() -> Tuple[type, ...]:
@@ -163,7 +183,7 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
         main(args)
-    except (ConfigError, RegistryKeyError, *_project_errors()) as e:
+    except (ConfigError, RegistryKeyError, ModelLoadError, *_project_errors()) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

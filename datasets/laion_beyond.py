@@ -366,7 +366,8 @@ def check_images(groups: Sequence[Tuple[str, Iterable[Datum]]]) -> None:
 
 
 def check_disjoint_classnames(parts: Sequence[SubsetSplit]) -> None:
-    """A name in both OOP and IP would silently merge two concepts into one class (B24)."""
+    """A name in both OOP and IP would silently merge two concepts into one class (B24), or let the
+    OOP->IP cross-evaluation score an IP class with its OOP-trained tensor (issue 11)."""
     if len(parts) < 2:
         return
     shared = sorted(set(parts[0].classnames).intersection(*(p.classnames for p in parts[1:])))
@@ -374,7 +375,8 @@ def check_disjoint_classnames(parts: Sequence[SubsetSplit]) -> None:
         files = ", ".join(p.split_file for p in parts)
         raise DatasetError(
             f"{len(shared)} class name(s) appear in both OOP and IP ({files}): {shared[:MAX_LISTED]}. "
-            "SUB_CLASSES=All needs disjoint names; rename one of them in its split file."
+            "SUB_CLASSES=All and the OOP/IP cross-evaluation need disjoint names; rename one of them in "
+            "its split file (or set TEST.CROSS_EVAL '()')."
         )
 
 
@@ -538,6 +540,15 @@ class LaionBeyond(DatasetBase):
             self.num_classes, len(train), len(val), len(test), self.num_shots,
         )
 
+    def check_subsets(self, sub_classes: Sequence[str]) -> None:
+        """Before training: a later evaluation on ``sub_classes`` (the cross-evaluation) that brings
+        OOP and IP together needs disjoint class names."""
+        involved = {s for sub in (self.sub_classes, *sub_classes) for s in (SUBSETS if sub == "All" else (sub,))}
+        if self.superclass_mode or not set(SUBSETS) <= involved or self.sub_classes == "All":
+            return
+        parts = [load_subset(find_subset_dir(self.root, self.prefix, s), s) for s in SUBSETS]
+        check_disjoint_classnames(parts)
+
     @staticmethod
     def _resolve_seed(cfg: Any) -> int:
         seed = int(cfg.get("SEED", -1))
@@ -574,6 +585,13 @@ class LaionBeyond(DatasetBase):
                     self.fewshot_cache_files[part.subset] = path
                     return cached
 
+        stale = sorted(
+            os.path.basename(p) for d in dirs for p in glob.glob(os.path.join(glob.escape(d), f"shot_{shots}-seed_{seed}-*.json"))
+            if os.path.basename(p) != filename
+        )
+        if stale:
+            logger.info("Few-shot cache %s was drawn from another version of %s (split file changed): sampling again",
+                        stale[0], os.path.basename(part.split_file))
         # One generator per subset, train drawn before val, like the reference's global RNG after
         # random.seed(SEED) — but immune to any other use of `random` before this point.
         rng = random.Random(seed)

@@ -5,8 +5,10 @@ an adapter, a residual). What they share lives here, so each trainer file only h
 
 * loading CLIP once (and sharing it with the trainers built for cross-subset evaluation),
 * precision that follows the device (``PREC``: fp32 | fp16 | amp | bf16; CPU always runs fp32),
-* frozen image features under ``no_grad``/``inference_mode`` and autocast, encoded once per run for
-  evaluation (and, opt-in, once per training run: the feature cache),
+* frozen image features under ``no_grad``/``inference_mode`` and autocast: evaluation features
+  encoded once per dataset split, backbone and transform and reused across runs (an on-disk cache
+  keyed by content, ``trainers/feature_cache.py``), and opt-in training views (the feature cache),
+* the benchmark's evaluation protocol (OOP->IP cross-evaluation, H-mean: ``trainers/cross_eval.py``),
 * class-text features computed once per ``test()`` call instead of once per batch (P1),
 * one optimisation step that handles the AMP GradScaler, so no trainer re-implements it.
 """
@@ -18,18 +20,21 @@ from typing import Any, ContextManager, Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from clip import LoadedCLIP, Precision, autocast, load_clip, normalize_name, resolve_precision
 from clip.templates import DEFAULT_TEMPLATE
 from dassl.engine import TrainerX
+from dassl.utils.identity import json_digest
+
+from . import feature_cache as fc
+from .cross_eval import SubsetEvaluation
 
 logger = logging.getLogger(__name__)
 
 VALID_PRECISIONS = ("fp32", "fp16", "amp", "bf16")
 
 
-class ClipTrainer(TrainerX):
+class ClipTrainer(SubsetEvaluation, TrainerX):
     """A Dassl ``TrainerX`` around a frozen OpenCLIP model.
 
     Subclasses set ``PREC_KEY`` (the ``cfg.TRAINER.<KEY>.PREC`` they read) and implement
@@ -45,9 +50,11 @@ class ClipTrainer(TrainerX):
     #: by :func:`preset_cfg` before the command line, so ``--backbone`` and opts still win.
     BACKBONE_PRESET: Optional[tuple] = None
 
-    def __init__(self, cfg: Any, shared: Optional[Dict[Any, Any]] = None) -> None:
-        super().__init__(cfg, shared=shared)
-        self.setup_feature_cache()
+    def __init__(self, cfg: Any, shared: Optional[Dict[Any, Any]] = None, eval_only: bool = False) -> None:
+        super().__init__(cfg, shared=shared, eval_only=eval_only)
+        if not self.eval_only:
+            self.check_cross_evaluation()
+            self.setup_feature_cache()
 
     # ------------------------------------------------------------------ config
     @classmethod
@@ -207,9 +214,8 @@ class ClipTrainer(TrainerX):
         self._cached_train = None
         if views <= 0 or not self.get_model_names():
             return
-        from . import feature_cache as fc
-
-        meta = fc.cache_meta(self.cfg, self.dm.dataset, self.precision.name, views)
+        meta = fc.cache_meta(self.cfg, self.dm.dataset, self.precision.name, views,
+                             transform=self.dm.tfm_train, device=self.device.type)
         directory = node.DIR or osp.join(self.output_dir, "feature_cache")
         path = fc.cache_path(directory, meta)
         feats = fc.load_cached(path, meta)
@@ -231,18 +237,44 @@ class ClipTrainer(TrainerX):
             self._cached_train.set_epoch(self.epoch)
 
     def eval_loader(self, split: str) -> Iterable[Dict[str, Any]]:
-        """The evaluation batches; frozen features are encoded once per run and then reused (P3)."""
+        """The evaluation batches over frozen features, encoded once per split, backbone and transform.
+
+        Reuse, in order: this trainer's batches; the process-wide ``shared`` dict (the OOP->IP
+        sibling, several runs in one process); the on-disk cache of ``TEST.FEATURE_CACHE_DIR``, keyed
+        by content (:func:`trainers.feature_cache.eval_meta`). Otherwise the images are encoded.
+        """
         loader = super().eval_loader(split)
         if not bool(self.cfg.TEST.get("CACHE_FEATURES", True)):
             return loader
         cache = self.__dict__.setdefault("_eval_cache", {})
-        if split not in cache:
-            batches = []
+        if split in cache:
+            return cache[split]
+        wrapped = getattr(loader, "dataset", None)
+        items = list(getattr(wrapped, "data_source", None) or ())
+        transform = getattr(wrapped, "transform", None)
+        if not items:
+            return loader
+        meta = fc.eval_meta(self.cfg, items, transform, self.precision.name, self.device.type, split)
+        key = ("eval_features", json_digest(meta))
+        feats = self.shared.get(key)
+        directory = fc.eval_cache_dir(self.cfg)
+        path = fc.cache_path(directory, meta) if directory else None
+        if feats is None and path is not None:
+            feats = fc.load_cached(path, meta)
+            if feats is not None:
+                logger.info("Evaluation features of the %s split loaded from %s", split, path)
+        if feats is None:
             with torch.inference_mode():
-                for batch in tqdm(loader, desc=f"encode {split}", disable=None, leave=False):
-                    batches.append({"feat": self.encode_images(batch["img"], normalize=False),
-                                    "label": batch["label"], "impath": batch.get("impath")})
-            cache[split] = batches
+                feats = fc.encode_items(self.cfg, items, transform,
+                                        lambda x: self.encode_images(x, normalize=False), f"encode {split}")
+            if path is not None:
+                try:
+                    fc.save_cached(path, meta, feats)
+                    logger.info("Evaluation features of the %s split written to %s", split, path)
+                except OSError as e:
+                    logger.warning("Could not write the evaluation feature cache %s (%s)", path, e)
+        self.shared[key] = feats
+        cache[split] = fc.feature_batches(feats, items, int(self.cfg.DATALOADER.TEST.BATCH_SIZE))
         return cache[split]
 
     def parse_batch_test(self, batch: Dict[str, Any]):
