@@ -133,7 +133,8 @@ def main(args: argparse.Namespace) -> Any:
     logger.info("Collecting env info ...")
     logger.info("** System info **\n%s\n", collect_env_info())
 
-    trainer = build_trainer(cfg)
+    # An --eval-only trainer skips train-only work (training views, caption preprocessing).
+    trainer = build_trainer(cfg, **({"eval_only": True} if args.eval_only else {}))
     if args.eval_only:
         if args.model_dir:
             try:

@@ -123,17 +123,21 @@ def test_cross_eval_builds_only_evaluation_and_equals_standalone_ip(toy_root, tm
     monkeypatch.setattr(LaionBeyond, "_fewshot", counting_fewshot)
     monkeypatch.setattr(fsnl.FSNLModel, "caption_template", counting_caption)
     out = tmp_path / "run"
-    trainer = run_train(train_argv(toy_root, out, TRAINER, "TEST.FEATURE_CACHE_DIR", str(tmp_path / "c")))
+    views = ("DATALOADER.FEATURE_CACHE.VIEWS", "2", "DATALOADER.FEATURE_CACHE.DIR", str(tmp_path / "views"))
+    trainer = run_train(train_argv(toy_root, out, TRAINER, "TEST.FEATURE_CACHE_DIR", str(tmp_path / "c"), *views))
     res = json.loads((out / "results.json").read_text())
     assert list(res["subsets"]) == ["OOP", "IP"]
     assert sampled == ["OOP"]  # the IP few-shot set is never drawn for the cross-evaluation
+    assert len(list((tmp_path / "views").glob("*.pt"))) == 1  # OOP training views only
     oop_names = tuple(trainer.model.classnames)
     assert captions and set(captions) == {oop_names}  # no IP caption is preprocessed
     assert len(captions) == len(trainer.dm.dataset.train_x)
 
     ip = tmp_path / "ip"
     run_train(train_argv(toy_root, ip, TRAINER, "DATASET.SUB_CLASSES", "IP", "TEST.FEATURE_CACHE_DIR", "none",
+                         "DATALOADER.FEATURE_CACHE.VIEWS", "2", "DATALOADER.FEATURE_CACHE.DIR", str(tmp_path / "v2"),
                          extra=("--eval-only", "--model-dir", str(out))))
+    assert not (tmp_path / "v2").exists()  # an evaluation builds no training views
     standalone = json.loads((ip / "results.json").read_text())
     assert standalone["subsets"]["IP"] == pytest.approx(res["subsets"]["IP"], abs=1e-9)
     assert standalone["accuracy"] == pytest.approx(res["ip"], abs=1e-9)

@@ -52,9 +52,11 @@ class ClipTrainer(SubsetEvaluation, TrainerX):
 
     def __init__(self, cfg: Any, shared: Optional[Dict[Any, Any]] = None, eval_only: bool = False) -> None:
         super().__init__(cfg, shared=shared, eval_only=eval_only)
-        if not self.eval_only:
-            self.check_cross_evaluation()
+        self.check_cross_evaluation()
+        if not self.eval_only:  # an evaluation never reads training views
             self.setup_feature_cache()
+        else:
+            self._cached_train = None
 
     # ------------------------------------------------------------------ config
     @classmethod
