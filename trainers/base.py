@@ -279,6 +279,13 @@ class ClipTrainer(SubsetEvaluation, TrainerX):
         cache[split] = fc.feature_batches(feats, items, int(self.cfg.DATALOADER.TEST.BATCH_SIZE))
         return cache[split]
 
+    def drop_eval_cache(self) -> None:
+        """Forget the evaluation features held in memory (this trainer's and ``shared``'s), so the
+        next ``test()`` reads them from disk or encodes them (benchmarks of a first evaluation)."""
+        self.__dict__.pop("_eval_cache", None)
+        for key in [k for k in self.shared if isinstance(k, tuple) and k[:1] == ("eval_features",)]:
+            del self.shared[key]
+
     def parse_batch_test(self, batch: Dict[str, Any]):
         input = batch["feat"] if "feat" in batch else batch["img"].to(self.device)
         return input, batch["label"].to(self.device)
