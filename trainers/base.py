@@ -287,8 +287,9 @@ class ClipTrainer(SubsetEvaluation, TrainerX):
             del self.shared[key]
 
     def parse_batch_test(self, batch: Dict[str, Any]):
-        input = batch["feat"] if "feat" in batch else batch["img"].to(self.device)
-        return input, batch["label"].to(self.device)
+        # cached features are kept on the CPU (shared by trainers and runs); moved per batch
+        input = batch["feat"] if "feat" in batch else batch["img"]
+        return input.to(self.device), batch["label"].to(self.device)
 
     # ------------------------------------------------------------------ optimisation
     def build_scaler(self) -> Optional[torch.amp.GradScaler]:

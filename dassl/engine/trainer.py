@@ -534,6 +534,7 @@ class SimpleTrainer(TrainerBase):
                 if names and all(osp.exists(osp.join(self.output_dir, n, BEST_NAME)) for n in names):
                     logger.info("Deploy the model with the best %s performance", self.selection_split())
                     self.load_model(self.output_dir)
+                    self.load_info = None  # this run's own weights: nothing was loaded from elsewhere
                 else:
                     logger.warning("No model-best checkpoint in %s: evaluating the last-epoch model",
                                    self.output_dir)
