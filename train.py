@@ -17,18 +17,33 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import os.path as osp
 import sys
+import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from configs import FIELDS, ConfigError, build_cfg, extend_cfg  # noqa: F401  (re-exported)
+from configs import FIELDS, ConfigError, build_cfg, check_cfg, extend_cfg  # noqa: F401  (re-exported)
 from dassl.config import FINAL_MODEL_CHOICES
-from dassl.engine import ModelLoadError
-from dassl.utils import check_availability, collect_env_info, set_random_seed, setup_logger
+from dassl.utils import (
+    CheckpointError,
+    WriteError,
+    check_availability,
+    check_writable_dir,
+    clean_temp_files,
+    collect_env_info,
+    list_checkpoints,
+    set_random_seed,
+    setup_logger,
+)
 from dassl.utils.registry import RegistryKeyError
 
 logger = logging.getLogger("train")
+
+#: Environment variable that, like ``--debug``, shows tracebacks instead of one-line errors.
+DEBUG_ENV = "FSNL_DEBUG"
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -51,6 +66,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="load a model from this directory for --eval-only")
     parser.add_argument("--load-epoch", type=int, help="load the checkpoint of this epoch (default: best/last)")
     parser.add_argument("--no-train", action="store_true", help="build the trainer but do not train")
+    parser.add_argument("--verbose", action="store_true",
+                        help="print every log line on the console (default: log.txt gets them, the console "
+                             "one line per finished run plus warnings)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (they only show on a terminal)")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of user errors instead of one line (also {DEBUG_ENV}=1)")
     # Declared before the positional remainder so it parses wherever it appears before the first
     # KEY VALUE override (the reference declared it after REMAINDER: B19).
     parser.add_argument("--enhanced-base", type=str, default="none",
@@ -92,8 +113,9 @@ def _check_choice(key: str, value: str, available: Sequence[str]) -> None:
         raise ConfigError(f"{key}: {e}") from None
 
 
-def validate_cfg(cfg: Any) -> None:
-    """Reject unknown trainer/dataset/evaluator/optimizer names before anything is built."""
+def validate_cfg(cfg: Any, training: bool = True) -> None:
+    """Reject unknown trainer/dataset/evaluator/optimizer names and every config mistake
+    :func:`configs.check_cfg` detects, before anything is built."""
     from dassl.data.datasets import DATASET_REGISTRY
     from dassl.engine import TRAINER_REGISTRY
     from dassl.evaluation import EVALUATOR_REGISTRY
@@ -105,6 +127,21 @@ def validate_cfg(cfg: Any) -> None:
     _check_choice("TEST.FINAL_MODEL", cfg.TEST.FINAL_MODEL, FINAL_MODEL_CHOICES)
     _check_choice("OPTIM.NAME", cfg.OPTIM.NAME, AVAI_OPTIMS)
     _check_choice("OPTIM.LR_SCHEDULER", cfg.OPTIM.LR_SCHEDULER, AVAI_SCHEDS)
+    check_cfg(cfg, training=training)
+
+
+def check_resume_dir(directory: str) -> None:
+    """``--resume DIR`` must hold at least one regular checkpoint (``<model>/model.pth.tar-<E>``);
+    which models, trainer and label space is checked when the trainer resumes, before any
+    optimizer state is touched. Before, a wrong DIR silently trained from scratch (issue 11)."""
+    if not osp.isdir(directory):
+        raise CheckpointError(f'--resume "{directory}": no such directory')
+    subdirs = [osp.join(directory, d) for d in sorted(os.listdir(directory)) if osp.isdir(osp.join(directory, d))]
+    if not any(list_checkpoints(d) for d in subdirs):
+        raise CheckpointError(
+            f'--resume "{directory}": no checkpoint there (expected <model>/model.pth.tar-<epoch>, written '
+            "with TRAIN.CHECKPOINT_FREQ or at the last epoch)"
+        )
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -121,11 +158,15 @@ def main(args: argparse.Namespace) -> Any:
     from dassl.engine import build_trainer
 
     cfg = setup_cfg(args)
-    validate_cfg(cfg)
+    validate_cfg(cfg, training=not (args.eval_only or args.no_train))
+    if cfg.RESUME:
+        check_resume_dir(cfg.RESUME)
+    check_writable_dir(cfg.OUTPUT_DIR)
+    setup_logger(cfg.OUTPUT_DIR, console="all" if getattr(args, "verbose", False) else "summary")
+    clean_temp_files(cfg.OUTPUT_DIR)
     if cfg.SEED >= 0:
         logger.info("Setting fixed seed: %d", cfg.SEED)
         set_random_seed(cfg.SEED)
-    setup_logger(cfg.OUTPUT_DIR)
     if torch.cuda.is_available() and cfg.USE_CUDA:
         torch.backends.cudnn.benchmark = True
 
@@ -133,8 +174,10 @@ def main(args: argparse.Namespace) -> Any:
     logger.info("Collecting env info ...")
     logger.info("** System info **\n%s\n", collect_env_info())
 
+    start = time.time()
     # An --eval-only trainer skips train-only work (training views, caption preprocessing).
     trainer = build_trainer(cfg, **({"eval_only": True} if args.eval_only else {}))
+    trainer.show_progress = not getattr(args, "quiet", False)
     if args.eval_only:
         if args.model_dir:
             try:
@@ -145,9 +188,11 @@ def main(args: argparse.Namespace) -> Any:
             check_untrained_eval(trainer, cfg)
         trainer.test()
         trainer.finalize()
-        return trainer
-    if not args.no_train:
+    elif not args.no_train:
         trainer.train()
+    results = getattr(trainer, "final_results", None)
+    if results:
+        logger.info("%s", run_summary(cfg, results, time.time() - start), extra={"console": True})
     return trainer
 
 
@@ -168,6 +213,19 @@ def check_untrained_eval(trainer: Any, cfg: Any) -> None:
     trainer.load_info = {"model_dir": None, "epoch": 0, "untrained": True}
 
 
+def run_summary(cfg: Any, results: Dict[str, Any], seconds: float) -> str:
+    """The one console line of a finished run, e.g.
+    ``done FSNL_openclip MiniAnimals 4-shot seed1: OOP 77.3 IP 78.9 H 78.1 (52 s) -> output/run``."""
+    shots = int(cfg.DATASET.NUM_SHOTS)
+    head = f"done {cfg.TRAINER.NAME} {cfg.DATASET.NAME}" + (f" {shots}-shot" if shots > 0 else "") + f" seed{cfg.SEED}"
+    parts = [f"{label} {results[key]:.1f}" for key, label in (("oop", "OOP"), ("ip", "IP"), ("all", "All"),
+                                                               ("hmean", "H"))
+             if isinstance(results.get(key), (int, float))]
+    if not parts and isinstance(results.get("accuracy"), (int, float)):
+        parts = [f"accuracy {results['accuracy']:.1f}"]
+    return f"{head}: {' '.join(parts) or 'no metric'} ({seconds:.0f} s) -> {cfg.OUTPUT_DIR}"
+
+
 def _project_errors() -> Tuple[type, ...]:
     """User-facing error types of the project packages (absent when a test stubs them out)."""
     errors: List[type] = []
@@ -179,12 +237,21 @@ def _project_errors() -> Tuple[type, ...]:
     return tuple(errors)
 
 
+def debug_requested(args: Optional[argparse.Namespace] = None) -> bool:
+    """``--debug`` or ``FSNL_DEBUG`` set to anything but empty/0/false."""
+    env = os.environ.get(DEBUG_ENV, "").strip().lower()
+    return bool(getattr(args, "debug", False)) or env not in ("", "0", "false", "no", "off")
+
+
 def cli(argv: Optional[Sequence[str]] = None) -> int:
-    """``python train.py ...``: config, data and backbone mistakes become one ``error:`` line and exit 2."""
+    """``python train.py ...``: config, data, backbone and output-directory mistakes become one
+    ``error:`` line and exit 2 (``--debug`` / ``FSNL_DEBUG=1``: the traceback instead)."""
     args = parse_args(argv)
     try:
         main(args)
-    except (ConfigError, RegistryKeyError, ModelLoadError, *_project_errors()) as e:
+    except (ConfigError, RegistryKeyError, WriteError, CheckpointError, *_project_errors()) as e:
+        if debug_requested(args):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

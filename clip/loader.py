@@ -12,12 +12,15 @@ import difflib
 import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ContextManager, Dict, List, Optional, Tuple, Union
 
 import open_clip
 import torch
+from huggingface_hub import try_to_load_from_cache
+from safetensors import safe_open
 from torch import nn
 
 from dassl.utils.identity import content_identity
@@ -270,6 +273,150 @@ def weights_identity(cfg: Any) -> Dict[str, Any]:
     return ident
 
 
+# ---------------------------------------------------------------------------------------- checks
+_LOCAL_ADVICE = (
+    "download the weights on a machine with network access, then set MODEL.BACKBONE.WEIGHTS to the "
+    "local .pt/.bin/.safetensors file, or MODEL.BACKBONE.NAME local-dir:<folder with open_clip_config.json "
+    "and the weights>"
+)
+
+
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` asks for no network (huggingface_hub's own truthy spellings)."""
+    return str(os.environ.get("HF_HUB_OFFLINE", "")).strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _hub_file_cached(repo_id: str, filenames: List[str]) -> bool:
+    for filename in filenames:
+        if isinstance(try_to_load_from_cache(repo_id, filename), str):
+            return True
+    return False
+
+
+def _weights_cached(spec: BackboneSpec) -> bool:
+    """Whether open_clip would find ``spec``'s tag or ``hf-hub:`` weights without the network."""
+    if spec.weights_kind == "schema":
+        if not spec.name.startswith(HF_HUB_PREFIX):
+            return True
+        return _hub_file_cached(spec.name[len(HF_HUB_PREFIX):], ["open_clip_config.json"])
+    tag = open_clip.get_pretrained_cfg(spec.name, spec.weights)
+    if "file" in tag:
+        return True
+    hub = tag.get("hf_hub", "")
+    if hub:
+        repo_id, filename = os.path.split(hub)  # "org/repo/file" or "org/repo/" (open_clip's rule)
+        filename = filename or "open_clip_pytorch_model.bin"
+        names = ["open_clip_model.safetensors", os.path.splitext(filename)[0] + ".safetensors", filename]
+        if _hub_file_cached(repo_id, names):
+            return True
+    url = tag.get("url", "")
+    return bool(url) and os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url)))
+
+
+def check_weights_available(spec: BackboneSpec) -> None:
+    """Fail fast, in one line, when ``HF_HUB_OFFLINE`` is set and the weights are not cached.
+
+    Without this check open_clip tried the hub and then the URL, and ended after 30-50 s in a traceback
+    whose advice named the wrong key.
+    """
+    if spec.weights_kind not in ("tag", "schema") or not hub_offline() or _weights_cached(spec):
+        return
+    what = (f"MODEL.BACKBONE.NAME {spec.name!r}" if spec.weights_kind == "schema"
+            else f"MODEL.BACKBONE.WEIGHTS {spec.weights!r} of {spec.name}")
+    raise BackboneError(f"{what} is not in the local cache and HF_HUB_OFFLINE is set: {_LOCAL_ADVICE}")
+
+
+def check_weights_file(path: str) -> None:
+    """A cheap up-front test that a local weights file can be a checkpoint at all (no tensor is read).
+
+    Empty files, safetensors with a broken header and files that are neither a zip archive (torch's
+    format, TorchScript) nor a pickle (torch's legacy format) are rejected in one line before any data
+    or model is built; anything subtler is diagnosed when open_clip loads it (see ``load_clip``).
+    """
+    if os.path.getsize(path) == 0:
+        raise BackboneError(f'MODEL.BACKBONE.WEIGHTS "{path}" is not a readable weights file (the file is empty)')
+    if path.endswith(".npz"):
+        return
+    if path.endswith(".safetensors"):
+        try:
+            with safe_open(path, framework="pt") as f:
+                f.keys()
+        except Exception as e:  # the header is the whole check: any failure means unreadable
+            raise BackboneError(f'MODEL.BACKBONE.WEIGHTS "{path}" is not a readable weights file '
+                                f"({type(e).__name__}: {_first_sentence(e)})") from None
+        return
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":
+        raise BackboneError(f'MODEL.BACKBONE.WEIGHTS "{path}" is not a readable weights file (neither a torch '
+                            "zip archive nor a pickle); give a .pt/.bin/.safetensors state dict saved by torch "
+                            "or open_clip")
+
+
+def expected_image_size(cfg: Any) -> Optional[Tuple[int, int]]:
+    """The input size the backbone's config declares, read without building the model (None when
+    only the model itself knows, e.g. an ``hf-hub:`` name)."""
+    spec = resolve_backbone(cfg)
+    if spec.name.startswith(HF_HUB_PREFIX):
+        return None
+    if spec.name.startswith(LOCAL_DIR_PREFIX):
+        path = Path(spec.name[len(LOCAL_DIR_PREFIX):]) / "open_clip_config.json"
+        try:
+            with open(path, encoding="utf-8") as f:
+                model_cfg = json.load(f).get("model_cfg", {})
+        except (OSError, ValueError):
+            return None
+    else:
+        model_cfg = open_clip.get_model_config(spec.name) or {}
+    size = (model_cfg.get("vision_cfg") or {}).get("image_size")
+    return _two_tuple(size) if size else None
+
+
+def _first_sentence(e: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(e).split())
+    if not text:
+        return type(e).__name__
+    text = text.split(". ")[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _diagnose_weights_file(path: str, build_random: Any) -> Optional[BackboneError]:
+    """Why open_clip could not load the weights file ``path``: unreadable, or of another architecture
+    (the keys of a random-init model of the requested one are compared). None when neither holds."""
+    try:
+        state = open_clip.factory.load_state_dict(path)
+    except Exception as e:  # any reader failure (pickle, zip, safetensors header, EOF) means unreadable
+        reason = _first_sentence(e)
+        if os.path.getsize(path) == 0:
+            reason = "the file is empty"
+        return BackboneError(
+            f'MODEL.BACKBONE.WEIGHTS "{path}" is not a readable weights file ({type(e).__name__}: {reason}); '
+            "give a .pt/.bin/.safetensors state dict saved by torch or open_clip"
+        )
+    if not isinstance(state, dict) or not state:
+        return BackboneError(f'MODEL.BACKBONE.WEIGHTS "{path}" holds no state dict of tensors')
+    model = build_random()
+    expected = model.state_dict()
+    state = open_clip.factory.convert_state_dict(model, state)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(state) if torch.is_tensor(state[k])
+                    and tuple(state[k].shape) != tuple(expected[k].shape))
+    arch = getattr(build_random, "arch", "this model")
+    if missing or unexpected:
+        example = (missing or unexpected)[:3]
+        return BackboneError(
+            f'these weights do not fit {arch}: {len(missing)} missing / {len(unexpected)} unexpected keys '
+            f'(e.g. {example}) in "{path}"; set MODEL.BACKBONE.NAME to the architecture they were saved from'
+        )
+    if shapes:
+        return BackboneError(
+            f'these weights do not fit {arch}: {len(shapes)} tensors of another shape (e.g. {shapes[:3]}) in '
+            f'"{path}"; set MODEL.BACKBONE.NAME to the architecture they were saved from'
+        )
+    return None
+
+
 # ---------------------------------------------------------------------------------------- loading
 @dataclass
 class LoadedCLIP:
@@ -368,10 +515,10 @@ def load_clip(cfg: Any, device: DeviceLike, precision: Union[str, Precision] = "
         # force_quick_gelu can only switch it on; a model kwarg beats the config's own flag
         kwargs["quick_gelu"] = False
 
-    def build() -> nn.Module:
+    def build(pretrained: Optional[str] = spec.pretrained) -> nn.Module:
         return open_clip.create_model(
             spec.name,
-            pretrained=spec.pretrained,
+            pretrained=pretrained,
             precision=prec.open_clip_precision,
             device=device,
             # never fetch tower-only base weights (timm/HF) behind the user's back
@@ -380,6 +527,12 @@ def load_clip(cfg: Any, device: DeviceLike, precision: Union[str, Precision] = "
             **kwargs,
         )
 
+    def build_random() -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            return build(None)
+
+    build_random.arch = spec.name  # type: ignore[attr-defined]
+    check_weights_available(spec)
     seed = _seed_value(cfg)
     logger.info("Loading CLIP %s (weights %s, %s, quick_gelu=%s) on %s", spec.name, spec.weights,
                 prec.name, spec.quick_gelu if spec.quick_gelu is not None else "config", device)
@@ -390,11 +543,15 @@ def load_clip(cfg: Any, device: DeviceLike, precision: Union[str, Precision] = "
                 model = build()
         else:
             model = build()
-    except RuntimeError as e:
-        if spec.weights_kind in ("tag", "schema"):
-            raise RuntimeError(
-                f"Could not fetch weights for {spec.name} / {spec.weights} ({e}). Offline? Download the "
-                "checkpoint elsewhere and set MODEL.BACKBONE.WEIGHTS to its local path."
+    except Exception as e:
+        if spec.weights_kind == "file":
+            problem = _diagnose_weights_file(spec.weights, build_random)
+            if problem is not None:
+                raise problem from e
+        elif spec.weights_kind in ("tag", "schema") and isinstance(e, (RuntimeError, OSError)):
+            reason = _first_sentence(e)
+            raise BackboneError(
+                f"could not fetch the weights of {spec.name} / {spec.weights} ({reason}): {_LOCAL_ADVICE}"
             ) from e
         raise
 

@@ -30,8 +30,10 @@ import clip
 import datasets
 import trainers
 from dassl.config import get_cfg_default
+from dassl.data.transforms import AVAI_CHOICES
 from dassl.engine import TRAINER_REGISTRY
 from dassl.utils import closest_name
+from datasets.laion_beyond import SUB_CLASSES_CHOICES, DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ FIELDS: Mapping[str, str] = {
     "enhanced_base": "TRAINER.TaskRes.ENHANCED_BASE",
 }
 
-__all__ = ["ConfigError", "FIELDS", "build_cfg", "extend_cfg", "resolve_config_file", "flat_keys"]
+__all__ = ["ConfigError", "FIELDS", "build_cfg", "check_cfg", "extend_cfg", "resolve_config_file", "flat_keys"]
 
 
 class ConfigError(ValueError):
@@ -96,9 +98,25 @@ def _file_keys(path: str) -> List[str]:
     return flat_keys(data) if isinstance(data, dict) else []
 
 
+def _yaml_problem(e: Exception) -> str:
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
+
+
 def _merge_file(cfg: Any, path: str, what: str) -> None:
     if not osp.isfile(path):
         raise ConfigError(f'{what} "{path}" does not exist')
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path} is not valid YAML: {_yaml_problem(e)}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what} {path} cannot be read: {e}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must be a mapping of config keys (KEY: value), "
+                          f"not a {type(data).__name__}")
     try:
         cfg.merge_from_file(path)
     except KeyError as e:
@@ -139,6 +157,58 @@ def merge_opts(cfg: Any, opts: Optional[Sequence[Any]]) -> None:
         cfg.merge_from_list(fixed)
     except (ValueError, AssertionError) as e:
         raise ConfigError(f"command-line overrides: {e}") from None
+
+
+def _positive_int(cfg: Any, key: str, why: str) -> None:
+    value = _get(cfg, key)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{key} must be a positive integer ({why}), got {value!r}")
+
+
+def check_cfg(cfg: Any, training: bool = True) -> None:
+    """Reject, before any data or model is built, a config that cannot run (one :class:`ConfigError`).
+
+    Covers what only used to fail deep inside a run: batch sizes <= 0 (a DataLoader ValueError),
+    ``OPTIM.MAX_EPOCH <= 0`` (silently trained nothing, then wrote results), unknown
+    ``INPUT.TRANSFORMS``, ``TEST.CROSS_EVAL`` values that are no ``DATASET.SUB_CLASSES`` (failed
+    *after* training, naming the wrong key), and the trainer's own ``check_cfg`` (precision, loss,
+    backbone and INPUT.SIZE against the backbone), called on an uninitialised instance.
+    ``training=False`` (``--eval-only``, ``--no-train``) skips the training-only checks.
+    """
+    _positive_int(cfg, "DATALOADER.TEST.BATCH_SIZE", "evaluation batches")
+    if training:
+        _positive_int(cfg, "DATALOADER.TRAIN_X.BATCH_SIZE", "training batches")
+        _positive_int(cfg, "OPTIM.MAX_EPOCH", "a run with no epoch trains nothing; use --eval-only to evaluate")
+    size = tuple(cfg.INPUT.SIZE)
+    if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+        raise ConfigError(f"INPUT.SIZE must be two positive integers (height, width), got {cfg.INPUT.SIZE!r}")
+    for name in cfg.INPUT.TRANSFORMS:
+        if name not in AVAI_CHOICES:
+            hint = closest_name(str(name), list(AVAI_CHOICES))
+            raise ConfigError(f"INPUT.TRANSFORMS: unknown transform {name!r}"
+                              + (f'; did you mean "{hint}"?' if hint else "")
+                              + f" Available: {', '.join(sorted(AVAI_CHOICES))}")
+    cross = cfg.TEST.get("CROSS_EVAL", ())
+    for item in (cross,) if isinstance(cross, str) else cross:
+        valid = ("auto", *SUB_CLASSES_CHOICES)
+        if item not in valid:
+            hint = closest_name(str(item), list(valid))
+            raise ConfigError(f"TEST.CROSS_EVAL: {item!r} is not a subset to evaluate; use one of "
+                              f"{', '.join(valid)} (or an empty tuple for none)"
+                              + (f'; did you mean "{hint}"?' if hint else ""))
+    name = str(cfg.TRAINER.NAME)
+    if name not in TRAINER_REGISTRY:
+        return
+    cls = TRAINER_REGISTRY.get(name)
+    try:
+        cls.check_cfg(cls.__new__(cls), cfg)
+    except (ConfigError, clip.BackboneError, DatasetError):
+        raise  # already one-line project errors
+    except (ValueError, AssertionError) as e:
+        raise ConfigError(str(e) or f"{name} rejects this config ({type(e).__name__})") from None
+    except AttributeError:
+        # a check_cfg that needs the constructed trainer: it runs again inside the constructor
+        logger.debug("%s.check_cfg needs a constructed trainer; checked at construction", name)
 
 
 def extend_cfg(cfg: Any) -> None:

@@ -31,6 +31,7 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 from dassl.data.datasets.base_dataset import DatasetBase, Datum
 from dassl.data.datasets.build import DATASET_REGISTRY
 from dassl.evaluation.clustering import parent_dir_class
+from dassl.utils import write_json
 
 from .laion_beyond import DEFAULT_SEED, DatasetError, DatasetNotFoundError, check_images, laion_beyond_domains
 
@@ -144,11 +145,7 @@ def write_clustering_results(path: str, records: Sequence[Dict[str, Any]]) -> No
             raise ValueError(f"record {rec!r} lacks {missing}")
         clean.append({"image_path": str(rec["image_path"]), "pseudo_label": int(rec["pseudo_label"]),
                       "pseudo_classname": str(rec["pseudo_classname"])})
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(clean, f, ensure_ascii=False, indent=1)
-    os.replace(tmp, path)
+    write_json(clean, path, ensure_ascii=False, indent=1)
 
 
 def split_clusters(

@@ -31,12 +31,12 @@ import logging
 import os
 import random
 import re
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from dassl.data.datasets.base_dataset import DatasetBase, Datum
 from dassl.data.datasets.build import DATASET_REGISTRY
+from dassl.utils import write_json
 
 __all__ = [
     "LaionBeyond",
@@ -408,23 +408,6 @@ def merge_subsets(
 # Few-shot cache
 
 
-def _atomic_write_json(path: str, payload: Dict[str, Any]) -> None:
-    """Write-then-rename so concurrent runs never read a half-written cache."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, ensure_ascii=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _to_record(item: Datum, subset_dir: str) -> Dict[str, Any]:
     rel = os.path.relpath(item.impath, subset_dir).replace(os.sep, "/")
     return {"impath": rel, "label": item.label, "classname": item.classname, "caption": item.caption}
@@ -617,7 +600,7 @@ class LaionBeyond(DatasetBase):
         for directory in dirs:
             path = os.path.join(directory, filename)
             try:
-                _atomic_write_json(path, payload)
+                write_json(payload, path, ensure_ascii=False, indent=None, separators=None)
             except OSError as err:
                 errors.append(f"{path}: {err}")
                 continue

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import os.path as osp
 import sys
 from typing import Any, Dict, List, Optional, Sequence
@@ -36,6 +35,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from dassl.utils import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -135,11 +136,7 @@ def encode_loader(loaded: Any, loader: Any, device: torch.device, precision: Any
 
 def save_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
     """Write ``arrays`` to ``path`` atomically (a crash never leaves a half-written file behind)."""
-    os.makedirs(osp.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez(f, **arrays), mode="wb")
 
 
 def extract(cfg: Any, split: str, views: int = 0, device: Optional[torch.device] = None,

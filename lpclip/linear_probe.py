@@ -39,6 +39,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from dassl.utils import atomic_write, atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
@@ -262,23 +264,16 @@ def csv_rows(results: Dict[str, Dict[str, Any]], dataset: str, sub_classes: str,
     return rows
 
 
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_results(output_dir: str, payload: Dict[str, Any], rows: List[Dict[str, Any]]) -> Tuple[str, str]:
     os.makedirs(output_dir, exist_ok=True)
     json_path = osp.join(output_dir, RESULTS_JSON)
     csv_path = osp.join(output_dir, RESULTS_CSV)
-    _atomic_write(json_path, json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(payload, indent=2) + "\n")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS))
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(csv_path, buf.getvalue())
+    atomic_write(csv_path, lambda f: f.write(buf.getvalue().encode("utf-8")), mode="wb")
     return json_path, csv_path
 
 

@@ -1,6 +1,7 @@
 """Engine behaviour on a tiny synthetic colour dataset and linear trainers (CPU, a few seconds)."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -189,12 +190,11 @@ def test_atomic_writes_keep_old_file_on_failure(tmp_path, monkeypatch):
     save_checkpoint({"state_dict": {"w": torch.zeros(1)}, "epoch": 1}, str(tmp_path))
 
     def broken_save(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
-        raise OSError("disk full")
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="no space left"):
         save_checkpoint({"state_dict": {"w": torch.ones(1)}, "epoch": 1}, str(tmp_path))
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(str(tmp_path / "model.pth.tar-1"))["state_dict"]["w"], torch.zeros(1))

@@ -184,14 +184,14 @@ def test_superclass_flag_is_part_of_the_key(toy):
 
 
 def test_read_only_dataset_dir_falls_back_to_output_dir(toy, monkeypatch):
-    real_write = laion_beyond._atomic_write_json
+    real_write = laion_beyond.write_json
 
-    def guarded(path, payload):
+    def guarded(payload, path, **kwargs):
         if str(path).startswith(str(toy)):
             raise PermissionError(13, "Permission denied", path)
-        real_write(path, payload)
+        real_write(payload, path, **kwargs)
 
-    monkeypatch.setattr(laion_beyond, "_atomic_write_json", guarded)
+    monkeypatch.setattr(laion_beyond, "write_json", guarded)
     out = toy.parent / "run_out"
     first = build_dataset(make_cfg(toy, shots=2, seed=1, output_dir=out))
     fallback = out / "split_fewshot" / OOP / expected_name(toy, 2, 1)

@@ -240,3 +240,49 @@ def test_no_dataparallel_wrapping(toy_root, tmp_path, monkeypatch):
     assert not isinstance(trainer.model, torch.nn.DataParallel)
     assert trainer.model.name_learner is trainer.name_learner
     assert all(not isinstance(m, torch.nn.DataParallel) for m in trainer._models.values())
+
+
+def test_loads_a_reference_checkpoint_with_momentum_state(toy_root, tmp_path, monkeypatch):
+    """Issue 14: after >= 1 momentum step the reference's pickled scheduler holds the optimizer, whose
+    state is a ``collections.defaultdict`` keyed by parameters. The restricted unpickler loads the
+    names and the optimizer state dict, and never imports or calls anything else."""
+    import pickle
+    import sys
+    import types
+
+    from dassl.utils import load_checkpoint
+
+    trainer = build(toy_root, tmp_path / "run", "FSNL_openclip")
+    learner = trainer.name_learner
+    name = learner.classnames[0]
+    value = torch.full((learner.lengths[0], learner.bank.shape[1]), 0.25)
+    param = torch.nn.Parameter(torch.ones(3))
+    optim = torch.optim.SGD([param], lr=0.1, momentum=0.9)
+    param.grad = torch.ones(3)
+    optim.step()  # creates the momentum buffer: optimizer.state becomes a non-empty defaultdict
+    scheduler = _ReferenceScheduler()
+    scheduler.successor = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=10)
+    module = types.ModuleType("reference_dassl_lr_scheduler")
+    module._ReferenceScheduler = _ReferenceScheduler
+    monkeypatch.setattr(_ReferenceScheduler, "__module__", module.__name__)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    ckpt = {"state_dict": {f"name_embeddings.{name.replace(' ', '_')}": value}, "epoch": 3,
+            "optimizer": optim.state_dict(), "scheduler": scheduler, "val_result": None}
+    path = tmp_path / "ref" / "name_learner" / "model.pth.tar-3"
+    path.parent.mkdir(parents=True)
+    torch.save(ckpt, path)
+    monkeypatch.delitem(sys.modules, module.__name__)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)
+
+    called = []
+    monkeypatch.setattr(torch.optim.lr_scheduler.CosineAnnealingLR, "__setstate__",
+                        lambda self, state: called.append("scheduler"), raising=False)
+    monkeypatch.setattr(torch.optim.SGD, "__setstate__", lambda self, state: called.append("sgd"))
+    loaded = load_checkpoint(str(path))
+    assert called == []  # no class of the pickle stream was instantiated
+    assert loaded["scheduler"] is None and loaded["epoch"] == 3
+    torch.testing.assert_close(loaded["optimizer"]["state"][0]["momentum_buffer"], torch.ones(3))
+    assert loaded["optimizer"]["param_groups"][0]["momentum"] == 0.9
+    trainer.load_model(str(tmp_path / "ref"), epoch=3)
+    torch.testing.assert_close(learner.name_tensor(0).detach(), value)

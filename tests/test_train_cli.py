@@ -162,3 +162,28 @@ def test_missing_model_dir_is_reported(data_root, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--model-dir" in err and "nothing" in err
 
+
+
+def test_console_gets_one_line_per_run_and_log_txt_everything(data_root, tmp_path, capsys):
+    """Issue 13 item 7: the console shows the run's one summary line; the config dump and per-batch
+    lines go to log.txt only, unless --verbose asks for the old console."""
+    out = tmp_path / "quiet"
+    assert train.cli(_cli_argv(data_root, out)) == 0
+    printed = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    res = json.loads((out / "results.json").read_text())
+    expected = (f"done ToyLinearCLI ToyColorsCLI seed0: OOP {res['oop']:.1f} IP {res['ip']:.1f} "
+                f"H {res['hmean']:.1f}")
+    assert len(printed) == 1 and printed[0].startswith(expected) and printed[0].endswith(f"-> {out}")
+    log = (out / "log.txt").read_text()
+    assert "** Config **" in log and "* accuracy:" in log and printed[0] in log
+
+    loud = tmp_path / "loud"
+    assert train.cli(_cli_argv(data_root, loud, "--verbose")) == 0
+    printed = capsys.readouterr().out
+    assert "** Config **" in printed and "* accuracy:" in printed and "done ToyLinearCLI" in printed
+
+
+def _cli_argv(data_root, out, *extra):
+    return ["--root", str(data_root), "--seed", "0", "--trainer", "ToyLinearCLI",
+            "--dataset-config-file", str(data_root / "ds.yaml"), "--config-file", str(data_root / "tr.yaml"),
+            "--output-dir", str(out), "--quiet", *extra, "USE_CUDA", "False", "OPTIM.MAX_EPOCH", "2"]

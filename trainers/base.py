@@ -21,7 +21,16 @@ from typing import Any, ContextManager, Dict, Iterable, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from clip import LoadedCLIP, Precision, autocast, load_clip, normalize_name, resolve_precision
+from clip import (
+    LoadedCLIP,
+    Precision,
+    autocast,
+    load_clip,
+    normalize_name,
+    resolve_backbone,
+    resolve_precision,
+)
+from clip.loader import check_weights_available, check_weights_file, expected_image_size
 from clip.templates import DEFAULT_TEMPLATE
 from dassl.engine import TrainerX
 from dassl.utils.identity import json_digest
@@ -71,10 +80,24 @@ class ClipTrainer(SubsetEvaluation, TrainerX):
             cfg.MODEL.BACKBONE.QUICK_GELU = rest[0]
 
     def check_cfg(self, cfg: Any) -> None:
+        """Precision, backbone (resolvable, weights reachable offline) and INPUT.SIZE against the
+        backbone's declared image size: all read from the config, so ``train.py`` runs this before
+        any data or model is built (on an uninitialised instance: class attributes only)."""
         prec = self.prec_name(cfg)
         if prec not in VALID_PRECISIONS:
             raise ValueError(
                 f"TRAINER.{self.PREC_KEY}.PREC must be one of {VALID_PRECISIONS}, got {prec!r}"
+            )
+        spec = resolve_backbone(cfg)
+        check_weights_available(spec)
+        if spec.weights_kind == "file":
+            check_weights_file(spec.weights)
+        expected = expected_image_size(cfg)
+        size = tuple(cfg.INPUT.SIZE)
+        if expected is not None and size != expected:
+            raise ValueError(
+                f"INPUT.SIZE {size} does not match the image size {expected} of {cfg.MODEL.BACKBONE.NAME}; "
+                f"set INPUT.SIZE {list(expected)}"
             )
 
     @classmethod
@@ -268,7 +291,8 @@ class ClipTrainer(SubsetEvaluation, TrainerX):
         if feats is None:
             with torch.inference_mode():
                 feats = fc.encode_items(self.cfg, items, transform,
-                                        lambda x: self.encode_images(x, normalize=False), f"encode {split}")
+                                        lambda x: self.encode_images(x, normalize=False), f"encode {split}",
+                                        disable=self.progress_disabled())
             if path is not None:
                 try:
                     fc.save_cached(path, meta, feats)

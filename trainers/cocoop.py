@@ -34,6 +34,7 @@ from clip import LoadedCLIP, PromptBank, TextEncoder
 from dassl.engine import TRAINER_REGISTRY
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
+from dassl.utils import strip_module_prefix
 
 from .base import ClipTrainer
 from .coop import REFERENCE_BUFFERS, class_sequences, init_context
@@ -74,7 +75,7 @@ class CoCoOpPromptLearner(nn.Module):
 
     def load_state_dict(self, state_dict: Dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
         """Strict load that also accepts the reference's checkpoints (``module.``, frozen buffers)."""
-        state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
+        state = strip_module_prefix(state_dict)
         state = {k: v for k, v in state.items() if k not in REFERENCE_BUFFERS}
         ctx = state.get("ctx")
         if ctx is not None and tuple(ctx.shape) != tuple(self.ctx.shape):

@@ -42,6 +42,7 @@ from clip.prompts import TokenPiece
 from dassl.engine import TRAINER_REGISTRY
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
+from dassl.utils import strip_module_prefix
 
 from .base import ClipTrainer
 
@@ -184,7 +185,7 @@ class PromptLearner(nn.Module):
         Accepts our checkpoints and the reference's (``module.`` prefixes and the frozen
         ``token_prefix``/``token_suffix`` buffers are dropped).
         """
-        state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
+        state = strip_module_prefix(state_dict)
         unknown = sorted(k for k in state if k != "ctx" and k not in REFERENCE_BUFFERS)
         if unknown:
             logger.warning("Ignoring unknown keys in the context checkpoint: %s", unknown)

@@ -23,8 +23,8 @@ import logging
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional
 
-from dassl.engine import ModelLoadError
 from dassl.evaluation import hmean
+from dassl.utils import CheckpointError
 
 __all__ = ["SubsetEvaluation", "SUBSET_PARTS"]
 
@@ -93,6 +93,7 @@ class SubsetEvaluation:
         if "eval_only" in params:
             kwargs["eval_only"] = True
         other = cls(cfg2, **kwargs)
+        other.show_progress = getattr(self, "show_progress", True)
         if hasattr(other.evaluator, "cmat_filename"):
             other.evaluator.cmat_filename = f"cmat_{sub}.pt"
         other.import_state(self.export_state(), meta=self.checkpoint_meta())
@@ -151,7 +152,7 @@ class SubsetEvaluation:
                 and not set(SUBSET_PARTS[sibling]) & set(SUBSET_PARTS[ours]):
             theirs = {str(c) for c in meta.get("classnames") or ()}
             same = sorted(c for c in self.label_space() or () if c in theirs)
-            raise ModelLoadError(
+            raise CheckpointError(
                 f"--model-dir {directory}: {len(same)} class name(s) are in both {sibling} and {ours}: "
                 f"{same[:10]}; their {sibling}-trained weights would score the {ours} classes. Rename them "
                 "in one split file"

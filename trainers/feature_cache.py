@@ -35,7 +35,6 @@ import os
 import os.path as osp
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -43,6 +42,7 @@ from tqdm import tqdm
 from clip import weights_identity
 from dassl.data import build_data_loader
 from dassl.data.samplers import build_sampler
+from dassl.utils import atomic_torch_save, derive_seed
 from dassl.utils.identity import content_identity, files_digest, json_digest
 
 logger = logging.getLogger(__name__)
@@ -182,23 +182,17 @@ def load_cached(path: str, meta: Dict[str, Any]) -> Optional[torch.Tensor]:
 
 
 def save_cached(path: str, meta: Dict[str, Any], features: torch.Tensor) -> None:
-    os.makedirs(osp.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        torch.save({"meta": json.dumps(meta, sort_keys=True), "features": features}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.unlink(tmp)
+    atomic_torch_save({"meta": json.dumps(meta, sort_keys=True), "features": features}, path)
 
 
 def encode_items(cfg: Any, items: Sequence[Any], transform: Callable,
-                 encode: Callable[[torch.Tensor], torch.Tensor], desc: str) -> torch.Tensor:
+                 encode: Callable[[torch.Tensor], torch.Tensor], desc: str,
+                 disable: Optional[bool] = None) -> torch.Tensor:
     """``[N, D]`` features of ``items`` in order (one pass of a sequential loader)."""
     loader = build_data_loader(cfg, sampler_type="SequentialSampler", data_source=items,
                                batch_size=int(cfg.DATALOADER.TEST.BATCH_SIZE), tfm=transform,
                                is_train=False, split=desc)
-    feats = [encode(batch["img"]).cpu() for batch in tqdm(loader, desc=desc, disable=None, leave=False)]
+    feats = [encode(batch["img"]).cpu() for batch in tqdm(loader, desc=desc, disable=disable, leave=False)]
     return torch.cat(feats)
 
 
@@ -224,7 +218,7 @@ def encode_views(
     out: List[torch.Tensor] = []
     for v in range(views):
         # Each view's augmentation stream depends only on (seed, view): reruns give the same cache.
-        torch.manual_seed(int(np.random.SeedSequence([max(seed, 0), v, 7]).generate_state(1)[0]))
+        torch.manual_seed(derive_seed(max(seed, 0), v, 7))
         feats = [encode(batch["img"]).cpu() for batch in tqdm(loader, desc=f"cache view {v + 1}/{views}",
                                                                   disable=None, leave=False)]
         out.append(torch.cat(feats))
@@ -241,7 +235,7 @@ class CachedFeatureDataset(Dataset):
         self.view = torch.zeros(len(self.data_source), dtype=torch.long)
 
     def set_epoch(self, epoch: int) -> None:
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, epoch, 11]).generate_state(1)[0]))
+        g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 11))
         self.view = torch.randint(self.features.shape[0], (len(self.data_source),), generator=g)
 
     def __len__(self) -> int:

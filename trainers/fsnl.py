@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -41,9 +40,10 @@ from yacs.config import CfgNode as CN
 
 from clip import NameMatcher, PromptBank, PromptBatch, Slot, TextEncoder, normalize_name
 from clip.prompts import class_prompt_pieces, tokenize_pieces
-from dassl.engine import TRAINER_REGISTRY, ModelLoadError
+from dassl.engine import TRAINER_REGISTRY
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
+from dassl.utils import CheckpointError, derive_seed, strip_module_prefix
 
 from .base import ClipTrainer
 
@@ -154,9 +154,7 @@ class NameLearner(nn.Module):
         ours agree. The reference's ``clip_model_token_embedding.weight`` is ignored (B8).
         """
         incoming = {}
-        for key, value in state_dict.items():
-            if key.startswith("module."):
-                key = key[len("module."):]
+        for key, value in strip_module_prefix(state_dict).items():
             if key.startswith("name_embeddings."):
                 incoming[normalize_name(key[len("name_embeddings."):])] = value
         matched = 0
@@ -290,7 +288,7 @@ class FSNL_openclip(ClipTrainer):
         # Template swapping draws from its own generator, reseeded per epoch so that a resumed run
         # makes the same draws as an uninterrupted one.
         seed = max(int(self.cfg.SEED), 0)
-        self.rng.manual_seed(int(np.random.SeedSequence([seed, int(self.epoch), 13]).generate_state(1)[0]))
+        self.rng.manual_seed(derive_seed(seed, int(self.epoch), 13))
 
     @property
     def uses_captions(self) -> bool:
@@ -310,7 +308,7 @@ class FSNL_openclip(ClipTrainer):
         own = len(self.name_learner.classnames)
         if total and not matched and not meta.get("classnames") and self.load_info is not None:
             # A checkpoint without meta (the reference's) names its classes only through its keys.
-            raise ModelLoadError(
+            raise CheckpointError(
                 f"--model-dir {self.load_info.get('model_dir')}: none of its {total} learned names is a class "
                 f"of this label space ({own} classes); point --model-dir at a run of this dataset"
             )

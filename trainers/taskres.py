@@ -30,9 +30,10 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from clip import normalize_name
-from dassl.engine import TRAINER_REGISTRY, ModelLoadError
+from dassl.engine import TRAINER_REGISTRY
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
+from dassl.utils import CheckpointError, strip_module_prefix
 
 from .base import ClipTrainer
 
@@ -61,7 +62,7 @@ def add_config(cfg: CN) -> None:
 add_taskres_config = add_config
 
 
-class LabelSpaceError(ModelLoadError):
+class LabelSpaceError(CheckpointError):
     """A class-specific TaskRes residual was asked to serve classes it was not trained on."""
 
 
@@ -110,7 +111,7 @@ class TaskResLearner(nn.Module):
         A reference checkpoint (one positional ``text_feature_residuals`` tensor) loads only when its
         shape matches, with a warning that the class order cannot be verified.
         """
-        state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+        state = strip_module_prefix(state_dict)
         width = self.text_feature_residuals.shape[1]
         if REFERENCE_KEY in state and not any(k.startswith(RESIDUAL_PREFIX) for k in state):
             value = state[REFERENCE_KEY]

@@ -1,5 +1,5 @@
 """Trainers: the registry, the builder and Dassl's trainer base classes."""
 from .build import TRAINER_REGISTRY, build_trainer
-from .trainer import ModelLoadError, NullWriter, SimpleTrainer, TrainerBase, TrainerX, TrainerXU
+from .trainer import NullWriter, SimpleTrainer, TrainerBase, TrainerX, TrainerXU
 
-__all__ = ["TRAINER_REGISTRY", "build_trainer", "ModelLoadError", "TrainerBase", "SimpleTrainer", "TrainerX", "TrainerXU", "NullWriter"]
+__all__ = ["TRAINER_REGISTRY", "build_trainer", "TrainerBase", "SimpleTrainer", "TrainerX", "TrainerXU", "NullWriter"]

@@ -17,7 +17,7 @@ Additions over Dassl (docs/architecture.md, "Engine"):
 * ``SimpleTrainer(cfg, shared, eval_only=True)`` builds a trainer that only evaluates given weights:
   trainers skip their train-only work (feature caches, caption preprocessing).
 * ``load_model`` refuses a model directory whose checkpoints share no class with this label space
-  (:class:`ModelLoadError`, unless ``accepts_label_space`` says the disjoint space is intended),
+  (:class:`CheckpointError`, unless ``accepts_label_space`` says the disjoint space is intended),
   and records ``model_dir``, ``epoch``, ``checkpoints`` and ``classes_shared`` in ``load_info``.
 * Models are never wrapped in ``nn.DataParallel`` (B9: wrapped models hide their attributes).
 * With ``SEED >= 0`` every epoch starts from a seed derived from (SEED, epoch), so a run resumed
@@ -43,7 +43,9 @@ from ..utils import (
     BEST_NAME,
     POINTER_NAME,
     AverageMeter,
+    CheckpointError,
     MetricMeter,
+    derive_seed,
     list_checkpoints,
     listdir_nohidden,
     load_checkpoint,
@@ -55,17 +57,13 @@ from ..utils import (
     tolist_if_not,
     write_json,
 )
+from .build import TRAINER_REGISTRY
 
-__all__ = ["TrainerBase", "SimpleTrainer", "TrainerX", "TrainerXU", "NullWriter", "ModelLoadError"]
+__all__ = ["TrainerBase", "SimpleTrainer", "TrainerX", "TrainerXU", "NullWriter"]
 
 logger = logging.getLogger(__name__)
 
 Names = Optional[Union[str, Sequence[str]]]
-
-
-class ModelLoadError(ValueError):
-    """A model directory that cannot serve this run (wrong label space, no usable checkpoint):
-    a user mistake, reported by ``train.py`` as one ``error:`` line."""
 
 
 class NullWriter:
@@ -176,45 +174,113 @@ class TrainerBase:
             }
             save_checkpoint(state, osp.join(directory, name), is_best=is_best, model_name=model_name)
 
-    def resume_model_if_exist(self, directory: str) -> int:
-        """Restore models, optimizers and schedulers from the ``checkpoint`` pointer of each model
-        (never from ``model-best``); return the number of completed epochs (0 = start fresh)."""
+    def check_resume_meta(self, path: str, meta: Dict[str, Any]) -> None:
+        """Refuse to resume from a checkpoint of another trainer or label space (issue 11): the
+        trainer name and the class names stored in ``meta`` must equal this run's."""
+        mine = self.checkpoint_meta()
+        for key, what in (("trainer", "trainer"), ("classnames", "label space (class names)")):
+            if key == "trainer" and self._same_trainer_family(str(meta.get(key, ""))):
+                continue
+            if key in meta and key in mine and meta[key] != mine[key]:
+                theirs = meta[key] if key == "trainer" else f"{len(meta[key])} classes"
+                ours = mine[key] if key == "trainer" else f"{len(mine[key])} classes"
+                raise CheckpointError(
+                    f'cannot resume from "{path}": it is a checkpoint of another {what} ({theirs}; this run: '
+                    f"{ours}); point --resume at a run of this trainer and dataset, or use another --output-dir"
+                )
+
+    def _same_trainer_family(self, name: str) -> bool:
+        """True when the trainer ``name`` is this one, or a registered subclass or base of it (same
+        models and state layout, e.g. a variant that only changes the schedule)."""
+        if not name or name == str(self.cfg.TRAINER.NAME):
+            return True
+        if name not in TRAINER_REGISTRY:
+            return False
+        other = TRAINER_REGISTRY.get(name)
+        return isinstance(other, type) and (issubclass(other, type(self)) or isinstance(self, other))
+
+    def _valid_checkpoint(self, path: str) -> Optional[Dict[str, Any]]:
+        """The checkpoint at ``path``, or None (with a warning) when it is truncated or not ours."""
+        try:
+            ckpt = load_checkpoint(path)
+        except Exception as e:  # truncated zip, garbage bytes, foreign pickle: all mean "unusable"
+            logger.warning('Checkpoint "%s" is unreadable (%s: %s)', path, type(e).__name__,
+                           " ".join(str(e).split())[:160])
+            return None
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) or "epoch" not in ckpt:
+            logger.warning('Checkpoint "%s" holds no state_dict/epoch', path)
+            return None
+        return ckpt
+
+    def resume_model_if_exist(self, directory: str, required: bool = False) -> int:
+        """Restore models, optimizers and schedulers from the newest *valid* regular checkpoint of
+        every model in ``directory`` (never from ``model-best``); return the completed epochs.
+
+        A truncated or garbage latest checkpoint is skipped with a warning and the next older epoch
+        is used. Trainer and label space are checked (:meth:`check_resume_meta`) and every model's
+        weights are loaded before any optimizer or scheduler state is touched. ``required``
+        (``--resume DIR``): no usable checkpoint is a :class:`CheckpointError` instead of a fresh start.
+        """
         names = self.get_model_names()
         if not names:
             return 0
-        pointers = [osp.join(directory, name, POINTER_NAME) for name in names]
-        present = [osp.exists(p) for p in pointers]
-        if not all(present):
-            if any(present):
-                missing = [n for n, ok in zip(names, present) if not ok]
-                logger.warning("Checkpoints in %s lack models %s; training from scratch", directory, missing)
-            else:
-                logger.info("No checkpoint found, train from scratch")
+        found = {name: list_checkpoints(osp.join(directory, name)) for name in names}
+        if not any(found.values()):
+            if required:
+                raise CheckpointError(
+                    f'--resume "{directory}": no checkpoint of {self.cfg.TRAINER.NAME} (models {names}) there; '
+                    "expected <dir>/<model>/model.pth.tar-<epoch>"
+                )
+            logger.info("No checkpoint found, train from scratch")
+            return 0
+        missing = [n for n in names if not found[n]]
+        if missing:
+            if required:
+                raise CheckpointError(f'--resume "{directory}": no checkpoint for models {missing}')
+            logger.warning("Checkpoints in %s lack models %s; training from scratch", directory, missing)
             return 0
 
+        common = sorted(set.intersection(*(set(found[n]) for n in names)), reverse=True)
+        chosen: Optional[Dict[str, Dict[str, Any]]] = None
+        for epoch in common:
+            ckpts = {n: self._valid_checkpoint(osp.join(directory, n, found[n][epoch])) for n in names}
+            if all(c is not None and int(c["epoch"]) == epoch for c in ckpts.values()):
+                chosen = ckpts  # type: ignore[assignment]
+                break
+        newest = max(max(found[n]) for n in names)
+        if chosen is None:
+            if required:
+                raise CheckpointError(f'--resume "{directory}": no readable checkpoint (all are truncated or invalid)')
+            logger.warning("No valid checkpoint in %s (all unreadable): training from scratch", directory)
+            return 0
+        start_epoch = int(next(iter(chosen.values()))["epoch"])
+        if start_epoch != newest:
+            logger.warning("The newest checkpoint (epoch %d) in %s is unusable: resuming from epoch %d, the "
+                           "newest valid one", newest, directory, start_epoch)
+
+        for name, ckpt in chosen.items():
+            self.check_resume_meta(osp.join(directory, name, found[name][start_epoch]), ckpt.get("meta") or {})
         logger.info('Found checkpoint at "%s" (will resume training)', directory)
-        epochs = []
-        for name, pointer in zip(names, pointers):
-            fdir = osp.dirname(pointer)
-            with open(pointer, encoding="utf-8") as f:
-                fname = f.readline().strip()
-            ckpt = load_checkpoint(osp.join(fdir, fname))
-            self.load_state(name, ckpt["state_dict"], ckpt.get("meta") or {})
+        for name, ckpt in chosen.items():
+            path = osp.join(directory, name, found[name][start_epoch])
+            try:
+                self.load_state(name, ckpt["state_dict"], ckpt.get("meta") or {})
+            except (RuntimeError, ValueError, KeyError) as e:
+                raise CheckpointError(f'cannot resume from "{path}": its weights do not fit this model '
+                                      f"({' '.join(str(e).split())[:200]})") from e
+        for name, ckpt in chosen.items():
             if self._optims[name] is not None and ckpt.get("optimizer") is not None:
                 self._optims[name].load_state_dict(ckpt["optimizer"])
             if self._scheds[name] is not None and ckpt.get("scheduler") is not None:
                 self._scheds[name].load_state_dict(ckpt["scheduler"])
-            epochs.append(int(ckpt["epoch"]))
-            logger.info('Resumed "%s" from %s (epoch %d)', name, osp.join(fdir, fname), epochs[-1])
-        if len(set(epochs)) > 1:
-            logger.warning("Models were saved at different epochs %s; resuming from the earliest", epochs)
-        start_epoch = min(epochs)
+            logger.info('Resumed "%s" from %s (epoch %d)', name, osp.join(directory, name, found[name][start_epoch]),
+                        start_epoch)
 
         best_path = osp.join(directory, names[0], BEST_NAME)
         if osp.exists(best_path):
-            best = load_checkpoint(best_path).get("val_result")
-            if isinstance(best, (int, float)):
-                self.best_result = float(best)
+            best = self._valid_checkpoint(best_path)
+            if best is not None and isinstance(best.get("val_result"), (int, float)):
+                self.best_result = float(best["val_result"])
         self.model_epoch = start_epoch
         return start_epoch
 
@@ -258,7 +324,7 @@ class TrainerBase:
 
     def check_label_space(self, directory: str, meta: Dict[str, Any]) -> Optional[str]:
         """``"k/n"``: how many of this run's n classes the checkpoint was trained on (None when either
-        side does not name its classes). Zero shared classes is a :class:`ModelLoadError` unless
+        side does not name its classes). Zero shared classes is a :class:`CheckpointError` unless
         :meth:`accepts_label_space`; a partial match is logged."""
         ours = self.label_space()
         theirs = meta.get("classnames")
@@ -267,7 +333,7 @@ class TrainerBase:
         known = {str(c) for c in theirs}
         shared = sum(str(c) in known for c in ours)
         if shared == 0 and not self.accepts_label_space(meta):
-            raise ModelLoadError(
+            raise CheckpointError(
                 f"--model-dir {directory}: its checkpoint was trained on {len(theirs)} classes "
                 f"({meta.get('dataset') or 'unknown dataset'}, {meta.get('sub_classes') or 'unknown subset'}) and "
                 f"shares none of this run's {len(ours)} classes; point --model-dir at a run of this dataset"
@@ -367,11 +433,27 @@ class TrainerBase:
     def seed_epoch(self, epoch: int) -> None:
         """Hook called before every epoch (SimpleTrainer derives a seed from SEED and epoch)."""
 
+    #: Progress bars for epochs and batches (shown only on a terminal); ``train.py --quiet`` clears it.
+    show_progress: bool = True
+
+    def progress_disabled(self) -> Optional[bool]:
+        """tqdm's ``disable``: None (auto: off when stdout is not a TTY) or True (``--quiet``)."""
+        return None if self.show_progress else True
+
+    def progress_label(self) -> str:
+        cfg = getattr(self, "cfg", None)
+        if cfg is None:
+            return type(self).__name__
+        return f"{cfg.TRAINER.NAME} {cfg.DATASET.NAME} seed{cfg.SEED}"
+
     def train(self, start_epoch: int, max_epoch: int) -> None:
         self.start_epoch = start_epoch
         self.max_epoch = max_epoch
         self.before_train()
-        for epoch in range(self.start_epoch, self.max_epoch):
+        epochs = tqdm(range(self.start_epoch, self.max_epoch), desc=self.progress_label(), unit="epoch",
+                      initial=self.start_epoch, total=self.max_epoch, disable=self.progress_disabled(),
+                      leave=False, dynamic_ncols=True)
+        for epoch in epochs:
             self.epoch = epoch
             self.seed_epoch(epoch)
             self.before_epoch()
@@ -479,15 +561,14 @@ class SimpleTrainer(TrainerBase):
         seed = int(self.cfg.SEED)
         if seed < 0:
             return
-        derived = int(np.random.SeedSequence([seed, int(epoch)]).generate_state(1)[0])
-        set_random_seed(derived)
+        set_random_seed(derive_seed(seed, int(epoch)))
 
     def train(self) -> None:  # type: ignore[override]
         super().train(self.start_epoch, self.max_epoch)
 
     def before_train(self) -> None:
         directory = self.cfg.RESUME or self.cfg.OUTPUT_DIR
-        self.start_epoch = self.resume_model_if_exist(directory)
+        self.start_epoch = self.resume_model_if_exist(directory, required=bool(self.cfg.RESUME))
         if self.start_epoch >= self.max_epoch and self.get_model_names():
             logger.info(
                 "Training is already complete (checkpoint at epoch %d of %d in %s): skipping to evaluation",
@@ -577,7 +658,7 @@ class SimpleTrainer(TrainerBase):
         logger.info("Evaluate on the *%s* set", split)
         self.before_test()
         try:
-            for batch in tqdm(loader, desc=split, disable=None, leave=False):
+            for batch in tqdm(loader, desc=split, disable=self.progress_disabled(), leave=False):
                 input, label = self.parse_batch_test(batch)
                 output = self.model_inference(input)
                 impaths = batch.get("impath") if isinstance(batch, dict) else None
@@ -648,6 +729,7 @@ class SimpleTrainer(TrainerBase):
         path = osp.join(self.output_dir, "results.json")
         write_json(results, path)
         logger.info("Results written to %s", path)
+        self.final_results = results
         return results
 
 
@@ -686,7 +768,8 @@ class TrainerX(SimpleTrainer):
         self.num_batches = len(self.train_loader_x)
         desc = f"epoch {self.epoch + 1}/{self.max_epoch}"
         end = time.time()
-        for batch_idx, batch in enumerate(tqdm(self.train_loader_x, desc=desc, disable=None, leave=False)):
+        for batch_idx, batch in enumerate(tqdm(self.train_loader_x, desc=desc, disable=self.progress_disabled(),
+                                               leave=False)):
             self.batch_idx = batch_idx
             data_time.update(time.time() - end)
             loss_summary = self.forward_backward(batch)

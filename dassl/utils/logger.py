@@ -1,7 +1,19 @@
-"""Run logging: every logger in the process writes to stdout and to ``<OUTPUT_DIR>/log.txt``.
+"""Run logging: every logger in the process writes to ``<OUTPUT_DIR>/log.txt`` and to stdout.
 
 The reference tee'd ``sys.stdout``; here the root logger gets two handlers instead, so modules
 keep using ``logging.getLogger(__name__)`` and their lines land in the run's log file.
+
+The console has two modes. ``console="all"`` (the default, and ``train.py --verbose``) prints every
+record as before. ``console="summary"`` (``train.py``'s default) keeps the console for what a person
+watching a sweep needs: warnings and errors of the project's own loggers and the records logged with
+``extra={"console": True}`` (one line per finished run). Everything else -- the config dump, per-batch
+progress, open_clip's INFO lines (logged on the root logger), Python warnings -- goes to ``log.txt``
+only, which keeps Dassl's ``* accuracy: X%`` lines for regex parsers.
+
+``log.txt`` never loses lines silently: a write that fails (full disk, the file gone read-only) raises
+a :class:`~dassl.utils.tools.WriteError` naming the file and its directory out of the logging call
+(the standard handler printed a "--- Logging error ---" traceback to stderr and went on without the
+line).
 """
 from __future__ import annotations
 
@@ -11,11 +23,14 @@ import sys
 import time
 from typing import Optional
 
-from .tools import mkdir_if_missing
+from .tools import WriteError, mkdir_if_missing, write_error
 
-__all__ = ["setup_logger"]
+__all__ = ["setup_logger", "CONSOLE_MODES"]
 
 _HANDLER_TAG = "_dassl_run_handler"
+CONSOLE_MODES = ("all", "summary")
+#: Loggers whose records stay out of a ``summary`` console below ERROR (third-party chatter).
+_QUIET_LOGGERS = ("root", "py.warnings")
 
 
 class _PlainFormatter(logging.Formatter):
@@ -31,19 +46,46 @@ class _PlainFormatter(logging.Formatter):
         return f"{record.levelname}: {msg}"
 
 
+class _SummaryFilter(logging.Filter):
+    """What a ``summary`` console shows: flagged records, and the project's warnings and errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "console", False):
+            return True
+        if record.levelno >= logging.ERROR:
+            return True
+        return record.levelno >= logging.WARNING and record.name.split(".")[0] not in _QUIET_LOGGERS
+
+
+class _RunFileHandler(logging.FileHandler):
+    """A FileHandler that fails loudly: a record it cannot write raises a WriteError out of the
+    logging call (and the handler detaches itself, so reporting that error cannot fail again)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        err = sys.exc_info()[1]
+        logging.getLogger().removeHandler(self)
+        if isinstance(err, OSError):
+            raise write_error(self.baseFilename, err, what="append to the log file") from err
+        super().handleError(record)
+
+
 def _log_file_for(output: str) -> str:
     if output.endswith(".txt") or output.endswith(".log"):
         return output
     return osp.join(output, "log.txt")
 
 
-def setup_logger(output: Optional[str] = None, level: int = logging.INFO) -> Optional[str]:
+def setup_logger(output: Optional[str] = None, level: int = logging.INFO, console: str = "all") -> Optional[str]:
     """Send log records to stdout and, when ``output`` is given, to its ``log.txt``.
 
-    An existing ``log.txt`` is kept and a time-stamped sibling is used (as Dassl does). Calling it
-    again for the same directory in one process keeps the current file instead of opening another.
-    Returns the path of the log file (None without ``output``).
+    An existing ``log.txt`` is kept and a new time-stamped sibling is used (as Dassl does; a counter
+    is added when that name exists too). Calling it
+    again for the same directory and console mode in one process keeps the current file instead of
+    opening another. ``console`` is ``all`` or ``summary`` (see the module docstring). Returns the
+    path of the log file (None without ``output``).
     """
+    if console not in CONSOLE_MODES:
+        raise ValueError(f"console must be one of {CONSOLE_MODES}, got {console!r}")
     root = logging.getLogger()
     root.setLevel(level)
     ours = [h for h in root.handlers if getattr(h, _HANDLER_TAG, False)]
@@ -53,7 +95,10 @@ def setup_logger(output: Optional[str] = None, level: int = logging.INFO) -> Opt
     for h in ours:
         if isinstance(h, logging.FileHandler):
             current = h
-    if wanted is not None and current is not None and getattr(current, "_dassl_requested", None) == osp.abspath(wanted):
+    same_console = all(getattr(h, "_dassl_console", "all") == console for h in ours
+                       if not isinstance(h, logging.FileHandler))
+    if (wanted is not None and current is not None and same_console
+            and getattr(current, "_dassl_requested", None) == osp.abspath(wanted)):
         return current.baseFilename
 
     for h in ours:
@@ -61,19 +106,30 @@ def setup_logger(output: Optional[str] = None, level: int = logging.INFO) -> Opt
         h.close()
 
     formatter = _PlainFormatter()
-    console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(formatter)
-    setattr(console, _HANDLER_TAG, True)
-    root.addHandler(console)
+    stream = logging.StreamHandler(sys.stdout)
+    stream.setFormatter(formatter)
+    if console == "summary":
+        stream.addFilter(_SummaryFilter())
+    setattr(stream, _HANDLER_TAG, True)
+    stream._dassl_console = console  # type: ignore[attr-defined]
+    root.addHandler(stream)
     logging.captureWarnings(True)
 
     if wanted is None:
         return None
-    mkdir_if_missing(osp.dirname(osp.abspath(wanted)))
     fpath = wanted
     if osp.exists(fpath):
-        fpath += time.strftime("-%Y-%m-%d-%H-%M-%S")
-    file_handler = logging.FileHandler(fpath, encoding="utf-8")
+        stamped = fpath + time.strftime("-%Y-%m-%d-%H-%M-%S")
+        fpath, n = stamped, 1
+        while osp.exists(fpath):  # two runs in the same second must not share (append to) one file
+            fpath, n = f"{stamped}-{n}", n + 1
+    try:
+        mkdir_if_missing(osp.dirname(osp.abspath(wanted)))
+        file_handler = _RunFileHandler(fpath, encoding="utf-8")
+    except OSError as e:
+        if isinstance(e, WriteError):
+            raise
+        raise write_error(fpath, e, what="open the log file") from e
     file_handler.setFormatter(formatter)
     setattr(file_handler, _HANDLER_TAG, True)
     file_handler._dassl_requested = osp.abspath(wanted)  # type: ignore[attr-defined]

@@ -1,14 +1,18 @@
 """Small file-system and seeding helpers shared by the engine, datasets and scripts."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
 import os.path as osp
 import random
-import tempfile
-from typing import Any, List
+import re
+import secrets
+import time
+import zlib
+from typing import IO, Any, Callable, Dict, List, Union
 
 import numpy as np
 import torch
@@ -20,7 +24,13 @@ __all__ = [
     "read_image",
     "read_json",
     "write_json",
+    "atomic_write",
     "atomic_write_text",
+    "WriteError",
+    "write_error",
+    "clean_temp_files",
+    "check_writable_dir",
+    "derive_seed",
     "listdir_nohidden",
     "set_random_seed",
     "tolist_if_not",
@@ -61,12 +71,72 @@ def read_json(fpath: str) -> Any:
         return json.load(f)
 
 
-def _atomic_write(fpath: str, write_fn: Any, mode: str = "w") -> None:
-    """Write through a temporary sibling file and ``os.replace`` it, so readers (and crashes)
-    never see a half-written file."""
+class WriteError(OSError):
+    """A file of the run could not be written (read-only or full disk, a path component that is a
+    file, ...). The message names the directory and the problem, so the CLI reports it in one line."""
+
+
+def _write_problem(err: OSError) -> str:
+    return {
+        errno.ENOSPC: "no space left on the device",
+        errno.EROFS: "read-only file system",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+        errno.ENOTDIR: "a component of the path is a file, not a directory",
+        errno.EEXIST: "a file of that name is in the way",
+        errno.EISDIR: "a directory of that name is in the way",
+    }.get(err.errno, err.strerror or str(err))
+
+
+def write_error(path: str, err: OSError, what: str = "write") -> WriteError:
+    """A :class:`WriteError` for ``err`` that names ``path``'s directory and the problem."""
+    directory = osp.dirname(osp.abspath(path))
+    return WriteError(err.errno, f'cannot {what} "{path}" in directory "{directory}": {_write_problem(err)}')
+
+
+#: Temporary siblings written by :func:`atomic_write`: ``.<target>.<pid>-<8 hex>.tmp``.
+_TEMP_RE = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
+#: Names that earlier versions of this code used (``tempfile.mkstemp``): removed when older than a day.
+_LEGACY_TEMP_RE = re.compile(r"^\.(?:.+\.[a-z0-9_]{8}\.tmp|tmp-[a-z0-9_]{8}\.json)$")
+_LEGACY_TEMP_AGE_S = 24 * 3600
+
+
+def _temp_path(fpath: str) -> str:
+    dirname, base = osp.split(osp.abspath(fpath))
+    return osp.join(dirname, f".{base}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def _fsync_dir(dirname: str) -> None:
+    """Make the rename durable (best effort: some file systems cannot open a directory)."""
+    try:
+        fd = os.open(dirname, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(fpath: str, write_fn: Callable[[IO], Any], mode: str = "w") -> None:
+    """Write ``fpath`` through a hidden temporary sibling that is fsync'ed and then renamed over it.
+
+    The project's one atomic writer (results, configs, checkpoints, feature and few-shot caches):
+    readers and crashes never see a half-written file, and a failed write leaves the previous file
+    untouched. The temporary file is created with mode 0666 filtered by the process umask (the
+    ``mkstemp`` used before gave 0600, so a shared lab directory became unreadable to others). Its
+    name ``.<target>.<pid>-<hex>.tmp`` lets :func:`clean_temp_files` recognise what a killed write
+    left behind. An ``OSError`` becomes a :class:`WriteError` naming the directory.
+    """
     dirname = osp.dirname(osp.abspath(fpath))
-    mkdir_if_missing(dirname)
-    fd, tmp = tempfile.mkstemp(prefix=f".{osp.basename(fpath)}.", suffix=".tmp", dir=dirname)
+    tmp = _temp_path(fpath)
+    try:
+        mkdir_if_missing(dirname)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as e:
+        raise write_error(fpath, e) from e
     try:
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding) as f:
@@ -74,19 +144,114 @@ def _atomic_write(fpath: str, write_fn: Any, mode: str = "w") -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, fpath)
-    except BaseException:
-        if osp.exists(tmp):
+    except BaseException as e:
+        with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise write_error(fpath, e) from e
         raise
+    _fsync_dir(dirname)
 
 
 def atomic_write_text(fpath: str, text: str) -> None:
-    _atomic_write(fpath, lambda f: f.write(text))
+    atomic_write(fpath, lambda f: f.write(text))
 
 
-def write_json(obj: Any, fpath: str) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    _atomic_write(fpath, lambda f: json.dump(obj, f, indent=4, separators=(",", ": ")))
+def write_json(obj: Any, fpath: str, **dump_kwargs: Any) -> None:
+    """Write ``obj`` as JSON, atomically (default: indented as Dassl does)."""
+    kwargs: Dict[str, Any] = {"indent": 4, "separators": (",", ": ")}
+    kwargs.update(dump_kwargs)
+    atomic_write(fpath, lambda f: json.dump(obj, f, **kwargs))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def clean_temp_files(directory: str, recursive: bool = True) -> List[str]:
+    """Remove the temporary files that killed :func:`atomic_write` calls left in ``directory``.
+
+    Only names of our own pattern are touched: ``.<target>.<pid>-<hex>.tmp`` whose writer process is
+    gone, and the ``mkstemp`` names of earlier versions once they are a day old. Returns the paths
+    removed (logged). Anything else, hidden or not, is never deleted.
+    """
+    removed: List[str] = []
+    if not directory or not osp.isdir(directory):
+        return removed
+    walker = os.walk(directory) if recursive else [(directory, [], os.listdir(directory))]
+    now = time.time()
+    for dirpath, _, files in walker:
+        for name in files:
+            path = osp.join(dirpath, name)
+            m = _TEMP_RE.match(name)
+            if m:
+                stale = not _pid_alive(int(m.group("pid")))
+            elif _LEGACY_TEMP_RE.match(name):
+                try:
+                    stale = now - os.lstat(path).st_mtime > _LEGACY_TEMP_AGE_S
+                except OSError:
+                    stale = False
+            else:
+                continue
+            if stale and osp.isfile(path) and not osp.islink(path):
+                try:
+                    os.remove(path)
+                except OSError as e:
+                    logger.warning("Could not remove the stale temporary file %s (%s)", path, e)
+                    continue
+                removed.append(path)
+    if removed:
+        logger.info("Removed %d temporary file(s) left by interrupted writes: %s", len(removed), removed)
+    return removed
+
+
+def check_writable_dir(directory: str, what: str = "output directory") -> None:
+    """Create ``directory`` and prove that a file can be written there, or raise a :class:`WriteError`
+    naming it (read-only, permission denied, a file in the way, full). Called before any work starts;
+    the probe is a temporary file of :func:`atomic_write`'s pattern, removed at once."""
+    if not directory:
+        return
+    try:
+        mkdir_if_missing(directory)
+    except OSError as e:
+        raise WriteError(e.errno, f'cannot create the {what} "{directory}": {_write_problem(e)}') from e
+    if not osp.isdir(directory):
+        raise WriteError(errno.ENOTDIR, f'the {what} "{directory}" is a file, not a directory')
+    probe = _temp_path(osp.join(directory, "write-probe"))
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            os.write(fd, b"ok\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise WriteError(e.errno, f'cannot write into the {what} "{directory}": {_write_problem(e)}') from e
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(probe)
+
+
+def derive_seed(seed: int, *parts: Union[int, str]) -> int:
+    """A 32-bit seed derived from ``seed`` and ``parts`` (epoch, view, purpose, grid cell, ...).
+
+    The project's one rule for independent random streams: ``numpy.random.SeedSequence([seed, *parts])``.
+    Integer parts give exactly the seeds the engine, the feature cache and FSNL used before (e.g.
+    ``derive_seed(seed, epoch)``), so existing runs stay bit-identical; a string part (a purpose
+    such as ``"cache-view"``) enters as its CRC-32. ``seed`` and integer parts must be >= 0.
+    """
+    entropy = [int(seed)] + [zlib.crc32(p.encode("utf-8")) if isinstance(p, str) else int(p) for p in parts]
+    if any(v < 0 for v in entropy):
+        raise ValueError(f"derive_seed needs non-negative values, got {entropy}")
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def listdir_nohidden(path: str, sort: bool = False) -> List[str]:

@@ -12,16 +12,16 @@ import os
 import os.path as osp
 import pickle
 import re
-import tempfile
 from collections import OrderedDict
 from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
 
-from .tools import atomic_write_text, mkdir_if_missing
+from .tools import atomic_write, atomic_write_text, mkdir_if_missing
 
 __all__ = [
+    "CheckpointError",
     "BEST_NAME",
     "POINTER_NAME",
     "regular_name",
@@ -42,6 +42,11 @@ POINTER_NAME = "checkpoint"
 _REGULAR_RE = re.compile(r"^model\.pth\.tar-(\d+)$")
 
 
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used for this run (none there, unreadable, another trainer or label
+    space); reported by ``train.py`` as one ``error:`` line."""
+
+
 def regular_name(epoch: int) -> str:
     """File name of the regular checkpoint written after ``epoch`` (1-based) epochs."""
     return f"model.pth.tar-{epoch}"
@@ -56,18 +61,8 @@ def strip_module_prefix(state_dict: Dict[str, Any]) -> OrderedDict[str, Any]:
 
 
 def atomic_torch_save(obj: Any, fpath: str) -> None:
-    """``torch.save`` through a temporary sibling file and ``os.replace``."""
-    dirname = osp.dirname(osp.abspath(fpath))
-    mkdir_if_missing(dirname)
-    fd, tmp = tempfile.mkstemp(prefix=f".{osp.basename(fpath)}.", suffix=".tmp", dir=dirname)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, fpath)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+    """``torch.save`` through :func:`dassl.utils.tools.atomic_write` (fsync, rename, umask)."""
+    atomic_write(fpath, lambda f: torch.save(obj, f), mode="wb")
 
 
 def save_checkpoint(
@@ -100,13 +95,32 @@ def save_checkpoint(
 
 
 class _LegacyObject:
-    """Stand-in for a pickled object of another code base (e.g. the reference's LR scheduler)."""
+    """Stand-in for a pickled object of another code base (e.g. the reference's LR scheduler).
+
+    It swallows whatever the pickle stream feeds it: constructor arguments, state, and the items a
+    dict- or list-like object is rebuilt from (``SETITEMS``/``APPENDS``), so nested objects such as
+    the optimizer inside the reference's pickled scheduler unpickle to inert stand-ins.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass
 
     def __setstate__(self, state: Any) -> None:
         pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+
+def _plain_dict(*args: Any, **kwargs: Any) -> Dict[Any, Any]:
+    """``collections.defaultdict`` rebuilt as a plain dict (its default factory is never called)."""
+    return {}
 
 
 class _LegacyUnpickler(pickle.Unpickler):
@@ -120,6 +134,9 @@ class _LegacyUnpickler(pickle.Unpickler):
                 ("builtins", "slice"), ("torch", "Size"), ("torch", "device"), ("torch.nn.parameter", "Parameter")}
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("collections", "defaultdict"):
+            # the reference's optimizer state (keyed by parameters) after >= 1 momentum step
+            return _plain_dict
         if module in ("torch._utils", "torch._tensor") and name.startswith("_rebuild"):
             return super().find_class(module, name)
         if (module, name) in self._ALLOWED or (module == "torch" and name.endswith("Storage")):
@@ -137,8 +154,8 @@ def _plain(value: Any) -> Any:
     if isinstance(value, _LegacyObject):
         return None
     if isinstance(value, dict):
-        return type(value)((k, _plain(v)) for k, v in value.items()) if isinstance(value, OrderedDict) \
-            else {k: _plain(v) for k, v in value.items()}
+        items = [(k, _plain(v)) for k, v in value.items() if not isinstance(k, _LegacyObject)]
+        return OrderedDict(items) if isinstance(value, OrderedDict) else dict(items)
     if isinstance(value, (list, tuple)):
         return type(value)(_plain(v) for v in value)
     return value

@@ -1,0 +1,459 @@
+"""Hostile inputs to ``train.py``: config, weights, checkpoints and the output directory (issue 12).
+
+Every case builds the bad input on the toy benchmark with the ``test-tiny`` model and asserts:
+exit code 2, exactly one ``error:`` line on stderr that names the file or key, no traceback, and that
+a previous run's finished files (results.json, config.yaml, log.txt, checkpoints) are byte-identical
+afterwards. Most cases run ``train.cli`` in process (milliseconds); one runs the real script.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import open_clip
+import pytest
+import torch
+
+import configs
+import train
+from dassl.data.datasets import build_dataset
+from dassl.utils import WriteError, atomic_write_text, clean_temp_files, setup_logger, write_json
+from tests.helpers import REPO, run_train, train_argv
+
+TRAINER = "FSNL_openclip"
+MINI_WEIGHTS = REPO / "assets" / "mini_beyond" / "mini_clip.safetensors"
+
+
+def snapshot(directory: Path) -> Dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``directory``."""
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(autouse=True)
+def _console_only_logging():
+    """No test may leave a file handler behind: a later error would append to that run's log.txt."""
+    setup_logger(None)
+    yield
+    setup_logger(None)
+
+
+@pytest.fixture(scope="module")
+def finished(toy_root, tmp_path_factory) -> Path:
+    """A finished FSNL run (3 epochs, a checkpoint per epoch), written under umask 022."""
+    out = tmp_path_factory.mktemp("hostile") / "finished"
+    old = os.umask(0o022)
+    try:
+        run_train(train_argv(toy_root, out, TRAINER, "TRAIN.CHECKPOINT_FREQ", "1"))
+    finally:
+        os.umask(old)
+        setup_logger(None)
+    return out
+
+
+def one_error_line(capsys, rc: int) -> str:
+    captured = capsys.readouterr()
+    assert rc == 2, captured.err
+    lines = [ln for ln in captured.err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert "Traceback" not in captured.err + captured.out
+    return lines[0]
+
+
+def _yaml(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------------------------------- config
+CONFIG_CASES = [
+    (("TRAINER.FSNL.PREC", "fp8"), ["TRAINER.FSNL.PREC", "fp8"]),
+    (("TRAINER.FSNL.LOSS", "nope"), ["TRAINER.FSNL.LOSS", "nope"]),
+    (("TRAINER.FSNL.ABSENT_CLASSES", "some"), ["TRAINER.FSNL.ABSENT_CLASSES"]),
+    (("INPUT.SIZE", "(64, 64)"), ["INPUT.SIZE", "[32, 32]"]),
+    (("INPUT.SIZE", "(32,)"), ["INPUT.SIZE"]),
+    (("INPUT.TRANSFORMS", "['random_flip', 'nope']"), ["INPUT.TRANSFORMS", "nope"]),
+    (("DATALOADER.TRAIN_X.BATCH_SIZE", "0"), ["DATALOADER.TRAIN_X.BATCH_SIZE"]),
+    (("DATALOADER.TRAIN_X.BATCH_SIZE", "-4"), ["DATALOADER.TRAIN_X.BATCH_SIZE"]),
+    (("DATALOADER.TEST.BATCH_SIZE", "0"), ["DATALOADER.TEST.BATCH_SIZE"]),
+    (("OPTIM.MAX_EPOCH", "0"), ["OPTIM.MAX_EPOCH", "--eval-only"]),
+    (("OPTIM.MAX_EPOCH", "-3"), ["OPTIM.MAX_EPOCH"]),
+    (("TEST.CROSS_EVAL", "XYZ"), ["TEST.CROSS_EVAL", "XYZ"]),
+    (("TEST.CROSS_EVAL", "('IP', 'ip')"), ["TEST.CROSS_EVAL", "'ip'"]),
+]
+
+
+@pytest.mark.parametrize("opts,expected", CONFIG_CASES, ids=[f"{o[0]}={o[1]}" for o, _ in CONFIG_CASES])
+def test_config_mistake_is_one_line_before_any_work(toy_root, finished, capsys, monkeypatch, opts, expected):
+    before = snapshot(finished)
+    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: pytest.fail("a model was built"))
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, finished, TRAINER, *opts)))
+    assert all(word in line for word in expected), line
+    assert snapshot(finished) == before  # not even a log line or a config.yaml was written
+
+
+YAML_CASES = {
+    "unclosed_flow": ("OPTIM:\n  LR: [0.1\n", "line 3"),
+    "bad_indent": ("OPTIM:\n  LR: 0.1\n MAX_EPOCH: 2\n", "line 3"),
+    "tab": ("OPTIM:\n\tLR: 0.1\n", "line 2"),
+    "list_not_mapping": ("- OPTIM\n- LR\n", "mapping"),
+    "type_mismatch": ("OPTIM:\n  MAX_EPOCH: many\n", "MAX_EPOCH"),
+    "unknown_key": ("OPTIM:\n  LRR: 0.1\n", "OPTIM.LR"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(YAML_CASES))
+def test_malformed_yaml_names_the_file(toy_root, finished, tmp_path, capsys, case):
+    text, expected = YAML_CASES[case]
+    path = _yaml(tmp_path, f"{case}.yaml", text)
+    before = snapshot(finished)
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, finished, TRAINER, config=path)))
+    assert str(path) in line and expected in line, line
+    assert snapshot(finished) == before
+
+
+def test_binary_config_file(toy_root, finished, tmp_path, capsys):
+    path = tmp_path / "garbage.yaml"
+    path.write_bytes(bytes(range(256)) * 4)
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, finished, TRAINER, config=path)))
+    assert str(path) in line
+
+
+def test_debug_shows_the_traceback(toy_root, finished, monkeypatch):
+    argv = train_argv(toy_root, finished, TRAINER, "TRAINER.FSNL.PREC", "fp8")
+    with pytest.raises(configs.ConfigError, match="TRAINER.FSNL.PREC"):
+        train.cli(["--debug", *argv])
+    monkeypatch.setenv(train.DEBUG_ENV, "1")
+    with pytest.raises(configs.ConfigError):
+        train.cli(argv)
+
+
+def test_real_process_exit_code_and_one_line(toy_root, finished, tmp_path):
+    """The script itself (not only ``cli``): exit 2, one stderr line, nothing on stdout."""
+    before = snapshot(finished)
+    argv = train_argv(toy_root, finished, TRAINER, "TEST.CROSS_EVAL", "XYZ")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env.pop(train.DEBUG_ENV, None)
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), *argv], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: TEST.CROSS_EVAL")
+    assert "Traceback" not in proc.stderr and proc.stdout.strip() == ""
+    assert snapshot(finished) == before
+
+
+# ------------------------------------------------------------------------------------------ weights
+def _random_bytes(path: Path) -> None:
+    path.write_bytes(hashlib.sha256(b"x").digest() * 200)
+
+
+WEIGHT_CASES = {
+    "random.pt": (_random_bytes, "not a readable weights file"),
+    "empty.pt": (lambda p: p.write_bytes(b""), "the file is empty"),
+    "empty.safetensors": (lambda p: p.write_bytes(b""), "not a readable weights file"),
+    "bad.safetensors": (lambda p: p.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": nope"),
+                        "not a readable weights file"),
+    "truncated.safetensors": (lambda p: p.write_bytes(MINI_WEIGHTS.read_bytes()[:5000]),
+                              "not a readable weights file"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WEIGHT_CASES))
+def test_corrupt_weights_file_is_one_line_naming_it(toy_root, finished, tmp_path, capsys, name):
+    make, expected = WEIGHT_CASES[name]
+    path = tmp_path / name
+    make(path)
+    before = snapshot(finished)
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, finished, TRAINER,
+                                                       "MODEL.BACKBONE.WEIGHTS", str(path))))
+    assert str(path) in line and expected in line, line
+    assert snapshot(finished) == before
+
+
+def assert_kept(before: Dict[str, str], after: Dict[str, str]) -> None:
+    """Every finished file is byte-identical; the only new file may be this attempt's own log."""
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert all(k.startswith("log.txt-") for k in set(after) - set(before)), sorted(set(after) - set(before))
+
+
+def test_weights_of_another_architecture(toy_root, finished, capsys):
+    """The mini CLIP's weights for test-tiny used to die in resize_pos_embed with a dtype error. This
+    is found when the weights load (after the data), so the attempt's log.txt sibling may remain."""
+    before = snapshot(finished)
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, finished, TRAINER,
+                                                       "MODEL.BACKBONE.WEIGHTS", str(MINI_WEIGHTS))))
+    assert "these weights do not fit test-tiny: 0 missing / 48 unexpected keys" in line, line
+    assert str(MINI_WEIGHTS) in line
+    assert_kept(before, snapshot(finished))
+
+
+def test_weights_file_that_is_no_state_dict(toy_root, finished, tmp_path, capsys):
+    path = tmp_path / "list.pt"
+    torch.save([torch.zeros(2)], path)
+    before = snapshot(finished)
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, finished, TRAINER, "MODEL.BACKBONE.WEIGHTS",
+                                                       str(path))))
+    assert str(path) in line and "not a readable weights file" in line, line
+    assert_kept(before, snapshot(finished))
+
+
+@pytest.mark.parametrize("opts", [
+    ("MODEL.BACKBONE.NAME", "ViT-B-16", "MODEL.BACKBONE.WEIGHTS", "laion400m_e32", "INPUT.SIZE", "(224, 224)"),
+    ("MODEL.BACKBONE.NAME", "hf-hub:nobody/no-such-model"),
+], ids=["tag", "hf-hub"])
+def test_offline_hub_fails_fast_with_local_advice(toy_root, finished, capsys, monkeypatch, tmp_path, opts):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache, whatever the machine has
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: pytest.fail("open_clip was asked to download"))
+    monkeypatch.setattr("clip.loader.try_to_load_from_cache", lambda *a, **k: None)  # nothing cached
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, finished, TRAINER, *opts)))
+    assert "HF_HUB_OFFLINE" in line and "local-dir:" in line and "MODEL.BACKBONE" in line
+
+
+# -------------------------------------------------------------------------------------- checkpoints
+def _copy_run(finished: Path, dest: Path) -> Path:
+    shutil.copytree(finished, dest)
+    return dest
+
+
+def test_resume_dir_without_checkpoint(toy_root, finished, tmp_path, capsys):
+    empty = tmp_path / "empty_run"
+    (empty / "name_learner").mkdir(parents=True)
+    (empty / "name_learner" / "notes.txt").write_text("mine\n")
+    out = tmp_path / "new"
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, out, TRAINER, extra=["--resume", str(empty)])))
+    assert "--resume" in line and str(empty) in line
+    assert not out.exists() and (empty / "name_learner" / "notes.txt").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("classnames", ["a", "b", "c"], "label space"),
+    ("trainer", "CoOp_openclip", "another trainer"),
+])
+def test_resume_from_another_run_before_optimizer_state(toy_root, finished, tmp_path, capsys, monkeypatch,
+                                                        field, value, expected):
+    other = _copy_run(finished, tmp_path / "other")
+    for ckpt_path in (other / "name_learner").glob("model.pth.tar-*"):
+        ckpt = torch.load(ckpt_path, weights_only=True)
+        ckpt["meta"][field] = value
+        torch.save(ckpt, ckpt_path)
+    before = snapshot(other)
+    touched: List[str] = []
+    monkeypatch.setattr(torch.optim.Optimizer, "load_state_dict", lambda self, sd: touched.append("optim"))
+    out = tmp_path / "resumed"
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, out, TRAINER, extra=["--resume", str(other)])))
+    assert expected in line and str(other) in line, line
+    assert touched == []
+    assert snapshot(other) == before and not (out / "results.json").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_resume_falls_back_to_the_newest_valid_checkpoint(toy_root, finished, tmp_path, caplog, damage):
+    """The latest checkpoint is damaged: resume from epoch 2 with a warning, retrain epoch 3, and end
+    with the same weights as the uninterrupted run (per-epoch reseeding makes that bit-exact)."""
+    run = _copy_run(finished, tmp_path / "run")
+    latest = run / "name_learner" / "model.pth.tar-3"
+    data = latest.read_bytes()
+    latest.write_bytes({"truncated": data[: len(data) // 2], "garbage": os.urandom(len(data)), "empty": b""}[damage])
+    (run / "results.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        run_train(train_argv(toy_root, run, TRAINER, "TRAIN.CHECKPOINT_FREQ", "1"))
+    assert "resuming from epoch 2" in caplog.text
+    ours = torch.load(latest, weights_only=True)["state_dict"]
+    ref = torch.load(finished / "name_learner" / "model.pth.tar-3", weights_only=True)["state_dict"]
+    assert ours.keys() == ref.keys() and all(torch.equal(ours[k], ref[k]) for k in ref)
+    assert (run / "results.json").read_bytes() != b""
+
+
+def _dead_pid() -> int:
+    pid = 999_999
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except OSError:
+            pass
+        pid -= 1
+
+
+def test_temp_files_of_killed_writes_are_cleaned_and_nothing_else(tmp_path):
+    run = tmp_path / "run"
+    (run / "name_learner").mkdir(parents=True)
+    pid = _dead_pid()
+    ours = [run / f".results.json.{pid}-0123abcd.tmp", run / "name_learner" / f".model.pth.tar-2.{pid}-deadbeef.tmp"]
+    live = run / f".config.yaml.{os.getpid()}-0123abcd.tmp"  # a write in progress in this process
+    theirs = [run / ".notes.tmp", run / "name_learner" / ".model.pth.tar-2.tmp", run / "keep.1-0123abcd.tmp",
+              run / f".x.{pid}-0123abcd.tmp.bak"]
+    for p in ours + theirs + [live]:
+        p.write_text("x")
+    removed = clean_temp_files(str(run))
+    assert sorted(removed) == sorted(str(p) for p in ours)
+    assert all(p.exists() for p in theirs + [live]) and not any(p.exists() for p in ours)
+
+
+def test_a_run_cleans_its_output_dir(toy_root, finished, tmp_path):
+    run = _copy_run(finished, tmp_path / "run")
+    stale = run / "name_learner" / f".model.pth.tar-3.{_dead_pid()}-0123abcd.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    mine = run / ".my_notes.tmp"
+    mine.write_text("keep")
+    run_train(train_argv(toy_root, run, TRAINER, "TRAIN.CHECKPOINT_FREQ", "1"))
+    assert not stale.exists() and mine.read_text() == "keep"
+    assert not [p for p in run.rglob("*.tmp") if p != mine]
+
+
+# ----------------------------------------------------------------------------------- output folder
+def test_output_dir_is_a_file(toy_root, tmp_path, capsys):
+    target = tmp_path / "results_file"
+    target.write_text("precious\n")
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, target, TRAINER)))
+    assert str(target) in line and "not a directory" in line
+    assert target.read_text() == "precious\n"
+
+
+def test_output_dir_below_a_file(toy_root, tmp_path, capsys):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("precious\n")
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, blocker / "run", TRAINER)))
+    assert str(blocker / "run") in line and "cannot create the output directory" in line
+    assert blocker.read_text() == "precious\n"
+
+
+def _deny_writes_under(monkeypatch, directory: Path, err: int) -> None:
+    """Make file creation under ``directory`` fail with ``err`` (what a read-only or full mount
+    does; chmod cannot show it when the tests run as root)."""
+    real_open = os.open
+
+    def guarded(path, flags, *args, **kwargs):
+        if str(path).startswith(str(directory)) and flags & os.O_CREAT:
+            raise OSError(err, os.strerror(err), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", guarded)
+
+
+@pytest.mark.parametrize("err,expected", [(errno.EROFS, "read-only file system"),
+                                          (errno.EACCES, "permission denied"),
+                                          (errno.ENOSPC, "no space left")])
+def test_unwritable_output_dir(toy_root, finished, capsys, monkeypatch, err, expected):
+    before = snapshot(finished)
+    _deny_writes_under(monkeypatch, finished, err)
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, finished, TRAINER)))
+    assert str(finished) in line and expected in line, line
+    assert snapshot(finished) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores permissions")
+def test_read_only_output_dir_real_permissions(toy_root, finished, tmp_path, capsys):
+    ro = _copy_run(finished, tmp_path / "ro")
+    before = snapshot(ro)
+    ro.chmod(0o555)
+    try:
+        line = one_error_line(capsys, train.cli(train_argv(toy_root, ro, TRAINER)))
+    finally:
+        ro.chmod(0o755)
+    assert str(ro) in line and snapshot(ro) == before
+
+
+def test_full_disk_during_the_run_is_one_line(toy_root, finished, tmp_path, capsys, monkeypatch):
+    """The probe passes, then the disk fills up: the checkpoint write fails with one line, and the
+    previous checkpoints of the run are intact."""
+    run = _copy_run(finished, tmp_path / "run")
+    (run / "results.json").unlink()
+    for p in (run / "name_learner").glob("model.pth.tar-3"):
+        p.unlink()
+    (run / "name_learner" / "checkpoint").write_text("model.pth.tar-2\n")
+    before = snapshot(run / "name_learner")
+    real_fdopen = os.fdopen
+
+    class FullFile:
+        def __init__(self, f):
+            self._f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._f.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self._f, name)
+
+    monkeypatch.setattr("dassl.utils.tools.os.fdopen", lambda fd, *a, **k: FullFile(real_fdopen(fd, *a, **k)))
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, run, TRAINER, "TRAIN.CHECKPOINT_FREQ", "1")))
+    assert "no space left" in line and str(run) in line, line
+    assert snapshot(run / "name_learner") == before
+    assert not list(run.rglob("*.tmp"))
+
+
+def test_log_file_never_loses_lines_silently(tmp_path):
+    """A log.txt that can no longer be written raises a WriteError naming it (logging used to print a
+    '--- Logging error ---' traceback and drop the line)."""
+    path = setup_logger(str(tmp_path / "run"))
+    log = logging.getLogger("test_hostile")
+    log.info("first line")
+    handler = [h for h in logging.getLogger().handlers if getattr(h, "baseFilename", None) == path][0]
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    handler.stream.close()
+    handler.stream = open("/dev/full", "w", encoding="utf-8")  # every write: ENOSPC
+    with pytest.raises(WriteError, match="no space left") as info:
+        log.info("second line")
+    assert path in str(info.value)
+    assert Path(path).read_text() == "first line\n"
+
+
+# -------------------------------------------------------------------------------------- file modes
+@pytest.mark.parametrize("mask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_honour_the_umask(tmp_path, mask, mode):
+    old = os.umask(mask)
+    try:
+        write_json({"a": 1}, str(tmp_path / "r.json"))
+        atomic_write_text(str(tmp_path / "sub" / "c.yaml"), "x: 1\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "r.json").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "sub" / "c.yaml").stat().st_mode) == mode
+
+
+def test_run_files_are_0644_under_umask_022(finished, toy_root):
+    files = [finished / "results.json", finished / "config.yaml", finished / "name_learner" / "checkpoint",
+             *sorted((finished / "name_learner").glob("model.pth.tar-*"))]
+    cache = sorted(Path(toy_root).glob("*/split_fewshot/*.json"))
+    assert len(files) >= 6 and cache
+    for p in files:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
+
+
+def test_fewshot_cache_in_the_dataset_tree_honours_the_umask(toy_root, tmp_path):
+    root = tmp_path / "toy"
+    shutil.copytree(toy_root, root, ignore=shutil.ignore_patterns("split_fewshot"))
+    old = os.umask(0o022)
+    try:
+        build_dataset(train.setup_cfg(train.parse_args(train_argv(root, tmp_path / "o", TRAINER, shots=1))))
+    finally:
+        os.umask(old)
+    cache = sorted(root.glob("*_OOP/split_fewshot/*.json"))
+    assert cache and all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in cache)
+
+
+def test_write_error_names_the_directory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(WriteError, match="a component of the path is a file") as info:
+        write_json({}, str(blocker / "results.json"))
+    assert str(blocker) in str(info.value)
