@@ -46,6 +46,8 @@ if str(REPO_ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from clip import cpu_supports_bf16  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
 GPU_PRECISIONS = ("bf16", "amp")
@@ -114,8 +116,9 @@ def setup(args: argparse.Namespace) -> torch.device:
         raise SystemExit("--repeats must be >= 1 and --warmup >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
-    if args.prec in GPU_PRECISIONS and args.device != "cuda":
-        raise SystemExit(f"--prec {args.prec} is a GPU precision (on CPU everything runs fp32); use --device cuda")
+    if args.prec in GPU_PRECISIONS and args.device != "cuda" and not (args.prec == "bf16" and cpu_supports_bf16()):
+        raise SystemExit(f"--prec {args.prec} is a GPU precision here (this CPU has no native bfloat16); "
+                         "use --device cuda")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)

@@ -46,7 +46,7 @@ from benchmarks.prompt_building import (  # noqa: E402
     reference_encode_strings,
     reference_swap_captions,
 )
-from clip import PromptBatch  # noqa: E402
+from clip import PromptBatch, cpu_supports_bf16  # noqa: E402
 
 TARGET_ONLINE = 1.5
 TARGET_CACHED = 10.0
@@ -100,13 +100,21 @@ class Breakdown:
 
 
 class TimedEncoder:
-    """Stands in for ``FSNLModel.text_encoder`` and times its forward calls."""
+    """Stands in for ``FSNLModel.text_encoder`` and times its forward calls.
 
-    def __init__(self, encoder: Any, breakdown: Breakdown) -> None:
+    With ``plain`` the prefix reuse and length buckets are switched off (the truncated tower as it
+    was before them), so their gain is measured side by side.
+    """
+
+    def __init__(self, encoder: Any, breakdown: Breakdown, plain: bool = False) -> None:
         self.encoder = encoder
+        self.plain = plain
         self.call = breakdown.wrap("text forward", encoder.__call__)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.plain:
+            kwargs.pop("shared_prefix", None)
+            kwargs.pop("buckets", None)
         return self.call(*args, **kwargs)
 
 
@@ -201,11 +209,16 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             str(data_root), str(Path(tmp) / "out"), args.model, device, args.prec, batch_size=args.batch,
             test_batch_size=args.batch, shots=2, seed=args.seed + 1)
         build_s = time.perf_counter() - t0
-        return measure_steps(args, device, info, trainer, build_s)
+        fast = None
+        if args.bf16_mode and args.prec == "fp32" and (device.type == "cuda" or cpu_supports_bf16()):
+            fast = common.build_fsnl_trainer(
+                str(data_root), str(Path(tmp) / "out_bf16"), args.model, device, "bf16", batch_size=args.batch,
+                test_batch_size=args.batch, shots=2, seed=args.seed + 1)
+        return measure_steps(args, device, info, trainer, build_s, fast)
 
 
 def measure_steps(args: argparse.Namespace, device: torch.device, info: Dict[str, Any], trainer: Any,
-                  build_s: float) -> Dict[str, Any]:
+                  build_s: float, fast: Any = None) -> Dict[str, Any]:
     trainer.num_batches, trainer.batch_idx = 1 << 30, 0  # never reach the per-epoch LR step
     batch = next(iter(trainer.train_loader_x))
     if len(batch["label"]) != args.batch:
@@ -221,11 +234,12 @@ def measure_steps(args: argparse.Namespace, device: torch.device, info: Dict[str
 
     model = trainer.model
     breakdown = Breakdown(device)
-    encoder = TimedEncoder(model.text_encoder, breakdown)
 
     @contextlib.contextmanager
-    def instrumented(reference: bool) -> Iterator[None]:
+    def instrumented(reference: bool, plain: bool = False, trainer: Any = trainer) -> Iterator[None]:
         source = ref if reference else None
+        model = trainer.model
+        encoder = TimedEncoder(model.text_encoder, breakdown, plain=plain or reference)
         with contextlib.ExitStack() as stack:
             stack.enter_context(patched(model, "text_encoder", encoder))
             stack.enter_context(patched(trainer, "encode_images",
@@ -248,6 +262,10 @@ def measure_steps(args: argparse.Namespace, device: torch.device, info: Dict[str
 
     def cached_step() -> Any:
         with instrumented(reference=False):
+            return trainer.forward_backward(cached_batch)
+
+    def cached_plain_step() -> Any:
+        with instrumented(reference=False, plain=True):
             return trainer.forward_backward(cached_batch)
 
     # The floor: the same truncated embeddings, built once, through the tower and back.
@@ -274,15 +292,41 @@ def measure_steps(args: argparse.Namespace, device: torch.device, info: Dict[str
         "reference-style": breakdown.step("reference-style", reference_step),
         "ours, online": breakdown.step("ours, online", online_step),
         "ours, cached": breakdown.step("ours, cached", cached_step),
+        "ours, cached, plain truncation": breakdown.step("ours, cached, plain truncation", cached_plain_step),
         "bare text fwd+bwd": breakdown.step("bare text fwd+bwd", bare_step),
     }
+    if fast is not None:
+        fast.num_batches, fast.batch_idx = 1 << 30, 0
+        fast.name_learner.load_state_dict(trainer.name_learner.state_dict())
+        fast_batch = {"feat": fast.encode_images(batch["img"], normalize=False).cpu(), "label": labels,
+                      "index": batch["index"]}
+
+        def cached_bf16_step() -> Any:
+            with instrumented(reference=False, trainer=fast):
+                return fast.forward_backward(fast_batch)
+
+        modes["ours, cached, bf16 autocast"] = breakdown.step("ours, cached, bf16 autocast", cached_bf16_step)
+    work = {name: gemm_flops(fn) for name, fn in modes.items()}
+    for records in breakdown.records.values():
+        records.clear()
     results = common.measure(modes, args.repeats, args.warmup, device,
                              repeats_for={"reference-style": args.reference_repeats or args.repeats})
-    out = report(args, device, info, results, breakdown, lengths, build_s)
+    out = report(args, device, info, results, breakdown, lengths, build_s, work)
     if args.profile:
         out["profile"] = profile_step(cached_step, device, args.profile_rows)
         out["markdown"] += "\n\n" + profile_markdown(out["profile"], "ours, cached")
     return out
+
+
+def gemm_flops(step: Callable[[], Any]) -> Dict[str, float]:
+    """Matrix-product FLOPs of one step (``torch.utils.flop_counter``: mm/addmm/bmm/attention, forward
+    and backward): the work a mode does, independent of how loaded the machine is."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    per_op = {str(k): float(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
+    return {"total": float(counter.get_total_flops()), **per_op}
 
 
 def profile_step(step: Callable[[], Any], device: torch.device, rows: int) -> List[Dict[str, Any]]:
@@ -312,20 +356,26 @@ def profile_markdown(ops: List[Dict[str, Any]], mode: str) -> str:
 
 def report(args: argparse.Namespace, device: torch.device, info: Dict[str, Any],
            results: Dict[str, common.Measurement], breakdown: Breakdown, lengths: Dict[str, Any],
-           build_s: float) -> Dict[str, Any]:
+           build_s: float, work: Optional[Dict[str, Dict[str, float]]] = None) -> Dict[str, Any]:
     ref_m, bare_m = results["reference-style"], results["bare text fwd+bwd"]
     ref, bare = ref_m.median, bare_m.median
+    work = work or {}
+    ref_work = work.get("reference-style", {}).get("total", 0.0)
     rows, table = [], []
     for name, m in results.items():
         parts = breakdown.medians(name, args.warmup + common.PROBE_CALLS)
         paired = common.paired_ratio(ref_m, m)
         row = {"mode": name, "median_s": m.median, "times_s": m.times, "speedup_vs_reference": ref / m.median,
                "paired_speedup_vs_reference": paired, "vs_bare": m.median / bare,
-               "paired_vs_bare": common.paired_ratio(m, bare_m), "peak_bytes": m.peak, "breakdown_s": parts}
+               "paired_vs_bare": common.paired_ratio(m, bare_m), "peak_bytes": m.peak, "breakdown_s": parts,
+               "gemm_flops": work.get(name, {})}
+        flops = work.get(name, {}).get("total", 0.0)
         rows.append(row)
         table.append([name, len(m.times), common.fmt_seconds(m.median), common.fmt_spread(m.times),
                       f"**{common.fmt_ratio(ref / m.median)}**", common.fmt_ratio(paired),
-                      common.fmt_ratio(m.median / bare), common.fmt_bytes(m.peak)]
+                      common.fmt_ratio(m.median / bare), common.fmt_bytes(m.peak),
+                      f"{flops / 1e9:.4g}" if flops else "–",
+                      common.fmt_ratio(ref_work / flops) if flops and ref_work else "–"]
                      + [common.fmt_seconds(parts.get(k, 0.0)) if name != "bare text fwd+bwd" else "–"
                         for k in COMPONENTS])
     by = {r["mode"]: r for r in rows}
@@ -333,6 +383,9 @@ def report(args: argparse.Namespace, device: torch.device, info: Dict[str, Any],
     checks = {
         f"online ≥ {TARGET_ONLINE}× faster than reference-style": by["ours, online"]["speedup_vs_reference"] >= TARGET_ONLINE,
         f"cached ≥ {TARGET_CACHED:.0f}× faster than reference-style": by["ours, cached"]["speedup_vs_reference"] >= TARGET_CACHED,
+        **({f"cached with bf16 autocast ≥ {TARGET_CACHED:.0f}× faster than reference-style (fp32)":
+            by["ours, cached, bf16 autocast"]["speedup_vs_reference"] >= TARGET_CACHED}
+           if "ours, cached, bf16 autocast" in by else {}),
         f"cached within {TARGET_BARE}× of bare text fwd+bwd": by["ours, cached"]["vs_bare"] <= TARGET_BARE,
     }
     md = "\n".join([
@@ -348,12 +401,16 @@ def report(args: argparse.Namespace, device: torch.device, info: Dict[str, Any],
         "",
         common.markdown_table(["mode", "n", "median step", "min–max", "speed-up vs reference",
                                "paired speed-up", "× bare text",
-                               "peak memory added"] + list(COMPONENTS), table),
+                               "peak memory added", "GEMM GFLOP", "work ratio"] + list(COMPONENTS), table),
         "",
         "Speed-up = ratio of medians; paired = median over rounds of the per-round ratio (robust to load "
         "changes between rounds). Breakdown columns are medians of wall time inside the image encoder, the prompt/caption "
         "construction (incl. template swapping), the text tower's forward, and the rest (backward, "
-        "losses, SGD step).",
+        "losses, SGD step). GEMM GFLOP = matrix-product FLOPs of one step (mm/addmm/bmm, forward and "
+        "backward; `torch.utils.flop_counter`), work ratio = reference-style GFLOP / the mode's: the work, "
+        "independent of machine load. *Ours, cached* runs the text tower with the shared class-prompt "
+        "prefix computed once and 4 length buckets (`clip.TextEncoder`: `shared_prefix`, `buckets`); "
+        "*plain truncation* is the same step with both off (every row cut at the batch's longest EOT).",
         "",
         f"Where the reference-style step's time goes: image encoder {common.fmt_seconds(by_parts['image encoder'])}, "
         f"text forward over all {lengths['context_length']} positions {common.fmt_seconds(by_parts['text forward'])}, "
@@ -375,6 +432,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=None, help="B (default 32; 8 with --tiny)")
     parser.add_argument("--reference-repeats", type=int, default=0,
                         help="timed repeats of the (slowest) reference-style mode (default: --repeats)")
+    parser.add_argument("--no-bf16-mode", dest="bf16_mode", action="store_false",
+                        help="skip the 'ours, cached, bf16 autocast' mode (on by default where bf16 is native)")
     parser.add_argument("--profile", action="store_true",
                         help="append a torch.profiler op table of one extra cached step")
     parser.add_argument("--profile-rows", type=int, default=12)

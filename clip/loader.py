@@ -71,16 +71,28 @@ def resolve_precision(prec: Union[str, Precision], device: DeviceLike) -> Precis
     """Map a precision name to what is actually used on ``device``.
 
     B30: the reference asked for fp16 weights on CPU. Half-precision convolutions are unsupported or
-    very slow there and fp16 autocast is not a CPU thing, so every non-fp32 request falls back to fp32
-    on CPU with a warning.
+    very slow there and fp16 autocast is not a CPU thing, so fp16/amp requests fall back to fp32 on
+    CPU with a warning. ``bf16`` (fp32 weights, bfloat16 autocast, losses in fp32) is an opt-in on CPUs
+    with native bfloat16 support (:func:`cpu_supports_bf16`; about 1.7x faster text tower on
+    AVX512-BF16/AMX machines, accuracy parity in the README); elsewhere it falls back to fp32 too.
     """
     name = prec.name if isinstance(prec, Precision) else str(prec).strip().lower()
     if name not in _PRECISION_TABLE:
         raise ValueError(f"Unknown precision {prec!r}; choose one of {PRECISIONS}")
     if torch.device(device).type == "cpu" and name != "fp32":
+        if name == "bf16" and cpu_supports_bf16():
+            return _PRECISION_TABLE[name]
         logger.warning("Precision %r requested on CPU; using fp32 instead (B30)", name)
         name = "fp32"
     return _PRECISION_TABLE[name]
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU runs bfloat16 matrix products natively (oneDNN's AVX512-BF16 / AMX check)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def autocast(precision: Precision, device: DeviceLike) -> ContextManager:

@@ -46,6 +46,19 @@ def normalize_name(s: str) -> str:
     return " ".join(str(s).replace("_", " ").lower().split())
 
 
+def reference_normalize_name(s: str) -> str:
+    """The reference's *effective* class-name normalisation (spec §2.2, B2): ``.`` to space, lower-case.
+
+    Underscores and repeated spaces are kept. Only for ``TRAINER.FSNL.NAME_MATCHING reference``.
+    """
+    return str(s).replace(".", " ").lower()
+
+
+def _is_word_char(c: str) -> bool:
+    """What ``\\w`` matches in a Python ``str`` pattern: Unicode letters and digits, and ``_``."""
+    return c.isalnum() or c == "_"
+
+
 class NameMatcher:
     """Finds class names in text at word boundaries, longest name first.
 
@@ -53,6 +66,10 @@ class NameMatcher:
     earlier short name could shadow a longer one. Here a name only matches where it is not preceded or
     followed by a word character, and at any position the longest matching name wins ("giant
     anteater" beats "ant"). Names and text are normalised with :func:`normalize_name` first.
+
+    Matching walks a character trie of the names from every position that may start a name, so its
+    cost depends on the text and the longest name, not on the number of classes (one regex
+    alternation over all names tries every name at every position).
     """
 
     def __init__(self, names: Sequence[str]) -> None:
@@ -65,30 +82,97 @@ class NameMatcher:
         if len(self._index) != len(self.names):
             dupes = sorted({n for n in self.names if self.names.count(n) > 1})
             raise ValueError(f"Class names collide after normalisation: {dupes}")
-        ordered = sorted(self._index, key=lambda n: (-len(n), n))
-        alternation = "|".join(re.escape(n) for n in ordered)
-        self._pattern = re.compile(rf"(?<!\w)(?:{alternation})(?!\w)")
+        # trie node: dict char -> node; the key None holds the index of a name ending here
+        self._trie: Dict[Any, Any] = {}
+        for n, i in self._index.items():
+            node = self._trie
+            for c in n:
+                node = node.setdefault(c, {})
+            node[None] = i
 
-    def _matches(self, text: str) -> Iterable[re.Match[str]]:
-        return self._pattern.finditer(text)
+    def _matches(self, text: str) -> Iterable[Tuple[int, int, int]]:
+        """``(start, end, index)`` of the non-overlapping matches, left to right."""
+        n, s = len(text), 0
+        while s < n:
+            if s and _is_word_char(text[s - 1]):
+                s += 1
+                continue
+            node, best, k = self._trie, None, s
+            while k < n:
+                node = node.get(text[k])
+                if node is None:
+                    break
+                k += 1
+                if None in node and (k == n or not _is_word_char(text[k])):
+                    best = (k, node[None])
+            if best is None:
+                s += 1
+                continue
+            yield s, best[0], best[1]
+            s = best[0]
 
     def split(self, text: str) -> List[Piece]:
         """Normalised ``text`` cut into text pieces and :class:`Slot` s (B5: no match, one piece)."""
         text = normalize_name(text)
         pieces: List[Piece] = []
         cursor = 0
-        for m in self._matches(text):
-            if m.start() > cursor:
-                pieces.append(text[cursor:m.start()])
-            pieces.append(Slot(self._index[m.group(0)]))
-            cursor = m.end()
+        for start, end, index in self._matches(text):
+            if start > cursor:
+                pieces.append(text[cursor:start])
+            pieces.append(Slot(index))
+            cursor = end
         if cursor < len(text):
             pieces.append(text[cursor:])
         return pieces
 
     def find(self, text: str) -> List[int]:
         """Indices of the names occurring in ``text``, in order of occurrence (repeats kept)."""
-        return [self._index[m.group(0)] for m in self._matches(normalize_name(text))]
+        return [index for _, _, index in self._matches(normalize_name(text))]
+
+
+class ReferenceNameMatcher:
+    """The reference's matching (spec §2.5 steps 1-2), kept for bit-level parity (B2/B4/B5 on purpose).
+
+    Names are normalised with :func:`reference_normalize_name`, text is only lower-cased. The names
+    that occur as plain substrings are joined, in label order, into one regex alternation that splits
+    the text; at any position the earliest-listed name wins, even inside a word or a longer name. With
+    no name in the text the empty pattern splits it into single characters (B5). Selected by
+    ``TRAINER.FSNL.NAME_MATCHING reference``; :class:`NameMatcher` is the fixed default.
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = [reference_normalize_name(n) for n in names]
+        self._index: Dict[str, int] = {}
+        for i, n in enumerate(self.names):
+            if not n:
+                raise ValueError(f"Class name {names[i]!r} is empty after normalisation")
+            self._index.setdefault(n, i)
+        if len(self._index) != len(self.names):
+            dupes = sorted({n for n in self.names if self.names.count(n) > 1})
+            raise ValueError(f"Class names collide after normalisation: {dupes}")
+
+    def owner(self, text: str) -> Optional[int]:
+        """The reference's ``extract_classname`` (B6): the first name in label order inside the text."""
+        low = str(text).lower()
+        return next((i for i, n in enumerate(self.names) if n in low), None)
+
+    def split(self, text: str) -> List[Piece]:
+        low = str(text).lower()
+        matched = [n for n in self.names if n in low]
+        if not matched:
+            return [c for c in low]  # re.split on the empty pattern (B5)
+        pattern = "|".join(f"({re.escape(n)})" for n in matched)
+        pieces: List[Piece] = []
+        for k, part in enumerate(re.split(pattern, low)):
+            if not part:
+                continue
+            # re.split yields text, then one entry per group of the alternation (the matched name in
+            # its group, None in the others), so a captured piece sits at a position k % (G+1) != 0
+            pieces.append(Slot(self._index[part]) if k % (len(matched) + 1) else part)
+        return pieces
+
+    def find(self, text: str) -> List[int]:
+        return [p.index for p in self.split(text) if isinstance(p, Slot)]
 
 
 # ---------------------------------------------------------------------------------------- tokens
@@ -248,6 +332,21 @@ class PromptBatch:
         rows, cols = self.slot_dst // old_len, self.slot_dst % old_len
         return PromptBatch(self.ids[:, :new_len].contiguous(), self.eot_idx, rows * new_len + cols, self.slot_src)
 
+    def shared_prefix(self) -> int:
+        """Leading positions with the same id in every row and no name slot (constant under the causal mask).
+
+        What :class:`clip.TextEncoder` may compute once and reuse (``shared_prefix``): at least the
+        SOT position; for class prompts "SOT a photo of".
+        """
+        n, length = self.ids.shape
+        if n == 0 or length == 0:
+            return 0
+        same = (self.ids == self.ids[:1]).all(dim=0).long()
+        p = int(same.cumprod(0).sum())
+        if self.slot_dst.numel():
+            p = min(p, int((self.slot_dst % length).min()))
+        return min(p, int(self.eot_idx.min()))
+
     def to(self, device: Union[str, torch.device]) -> PromptBatch:
         return PromptBatch(self.ids.to(device), self.eot_idx.to(device), self.slot_dst.to(device),
                            self.slot_src.to(device))
@@ -301,6 +400,7 @@ class PromptBank(nn.Module):
         self.register_buffer("slot_dst", batch.slot_dst.to(weight.device), persistent=False)
         self.register_buffer("slot_src", batch.slot_src.to(weight.device), persistent=False)
         self.register_buffer("base", batch.base_embeddings(weight), persistent=False)
+        self.shared_prefix = batch.shared_prefix()
         src = batch.slot_src
         self.identity_src = bool(torch.equal(src, torch.arange(src.numel()))) and src.numel() == sum(
             self.slot_lengths)

@@ -1,12 +1,56 @@
 """CLIP's text tower run on token *embeddings*, so learned rows can be spliced into a prompt."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Sequence
 
 import torch
+from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
 TRUNCATABLE_POOLS = ("argmax", "eos")
+
+
+def length_buckets(lengths: Sequence[int], max_buckets: int) -> List[List[int]]:
+    """Rows grouped into at most ``max_buckets`` groups of similar length, minimising padded positions.
+
+    Every group is run cut at its own longest row, so the cost is ``Σ_g |g| · max_len(g)``; the
+    optimum over contiguous runs of the sorted lengths is found by dynamic programming over the
+    distinct lengths (at most the context length of them). Groups are returned shortest first.
+    """
+    n = len(lengths)
+    if n == 0:
+        return []
+    order = sorted(range(n), key=lambda i: (lengths[i], i))
+    distinct = sorted(set(int(v) for v in lengths))
+    count = [0] * len(distinct)
+    pos = {v: k for k, v in enumerate(distinct)}
+    for v in lengths:
+        count[pos[int(v)]] += 1
+    cum = [0]
+    for c in count:
+        cum.append(cum[-1] + c)
+    d = len(distinct)
+    k_max = max(1, min(int(max_buckets), d))
+    inf = float("inf")
+    # best[k][j]: minimal cost of covering distinct lengths [0, j) with k groups; cut[k][j]: last cut
+    best = [[inf] * (d + 1) for _ in range(k_max + 1)]
+    cut = [[0] * (d + 1) for _ in range(k_max + 1)]
+    best[0][0] = 0.0
+    for k in range(1, k_max + 1):
+        for j in range(1, d + 1):
+            for i in range(j):
+                if best[k - 1][i] == inf:
+                    continue
+                cost = best[k - 1][i] + (cum[j] - cum[i]) * distinct[j - 1]
+                if cost < best[k][j]:
+                    best[k][j], cut[k][j] = cost, i
+    k = min(range(1, k_max + 1), key=lambda kk: (best[kk][d], kk))
+    bounds, j = [], d
+    while k:
+        i = cut[k][j]
+        bounds.append((cum[i], cum[j]))
+        j, k = i, k - 1
+    return [order[a:b] for a, b in reversed(bounds)]
 
 
 class TextEncoder(nn.Module):
@@ -82,23 +126,109 @@ class TextEncoder(nn.Module):
             return transformer(x.permute(1, 0, 2), attn_mask=attn_mask).permute(1, 0, 2)
         return transformer(x, attn_mask=attn_mask)
 
-    def forward(self, embeds: torch.Tensor, eot_idx: torch.Tensor, truncate: bool = True) -> torch.Tensor:
+    @property
+    def can_reuse_prefix(self) -> bool:
+        """Prefix reuse needs a causal, batch-first tower of plain open_clip blocks (their math is known)."""
+        transformer = self.transformer
+        blocks = getattr(transformer, "resblocks", None)
+        return (self.can_truncate and getattr(transformer, "batch_first", None) is True
+                and not getattr(transformer, "grad_checkpointing", False) and blocks is not None
+                and all(type(b) is ResidualAttentionBlock and not hasattr(b, "ln_1_kv")
+                        and isinstance(b.attn, nn.MultiheadAttention) for b in blocks))
+
+    def _run_with_prefix(self, x: torch.Tensor, states: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """The blocks on the positions after the prefix; keys/values = cached prefix + these positions.
+
+        ``x`` is ``[N, S, W]`` (positions P..P+S-1), ``mask`` the causal mask rows P..P+S-1, columns
+        0..P+S-1. Each block computes exactly ``ResidualAttentionBlock.forward`` for those positions.
+        """
+        n = x.shape[0]
+        for block, state in zip(self.transformer.resblocks, states):
+            h = block.ln_1(x)
+            kv = torch.cat([state.to(h.dtype).expand(n, -1, -1), h], dim=1)
+            x = x + block.ls_1(block.attention(q_x=h, k_x=kv, v_x=kv, attn_mask=mask))
+            x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        return x
+
+    def forward(self, embeds: torch.Tensor, eot_idx: torch.Tensor, truncate: bool = True,
+                shared_prefix: int = 0, buckets: int = 1) -> torch.Tensor:
         """``[N, L, W]`` token embeddings and ``[N]`` pooling positions to ``[N, D]`` text features.
 
         With ``truncate`` only the first ``max(eot_idx) + 1`` positions are run; later positions
         cannot influence earlier ones under the causal mask, so the result is unchanged while the
         attention cost drops from 77² to (prompt length)².
+
+        Two further exact savings for causal towers (equal to the plain path up to float rounding;
+        ``tests/test_text_encoder.py``), both only with ``truncate``:
+
+        * ``shared_prefix`` P: the caller promises that positions ``< P`` are identical in every row
+          and carry no learned content (no gradient is sent to them). Their hidden states are
+          computed once, on one row, without a graph, and serve as cached keys/values for the rest.
+        * ``buckets`` k > 1: rows are grouped by pooling position into at most k groups
+          (:func:`length_buckets`) and each group is cut at its own longest row instead of the
+          batch's, so short prompts are not padded to the longest.
         """
+        if not (truncate and self.can_truncate):
+            return self._forward_rows(embeds, eot_idx, truncate)
+        p = self._usable_prefix(embeds, eot_idx, shared_prefix)
+        states = self._prefix_states(embeds, p) if p else None
+        groups = length_buckets((eot_idx + 1).tolist(), buckets) if buckets > 1 else []
+        if len(groups) < 2:
+            return self._forward_rows(embeds, eot_idx, True, p, states)
+        parts, order = [], []
+        for rows in groups:
+            index = torch.tensor(rows, dtype=torch.long, device=embeds.device)
+            parts.append(self._forward_rows(embeds.index_select(0, index),
+                                            eot_idx.index_select(0, index.to(eot_idx.device)), True, p, states))
+            order.extend(rows)
+        out = torch.cat(parts, dim=0)
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+        return out.index_select(0, inverse.to(out.device))
+
+    def _usable_prefix(self, embeds: torch.Tensor, eot_idx: torch.Tensor, shared_prefix: int) -> int:
+        """``shared_prefix`` capped so that every pooled position lies after it; 0 where not applicable."""
+        if shared_prefix <= 0 or not self.can_reuse_prefix or embeds.shape[0] == 0:
+            return 0
+        p = min(int(shared_prefix), int(eot_idx.min()), embeds.shape[1])
+        head = embeds[:, :p].detach()
+        if not torch.equal(head, head[:1].expand_as(head)):
+            raise ValueError(f"shared_prefix={shared_prefix}: the first {p} positions differ between rows")
+        return p
+
+    def _prefix_states(self, embeds: torch.Tensor, p: int) -> List[torch.Tensor]:
+        """``ln_1`` of the shared prefix's hidden state at every block (what its keys/values are made of).
+
+        Under the causal mask the prefix positions never attend to later ones, so their hidden
+        states are the same in every row and need no gradient: run once, on one row, without a graph.
+        """
+        cast = self.cast_dtype
+        mask = self.attn_mask[:p, :p]
+        states = []
+        with torch.no_grad():
+            x = embeds[:1, :p].detach().to(cast) + self._tower.positional_embedding[:p].to(cast)
+            for block in self.transformer.resblocks:
+                states.append(block.ln_1(x))
+                x = block(x, attn_mask=mask)
+        return states
+
+    def _forward_rows(self, embeds: torch.Tensor, eot_idx: torch.Tensor, truncate: bool, p: int = 0,
+                      states: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
         tower = self._tower
         cast = self.cast_dtype
         length = embeds.shape[1]
         if truncate and self.can_truncate:
             length = min(length, int(eot_idx.max()) + 1)
-        x = embeds[:, :length].to(cast) + tower.positional_embedding[:length].to(cast)
         mask = self.attn_mask
-        if mask is not None:
-            mask = mask[:length, :length]
-        x = self._run_transformer(x, mask)
+        if p and states is not None:
+            x = embeds[:, p:length].to(cast) + tower.positional_embedding[p:length].to(cast)
+            x = self._run_with_prefix(x, states, mask[p:length, :length])
+            eot_idx = eot_idx - p
+        else:
+            x = embeds[:, :length].to(cast) + tower.positional_embedding[:length].to(cast)
+            if mask is not None:
+                mask = mask[:length, :length]
+            x = self._run_transformer(x, mask)
         x = tower.ln_final(x)
         if self.pool_type == "first":
             pooled = x[:, 0]

@@ -220,10 +220,20 @@ def test_resolve_precision_table():
     assert resolve_precision("FP16", cuda) == Precision("fp16", torch.float16, None, False)
     assert resolve_precision("amp", cuda) == Precision("amp", torch.float32, torch.float16, True)
     assert resolve_precision("bf16", "cuda:0") == Precision("bf16", torch.float32, torch.bfloat16, False)
-    for name in ("fp16", "amp", "bf16"):
+    for name in ("fp16", "amp"):
         assert resolve_precision(name, "cpu").name == "fp32"
     with pytest.raises(ValueError, match="fp32"):
         resolve_precision("fp8", cuda)
+
+
+def test_bf16_on_cpu_only_where_supported(monkeypatch):
+    """bf16 is an opt-in on CPUs with native bfloat16; elsewhere it falls back to fp32 (B30)."""
+    from clip import loader
+
+    monkeypatch.setattr(loader, "cpu_supports_bf16", lambda: True)
+    assert resolve_precision("bf16", "cpu") == Precision("bf16", torch.float32, torch.bfloat16, False)
+    monkeypatch.setattr(loader, "cpu_supports_bf16", lambda: False)
+    assert resolve_precision("bf16", "cpu").name == "fp32"
 
 
 def test_autocast_helper():

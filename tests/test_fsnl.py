@@ -286,3 +286,123 @@ def test_loads_a_reference_checkpoint_with_momentum_state(toy_root, tmp_path, mo
     assert loaded["optimizer"]["param_groups"][0]["momentum"] == 0.9
     trainer.load_model(str(tmp_path / "ref"), epoch=3)
     torch.testing.assert_close(learner.name_tensor(0).detach(), value)
+
+
+def _reference_partner_sets(labels, valid):
+    """The reference's candidates per item: valid items of another label (spec §2.7)."""
+    return [{j for j in range(len(labels)) if valid[j] and labels[j] != labels[i]} for i in range(len(labels))]
+
+
+def test_swap_partners_uniform_over_the_reference_candidates():
+    """O(B) template swapping draws exactly the reference's distribution: uniform over the candidates."""
+    from trainers.fsnl import swap_partners
+
+    labels = torch.tensor([3, 1, 3, 0, 1, 3, 2, 2, 0, 5])
+    valid = torch.tensor([1, 1, 0, 1, 1, 1, 0, 1, 1, 0], dtype=torch.bool)
+    sets = _reference_partner_sets(labels.tolist(), valid.tolist())
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([swap_partners(labels, valid, g) for _ in range(6000)])
+    for i, cands in enumerate(sets):
+        got = draws[:, i]
+        if not cands:
+            assert bool((got == -1).all())
+            continue
+        assert set(got.tolist()) == cands  # never outside, every candidate reached
+        counts = torch.bincount(got, minlength=len(labels)).double()[sorted(cands)]
+        expected = len(got) / len(cands)
+        chi2 = float(((counts - expected) ** 2 / expected).sum())
+        # 99.9% quantile of chi² with <= 7 degrees of freedom is 24.3
+        assert chi2 < 24.3, (i, counts.tolist())
+
+
+def test_swap_partners_maps_every_draw_onto_one_candidate():
+    """Exact: the draws (u + ½)/n, u = 0..n-1, hit every reference candidate once (a bijection: uniform)."""
+    from trainers.fsnl import swap_partners
+
+    rng = torch.Generator().manual_seed(1)
+    for trial in range(40):
+        b = int(torch.randint(1, 12, (1,), generator=rng))
+        labels = torch.randint(0, 4, (b,), generator=rng)
+        valid = torch.rand(b, generator=rng) < 0.7
+        for i, cands in enumerate(_reference_partner_sets(labels.tolist(), valid.tolist())):
+            n = max(len(cands), 1)
+            hits = [int(swap_partners(labels, valid, draws=torch.full((b,), (u + 0.5) / n,
+                                                                      dtype=torch.float64))[i]) for u in range(n)]
+            assert sorted(hits) == (sorted(cands) if cands else [-1]), (trial, i)
+
+
+def _fake_trainer(names, hint, matching):
+    """What ``FSNLModel`` reads from a trainer, around the tiny random-weight CLIP."""
+    from types import SimpleNamespace
+
+    from yacs.config import CfgNode as CN
+
+    from benchmarks.common import load_model
+    from trainers.base import ClipTrainer
+    from trainers.fsnl import add_config
+
+    cfg = CN()
+    cfg.TRAINER = CN()
+    add_config(cfg)
+    cfg.TRAINER.FSNL.NAME_MATCHING = matching
+    return SimpleNamespace(cfg=cfg, clip=load_model("test-tiny", torch.device("cpu")), classnames=list(names),
+                           hint=hint, display_names=ClipTrainer.display_names)
+
+
+REFERENCE_NAMES = ["ant", "Giant_Anteater", "plant", "art", "folk art", "Mr._Mime", "red  panda"]
+
+
+def test_name_matching_reference_reproduces_the_original_embeddings():
+    """NAME_MATCHING reference: class prompts and captions embed exactly as the original's
+    per-string ``text2embedding`` (spec §2.5, re-implemented independently in benchmarks/)."""
+    from benchmarks.prompt_building import reference_class_prompts, reference_text2embedding
+    from clip import PromptBatch, tokenize_pieces
+    from trainers.fsnl import FSNLModel
+
+    model = FSNLModel(_fake_trainer(REFERENCE_NAMES, "folk art", "reference"))
+    assert model.classnames == ["ant", "giant_anteater", "plant", "art", "folk art", "mr _mime", "red  panda"]
+    nl, tok_emb = model.name_learner, model.text_encoder.token_embedding
+    learned = {n: nl.name_tensor(i) for i, n in enumerate(model.classnames)}
+    with torch.no_grad():
+        ours, ours_eot = model.prompt_bank(nl.bank)
+        ref, ref_eot = reference_class_prompts(model.classnames, "folk art", learned, model.tokenizer, tok_emb,
+                                               model.context_length)
+        assert torch.equal(ours_eot, ref_eot)
+        assert torch.equal(ours, ref[:, :ours.shape[1]])
+        for caption in ["A giant anteater, a PLANT and pants", "folk art with art", "mr _mime and a red  panda",
+                        "no name here at all"]:
+            seq = tokenize_pieces(model.tokenizer, model.matcher.split(caption))
+            batch = PromptBatch.build([seq], nl.lengths, model.slot_token_ids, model.context_length)
+            got = batch.embed(model.token_weight, nl.bank)
+            exp, exp_ids = reference_text2embedding(caption, model.classnames, learned, model.tokenizer, tok_emb,
+                                                    model.context_length)
+            assert int(batch.eot_idx[0]) == int(exp_ids.argmax())
+            assert torch.equal(got[0], exp), caption
+
+
+def test_name_matching_fixed_is_the_default_and_differs():
+    """The default keeps B2/B4 fixed: "art" is not found inside the hint "folk art" or inside words."""
+    from clip import Slot
+    from trainers.fsnl import FSNLModel
+
+    fixed = FSNLModel(_fake_trainer(REFERENCE_NAMES, "folk art", "fixed"))
+    ref = FSNLModel(_fake_trainer(REFERENCE_NAMES, "folk art", "reference"))
+    art = 3
+    slots = lambda pieces: [p.index for p in pieces if isinstance(p, Slot)]  # noqa: E731
+    assert slots(fixed.class_pieces[art]) == [art]
+    assert slots(ref.class_pieces[art]) == [art, 4]  # the hint "folk art" is a class name too
+    assert slots(ref.class_pieces[2]) == [2, 4]  # "plant", then the hint
+    assert fixed.classnames[1] == "giant anteater" and ref.classnames[1] == "giant_anteater"
+    assert fixed.caption_owner("a plant near an ant", 2) == 2
+    assert ref.caption_owner("a plant near an ant", 2) == 0  # B6: first name in label order
+
+
+def test_name_matching_reference_trains_and_bad_values_fail(toy_root, tmp_path):
+    trainer = build(toy_root, tmp_path / "ref", TRAINER, "TRAINER.FSNL.NAME_MATCHING", "reference")
+    assert trainer.model.reference_matching
+    batch = next(iter(trainer.train_loader_x))
+    trainer.num_batches, trainer.batch_idx = 10, 0
+    out = trainer.forward_backward(batch)
+    assert math.isfinite(out["loss"])
+    with pytest.raises(ValueError, match="NAME_MATCHING"):
+        build(toy_root, tmp_path / "bad", TRAINER, "TRAINER.FSNL.NAME_MATCHING", "regex")

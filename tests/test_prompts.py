@@ -188,6 +188,62 @@ def test_matcher_split_pieces():
     assert m.split("giant anteater") == [Slot(1)]
 
 
+def _regex_matches(names, text):
+    """The previous matcher, kept as the oracle: one alternation, longest first, word boundaries."""
+    import re
+
+    index = {}
+    for i, n in enumerate(normalize_name(n) for n in names):
+        index.setdefault(n, i)
+    alternation = "|".join(re.escape(n) for n in sorted(index, key=lambda n: (-len(n), n)))
+    pattern = re.compile(rf"(?<!\w)(?:{alternation})(?!\w)")
+    return [(m.start(), m.end(), index[m.group(0)]) for m in pattern.finditer(normalize_name(text))]
+
+
+def test_trie_matcher_equals_the_regex_alternation_on_random_captions():
+    """The trie matcher (cost independent of C) finds exactly what one regex alternation finds."""
+    import random
+
+    rng = random.Random(0)
+    words = ["ant", "plant", "giant", "anteater", "art", "folk", "mr.", "mime", "red", "panda", "pants",
+             "artful", "the", "a", "ant-eater", "_ant", "ant_", "é", "antà", "2ant", "(ant)", "x", "folkart"]
+    names = RAW_NAMES + ["anteater", "mime", "folk", "ant-eater", "red panda bear", "c++", "x"]
+    matcher = NameMatcher(names)
+    seps = [" ", "  ", ", ", ".", "-", "_", "", "\t", "!"]
+    for _ in range(3000):
+        text = "".join(rng.choice(words) + rng.choice(seps) for _ in range(rng.randint(0, 12)))
+        if rng.random() < 0.3:
+            text = text.upper()
+        expected = _regex_matches(names, text)
+        assert list(matcher._matches(normalize_name(text))) == expected, text
+        assert matcher.find(text) == [i for _, _, i in expected]
+
+
+def test_reference_matcher_reproduces_b2_b4_b5():
+    """NAME_MATCHING reference: '.'->' ' + lower only (B2), plain substrings in label order (B4), B5."""
+    from clip import ReferenceNameMatcher, reference_normalize_name
+
+    assert reference_normalize_name("Mr._Mime") == "mr _mime"
+    assert reference_normalize_name("Red  Panda") == "red  panda"
+    m = ReferenceNameMatcher(RAW_NAMES)
+    ant, _, plant, mime, folk, art, _ = range(7)
+    # plain substrings: "ant" fires inside words; the key "giant_anteater" (B2 kept "_") never matches
+    assert m.split("pants") == ["p", Slot(ant), "s"]
+    assert m.split("a plant") == ["a ", Slot(plant)]  # leftmost position first
+    assert m.split("a giant anteater") == ["a gi", Slot(ant), " ", Slot(ant), "eater"]
+    assert ReferenceNameMatcher(["ant", "anteater"]).split("anteater") == [Slot(0), "eater"]  # label order
+    assert ReferenceNameMatcher(["anteater", "ant"]).split("anteater") == [Slot(0)]
+    # the hint of a FolkArt prompt is scanned too: "folk art" (label 4) and "art" both match
+    assert m.find("a photo of art, a type of folk art.") == [art, folk]
+    assert m.find("artful party") == [art, art]
+    # B2: the normalised key "mr _mime" is no longer found in a caption that keeps the underscore-free name
+    assert m.find("mr. mime waves") == []
+    assert m.find("MR _MIME waves") == [mime]
+    assert m.split("no name") == list("no name")  # B5: the empty pattern splits between characters
+    assert m.owner("a plant and an ant") == ant  # B6: first name in label order
+    assert m.owner("nothing") is None
+
+
 def test_matcher_rejects_colliding_names():
     with pytest.raises(ValueError, match="mr. mime"):
         NameMatcher(["Mr._Mime", "mr. mime"])

@@ -176,3 +176,59 @@ def test_low_precision_weights(ids, precision):
     assert torch.equal(full, expected)
     # a shorter run may pick other kernels: equal up to the format's rounding
     torch.testing.assert_close(enc.encode_ids(ids).float(), expected.float(), atol=0.05, rtol=0.02)
+
+
+def _shared_prefix_batch(width: int, n: int = 9, p: int = 5, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    embeds = torch.randn(1, 77, width, generator=g).expand(n, -1, -1).clone()
+    embeds[:, p:] = torch.randn(n, 77 - p, width, generator=g)
+    eot = torch.tensor([5, 6, 9, 12, 20, 7, 30, 8, 76][:n])
+    return embeds, eot
+
+
+@pytest.mark.parametrize("shared_prefix,buckets", [(1, 1), (3, 1), (5, 1), (0, 3), (5, 4), (40, 4), (5, 9)])
+def test_prefix_reuse_and_buckets_equal_the_full_path(shared_prefix, buckets):
+    """Cached prefix keys/values and length buckets: the full 77-position features and gradients (1e-5)."""
+    model = build()
+    enc = TextEncoder(model)
+    assert enc.can_reuse_prefix
+    embeds, eot = _shared_prefix_batch(model.token_embedding.weight.shape[1])
+    leaf = embeds.clone().requires_grad_(True)
+    full = enc(leaf, eot, truncate=False)
+    (g_full,) = torch.autograd.grad(full.square().sum(), leaf)
+    got = enc(leaf, eot, shared_prefix=shared_prefix, buckets=buckets)
+    (g_got,) = torch.autograd.grad(got.square().sum(), leaf)
+    torch.testing.assert_close(got, full, atol=1e-5, rtol=0)
+    p = min(shared_prefix, int(eot.min()))
+    # No gradient is sent to the shared (constant) prefix; everything after it matches.
+    torch.testing.assert_close(g_got[:, p:], g_full[:, p:], atol=1e-5, rtol=1e-4)
+    if p:
+        assert bool((g_got[:, :p] == 0).all())
+
+
+def test_prefix_reuse_refuses_rows_that_differ():
+    model = build()
+    enc = TextEncoder(model)
+    embeds, eot = _shared_prefix_batch(model.token_embedding.weight.shape[1], p=2)
+    with pytest.raises(ValueError, match="differ between rows"):
+        enc(embeds, eot, shared_prefix=4)
+
+
+def test_length_buckets_minimise_padding():
+    from clip.text import length_buckets
+
+    lengths = [16, 12, 12, 26, 13, 26, 12, 20]
+    groups = length_buckets(lengths, 3)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    cost = sum(len(g) * max(lengths[i] for i in g) for g in groups)
+    # brute force over all ways of cutting the sorted distinct lengths into <= 3 runs
+    import itertools
+
+    distinct = sorted(set(lengths))
+    best = min(
+        sum(sum(1 for v in lengths if lo < v <= hi) * hi
+            for lo, hi in zip((0,) + cuts, cuts + (distinct[-1],)))
+        for k in range(3) for cuts in itertools.combinations(distinct[:-1], k))
+    assert cost == best
+    assert length_buckets(lengths, 1) == [sorted(range(len(lengths)), key=lambda i: (lengths[i], i))]
+    assert length_buckets([], 4) == []

@@ -38,7 +38,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
-from clip import NameMatcher, PromptBank, PromptBatch, Slot, TextEncoder, normalize_name
+from clip import (
+    NameMatcher,
+    PromptBank,
+    PromptBatch,
+    ReferenceNameMatcher,
+    Slot,
+    TextEncoder,
+    normalize_name,
+    reference_normalize_name,
+)
 from clip.prompts import class_prompt_pieces, tokenize_pieces
 from dassl.engine import TRAINER_REGISTRY
 from dassl.metrics import compute_accuracy
@@ -54,6 +63,9 @@ LOSSES = ("full", "caption", "base", "clip_caption")
 Piece = Union[List[int], Slot]
 #: Marks "this caption's own class name" inside a cached caption template.
 OWN = Slot(-1)
+#: Length groups of the text tower's input (``clip.TextEncoder`` ``buckets``): exact, and each group
+#: is cut at its own longest prompt instead of the batch's.
+TEXT_BUCKETS = 4
 
 
 def add_config(cfg: CN) -> None:
@@ -72,6 +84,11 @@ def add_config(cfg: CN) -> None:
     # reference: a class absent from the batch adds -log(1e-10) to the text→image mean (original);
     # present: the text→image term averages over the classes present in the batch.
     cfg.TRAINER.FSNL.ABSENT_CLASSES = "reference"
+    # fixed: one normalisation, word-boundary longest-first matching, the hint never scanned (B2/B4
+    # fixed); reference: the original's '.'->' ' + lower-case names, plain-substring label-order
+    # matching of whole prompt strings and first-substring caption owners (B2/B4/B5/B6 kept), for
+    # parity with the published numbers.
+    cfg.TRAINER.FSNL.NAME_MATCHING = "fixed"
 
 
 add_fsnl_config = add_config
@@ -92,6 +109,35 @@ def same_label_loss(
         has_pos = positive.any(dim=1)
         return per_row[has_pos].mean() if bool(has_pos.any()) else per_row.sum() * 0.0
     return per_row.mean()
+
+
+def swap_partners(labels: torch.Tensor, valid: torch.Tensor, generator: Optional[torch.Generator] = None,
+                  draws: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """For every item ``i``, a uniformly drawn ``j`` with ``valid[j]`` and ``labels[j] != labels[i]``; -1 if none.
+
+    The distribution of the reference's template swapping (spec §2.7: uniform over the batch items of
+    another class), in O(B log B) instead of a dense ``[B, B]`` weight matrix: the valid items are
+    sorted by label, so those of ``i``'s own label form one block ``[start, start + own)``; a draw
+    ``u`` uniform in ``[0, n_valid - own)`` skips that block (``u`` or ``u + own``). ``draws``
+    (``[B]`` floats in ``[0, 1)``, default: drawn from ``generator``) fix the randomness, for tests.
+    """
+    y = labels.reshape(-1).cpu().long()
+    valid = valid.reshape(-1).cpu().bool()
+    b = y.numel()
+    cand = torch.nonzero(valid).squeeze(1)
+    if cand.numel() == 0:
+        return torch.full((b,), -1, dtype=torch.long)
+    cand = cand[torch.argsort(y[cand], stable=True)]
+    sorted_y = y[cand]
+    start = torch.searchsorted(sorted_y, y, side="left")
+    own = torch.searchsorted(sorted_y, y, side="right") - start
+    allowed = cand.numel() - own
+    if draws is None:
+        draws = torch.rand(b, dtype=torch.float64, generator=generator)
+    u = torch.floor(draws.double() * allowed.double()).long()
+    u = torch.minimum(u, (allowed - 1).clamp(min=0))
+    k = torch.where(u < start, u, u + own).clamp(max=cand.numel() - 1)
+    return torch.where(allowed > 0, cand[k], torch.full_like(k, -1))
 
 
 class NameLearner(nn.Module):
@@ -135,6 +181,9 @@ class NameLearner(nn.Module):
         offsets[1:] = torch.cumsum(torch.tensor(self.lengths, dtype=torch.long), 0)
         self.offsets = offsets.tolist()
         self.index = {n: i for i, n in enumerate(names)}
+        self._loose_index: Dict[str, int] = {}
+        for i, n in enumerate(names):
+            self._loose_index.setdefault(normalize_name(n), i)
 
     def name_tensor(self, i: int) -> torch.Tensor:
         return self.bank[self.offsets[i]:self.offsets[i + 1]]
@@ -156,11 +205,11 @@ class NameLearner(nn.Module):
         incoming = {}
         for key, value in strip_module_prefix(state_dict).items():
             if key.startswith("name_embeddings."):
-                incoming[normalize_name(key[len("name_embeddings."):])] = value
+                incoming[key[len("name_embeddings."):]] = value
         matched = 0
         with torch.no_grad():
             for name, value in incoming.items():
-                i = self.index.get(name)
+                i = self.index.get(name, self._loose_index.get(normalize_name(name)))
                 if i is None:
                     continue
                 if tuple(value.shape) != (self.lengths[i], self.bank.shape[1]):
@@ -188,7 +237,11 @@ class FSNLModel(nn.Module):
         cfg = trainer.cfg.TRAINER.FSNL
         loaded = trainer.clip
         tokenizer = loaded.tokenizer
-        self.classnames = trainer.display_names(trainer.classnames)
+        self.reference_matching = cfg.NAME_MATCHING == "reference"
+        if self.reference_matching:
+            self.classnames = [reference_normalize_name(c) for c in trainer.classnames]
+        else:
+            self.classnames = trainer.display_names(trainer.classnames)
         token_weight = loaded.model.token_embedding.weight if hasattr(loaded.model, "token_embedding") \
             else loaded.model.text.token_embedding.weight
         name_ids = [tokenizer.encode(n) for n in self.classnames]
@@ -205,22 +258,41 @@ class FSNLModel(nn.Module):
         object.__setattr__(self, "token_weight", token_weight)
         hint = trainer.hint or "object"
         template = str(cfg.TEMPLATE).replace("{hint}", hint)
-        self.class_pieces = [tokenize_pieces(tokenizer, p) for p in class_prompt_pieces(template, len(self.classnames))]
+        if self.reference_matching:
+            self.matcher: Union[NameMatcher, ReferenceNameMatcher] = ReferenceNameMatcher(self.classnames)
+            # the reference scans the whole prompt string, hint included (B4: "art" in "folk art")
+            prompts = [template.replace("{name}", n).replace("{}", n) for n in self.classnames]
+            self.class_pieces = [tokenize_pieces(tokenizer, self.matcher.split(p)) for p in prompts]
+        else:
+            self.matcher = NameMatcher(self.classnames)
+            self.class_pieces = [tokenize_pieces(tokenizer, p)
+                                 for p in class_prompt_pieces(template, len(self.classnames))]
         self.prompt_bank = PromptBank(
             self.class_pieces, self.name_learner.lengths, self.slot_token_ids, token_weight,
             self.context_length, trim=True,
         )
-        self.matcher = NameMatcher(self.classnames)
 
     # ----------------------------------------------------------- class prompts
     def class_text_features(self) -> torch.Tensor:
         embeds, eot = self.prompt_bank(self.name_learner.bank)
-        return F.normalize(self.text_encoder(embeds, eot).float(), dim=-1)
+        return F.normalize(self.text_encoder(embeds, eot, shared_prefix=self.prompt_bank.shared_prefix,
+                                             buckets=TEXT_BUCKETS).float(), dim=-1)
 
     # ----------------------------------------------------------- captions
+    def caption_owner(self, caption: str, label: int) -> Optional[int]:
+        """The class a caption is about: its dataset label (B6 fixed), or under ``NAME_MATCHING
+        reference`` the first class name in label order that is a substring of it (None: no name)."""
+        if self.reference_matching:
+            return self.matcher.owner(caption)
+        return int(label)
+
     def caption_template(self, caption: str, label: int) -> Optional[List[Piece]]:
         """Tokenised caption with its own class name as ``OWN``; None if the name is absent (B6)."""
-        pieces = self.matcher.split(normalize_name(caption))
+        owner = self.caption_owner(caption, label)
+        if owner is None:
+            return None
+        label = owner
+        pieces = self.matcher.split(caption if self.reference_matching else normalize_name(caption))
         if not any(isinstance(p, Slot) and p.index == label for p in pieces):
             return None
         marked = [OWN if isinstance(p, Slot) and p.index == label else p for p in pieces]
@@ -237,7 +309,8 @@ class FSNLModel(nn.Module):
         batch = PromptBatch.build(sequences, self.name_learner.lengths, self.slot_token_ids,
                                   self.context_length).trimmed().to(device)
         embeds = batch.embed(self.token_weight, self.name_learner.bank)
-        return F.normalize(self.text_encoder(embeds, batch.eot_idx).float(), dim=-1)
+        return F.normalize(self.text_encoder(embeds, batch.eot_idx, shared_prefix=batch.shared_prefix(),
+                                             buckets=TEXT_BUCKETS).float(), dim=-1)
 
 
 @TRAINER_REGISTRY.register()
@@ -255,6 +328,9 @@ class FSNL_openclip(ClipTrainer):
             raise ValueError(f"TRAINER.FSNL.LOSS must be one of {LOSSES}, got {loss!r}")
         if cfg.TRAINER.FSNL.ABSENT_CLASSES not in ("reference", "present"):
             raise ValueError("TRAINER.FSNL.ABSENT_CLASSES must be 'reference' or 'present'")
+        if cfg.TRAINER.FSNL.NAME_MATCHING not in ("fixed", "reference"):
+            raise ValueError(f"TRAINER.FSNL.NAME_MATCHING must be 'fixed' or 'reference', got "
+                             f"{cfg.TRAINER.FSNL.NAME_MATCHING!r}")
 
     @property
     def loss_name(self) -> str:
@@ -271,10 +347,11 @@ class FSNL_openclip(ClipTrainer):
         self.scaler = self.build_scaler()
         self.rng = torch.Generator().manual_seed(max(int(cfg.SEED), 0))
         self.caption_templates: List[Optional[List[Piece]]] = []
+        self.caption_owners: List[Optional[int]] = []
         if self.uses_captions and not self.eval_only:  # an evaluation-only trainer never reads a caption
-            self.caption_templates = [
-                self.model.caption_template(d.caption, d.label) for d in self.dm.dataset.train_x
-            ]
+            train_x = self.dm.dataset.train_x
+            self.caption_templates = [self.model.caption_template(d.caption, d.label) for d in train_x]
+            self.caption_owners = [self.model.caption_owner(d.caption, d.label) for d in train_x]
             missing = sum(t is None for t in self.caption_templates)
             if missing:
                 logger.info("%d of %d training captions lack their class name; they use the base prompt",
@@ -323,17 +400,13 @@ class FSNL_openclip(ClipTrainer):
         """Template swapping (spec §2.7): a caption of *another* class, with this item's name in it."""
         templates = [self.caption_templates[int(i)] for i in indices]
         y = labels.cpu()
-        valid = torch.tensor([t is not None for t in templates])
-        allowed = valid[None, :] & (y[None, :] != y[:, None])
-        has = allowed.any(dim=1)
-        weights = allowed.float()
-        weights[~has] = 1.0
-        pick = torch.multinomial(weights, 1, generator=self.rng).squeeze(1).tolist()
-        out = []
-        for i, label in enumerate(y.tolist()):
-            template = templates[pick[i]] if bool(has[i]) else None
-            out.append(self.model.fill(template, label))
-        return out
+        if self.model.reference_matching:
+            # the reference swaps by the classes it extracted from the captions (B6), not by label
+            owners = [self.caption_owners[int(i)] for i in indices]
+            y = torch.tensor([o if o is not None else int(v) for o, v in zip(owners, y.tolist())])
+        valid = torch.tensor([t is not None for t in templates], dtype=torch.bool)
+        pick = swap_partners(y, valid, self.rng).tolist()
+        return [self.model.fill(templates[j] if j >= 0 else None, label) for j, label in zip(pick, y.tolist())]
 
     def own_sequences(self, indices: Sequence[int], labels: torch.Tensor) -> List[List[Piece]]:
         return [self.model.fill(self.caption_templates[int(i)], int(y)) for i, y in zip(indices, labels.tolist())]
