@@ -32,6 +32,7 @@ from dassl.data.datasets.base_dataset import DatasetBase, Datum
 from dassl.data.datasets.build import DATASET_REGISTRY
 from dassl.evaluation.clustering import parent_dir_class
 from dassl.utils import write_json
+from dassl.utils.identity import content_identity
 
 from .laion_beyond import DEFAULT_SEED, DatasetError, DatasetNotFoundError, check_images, laion_beyond_domains
 
@@ -179,6 +180,13 @@ class LAION_Beyond_GCD(DatasetBase):
     supports_subsets = False
     #: impath -> real class (the parent folder in the LAION-Beyond layout); replace for other layouts.
     true_class: Callable[[str], str] = staticmethod(parent_dir_class)
+
+    @classmethod
+    def data_identity(cls, cfg: Any) -> Dict[str, Any]:
+        """The clustering results file's content (the pseudo-labels are this dataset's data)."""
+        path = clustering_results_path(os.path.abspath(os.path.expanduser(str(cfg.DATASET.ROOT))),
+                                       str(cfg.DATASET.SUBFIELD))
+        return {"clustering_results": content_identity(path)["sha256"]} if os.path.isfile(path) else {}
 
     def __init__(self, cfg: Any) -> None:
         dcfg = cfg.DATASET

@@ -37,6 +37,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from dassl.data.datasets.base_dataset import DatasetBase, Datum
 from dassl.data.datasets.build import DATASET_REGISTRY
 from dassl.utils import write_json
+from dassl.utils.identity import content_identity, json_digest
 
 __all__ = [
     "LaionBeyond",
@@ -517,6 +518,11 @@ class LaionBeyond(DatasetBase):
             classnames, (train, val), test = part.classnames, selected[sub_classes], part.test
 
         super().__init__(train_x=train, val=val, test=test, classnames=classnames)
+        if self.num_shots >= 1:
+            self.fewshot_digest = json_digest({
+                split: [[os.path.relpath(d.impath, self.root).replace(os.sep, "/"), d.label] for d in items]
+                for split, items in (("train", train), ("val", val))
+            })
         logger.info(
             "%s [%s%s]: %d classes, %d train / %d val / %d test images (shots=%d)",
             type(self).__name__, sub_classes, ", superclasses" if self.superclass_mode else "",
@@ -535,6 +541,25 @@ class LaionBeyond(DatasetBase):
             logger.warning("Cross-evaluation subsets not checked: %s", err)
             return
         check_disjoint_classnames(parts)
+
+    @classmethod
+    def data_identity(cls, cfg: Any) -> Dict[str, Any]:
+        """SHA-256 of the split file of every subset of the domain found under ``DATASET.ROOT``
+        (the run's own subsets must exist; the other one is included when present, because the
+        OOP-to-IP cross-evaluation reads it). Memoised per file version, so a sweep pays once."""
+        root = os.path.abspath(os.path.expanduser(str(cfg.DATASET.ROOT)))
+        sub = str(cfg.DATASET.get("SUB_CLASSES", "OOP"))
+        needed = SUBSETS if sub == "All" else (sub,)
+        out: Dict[str, Any] = {}
+        for subset in SUBSETS:
+            try:
+                path = find_split_file(find_subset_dir(root, cls.prefix, subset))
+            except DatasetNotFoundError:
+                if subset in needed:
+                    raise
+                continue
+            out[subset] = content_identity(path)["sha256"]
+        return out
 
     @staticmethod
     def _resolve_seed(cfg: Any) -> int:

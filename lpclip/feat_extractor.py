@@ -5,7 +5,7 @@
         --dataset-config-file configs/datasets/Animals92_42.yaml --split train [--views 10] \\
         [--seed 1] [--num-shot K] [DATASET.SUB_CLASSES IP ...]
 
-The config is built exactly as ``train.py`` builds it (``train.parse_args`` + ``train.setup_cfg``), so
+The config is built exactly as ``train.py`` builds it (``configs.build_cfg``), so
 trailing ``KEY VALUE`` overrides work. Writes ``<output-dir>/<DATASET.NAME>/<SUB_CLASSES>/<split>.npz``
 with
 
@@ -30,12 +30,13 @@ import argparse
 import logging
 import os.path as osp
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+import configs
 from dassl.utils import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -78,24 +79,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def build_cfg(args: argparse.Namespace) -> Any:
-    """The cfg ``train.py`` would build for these arguments (same functions, same merge order)."""
-    import train
-
-    argv: List[str] = ["--root", args.root, "--output-dir", args.output_dir]
-    if args.seed is not None:
-        argv += ["--seed", str(args.seed)]
-    if args.config_file:
-        argv += ["--config-file", args.config_file]
-    if args.dataset_config_file:
-        argv += ["--dataset-config-file", args.dataset_config_file]
-    if args.backbone:
-        argv += ["--backbone", args.backbone]
-    if args.trainer:
-        argv += ["--trainer", args.trainer]
+    """The cfg ``train.py`` would build for these arguments (:func:`configs.build_cfg`)."""
     opts = list(args.opts or [])
     if args.num_shot != -1:
         opts += ["DATASET.NUM_SHOTS", str(args.num_shot)]
-    return train.setup_cfg(train.parse_args(argv + opts))
+    return configs.build_cfg(trainer=args.trainer, dataset=args.dataset_config_file, config=args.config_file,
+                             opts=opts, root=args.root, output_dir=args.output_dir, seed=args.seed,
+                             backbone=args.backbone)
 
 
 def pick_device(cfg: Any, requested: str = "") -> torch.device:

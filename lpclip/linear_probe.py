@@ -19,16 +19,17 @@ Differences from the reference, all deliberate (B31):
 * each run draws from its own ``np.random.default_rng(run)`` instead of re-seeding the global RNG;
   with augmented train views (``--views``) K *images* are sampled and all their views are used;
 * fits are cached per C within a search (lbfgs is deterministic, so results are unchanged);
-* results go to ``results.json`` and a CSV whose columns say what they hold (``accuracy_mean``,
-  ``accuracy_std``, ...) with the real SUB_CLASSES and seeds (the reference wrote the std into
-  ``error_rate`` and hard-coded SUB_CLASSES "OOP" and SEED 4).
+* results go to ``results.json`` (written through the results contract, ``dassl.results``, kind
+  ``linear_probe``, fingerprinted by the probe's settings and the feature files' content) and a CSV
+  whose columns say what they hold (``accuracy_mean``, ``accuracy_std``: the project's one spread
+  convention, the sample std with ddof 1) with the real SUB_CLASSES and seeds (the reference wrote
+  the std into ``error_rate`` and hard-coded SUB_CLASSES "OOP" and SEED 4).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import io
-import json
 import logging
 import math
 import os
@@ -39,7 +40,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dassl.utils import atomic_write, atomic_write_text
+from dassl import results as results_contract
+from dassl.utils import atomic_write
+from dassl.utils.identity import content_identity
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ SPLITS = ("train", "val", "test")
 COARSE_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 VAL_MAX_SHOTS = 4
-RESULTS_JSON = "results.json"
+RESULTS_JSON = results_contract.RESULTS_FILE
 RESULTS_CSV = "linear_probe.csv"
 CSV_COLUMNS = (
     "method", "dataset", "sub_classes", "shots", "features", "num_run", "num_step", "seeds",
@@ -216,10 +219,16 @@ def probe_run(
     }
 
 
+def _nan_to_none(value: float) -> Optional[float]:
+    """JSON has no NaN: an undefined spread (one run) is written as null."""
+    return None if math.isnan(value) else float(value)
+
+
 def linear_probe(
     feats: Dict[str, FeatureSplit], shots: Sequence[int], num_run: int, num_step: int
 ) -> Dict[str, Dict[str, Any]]:
-    """Per K: mean / std (population, ddof 0) / per-run accuracies and the chosen C of each run."""
+    """Per K: mean / sample std (ddof 1, :func:`dassl.results.sample_std`) / per-run accuracies and
+    the chosen C of each run."""
     out: Dict[str, Dict[str, Any]] = {}
     seeds = list(range(1, int(num_run) + 1))
     for k in shots:
@@ -228,15 +237,16 @@ def linear_probe(
         out[str(int(k))] = {
             "shots": int(k),
             "accuracy_mean": float(accs.mean()),
-            "accuracy_std": float(accs.std()),
+            "accuracy_std": _nan_to_none(results_contract.sample_std(accs)),
             "accuracies": [float(a) for a in accs],
             "c": [float(r["c"]) for r in runs],
             "val_accuracies": [float(r["val_accuracy"]) for r in runs],
             "n_train": [int(r["n_train"]) for r in runs],
             "seeds": seeds,
         }
-        logger.info("K=%d: accuracy %.2f%% ± %.2f over %d runs (C median %.3g)", int(k), accs.mean(),
-                    accs.std(), len(runs), float(np.median([r["c"] for r in runs])))
+        logger.info("K=%d: accuracy %.2f%% ± %.2f (sample std) over %d runs (C median %.3g)", int(k),
+                    accs.mean(), results_contract.sample_std(accs), len(runs),
+                    float(np.median([r["c"] for r in runs])))
     return out
 
 
@@ -256,7 +266,7 @@ def csv_rows(results: Dict[str, Dict[str, Any]], dataset: str, sub_classes: str,
             "num_step": int(num_step),
             "seeds": " ".join(str(s) for s in res["seeds"]),
             "accuracy_mean": f"{res['accuracy_mean']:.4f}",
-            "accuracy_std": f"{res['accuracy_std']:.4f}",
+            "accuracy_std": "" if res["accuracy_std"] is None else f"{res['accuracy_std']:.4f}",
             "accuracy_min": f"{min(accs):.4f}",
             "accuracy_max": f"{max(accs):.4f}",
             "c_median": f"{float(np.median(res['c'])):.6g}",
@@ -264,11 +274,26 @@ def csv_rows(results: Dict[str, Dict[str, Any]], dataset: str, sub_classes: str,
     return rows
 
 
-def write_results(output_dir: str, payload: Dict[str, Any], rows: List[Dict[str, Any]]) -> Tuple[str, str]:
+def probe_fingerprint(feature_dir: str, dataset: str, sub_classes: str, shots: Sequence[int], num_run: int,
+                      num_step: int, normalized: bool) -> Dict[str, Any]:
+    """The probe's run fingerprint (dassl.results): its settings plus the content of the feature files
+    it reads (which embody backbone, weights, transform and split). ``scripts.sweep`` compares it with
+    a finished probe's results.json before skipping it."""
+    config = {
+        "method": "linear_probe", "dataset": dataset, "sub_classes": sub_classes,
+        "shots": [int(k) for k in shots], "num_run": int(num_run), "num_step": int(num_step),
+        "features": "normalized" if normalized else "raw", "coarse_grid": list(COARSE_GRID),
+    }
+    paths = check_features(feature_dir, dataset, sub_classes)
+    data = {split: content_identity(path)["sha256"] for split, path in paths.items()}
+    return results_contract.fingerprint(config, trainer="linear_probe", data=data)
+
+
+def write_results(output_dir: str, payload: Dict[str, Any], rows: List[Dict[str, Any]],
+                  fp: Dict[str, Any]) -> Tuple[str, str]:
     os.makedirs(output_dir, exist_ok=True)
-    json_path = osp.join(output_dir, RESULTS_JSON)
     csv_path = osp.join(output_dir, RESULTS_CSV)
-    atomic_write_text(json_path, json.dumps(payload, indent=2) + "\n")
+    json_path = results_contract.write_results(output_dir, payload, fp, kind="linear_probe")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS))
     writer.writeheader()
@@ -328,10 +353,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "coarse_grid": list(COARSE_GRID),
         "shots": results,
     }
+    fp = probe_fingerprint(args.feature_dir, args.dataset, args.sub_classes, args.shots, args.num_run,
+                           args.num_step, args.normalized)
     json_path, csv_path = write_results(output_dir, payload,
-                                        csv_rows(results, args.dataset, args.sub_classes, features, args.num_step))
+                                        csv_rows(results, args.dataset, args.sub_classes, features, args.num_step), fp)
+    print(f"accuracy: mean ± {results_contract.STD_CONVENTION.replace('over seeds', 'over runs')}")
     for res in results.values():
-        print(f"K={res['shots']:>2}: {res['accuracy_mean']:.2f} ± {res['accuracy_std']:.2f}")
+        spread = "-" if res["accuracy_std"] is None else f"{res['accuracy_std']:.2f}"
+        print(f"K={res['shots']:>2}: {res['accuracy_mean']:.2f} ± {spread}")
     print(f"wrote {json_path} and {csv_path}")
     return 0
 

@@ -11,7 +11,7 @@ For each ``NAME:WEIGHTS`` backbone, on one domain:
 * FSNL at ``--shots`` shots with the paper's settings (batch size and LR from ``scripts.fsnl_rule``).
 
 Runs go to ``OUT/<backbone tag>/<Dataset>/...`` in the layout ``scripts.parse_test_res`` reads, and a
-run whose ``results.json`` exists is skipped. The figure plots the accuracy (mean over seeds) against
+finished run with the same fingerprint is skipped (``scripts.sweep.split_done``). The figure plots the accuracy (mean over seeds) against
 the parameter count of each backbone, counted on an open_clip model instantiated on the ``meta``
 device (no weights, no memory, no download). Writes ``<figure>.png``, ``<figure>.pdf`` and
 ``<figure>.json`` (the plotted numbers).
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from scripts.sweep import Job, fsnl_opts, merge_opts, run_jobs, split_done, trainer_config
+from scripts.sweep import Job, RunConflict, fsnl_opts, merge_opts, run_jobs, split_done, trainer_config
 
 __all__ = [
     "DEFAULT_BACKBONES",
@@ -248,7 +248,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--python", default="python", help="interpreter named in the commands")
     p.add_argument("--dry-run", action="store_true", help="print the pending commands and exit")
     p.add_argument("--plot-only", action="store_true", help="only plot what has been run")
-    p.add_argument("--force", action="store_true", help="rerun jobs whose results.json exists")
+    p.add_argument("--force", action="store_true", help="rerun every job, overwriting finished runs")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE ... for every run (last)")
     return p
 
@@ -271,13 +271,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         except (DomainError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        if args.dry_run:
-            pending, done = split_done(jobs, args.force)
-            for job in pending:
-                print(job.command)
-            print(f"# backbone scaling: {len(pending)} pending, {len(done)} skipped (results exist)", file=sys.stderr)
-            return 0
-        summary = run_jobs(jobs, force=args.force)
+        try:
+            if args.dry_run:
+                pending, done = split_done(jobs, args.force)
+                for job in pending:
+                    print(job.command)
+                print(f"# backbone scaling: {len(pending)} pending, {len(done)} skipped (finished, same fingerprint)",
+                      file=sys.stderr)
+                return 0
+            summary = run_jobs(jobs, force=args.force)
+        except RunConflict as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         print(f"backbone scaling: {summary.line()}", file=sys.stderr)
         for job, why in summary.failed:
             print(f"  FAILED ({why}): {job.command}", file=sys.stderr)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import configs
 from scripts.domains import REPO_ROOT, resolve_domain
 
 __all__ = [
@@ -70,21 +71,14 @@ def build_cfg(
     opts: Sequence[str] = (),
 ) -> Any:
     """The frozen cfg of ``train.py`` for ``dataset`` (registered or short name) under ``root``."""
-    import train
-
-    name = resolve_domain(dataset)
-    argv: List[str] = ["--root", str(root), "--dataset-config-file",
-                       str(REPO_ROOT / "configs" / "datasets" / f"{name}.yaml")]
-    if config_file:
-        argv += ["--config-file", _config_path(config_file)]
-    if backbone:
-        argv += ["--backbone", backbone]
-    if seed is not None:
-        argv += ["--seed", str(seed)]
     extra = list(opts)
     if weights:
         extra += ["MODEL.BACKBONE.WEIGHTS", weights]
-    return train.setup_cfg(train.parse_args(argv + extra))
+    return configs.build_cfg(
+        dataset=str(REPO_ROOT / "configs" / "datasets" / f"{resolve_domain(dataset)}.yaml"),
+        config=_config_path(config_file) if config_file else "", opts=extra, root=str(root),
+        backbone=backbone, seed=seed,
+    )
 
 
 def add_backbone_args(parser: Any) -> None:

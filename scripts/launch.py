@@ -7,8 +7,11 @@
 
 Input: a text file with one command per line (``#`` comments and blank lines ignored), or a YAML file
 with a ``commands:`` list whose items are strings or ``{cmd: ..., done: ...}`` mappings; ``-`` reads
-stdin. A command counts as done, and is skipped, when its ``done`` file exists, or, without one, when
-``<--output-dir>/results.json`` exists; so a launch can be repeated after failures or preemption.
+stdin. A command's marker is its ``done`` file or, without one, ``<--output-dir>/results.json``. A
+command is skipped only when that results.json holds a finished run with the fingerprint the command
+would record (``scripts.run_identity``; other markers: when the file exists); a finished run of a
+*different* fingerprint stops the launch before anything runs, with one ``error:`` line naming the
+differing keys (``--force`` overwrites). So a launch can be repeated after failures or preemption.
 
 Local mode keeps a queue and ``--workers`` threads, each pinned to one GPU of ``--gpus`` /
 ``CUDA_VISIBLE_DEVICES`` / ``torch.cuda.device_count()`` (round robin when there are more workers
@@ -17,7 +20,10 @@ to the end of the queue up to ``--retries`` times. The exit status is 1 when any
 
 SLURM mode writes ``commands.txt``, ``done.txt`` (the marker of each line) and ``job.sbatch`` (an
 ``--array=0-(N-1)%M`` script whose task i runs line i+1 unless its marker exists) and submits it with
-``sbatch`` (``--no-submit`` only writes). There is deliberately no scheduler of our own beyond that.
+``sbatch`` (``--no-submit`` only writes); each task asks ``python -m scripts.run_identity`` whether its
+run is finished (skip), missing (run) or another run (fail with the error line); it runs with the
+interpreter that wrote the script unless ``FSNL_PYTHON`` names another. There is deliberately no
+scheduler of our own beyond that.
 
 Why no multi-GPU (DDP) inside one run: FSNL's trainable state is a few name embeddings (kilobytes)
 and its step cost is dominated by the frozen encoders on a few hundred images, so a run fits one GPU
@@ -36,11 +42,13 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, TextIO, Tuple
 
+from dassl import results
 from scripts.domains import REPO_ROOT
+from scripts.run_identity import RunConflict, command_state, conflict_message
 
 __all__ = [
     "Command",
@@ -50,6 +58,7 @@ __all__ = [
     "parse_commands",
     "done_marker",
     "visible_gpus",
+    "split_done",
     "run_local",
     "slurm_script",
     "write_slurm",
@@ -59,7 +68,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
+RESULTS_FILE = results.RESULTS_FILE
 _NO_GPU = frozenset({"", "-1", "none", "None"})
 
 
@@ -73,10 +82,18 @@ class Command:
     explicit_done: bool = False
 
     def is_done(self, cwd: Optional[str] = None) -> bool:
-        """Whether the marker exists; a relative marker is relative to the jobs' working directory."""
+        """Whether the marker holds this command's finished run (``scripts.run_identity``); a relative
+        marker is relative to the jobs' working directory."""
+        return self.state(cwd).done
+
+    def state(self, cwd: Optional[str] = None) -> results.Finished:
         if not self.done:
-            return False
-        return os.path.isfile(os.path.join(cwd, self.done) if cwd else self.done)
+            return results.Finished("missing", "")
+        try:
+            argv = shlex.split(self.cmd)
+        except ValueError:
+            argv = []
+        return command_state(argv, self.done, cwd)
 
 
 @dataclass
@@ -177,6 +194,19 @@ def visible_gpus(explicit: Optional[str] = None) -> List[str]:
 # ------------------------------------------------------------------------------------ local
 
 
+def split_done(commands: Sequence[Command], force: bool = False,
+               cwd: Optional[str] = None) -> Tuple[List[Command], List[Command]]:
+    """(pending, done); raises :class:`RunConflict` (one line) when a command's output holds a
+    finished run of another fingerprint, unless ``force``."""
+    if force:
+        return list(commands), []
+    workdir = cwd or os.fspath(REPO_ROOT)
+    states = [c.state(workdir) for c in commands]
+    if any(s.state in ("mismatch", "unreadable") for s in states):
+        raise RunConflict(conflict_message(states))
+    return ([c for c, s in zip(commands, states) if not s.done], [c for c, s in zip(commands, states) if s.done])
+
+
 def run_local(
     commands: Sequence[Command],
     workers: int,
@@ -192,11 +222,9 @@ def run_local(
     logs.mkdir(parents=True, exist_ok=True)
     workdir = cwd or os.fspath(REPO_ROOT)
     todo: queue.Queue[Optional[Command]] = queue.Queue()
-    for c in commands:
-        if not force and c.is_done(workdir):
-            summary.skipped.append(c)
-        else:
-            todo.put(c)
+    pending, summary.skipped = split_done(commands, force, workdir)
+    for c in pending:
+        todo.put(c)
     lock = threading.Lock()
     running: Dict[int, subprocess.Popen] = {}
     stop = threading.Event()
@@ -303,7 +331,8 @@ def slurm_script(
     lines += [f"#SBATCH {extra}" for extra in options.extra]
     lines += [
         "# Written by scripts/launch.py: array task i runs line i+1 of the commands file, unless the",
-        "# file on the same line of the done file exists (finished runs are never repeated).",
+        "# marker on the same line of the done file holds this command's finished run (same fingerprint;",
+        "# finished runs are never repeated, and a different run there is an error, never overwritten).",
         "set -euo pipefail",
         'cd "${SLURM_SUBMIT_DIR:-.}"',
         f"COMMANDS={shlex.quote(commands_file)}",
@@ -312,7 +341,12 @@ def slurm_script(
         'CMD="$(sed -n "${LINE}p" "$COMMANDS")"',
         'MARKER="$(sed -n "${LINE}p" "$DONE")"',
         'if [ -z "$CMD" ]; then echo "no command on line $LINE of $COMMANDS" >&2; exit 1; fi',
-        'if [ -n "$MARKER" ] && [ -f "$MARKER" ]; then echo "skip: $MARKER exists"; exit 0; fi',
+        'if [ -n "$MARKER" ]; then',
+        f'  set +e; PYTHONPATH={shlex.quote(os.fspath(REPO_ROOT))}"${{PYTHONPATH:+:$PYTHONPATH}}" '
+        f'"${{FSNL_PYTHON:-{sys.executable}}}" -m scripts.run_identity --done "$MARKER" --cmd "$CMD"; STATE=$?; set -e',
+        '  if [ "$STATE" = 0 ]; then exit 0; fi',
+        '  if [ "$STATE" != 1 ]; then exit "$STATE"; fi',
+        'fi',
     ]
     lines += list(options.setup)
     lines += [
@@ -395,9 +429,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
 
     if args.mode == "slurm":
-        workdir = args.cwd or os.fspath(REPO_ROOT)
-        pending = commands if args.force else [c for c in commands if not c.is_done(workdir)]
-        skipped = len(commands) - len(pending)
+        try:
+            pending, done = split_done(commands, args.force, args.cwd)
+        except RunConflict as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        skipped = len(done)
+        if args.force:  # the tasks must not skip (or refuse) what --force asked to overwrite
+            pending = [replace(c, done=None) for c in pending]
         if not pending:
             print(f"all {len(commands)} command(s) are done; nothing to submit", file=sys.stderr)
             return 0
@@ -425,6 +464,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     workers = args.workers or max(1, len(gpus))
     try:
         summary = run_local(commands, workers, gpus, args.retries, args.log_dir, args.cwd, args.force)
+    except RunConflict as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; running jobs were terminated", file=sys.stderr)
         return 130

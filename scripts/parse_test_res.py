@@ -17,6 +17,24 @@ The method is the first folder below the phase (``FSNL_openclip_USE_CAPTION_True
 ``TaskRes``...); ``--method-depth N`` keeps N folders to tell variants apart, with FSNL's
 ``_BS_<n>_LR_<x>`` (derived from C and K by the rule) dropped so one method stays one row.
 
+Nothing is merged or dropped silently (``dassl.results``): runs are grouped by method + dataset + shots
++ configuration, the run fingerprint without the seed (and without ``DATASET.SUB_CLASSES`` /
+``TEST.CROSS_EVAL``, so that a separate IP evaluation joins its training run's seed). Configurations
+of one method that differ become separate rows, labelled by the keys in which they differ
+(``FSNL [TRAINER.FSNL.LOSS='caption']``); files written before the results contract (no fingerprint)
+form their own configuration, labelled ``legacy`` when they meet fingerprinted runs. Two results of
+the same seed, configuration and evaluation are a duplicate: a warning names both paths and the first
+(sorted by path) is used.
+
+CoOp's flags (its ``parse_test_res.py``): ``DIR`` holding ``seed*/`` folders is one experiment,
+summarised as ``* accuracy: mean% +- spread%``; ``--multi-exp`` summarises every experiment folder
+directly below ``DIR``; ``--test-log`` reads evaluation-only runs (a log needs no "Finish training"
+line, which is otherwise required, as in CoOp, so that an unfinished training is not counted);
+``--ci95`` is ``--ci``. Each seed's accuracy comes from its ``results.json`` when there is one, else
+from the last ``* accuracy:`` line of its ``log.txt``. Deliberate difference: CoOp's ``--ci95`` is
+``1.96·σ/√n`` with the population σ (ddof 0); here the spread is always the sample std (ddof 1) and
+the interval the Student-t one, which is honest for 3 seeds.
+
 H-mean ``H = 2·OOP·IP / (OOP + IP)``. The paper does not say how it was averaged over seeds (spec §8.6),
 so both conventions exist and the output names the one used: ``--hmean per-seed`` (default: H of each
 seed, then the mean over seeds) or ``--hmean from-means`` (H of the seed-averaged OOP and IP). The
@@ -37,6 +55,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from dassl import results
+from dassl.utils import atomic_write_text
+from dassl.utils.identity import json_digest
 
 __all__ = [
     "RunRecord",
@@ -65,7 +87,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
+RESULTS_FILE = results.RESULTS_FILE
+#: Not part of the configuration a row stands for: the seed varies inside a row, and an evaluation on
+#: another subset (IP after OOP training) joins its training run's seed.
+GROUP_IGNORED = ("SEED", "DATASET.SUB_CLASSES", "TEST.CROSS_EVAL")
+LEGACY = "legacy"
+_FINISH_LINE = "Finish training"
 HMEAN_CONVENTIONS = ("per-seed", "from-means")
 ZEROSHOT_SHOTS = 0
 _SHOTS_DIR = re.compile(r"shots_(\d+)$")
@@ -103,6 +130,10 @@ class RunRecord:
     phase: str = "train"
     sub_classes: str = ""
     path: str = ""
+    #: configuration key (see :func:`config_identity`); ``legacy`` for files without a fingerprint.
+    config: str = LEGACY
+    #: the flat identity the key was computed from (to label differing configurations).
+    identity: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -129,6 +160,8 @@ class GroupSummary:
     hmean: Stat = field(default_factory=Stat)
     accuracy: Stat = field(default_factory=Stat)
     label: str = ""
+    config: str = LEGACY
+    paths: List[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------ statistics
@@ -141,15 +174,12 @@ def hmean(oop: float, ip: float) -> float:
 
 
 def compute_stat(values: Sequence[float]) -> Stat:
-    """Mean, sample std (ddof 1) and 95% Student-t half-width of ``values``."""
-    vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-    n = len(vals)
+    """Mean, sample std (ddof 1, :func:`dassl.results.sample_std`) and 95% Student-t half-width."""
+    mean, std, n = results.mean_std(values)
     if n == 0:
         return Stat()
-    mean = sum(vals) / n
     if n == 1:
         return Stat(mean, math.nan, math.nan, 1)
-    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
     from scipy.stats import t
 
     return Stat(mean, std, float(t.ppf(0.975, n - 1)) * std / math.sqrt(n), n)
@@ -223,6 +253,22 @@ def _metrics(data: Dict[str, Any], sub_classes: str) -> Tuple[Optional[float], O
     return oop, ip, accuracy
 
 
+def config_identity(fp: Optional[Dict[str, Any]]) -> Tuple[str, Dict[str, Any]]:
+    """``(key, flat identity)`` of the configuration a run belongs to: its fingerprint without
+    :data:`GROUP_IGNORED` (and without the seed of a random init); ``legacy`` without a fingerprint."""
+    if not fp:
+        return LEGACY, {}
+    flat: Dict[str, Any] = {k: v for k, v in (fp.get("config") or {}).items() if k not in GROUP_IGNORED}
+    flat["trainer"] = fp.get("trainer")
+    for key, value in (fp.get("data") or {}).items():
+        flat[f"data.{key}"] = value
+    weights = fp.get("weights")
+    if isinstance(weights, dict):
+        weights = {k: v for k, v in weights.items() if k != "seed"}
+    flat["weights"] = weights
+    return json_digest(flat), flat
+
+
 def _linear_probe_records(path: Path, data: Dict[str, Any]) -> List[RunRecord]:
     # lpclip.linear_probe: {"dataset", "sub_classes", "shots": {"K": {"accuracies": [...], "seeds": [...]}}};
     # each of its runs counts as one seed of the group.
@@ -272,17 +318,14 @@ def _record_from_json(path: Path, data: Dict[str, Any], depth: int) -> List[RunR
 
 
 def load_results(root: str, method_depth: int = 1) -> List[RunRecord]:
-    """One record per evaluation found in the ``results.json`` files below ``root`` (unmerged)."""
+    """One record per evaluation found in the ``results.json`` files below ``root`` (unmerged), read
+    through the results contract (unreadable files are skipped with a warning naming them)."""
     records: List[RunRecord] = []
-    for path in sorted(Path(root).rglob(RESULTS_FILE)):
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (OSError, json.JSONDecodeError) as err:
-            logger.warning("Skipping unreadable %s (%s)", path, err)
-            continue
-        if isinstance(data, dict):
-            records.extend(_record_from_json(path.resolve(), data, method_depth))
+    for res in results.iter_results(root):
+        key, identity = config_identity(res.fingerprint)
+        for rec in _record_from_json(Path(res.path), res.data, method_depth):
+            rec.config, rec.identity = key, identity
+            records.append(rec)
     return records
 
 
@@ -348,32 +391,84 @@ def merge_seeds(records: Iterable[RunRecord]) -> List[RunRecord]:
     """
     groups: Dict[Tuple[Any, ...], List[RunRecord]] = {}
     for rec in records:
-        key = (rec.dataset, rec.method, rec.shots, rec.seed if rec.seed is not None else rec.path)
+        key = (rec.dataset, rec.method, rec.shots, rec.config, rec.seed if rec.seed is not None else rec.path)
         groups.setdefault(key, []).append(rec)
     merged = []
     for key in sorted(groups, key=str):
-        recs = sorted(
+        recs = _drop_duplicates(sorted(
             groups[key],
             key=lambda r: (not (r.phase == "train" or (r.phase == "zeroshot" and r.sub_classes == "OOP")), r.path),
-        )
+        ))
         first = recs[0]
         merged.append(RunRecord(
             dataset=first.dataset, method=first.method, shots=first.shots, seed=first.seed,
             oop=next((r.oop for r in recs if r.oop is not None), None),
             ip=next((r.ip for r in recs if r.ip is not None), None),
             accuracy=first.accuracy, phase=first.phase, sub_classes=first.sub_classes,
-            path=";".join(r.path for r in recs),
+            path=";".join(r.path for r in recs), config=first.config, identity=first.identity,
         ))
     return merged
+
+
+def _drop_duplicates(recs: List[RunRecord]) -> List[RunRecord]:
+    """Keep one record per (phase, subset) of one seed and configuration; warn naming both paths."""
+    kept: Dict[Tuple[str, str], RunRecord] = {}
+    for rec in recs:
+        slot = (rec.phase, rec.sub_classes)
+        if slot in kept:
+            logger.warning("Duplicate result for %s %s K=%d seed %s (same configuration): %s and %s; using the first",
+                           rec.dataset, rec.method, rec.shots, rec.seed, kept[slot].path, rec.path)
+            continue
+        kept[slot] = rec
+    return list(kept.values())
+
+
+def _variant_labels(runs: Sequence[RunRecord]) -> Dict[Tuple[str, str], str]:
+    """``{(method, config key): label}``: for each method, the keys whose values differ between its
+    configurations inside any (dataset, shots) cell, and each configuration's values of those keys."""
+    cells: Dict[Tuple[str, str, int], Dict[str, Dict[str, Any]]] = {}
+    for r in runs:
+        cells.setdefault((r.method, r.dataset, r.shots), {})[r.config] = r.identity
+    keys: Dict[str, set] = {}
+    for (method, _, _), configs in cells.items():
+        if len(configs) < 2:
+            continue
+        idents = list(configs.values())
+        union = set().union(*(i.keys() for i in idents))
+        differing = {k for k in union if len({json.dumps(i.get(k), sort_keys=True, default=str) for i in idents}) > 1}
+        keys.setdefault(method, set()).update(differing or {"(legacy)"})
+    labels: Dict[Tuple[str, str], str] = {}
+    for r in runs:
+        wanted = keys.get(r.method)
+        if not wanted:
+            continue
+        if r.config == LEGACY:
+            labels[(r.method, r.config)] = "legacy: no fingerprint"
+            continue
+        parts = []
+        for k in sorted(wanted - {"(legacy)"}):
+            value = r.identity.get(k)
+            if k.startswith("data."):
+                parts.append(f"{k}={str(value)[:8]}")
+            elif k == "weights":
+                parts.append(f"weights={json_digest(value, 8)}")
+            else:
+                parts.append(f"{k}={value!r}")
+        labels[(r.method, r.config)] = ", ".join(parts) or "fingerprinted"
+    return labels
 
 
 def summarize(runs: Iterable[RunRecord], hmean_convention: str = "per-seed") -> List[GroupSummary]:
     """Statistics over seeds for each (dataset, method, shots) of merged runs."""
     if hmean_convention not in HMEAN_CONVENTIONS:
         raise ValueError(f"hmean convention must be one of {HMEAN_CONVENTIONS}, got {hmean_convention!r}")
+    runs = list(runs)
+    variants = _variant_labels(runs)
     groups: Dict[Tuple[str, str, int], List[RunRecord]] = {}
     for run in runs:
-        groups.setdefault((run.dataset, run.method, run.shots), []).append(run)
+        variant = variants.get((run.method, run.config))
+        method = f"{run.method} [{variant}]" if variant else run.method
+        groups.setdefault((run.dataset, method, run.shots), []).append(run)
     out = []
     for (dataset, method, shots), recs in sorted(groups.items()):
         oop = compute_stat([r.oop for r in recs if r.oop is not None])
@@ -388,6 +483,7 @@ def summarize(runs: Iterable[RunRecord], hmean_convention: str = "per-seed") -> 
             dataset=dataset, method=method, shots=shots,
             seeds=sorted(r.seed for r in recs if r.seed is not None),
             oop=oop, ip=ip, hmean=h, accuracy=compute_stat([r.accuracy for r in recs if r.accuracy is not None]),
+            config=recs[0].config, paths=[p for r in recs for p in r.path.split(";")],
         ))
     labels = method_labels([g.method for g in out])
     for g in out:
@@ -407,10 +503,12 @@ def collect(
 
 
 def _known(method: str) -> Tuple[int, str]:
-    first, _, rest = method.partition("/")
+    base, sep, variant = method.partition(" [")
+    suffix = f" [{variant}" if sep else ""
+    first, _, rest = base.partition("/")
     for order, (prefix, name) in enumerate(_METHOD_NAMES):
         if first.startswith(prefix):
-            return order, name + (f" ({rest})" if rest else "")
+            return order, name + (f" ({rest})" if rest else "") + suffix
     return len(_METHOD_NAMES), method
 
 
@@ -498,7 +596,7 @@ def hmean_note(hmean_convention: str) -> str:
 def spread_note(spread: Optional[str]) -> str:
     if not spread:
         return "Means over seeds; accuracies in %."
-    what = "95% Student-t confidence interval of the mean" if spread == "ci95" else "sample std over seeds (ddof 1)"
+    what = "95% Student-t confidence interval of the mean" if spread == "ci95" else results.STD_CONVENTION
     return f"Mean ± {what}; accuracies in %."
 
 
@@ -576,6 +674,7 @@ def summary_to_json(groups: Sequence[GroupSummary]) -> List[Dict[str, Any]]:
     return [
         {
             "dataset": g.dataset, "method": g.method, "label": g.label, "shots": g.shots, "seeds": g.seeds,
+            "config": g.config, "paths": g.paths,
             "oop": _stat_json(g.oop), "ip": _stat_json(g.ip), "hmean": _stat_json(g.hmean),
             "accuracy": _stat_json(g.accuracy),
         }
@@ -590,7 +689,7 @@ def groups_from_json(payload: Dict[str, Any]) -> List[GroupSummary]:
             dataset=g["dataset"], method=g["method"], shots=int(g["shots"]), seeds=list(g.get("seeds", [])),
             oop=_stat_from_json(g.get("oop")), ip=_stat_from_json(g.get("ip")),
             hmean=_stat_from_json(g.get("hmean")), accuracy=_stat_from_json(g.get("accuracy")),
-            label=g.get("label") or g["method"],
+            label=g.get("label") or g["method"], config=g.get("config", LEGACY), paths=list(g.get("paths", [])),
         )
         for g in payload["groups"]
     ]
@@ -671,9 +770,69 @@ def _curves_json(curves: Dict[str, Any]) -> List[Dict[str, Any]]:
     ]
 
 
+# ------------------------------------------------------------------------------------ CoOp's view
+
+
+def _seed_dirs(directory: Path) -> List[Path]:
+    return sorted((p for p in directory.iterdir() if p.is_dir() and _SEED_DIR.fullmatch(p.name)),
+                  key=lambda p: int(_SEED_DIR.fullmatch(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def _seed_accuracy(seed_dir: Path, test_log: bool) -> Tuple[Optional[float], str]:
+    """The seed's headline accuracy and where it came from: results.json (via the contract), else
+    the last ``* accuracy:`` of ``log.txt`` (which must say "Finish training" unless ``test_log``)."""
+    if (seed_dir / RESULTS_FILE).is_file():
+        try:
+            return _num(results.read_results(str(seed_dir)).get("accuracy")), str(seed_dir / RESULTS_FILE)
+        except results.ResultsError as err:
+            logger.warning("Skipping %s", err)
+            return None, ""
+    log = seed_dir / "log.txt"
+    if not log.is_file():
+        return None, ""
+    text = log.read_text(encoding="utf-8", errors="replace")
+    if not test_log and _FINISH_LINE not in text:
+        logger.warning("Skipping %s: no %r line (unfinished training; --test-log reads evaluation-only logs)",
+                       log, _FINISH_LINE)
+        return None, ""
+    return _last_accuracy(log), str(log)
+
+
+def coop_experiments(directory: str, multi_exp: bool, test_log: bool) -> List[Tuple[str, List[float], List[str]]]:
+    """CoOp's view: ``[(experiment dir, per-seed accuracies, sources)]`` for ``directory`` itself or,
+    with ``multi_exp``, for every folder directly below it that holds ``seed*/`` folders."""
+    root = Path(directory)
+    exps = sorted(p for p in root.iterdir() if p.is_dir() and _seed_dirs(p)) if multi_exp else [root]
+    out = []
+    for exp in exps:
+        values, sources = [], []
+        for seed_dir in _seed_dirs(exp):
+            value, source = _seed_accuracy(seed_dir, test_log)
+            if value is not None:
+                values.append(value)
+                sources.append(source)
+        out.append((str(exp), values, sources))
+    return out
+
+
+def render_coop(experiments: Sequence[Tuple[str, List[float], List[str]]], spread: str) -> str:
+    lines = []
+    for exp, values, _ in experiments:
+        stat = compute_stat(values)
+        lines += ["===", f"Summary of directory: {exp}"]
+        if not stat.n:
+            lines.append("* no finished seed")
+            continue
+        half = stat.spread(spread)
+        shown = "-" if math.isnan(half) else f"{half:.2f}%"
+        lines.append(f"* accuracy: {stat.mean:.2f}% +- {shown} ({stat.n} seed(s))")
+    what = "95% Student-t confidence interval of the mean" if spread == "ci95" else results.STD_CONVENTION
+    lines.append(f"Spread: {what}.")
+    return "\n".join(lines) + "\n"
+
+
 def _write(path: str, text: str) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(text, encoding="utf-8")
+    atomic_write_text(path, text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -686,7 +845,12 @@ def _parser() -> argparse.ArgumentParser:
     view.add_argument("--curves", action="store_true", help="OOP accuracy vs shots per domain and method")
     p.add_argument("--shots", type=int, default=4, help="shot count of --table (default 4, as in the paper)")
     p.add_argument("--hmean", choices=HMEAN_CONVENTIONS, default="per-seed")
-    p.add_argument("--ci", action="store_true", help="spread = 95%% CI half-width instead of the std")
+    p.add_argument("--ci", "--ci95", dest="ci", action="store_true",
+                   help="spread = 95%% Student-t CI half-width instead of the sample std (--ci95: CoOp's name)")
+    p.add_argument("--multi-exp", action="store_true",
+                   help="CoOp: summarise every experiment folder (holding seed*/) directly below DIR")
+    p.add_argument("--test-log", action="store_true",
+                   help="CoOp: read evaluation-only runs (logs need no 'Finish training' line)")
     p.add_argument("--no-spread", action="store_true", help="print means only")
     p.add_argument("--log-mode", action="store_true", help="parse '* accuracy: X%%' lines of log.txt files")
     p.add_argument("--method-depth", type=int, default=1, help="folders below the phase that name a method")
@@ -703,6 +867,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not Path(args.directory).is_dir():
         print(f"error: {args.directory} is not a directory", file=sys.stderr)
         return 2
+    spread = "ci95" if args.ci else "std"
+    if args.multi_exp or args.test_log or _seed_dirs(Path(args.directory)):
+        experiments = coop_experiments(args.directory, args.multi_exp, args.test_log)
+        if not any(values for _, values, _ in experiments):
+            print(f"error: no finished seed*/ run (results.json or log.txt) under {args.directory}", file=sys.stderr)
+            return 1
+        md = render_coop(experiments, spread)
+        sys.stdout.write(md)
+        if args.md:
+            _write(args.md, md)
+        return 0
     groups = collect(args.directory, args.log_mode, args.hmean, args.method_depth)
     if args.raw_names:
         for g in groups:
@@ -711,7 +886,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         source = "log.txt files with accuracy lines" if args.log_mode else "results.json files"
         print(f"error: no {source} found under {args.directory}", file=sys.stderr)
         return 1
-    spread = "ci95" if args.ci else "std"
     shown_spread = None if args.no_spread else spread
     payload: Dict[str, Any] = {
         "hmean_convention": args.hmean,

@@ -1,18 +1,25 @@
 """One generator of run commands for every method of the paper (spec §8), replacing the reference's
 hand-edited shell scripts with absolute paths (B33).
 
-Every run is a ``Job``: the command line plus the file whose existence means "done" (the run's
-``results.json``, or a feature file for the linear probe). A sweep is therefore idempotent and
-resumable: rerunning it skips what finished and retries what did not.
+Every run is a ``Job``: the command line plus its marker file (the run's ``results.json``, or a
+feature file for the linear probe). A job is skipped only when its ``results.json`` holds a finished
+run with the fingerprint the job's command would record (``scripts.run_identity``, ``dassl.results``).
+A finished run with a *different* fingerprint (another ``--config``, other ``--opts``, rewritten
+weights, another split file) is never reused: the sweep stops before running anything with one
+``error:`` line naming the differing keys; ``--force`` overwrites. A sweep is therefore idempotent
+and resumable: rerunning it skips what finished and retries what did not.
 
     python -m scripts.sweep --method fsnl --root DATA --out OUT --domains Animals --shots 4 --dry-run
     python -m scripts.sweep --method coop --root DATA --out OUT                  # runs sequentially
     python -m scripts.sweep --method fsnl ... --dry-run > cmds.txt && python -m scripts.launch cmds.txt
 
 ``--opts KEY VALUE ...`` (last on the line) is merged into every ``train.py`` / feature-extractor
-command: a key the sweep already sets is replaced in place, a new key is appended, and FSNL's
-output-directory name reflects the effective epochs / batch size / LR. Commands are meant to run from
-the repository root, which is where this module runs them.
+command: a key the sweep already sets is replaced in place, a new key is appended. Run directories
+name the hyper-parameters that tell runs apart: FSNL's effective epochs / batch size / LR, the config
+name where the reference layout has one, and every ``--opts`` key the folder names do not already
+show, as one more folder ``KEY_value_KEY_value`` (``--config`` of FSNL as ``config_<name>``; see
+``dassl.results.hparam_dir``). Commands are meant to run from the repository root, which is where this
+module runs them.
 """
 from __future__ import annotations
 
@@ -27,8 +34,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from dassl import results
+from dassl.utils.identity import code_version
 from scripts.domains import LAION_BEYOND_DOMAINS, REPO_ROOT, DomainError, count_classes, resolve_domains
 from scripts.fsnl_rule import format_lr, fsnl_bs_lr
+from scripts.run_identity import RunConflict, command_state, conflict_message
 
 __all__ = [
     "METHODS",
@@ -45,13 +55,15 @@ __all__ = [
     "trainer_config",
     "build_jobs",
     "split_done",
+    "job_states",
+    "RunConflict",
     "run_jobs",
     "main",
 ]
 
 logger = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
+RESULTS_FILE = results.RESULTS_FILE
 METHODS = ("fsnl", "coop", "cocoop", "clip_adapter", "taskres", "zeroshot", "linear_probe")
 TRAINERS = MappingProxyType({
     "fsnl": "FSNL_openclip",
@@ -95,9 +107,13 @@ class Job:
     def command(self) -> str:
         return shlex.join(self.argv)
 
-    def is_done(self, cwd: Optional[str] = None) -> bool:
-        """Whether the marker exists; relative paths are relative to where the job runs (``cwd``)."""
-        return os.path.isfile(os.path.join(cwd, self.done) if cwd else self.done)
+    def is_done(self, cwd: Optional[str] = None, match_code: bool = False) -> bool:
+        """Whether the job's output holds a finished run of this job's fingerprint (for a marker other
+        than results.json: whether it exists); relative paths are relative to ``cwd``."""
+        return self.state(cwd, match_code).done
+
+    def state(self, cwd: Optional[str] = None, match_code: bool = False) -> results.Finished:
+        return command_state(self.argv, self.done, cwd, match_code)
 
 
 @dataclass
@@ -189,6 +205,16 @@ def _train_dir(spec: SweepSpec, dataset: str, shots: int, *method_parts: str) ->
     return os.path.join(spec.out, dataset, f"shots_{shots}", "train", *method_parts)
 
 
+def _opts_dirs(spec: SweepSpec, shown: Sequence[str], config_name: str = "") -> Tuple[str, ...]:
+    """One more folder for what the method folders do not show: ``config_<name>`` (when given) and
+    every ``--opts`` key not in ``shown`` and not excluded from the fingerprint (e.g. PRINT_FREQ)."""
+    pairs: List[Tuple[str, str]] = [("config", config_name)] if config_name else []
+    for key, value in zip(spec.opts[::2], spec.opts[1::2]):
+        if key not in shown and key not in results.EXCLUDED_KEYS:
+            pairs.append((str(key), str(value)))
+    return (results.hparam_dir(pairs),) if pairs else ()
+
+
 def fsnl_opts(shots: int, bs: int, lr: float) -> Opts:
     """The paper's FSNL training overrides (spec §8.1) for K shots with the rule's BS and LR."""
     return [
@@ -206,6 +232,10 @@ def fsnl_opts(shots: int, bs: int, lr: float) -> Opts:
     ]
 
 
+#: The keys FSNL's reference folder names show.
+_FSNL_SHOWN = ("TRAINER.FSNL.USE_CAPTION", "OPTIM.MAX_EPOCH", "DATALOADER.TRAIN_X.BATCH_SIZE", "OPTIM.LR")
+
+
 def _fsnl_jobs(spec: SweepSpec, dataset: str) -> Iterable[Job]:
     trainer = TRAINERS["fsnl"]
     config_path, _ = trainer_config(trainer, spec.config or DEFAULT_CONFIGS["fsnl"])
@@ -217,7 +247,7 @@ def _fsnl_jobs(spec: SweepSpec, dataset: str) -> Iterable[Job]:
         method_dirs = (
             f"{trainer}_USE_CAPTION_{o['TRAINER.FSNL.USE_CAPTION']}",
             f"MEPOCH_{o['OPTIM.MAX_EPOCH']}_BS_{o['DATALOADER.TRAIN_X.BATCH_SIZE']}_LR_{o['OPTIM.LR']}",
-        )
+        ) + _opts_dirs(spec, _FSNL_SHOWN, Path(spec.config).stem if spec.config else "")
         for seed in _seeds(spec):
             out = os.path.join(_train_dir(spec, dataset, shots, *method_dirs), f"seed{seed}")
             yield _train_job(spec, trainer, dataset, seed, config_path, out, opts, f"fsnl {dataset} K={shots} seed={seed}")
@@ -234,7 +264,7 @@ def _simple_train_jobs(
     for shots in spec.shots:
         config_path, config_name = trainer_config(trainer, spec.config or config_for(shots))
         opts = merge_opts(base_opts(shots), spec.opts)
-        dirs = method_dirs(shots, config_name, dict(opts))
+        dirs = method_dirs(shots, config_name, dict(opts)) + _opts_dirs(spec, ("TRAINER.COOP.CSC",))
         for seed in _seeds(spec):
             out = os.path.join(_train_dir(spec, dataset, shots, *dirs), f"seed{seed}")
             label = f"{spec.method} {dataset} K={shots} seed={seed}"
@@ -372,13 +402,30 @@ def _check_config_files(jobs: Sequence[Job]) -> None:
         raise ValueError(f"config file(s) not found (relative to the repository root): {', '.join(missing)}")
 
 
-def split_done(jobs: Sequence[Job], force: bool = False, cwd: Optional[str] = None) -> Tuple[List[Job], List[Job]]:
-    """(pending, already done), relative paths taken from ``cwd`` (default: the repository root, where jobs run)."""
+def job_states(jobs: Sequence[Job], cwd: Optional[str] = None, match_code: bool = False) -> List[results.Finished]:
+    """The ``results.Finished`` state of every job (``match`` means skip it)."""
+    workdir = cwd or os.fspath(REPO_ROOT)
+    return [job.state(workdir, match_code) for job in jobs]
+
+
+def split_done(jobs: Sequence[Job], force: bool = False, cwd: Optional[str] = None,
+               match_code: bool = False) -> Tuple[List[Job], List[Job]]:
+    """(pending, already done), relative paths taken from ``cwd`` (default: the repository root, where
+    jobs run). Raises :class:`RunConflict` (one line naming the differing keys) when a job's output
+    holds a finished run with another fingerprint, unless ``force``."""
     if force:
         return list(jobs), []
-    workdir = cwd or os.fspath(REPO_ROOT)
-    pending = [j for j in jobs if not j.is_done(workdir)]
-    done = [j for j in jobs if j.is_done(workdir)]
+    states = job_states(jobs, cwd, match_code)
+    if any(s.state in ("mismatch", "unreadable") for s in states):
+        raise RunConflict(conflict_message(states))
+    pending = [j for j, s in zip(jobs, states) if not s.done]
+    done = [j for j, s in zip(jobs, states) if s.done]
+    commit = code_version()["commit"]
+    older = [s for s in states if s.done and s.results is not None and s.results.fingerprint
+             and (s.results.fingerprint.get("code") or {}).get("commit") != commit]
+    if older:
+        logger.warning("%d of the skipped run(s) were produced by another code version than %s (e.g. %s); "
+                       "--match-code reruns them", len(older), commit[:12], older[0].path)
     return pending, done
 
 
@@ -392,12 +439,14 @@ def _executable_argv(argv: Sequence[str]) -> List[str]:
 
 
 def run_jobs(
-    jobs: Sequence[Job], force: bool = False, fail_fast: bool = False, cwd: Optional[str] = None
+    jobs: Sequence[Job], force: bool = False, fail_fast: bool = False, cwd: Optional[str] = None,
+    match_code: bool = False,
 ) -> SweepSummary:
-    """Run pending jobs one after the other; a failure is recorded and the sweep goes on (unless ``fail_fast``)."""
+    """Run pending jobs one after the other; a failure is recorded and the sweep goes on (unless
+    ``fail_fast``). Raises :class:`RunConflict` before running anything (see :func:`split_done`)."""
     summary = SweepSummary()
     workdir = cwd or os.fspath(REPO_ROOT)
-    pending, summary.skipped = split_done(jobs, force, workdir)
+    pending, summary.skipped = split_done(jobs, force, workdir, match_code)
     for i, job in enumerate(pending, 1):
         logger.info("[%d/%d] %s", i, len(pending), job.command)
         try:
@@ -407,8 +456,10 @@ def run_jobs(
         else:
             if rc != 0:
                 summary.failed.append((job, f"exit code {rc}"))
-            elif not job.is_done(workdir):
-                summary.failed.append((job, f"exit code 0 but {job.done} was not written"))
+            elif not job.is_done(workdir, match_code):
+                state = job.state(workdir, match_code)
+                why = "was not written" if state.state == "missing" else f"does not match the job ({state.line()})"
+                summary.failed.append((job, f"exit code 0 but {job.done} {why}"))
             else:
                 summary.ran.append(job)
         if fail_fast and summary.failed:
@@ -444,7 +495,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the pending commands, one per line, and exit")
     p.add_argument("--format", choices=["text", "yaml"], default="text",
                    help="dry-run output: one command per line, or a launch.py YAML with done markers")
-    p.add_argument("--force", action="store_true", help="also (re)run jobs whose results.json exists")
+    p.add_argument("--force", action="store_true",
+                   help="(re)run every job, overwriting finished runs (also those of another fingerprint)")
+    p.add_argument("--match-code", action="store_true",
+                   help="a finished run counts only if the same code version (git commit) produced it")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed job")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                    help="KEY VALUE ... merged into every command (must come last)")
@@ -474,16 +528,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
 
     if args.dry_run:
-        pending, done = split_done(jobs, args.force)
+        try:
+            pending, done = split_done(jobs, args.force, match_code=args.match_code)
+        except RunConflict as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         if args.format == "yaml":
             sys.stdout.write(_yaml_dump(pending))
         else:
             for job in pending:
                 print(job.command)
-        print(f"# {args.method}: {len(pending)} pending, {len(done)} skipped (results exist)", file=sys.stderr)
+        print(f"# {args.method}: {len(pending)} pending, {len(done)} skipped (finished, same fingerprint)",
+              file=sys.stderr)
         return 0
 
-    summary = run_jobs(jobs, force=args.force, fail_fast=args.fail_fast)
+    try:
+        summary = run_jobs(jobs, force=args.force, fail_fast=args.fail_fast, match_code=args.match_code)
+    except RunConflict as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"sweep {args.method}: {summary.line()}", file=sys.stderr)
     for job, why in summary.failed:
         print(f"  FAILED ({why}): {job.command}", file=sys.stderr)

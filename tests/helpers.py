@@ -74,9 +74,26 @@ def train_argv(
     return argv + list(opts)
 
 
-def make_cfg(root: PathLike, out: PathLike, trainer: str, *opts: str, **kwargs: Any) -> Any:
-    """The frozen cfg ``train.py`` would build for :func:`train_argv` (same keyword arguments)."""
-    return train.setup_cfg(train.parse_args(train_argv(root, out, trainer, *opts, **kwargs)))
+def make_cfg(
+    root: PathLike,
+    out: PathLike,
+    trainer: str,
+    *opts: str,
+    extra: Sequence[str] = (),
+    config: Union[str, Path] = "cpu_smoke",
+    dataset: str = DATASET,
+    seed: int = 1,
+    shots: Optional[int] = 2,
+) -> Any:
+    """The frozen cfg ``train.py`` would build for :func:`train_argv` (same keyword arguments), built by
+    :func:`configs.build_cfg`; ``extra`` takes ``--flag value`` pairs of ``configs.FIELDS`` options."""
+    fields: Dict[str, Any] = {}
+    for flag, value in zip(extra[0::2], extra[1::2]):
+        fields[flag.lstrip("-").replace("-", "_")] = value
+    shot_opts = ["DATASET.NUM_SHOTS", str(shots)] if shots is not None else []
+    config_file = config if isinstance(config, Path) else trainer_config(trainer, config)
+    return configs.build_cfg(trainer=trainer, dataset=str(dataset_config(dataset)), config=str(config_file),
+                             opts=shot_opts + list(opts), root=str(root), output_dir=str(out), seed=seed, **fields)
 
 
 def build(root: PathLike, out: PathLike, trainer: str, *opts: str, **kwargs: Any) -> Any:

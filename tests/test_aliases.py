@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-import train
+import configs
 from clip import resolve_backbone, resolve_precision
 from dassl.engine import TRAINER_REGISTRY
 from tests.helpers import run_train, train_argv, trainer_config
@@ -21,16 +21,12 @@ ALIASES = {
 }
 
 
-def setup(*argv):
-    return train.setup_cfg(train.parse_args(list(argv)))
-
-
 @pytest.mark.parametrize("alias", sorted(ALIASES))
 def test_alias_resolves_to_openai_vit_b16(alias):
     parent, prec_key = ALIASES[alias]
     cls = TRAINER_REGISTRY.get(alias)
     assert issubclass(cls, parent) and cls is not parent
-    cfg = setup("--trainer", alias)
+    cfg = configs.build_cfg(trainer=alias)
     spec = resolve_backbone(cfg)  # checks the tag without building or downloading anything
     assert (spec.name, spec.weights, spec.weights_kind, spec.quick_gelu) == ("ViT-B-16", "openai", "tag", True)
     assert cfg.MODEL.BACKBONE.QUICK_GELU == "true"
@@ -42,8 +38,7 @@ def test_user_yaml_wins_over_the_preset_and_the_log_says_so(caplog):
     # The OpenCLIP yaml names ViT-B-16 / laion400m_e32: a value the user's file sets is never silently
     # replaced by the trainer's preset (the preset fills only what the file leaves alone).
     with caplog.at_level("INFO", logger="configs"):
-        cfg = setup("--trainer", "CoOp", "--config-file",
-                    str(trainer_config("CoOp_openclip", "vit_b16_ep200_ctxv1")))
+        cfg = configs.build_cfg(trainer="CoOp", config=str(trainer_config("CoOp_openclip", "vit_b16_ep200_ctxv1")))
     assert (cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.WEIGHTS) == ("ViT-B-16", "laion400m_e32")
     # the preset's QUICK_GELU "true" belongs with its openai weights: dropped with the group
     assert cfg.MODEL.BACKBONE.QUICK_GELU == "auto"
@@ -53,7 +48,7 @@ def test_user_yaml_wins_over_the_preset_and_the_log_says_so(caplog):
 
 
 def test_command_line_still_wins_over_the_preset():
-    cfg = setup("--trainer", "CoOp", "--backbone", "ViT-L-14", "MODEL.BACKBONE.WEIGHTS", "none")
+    cfg = configs.build_cfg(trainer="CoOp", backbone="ViT-L-14", opts=["MODEL.BACKBONE.WEIGHTS", "none"])
     assert (cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.WEIGHTS) == ("ViT-L-14", "none")
 
 

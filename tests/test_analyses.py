@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from dassl import results
 from scripts import backbone_scaling as bbs
 from scripts.cluster_eval import kmeans_accuracy, render_markdown, write_outputs
 from scripts.plot_tsne import plot_tsne
 from scripts.plot_zeroshot import plot_zeroshot, zeroshot_bars
+from scripts.run_identity import command_fingerprint
 from tests.helpers import trainer_config
 
 SMOKE = trainer_config("FSNL_openclip")
@@ -184,8 +186,10 @@ def test_scaling_jobs_and_plot(toy_root, tmp_path):
         tiny = "test-tiny" in argv
         zs = "--eval-only" in argv
         oop = (10.0 if tiny else 15.0) if zs else (60.0 + seed if tiny else 80.0 + seed)
-        write_result(Path(job.done).parent, trainer="FSNL_openclip", dataset="Pokemon89_39",
-                     sub_classes="OOP", accuracy=oop, oop=oop, ip=50.0)
+        # Written through the results contract with the job's own fingerprint: only that counts as done.
+        results.write_results(str(Path(job.done).parent), {
+            "trainer": "FSNL_openclip", "dataset": "Pokemon89_39", "seed": seed, "sub_classes": "OOP",
+            "accuracy": oop, "oop": oop, "ip": 50.0}, command_fingerprint(job.argv))
     from scripts.sweep import split_done
 
     pending, done = split_done(jobs)

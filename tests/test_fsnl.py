@@ -149,17 +149,22 @@ def test_train_eval_roundtrip_and_oop_to_ip(toy_root, tmp_path):
     res_ev = json.loads((ev / "results.json").read_text())
     assert res_ev["oop"] == res["oop"]
     assert res_ev["ip"] == res["ip"]
+    # results.json records what the evaluation loaded (a trained run loaded nothing)
+    classnames = ckpt["meta"]["classnames"]
+    assert res["loaded"] is None
+    assert res_ev["loaded"]["model_dir"] == str(out) and res_ev["loaded"]["epoch"] == res["epoch"]
+    assert res_ev["loaded"]["names_loaded"] == f"{len(classnames)}/{len(classnames)}"
 
     # IP evaluation of the OOP checkpoint: no IP name was trained, so it equals zero-shot on IP.
     ip = tmp_path / "ip"
-    run_train(train_argv(toy_root, ip, TRAINER, "DATASET.SUB_CLASSES", "IP",
-                         extra=("--eval-only", "--model-dir", str(out))))
+    ip_trainer = run_train(train_argv(toy_root, ip, TRAINER, "DATASET.SUB_CLASSES", "IP",
+                                      extra=("--eval-only", "--model-dir", str(out))))
     zs = tmp_path / "zs_ip"
     run_train(train_argv(toy_root, zs, TRAINER, "DATASET.SUB_CLASSES", "IP", "TEST.ALLOW_UNTRAINED", "True",
                          extra=("--eval-only",)))
     res_ip = json.loads((ip / "results.json").read_text())
     assert res_ip["ip"] == res["ip"]
-    assert res_ip["loaded"]["names_loaded"].startswith("0/")  # cross-subset: no IP name is trained
+    assert res_ip["loaded"]["names_loaded"] == f"0/{len(ip_trainer.dm.dataset.classnames)}"  # no IP name trained
     assert json.loads((zs / "results.json").read_text())["ip"] == res["ip"]
 
 

@@ -10,6 +10,7 @@ import os.path as osp
 import numpy as np
 import pytest
 
+import configs
 from lpclip import linear_probe as lp
 from tests.helpers import dataset_config, trainer_config
 
@@ -166,7 +167,8 @@ def test_cli_writes_results_and_named_csv_columns(tmp_path, capsys):
     k4 = res["shots"]["4"]
     assert len(k4["accuracies"]) == 2 and len(k4["c"]) == 2
     assert k4["accuracy_mean"] == pytest.approx(np.mean(k4["accuracies"]))
-    assert k4["accuracy_std"] == pytest.approx(np.std(k4["accuracies"]))
+    assert k4["accuracy_std"] == pytest.approx(np.std(k4["accuracies"], ddof=1))  # the project's one convention
+    assert res["schema"] == 1 and res["kind"] == "linear_probe" and res["fingerprint"]["trainer"] == "linear_probe"
     with open(out / "linear_probe.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == list(lp.CSV_COLUMNS)
@@ -211,7 +213,6 @@ def test_extractor_writes_the_probe_layout_with_encode_image_features(extractor_
     import torch
     import torch.nn.functional as F
 
-    import train
     from clip import load_clip
     from dassl.data.transforms import build_transform
     from dassl.utils import read_image
@@ -228,8 +229,8 @@ def test_extractor_writes_the_probe_layout_with_encode_image_features(extractor_
     # independent computation: the split file's test images, the test transform, encode_image
     split = json.loads(open(info["IP"]["split_file"]).read())["test"]
     items = list(split.values())
-    cfg = train.setup_cfg(train.parse_args(["--root", root, "--seed", "1", "--config-file", SMOKE_CFG,
-                                            "--dataset-config-file", DATASET_CFG, "DATASET.SUB_CLASSES", "IP"]))
+    cfg = configs.build_cfg(dataset=DATASET_CFG, config=SMOKE_CFG, opts=["DATASET.SUB_CLASSES", "IP"], root=root,
+                            seed=1)
     tfm = build_transform(cfg, is_train=False)
     images = torch.stack([tfm(read_image(osp.join(info["IP"]["dir"], "images", it["classname"], it["image_name"])))
                           for it in items])

@@ -10,8 +10,10 @@ from typing import Dict
 
 import pytest
 
+from dassl import results
 from scripts import fsnl_rule, sweep
 from scripts.domains import DomainError, count_classes, resolve_domains, short_name
+from scripts.run_identity import command_fingerprint
 from scripts.sweep import Job, SweepSpec, build_jobs, run_jobs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -242,7 +244,14 @@ def test_skip_if_results_exist(data: Path, tmp_path: Path, capsys: pytest.Captur
     _, before, _ = run_main(capsys, *argv)
     done_dir = out / "Animals92_42/shots_2/train/CoOp_openclip/CSC_False/vit_b16_ep200_ctxv1/seed1"
     done_dir.mkdir(parents=True)
-    (done_dir / "results.json").write_text("{}")
+    (done_dir / "results.json").write_text("{}")  # unversioned: no fingerprint, so not "this job's run"
+    rc, after, err = run_main(capsys, *argv)
+    assert rc == 2 and after == []
+    assert err.count("error:") == 1 and "no fingerprint" in err and "--force" in err
+    job = next(j for j in build_jobs(SweepSpec(method="coop", root=str(data), out=str(out), domains=["Animals"],
+                                                shots=[2], seeds=[1])))
+    results.write_results(str(done_dir), {"trainer": "CoOp_openclip", "dataset": "Animals92_42", "seed": 1,
+                                          "accuracy": 1.0}, command_fingerprint(job.argv))
     rc, after, err = run_main(capsys, *argv)
     assert rc == 0
     assert after == [ln for ln in before if str(done_dir) not in ln] and len(after) == 1

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from dassl import results
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = ("MiniAnimals", "MiniFood", "MiniPlants", "MiniAttire", "MiniTransport")
 #: Per-method config under ``configs/trainers/<trainer>/`` sized for a CPU and the 64-px mini CLIP.
@@ -42,7 +44,6 @@ def run_jobs_in_process(jobs: Sequence, quiet: bool = True) -> List[str]:
     import contextlib
     import importlib
     import io
-    import json
 
     import train
     from scripts.sweep import split_done
@@ -66,7 +67,7 @@ def run_jobs_in_process(jobs: Sequence, quiet: bool = True) -> List[str]:
             logger.error("run failed: %s\n%s", job.label, sink.getvalue()[-4000:], exc_info=True)
             failed.append(f"{job.label}: {e}")
             continue
-        res = json.loads(Path(job.done).read_text()) if job.done.endswith(".json") else {}
+        res = results.read_results(job.done).data if job.done.endswith(results.RESULTS_FILE) else {}
         parts = [f"{k.upper()} {res[k]:.2f}" for k in ("oop", "ip", "hmean") if isinstance(res.get(k), float)]
         print(f"[{i}/{len(pending)}] {job.label}: {', '.join(parts)} ({time.time() - start:.0f} s)", flush=True)
     return failed
@@ -182,7 +183,7 @@ def write_golden(domain: str = "MiniAttire", shots: int = 4, seed: int = 1) -> D
             raise RuntimeError(f"golden runs failed: {failed}")
         record: Dict[str, object] = {"domain": domain, "shots": shots, "seed": seed}
         for job in jobs:
-            res = json.loads(Path(job.done).read_text())
+            res = results.read_results(job.done).data
             key = "fsnl" if "FSNL" in job.done else "zeroshot"
             record[key] = {k: res[k] for k in ("oop", "ip", "hmean")}
     GOLDEN_FILE.write_text(json.dumps(record, indent=2) + "\n")

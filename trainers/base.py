@@ -29,6 +29,7 @@ from clip import (
     normalize_name,
     resolve_backbone,
     resolve_precision,
+    weights_identity,
 )
 from clip.loader import check_weights_available, check_weights_file, expected_image_size
 from clip.templates import DEFAULT_TEMPLATE
@@ -78,6 +79,13 @@ class ClipTrainer(SubsetEvaluation, TrainerX):
         cfg.MODEL.BACKBONE.WEIGHTS = weights
         if rest:
             cfg.MODEL.BACKBONE.QUICK_GELU = rest[0]
+
+    @classmethod
+    def identity_parts(cls, cfg: Any) -> Dict[str, Any]:
+        """Adds the frozen backbone's weights identity (tag, or file content) to the run fingerprint."""
+        parts = super().identity_parts(cfg)
+        parts["weights"] = weights_identity(cfg)
+        return parts
 
     def check_cfg(self, cfg: Any) -> None:
         """Precision, backbone (resolvable, weights reachable offline) and INPUT.SIZE against the

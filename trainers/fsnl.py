@@ -391,7 +391,7 @@ class FSNL_openclip(ClipTrainer):
             )
         logger.info("Loaded %d of %d names from the checkpoint (%d in the checkpoint); the other %d keep "
                     "their initialisation", matched, own, total, own - matched)
-        if self.load_info is not None:
+        if self.load_info is not None:  # an evaluation's load_model: results.json records the match
             self.load_info["names_loaded"] = f"{matched}/{own}"
 
     # ----------------------------------------------------------- training

@@ -2,21 +2,33 @@
 from __future__ import annotations
 
 import logging
-import os.path as osp
-from typing import Any
+from typing import Any, Dict, Optional
 
-from ..utils import Registry, atomic_write_text
+from ..results import fingerprint, source_identity, write_config
+from ..utils import Registry
 
-__all__ = ["TRAINER_REGISTRY", "build_trainer"]
+__all__ = ["TRAINER_REGISTRY", "build_trainer", "expected_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
 TRAINER_REGISTRY = Registry("TRAINER")
 
 
+def expected_fingerprint(cfg: Any, model_dir: str = "", load_epoch: Optional[int] = None) -> Dict[str, Any]:
+    """The fingerprint a run of ``cfg`` will record (dassl.results), computed from the config, the
+    trainer class's ``identity_parts(cfg)`` and, for an evaluation, the model dir it loads, without
+    building anything: what a sweep compares with a finished run's ``results.json``. It lacks only the
+    few-shot digest, which ``id`` does not cover."""
+    name = str(cfg.TRAINER.NAME)
+    cls = TRAINER_REGISTRY.get(name)
+    parts = cls.identity_parts(cfg) if hasattr(cls, "identity_parts") else {}
+    source = source_identity(model_dir, load_epoch, str(cfg.OUTPUT_DIR)) if model_dir else None
+    return fingerprint(cfg, trainer=name, source=source, **parts)
+
+
 def build_trainer(cfg: Any, **kwargs: Any) -> Any:
     """Look up ``cfg.TRAINER.NAME``, construct the trainer and write the resolved config to
-    ``OUTPUT_DIR/config.yaml``.
+    ``OUTPUT_DIR/config.yaml``, headed by the run fingerprint as comments (dassl.results).
 
     The config is written only once the trainer is built, so a config that fails to build (bad
     weights, data) never replaces the ``config.yaml`` of a finished run in the same directory.
@@ -28,5 +40,7 @@ def build_trainer(cfg: Any, **kwargs: Any) -> Any:
     if cfg.VERBOSE:
         logger.info("Loading trainer: %s", cfg.TRAINER.NAME)
     trainer = cls(cfg, **kwargs)
-    atomic_write_text(osp.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
+    fp = expected_fingerprint(cfg)
+    write_config(cfg.OUTPUT_DIR, cfg.dump(), fp)
+    logger.info("Run fingerprint %s (without seed: %s)", fp["id"], fp["group"])
     return trainer

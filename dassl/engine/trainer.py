@@ -37,7 +37,9 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from .. import results as results_contract
 from ..data import DataManager
+from ..data.datasets import DATASET_REGISTRY
 from ..evaluation import build_evaluator
 from ..utils import (
     BEST_NAME,
@@ -55,7 +57,6 @@ from ..utils import (
     save_checkpoint,
     set_random_seed,
     tolist_if_not,
-    write_json,
 )
 from .build import TRAINER_REGISTRY
 
@@ -74,19 +75,6 @@ class NullWriter:
 
     def close(self) -> None:
         return None
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain Python (float/int/str/list/dict) for json.dump; numpy/torch scalars become floats."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return _jsonable(value.tolist())
-    if isinstance(value, (np.floating, np.integer, np.bool_)):
-        return value.item()
-    return value
 
 
 class TrainerBase:
@@ -352,7 +340,8 @@ class TrainerBase:
             logger.info("load_model() is skipped as no model directory is given")
             return
         names = self.get_model_names()
-        info: Dict[str, Any] = {"model_dir": osp.abspath(directory), "epoch": None, "checkpoints": {}}
+        info: Dict[str, Any] = {"model_dir": osp.abspath(directory), "requested_epoch": epoch, "epoch": None,
+                                "checkpoints": {}}
         self.load_info = info
         for name in names:
             path = self._checkpoint_path(directory, name, epoch)
@@ -526,6 +515,26 @@ class SimpleTrainer(TrainerBase):
     def check_cfg(self, cfg: Any) -> None:
         """Hook to reject configurations a trainer cannot run."""
 
+    @classmethod
+    def identity_parts(cls, cfg: Any) -> Dict[str, Any]:
+        """The run-fingerprint parts beyond the config, from ``cfg`` alone (no data loaded, no model
+        built), so that a sweep computes exactly what ``finalize()`` records: ``data`` from the
+        dataset class's ``data_identity(cfg)``; ``weights`` None here (CLIP trainers add theirs)."""
+        name = str(cfg.DATASET.NAME)
+        dataset_cls = DATASET_REGISTRY.get(name) if name in DATASET_REGISTRY else None
+        identity = getattr(dataset_cls, "data_identity", None)
+        return {"data": identity(cfg) if callable(identity) else {}, "weights": None}
+
+    def run_fingerprint(self) -> Dict[str, Any]:
+        """This run's fingerprint (dassl.results): the cfg-only parts plus the few-shot sample digest."""
+        dataset = getattr(getattr(self, "dm", None), "dataset", None)
+        info = self.load_info or {}
+        source = results_contract.source_identity(info.get("model_dir", ""), info.get("requested_epoch"),
+                                                  str(self.cfg.OUTPUT_DIR))
+        return results_contract.fingerprint(self.cfg, trainer=str(self.cfg.TRAINER.NAME),
+                                            fewshot=getattr(dataset, "fewshot_digest", None), source=source,
+                                            **type(self).identity_parts(self.cfg))
+
     def build_data_loader(self) -> None:
         """Build the DataManager; trainers needing custom transforms override this."""
         dm = DataManager(self.cfg)
@@ -615,7 +624,7 @@ class SimpleTrainer(TrainerBase):
                 if names and all(osp.exists(osp.join(self.output_dir, n, BEST_NAME)) for n in names):
                     logger.info("Deploy the model with the best %s performance", self.selection_split())
                     self.load_model(self.output_dir)
-                    self.load_info = None  # this run's own weights: nothing was loaded from elsewhere
+                    self.load_info = None  # this run's own best checkpoint: nothing foreign was loaded
                 else:
                     logger.warning("No model-best checkpoint in %s: evaluating the last-epoch model",
                                    self.output_dir)
@@ -718,19 +727,19 @@ class SimpleTrainer(TrainerBase):
         results["epoch"] = self.model_epoch
         results["final_model"] = cfg.TEST.FINAL_MODEL
         results["split"] = main_split
+        results["device"] = str(self.device)
         results["accuracy"] = list(main_metrics.values())[0]
         results["metrics"] = main_metrics
         results.update(extra_entries)
-        results["loaded"] = self.load_info
         results["versions"] = package_versions()
         if extra:
             results.update(extra)
-        results = _jsonable(results)
-        path = osp.join(self.output_dir, "results.json")
-        write_json(results, path)
-        logger.info("Results written to %s", path)
-        self.final_results = results
-        return results
+        results = results_contract.jsonable(results)
+        fp = self.run_fingerprint()
+        path = results_contract.write_results(self.output_dir, results, fp, kind="run", loaded=self.load_info)
+        logger.info("Results written to %s (fingerprint %s)", path, fp["id"])
+        self.final_results = results_contract.read_results(path).data
+        return self.final_results
 
 
 class TrainerX(SimpleTrainer):

@@ -100,6 +100,16 @@ class DatasetBase:
 
     dataset_dir = ""  # the directory where the dataset is stored
     domains: Sequence[str] = ()  # domain names (DA/DG datasets only)
+    #: digest of the sampled few-shot train/val records (set by datasets that sample; recorded in
+    #: the run fingerprint, see dassl.results).
+    fewshot_digest: Optional[str] = None
+
+    @classmethod
+    def data_identity(cls, cfg: Any) -> Dict[str, Any]:
+        """What the data of a run configured by ``cfg`` *is*, computed without building the dataset
+        (e.g. split-file digests), for the run fingerprint (dassl.results). The folder is not
+        identity; the content is. The default knows nothing: override it."""
+        return {}
 
     def __init__(
         self,
