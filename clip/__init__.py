@@ -1,7 +1,10 @@
 """OpenCLIP glue: backbone loading and precision, the text tower on embeddings, name slots, templates.
 
 This package is deliberately named ``clip`` (it shadows OpenAI's package of that name); open_clip is
-imported as ``open_clip``.
+imported as ``open_clip``. Because it shadows OpenAI's package, it also provides OpenAI CLIP's API,
+implemented on open_clip, in the submodules CoOp-family trainers import: ``from clip import clip``
+(``clip.clip``: load / tokenize / _MODELS / _download / build_model), ``clip.model`` and
+``clip.simple_tokenizer``. They are not imported here, so the glue does not depend on them.
 """
 from . import templates
 from .config import add_clip_config, parse_quick_gelu

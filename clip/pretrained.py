@@ -24,6 +24,7 @@ DEFAULT_WEIGHTS: Mapping[str, str] = MappingProxyType({
     # repository model configs (clip/model_configs/)
     "mini-clip": "assets/mini_beyond/mini_clip.safetensors",
     "test-tiny": "none",
+    "openai-tiny": "none",  # OpenAI-format dims (heads = width / 64) for the clip.clip API tests
 })
 
 

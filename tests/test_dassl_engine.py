@@ -10,6 +10,7 @@ import random
 import subprocess
 import sys
 import textwrap
+import types
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from dassl.data import DataManager, DatasetWrapper
 from dassl.data.datasets import DATASET_REGISTRY, Datum
 from dassl.data.samplers import RandomClassSampler, build_sampler
 from dassl.data.transforms import build_transform
-from dassl.engine import TRAINER_REGISTRY, build_trainer
+from dassl.engine import TRAINER_REGISTRY, TrainerBase, build_trainer
 from dassl.evaluation import build_evaluator, hmean
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
@@ -561,3 +562,33 @@ def test_trainer_runs_importing_only_dassl(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
     assert line == "RESULT 100.0 Lin []"
+
+
+def test_load_state_keeps_derived_buffers_of_another_label_space():
+    """Parameters load strictly; persistent buffers (CoOp's class-name embeddings) keep the model's
+    values when the checkpoint is from another label space or has another shape."""
+    class Learner(torch.nn.Module):
+        def __init__(self, n_cls):
+            super().__init__()
+            self.ctx = torch.nn.Parameter(torch.zeros(2, 3))
+            self.register_buffer("token_suffix", torch.full((n_cls, 3), float(n_cls)))
+
+    def trainer(names):
+        t = TrainerBase()
+        t.dm = types.SimpleNamespace(dataset=types.SimpleNamespace(classnames=names))
+        t.register_model("prompt_learner", Learner(len(names)))
+        return t
+
+    saved = {"ctx": torch.ones(2, 3), "token_suffix": torch.full((2, 3), 7.0)}
+    same = trainer(["a", "b"])
+    same.load_state("prompt_learner", saved, {"classnames": ["a", "b"]})
+    assert torch.equal(same._models["prompt_learner"].token_suffix, saved["token_suffix"])  # same space: loaded
+    other = trainer(["c", "d"])  # same shape, other names: the names' embeddings must not be replaced
+    other.load_state("prompt_learner", saved, {"classnames": ["a", "b"]})
+    assert torch.equal(other._models["prompt_learner"].ctx, saved["ctx"])
+    assert torch.equal(other._models["prompt_learner"].token_suffix, torch.full((2, 3), 2.0))
+    bigger = trainer(["a", "b", "c"])  # no meta (a reference checkpoint), another shape
+    bigger.load_state("prompt_learner", saved, {})
+    assert torch.equal(bigger._models["prompt_learner"].token_suffix, torch.full((3, 3), 3.0))
+    with pytest.raises(RuntimeError):  # parameters stay strict
+        bigger.load_state("prompt_learner", {**saved, "ctx": torch.ones(4, 3)}, {})

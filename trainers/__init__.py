@@ -1,35 +1,73 @@
 """Project trainers. Importing this package registers every trainer in ``TRAINER_REGISTRY``.
 
-Each module named in ``TRAINER_MODULES`` registers its trainer(s) on import and may define
-``add_config(cfg)`` to add its ``TRAINER.<METHOD>.*`` keys; ``train.extend_cfg`` calls
-:func:`add_trainer_configs` before any yaml is merged. Like ``datasets/``, this folder is run from
-the repository root and never installed.
+Discovery: every module of this folder is imported in sorted name order (private ``_*`` modules
+skipped), so adding a method is dropping one file here -- there is no list to edit.
+
+Config hook: a trainer module may define ``add_config(cfg)`` (or ``extend_cfg(cfg)``, the name of
+CoOp's ``train.py`` function, so its body can be pasted as is) to declare its ``TRAINER.<METHOD>.*``
+keys. :func:`add_trainer_configs` (called by ``configs.extend_cfg`` before any yaml is merged) runs
+each hook on a *copy* of the config and adds only the keys the copy gained: declarations are
+additive, so a hook that re-creates a block CoOp-style (``cfg.TRAINER.COOP = CN()``) can neither
+drop keys another module declared nor change their defaults.
+
+The keys of CoOp's own trainers (``TRAINER.COOP.*``, ``TRAINER.COCOOP.*``) are declared by the
+project's ``coop_openclip.py`` / ``cocoop_openclip.py``, never only by ``coop.py`` / ``cocoop.py``:
+copying CoOp's trainer files over those two keeps the keys. Like ``datasets/``, this folder is run
+from the repository root and never installed.
 """
 from __future__ import annotations
 
 import importlib
+import logging
+import pkgutil
 from types import ModuleType
-from typing import Any, List, Tuple
+from typing import List
 
-__all__ = ["TRAINER_MODULES", "add_trainer_configs", "trainer_modules"]
+from yacs.config import CfgNode as CN
 
-#: Modules (relative to this package) that define trainers, in registration order.
-TRAINER_MODULES: Tuple[str, ...] = (
-    "feature_cache", "fsnl", "zsclip", "coop", "cocoop", "clip_adapter", "taskres", "fsnl_gcd", "aliases",
-)
+__all__ = ["CONFIG_HOOKS", "add_trainer_configs", "trainer_module_names", "trainer_modules"]
+
+logger = logging.getLogger(__name__)
+
+#: Module-level function names that declare a trainer's config keys (first one found is used).
+CONFIG_HOOKS = ("add_config", "extend_cfg")
+
+
+def trainer_module_names() -> List[str]:
+    """The public modules of this package, sorted (``_private`` ones are helpers, not trainers)."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
 def trainer_modules() -> List[ModuleType]:
-    """Import (once) and return every module listed in ``TRAINER_MODULES``."""
-    return [importlib.import_module(f"{__name__}.{name}") for name in TRAINER_MODULES]
+    """Import (once) and return every trainer module, in :func:`trainer_module_names` order."""
+    return [importlib.import_module(f"{__name__}.{name}") for name in trainer_module_names()]
 
 
-def add_trainer_configs(cfg: Any) -> None:
-    """Let every trainer module add its config keys (modules without ``add_config`` are skipped)."""
+def _add_new_keys(dst: CN, src: CN, prefix: str = "") -> List[str]:
+    """Copy into ``dst`` the keys of ``src`` that ``dst`` lacks (recursively); return them."""
+    added = []
+    for key, value in src.items():
+        full = f"{prefix}{key}"
+        if key not in dst:
+            dst[key] = value.clone() if isinstance(value, CN) else value
+            added.append(full)
+        elif isinstance(value, CN) and isinstance(dst[key], CN):
+            added += _add_new_keys(dst[key], value, full + ".")
+        elif isinstance(value, CN) != isinstance(dst[key], CN):
+            raise ValueError(f"config key {full} is declared both as a group and as a value")
+    return added
+
+
+def add_trainer_configs(cfg: CN) -> None:
+    """Let every trainer module declare its config keys (see the module docstring)."""
     for module in trainer_modules():
-        add_config = getattr(module, "add_config", None)
-        if callable(add_config):
-            add_config(cfg)
+        hook = next((getattr(module, n) for n in CONFIG_HOOKS if callable(getattr(module, n, None))), None)
+        if hook is None:
+            continue
+        scratch = cfg.clone()
+        hook(scratch)
+        added = _add_new_keys(cfg, scratch)
+        logger.debug("%s declares %d config key(s)", module.__name__, len(added))
 
 
 trainer_modules()

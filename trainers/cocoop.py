@@ -1,188 +1,161 @@
-"""CoCoOp — CoOp's context plus an image-conditioned shift from a small meta-net (spec §3.4).
+"""CoCoOp on OpenAI CLIP, written in CoOp's idiom (spec §3.8) through ``clip.clip``.
 
-For image ``b`` every context vector becomes ``ctx_i + π(f_b)``, where ``f_b`` is the L2-normalised
-image feature and ``π = Linear(D → D/16) → ReLU → Linear(→ W)``; the class prompts
-``[SOT] ctx+π(f_b) name. [EOT]`` are encoded for every (image, class) pair and the logits are
-``s · cos(f_b, t_{b,c})``.
+The shape of CoCoOp's own ``trainers/cocoop.py`` (a ``PromptLearner`` with a meta-net whose output
+shifts every context vector per image, ``CustomCLIP`` returning the loss in training mode), so
+CoOp's file can be copied over it; its ``TRAINER.COCOOP.*`` keys are declared by
+``cocoop_openclip.py``. The OpenCLIP version is ``CoCoOp_openclip``.
 
-How it is built: the C class prompts are embedded once per step with the (unshifted) context
-(:class:`clip.PromptBank`, one gather + one scatter). The shift is the same vector at every context
-position, so the prompt of pair ``(b, c)`` is that embedding plus ``mask_c ⊗ π(f_b)`` where ``mask_c``
-marks the context positions. All B·C pairs are flattened and encoded in chunks of
-``TRAINER.COCOOP.TEXT_CHUNK`` sequences, each chunk one batched text-tower call (P4: the reference ran
-one C-sequence call per image in a Python loop). Memory per call is bounded by the chunk size; the
-sequences are also cut after the longest prompt's EOT (exact for causal towers).
-
-Differences from the reference, deliberate: B1 batch-first text transformer; the context and
-meta-net are fp32 parameters under every precision (the reference made the meta-net fp16 under
-``PREC fp16``) and the loss is fp32; checkpoints hold only ``ctx`` and the meta-net (no frozen
-prefix/suffix tensors). The context is shared and the meta-net class-agnostic, so an OOP-trained
-prompt learner evaluates on IP / All names directly.
+Departures from CoCoOp's file, deliberate: precision follows the device (CPU: fp32, B30); the B·C
+image-conditioned prompts of a batch are encoded in one text-tower call instead of a Python loop
+over the images (P4; same values); no ``nn.DataParallel`` (B9); ``torch.amp``; checkpoint loading is
+the engine's, which keeps the frozen ``token_prefix``/``token_suffix`` of the current class names.
 """
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from yacs.config import CfgNode as CN
+from torch.nn import functional as F
 
-from clip import LoadedCLIP, PromptBank, TextEncoder
-from dassl.engine import TRAINER_REGISTRY
-from dassl.metrics import compute_accuracy
+from clip import clip
+from dassl.engine import TRAINER_REGISTRY, TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
-from dassl.utils import strip_module_prefix
+from dassl.utils import load_pretrained_weights
 
-from .base import ClipTrainer
-from .coop import REFERENCE_BUFFERS, class_sequences, init_context
+from ._openai_clip import TextEncoder, check_backbone, check_precision, load_clip_to_cpu, run_fp32
 
 logger = logging.getLogger(__name__)
 
 
-def add_config(cfg: CN) -> None:
-    """``TRAINER.COCOOP.*`` with CoCoOp's defaults, plus the text-batch chunk size."""
-    cfg.TRAINER.COCOOP = CN()
-    cfg.TRAINER.COCOOP.N_CTX = 16  # ignored when CTX_INIT is set (n_ctx = its token count)
-    cfg.TRAINER.COCOOP.CTX_INIT = ""
-    cfg.TRAINER.COCOOP.PREC = "fp16"  # fp16 | fp32 | amp | bf16 (CPU: fp32)
-    # Most (image, class) prompts per text-tower call; bounds memory for large B·C (ours, not the reference's).
-    cfg.TRAINER.COCOOP.TEXT_CHUNK = 4096
+class PromptLearner(nn.Module):
+    """Generic context ``ctx [n, W]`` plus ``meta_net``: image feature → one shift of every ctx row."""
 
-
-add_cocoop_config = add_config
-
-
-class CoCoOpPromptLearner(nn.Module):
-    """Shared context ``ctx [n, W]`` and the meta-net; these are all the learned weights."""
-
-    def __init__(self, init: torch.Tensor, vis_dim: int) -> None:
+    def __init__(self, cfg: Any, classnames: List[str], clip_model: nn.Module) -> None:
         super().__init__()
-        width = init.shape[-1]
-        hidden = max(1, vis_dim // 16)
-        self.ctx = nn.Parameter(init)
+        cocoop = cfg.TRAINER.COCOOP
+        n_cls = len(classnames)
+        n_ctx = int(cocoop.N_CTX)
+        ctx_init = str(cocoop.CTX_INIT)
+        dtype = clip_model.dtype
+        ctx_dim = clip_model.ln_final.weight.shape[0]
+        vis_dim = clip_model.visual.output_dim
+        clip_imsize = clip_model.visual.input_resolution
+        cfg_imsize = cfg.INPUT.SIZE[0]
+        if cfg_imsize != clip_imsize:
+            raise ValueError(f"INPUT.SIZE {cfg_imsize} must equal the CLIP image size {clip_imsize}")
+
+        if ctx_init:
+            ctx_init = ctx_init.replace("_", " ")
+            n_ctx = len(ctx_init.split(" "))
+            with torch.no_grad():
+                embedding = clip_model.token_embedding(clip.tokenize(ctx_init)).type(dtype)
+            ctx_vectors = embedding[0, 1:1 + n_ctx, :]
+            prompt_prefix = ctx_init
+        else:
+            ctx_vectors = torch.empty(n_ctx, ctx_dim, dtype=dtype)
+            nn.init.normal_(ctx_vectors, std=0.02)
+            prompt_prefix = " ".join(["X"] * n_ctx)
+        logger.info('Initial context: "%s" (%d context tokens)', prompt_prefix, n_ctx)
+        self.ctx = nn.Parameter(ctx_vectors)
         self.meta_net = nn.Sequential(OrderedDict([
-            ("linear1", nn.Linear(vis_dim, hidden)),
+            ("linear1", nn.Linear(vis_dim, vis_dim // 16)),
             ("relu", nn.ReLU(inplace=True)),
-            ("linear2", nn.Linear(hidden, width)),
+            ("linear2", nn.Linear(vis_dim // 16, ctx_dim)),
         ]))
+        if cocoop.PREC == "fp16" and dtype == torch.float16:
+            self.meta_net.half()
 
-    @property
-    def n_ctx(self) -> int:
-        return int(self.ctx.shape[0])
+        classnames = [name.replace("_", " ") for name in classnames]
+        tokenized_prompts = clip.tokenize([f"{prompt_prefix} {name}." for name in classnames])
+        with torch.no_grad():
+            embedding = clip_model.token_embedding(tokenized_prompts).type(dtype)
+        self.register_buffer("token_prefix", embedding[:, :1, :])
+        self.register_buffer("token_suffix", embedding[:, 1 + n_ctx:, :])
+        self.n_cls = n_cls
+        self.n_ctx = n_ctx
+        self.tokenized_prompts = tokenized_prompts
 
-    def load_state_dict(self, state_dict: Dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
-        """Strict load that also accepts the reference's checkpoints (``module.``, frozen buffers)."""
-        state = strip_module_prefix(state_dict)
-        state = {k: v for k, v in state.items() if k not in REFERENCE_BUFFERS}
-        ctx = state.get("ctx")
-        if ctx is not None and tuple(ctx.shape) != tuple(self.ctx.shape):
-            raise ValueError(
-                f"The checkpoint's context has shape {tuple(ctx.shape)}, this trainer expects "
-                f"{tuple(self.ctx.shape)} (check N_CTX / CTX_INIT and the backbone)"
-            )
-        return super().load_state_dict(state, strict=strict, assign=assign)
+    def forward(self, im_features: torch.Tensor) -> torch.Tensor:
+        """``[B, C, L, W]`` prompts: class ``c``'s prompt with image ``b``'s shifted context."""
+        bias = self.meta_net(im_features).unsqueeze(1)  # [B, 1, W]
+        ctx = self.ctx.unsqueeze(0) + bias  # [B, n, W]
+        b, c = ctx.shape[0], self.n_cls
+        prefix = self.token_prefix.unsqueeze(0).expand(b, -1, -1, -1)
+        suffix = self.token_suffix.unsqueeze(0).expand(b, -1, -1, -1)
+        ctx = ctx.unsqueeze(1).expand(-1, c, -1, -1)
+        return torch.cat([prefix, ctx, suffix], dim=2)
 
 
-class CoCoOpModel(nn.Module):
-    """Prompt learner + frozen class templates; maps image features to cosine logits ``[B, C]``."""
-
-    def __init__(self, loaded: LoadedCLIP, classnames: Any, ctx_init: str, n_ctx: int, text_chunk: int) -> None:
+class CustomCLIP(nn.Module):
+    def __init__(self, cfg: Any, classnames: List[str], clip_model: nn.Module) -> None:
         super().__init__()
-        self.classnames = list(classnames)
-        init, placeholder = init_context(loaded, ctx_init, n_ctx)
-        self.prompt_learner = CoCoOpPromptLearner(init, loaded.embed_dim)
-        sequences, lengths, slot_ids = class_sequences(loaded.tokenizer, self.classnames, placeholder, "end", False)
-        self.text_encoder = TextEncoder(loaded.model)
-        self.prompt_bank = PromptBank(sequences, lengths, slot_ids, self.text_encoder.token_embedding,
-                                      loaded.context_length, trim=True)
-        bank = self.prompt_bank
-        mask = torch.zeros(bank.ids.numel(), dtype=torch.bool, device=bank.ids.device)
-        mask[bank.slot_dst] = True
-        # [C, L]: where the (shifted) context rows sit in each class prompt
-        self.register_buffer("ctx_mask", mask.view_as(bank.ids), persistent=False)
-        self.text_chunk = max(1, int(text_chunk))
+        self.prompt_learner = PromptLearner(cfg, classnames, clip_model)
+        self.tokenized_prompts = self.prompt_learner.tokenized_prompts
+        self.image_encoder = clip_model.visual
+        self.text_encoder = TextEncoder(clip_model)
+        self.logit_scale = clip_model.logit_scale
+        self.dtype = clip_model.dtype
 
-    def forward(self, image_feats: torch.Tensor) -> torch.Tensor:
-        """Cosine similarities ``[B, C]`` of normalised image features with their own class prompts."""
-        learner = self.prompt_learner
-        feats = image_feats.float()
-        bias = learner.meta_net(feats)  # [B, W]
-        embeds, eot = self.prompt_bank(learner.ctx)  # [C, L, W]
-        mask = self.ctx_mask
-        if self.text_encoder.can_truncate:
-            length = int(eot.max()) + 1
-            embeds, mask = embeds[:, :length], mask[:, :length]
-        bias = bias.to(embeds.dtype)
-        weight = mask.to(embeds.dtype).unsqueeze(-1)  # [C, L, 1]
-        n_img, n_cls = feats.shape[0], embeds.shape[0]
-        total = n_img * n_cls
-        pair = torch.arange(total, device=feats.device)
-        sims = []
-        for start in range(0, total, self.text_chunk):
-            idx = pair[start:start + self.text_chunk]
-            img, cls = idx // n_cls, idx % n_cls
-            prompts = embeds[cls] + weight[cls] * bias[img].unsqueeze(1)
-            text = F.normalize(self.text_encoder(prompts, eot[cls]).float(), dim=-1)
-            sims.append((feats[img] * text).sum(dim=-1))
-        return torch.cat(sims).view(n_img, n_cls)
+    def forward(self, image: torch.Tensor, label: Optional[torch.Tensor] = None) -> torch.Tensor:
+        image_features = self.image_encoder(image.type(self.dtype))
+        image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+        prompts = self.prompt_learner(image_features)  # [B, C, L, W]
+        b, c = prompts.shape[:2]
+        tokens = self.tokenized_prompts.to(prompts.device).repeat(b, 1)
+        text_features = self.text_encoder(prompts.reshape(b * c, *prompts.shape[2:]), tokens).view(b, c, -1)
+        text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+        logits = self.logit_scale.exp() * torch.einsum("bd,bcd->bc", image_features, text_features)
+        if self.prompt_learner.training:
+            return F.cross_entropy(logits, label)
+        return logits
 
 
 @TRAINER_REGISTRY.register()
-class CoCoOp_openclip(ClipTrainer):
-    """CoCoOp on an OpenCLIP backbone chosen by ``MODEL.BACKBONE.{NAME,WEIGHTS}``."""
+class CoCoOp(TrainerX):
+    """Conditional Context Optimization (CoCoOp; Zhou et al., CVPR 2022) on OpenAI CLIP."""
 
-    PREC_KEY = "COCOOP"
-
-    def check_cfg(self, cfg: CN) -> None:
-        super().check_cfg(cfg)
-        cocoop = cfg.TRAINER.COCOOP
-        if not str(cocoop.CTX_INIT).strip() and int(cocoop.N_CTX) < 1:
-            raise ValueError(f"TRAINER.COCOOP.N_CTX must be positive without CTX_INIT, got {cocoop.N_CTX}")
-        if int(cocoop.TEXT_CHUNK) < 1:
-            raise ValueError(f"TRAINER.COCOOP.TEXT_CHUNK must be positive, got {cocoop.TEXT_CHUNK}")
+    def check_cfg(self, cfg: Any) -> None:
+        check_precision(cfg.TRAINER.COCOOP.PREC, "TRAINER.COCOOP.PREC")
+        check_backbone(cfg)
 
     def build_model(self) -> None:
         cfg = self.cfg
-        cocoop = cfg.TRAINER.COCOOP
-        self.load_clip()
-        names = self.display_names(self.classnames)
-        self.model = CoCoOpModel(self.clip, names, str(cocoop.CTX_INIT), int(cocoop.N_CTX),
-                                 int(cocoop.TEXT_CHUNK)).to(self.device)
-        self.prompt_learner = self.model.prompt_learner
-        self.optim = build_optimizer(self.prompt_learner, cfg.OPTIM)
+        classnames = self.dm.dataset.classnames
+        logger.info("Loading CLIP (backbone: %s)", cfg.MODEL.BACKBONE.NAME)
+        clip_model = load_clip_to_cpu(cfg)
+        if run_fp32(cfg.TRAINER.COCOOP.PREC, self.device):
+            clip_model.float()
+
+        self.model = CustomCLIP(cfg, classnames, clip_model)
+        for name, param in self.model.named_parameters():
+            param.requires_grad_("prompt_learner" in name)
+        if cfg.MODEL.INIT_WEIGHTS:
+            load_pretrained_weights(self.model.prompt_learner, cfg.MODEL.INIT_WEIGHTS)
+        self.model.to(self.device)
+        self.optim = build_optimizer(self.model.prompt_learner, cfg.OPTIM)
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
-        self.register_model("prompt_learner", self.prompt_learner, self.optim, self.sched)
-        self.scaler = self.build_scaler()
-        logger.info("CoCoOp: %d classes, %d context vectors (init %r), meta-net %d→%d→%d, text chunk %d",
-                    len(names), self.prompt_learner.n_ctx, str(cocoop.CTX_INIT) or "random", self.clip.embed_dim,
-                    self.prompt_learner.meta_net.linear1.out_features, self.prompt_learner.ctx.shape[-1],
-                    self.model.text_chunk)
-
-    def checkpoint_meta(self) -> Dict[str, Any]:
-        meta = super().checkpoint_meta()
-        meta.update(n_ctx=self.prompt_learner.n_ctx)
-        return meta
-
-    def logits(self, feats: torch.Tensor) -> torch.Tensor:
-        with self.autocast():
-            sims = self.model(feats)
-        return self.logit_scale * sims.float()
+        self.register_model("prompt_learner", self.model.prompt_learner, self.optim, self.sched)
+        amp = cfg.TRAINER.COCOOP.PREC == "amp" and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if amp else None
 
     def forward_backward(self, batch: Dict[str, Any]) -> Dict[str, float]:
-        labels = batch["label"].to(self.device)
-        logits = self.logits(self.batch_features(batch))
-        loss = F.cross_entropy(logits, labels)
-        self.optimize(loss)
-        self.maybe_update_lr()
-        return {"loss": loss.item(), "acc": compute_accuracy(logits.detach(), labels)[0].item()}
+        image, label = self.parse_batch_train(batch)
+        if self.scaler is not None:
+            with torch.autocast(device_type="cuda", dtype=torch.float16):
+                loss = self.model(image, label)
+            self.optim.zero_grad()
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optim)
+            self.scaler.update()
+        else:
+            loss = self.model(image, label)
+            self.model_backward_and_update(loss)
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()
+        return {"loss": loss.item()}
 
-    def model_inference(self, input: torch.Tensor) -> torch.Tensor:
-        """Images ``[B, 3, H, W]`` or cached unnormalised features ``[B, D]`` to logits.
-
-        The prompts depend on the image, so there are no class text features to cache per test.
-        """
-        feats = F.normalize(input.float(), dim=-1) if input.dim() == 2 else self.encode_images(input)
-        return self.logits(feats)
+    def parse_batch_train(self, batch: Dict[str, Any]):
+        return batch["img"].to(self.device), batch["label"].to(self.device)

@@ -1,318 +1,217 @@
-"""CoOp — learnable prompt context on a frozen OpenCLIP model (spec §3.3).
+"""CoOp on OpenAI CLIP, written in CoOp's idiom (spec §3.8) through ``clip.clip``.
 
-The prompt of class ``c`` is ``[SOT] ctx_1 … ctx_n name. [EOT]`` (``end``), ``[SOT] ctx_1 … ctx_⌊n/2⌋ name
-ctx_⌊n/2⌋+1 … ctx_n . [EOT]`` (``middle``) or ``[SOT] name ctx_1 … ctx_n . [EOT]`` (``front``). The context
-is shared by all classes or class-specific (``CSC``); with ``CTX_INIT`` it starts as the CLIP token rows
-of the init phrase, so ``CTX_INIT "a photo of a"`` at step 0 is zero-shot CLIP with ``a photo of a {}.``.
+This file has the shape of CoOp's own ``trainers/coop.py`` -- ``load_clip_to_cpu`` /
+``TextEncoder`` / ``PromptLearner`` / ``CustomCLIP`` / ``CoOp(TrainerX)`` on ``from clip import
+clip`` -- so it doubles as the worked example of a CoOp-family trainer running here, and CoOp's
+file can be copied over it. Its ``TRAINER.COOP.*`` keys are declared by ``coop_openclip.py``, not
+here, so they survive that copy. The OpenCLIP version with the LAION-Beyond conveniences is
+``CoOp_openclip`` (``coop_openclip.py``).
 
-How it is built: every class prompt is tokenised once into an id template whose context positions
-are :class:`clip.Slot` s (one slot per context segment, per class when CSC). Each step embeds all C
-prompts with one gather + one scatter from the flat ``[rows, W]`` view of the context tensor
-(:class:`clip.PromptBank`); there is no per-class Python loop (the reference looped over classes for
-``middle`` and ``front``) and the frozen ``token_prefix``/``token_suffix`` tensors of the reference
-are never stored in a checkpoint.
+Where this file departs from CoOp's, deliberately:
 
-Differences from the reference, all deliberate:
-
-* B1 the text transformer runs batch-first (``clip.TextEncoder``);
-* ``CTX_INIT`` sets ``n_ctx`` to the number of BPE tokens of the phrase (the reference counted words,
-  which differs only for words that split into several tokens, where it silently mis-initialised);
-* ``CTX_INIT`` with ``CSC True`` gives class-specific contexts that all start from the phrase (the
-  reference silently ignored ``CSC`` when ``CTX_INIT`` was set);
-* the context is an fp32 parameter under every precision (the reference kept it in the model dtype,
-  i.e. fp16 weights with an fp16 SGD state under ``PREC fp16``); losses are fp32;
-* checkpoints hold only ``ctx``; loading maps across label spaces through ``load_state``: a shared
-  context applies to any class names (this is how the OOP-trained context is evaluated on IP / All),
-  a class-specific one only to its own label space (clear error otherwise; the reference crashed with
-  a size mismatch). Checkpoint choice (best, then pointer, then latest epoch) is the engine's generic
-  load order, which covers the reference's best→last-epoch fallback.
+* precision follows the device: on CPU the model runs fp32 whatever ``PREC`` says (B30);
+* the ``middle`` / ``front`` prompts are one precomputed gather instead of a Python loop over
+  classes, and ``end`` is one concatenation (same values as CoOp's construction);
+* the class text features are encoded once per ``test()`` call, not once per test batch (P1);
+* no ``nn.DataParallel`` (B9), ``torch.amp`` instead of the deprecated ``torch.cuda.amp``;
+* checkpoints are loaded by the engine (best, pointer, latest epoch); its ``load_state`` keeps the
+  frozen ``token_prefix``/``token_suffix`` of the current class names, so a context trained on one
+  label space evaluates on another (CoOp's ``load_model`` deleted them for the same reason).
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from yacs.config import CfgNode as CN
+from torch.nn import functional as F
 
-from clip import LoadedCLIP, PromptBank, Slot, TextEncoder, normalize_name
-from clip.prompts import TokenPiece
-from dassl.engine import TRAINER_REGISTRY
+from clip import clip
+from clip.simple_tokenizer import SimpleTokenizer as _Tokenizer
+from dassl.engine import TRAINER_REGISTRY, TrainerX
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
-from dassl.utils import strip_module_prefix
+from dassl.utils import load_pretrained_weights
 
-from .base import ClipTrainer
+# load_clip_to_cpu is also this module's API: CoOp's zsclip.py imports it from .coop
+from ._openai_clip import (
+    TextEncoder,
+    check_backbone,
+    check_precision,
+    load_clip_to_cpu,
+    run_fp32,
+)
 
 logger = logging.getLogger(__name__)
 
 POSITIONS = ("end", "middle", "front")
-#: Keys of the reference's state dict that held frozen token embeddings; ignored on load.
-REFERENCE_BUFFERS = ("token_prefix", "token_suffix")
+
+_tokenizer = _Tokenizer()
 
 
-def add_config(cfg: CN) -> None:
-    """``TRAINER.COOP.*`` with CoOp's defaults (the LAION scripts override N_CTX/CSC/position)."""
-    cfg.TRAINER.COOP = CN()
-    cfg.TRAINER.COOP.N_CTX = 16  # ignored when CTX_INIT is set (n_ctx = its token count)
-    cfg.TRAINER.COOP.CSC = False  # class-specific context
-    cfg.TRAINER.COOP.CTX_INIT = ""  # e.g. "a photo of a"
-    cfg.TRAINER.COOP.PREC = "fp16"  # fp16 | fp32 | amp | bf16 (CPU: fp32)
-    cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"  # end | middle | front
+def prompt_order(name_lens: List[int], n_ctx: int, length: int, position: str) -> torch.Tensor:
+    """``[C, L]`` positions into the ``[SOT] ctx name . [EOT] pad`` layout giving each class's prompt.
 
-
-add_coop_config = add_config
-
-
-# ---------------------------------------------------------------------------------------- helpers
-def token_table(loaded: LoadedCLIP) -> torch.Tensor:
-    """The frozen ``[vocab, W]`` token-embedding table of the text tower."""
-    return TextEncoder(loaded.model).token_embedding.weight
-
-
-def init_context(loaded: LoadedCLIP, ctx_init: str, n_ctx: int, n_sets: Optional[int] = None
-                 ) -> Tuple[torch.Tensor, List[int]]:
-    """Initial context (``[n, W]``, or ``[n_sets, n, W]`` class-specific) and its placeholder ids.
-
-    With an init phrase the rows are the phrase's CLIP token rows and the ids are its BPE ids; else
-    the rows are N(0, 0.02) and the ids are ``n`` copies of "X", as in CoOp's id sequences (the ids
-    only fix the template; the learned rows replace their embeddings).
+    ``middle``: ``[SOT] ctx[:n/2] name ctx[n/2:] . …``; ``front``: ``[SOT] name ctx . …``.
     """
-    weight = token_table(loaded)
-    phrase = " ".join(str(ctx_init).replace("_", " ").split())
-    if phrase:
-        ids = [int(t) for t in loaded.tokenizer.encode(phrase)]
-        if not ids:
-            raise ValueError(f"CTX_INIT {ctx_init!r} has no BPE token")
-        rows = weight.detach()[torch.tensor(ids, device=weight.device)].float().cpu().clone()
-        if n_sets is not None:
-            rows = rows.unsqueeze(0).repeat(n_sets, 1, 1)
-        return rows, ids
-    n = int(n_ctx)
-    if n < 1:
-        raise ValueError(f"N_CTX must be positive without CTX_INIT, got {n}")
-    shape = (n, weight.shape[1]) if n_sets is None else (n_sets, n, weight.shape[1])
-    x_id = int(loaded.tokenizer.encode("X")[0])
-    return torch.empty(shape).normal_(0.0, 0.02), [x_id] * n
-
-
-def context_segments(n_ctx: int, position: str) -> List[Tuple[int, int]]:
-    """``(start, end)`` row ranges of the context pieces around the name (empty ranges kept)."""
-    if position == "middle":
-        half = n_ctx // 2
-        return [(0, half), (half, n_ctx)]
-    return [(0, n_ctx)]
-
-
-def split_name_tokens(tokenizer: Any, name: str) -> Tuple[List[int], List[int]]:
-    """BPE ids of ``name`` and of what follows it in ``name + "."``.
-
-    The reference tokenised the whole prompt and cut its suffix after ``len(encode(name))`` tokens;
-    encoding ``name + "."`` and cutting at the same place reproduces that exactly, including names
-    that end in punctuation (where BPE merges the final ".").
-    """
-    joint = [int(t) for t in tokenizer.encode(name + ".")]
-    n = len(tokenizer.encode(name))
-    return joint[:n], joint[n:]
-
-
-def class_sequences(tokenizer: Any, names: Sequence[str], placeholder_ids: Sequence[int], position: str,
-                    class_specific: bool) -> Tuple[List[List[TokenPiece]], List[int], List[List[int]]]:
-    """Token-piece sequences (one per class) plus ``slot_lengths`` and ``slot_token_ids``.
-
-    Slots are numbered so that slot ``k``'s rows follow slot ``k-1``'s in the flat context view:
-    shared context → the segments of the single ``[n, W]`` tensor; class-specific → class ``c``'s
-    segments come ``c``-th in ``[C, n, W]``. Empty segments (``middle`` with ``n_ctx`` 1) get no slot.
-    """
-    if position not in POSITIONS:
-        raise ValueError(f"CLASS_TOKEN_POSITION must be one of {POSITIONS}, got {position!r}")
-    segments = context_segments(len(placeholder_ids), position)
-    slot_lengths: List[int] = []
-    slot_ids: List[List[int]] = []
-    shared_slots: Optional[List[Optional[Slot]]] = None
-    sequences: List[List[TokenPiece]] = []
-    for name in names:
-        if class_specific or shared_slots is None:
-            slots: List[Optional[Slot]] = []
-            for a, b in segments:
-                if b > a:
-                    slots.append(Slot(len(slot_lengths)))
-                    slot_lengths.append(b - a)
-                    slot_ids.append(list(placeholder_ids[a:b]))
-                else:
-                    slots.append(None)
-            if not class_specific:
-                shared_slots = slots
-        else:
-            slots = shared_slots
-        name_ids, rest = split_name_tokens(tokenizer, name)
-        if position == "end":
-            pieces: List[Any] = [slots[0], name_ids + rest]
+    rows = []
+    for name_len in name_lens:
+        sot, ctx = [0], list(range(1, 1 + n_ctx))
+        name = list(range(1 + n_ctx, 1 + n_ctx + name_len))
+        rest = list(range(1 + n_ctx + name_len, length))
+        if position == "middle":
+            half = n_ctx // 2
+            rows.append(sot + ctx[:half] + name + ctx[half:] + rest)
         elif position == "front":
-            pieces = [name_ids, slots[0], rest]
+            rows.append(sot + name + ctx + rest)
         else:
-            pieces = [slots[0], name_ids, slots[1], rest]
-        sequences.append([p for p in pieces if p is not None])
-    return sequences, slot_lengths, slot_ids
+            rows.append(sot + ctx + name + rest)
+    return torch.tensor(rows, dtype=torch.long)
 
 
-# ---------------------------------------------------------------------------------------- modules
 class PromptLearner(nn.Module):
-    """The learned context and nothing else: its state dict is ``{"ctx": [n, W] or [C, n, W]}``."""
+    """The learned context ``ctx`` plus the frozen SOT / class-name embeddings around it."""
 
-    def __init__(self, init: torch.Tensor) -> None:
+    def __init__(self, cfg: Any, classnames: List[str], clip_model: nn.Module) -> None:
         super().__init__()
-        self.ctx = nn.Parameter(init)
-
-    @property
-    def class_specific(self) -> bool:
-        return self.ctx.dim() == 3
-
-    @property
-    def n_ctx(self) -> int:
-        return int(self.ctx.shape[-2])
-
-    def rows(self) -> torch.Tensor:
-        """The flat ``[rows, W]`` view whose row order matches the prompt slots."""
-        return self.ctx.reshape(-1, self.ctx.shape[-1])
-
-    def load_context(self, state_dict: Dict[str, torch.Tensor], meta: Dict[str, Any],
-                     classnames: Sequence[str], sub_classes: Optional[str] = None) -> None:
-        """Copy a checkpoint's context here, checking it fits this label space.
-
-        Accepts our checkpoints and the reference's (``module.`` prefixes and the frozen
-        ``token_prefix``/``token_suffix`` buffers are dropped).
-        """
-        state = strip_module_prefix(state_dict)
-        unknown = sorted(k for k in state if k != "ctx" and k not in REFERENCE_BUFFERS)
-        if unknown:
-            logger.warning("Ignoring unknown keys in the context checkpoint: %s", unknown)
-        if "ctx" not in state:
-            raise KeyError(f"The checkpoint has no 'ctx' (keys: {sorted(state)})")
-        ctx = state["ctx"]
-        own = self.ctx
-        if ctx.dim() != own.dim():
-            kind = {2: "shared", 3: "class-specific"}
-            raise ValueError(
-                f"The checkpoint's context is {kind.get(ctx.dim(), ctx.dim())} {tuple(ctx.shape)} but this "
-                f"trainer's is {kind.get(own.dim(), own.dim())} {tuple(own.shape)}; set TRAINER.COOP.CSC "
-                f"to match the training run"
-            )
-        if own.dim() == 3:
-            theirs = meta.get("classnames")
-            same_names = theirs is None or [normalize_name(c) for c in theirs] == [normalize_name(c) for c in classnames]
-            if ctx.shape[0] != own.shape[0] or not same_names:
-                where = f" ({meta['sub_classes']})" if meta.get("sub_classes") else ""
-                here = f" ({sub_classes})" if sub_classes else ""
-                raise ValueError(
-                    f"A class-specific context (CSC) trained on a label space of {ctx.shape[0]} classes{where} "
-                    f"cannot be applied to this label space of {own.shape[0]} classes{here}: its vectors "
-                    "belong to the training classes. Evaluate on the training label space, or train a "
-                    "shared context (TRAINER.COOP.CSC False) for cross-label-space evaluation."
-                )
-        if tuple(ctx.shape[-2:]) != tuple(own.shape[-2:]):
-            raise ValueError(
-                f"The checkpoint's context has {ctx.shape[-2]} vectors of width {ctx.shape[-1]}, this trainer "
-                f"expects {own.shape[-2]} of width {own.shape[-1]} (check N_CTX / CTX_INIT and the backbone)"
-            )
-        with torch.no_grad():
-            own.copy_(ctx.to(own))
-
-
-class CoOpModel(nn.Module):
-    """The learned context plus the frozen prompt templates and text tower that turn it into features."""
-
-    def __init__(self, loaded: LoadedCLIP, classnames: Sequence[str], ctx_init: str, n_ctx: int,
-                 class_specific: bool, position: str) -> None:
-        super().__init__()
-        self.classnames = list(classnames)
-        init, placeholder = init_context(loaded, ctx_init, n_ctx, len(self.classnames) if class_specific else None)
-        self.prompt_learner = PromptLearner(init)
-        sequences, lengths, slot_ids = class_sequences(loaded.tokenizer, self.classnames, placeholder, position,
-                                                       class_specific)
-        self.text_encoder = TextEncoder(loaded.model)
-        self.prompt_bank = PromptBank(sequences, lengths, slot_ids, self.text_encoder.token_embedding,
-                                      loaded.context_length, trim=True)
-        self.position = position
-
-    def class_text_features(self) -> torch.Tensor:
-        """Normalised fp32 ``[C, D]`` features of the C class prompts with the current context."""
-        embeds, eot = self.prompt_bank(self.prompt_learner.rows())
-        return F.normalize(self.text_encoder(embeds, eot).float(), dim=-1)
-
-
-# ---------------------------------------------------------------------------------------- trainer
-@TRAINER_REGISTRY.register()
-class CoOp_openclip(ClipTrainer):
-    """CoOp on an OpenCLIP backbone chosen by ``MODEL.BACKBONE.{NAME,WEIGHTS}``."""
-
-    PREC_KEY = "COOP"
-
-    def check_cfg(self, cfg: CN) -> None:
-        super().check_cfg(cfg)
         coop = cfg.TRAINER.COOP
-        if coop.CLASS_TOKEN_POSITION not in POSITIONS:
-            raise ValueError(
-                f"TRAINER.COOP.CLASS_TOKEN_POSITION must be one of {POSITIONS}, got {coop.CLASS_TOKEN_POSITION!r}"
-            )
-        if not str(coop.CTX_INIT).strip() and int(coop.N_CTX) < 1:
-            raise ValueError(f"TRAINER.COOP.N_CTX must be positive without CTX_INIT, got {coop.N_CTX}")
+        n_cls = len(classnames)
+        n_ctx = int(coop.N_CTX)
+        ctx_init = str(coop.CTX_INIT)
+        dtype = clip_model.dtype
+        ctx_dim = clip_model.ln_final.weight.shape[0]
+        clip_imsize = clip_model.visual.input_resolution
+        cfg_imsize = cfg.INPUT.SIZE[0]
+        if cfg_imsize != clip_imsize:
+            raise ValueError(f"INPUT.SIZE {cfg_imsize} must equal the CLIP image size {clip_imsize}")
+
+        if ctx_init:
+            ctx_init = ctx_init.replace("_", " ")
+            n_ctx = len(ctx_init.split(" "))
+            with torch.no_grad():
+                embedding = clip_model.token_embedding(clip.tokenize(ctx_init)).type(dtype)
+            ctx_vectors = embedding[0, 1:1 + n_ctx, :]
+            prompt_prefix = ctx_init
+        else:
+            shape = (n_cls, n_ctx, ctx_dim) if coop.CSC else (n_ctx, ctx_dim)
+            ctx_vectors = torch.empty(*shape, dtype=dtype)
+            nn.init.normal_(ctx_vectors, std=0.02)
+            prompt_prefix = " ".join(["X"] * n_ctx)
+        logger.info('Initial context: "%s" (%d context tokens, %s)', prompt_prefix, n_ctx,
+                    "class-specific" if ctx_vectors.dim() == 3 else "generic")
+        self.ctx = nn.Parameter(ctx_vectors)
+
+        classnames = [name.replace("_", " ") for name in classnames]
+        name_lens = [len(_tokenizer.encode(name)) for name in classnames]
+        tokenized_prompts = clip.tokenize([f"{prompt_prefix} {name}." for name in classnames])
+        with torch.no_grad():
+            embedding = clip_model.token_embedding(tokenized_prompts).type(dtype)
+        # saved with the model (CoOp's layout); the engine never loads them across label spaces
+        self.register_buffer("token_prefix", embedding[:, :1, :])
+        self.register_buffer("token_suffix", embedding[:, 1 + n_ctx:, :])
+        position = str(coop.CLASS_TOKEN_POSITION)
+        if position not in POSITIONS:
+            raise ValueError(f"TRAINER.COOP.CLASS_TOKEN_POSITION must be one of {POSITIONS}, got {position!r}")
+        order = prompt_order(name_lens, n_ctx, tokenized_prompts.shape[1], position)
+        self.register_buffer("order", order, persistent=False)
+        self.n_cls = n_cls
+        self.n_ctx = n_ctx
+        self.tokenized_prompts = tokenized_prompts
+        self.name_lens = name_lens
+        self.class_token_position = position
+
+    def forward(self) -> torch.Tensor:
+        ctx = self.ctx
+        if ctx.dim() == 2:
+            ctx = ctx.unsqueeze(0).expand(self.n_cls, -1, -1)
+        prompts = torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1)
+        if self.class_token_position == "end":
+            return prompts
+        rows = torch.arange(self.n_cls, device=prompts.device).unsqueeze(1)
+        return prompts[rows, self.order]
+
+
+class CustomCLIP(nn.Module):
+    def __init__(self, cfg: Any, classnames: List[str], clip_model: nn.Module) -> None:
+        super().__init__()
+        self.prompt_learner = PromptLearner(cfg, classnames, clip_model)
+        self.tokenized_prompts = self.prompt_learner.tokenized_prompts
+        self.image_encoder = clip_model.visual
+        self.text_encoder = TextEncoder(clip_model)
+        self.logit_scale = clip_model.logit_scale
+        self.dtype = clip_model.dtype
+
+    def text_features(self) -> torch.Tensor:
+        """Normalised class text features with the current context."""
+        feats = self.text_encoder(self.prompt_learner(), self.tokenized_prompts.to(self.logit_scale.device))
+        return feats / feats.norm(dim=-1, keepdim=True)
+
+    def forward(self, image: torch.Tensor, text_features: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits; ``text_features`` (from :meth:`text_features`) skips re-encoding the prompts."""
+        image_features = self.image_encoder(image.type(self.dtype))
+        image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+        if text_features is None:
+            text_features = self.text_features()
+        return self.logit_scale.exp() * image_features @ text_features.t()
+
+
+@TRAINER_REGISTRY.register()
+class CoOp(TrainerX):
+    """Context Optimization (CoOp; Zhou et al., IJCV 2022) on OpenAI CLIP."""
+
+    def check_cfg(self, cfg: Any) -> None:
+        check_precision(cfg.TRAINER.COOP.PREC, "TRAINER.COOP.PREC")
+        check_backbone(cfg)
 
     def build_model(self) -> None:
         cfg = self.cfg
-        coop = cfg.TRAINER.COOP
-        self.load_clip()
-        names = self.display_names(self.classnames)
-        self.model = CoOpModel(self.clip, names, str(coop.CTX_INIT), int(coop.N_CTX), bool(coop.CSC),
-                               str(coop.CLASS_TOKEN_POSITION)).to(self.device)
-        self.prompt_learner = self.model.prompt_learner
-        self.optim = build_optimizer(self.prompt_learner, cfg.OPTIM)
+        classnames = self.dm.dataset.classnames
+        logger.info("Loading CLIP (backbone: %s)", cfg.MODEL.BACKBONE.NAME)
+        clip_model = load_clip_to_cpu(cfg)
+        if run_fp32(cfg.TRAINER.COOP.PREC, self.device):
+            clip_model.float()
+
+        self.model = CustomCLIP(cfg, classnames, clip_model)
+        for name, param in self.model.named_parameters():
+            param.requires_grad_("prompt_learner" in name)
+        if cfg.MODEL.INIT_WEIGHTS:
+            load_pretrained_weights(self.model.prompt_learner, cfg.MODEL.INIT_WEIGHTS)
+        self.model.to(self.device)
+        self.optim = build_optimizer(self.model.prompt_learner, cfg.OPTIM)
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
-        self.register_model("prompt_learner", self.prompt_learner, self.optim, self.sched)
-        self.scaler = self.build_scaler()
-        if str(coop.CTX_INIT).strip() and self.prompt_learner.n_ctx != int(coop.N_CTX):
-            logger.info("CTX_INIT %r sets n_ctx = %d (TRAINER.COOP.N_CTX %d is not used)", coop.CTX_INIT,
-                        self.prompt_learner.n_ctx, coop.N_CTX)
-        logger.info("CoOp: %d classes, %s context of %d vectors (init %r), class token %s",
-                    len(names), "class-specific" if coop.CSC else "shared", self.prompt_learner.n_ctx,
-                    str(coop.CTX_INIT) or "random", coop.CLASS_TOKEN_POSITION)
+        self.register_model("prompt_learner", self.model.prompt_learner, self.optim, self.sched)
+        amp = cfg.TRAINER.COOP.PREC == "amp" and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if amp else None
 
-    def checkpoint_meta(self) -> Dict[str, Any]:
-        meta = super().checkpoint_meta()
-        meta.update(csc=self.prompt_learner.class_specific, n_ctx=self.prompt_learner.n_ctx,
-                    class_token_position=self.model.position)
-        return meta
-
-    def load_state(self, name: str, state_dict: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> None:
-        if name != "prompt_learner":
-            return super().load_state(name, state_dict, meta)
-        self.prompt_learner.load_context(state_dict, meta, self.classnames,
-                                         str(self.cfg.DATASET.get("SUB_CLASSES", "")) or None)
-
-    def cross_eval_subsets(self) -> List[str]:
-        """A class-specific context belongs to its label space: no cross-subset evaluation with CSC."""
-        subsets = super().cross_eval_subsets()
-        if subsets and self.prompt_learner.class_specific:
-            logger.warning("TRAINER.COOP.CSC True: class-specific contexts cannot be evaluated on other "
-                           "label spaces; skipping the cross-evaluation on %s", subsets)
-            return []
-        return subsets
-
-    # ----------------------------------------------------------- training
     def forward_backward(self, batch: Dict[str, Any]) -> Dict[str, float]:
-        feats = self.batch_features(batch)
-        labels = batch["label"].to(self.device)
-        with self.autocast():
-            text = self.model.class_text_features()
-        logits = self.logit_scale * feats @ text.float().t()
-        loss = F.cross_entropy(logits, labels)
-        self.optimize(loss)
-        self.maybe_update_lr()
-        return {"loss": loss.item(), "acc": compute_accuracy(logits.detach(), labels)[0].item()}
+        image, label = self.parse_batch_train(batch)
+        if self.scaler is not None:
+            with torch.autocast(device_type="cuda", dtype=torch.float16):
+                output = self.model(image)
+                loss = F.cross_entropy(output, label)
+            self.optim.zero_grad()
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optim)
+            self.scaler.update()
+        else:
+            output = self.model(image)
+            loss = F.cross_entropy(output, label)
+            self.model_backward_and_update(loss)
+        summary = {"loss": loss.item(), "acc": compute_accuracy(output, label)[0].item()}
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()
+        return summary
 
-    # ----------------------------------------------------------- evaluation
-    def compute_text_features(self) -> torch.Tensor:
-        with self.autocast():
-            return self.model.class_text_features().float()
+    def parse_batch_train(self, batch: Dict[str, Any]):
+        return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    def before_test(self) -> None:
+        """The class prompts do not change during a test: encode them once, not once per batch (P1)."""
+        self._test_text_features = self.model.text_features()
+
+    def after_test(self) -> None:
+        self._test_text_features = None
+
+    def model_inference(self, input: torch.Tensor) -> torch.Tensor:
+        return self.model(input, getattr(self, "_test_text_features", None))

@@ -1,91 +1,107 @@
-"""Zero-shot OpenCLIP baselines: one template per dataset, or an ensemble of templates (spec §3.5).
+"""Zero-shot OpenAI CLIP (``ZeroshotCLIP``, ``ZeroshotCLIP2``), written in CoOp's idiom (spec §3.8).
 
-Nothing is learned. The class text features are computed once per ``test()`` call by the base class
-(P1) and every test batch only runs the image tower.
+The shape of CoOp's ``trainers/zsclip.py`` (text features computed once in ``build_model``,
+``model_inference`` = scaled cosine), so CoOp's file can be copied over it. Run with
+``--eval-only``. Precision is ``TRAINER.COOP.PREC`` (declared by ``coop_openclip.py``).
 
-Differences from the reference, deliberate:
-
-* B12 the trainers carry no CSV log template; our engine's ``test()`` does not need one, so both
-  trainers (ZS2 included) evaluate without crashing;
-* B26 the ensemble is a fresh list per trainer (``clip.templates.ensemble_templates``); the module
-  constant is never extended in place, so building the trainer twice (cross-subset evaluation) does
-  not duplicate the dataset template;
-* all ``templates × classes`` prompts are tokenised together and encoded in a few large batches
-  (``TEXT_CHUNK`` sequences each) instead of one ``encode_text`` call per template.
-
-``DATASET.USE_SUPERCLASS_F_ZS_TEST True`` needs nothing here: the dataset then provides the superclass
-names as its class names.
+Departures from CoOp's file, deliberate: ``CUSTOM_TEMPLATES`` also knows the LAION-Beyond domains
+(``a photo of {}, a type of <hint>.``) and any other dataset falls back to ``a photo of a {}.``
+(CoOp's raised KeyError); a run without ``--eval-only`` evaluates instead of failing; ZeroshotCLIP2 builds a fresh template list per trainer, so a second
+instance does not append the dataset template again (B26); precision follows the device (B30).
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List
+from types import MappingProxyType
+from typing import Any, List, Mapping
 
 import torch
-import torch.nn.functional as F
-from yacs.config import CfgNode as CN
 
-from clip.templates import IMAGENET_ENSEMBLE, ensemble_templates
-from dassl.engine import TRAINER_REGISTRY
+from clip import clip
+from clip.templates import DEFAULT_TEMPLATE, DOMAIN_HINTS, zs_template
+from dassl.engine import TRAINER_REGISTRY, TrainerX
 
-from .base import ClipTrainer
-from .coop import add_config as add_coop_config
+from ._openai_clip import check_backbone, check_precision, load_clip_to_cpu, run_fp32
+from .imagenet_templates import IMAGENET_TEMPLATES_SELECT
 
 logger = logging.getLogger(__name__)
 
+#: CoOp's per-dataset templates, plus the LAION-Beyond domains.
+CUSTOM_TEMPLATES: Mapping[str, str] = MappingProxyType({
+    "OxfordPets": "a photo of a {}, a type of pet.",
+    "OxfordFlowers": "a photo of a {}, a type of flower.",
+    "FGVCAircraft": "a photo of a {}, a type of aircraft.",
+    "DescribableTextures": "{} texture.",
+    "EuroSAT": "a centered satellite photo of {}.",
+    "StanfordCars": "a photo of a {}.",
+    "Food101": "a photo of {}, a type of food.",
+    "SUN397": "a photo of a {}.",
+    "Caltech101": "a photo of a {}.",
+    "UCF101": "a photo of a person doing {}.",
+    "ImageNet": "a photo of a {}.",
+    "ImageNetSketch": "a photo of a {}.",
+    "ImageNetV2": "a photo of a {}.",
+    "ImageNetA": "a photo of a {}.",
+    "ImageNetR": "a photo of a {}.",
+    **{name: zs_template(hint) for name, hint in DOMAIN_HINTS.items()},
+})
 
-def add_config(cfg: CN) -> None:
-    """Zero-shot reads ``TRAINER.COOP.PREC`` (as the reference does); make sure that block exists."""
-    if "COOP" not in cfg.TRAINER:
-        add_coop_config(cfg)
 
-
-add_zsclip_config = add_config
-
-
-def fill_template(template: str, name: str) -> str:
-    """``template`` with ``{}`` replaced by ``name``; ``str.replace`` so braces in names are harmless."""
-    return template.replace("{}", name)
+def dataset_template(dataset_name: str) -> str:
+    return CUSTOM_TEMPLATES.get(dataset_name, DEFAULT_TEMPLATE)
 
 
 @TRAINER_REGISTRY.register()
-class ZeroshotCLIP_openclip(ClipTrainer):
-    """Zero-shot CLIP with the dataset's single template ``a photo of {}, a type of {hint}.``."""
+class ZeroshotCLIP(TrainerX):
+    """CLIP with the dataset's single template; nothing is trained."""
 
-    PREC_KEY = "COOP"
-
-    def build_model(self) -> None:
-        self.load_clip()
-        templates = self.templates()
-        logger.info("%s: %d template(s) × %d classes, e.g. %r", type(self).__name__, len(templates),
-                    len(self.classnames), fill_template(templates[0], self.display_names(self.classnames)[0]))
+    def check_cfg(self, cfg: Any) -> None:
+        check_precision(cfg.TRAINER.COOP.PREC, "TRAINER.COOP.PREC")
+        check_backbone(cfg)
 
     def templates(self) -> List[str]:
-        return [self.class_template()]
+        return [dataset_template(self.cfg.DATASET.NAME)]
 
-    def compute_text_features(self) -> torch.Tensor:
-        """Per-template normalised features, averaged over templates, renormalised (spec §3.5)."""
-        names = self.display_names(self.classnames)
+    def build_model(self) -> None:
+        cfg = self.cfg
+        classnames = [c.replace("_", " ") for c in self.dm.dataset.classnames]
+        logger.info("Loading CLIP (backbone: %s)", cfg.MODEL.BACKBONE.NAME)
+        clip_model = load_clip_to_cpu(cfg)
+        if run_fp32(cfg.TRAINER.COOP.PREC, self.device):
+            clip_model.float()
+        clip_model.to(self.device).requires_grad_(False)
         templates = self.templates()
-        texts = [fill_template(t, n) for t in templates for n in names]
-        feats = self.encode_texts(texts).view(len(templates), len(names), -1)
-        return F.normalize(feats.mean(dim=0), dim=-1)
+        logger.info("Prompt ensembling over %d template(s), e.g. %r", len(templates), templates[0].format(classnames[0]))
+        mean = 0
+        with torch.no_grad():
+            for template in templates:
+                tokens = clip.tokenize([template.format(c) for c in classnames]).to(self.device)
+                feats = clip_model.encode_text(tokens)
+                mean = mean + feats / feats.norm(dim=-1, keepdim=True)
+        mean = mean / len(templates)
+        self.text_features = mean / mean.norm(dim=-1, keepdim=True)
+        self.clip_model = clip_model
 
-    # ------------------------------------------------------------------ no training
-    def forward_backward(self, batch: Dict[str, Any]) -> Dict[str, float]:
+    def model_inference(self, image: torch.Tensor) -> torch.Tensor:
+        image_features = self.clip_model.encode_image(image)
+        image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+        return self.clip_model.logit_scale.exp() * image_features @ self.text_features.t()
+
+    def forward_backward(self, batch: Any) -> Any:
         raise RuntimeError(f"{type(self).__name__} has nothing to train; run it with --eval-only")
 
-    def train(self, *args: Any, **kwargs: Any) -> None:
-        """Zero-shot: no training loop; evaluate (with cross-evaluation) and write results.json."""
+    def train(self) -> None:  # type: ignore[override]
+        """Nothing to train: without ``--eval-only`` too, evaluate and write results.json."""
         logger.info("%s has no parameters to train; evaluating directly", type(self).__name__)
         self.finalize()
 
 
 @TRAINER_REGISTRY.register()
-class ZeroshotCLIP2_openclip(ZeroshotCLIP_openclip):
-    """Zero-shot CLIP with the template ensemble: 7 ImageNet templates plus the dataset template."""
+class ZeroshotCLIP2(ZeroshotCLIP):
+    """Prompt ensembling: the 7 "select" ImageNet templates plus the dataset's (not for ImageNet)."""
 
     def templates(self) -> List[str]:
-        if self.hint:
-            return list(ensemble_templates(self.hint))
-        return list(IMAGENET_ENSEMBLE) + [self.class_template()]
+        templates = list(IMAGENET_TEMPLATES_SELECT)
+        if self.cfg.DATASET.NAME != "ImageNet":
+            templates.append(dataset_template(self.cfg.DATASET.NAME))
+        return templates

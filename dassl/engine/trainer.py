@@ -126,8 +126,29 @@ class TrainerBase:
         return {}
 
     def load_state(self, name: str, state_dict: Dict[str, Any], meta: Dict[str, Any]) -> None:
-        """Load one registered model's weights; trainers override this to map across label spaces."""
-        self._models[name].load_state_dict(state_dict, strict=True)
+        """Load one registered model's weights; trainers override this to map across label spaces.
+
+        Parameters load strictly. Persistent *buffers* are frozen inputs derived at construction,
+        e.g. the ``token_prefix``/``token_suffix`` class-name embeddings of CoOp-family prompt
+        learners, which must come from the current class names (CoOp's own trainers delete them
+        before loading). So a buffer keeps the model's value (with a log line) when the checkpoint
+        belongs to another label space (``meta["classnames"]`` differs) or its shape differs;
+        weights trained on one label space then evaluate on another.
+        """
+        model = self._models[name]
+        buffers = dict(model.named_buffers())
+        theirs = meta.get("classnames")
+        dm = getattr(self, "dm", None)
+        ours = [str(c) for c in dm.dataset.classnames] if dm is not None else None
+        other_space = theirs is not None and ours is not None and [str(c) for c in theirs] != ours
+        state = dict(state_dict)
+        kept = [k for k, v in state.items() if k in buffers and torch.is_tensor(v)
+                and (other_space or tuple(v.shape) != tuple(buffers[k].shape))]
+        for key in kept:
+            state[key] = buffers[key]
+        if kept:
+            logger.info('Model "%s": buffers %s keep this label space\'s values', name, kept)
+        model.load_state_dict(state, strict=True)
 
     def export_state(self) -> Dict[str, Dict[str, Any]]:
         """``{name: state_dict}`` of every registered model."""

@@ -1,0 +1,66 @@
+"""What the project's OpenAI-CLIP trainers (``coop.py``, ``cocoop.py``, ``zsclip.py``) share.
+
+Each of those three files imports its helpers from here and never from another of them, so any of
+them can be replaced by CoOp's own file without breaking the others (CoOp's ``zsclip.py`` imports
+``load_clip_to_cpu`` from ``.coop``; ``coop.py`` re-exports it). A private module: trainer discovery
+skips it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from clip import clip
+
+__all__ = ["PRECISIONS", "TextEncoder", "check_backbone", "check_precision", "load_clip_to_cpu", "run_fp32"]
+
+#: ``TRAINER.COOP.PREC`` / ``TRAINER.COCOOP.PREC`` values CoOp accepts.
+PRECISIONS = ("fp16", "fp32", "amp")
+
+
+def check_backbone(cfg: Any) -> None:
+    """``MODEL.BACKBONE.NAME`` must be a ``clip._MODELS`` key (checked before any data is built)."""
+    backbone_name = cfg.MODEL.BACKBONE.NAME
+    if backbone_name not in clip._MODELS:
+        raise clip.BackboneError(
+            f"MODEL.BACKBONE.NAME {backbone_name!r} is not an OpenAI CLIP name; OpenAI-CLIP trainers "
+            f"take one of {clip.available_models()} (OpenCLIP models: use the *_openclip trainers)"
+        )
+
+
+def check_precision(prec: str, key: str) -> None:
+    if prec not in PRECISIONS:
+        raise ValueError(f"{key} must be one of {PRECISIONS}, got {prec!r}")
+
+
+def load_clip_to_cpu(cfg: Any) -> clip.CLIP:
+    """OpenAI CLIP named by ``MODEL.BACKBONE.NAME`` (a ``clip._MODELS`` key), as CoOp loads it."""
+    check_backbone(cfg)
+    model_path = clip._download(clip._MODELS[cfg.MODEL.BACKBONE.NAME])
+    return clip.build_model(clip.load_state_dict(model_path))
+
+
+def run_fp32(cfg_prec: str, device: torch.device) -> bool:
+    """CoOp converts CLIP to fp32 for ``fp32``/``amp``; here also on CPU (B30)."""
+    return cfg_prec in ("fp32", "amp") or device.type == "cpu"
+
+
+class TextEncoder(nn.Module):
+    """CLIP's text tower on prompt *embeddings* (OpenAI layout: sequence-first transformer)."""
+
+    def __init__(self, clip_model: nn.Module) -> None:
+        super().__init__()
+        self.transformer = clip_model.transformer
+        self.positional_embedding = clip_model.positional_embedding
+        self.ln_final = clip_model.ln_final
+        self.text_projection = clip_model.text_projection
+        self.dtype = clip_model.dtype
+
+    def forward(self, prompts: torch.Tensor, tokenized_prompts: torch.Tensor) -> torch.Tensor:
+        x = prompts + self.positional_embedding.type(self.dtype)
+        x = self.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)  # NLD -> LND -> NLD
+        x = self.ln_final(x).type(self.dtype)
+        eot = tokenized_prompts.argmax(dim=-1)
+        return x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection
