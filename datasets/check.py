@@ -10,13 +10,18 @@ listed as absent, not as errors). Exit status 0 when all is well, 1 when problem
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import argparse
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, TextIO
 
-from .laion_beyond import (
+from datasets.laion_beyond import (
     SUBSETS,
     DatasetError,
     DatasetNotFoundError,

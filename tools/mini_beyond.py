@@ -20,6 +20,12 @@ Pixel convention: the shipped RGBA is premultiplied (see :mod:`tools.mini_beyond
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import argparse
 import hashlib
 import io
@@ -33,7 +39,6 @@ import shutil
 import time
 import unicodedata
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
