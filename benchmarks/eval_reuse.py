@@ -17,9 +17,10 @@ import os.path as osp
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import build_cfg  # noqa: E402
 from dassl.engine import build_trainer  # noqa: E402
