@@ -177,7 +177,8 @@ def main(args: argparse.Namespace) -> Any:
     logger.info("** System info **\n%s\n", collect_env_info())
 
     start = time.time()
-    trainer = build_trainer(cfg)
+    # An --eval-only trainer skips train-only work (training views, caption preprocessing).
+    trainer = build_trainer(cfg, **({"eval_only": True} if args.eval_only else {}))
     trainer.show_progress = not getattr(args, "quiet", False)
     if args.eval_only:
         if args.model_dir:
@@ -185,6 +186,8 @@ def main(args: argparse.Namespace) -> Any:
                 trainer.load_model(args.model_dir, epoch=args.load_epoch)
             except FileNotFoundError as e:
                 raise ConfigError(f"--model-dir: {e}") from None
+        else:
+            check_untrained_eval(trainer, cfg)
         trainer.test()
         trainer.finalize()
     elif not args.no_train:
@@ -193,6 +196,23 @@ def main(args: argparse.Namespace) -> Any:
     if results:
         logger.info("%s", run_summary(cfg, results, time.time() - start), extra={"console": True})
     return trainer
+
+
+def check_untrained_eval(trainer: Any, cfg: Any) -> None:
+    """``--eval-only`` of a trainable method without ``--model-dir`` would report the initial model
+    as if it were a result: an error, unless ``TEST.ALLOW_UNTRAINED True`` asks for exactly that
+    (results.json then records ``loaded: {"untrained": true}``)."""
+    models = trainer.get_model_names()
+    if not models:
+        return
+    if not bool(cfg.TEST.get("ALLOW_UNTRAINED", False)):
+        raise ConfigError(
+            f"--eval-only of {cfg.TRAINER.NAME} needs --model-dir (a finished training run's output dir) "
+            f"to evaluate trained weights; to evaluate the untrained initial model on purpose, add "
+            f"TEST.ALLOW_UNTRAINED True"
+        )
+    logger.warning("TEST.ALLOW_UNTRAINED: evaluating the untrained initial %s model", cfg.TRAINER.NAME)
+    trainer.load_info = {"model_dir": None, "epoch": 0, "untrained": True}
 
 
 def run_summary(cfg: Any, results: Dict[str, Any], seconds: float) -> str:

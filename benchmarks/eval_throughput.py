@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             str(data_root), str(Path(tmp) / "out"), args.model, device, args.prec,
             batch_size=min(args.batch_size, args.classes), test_batch_size=args.batch_size, shots=1,
             seed=args.seed + 1, extra_opts=("DATALOADER.NUM_WORKERS", str(args.workers),
-                                            "TEST.CACHE_FEATURES", "True"))
+                                            "TEST.CACHE_FEATURES", "True",
+                                            "TEST.FEATURE_CACHE_DIR", "none"))
         build_s = time.perf_counter() - t0
         return measure_eval(args, device, info, trainer, build_s)
 
@@ -74,9 +75,7 @@ def measure_eval(args: argparse.Namespace, device: torch.device, info: Dict[str,
             return [model.encode_image(x).float() for x in preloaded]
 
     def first_call() -> float:
-        trainer.__dict__.pop(EVAL_CACHE_ATTR, None)
-        for key in [k for k in trainer.shared if isinstance(k, tuple) and k[:1] == ("feature_store",)]:
-            trainer.shared.pop(key)  # the per-image store would otherwise serve the features
+        trainer.drop_eval_cache()  # in memory; TEST.FEATURE_CACHE_DIR none keeps it off the disk
         return trainer.test()
 
     def second_call() -> float:

@@ -109,6 +109,7 @@ EXCLUDED_KEYS: Mapping[str, str] = {
     "TRAIN.PRINT_FREQ": "log frequency",
     "TRAIN.CHECKPOINT_FREQ": "checkpoint frequency (excluded under TEST.FINAL_MODEL last_step only)",
     "TEST.CACHE_FEATURES": "evaluation speed only (same features, computed once)",
+    "TEST.FEATURE_CACHE_DIR": "where the evaluation feature cache lives (its entries are keyed by content)",
     "USE_CUDA": "a request, not the device; the device is recorded in results.json",
     "VERBOSE": "log verbosity",
 }

@@ -565,7 +565,8 @@ def legacy_fewshot_caches(subset_dir: str) -> List[str]:
 
 
 def check_disjoint_classnames(parts: Sequence[SubsetSplit]) -> None:
-    """A name in both OOP and IP would silently merge two concepts into one class (B24)."""
+    """A name in both OOP and IP would silently merge two concepts into one class (B24), or let the
+    OOP->IP cross-evaluation score an IP class with its OOP-trained tensor (issue 11)."""
     if len(parts) < 2:
         return
     shared = sorted(set(parts[0].classnames).intersection(*(p.classnames for p in parts[1:])))
@@ -573,7 +574,8 @@ def check_disjoint_classnames(parts: Sequence[SubsetSplit]) -> None:
         files = ", ".join(p.split_file for p in parts)
         raise DatasetError(
             f"{len(shared)} class name(s) appear in both OOP and IP ({files}): {shared[:MAX_LISTED]}. "
-            "SUB_CLASSES=All needs disjoint names; rename one of them in its split file."
+            "SUB_CLASSES=All and the OOP/IP cross-evaluation need disjoint names; rename one of them in "
+            "its split file (or set TEST.CROSS_EVAL '()')."
         )
 
 
@@ -732,7 +734,8 @@ class LaionBeyond(DatasetBase):
 
         A missing or broken ``_IP`` folder used to surface only after training (issue 12, "late
         failures"). Each requested ``SUB_CLASSES`` value must be valid, and every subset it needs is
-        discovered, its split file parsed and all its images scanned now.
+        discovered, its split file parsed and all its images scanned now; and when OOP and IP meet,
+        their class names must be disjoint.
         """
         bad = [s for s in sub_classes if s not in SUB_CLASSES_CHOICES]
         if bad:
@@ -748,7 +751,10 @@ class LaionBeyond(DatasetBase):
             part = load_subset(directory, subset, self.superclass_mode)
             check_images([(part.split_file, [*part.train, *part.val, *part.test], images_dir_of(part))])
             self._parts[subset] = part
-        if "All" in sub_classes and not self.superclass_mode:
+        # OOP and IP evaluated together (All, or an OOP run cross-evaluated on IP): a class name in
+        # both would be one class with two meanings (and the IP run would use the OOP-trained name).
+        involved = {s for sub in (self.sub_classes, *sub_classes) for s in (SUBSETS if sub == "All" else (sub,))}
+        if set(SUBSETS) <= involved and not self.superclass_mode:
             check_disjoint_classnames([self._parts[s] for s in SUBSETS])
 
     @classmethod
@@ -810,6 +816,13 @@ class LaionBeyond(DatasetBase):
                     self.fewshot_cache_files[part.subset] = path
                     return cached
 
+        stale = sorted(
+            os.path.basename(p) for d in dirs for p in glob.glob(os.path.join(glob.escape(d), f"shot_{shots}-seed_{seed}-*.json"))
+            if os.path.basename(p) != filename
+        )
+        if stale:
+            logger.info("Few-shot cache %s was drawn from another version of %s (split file changed): sampling again",
+                        stale[0], os.path.basename(part.split_file))
         # One generator per subset, train drawn before val, like the reference's global RNG after
         # random.seed(SEED) — but immune to any other use of `random` before this point.
         rng = random.Random(seed)

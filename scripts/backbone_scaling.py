@@ -6,7 +6,7 @@
 
 For each ``NAME:WEIGHTS`` backbone, on one domain:
 
-* zero-shot: ``FSNL_openclip --eval-only`` without a model directory, i.e. CLIP with the FSNL prompt
+* zero-shot: ``FSNL_openclip --eval-only TEST.ALLOW_UNTRAINED True`` without a model directory, i.e. CLIP with the FSNL prompt
   and the names' own token embeddings (the reference's ``..._D_Backbone_ZS`` scripts, spec §8.4);
 * FSNL at ``--shots`` shots with the paper's settings (batch size and LR from ``scripts.fsnl_rule``).
 
@@ -143,7 +143,8 @@ def build_jobs(
                 "--dataset-config-file", f"configs/datasets/{dataset}.yaml", "--config-file", config_path,
                 "--backbone", bb.name]
         zs_dir = os.path.join(out, bb.tag, dataset, TRAINER, "ZS_OOP", f"seed{zeroshot_seed}")
-        zs_opts = merge_opts(base, opts)
+        # the untrained FSNL model *is* zero-shot CLIP with FSNL's prompt: asked for explicitly
+        zs_opts = merge_opts(base + [("TEST.ALLOW_UNTRAINED", "True")], opts)
         argv = head + ["--seed", str(zeroshot_seed), "--output-dir", zs_dir, "--eval-only"]
         argv += [x for pair in zs_opts for x in pair]
         jobs.append(Job(tuple(argv), os.path.join(zs_dir, "results.json"), f"zero-shot {bb.label}"))

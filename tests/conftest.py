@@ -23,6 +23,20 @@ import torch  # noqa: E402
 torch.set_num_threads(int(os.environ.get("TEST_NUM_THREADS", "2")))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def eval_feature_cache_dir(tmp_path_factory):
+    """The on-disk evaluation feature cache of every test (and train.py subprocess) lives in the
+    session's temporary folder, never in the user's ``~/.cache/fsnl``."""
+    path = tmp_path_factory.mktemp("fsnl_cache")
+    previous = os.environ.get("FSNL_CACHE_DIR")
+    os.environ["FSNL_CACHE_DIR"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("FSNL_CACHE_DIR", None)
+    else:
+        os.environ["FSNL_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def toy_data(tmp_path_factory):
     """The toy LAION-Beyond benchmark (every toy domain), built once per session.

@@ -31,6 +31,7 @@ from dassl.data.datasets import DatasetBase, Datum
 from dassl.engine import TrainerX, build_trainer
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
+from trainers.cross_eval import SubsetEvaluation
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "Animals92_42"
@@ -211,8 +212,11 @@ class ToyColors(DatasetBase):
         super().__init__(train_x=train_x, val=val, test=read("test"), classnames=names)
 
 
-class ToyLinear(TrainerX):
-    """Linear classifier on flattened 8x8 RGB images; maps weights across label spaces by class name."""
+class ToyLinear(SubsetEvaluation, TrainerX):
+    """Linear classifier on flattened 8x8 RGB images; maps weights across label spaces by class name.
+
+    It carries the LAION-Beyond evaluation protocol (OOP->IP cross-evaluation, H-mean) as the CLIP
+    trainers do; ``TrainerX`` alone has none."""
 
     def build_model(self) -> None:
         self.model = nn.Linear(3 * 8 * 8, self.num_classes)

@@ -333,6 +333,28 @@ def test_results_json_with_cross_eval_and_hmean(image_root, tmp_path):
     assert hmean(0, 0) == 0.0 and hmean(60, 40) == pytest.approx(48.0)
 
 
+def test_engine_alone_knows_no_benchmark(image_root, tmp_path):
+    """A plain TrainerX evaluates only its own subset: cross-evaluation and H-mean are the
+    benchmark's trainer hook (trainers.cross_eval), not the engine's."""
+    from dassl.engine import TrainerX
+
+    class Plain(TrainerX):
+        build_model = ToyLinear.build_model
+        model_inference = ToyLinear.model_inference
+        forward_backward = ToyScriptedEngine.forward_backward
+        SCRIPT = ("good",)
+
+    assert not hasattr(Plain, "cross_eval_subsets")
+    TRAINER_REGISTRY.register(Plain, force=True, name="ToyPlainEngine")
+    trainer = build(make_cfg(image_root, tmp_path / "p", trainer="ToyPlainEngine", TEST__CROSS_EVAL=("auto", "All"),
+                             OPTIM__MAX_EPOCH=1))
+    assert trainer.extra_evaluations({"accuracy": 1.0}) == {}
+    trainer.train()
+    res = json.loads((tmp_path / "p" / "results.json").read_text())
+    assert not {"subsets", "oop", "ip", "hmean"} & set(res) and res["loaded"] is None
+    assert res["accuracy"] == pytest.approx(colour_accuracy(image_root, OOP, good_weights(OOP)))
+
+
 def test_cross_eval_auto_rules(image_root, tmp_path):
     trainer = build(make_cfg(image_root, tmp_path / "a", TEST__CROSS_EVAL=("auto",)))
     assert trainer.cross_eval_subsets() == ["IP"]

@@ -129,7 +129,7 @@ def test_cache_written_as_json_and_reused(toy, monkeypatch):
     assert second.classnames == first.classnames
 
 
-def test_cache_invalidated_when_json_changes(toy, monkeypatch):
+def test_cache_invalidated_when_json_changes(toy, monkeypatch, caplog):
     build_dataset(make_cfg(toy, shots=2, seed=1))
     old = toy / OOP / "split_fewshot" / expected_name(toy, 2, 1)
     path = split_file(toy)
@@ -147,7 +147,9 @@ def test_cache_invalidated_when_json_changes(toy, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(LaionBeyond, "generate_fewshot_dataset", staticmethod(counting))
-    ds = build_dataset(make_cfg(toy, shots=2, seed=1))
+    with caplog.at_level(logging.INFO, logger="datasets.laion_beyond"):
+        ds = build_dataset(make_cfg(toy, shots=2, seed=1))
+    assert f"{old.name} was drawn from another version" in caplog.text and "split file changed" in caplog.text
     new = toy / OOP / "split_fewshot" / expected_name(toy, 2, 1)
     assert calls == [2, 2] and new != old and new.is_file() and old.is_file()
     assert ds.fewshot_cache_files["OOP"] == str(new)

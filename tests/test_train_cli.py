@@ -116,9 +116,13 @@ def test_eval_only_on_another_subset_and_epoch(data_root, tmp_path):
     assert "hmean" not in res
     assert not (out / "linear").exists()  # evaluation writes no checkpoint
 
-    zs = tmp_path / "zero_shot"
-    trainer = train.main(_args(data_root, zs, "--eval-only"))
-    assert json.loads((zs / "results.json").read_text())["epoch"] == 0
+    assert res["loaded"]["model_dir"] == str(train_out) and res["loaded"]["epoch"] == 1
+    assert res["loaded"]["classes_shared"] == "3/5"  # OOP weights, All label space: a partial match
+
+    zs = tmp_path / "untrained"
+    trainer = train.main(_args(data_root, zs, "--eval-only", opts=("TEST.ALLOW_UNTRAINED", "True")))
+    res = json.loads((zs / "results.json").read_text())
+    assert res["epoch"] == 0 and res["loaded"]["untrained"] is True
     assert trainer.last_results is not None
 
 

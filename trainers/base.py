@@ -5,8 +5,10 @@ an adapter, a residual). What they share lives here, so each trainer file only h
 
 * loading CLIP once (and sharing it with the trainers built for cross-subset evaluation),
 * precision that follows the device (``PREC``: fp32 | fp16 | amp | bf16; CPU always runs fp32),
-* frozen image features under ``no_grad``/``inference_mode`` and autocast, encoded once per run for
-  evaluation (and, opt-in, once per training run: the feature cache),
+* frozen image features under ``no_grad``/``inference_mode`` and autocast: evaluation features
+  encoded once per dataset split, backbone and transform and reused across runs (an on-disk cache
+  keyed by content, ``trainers/feature_cache.py``), and opt-in training views (the feature cache),
+* the benchmark's evaluation protocol (OOP->IP cross-evaluation, H-mean: ``trainers/cross_eval.py``),
 * class-text features computed once per ``test()`` call instead of once per batch (P1),
 * one optimisation step that handles the AMP GradScaler, so no trainer re-implements it.
 """
@@ -35,6 +37,7 @@ from dassl.engine import TrainerX
 from dassl.utils.identity import json_digest
 
 from . import feature_cache as fc
+from .cross_eval import SubsetEvaluation
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +57,7 @@ def shared_clip(shared: Dict[Any, Any], cfg: Any, device: torch.device, precisio
     return loaded
 
 
-class ClipTrainer(TrainerX):
+class ClipTrainer(SubsetEvaluation, TrainerX):
     """A Dassl ``TrainerX`` around a frozen OpenCLIP model.
 
     Subclasses set ``PREC_KEY`` (the ``cfg.TRAINER.<KEY>.PREC`` they read) and implement
@@ -70,9 +73,13 @@ class ClipTrainer(TrainerX):
     #: by :func:`preset_cfg` before the command line, so ``--backbone`` and opts still win.
     BACKBONE_PRESET: Optional[tuple] = None
 
-    def __init__(self, cfg: Any, shared: Optional[Dict[Any, Any]] = None) -> None:
-        super().__init__(cfg, shared=shared)
-        self.setup_feature_cache()
+    def __init__(self, cfg: Any, shared: Optional[Dict[Any, Any]] = None, eval_only: bool = False) -> None:
+        super().__init__(cfg, shared=shared, eval_only=eval_only)
+        self.check_cross_evaluation()
+        if not self.eval_only:  # an evaluation never reads training views
+            self.setup_feature_cache()
+        else:
+            self._cached_train = None
 
     # ------------------------------------------------------------------ config
     @classmethod
@@ -259,7 +266,7 @@ class ClipTrainer(TrainerX):
         node = self.cfg.DATALOADER.get("FEATURE_CACHE")
         views = int(node.VIEWS) if node is not None else 0
         self._cached_train = None
-        if views <= 0 or not self.get_model_names() or self.shared.get(fc.EVALUATION_ONLY):
+        if views <= 0 or not self.get_model_names() or self.eval_only:
             return
         seed = int(self.cfg.SEED)
         train_x = self.dm.dataset.train_x
@@ -272,7 +279,8 @@ class ClipTrainer(TrainerX):
         if self.shared.get(fc.STORE_ONLY):
             feats = encode()
         else:
-            meta = fc.cache_meta(self.cfg, self.dm.dataset, self.precision.name, views)
+            meta = fc.cache_meta(self.cfg, self.dm.dataset, self.precision.name, views,
+                                 transform=self.dm.tfm_train, device=self.device.type)
             directory = node.DIR or osp.join(self.output_dir, "feature_cache")
             path = fc.cache_path(directory, meta)
             feats = fc.load_cached(path, meta)
@@ -287,42 +295,64 @@ class ClipTrainer(TrainerX):
         self._cached_train = fc.CachedFeatureDataset(feats, train_x, seed)
         self.train_loader_x = fc.cached_train_loader(self.cfg, self._cached_train)
 
-    def evaluate_subset(self, sub: str) -> Any:
-        """Cross-evaluation; the sibling trainer only evaluates, so it encodes no training views."""
-        self.shared[fc.EVALUATION_ONLY] = True
-        try:
-            return super().evaluate_subset(sub)
-        finally:
-            self.shared.pop(fc.EVALUATION_ONLY, None)
-
     def before_epoch(self) -> None:
         super().before_epoch()
         if getattr(self, "_cached_train", None) is not None:
             self._cached_train.set_epoch(self.epoch)
 
     def eval_loader(self, split: str) -> Iterable[Dict[str, Any]]:
-        """The evaluation batches; frozen features are encoded once per image and process (P3):
-        through the evaluation :meth:`feature_store`, in the loader's order and batch size."""
+        """The evaluation batches over frozen features, encoded once per split, backbone and transform.
+
+        Reuse, in order: this trainer's batches; the process-wide ``shared`` dict (the OOP->IP
+        sibling, several runs in one process); the on-disk cache of ``TEST.FEATURE_CACHE_DIR``, keyed
+        by content (:func:`trainers.feature_cache.eval_meta`). Otherwise the images are encoded.
+        """
+        loader = super().eval_loader(split)
         if not bool(self.cfg.TEST.get("CACHE_FEATURES", True)):
             return super().eval_loader(split)
         cache = self.__dict__.setdefault("_eval_cache", {})
-        if split not in cache:
-            data = self.dm.dataset.val if split == "val" else self.dm.dataset.test
-            bs = int(self.cfg.DATALOADER.TEST.BATCH_SIZE)
-            store = self.feature_store("eval", None)
+        if split in cache:
+            return cache[split]
+        wrapped = getattr(loader, "dataset", None)
+        items = list(getattr(wrapped, "data_source", None) or ())
+        transform = getattr(wrapped, "transform", None)
+        if not items:
+            return loader
+        meta = fc.eval_meta(self.cfg, items, transform, self.precision.name, self.device.type, split)
+        key = ("eval_features", json_digest(meta))
+        feats = self.shared.get(key)
+        directory = fc.eval_cache_dir(self.cfg)
+        path = fc.cache_path(directory, meta) if directory else None
+        if feats is None and path is not None:
+            feats = fc.load_cached(path, meta)
+            if feats is not None:
+                logger.info("Evaluation features of the %s split loaded from %s", split, path)
+        if feats is None:
             with torch.inference_mode():
-                fc.fill_store(store, data, [-1], self.dm.tfm_test, lambda x: self.encode_images(x, normalize=False),
-                              0, str(self.cfg.DATASET.ROOT), bs, f"encode {split}")
-            feats = fc.gather(store, data, -1).to(self.device)
-            labels = torch.tensor([d.label for d in data], dtype=torch.long)
-            impaths = [d.impath for d in data]
-            cache[split] = [{"feat": feats[i:i + bs], "label": labels[i:i + bs], "impath": impaths[i:i + bs]}
-                            for i in range(0, len(data), bs)]
+                feats = fc.encode_items(self.cfg, items, transform,
+                                        lambda x: self.encode_images(x, normalize=False), f"encode {split}",
+                                        disable=self.progress_disabled())
+            if path is not None:
+                try:
+                    fc.save_cached(path, meta, feats)
+                    logger.info("Evaluation features of the %s split written to %s", split, path)
+                except OSError as e:
+                    logger.warning("Could not write the evaluation feature cache %s (%s)", path, e)
+        self.shared[key] = feats
+        cache[split] = fc.feature_batches(feats, items, int(self.cfg.DATALOADER.TEST.BATCH_SIZE))
         return cache[split]
 
+    def drop_eval_cache(self) -> None:
+        """Forget the evaluation features held in memory (this trainer's and ``shared``'s), so the
+        next ``test()`` reads them from disk or encodes them (benchmarks of a first evaluation)."""
+        self.__dict__.pop("_eval_cache", None)
+        for key in [k for k in self.shared if isinstance(k, tuple) and k[:1] == ("eval_features",)]:
+            del self.shared[key]
+
     def parse_batch_test(self, batch: Dict[str, Any]):
-        input = batch["feat"] if "feat" in batch else batch["img"].to(self.device)
-        return input, batch["label"].to(self.device)
+        # cached features are kept on the CPU (shared by trainers and runs); moved per batch
+        input = batch["feat"] if "feat" in batch else batch["img"]
+        return input.to(self.device), batch["label"].to(self.device)
 
     # ------------------------------------------------------------------ optimisation
     def build_scaler(self) -> Optional[torch.amp.GradScaler]:

@@ -52,7 +52,7 @@ from clip.prompts import class_prompt_pieces, tokenize_pieces
 from dassl.engine import TRAINER_REGISTRY
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
-from dassl.utils import derive_seed, strip_module_prefix
+from dassl.utils import CheckpointError, derive_seed, strip_module_prefix
 
 from .base import ClipTrainer
 
@@ -348,7 +348,7 @@ class FSNL_openclip(ClipTrainer):
         self.rng = torch.Generator().manual_seed(max(int(cfg.SEED), 0))
         self.caption_templates: List[Optional[List[Piece]]] = []
         self.caption_owners: List[Optional[int]] = []
-        if self.uses_captions:
+        if self.uses_captions and not self.eval_only:  # an evaluation-only trainer never reads a caption
             train_x = self.dm.dataset.train_x
             self.caption_templates = [self.model.caption_template(d.caption, d.label) for d in train_x]
             self.caption_owners = [self.model.caption_owner(d.caption, d.label) for d in train_x]
@@ -383,10 +383,14 @@ class FSNL_openclip(ClipTrainer):
             return super().load_state(name, state_dict, meta)
         matched, total = self.name_learner.load_names(state_dict)
         own = len(self.name_learner.classnames)
+        if total and not matched and not meta.get("classnames") and self.load_info is not None:
+            # A checkpoint without meta (the reference's) names its classes only through its keys.
+            raise CheckpointError(
+                f"--model-dir {self.load_info.get('model_dir')}: none of its {total} learned names is a class "
+                f"of this label space ({own} classes); point --model-dir at a run of this dataset"
+            )
         logger.info("Loaded %d of %d names from the checkpoint (%d in the checkpoint); the other %d keep "
                     "their initialisation", matched, own, total, own - matched)
-        if total and not matched:
-            logger.warning("No checkpoint name matches this label space")
         if self.load_info is not None:  # an evaluation's load_model: results.json records the match
             self.load_info["names_loaded"] = f"{matched}/{own}"
 

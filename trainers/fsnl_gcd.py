@@ -32,8 +32,8 @@ GCD_EVALUATOR = "ClusteringAccuracy"
 class FSNL_openclip_GCD(FSNL_openclip):
     """FSNL without captions, hint from ``DATASET.SUBFIELD``, evaluated by clustering accuracy."""
 
-    def __init__(self, cfg: Any, shared: Optional[Dict[Any, Any]] = None) -> None:
-        super().__init__(cfg, shared=shared)
+    def __init__(self, cfg: Any, shared: Optional[Dict[Any, Any]] = None, eval_only: bool = False) -> None:
+        super().__init__(cfg, shared=shared, eval_only=eval_only)
         if isinstance(self.evaluator, ClusteringAccuracy):
             true_class = getattr(self.dm.dataset, "true_class", None)
             if callable(true_class):

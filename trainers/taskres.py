@@ -33,7 +33,7 @@ from clip import normalize_name
 from dassl.engine import TRAINER_REGISTRY
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
-from dassl.utils import strip_module_prefix
+from dassl.utils import CheckpointError, strip_module_prefix
 
 from .base import ClipTrainer
 
@@ -62,7 +62,7 @@ def add_config(cfg: CN) -> None:
 add_taskres_config = add_config
 
 
-class LabelSpaceError(ValueError):
+class LabelSpaceError(CheckpointError):
     """A class-specific TaskRes residual was asked to serve classes it was not trained on."""
 
 
@@ -180,6 +180,9 @@ class TaskRes(ClipTrainer):
             return super().load_state(name, state_dict, meta)
         self.model.load_state_dict(state_dict)
         logger.info("Loaded the TaskRes residuals of %d classes by name", len(self.model.classnames))
+        if self.load_info is not None:
+            n = len(self.model.classnames)
+            self.load_info["names_loaded"] = f"{n}/{n}"
 
     def cross_eval_subsets(self) -> List[str]:
         """None: the residual is class-specific, so OOP weights say nothing about IP / All classes.

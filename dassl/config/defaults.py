@@ -143,9 +143,13 @@ def _test_defaults() -> CN:
     node.SPLIT = "test"
     # last_step | best_val | best_test (see FINAL_MODEL_CHOICES).
     node.FINAL_MODEL = "last_step"
-    # Other DATASET.SUB_CLASSES evaluated by finalize(); "auto" = IP after OOP training on a dataset
-    # that supports subsets; () disables.
+    # Other DATASET.SUB_CLASSES evaluated after the main test; "auto" = IP after OOP training on a
+    # dataset that supports subsets; () disables. Read by the benchmark's trainer base
+    # (trainers/cross_eval.py), never by the engine.
     node.CROSS_EVAL = ("auto",)
+    # --eval-only of a trainable method without --model-dir is an error unless this asks for the
+    # untrained (initial) model explicitly; results.json then records loaded.untrained = true.
+    node.ALLOW_UNTRAINED = False
     return node
 
 

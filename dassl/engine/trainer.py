@@ -10,8 +10,15 @@ Additions over Dassl (docs/architecture.md, "Engine"):
 * ``model-best`` never moves the resume pointer (B14); ``load_model`` copes with checkpoints that
   carry no ``val_result`` (B13); ``TEST.FINAL_MODEL`` selects on the val split (``best_val``), on
   the test split as the reference did (``best_test``, B10) or keeps the last epoch (default).
-* ``test()`` keeps the full metric dict in ``last_results``; ``finalize()`` evaluates the other
-  ``DATASET.SUB_CLASSES`` (``TEST.CROSS_EVAL``) and writes ``OUTPUT_DIR/results.json``.
+* ``test()`` keeps the full metric dict in ``last_results``; ``finalize()`` asks the hook
+  ``extra_evaluations()`` for further evaluations (none here: benchmarks such as LAION-Beyond's
+  OOP->IP cross-evaluation live in their trainer base, ``trainers/cross_eval.py``) and writes
+  ``OUTPUT_DIR/results.json``, including ``load_info`` (what ``load_model`` loaded).
+* ``SimpleTrainer(cfg, shared, eval_only=True)`` builds a trainer that only evaluates given weights:
+  trainers skip their train-only work (feature caches, caption preprocessing).
+* ``load_model`` refuses a model directory whose checkpoints share no class with this label space
+  (:class:`CheckpointError`, unless ``accepts_label_space`` says the disjoint space is intended),
+  and records ``model_dir``, ``epoch``, ``checkpoints`` and ``classes_shared`` in ``load_info``.
 * Models are never wrapped in ``nn.DataParallel`` (B9: wrapped models hide their attributes).
 * With ``SEED >= 0`` every epoch starts from a seed derived from (SEED, epoch), so a run resumed
   from a checkpoint sees exactly the batches and augmentations of an uninterrupted run.
@@ -19,7 +26,6 @@ Additions over Dassl (docs/architecture.md, "Engine"):
 from __future__ import annotations
 
 import datetime
-import inspect
 import logging
 import os.path as osp
 import time
@@ -34,7 +40,7 @@ from tqdm import tqdm
 from .. import results as results_contract
 from ..data import DataManager
 from ..data.datasets import DATASET_REGISTRY
-from ..evaluation import build_evaluator, hmean
+from ..evaluation import build_evaluator
 from ..utils import (
     BEST_NAME,
     POINTER_NAME,
@@ -81,9 +87,9 @@ class TrainerBase:
         self._writer: Optional[Any] = None
         #: completed training epochs of the weights currently in the models.
         self.model_epoch = 0
-        #: what ``load_model`` loaded (``model_dir``, ``epoch``, ``checkpoints``); trainers that map
-        #: across label spaces add ``names_loaded`` ("3/5"). ``finalize()`` writes it to
-        #: results.json as ``loaded`` (None: the weights were trained by this run).
+        #: what ``load_model`` loaded (``model_dir``, ``epoch``, ``checkpoints``, ``classes_shared``;
+        #: trainers that load by class name add ``names_loaded`` "3/5"); ``finalize()`` writes it to
+        #: results.json as ``loaded``. None: the weights were trained by this run.
         self.load_info: Optional[Dict[str, Any]] = None
 
     # ------------------------------------------------------------------ registration
@@ -288,6 +294,8 @@ class TrainerBase:
         return start_epoch
 
     def _checkpoint_path(self, directory: str, name: str, epoch: Optional[int]) -> str:
+        """The file ``load_model`` reads: ``model.pth.tar-<epoch>``, else ``model-best.pth.tar``, else
+        (as CoOp does) the pointer's or the latest regular checkpoint, with a log line saying so."""
         mdir = osp.join(directory, name)
         if epoch is not None:
             candidates = [osp.join(mdir, regular_name(int(epoch)))]
@@ -302,6 +310,9 @@ class TrainerBase:
                 candidates.append(osp.join(mdir, regular[max(regular)]))
         for path in candidates:
             if osp.isfile(path):
+                if epoch is None and path != candidates[0]:
+                    logger.info("No %s in %s: loading the last-epoch checkpoint %s instead",
+                                BEST_NAME, mdir, osp.basename(path))
                 return path
         if osp.isdir(mdir):
             existing = listdir_nohidden(mdir, sort=True)
@@ -311,9 +322,41 @@ class TrainerBase:
         wanted = regular_name(int(epoch)) if epoch is not None else f"{BEST_NAME}, the pointed-to or the latest checkpoint"
         raise FileNotFoundError(f'No checkpoint ({wanted}) for model "{name}" in "{mdir}": {what}')
 
+    def label_space(self) -> Optional[List[str]]:
+        """The class names this trainer predicts (None: unknown, no label-space check)."""
+        return None
+
+    def accepts_label_space(self, meta: Dict[str, Any]) -> bool:
+        """Whether a checkpoint sharing *no* class with this label space is still meant to be loaded
+        (e.g. a benchmark's sibling subset); the engine's answer is no."""
+        return False
+
+    def check_label_space(self, directory: str, meta: Dict[str, Any]) -> Optional[str]:
+        """``"k/n"``: how many of this run's n classes the checkpoint was trained on (None when either
+        side does not name its classes). Zero shared classes is a :class:`CheckpointError` unless
+        :meth:`accepts_label_space`; a partial match is logged."""
+        ours = self.label_space()
+        theirs = meta.get("classnames")
+        if not ours or not isinstance(theirs, (list, tuple)):
+            return None
+        known = {str(c) for c in theirs}
+        shared = sum(str(c) in known for c in ours)
+        if shared == 0 and not self.accepts_label_space(meta):
+            raise CheckpointError(
+                f"--model-dir {directory}: its checkpoint was trained on {len(theirs)} classes "
+                f"({meta.get('dataset') or 'unknown dataset'}, {meta.get('sub_classes') or 'unknown subset'}) and "
+                f"shares none of this run's {len(ours)} classes; point --model-dir at a run of this dataset"
+            )
+        if 0 < shared < len(ours):
+            logger.warning("--model-dir %s shares %d of this run's %d classes; the other %d keep their "
+                           "initial state", directory, shared, len(ours), len(ours) - shared)
+        return f"{shared}/{len(ours)}"
+
     def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
         """Load weights for evaluation: ``model.pth.tar-<epoch>`` when ``epoch`` is given, else
-        ``model-best.pth.tar`` if present, else the pointer's file, else the latest epoch."""
+        ``model-best.pth.tar`` if present, else the pointer's file, else the latest epoch.
+
+        What was loaded is recorded in ``self.load_info`` (written to results.json)."""
         if not directory:
             logger.info("load_model() is skipped as no model directory is given")
             return
@@ -327,8 +370,12 @@ class TrainerBase:
             ep = int(ckpt.get("epoch", 0))
             val = ckpt.get("val_result")
             extra = f", val_result={val:.2f}" if isinstance(val, (int, float)) else ""
+            meta = ckpt.get("meta") or {}
+            shared = self.check_label_space(directory, meta)
+            if shared is not None:
+                info["classes_shared"] = shared
             logger.info('Load %s to %s (epoch=%d%s)', path, name, ep, extra)
-            self.load_state(name, ckpt["state_dict"], ckpt.get("meta") or {})
+            self.load_state(name, ckpt["state_dict"], meta)
             self.model_epoch = ep
             info["epoch"] = ep
             info["checkpoints"][name] = osp.relpath(path, directory)
@@ -458,11 +505,13 @@ class TrainerBase:
 class SimpleTrainer(TrainerBase):
     """Builds data, model and evaluator from ``cfg``; implements the loop hooks, test and finalize."""
 
-    def __init__(self, cfg: Any, shared: Optional[Dict[Any, Any]] = None) -> None:
+    def __init__(self, cfg: Any, shared: Optional[Dict[Any, Any]] = None, eval_only: bool = False) -> None:
         super().__init__()
         self.check_cfg(cfg)
         self.cfg = cfg
         self.shared: Dict[Any, Any] = shared if shared is not None else {}
+        #: built only to evaluate given weights (``build_model`` may skip train-only work)
+        self.eval_only = bool(eval_only)
         use_cuda = torch.cuda.is_available() and bool(cfg.USE_CUDA)
         self.device = torch.device("cuda" if use_cuda else "cpu")
 
@@ -483,17 +532,6 @@ class SimpleTrainer(TrainerBase):
         self.build_data_loader()
         self.build_model()
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
-        self.check_cross_eval_data()
-
-    def check_cross_eval_data(self) -> None:
-        """Let the dataset validate the subsets the cross-evaluation will read, before any training.
-
-        Datasets opt in with a ``check_subsets(sub_classes)`` method (the LAION-Beyond loaders do).
-        """
-        check = getattr(self.dm.dataset, "check_subsets", None)
-        subsets = self.cross_eval_subsets()
-        if check is not None and subsets:
-            check(subsets)
 
     def check_cfg(self, cfg: Any) -> None:
         """Hook to reject configurations a trainer cannot run."""
@@ -535,11 +573,15 @@ class SimpleTrainer(TrainerBase):
             f"{type(self).__name__} must implement build_model() and register its trainable modules"
         )
 
-    def checkpoint_meta(self) -> Dict[str, Any]:
-        meta: Dict[str, Any] = {"trainer": str(self.cfg.TRAINER.NAME)}
+    def label_space(self) -> Optional[List[str]]:
         dm = getattr(self, "dm", None)
-        if dm is not None:
-            meta["classnames"] = [str(c) for c in dm.dataset.classnames]
+        return [str(c) for c in dm.dataset.classnames] if dm is not None else None
+
+    def checkpoint_meta(self) -> Dict[str, Any]:
+        meta: Dict[str, Any] = {"trainer": str(self.cfg.TRAINER.NAME), "dataset": str(self.cfg.DATASET.NAME)}
+        classnames = self.label_space()
+        if classnames is not None:
+            meta["classnames"] = classnames
         sub = self.cfg.DATASET.get("SUB_CLASSES")
         if sub is not None:
             meta["sub_classes"] = str(sub)
@@ -676,74 +718,28 @@ class SimpleTrainer(TrainerBase):
                 return float(optim.param_groups[0]["lr"])
         return 0.0
 
-    # ------------------------------------------------------------------ cross-evaluation, results
-    def cross_eval_subsets(self) -> List[str]:
-        """The other DATASET.SUB_CLASSES to evaluate after the main test (TEST.CROSS_EVAL)."""
-        requested = self.cfg.TEST.get("CROSS_EVAL", ())
-        if isinstance(requested, str):
-            requested = (requested,)
-        main = self.cfg.DATASET.get("SUB_CLASSES")
-        supports = bool(getattr(self.dm.dataset, "supports_subsets", False))
-        subsets: List[str] = []
-        for item in requested:
-            if item == "auto":
-                if supports and main == "OOP":
-                    subsets.append("IP")
-                continue
-            if main is None:
-                logger.warning("TEST.CROSS_EVAL %s ignored: the config has no DATASET.SUB_CLASSES", item)
-                continue
-            if not supports:
-                logger.warning("Dataset %s does not declare supports_subsets; evaluating SUB_CLASSES=%s anyway",
-                               self.cfg.DATASET.NAME, item)
-            subsets.append(str(item))
-        out: List[str] = []
-        for sub in subsets:
-            if sub != main and sub not in out:
-                out.append(sub)
-        return out
+    # ------------------------------------------------------------------ results
+    def extra_evaluations(self, main_metrics: Dict[str, float]) -> Dict[str, Any]:
+        """Hook: evaluations beyond the main ``test()``, as entries merged into results.json.
 
-    def evaluate_subset(self, sub: str) -> OrderedDict[str, float]:
-        """Evaluate the current weights on ``DATASET.SUB_CLASSES = sub`` with a sibling trainer."""
-        cfg2 = self.cfg.clone()
-        cfg2.defrost()
-        cfg2.DATASET.SUB_CLASSES = sub
-        cfg2.TEST.CROSS_EVAL = ()
-        cfg2.freeze()
-        logger.info("Cross-evaluation on DATASET.SUB_CLASSES=%s", sub)
-        cls = type(self)
-        if "shared" in inspect.signature(cls.__init__).parameters:
-            other = cls(cfg2, shared=self.shared)
-        else:
-            other = cls(cfg2)
-        if hasattr(other.evaluator, "cmat_filename"):
-            other.evaluator.cmat_filename = f"cmat_{sub}.pt"
-        other.import_state(self.export_state(), meta=self.checkpoint_meta())
-        other.model_epoch = self.model_epoch
-        other.epoch = self.epoch
-        other.test()
-        assert other.last_results is not None
-        return other.last_results
+        The engine knows no benchmark, so it has none; a benchmark's trainer base adds its own (the
+        LAION-Beyond OOP->IP cross-evaluation and H-mean: ``trainers.cross_eval``)."""
+        return {}
 
     def finalize(self, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        """Evaluate (if needed) and cross-evaluate, then write ``OUTPUT_DIR/results.json``."""
+        """Evaluate (if needed), run :meth:`extra_evaluations`, then write ``OUTPUT_DIR/results.json``."""
         cfg = self.cfg
         if self.last_results is None or self.last_split != self._resolve_split(None):
             self.test()
         assert self.last_results is not None
         main_metrics = OrderedDict(self.last_results)
-        main_sub = cfg.DATASET.get("SUB_CLASSES")
-
-        subsets: OrderedDict[str, Dict[str, float]] = OrderedDict()
-        if main_sub is not None:
-            subsets[str(main_sub)] = main_metrics
-        for sub in self.cross_eval_subsets():
-            subsets[sub] = OrderedDict(self.evaluate_subset(sub))
+        main_split = self.last_split
+        extra_entries = self.extra_evaluations(main_metrics)
 
         results: Dict[str, Any] = OrderedDict()
         results["trainer"] = cfg.TRAINER.NAME
         results["dataset"] = cfg.DATASET.NAME
-        results["sub_classes"] = main_sub
+        results["sub_classes"] = cfg.DATASET.get("SUB_CLASSES")
         results["shots"] = cfg.DATASET.NUM_SHOTS
         results["seed"] = cfg.SEED
         results["backbone"] = cfg.MODEL.BACKBONE.NAME
@@ -751,16 +747,11 @@ class SimpleTrainer(TrainerBase):
             results["weights"] = cfg.MODEL.BACKBONE.WEIGHTS
         results["epoch"] = self.model_epoch
         results["final_model"] = cfg.TEST.FINAL_MODEL
-        results["split"] = self.last_split
+        results["split"] = main_split
         results["device"] = str(self.device)
         results["accuracy"] = list(main_metrics.values())[0]
         results["metrics"] = main_metrics
-        results["subsets"] = subsets
-        for sub, metrics in subsets.items():
-            results[sub.lower()] = list(metrics.values())[0]
-        if "oop" in results and "ip" in results:
-            results["hmean"] = hmean(results["oop"], results["ip"])
-            logger.info("* H-mean (OOP %.2f%%, IP %.2f%%): %.2f%%", results["oop"], results["ip"], results["hmean"])
+        results.update(extra_entries)
         results["versions"] = package_versions()
         if extra:
             results.update(extra)

@@ -1,0 +1,152 @@
+"""Evaluation integrity (issue 11 item 6, issue 14 item 4): what ``--eval-only`` loads, and when it refuses.
+
+Every refusal is one ``error:`` line on stderr, exit code 2, and no results.json.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pytest
+import torch
+
+import train
+from dassl.utils import save_checkpoint
+from tests.helpers import train_argv
+
+TRAINER = "FSNL_openclip"
+TRAINABLE = ("FSNL_openclip", "CoOp_openclip", "CoCoOp_openclip", "CLIP_Adapter", "TaskRes")
+
+
+@pytest.fixture(autouse=True)
+def _drop_log_handlers():
+    """``train.main`` tees the log into each output dir; close those handlers after every test."""
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    yield
+    for h in list(root.handlers):
+        if h not in handlers:
+            root.removeHandler(h)
+            h.close()
+
+
+@pytest.fixture(scope="module")
+def oop_run(toy_root, tmp_path_factory):
+    """A finished FSNL training run on the toy Animals OOP subset (no model-best: last_step)."""
+    out = tmp_path_factory.mktemp("oop_run") / "run"
+    assert train.cli(train_argv(toy_root, out, TRAINER)) == 0
+    return out
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("trainer", TRAINABLE)
+def test_eval_only_of_a_trainable_method_needs_a_model_dir(toy_root, tmp_path, capsys, trainer):
+    out = tmp_path / "ev"
+    assert train.cli(train_argv(toy_root, out, trainer, extra=("--eval-only",))) == 2
+    err = one_error_line(capsys)
+    assert "--model-dir" in err and "TEST.ALLOW_UNTRAINED True" in err and trainer in err
+    assert not (out / "results.json").exists()
+
+
+def test_allow_untrained_evaluates_the_initial_model_and_says_so(toy_root, tmp_path):
+    out = tmp_path / "ev"
+    assert train.cli(train_argv(toy_root, out, TRAINER, "TEST.ALLOW_UNTRAINED", "True", extra=("--eval-only",))) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["loaded"] == {"model_dir": None, "epoch": 0, "untrained": True} and res["epoch"] == 0
+    # FSNL's initial names are CLIP's own tokens: the untrained model is zero-shot CLIP.
+    zs = tmp_path / "zs"
+    assert train.cli(train_argv(toy_root, zs, "ZeroshotCLIP_openclip", extra=("--eval-only",))) == 0
+    assert res["oop"] == pytest.approx(json.loads((zs / "results.json").read_text())["oop"], abs=1e-9)
+
+
+def test_model_dir_of_another_dataset_is_an_error(toy_root, oop_run, tmp_path, capsys):
+    out = tmp_path / "food"
+    argv = train_argv(toy_root, out, TRAINER, dataset="Food53_27", extra=("--eval-only", "--model-dir", str(oop_run)))
+    assert train.cli(argv) == 2
+    err = one_error_line(capsys)
+    assert str(oop_run) in err and "shares none of this run's 4 classes" in err and "Animals92_42" in err
+    assert not (out / "results.json").exists()
+
+
+def test_reference_checkpoint_without_meta_sharing_no_name_is_an_error(toy_root, tmp_path, capsys):
+    mdir = tmp_path / "ref"
+    save_checkpoint({"state_dict": {"name_embeddings.not_a_toy_class": torch.zeros(2, 32)}, "epoch": 200},
+                    str(mdir / "name_learner"))
+    out = tmp_path / "ev"
+    assert train.cli(train_argv(toy_root, out, TRAINER, extra=("--eval-only", "--model-dir", str(mdir)))) == 2
+    assert "none of its 1 learned names" in one_error_line(capsys)
+    assert not (out / "results.json").exists()
+
+
+def test_partial_match_is_recorded_and_last_epoch_is_the_fallback(toy_root, oop_run, tmp_path, caplog):
+    out = tmp_path / "all"
+    with caplog.at_level(logging.INFO):
+        assert train.cli(train_argv(toy_root, out, TRAINER, "DATASET.SUB_CLASSES", "All",
+                                    extra=("--eval-only", "--model-dir", str(oop_run)))) == 0
+    res = json.loads((out / "results.json").read_text())
+    loaded = res["loaded"]
+    assert loaded["names_loaded"] == "5/8" and loaded["classes_shared"] == "5/8"
+    assert loaded["model_dir"] == str(oop_run) and loaded["epoch"] == 3 == res["epoch"]
+    assert loaded["checkpoints"] == {"name_learner": "name_learner/model.pth.tar-3"}
+    assert "shares 5 of this run's 8 classes" in caplog.text
+    assert "No model-best.pth.tar" in caplog.text and "loading the last-epoch checkpoint model.pth.tar-3" in caplog.text
+
+
+def test_model_best_is_preferred_when_present(toy_root, oop_run, tmp_path, caplog):
+    mdir = tmp_path / "with_best"
+    shutil.copytree(oop_run, mdir)
+    ckpt = torch.load(mdir / "name_learner" / "model.pth.tar-3", weights_only=True)
+    save_checkpoint(dict(ckpt, epoch=2), str(mdir / "name_learner"), is_best=True, model_name="model-best.pth.tar")
+    out = tmp_path / "ev"
+    with caplog.at_level(logging.INFO):
+        assert train.cli(train_argv(toy_root, out, TRAINER, extra=("--eval-only", "--model-dir", str(mdir)))) == 0
+    loaded = json.loads((out / "results.json").read_text())["loaded"]
+    assert loaded["epoch"] == 2 and loaded["checkpoints"] == {"name_learner": "name_learner/model-best.pth.tar"}
+    assert loaded["names_loaded"] == "5/5" and "No model-best.pth.tar" not in caplog.text
+
+
+@pytest.fixture
+def same_name_root(toy_root, tmp_path):
+    """The toy Animals domain with the IP class "zebra" renamed to the OOP class "ant"."""
+    root = tmp_path / "same"
+    for name in ("Animals5_OOP", "Animals3_IP"):
+        shutil.copytree(toy_root / name, root / name, ignore=shutil.ignore_patterns("split_fewshot"))
+    ip = root / "Animals3_IP"
+    (ip / "images" / "zebra").rename(ip / "images" / "ant")
+    split = ip / "split_Xin_Animals3_IP.json"
+    data = json.loads(split.read_text())
+    for records in data.values():
+        for item in records.values():
+            if item["classname"] == "zebra":
+                item["classname"] = "ant"
+    split.write_text(json.dumps(data))
+    return root
+
+
+def test_same_class_name_in_oop_and_ip_is_an_error_with_cross_eval(same_name_root, tmp_path, capsys):
+    out = tmp_path / "train"
+    assert train.cli(train_argv(same_name_root, out, TRAINER)) == 2  # TEST.CROSS_EVAL auto: OOP then IP
+    err = one_error_line(capsys)
+    assert "appear in both OOP and IP" in err and "'ant'" in err
+    assert not (out / "name_learner").exists() and not (out / "results.json").exists()  # before training
+
+    all_out = tmp_path / "all"
+    assert train.cli(train_argv(same_name_root, all_out, TRAINER, "DATASET.SUB_CLASSES", "All")) == 2
+    assert "appear in both OOP and IP" in one_error_line(capsys)
+
+    # Without the cross-evaluation OOP trains; evaluating that model on IP is the cross-evaluation.
+    oop = tmp_path / "oop"
+    assert train.cli(train_argv(same_name_root, oop, TRAINER, "TEST.CROSS_EVAL", "()")) == 0
+    capsys.readouterr()
+    ip = tmp_path / "ip"
+    assert train.cli(train_argv(same_name_root, ip, TRAINER, "DATASET.SUB_CLASSES", "IP",
+                                extra=("--eval-only", "--model-dir", str(oop)))) == 2
+    err = one_error_line(capsys)
+    assert "in both OOP and IP" in err and "['ant']" in err
+    assert not (ip / "results.json").exists()
