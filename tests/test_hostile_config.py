@@ -89,6 +89,13 @@ CONFIG_CASES = [
     (("OPTIM.MAX_EPOCH", "-3"), ["OPTIM.MAX_EPOCH"]),
     (("TEST.CROSS_EVAL", "XYZ"), ["TEST.CROSS_EVAL", "XYZ"]),
     (("TEST.CROSS_EVAL", "('IP', 'ip')"), ["TEST.CROSS_EVAL", "'ip'"]),
+    # reached torch/torchvision as tracebacks (after the output dir was set up) before check_cfg knew them
+    (("OPTIM.LR", "-1"), ["OPTIM.LR", "-1"]),
+    (("DATALOADER.NUM_WORKERS", "-1"), ["DATALOADER.NUM_WORKERS", ">= 0"]),
+    (("INPUT.INTERPOLATION", "cubic"), ["INPUT.INTERPOLATION", "bicubic"]),
+    (("INPUT.PIXEL_STD", "[0, 0, 0]"), ["INPUT.PIXEL_STD", "> 0"]),
+    (("INPUT.PIXEL_MEAN", "[0.5, 0.5]"), ["INPUT.PIXEL_MEAN", "1 or 3"]),
+    (("DATALOADER.TRAIN_X.BATCH_SIZE", "2.5"), ["DATALOADER.TRAIN_X.BATCH_SIZE", "int", "2.5"]),
 ]
 
 
@@ -108,6 +115,8 @@ YAML_CASES = {
     "list_not_mapping": ("- OPTIM\n- LR\n", "mapping"),
     "type_mismatch": ("OPTIM:\n  MAX_EPOCH: many\n", "MAX_EPOCH"),
     "unknown_key": ("OPTIM:\n  LRR: 0.1\n", "OPTIM.LR"),
+    # yacs printed the whole default OPTIM section (20+ lines) in its type-mismatch message
+    "section_as_value": ("OPTIM: 5\n", "OPTIM is a section"),
 }
 
 
