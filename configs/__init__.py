@@ -22,8 +22,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import os.path as osp
+import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
