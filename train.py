@@ -19,6 +19,7 @@ import importlib
 import logging
 import os
 import os.path as osp
+import re
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -31,6 +32,7 @@ from dassl.config import FINAL_MODEL_CHOICES
 from dassl.engine import expected_fingerprint
 from dassl.utils import (
     CheckpointError,
+    UnreadableImageError,
     WriteError,
     check_availability,
     check_writable_dir,
@@ -249,6 +251,19 @@ def _project_errors() -> Tuple[type, ...]:
     return tuple(errors)
 
 
+WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
+def error_message(e: BaseException) -> str:
+    """The user-facing text of ``e``. An error raised in a DataLoader worker comes back with the
+    worker's traceback folded into its message; only its last line (the original message) is kept."""
+    text = str(e)
+    if WORKER_TRACEBACK in text:
+        last = text.rstrip().splitlines()[-1]
+        text = re.sub(rf"^(?:[\w.]+\.)?{re.escape(type(e).__name__)}: ", "", last)
+    return text
+
+
 def debug_requested(args: Optional[argparse.Namespace] = None) -> bool:
     """``--debug`` or ``FSNL_DEBUG`` set to anything but empty/0/false."""
     env = os.environ.get(DEBUG_ENV, "").strip().lower()
@@ -261,10 +276,11 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
         main(args)
-    except (ConfigError, RegistryKeyError, WriteError, CheckpointError, *_project_errors()) as e:
+    except (ConfigError, RegistryKeyError, WriteError, CheckpointError, UnreadableImageError,
+            *_project_errors()) as e:
         if debug_requested(args):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {error_message(e)}", file=sys.stderr)
         return 2
     return 0
 

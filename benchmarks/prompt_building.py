@@ -16,6 +16,12 @@ embeds it (what ``FSNLModel.text_features_for`` runs per step). Template swappin
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -1,13 +1,20 @@
 """Run every benchmark with its defaults and write ``benchmarks/results_<device>.md`` (+ ``.json``).
 
     python -m benchmarks.run_all [--device cpu|cuda] [--prec fp32|bf16|amp] [--threads N]
-                                 [--only prompt_building fsnl_step eval_throughput] [--out FILE] [--tiny]
+                                 [--only prompt_building fsnl_step eval_throughput linear_probe]
+                                 [--out FILE] [--tiny]
 
 Each benchmark runs in its own Python process, one after the other: a process's peak memory and
 allocator state never leak into the next benchmark. The file records the machine, the load before
 and after each benchmark, and the exact command of each section.
 """
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import os
 
@@ -17,17 +24,15 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import shlex  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 from typing import Any, Dict, List, Optional, Sequence  # noqa: E402
 
 import torch  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 
-BENCHMARKS = ("prompt_building", "fsnl_step", "eval_throughput")
+BENCHMARKS = ("prompt_building", "fsnl_step", "eval_throughput", "linear_probe")
 
 
 def command(name: str, args: argparse.Namespace, json_path: str) -> List[str]:
@@ -68,7 +73,7 @@ def carried_over(out: Path, names: Sequence[str]) -> List[Dict[str, Any]]:
         if result.get("markdown"):
             date = previous.get("machine", {}).get("date", "?")
             kept.append({"name": name, "command": f"not re-run; carried over from the run of {date}",
-                         "elapsed_s": 0.0, "returncode": 0, "result": result,
+                         "elapsed_s": 0.0, "returncode": 0, "stderr": "", "result": result,
                          "markdown": result["markdown"]})
     return kept
 

@@ -1,34 +1,52 @@
 """Validate a LAION-Beyond root before training on it.
 
-    python -m datasets.check --root DIR [--domains Animals92_42 Food53_27]
+    python -m datasets.check --root DIR [--domains Animals92_42 Food53_27] [--workers N] [--no-decode]
 
-Uses the loader's own discovery, split-file validation and image check, on the full splits of
-both subsets, and prints one table row per domain and subset. Without ``--domains`` every
-registered domain found under the root is checked (domains with neither subset present are
-listed as absent, not as errors). Exit status 0 when all is well, 1 when problems were found,
-2 when nothing could be checked.
+Uses the loader's own discovery, split-file validation (paths that leave ``images/``, duplicate
+records, train/val/test overlap, labels, class names) and image scan (missing files, symlinks out
+of ``images/``, folders), on the full splits of both subsets, then decodes every image in a process
+pool (progress bar on stderr) exactly as training reads it (``dassl.utils.read_image``), and prints
+one table row per domain and subset plus each problem. Without ``--domains`` every registered
+domain found under the root is checked (domains with neither subset present are listed as absent,
+not as errors). Exit status 0 when all is well, 1 when problems were found, 2 when nothing could be
+checked.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import argparse
 import os
-import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, TextIO
+from typing import Dict, List, Optional, Sequence, TextIO, Tuple
 
-from .laion_beyond import (
+from tqdm import tqdm
+
+from dassl.utils import UnreadableImageError, read_image, shown_path
+from datasets.laion_beyond import (
+    MISSING,
     SUBSETS,
     DatasetError,
     DatasetNotFoundError,
     SubsetSplit,
     check_disjoint_classnames,
-    find_missing_images,
     find_subset_dir,
+    images_dir_of,
     laion_beyond_domains,
+    legacy_fewshot_caches,
     load_subset,
+    scan_images,
 )
 
-__all__ = ["SubsetReport", "DomainReport", "check_domain", "check_root", "format_table", "main"]
+__all__ = ["SubsetReport", "DomainReport", "check_domain", "check_root", "decode_problems", "format_table",
+           "main"]
+
+DECODE_CHUNK = 64
 
 
 @dataclass
@@ -38,6 +56,9 @@ class SubsetReport:
     num_classes: Optional[int] = None
     num_images: Dict[str, int] = field(default_factory=dict)
     num_missing: Optional[int] = None
+    num_bad: Optional[int] = None
+    #: Images that exist inside images/ and must still be decoded.
+    to_decode: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -82,13 +103,25 @@ def check_domain(root: str, name: str, prefix: str, required: bool) -> DomainRep
         report.warnings.extend(part.warnings)
         sub.num_classes = len(part.classnames)
         sub.num_images = {"train": len(part.train), "val": len(part.val), "test": len(part.test)}
-        missing = find_missing_images([*part.train, *part.val, *part.test])
+        found = scan_images([*part.train, *part.val, *part.test], images_dir_of(part))
+        missing = [shown_path(p) for p, why in found.items() if why == MISSING]
+        unusable = [f"{shown_path(p)}: {why}" for p, why in found.items() if why != MISSING]
         sub.num_missing = len(missing)
+        sub.num_bad = len(unusable)
+        sub.to_decode = sorted({d.impath for d in (*part.train, *part.val, *part.test)} - set(found))
         if missing:
             shown = "\n".join(f"  {p}" for p in missing[:5])
             report.problems.append(
                 f"{len(missing)} image(s) referenced by {part.split_file} are missing, e.g.:\n{shown}"
             )
+        if unusable:
+            shown = "\n".join(f"  {p}" for p in unusable)
+            report.problems.append(
+                f"{len(unusable)} image(s) referenced by {part.split_file} are unusable:\n{shown}"
+            )
+        for path in legacy_fewshot_caches(directory):
+            report.warnings.append(f"{path}: pickled few-shot cache of the reference code; ignored by the "
+                                   "loader (never unpickled), safe to delete")
         # Superclass mode is only used for a zero-shot side experiment: report, don't fail.
         try:
             load_subset(directory, subset, superclass=True)
@@ -102,6 +135,51 @@ def check_domain(root: str, name: str, prefix: str, required: bool) -> DomainRep
     return report
 
 
+def _decode_one(path: str) -> Optional[str]:
+    """None if ``path`` decodes as training will read it, else the reason."""
+    try:
+        read_image(path)
+    except UnreadableImageError as err:
+        return str(err)
+    return None
+
+
+def decode_problems(paths: Sequence[str], workers: int = 0, progress: bool = True) -> Dict[str, str]:
+    """``{path: reason}`` of the images that do not decode, in a process pool (0 workers: all cores).
+
+    Decoding is CPU-bound, so processes rather than threads; with one worker it runs in process.
+    """
+    workers = workers or os.cpu_count() or 1
+    bar = tqdm(total=len(paths), desc="decoding images", unit="img", disable=not progress, file=sys.stderr)
+    results: List[Tuple[str, Optional[str]]] = []
+    try:
+        if workers == 1 or len(paths) <= DECODE_CHUNK:
+            for path in paths:
+                results.append((path, _decode_one(path)))
+                bar.update()
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for path, reason in zip(paths, pool.map(_decode_one, paths, chunksize=DECODE_CHUNK)):
+                    results.append((path, reason))
+                    bar.update()
+    finally:
+        bar.close()
+    return {path: reason for path, reason in results if reason is not None}
+
+
+def decode_reports(reports: Sequence[DomainReport], workers: int = 0, progress: bool = True) -> None:
+    """Decode every scanned image of ``reports`` in one pool and add a problem per subset with bad files."""
+    paths = [p for rep in reports for sub in rep.subsets.values() for p in sub.to_decode]
+    bad = decode_problems(paths, workers, progress)
+    for rep in reports:
+        for sub in rep.subsets.values():
+            reasons = [bad[p] for p in sub.to_decode if p in bad]
+            sub.num_bad = (sub.num_bad or 0) + len(reasons)
+            if reasons:
+                listing = "\n".join(f"  {r}" for r in reasons)
+                rep.problems.append(f"{len(reasons)} image(s) of {sub.directory} cannot be decoded:\n{listing}")
+
+
 def check_root(root: str, domains: Sequence[str] = ()) -> List[DomainReport]:
     """Reports for the named domains (all must exist) or for every registered domain."""
     available = laion_beyond_domains()
@@ -113,7 +191,7 @@ def check_root(root: str, domains: Sequence[str] = ()) -> List[DomainReport]:
 
 
 def format_table(reports: Sequence[DomainReport]) -> str:
-    header = ("Domain", "Subset", "Folder", "Classes", "Train", "Val", "Test", "Missing", "Status")
+    header = ("Domain", "Subset", "Folder", "Classes", "Train", "Val", "Test", "Missing", "Bad", "Status")
     rows = []
     for rep in reports:
         if rep.absent:
@@ -122,14 +200,15 @@ def format_table(reports: Sequence[DomainReport]) -> str:
         for subset in SUBSETS:
             sub = rep.subsets.get(subset)
             if sub is None:
-                rows.append((rep.name, subset, "-", "-", "-", "-", "-", "-", status))
+                rows.append((rep.name, subset, "-", "-", "-", "-", "-", "-", "-", status))
                 continue
             n = sub.num_images
             rows.append((
                 rep.name, subset, os.path.basename(sub.directory),
                 "-" if sub.num_classes is None else str(sub.num_classes),
                 str(n.get("train", "-")), str(n.get("val", "-")), str(n.get("test", "-")),
-                "-" if sub.num_missing is None else str(sub.num_missing), status,
+                "-" if sub.num_missing is None else str(sub.num_missing),
+                "-" if sub.num_bad is None else str(sub.num_bad), status,
             ))
     widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in (header, *rows)]
@@ -142,6 +221,9 @@ def main(argv: Sequence[str] = (), stream: Optional[TextIO] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", required=True, help="DATASET.ROOT to check")
     parser.add_argument("--domains", nargs="+", default=[], help="registered dataset names (default: all found)")
+    parser.add_argument("--workers", type=int, default=0, help="decoding processes (default: all cores)")
+    parser.add_argument("--no-decode", action="store_true", help="skip decoding the images (existence only)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(list(argv) or None)
     root = os.path.abspath(os.path.expanduser(args.root))
     try:
@@ -154,6 +236,8 @@ def main(argv: Sequence[str] = (), stream: Optional[TextIO] = None) -> int:
         print(f"No LAION-Beyond domain found under {root} (expected folders such as Animals92_OOP/).",
               file=stream)
         return 2
+    if not args.no_decode:
+        decode_reports(found, args.workers, progress=not args.no_progress)
     print(format_table(found), file=stream)
     for rep in found:
         for message in rep.warnings:

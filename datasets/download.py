@@ -19,14 +19,19 @@ pointing ``--root`` at the copy.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import argparse
 import logging
 import os
-import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from . import laion_beyond
-from .laion_beyond import SUBSETS, laion_beyond_domains
+from datasets import laion_beyond
+from datasets.laion_beyond import SUBSETS, laion_beyond_domains
 
 try:
     from huggingface_hub import snapshot_download
@@ -155,7 +160,7 @@ def main(argv: Sequence[str] = ()) -> int:
     print(f"Downloaded into {root}; train with --root {target}")
     if args.no_check:
         return 0
-    from . import check
+    from datasets import check
 
     return check.main(["--root", target, "--domains", *[n for n, _ in pairs]])
 

@@ -214,7 +214,7 @@ class LAION_Beyond_GCD(DatasetBase):
 
         records = read_clustering_results(self.results_file, self.root)
         classnames, train, test = split_clusters(records, seed, self.train_per_class)
-        check_images([(self.results_file, [*train, *test])])
+        check_images([(self.results_file, [*train, *test], self.root)])
         empty = sorted({d.classname for d in train} - {d.classname for d in test})
         if empty:
             logger.info("%d cluster(s) have at most %d images and no test image: %s", len(empty),

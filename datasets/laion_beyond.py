@@ -17,6 +17,15 @@ Differences from the reference loaders, each fixing a bug of spec §11:
 * B24: ``All`` builds its label space from the full split files and refuses a name present in both
   OOP and IP.
 * B25: the label-ordered classnames of the split file are handed to ``DatasetBase``.
+* Nothing outside its place is read (issue 12): record paths that leave ``<subset>/images`` (``..``,
+  absolute, NUL) are split-file errors, and :func:`scan_images` refuses symlinks (of images or class
+  folders) that resolve outside ``realpath(<subset>/images)``, as well as folders, FIFOs and
+  dangling links named like images. A split file linked from outside its folder is refused too.
+* Duplicate records and images shared by two splits are errors (they would count twice as shots or
+  leak test images into training); labels are checked in O(records) whatever their values; class
+  names must stay distinct and non-empty under ``clip.normalize_name``.
+* The reference's pickled few-shot caches (``shot_K-seed_S.pkl``) are logged and ignored, never
+  unpickled.
 * Sampling uses ``random.Random(SEED)`` per subset, never the global RNG. For ``OOP`` or ``IP``
   runs this draws the same sample as the reference (global RNG seeded with ``SEED`` just before);
   for ``All`` the IP sample no longer depends on how much randomness the OOP sample consumed, so
@@ -34,9 +43,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from clip import normalize_name
 from dassl.data.datasets.base_dataset import DatasetBase, Datum
 from dassl.data.datasets.build import DATASET_REGISTRY
-from dassl.utils import write_json
+from dassl.utils import shown_path, write_json
 from dassl.utils.identity import content_identity, json_digest
 
 __all__ = [
@@ -53,7 +63,9 @@ __all__ = [
     "parse_split",
     "load_subset",
     "find_missing_images",
+    "scan_images",
     "check_images",
+    "legacy_fewshot_caches",
     "check_disjoint_classnames",
     "merge_subsets",
     "laion_beyond_domains",
@@ -72,6 +84,9 @@ FEWSHOT_DIRNAME = "split_fewshot"
 FEWSHOT_CACHE_FORMAT = "laion-beyond-fewshot"
 FEWSHOT_CACHE_VERSION = 1
 MAX_LISTED = 10
+IMAGES_DIRNAME = "images"
+#: The reference code's few-shot cache name (a pickle); detected, never unpickled.
+LEGACY_FEWSHOT_PATTERN = "shot_*-seed_*.pkl"
 
 
 class DatasetError(ValueError):
@@ -184,6 +199,91 @@ def _iter_split(split: Any) -> Iterable[Tuple[str, Any]]:
     return ((str(i), v) for i, v in enumerate(split))
 
 
+def _unsafe_path(classname: str, image_name: str) -> str:
+    """Why ``images/<classname>/<image_name>`` could leave the images folder ("" when it cannot).
+
+    A lexical check, no I/O; symlinks are resolved later by :func:`scan_images`.
+    """
+    for key, value in (("classname", classname), ("image_name", image_name)):
+        if "\x00" in value:
+            return f"{key} {value!r} contains a NUL byte"
+        if os.path.isabs(value) or value.startswith(("/", "\\")):
+            return f"{key} {value!r} is an absolute path"
+        if ".." in re.split(r"[/\\]", value):
+            return f"{key} {value!r} contains '..'"
+    if os.path.normpath(image_name) in (".", ""):
+        return f"image_name {image_name!r} names no file"
+    return ""
+
+
+def _examples(items: Sequence[str], limit: int = 3) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _duplicate_problems(duplicates: Sequence[Tuple[str, str, str]]) -> List[str]:
+    """Repeated images: within a split they count twice as shots; across splits they leak test
+    images into training. Both are errors (README, "What is validated")."""
+    within: List[str] = []
+    across: Dict[Tuple[str, str], List[str]] = {}
+    for first, later, rel in duplicates:
+        a, b = first.split("[", 1)[0], later.split("[", 1)[0]
+        text = f"{later} = {first} ({shown_path(rel)})"
+        if a == b:
+            within.append(text)
+        else:
+            across.setdefault((a, b), []).append(text)
+    problems = []
+    if within:
+        problems.append(f"{len(within)} duplicate record(s) (same image twice in a split): {_examples(within)}")
+    for (a, b), items in across.items():
+        problems.append(f"{len(items)} image(s) in both {a} and {b}: {_examples(items)}")
+    return problems
+
+
+def _name_problems(label_names: Dict[int, Dict[str, str]], name_key: str) -> List[str]:
+    """Class names must survive ``clip.normalize_name`` (B2) as distinct, non-empty strings:
+    prompts and FSNL's name slots use the normalised form."""
+    by_norm: Dict[str, List[str]] = {}
+    problems = []
+    for names in label_names.values():
+        for name, where in names.items():
+            norm = normalize_name(name)
+            if not norm:
+                problems.append(f"{name_key} {name!r} (first in {where}) normalises to an empty name")
+            else:
+                by_norm.setdefault(norm, []).append(f"{name!r} (first in {where})")
+    for norm, names in by_norm.items():
+        if len(names) > 1:
+            problems.append(f"{name_key}s {', '.join(names)} collide after normalisation (all read {norm!r}); "
+                            "rename one of them")
+    return problems
+
+
+def _label_problems(labels: Sequence[int], label_key: str) -> List[str]:
+    """Labels must be 0..C-1; checked on the sorted distinct labels, O(records) whatever their values."""
+    problems = []
+    negative = [la for la in labels if la < 0]
+    if negative:
+        problems.append(f"negative {label_key}(s): {negative[:MAX_LISTED]}")
+    if labels[0] != 0 or labels[-1] != len(labels) - 1:
+        gaps: List[str] = []
+        expected = 0
+        for la in labels:
+            if la < 0:
+                continue
+            if la > expected:
+                gaps.append(str(expected) if la == expected + 1 else f"{expected}..{la - 1}")
+            expected = la + 1
+            if len(gaps) >= MAX_LISTED:
+                break
+        problems.append(
+            f"{label_key}s must be contiguous 0..C-1 ({len(labels)} distinct, max {labels[-1]}); "
+            f"missing: {', '.join(gaps)}{' ...' if len(gaps) >= MAX_LISTED else ''}"
+        )
+    return problems
+
+
 def parse_split(
     path: str, raw: bytes, subset_dir: str, superclass: bool = False, subset: str = ""
 ) -> SubsetSplit:
@@ -200,6 +300,8 @@ def parse_split(
         raise DatasetError(
             f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}"
         ) from err
+    except RecursionError:
+        raise DatasetError(f"{path}: JSON nested too deeply to be a split file") from None
 
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected a JSON object with keys {list(SPLITS)}, got {type(data).__name__}")
@@ -220,6 +322,10 @@ def parse_split(
     label_names: Dict[int, Dict[str, str]] = {}
     name_labels: Dict[str, Dict[int, str]] = {}
     out: Dict[str, List[Datum]] = {s: [] for s in SPLITS}
+    images_dir = os.path.join(subset_dir, IMAGES_DIRNAME)
+    # image path (relative to images/) -> first record; (first, later, path) of every repeat.
+    seen_paths: Dict[str, str] = {}
+    duplicates: List[Tuple[str, str, str]] = []
 
     for split in SPLITS:
         for key, item in _iter_split(data[split]):
@@ -253,10 +359,20 @@ def parse_split(
                     problems.append(f"{where}: INFO.Refined_caption3 must be a string")
                     continue
 
+            unsafe = _unsafe_path(classname, image_name)
+            if unsafe:
+                problems.append(f"{where}: {unsafe}; image paths must stay inside {images_dir}")
+                continue
+            rel = os.path.normpath(os.path.join(classname, image_name))
+            if rel in seen_paths:
+                duplicates.append((seen_paths[rel], where, rel))
+            else:
+                seen_paths[rel] = where
+
             label_names.setdefault(label, {}).setdefault(name, where)
             name_labels.setdefault(name, {}).setdefault(label, where)
 
-            impath = os.path.join(subset_dir, "images", classname, image_name)
+            impath = os.path.join(images_dir, rel)
             out[split].append(Datum(impath=impath, label=label, classname=name, caption=caption))
 
     for label, names in label_names.items():
@@ -268,18 +384,11 @@ def parse_split(
             shown = ", ".join(f"{la} (first in {w})" for la, w in labs.items())
             problems.append(f"{name_key} {name!r} has {len(labs)} {label_key}s: {shown}")
 
+    problems.extend(_duplicate_problems(duplicates))
+    problems.extend(_name_problems(label_names, name_key))
     labels = sorted(label_names)
     if labels:
-        num = labels[-1] + 1
-        negative = [la for la in labels if la < 0]
-        gaps = sorted(set(range(num)) - set(labels))
-        if negative:
-            problems.append(f"negative {label_key}(s): {negative}")
-        if gaps:
-            problems.append(
-                f"{label_key}s must be contiguous 0..C-1 (C = max {label_key} + 1 = {num}); "
-                f"missing: {gaps[:50]}{' ...' if len(gaps) > 50 else ''}"
-            )
+        problems.extend(_label_problems(labels, label_key))
     elif not problems:
         problems.append("no records in train/val/test")
 
@@ -309,9 +418,20 @@ def parse_split(
     )
 
 
+def images_dir_of(part: SubsetSplit) -> str:
+    """``<subset>/images``: where every image of the subset must resolve to."""
+    return os.path.join(part.directory, IMAGES_DIRNAME)
+
+
 def load_subset(subset_dir: str, subset: str, superclass: bool = False) -> SubsetSplit:
     """Find, read and validate the split file of one subset folder."""
     path = find_split_file(subset_dir)
+    real, real_dir = os.path.realpath(path), os.path.realpath(subset_dir)
+    if not real.startswith(real_dir.rstrip(os.sep) + os.sep):
+        raise DatasetError(
+            f"{path}: the split file is a symlink to {real}, outside its subset folder; copy the file "
+            "into the folder instead of linking it"
+        )
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -324,42 +444,120 @@ def load_subset(subset_dir: str, subset: str, superclass: bool = False) -> Subse
 # Images
 
 
-def find_missing_images(data: Iterable[Datum]) -> List[str]:
-    """Paths of ``data`` that are not files, listing each folder once instead of one stat per image."""
-    listings: Dict[str, Optional[set]] = {}
-    missing: Dict[str, None] = {}
+MISSING = "missing"
+
+
+def _inside(path: str, root: str) -> bool:
+    return path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def scan_images(data: Iterable[Datum], images_dir: str) -> Dict[str, str]:
+    """``{path: reason}`` for every record whose image is not a regular file inside ``images_dir``.
+
+    Reasons: :data:`MISSING`, a path outside the folder, a symlink (of the file or of its class
+    folder) that resolves outside ``realpath(images_dir)``, a dangling symlink, or something that is
+    not a regular file (a folder, a FIFO). One ``scandir`` per class folder gives existence and file
+    type without a stat per image (B23); only symlinks are resolved. Decoding is not checked here
+    (``datasets.check`` decodes every image; at run time ``read_image`` names the bad one).
+    """
+    root = os.path.normpath(os.path.abspath(images_dir))
+    root_real = os.path.realpath(root)
+    shown = shown_path(images_dir)
+    listings: Dict[str, Optional[Dict[str, os.DirEntry]]] = {}
+    folder_problem: Dict[str, str] = {}
+    out: Dict[str, str] = {}
     for item in data:
-        parent, name = os.path.split(item.impath)
-        if parent not in listings:
-            try:
-                listings[parent] = set(os.listdir(parent))
-            except OSError:
-                listings[parent] = None
-        entries = listings[parent]
-        if entries is not None and name in entries:
+        path = item.impath
+        if path in out:
             continue
-        # Not in the listing: confirm with a stat (case-insensitive or normalising file systems).
-        if not os.path.isfile(item.impath):
-            missing.setdefault(item.impath, None)
-    return list(missing)
+        norm = os.path.normpath(os.path.abspath(path))
+        if not _inside(norm, root):
+            out[path] = f"outside {shown}"
+            continue
+        parent, name = os.path.split(norm)
+        if parent not in listings:
+            real_parent = os.path.realpath(parent)
+            listings[parent] = None
+            if real_parent != root_real and not _inside(real_parent, root_real):
+                folder_problem[parent] = f"its folder resolves outside {shown} (to {shown_path(real_parent)})"
+            else:
+                try:
+                    listings[parent] = {e.name: e for e in os.scandir(parent)}
+                except OSError:
+                    pass
+        if parent in folder_problem:
+            out[path] = folder_problem[parent]
+            continue
+        entry = (listings[parent] or {}).get(name)
+        if entry is None:
+            # Not in the listing: confirm with a stat (case-insensitive or normalising file systems).
+            if not os.path.isfile(norm):
+                out[path] = MISSING
+                continue
+            is_link = os.path.islink(norm)
+        else:
+            is_link = entry.is_symlink()
+            if not is_link and not entry.is_file(follow_symlinks=False):
+                out[path] = "not a regular file (a folder or a special file)"
+                continue
+        if is_link:
+            real = os.path.realpath(norm)
+            if not _inside(real, root_real):
+                out[path] = f"symlink resolves outside {shown} (to {shown_path(real)})"
+            elif not os.path.exists(real):
+                out[path] = f"dangling symlink (to {shown_path(real)})"
+            elif not os.path.isfile(real):
+                out[path] = "symlink to something that is not a regular file"
+    return out
 
 
-def check_images(groups: Sequence[Tuple[str, Iterable[Datum]]]) -> None:
-    """Raise one DatasetError for all missing images; ``groups`` pairs a split file with its records."""
+def find_missing_images(data: Iterable[Datum], images_dir: Optional[str] = None) -> List[str]:
+    """Paths of ``data`` that are not files (see :func:`scan_images` for the other problems)."""
+    items = list(data)
+    if images_dir is None:
+        images_dir = os.path.commonpath([os.path.dirname(d.impath) for d in items]) if items else "."
+    return [p for p, why in scan_images(items, images_dir).items() if why == MISSING]
+
+
+ImageGroup = Tuple[str, Iterable[Datum], str]
+
+
+def check_images(groups: Sequence[ImageGroup]) -> None:
+    """Raise one DatasetError for all unusable images.
+
+    ``groups`` are (split file, its records, the folder every image must resolve into).
+    """
     report = []
-    total = 0
-    for split_file, data in groups:
-        missing = find_missing_images(data)
+    total = unusable = 0
+    for split_file, data, images_dir in groups:
+        found = scan_images(data, images_dir)
+        if not found:
+            continue
+        total += len(found)
+        missing = [shown_path(p) for p, why in found.items() if why == MISSING]
+        other = [f"{shown_path(p)}: {why}" for p, why in found.items() if why != MISSING]
+        unusable += len(other)
+        if other:
+            report.append(f"{len(other)} image(s) referenced by {split_file} are unusable:\n{_listing(other, 5)}")
         if missing:
-            total += len(missing)
             report.append(f"{len(missing)} image(s) referenced by {split_file} are missing, e.g.:\n"
                           f"{_listing(missing, 5)}")
     if report:
         raise DatasetError(
-            f"{total} missing image(s).\n" + "\n".join(report)
+            f"{total} {'missing or unusable' if unusable else 'missing'} image(s).\n" + "\n".join(report)
             + "\nFix: complete the download/extraction of the images/ folders (expected "
-            "<subset dir>/images/<classname>/<image_name>)."
+            "<subset dir>/images/<classname>/<image_name>, regular files or symlinks inside it)."
         )
+
+
+def legacy_fewshot_caches(subset_dir: str) -> List[str]:
+    """The reference code's pickled few-shot caches in ``<subset>/split_fewshot/``.
+
+    They are never unpickled (a pickle runs arbitrary code, and the reference's ``Datum`` does not
+    map onto ours): the loader logs that it ignores them and samples again into a JSON cache.
+    """
+    pattern = os.path.join(glob.escape(os.path.join(subset_dir, FEWSHOT_DIRNAME)), LEGACY_FEWSHOT_PATTERN)
+    return sorted(glob.glob(pattern))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,7 +703,9 @@ class LaionBeyond(DatasetBase):
             else:
                 selected[s] = (part.train, part.val)
 
-        check_images([(parts[s].split_file, [*tr, *va, *parts[s].test]) for s, (tr, va) in selected.items()])
+        check_images([(parts[s].split_file, [*tr, *va, *parts[s].test], images_dir_of(parts[s]))
+                      for s, (tr, va) in selected.items()])
+        self._parts = parts
 
         if sub_classes == "All":
             classnames, train, val, test = merge_subsets(
@@ -526,6 +726,30 @@ class LaionBeyond(DatasetBase):
             type(self).__name__, sub_classes, ", superclasses" if self.superclass_mode else "",
             self.num_classes, len(train), len(val), len(test), self.num_shots,
         )
+
+    def check_subsets(self, sub_classes: Sequence[str]) -> None:
+        """Validate, before training, the subsets a later cross-evaluation will build.
+
+        A missing or broken ``_IP`` folder used to surface only after training (issue 12, "late
+        failures"). Each requested ``SUB_CLASSES`` value must be valid, and every subset it needs is
+        discovered, its split file parsed and all its images scanned now.
+        """
+        bad = [s for s in sub_classes if s not in SUB_CLASSES_CHOICES]
+        if bad:
+            raise DatasetError(
+                f"TEST.CROSS_EVAL: {bad} not among {list(SUB_CLASSES_CHOICES)} (or 'auto'); "
+                "fix the value or set TEST.CROSS_EVAL '()' to skip the cross-evaluation"
+            )
+        needed = [s for s in SUBSETS if any(s == sub or sub == "All" for sub in sub_classes)]
+        for subset in needed:
+            if subset in self._parts:
+                continue
+            directory = find_subset_dir(self.root, self.prefix, subset)
+            part = load_subset(directory, subset, self.superclass_mode)
+            check_images([(part.split_file, [*part.train, *part.val, *part.test], images_dir_of(part))])
+            self._parts[subset] = part
+        if "All" in sub_classes and not self.superclass_mode:
+            check_disjoint_classnames([self._parts[s] for s in SUBSETS])
 
     @classmethod
     def data_identity(cls, cfg: Any) -> Dict[str, Any]:
@@ -573,6 +797,10 @@ class LaionBeyond(DatasetBase):
         shots, seed = self.num_shots, self.seed
         filename = f"shot_{shots}-seed_{seed}-{part.digest}.json"
         dirs = self._cache_dirs(part, cfg)
+        legacy = os.path.join(part.directory, FEWSHOT_DIRNAME, f"shot_{shots}-seed_{seed}.pkl")
+        if os.path.lexists(legacy):
+            logger.warning("Ignoring %s: a pickled few-shot cache of the reference code (never unpickled); "
+                           "the sample is drawn again and cached as JSON", legacy)
         for directory in dirs:
             path = os.path.join(directory, filename)
             if os.path.isfile(path):

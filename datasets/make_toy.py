@@ -13,6 +13,12 @@ subset has a third of the train images of the others, to exercise "fewer than K 
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import argparse
 import colorsys
 import json
@@ -24,7 +30,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from .laion_beyond import laion_beyond_domains
+from datasets.laion_beyond import laion_beyond_domains
 
 __all__ = ["make_toy", "TOY_CLASSES", "DEFAULT_DOMAINS", "main"]
 

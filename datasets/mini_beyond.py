@@ -2,7 +2,7 @@
 
 They use the exact LAION-Beyond layout (``MiniAnimals<n>_OOP/`` ...), so each is the LAION-Beyond
 loader with its own prefix and hint. The OOP classes are provably absent from the pre-training
-captions of the shipped ``mini-clip`` weights (see ``tools/mini_beyond.py``).
+captions of the shipped ``mini-clip`` weights (see ``tools/mini_beyond/``).
 """
 from __future__ import annotations
 

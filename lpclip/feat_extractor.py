@@ -1,64 +1,99 @@
-"""Frozen CLIP image features of one split, for the linear probe (spec §9.1).
+"""Frozen CLIP image features for the linear probe (spec §9.1).
 
-    python -m lpclip.feat_extractor --root DATA --output-dir clip_feat \\
-        --config-file configs/trainers/CoOp_openclip/vit_b16_ep200_ctxv1_lpclip.yaml \\
-        --dataset-config-file configs/datasets/Animals92_42.yaml --split train [--views 10] \\
-        [--seed 1] [--num-shot K] [DATASET.SUB_CLASSES IP ...]
+The original README's command, verbatim::
 
-The config is built exactly as ``train.py`` builds it (``configs.build_cfg``), so
-trailing ``KEY VALUE`` overrides work. Writes ``<output-dir>/<DATASET.NAME>/<SUB_CLASSES>/<split>.npz``
-with
+    python lpclip/feat_extractor.py --dataset Animals92_42 --root DATA
+
+extracts every split the probe needs (train, val, test of ``DATASET.SUB_CLASSES``, default OOP) in one
+call, into ``clip_feat/`` of the current directory (the reference ran it from inside ``lpclip/`` and
+the probe reads ``--feature_dir clip_feat`` there), with the reference's lpclip config
+(``configs/trainers/CoOp_openclip/vit_b16_ep200_ctxv1_lpclip.yaml``: OpenCLIP ViT-B-16,
+``laion400m_e32``). Everything else is optional::
+
+    python lpclip/feat_extractor.py --root DATA [--dataset NAME | --dataset-config-file FILE] \\
+        [--output-dir clip_feat] [--split train val test] [--config-file CFG] [--views V] \\
+        [--seed S] [--num-shot K] [--precision fp32|amp] [KEY VALUE ...]
+
+Trailing ``KEY VALUE`` overrides work as for ``train.py`` (the config is built by
+``configs.build_cfg``), e.g. ``MODEL.BACKBONE.NAME test-tiny MODEL.BACKBONE.WEIGHTS none``. Writes
+``<output-dir>/<DATASET.NAME>/<SUB_CLASSES>/<split>.npz`` with
 
 * ``features`` ``[N, D]`` float32, L2-normalised; ``features_raw`` the projected, unnormalised features
   (what the reference saved and probed);
 * ``labels`` ``[N]`` int64, ``image_ids`` ``[N]`` (index of the source image in the split; the V views of
   one image share it), ``classnames`` (label order), and 0-d ``backbone``, ``weights``, ``transform``,
-  ``views``.
+  ``views``;
+* ``fingerprint``: the backbone's identity as a JSON string (``clip.weights_identity`` -- for unseeded
+  random weights, a digest of the initialised parameters -- plus model, activation, precision and
+  the ``INPUT`` transform config). The probe refuses splits whose fingerprints differ.
 
-Differences from the reference, all deliberate (B32, P9):
+Differences from the reference, all deliberate (B32, B33, P9):
 
+* ``--dataset NAME`` (the reference README's flag, which its extractor lacked) and no required
+  ``--split``/``--output-dir``; the backbone is loaded once for all splits of a call;
 * ``DATASET.SUB_CLASSES`` defaults to OOP and any config key can be overridden on the command line;
   ``--seed`` and ``--num-shot`` are applied; the device and precision are not hard-coded;
 * the train split uses the deterministic test transform unless ``--views V`` asks for V augmented views
   (train transform) per image, instead of one random augmentation;
 * features are gathered batch-wise into one tensor under ``torch.inference_mode`` (no per-sample
-  ``.tolist()``) and the file is written atomically.
+  ``.tolist()``) and each file is written atomically;
+* mistakes (unknown dataset, bad config key, backbone that cannot be loaded, INPUT.SIZE that does not
+  fit the backbone) end in one ``error:`` line and exit code 2 before anything is written.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import argparse
+import hashlib
+import json
 import logging
 import os.path as osp
-import sys
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-import configs
-from dassl.utils import atomic_write
+from clip import BackboneError, LoadedCLIP, autocast, load_clip, weights_identity
+from configs import ConfigError, build_cfg
+from dassl.data import build_data_loader
+from dassl.data.datasets import build_dataset
+from dassl.data.transforms import build_transform
+from dassl.utils import WriteError, atomic_write, set_random_seed, setup_logger
+from dassl.utils.registry import RegistryKeyError
+from datasets.laion_beyond import DatasetError
+from lpclip.files import FINGERPRINT_KEY, SPLITS, FeatureError, feature_file
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
+REPO_ROOT = Path(__file__).resolve().parents[1]
 EXTRACT_PRECISIONS = ("fp32", "amp")
+#: The reference's lpclip config (spec §5.4); a relative --config-file is read from the cwd as usual.
+DEFAULT_CONFIG_FILE = str(REPO_ROOT / "configs" / "trainers" / "CoOp_openclip" / "vit_b16_ep200_ctxv1_lpclip.yaml")
+#: Relative to the current directory, as the reference (run from ``lpclip/``) and its probe expect.
+DEFAULT_OUTPUT_DIR = "clip_feat"
 
-
-def feature_file(output_dir: str, dataset_name: str, sub_classes: str, split: str) -> str:
-    """The one layout shared with ``lpclip.linear_probe`` (B31)."""
-    return osp.join(output_dir, dataset_name, sub_classes, f"{split}.npz")
+USER_ERRORS = (ConfigError, RegistryKeyError, BackboneError, DatasetError, FeatureError, WriteError)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m lpclip.feat_extractor", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python lpclip/feat_extractor.py", description=__doc__.split("\n")[0])
     p.add_argument("--root", required=True, help="dataset root (DATASET.ROOT)")
-    p.add_argument("--output-dir", required=True, help="features go to <output-dir>/<DATASET.NAME>/<SUB_CLASSES>/")
-    p.add_argument("--config-file", default="", help="trainer yaml (input size, backbone, batch size)")
-    p.add_argument("--dataset-config-file", default="", help="dataset yaml (DATASET.NAME)")
-    p.add_argument("--split", required=True, choices=SPLITS)
+    p.add_argument("--dataset", default="", help="dataset name: reads configs/datasets/<NAME>.yaml")
+    p.add_argument("--dataset-config-file", default="", help="dataset yaml (instead of --dataset)")
+    p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR,
+                   help="features go to <output-dir>/<DATASET.NAME>/<SUB_CLASSES>/ (default: ./clip_feat)")
+    p.add_argument("--config-file", default=DEFAULT_CONFIG_FILE,
+                   help="trainer yaml: input size, backbone, batch size (default: the reference's lpclip config)")
+    p.add_argument("--split", nargs="+", choices=SPLITS, default=list(SPLITS),
+                   help="split(s) to extract (default: all three, what the probe needs)")
     p.add_argument("--seed", type=int, default=None,
-                   help="SEED: seeds the augmentation of --views (and few-shot sampling with --num-shot)")
+                   help="SEED: seeds random weights, the augmentation of --views and few-shot sampling")
     p.add_argument("--num-shot", type=int, default=-1,
                    help="DATASET.NUM_SHOTS (default -1: the full split; the probe samples its own shots)")
     p.add_argument("--views", type=int, default=0,
@@ -71,21 +106,26 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--device", default="", help="torch device; default: the GPU when available, else CPU")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides, as for train.py")
     args = p.parse_args(argv)
+    args.split = list(dict.fromkeys(args.split))
     if args.views < 0:
         p.error("--views must be >= 0")
-    if args.views and args.split != "train":
-        p.error("--views only applies to --split train (val/test always use the test transform)")
+    if args.views and "train" not in args.split:
+        p.error("--views only applies to the train split (val/test always use the test transform)")
+    if args.dataset and args.dataset_config_file:
+        p.error("give --dataset NAME or --dataset-config-file FILE, not both")
+    if not (args.dataset or args.dataset_config_file):
+        p.error("name the dataset: --dataset NAME (e.g. Animals92_42) or --dataset-config-file FILE")
     return args
 
 
-def build_cfg(args: argparse.Namespace) -> Any:
-    """The cfg ``train.py`` would build for these arguments (:func:`configs.build_cfg`)."""
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The run config: the same library call ``train.py`` makes (``configs.build_cfg``)."""
     opts = list(args.opts or [])
     if args.num_shot != -1:
         opts += ["DATASET.NUM_SHOTS", str(args.num_shot)]
-    return configs.build_cfg(trainer=args.trainer, dataset=args.dataset_config_file, config=args.config_file,
-                             opts=opts, root=args.root, output_dir=args.output_dir, seed=args.seed,
-                             backbone=args.backbone)
+    return build_cfg(trainer=args.trainer, dataset=args.dataset or args.dataset_config_file,
+                     config=args.config_file, opts=opts, root=args.root, output_dir=args.output_dir,
+                     seed=args.seed, backbone=args.backbone)
 
 
 def pick_device(cfg: Any, requested: str = "") -> torch.device:
@@ -103,8 +143,6 @@ def encode_loader(loaded: Any, loader: Any, device: torch.device, precision: Any
     Rows are view-major (view v of image i is row ``v·N + i``); the loader's ``index`` places each batch,
     so nothing depends on batch order or size.
     """
-    from clip import autocast
-
     n = len(loader.dataset)
     dim = int(loaded.embed_dim)
     raw = torch.empty(views * n, dim, dtype=torch.float32)
@@ -129,59 +167,108 @@ def save_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
     atomic_write(path, lambda f: np.savez(f, **arrays), mode="wb")
 
 
-def extract(cfg: Any, split: str, views: int = 0, device: Optional[torch.device] = None,
-            precision: str = "fp32", batch_size: int = 0) -> Dict[str, np.ndarray]:
-    """Features of one split of ``cfg``'s dataset, as the arrays written to the npz."""
-    from clip import load_clip
-    from dassl.data import build_data_loader
-    from dassl.data.datasets import build_dataset
-    from dassl.data.transforms import build_transform
+def parameters_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer's bytes, in state-dict order: what an unseeded random
+    init *is* (its seed is not known, so nothing else identifies it)."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode("utf-8"))
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
-    device = device if device is not None else pick_device(cfg)
-    dataset = build_dataset(cfg)
-    data = {"train": dataset.train_x, "val": dataset.val, "test": dataset.test}[split]
-    if not data:
-        raise ValueError(f"{cfg.DATASET.NAME} ({cfg.DATASET.SUB_CLASSES}) has an empty {split} split")
-    augment = views > 0
-    tfm = build_transform(cfg, is_train=augment)
-    loader = build_data_loader(
-        cfg, sampler_type="SequentialSampler", data_source=data,
-        batch_size=int(batch_size or cfg.DATALOADER.TEST.BATCH_SIZE), tfm=tfm, is_train=False, split=split,
-    )
-    loaded = load_clip(cfg, device, precision)
-    out = encode_loader(loaded, loader, device, loaded.precision, max(views, 1))
-    raw = out["features_raw"]
-    logger.info("%s/%s %s: %d images x %d view(s) -> %s features (%s transform)", cfg.DATASET.NAME,
-                cfg.DATASET.SUB_CLASSES, split, len(data), max(views, 1), tuple(raw.shape),
-                "train" if augment else "test")
+
+def backbone_fingerprint(cfg: Any, loaded: LoadedCLIP) -> Dict[str, Any]:
+    """What makes two feature files comparable: weights identity, model, activation, precision and the
+    input transform config. Unseeded random weights (``WEIGHTS none`` without ``--seed``) differ on
+    every load, so their identity is the digest of the parameters this call drew."""
+    weights = dict(weights_identity(cfg))
+    if weights.get("kind") == "random" and int(weights.get("seed", -1)) < 0:
+        weights["parameters_sha256"] = parameters_digest(loaded.model)
     return {
-        "features": F.normalize(raw, dim=-1).numpy(),
-        "features_raw": raw.numpy(),
-        "labels": out["labels"].numpy(),
-        "image_ids": out["image_ids"].numpy(),
-        "classnames": np.array(list(dataset.classnames), dtype=str),
-        "backbone": np.array(str(loaded.name)),
-        "weights": np.array(str(loaded.weights)),
-        "transform": np.array("train" if augment else "test"),
-        "views": np.array(max(views, 1)),
+        "weights": weights,
+        "model": str(loaded.name),
+        "quick_gelu": bool(loaded.quick_gelu),
+        "precision": loaded.precision.name,
+        "transform": {k: cfg.INPUT[k] for k in sorted(cfg.INPUT)},
     }
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from dassl.utils import set_random_seed, setup_logger
+def check_input_size(cfg: Any, loaded: LoadedCLIP) -> None:
+    size, expected = tuple(cfg.INPUT.SIZE), tuple(loaded.image_size)
+    if size != expected:
+        raise FeatureError(f"INPUT.SIZE {size} does not fit the backbone {loaded.name} (image size {expected}); "
+                           f"add INPUT.SIZE \"{expected}\" to the command")
 
-    args = parse_args(argv)
-    cfg = build_cfg(args)
-    setup_logger(osp.join(args.output_dir, cfg.DATASET.NAME))
+
+def extract(cfg: Any, splits: Sequence[str] = SPLITS, views: int = 0, device: Optional[torch.device] = None,
+            precision: str = "fp32", batch_size: int = 0) -> Dict[str, Dict[str, np.ndarray]]:
+    """Features of ``splits`` of ``cfg``'s dataset from one backbone load: ``{split: npz arrays}``.
+
+    ``views`` (> 0) applies to the train split only; val and test always use the test transform.
+    """
+    device = device if device is not None else pick_device(cfg)
+    dataset = build_dataset(cfg)
+    sources = {"train": dataset.train_x, "val": dataset.val, "test": dataset.test}
+    empty = [s for s in splits if not sources[s]]
+    if empty:
+        raise FeatureError(f"{cfg.DATASET.NAME} ({cfg.DATASET.SUB_CLASSES}) has an empty {'/'.join(empty)} split "
+                           f"under {cfg.DATASET.ROOT}")
+    loaded = load_clip(cfg, device, precision)
+    check_input_size(cfg, loaded)
+    fingerprint = json.dumps(backbone_fingerprint(cfg, loaded), sort_keys=True, default=str)
+    out: Dict[str, Dict[str, np.ndarray]] = {}
+    for split in splits:
+        augment = split == "train" and views > 0
+        n_views = views if augment else 1
+        loader = build_data_loader(
+            cfg, sampler_type="SequentialSampler", data_source=sources[split],
+            batch_size=int(batch_size or cfg.DATALOADER.TEST.BATCH_SIZE),
+            tfm=build_transform(cfg, is_train=augment), is_train=False, split=split,
+        )
+        enc = encode_loader(loaded, loader, device, loaded.precision, n_views)
+        raw = enc["features_raw"]
+        logger.info("%s/%s %s: %d images x %d view(s) -> %s features (%s transform)", cfg.DATASET.NAME,
+                    cfg.DATASET.SUB_CLASSES, split, len(sources[split]), n_views, tuple(raw.shape),
+                    "train" if augment else "test")
+        out[split] = {
+            "features": F.normalize(raw, dim=-1).numpy(),
+            "features_raw": raw.numpy(),
+            "labels": enc["labels"].numpy(),
+            "image_ids": enc["image_ids"].numpy(),
+            "classnames": np.array(list(dataset.classnames), dtype=str),
+            "backbone": np.array(str(loaded.name)),
+            "weights": np.array(str(loaded.weights)),
+            "transform": np.array("train" if augment else "test"),
+            "views": np.array(n_views),
+            FINGERPRINT_KEY: np.array(fingerprint),
+        }
+    return out
+
+
+def run(args: argparse.Namespace) -> Dict[str, str]:
+    """Build the config, extract, write; returns ``{split: path}``."""
+    cfg = config_from_args(args)
     if cfg.SEED >= 0:
         set_random_seed(cfg.SEED)
     device = pick_device(cfg, args.device)
-    logger.info("Extracting %s features of %s (%s) on %s, %s", args.split, cfg.DATASET.NAME,
-                cfg.DATASET.SUB_CLASSES, device, args.precision)
     arrays = extract(cfg, args.split, args.views, device, args.precision, args.batch_size)
-    path = feature_file(args.output_dir, cfg.DATASET.NAME, cfg.DATASET.SUB_CLASSES, args.split)
-    save_npz(path, arrays)
-    logger.info("Wrote %s", path)
+    setup_logger(osp.join(args.output_dir, cfg.DATASET.NAME))
+    paths = {}
+    for split, data in arrays.items():
+        paths[split] = feature_file(args.output_dir, cfg.DATASET.NAME, cfg.DATASET.SUB_CLASSES, split)
+        save_npz(paths[split], data)
+        logger.info("Wrote %s", paths[split])
+    return paths
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    setup_logger()
+    try:
+        run(args)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

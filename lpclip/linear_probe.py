@@ -11,6 +11,16 @@ C search (as in the reference): fit at each C of a coarse grid {1e6, 1e4, ..., 1
 keep the better one (the left one on ties) as the current classifier and halve the interval towards it.
 The run's C and test accuracy are those of the classifier kept in the last round.
 
+Two solvers fit the same objective with the same protocol: ``--solver torch`` (default; the batched
+L-BFGS of :mod:`lpclip.logreg`, all runs of a shot count and all C values of a stage in one batch,
+each new C warm-started from the nearest C already fitted, on the GPU when there is one) and
+``--solver sklearn`` (the reference's ``LogisticRegression(solver="lbfgs", max_iter=1000)``, one
+fit at a time; kept as the reference). ``benchmarks/linear_probe.py`` measures both side by side.
+
+Every feature file carries the backbone fingerprint of the extractor call that wrote it; the three
+splits must agree (features of different backbones -- e.g. three separate calls with unseeded random
+weights -- are refused, as are truncated files and files without the arrays the probe reads).
+
 Differences from the reference, all deliberate (B31):
 
 * the layout read is exactly the one the extractor writes (with the SUB_CLASSES level), and missing
@@ -20,33 +30,43 @@ Differences from the reference, all deliberate (B31):
   with augmented train views (``--views``) K *images* are sampled and all their views are used;
 * fits are cached per C within a search (lbfgs is deterministic, so results are unchanged);
 * results go to ``results.json`` (written through the results contract, ``dassl.results``, kind
-  ``linear_probe``, fingerprinted by the probe's settings and the feature files' content) and a CSV
-  whose columns say what they hold (``accuracy_mean``, ``accuracy_std``: the project's one spread
-  convention, the sample std with ddof 1) with the real SUB_CLASSES and seeds (the reference wrote
-  the std into ``error_rate`` and hard-coded SUB_CLASSES "OOP" and SEED 4).
+  ``linear_probe``, fingerprinted by the probe's settings -- solver included -- and the feature files'
+  content) and a CSV whose columns say what they hold (``accuracy_mean``, ``accuracy_std``: the
+  project's one spread convention, the sample std with ddof 1) with the real SUB_CLASSES and seeds
+  (the reference wrote the std into ``error_rate`` and hard-coded SUB_CLASSES "OOP" and SEED 4).
 """
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import csv
 import io
+import json
 import logging
 import math
 import os
 import os.path as osp
-import sys
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
 
 from dassl import results as results_contract
-from dassl.utils import atomic_write
+from dassl.utils import WriteError, atomic_write
 from dassl.utils.identity import content_identity
+from lpclip import logreg
+from lpclip.files import FINGERPRINT_KEY, SPLITS, FeatureError, feature_file
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 COARSE_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 VAL_MAX_SHOTS = 4
@@ -58,7 +78,10 @@ CSV_COLUMNS = (
 )
 
 
-class MissingFeaturesError(FileNotFoundError):
+SOLVERS = ("torch", "sklearn")
+
+
+class MissingFeaturesError(FeatureError):
     """Some of the feature files a probe needs do not exist."""
 
 
@@ -85,7 +108,7 @@ class SearchResult:
 # ---------------------------------------------------------------------- files
 def feature_paths(feature_dir: str, dataset: str, sub_classes: str) -> Dict[str, str]:
     """Where ``lpclip.feat_extractor`` writes each split (one layout for both tools, B31)."""
-    return {s: osp.join(feature_dir, dataset, sub_classes, f"{s}.npz") for s in SPLITS}
+    return {s: feature_file(feature_dir, dataset, sub_classes, s) for s in SPLITS}
 
 
 def check_features(feature_dir: str, dataset: str, sub_classes: str) -> Dict[str, str]:
@@ -93,33 +116,72 @@ def check_features(feature_dir: str, dataset: str, sub_classes: str) -> Dict[str
     paths = feature_paths(feature_dir, dataset, sub_classes)
     missing = [p for p in paths.values() if not osp.isfile(p)]
     if missing:
-        listing = "\n  ".join(missing)
         raise MissingFeaturesError(
-            f"Missing feature files for {dataset}/{sub_classes}:\n  {listing}\n"
-            "Write them with: python -m lpclip.feat_extractor --root DATA --output-dir "
-            f"{feature_dir} --config-file CFG --dataset-config-file configs/datasets/{dataset}.yaml "
-            f"--split SPLIT DATASET.SUB_CLASSES {sub_classes}"
+            f"missing feature file(s) for {dataset}/{sub_classes}: {', '.join(missing)}; write them with: "
+            f"python lpclip/feat_extractor.py --dataset {dataset} --root DATA --output-dir {feature_dir} "
+            f"DATASET.SUB_CLASSES {sub_classes}"
         )
     return paths
 
 
-def load_split(path: str, normalized: bool) -> FeatureSplit:
-    with np.load(path, allow_pickle=False) as data:
-        key = "features" if normalized else "features_raw"
-        if key not in data.files:
-            raise KeyError(f"{path} has no array {key!r} (has {sorted(data.files)}); re-run the extractor")
-        x = np.asarray(data[key], dtype=np.float32)
-        y = np.asarray(data["labels"], dtype=np.int64)
-        ids = np.asarray(data["image_ids"], dtype=np.int64) if "image_ids" in data.files else np.arange(len(y))
-        names = [str(n) for n in data["classnames"]] if "classnames" in data.files else []
+def _reextract(path: str) -> str:
+    return f"re-extract it with python lpclip/feat_extractor.py (see {path}'s folder for the other splits)"
+
+
+def load_split(path: str, normalized: bool) -> Tuple[FeatureSplit, str]:
+    """One split and its backbone fingerprint; a broken file is a :class:`FeatureError` naming it."""
+    key = "features" if normalized else "features_raw"
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in (key, "labels", FINGERPRINT_KEY) if k not in data.files]
+            if missing:
+                raise FeatureError(f"{path} has no array(s) {missing} (it has {sorted(data.files)}); "
+                                   f"{_reextract(path)}")
+            x = np.asarray(data[key], dtype=np.float32)
+            y = np.asarray(data["labels"], dtype=np.int64)
+            ids = np.asarray(data["image_ids"], dtype=np.int64) if "image_ids" in data.files else np.arange(len(y))
+            names = [str(n) for n in data["classnames"]] if "classnames" in data.files else []
+            fingerprint = str(data[FINGERPRINT_KEY])
+    except FeatureError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise FeatureError(f"{path} cannot be read ({type(err).__name__}: {err}); {_reextract(path)}") from None
     if x.ndim != 2 or len(x) != len(y) or len(ids) != len(y):
-        raise ValueError(f"{path}: inconsistent shapes features {x.shape}, labels {y.shape}, ids {ids.shape}")
-    return FeatureSplit(x, y, ids, names)
+        raise FeatureError(f"{path}: inconsistent shapes features {x.shape}, labels {y.shape}, ids {ids.shape}; "
+                           f"{_reextract(path)}")
+    return FeatureSplit(x, y, ids, names), fingerprint
+
+
+def _fingerprint_diff(a: str, b: str) -> str:
+    """The top-level fields in which two fingerprints differ (for the error line)."""
+    try:
+        da, db = json.loads(a), json.loads(b)
+    except ValueError:
+        return "unreadable fingerprint"
+    keys = sorted(k for k in set(da) | set(db) if da.get(k) != db.get(k))
+    return ", ".join(f"{k}: {json.dumps(da.get(k), sort_keys=True)} vs {json.dumps(db.get(k), sort_keys=True)}"
+                     for k in keys)
 
 
 def load_features(feature_dir: str, dataset: str, sub_classes: str, normalized: bool) -> Dict[str, FeatureSplit]:
+    """The three splits, refused unless one backbone (weights, model, transform, precision) wrote them all
+    and their class lists agree: a probe on features of different backbones measures nothing."""
     paths = check_features(feature_dir, dataset, sub_classes)
-    return {s: load_split(p, normalized) for s, p in paths.items()}
+    loaded = {s: load_split(p, normalized) for s, p in paths.items()}
+    ref_split = SPLITS[0]
+    ref_feats, ref_fp = loaded[ref_split]
+    for split in SPLITS[1:]:
+        feats, fp = loaded[split]
+        if fp != ref_fp:
+            raise FeatureError(
+                f"{paths[split]} and {paths[ref_split]} come from different backbones "
+                f"({_fingerprint_diff(fp, ref_fp)}); extract all splits in one call "
+                f"(python lpclip/feat_extractor.py --dataset {dataset} ... without --split) or with a fixed "
+                "--seed for random weights"
+            )
+        if feats.classnames and ref_feats.classnames and feats.classnames != ref_feats.classnames:
+            raise FeatureError(f"{paths[split]} and {paths[ref_split]} list different classes; re-extract both")
+    return {s: feats for s, (feats, _) in loaded.items()}
 
 
 # ---------------------------------------------------------------------- sampling
@@ -145,43 +207,71 @@ def val_shots(shots: int) -> int:
 
 
 # ---------------------------------------------------------------------- C search
+def search_c_many(
+    evaluate_many: Callable[[List[Tuple[int, float]]], Sequence[float]],
+    num_runs: int,
+    num_step: int = 8,
+    grid: Sequence[float] = COARSE_GRID,
+) -> List[Tuple[float, float]]:
+    """The C search of spec §9.2 for ``num_runs`` independent runs in lockstep: the rule's one owner.
+
+    Coarse grid (first best wins), then ``num_step`` rounds of log10 bisection on [C*/10, 10·C*]: fit
+    both ends, keep the better one (the left one on ties) and halve the interval towards it.
+    ``evaluate_many(pairs)`` gets every ``(run, log10 C)`` a stage needs that is not fitted yet (each
+    pair at most once per search) and returns their val accuracies; a batched solver fits them together.
+    The ends of the interval are kept as log10 values, so the end carried into the next round is the
+    same float and hits the cache. Returns ``(log10 C, val accuracy)`` of each run's kept classifier.
+    """
+    cache: List[Dict[float, float]] = [{} for _ in range(int(num_runs))]
+
+    def ensure(pairs: List[Tuple[int, float]]) -> None:
+        todo = list(dict.fromkeys((r, lc) for r, lc in pairs if lc not in cache[r]))
+        if todo:
+            for (r, lc), acc in zip(todo, evaluate_many(todo)):
+                cache[r][lc] = float(acc)
+
+    logs = [math.log10(c) for c in grid]
+    runs = range(int(num_runs))
+    ensure([(r, lc) for r in runs for lc in logs])
+    best: List[Tuple[float, float]] = []
+    bounds: List[Tuple[float, float]] = []
+    for r in runs:
+        accs = [cache[r][lc] for lc in logs]
+        peak = logs[int(np.argmax(accs))]
+        best.append((peak, cache[r][peak]))
+        bounds.append((peak - 1.0, peak + 1.0))
+    for _ in range(int(num_step)):
+        ensure([(r, end) for r in runs for end in bounds[r]])
+        for r in runs:
+            left, right = bounds[r]
+            acc_left, acc_right = cache[r][left], cache[r][right]
+            mid = 0.5 * (left + right)
+            if acc_left < acc_right:
+                best[r], bounds[r] = (right, acc_right), (mid, right)
+            else:
+                best[r], bounds[r] = (left, acc_left), (left, mid)
+    return best
+
+
 def search_c(
     evaluate: Callable[[float], Tuple[float, Any]],
     num_step: int = 8,
     grid: Sequence[float] = COARSE_GRID,
 ) -> SearchResult:
-    """Coarse grid, then ``num_step`` rounds of log10 bisection (ties → left), as spec §9.2.
-
-    ``evaluate(C)`` returns ``(val_accuracy, fitted_model)``. Each C is evaluated at most once; the
-    ends of the interval are kept as log10 values so the end carried into the next round is the same
-    float and hits the cache.
-    """
-    cache: Dict[float, Tuple[float, Any]] = {}
+    """:func:`search_c_many` for one run whose ``evaluate(C)`` returns ``(val_accuracy, fitted_model)``."""
+    models: Dict[float, Any] = {}
     trace: List[Tuple[float, float]] = []
 
-    def run(log_c: float) -> Tuple[float, Any]:
-        if log_c not in cache:
-            cache[log_c] = evaluate(10.0 ** log_c)
-            trace.append((10.0 ** log_c, cache[log_c][0]))
-        return cache[log_c]
+    def evaluate_many(pairs: List[Tuple[int, float]]) -> List[float]:
+        accs = []
+        for _, lc in pairs:
+            acc, models[lc] = evaluate(10.0 ** lc)
+            trace.append((10.0 ** lc, acc))
+            accs.append(acc)
+        return accs
 
-    logs = [math.log10(c) for c in grid]
-    accs = [run(lc)[0] for lc in logs]
-    peak = logs[int(np.argmax(accs))]
-    best_log = peak
-    best_acc, best_model = cache[peak]
-    left, right = peak - 1.0, peak + 1.0
-    for _ in range(int(num_step)):
-        acc_left, model_left = run(left)
-        acc_right, model_right = run(right)
-        mid = 0.5 * (left + right)
-        if acc_left < acc_right:
-            best_log, best_acc, best_model = right, acc_right, model_right
-            left = mid
-        else:
-            best_log, best_acc, best_model = left, acc_left, model_left
-            right = mid
-    return SearchResult(10.0 ** best_log, float(best_acc), best_model, trace)
+    (best_log, best_acc), = search_c_many(evaluate_many, 1, num_step, grid)
+    return SearchResult(10.0 ** best_log, float(best_acc), models[best_log], trace)
 
 
 def _accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
@@ -189,8 +279,6 @@ def _accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, c: float) -> Any:
-    from sklearn.linear_model import LogisticRegression
-
     return LogisticRegression(C=c, solver="lbfgs", max_iter=1000, random_state=0).fit(x, y)
 
 
@@ -198,10 +286,8 @@ def probe_run(
     feats: Dict[str, FeatureSplit], shots: int, run: int, num_step: int
 ) -> Dict[str, float]:
     """One run: sample with ``default_rng(run)``, search C on few-shot val, score on the full test split."""
-    rng = np.random.default_rng(run)
     train, val, test = feats["train"], feats["val"], feats["test"]
-    tr = sample_per_class(train, shots, rng)
-    va = sample_per_class(val, val_shots(shots), rng)
+    tr, va = _samples(feats, shots, run)
     x_tr, y_tr = train.x[tr], train.y[tr]
     x_va, y_va = val.x[va], val.y[va]
 
@@ -219,34 +305,156 @@ def probe_run(
     }
 
 
+def _samples(feats: Dict[str, FeatureSplit], shots: int, run: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The run's train and val rows: ``default_rng(run)``, train first (both solvers use this)."""
+    rng = np.random.default_rng(run)
+    tr = sample_per_class(feats["train"], shots, rng)
+    va = sample_per_class(feats["val"], val_shots(shots), rng)
+    return tr, va
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+class BatchedFits:
+    """Every fit of one shot count's runs, for :func:`search_c_many`, through :func:`lpclip.logreg.fit`.
+
+    Each stage's fits form one batch (``(run, log10 C)`` pairs over all runs); a new C of a run starts
+    from the fitted C of that run nearest in log10 (a warm start along the C path), the coarse grid
+    from zeros as scikit-learn does. Runs that drew the same training rows (every run, when a class
+    has no more images than the shot count -- Mini-Beyond's 16 train images at 16 shots) share their
+    fits: a fit depends on the rows and C only, so it is done once. Labels are mapped to the sorted
+    classes of the train split, as scikit-learn's ``classes_``; a val/test label outside them is never
+    predicted.
+    """
+
+    def __init__(self, feats: Dict[str, FeatureSplit], samples: Sequence[Tuple[np.ndarray, np.ndarray]],
+                 device: torch.device, max_iter: int = 1000, tol: float = 1e-4) -> None:
+        train, val = feats["train"], feats["val"]
+        self.classes = np.unique(train.y)
+        self.device, self.max_iter, self.tol = device, int(max_iter), float(tol)
+        # one training set per distinct row sample; run r fits training set set_of[r]
+        distinct: Dict[bytes, int] = {}
+        self.set_of = [distinct.setdefault(np.asarray(tr).tobytes(), len(distinct)) for tr, _ in samples]
+        first = {s: r for r, s in reversed(list(enumerate(self.set_of)))}
+        self.x_tr, self.y_tr, self.w_tr = self._pad(train, [samples[first[s]][0] for s in range(len(distinct))])
+        self.x_va, _, _ = self._pad(val, [va for _, va in samples])
+        self.val_rows = [va for _, va in samples]
+        self.val_y = val.y
+        self.thetas: Dict[Tuple[int, float], torch.Tensor] = {}
+
+    def _labels(self, y: np.ndarray) -> np.ndarray:
+        pos = np.searchsorted(self.classes, y).clip(0, len(self.classes) - 1)
+        return np.where(self.classes[pos] == y, pos, -1)
+
+    def _pad(self, split: FeatureSplit, rows: Sequence[np.ndarray]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = max(len(r) for r in rows)
+        x = np.zeros((len(rows), n, split.x.shape[1]), dtype=np.float32)
+        y = np.zeros((len(rows), n), dtype=np.int64)
+        w = np.zeros((len(rows), n), dtype=np.float32)
+        for i, r in enumerate(rows):
+            x[i, :len(r)], w[i, :len(r)] = split.x[r], 1.0
+            y[i, :len(r)] = self._labels(split.y[r]).clip(min=0)
+        return (torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device),
+                torch.from_numpy(w).to(self.device))
+
+    def _start(self, train_set: int, log_c: float) -> Optional[torch.Tensor]:
+        fitted = [lc for (s, lc) in self.thetas if s == train_set]
+        if not fitted:
+            return None
+        return self.thetas[(train_set, min(fitted, key=lambda lc: (abs(lc - log_c), lc)))]
+
+    def theta(self, run: int, log_c: float) -> torch.Tensor:
+        """The fitted classifier of ``run`` at ``log10 C``."""
+        return self.thetas[(self.set_of[run], log_c)]
+
+    def predict(self, theta: torch.Tensor, x: np.ndarray) -> np.ndarray:
+        """Labels (in the split's label space) of ``theta [D+1, K]`` on rows ``x [N, D]``."""
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        return self.classes[logreg.predict(xt.unsqueeze(0), theta.unsqueeze(0))[0].cpu().numpy()]
+
+    def evaluate_many(self, pairs: List[Tuple[int, float]]) -> List[float]:
+        todo = list(dict.fromkeys((self.set_of[r], lc) for r, lc in pairs
+                                  if (self.set_of[r], lc) not in self.thetas))
+        if todo:
+            idx = torch.tensor([s for s, _ in todo], device=self.device)
+            c = torch.tensor([10.0 ** lc for _, lc in todo], dtype=torch.float32, device=self.device)
+            starts = [self._start(s, lc) for s, lc in todo]
+            init = None
+            if any(st is not None for st in starts):
+                zero = torch.zeros(self.x_tr.shape[-1] + 1, len(self.classes), device=self.device)
+                init = torch.stack([zero if st is None else st for st in starts])
+            problems = logreg.Problems(self.x_tr[idx], self.y_tr[idx], self.w_tr[idx], len(self.classes))
+            theta, _ = logreg.fit(problems, c, init, max_iter=self.max_iter, tol=self.tol)
+            for i, key in enumerate(todo):
+                self.thetas[key] = theta[i]
+        runs = [r for r, _ in pairs]
+        x_va = self.x_va[torch.tensor(runs, device=self.device)]
+        stacked = torch.stack([self.theta(r, lc) for r, lc in pairs])
+        preds = self.classes[logreg.predict(x_va, stacked).cpu().numpy()]
+        accs = []
+        for i, r in enumerate(runs):
+            va = self.val_rows[r]
+            accs.append(float(np.mean(preds[i, :len(va)] == self.val_y[va]) * 100.0))
+        return accs
+
+
+def probe_runs_torch(feats: Dict[str, FeatureSplit], shots: int, seeds: Sequence[int], num_step: int,
+                     device: Optional[torch.device] = None) -> List[Dict[str, float]]:
+    """:func:`probe_run` for all ``seeds`` at once with the batched solver (same samples, same search)."""
+    samples = [_samples(feats, shots, r) for r in seeds]
+    fits = BatchedFits(feats, samples, device or default_device())
+    best = search_c_many(fits.evaluate_many, len(seeds), num_step)
+    test = feats["test"]
+    out = []
+    for i, (log_c, val_acc) in enumerate(best):
+        pred = fits.predict(fits.theta(i, log_c), test.x)
+        out.append({"accuracy": float(np.mean(pred == test.y) * 100.0), "c": 10.0 ** log_c,
+                    "val_accuracy": float(val_acc), "n_train": int(len(samples[i][0])),
+                    "n_val": int(len(samples[i][1]))})
+    return out
+
+
+def probe_runs(feats: Dict[str, FeatureSplit], shots: int, seeds: Sequence[int], num_step: int,
+               solver: str = "torch", device: Optional[torch.device] = None) -> List[Dict[str, float]]:
+    """Every run of one shot count with ``solver`` (``torch``: batched; ``sklearn``: the reference)."""
+    if solver == "sklearn":
+        return [probe_run(feats, shots, r, num_step) for r in seeds]
+    if solver == "torch":
+        return probe_runs_torch(feats, shots, seeds, num_step, device)
+    raise ValueError(f"unknown solver {solver!r}; choose from {SOLVERS}")
+
+
 def _nan_to_none(value: float) -> Optional[float]:
     """JSON has no NaN: an undefined spread (one run) is written as null."""
     return None if math.isnan(value) else float(value)
 
 
 def linear_probe(
-    feats: Dict[str, FeatureSplit], shots: Sequence[int], num_run: int, num_step: int
+    feats: Dict[str, FeatureSplit], shots: Sequence[int], num_run: int, num_step: int,
+    solver: str = "torch", device: Optional[torch.device] = None,
 ) -> Dict[str, Dict[str, Any]]:
-    """Per K: mean / sample std (ddof 1, :func:`dassl.results.sample_std`) / per-run accuracies and
-    the chosen C of each run."""
+    """Per K: mean / sample std (ddof 1, :func:`dassl.results.sample_std`; None for one run) / per-run
+    accuracies and the chosen C of each run."""
     out: Dict[str, Dict[str, Any]] = {}
     seeds = list(range(1, int(num_run) + 1))
     for k in shots:
-        runs = [probe_run(feats, int(k), r, num_step) for r in seeds]
+        runs = probe_runs(feats, int(k), seeds, num_step, solver, device)
         accs = np.array([r["accuracy"] for r in runs])
+        std = _nan_to_none(results_contract.sample_std(accs))
         out[str(int(k))] = {
             "shots": int(k),
             "accuracy_mean": float(accs.mean()),
-            "accuracy_std": _nan_to_none(results_contract.sample_std(accs)),
+            "accuracy_std": std,
             "accuracies": [float(a) for a in accs],
             "c": [float(r["c"]) for r in runs],
             "val_accuracies": [float(r["val_accuracy"]) for r in runs],
             "n_train": [int(r["n_train"]) for r in runs],
             "seeds": seeds,
         }
-        logger.info("K=%d: accuracy %.2f%% ± %.2f (sample std) over %d runs (C median %.3g)", int(k),
-                    accs.mean(), results_contract.sample_std(accs), len(runs),
-                    float(np.median([r["c"] for r in runs])))
+        logger.info("K=%d: accuracy %.2f%% ± %s (sample std) over %d runs (C median %.3g)", int(k), accs.mean(),
+                    "-" if std is None else f"{std:.2f}", len(runs), float(np.median([r["c"] for r in runs])))
     return out
 
 
@@ -275,14 +483,15 @@ def csv_rows(results: Dict[str, Dict[str, Any]], dataset: str, sub_classes: str,
 
 
 def probe_fingerprint(feature_dir: str, dataset: str, sub_classes: str, shots: Sequence[int], num_run: int,
-                      num_step: int, normalized: bool) -> Dict[str, Any]:
-    """The probe's run fingerprint (dassl.results): its settings plus the content of the feature files
-    it reads (which embody backbone, weights, transform and split). ``scripts.sweep`` compares it with
-    a finished probe's results.json before skipping it."""
+                      num_step: int, normalized: bool, solver: str = "torch") -> Dict[str, Any]:
+    """The probe's run fingerprint (dassl.results): its settings (the solver too: the two solvers agree
+    to a few tenths of a point, not bit for bit) plus the content of the feature files it reads (which
+    embody backbone, weights, transform and split). ``scripts.sweep`` compares it with a finished
+    probe's results.json before skipping it."""
     config = {
         "method": "linear_probe", "dataset": dataset, "sub_classes": sub_classes,
         "shots": [int(k) for k in shots], "num_run": int(num_run), "num_step": int(num_step),
-        "features": "normalized" if normalized else "raw", "coarse_grid": list(COARSE_GRID),
+        "features": "normalized" if normalized else "raw", "coarse_grid": list(COARSE_GRID), "solver": solver,
     }
     paths = check_features(feature_dir, dataset, sub_classes)
     data = {split: content_identity(path)["sha256"] for split, path in paths.items()}
@@ -304,7 +513,7 @@ def write_results(output_dir: str, payload: Dict[str, Any], rows: List[Dict[str,
 
 # ---------------------------------------------------------------------- CLI
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m lpclip.linear_probe", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python lpclip/linear_probe.py", description=__doc__.split("\n")[0])
     p.add_argument("--feature-dir", "--feature_dir", dest="feature_dir", default="clip_feat",
                    help="the --output-dir given to lpclip.feat_extractor")
     p.add_argument("--dataset", required=True, help="DATASET.NAME, e.g. Animals92_42")
@@ -320,6 +529,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     group.add_argument("--normalized", dest="normalized", action="store_true",
                        help="L2-normalised features")
     p.set_defaults(normalized=False)
+    p.add_argument("--solver", choices=SOLVERS, default="torch",
+                   help="torch: batched L-BFGS, all runs and C values of a stage at once (default); "
+                        "sklearn: the reference's one-fit-at-a-time LogisticRegression")
+    p.add_argument("--device", default="", help="torch solver's device (default: the GPU when available)")
     args = p.parse_args(argv)
     if args.num_run < 1 or args.num_step < 0 or any(k < 1 for k in args.shots):
         p.error("--num-run must be >= 1, --num-step >= 0 and every shot count >= 1")
@@ -331,15 +544,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        device = torch.device(args.device) if args.device else None
+    except RuntimeError as err:
+        print(f"error: --device {args.device!r}: {err}", file=sys.stderr)
+        return 2
+    if device is not None and device.type == "cuda" and not torch.cuda.is_available():
+        print(f"error: --device {args.device}: torch sees no CUDA device; leave --device out to use the CPU",
+              file=sys.stderr)
+        return 2
+    try:
         feats = load_features(args.feature_dir, args.dataset, args.sub_classes, args.normalized)
-    except MissingFeaturesError as err:
+    except FeatureError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     features = "normalized" if args.normalized else "raw"
     logger.info("%s/%s: train %d, val %d, test %d rows, D=%d, %s features", args.dataset, args.sub_classes,
                 len(feats["train"].y), len(feats["val"].y), len(feats["test"].y), feats["train"].x.shape[1],
                 features)
-    results = linear_probe(feats, args.shots, args.num_run, args.num_step)
+    results = linear_probe(feats, args.shots, args.num_run, args.num_step, args.solver, device)
     output_dir = args.output_dir or osp.join(args.feature_dir, args.dataset, args.sub_classes, "linear_probe")
     payload = {
         "method": "Linear probe",
@@ -351,13 +573,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "num_step": args.num_step,
         "seeds": list(range(1, args.num_run + 1)),
         "coarse_grid": list(COARSE_GRID),
+        "solver": args.solver,
+        "std": results_contract.STD_CONVENTION.replace("over seeds", "over runs"),
         "shots": results,
     }
     fp = probe_fingerprint(args.feature_dir, args.dataset, args.sub_classes, args.shots, args.num_run,
-                           args.num_step, args.normalized)
-    json_path, csv_path = write_results(output_dir, payload,
-                                        csv_rows(results, args.dataset, args.sub_classes, features, args.num_step), fp)
-    print(f"accuracy: mean ± {results_contract.STD_CONVENTION.replace('over seeds', 'over runs')}")
+                           args.num_step, args.normalized, args.solver)
+    try:
+        json_path, csv_path = write_results(output_dir, payload,
+                                            csv_rows(results, args.dataset, args.sub_classes, features, args.num_step),
+                                            fp)
+    except WriteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"accuracy (%): mean ± {results_contract.STD_CONVENTION.replace('over seeds', f'over {args.num_run} runs')}")
     for res in results.values():
         spread = "-" if res["accuracy_std"] is None else f"{res['accuracy_std']:.2f}"
         print(f"K={res['shots']:>2}: {res['accuracy_mean']:.2f} ± {spread}")

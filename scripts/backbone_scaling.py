@@ -18,15 +18,19 @@ device (no weights, no memory, no download). Writes ``<figure>.png``, ``<figure>
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import argparse
 import json
 import logging
 import math
 import os
 import re
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from scripts.sweep import Job, RunConflict, fsnl_opts, merge_opts, run_jobs, split_done, trainer_config

@@ -10,12 +10,16 @@ map, the same Hungarian matching as the ``ClusteringAccuracy`` evaluator). Write
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import argparse
 import json
 import logging
 import math
-import sys
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np

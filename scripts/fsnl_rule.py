@@ -10,8 +10,13 @@ truncated to 8 decimals (``.00013906`` for Pokemon 1-shot, where the rule gives 
 """
 from __future__ import annotations
 
-import argparse
 import sys
+from pathlib import Path
+
+if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
 from typing import List, Optional, Tuple
 
 __all__ = ["BASE_BATCH_SIZE", "BASE_LR", "MAX_SHOTS_PER_BATCH", "fsnl_bs_lr", "format_lr", "fsnl_rule_for", "main"]

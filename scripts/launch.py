@@ -33,17 +33,21 @@ side by side, one per GPU, scales perfectly with no communication at all.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import argparse
 import logging
 import os
 import queue
 import shlex
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence, TextIO, Tuple
 
 from dassl import results

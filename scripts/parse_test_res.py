@@ -43,6 +43,12 @@ spread is the sample standard deviation over seeds (ddof 1) or, with ``--ci``, t
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import argparse
 import csv
 import io
@@ -50,9 +56,7 @@ import json
 import logging
 import math
 import re
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 

@@ -9,9 +9,14 @@ as tight as the IP ones. Writes ``<out>.png`` and ``<out>.pdf`` (matplotlib, Agg
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import argparse
 import logging
-import sys
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np

@@ -10,10 +10,14 @@ draws one pair of bars (OOP, IP; mean over seeds) per domain plus their average.
 """
 from __future__ import annotations
 
-import argparse
-import math
 import sys
 from pathlib import Path
+
+if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from scripts.parse_test_res import ZEROSHOT_SHOTS, GroupSummary

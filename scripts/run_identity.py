@@ -15,11 +15,16 @@ version is compared only with ``match_code`` (see ``dassl.results``).
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import argparse
 import os
 import os.path as osp
 import shlex
-import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 import train
@@ -73,7 +78,7 @@ def command_fingerprint(argv: Sequence[str], cwd: Optional[str] = None) -> Optio
     if _module(argv) == "lpclip.linear_probe":
         a = linear_probe.parse_args(list(argv[3:]))
         return linear_probe.probe_fingerprint(_abs(a.feature_dir, workdir), a.dataset, a.sub_classes, a.shots,
-                                              a.num_run, a.num_step, a.normalized)
+                                              a.num_run, a.num_step, a.normalized, a.solver)
     return None
 
 

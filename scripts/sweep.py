@@ -23,14 +23,18 @@ module runs them.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import argparse
 import logging
 import os
 import shlex
 import subprocess
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from benchmarks import common, eval_throughput, fsnl_step, prompt_building, run_all
+from benchmarks import linear_probe as linear_probe_bench
 
 
 def tiny_args(tmp_path, name):
@@ -105,6 +106,10 @@ def test_fsnl_step_smoke(tmp_path, capsys):
     assert rows["ours, online"]["breakdown_s"]["image encoder"] > 0
     assert data["lengths"]["class_prompt_length"] < data["lengths"]["context_length"] == 77
     assert len(data["targets"]) == 3 + ("ours, cached, bf16 autocast" in rows)  # bf16 mode where the CPU has it
+    # Work counts: the baseline does the most; prefix reuse + length buckets cut the cached step's work.
+    flops = {mode: row["gemm_flops"]["total"] for mode, row in rows.items()}
+    assert flops["reference-style"] > flops["ours, online"] > flops["ours, cached"] > 0
+    assert flops["ours, cached"] < flops["ours, cached, plain truncation"]
     ops = data["profile"]
     assert 0 < len(ops) <= 5 and "Profile of one extra" in printed
     assert [o["self_s"] for o in ops] == sorted((o["self_s"] for o in ops), reverse=True)
@@ -138,3 +143,19 @@ def test_run_all_assembles_sections():
     assert "## fsnl_step" in text and "| a |" in text and "(12 s)" in text
     assert "FAILED (exit 3)" in text and "boom" in text
     assert info["cpu"] in text and "1.5 min" in text
+
+
+def test_linear_probe_benchmark_smoke(tmp_path, capsys):
+    """Both solvers ran the same protocol on the same samples; the reported totals and ratio add up."""
+    result = linear_probe_bench.main(tiny_args(tmp_path, "lp"))
+    printed = capsys.readouterr().out
+    assert "| shots | sklearn | torch (batched) | ratio |" in printed and "Target: ratio >= 20x" in printed
+    data = json.loads((tmp_path / "lp.json").read_text())
+    assert [r["shots"] for r in data["rows"]] == [1, 2]
+    for row in data["rows"]:
+        assert len(row["sklearn_times"]) == len(row["torch_times"]) == 2
+        assert row["sklearn_s"] == statistics.median(row["sklearn_times"])
+        assert row["sklearn_accuracy"] == pytest.approx(statistics.mean(row["sklearn_accuracies"]))
+        assert row["difference_pt"] == pytest.approx(row["torch_accuracy"] - row["sklearn_accuracy"])
+    assert data["ratio"] == pytest.approx(data["sklearn_total_s"] / data["torch_total_s"])
+    assert result["max_difference_pt"] == max(abs(r["difference_pt"]) for r in data["rows"])

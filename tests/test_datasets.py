@@ -356,7 +356,7 @@ def test_label_gap_reports_missing_labels(toy):
     with pytest.raises(DatasetError) as err:
         build_dataset(dataset_cfg(toy))
     msg = str(err.value)
-    assert str(path) in msg and "contiguous" in msg and "missing: [2, 3]" in msg
+    assert str(path) in msg and "contiguous" in msg and "missing: 2..3" in msg
 
 
 def test_label_with_two_classnames(toy):

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not WEIGHTS.is_file(), reason="mini CLIP weights
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from tools.mini_beyond_demo import build_domains, demo_jobs, run_jobs_in_process
+    from tools.mini_beyond.demo import build_domains, demo_jobs, run_jobs_in_process
 
     tmp = tmp_path_factory.mktemp("golden")
     root, out = tmp / "data", tmp / "out"

@@ -79,6 +79,7 @@ CONFIG_CASES = [
     (("TRAINER.FSNL.PREC", "fp8"), ["TRAINER.FSNL.PREC", "fp8"]),
     (("TRAINER.FSNL.LOSS", "nope"), ["TRAINER.FSNL.LOSS", "nope"]),
     (("TRAINER.FSNL.ABSENT_CLASSES", "some"), ["TRAINER.FSNL.ABSENT_CLASSES"]),
+    (("TRAINER.FSNL.NAME_MATCHING", "regex"), ["TRAINER.FSNL.NAME_MATCHING", "'regex'", "fixed"]),
     (("INPUT.SIZE", "(64, 64)"), ["INPUT.SIZE", "[32, 32]"]),
     (("INPUT.SIZE", "(32,)"), ["INPUT.SIZE"]),
     (("INPUT.TRANSFORMS", "['random_flip', 'nope']"), ["INPUT.TRANSFORMS", "nope"]),

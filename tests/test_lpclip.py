@@ -142,6 +142,9 @@ def test_probe_picks_the_c_with_the_best_val_accuracy():
     assert run["c"] == pytest.approx(1e5)
 
 
+FINGERPRINT = json.dumps({"weights": {"kind": "tag", "model": "toy", "tag": "t"}, "model": "toy"})
+
+
 def write_features(root, dataset="Toy9_9", sub="IP", train_counts=(8, 2, 8), drop=()):
     feats = separable_features(train_counts)
     for split, fs in feats.items():
@@ -151,7 +154,7 @@ def write_features(root, dataset="Toy9_9", sub="IP", train_counts=(8, 2, 8), dro
         os.makedirs(osp.dirname(path), exist_ok=True)
         norm = fs.x / np.linalg.norm(fs.x, axis=1, keepdims=True)
         np.savez(path, features=norm, features_raw=fs.x, labels=fs.y, image_ids=fs.image_ids,
-                 classnames=np.array(fs.classnames))
+                 classnames=np.array(fs.classnames), fingerprint=np.array(FINGERPRINT))
     return feats
 
 
@@ -256,5 +259,226 @@ def test_extractor_views_are_augmented_copies(extractor_env):
     assert data["labels"][:n].tolist() == data["labels"][n:].tolist()
     assert not np.allclose(data["features_raw"][:n], data["features_raw"][n:])  # different augmentations
     # and the probe reads exactly this layout
-    feats = lp.load_split(str(out / "Animals92_42" / "OOP" / "train.npz"), normalized=True)
+    feats, _ = lp.load_split(str(out / "Animals92_42" / "OOP" / "train.npz"), normalized=True)
     np.testing.assert_array_equal(feats.x, data["features"])
+
+
+# ---------------------------------------------------------------------------- hostile feature files
+
+
+def probe_cli(root, capsys, *extra):
+    rc = lp.main(["--feature-dir", str(root), "--dataset", "Toy9_9", "--sub-classes", "IP", "--shots", "1",
+                  "--num-run", "2", "--num-step", "1", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    return rc, err
+
+
+def test_truncated_feature_file_is_one_error_line_naming_it(tmp_path, capsys):
+    write_features(str(tmp_path))
+    path = tmp_path / "Toy9_9" / "IP" / "val.npz"
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])
+    rc, err = probe_cli(tmp_path, capsys)
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and str(path) in err[0]
+    assert "Traceback" not in err[0]
+    assert path.read_bytes() == blob[: len(blob) // 2]  # nothing deleted or rewritten
+    assert not (tmp_path / "Toy9_9" / "IP" / "linear_probe").exists()
+
+
+@pytest.mark.parametrize("dropped", ["features_raw", "fingerprint"])
+def test_feature_file_without_a_needed_array_is_one_error_line(tmp_path, capsys, dropped):
+    write_features(str(tmp_path))
+    path = tmp_path / "Toy9_9" / "IP" / "test.npz"
+    with np.load(path, allow_pickle=False) as data:
+        kept = {k: data[k] for k in data.files if k != dropped}
+    np.savez(path, **kept)
+    rc, err = probe_cli(tmp_path, capsys)
+    assert rc == 2 and len(err) == 1 and str(path) in err[0] and repr(dropped) in err[0]
+
+
+def test_splits_of_different_backbones_are_refused(tmp_path, capsys):
+    write_features(str(tmp_path))
+    path = tmp_path / "Toy9_9" / "IP" / "val.npz"
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    other = json.loads(FINGERPRINT)
+    other["weights"]["tag"] = "other"
+    arrays["fingerprint"] = np.array(json.dumps(other))
+    np.savez(path, **arrays)
+    rc, err = probe_cli(tmp_path, capsys)
+    assert rc == 2 and len(err) == 1 and "different backbones" in err[0] and str(path) in err[0]
+    assert '"tag": "other"' in err[0]  # the differing field is named
+
+
+def test_separate_unseeded_random_extractions_are_refused_seeded_ones_agree(extractor_env, capsys):
+    """The reported case (issue 12): three calls with random weights and no --seed drew three backbones."""
+    from lpclip import feat_extractor as fe
+
+    root, _, out = extractor_env
+    tiny = ["--dataset", "Animals92_42", "--root", root, "--config-file", SMOKE_CFG]
+    for split in lp.SPLITS:
+        assert fe.main([*tiny, "--output-dir", str(out / "unseeded"), "--split", split]) == 0
+    rc = lp.main(["--feature-dir", str(out / "unseeded"), "--dataset", "Animals92_42", "--shots", "1",
+                  "--num-run", "1", "--num-step", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "different backbones" in err[0] and "parameters_sha256" in err[0]
+
+    # with --seed the random init is reproducible: separate calls give the features of one call
+    for split in lp.SPLITS:
+        assert fe.main([*tiny, "--output-dir", str(out / "seeded"), "--split", split, "--seed", "3"]) == 0
+    assert fe.main([*tiny, "--output-dir", str(out / "joint"), "--seed", "3"]) == 0
+    for split in lp.SPLITS:
+        a = np.load(out / "seeded" / "Animals92_42" / "OOP" / f"{split}.npz", allow_pickle=False)
+        b = np.load(out / "joint" / "Animals92_42" / "OOP" / f"{split}.npz", allow_pickle=False)
+        np.testing.assert_array_equal(a["features_raw"], b["features_raw"])
+        assert str(a["fingerprint"]) == str(b["fingerprint"])
+    assert lp.main(["--feature-dir", str(out / "seeded"), "--dataset", "Animals92_42", "--shots", "1",
+                    "--num-run", "2", "--num-step", "1"]) == 0
+
+
+def test_extractor_mistakes_are_one_line_before_writing(extractor_env, capsys):
+    from lpclip import feat_extractor as fe
+
+    root, _, out = extractor_env
+    cases = [
+        (["--dataset", "Animals92_43"], "Animals92_43"),
+        (["--dataset", "Animals92_42", "DATASET.NOPE", "1"], "DATASET.NOPE"),
+        (["--dataset", "Animals92_42", "INPUT.SIZE", "(64, 64)"], "INPUT.SIZE"),
+    ]
+    for extra, named in cases:
+        rc = fe.main(["--root", root, "--output-dir", str(out), "--config-file", SMOKE_CFG, *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and named in err[0], err
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------- the batched solver
+
+
+def gaussian_problem(classes=8, dim=12, per_class=(16, 4, 10), spread=1.5, seed=0):
+    rng = np.random.default_rng(seed)
+    means = rng.standard_normal((classes, dim)) * 3.0
+    out = {}
+    for split, n in zip(lp.SPLITS, per_class):
+        y = np.repeat(np.arange(classes), n)
+        x = means[y] + spread * rng.standard_normal((len(y), dim))
+        out[split] = lp.FeatureSplit(x.astype(np.float32), y, np.arange(len(y)), [f"c{i}" for i in range(classes)])
+    return out
+
+
+@pytest.mark.parametrize("c", [1e2, 1.0, 1e-2])
+def test_batched_fit_reaches_sklearns_optimum(c):
+    """Independent computation: scikit-learn's fit of the same data and C; same objective value
+    (sklearn's scaling: mean cross-entropy + |W|²/(2Cn)), same predictions."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from lpclip import logreg
+
+    feats = gaussian_problem()
+    x, y = feats["train"].x, feats["train"].y
+    ref = LogisticRegression(C=c, solver="lbfgs", max_iter=1000, tol=1e-8).fit(x.astype(np.float64), y)
+    problems = logreg.Problems(torch.from_numpy(x)[None], torch.from_numpy(y)[None], torch.ones(1, len(y)), 8)
+    theta, n_iter = logreg.fit(problems, torch.tensor([c]), tol=1e-6)
+    ref_theta = torch.tensor(np.vstack([ref.coef_.T, ref.intercept_[None]]), dtype=torch.float32)[None]
+    inv_reg = torch.tensor([1.0 / (c * len(y))])
+    ours, _ = logreg.loss_and_grad(problems, theta, inv_reg)
+    theirs, _ = logreg.loss_and_grad(problems, ref_theta, inv_reg)
+    # sklearn's own objective at its solution (float64), recomputed independently of loss_and_grad
+    z = x.astype(np.float64) @ ref.coef_.T + ref.intercept_
+    z -= z.max(axis=1, keepdims=True)
+    nll = -(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(axis=1)))
+    objective = nll.mean() + (ref.coef_ ** 2).sum() / (2 * c * len(y))
+    assert float(theirs) == pytest.approx(objective, rel=1e-5)
+    assert float(ours) <= objective * (1 + 1e-5) + 1e-6
+    xt = feats["test"].x
+    pred = logreg.predict(torch.from_numpy(xt)[None], theta)[0].numpy()
+    assert np.mean(pred == ref.predict(xt)) >= 0.99
+    assert int(n_iter) > 0
+
+
+def test_batched_problems_are_independent_and_padding_is_inert():
+    """Fitting problems together (with zero-weight padding rows) equals fitting each alone."""
+    import torch
+
+    from lpclip import logreg
+
+    feats = gaussian_problem()
+    x, y = torch.from_numpy(feats["train"].x), torch.from_numpy(feats["train"].y)
+    rows = [torch.arange(0, 128, 2), torch.arange(0, 40)]
+    n = max(len(r) for r in rows)
+    xb = torch.zeros(2, n, x.shape[1])
+    yb = torch.zeros(2, n, dtype=torch.long)
+    wb = torch.zeros(2, n)
+    for i, r in enumerate(rows):
+        xb[i, :len(r)], yb[i, :len(r)], wb[i, :len(r)] = x[r], y[r], 1.0
+    xb[1, 40:] = 1e3  # garbage in the padding must not matter
+    together, _ = logreg.fit(logreg.Problems(xb, yb, wb, 8), torch.tensor([1.0, 0.1]))
+    for i, r in enumerate(rows):
+        alone, _ = logreg.fit(logreg.Problems(x[r][None], y[r][None], torch.ones(1, len(r)), 8),
+                              torch.tensor([[1.0, 0.1][i]]))
+        torch.testing.assert_close(together[i], alone[0], rtol=1e-4, atol=1e-4)
+
+
+def test_torch_probe_agrees_with_sklearn_probe():
+    """The whole protocol (grid, bisection, 10 runs) with both solvers on one problem: same samples,
+    test accuracy within ±0.3 pt on the mean."""
+    import warnings
+
+    feats = gaussian_problem(classes=10, dim=16, spread=2.5)
+    seeds = list(range(1, 11))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for shots in (2, 8):
+            sk = lp.probe_runs(feats, shots, seeds, 8, "sklearn")
+            to = lp.probe_runs(feats, shots, seeds, 8, "torch")
+            assert [r["n_train"] for r in sk] == [r["n_train"] for r in to]
+            mean_sk = np.mean([r["accuracy"] for r in sk])
+            mean_to = np.mean([r["accuracy"] for r in to])
+            assert abs(mean_sk - mean_to) <= 0.3, (shots, mean_sk, mean_to)
+            assert 30.0 < mean_sk < 100.0  # a problem where C matters, not a trivial one
+
+
+def test_search_many_equals_the_single_run_search():
+    """The lockstep search of many runs takes the same decisions as each run searched alone."""
+    curves = [lambda lc: -abs(lc - 1.3), lambda lc: 50.0, lambda lc: -abs(lc + 3.7)]
+
+    def evaluate_many(pairs):
+        return [curves[r](lc) for r, lc in pairs]
+
+    many = lp.search_c_many(evaluate_many, 3, num_step=5)
+    for r, curve in enumerate(curves):
+        alone = lp.search_c(lambda c, f=curve: (f(math.log10(c)), None), num_step=5)
+        assert 10.0 ** many[r][0] == pytest.approx(alone.c) and many[r][1] == pytest.approx(alone.val_accuracy)
+
+
+def test_runs_with_the_same_training_rows_share_their_fits(monkeypatch):
+    """At shots >= images per class every run draws all rows: each (rows, C) is fitted once, and each
+    run's result is what it would be alone."""
+    from lpclip import logreg
+
+    feats = gaussian_problem(classes=6, dim=8, per_class=(4, 4, 6))
+    sizes = []
+    real_fit = logreg.fit
+
+    def counting_fit(problems, c, *args, **kwargs):
+        sizes.append(len(c))
+        return real_fit(problems, c, *args, **kwargs)
+
+    monkeypatch.setattr(logreg, "fit", counting_fit)
+    runs = lp.probe_runs(feats, 4, [1, 2, 3], 3, "torch")
+    assert sizes[0] == len(lp.COARSE_GRID)  # one training set, not three
+    alone = [lp.probe_runs(feats, 4, [r], 3, "torch")[0] for r in (1, 2, 3)]
+    for got, want in zip(runs, alone):
+        assert got["c"] == pytest.approx(want["c"]) and got["accuracy"] == pytest.approx(want["accuracy"])
+
+
+def test_unusable_device_is_one_error_line_before_loading(tmp_path, capsys):
+    import torch
+
+    write_features(str(tmp_path))
+    bad = ["nope"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in bad:
+        rc, err = probe_cli(tmp_path, capsys, "--device", device)
+        assert rc == 2 and len(err) == 1 and err[0].startswith("error: --device")
+    assert not (tmp_path / "Toy9_9" / "IP" / "linear_probe").exists()

@@ -10,7 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tools import mini_beyond as mb
+from tools.mini_beyond import build as mbb
+from tools.mini_beyond import common as mb
+from tools.mini_beyond import evaluate as mbe
+from tools.mini_beyond import pretrain as mbp
+from tools.mini_beyond import views as mbv
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "assets" / "mini_beyond"
@@ -135,17 +139,17 @@ def test_composite_is_premultiplied_over():
     rgba = np.zeros((2, 8, 8, 4), np.uint8)
     rgba[0, 2:6, 2:6] = (100, 50, 0, 200)  # premultiplied colour under alpha 200
     rgba[1] = (0, 0, 0, 0)
-    none = mb.AugStrength(zoom=(1, 1), aspect=0, translate=0, rotate_deg=0, flip_p=0, brightness=0,
+    none = mbv.AugStrength(zoom=(1, 1), aspect=0, translate=0, rotate_deg=0, flip_p=0, brightness=0,
                           contrast=0, saturation=0, blur_p=0, noise_max=0, gradient_p=0)
     bg = torch.tensor([[0.2, 0.4, 1.0], [1.0, 0.0, 0.5]])
-    out = mb.augment(mb.rgba_tensor(rgba), torch.Generator().manual_seed(0), none, background=bg)
+    out = mbv.augment(mbv.rgba_tensor(rgba), torch.Generator().manual_seed(0), none, background=bg)
     a = rgba[..., 3:4] / 255.0
     expect = rgba[..., :3] / 255.0 + (1 - a) * bg.numpy()[:, None, None, :]
     assert np.allclose(out.permute(0, 2, 3, 1).numpy(), expect, atol=1e-5)
 
 
 def test_batches_have_no_repeats():
-    it = mb._batches(10, 4, np.random.default_rng(0))
+    it = mbp._batches(10, 4, np.random.default_rng(0))
     counts = np.zeros(10, int)
     for _ in range(25):
         b = next(it)
@@ -179,8 +183,8 @@ def test_shipped_weights_load_into_mini_clip(assets):
 def test_logged_zero_shot_numbers_reproduce(assets):
     """Zero-shot on the Plants test views with the shipped weights equals what the log reports."""
     log = json.loads((ASSETS / mb.LOG_FILE).read_text(encoding="utf-8"))
-    model, tok = mb.create_mini_clip(ASSETS / mb.WEIGHTS_FILE)
-    res = mb.evaluate(model, tok, assets, domains=["Plants"], kmeans=False)["per_domain"]["Plants"]
+    model, tok = mbe.create_mini_clip(ASSETS / mb.WEIGHTS_FILE)
+    res = mbe.evaluate(model, tok, assets, domains=["Plants"], kmeans=False)["per_domain"]["Plants"]
     ref = log["eval"]["per_domain"]["Plants"]
     assert abs(res["zs_ip"] - ref["zs_ip"]) <= 2.0
     assert abs(res["zs_oop"] - ref["zs_oop"]) <= 2.0
@@ -195,7 +199,7 @@ def _load(path):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, assets):
     root = tmp_path_factory.mktemp("mini")
-    dirs = mb.build(root, train=3, val=1, test=2, domains=SMALL, assets=assets)
+    dirs = mbb.build(root, train=3, val=1, test=2, domains=SMALL, assets=assets)
     return root, dirs
 
 
@@ -251,7 +255,7 @@ def test_build_views_are_distinct(built):
 
 def test_build_is_deterministic_and_idempotent(built, assets, tmp_path):
     root, dirs = built
-    other = mb.build(tmp_path, train=3, val=1, test=2, domains=SMALL, assets=assets)
+    other = mbb.build(tmp_path, train=3, val=1, test=2, domains=SMALL, assets=assets)
     for a, b in zip(dirs, other):
         fa = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
         fb = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
@@ -260,12 +264,47 @@ def test_build_is_deterministic_and_idempotent(built, assets, tmp_path):
             assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     marker = other[0] / "split_fewshot"
     marker.mkdir()
-    mb.build(tmp_path, train=3, val=1, test=2, domains=SMALL, assets=assets)
+    mbb.build(tmp_path, train=3, val=1, test=2, domains=SMALL, assets=assets)
     assert marker.is_dir()  # same parameters: nothing rebuilt
-    again = mb.build(tmp_path, train=2, val=1, test=2, domains=SMALL, assets=assets)
+    again = mbb.build(tmp_path, train=2, val=1, test=2, domains=SMALL, assets=assets)
     assert not marker.exists()  # changed parameters: rebuilt from scratch
     split = _load(again[0] / f"split_Xin_{again[0].name}.json")
     assert len(split["train"]) == 2 * len(list((again[0] / "images").iterdir()))
+
+
+def _tree(path: Path) -> dict:
+    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_build_replaces_only_what_it_writes(assets, tmp_path):
+    """Issue 12: `build --domains X` (and the demo) deleted the other domains of the shared root.
+    Rebuilding one domain must leave the other byte-for-byte intact, few-shot caches included."""
+    dirs = mbb.build(tmp_path, train=2, val=1, test=1, domains=SMALL, assets=assets)
+    attire = [d for d in dirs if d.name.startswith("MiniAttire")]
+    cache = attire[0] / "split_fewshot" / "shot_1-seed_1-abc.json"
+    cache.parent.mkdir()
+    cache.write_text("{}")
+    mine = tmp_path / "my_notes.txt"
+    mine.write_text("not Mini-Beyond")
+    before = {d: _tree(d) for d in attire}
+    plants = mbb.build(tmp_path, train=3, val=1, test=1, domains=["Plants"], assets=assets)
+    assert {d: _tree(d) for d in attire} == before
+    assert mine.read_text() == "not Mini-Beyond"
+    split = _load(plants[0] / f"split_Xin_{plants[0].name}.json")
+    assert len(split["train"]) == 3 * len(list((plants[0] / "images").iterdir()))  # Plants was rebuilt
+    # The default (all domains) build keeps the finished Attire folders as they are, too.
+    mbb.build(tmp_path, train=2, val=1, test=1, domains=["Attire"], assets=assets)
+    assert {d: _tree(d) for d in attire} == before
+
+
+def test_build_refuses_folders_it_did_not_write(assets, tmp_path):
+    name = mbb.subset_dirname("Plants", "OOP", assets)
+    theirs = tmp_path / name / "images"
+    theirs.mkdir(parents=True)
+    (theirs / "keep.txt").write_text("user data")
+    with pytest.raises(FileExistsError, match=name):
+        mbb.build(tmp_path, train=2, val=1, test=1, domains=["Plants"], assets=assets)
+    assert (theirs / "keep.txt").read_text() == "user data"
 
 
 def test_mini_datasets_registered_and_loadable(built, assets):
@@ -293,7 +332,7 @@ def test_mini_datasets_registered_and_loadable(built, assets):
 
 def test_render_matches_shipped_arrays(assets):
     """Re-rendering reproduces the shipped pixels (needs the font and unicode-data packages)."""
-    from tools import mini_beyond_render as r
+    from tools.mini_beyond import render as r
 
     if not (r.EMOJI_TEST_TXT.is_file() and r.NOTO_EMOJI_TTF.is_file()):
         pytest.skip("fonts-noto-color-emoji / unicode-data not installed")
@@ -311,7 +350,7 @@ def test_pretraining_is_deterministic(assets):
                       assets.directory)
 
     def run(seed):
-        tr = mb._Pretrainer(small, seed=seed, batch_size=8, lr=1e-3, weight_decay=0.1, warmup_frac=0.5)
+        tr = mbp._Pretrainer(small, seed=seed, batch_size=8, lr=1e-3, weight_decay=0.1, warmup_frac=0.5)
         losses = [tr.step(s, 2) for s in range(2)]
         return losses, {k: v.clone() for k, v in tr.model.state_dict().items()}
 

@@ -6,7 +6,7 @@ import json
 from scripts.parse_test_res import build_table, collect
 from scripts.plot_curves import plot_curves
 from scripts.sweep import SweepSpec, build_jobs
-from tools.mini_beyond_demo import run_jobs_in_process
+from tools.mini_beyond.demo import run_jobs_in_process
 
 
 def test_sweep_table_plot_chain(toy_root, tmp_path):

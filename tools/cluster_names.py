@@ -20,11 +20,16 @@ printed as JSON.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import argparse
 import json
 import logging
 import os
-import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np

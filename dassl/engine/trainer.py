@@ -483,6 +483,17 @@ class SimpleTrainer(TrainerBase):
         self.build_data_loader()
         self.build_model()
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
+        self.check_cross_eval_data()
+
+    def check_cross_eval_data(self) -> None:
+        """Let the dataset validate the subsets the cross-evaluation will read, before any training.
+
+        Datasets opt in with a ``check_subsets(sub_classes)`` method (the LAION-Beyond loaders do).
+        """
+        check = getattr(self.dm.dataset, "check_subsets", None)
+        subsets = self.cross_eval_subsets()
+        if check is not None and subsets:
+            check(subsets)
 
     def check_cfg(self, cfg: Any) -> None:
         """Hook to reject configurations a trainer cannot run."""

@@ -8,6 +8,8 @@ from .logger import setup_logger
 from .meters import AverageMeter, MetricMeter
 from .registry import Registry, check_availability, closest_name
 from .tools import (
+    ImageNotFoundError,
+    UnreadableImageError,
     WriteError,
     atomic_write,
     atomic_write_text,
@@ -20,6 +22,7 @@ from .tools import (
     read_image,
     read_json,
     set_random_seed,
+    shown_path,
     tolist_if_not,
     write_error,
     write_json,
@@ -50,6 +53,9 @@ __all__ = [
     "mkdir_if_missing",
     "check_isfile",
     "read_image",
+    "shown_path",
+    "UnreadableImageError",
+    "ImageNotFoundError",
     "read_json",
     "write_json",
     "atomic_write_text",

@@ -11,6 +11,7 @@ import random
 import re
 import secrets
 import time
+import warnings
 import zlib
 from typing import IO, Any, Callable, Dict, List, Union
 
@@ -22,6 +23,9 @@ __all__ = [
     "mkdir_if_missing",
     "check_isfile",
     "read_image",
+    "shown_path",
+    "UnreadableImageError",
+    "ImageNotFoundError",
     "read_json",
     "write_json",
     "atomic_write",
@@ -58,12 +62,56 @@ def check_isfile(fpath: str) -> bool:
     return isfile
 
 
+def shown_path(path: Any) -> str:
+    """``path`` for a one-line message: as is when printable, else escaped (a newline in a file name
+    must not start a second, forged ``error:`` line)."""
+    text = os.fspath(path) if isinstance(path, os.PathLike) else str(path)
+    return text if text.isprintable() else ascii(text)
+
+
+class UnreadableImageError(OSError):
+    """An image file that cannot be decoded; the message names the path and the reason.
+
+    An ``OSError`` so DataLoader workers can re-raise it with its message (one-argument init).
+    """
+
+
+class ImageNotFoundError(UnreadableImageError, FileNotFoundError):
+    """The image path does not exist (or is a dangling symlink)."""
+
+
 def read_image(path: str) -> Image.Image:
-    """Open an image as RGB; a missing file raises an error that names it."""
+    """Open and fully decode an image as RGB, or raise an :class:`UnreadableImageError` naming it.
+
+    Empty, truncated or non-image files, folders and dangling symlinks all end in that one error
+    type (PIL raises half a dozen). Images above PIL's ``Image.MAX_IMAGE_PIXELS`` are refused before
+    decoding (PIL itself only warns below twice that limit): a decompression bomb must not take the
+    run's memory.
+    """
     if not osp.exists(path):
-        raise FileNotFoundError(f'Image not found: "{path}"')
-    with Image.open(path) as img:
-        return img.convert("RGB")
+        raise ImageNotFoundError(f'Image not found: "{shown_path(path)}"')
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                limit = Image.MAX_IMAGE_PIXELS
+                width, height = img.size
+                if limit is not None and width * height > limit:
+                    raise UnreadableImageError(
+                        f'Image "{shown_path(path)}" has {width}x{height} pixels, more than PIL.Image.MAX_IMAGE_PIXELS '
+                        f"({limit}): refused as a possible decompression bomb"
+                    )
+                return img.convert("RGB")
+    except UnreadableImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UnreadableImageError(
+            f'Image "{shown_path(path)}" refused as a possible decompression bomb (more than PIL.Image.MAX_IMAGE_PIXELS = '
+            f"{Image.MAX_IMAGE_PIXELS} pixels): {e}"
+        ) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        reason = " ".join((str(e) or type(e).__name__).split())
+        raise UnreadableImageError(f'Cannot decode image "{shown_path(path)}": {reason}') from None
 
 
 def read_json(fpath: str) -> Any:

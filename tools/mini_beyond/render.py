@@ -8,15 +8,31 @@ Pixel convention: the shipped RGBA is **premultiplied** (RGB already multiplied 
 ``rgb <= alpha`` everywhere). Compositing on a background colour ``bg`` is then
 ``out = rgb + (1 - alpha) * bg``, and resampling premultiplied pixels never bleeds the colour of
 fully transparent pixels into the glyph edge.
+
+Also writes the licence note and the split (``render`` and ``split`` sub-commands).
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .common import (
+    ASSETS_DIR,
+    META_FILE,
+    RGBA_FILE,
+    SPLIT_FILE,
+    Assets,
+    load_assets,
+    make_split,
+    oop_violations,
+    write_json_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +91,6 @@ def parse_emoji_test(path: Path = EMOJI_TEST_TXT) -> List[EmojiEntry]:
 
 
 def _render_one(font, text: str, canvas: Tuple[int, int]):
-    from PIL import Image, ImageDraw
-
     img = Image.new("RGBA", canvas, (0, 0, 0, 0))
     ImageDraw.Draw(img).text((8, 8), text, font=font, embedded_color=True)
     return img
@@ -94,8 +108,6 @@ def render_emoji(
     ZWJ sequence the font lacks, or Pillow without raqm, lays out several side-by-side glyphs);
     it is dropped rather than shipped as a misleading image.
     """
-    from PIL import Image, ImageFont
-
     font = ImageFont.truetype(str(font_path), NOTO_BITMAP_SIZE)
     one_glyph = font.getlength("\U0001F600")
     out: List[np.ndarray] = []
@@ -134,3 +146,50 @@ def entries_to_meta(entries: Sequence[EmojiEntry]) -> List[Dict[str, object]]:
         rec["codepoints"] = list(e.codepoints)
         meta.append(rec)
     return meta
+
+
+LICENSE_TEXT = """# Mini-Beyond assets: licences
+
+* `emoji_rgba64.npz` holds 64x64 renders of the emoji images of the **Noto Color Emoji** font
+  (Debian package `fonts-noto-color-emoji`, file `NotoColorEmoji.ttf`), produced by
+  `python -m tools.mini_beyond render`. The renders are derived from the font: the font is
+  licensed under the **SIL Open Font License 1.1** (OFL-1.1) and the emoji images in it under the
+  **Apache License 2.0** (https://github.com/googlefonts/noto-emoji). The renders are shipped
+  under the Apache License 2.0.
+* `emoji_meta.json` and the class names in `split.json` come from `emoji-test.txt` of the Unicode
+  Character Database (Debian package `unicode-data`, Emoji 15.0), (c) Unicode, Inc., used under the
+  **Unicode License** (https://www.unicode.org/license.txt).
+* `mini_clip.safetensors` and `pretrain_log.json` are produced by this repository
+  (`python -m tools.mini_beyond pretrain`) from the data above and are under the repository's licence.
+
+Pixel convention: RGB is premultiplied by alpha (composite with `rgb + (1 - alpha) * background`).
+"""
+
+
+def write_assets(directory: Path = ASSETS_DIR, seed: int = 0) -> Assets:
+    """Render the emoji, write the arrays, the metadata, the licence note and the split."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    entries = parse_emoji_test()
+    rgba, kept = render_emoji(entries)
+    meta = entries_to_meta([entries[i] for i in kept])
+    np.savez_compressed(directory / RGBA_FILE, rgba=rgba)
+    write_json_file(directory / META_FILE, meta)
+    (directory / "LICENSE.md").write_text(LICENSE_TEXT, encoding="utf-8")
+    write_split(directory, seed)
+    log.info("rendered %d emoji into %s", len(meta), directory)
+    return load_assets(directory)
+
+
+def write_split(directory: Path = ASSETS_DIR, seed: int = 0) -> Dict[str, object]:
+    meta = json.loads((Path(directory) / META_FILE).read_text(encoding="utf-8"))
+    split = make_split(meta, seed=seed)
+    bad = oop_violations(meta, split, plurals=True)
+    if bad:
+        raise RuntimeError(f"OOP guarantee violated: {bad[:5]}")
+    write_json_file(Path(directory) / SPLIT_FILE, split)
+    for name, dom in split["domains"].items():
+        log.info("%s: %d OOP / %d IP", name, len(dom["oop"]), len(dom["ip"]))
+    return split
+
+

@@ -1,4 +1,4 @@
-"""The README's main job: Mini-Beyond end to end on a CPU, in a few minutes.
+"""``demo``: the README's main job, Mini-Beyond end to end on a CPU, in a few minutes.
 
     python -m tools.mini_beyond demo [--root data/mini_beyond] [--out output/mini_beyond_demo]
 
@@ -9,19 +9,38 @@
    the accuracy-vs-shots figure.
 
 The runs execute in this process (``train.main``), which saves a few seconds of imports per run.
+
+The Mini-Beyond recipe lives here and only here: the ``mini_cpu`` configs (:data:`MINI_CONFIG`) plus
+FSNL's epochs and LR factor (:data:`FSNL_EPOCHS`, :data:`FSNL_LR_SCALE`), applied by
+:func:`demo_jobs`, which the demo, the golden numbers and the full comparison all use.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import io
 import logging
 import os
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from dassl import results
+import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+import train
+from dassl import results
+from scripts.domains import count_classes, short_name
+from scripts.fsnl_rule import format_lr, fsnl_bs_lr
+from scripts.parse_test_res import collect
+from scripts.parse_test_res import main as parse_main
+from scripts.plot_curves import main as plot_main
+from scripts.plot_curves import plot_curves
+from scripts.sweep import SweepSpec, build_jobs, split_done
+
+from .build import build
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DOMAINS = ("MiniAnimals", "MiniFood", "MiniPlants", "MiniAttire", "MiniTransport")
 #: Per-method config under ``configs/trainers/<trainer>/`` sized for a CPU and the 64-px mini CLIP.
 MINI_CONFIG = "mini_cpu"
@@ -31,8 +50,6 @@ logger = logging.getLogger(__name__)
 
 def build_domains(root: str, domains: Sequence[str]) -> None:
     """Build the given registered Mini-Beyond datasets (``MiniAnimals`` → builder domain ``Animals``)."""
-    from tools.mini_beyond import build
-
     build(Path(root), domains=[d[len("Mini"):] if d.startswith("Mini") else d for d in domains])
 
 
@@ -41,13 +58,6 @@ def run_jobs_in_process(jobs: Sequence, quiet: bool = True) -> List[str]:
 
     With ``quiet`` each run's log goes only to its ``log.txt`` and one summary line is printed.
     """
-    import contextlib
-    import importlib
-    import io
-
-    import train
-    from scripts.sweep import split_done
-
     pending, done = split_done(jobs, cwd=os.fspath(REPO_ROOT))
     print(f"{len(pending)} run(s) to do, {len(done)} already finished", flush=True)
     failed = []
@@ -82,10 +92,6 @@ FSNL_LR_SCALE = 8.0
 def demo_jobs(root: str, out: str, domains: Sequence[str], shots: Sequence[int], seeds: Sequence[int],
               methods: Sequence[str] = ("zeroshot", "fsnl"), extra_opts: Sequence[str] = ()) -> list:
     """Sweep jobs with the Mini-Beyond configs (``mini_cpu``); FSNL gets its per-domain BS/LR."""
-    from scripts.domains import count_classes
-    from scripts.fsnl_rule import format_lr, fsnl_bs_lr
-    from scripts.sweep import SweepSpec, build_jobs
-
     jobs = []
     for method in methods:
         for domain in domains:
@@ -103,8 +109,6 @@ def demo_jobs(root: str, out: str, domains: Sequence[str], shots: Sequence[int],
 
 def format_table(groups: Sequence, shots: int) -> str:
     """Per-domain OOP / IP / H of each method at ``shots`` (zero-shot at 0), plus the average row."""
-    from scripts.domains import short_name
-
     rows: Dict[str, Dict[str, tuple]] = {}
     for g in groups:
         if g.shots not in (0, shots):
@@ -127,8 +131,6 @@ def format_table(groups: Sequence, shots: int) -> str:
 def run_demo(root: str = "data/mini_beyond", out: str = "output/mini_beyond_demo",
              domains: Sequence[str] = DOMAINS, shots: int = 4, seed: int = 1,
              figure: Optional[str] = None) -> Dict[str, object]:
-    from scripts.parse_test_res import collect
-    from scripts.plot_curves import plot_curves
     start = time.time()
     root_abs = root if os.path.isabs(root) else os.fspath(REPO_ROOT / root)
     out_abs = out if os.path.isabs(out) else os.fspath(REPO_ROOT / out)
@@ -157,38 +159,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    import torch
-
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     result = run_demo(args.root, args.out, args.domains, args.shots, args.seed)
     return 1 if result["failed"] else 0
-
-
-
-GOLDEN_FILE = REPO_ROOT / "tests" / "golden_mini_beyond.json"
-
-
-def write_golden(domain: str = "MiniAttire", shots: int = 4, seed: int = 1) -> Dict[str, object]:
-    """Measure the golden-number runs (one domain, zero-shot + FSNL) and record them for the tests."""
-    import json
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        root, out = os.path.join(tmp, "data"), os.path.join(tmp, "out")
-        build_domains(root, [domain])
-        jobs = demo_jobs(root, out, [domain], [shots], [seed])
-        failed = run_jobs_in_process(jobs)
-        if failed:
-            raise RuntimeError(f"golden runs failed: {failed}")
-        record: Dict[str, object] = {"domain": domain, "shots": shots, "seed": seed}
-        for job in jobs:
-            res = results.read_results(job.done).data
-            key = "fsnl" if "FSNL" in job.done else "zeroshot"
-            record[key] = {k: res[k] for k in ("oop", "ip", "hmean")}
-    GOLDEN_FILE.write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record, indent=2))
-    return record
 
 
 COMPARE_METHODS = ("zeroshot", "fsnl", "coop", "cocoop", "clip_adapter", "taskres", "linear_probe")
@@ -200,9 +174,6 @@ def run_comparison(root: str = "data/mini_beyond", out: str = "output/mini_beyon
                    extra_opts: Sequence[str] = (), results: str = "docs/results/mini_beyond_comparison"
                    ) -> List[str]:
     """The full method comparison on Mini-Beyond (run once; its tables are committed under docs/)."""
-    from scripts.parse_test_res import main as parse_main
-    from scripts.plot_curves import main as plot_main
-
     root_abs = root if os.path.isabs(root) else os.fspath(REPO_ROOT / root)
     out_abs = out if os.path.isabs(out) else os.fspath(REPO_ROOT / out)
     build_domains(root_abs, domains)

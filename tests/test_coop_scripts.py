@@ -1,0 +1,110 @@
+"""CoOp's user surface: ``scripts/coop/main.sh DATASET CFG CTP NCTX SHOTS CSC`` and ``eval.sh``.
+
+The command lines are checked exactly through a stand-in ``PYTHON`` that records its arguments (fast);
+one real seed then trains ``CoOp_openclip`` on the toy benchmark and ``eval.sh`` evaluates that model.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from tests.helpers import REPO
+
+MAIN = REPO / "scripts" / "coop" / "main.sh"
+EVAL = REPO / "scripts" / "coop" / "eval.sh"
+LAYOUT = "Animals92_42/{trainer}/cpu_smoke_2shots/nctx4_cscFalse_ctpend/seed{seed}"
+
+RECORDER = """#!/usr/bin/env bash
+# stand-in interpreter: log the command, then behave like a finished run
+printf '%s\\n' "$*" >> "$RECORD"
+while [ $# -gt 0 ]; do
+    if [ "$1" = "--output-dir" ]; then mkdir -p "$2" && echo '{}' > "$2/results.json"; fi
+    shift
+done
+"""
+
+
+def run_script(script, args, env, cwd):
+    full = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", **env)
+    return subprocess.run(["bash", str(script), *args], cwd=str(cwd), env=full, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture
+def recorder(tmp_path):
+    stub = tmp_path / "python-stub"
+    stub.write_text(RECORDER)
+    stub.chmod(0o755)
+    record = tmp_path / "record.txt"
+    return {"PYTHON": str(stub), "RECORD": str(record)}, record
+
+
+def test_scripts_parse():
+    for script in (MAIN, EVAL):
+        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+        assert os.access(script, os.X_OK)
+
+
+def test_main_loops_seeds_in_coops_layout_and_skips_finished_runs(tmp_path, recorder):
+    env, record = recorder
+    env.update(DATA="data", OUTPUT="out")  # relative to the caller's directory
+    args = ["Animals92_42", "cpu_smoke", "end", "4", "2", "False", "OPTIM.MAX_EPOCH", "1"]
+    proc = run_script(MAIN, args, env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = record.read_text().splitlines()
+    assert len(lines) == 3
+    for seed, line in zip((1, 2, 3), lines):
+        out = tmp_path / "out" / LAYOUT.format(trainer="CoOp", seed=seed)
+        assert line.split() == [
+            "train.py", "--root", str(tmp_path / "data"), "--seed", str(seed), "--trainer", "CoOp",
+            "--dataset-config-file", "configs/datasets/Animals92_42.yaml",
+            "--config-file", "configs/trainers/CoOp/cpu_smoke.yaml", "--output-dir", str(out),
+            "TRAINER.COOP.N_CTX", "4", "TRAINER.COOP.CSC", "False", "TRAINER.COOP.CLASS_TOKEN_POSITION", "end",
+            "DATASET.NUM_SHOTS", "2", "OPTIM.MAX_EPOCH", "1"]
+    # second call: every seed has results.json -> nothing runs; a folder without it (killed run) reruns
+    (tmp_path / "out" / LAYOUT.format(trainer="CoOp", seed=2) / "results.json").unlink()
+    proc = run_script(MAIN, args, env, tmp_path)
+    assert proc.returncode == 0
+    lines = record.read_text().splitlines()
+    assert len(lines) == 4 and "--seed 2 " in lines[3]
+    assert proc.stdout.count("skip this job") == 2
+
+
+def test_eval_reads_mains_models_with_coops_defaults(tmp_path, recorder):
+    env, record = recorder
+    env.update(DATA=str(tmp_path / "data"), OUTPUT=str(tmp_path / "out"), SEEDS="1", TRAINER="CoOp_openclip")
+    assert run_script(EVAL, ["Animals92_42", "cpu_smoke"], env, tmp_path).returncode == 0
+    line = record.read_text().splitlines()[0].split()
+    hp = "cpu_smoke_16shots/nctx16_cscFalse_ctpend"
+    assert line[line.index("--model-dir") + 1] == str(tmp_path / "out" / "Animals92_42" / "CoOp_openclip" / hp / "seed1")
+    assert line[line.index("--output-dir") + 1] == str(
+        tmp_path / "out" / "evaluation" / "CoOp_openclip" / hp / "Animals92_42_IP" / "seed1")
+    assert "--eval-only" in line and "--load-epoch" not in line
+    assert line[-2:] == ["DATASET.SUB_CLASSES", "IP"]
+
+
+def test_missing_data_root_is_one_error_line(tmp_path):
+    for script in (MAIN, EVAL):
+        proc = run_script(script, ["Animals92_42", "cpu_smoke", "end", "4", "2", "False"], {"DATA": ""}, tmp_path)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: set DATA")
+
+
+@pytest.mark.slow
+def test_real_seed_trains_and_eval_loads_it(toy_root, tmp_path):
+    """CoOp_openclip with its cpu_smoke config: main.sh trains seed 1; eval.sh's IP accuracy is the
+    training run's own cross-evaluation on IP (same learned context), so the model really was loaded."""
+    env = {"DATA": str(toy_root), "OUTPUT": str(tmp_path / "out"), "SEEDS": "1", "TRAINER": "CoOp_openclip"}
+    hp = ["end", "4", "2", "False"]
+    proc = run_script(MAIN, ["Animals92_42", "cpu_smoke", *hp], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    trained = json.loads((tmp_path / "out" / LAYOUT.format(trainer="CoOp_openclip", seed=1) / "results.json").read_text())
+    proc = run_script(EVAL, ["Animals92_42", "cpu_smoke", *hp], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    evaluated = tmp_path / "out" / "evaluation" / "CoOp_openclip" / "cpu_smoke_2shots" / "nctx4_cscFalse_ctpend"
+    ip = json.loads((evaluated / "Animals92_42_IP" / "seed1" / "results.json").read_text())
+    assert ip["sub_classes"] == "IP"
+    assert ip["accuracy"] == pytest.approx(trained["subsets"]["IP"]["accuracy"])

@@ -1,0 +1,83 @@
+"""``python -m tools.mini_beyond <job>``: the command line of the Mini-Beyond jobs (one module each)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if not __package__:  # run by path (python tools/mini_beyond/__main__.py): the repo root first, as under -m
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import argparse
+import logging
+import os
+from typing import Optional, Sequence
+
+import torch
+
+from tools.mini_beyond import __doc__ as package_doc
+from tools.mini_beyond import build, demo, evaluate, golden, pretrain, render
+from tools.mini_beyond.common import ASSETS_DIR, WEIGHTS_FILE, load_assets
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m tools.mini_beyond", description=package_doc.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("render", help="render emoji and write arrays, metadata, licence and split")
+    r.add_argument("--assets", type=Path, default=ASSETS_DIR)
+    r.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("split", help="recompute split.json from emoji_meta.json")
+    s.add_argument("--assets", type=Path, default=ASSETS_DIR)
+    s.add_argument("--seed", type=int, default=0)
+    t = sub.add_parser("pretrain", help="pre-train mini-clip on the pre-training corpus")
+    t.add_argument("--out", type=Path, default=ASSETS_DIR / WEIGHTS_FILE)
+    t.add_argument("--steps", type=int, default=600)
+    t.add_argument("--minutes", type=float, default=None, help="derive the step count from a time budget")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--batch-size", type=int, default=256)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--threads", type=int, default=2)
+    e = sub.add_parser("eval", help="zero-shot / k-means accuracy of a mini-clip weights file")
+    e.add_argument("--weights", type=Path, default=ASSETS_DIR / WEIGHTS_FILE)
+    d = sub.add_parser("demo", help="the README's main job: build, zero-shot + FSNL at 4 shots, table, plot")
+    demo.add_arguments(d)
+    g = sub.add_parser("golden", help="re-measure the golden numbers of tests/test_golden_mini_beyond.py")
+    g.add_argument("--domain", default="MiniAttire")
+    b = sub.add_parser("build", help="write the Mini-Beyond benchmark in the LAION-Beyond layout")
+    b.add_argument("--root", type=Path, required=True)
+    b.add_argument("--train", type=int, default=16)
+    b.add_argument("--val", type=int, default=4)
+    b.add_argument("--test", type=int, default=10)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--size", type=int, default=64)
+    b.add_argument("--domains", nargs="*", default=None)
+    b.add_argument("--force", action="store_true")
+    args = p.parse_args(argv)
+    if args.cmd not in ("demo", "golden"):  # those runs log through dassl's own handlers
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    if args.cmd == "render":
+        render.write_assets(args.assets, args.seed)
+    elif args.cmd == "split":
+        render.write_split(args.assets, args.seed)
+    elif args.cmd == "pretrain":
+        rec = pretrain.pretrain(args.out, steps=args.steps, minutes=args.minutes, seed=args.seed,
+                       batch_size=args.batch_size, lr=args.lr, threads=args.threads)
+        print(evaluate.format_eval(rec["eval"]))
+        print(f"{rec['steps']} steps, {rec['train_wall_s'] / 60:.1f} min")
+    elif args.cmd == "eval":
+        torch.set_num_threads(2)
+        model, tok = evaluate.create_mini_clip(args.weights)
+        print(evaluate.format_eval(evaluate.evaluate(model, tok, load_assets())))
+    elif args.cmd == "demo":
+        raise SystemExit(demo.main_from_args(args))
+    elif args.cmd == "golden":
+        torch.set_num_threads(os.cpu_count() or 1)
+        golden.write_golden(args.domain)
+    elif args.cmd == "build":
+        dirs = build.build(args.root, args.train, args.val, args.test, args.seed, args.size, args.domains, force=args.force)
+        for d in dirs:
+            print(d)
+
+
+if __name__ == "__main__":
+    main()
