@@ -350,6 +350,18 @@ def test_openai_trainer_rejects_an_open_clip_name_in_one_line(toy_root, tmp_path
     assert err[0].startswith("error: MODEL.BACKBONE.NAME 'ViT-B-16' is not an OpenAI CLIP name") and "ViT-B/16" in err[0]
 
 
+@pytest.mark.parametrize("opts,expected", [
+    (("TRAINER.COOP.CLASS_TOKEN_POSITION", "left"), "TRAINER.COOP.CLASS_TOKEN_POSITION"),
+    (("TRAINER.COOP.CTX_INIT", "", "TRAINER.COOP.N_CTX", "0"), "TRAINER.COOP.N_CTX"),
+])
+def test_openai_coop_prompt_mistakes_are_one_line_up_front(toy_root, tmp_path, capsys, opts, expected):
+    out = tmp_path / "out"
+    code = train.cli(train_argv(toy_root, out, "CoOp", *opts, config=trainer_config("CoOp")))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {expected}"), err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("trainer,extra", [("CoOp", ()), ("CoCoOp", ()), ("ZeroshotCLIP", ("--eval-only",))])
 def test_openai_trainer_rejects_a_weights_file_it_would_ignore(toy_root, tmp_path, capsys, trainer, extra):
     """clip.load finds OpenAI weights by name: a MODEL.BACKBONE.WEIGHTS file used to be ignored
