@@ -27,7 +27,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from configs import FIELDS, ConfigError, build_cfg, check_cfg, extend_cfg  # noqa: F401  (re-exported)
+from dassl import results as run_results
 from dassl.config import FINAL_MODEL_CHOICES
+from dassl.engine import expected_fingerprint
 from dassl.utils import (
     CheckpointError,
     UnreadableImageError,
@@ -146,6 +148,34 @@ def check_resume_dir(directory: str) -> None:
         )
 
 
+def check_output_dir_run(cfg: Any) -> None:
+    """A training run must not auto-resume (Dassl resumes from ``OUTPUT_DIR``) or overwrite a run of
+    another configuration. Before, ``train.py`` into a finished run's folder with e.g. another
+    ``OPTIM.LR`` "resumed" its last checkpoint, skipped to evaluation and rewrote results.json with the
+    new fingerprint over the old model's numbers (issue 11: nothing reused unless its identity matches).
+    Checked before anything is written; an explicit ``--resume`` is checked by the trainer instead."""
+    out = str(cfg.OUTPUT_DIR)
+    if not out or cfg.RESUME or not osp.isdir(out):
+        return
+    expected = expected_fingerprint(cfg)
+    state = run_results.find_finished(out, expected)
+    differences: List[str] = []
+    if state.state == "mismatch" and state.results is not None and state.results.fingerprint:
+        differences = state.differences
+        what = "a finished run"
+    else:
+        header = run_results.read_header_fingerprint(osp.join(out, "config.yaml"))
+        subdirs = [osp.join(out, d) for d in sorted(os.listdir(out)) if osp.isdir(osp.join(out, d))]
+        if header and header != expected["id"] and any(list_checkpoints(d) for d in subdirs):
+            differences = [f"fingerprint {header[:12]} -> {str(expected['id'])[:12]}"]
+            what = "checkpoints of a run"
+    if differences:
+        raise ConfigError(
+            f'--output-dir "{out}" holds {what} of another configuration (differs in: {"; ".join(differences)}); '
+            "training here would resume or overwrite it. Use another --output-dir (--resume DIR continues a run on purpose)"
+        )
+
+
 # --------------------------------------------------------------------------------------------- main
 def _log_args_and_cfg(args: argparse.Namespace, cfg: Any) -> None:
     lines = ["***************", "** Arguments **", "***************"]
@@ -163,6 +193,8 @@ def main(args: argparse.Namespace) -> Any:
     validate_cfg(cfg, training=not (args.eval_only or args.no_train))
     if cfg.RESUME:
         check_resume_dir(cfg.RESUME)
+    if not (args.eval_only or args.no_train):
+        check_output_dir_run(cfg)
     check_writable_dir(cfg.OUTPUT_DIR)
     setup_logger(cfg.OUTPUT_DIR, console="all" if getattr(args, "verbose", False) else "summary")
     clean_temp_files(cfg.OUTPUT_DIR)

@@ -20,8 +20,10 @@ Every mistake raises :class:`ConfigError` with one line that names the file or k
 from __future__ import annotations
 
 import logging
+import math
 import os
 import os.path as osp
+import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
@@ -30,7 +32,7 @@ import clip
 import datasets
 import trainers
 from dassl.config import get_cfg_default
-from dassl.data.transforms import AVAI_CHOICES
+from dassl.data.transforms import AVAI_CHOICES, INTERPOLATION_MODES
 from dassl.engine import TRAINER_REGISTRY
 from dassl.utils import closest_name
 from datasets.laion_beyond import SUB_CLASSES_CHOICES, DatasetError
@@ -124,7 +126,25 @@ def _merge_file(cfg: Any, path: str, what: str) -> None:
         key = msg.split("Non-existent config key:")[-1].strip()
         raise _unknown_key_error(cfg, key, f"{what} {path}") from None
     except ValueError as e:
-        raise ConfigError(f"{what} {path}: {e}") from None
+        raise ConfigError(f"{what} {path}: {_value_problem(e)}") from None
+
+
+#: yacs' message for a value of the wrong type (``_check_and_coerce_cfg_value_type``).
+_TYPE_MISMATCH = re.compile(r"Type mismatch \(<class '([\w.]+)'> vs\. <class '([\w.]+)'>\) with values "
+                            r"\((.*) vs\. (.*)\) for config key: (\S+)\s*$", re.S)
+
+
+def _value_problem(e: Exception) -> str:
+    """yacs' merge error on one line: a type mismatch where the default is a section (``OPTIM: 5``)
+    printed the whole default section over 20 lines."""
+    msg = str(e)
+    m = _TYPE_MISMATCH.search(msg)
+    if m is None:
+        return " ".join(msg.split())
+    want, got, _, value, key = m.groups()
+    if want.endswith("CfgNode"):
+        return f"{key} is a section of keys, not a value (got {got} {' '.join(value.split())[:80]}); write its keys below it"
+    return f"{key} must be of type {want.rsplit('.', 1)[-1]}, got {got} {' '.join(value.split())[:80]}"
 
 
 def merge_opts(cfg: Any, opts: Optional[Sequence[Any]]) -> None:
@@ -156,7 +176,7 @@ def merge_opts(cfg: Any, opts: Optional[Sequence[Any]]) -> None:
     try:
         cfg.merge_from_list(fixed)
     except (ValueError, AssertionError) as e:
-        raise ConfigError(f"command-line overrides: {e}") from None
+        raise ConfigError(f"command-line overrides: {_value_problem(e)}") from None
 
 
 def _positive_int(cfg: Any, key: str, why: str) -> None:
@@ -179,6 +199,25 @@ def check_cfg(cfg: Any, training: bool = True) -> None:
     if training:
         _positive_int(cfg, "DATALOADER.TRAIN_X.BATCH_SIZE", "training batches")
         _positive_int(cfg, "OPTIM.MAX_EPOCH", "a run with no epoch trains nothing; use --eval-only to evaluate")
+    if training:
+        lr = cfg.OPTIM.LR
+        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr < 0:
+            raise ConfigError(f"OPTIM.LR must be a finite number >= 0, got {lr!r}")
+    workers = cfg.DATALOADER.NUM_WORKERS
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+        raise ConfigError(f"DATALOADER.NUM_WORKERS must be an integer >= 0 (0: load in the main process), "
+                          f"got {workers!r}")
+    if cfg.INPUT.INTERPOLATION not in INTERPOLATION_MODES:
+        hint = closest_name(str(cfg.INPUT.INTERPOLATION), list(INTERPOLATION_MODES))
+        raise ConfigError(f"INPUT.INTERPOLATION: unknown mode {cfg.INPUT.INTERPOLATION!r}"
+                          + (f'; did you mean "{hint}"?' if hint else "")
+                          + f" Available: {', '.join(sorted(INTERPOLATION_MODES))}")
+    for key in ("PIXEL_MEAN", "PIXEL_STD"):
+        values = list(cfg.INPUT[key])
+        if len(values) not in (1, 3) or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            raise ConfigError(f"INPUT.{key} must be 1 or 3 finite numbers (one per RGB channel), got {values!r}")
+    if any(v <= 0 for v in cfg.INPUT.PIXEL_STD):
+        raise ConfigError(f"INPUT.PIXEL_STD must be > 0 (images are divided by it), got {list(cfg.INPUT.PIXEL_STD)!r}")
     size = tuple(cfg.INPUT.SIZE)
     if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
         raise ConfigError(f"INPUT.SIZE must be two positive integers (height, width), got {cfg.INPUT.SIZE!r}")

@@ -772,40 +772,58 @@ def _seed_dirs(directory: Path) -> List[Path]:
                   key=lambda p: int(_SEED_DIR.fullmatch(p.name).group(1)))  # type: ignore[union-attr]
 
 
-def _seed_accuracy(seed_dir: Path, test_log: bool) -> Tuple[Optional[float], str]:
-    """The seed's headline accuracy and where it came from: results.json (via the contract), else
-    the last ``* accuracy:`` of ``log.txt`` (which must say "Finish training" unless ``test_log``)."""
+def _seed_accuracy(seed_dir: Path, test_log: bool) -> Tuple[Optional[float], str, str, Dict[str, Any]]:
+    """The seed's headline accuracy, where it came from and its configuration (:func:`config_identity`):
+    results.json (via the contract), else the last ``* accuracy:`` of ``log.txt`` (which must say
+    "Finish training" unless ``test_log``; a log has no fingerprint: ``legacy``)."""
     if (seed_dir / RESULTS_FILE).is_file():
         try:
-            return _num(results.read_results(str(seed_dir)).get("accuracy")), str(seed_dir / RESULTS_FILE)
+            res = results.read_results(str(seed_dir))
         except results.ResultsError as err:
             logger.warning("Skipping %s", err)
-            return None, ""
+            return None, "", LEGACY, {}
+        key, identity = config_identity(res.fingerprint)
+        return _num(res.get("accuracy")), str(seed_dir / RESULTS_FILE), key, identity
     log = seed_dir / "log.txt"
     if not log.is_file():
-        return None, ""
+        return None, "", LEGACY, {}
     text = log.read_text(encoding="utf-8", errors="replace")
     if not test_log and _FINISH_LINE not in text:
         logger.warning("Skipping %s: no %r line (unfinished training; --test-log reads evaluation-only logs)",
                        log, _FINISH_LINE)
-        return None, ""
-    return _last_accuracy(log), str(log)
+        return None, "", LEGACY, {}
+    return _last_accuracy(log), str(log), LEGACY, {}
 
 
 def coop_experiments(directory: str, multi_exp: bool, test_log: bool) -> List[Tuple[str, List[float], List[str]]]:
     """CoOp's view: ``[(experiment dir, per-seed accuracies, sources)]`` for ``directory`` itself or,
-    with ``multi_exp``, for every folder directly below it that holds ``seed*/`` folders."""
+    with ``multi_exp``, for every folder directly below it that holds ``seed*/`` folders.
+
+    CoOp averaged whatever ``seed*/`` folders an experiment held; here seeds of different
+    configurations (another ``--config``/opts run into the same folder) are never averaged together:
+    each configuration gets its own summary, labelled by the keys in which they differ, and a
+    warning names the experiment."""
     root = Path(directory)
     exps = sorted(p for p in root.iterdir() if p.is_dir() and _seed_dirs(p)) if multi_exp else [root]
     out = []
     for exp in exps:
-        values, sources = [], []
+        by_config: Dict[str, Tuple[Dict[str, Any], List[float], List[str]]] = {}
         for seed_dir in _seed_dirs(exp):
-            value, source = _seed_accuracy(seed_dir, test_log)
+            value, source, key, identity = _seed_accuracy(seed_dir, test_log)
             if value is not None:
+                _, values, sources = by_config.setdefault(key, (identity, [], []))
                 values.append(value)
                 sources.append(source)
-        out.append((str(exp), values, sources))
+        if len(by_config) <= 1:
+            _, values, sources = next(iter(by_config.values()), ({}, [], []))
+            out.append((str(exp), values, sources))
+            continue
+        labels = _variant_labels([RunRecord(dataset="", method=str(exp), shots=0, seed=None, config=key,
+                                            identity=identity) for key, (identity, _, _) in by_config.items()])
+        logger.warning("%s holds seeds of %d different configurations; each is summarised on its own",
+                       exp, len(by_config))
+        for key, (_, values, sources) in by_config.items():
+            out.append((f"{exp} [{labels[(str(exp), key)]}]", values, sources))
     return out
 
 

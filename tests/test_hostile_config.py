@@ -90,6 +90,13 @@ CONFIG_CASES = [
     (("OPTIM.MAX_EPOCH", "-3"), ["OPTIM.MAX_EPOCH"]),
     (("TEST.CROSS_EVAL", "XYZ"), ["TEST.CROSS_EVAL", "XYZ"]),
     (("TEST.CROSS_EVAL", "('IP', 'ip')"), ["TEST.CROSS_EVAL", "'ip'"]),
+    # reached torch/torchvision as tracebacks (after the output dir was set up) before check_cfg knew them
+    (("OPTIM.LR", "-1"), ["OPTIM.LR", "-1"]),
+    (("DATALOADER.NUM_WORKERS", "-1"), ["DATALOADER.NUM_WORKERS", ">= 0"]),
+    (("INPUT.INTERPOLATION", "cubic"), ["INPUT.INTERPOLATION", "bicubic"]),
+    (("INPUT.PIXEL_STD", "[0, 0, 0]"), ["INPUT.PIXEL_STD", "> 0"]),
+    (("INPUT.PIXEL_MEAN", "[0.5, 0.5]"), ["INPUT.PIXEL_MEAN", "1 or 3"]),
+    (("DATALOADER.TRAIN_X.BATCH_SIZE", "2.5"), ["DATALOADER.TRAIN_X.BATCH_SIZE", "int", "2.5"]),
 ]
 
 
@@ -109,6 +116,8 @@ YAML_CASES = {
     "list_not_mapping": ("- OPTIM\n- LR\n", "mapping"),
     "type_mismatch": ("OPTIM:\n  MAX_EPOCH: many\n", "MAX_EPOCH"),
     "unknown_key": ("OPTIM:\n  LRR: 0.1\n", "OPTIM.LR"),
+    # yacs printed the whole default OPTIM section (20+ lines) in its type-mismatch message
+    "section_as_value": ("OPTIM: 5\n", "OPTIM is a section"),
 }
 
 
@@ -186,25 +195,44 @@ def assert_kept(before: Dict[str, str], after: Dict[str, str]) -> None:
     assert all(k.startswith("log.txt-") for k in set(after) - set(before)), sorted(set(after) - set(before))
 
 
-def test_weights_of_another_architecture(toy_root, finished, capsys):
+def test_weights_of_another_architecture(toy_root, tmp_path, capsys):
     """The mini CLIP's weights for test-tiny used to die in resize_pos_embed with a dtype error. This
-    is found when the weights load (after the data), so the attempt's log.txt sibling may remain."""
-    before = snapshot(finished)
-    line = one_error_line(capsys, train.cli(train_argv(toy_root, finished, TRAINER,
+    is found when the weights load (after the data), so the attempt's log.txt may remain. (A finished
+    run of other weights is refused before that: ``test_output_dir_of_another_configuration``.)"""
+    out = tmp_path / "fresh"
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, out, TRAINER,
                                                        "MODEL.BACKBONE.WEIGHTS", str(MINI_WEIGHTS))))
     assert "these weights do not fit test-tiny: 0 missing / 48 unexpected keys" in line, line
     assert str(MINI_WEIGHTS) in line
-    assert_kept(before, snapshot(finished))
+    assert set(snapshot(out)) <= {"log.txt"}
 
 
 def test_weights_file_that_is_no_state_dict(toy_root, finished, tmp_path, capsys):
     path = tmp_path / "list.pt"
     torch.save([torch.zeros(2)], path)
-    before = snapshot(finished)
-    line = one_error_line(capsys, train.cli(train_argv(toy_root, finished, TRAINER, "MODEL.BACKBONE.WEIGHTS",
+    out = tmp_path / "fresh"
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, out, TRAINER, "MODEL.BACKBONE.WEIGHTS",
                                                        str(path))))
     assert str(path) in line and "not a readable weights file" in line, line
-    assert_kept(before, snapshot(finished))
+    assert set(snapshot(out)) <= {"log.txt"}
+
+
+@pytest.mark.parametrize("killed", [False, True], ids=["finished", "killed"])
+def test_output_dir_of_another_configuration(toy_root, finished, tmp_path, capsys, monkeypatch, killed):
+    """train.py into a run's folder with another config used to auto-resume that run's last
+    checkpoint, skip to evaluation and rewrite results.json with the new fingerprint over the old
+    model's numbers (rc 0). Now: one line naming the differing key, before anything is written; a
+    killed run (checkpoints and config.yaml, no results.json) is refused by its config.yaml header."""
+    run = _copy_run(finished, tmp_path / "run")
+    if killed:
+        (run / "results.json").unlink()
+    before = snapshot(run)
+    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: pytest.fail("a model was built"))
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, run, TRAINER, "TRAIN.CHECKPOINT_FREQ", "1",
+                                                       "OPTIM.LR", "0.123")))
+    assert f'--output-dir "{run}"' in line and "another --output-dir" in line, line
+    assert ("fingerprint" if killed else "OPTIM.LR 0.05 -> 0.123") in line, line
+    assert snapshot(run) == before
 
 
 @pytest.mark.parametrize("opts", [

@@ -352,6 +352,35 @@ def test_openai_trainer_rejects_an_open_clip_name_in_one_line(toy_root, tmp_path
     assert err[0].startswith("error: MODEL.BACKBONE.NAME 'ViT-B-16' is not an OpenAI CLIP name") and "ViT-B/16" in err[0]
 
 
+@pytest.mark.parametrize("opts,expected", [
+    (("TRAINER.COOP.CLASS_TOKEN_POSITION", "left"), "TRAINER.COOP.CLASS_TOKEN_POSITION"),
+    (("TRAINER.COOP.CTX_INIT", "", "TRAINER.COOP.N_CTX", "0"), "TRAINER.COOP.N_CTX"),
+])
+def test_openai_coop_prompt_mistakes_are_one_line_up_front(toy_root, tmp_path, capsys, opts, expected):
+    out = tmp_path / "out"
+    code = train.cli(train_argv(toy_root, out, "CoOp", *opts, config=trainer_config("CoOp")))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {expected}"), err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("trainer,extra", [("CoOp", ()), ("CoCoOp", ()), ("ZeroshotCLIP", ("--eval-only",))])
+def test_openai_trainer_rejects_a_weights_file_it_would_ignore(toy_root, tmp_path, capsys, trainer, extra):
+    """clip.load finds OpenAI weights by name: a MODEL.BACKBONE.WEIGHTS file used to be ignored
+    silently (rc 0, the random openai-tiny init) while results.json named that file as the weights."""
+    finished = tmp_path / "finished.txt"
+    finished.write_text("kept")
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(b"\x00garbage")
+    out = tmp_path / "out"
+    code = train.cli(train_argv(toy_root, out, trainer, "MODEL.BACKBONE.WEIGHTS", str(weights), extra=extra,
+                                config=trainer_config(trainer)))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "Traceback" not in err[0], err
+    assert err[0].startswith("error: MODEL.BACKBONE.WEIGHTS") and str(weights) in err[0] and oai.WEIGHTS_ENV in err[0]
+    assert not out.exists() and finished.read_text() == "kept"
+
+
 @pytest.mark.parametrize("name", ["CoOp", "CoCoOp"])
 def test_openai_trainers_train_via_train_py_and_evaluate_like_openclip(home, toy_root, tmp_path, name):
     out = tmp_path / "run"

@@ -254,6 +254,27 @@ def test_coop_flags(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "* accuracy: 65.00%" in capsys.readouterr().out
 
 
+def test_coop_view_never_averages_two_configurations(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                     caplog) -> None:
+    """CoOp's ``DIR`` / ``--multi-exp`` view: a seed of another configuration run into the same
+    experiment folder (another --opts) used to be averaged in silently."""
+    root = tmp_path / "output"
+    put(root, "exp/seed1", "full", 1, 20.0, 40.0)
+    put(root, "exp/seed2", "full", 2, 30.0, 40.0)
+    put(root, "exp/seed3", "caption", 3, 90.0, 40.0)
+    with caplog.at_level(logging.WARNING, logger="scripts.parse_test_res"):
+        assert ptr.main([str(root), "--multi-exp"]) == 0
+    out = capsys.readouterr().out
+    sd = statistics.stdev([20.0, 30.0])
+    assert f"Summary of directory: {root / 'exp'} [TRAINER.FSNL.LOSS='full']\n* accuracy: 25.00% +- {sd:.2f}%" in out
+    assert f"Summary of directory: {root / 'exp'} [TRAINER.FSNL.LOSS='caption']\n* accuracy: 90.00% +- -" in out
+    assert "46.67" not in out  # the silent average of all three seeds
+    assert any(str(root / "exp") in r.getMessage() and "2 different configurations" in r.getMessage()
+               for r in caplog.records)
+    assert ptr.main([str(root / "exp")]) == 0  # DIR itself holding seed*/: the same split
+    assert out == capsys.readouterr().out
+
+
 def test_zeroshot_other_opts_same_directory_is_one_error_line(toy: Path, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "zs"

@@ -14,7 +14,10 @@ import torch.nn as nn
 
 from clip import clip
 
-__all__ = ["PRECISIONS", "TextEncoder", "check_backbone", "check_precision", "load_clip_to_cpu", "run_fp32"]
+__all__ = ["OPENAI_WEIGHTS", "PRECISIONS", "TextEncoder", "check_backbone", "check_precision", "load_clip_to_cpu", "run_fp32"]
+
+#: ``MODEL.BACKBONE.WEIGHTS`` values that agree with how ``clip.load`` finds OpenAI weights.
+OPENAI_WEIGHTS = ("", "none", "openai")
 
 #: ``TRAINER.COOP.PREC`` / ``TRAINER.COCOOP.PREC`` values CoOp accepts.
 PRECISIONS = ("fp16", "fp32", "amp")
@@ -27,6 +30,15 @@ def check_backbone(cfg: Any) -> None:
         raise clip.BackboneError(
             f"MODEL.BACKBONE.NAME {backbone_name!r} is not an OpenAI CLIP name; OpenAI-CLIP trainers "
             f"take one of {clip.available_models()} (OpenCLIP models: use the *_openclip trainers)"
+        )
+    # clip.load picks the file by name (~/.cache/clip/, open_clip's cache, CLIP_WEIGHTS): any other
+    # MODEL.BACKBONE.WEIGHTS was silently ignored while results.json named it as the weights used.
+    weights = str(cfg.MODEL.BACKBONE.get("WEIGHTS", "") or "")
+    if weights not in OPENAI_WEIGHTS:
+        raise clip.BackboneError(
+            f"MODEL.BACKBONE.WEIGHTS {weights!r} is not used by OpenAI-CLIP trainers, which load the weights "
+            f"of MODEL.BACKBONE.NAME by name; set it to 'openai' (or 'none' for openai-tiny) and point "
+            f"{clip.WEIGHTS_ENV} at a local weight file instead"
         )
 
 

@@ -161,8 +161,17 @@ class CoOp(TrainerX):
     """Context Optimization (CoOp; Zhou et al., IJCV 2022) on OpenAI CLIP."""
 
     def check_cfg(self, cfg: Any) -> None:
+        # the prompt checks CoOp_openclip makes up front (here they failed in the constructor, after
+        # the data was built, as a traceback)
         check_precision(cfg.TRAINER.COOP.PREC, "TRAINER.COOP.PREC")
         check_backbone(cfg)
+        coop = cfg.TRAINER.COOP
+        if coop.CLASS_TOKEN_POSITION not in POSITIONS:
+            raise ValueError(
+                f"TRAINER.COOP.CLASS_TOKEN_POSITION must be one of {POSITIONS}, got {coop.CLASS_TOKEN_POSITION!r}"
+            )
+        if not str(coop.CTX_INIT).strip() and int(coop.N_CTX) < 1:
+            raise ValueError(f"TRAINER.COOP.N_CTX must be positive without CTX_INIT, got {coop.N_CTX}")
 
     def build_model(self) -> None:
         cfg = self.cfg
