@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+import trainers
 from configs import FIELDS, ConfigError, build_cfg, check_cfg, extend_cfg  # noqa: F401  (re-exported)
 from dassl import results as run_results
 from dassl.config import FINAL_MODEL_CHOICES
@@ -125,7 +126,11 @@ def validate_cfg(cfg: Any, training: bool = True) -> None:
     from dassl.evaluation import EVALUATOR_REGISTRY
     from dassl.optim import AVAI_OPTIMS, AVAI_SCHEDS
 
-    _check_choice("TRAINER.NAME (--trainer)", cfg.TRAINER.NAME, TRAINER_REGISTRY.registered_names())
+    try:
+        _check_choice("TRAINER.NAME (--trainer)", cfg.TRAINER.NAME, TRAINER_REGISTRY.registered_names())
+    except ConfigError as e:
+        broken = trainers.broken_modules()
+        raise ConfigError(f"{e}; not loaded: {' | '.join(broken)}" if broken else str(e)) from None
     _check_choice("DATASET.NAME", cfg.DATASET.NAME, DATASET_REGISTRY.registered_names())
     _check_choice("TEST.EVALUATOR", cfg.TEST.EVALUATOR, EVALUATOR_REGISTRY.registered_names())
     _check_choice("TEST.FINAL_MODEL", cfg.TEST.FINAL_MODEL, FINAL_MODEL_CHOICES)

@@ -17,15 +17,16 @@ from the repository root and never installed.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import pkgutil
 from types import ModuleType
-from typing import List
+from typing import List, Tuple
 
 from yacs.config import CfgNode as CN
 
-__all__ = ["CONFIG_HOOKS", "add_trainer_configs", "trainer_module_names", "trainer_modules"]
+__all__ = ["CONFIG_HOOKS", "add_trainer_configs", "broken_modules", "trainer_module_names", "trainer_modules"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +39,35 @@ def trainer_module_names() -> List[str]:
     return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
+@functools.lru_cache(maxsize=1)
+def _discover() -> Tuple[Tuple[ModuleType, ...], Tuple[str, ...]]:
+    """Import every trainer module once: ``(modules, problems)``.
+
+    A module that fails to import (a syntax error, a missing dependency, a second registration of a
+    trainer name) is skipped with one warning naming its file, so one broken drop-in does not stop
+    every other trainer from running; asking for a trainer it would have registered then fails with
+    the registry's error, which :func:`broken_modules` lets ``train.py`` extend with the cause.
+    """
+    modules, problems = [], []
+    for name in trainer_module_names():
+        try:
+            modules.append(importlib.import_module(f"{__name__}.{name}"))
+        except Exception as e:  # noqa: BLE001 -- any failure of a user's file is reported, not raised
+            problem = (f"trainers/{name}.py not loaded: {type(e).__name__}: {e} "
+                       "(fix the file, install what it imports, or move it out of trainers/)")
+            logger.warning("%s", problem)
+            problems.append(problem)
+    return tuple(modules), tuple(problems)
+
+
 def trainer_modules() -> List[ModuleType]:
-    """Import (once) and return every trainer module, in :func:`trainer_module_names` order."""
-    return [importlib.import_module(f"{__name__}.{name}") for name in trainer_module_names()]
+    """Every trainer module that imported, in :func:`trainer_module_names` order."""
+    return list(_discover()[0])
+
+
+def broken_modules() -> List[str]:
+    """One line per trainer module that failed to import (see :func:`_discover`)."""
+    return list(_discover()[1])
 
 
 def _add_new_keys(dst: CN, src: CN, prefix: str = "") -> List[str]:
