@@ -39,9 +39,9 @@ def trainer_module_names() -> List[str]:
     return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
-@functools.lru_cache(maxsize=1)
-def _discover() -> Tuple[Tuple[ModuleType, ...], Tuple[str, ...]]:
-    """Import every trainer module once: ``(modules, problems)``.
+@functools.lru_cache(maxsize=8)
+def _discover(names: Tuple[str, ...]) -> Tuple[Tuple[ModuleType, ...], Tuple[str, ...]]:
+    """Import the trainer modules ``names`` once per list: ``(modules, problems)``.
 
     A module that fails to import (a syntax error, a missing dependency, a second registration of a
     trainer name) is skipped with one warning naming its file, so one broken drop-in does not stop
@@ -49,7 +49,7 @@ def _discover() -> Tuple[Tuple[ModuleType, ...], Tuple[str, ...]]:
     the registry's error, which :func:`broken_modules` lets ``train.py`` extend with the cause.
     """
     modules, problems = [], []
-    for name in trainer_module_names():
+    for name in names:
         try:
             modules.append(importlib.import_module(f"{__name__}.{name}"))
         except Exception as e:  # noqa: BLE001 -- any failure of a user's file is reported, not raised
@@ -62,12 +62,12 @@ def _discover() -> Tuple[Tuple[ModuleType, ...], Tuple[str, ...]]:
 
 def trainer_modules() -> List[ModuleType]:
     """Every trainer module that imported, in :func:`trainer_module_names` order."""
-    return list(_discover()[0])
+    return list(_discover(tuple(trainer_module_names()))[0])
 
 
 def broken_modules() -> List[str]:
     """One line per trainer module that failed to import (see :func:`_discover`)."""
-    return list(_discover()[1])
+    return list(_discover(tuple(trainer_module_names()))[1])
 
 
 def _add_new_keys(dst: CN, src: CN, prefix: str = "") -> List[str]:
