@@ -32,11 +32,10 @@ import tempfile
 import time
 from typing import Dict, List, Sequence
 
-from tools.mini_beyond_demo import build_domains
-
 from scripts import grid
 from scripts.domains import REPO_ROOT, count_classes
 from scripts.sweep import SweepSpec, build_jobs
+from tools.mini_beyond.demo import build_domains
 
 MINI_DOMAINS = ("MiniAnimals", "MiniFood", "MiniPlants", "MiniAttire", "MiniTransport")
 TRAINED = ("fsnl", "coop", "cocoop", "clip_adapter", "taskres")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -59,6 +59,20 @@ def _is_word_char(c: str) -> bool:
     return c.isalnum() or c == "_"
 
 
+def _index_names(names: Sequence[str], normalize: Callable[[str], str]) -> Tuple[List[str], Dict[str, int]]:
+    """Normalised names and ``{name: class index}``; an empty or colliding name is a ValueError."""
+    normalized = [normalize(n) for n in names]
+    index: Dict[str, int] = {}
+    for i, n in enumerate(normalized):
+        if not n:
+            raise ValueError(f"Class name {names[i]!r} is empty after normalisation")
+        index.setdefault(n, i)
+    if len(index) != len(normalized):
+        dupes = sorted({n for n in normalized if normalized.count(n) > 1})
+        raise ValueError(f"Class names collide after normalisation: {dupes}")
+    return normalized, index
+
+
 class NameMatcher:
     """Finds class names in text at word boundaries, longest name first.
 
@@ -73,15 +87,7 @@ class NameMatcher:
     """
 
     def __init__(self, names: Sequence[str]) -> None:
-        self.names = [normalize_name(n) for n in names]
-        self._index: Dict[str, int] = {}
-        for i, n in enumerate(self.names):
-            if not n:
-                raise ValueError(f"Class name {names[i]!r} is empty after normalisation")
-            self._index.setdefault(n, i)
-        if len(self._index) != len(self.names):
-            dupes = sorted({n for n in self.names if self.names.count(n) > 1})
-            raise ValueError(f"Class names collide after normalisation: {dupes}")
+        self.names, self._index = _index_names(names, normalize_name)
         # trie node: dict char -> node; the key None holds the index of a name ending here
         self._trie: Dict[Any, Any] = {}
         for n, i in self._index.items():
@@ -141,15 +147,7 @@ class ReferenceNameMatcher:
     """
 
     def __init__(self, names: Sequence[str]) -> None:
-        self.names = [reference_normalize_name(n) for n in names]
-        self._index: Dict[str, int] = {}
-        for i, n in enumerate(self.names):
-            if not n:
-                raise ValueError(f"Class name {names[i]!r} is empty after normalisation")
-            self._index.setdefault(n, i)
-        if len(self._index) != len(self.names):
-            dupes = sorted({n for n in self.names if self.names.count(n) > 1})
-            raise ValueError(f"Class names collide after normalisation: {dupes}")
+        self.names, self._index = _index_names(names, reference_normalize_name)
 
     def owner(self, text: str) -> Optional[int]:
         """The reference's ``extract_classname`` (B6): the first name in label order inside the text."""
