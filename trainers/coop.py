@@ -191,12 +191,12 @@ class CoOp(TrainerX):
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model("prompt_learner", self.model.prompt_learner, self.optim, self.sched)
         amp = cfg.TRAINER.COOP.PREC == "amp" and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda") if amp else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if amp else None
 
     def forward_backward(self, batch: Dict[str, Any]) -> Dict[str, float]:
         image, label = self.parse_batch_train(batch)
         if self.scaler is not None:
-            with torch.autocast(device_type="cuda", dtype=torch.float16):
+            with torch.autocast(device_type=self.device.type, dtype=torch.float16):
                 output = self.model(image)
                 loss = F.cross_entropy(output, label)
             self.optim.zero_grad()
