@@ -59,6 +59,21 @@ def _is_word_char(c: str) -> bool:
     return c.isalnum() or c == "_"
 
 
+#: Where CoOp-family prompts put the class name relative to the learned context (CoOp's three options).
+CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
+
+
+def check_context_options(node: Any, key: str) -> None:
+    """One check for a CoOp-style ``TRAINER.<key>`` block (``CLASS_TOKEN_POSITION``, ``N_CTX`` without
+    ``CTX_INIT``), shared by the OpenCLIP and the OpenAI-CLIP trainers; raises ValueError naming the key."""
+    position = node.get("CLASS_TOKEN_POSITION", "end")
+    if position not in CLASS_TOKEN_POSITIONS:
+        raise ValueError(f"TRAINER.{key}.CLASS_TOKEN_POSITION must be one of {CLASS_TOKEN_POSITIONS}, "
+                         f"got {position!r}")
+    if not str(node.get("CTX_INIT", "")).strip() and int(node.N_CTX) < 1:
+        raise ValueError(f"TRAINER.{key}.N_CTX must be positive without CTX_INIT, got {node.N_CTX}")
+
+
 def _index_names(names: Sequence[str], normalize: Callable[[str], str]) -> Tuple[List[str], Dict[str, int]]:
     """Normalised names and ``{name: class index}``; an empty or colliding name is a ValueError."""
     normalized = [normalize(n) for n in names]

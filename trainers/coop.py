@@ -28,6 +28,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from clip import clip
+from clip.prompts import CLASS_TOKEN_POSITIONS, check_context_options
 from clip.simple_tokenizer import SimpleTokenizer as _Tokenizer
 from dassl.engine import TRAINER_REGISTRY, TrainerX
 from dassl.metrics import compute_accuracy
@@ -45,7 +46,7 @@ from ._openai_clip import (
 
 logger = logging.getLogger(__name__)
 
-POSITIONS = ("end", "middle", "front")
+POSITIONS = CLASS_TOKEN_POSITIONS
 
 _tokenizer = _Tokenizer()
 
@@ -165,13 +166,7 @@ class CoOp(TrainerX):
         # the data was built, as a traceback)
         check_precision(cfg.TRAINER.COOP.PREC, "TRAINER.COOP.PREC")
         check_backbone(cfg)
-        coop = cfg.TRAINER.COOP
-        if coop.CLASS_TOKEN_POSITION not in POSITIONS:
-            raise ValueError(
-                f"TRAINER.COOP.CLASS_TOKEN_POSITION must be one of {POSITIONS}, got {coop.CLASS_TOKEN_POSITION!r}"
-            )
-        if not str(coop.CTX_INIT).strip() and int(coop.N_CTX) < 1:
-            raise ValueError(f"TRAINER.COOP.N_CTX must be positive without CTX_INIT, got {coop.N_CTX}")
+        check_context_options(cfg.TRAINER.COOP, "COOP")
 
     def build_model(self) -> None:
         cfg = self.cfg

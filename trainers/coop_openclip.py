@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from clip import LoadedCLIP, PromptBank, Slot, TextEncoder, normalize_name
-from clip.prompts import TokenPiece
+from clip.prompts import CLASS_TOKEN_POSITIONS, TokenPiece, check_context_options
 from dassl.engine import TRAINER_REGISTRY
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
@@ -48,7 +48,7 @@ from .base import ClipTrainer
 
 logger = logging.getLogger(__name__)
 
-POSITIONS = ("end", "middle", "front")
+POSITIONS = CLASS_TOKEN_POSITIONS
 #: Keys of the reference's state dict that held frozen token embeddings; ignored on load.
 REFERENCE_BUFFERS = ("token_prefix", "token_suffix")
 
@@ -252,13 +252,7 @@ class CoOp_openclip(ClipTrainer):
 
     def check_cfg(self, cfg: CN) -> None:
         super().check_cfg(cfg)
-        coop = cfg.TRAINER.COOP
-        if coop.CLASS_TOKEN_POSITION not in POSITIONS:
-            raise ValueError(
-                f"TRAINER.COOP.CLASS_TOKEN_POSITION must be one of {POSITIONS}, got {coop.CLASS_TOKEN_POSITION!r}"
-            )
-        if not str(coop.CTX_INIT).strip() and int(coop.N_CTX) < 1:
-            raise ValueError(f"TRAINER.COOP.N_CTX must be positive without CTX_INIT, got {coop.N_CTX}")
+        check_context_options(cfg.TRAINER.COOP, "COOP")
 
     def build_model(self) -> None:
         cfg = self.cfg
