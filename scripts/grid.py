@@ -38,10 +38,12 @@ if not __package__:  # run by path (python dir/script.py): the repo root goes fi
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
+import concurrent.futures as cf
 import contextlib
 import io
 import json
 import logging
+import multiprocessing
 import os
 import os.path as osp
 import signal
@@ -64,7 +66,7 @@ from dassl.utils import check_writable_dir, clean_temp_files, set_random_seed, s
 from dassl.utils.identity import json_digest
 from dassl.utils.registry import RegistryKeyError
 from lpclip import feat_extractor, linear_probe
-from scripts.domains import LAION_BEYOND_DOMAINS, REPO_ROOT, DomainError, resolve_domains
+from scripts.domains import LAION_BEYOND_DOMAINS, REPO_ROOT, DomainError, count_classes, resolve_domains
 from scripts.methods import CONFIG_SETS, RULES, Method, get_method, method_names
 from scripts.run_identity import RunConflict, command_state, conflict_message
 from scripts.sweep import (
@@ -81,7 +83,7 @@ from scripts.sweep import (
 from trainers import feature_cache as fc
 from trainers.base import shared_clip
 
-__all__ = ["Cell", "GridSummary", "plan_grid", "group_cells", "cell_state", "is_finished", "run_cell", "run_grid",
+__all__ = ["Cell", "GridPlan", "GridSummary", "plan_grid", "auto_workers", "group_cells", "cell_state", "is_finished", "run_cell", "run_grid",
            "main"]
 
 logger = logging.getLogger(__name__)
@@ -89,6 +91,27 @@ logger = logging.getLogger(__name__)
 DEFAULT_VIEWS = 8
 #: Exit status of a grid stopped by SIGTERM / SIGUSR1 (rerun to continue).
 STOPPED = 143
+
+
+@dataclass(frozen=True)
+class GridPlan:
+    """The arguments of :func:`plan_grid` (paths absolute): a worker process replans its group from them,
+    since a plan is deterministic and cheaper to send than the cells' configs."""
+
+    root: str
+    out: str
+    methods: Tuple[str, ...]
+    shots: Tuple[int, ...]
+    seeds: Optional[Tuple[int, ...]]
+    config_set: str
+    config: Optional[str]
+    rule: Optional[str]
+    views: int
+    opts: Tuple[str, ...]
+
+    def cells(self, domains: Sequence[str]) -> List[Cell]:
+        return plan_grid(self.root, self.out, domains, self.methods, self.shots, self.seeds, self.config_set,
+                         self.config, self.rule, self.views, self.opts)
 
 
 @dataclass
@@ -102,6 +125,8 @@ class Cell:
     shots: Tuple[int, ...] = ()
     feature_dir: str = ""
     output_dir: str = ""
+    #: how the cell was planned (None: built by hand; such cells always run in this process)
+    plan: Optional[GridPlan] = None
 
     @property
     def label(self) -> str:
@@ -164,6 +189,9 @@ def plan_grid(
 ) -> List[Cell]:
     """Every cell, in domain → method → shots → seed order (paths made absolute)."""
     root, out = _abs(root), _abs(out)
+    plan = GridPlan(root, out, tuple(methods), tuple(int(k) for k in shots),
+                    tuple(int(s) for s in seeds) if seeds is not None else None, config_set, config, rule,
+                    int(views), tuple(opts))
     cells: List[Cell] = []
     for dataset in resolve_domains(domains):
         for name in methods:
@@ -179,10 +207,11 @@ def plan_grid(
                 cells.append(Cell(method, dataset, _probe_cfg(spec, dataset, "OOP", config_path),
                                   shots=tuple(int(k) for k in shots),
                                   feature_dir=spec.feature_dir or osp.join(out, "clip_feat"),
-                                  output_dir=probe_dir(spec, dataset)))
+                                  output_dir=probe_dir(spec, dataset), plan=plan))
                 continue
             for run in plan_runs(spec, dataset, method):
-                cells.append(Cell(method, dataset, _run_cfg(run, root), run=run, output_dir=run.output_dir))
+                cells.append(Cell(method, dataset, _run_cfg(run, root), run=run, output_dir=run.output_dir,
+                                  plan=plan))
     return cells
 
 
@@ -320,12 +349,46 @@ def _error_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
+def auto_workers(cells: Sequence[Cell]) -> int:
+    """Worker processes for ``workers=0``: one per CPU core (at most one per group) on a CPU machine,
+    one where CUDA is available (the groups would share one device)."""
+    if torch.cuda.is_available():
+        return 1
+    return max(1, min(os.cpu_count() or 1, len(group_cells(cells))))
+
+
+def _threads_per_worker(workers: int, threads: int) -> int:
+    """Torch threads of each worker: ``threads`` when given, else the cores divided among the workers.
+
+    The mini CLIP's steps are small enough that one thread each beats two threads shared: on 2 cores an
+    FSNL step takes 0.092 s with 1 thread and 0.140 s with 2 (``benchmarks.grid`` measures the grid)."""
+    if threads > 0:
+        return int(threads)
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def _group_cost(group: Sequence[Cell]) -> float:
+    """Relative cost of a group, for scheduling the longest first: cells × C² (the prompt methods encode
+    B·C or C texts per step, over C·K images)."""
+    cell = group[0]
+    try:
+        classes = count_classes(str(cell.cfg.DATASET.ROOT), cell.dataset, "OOP")
+    except Exception:  # scheduling only: an unreadable split fails in the cell, with its own message
+        classes = 1
+    return float(len(group) * classes * classes)
+
+
 def run_grid(
     cells: Sequence[Cell], force: bool = False, fail_fast: bool = False,
     stop: Optional[threading.Event] = None, after_cell: Optional[Callable[[Cell], None]] = None,
-    match_code: bool = False,
+    match_code: bool = False, workers: int = 1, threads: int = 0,
 ) -> GridSummary:
     """Run every pending cell, group by group; a failed cell is recorded and the grid goes on.
+
+    ``workers`` > 1 runs the (dataset, backbone) groups in that many worker processes (0: see
+    :func:`auto_workers`), the longest group first, each with ``threads`` torch threads (0: the cores
+    divided among the workers); every group still shares one model and one feature store, and a cell's
+    result does not depend on the process it ran in. ``after_cell`` is only called for cells run here.
 
     Raises :class:`RunConflict` (one line naming the differing keys) before running anything when a
     cell's folder holds a finished run of another fingerprint, unless ``force``."""
@@ -339,39 +402,133 @@ def run_grid(
             raise RunConflict(conflict_message(states))
         for cell, state in zip(cells, states):
             (summary.skipped if state.done else pending).append(cell)
+    groups = group_cells(pending)
+    workers = auto_workers(pending) if workers <= 0 else int(workers)
+    if workers > 1 and len(groups) > 1 and all(c.plan is not None for c in pending):
+        _run_parallel(groups, summary, workers, _threads_per_worker(workers, threads), stop, fail_fast)
+        return summary
     bar = tqdm(total=len(pending), desc="grid", unit="cell", disable=None, dynamic_ncols=True)
     try:
-        for group in group_cells(pending).values():
-            shared: Dict[Any, Any] = {fc.STORE_ONLY: True}
-            stores_before = summary.encoded
-            for cell in group:
-                if stop is not None and stop.is_set():
-                    summary.stopped = True
-                    return summary
-                start = time.time()
-                try:
-                    run_cell(cell, shared)
-                except Exception as err:  # one failed cell must not lose the others
-                    logger.error("cell failed: %s", cell.label, exc_info=True)
-                    summary.failed.append((cell, _error_line(err)))
-                    bar.write(f"FAILED {cell.label}: {_error_line(err)}")
-                    if fail_fast:
-                        return summary
-                else:
-                    summary.ran.append(cell)
-                    seconds = time.time() - start
-                    summary.seconds[cell.output_dir] = seconds
-                    done = len(summary.ran) + len(summary.failed)
-                    bar.write(f"[{done}/{len(pending)}] {_done_line(cell, seconds)}")
-                finally:
-                    bar.update(1)
-                    summary.encoded = stores_before + sum(
-                        v.encoded for v in shared.values() if isinstance(v, fc.FeatureStore))
-                    if after_cell is not None:
-                        after_cell(cell)
+        _run_groups(groups, summary, len(pending), bar, stop, fail_fast, after_cell)
     finally:
         bar.close()
     return summary
+
+
+def _run_groups(groups: Dict[Tuple[str, str], List[Cell]], summary: GridSummary, total: int, bar: Any,
+                stop: Any, fail_fast: bool, after_cell: Optional[Callable[[Cell], None]] = None) -> None:
+    """The cells of ``groups`` in this process (one ``shared`` dict per group), recorded in ``summary``."""
+    for group in groups.values():
+        shared: Dict[Any, Any] = {fc.STORE_ONLY: True}
+        stores_before = summary.encoded
+        for cell in group:
+            if stop is not None and stop.is_set():
+                summary.stopped = True
+                return
+            start = time.time()
+            try:
+                run_cell(cell, shared)
+            except Exception as err:  # one failed cell must not lose the others
+                logger.error("cell failed: %s", cell.label, exc_info=True)
+                summary.failed.append((cell, _error_line(err)))
+                bar.write(f"FAILED {cell.label}: {_error_line(err)}")
+                if fail_fast:
+                    return
+            else:
+                summary.ran.append(cell)
+                seconds = time.time() - start
+                summary.seconds[cell.output_dir] = seconds
+                done = len(summary.ran) + len(summary.failed)
+                bar.write(f"[{done}/{total}] {_done_line(cell, seconds)}")
+            finally:
+                bar.update(1)
+                summary.encoded = stores_before + sum(
+                    v.encoded for v in shared.values() if isinstance(v, fc.FeatureStore))
+                if after_cell is not None:
+                    after_cell(cell)
+
+
+class _Lines:
+    """A progress stand-in for a worker: prints each line (flushed, so workers' lines interleave whole)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def write(self, line: str) -> None:
+        print(f"{self.prefix}{line}", flush=True)
+
+    def update(self, _n: int) -> None:
+        pass
+
+
+def _worker_init(threads: int, stop: Any) -> None:
+    """A worker process: its torch threads, and SIGTERM / SIGUSR1 ask it to stop after the running cell
+    (SLURM signals every process of the job; the grid's parent collects what finished)."""
+    torch.set_num_threads(int(threads))
+    for name in ("SIGTERM", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), lambda *_: stop.set())
+    _WorkerContext.stop = stop
+
+
+class _WorkerContext:
+    """The stop event a worker process received at start-up (one per process, set by ``_worker_init``)."""
+
+    stop: Any = None
+
+
+def _group_worker(plan: GridPlan, dataset: str, output_dirs: Sequence[str], fail_fast: bool
+                  ) -> Dict[str, Any]:
+    """Run one group's pending cells (``output_dirs``) in a worker process; returns what happened."""
+    wanted = set(output_dirs)
+    cells = [c for c in plan.cells([dataset]) if c.output_dir in wanted]
+    summary = GridSummary()
+    groups = group_cells(cells)
+    _run_groups(groups, summary, len(cells), _Lines(f"[{dataset}] "), _WorkerContext.stop, fail_fast)
+    return {"ran": [c.output_dir for c in summary.ran], "failed": [(c.output_dir, why) for c, why in summary.failed],
+            "seconds": dict(summary.seconds), "encoded": summary.encoded, "stopped": summary.stopped}
+
+
+def _run_parallel(groups: Dict[Tuple[str, str], List[Cell]], summary: GridSummary, workers: int, threads: int,
+                  stop: Optional[threading.Event], fail_fast: bool) -> None:
+    """Each group in a worker process (spawned: no inherited OpenMP or CUDA state), longest first."""
+    ctx = multiprocessing.get_context("spawn")
+    worker_stop = ctx.Event()
+    order = sorted(groups.values(), key=_group_cost, reverse=True)
+    total = sum(len(g) for g in order)
+    by_dir = {c.output_dir: c for g in order for c in g}
+    print(f"grid: {total} cell(s) in {len(order)} group(s), {min(workers, len(order))} worker process(es) x "
+          f"{threads} torch thread(s)", file=sys.stderr, flush=True)
+    bar = tqdm(total=total, desc="grid", unit="cell", disable=None, dynamic_ncols=True)
+    try:
+        with cf.ProcessPoolExecutor(max_workers=min(workers, len(order)), mp_context=ctx,
+                                    initializer=_worker_init, initargs=(threads, worker_stop)) as pool:
+            futures = {pool.submit(_group_worker, g[0].plan, g[0].dataset, [c.output_dir for c in g], fail_fast): g
+                       for g in order}
+            waiting = set(futures)
+            while waiting:
+                done, waiting = cf.wait(waiting, timeout=1.0, return_when=cf.FIRST_COMPLETED)
+                if stop is not None and stop.is_set():
+                    worker_stop.set()
+                for fut in done:
+                    group = futures[fut]
+                    try:
+                        report = fut.result()
+                    except Exception as err:  # a worker that died (killed, out of memory): its cells failed
+                        for cell in group:
+                            summary.failed.append((cell, f"worker process failed: {_error_line(err)}"))
+                        bar.update(len(group))
+                        continue
+                    summary.ran.extend(by_dir[d] for d in report["ran"])
+                    summary.failed.extend((by_dir[d], why) for d, why in report["failed"])
+                    summary.seconds.update(report["seconds"])
+                    summary.encoded += int(report["encoded"])
+                    summary.stopped = summary.stopped or bool(report["stopped"])
+                    bar.update(len(report["ran"]) + len(report["failed"]))
+                    if fail_fast and report["failed"]:
+                        worker_stop.set()
+    finally:
+        bar.close()
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -396,7 +553,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--match-code", action="store_true",
                    help="a finished run counts only if the same code version (git commit) produced it")
     p.add_argument("--fail-fast", action="store_true")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: keep torch's default)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="worker processes, one (dataset, backbone) group each at a time (0: one per CPU core on "
+                        "a CPU machine, at most one per group; 1 with CUDA)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per worker (0: the CPU cores divided among the workers)")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE ... for every cell (last)")
     return p
 
@@ -413,8 +574,6 @@ def _install_stop_handlers(stop: threading.Event) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     try:
         cells = plan_grid(args.root, args.out, args.domains, args.methods, args.shots, args.seeds,
                           args.config_set, args.config, args.rule, args.views, args.opts)
@@ -430,7 +589,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _install_stop_handlers(stop)
     start = time.time()
     try:
-        summary = run_grid(cells, force=args.force, fail_fast=args.fail_fast, stop=stop, match_code=args.match_code)
+        workers = auto_workers(cells) if args.workers <= 0 else args.workers
+        torch.set_num_threads(_threads_per_worker(workers, args.threads))  # the cells run here when one worker
+        summary = run_grid(cells, force=args.force, fail_fast=args.fail_fast, stop=stop, match_code=args.match_code,
+                           workers=workers, threads=args.threads)
     except RunConflict as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

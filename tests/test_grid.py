@@ -197,3 +197,27 @@ def test_image_encoder_runs_once_per_image_and_view(toy_root, tmp_path, monkeypa
         test_images |= {d.impath for d in build_dataset(cfg_ip).test}
     assert sum(rows.values()) == len(train_images) * views + len(test_images)
     assert calls["n"] < sum(rows.values())  # batched, not one call per image
+
+
+def test_worker_processes_give_the_same_results_as_one_process(toy_root, tmp_path):
+    """Two (dataset, backbone) groups in two spawned workers: every cell runs once, in its group's
+    worker, and its results equal the in-process grid's (a result never depends on the process)."""
+    methods = ["fsnl", "clip_adapter", "zeroshot"]
+
+    def planned(out: Path) -> List[grid.Cell]:
+        return grid.plan_grid(str(toy_root), str(out), ["Animals", DOMAIN], methods, [1], [1], config_set="smoke",
+                              views=2, opts=OPTS)
+
+    serial, parallel = planned(tmp_path / "one"), planned(tmp_path / "two")
+    assert len(grid.group_cells(parallel)) == 2
+    one = grid.run_grid(serial, workers=1)
+    two = grid.run_grid(parallel, workers=2, threads=1)
+    assert not one.failed and not two.failed, (one.failed, two.failed)
+    assert sorted(c.output_dir for c in two.ran) == sorted(c.output_dir for c in parallel)
+    assert two.encoded == one.encoded > 0
+    for a, b in zip(serial, parallel):
+        assert a.label == b.label
+        assert_same_metrics(results(a.results_file), results(b.results_file))
+    # a rerun finds every cell finished (the workers wrote the same fingerprints)
+    again = grid.run_grid(planned(tmp_path / "two"), workers=2)
+    assert not again.ran and len(again.skipped) == len(parallel)

@@ -40,6 +40,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     e.add_argument("--weights", type=Path, default=ASSETS_DIR / WEIGHTS_FILE)
     d = sub.add_parser("demo", help="the README's main job: build, zero-shot + FSNL at 4 shots, table, plot")
     demo.add_arguments(d)
+    c = sub.add_parser("compare", help="the full comparison: every method x shots x seeds x domain (scripts.grid), "
+                                       "tables and curves into docs/results/")
+    c.add_argument("--root", default="data/mini_beyond")
+    c.add_argument("--out", default="output/mini_beyond_compare")
+    c.add_argument("--domains", nargs="+", default=list(demo.DOMAINS))
+    c.add_argument("--methods", nargs="+", default=list(demo.COMPARE_METHODS))
+    c.add_argument("--shots", nargs="+", type=int, default=[1, 2, 4, 8, 16])
+    c.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    c.add_argument("--results", default="docs/results/mini_beyond_comparison", help="tables' path prefix")
+    c.add_argument("--workers", type=int, default=0, help="grid worker processes (0: one per core)")
+    c.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: cores / workers)")
     g = sub.add_parser("golden", help="re-measure the golden numbers of tests/test_golden_mini_beyond.py")
     g.add_argument("--domain", default="MiniAttire")
     b = sub.add_parser("build", help="write the Mini-Beyond benchmark in the LAION-Beyond layout")
@@ -52,7 +63,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     b.add_argument("--domains", nargs="*", default=None)
     b.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
-    if args.cmd not in ("demo", "golden"):  # those runs log through dassl's own handlers
+    if args.cmd not in ("demo", "golden", "compare"):  # those runs log through dassl's own handlers
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     if args.cmd == "render":
@@ -70,6 +81,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(evaluate.format_eval(evaluate.evaluate(model, tok, load_assets())))
     elif args.cmd == "demo":
         raise SystemExit(demo.main_from_args(args))
+    elif args.cmd == "compare":
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        failed = demo.run_comparison(args.root, args.out, args.domains, args.shots, args.seeds, args.methods,
+                                     results=args.results, workers=args.workers, threads=args.threads)
+        if failed:
+            print("Failed cells:\n  " + "\n  ".join(failed))
+            sys.exit(1)
     elif args.cmd == "golden":
         torch.set_num_threads(os.cpu_count() or 1)
         golden.write_golden(args.domain)

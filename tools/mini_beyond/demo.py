@@ -30,8 +30,10 @@ import torch
 
 import train
 from dassl import results
+from dassl.utils import write_json
+from dassl.utils.identity import code_version
 from scripts.domains import short_name
-from scripts.grid import plan_grid, run_grid
+from scripts.grid import auto_workers, plan_grid, run_grid
 from scripts.parse_test_res import collect
 from scripts.parse_test_res import main as parse_main
 from scripts.plot_curves import main as plot_main
@@ -154,25 +156,37 @@ def main_from_args(args: argparse.Namespace) -> int:
     return 1 if result["failed"] else 0
 
 
-COMPARE_METHODS = ("zeroshot", "fsnl", "coop", "cocoop", "clip_adapter", "taskres", "linear_probe")
+COMPARE_METHODS = ("zeroshot", "zeroshot_ensemble", "fsnl", "coop", "cocoop", "clip_adapter", "taskres",
+                   "linear_probe")
 
 
 def run_comparison(root: str = "data/mini_beyond", out: str = "output/mini_beyond_compare",
                    domains: Sequence[str] = DOMAINS, shots: Sequence[int] = (1, 2, 4, 8, 16),
                    seeds: Sequence[int] = (1, 2, 3), methods: Sequence[str] = COMPARE_METHODS,
-                   extra_opts: Sequence[str] = (), results: str = "docs/results/mini_beyond_comparison"
-                   ) -> List[str]:
+                   extra_opts: Sequence[str] = (), results: str = "docs/results/mini_beyond_comparison",
+                   workers: int = 0, threads: int = 0) -> List[str]:
     """The full method comparison on Mini-Beyond through the grid engine (``scripts.grid``, config set
-    ``mini``, 8 cached views), then its tables and curves (committed under docs/)."""
+    ``mini``, 8 cached views, ``workers`` processes), then its tables and curves (committed under docs/)
+    and ``<results>_run.json``: the cells, the wall time and the machine that produced them."""
     root_abs = root if os.path.isabs(root) else os.fspath(REPO_ROOT / root)
     out_abs = out if os.path.isabs(out) else os.fspath(REPO_ROOT / out)
     build_domains(root_abs, domains)
+    start = time.time()
     cells = plan_grid(root_abs, out_abs, domains, methods, shots, seeds, config_set=MINI_CONFIG_SET, views=8,
                       opts=extra_opts)
-    failed = [f"{cell.label}: {why}" for cell, why in run_grid(cells).failed]
+    workers = auto_workers(cells) if workers <= 0 else workers
+    summary = run_grid(cells, workers=workers, threads=threads)
+    wall = time.time() - start
+    failed = [f"{cell.label}: {why}" for cell, why in summary.failed]
     res = os.fspath(REPO_ROOT / results)
     os.makedirs(os.path.dirname(res), exist_ok=True)
     parse_main([out_abs, "--table", "--shots", "4", "--md", f"{res}_table4.md", "--csv", f"{res}_table4.csv"])
     parse_main([out_abs, "--curves", "--md", f"{res}_curves.md", "--json", f"{res}_curves.json"])
     plot_main([f"{res}_curves.json", "--out", f"{res}_curves"])
+    record = {"cells": len(cells), "ran": len(summary.ran), "skipped": len(summary.skipped), "failed": failed,
+              "wall_s": round(wall, 1), "workers": workers, "cpu_count": os.cpu_count(),
+              "image_views_encoded": summary.encoded, "domains": list(domains), "methods": list(methods),
+              "shots": list(shots), "seeds": list(seeds), "code": code_version()}
+    write_json(record, f"{res}_run.json")
+    print(f"comparison: {summary.line()} in {wall / 60:.1f} min ({workers} worker(s)); tables in {res}_*")
     return failed
