@@ -558,8 +558,15 @@ def build_table(groups: Sequence[GroupSummary], shots: int) -> Dict[str, Any]:
     return {"shots": shots, "domains": domains, "rows": rows}
 
 
-def build_curves(groups: Sequence[GroupSummary]) -> Dict[str, Any]:
-    """OOP accuracy per (dataset, method) over shots; zero-shot methods sit at 0 shots."""
+#: The accuracies a curve can follow: OOP, IP (cross-evaluation) or their H-mean.
+CURVE_METRICS = ("oop", "ip", "hmean")
+
+
+def build_curves(groups: Sequence[GroupSummary], metric: str = "oop") -> Dict[str, Any]:
+    """One accuracy (``metric``: OOP, IP or H) per (dataset, method) over shots; zero-shot methods sit
+    at 0 shots; methods without that accuracy (class-specific ones have no IP) get no points."""
+    if metric not in CURVE_METRICS:
+        raise ValueError(f"unknown curve metric {metric!r}; choose from {', '.join(CURVE_METRICS)}")
     datasets = sorted({g.dataset for g in groups}, key=lambda d: (_short(d).lower(), d))
     shots = sorted({g.shots for g in groups})
     curves = []
@@ -571,9 +578,9 @@ def build_curves(groups: Sequence[GroupSummary]) -> Dict[str, Any]:
                 "method": method,
                 "label": points[0].label,
                 "zero_shot": all(p.shots == ZEROSHOT_SHOTS for p in points),
-                "points": [(p.shots, p.oop) for p in points if p.oop.n],
+                "points": [(p.shots, getattr(p, metric)) for p in points if getattr(p, metric).n],
             })
-    return {"datasets": datasets, "shots": shots, "curves": curves}
+    return {"datasets": datasets, "shots": shots, "curves": curves, "metric": metric}
 
 
 # ------------------------------------------------------------------------------------ rendering

@@ -27,6 +27,7 @@ __all__ = ["PANEL_WIDTH", "PANEL_HEIGHT", "DPI", "load_groups", "plot_curves", "
 PANEL_WIDTH = 3.4  # inches per panel
 PANEL_HEIGHT = 2.9
 DPI = 150
+METRIC_LABELS = {"oop": "OOP accuracy (%)", "ip": "IP accuracy (%)", "hmean": "H-mean of OOP and IP (%)"}
 
 
 def load_groups(source: str, log_mode: bool = False, method_depth: int = 1) -> List[GroupSummary]:
@@ -63,6 +64,7 @@ def plot_curves(
     band: bool = False,
     ncols: Optional[int] = None,
     title: Optional[str] = None,
+    metric: str = "oop",
 ) -> Tuple[str, str]:
     """Draw the curves of ``groups`` and save ``<out>.png`` / ``<out>.pdf``; returns both paths."""
     import matplotlib
@@ -72,7 +74,7 @@ def plot_curves(
 
     from scripts.domains import short_name
 
-    curves = build_curves(groups)
+    curves = build_curves(groups, metric)
     datasets = [d for d in curves["datasets"] if not domains or d in domains or short_name(d) in domains]
     if not datasets:
         raise ValueError("nothing to plot: no results for the requested domains")
@@ -115,7 +117,7 @@ def plot_curves(
         ax.set_title(short_name(dataset))
         ax.set_xticks(shots)
         ax.set_xlabel("Shots per class")
-        ax.set_ylabel("OOP accuracy (%)")
+        ax.set_ylabel(METRIC_LABELS[metric])
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
@@ -137,6 +139,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", default="figures/fewshot_curves", help="output path without extension")
     p.add_argument("--domains", nargs="+", default=None, help="registered or short names (default: all found)")
     p.add_argument("--band", action="store_true", help="shade ± one std over seeds")
+    p.add_argument("--metric", choices=list(METRIC_LABELS), default="oop",
+                   help="the accuracy on the y axis: OOP, IP (cross-evaluation) or their H-mean")
     p.add_argument("--ncols", type=int, default=None)
     p.add_argument("--title", default=None)
     p.add_argument("--log-mode", action="store_true", help="directory of old runs with log.txt only")
@@ -147,7 +151,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     groups = load_groups(args.source, args.log_mode, args.method_depth)
     try:
-        png, pdf = plot_curves(groups, args.out, args.domains, args.band, args.ncols, args.title)
+        png, pdf = plot_curves(groups, args.out, args.domains, args.band, args.ncols, args.title, args.metric)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

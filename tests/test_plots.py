@@ -80,3 +80,29 @@ def test_json_round_trip_matches_directory(tree: Path, tmp_path: Path, capsys: p
 def test_nothing_to_plot(tree: Path, tmp_path: Path) -> None:
     assert plot_curves.main([str(tree), "--out", str(tmp_path / "x"), "--domains", "Landmark"]) == 1
     assert not (tmp_path / "x.png").exists()
+
+
+def test_curves_follow_the_chosen_accuracy():
+    """The committed Mini-Beyond comparison: IP / H curves carry exactly the groups' IP / H means, and
+    the class-specific methods (TaskRes, the linear probe: no IP) get no IP or H curve."""
+    import json
+    from pathlib import Path
+
+    import pytest
+
+    from scripts.parse_test_res import build_curves, groups_from_json
+
+    payload = json.loads((Path(__file__).resolve().parents[1] / "docs/results/mini_beyond_comparison_curves.json")
+                         .read_text())
+    groups = groups_from_json(payload)
+    for metric in ("oop", "ip", "hmean"):
+        curves = build_curves(groups, metric)
+        for c in curves["curves"]:
+            expected = {g.shots: getattr(g, metric).mean for g in groups
+                        if g.dataset == c["dataset"] and g.method == c["method"] and getattr(g, metric).n}
+            assert {k: s.mean for k, s in c["points"]} == expected
+        with_points = {c["label"] for c in curves["curves"] if c["points"]}
+        assert ("TaskRes" in with_points) == (metric == "oop")
+        assert "FSNL" in with_points
+    with pytest.raises(ValueError, match="unknown curve metric"):
+        build_curves(groups, "acc")

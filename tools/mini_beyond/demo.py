@@ -171,7 +171,7 @@ def run_comparison(root: str = "data/mini_beyond", out: str = "output/mini_beyon
     root_abs = root if os.path.isabs(root) else os.fspath(REPO_ROOT / root)
     out_abs = out if os.path.isabs(out) else os.fspath(REPO_ROOT / out)
     build_domains(root_abs, domains)
-    start = time.time()
+    start, code = time.time(), code_version()  # the code that runs the cells, before anything is edited
     cells = plan_grid(root_abs, out_abs, domains, methods, shots, seeds, config_set=MINI_CONFIG_SET, views=8,
                       opts=extra_opts)
     workers = auto_workers(cells) if workers <= 0 else workers
@@ -182,11 +182,14 @@ def run_comparison(root: str = "data/mini_beyond", out: str = "output/mini_beyon
     os.makedirs(os.path.dirname(res), exist_ok=True)
     parse_main([out_abs, "--table", "--shots", "4", "--md", f"{res}_table4.md", "--csv", f"{res}_table4.csv"])
     parse_main([out_abs, "--curves", "--md", f"{res}_curves.md", "--json", f"{res}_curves.json"])
-    plot_main([f"{res}_curves.json", "--out", f"{res}_curves"])
+    # the Figure-5 analog: OOP accuracy vs shots per domain, then IP and H, each with ± one std over seeds
+    plot_main([f"{res}_curves.json", "--out", f"{res}_curves", "--band"])
+    plot_main([f"{res}_curves.json", "--out", f"{res}_curves_ip", "--band", "--metric", "ip"])
+    plot_main([f"{res}_curves.json", "--out", f"{res}_curves_hmean", "--band", "--metric", "hmean"])
     record = {"cells": len(cells), "ran": len(summary.ran), "skipped": len(summary.skipped), "failed": failed,
               "wall_s": round(wall, 1), "workers": workers, "cpu_count": os.cpu_count(),
               "image_views_encoded": summary.encoded, "domains": list(domains), "methods": list(methods),
-              "shots": list(shots), "seeds": list(seeds), "code": code_version()}
+              "shots": list(shots), "seeds": list(seeds), "code": code}
     write_json(record, f"{res}_run.json")
     print(f"comparison: {summary.line()} in {wall / 60:.1f} min ({workers} worker(s)); tables in {res}_*")
     return failed
