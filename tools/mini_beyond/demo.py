@@ -22,6 +22,7 @@ import importlib
 import io
 import logging
 import os
+import resource
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -188,7 +189,10 @@ def run_comparison(root: str = "data/mini_beyond", out: str = "output/mini_beyon
     plot_main([f"{res}_curves.json", "--out", f"{res}_curves_hmean", "--band", "--metric", "hmean"])
     record = {"cells": len(cells), "ran": len(summary.ran), "skipped": len(summary.skipped), "failed": failed,
               "wall_s": round(wall, 1), "workers": workers, "cpu_count": os.cpu_count(),
-              "image_views_encoded": summary.encoded, "domains": list(domains), "methods": list(methods),
+              "image_views_encoded": summary.encoded,
+              # ru_maxrss is in KiB on Linux: the largest worker process, and this one
+              "peak_rss_mib": {"worker": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024,
+                               "main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}, "domains": list(domains), "methods": list(methods),
               "shots": list(shots), "seeds": list(seeds), "code": code}
     write_json(record, f"{res}_run.json")
     print(f"comparison: {summary.line()} in {wall / 60:.1f} min ({workers} worker(s)); tables in {res}_*")
