@@ -130,8 +130,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         f"Target: ratio >= {TARGET_RATIO:.0f}x {speed_ok} ({ratio:.1f}x); "
         f"|Δ| <= {TARGET_ACCURACY_PT} pt {acc_ok} (max {worst:.2f} pt).",
     ])
-    return {"benchmark": "linear_probe", "source": source, "device": str(device), "threads": args.threads, "classes": args.classes,
-            "dim": args.dim, "runs": args.runs, "num_step": args.num_step, "rows": rows,
+    return {"benchmark": "linear_probe", "source": source, "device": str(device), "threads": args.threads,
+            "classes": args.classes, "dim": args.dim, "runs": args.runs, "num_step": args.num_step, "rows": rows,
             "sklearn_total_s": total_sk, "torch_total_s": total_to, "ratio": ratio,
             "max_difference_pt": worst, "markdown": markdown}
 
@@ -158,6 +158,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
+    if args.features:
+        try:  # a wrong folder or domain is a user mistake: one line, before any timing
+            lp.check_features(args.features, args.dataset, "OOP")
+        except lp.FeatureError as err:
+            print(f"error: --features: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
     with warnings.catch_warnings():
         # sklearn warns when few-shot training sets have more classes than half their rows (1 shot)
         warnings.simplefilter("ignore", UserWarning)

@@ -83,8 +83,8 @@ from scripts.sweep import (
 from trainers import feature_cache as fc
 from trainers.base import shared_clip
 
-__all__ = ["Cell", "GridPlan", "GridSummary", "plan_grid", "auto_workers", "group_cells", "cell_state", "is_finished", "run_cell", "run_grid",
-           "main"]
+__all__ = ["Cell", "GridPlan", "GridSummary", "plan_grid", "auto_workers", "group_cells", "cell_state",
+           "is_finished", "run_cell", "run_grid", "main"]
 
 logger = logging.getLogger(__name__)
 

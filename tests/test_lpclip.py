@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import configs
+from benchmarks import linear_probe as probe_bench
 from lpclip import linear_probe as lp
 from tests.helpers import dataset_config, trainer_config
 
@@ -491,3 +492,13 @@ def test_split_list_stops_before_the_config_overrides():
     args = feat_extractor.parse_args(["--root", "r", "--dataset", "Food53_27", "--split", "train", "val",
                                       "DATASET.SUB_CLASSES", "IP"])
     assert args.split == ["train", "val"] and args.opts == ["DATASET.SUB_CLASSES", "IP"]
+
+
+def test_probe_benchmark_refuses_a_missing_feature_folder(tmp_path, capsys):
+    """``benchmarks.linear_probe --features`` on a folder without the domain's files: exit 2, one
+    ``error:`` line naming the missing file, before any timing."""
+    with pytest.raises(SystemExit) as exit_info:
+        probe_bench.main(["--features", str(tmp_path), "--dataset", "MiniFood"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --features:") and "MiniFood/OOP/train.npz" in err[0]

@@ -85,18 +85,11 @@ def test_nothing_to_plot(tree: Path, tmp_path: Path) -> None:
 def test_curves_follow_the_chosen_accuracy():
     """The committed Mini-Beyond comparison: IP / H curves carry exactly the groups' IP / H means, and
     the class-specific methods (TaskRes, the linear probe: no IP) get no IP or H curve."""
-    import json
-    from pathlib import Path
-
-    import pytest
-
-    from scripts.parse_test_res import build_curves, groups_from_json
-
     payload = json.loads((Path(__file__).resolve().parents[1] / "docs/results/mini_beyond_comparison_curves.json")
                          .read_text())
-    groups = groups_from_json(payload)
+    groups = parse_test_res.groups_from_json(payload)
     for metric in ("oop", "ip", "hmean"):
-        curves = build_curves(groups, metric)
+        curves = parse_test_res.build_curves(groups, metric)
         for c in curves["curves"]:
             expected = {g.shots: getattr(g, metric).mean for g in groups
                         if g.dataset == c["dataset"] and g.method == c["method"] and getattr(g, metric).n}
@@ -105,4 +98,4 @@ def test_curves_follow_the_chosen_accuracy():
         assert ("TaskRes" in with_points) == (metric == "oop")
         assert "FSNL" in with_points
     with pytest.raises(ValueError, match="unknown curve metric"):
-        build_curves(groups, "acc")
+        parse_test_res.build_curves(groups, "acc")
