@@ -4,10 +4,15 @@ from __future__ import annotations
 from typing import List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 TRUNCATABLE_POOLS = ("argmax", "eos")
+#: Length groups the trainers run their prompts in (``TextEncoder`` ``buckets``, CoCoOp's class
+#: groups): exact, and each group is cut at its own longest prompt instead of the batch's.
+TEXT_BUCKETS = 4
 
 
 def length_buckets(lengths: Sequence[int], max_buckets: int) -> List[List[int]]:
@@ -51,6 +56,42 @@ def length_buckets(lengths: Sequence[int], max_buckets: int) -> List[List[int]]:
         bounds.append((cum[i], cum[j]))
         j, k = i, k - 1
     return [order[a:b] for a, b in reversed(bounds)]
+
+
+def _attention(attn: nn.MultiheadAttention, q_x: torch.Tensor, kv_x: torch.Tensor,
+               mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """``attn(q_x, kv_x, kv_x, attn_mask=mask, need_weights=False)[0]`` for batch-first inputs.
+
+    The same math as ``nn.MultiheadAttention`` (packed in-projection, scaled dot-product attention,
+    out-projection), written on contiguous ``[N·S, W]`` matrices: the module's general path
+    transposes to sequence-first and back, copies q/k/v out of the packed projection and sends their
+    gradients back through full-size zero tensors -- together about a third of a small tower's time
+    (``benchmarks.text_tower``). ``mask`` is additive, ``[S_q, S_k]`` or broadcastable to
+    ``[N, heads, S_q, S_k]``. Only for modules :func:`plain_attention` accepts.
+    """
+    n, s_q, width = q_x.shape
+    heads = attn.num_heads
+    weight, bias = attn.in_proj_weight, attn.in_proj_bias
+    if q_x is kv_x:
+        qkv = F.linear(q_x, weight, bias).view(n, s_q, 3, heads, width // heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    else:
+        s_k = kv_x.shape[1]
+        q = F.linear(q_x, weight[:width], None if bias is None else bias[:width])
+        q = q.view(n, s_q, heads, width // heads).transpose(1, 2)
+        kv = F.linear(kv_x, weight[width:], None if bias is None else bias[width:])
+        k, v = kv.view(n, s_k, 2, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    if mask is not None:
+        mask = mask.to(q.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return attn.out_proj(out.transpose(1, 2).reshape(n, s_q, width))
+
+
+def plain_attention(attn: nn.Module) -> bool:
+    """An ``nn.MultiheadAttention`` whose forward is exactly what :func:`_attention` computes."""
+    return (isinstance(attn, nn.MultiheadAttention) and attn._qkv_same_embed_dim and attn.batch_first
+            and attn.bias_k is None and attn.bias_v is None and not attn.add_zero_attn
+            and float(attn.dropout) == 0.0 and type(attn.out_proj) in (nn.Linear, NonDynamicallyQuantizableLinear))
 
 
 class TextEncoder(nn.Module):
@@ -128,38 +169,68 @@ class TextEncoder(nn.Module):
 
     @property
     def can_reuse_prefix(self) -> bool:
-        """Prefix reuse needs a causal, batch-first tower of plain open_clip blocks (their math is known)."""
+        """Prefix reuse and the pooled-only last block need a causal, batch-first tower of plain
+        open_clip blocks (their math is known, :meth:`_run_blocks` writes it out)."""
         transformer = self.transformer
         blocks = getattr(transformer, "resblocks", None)
         return (self.can_truncate and getattr(transformer, "batch_first", None) is True
                 and not getattr(transformer, "grad_checkpointing", False) and blocks is not None
                 and all(type(b) is ResidualAttentionBlock and not hasattr(b, "ln_1_kv")
-                        and isinstance(b.attn, nn.MultiheadAttention) for b in blocks))
+                        and plain_attention(b.attn) for b in blocks))
 
-    def _run_with_prefix(self, x: torch.Tensor, states: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-        """The blocks on the positions after the prefix; keys/values = cached prefix + these positions.
+    def _run_blocks(self, x: torch.Tensor, states: Optional[Sequence[torch.Tensor]], mask: torch.Tensor,
+                    pool_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The plain open_clip blocks on ``x [N, S, W]`` (positions P..P+S-1), written out.
 
-        ``x`` is ``[N, S, W]`` (positions P..P+S-1), ``mask`` the causal mask rows P..P+S-1, columns
-        0..P+S-1. Each block computes exactly ``ResidualAttentionBlock.forward`` for those positions.
+        ``states`` (or None, P = 0) are the cached ``ln_1`` prefix states of :meth:`_prefix_states`,
+        put in front of every block's keys/values; ``mask`` is the causal mask rows P..P+S-1,
+        columns 0..P+S-1. Each block computes exactly ``ResidualAttentionBlock.forward`` for these
+        positions. Returns ``[N, S, W]``, or with ``pool_idx [N]`` (row positions, relative to P)
+        only the pooled rows ``[N, W]``: the last block then runs its query, attention output and MLP
+        on the pooled position alone -- nothing else of the last block reaches the pooled feature,
+        while its keys and values still come from every position up to the pooled one.
         """
         n = x.shape[0]
-        for block, state in zip(self.transformer.resblocks, states):
+        blocks = list(self.transformer.resblocks)
+        last = len(blocks) - 1 if pool_idx is not None else len(blocks)
+        for k, block in enumerate(blocks[:last]):
             h = block.ln_1(x)
-            kv = torch.cat([state.to(h.dtype).expand(n, -1, -1), h], dim=1)
-            x = x + block.ls_1(block.attention(q_x=h, k_x=kv, v_x=kv, attn_mask=mask))
+            kv = h if states is None else torch.cat([states[k].to(h.dtype).expand(n, -1, -1), h], dim=1)
+            x = x + block.ls_1(_attention(block.attn, h, kv, mask))
             x = x + block.ls_2(block.mlp(block.ln_2(x)))
-        return x
+        if pool_idx is None:
+            return x
+        block = blocks[-1]
+        rows = torch.arange(n, device=x.device)
+        pool_idx = pool_idx.to(x.device)
+        h = block.ln_1(x)
+        prefix = 0 if states is None else int(states[-1].shape[1])
+        kv = h if states is None else torch.cat([states[-1].to(h.dtype).expand(n, -1, -1), h], dim=1)
+        # row n's pooled query sees keys 0..P+pool_idx[n] (its causal row)
+        keys = torch.arange(kv.shape[1], device=x.device)
+        allowed = keys.unsqueeze(0) <= (pool_idx + prefix).unsqueeze(1)
+        row_mask = torch.zeros(allowed.shape, dtype=mask.dtype, device=x.device)
+        row_mask.masked_fill_(~allowed, float("-inf"))
+        xq = x[rows, pool_idx].unsqueeze(1)
+        xq = xq + block.ls_1(_attention(block.attn, h[rows, pool_idx].unsqueeze(1), kv, row_mask[:, None, None, :]))
+        xq = xq + block.ls_2(block.mlp(block.ln_2(xq)))
+        return xq[:, 0]
 
     def forward(self, embeds: torch.Tensor, eot_idx: torch.Tensor, truncate: bool = True,
-                shared_prefix: int = 0, buckets: int = 1) -> torch.Tensor:
+                shared_prefix: int = 0, buckets: int = 1, pooled_only: bool = True) -> torch.Tensor:
         """``[N, L, W]`` token embeddings and ``[N]`` pooling positions to ``[N, D]`` text features.
 
         With ``truncate`` only the first ``max(eot_idx) + 1`` positions are run; later positions
         cannot influence earlier ones under the causal mask, so the result is unchanged while the
         attention cost drops from 77² to (prompt length)².
 
-        Two further exact savings for causal towers (equal to the plain path up to float rounding;
-        ``tests/test_text_encoder.py``), both only with ``truncate``:
+        Three further exact savings for causal towers of plain open_clip blocks (equal to the plain
+        path up to float rounding; ``tests/test_text_encoder.py``), all only with ``truncate``:
+
+        * ``pooled_only`` (default on): the last block computes its query, attention output, MLP and
+          ``ln_final`` at the pooled position only (its keys/values still at every position). The
+          other positions' last-block outputs are discarded by the pooling anyway; this skips about
+          four fifths of the last block, ~20% of a 4-block tower (``benchmarks.text_tower``).
 
         * ``shared_prefix`` P: the caller promises that positions ``< P`` are identical in every row
           and carry no learned content (no gradient is sent to them). Their hidden states are
@@ -174,12 +245,13 @@ class TextEncoder(nn.Module):
         states = self._prefix_states(embeds, p) if p else None
         groups = length_buckets((eot_idx + 1).tolist(), buckets) if buckets > 1 else []
         if len(groups) < 2:
-            return self._forward_rows(embeds, eot_idx, True, p, states)
+            return self._forward_rows(embeds, eot_idx, True, p, states, pooled_only)
         parts, order = [], []
         for rows in groups:
             index = torch.tensor(rows, dtype=torch.long, device=embeds.device)
             parts.append(self._forward_rows(embeds.index_select(0, index),
-                                            eot_idx.index_select(0, index.to(eot_idx.device)), True, p, states))
+                                            eot_idx.index_select(0, index.to(eot_idx.device)), True, p, states,
+                                            pooled_only))
             order.extend(rows)
         out = torch.cat(parts, dim=0)
         inverse = torch.empty(len(order), dtype=torch.long)
@@ -213,29 +285,36 @@ class TextEncoder(nn.Module):
         return states
 
     def _forward_rows(self, embeds: torch.Tensor, eot_idx: torch.Tensor, truncate: bool, p: int = 0,
-                      states: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+                      states: Optional[List[torch.Tensor]] = None, pooled_only: bool = False) -> torch.Tensor:
         tower = self._tower
         cast = self.cast_dtype
         length = embeds.shape[1]
         if truncate and self.can_truncate:
             length = min(length, int(eot_idx.max()) + 1)
         mask = self.attn_mask
-        if p and states is not None:
-            x = embeds[:, p:length].to(cast) + tower.positional_embedding[p:length].to(cast)
-            x = self._run_with_prefix(x, states, mask[p:length, :length])
-            eot_idx = eot_idx - p
+        own_blocks = truncate and self.can_reuse_prefix
+        if own_blocks:
+            use_prefix = bool(p) and states is not None
+            start = p if use_prefix else 0
+            x = embeds[:, start:length].to(cast) + tower.positional_embedding[start:length].to(cast)
+            eot_idx = eot_idx - start
+            x = self._run_blocks(x, states if use_prefix else None, mask[start:length, :length],
+                                 eot_idx if pooled_only else None)
         else:
             x = embeds[:, :length].to(cast) + tower.positional_embedding[:length].to(cast)
             if mask is not None:
                 mask = mask[:length, :length]
             x = self._run_transformer(x, mask)
-        x = tower.ln_final(x)
-        if self.pool_type == "first":
-            pooled = x[:, 0]
-        elif self.pool_type == "last":
-            pooled = x[:, -1]
+        if own_blocks and pooled_only:
+            pooled = tower.ln_final(x)
         else:
-            pooled = x[torch.arange(x.shape[0], device=x.device), eot_idx.to(x.device)]
+            x = tower.ln_final(x)
+            if self.pool_type == "first":
+                pooled = x[:, 0]
+            elif self.pool_type == "last":
+                pooled = x[:, -1]
+            else:
+                pooled = x[torch.arange(x.shape[0], device=x.device), eot_idx.to(x.device)]
         proj = tower.text_projection
         if proj is None:
             return pooled

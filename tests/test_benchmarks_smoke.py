@@ -11,7 +11,7 @@ import statistics
 import pytest
 import torch
 
-from benchmarks import common, eval_throughput, fsnl_step, prompt_building, run_all
+from benchmarks import common, eval_throughput, fsnl_step, prompt_building, run_all, text_tower
 from benchmarks import linear_probe as linear_probe_bench
 
 
@@ -127,6 +127,20 @@ def test_eval_throughput_smoke(tmp_path, capsys):
     for row in rows:
         assert row["images_per_s"] == pytest.approx(24 / statistics.median(row["times_s"]))
         assert row["vs_encode_image"] == pytest.approx(rows[0]["median_s"] / row["median_s"])
+
+
+def test_text_tower_smoke(tmp_path, capsys):
+    """Six modes (train / eval × three paths), speed-ups = ratios of the recorded medians, paths agree."""
+    text_tower.main(tiny_args(tmp_path, "tt"))
+    printed = capsys.readouterr().out
+    assert "| train: written-out blocks, pooled-only last block |" in printed
+    data = json.loads((tmp_path / "tt.json").read_text())
+    assert data["max_abs_diff"] < 1e-5
+    modes = data["modes"]
+    assert sorted(modes) == sorted(f"{k}: {p}" for k in ("train", "eval") for p in text_tower.PATHS)
+    for name, mode in modes.items():
+        assert mode["median_s"] == pytest.approx(statistics.median(mode["times_s"]))
+        assert len(mode["times_s"]) == 2
 
 
 def test_run_all_assembles_sections():

@@ -23,6 +23,7 @@ class CallRecorder(nn.Module):
         super().__init__()
         self.inner = inner
         self.sizes = []
+        self.lengths = []
 
     @property
     def can_truncate(self):
@@ -30,6 +31,8 @@ class CallRecorder(nn.Module):
 
     def forward(self, embeds, eot):
         self.sizes.append(embeds.shape[0])
+        self.lengths.append(embeds.shape[1])
+        assert int(eot.max()) + 1 == embeds.shape[1]  # each call is cut at its own longest prompt
         return self.inner(embeds, eot)
 
 
@@ -61,7 +64,7 @@ def test_chunked_prompts_equal_per_image_loop(toy_root, tmp_path):
         learner.ctx.add_(0.05 * torch.randn_like(learner.ctx))
         learner.meta_net.linear2.weight.mul_(20.0)
     images = next(iter(trainer.test_loader))["img"]
-    b, c = images.shape[0], len(trainer.dm.dataset.classnames)
+    b = images.shape[0]
     expected = loop_logits(trainer, images)
     recorder = CallRecorder(trainer.model.text_encoder)
     trainer.model.text_encoder = recorder
@@ -69,12 +72,24 @@ def test_chunked_prompts_equal_per_image_loop(toy_root, tmp_path):
         trainer.before_test()
         got = trainer.model_inference(images)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    assert recorder.sizes == [7] * (b * c // 7) + ([b * c % 7] if b * c % 7 else [])
+    # the classes in groups of equal prompt length (independently: from the tokenised prompts)
+    names = [n.replace("_", " ") for n in trainer.dm.dataset.classnames]
+    ids = trainer.clip.tokenizer(["a photo of a " + name + "." for name in names])
+    lengths = (ids.argmax(dim=-1) + 1).tolist()
+    by_length = {v: lengths.count(v) for v in sorted(set(lengths))}
+    assert 1 < len(by_length) <= 4, "the toy names should give a few prompt lengths"
+    expected_sizes = []
+    for count in by_length.values():
+        expected_sizes += [7] * (b * count // 7) + ([b * count % 7] if b * count % 7 else [])
+    assert recorder.sizes == expected_sizes and sum(expected_sizes) == b * len(names)
     recorder.sizes.clear()
+    recorder.lengths.clear()
     trainer.model.text_chunk = 4096
     with torch.no_grad():
         torch.testing.assert_close(trainer.model_inference(images), expected, atol=1e-5, rtol=1e-5)
-    assert recorder.sizes == [b * c]  # one batched call, not one per image
+    # one batched call per length group, not one per image, each cut at its group's length
+    assert recorder.sizes == [b * count for count in by_length.values()]
+    assert recorder.lengths == list(by_length)
 
 
 def test_zero_shift_at_init_equals_zero_shot(toy_root, tmp_path):

@@ -232,3 +232,78 @@ def test_length_buckets_minimise_padding():
     assert cost == best
     assert length_buckets(lengths, 1) == [sorted(range(len(lengths)), key=lambda i: (lengths[i], i))]
     assert length_buckets([], 4) == []
+
+
+@pytest.mark.parametrize("shared_prefix,buckets", [(0, 1), (3, 1), (0, 3), (5, 4)])
+@pytest.mark.parametrize("pooled_only", [True, False])
+def test_written_out_blocks_equal_open_clips_blocks(shared_prefix, buckets, pooled_only):
+    """The encoder's own block loop (with and without the pooled-only last block) gives open_clip's
+    features and embedding gradients, with the prefix cache and buckets on or off."""
+    model = build()
+    enc = TextEncoder(model)
+    embeds, eot = _shared_prefix_batch(model.token_embedding.weight.shape[1])
+    leaf = embeds.clone().requires_grad_(True)
+    full = enc(leaf, eot, truncate=False)  # open_clip's Transformer.forward on all 77 positions
+    (g_full,) = torch.autograd.grad(full.square().sum(), leaf)
+    got = enc(leaf, eot, shared_prefix=shared_prefix, buckets=buckets, pooled_only=pooled_only)
+    (g_got,) = torch.autograd.grad(got.square().sum(), leaf)
+    torch.testing.assert_close(got, full, atol=1e-5, rtol=0)
+    p = min(shared_prefix, int(eot.min()))
+    torch.testing.assert_close(g_got[:, p:], g_full[:, p:], atol=1e-5, rtol=1e-4)
+
+
+def test_pooled_only_last_block_does_less_work():
+    """The saving is real: fewer matrix-product FLOPs than the full last block, same features."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build()
+    enc = TextEncoder(model)
+    embeds, eot = _shared_prefix_batch(model.token_embedding.weight.shape[1])
+    counts = {}
+    for pooled_only in (False, True):
+        with FlopCounterMode(display=False) as counter:
+            out = enc(embeds, eot, pooled_only=pooled_only)
+        counts[pooled_only] = (counter.get_total_flops(), out)
+    torch.testing.assert_close(counts[True][1], counts[False][1], atol=1e-5, rtol=0)
+    blocks = len(model.transformer.resblocks)
+    # the last block keeps only its key/value projections for the non-pooled positions
+    assert counts[True][0] < counts[False][0] * (1 - 0.5 / blocks)
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_attention_equals_multihead_attention(cross):
+    """clip.text._attention against nn.MultiheadAttention itself: self-attention under the causal
+    mask, and one query row per sequence against all keys under a per-row mask."""
+    from clip.text import _attention, plain_attention
+
+    torch.manual_seed(0)
+    attn = nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    assert plain_attention(attn)
+    x = torch.randn(5, 7, 32)
+    if cross:
+        q = torch.randn(5, 1, 32)
+        allowed = torch.arange(7).unsqueeze(0) <= torch.tensor([0, 3, 6, 2, 5]).unsqueeze(1)
+        mask = torch.zeros(5, 7).masked_fill(~allowed, float("-inf"))
+        expected = attn(q, x, x, need_weights=False,
+                        attn_mask=mask.unsqueeze(1).repeat_interleave(4, dim=0))[0]
+        got = _attention(attn, q, x, mask[:, None, None, :])
+    else:
+        mask = torch.full((7, 7), float("-inf")).triu(1)
+        expected = attn(x, x, x, need_weights=False, attn_mask=mask)[0]
+        got = _attention(attn, x, x, mask)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_other_attention_modules_use_open_clips_blocks(ids):
+    """Attention the written-out path does not reproduce (dropout, key bias) falls back to open_clip."""
+    from clip.text import plain_attention
+
+    assert not plain_attention(nn.MultiheadAttention(32, 4, batch_first=True, dropout=0.1))
+    assert not plain_attention(nn.MultiheadAttention(32, 4, batch_first=True, add_bias_kv=True))
+    assert not plain_attention(nn.MultiheadAttention(32, 4, batch_first=False))
+    model = build()
+    for block in model.transformer.resblocks:
+        block.attn.dropout = 0.1  # eval mode: no effect on the values, but not the plain module any more
+    enc = TextEncoder(model)
+    assert not enc.can_reuse_prefix
+    torch.testing.assert_close(enc.encode_ids(ids), model.encode_text(ids), atol=1e-5, rtol=0)

@@ -8,10 +8,12 @@ image feature and ``π = Linear(D → D/16) → ReLU → Linear(→ W)``; the cl
 How it is built: the C class prompts are embedded once per step with the (unshifted) context
 (:class:`clip.PromptBank`, one gather + one scatter). The shift is the same vector at every context
 position, so the prompt of pair ``(b, c)`` is that embedding plus ``mask_c ⊗ π(f_b)`` where ``mask_c``
-marks the context positions. All B·C pairs are flattened and encoded in chunks of
-``TRAINER.COCOOP.TEXT_CHUNK`` sequences, each chunk one batched text-tower call (P4: the reference ran
-one C-sequence call per image in a Python loop). Memory per call is bounded by the chunk size; the
-sequences are also cut after the longest prompt's EOT (exact for causal towers).
+marks the context positions. The classes are grouped by prompt length (at most ``TEXT_BUCKETS``
+groups, :func:`clip.text.length_buckets`); a group's B·C_g pairs are flattened, cut after the
+group's longest EOT (exact for causal towers: a third of the positions of a padded IP test batch are
+padding on Mini-Beyond) and encoded in chunks of ``TRAINER.COCOOP.TEXT_CHUNK`` sequences, each chunk
+one batched text-tower call (P4: the reference ran one C-sequence call per image in a Python loop).
+Memory per call is bounded by the chunk size.
 
 Differences from the reference, deliberate: B1 batch-first text transformer; the context and
 meta-net are fp32 parameters under every precision (the reference made the meta-net fp16 under
@@ -31,6 +33,7 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from clip import LoadedCLIP, PromptBank, TextEncoder
+from clip.text import TEXT_BUCKETS, length_buckets
 from dassl.engine import TRAINER_REGISTRY
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
@@ -104,6 +107,13 @@ class CoCoOpModel(nn.Module):
         # [C, L]: where the (shifted) context rows sit in each class prompt
         self.register_buffer("ctx_mask", mask.view_as(bank.ids), persistent=False)
         self.text_chunk = max(1, int(text_chunk))
+        # classes grouped by prompt length; each group's pairs are cut at the group's longest prompt
+        lengths = [int(v) + 1 for v in bank.eot_idx.tolist()]
+        groups = (length_buckets(lengths, TEXT_BUCKETS) if self.text_encoder.can_truncate
+                  else [list(range(len(lengths)))])
+        self.length_groups = [(torch.tensor(g, dtype=torch.long),
+                               max(lengths[i] for i in g) if self.text_encoder.can_truncate else None)
+                              for g in groups]
 
     def forward(self, image_feats: torch.Tensor) -> torch.Tensor:
         """Cosine similarities ``[B, C]`` of normalised image features with their own class prompts."""
@@ -111,23 +121,32 @@ class CoCoOpModel(nn.Module):
         feats = image_feats.float()
         bias = learner.meta_net(feats)  # [B, W]
         embeds, eot = self.prompt_bank(learner.ctx)  # [C, L, W]
-        mask = self.ctx_mask
-        if self.text_encoder.can_truncate:
-            length = int(eot.max()) + 1
-            embeds, mask = embeds[:, :length], mask[:, :length]
         bias = bias.to(embeds.dtype)
-        weight = mask.to(embeds.dtype).unsqueeze(-1)  # [C, L, 1]
-        n_img, n_cls = feats.shape[0], embeds.shape[0]
-        total = n_img * n_cls
-        pair = torch.arange(total, device=feats.device)
-        sims = []
-        for start in range(0, total, self.text_chunk):
-            idx = pair[start:start + self.text_chunk]
-            img, cls = idx // n_cls, idx % n_cls
-            prompts = embeds[cls] + weight[cls] * bias[img].unsqueeze(1)
-            text = F.normalize(self.text_encoder(prompts, eot[cls]).float(), dim=-1)
-            sims.append((feats[img] * text).sum(dim=-1))
-        return torch.cat(sims).view(n_img, n_cls)
+        weight = self.ctx_mask.to(embeds.dtype).unsqueeze(-1)  # [C, L, 1]
+        n_img = feats.shape[0]
+        columns, sims = [], []
+        for classes, length in self.length_groups:
+            classes = classes.to(embeds.device)
+            group, group_w = embeds.index_select(0, classes)[:, :length], weight.index_select(0, classes)[:, :length]
+            group_eot = eot.index_select(0, classes.to(eot.device))
+            n_cls = len(classes)
+            pair = torch.arange(n_img * n_cls, device=feats.device)
+            parts = []
+            for start in range(0, len(pair), self.text_chunk):
+                idx = pair[start:start + self.text_chunk]
+                img, cls = idx // n_cls, idx % n_cls
+                prompts = group[cls] + group_w[cls] * bias[img].unsqueeze(1)
+                text = F.normalize(self.text_encoder(prompts, group_eot[cls]).float(), dim=-1)
+                parts.append((feats[img] * text).sum(dim=-1))
+            sims.append(torch.cat(parts).view(n_img, n_cls))
+            columns.append(classes)
+        out = torch.cat(sims, dim=1)
+        order = torch.cat(columns)
+        if len(self.length_groups) == 1 and bool((order == torch.arange(len(order), device=order.device)).all()):
+            return out
+        result = torch.empty_like(out)
+        result[:, order] = out
+        return result
 
 
 @TRAINER_REGISTRY.register()

@@ -49,6 +49,7 @@ from clip import (
     reference_normalize_name,
 )
 from clip.prompts import class_prompt_pieces, tokenize_pieces
+from clip.text import TEXT_BUCKETS
 from dassl.engine import TRAINER_REGISTRY
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
@@ -63,11 +64,6 @@ LOSSES = ("full", "caption", "base", "clip_caption")
 Piece = Union[List[int], Slot]
 #: Marks "this caption's own class name" inside a cached caption template.
 OWN = Slot(-1)
-#: Length groups of the text tower's input (``clip.TextEncoder`` ``buckets``): exact, and each group
-#: is cut at its own longest prompt instead of the batch's.
-TEXT_BUCKETS = 4
-
-
 def add_config(cfg: CN) -> None:
     """``TRAINER.FSNL.*`` with the reference defaults (spec §1.2), plus our documented options."""
     cfg.TRAINER.FSNL = CN()
