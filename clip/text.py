@@ -192,11 +192,14 @@ class TextEncoder(nn.Module):
         """
         n = x.shape[0]
         blocks = list(self.transformer.resblocks)
+
+        def keys_values(k: int, h: torch.Tensor) -> torch.Tensor:  # block k's cached prefix + these positions
+            return h if states is None else torch.cat([states[k].to(h.dtype).expand(n, -1, -1), h], dim=1)
+
         last = len(blocks) - 1 if pool_idx is not None else len(blocks)
         for k, block in enumerate(blocks[:last]):
             h = block.ln_1(x)
-            kv = h if states is None else torch.cat([states[k].to(h.dtype).expand(n, -1, -1), h], dim=1)
-            x = x + block.ls_1(_attention(block.attn, h, kv, mask))
+            x = x + block.ls_1(_attention(block.attn, h, keys_values(k, h), mask))
             x = x + block.ls_2(block.mlp(block.ln_2(x)))
         if pool_idx is None:
             return x
@@ -205,7 +208,7 @@ class TextEncoder(nn.Module):
         pool_idx = pool_idx.to(x.device)
         h = block.ln_1(x)
         prefix = 0 if states is None else int(states[-1].shape[1])
-        kv = h if states is None else torch.cat([states[-1].to(h.dtype).expand(n, -1, -1), h], dim=1)
+        kv = keys_values(len(blocks) - 1, h)
         # row n's pooled query sees keys 0..P+pool_idx[n] (its causal row)
         keys = torch.arange(kv.shape[1], device=x.device)
         allowed = keys.unsqueeze(0) <= (pool_idx + prefix).unsqueeze(1)

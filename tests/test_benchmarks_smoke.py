@@ -138,7 +138,7 @@ def test_text_tower_smoke(tmp_path, capsys):
     assert data["max_abs_diff"] < 1e-5
     modes = data["modes"]
     assert sorted(modes) == sorted(f"{k}: {p}" for k in ("train", "eval") for p in text_tower.PATHS)
-    for name, mode in modes.items():
+    for mode in modes.values():
         assert mode["median_s"] == pytest.approx(statistics.median(mode["times_s"]))
         assert len(mode["times_s"]) == 2
 

@@ -107,13 +107,21 @@ class CoCoOpModel(nn.Module):
         # [C, L]: where the (shifted) context rows sit in each class prompt
         self.register_buffer("ctx_mask", mask.view_as(bank.ids), persistent=False)
         self.text_chunk = max(1, int(text_chunk))
-        # classes grouped by prompt length; each group's pairs are cut at the group's longest prompt
+        # classes grouped by prompt length; each group's pairs are cut at the group's longest prompt.
+        # group_order lists the classes group by group; group g is group_order[start:end], cut at length
         lengths = [int(v) + 1 for v in bank.eot_idx.tolist()]
-        groups = (length_buckets(lengths, TEXT_BUCKETS) if self.text_encoder.can_truncate
-                  else [list(range(len(lengths)))])
-        self.length_groups = [(torch.tensor(g, dtype=torch.long),
-                               max(lengths[i] for i in g) if self.text_encoder.can_truncate else None)
-                              for g in groups]
+        truncate = self.text_encoder.can_truncate
+        groups = length_buckets(lengths, TEXT_BUCKETS) if truncate else [list(range(len(lengths)))]
+        order = [c for g in groups for c in g]
+        self.register_buffer("group_order", torch.tensor(order, dtype=torch.long), persistent=False)
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+        self.register_buffer("group_inverse", inverse, persistent=False)
+        bounds = [0]
+        for g in groups:
+            bounds.append(bounds[-1] + len(g))
+        self.length_groups = [(a, b, max(lengths[i] for i in g) if truncate else None)
+                              for a, b, g in zip(bounds, bounds[1:], groups)]
 
     def forward(self, image_feats: torch.Tensor) -> torch.Tensor:
         """Cosine similarities ``[B, C]`` of normalised image features with their own class prompts."""
@@ -124,29 +132,22 @@ class CoCoOpModel(nn.Module):
         bias = bias.to(embeds.dtype)
         weight = self.ctx_mask.to(embeds.dtype).unsqueeze(-1)  # [C, L, 1]
         n_img = feats.shape[0]
-        columns, sims = [], []
-        for classes, length in self.length_groups:
-            classes = classes.to(embeds.device)
+        sims = []
+        for start, end, length in self.length_groups:
+            classes = self.group_order[start:end]
             group, group_w = embeds.index_select(0, classes)[:, :length], weight.index_select(0, classes)[:, :length]
             group_eot = eot.index_select(0, classes.to(eot.device))
-            n_cls = len(classes)
+            n_cls = end - start
             pair = torch.arange(n_img * n_cls, device=feats.device)
             parts = []
-            for start in range(0, len(pair), self.text_chunk):
-                idx = pair[start:start + self.text_chunk]
+            for first in range(0, len(pair), self.text_chunk):
+                idx = pair[first:first + self.text_chunk]
                 img, cls = idx // n_cls, idx % n_cls
                 prompts = group[cls] + group_w[cls] * bias[img].unsqueeze(1)
                 text = F.normalize(self.text_encoder(prompts, group_eot[cls]).float(), dim=-1)
                 parts.append((feats[img] * text).sum(dim=-1))
             sims.append(torch.cat(parts).view(n_img, n_cls))
-            columns.append(classes)
-        out = torch.cat(sims, dim=1)
-        order = torch.cat(columns)
-        if len(self.length_groups) == 1 and bool((order == torch.arange(len(order), device=order.device)).all()):
-            return out
-        result = torch.empty_like(out)
-        result[:, order] = out
-        return result
+        return torch.cat(sims, dim=1).index_select(1, self.group_inverse)
 
 
 @TRAINER_REGISTRY.register()
