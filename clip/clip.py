@@ -30,15 +30,16 @@ import os.path as osp
 import re
 from pathlib import Path
 from types import MappingProxyType
-from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import open_clip
 import torch
 from open_clip.transform import image_transform
 from safetensors.torch import load_file
 
+from dassl.results import WEIGHTS_RESOLVERS
 from dassl.utils import atomic_torch_save
-from dassl.utils.identity import file_identity, json_digest
+from dassl.utils.identity import content_identity, file_identity, json_digest
 
 from .loader import BackboneError, BackboneNotFoundError, register_repo_configs
 from .model import CLIP, build_model, convert_weights
@@ -47,7 +48,7 @@ from .simple_tokenizer import SimpleTokenizer
 
 __all__ = [
     "BackboneError", "BackboneNotFoundError", "CLIP", "OPEN_CLIP_NAMES", "available_models", "build_model", "load",
-    "load_state_dict", "tokenize",
+    "load_state_dict", "openai_weights_identity", "tokenize",
 ]
 
 logger = logging.getLogger(__name__)
@@ -190,6 +191,19 @@ def load_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
 def _transform(n_px: int) -> Callable:
     """OpenAI's preprocessing: bicubic resize of the short side, centre crop, CLIP normalisation."""
     return image_transform(n_px, is_train=False, mean=open_clip.OPENAI_DATASET_MEAN, std=open_clip.OPENAI_DATASET_STD)
+
+
+@WEIGHTS_RESOLVERS.register()
+def openai_weights_identity(cfg: Any) -> Optional[Dict[str, Any]]:
+    """What the OpenAI CLIP of ``cfg`` *is*, for the run fingerprint of a trainer that loads it by name
+    (``clip._download(clip._MODELS[MODEL.BACKBONE.NAME])``, as CoOp's files do): the content of the
+    file that call resolves -- the same file the trainer loads -- so a replaced ``~/.cache/clip`` file
+    or another ``CLIP_WEIGHTS`` is another run. None for a name that is not an OpenAI CLIP name.
+    Raises :class:`BackboneNotFoundError` (one line) when no weight file can be found."""
+    name = str(cfg.MODEL.BACKBONE.NAME)
+    if name not in _MODELS:
+        return None
+    return {"kind": "file", "model": name, **content_identity(_download(_MODELS[name]))}
 
 
 def load(name: str, device: Union[str, torch.device] = "cuda" if torch.cuda.is_available() else "cpu",

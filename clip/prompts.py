@@ -360,6 +360,22 @@ class PromptBatch:
             p = min(p, int((self.slot_dst % length).min()))
         return min(p, int(self.eot_idx.min()))
 
+    def common_prefix(self) -> int:
+        """Leading positions whose embedding is the same in every row *whatever the bank holds*: the
+        same token id and the same slot row (or no slot) in every row -- e.g. CoOp's "SOT ctx_1 …
+        ctx_n" with a shared context. Under the causal mask their hidden states are the same in every
+        row too, so they can be run once, with gradient (:meth:`clip.TextEncoder.prefix_states`).
+        Capped before the first pooled position."""
+        n, length = self.ids.shape
+        if n == 0 or length == 0:
+            return 0
+        source = torch.full((n * length,), -1, dtype=torch.long, device=self.ids.device)
+        if self.slot_dst.numel():
+            source[self.slot_dst.long()] = self.slot_src.long().to(source.device)
+        source = source.view(n, length)
+        same = ((self.ids == self.ids[:1]) & (source == source[:1])).all(dim=0).long()
+        return min(int(same.cumprod(0).sum()), int(self.eot_idx.min()))
+
     def to(self, device: Union[str, torch.device]) -> PromptBatch:
         return PromptBatch(self.ids.to(device), self.eot_idx.to(device), self.slot_dst.to(device),
                            self.slot_src.to(device))
@@ -414,6 +430,7 @@ class PromptBank(nn.Module):
         self.register_buffer("slot_src", batch.slot_src.to(weight.device), persistent=False)
         self.register_buffer("base", batch.base_embeddings(weight), persistent=False)
         self.shared_prefix = batch.shared_prefix()
+        self.common_prefix = batch.common_prefix()
         src = batch.slot_src
         self.identity_src = bool(torch.equal(src, torch.arange(src.numel()))) and src.numel() == sum(
             self.slot_lengths)

@@ -1,7 +1,7 @@
 """CLIP's text tower run on token *embeddings*, so learned rows can be spliced into a prompt."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -58,8 +58,20 @@ def length_buckets(lengths: Sequence[int], max_buckets: int) -> List[List[int]]:
     return [order[a:b] for a, b in reversed(bounds)]
 
 
+def _rows(t: torch.Tensor, index: Optional[torch.Tensor]) -> torch.Tensor:
+    """``t``'s rows ``index`` (all of ``t`` for None), ``index`` moved to ``t``'s device."""
+    return t if index is None else t.index_select(0, index.to(t.device))
+
+
+def _kv_projection(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+    """Keys and values of ``x [N, S, W]`` as ``[N, S, 2W]`` (the packed in-projection's k, v rows)."""
+    width = x.shape[-1]
+    bias = attn.in_proj_bias
+    return F.linear(x, attn.in_proj_weight[width:], None if bias is None else bias[width:])
+
+
 def _attention(attn: nn.MultiheadAttention, q_x: torch.Tensor, kv_x: torch.Tensor,
-               mask: Optional[torch.Tensor]) -> torch.Tensor:
+               mask: Optional[torch.Tensor], kv_prefix: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``attn(q_x, kv_x, kv_x, attn_mask=mask, need_weights=False)[0]`` for batch-first inputs.
 
     The same math as ``nn.MultiheadAttention`` (packed in-projection, scaled dot-product attention,
@@ -67,20 +79,29 @@ def _attention(attn: nn.MultiheadAttention, q_x: torch.Tensor, kv_x: torch.Tenso
     transposes to sequence-first and back, copies q/k/v out of the packed projection and sends their
     gradients back through full-size zero tensors -- together about a third of a small tower's time
     (``benchmarks.text_tower``). ``mask`` is additive, ``[S_q, S_k]`` or broadcastable to
-    ``[N, heads, S_q, S_k]``. Only for modules :func:`plain_attention` accepts.
+    ``[N, heads, S_q, S_k]``. ``kv_prefix [N, P, 2W]`` (:func:`_kv_projection` of P earlier
+    positions, e.g. a cached prompt prefix) goes in front of ``kv_x``'s keys/values, so a prefix
+    shared by many rows is projected once, not once per row. Only for modules
+    :func:`plain_attention` accepts.
     """
     n, s_q, width = q_x.shape
     heads = attn.num_heads
     weight, bias = attn.in_proj_weight, attn.in_proj_bias
-    if q_x is kv_x:
+    if q_x is kv_x and kv_prefix is None:
         qkv = F.linear(q_x, weight, bias).view(n, s_q, 3, heads, width // heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     else:
-        s_k = kv_x.shape[1]
-        q = F.linear(q_x, weight[:width], None if bias is None else bias[:width])
-        q = q.view(n, s_q, heads, width // heads).transpose(1, 2)
-        kv = F.linear(kv_x, weight[width:], None if bias is None else bias[width:])
-        k, v = kv.view(n, s_k, 2, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
+        if q_x is kv_x:  # one packed projection, split
+            qkv = F.linear(q_x, weight, bias)
+            q, kv = qkv[..., :width], qkv[..., width:]
+        else:
+            q = F.linear(q_x, weight[:width], None if bias is None else bias[:width])
+            kv = _kv_projection(attn, kv_x)
+        if kv_prefix is not None:
+            kv = torch.cat([kv_prefix.to(kv.dtype), kv], dim=1)
+        s_k = kv.shape[1]
+        q = q.reshape(n, s_q, heads, width // heads).transpose(1, 2)
+        k, v = kv.reshape(n, s_k, 2, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
     if mask is not None:
         mask = mask.to(q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -179,11 +200,14 @@ class TextEncoder(nn.Module):
                         and plain_attention(b.attn) for b in blocks))
 
     def _run_blocks(self, x: torch.Tensor, states: Optional[Sequence[torch.Tensor]], mask: torch.Tensor,
-                    pool_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    pool_idx: Optional[torch.Tensor] = None,
+                    prefix_rows: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The plain open_clip blocks on ``x [N, S, W]`` (positions P..P+S-1), written out.
 
-        ``states`` (or None, P = 0) are the cached ``ln_1`` prefix states of :meth:`_prefix_states`,
-        put in front of every block's keys/values; ``mask`` is the causal mask rows P..P+S-1,
+        ``states`` (or None, P = 0) are cached ``ln_1`` prefix states of :meth:`prefix_states`,
+        ``[G, P, W]`` per block: row ``n`` continues prefix ``prefix_rows[n]`` (or the one prefix,
+        G = 1, when ``prefix_rows`` is None). Each block projects its prefix keys/values once per
+        prefix and puts them in front of the rows' own; ``mask`` is the causal mask rows P..P+S-1,
         columns 0..P+S-1. Each block computes exactly ``ResidualAttentionBlock.forward`` for these
         positions. Returns ``[N, S, W]``, or with ``pool_idx [N]`` (row positions, relative to P)
         only the pooled rows ``[N, W]``: the last block then runs its query, attention output and MLP
@@ -193,13 +217,16 @@ class TextEncoder(nn.Module):
         n = x.shape[0]
         blocks = list(self.transformer.resblocks)
 
-        def keys_values(k: int, h: torch.Tensor) -> torch.Tensor:  # block k's cached prefix + these positions
-            return h if states is None else torch.cat([states[k].to(h.dtype).expand(n, -1, -1), h], dim=1)
+        def prefix_kv(k: int) -> Optional[torch.Tensor]:  # block k's prefix keys/values for every row
+            if states is None:
+                return None
+            kv = _kv_projection(blocks[k].attn, states[k].to(x.dtype))
+            return kv.expand(n, -1, -1) if prefix_rows is None else kv.index_select(0, prefix_rows)
 
         last = len(blocks) - 1 if pool_idx is not None else len(blocks)
         for k, block in enumerate(blocks[:last]):
             h = block.ln_1(x)
-            x = x + block.ls_1(_attention(block.attn, h, keys_values(k, h), mask))
+            x = x + block.ls_1(_attention(block.attn, h, h, mask, prefix_kv(k)))
             x = x + block.ls_2(block.mlp(block.ln_2(x)))
         if pool_idx is None:
             return x
@@ -208,14 +235,14 @@ class TextEncoder(nn.Module):
         pool_idx = pool_idx.to(x.device)
         h = block.ln_1(x)
         prefix = 0 if states is None else int(states[-1].shape[1])
-        kv = keys_values(len(blocks) - 1, h)
         # row n's pooled query sees keys 0..P+pool_idx[n] (its causal row)
-        keys = torch.arange(kv.shape[1], device=x.device)
+        keys = torch.arange(prefix + x.shape[1], device=x.device)
         allowed = keys.unsqueeze(0) <= (pool_idx + prefix).unsqueeze(1)
         row_mask = torch.zeros(allowed.shape, dtype=mask.dtype, device=x.device)
         row_mask.masked_fill_(~allowed, float("-inf"))
         xq = x[rows, pool_idx].unsqueeze(1)
-        xq = xq + block.ls_1(_attention(block.attn, h[rows, pool_idx].unsqueeze(1), kv, row_mask[:, None, None, :]))
+        xq = xq + block.ls_1(_attention(block.attn, h[rows, pool_idx].unsqueeze(1), h, row_mask[:, None, None, :],
+                                        prefix_kv(len(blocks) - 1)))
         xq = xq + block.ls_2(block.mlp(block.ln_2(xq)))
         return xq[:, 0]
 
@@ -246,19 +273,25 @@ class TextEncoder(nn.Module):
             return self._forward_rows(embeds, eot_idx, truncate)
         p = self._usable_prefix(embeds, eot_idx, shared_prefix)
         states = self._prefix_states(embeds, p) if p else None
+        return self._in_length_groups(
+            eot_idx, buckets,
+            lambda idx: self._forward_rows(_rows(embeds, idx), _rows(eot_idx, idx), True, p, states, pooled_only))
+
+    @staticmethod
+    def _in_length_groups(eot_idx: torch.Tensor, buckets: int,
+                          run: Callable[[Optional[torch.Tensor]], torch.Tensor]) -> torch.Tensor:
+        """``run(None)`` on all rows, or with ``buckets`` k > 1 ``run(index)`` on each of at most k
+        groups of rows of similar pooling position (:func:`length_buckets`), each cut at its own
+        longest row, put back in row order."""
         groups = length_buckets((eot_idx + 1).tolist(), buckets) if buckets > 1 else []
         if len(groups) < 2:
-            return self._forward_rows(embeds, eot_idx, True, p, states, pooled_only)
-        parts, order = [], []
-        for rows in groups:
-            index = torch.tensor(rows, dtype=torch.long, device=embeds.device)
-            parts.append(self._forward_rows(embeds.index_select(0, index),
-                                            eot_idx.index_select(0, index.to(eot_idx.device)), True, p, states,
-                                            pooled_only))
-            order.extend(rows)
+            return run(None)
+        device = eot_idx.device
+        parts = [run(torch.tensor(rows, dtype=torch.long, device=device)) for rows in groups]
+        order = torch.tensor([r for rows in groups for r in rows], dtype=torch.long)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order))
         out = torch.cat(parts, dim=0)
-        inverse = torch.empty(len(order), dtype=torch.long)
-        inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
         return out.index_select(0, inverse.to(out.device))
 
     def _usable_prefix(self, embeds: torch.Tensor, eot_idx: torch.Tensor, shared_prefix: int) -> int:
@@ -277,15 +310,55 @@ class TextEncoder(nn.Module):
         Under the causal mask the prefix positions never attend to later ones, so their hidden
         states are the same in every row and need no gradient: run once, on one row, without a graph.
         """
-        cast = self.cast_dtype
-        mask = self.attn_mask[:p, :p]
-        states = []
         with torch.no_grad():
-            x = embeds[:1, :p].detach().to(cast) + self._tower.positional_embedding[:p].to(cast)
-            for block in self.transformer.resblocks:
-                states.append(block.ln_1(x))
+            return self.prefix_states(embeds[:1, :p].detach())
+
+    def prefix_states(self, prefixes: torch.Tensor) -> List[torch.Tensor]:
+        """``ln_1`` of the hidden states of ``prefixes [G, P, W]`` (token embeddings of positions
+        0..P-1) at every block, ``[G, P, W]`` each, for :meth:`encode_continuations`; differentiable
+        (CoCoOp's prefix carries the learned, image-conditioned context). Under the causal mask these
+        positions never see later ones, so one run per prefix serves every row that continues it.
+        Needs :attr:`can_reuse_prefix`."""
+        cast = self.cast_dtype
+        p = prefixes.shape[1]
+        mask = self.attn_mask[:p, :p]
+        blocks = list(self.transformer.resblocks)
+        x = prefixes.to(cast) + self._tower.positional_embedding[:p].to(cast)
+        states = []
+        for k, block in enumerate(blocks):
+            states.append(block.ln_1(x))
+            if k < len(blocks) - 1:  # the last block's prefix outputs reach nothing
                 x = block(x, attn_mask=mask)
         return states
+
+    def encode_continuations(self, states: Sequence[torch.Tensor], suffixes: torch.Tensor, prefix_rows: torch.Tensor,
+                             eot_idx: torch.Tensor, buckets: int = 1) -> torch.Tensor:
+        """Text features ``[N, D]`` of rows that start with one of G prefixes: row ``n`` is prefix
+        ``prefix_rows[n]`` (its :meth:`prefix_states`) followed by ``suffixes[n] [S, W]`` at positions
+        P..P+S-1, pooled at ``eot_idx[n]`` (absolute, >= P). Equal to :meth:`forward` on the
+        concatenated rows, up to float rounding (``tests/test_text_encoder.py``), with the prefix
+        positions run once per prefix instead of once per row -- for CoCoOp, whose SOT and
+        image-shifted context are shared by the C class prompts of one image, that is 5 of ~10
+        positions per prompt. ``buckets`` as in :meth:`forward`. Needs :attr:`can_reuse_prefix`;
+        pooled only."""
+        p = int(states[0].shape[1])
+        if int(eot_idx.min()) < p:
+            raise ValueError(f"encode_continuations: a pooled position lies inside the {p}-position prefix")
+        return self._in_length_groups(
+            eot_idx, buckets,
+            lambda idx: self._continue_rows(states, _rows(suffixes, idx), _rows(prefix_rows, idx), _rows(eot_idx, idx)))
+
+    def _continue_rows(self, states: Sequence[torch.Tensor], suffixes: torch.Tensor, prefix_rows: torch.Tensor,
+                       eot_idx: torch.Tensor) -> torch.Tensor:
+        """:meth:`encode_continuations` of one length group, cut at its longest row."""
+        p = int(states[0].shape[1])
+        tower = self._tower
+        cast = self.cast_dtype
+        length = min(p + suffixes.shape[1], int(eot_idx.max()) + 1)
+        x = suffixes[:, :length - p].to(cast) + tower.positional_embedding[p:length].to(cast)
+        x = self._run_blocks(x, states, self.attn_mask[p:length, :length], eot_idx - p,
+                             prefix_rows.to(x.device))
+        return self._project(tower.ln_final(x))
 
     def _forward_rows(self, embeds: torch.Tensor, eot_idx: torch.Tensor, truncate: bool, p: int = 0,
                       states: Optional[List[torch.Tensor]] = None, pooled_only: bool = False) -> torch.Tensor:
@@ -318,7 +391,10 @@ class TextEncoder(nn.Module):
                 pooled = x[:, -1]
             else:
                 pooled = x[torch.arange(x.shape[0], device=x.device), eot_idx.to(x.device)]
-        proj = tower.text_projection
+        return self._project(pooled)
+
+    def _project(self, pooled: torch.Tensor) -> torch.Tensor:
+        proj = self._tower.text_projection
         if proj is None:
             return pooled
         if isinstance(proj, nn.Linear):

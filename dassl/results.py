@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from .utils import atomic_write_text, write_json
+from .utils import Registry, atomic_write_text, write_json
 from .utils.identity import code_version, json_digest, stat_identity
 
 __all__ = [
@@ -72,6 +72,8 @@ __all__ = [
     "Finished",
     "semantic_config",
     "fingerprint",
+    "WEIGHTS_RESOLVERS",
+    "default_weights_identity",
     "source_identity",
     "diff_fingerprints",
     "fingerprint_header",
@@ -163,6 +165,23 @@ def _without_seed(weights: Any) -> Any:
     if isinstance(weights, Mapping) and "seed" in weights:
         return {k: v for k, v in weights.items() if k != "seed"}
     return weights
+
+
+#: How to tell what a config's frozen weights *are*, for trainers without their own ``identity_parts``
+#: (e.g. a CoOp-family file dropped into ``trainers/``, which loads OpenAI CLIP by name). Each resolver
+#: takes the config and returns an identity dict, or None when the config's backbone is not its kind;
+#: the packages that load weights register theirs (``clip.clip`` for OpenAI names), so this module
+#: still knows no backbone.
+WEIGHTS_RESOLVERS = Registry("WEIGHTS_RESOLVER")
+
+
+def default_weights_identity(cfg: Any) -> Optional[Dict[str, Any]]:
+    """The first registered resolver's identity of ``cfg``'s weights (registration order), else None."""
+    for name in WEIGHTS_RESOLVERS.registered_names():
+        ident = WEIGHTS_RESOLVERS.get(name)(cfg)
+        if ident is not None:
+            return dict(ident)
+    return None
 
 
 _CHECKPOINT_NAME = re.compile(r"model\.pth\.tar-\d+|model-best\.pth\.tar|checkpoint")

@@ -686,7 +686,7 @@ class LaionBeyond(DatasetBase):
         self.sub_classes = sub_classes
         self.superclass_mode = bool(dcfg.get("USE_SUPERCLASS_F_ZS_TEST", False))
         self.num_shots = int(dcfg.get("NUM_SHOTS", -1))
-        self.seed = self._resolve_seed(cfg)
+        self.seed = self._resolve_seed(cfg, warn=self.num_shots >= 1)
 
         self.dataset_dirs = {s: find_subset_dir(self.root, self.prefix, s) for s in subsets}
         parts = {s: load_subset(d, s, self.superclass_mode) for s, d in self.dataset_dirs.items()}
@@ -777,9 +777,13 @@ class LaionBeyond(DatasetBase):
         return out
 
     @staticmethod
-    def _resolve_seed(cfg: Any) -> int:
+    def _resolve_seed(cfg: Any, warn: bool = True) -> int:
+        """``SEED``, or the fixed default for a negative one (warned about only when few-shot samples are
+        drawn: a full split, e.g. the linear probe's feature extraction, draws nothing)."""
         seed = int(cfg.get("SEED", -1))
         if seed < 0:
+            if not warn:
+                return DEFAULT_SEED
             logger.warning(
                 "SEED=%d: few-shot samples are drawn with the fixed seed %d so they stay reproducible "
                 "and cacheable; pass --seed to choose another", seed, DEFAULT_SEED,

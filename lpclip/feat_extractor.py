@@ -26,6 +26,10 @@ Trailing ``KEY VALUE`` overrides work as for ``train.py`` (the config is built b
 * ``fingerprint``: the backbone's identity as a JSON string (``clip.weights_identity`` -- for unseeded
   random weights, a digest of the initialised parameters -- plus model, activation, precision and
   the ``INPUT`` transform config). The probe refuses splits whose fingerprints differ.
+* ``job``: the file's job identity as a JSON string (:func:`job_identity`: the weights, precision,
+  transform, dataset and split-file digests, subset, split, views, shots and seed, all from the
+  config). ``scripts.sweep`` skips an extraction job only when the file on disk carries the identity
+  the job would write; a file of another configuration is never taken for it.
 
 Differences from the reference, all deliberate (B32, B33, P9):
 
@@ -61,13 +65,22 @@ import torch.nn.functional as F
 
 from clip import BackboneError, LoadedCLIP, autocast, load_clip, weights_identity
 from configs import ConfigError, build_cfg
+from dassl import results
 from dassl.data import build_data_loader
-from dassl.data.datasets import build_dataset
+from dassl.data.datasets import build_dataset, data_identity
 from dassl.data.transforms import build_transform
 from dassl.utils import WriteError, atomic_write, set_random_seed, setup_logger
 from dassl.utils.registry import RegistryKeyError
 from datasets.laion_beyond import DatasetError
-from lpclip.files import FINGERPRINT_KEY, SPLITS, FeatureError, feature_file
+from lpclip.files import (
+    FINGERPRINT_KEY,
+    JOB_KEY,
+    SPLITS,
+    FeatureError,
+    feature_file,
+    job_differences,
+    read_job,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -210,9 +223,58 @@ def fingerprint_string(cfg: Any, loaded: LoadedCLIP) -> str:
     return json.dumps(backbone_fingerprint(cfg, loaded), sort_keys=True, default=str)
 
 
+def job_identity(cfg: Any, split: str, views: int = 0, precision: str = "fp32") -> Optional[Dict[str, Any]]:
+    """What the feature file of ``split`` written by ``extract(cfg, ..., views, precision=...)`` is a
+    function of, from the config alone (no model loaded, no image read); None when that cannot be
+    known in advance -- unseeded random weights (``WEIGHTS none`` with a negative ``SEED``) draw new
+    parameters on every load, so no file on disk is ever that job's output."""
+    weights = weights_identity(cfg)
+    if weights.get("kind") == "random" and int(weights.get("seed", -1)) < 0:
+        return None
+    augment = split == "train" and views > 0
+    shots = int(cfg.DATASET.NUM_SHOTS)
+    ident = {
+        "weights": weights,
+        "precision": str(precision),
+        "transform": {k: cfg.INPUT[k] for k in sorted(cfg.INPUT)},
+        "dataset": str(cfg.DATASET.NAME),
+        "sub_classes": str(cfg.DATASET.SUB_CLASSES),
+        "data": data_identity(cfg),
+        "split": str(split),
+        "views": int(views) if augment else 0,
+        "num_shots": shots,
+        # the seed draws the views' augmentations and the few-shot sample; otherwise it changes nothing
+        "seed": int(cfg.SEED) if augment or shots >= 1 else None,
+    }
+    return json.loads(json.dumps(ident, sort_keys=True, default=str))  # as stored: tuples become lists
+
+
+def job_string(cfg: Any, split: str, views: int = 0, precision: str = "fp32") -> str:
+    """:func:`job_identity` as the JSON string stored in the npz (``null`` when it cannot be known)."""
+    return json.dumps(job_identity(cfg, split, views, precision), sort_keys=True, default=str)
+
+
+def feature_file_state(path: str, cfg: Any, split: str, views: int = 0, precision: str = "fp32") -> results.Finished:
+    """Whether ``path`` is the file ``extract(cfg, [split], views, precision=...)`` would write:
+    ``match`` (same job identity: reuse it), ``missing`` (absent, or its identity cannot be known in
+    advance), ``mismatch`` (another job's file: the differing keys) or ``unreadable``."""
+    if not osp.isfile(path):
+        return results.Finished("missing", path)
+    expected = job_identity(cfg, split, views, precision)
+    if expected is None:
+        return results.Finished("missing", path)
+    try:
+        differences = job_differences(read_job(path), expected)
+    except FeatureError as err:
+        return results.Finished("unreadable", path, [str(err)])
+    return results.Finished("mismatch", path, [f"job {d}" for d in differences]) if differences \
+        else results.Finished("match", path)
+
+
 def feature_arrays(raw: torch.Tensor, labels: torch.Tensor, image_ids: torch.Tensor, classnames: Sequence[str],
-                   loaded: LoadedCLIP, augment: bool, views: int, fingerprint: str) -> Dict[str, np.ndarray]:
-    """The arrays of one split's npz (the grid engine writes the same ones from its feature store)."""
+                   loaded: LoadedCLIP, augment: bool, views: int, fingerprint: str, job: str) -> Dict[str, np.ndarray]:
+    """The arrays of one split's npz (the grid engine writes the same ones from its feature store);
+    ``job`` is :func:`job_string` of the call that writes it."""
     return {
         "features": F.normalize(raw, dim=-1).numpy(),
         "features_raw": raw.numpy(),
@@ -224,6 +286,7 @@ def feature_arrays(raw: torch.Tensor, labels: torch.Tensor, image_ids: torch.Ten
         "transform": np.array("train" if augment else "test"),
         "views": np.array(int(views)),
         FINGERPRINT_KEY: np.array(fingerprint),
+        JOB_KEY: np.array(job),
     }
 
 
@@ -265,7 +328,7 @@ def extract(cfg: Any, splits: Sequence[str] = SPLITS, views: int = 0, device: Op
                     cfg.DATASET.SUB_CLASSES, split, len(sources[split]), n_views, tuple(raw.shape),
                     "train" if augment else "test")
         out[split] = feature_arrays(raw, enc["labels"], enc["image_ids"], list(dataset.classnames), loaded,
-                                    augment, n_views, fingerprint)
+                                    augment, n_views, fingerprint, job_string(cfg, split, views, precision))
     return out
 
 

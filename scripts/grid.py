@@ -46,6 +46,7 @@ import logging
 import multiprocessing
 import os
 import os.path as osp
+import queue
 import signal
 import threading
 import time
@@ -233,9 +234,16 @@ def cell_state(cell: Cell, match_code: bool = False) -> results.Finished:
     """What the cell's folder holds (``dassl.results``): ``match`` (a finished run with the cell's
     fingerprint: skip), ``missing`` (run), ``mismatch`` / ``unreadable`` (another run: never reused)."""
     if cell.run is None:
-        if not all(osp.isfile(feat_extractor.feature_file(cell.feature_dir, cell.dataset, sub, split))
-                   for sub in FEATURE_SUBSETS for split in FEATURE_SPLITS):
-            return results.Finished("missing", cell.results_file)
+        # the probe's features must be the ones this cell extracts (same job identity), not merely exist
+        for sub in FEATURE_SUBSETS:
+            cfg = _subset_cfg(cell.cfg, sub)
+            for split in FEATURE_SPLITS:
+                path = feat_extractor.feature_file(cell.feature_dir, cell.dataset, sub, split)
+                state = feat_extractor.feature_file_state(path, cfg, split)
+                if state.state == "missing":
+                    return results.Finished("missing", cell.results_file)
+                if not state.done:
+                    return state
         return command_state(["python", "-m", "lpclip.linear_probe", *_probe_argv(cell)], cell.results_file,
                              match_code=match_code)
     if not osp.isfile(cell.results_file):
@@ -256,8 +264,9 @@ def _cell_logging(output_dir: str) -> None:
     clean_temp_files(output_dir)
 
 
-def _run_train_cell(cell: Cell, shared: Dict[Any, Any]) -> Dict[str, Any]:
-    """What ``train.main`` does for the cell's command line, with the group's ``shared`` objects."""
+def _run_train_cell(cell: Cell, shared: Dict[Any, Any], epoch_bars: bool = False) -> Dict[str, Any]:
+    """What ``train.main`` does for the cell's command line, with the group's ``shared`` objects;
+    ``epoch_bars`` shows the cell's epochs (no per-batch bars) under the grid's bar."""
     cfg = cell.cfg
     assert cell.run is not None
     train.validate_cfg(cfg, training=not cell.run.eval_only)
@@ -265,7 +274,8 @@ def _run_train_cell(cell: Cell, shared: Dict[Any, Any]) -> Dict[str, Any]:
     if cfg.SEED >= 0:
         set_random_seed(cfg.SEED)
     trainer = build_trainer(cfg, shared=shared)
-    trainer.show_progress = False  # the grid's bar is the progress display
+    trainer.show_progress = epoch_bars
+    trainer.progress_batches = False
     if cell.run.eval_only:
         trainer.test()
         trainer.finalize()
@@ -274,12 +284,18 @@ def _run_train_cell(cell: Cell, shared: Dict[Any, Any]) -> Dict[str, Any]:
     return dict(getattr(trainer, "final_results", None) or {})
 
 
+def _subset_cfg(cfg: Any, sub: str) -> Any:
+    """The probe cell's extraction config for subset ``sub`` (what the sweep's extractor job builds)."""
+    out = cfg.clone()
+    out.defrost()
+    out.DATASET.SUB_CLASSES = sub
+    out.freeze()
+    return out
+
+
 def _probe_features(cell: Cell, sub: str, shared: Dict[Any, Any]) -> None:
     """Write the three feature files ``lpclip.feat_extractor`` would write for ``sub``, from the store."""
-    cfg = cell.cfg.clone()
-    cfg.defrost()
-    cfg.DATASET.SUB_CLASSES = sub
-    cfg.freeze()
+    cfg = _subset_cfg(cell.cfg, sub)
     device = feat_extractor.pick_device(cfg)
     loaded = shared_clip(shared, cfg, device, "fp32")
     dataset = build_dataset(cfg)
@@ -299,7 +315,8 @@ def _probe_features(cell: Cell, sub: str, shared: Dict[Any, Any]) -> None:
         raw = fc.gather(store, data, -1)
         labels = torch.tensor([d.label for d in data], dtype=torch.int64)
         arrays = feat_extractor.feature_arrays(raw, labels, torch.arange(len(data)), list(dataset.classnames),
-                                               loaded, False, 1, feat_extractor.fingerprint_string(cfg, loaded))
+                                               loaded, False, 1, feat_extractor.fingerprint_string(cfg, loaded),
+                                               feat_extractor.job_string(cfg, split))
         feat_extractor.save_npz(feat_extractor.feature_file(cell.feature_dir, cfg.DATASET.NAME, sub, split), arrays)
 
 
@@ -316,12 +333,13 @@ def _run_probe_cell(cell: Cell, shared: Dict[Any, Any]) -> None:
         raise RuntimeError(f"linear probe of {cell.dataset} failed")
 
 
-def run_cell(cell: Cell, shared: Dict[Any, Any]) -> None:
-    """Run one cell with the group's ``shared`` objects (model, feature stores)."""
+def run_cell(cell: Cell, shared: Dict[Any, Any], epoch_bars: bool = False) -> None:
+    """Run one cell with the group's ``shared`` objects (model, feature stores); ``epoch_bars``: a
+    tqdm bar of the cell's epochs (on a terminal)."""
     if cell.run is None:
         _run_probe_cell(cell, shared)
     else:
-        _run_train_cell(cell, shared)
+        _run_train_cell(cell, shared, epoch_bars)
 
 
 def _done_line(cell: Cell, seconds: float) -> str:
@@ -407,17 +425,20 @@ def run_grid(
     if workers > 1 and len(groups) > 1 and all(c.plan is not None for c in pending):
         _run_parallel(groups, summary, workers, _threads_per_worker(workers, threads), stop, fail_fast)
         return summary
-    bar = tqdm(total=len(pending), desc="grid", unit="cell", disable=None, dynamic_ncols=True)
+    progress = _Progress(len(pending))
     try:
-        _run_groups(groups, summary, len(pending), bar, stop, fail_fast, after_cell)
+        _run_groups(groups, summary, progress, stop, fail_fast, after_cell, epoch_bars=True)
     finally:
-        bar.close()
+        progress.close()
     return summary
 
 
-def _run_groups(groups: Dict[Tuple[str, str], List[Cell]], summary: GridSummary, total: int, bar: Any,
-                stop: Any, fail_fast: bool, after_cell: Optional[Callable[[Cell], None]] = None) -> None:
-    """The cells of ``groups`` in this process (one ``shared`` dict per group), recorded in ``summary``."""
+def _run_groups(groups: Dict[Tuple[str, str], List[Cell]], summary: GridSummary, progress: Any,
+                stop: Any, fail_fast: bool, after_cell: Optional[Callable[[Cell], None]] = None,
+                epoch_bars: bool = False) -> None:
+    """The cells of ``groups`` in this process (one ``shared`` dict per group), recorded in ``summary``;
+    ``progress.done(cell, line)`` gets one line per finished or failed cell. ``epoch_bars``: each cell shows
+    its epochs under the grid's bar (one process only: bars of several processes would garble)."""
     for group in groups.values():
         shared: Dict[Any, Any] = {fc.STORE_ONLY: True}
         stores_before = summary.encoded
@@ -427,41 +448,53 @@ def _run_groups(groups: Dict[Tuple[str, str], List[Cell]], summary: GridSummary,
                 return
             start = time.time()
             try:
-                run_cell(cell, shared)
+                run_cell(cell, shared, epoch_bars=epoch_bars)
             except Exception as err:  # one failed cell must not lose the others
                 logger.error("cell failed: %s", cell.label, exc_info=True)
                 summary.failed.append((cell, _error_line(err)))
-                bar.write(f"FAILED {cell.label}: {_error_line(err)}")
+                progress.done(cell, f"FAILED {cell.label}: {_error_line(err)}")
                 if fail_fast:
                     return
             else:
                 summary.ran.append(cell)
                 seconds = time.time() - start
                 summary.seconds[cell.output_dir] = seconds
-                done = len(summary.ran) + len(summary.failed)
-                bar.write(f"[{done}/{total}] {_done_line(cell, seconds)}")
+                progress.done(cell, _done_line(cell, seconds))
             finally:
-                bar.update(1)
                 summary.encoded = stores_before + sum(
                     v.encoded for v in shared.values() if isinstance(v, fc.FeatureStore))
                 if after_cell is not None:
                     after_cell(cell)
 
 
-class _Lines:
-    """A progress stand-in for a worker: prints each line (flushed, so workers' lines interleave whole)."""
+class _Progress:
+    """The grid's console: a tqdm bar of cells (done / total, ETA) and one line per finished cell,
+    numbered across the whole grid. The worker processes' cells arrive through :meth:`done` too."""
 
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
+    def __init__(self, total: int) -> None:
+        self.total, self.count = int(total), 0
+        self.bar = tqdm(total=self.total, desc="grid", unit="cell", disable=None, dynamic_ncols=True)
 
-    def write(self, line: str) -> None:
-        print(f"{self.prefix}{line}", flush=True)
+    def done(self, _cell: Optional[Cell], line: str) -> None:
+        self.count += 1
+        self.bar.write(f"[{self.count}/{self.total}] {line}")
+        self.bar.update(1)
 
-    def update(self, _n: int) -> None:
-        pass
+    def close(self) -> None:
+        self.bar.close()
 
 
-def _worker_init(threads: int, stop: Any) -> None:
+class _QueueProgress:
+    """A worker's stand-in for :class:`_Progress`: each cell's line goes to the parent's queue."""
+
+    def __init__(self, queue: Any, dataset: str) -> None:
+        self.queue, self.dataset = queue, dataset
+
+    def done(self, cell: Cell, line: str) -> None:
+        self.queue.put((cell.output_dir, f"[{self.dataset}] {line}"))
+
+
+def _worker_init(threads: int, stop: Any, lines: Any) -> None:
     """A worker process: its torch threads, and SIGTERM / SIGUSR1 ask it to stop after the running cell
     (SLURM signals every process of the job; the grid's parent collects what finished)."""
     torch.set_num_threads(int(threads))
@@ -469,12 +502,15 @@ def _worker_init(threads: int, stop: Any) -> None:
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), lambda *_: stop.set())
     _WorkerContext.stop = stop
+    _WorkerContext.lines = lines
 
 
 class _WorkerContext:
-    """The stop event a worker process received at start-up (one per process, set by ``_worker_init``)."""
+    """What a worker process received at start-up (one per process, set by ``_worker_init``): the stop
+    event and the queue its cells' console lines go to."""
 
     stop: Any = None
+    lines: Any = None
 
 
 def _group_worker(plan: GridPlan, dataset: str, output_dirs: Sequence[str], fail_fast: bool
@@ -484,7 +520,7 @@ def _group_worker(plan: GridPlan, dataset: str, output_dirs: Sequence[str], fail
     cells = [c for c in plan.cells([dataset]) if c.output_dir in wanted]
     summary = GridSummary()
     groups = group_cells(cells)
-    _run_groups(groups, summary, len(cells), _Lines(f"[{dataset}] "), _WorkerContext.stop, fail_fast)
+    _run_groups(groups, summary, _QueueProgress(_WorkerContext.lines, dataset), _WorkerContext.stop, fail_fast)
     return {"ran": [c.output_dir for c in summary.ran], "failed": [(c.output_dir, why) for c, why in summary.failed],
             "seconds": dict(summary.seconds), "encoded": summary.encoded, "stopped": summary.stopped}
 
@@ -494,20 +530,33 @@ def _run_parallel(groups: Dict[Tuple[str, str], List[Cell]], summary: GridSummar
     """Each group in a worker process (spawned: no inherited OpenMP or CUDA state), longest first."""
     ctx = multiprocessing.get_context("spawn")
     worker_stop = ctx.Event()
+    lines = ctx.Queue()
     order = sorted(groups.values(), key=_group_cost, reverse=True)
     total = sum(len(g) for g in order)
     by_dir = {c.output_dir: c for g in order for c in g}
     print(f"grid: {total} cell(s) in {len(order)} group(s), {min(workers, len(order))} worker process(es) x "
           f"{threads} torch thread(s)", file=sys.stderr, flush=True)
-    bar = tqdm(total=total, desc="grid", unit="cell", disable=None, dynamic_ncols=True)
+    progress = _Progress(total)
+    reported = set()  # output dirs of the cells the workers have reported (a dead worker's others fail)
+
+    def drain() -> None:
+        while True:
+            try:
+                output_dir, line = lines.get_nowait()
+            except queue.Empty:
+                return
+            reported.add(output_dir)
+            progress.done(by_dir.get(output_dir), line)
+
     try:
         with cf.ProcessPoolExecutor(max_workers=min(workers, len(order)), mp_context=ctx,
-                                    initializer=_worker_init, initargs=(threads, worker_stop)) as pool:
+                                    initializer=_worker_init, initargs=(threads, worker_stop, lines)) as pool:
             futures = {pool.submit(_group_worker, g[0].plan, g[0].dataset, [c.output_dir for c in g], fail_fast): g
                        for g in order}
             waiting = set(futures)
             while waiting:
                 done, waiting = cf.wait(waiting, timeout=1.0, return_when=cf.FIRST_COMPLETED)
+                drain()
                 if stop is not None and stop.is_set():
                     worker_stop.set()
                 for fut in done:
@@ -515,20 +564,22 @@ def _run_parallel(groups: Dict[Tuple[str, str], List[Cell]], summary: GridSummar
                     try:
                         report = fut.result()
                     except Exception as err:  # a worker that died (killed, out of memory): its cells failed
-                        for cell in group:
-                            summary.failed.append((cell, f"worker process failed: {_error_line(err)}"))
-                        bar.update(len(group))
+                        why = f"worker process failed: {_error_line(err)}"
+                        drain()
+                        for cell in (c for c in group if c.output_dir not in reported):
+                            summary.failed.append((cell, why))
+                            progress.done(cell, f"[{cell.dataset}] FAILED {cell.label}: {why}")
                         continue
                     summary.ran.extend(by_dir[d] for d in report["ran"])
                     summary.failed.extend((by_dir[d], why) for d, why in report["failed"])
                     summary.seconds.update(report["seconds"])
                     summary.encoded += int(report["encoded"])
                     summary.stopped = summary.stopped or bool(report["stopped"])
-                    bar.update(len(report["ran"]) + len(report["failed"]))
                     if fail_fast and report["failed"]:
                         worker_stop.set()
+        drain()  # lines still in the queue when the last worker returned (the pool has shut down)
     finally:
-        bar.close()
+        progress.close()
 
 
 # ---------------------------------------------------------------------------------------------- CLI

@@ -6,8 +6,10 @@ directory holds a finished run with the fingerprint the job's command would reco
 fingerprint is computed from the job's own command line by the code ``train.py`` runs on it
 (``train.parse_args`` → ``train.setup_cfg`` → ``configs.build_cfg``) and the trainer's
 ``identity_parts`` (``dassl.engine.expected_fingerprint``), without building a trainer or loading any
-data or model. Linear-probe commands get ``lpclip.linear_probe.probe_fingerprint``. Other commands
-(the feature extractor) have no results.json; their marker file decides.
+data or model. Linear-probe commands get ``lpclip.linear_probe.probe_fingerprint``. Feature-extractor
+commands write no results.json: each feature file they would write must exist and carry the job
+identity the command computes (``lpclip.feat_extractor.job_identity``), so a file extracted with
+another config, backbone or split file is never taken for theirs.
 
 The comparison covers the fingerprint ``id`` (trainer, semantic config, split digests, weights); the
 few-shot digest is implied by those and is not recomputed here (it would need sampling); the code
@@ -32,10 +34,11 @@ from configs import ConfigError
 from dassl import results
 from dassl.engine import expected_fingerprint
 from dassl.utils.registry import RegistryKeyError
-from lpclip import linear_probe
+from lpclip import feat_extractor, linear_probe
+from lpclip.files import feature_file
 from scripts.domains import REPO_ROOT
 
-__all__ = ["RunConflict", "command_fingerprint", "command_state", "conflict_message"]
+__all__ = ["RunConflict", "command_fingerprint", "command_state", "conflict_message", "extraction_state"]
 
 #: ``train.py`` options whose value is a path (resolved against the job's working directory).
 _PATH_OPTIONS = ("root", "output_dir", "config_file", "dataset_config_file", "resume", "model_dir")
@@ -82,12 +85,44 @@ def command_fingerprint(argv: Sequence[str], cwd: Optional[str] = None) -> Optio
     return None
 
 
+#: ``lpclip.feat_extractor`` options whose value is a path.
+_EXTRACTOR_PATHS = ("root", "output_dir", "config_file", "dataset_config_file")
+
+
+def extraction_state(argv: Sequence[str], cwd: Optional[str] = None) -> results.Finished:
+    """``results.Finished`` of a feature-extractor command: ``match`` when every file it would write
+    exists with the job identity it would record, ``missing`` when one does not exist (or its identity
+    cannot be known: unseeded random weights), ``mismatch`` / ``unreadable`` when a file of another
+    job, or a broken file, is in the way. Raises like :func:`command_fingerprint` for a bad config."""
+    workdir = cwd or os.fspath(REPO_ROOT)
+    args = feat_extractor.parse_args(list(argv[3:]))
+    for name in _EXTRACTOR_PATHS:
+        value = getattr(args, name, "")
+        if value:
+            setattr(args, name, _abs(value, workdir))
+    cfg = feat_extractor.config_from_args(args)
+    state = results.Finished("missing", "")
+    for split in args.split:
+        path = feature_file(args.output_dir, str(cfg.DATASET.NAME), str(cfg.DATASET.SUB_CLASSES), split)
+        state = feat_extractor.feature_file_state(path, cfg, split, args.views, args.precision)
+        if not state.done:
+            return state
+    return state
+
+
 def command_state(argv: Sequence[str], done: str, cwd: Optional[str] = None,
                   match_code: bool = False) -> results.Finished:
     """``results.Finished`` of one job: ``match`` (skip it), ``missing`` (run it), ``mismatch`` or
     ``unreadable`` (a different run is in the way: never reused silently)."""
     workdir = cwd or os.fspath(REPO_ROOT)
     marker = _abs(done, workdir)
+    if _module(argv) == "lpclip.feat_extractor":
+        try:
+            return extraction_state(argv, workdir)
+        except SystemExit:
+            return results.Finished("unreadable", marker, ["the job's command line does not parse"])
+        except (ConfigError, RegistryKeyError, ValueError, OSError) as err:
+            return results.Finished("unreadable", marker, [f"cannot compute the job's identity: {err}"])
     if osp.basename(marker) != results.RESULTS_FILE:
         return results.Finished("match" if osp.isfile(marker) else "missing", marker)
     if not osp.isfile(marker):

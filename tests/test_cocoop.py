@@ -17,13 +17,14 @@ TRAINER = "CoCoOp_openclip"
 
 
 class CallRecorder(nn.Module):
-    """Wraps the text encoder and records the number of sequences of every call."""
+    """Wraps the text encoder and records the number of sequences (and prefixes) of every call."""
 
     def __init__(self, inner):
         super().__init__()
         self.inner = inner
         self.sizes = []
         self.lengths = []
+        self.prefixes = []
 
     @property
     def can_truncate(self):
@@ -34,6 +35,17 @@ class CallRecorder(nn.Module):
         self.lengths.append(embeds.shape[1])
         assert int(eot.max()) + 1 == embeds.shape[1]  # each call is cut at its own longest prompt
         return self.inner(embeds, eot)
+
+    def prefix_states(self, prefixes):
+        self.prefixes.append(tuple(prefixes.shape[:2]))
+        return self.inner.prefix_states(prefixes)
+
+    def encode_continuations(self, states, suffixes, rows, eot):
+        p = states[0].shape[1]
+        self.sizes.append(suffixes.shape[0])
+        self.lengths.append(p + suffixes.shape[1])
+        assert int(eot.max()) + 1 == p + suffixes.shape[1]  # each call is cut at its own longest prompt
+        return self.inner.encode_continuations(states, suffixes, rows, eot)
 
 
 def loop_logits(trainer, images):
@@ -82,6 +94,8 @@ def test_chunked_prompts_equal_per_image_loop(toy_root, tmp_path):
     for count in by_length.values():
         expected_sizes += [7] * (b * count // 7) + ([b * count % 7] if b * count % 7 else [])
     assert recorder.sizes == expected_sizes and sum(expected_sizes) == b * len(names)
+    # SOT + the 4 context positions ran once per image, not once per (image, class)
+    assert recorder.prefixes == [(b, 5)] and trainer.model.prefix_len == 5
     recorder.sizes.clear()
     recorder.lengths.clear()
     trainer.model.text_chunk = 4096
@@ -90,6 +104,30 @@ def test_chunked_prompts_equal_per_image_loop(toy_root, tmp_path):
     # one batched call per length group, not one per image, each cut at its group's length
     assert recorder.sizes == [b * count for count in by_length.values()]
     assert recorder.lengths == list(by_length)
+
+
+def test_per_image_prefix_gives_the_full_prompts_values_and_gradients(toy_root, tmp_path):
+    """The cached per-image prefix (SOT + shifted context run once per image) against every (image,
+    class) prompt run in full: same logits, same gradients for the context and the meta-net."""
+    trainer = build(toy_root, tmp_path, TRAINER, "TRAINER.COCOOP.TEXT_CHUNK", "7")
+    model, learner = trainer.model, trainer.prompt_learner
+    with torch.no_grad():
+        learner.ctx.add_(0.05 * torch.randn_like(learner.ctx))
+        learner.meta_net.linear2.weight.mul_(20.0)
+    feats = F.normalize(torch.randn(3, trainer.clip.embed_dim, generator=torch.Generator().manual_seed(0)), dim=-1)
+    labels = torch.tensor([0, 2, 1])
+    outputs = {}
+    for p in (model.prefix_len, 0):
+        model.prefix_len = p
+        learner.zero_grad()
+        logits = model(feats)
+        F.cross_entropy(18.0 * logits, labels).backward()
+        outputs[p] = (logits.detach(), {n: q.grad.clone() for n, q in learner.named_parameters()})
+    (cached, g_cached), (full, g_full) = outputs[5], outputs[0]
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+    for name, grad in g_full.items():
+        assert grad.abs().max() > 0, name
+        torch.testing.assert_close(g_cached[name], grad, atol=1e-5, rtol=1e-4)
 
 
 def test_zero_shift_at_init_equals_zero_shot(toy_root, tmp_path):

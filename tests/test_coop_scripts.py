@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -18,7 +19,9 @@ EVAL = REPO / "scripts" / "coop" / "eval.sh"
 LAYOUT = "Animals92_42/{trainer}/cpu_smoke_2shots/nctx4_cscFalse_ctpend/seed{seed}"
 
 RECORDER = """#!/usr/bin/env bash
-# stand-in interpreter: log the command, then behave like a finished run
+# stand-in interpreter: the skip check runs for real; train.py is logged and leaves a results.json
+# that is no finished run of anything ({}), as a stand-in for another run in the way
+if [ "$1" = "-m" ] && [ "$2" = "scripts.run_identity" ]; then exec "$REAL_PYTHON" "$@"; fi
 printf '%s\\n' "$*" >> "$RECORD"
 while [ $# -gt 0 ]; do
     if [ "$1" = "--output-dir" ]; then mkdir -p "$2" && echo '{}' > "$2/results.json"; fi
@@ -39,7 +42,7 @@ def recorder(tmp_path):
     stub.write_text(RECORDER)
     stub.chmod(0o755)
     record = tmp_path / "record.txt"
-    return {"PYTHON": str(stub), "RECORD": str(record)}, record
+    return {"PYTHON": str(stub), "RECORD": str(record), "REAL_PYTHON": sys.executable}, record
 
 
 def test_scripts_parse():
@@ -64,13 +67,21 @@ def test_main_loops_seeds_in_coops_layout_and_skips_finished_runs(tmp_path, reco
             "--config-file", "configs/trainers/CoOp/cpu_smoke.yaml", "--output-dir", str(out),
             "TRAINER.COOP.N_CTX", "4", "TRAINER.COOP.CSC", "False", "TRAINER.COOP.CLASS_TOKEN_POSITION", "end",
             "DATASET.NUM_SHOTS", "2", "OPTIM.MAX_EPOCH", "1"]
-    # second call: every seed has results.json -> nothing runs; a folder without it (killed run) reruns
-    (tmp_path / "out" / LAYOUT.format(trainer="CoOp", seed=2) / "results.json").unlink()
+    # second call: seed 1's folder holds a results.json that is not this command's finished run ->
+    # one error line naming it, exit 2, nothing runs or is touched (CoOp skipped any existing folder)
+    first = tmp_path / "out" / LAYOUT.format(trainer="CoOp", seed=1) / "results.json"
     proc = run_script(MAIN, args, env, tmp_path)
-    assert proc.returncode == 0
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1, proc.stderr
+    assert err[0].startswith("error: 1 job(s) would overwrite a different finished run") and str(first) in err[0]
+    assert len(record.read_text().splitlines()) == 3 and first.read_text().strip() == "{}"
+    # a folder without results.json (a killed run) reruns
+    for seed in (1, 2, 3):
+        (tmp_path / "out" / LAYOUT.format(trainer="CoOp", seed=seed) / "results.json").unlink()
+    proc = run_script(MAIN, args, env | {"SEEDS": "2"}, tmp_path)
+    assert proc.returncode == 0, proc.stderr
     lines = record.read_text().splitlines()
     assert len(lines) == 4 and "--seed 2 " in lines[3]
-    assert proc.stdout.count("skip this job") == 2
 
 
 def test_eval_reads_mains_models_with_coops_defaults(tmp_path, recorder):
@@ -108,3 +119,15 @@ def test_real_seed_trains_and_eval_loads_it(toy_root, tmp_path):
     ip = json.loads((evaluated / "Animals92_42_IP" / "seed1" / "results.json").read_text())
     assert ip["sub_classes"] == "IP"
     assert ip["accuracy"] == pytest.approx(trained["subsets"]["IP"]["accuracy"])
+
+    # again: the finished run has this command's fingerprint -> skipped, untouched
+    done = tmp_path / "out" / LAYOUT.format(trainer="CoOp_openclip", seed=1) / "results.json"
+    before = (done.read_bytes(), done.stat().st_mtime_ns)
+    proc = run_script(MAIN, ["Animals92_42", "cpu_smoke", *hp], env, tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("skip: "), proc.stderr[-2000:]
+    # the same folder for another setting (the layout does not name the epochs): one error line naming
+    # the differing key, exit 2, the finished run untouched -- CoOp would have skipped it as done
+    proc = run_script(MAIN, ["Animals92_42", "cpu_smoke", *hp, "OPTIM.MAX_EPOCH", "3"], env, tmp_path)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and "OPTIM.MAX_EPOCH" in err[0], proc.stderr[-2000:]
+    assert (done.read_bytes(), done.stat().st_mtime_ns) == before

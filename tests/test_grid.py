@@ -16,6 +16,7 @@ import trainers.base
 from dassl.data.datasets import build_dataset
 from lpclip import feat_extractor, linear_probe
 from scripts import grid
+from scripts.run_identity import command_state
 from scripts.sweep import SweepSpec, build_jobs
 from tests.helpers import run_train
 
@@ -103,6 +104,27 @@ def test_linear_probe_cell_equals_the_sweep_jobs(toy_root, tmp_path):
                 assert sorted(za.files) == sorted(zb.files)
                 for key in za.files:
                     np.testing.assert_array_equal(za[key], zb[key])
+
+    # the extractor jobs are now skipped (their files carry their job identity), the cell too
+    assert all(command_state(job.argv, job.done).done for job in build_jobs(spec))
+    assert grid.cell_state(cells[0]).done
+    # a feature file of another job in the cell's folder (here: extracted with SEED 2) is never taken for
+    # the cell's: the grid stops before running anything, naming the file and the differing key
+    path = Path(feat_extractor.feature_file(cells[0].feature_dir, dataset, "IP", "val"))
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    job = json.loads(str(arrays["job"]))
+    job["weights"]["seed"] = 2
+    arrays["job"] = np.array(json.dumps(job, sort_keys=True))
+    feat_extractor.save_npz(str(path), arrays)
+    before = path.read_bytes()
+    state = grid.cell_state(cells[0])
+    assert state.state == "mismatch" and state.path == str(path) and state.differences == ["job weights"]
+    with pytest.raises(grid.RunConflict, match="IP/val.npz differs in: job weights"):
+        grid.run_grid(cells)
+    assert path.read_bytes() == before
+    extractor = next(j for j in build_jobs(spec) if j.done.endswith(str(Path("IP") / "val.npz")))
+    assert command_state(extractor.argv, str(path).replace(str(tmp_path / "g"), str(tmp_path / "s"))).done
 
 
 def test_shuffled_grid_order_gives_identical_results(toy_root, tmp_path):
@@ -199,9 +221,10 @@ def test_image_encoder_runs_once_per_image_and_view(toy_root, tmp_path, monkeypa
     assert calls["n"] < sum(rows.values())  # batched, not one call per image
 
 
-def test_worker_processes_give_the_same_results_as_one_process(toy_root, tmp_path):
+def test_worker_processes_give_the_same_results_as_one_process(toy_root, tmp_path, capsys):
     """Two (dataset, backbone) groups in two spawned workers: every cell runs once, in its group's
-    worker, and its results equal the in-process grid's (a result never depends on the process)."""
+    worker, and its results equal the in-process grid's (a result never depends on the process). The
+    console gets one line per cell as it finishes, numbered across both workers."""
     methods = ["fsnl", "clip_adapter", "zeroshot"]
 
     def planned(out: Path) -> List[grid.Cell]:
@@ -211,8 +234,13 @@ def test_worker_processes_give_the_same_results_as_one_process(toy_root, tmp_pat
     serial, parallel = planned(tmp_path / "one"), planned(tmp_path / "two")
     assert len(grid.group_cells(parallel)) == 2
     one = grid.run_grid(serial, workers=1)
+    capsys.readouterr()
     two = grid.run_grid(parallel, workers=2, threads=1)
     assert not one.failed and not two.failed, (one.failed, two.failed)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if " done " in ln]
+    n = len(parallel)
+    assert [ln.split()[0] for ln in lines] == [f"[{k}/{n}]" for k in range(1, n + 1)]
+    assert sorted(ln.split()[1] for ln in lines) == sorted(f"[{c.dataset}]" for c in parallel)
     assert sorted(c.output_dir for c in two.ran) == sorted(c.output_dir for c in parallel)
     assert two.encoded == one.encoded > 0
     for a, b in zip(serial, parallel):

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import os.path as osp
+import shlex
 
 import numpy as np
 import pytest
@@ -335,6 +336,49 @@ def test_separate_unseeded_random_extractions_are_refused_seeded_ones_agree(extr
         assert str(a["fingerprint"]) == str(b["fingerprint"])
     assert lp.main(["--feature-dir", str(out / "seeded"), "--dataset", "Animals92_42", "--shots", "1",
                     "--num-run", "2", "--num-step", "1"]) == 0
+
+
+def test_extraction_jobs_skip_only_files_with_their_own_job_identity(extractor_env, capsys):
+    """"It exists on disk" is not identity (issue 13): the sweep skips an extractor job only when its
+    file carries the job's identity; another seed's backbone, another transform, a file without an
+    identity or a broken file is a different run in the way (one error line, exit 2, file untouched);
+    unseeded random weights can never be matched, so their job always runs."""
+    from lpclip import feat_extractor as fe
+    from scripts import run_identity
+
+    root, _, out = extractor_env
+    args = extractor_argv(root, out, "test", "--seed", "1")
+    cmd = ["python", "-m", "lpclip.feat_extractor", *args]
+    path = out / "Animals92_42" / "OOP" / "test.npz"
+    assert run_identity.command_state(cmd, str(path)).state == "missing"
+    assert fe.main(args) == 0
+    assert run_identity.command_state(cmd, str(path)).done
+
+    def state(*changed):
+        return run_identity.command_state(["python", "-m", "lpclip.feat_extractor", *changed], str(path))
+
+    other_seed = state(*extractor_argv(root, out, "test", "--seed", "2"))
+    assert other_seed.state == "mismatch" and other_seed.differences == ["job weights"]
+    other_tfm = state(*args, "INPUT.INTERPOLATION", "bilinear")
+    assert other_tfm.state == "mismatch" and other_tfm.differences == ["job transform"]
+    assert state(*extractor_argv(root, out, "test")).state == "missing"  # unseeded: always re-extracted
+
+    seed2 = ["python", "-m", "lpclip.feat_extractor", *extractor_argv(root, out, "test", "--seed", "2")]
+    before = path.read_bytes()
+    capsys.readouterr()
+    assert run_identity.main(["--done", str(path), "--cmd", shlex.join(seed2)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: 1 job(s) would overwrite a different finished run")
+    assert str(path) in err[0] and "job weights" in err[0] and path.read_bytes() == before
+
+    with np.load(path, allow_pickle=False) as z:  # a file of an extractor that recorded no job identity
+        old = {k: z[k] for k in z.files if k != "job"}
+    fe.save_npz(str(path), old)
+    missing = run_identity.command_state(cmd, str(path))
+    assert missing.state == "mismatch" and "job identity missing" in missing.differences[0]
+    path.write_bytes(before[: len(before) // 2])  # truncated
+    broken = run_identity.command_state(cmd, str(path))
+    assert broken.state == "unreadable" and "not a readable feature file" in broken.differences[0]
 
 
 def test_extractor_mistakes_are_one_line_before_writing(extractor_env, capsys):

@@ -28,7 +28,7 @@ from clip import BackboneNotFoundError, load_clip, register_repo_configs, weight
 from clip import clip as oai
 from clip import model as oai_model
 from clip.simple_tokenizer import SimpleTokenizer
-from dassl.engine import TRAINER_REGISTRY
+from dassl.engine import TRAINER_REGISTRY, expected_fingerprint
 from tests import coop_client  # noqa: F401  (registers CoOpClient)
 from tests.helpers import REPO, build, run_train, train_argv, trainer_config
 from trainers import coop, imagenet_templates
@@ -283,6 +283,34 @@ def test_coop_client_runs_via_train_py_and_matches_coop_openclip(home, toy_root,
     assert torch.equal(evaluated.model.prompt_learner.ctx, client.model.prompt_learner.ctx)
 
 
+@pytest.mark.parametrize("name", ["CoOp", "CoCoOp", "ZeroshotCLIP", "CoOpClient"])
+def test_openai_trainers_fingerprint_the_weight_file_they_load(home, toy_root, tmp_path, monkeypatch, name):
+    """The OpenAI-CLIP trainers -- and a CoOp-family file without an identity hook (CoOpClient) --
+    record the content of the file ``clip._download`` resolves, not ``weights: null``; rewriting that
+    file makes the same command another run."""
+    config = trainer_config("CoOp" if name == "CoOpClient" else name)
+    shots = None if name.startswith("Zeroshot") else 2
+
+    def expected() -> dict:
+        argv = train_argv(toy_root, tmp_path / "run", name, config=config, shots=shots)
+        return expected_fingerprint(train.setup_cfg(train.parse_args(argv)))
+
+    own_home = tmp_path / "home"
+    cached = own_home / ".cache" / "clip" / tiny_file(home).name
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(tiny_file(home).read_bytes())
+    monkeypatch.setenv("HOME", str(own_home))
+    before = expected()
+    assert before["weights"] == {"kind": "file", "model": TINY, "size": cached.stat().st_size,
+                                 "sha256": hashlib.sha256(cached.read_bytes()).hexdigest()}
+    state = torch.load(cached, weights_only=True)
+    state["ln_final.weight"] = state["ln_final.weight"] + 1
+    torch.save(state, cached)
+    after = expected()
+    assert after["weights"]["sha256"] == hashlib.sha256(cached.read_bytes()).hexdigest()
+    assert after["id"] != before["id"] and after["config_digest"] == before["config_digest"]
+
+
 @pytest.mark.parametrize("position", ["middle", "front"])
 def test_coop_prompt_positions_match_coop_openclip(home, toy_root, tmp_path, position):
     opts = ("TRAINER.COOP.CTX_INIT", "", "TRAINER.COOP.N_CTX", "3", "TRAINER.COOP.CLASS_TOKEN_POSITION", position)
@@ -390,6 +418,7 @@ def test_openai_trainers_train_via_train_py_and_evaluate_like_openclip(home, toy
     # cross-evaluation is the SubsetEvaluation mixin of the project's OpenCLIP trainers.
     assert results["trainer"] == name and results["sub_classes"] == "OOP" and "ip" not in results
     assert (out / "prompt_learner" / "model.pth.tar-2").is_file()
+    assert results["fingerprint"]["weights"]["sha256"] == hashlib.sha256(tiny_file(home).read_bytes()).hexdigest()
     reference = _openclip_trainer(toy_root, tmp_path / "oc", f"{name}_openclip", tiny_file(home),
                                   config=trainer_config(f"{name}_openclip"))
     reference.import_state(ours.export_state(), meta=ours.checkpoint_meta())

@@ -206,6 +206,31 @@ def test_prefix_reuse_and_buckets_equal_the_full_path(shared_prefix, buckets):
         assert bool((g_got[:, :p] == 0).all())
 
 
+def test_continuations_of_several_prefixes_equal_the_full_rows():
+    """``prefix_states`` + ``encode_continuations`` (G prefixes run once each, N rows continuing them,
+    CoCoOp's per-image context) against the same rows run in full by open_clip's blocks: features
+    and gradients for prefixes and suffixes (1e-5)."""
+    model = build()
+    enc = TextEncoder(model)
+    width, g, p = model.token_embedding.weight.shape[1], torch.Generator().manual_seed(1), 5
+    prefixes = torch.randn(3, p, width, generator=g).requires_grad_(True)
+    suffixes = torch.randn(10, 30, width, generator=g).requires_grad_(True)
+    rows = torch.tensor([0, 2, 2, 1, 0, 1, 2, 0, 1, 1])
+    eot = torch.tensor([5, 6, 9, 12, 20, 7, 34, 8, 5, 11])
+    full_rows = torch.cat([prefixes[rows], suffixes], dim=1)
+    full = enc(full_rows, eot, truncate=False)  # open_clip's Transformer.forward, 35 positions
+    got = enc.encode_continuations(enc.prefix_states(prefixes), suffixes, rows, eot)
+    torch.testing.assert_close(got, full, atol=1e-5, rtol=0)
+    weights = torch.randn(full.shape, generator=g)
+    g_full = torch.autograd.grad((full * weights).sum(), (prefixes, suffixes))
+    g_got = torch.autograd.grad((got * weights).sum(), (prefixes, suffixes))
+    for a, b in zip(g_got, g_full):
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="inside the 5-position prefix"):
+        enc.encode_continuations(enc.prefix_states(prefixes), suffixes, rows, eot - 1)
+
+
 def test_prefix_reuse_refuses_rows_that_differ():
     model = build()
     enc = TextEncoder(model)

@@ -94,11 +94,9 @@ class ClipTrainer(SubsetEvaluation, TrainerX):
             cfg.MODEL.BACKBONE.QUICK_GELU = rest[0]
 
     @classmethod
-    def identity_parts(cls, cfg: Any) -> Dict[str, Any]:
-        """Adds the frozen backbone's weights identity (tag, or file content) to the run fingerprint."""
-        parts = super().identity_parts(cfg)
-        parts["weights"] = weights_identity(cfg)
-        return parts
+    def weights_identity(cls, cfg: Any) -> Optional[Dict[str, Any]]:
+        """The OpenCLIP backbone's weights identity (tag, or file content) for the run fingerprint."""
+        return weights_identity(cfg)
 
     def check_cfg(self, cfg: Any) -> None:
         """Precision, backbone (resolvable, weights reachable offline) and INPUT.SIZE against the

@@ -15,6 +15,13 @@ padding on Mini-Beyond) and encoded in chunks of ``TRAINER.COCOOP.TEXT_CHUNK`` s
 one batched text-tower call (P4: the reference ran one C-sequence call per image in a Python loop).
 Memory per call is bounded by the chunk size.
 
+The first ``1 + n_ctx`` positions -- SOT and the shifted context -- are the same in all C prompts of
+one image, and under the causal mask so are their hidden states: they go through the tower once per
+image (:meth:`clip.TextEncoder.prefix_states`, with gradient), and each (image, class) pair runs only
+its class-name positions against that image's cached keys/values
+(:meth:`~clip.TextEncoder.encode_continuations`). On Mini-Beyond's names that is about half of every
+prompt's positions (exact up to float rounding; towers of other blocks keep the full prompts).
+
 Differences from the reference, deliberate: B1 batch-first text transformer; the context and
 meta-net are fp32 parameters under every precision (the reference made the meta-net fp16 under
 ``PREC fp16``) and the loss is fp32; checkpoints hold only ``ctx`` and the meta-net (no frozen
@@ -122,6 +129,12 @@ class CoCoOpModel(nn.Module):
             bounds.append(bounds[-1] + len(g))
         self.length_groups = [(a, b, max(lengths[i] for i in g) if truncate else None)
                               for a, b, g in zip(bounds, bounds[1:], groups)]
+        # positions 0..P-1 (SOT and the context) are the same in every class prompt of an image, so
+        # under the causal mask their states are too: run once per image, not once per (image, class)
+        # (the image shift then touches no later position, so the rest of each prompt is its frozen rows)
+        p = bank.common_prefix
+        self.prefix_len = p if (self.text_encoder.can_reuse_prefix and p > 1
+                                and not bool(self.ctx_mask[:, p:].any())) else 0
 
     def forward(self, image_feats: torch.Tensor) -> torch.Tensor:
         """Cosine similarities ``[B, C]`` of normalised image features with their own class prompts."""
@@ -132,6 +145,10 @@ class CoCoOpModel(nn.Module):
         bias = bias.to(embeds.dtype)
         weight = self.ctx_mask.to(embeds.dtype).unsqueeze(-1)  # [C, L, 1]
         n_img = feats.shape[0]
+        p = self.prefix_len
+        states = None
+        if p:  # each image's prefix [SOT, ctx + π(f_b)] through the tower once
+            states = self.text_encoder.prefix_states(embeds[:1, :p] + weight[:1, :p] * bias.unsqueeze(1))
         sims = []
         for start, end, length in self.length_groups:
             classes = self.group_order[start:end]
@@ -143,8 +160,11 @@ class CoCoOpModel(nn.Module):
             for first in range(0, len(pair), self.text_chunk):
                 idx = pair[first:first + self.text_chunk]
                 img, cls = idx // n_cls, idx % n_cls
-                prompts = group[cls] + group_w[cls] * bias[img].unsqueeze(1)
-                text = F.normalize(self.text_encoder(prompts, group_eot[cls]).float(), dim=-1)
+                if states is not None:
+                    text = self.text_encoder.encode_continuations(states, group[cls, p:], img, group_eot[cls])
+                else:
+                    text = self.text_encoder(group[cls] + group_w[cls] * bias[img].unsqueeze(1), group_eot[cls])
+                text = F.normalize(text.float(), dim=-1)
                 parts.append((feats[img] * text).sum(dim=-1))
             sims.append(torch.cat(parts).view(n_img, n_cls))
         return torch.cat(sims, dim=1).index_select(1, self.group_inverse)

@@ -39,6 +39,7 @@ from yacs.config import CfgNode as CN
 
 from clip import LoadedCLIP, PromptBank, Slot, TextEncoder, normalize_name
 from clip.prompts import CLASS_TOKEN_POSITIONS, TokenPiece, check_context_options
+from clip.text import TEXT_BUCKETS
 from dassl.engine import TRAINER_REGISTRY
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
@@ -238,9 +239,21 @@ class CoOpModel(nn.Module):
         self.position = position
 
     def class_text_features(self) -> torch.Tensor:
-        """Normalised fp32 ``[C, D]`` features of the C class prompts with the current context."""
+        """Normalised fp32 ``[C, D]`` features of the C class prompts with the current context.
+
+        With a shared context before the name (``end``, ``middle``), "SOT ctx…" is the same in every
+        class prompt and so are its hidden states under the causal mask: it runs once, with gradient,
+        and the C prompts run only their remaining positions against its cached keys/values, in
+        length groups (``clip.TextEncoder.encode_continuations``; exact up to float rounding)."""
         embeds, eot = self.prompt_bank(self.prompt_learner.rows())
-        return F.normalize(self.text_encoder(embeds, eot).float(), dim=-1)
+        p = self.prompt_bank.common_prefix
+        if p > 1 and self.text_encoder.can_reuse_prefix:
+            states = self.text_encoder.prefix_states(embeds[:1, :p])
+            rows = torch.zeros(embeds.shape[0], dtype=torch.long, device=embeds.device)
+            text = self.text_encoder.encode_continuations(states, embeds[:, p:], rows, eot, buckets=TEXT_BUCKETS)
+        else:
+            text = self.text_encoder(embeds, eot)
+        return F.normalize(text.float(), dim=-1)
 
 
 # ---------------------------------------------------------------------------------------- trainer

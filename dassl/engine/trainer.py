@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from .. import results as results_contract
 from ..data import DataManager
-from ..data.datasets import DATASET_REGISTRY
+from ..data.datasets import data_identity
 from ..evaluation import build_evaluator
 from ..utils import (
     BEST_NAME,
@@ -445,6 +445,8 @@ class TrainerBase:
 
     #: Progress bars for epochs and batches (shown only on a terminal); ``train.py --quiet`` clears it.
     show_progress: bool = True
+    #: Whether the per-batch bars show under the epoch bar (the grid engine shows epochs only).
+    progress_batches: bool = True
 
     def progress_disabled(self) -> Optional[bool]:
         """tqdm's ``disable``: None (auto: off when stdout is not a TTY) or True (``--quiet``)."""
@@ -540,11 +542,16 @@ class SimpleTrainer(TrainerBase):
     def identity_parts(cls, cfg: Any) -> Dict[str, Any]:
         """The run-fingerprint parts beyond the config, from ``cfg`` alone (no data loaded, no model
         built), so that a sweep computes exactly what ``finalize()`` records: ``data`` from the
-        dataset class's ``data_identity(cfg)``; ``weights`` None here (CLIP trainers add theirs)."""
-        name = str(cfg.DATASET.NAME)
-        dataset_cls = DATASET_REGISTRY.get(name) if name in DATASET_REGISTRY else None
-        identity = getattr(dataset_cls, "data_identity", None)
-        return {"data": identity(cfg) if callable(identity) else {}, "weights": None}
+        dataset class's ``data_identity(cfg)``, ``weights`` from :meth:`weights_identity`."""
+        return {"data": data_identity(cfg), "weights": cls.weights_identity(cfg)}
+
+    @classmethod
+    def weights_identity(cls, cfg: Any) -> Optional[Dict[str, Any]]:
+        """What the frozen weights of ``cfg`` are: here the registered resolvers' answer
+        (``dassl.results.default_weights_identity``; e.g. the OpenAI CLIP file a CoOp-family trainer
+        loads by name), None when none knows the backbone. Trainers that load weights their own way
+        (the OpenCLIP ones) override this."""
+        return results_contract.default_weights_identity(cfg)
 
     def run_fingerprint(self) -> Dict[str, Any]:
         """This run's fingerprint (dassl.results): the cfg-only parts plus the few-shot sample digest."""
@@ -688,7 +695,8 @@ class SimpleTrainer(TrainerBase):
         logger.info("Evaluate on the *%s* set", split)
         self.before_test()
         try:
-            for batch in tqdm(loader, desc=split, disable=self.progress_disabled(), leave=False):
+            for batch in tqdm(loader, desc=split, disable=self.progress_disabled() if self.progress_batches else True,
+                              leave=False):
                 input, label = self.parse_batch_test(batch)
                 output = self.model_inference(input)
                 impaths = batch.get("impath") if isinstance(batch, dict) else None
@@ -798,8 +806,8 @@ class TrainerX(SimpleTrainer):
         self.num_batches = len(self.train_loader_x)
         desc = f"epoch {self.epoch + 1}/{self.max_epoch}"
         end = time.time()
-        for batch_idx, batch in enumerate(tqdm(self.train_loader_x, desc=desc, disable=self.progress_disabled(),
-                                               leave=False)):
+        batch_bars = self.progress_disabled() if self.progress_batches else True
+        for batch_idx, batch in enumerate(tqdm(self.train_loader_x, desc=desc, disable=batch_bars, leave=False)):
             self.batch_idx = batch_idx
             data_time.update(time.time() - end)
             loss_summary = self.forward_backward(batch)

@@ -14,6 +14,9 @@
 # Environment: DATA (required), TRAINER (default CoOp), SUB (default IP; or All), LOAD_EPOCH (default:
 # train.py's choice for --model-dir without --load-epoch), OUTPUT (default output/), SEEDS
 # (default "1 2 3"), PYTHON, FORCE=1 (re-evaluate). Relative paths are relative to where you call it from.
+# A seed is skipped only when its folder holds a finished evaluation of this command's fingerprint (the
+# loaded model's identity included: retraining MODEL_DIR makes it another evaluation); see
+# scripts/run_unless_finished.sh.
 set -euo pipefail
 
 if [ $# -lt 2 ]; then
@@ -55,14 +58,13 @@ HPARAMS=${CFG}_${SHOTS}shots/nctx${NCTX}_csc${CSC}_ctp${CTP}
 LOAD=()
 if [ -n "${LOAD_EPOCH:-}" ]; then LOAD=(--load-epoch "${LOAD_EPOCH}"); fi
 
+# shellcheck source=../run_unless_finished.sh
+source scripts/run_unless_finished.sh
+
 for SEED in ${SEEDS:-1 2 3}; do
     MODEL_DIR=${OUTPUT}/${DATASET}/${TRAINER}/${HPARAMS}/seed${SEED}
     DIR=${OUTPUT}/evaluation/${TRAINER}/${HPARAMS}/${DATASET}_${SUB}/seed${SEED}
-    if [ -f "${DIR}/results.json" ] && [ "${FORCE:-0}" != "1" ]; then
-        echo "The results exist at ${DIR} (so skip this job; FORCE=1 reruns it)"
-        continue
-    fi
-    "${PYTHON:-python}" train.py \
+    run_unless_finished "${DIR}/results.json" "${PYTHON:-python}" train.py \
         --root "${DATA}" \
         --seed "${SEED}" \
         --trainer "${TRAINER}" \

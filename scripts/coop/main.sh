@@ -14,12 +14,13 @@
 #
 # Environment: DATA (the dataset root, required, as CoOp's DATA=), TRAINER (default CoOp),
 # OUTPUT (default output/, in the repository), SEEDS (default "1 2 3"), PYTHON (default python),
-# FORCE=1 (rerun finished seeds). Relative DATA/OUTPUT paths are relative to where you call it from.
+# FORCE=1 (rerun finished seeds of the same configuration). Relative DATA/OUTPUT paths are relative to where you call it from.
 #
 # Runs land in ${OUTPUT}/${DATASET}/${TRAINER}/${CFG}_${SHOTS}shots/nctx${NCTX}_csc${CSC}_ctp${CTP}/seed${SEED}
-# (CoOp's layout). A seed whose folder holds results.json (written only by a finished run) is skipped;
-# CoOp skipped any existing folder, which also skipped runs that had been killed. An unfinished run
-# resumes from its last checkpoint (train.py's own resume).
+# (CoOp's layout). A seed is skipped only when its folder holds a finished run with the fingerprint this
+# command would record (scripts/run_unless_finished.sh); a finished run of another configuration there
+# stops the script with one error line. CoOp skipped any existing folder, which also skipped killed runs
+# and runs of other settings.
 set -euo pipefail
 
 if [ $# -lt 6 ]; then
@@ -50,13 +51,12 @@ if [ -n "${OUTPUT:-}" ]; then OUTPUT="$(absolute "$OUTPUT")"; fi
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 OUTPUT=${OUTPUT:-output}
 
+# shellcheck source=../run_unless_finished.sh
+source scripts/run_unless_finished.sh
+
 for SEED in ${SEEDS:-1 2 3}; do
     DIR=${OUTPUT}/${DATASET}/${TRAINER}/${CFG}_${SHOTS}shots/nctx${NCTX}_csc${CSC}_ctp${CTP}/seed${SEED}
-    if [ -f "${DIR}/results.json" ] && [ "${FORCE:-0}" != "1" ]; then
-        echo "The results exist at ${DIR} (so skip this job; FORCE=1 reruns it)"
-        continue
-    fi
-    "${PYTHON:-python}" train.py \
+    run_unless_finished "${DIR}/results.json" "${PYTHON:-python}" train.py \
         --root "${DATA}" \
         --seed "${SEED}" \
         --trainer "${TRAINER}" \

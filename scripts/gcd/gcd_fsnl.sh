@@ -10,7 +10,7 @@
 # 100 epochs, no periodic checkpoints, no captions. Trailing KEY VALUE pairs go to every train.py call.
 # Environment: SEEDS (default "1"), CONFIG (FSNL_openclip config name or yaml, default vit_b16_ep200_standard),
 # EPOCHS (default 100), DRY_RUN=1 (print the commands only), PYTHON (default python).
-# A run whose results.json exists is skipped. DATA and OUT may be relative to where you call the script from.
+# A run is skipped only when its folder holds a finished run of the same fingerprint (scripts/run_unless_finished.sh). DATA and OUT may be relative to where you call the script from.
 set -euo pipefail
 
 if [ $# -ge 1 ] && [ -z "${SUBFIELD:-}" ]; then SUBFIELD="$1"; shift; fi
@@ -51,12 +51,11 @@ from scripts.fsnl_rule import format_lr, fsnl_bs_lr
 bs, lr = fsnl_bs_lr(int(sys.argv[1]), int(sys.argv[2]))
 print(bs, format_lr(lr))' "$C" "$SHOTS")
 
+# shellcheck source=../run_unless_finished.sh
+source scripts/run_unless_finished.sh
+
 for SEED in ${SEEDS:-1}; do
     DIR="$OUT/GCD_${SUBFIELD}/shots_${SHOTS}/train/FSNL_openclip_GCD/MEPOCH_${EPOCHS}_BS_${BS}_LR_${LR}/seed${SEED}"
-    if [ -f "$DIR/results.json" ]; then
-        echo "# skip (results exist): $DIR" >&2
-        continue
-    fi
     cmd=("$PY" train.py --root "$DATA" --seed "$SEED" --trainer FSNL_openclip_GCD
         --dataset-config-file configs/datasets/LAION_Beyond_GCD.yaml
         --config-file "$CONFIG_FILE"
@@ -69,6 +68,6 @@ for SEED in ${SEEDS:-1}; do
         printf '%q ' "${cmd[@]}"
         printf '\n'
     else
-        "${cmd[@]}"
+        run_unless_finished "$DIR/results.json" "${cmd[@]}"
     fi
 done

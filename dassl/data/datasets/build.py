@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Dict
 
 from dassl.utils.registry import Registry, RegistryKeyError, closest_name
 
-__all__ = ["DATASET_REGISTRY", "build_dataset"]
+__all__ = ["DATASET_REGISTRY", "build_dataset", "data_identity"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,3 +31,13 @@ def build_dataset(cfg: Any) -> Any:
     if getattr(cfg, "VERBOSE", False):
         logger.info("Loading dataset: %s", name)
     return DATASET_REGISTRY.get(name)(cfg)
+
+
+def data_identity(cfg: Any) -> Dict[str, Any]:
+    """What the data of ``cfg`` *is*, from the config alone (no images read): the registered dataset
+    class's ``data_identity(cfg)`` hook (e.g. the split files' SHA-256), ``{}`` for a dataset without
+    one. The run fingerprint and the feature files' job identity both use it."""
+    name = str(cfg.DATASET.NAME)
+    dataset_cls = DATASET_REGISTRY.get(name) if name in DATASET_REGISTRY else None
+    identity = getattr(dataset_cls, "data_identity", None)
+    return dict(identity(cfg)) if callable(identity) else {}
