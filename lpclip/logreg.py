@@ -25,7 +25,7 @@ probe never meets on LAION-Beyond or Mini-Beyond (>= 9 classes).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -85,8 +85,9 @@ def _bdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _direction(grad: torch.Tensor, s_hist: torch.Tensor, y_hist: torch.Tensor, rho: torch.Tensor,
-               gamma: torch.Tensor, order: range) -> torch.Tensor:
-    """L-BFGS two-loop recursion, batched; slots with ``rho == 0`` (no valid pair) are no-ops."""
+               gamma: torch.Tensor, order: Sequence[int]) -> torch.Tensor:
+    """L-BFGS two-loop recursion, batched, over the history slots ``order`` (oldest first); slots with
+    ``rho == 0`` (no valid pair) are no-ops."""
     q = grad.clone()
     alphas = []
     for j in reversed(order):
@@ -141,7 +142,8 @@ def fit(
             th, f, g = th[keep], f[keep], g[keep]
             s_hist, y_hist, rho, gamma = s_hist[keep], y_hist[keep], rho[keep], gamma[keep]
         stored = min(it, HISTORY)
-        order = range(HISTORY - stored, HISTORY) if stored else range(0)
+        # a ring buffer: pair k lives in slot k % HISTORY (no per-iteration copy of the buffers)
+        order = [(it - stored + i) % HISTORY for i in range(stored)]
         d = _direction(g, s_hist, y_hist, rho, gamma, order) if stored else -g
         slope = _bdot(g, d)
         uphill = slope >= 0  # lost curvature information: fall back to steepest descent
@@ -167,11 +169,9 @@ def fit(
         s, yv = new_th - th, new_g - g
         sy = _bdot(s, yv)
         valid = sy > 1e-10 * _bdot(yv, yv).clamp_min(1e-30)
-        s_hist = torch.roll(s_hist, -1, dims=1)
-        y_hist = torch.roll(y_hist, -1, dims=1)
-        rho = torch.roll(rho, -1, dims=1)
-        s_hist[:, -1], y_hist[:, -1] = s, yv
-        rho[:, -1] = torch.where(valid, 1.0 / sy.clamp_min(1e-30), torch.zeros_like(sy))
+        slot = it % HISTORY
+        s_hist[:, slot], y_hist[:, slot] = s, yv
+        rho[:, slot] = torch.where(valid, 1.0 / sy.clamp_min(1e-30), torch.zeros_like(sy))
         gamma = torch.where(valid, sy / _bdot(yv, yv).clamp_min(1e-30), gamma)
         # no decrease at any step length, or one below the dtype's resolution: as converged as it gets
         ftol = FTOL_EPS * torch.finfo(dtype).eps
