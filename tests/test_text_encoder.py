@@ -258,6 +258,45 @@ def test_length_buckets_minimise_padding():
     assert length_buckets(lengths, 1) == [sorted(range(len(lengths)), key=lambda i: (lengths[i], i))]
     assert length_buckets([], 4) == []
 
+    # a fixed cost per group: the brute force's cost plus that much per run, minimised over the runs
+    for group_cost in (0.0, 5.0, 20.0, 1000.0):
+        groups = length_buckets(lengths, 4, group_cost)
+        got = sum(len(g) * max(lengths[i] for i in g) for g in groups) + group_cost * len(groups)
+        best = min(
+            sum(sum(1 for v in lengths if lo < v <= hi) * hi
+                for lo, hi in zip((0,) + cuts, cuts + (distinct[-1],))) + group_cost * (k + 1)
+            for k in range(4) for cuts in itertools.combinations(distinct[:-1], k))
+        assert got == best, group_cost
+    assert len(length_buckets(lengths, 4, 0.0)) == 4 and len(length_buckets(lengths, 4, 1000.0)) == 1
+
+
+def test_text_encoder_groups_only_where_a_group_pays_for_itself():
+    """The encoder charges each extra length group ``GROUP_OVERHEAD / width²`` positions: a few short
+    rows stay in one call, many rows of very different lengths are split (counted by calls)."""
+    from clip import text
+
+    model = build()
+    enc = TextEncoder(model)
+    width = model.token_embedding.weight.shape[1]
+    charge = text.GROUP_OVERHEAD / width ** 2
+    calls = []
+    real = enc._forward_rows
+
+    def counting(embeds, *args, **kwargs):
+        calls.append(embeds.shape[0])
+        return real(embeds, *args, **kwargs)
+
+    enc._forward_rows = counting
+    g = torch.Generator().manual_seed(0)
+    for rows, expect_split in ((4, False), (int(4 * charge) + 64, True)):
+        calls.clear()
+        eot = torch.tensor([5 + 60 * (i % 2) for i in range(rows)])
+        embeds = torch.randn(rows, 77, width, generator=g)
+        out = enc(embeds, eot, buckets=4)
+        # splitting saves (rows / 2) * 60 padded positions against one extra group's charge
+        assert (len(calls) > 1) == expect_split == (rows / 2 * 60 > charge), (rows, calls)
+        torch.testing.assert_close(out, enc(embeds, eot), atol=1e-5, rtol=0)
+
 
 @pytest.mark.parametrize("shared_prefix,buckets", [(0, 1), (3, 1), (0, 3), (5, 4)])
 @pytest.mark.parametrize("pooled_only", [True, False])
