@@ -42,6 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from clip import cpu_supports_bf16  # noqa: E402
 
@@ -117,6 +118,10 @@ def setup(args: argparse.Namespace) -> torch.device:
         raise SystemExit(f"--prec {args.prec} is a GPU precision here (this CPU has no native bfloat16); "
                          "use --device cuda")
     torch.set_num_threads(args.threads)
+    # numpy's BLAS too (scikit-learn's side of the probe benchmark): left at its default it starts a
+    # thread per core, and on 2 cores next to torch that thrashed the L-BFGS fits 10-20x (an 8-shot C
+    # search took 71 s instead of 5 s), which would flatter any comparison against it
+    threadpool_limits(limits=args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     np.random.seed(args.seed)

@@ -11,7 +11,7 @@ import statistics
 import pytest
 import torch
 
-from benchmarks import common, eval_throughput, fsnl_step, prompt_building, run_all, text_tower
+from benchmarks import common, eval_throughput, fsnl_step, prompt_building, prompt_prefix, run_all, text_tower
 from benchmarks import linear_probe as linear_probe_bench
 
 
@@ -141,6 +141,18 @@ def test_text_tower_smoke(tmp_path, capsys):
     for mode in modes.values():
         assert mode["median_s"] == pytest.approx(statistics.median(mode["times_s"]))
         assert len(mode["times_s"]) == 2
+
+
+def test_prompt_prefix_smoke(tmp_path, capsys):
+    """CoOp and CoCoOp, each every prompt in full vs prefix once + continuations; both ways agree."""
+    prompt_prefix.main(tiny_args(tmp_path, "pp"))
+    assert "| CoCoOp: prefix once + continuations |" in capsys.readouterr().out
+    data = json.loads((tmp_path / "pp.json").read_text())
+    assert data["max_abs_diff"] < 1e-5
+    assert sorted(data["modes"]) == sorted(f"{m}: {w}" for m in ("CoOp", "CoCoOp")
+                                           for w in ("every prompt in full", "prefix once + continuations"))
+    for mode in data["modes"].values():
+        assert mode["median_s"] == pytest.approx(statistics.median(mode["times_s"]))
 
 
 def test_run_all_assembles_sections():
