@@ -65,9 +65,9 @@ def length_buckets(lengths: Sequence[int], max_buckets: int, group_cost: float =
     return [order[a:b] for a, b in reversed(bounds)]
 
 
-def _rows(t: torch.Tensor, index: Optional[torch.Tensor]) -> torch.Tensor:
-    """``t``'s rows ``index`` (all of ``t`` for None), ``index`` moved to ``t``'s device."""
-    return t if index is None else t.index_select(0, index.to(t.device))
+def _rows(t: Optional[torch.Tensor], index: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``t``'s rows ``index`` (all of ``t`` for None), ``index`` moved to ``t``'s device; None stays None."""
+    return t if index is None or t is None else t.index_select(0, index.to(t.device))
 
 
 def _kv_projection(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
@@ -338,10 +338,11 @@ class TextEncoder(nn.Module):
                 x = block(x, attn_mask=mask)
         return states
 
-    def encode_continuations(self, states: Sequence[torch.Tensor], suffixes: torch.Tensor, prefix_rows: torch.Tensor,
-                             eot_idx: torch.Tensor, buckets: int = 1) -> torch.Tensor:
+    def encode_continuations(self, states: Sequence[torch.Tensor], suffixes: torch.Tensor,
+                             prefix_rows: Optional[torch.Tensor], eot_idx: torch.Tensor, buckets: int = 1) -> torch.Tensor:
         """Text features ``[N, D]`` of rows that start with one of G prefixes: row ``n`` is prefix
-        ``prefix_rows[n]`` (its :meth:`prefix_states`) followed by ``suffixes[n] [S, W]`` at positions
+        ``prefix_rows[n]`` (its :meth:`prefix_states`; None: every row continues the one prefix,
+        G = 1, whose keys/values are broadcast, not copied) followed by ``suffixes[n] [S, W]`` at positions
         P..P+S-1, pooled at ``eot_idx[n]`` (absolute, >= P). Equal to :meth:`forward` on the
         concatenated rows, up to float rounding (``tests/test_text_encoder.py``), with the prefix
         positions run once per prefix instead of once per row -- for CoCoOp, whose SOT and
@@ -355,8 +356,8 @@ class TextEncoder(nn.Module):
             eot_idx, buckets,
             lambda idx: self._continue_rows(states, _rows(suffixes, idx), _rows(prefix_rows, idx), _rows(eot_idx, idx)))
 
-    def _continue_rows(self, states: Sequence[torch.Tensor], suffixes: torch.Tensor, prefix_rows: torch.Tensor,
-                       eot_idx: torch.Tensor) -> torch.Tensor:
+    def _continue_rows(self, states: Sequence[torch.Tensor], suffixes: torch.Tensor,
+                       prefix_rows: Optional[torch.Tensor], eot_idx: torch.Tensor) -> torch.Tensor:
         """:meth:`encode_continuations` of one length group, cut at its longest row."""
         p = int(states[0].shape[1])
         tower = self._tower
@@ -364,7 +365,7 @@ class TextEncoder(nn.Module):
         length = min(p + suffixes.shape[1], int(eot_idx.max()) + 1)
         x = suffixes[:, :length - p].to(cast) + tower.positional_embedding[p:length].to(cast)
         x = self._run_blocks(x, states, self.attn_mask[p:length, :length], eot_idx - p,
-                             prefix_rows.to(x.device))
+                             None if prefix_rows is None else prefix_rows.to(x.device))
         return self._project(tower.ln_final(x))
 
     def _forward_rows(self, embeds: torch.Tensor, eot_idx: torch.Tensor, truncate: bool, p: int = 0,

@@ -229,6 +229,10 @@ def test_continuations_of_several_prefixes_equal_the_full_rows():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="inside the 5-position prefix"):
         enc.encode_continuations(enc.prefix_states(prefixes), suffixes, rows, eot - 1)
+    # one prefix for every row (CoOp): prefix_rows None broadcasts it, same as the full rows
+    one = enc.encode_continuations(enc.prefix_states(prefixes[:1]), suffixes, None, eot)
+    full_one = enc(torch.cat([prefixes[:1].expand(10, -1, -1), suffixes], dim=1), eot, truncate=False)
+    torch.testing.assert_close(one, full_one, atol=1e-5, rtol=0)
 
 
 def test_prefix_reuse_refuses_rows_that_differ():

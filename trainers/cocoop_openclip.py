@@ -118,6 +118,8 @@ class CoCoOpModel(nn.Module):
         # group_order lists the classes group by group; group g is group_order[start:end], cut at length
         lengths = [int(v) + 1 for v in bank.eot_idx.tolist()]
         truncate = self.text_encoder.can_truncate
+        # no per-group charge (clip.text.GROUP_OVERHEAD) here: a class group runs B·C_g prompts per call,
+        # so one more group costs a fraction of a position per prompt
         groups = length_buckets(lengths, TEXT_BUCKETS) if truncate else [list(range(len(lengths)))]
         order = [c for g in groups for c in g]
         self.register_buffer("group_order", torch.tensor(order, dtype=torch.long), persistent=False)

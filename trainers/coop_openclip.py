@@ -249,8 +249,7 @@ class CoOpModel(nn.Module):
         p = self.prompt_bank.common_prefix
         if p > 1 and self.text_encoder.can_reuse_prefix:
             states = self.text_encoder.prefix_states(embeds[:1, :p])
-            rows = torch.zeros(embeds.shape[0], dtype=torch.long, device=embeds.device)
-            text = self.text_encoder.encode_continuations(states, embeds[:, p:], rows, eot, buckets=TEXT_BUCKETS)
+            text = self.text_encoder.encode_continuations(states, embeds[:, p:], None, eot, buckets=TEXT_BUCKETS)
         else:
             text = self.text_encoder(embeds, eot)
         return F.normalize(text.float(), dim=-1)
