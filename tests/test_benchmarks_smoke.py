@@ -11,7 +11,16 @@ import statistics
 import pytest
 import torch
 
-from benchmarks import common, eval_throughput, fsnl_step, prompt_building, prompt_prefix, run_all, text_tower
+from benchmarks import (
+    common,
+    eval_throughput,
+    fsnl_step,
+    grid_estimate,
+    prompt_building,
+    prompt_prefix,
+    run_all,
+    text_tower,
+)
 from benchmarks import linear_probe as linear_probe_bench
 
 
@@ -185,3 +194,48 @@ def test_linear_probe_benchmark_smoke(tmp_path, capsys):
         assert row["difference_pt"] == pytest.approx(row["torch_accuracy"] - row["sklearn_accuracy"])
     assert data["ratio"] == pytest.approx(data["sklearn_total_s"] / data["torch_total_s"])
     assert result["max_difference_pt"] == max(abs(r["difference_pt"]) for r in data["rows"])
+
+
+def test_grid_estimate_counts_follow_the_spec():
+    """The GPU estimate's exact part: class counts of spec §4.6, FSNL's 200/400/800 steps of spec §8.3,
+    and CoOp / CoCoOp steps from their paper configs' epochs and batch sizes (Dassl drops the last
+    partial batch), recomputed here by hand."""
+    oop = [92, 50, 54, 59, 53, 106, 59, 113, 89]
+    ip = [42, 23, 28, 27, 27, 52, 30, 56, 39]
+    assert [grid_estimate.class_counts(d) for d in grid_estimate.LAION_BEYOND_DOMAINS] == list(zip(oop, ip))
+    unit = grid_estimate.Flops(prompt_fwd=1.0, prompt_train=10.0, prefix_fwd=100.0, prefix_train=1e3,
+                               caption_train=1e4, image_fwd=1e5)
+    work = grid_estimate.grid_work(unit, grid_estimate.METHODS, grid_estimate.LAION_BEYOND_DOMAINS,
+                                   (1, 2, 4, 8, 16), (1, 2, 3), test_per_class=5)
+
+    def steps(epochs, batch):
+        return sum(3 * epochs * (k * c // batch if k * c >= batch else 1) for c in oop for k in (1, 2, 4, 8, 16))
+
+    assert work["fsnl"].steps == 3 * 9 * (200 + 200 + 200 + 400 + 800) == 48_600
+    assert work["coop"].steps == steps(200, 128)
+    assert work["cocoop"].steps == steps(10, 16)
+    assert work["fsnl"].cells == work["coop"].cells == 9 * 5 * 3 and work["linear_probe"].cells == 9
+    # FSNL: per step one prefix, C prompts and BS = min(K, 4)·C captions, with backward
+    fsnl = sum(3 * (200 if k <= 4 else 200 * k // 4) * (1e3 + c * 10.0 + min(k, 4) * c * 1e4)
+               for c in oop for k in (1, 2, 4, 8, 16))
+    assert work["fsnl"].flops == pytest.approx(fsnl)
+    # CoCoOp evaluates C prompts per test image, on the OOP and the IP test splits
+    evals = sum(3 * (o * 5 * (100.0 + o * 1.0) + i * 5 * (100.0 + i * 1.0)) for o, i in zip(oop, ip)
+                for _ in (1, 2, 4, 8, 16))
+    assert work["cocoop"].parts["eval"] == pytest.approx(evals)
+    assert work["clip_adapter"].flops == 0 and work["clip_adapter"].steps > 0
+
+
+def test_grid_estimate_smoke(tmp_path, capsys):
+    result = grid_estimate.main(tiny_args(tmp_path, "ge") + ["--tflops-fp32", "40", "--step-ms", "5"])
+    assert result == 0
+    printed = capsys.readouterr().out
+    assert "An estimate, not a measurement" in printed and "minutes, fp32 at 40 TFLOPS" in printed
+    data = json.loads((tmp_path / "ge.json").read_text())
+    f = data["flops"]
+    assert 0 < f["prompt_fwd"] < f["prompt_train"] and f["caption_train"] > f["prompt_train"]
+    for prec, tflops in data["assumptions"]["tflops"].items():
+        fsnl = data["methods"]["fsnl"]
+        assert fsnl["seconds"][prec] == pytest.approx(fsnl["flops"] / (tflops * 1e12) + fsnl["steps"] * 5e-3)
+        parts = sum(m["seconds"][prec] for m in data["methods"].values()) + data["image_seconds"][prec]
+        assert data["total_seconds"][prec] == pytest.approx(parts)
