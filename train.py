@@ -30,7 +30,10 @@ import trainers
 from configs import FIELDS, ConfigError, build_cfg, check_cfg, extend_cfg  # noqa: F401  (re-exported)
 from dassl import results as run_results
 from dassl.config import FINAL_MODEL_CHOICES
-from dassl.engine import expected_fingerprint
+from dassl.data.datasets import DATASET_REGISTRY
+from dassl.engine import TRAINER_REGISTRY, build_trainer, expected_fingerprint
+from dassl.evaluation import EVALUATOR_REGISTRY
+from dassl.optim import AVAI_OPTIMS, AVAI_SCHEDS
 from dassl.utils import (
     CheckpointError,
     UnreadableImageError,
@@ -121,11 +124,6 @@ def _check_choice(key: str, value: str, available: Sequence[str]) -> None:
 def validate_cfg(cfg: Any, training: bool = True) -> None:
     """Reject unknown trainer/dataset/evaluator/optimizer names and every config mistake
     :func:`configs.check_cfg` detects, before anything is built."""
-    from dassl.data.datasets import DATASET_REGISTRY
-    from dassl.engine import TRAINER_REGISTRY
-    from dassl.evaluation import EVALUATOR_REGISTRY
-    from dassl.optim import AVAI_OPTIMS, AVAI_SCHEDS
-
     try:
         _check_choice("TRAINER.NAME (--trainer)", cfg.TRAINER.NAME, TRAINER_REGISTRY.registered_names())
     except ConfigError as e:
@@ -192,8 +190,6 @@ def _log_args_and_cfg(args: argparse.Namespace, cfg: Any) -> None:
 
 def main(args: argparse.Namespace) -> Any:
     """Run one experiment; returns the trainer (``--eval-only``: after writing results.json)."""
-    from dassl.engine import build_trainer
-
     cfg = setup_cfg(args)
     validate_cfg(cfg, training=not (args.eval_only or args.no_train))
     if cfg.RESUME:

@@ -41,10 +41,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 import numpy as np  # noqa: E402
+import open_clip  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
+from yacs.config import CfgNode as CN  # noqa: E402
 
-from clip import cpu_supports_bf16  # noqa: E402
+import train  # noqa: E402
+from clip import add_clip_config, cpu_supports_bf16, load_clip, register_repo_configs  # noqa: E402
+from dassl.engine import build_trainer  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -327,8 +332,6 @@ def _cpu_model() -> str:
 
 def machine_info(device: torch.device, threads: int) -> Dict[str, Any]:
     """Where the numbers come from, including how busy the machine was."""
-    import open_clip
-
     info: Dict[str, Any] = {
         "cpu": _cpu_model(),
         "logical_cpus": os.cpu_count(),
@@ -377,10 +380,6 @@ def finish(result: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
 # ------------------------------------------------------------------------------------ models
 def load_model(name: str, device: torch.device, prec: str = "fp32", seed: int = 0) -> Any:
     """A seeded random-weight CLIP through the project's loader (never downloads)."""
-    from yacs.config import CfgNode as CN
-
-    from clip import add_clip_config, load_clip
-
     cfg = CN()
     cfg.SEED = int(seed)
     add_clip_config(cfg)
@@ -411,8 +410,6 @@ def caption_for(name: str, k: int) -> str:
 
 
 def _write_image(path: Path, size: int, label: int, rng: np.random.Generator) -> None:
-    from PIL import Image
-
     colour = np.array([(label * 37) % 256, (label * 91) % 256, (label * 53) % 256], dtype=np.float64)
     pixels = colour[None, None, :] + rng.normal(0.0, 40.0, size=(size, size, 3))
     Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
@@ -458,9 +455,6 @@ def build_fsnl_trainer(
     test_batch_size: int, shots: int, seed: int = 1, extra_opts: Sequence[str] = (),
 ) -> Any:
     """The real ``FSNL_openclip`` trainer on the synthetic subset, with random backbone weights."""
-    import train
-    from dassl.engine import build_trainer
-
     loaded_size = _image_size(model)
     args = train.parse_args([
         "--root", str(data_root), "--seed", str(seed), "--trainer", "FSNL_openclip",
@@ -482,10 +476,6 @@ def build_fsnl_trainer(
 
 
 def _image_size(model: str) -> int:
-    import open_clip
-
-    from clip import register_repo_configs
-
     register_repo_configs()
     cfg = open_clip.get_model_config(model.replace("/", "-"))
     if cfg is None:

@@ -44,6 +44,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence  # no
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from benchmarks.prompt_building import (  # noqa: E402
@@ -326,8 +328,6 @@ def measure_steps(args: argparse.Namespace, device: torch.device, info: Dict[str
 def gemm_flops(step: Callable[[], Any]) -> Dict[str, float]:
     """Matrix-product FLOPs of one step (``torch.utils.flop_counter``: mm/addmm/bmm/attention, forward
     and backward): the work a mode does, independent of how loaded the machine is."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     with FlopCounterMode(display=False) as counter:
         step()
     per_op = {str(k): float(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
@@ -336,8 +336,6 @@ def gemm_flops(step: Callable[[], Any]) -> Dict[str, float]:
 
 def profile_step(step: Callable[[], Any], device: torch.device, rows: int) -> List[Dict[str, Any]]:
     """The ops that take the time of one step (self time, torch.profiler), most expensive first."""
-    from torch.profiler import ProfilerActivity, profile
-
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         step()

@@ -30,7 +30,7 @@ import logging
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from datasets import laion_beyond
+from datasets import check, laion_beyond
 from datasets.laion_beyond import SUBSETS, laion_beyond_domains
 
 try:
@@ -160,8 +160,6 @@ def main(argv: Sequence[str] = ()) -> int:
     print(f"Downloaded into {root}; train with --root {target}")
     if args.no_check:
         return 0
-    from datasets import check
-
     return check.main(["--root", target, "--domains", *[n for n, _ in pairs]])
 
 

@@ -28,10 +28,11 @@ import re
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
+from clip.templates import DOMAIN_HINTS
 from dassl.data.datasets.base_dataset import DatasetBase, Datum
 from dassl.data.datasets.build import DATASET_REGISTRY
 from dassl.evaluation.clustering import parent_dir_class
-from dassl.utils import write_json
+from dassl.utils import closest_name, write_json
 from dassl.utils.identity import content_identity
 
 from .laion_beyond import DEFAULT_SEED, DatasetError, DatasetNotFoundError, check_images, laion_beyond_domains
@@ -66,8 +67,6 @@ def subfield_hint(subfield: str) -> str:
     name (``Pokemon89_39``); a subfield is that name without its class counts. Registered
     LAION-Beyond-style datasets (e.g. the Mini-Beyond domains) are looked up by their prefix.
     """
-    from clip.templates import DOMAIN_HINTS
-
     pattern = re.compile(re.escape(subfield) + r"\d+_\d+")
     hits = sorted(name for name in DOMAIN_HINTS if pattern.fullmatch(name))
     if hits:
@@ -76,8 +75,6 @@ def subfield_hint(subfield: str) -> str:
     by_prefix = {cls.prefix: cls.hint for cls in domains.values() if cls.hint}
     if subfield in by_prefix:
         return by_prefix[subfield]
-    from dassl.utils import closest_name
-
     known = sorted(set(by_prefix) | {re.sub(r"\d+_\d+$", "", n) for n in DOMAIN_HINTS})
     close = closest_name(subfield, known)
     raise DatasetError(

@@ -33,6 +33,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import open_clip
+import torch
+
+from clip import normalize_model_name, register_repo_configs
+from scripts.domains import DomainError, count_classes, resolve_domain
+from scripts.fsnl_rule import fsnl_bs_lr
+from scripts.parse_test_res import ZEROSHOT_SHOTS, collect
+from scripts.plot_curves import save_figure
 from scripts.sweep import Job, RunConflict, fsnl_opts, merge_opts, run_jobs, split_done, trainer_config
 
 __all__ = [
@@ -95,11 +103,6 @@ def backbone_tag(name: str, weights: str) -> str:
 
 def count_parameters(name: str) -> int:
     """Parameters of open_clip model ``name``, built on the meta device (shapes only, no weights)."""
-    import open_clip
-    import torch
-
-    from clip import normalize_model_name, register_repo_configs
-
     register_repo_configs()
     with torch.device("meta"):
         model = open_clip.create_model(normalize_model_name(name), pretrained=None, device="meta")
@@ -108,10 +111,6 @@ def count_parameters(name: str) -> int:
 
 def image_size_of(name: str) -> Optional[int]:
     """Input resolution from the model config (None when the config does not say)."""
-    import open_clip
-
-    from clip import normalize_model_name, register_repo_configs
-
     register_repo_configs()
     cfg = open_clip.get_model_config(normalize_model_name(name)) or {}
     size = (cfg.get("vision_cfg") or {}).get("image_size")
@@ -126,9 +125,6 @@ def build_jobs(
     config: str = DEFAULT_CONFIG, opts: Sequence[str] = (), python: str = "python",
 ) -> List[Job]:
     """Zero-shot and FSNL jobs per backbone (class count read from ``root`` unless given)."""
-    from scripts.domains import count_classes
-    from scripts.fsnl_rule import fsnl_bs_lr
-
     config_path, _ = trainer_config(TRAINER, config)
     c = num_classes if num_classes else count_classes(root, dataset, "OOP")
     bs, lr = fsnl_bs_lr(c, shots)
@@ -164,8 +160,6 @@ def collect_points(
     param_counts: Optional[Dict[str, int]] = None,
 ) -> List[Dict[str, Any]]:
     """Per backbone: parameter count and the zero-shot / FSNL ``metric`` (mean and std over seeds)."""
-    from scripts.parse_test_res import ZEROSHOT_SHOTS, collect
-
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     points = []
@@ -189,10 +183,12 @@ def collect_points(
 def plot_scaling(points: Sequence[Dict[str, Any]], out: str, metric: str = "oop", shots: int = 4,
                  title: Optional[str] = None) -> Tuple[str, str, str]:
     """Accuracy vs parameter count (log x); zero-shot light circles, FSNL dark ones."""
+    # Local: matplotlib is slow to import, and the Agg backend must be chosen before pyplot loads.
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     drawn = [p for p in points if p["zeroshot"] is not None or p["fsnl"] is not None]
     if not drawn:
@@ -213,8 +209,6 @@ def plot_scaling(points: Sequence[Dict[str, Any]], out: str, metric: str = "oop"
         elif p["fsnl"] is None:
             ax.scatter([], [], color=color, label=p["label"])
     ax.set_xscale("log")
-    from matplotlib.ticker import NullFormatter
-
     ticks = sorted({p["params"] / 1e9 for p in drawn})
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{t:.2g}B" for t in ticks])
@@ -226,8 +220,6 @@ def plot_scaling(points: Sequence[Dict[str, Any]], out: str, metric: str = "oop"
     ax.legend(fontsize=7, frameon=False, loc="best")
     ax.set_title(title if title is not None else f"Zero-shot (light) vs FSNL {shots}-shot (dark)")
     fig.tight_layout()
-    from scripts.plot_curves import save_figure
-
     png, pdf = save_figure(fig, out)
     js = f"{png[:-len('.png')]}.json"
     with open(js, "w", encoding="utf-8") as f:
@@ -258,8 +250,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from scripts.domains import DomainError, resolve_domain
-
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -23,19 +23,30 @@ import math
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
+from sklearn.cluster import KMeans
 
-__all__ = ["kmeans_accuracy", "evaluate", "render_markdown", "write_outputs", "main"]
+from dassl.evaluation.clustering import clustering_accuracy
+from dassl.utils import set_random_seed
+from scripts.domains import LAION_BEYOND_DOMAINS, DomainError, resolve_domains, short_name
+from scripts.features import add_backbone_args, cfg_from_args, image_features, load_backbone
+
+__all__ = ["kmeans_labels", "kmeans_accuracy", "evaluate", "render_markdown", "write_outputs", "main"]
 
 logger = logging.getLogger(__name__)
+
+
+def kmeans_labels(features: np.ndarray, k: int, seed: int = 0, n_init: int = 10) -> np.ndarray:
+    """Seeded k-means cluster index per row (also used by ``tools.cluster_names``)."""
+    if features.shape[0] < k:
+        raise ValueError(f"cannot make {k} clusters from {features.shape[0]} images")
+    return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(features).astype(np.int64)
 
 
 def kmeans_accuracy(
     features: np.ndarray, labels: Sequence[int], k: Optional[int] = None, seed: int = 0, n_init: int = 10
 ) -> float:
     """Clustering accuracy (%) of seeded k-means on ``features`` (k = number of distinct labels by default)."""
-    from dassl.evaluation.clustering import clustering_accuracy
-    from tools.cluster_names import kmeans_labels
-
     labels = np.asarray(labels)
     k = int(k) if k else len(np.unique(labels))
     pred = kmeans_labels(np.asarray(features, dtype=np.float32), k, seed, n_init)
@@ -46,10 +57,6 @@ def evaluate(
     args: argparse.Namespace, domains: Sequence[str], subsets: Sequence[str], splits: Sequence[str]
 ) -> List[Dict[str, Any]]:
     """One row per (domain, subset); the backbone is loaded once."""
-    import torch
-
-    from scripts.features import cfg_from_args, image_features, load_backbone
-
     rows: List[Dict[str, Any]] = []
     loaded = None
     for dataset in domains:
@@ -71,8 +78,6 @@ def evaluate(
 
 def render_markdown(rows: Sequence[Dict[str, Any]]) -> str:
     """Domains as rows, subsets as columns, plus the average over domains that have every subset."""
-    from scripts.domains import short_name
-
     subsets: List[str] = []
     datasets: List[str] = []
     for r in rows:
@@ -113,9 +118,6 @@ def write_outputs(rows: Sequence[Dict[str, Any]], out: str) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from scripts.domains import LAION_BEYOND_DOMAINS, DomainError, resolve_domains
-    from scripts.features import add_backbone_args
-
     p = argparse.ArgumentParser(prog="python -m scripts.cluster_eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True, help="dataset root")
@@ -133,8 +135,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     except DomainError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from dassl.utils import set_random_seed
-
     set_random_seed(args.seed)
     rows = evaluate(args, domains, args.subsets, args.splits)
     paths = write_outputs(rows, args.out)

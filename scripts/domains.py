@@ -47,6 +47,7 @@ class DomainError(ValueError):
 
 def laion_beyond_classes() -> Dict[str, type]:
     """Registered LAION-Beyond-style datasets by name (importing ``datasets`` registers them)."""
+    # Local on purpose: datasets loads torch/open_clip; parse_test_res and fsnl_rule import this module.
     import datasets  # noqa: F401  (registration side effect)
     from datasets.laion_beyond import laion_beyond_domains
 
@@ -54,6 +55,7 @@ def laion_beyond_classes() -> Dict[str, type]:
 
 
 def _registered_names() -> List[str]:
+    # Local on purpose: datasets loads torch/open_clip; parse_test_res and fsnl_rule import this module.
     import datasets  # noqa: F401
     from dassl.data.datasets import DATASET_REGISTRY
 
@@ -83,6 +85,7 @@ def resolve_domain(name: str) -> str:
         if len(preferred) == 1:
             return preferred[0]
         raise DomainError(f"Domain {name!r} is ambiguous: {', '.join(sorted(hits))}")
+    # Local on purpose: dassl.utils loads torch; parse_test_res and fsnl_rule import this module.
     from dassl.utils import closest_name
 
     hint = closest_name(name, list(domains) + [cls.prefix for cls in domains.values()])
@@ -110,6 +113,7 @@ def short_name(dataset: str) -> str:
 
 def count_classes(root: str, dataset: str, subset: str = "OOP") -> int:
     """Number of classes of one subset of ``dataset`` under ``root``, read from its split file."""
+    # Local on purpose: datasets loads torch/open_clip; parse_test_res and fsnl_rule import this module.
     from datasets.laion_beyond import DatasetError, find_subset_dir, load_subset
 
     domains = laion_beyond_classes()

@@ -19,6 +19,11 @@ import torch
 import torch.nn.functional as F
 
 import configs
+from clip import autocast, load_clip
+from dassl.data import build_data_loader
+from dassl.data.datasets import build_dataset
+from dassl.data.transforms import build_transform
+from lpclip.feat_extractor import encode_loader, pick_device
 from scripts.domains import REPO_ROOT, resolve_domain
 
 __all__ = [
@@ -102,9 +107,6 @@ def cfg_from_args(args: Any, dataset: str) -> Any:
 
 def load_backbone(cfg: Any, device: Optional[torch.device] = None, precision: str = "fp32") -> Any:
     """The frozen :class:`clip.LoadedCLIP` of ``cfg`` on ``device`` (default: GPU if allowed, else CPU)."""
-    from clip import load_clip
-    from lpclip.feat_extractor import pick_device
-
     return load_clip(cfg, device if device is not None else pick_device(cfg), precision)
 
 
@@ -138,11 +140,6 @@ def image_features(
     model), so one config serves every backbone. ``max_per_class > 0`` keeps a seeded random sample of
     that many images per class (t-SNE does not need thousands of points).
     """
-    from dassl.data import build_data_loader
-    from dassl.data.datasets import build_dataset
-    from dassl.data.transforms import build_transform
-    from lpclip.feat_extractor import encode_loader
-
     device = device if device is not None else next(loaded.model.parameters()).device
     sub_cfg = cfg.clone()
     sub_cfg.defrost()
@@ -184,8 +181,6 @@ def image_features(
 @torch.inference_mode()
 def text_features(loaded: Any, texts: Sequence[str], batch_size: int = 1024) -> np.ndarray:
     """L2-normalised text features ``[T, D]`` of ``texts``."""
-    from clip import autocast
-
     model = loaded.model
     device = next(model.parameters()).device
     chunks = []

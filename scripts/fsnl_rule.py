@@ -19,6 +19,8 @@ if not __package__:  # run by path (python dir/script.py): the repo root goes fi
 import argparse
 from typing import List, Optional, Tuple
 
+from scripts.domains import DomainError, count_classes, resolve_domain
+
 __all__ = ["BASE_BATCH_SIZE", "BASE_LR", "MAX_SHOTS_PER_BATCH", "fsnl_bs_lr", "format_lr", "fsnl_rule_for", "main"]
 
 BASE_BATCH_SIZE = 128
@@ -44,8 +46,6 @@ def format_lr(lr: float) -> str:
 
 def fsnl_rule_for(root: str, dataset: str, shots: int) -> Tuple[int, float]:
     """The rule applied to the OOP classes of ``dataset`` found under ``root``."""
-    from scripts.domains import count_classes, resolve_domain
-
     return fsnl_bs_lr(count_classes(root, resolve_domain(dataset), "OOP"), shots)
 
 
@@ -55,8 +55,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--dataset", required=True, help="registered name (Animals92_42) or short name (Animals)")
     parser.add_argument("--shots", type=int, required=True, help="shots per class K")
     args = parser.parse_args(argv)
-    from scripts.domains import DomainError
-
     try:
         bs, lr = fsnl_rule_for(args.root, args.dataset, args.shots)
     except (DomainError, ValueError) as err:

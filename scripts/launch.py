@@ -61,6 +61,9 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, TextIO, Tuple
 
+import torch
+import yaml
+
 from dassl import results
 from scripts.domains import REPO_ROOT
 from scripts.run_identity import RunConflict, command_state, conflict_message
@@ -179,8 +182,6 @@ def parse_commands(text: str, yaml_hint: bool = False) -> List[Command]:
     """Commands from the text of a command list (one per line) or of a YAML with ``commands:``."""
     stripped = text.lstrip()
     if yaml_hint or stripped.startswith("commands:"):
-        import yaml
-
         data = yaml.safe_load(text) or {}
         if not isinstance(data, dict) or not isinstance(data.get("commands"), list):
             raise ValueError("a YAML sweep must be a mapping with a 'commands:' list")
@@ -203,10 +204,8 @@ def visible_gpus(explicit: Optional[str] = None) -> List[str]:
         spec = spec.strip()
         return [] if spec in _NO_GPU else [g.strip() for g in spec.split(",") if g.strip()]
     try:
-        import torch
-
         return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception as err:  # no torch or a broken driver both mean "no GPU to hand out"
+    except Exception as err:  # a broken driver means "no GPU to hand out"
         logger.debug("torch.cuda unavailable (%s); running without GPU pinning", err)
         return []
 

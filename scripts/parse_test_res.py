@@ -60,9 +60,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from scipy import stats
+
 from dassl import results
 from dassl.utils import atomic_write_text
 from dassl.utils.identity import json_digest
+from scripts.domains import short_name
 from scripts.methods import label_for
 
 __all__ = [
@@ -172,9 +175,7 @@ def compute_stat(values: Sequence[float]) -> Stat:
         return Stat()
     if n == 1:
         return Stat(mean, math.nan, math.nan, 1)
-    from scipy.stats import t
-
-    return Stat(mean, std, float(t.ppf(0.975, n - 1)) * std / math.sqrt(n), n)
+    return Stat(mean, std, float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n), n)
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -530,8 +531,6 @@ def _fmt(stat: Stat, spread: Optional[str], digits: int = 2) -> str:
 
 
 def _short(dataset: str) -> str:
-    from scripts.domains import short_name
-
     return short_name(dataset)
 
 

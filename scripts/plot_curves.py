@@ -20,6 +20,7 @@ import json
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from scripts.domains import short_name
 from scripts.parse_test_res import GroupSummary, build_curves, collect, groups_from_json
 
 __all__ = ["PANEL_WIDTH", "PANEL_HEIGHT", "DPI", "load_groups", "plot_curves", "main"]
@@ -46,6 +47,7 @@ def _out_base(out: str) -> Path:
 
 def save_figure(fig: Any, out: str, dpi: int = DPI) -> Tuple[str, str]:
     """Save ``fig`` as ``<out>.png`` and ``<out>.pdf`` (any extension on ``out`` is dropped) and close it."""
+    # Local: matplotlib is slow to import and only the plotting path needs it (callers set Agg first).
     import matplotlib.pyplot as plt
 
     base = _out_base(out)
@@ -67,12 +69,11 @@ def plot_curves(
     metric: str = "oop",
 ) -> Tuple[str, str]:
     """Draw the curves of ``groups`` and save ``<out>.png`` / ``<out>.pdf``; returns both paths."""
+    # Local: matplotlib is slow to import, and the Agg backend must be chosen before pyplot loads.
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from scripts.domains import short_name
 
     curves = build_curves(groups, metric)
     datasets = [d for d in curves["datasets"] if not domains or d in domains or short_name(d) in domains]

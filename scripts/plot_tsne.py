@@ -20,6 +20,12 @@ import logging
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
+
+from dassl.utils import set_random_seed
+from scripts.domains import DomainError, resolve_domain, short_name
+from scripts.features import add_backbone_args, cfg_from_args, image_features, load_backbone
+from scripts.plot_curves import save_figure
 
 __all__ = ["tsne_2d", "plot_tsne_panels", "plot_tsne", "main"]
 
@@ -28,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 def tsne_2d(features: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
     """2-D t-SNE (cosine metric, PCA init) of ``features``; the perplexity is capped for small sets."""
+    # Local: sklearn.manifold is slow to import and only this analysis step needs it.
     from sklearn.manifold import TSNE
 
     n = int(features.shape[0])
@@ -39,6 +46,7 @@ def tsne_2d(features: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np
 
 
 def _colors(n: int) -> List[Tuple[float, ...]]:
+    # Local: matplotlib is slow to import; plot_tsne_panels selects the Agg backend before this runs.
     import matplotlib.pyplot as plt
 
     if n <= 20:
@@ -58,6 +66,7 @@ def plot_tsne_panels(
     title: Optional[str] = None,
 ) -> Tuple[str, str]:
     """Draw the two panels from 2-D points; ``mixed_labels`` index one joint class list (OOP then IP)."""
+    # Local: matplotlib is slow to import, and the Agg backend must be chosen before pyplot loads.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,8 +94,6 @@ def plot_tsne_panels(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    from scripts.plot_curves import save_figure
-
     return save_figure(fig, out)
 
 
@@ -113,12 +120,6 @@ def plot_tsne(
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    import torch
-
-    from dassl.utils import set_random_seed
-    from scripts.domains import DomainError, resolve_domain, short_name
-    from scripts.features import add_backbone_args, cfg_from_args, image_features, load_backbone
-
     p = argparse.ArgumentParser(prog="python -m scripts.plot_tsne", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True, help="dataset root")

@@ -20,8 +20,11 @@ import argparse
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
+
+from scripts.domains import short_name
 from scripts.parse_test_res import ZEROSHOT_SHOTS, GroupSummary
-from scripts.plot_curves import load_groups
+from scripts.plot_curves import load_groups, save_figure
 
 __all__ = ["zeroshot_bars", "plot_zeroshot", "main"]
 
@@ -34,8 +37,6 @@ def zeroshot_bars(
     Without ``method`` the zero-shot method present on the most domains is used (ties: the first
     in name order), so a directory holding several zero-shot variants still gives one figure.
     """
-    from scripts.domains import short_name
-
     zs = [g for g in groups if g.shots == ZEROSHOT_SHOTS]
     if domains:
         zs = [g for g in zs if g.dataset in domains or short_name(g.dataset) in domains]
@@ -63,13 +64,11 @@ def plot_zeroshot(
     domains: Optional[Sequence[str]] = None, title: Optional[str] = None,
 ) -> Tuple[str, str]:
     """Grouped bars OOP vs IP per domain (+ Avg over domains with both); returns the PNG and PDF paths."""
+    # Local: matplotlib is slow to import, and the Agg backend must be chosen before pyplot loads.
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
-
-    from scripts.domains import short_name
 
     bars = zeroshot_bars(groups, method, domains)
     names = [short_name(d) for d in bars["datasets"]]
@@ -98,8 +97,6 @@ def plot_zeroshot(
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(title if title is not None else f"Zero-shot accuracy, OOP vs IP ({bars['method']})")
     fig.tight_layout()
-    from scripts.plot_curves import save_figure
-
     return save_figure(fig, out)
 
 

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+import yaml
+
 from configs import build_cfg
 from dassl import results
 from dassl.utils.identity import code_version
@@ -428,8 +430,6 @@ def run_jobs(
 
 
 def _yaml_dump(jobs: Sequence[Job]) -> str:
-    import yaml
-
     payload = {"commands": [{"cmd": j.command, "done": j.done} for j in jobs]}
     return yaml.safe_dump(payload, sort_keys=False, width=1 << 16)
 

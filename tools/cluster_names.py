@@ -33,6 +33,16 @@ import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from clip import normalize_name
+from dassl.evaluation.clustering import clustering_accuracy
+from dassl.utils import set_random_seed
+from datasets.gcd import clustering_results_path, write_clustering_results
+from scripts.cluster_eval import kmeans_labels  # re-exported (moved so scripts/ never imports tools/)
+from scripts.domains import DomainError, laion_beyond_classes, resolve_domain
+from scripts.features import add_backbone_args, cfg_from_args, image_features, load_backbone, text_features
 
 __all__ = ["NAME_TEMPLATE", "DEFAULT_MIN_SIZE", "kmeans_labels", "name_clusters", "cluster_records",
            "cluster_names", "main"]
@@ -44,19 +54,8 @@ DEFAULT_MIN_SIZE = 20
 DEFAULT_SPLITS = ("train", "test")
 
 
-def kmeans_labels(features: np.ndarray, k: int, seed: int = 0, n_init: int = 10) -> np.ndarray:
-    """Seeded k-means cluster index per row."""
-    from sklearn.cluster import KMeans
-
-    if features.shape[0] < k:
-        raise ValueError(f"cannot make {k} clusters from {features.shape[0]} images")
-    return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(features).astype(np.int64)
-
-
 def name_clusters(features: np.ndarray, assignment: np.ndarray, name_features: np.ndarray) -> Dict[int, int]:
     """``cluster -> name index``: Hungarian assignment maximising mean-feature / name-text cosine similarity."""
-    from scipy.optimize import linear_sum_assignment
-
     clusters = sorted(int(c) for c in np.unique(assignment))
     means = np.stack([features[assignment == c].mean(axis=0) for c in clusters])
     means /= np.linalg.norm(means, axis=1, keepdims=True).clip(min=1e-12)
@@ -92,10 +91,6 @@ def cluster_names(
     batch_size: int = 0, n_init: int = 10,
 ) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
     """Records for ``cfg``'s domain (OOP) and a summary of how good the clusters and names are."""
-    from clip import normalize_name
-    from dassl.evaluation.clustering import clustering_accuracy
-    from scripts.features import image_features, text_features
-
     fs = image_features(cfg, loaded, "OOP", splits, batch_size=batch_size)
     k = len(fs.classnames)
     assignment = kmeans_labels(fs.features, k, seed, n_init)
@@ -120,8 +115,6 @@ def cluster_names(
 
 
 def _parser() -> argparse.ArgumentParser:
-    from scripts.features import add_backbone_args
-
     p = argparse.ArgumentParser(prog="python -m tools.cluster_names", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True, help="dataset root (DATASET.ROOT); the JSON is written there")
@@ -136,11 +129,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from dassl.utils import set_random_seed
-    from datasets.gcd import clustering_results_path, write_clustering_results
-    from scripts.domains import DomainError, laion_beyond_classes, resolve_domain
-    from scripts.features import cfg_from_args, load_backbone
-
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -155,8 +143,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     subfield = domains[dataset].prefix
     cfg = cfg_from_args(args, dataset)
     set_random_seed(args.seed)
-    import torch
-
     device = torch.device(args.device) if args.device else None
     loaded = load_backbone(cfg, device, args.precision)
     records, summary = cluster_names(cfg, loaded, args.min_size, args.seed, args.splits, args.batch_size, args.n_init)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from clip import (
     LoadedCLIP,
     Precision,
+    TextEncoder,
     autocast,
     load_clip,
     normalize_name,
@@ -194,8 +195,6 @@ class ClipTrainer(SubsetEvaluation, TrainerX):
         The tower runs on truncated sequences (up to the longest EOT of the chunk), which is exact
         because CLIP's text transformer is causal.
         """
-        from clip import TextEncoder
-
         encoder = TextEncoder(self.clip.model)
         ids = self.clip.tokenizer(list(texts))
         chunk = max(1, int(self.TEXT_CHUNK))

@@ -50,6 +50,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
+from yacs.config import CfgNode as CN
 
 from clip import weights_identity
 from dassl.data import build_data_loader
@@ -88,8 +89,6 @@ REASONS = {
 
 def add_config(cfg: Any) -> None:
     """``DATALOADER.FEATURE_CACHE.*`` (shared by every CLIP trainer) and the evaluation cache keys."""
-    from yacs.config import CfgNode as CN
-
     cfg.DATALOADER.FEATURE_CACHE = CN()
     cfg.DATALOADER.FEATURE_CACHE.VIEWS = 0  # 0 = online augmentation (the paper's setting)
     cfg.DATALOADER.FEATURE_CACHE.DIR = ""  # default: <OUTPUT_DIR>/feature_cache

@@ -18,6 +18,7 @@ from typing import Any, Dict, Optional
 
 from dassl.engine import TRAINER_REGISTRY
 from dassl.evaluation.clustering import ClusteringAccuracy
+from datasets.gcd import subfield_hint
 
 from .fsnl import FSNL_openclip
 
@@ -63,6 +64,4 @@ class FSNL_openclip_GCD(FSNL_openclip):
 
     @property
     def hint(self) -> Optional[str]:
-        from datasets.gcd import subfield_hint
-
         return subfield_hint(str(self.cfg.DATASET.SUBFIELD))

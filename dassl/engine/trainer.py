@@ -401,7 +401,7 @@ class TrainerBase:
 
     def init_writer(self, log_dir: str) -> None:
         if self.__dict__.get("_writer") is None or isinstance(self._writer, NullWriter):
-            try:
+            try:  # local: tensorboard is optional (not in requirements.txt) and slow to import
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 logger.info("tensorboard is not installed: scalars are not logged")

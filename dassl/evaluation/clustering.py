@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 
 from ..utils import atomic_torch_save
 from .evaluator import EVALUATOR_REGISTRY, EvaluatorBase
@@ -54,8 +55,6 @@ def match_clusters(y_true: Sequence[Any], y_pred: Sequence[Any]) -> Tuple[Dict[A
     order) predicted as the p-th cluster (sorted order), before padding. Clusters left without a
     partner (more clusters than classes) are absent from ``mapping``: their images count as wrong.
     """
-    from scipy.optimize import linear_sum_assignment
-
     if len(y_true) != len(y_pred):
         raise ValueError(f"y_true has {len(y_true)} entries but y_pred has {len(y_pred)}")
     if len(y_true) == 0:

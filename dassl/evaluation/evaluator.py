@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
+from sklearn.metrics import confusion_matrix, f1_score
 
 from ..utils import Registry, atomic_torch_save, check_availability
 
@@ -84,9 +85,6 @@ class Classification(EvaluatorBase):
     def evaluate(self) -> OrderedDict[str, float]:
         if self._total == 0:
             raise RuntimeError("Classification.evaluate() called before any prediction was processed")
-        # sklearn is imported here, not at module level: it takes seconds and only evaluation needs it.
-        from sklearn.metrics import confusion_matrix, f1_score
-
         results: OrderedDict[str, float] = OrderedDict()
         acc = 100.0 * self._correct / self._total
         err = 100.0 - acc
