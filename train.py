@@ -43,6 +43,7 @@ from dassl.utils import (
     clean_temp_files,
     collect_env_info,
     list_checkpoints,
+    load_checkpoint,
     set_random_seed,
     setup_logger,
 )
@@ -74,6 +75,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="load a model from this directory for --eval-only")
     parser.add_argument("--load-epoch", type=int, help="load the checkpoint of this epoch (default: best/last)")
     parser.add_argument("--no-train", action="store_true", help="build the trainer but do not train")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace what --output-dir holds of a run of another configuration (its "
+                             "results.json and checkpoints) instead of refusing")
     parser.add_argument("--verbose", action="store_true",
                         help="print every log line on the console (default: log.txt gets them, the console "
                              "one line per finished run plus warnings)")
@@ -151,32 +155,71 @@ def check_resume_dir(directory: str) -> None:
         )
 
 
-def check_output_dir_run(cfg: Any) -> None:
-    """A training run must not auto-resume (Dassl resumes from ``OUTPUT_DIR``) or overwrite a run of
-    another configuration. Before, ``train.py`` into a finished run's folder with e.g. another
-    ``OPTIM.LR`` "resumed" its last checkpoint, skipped to evaluation and rewrote results.json with the
-    new fingerprint over the old model's numbers (issue 11: nothing reused unless its identity matches).
-    Checked before anything is written; an explicit ``--resume`` is checked by the trainer instead."""
+def _checkpoint_differences(out: str, expected: Dict[str, Any]) -> List[str]:
+    """What differs between this run and the newest checkpoint in ``out`` (its ``meta["fingerprint"]``);
+    [] when there is none, it matches, or it records no fingerprint (older code: resumed on trust)."""
+    for entry in sorted(os.listdir(out)):
+        found = list_checkpoints(osp.join(out, entry)) if osp.isdir(osp.join(out, entry)) else {}
+        if not found:
+            continue
+        try:
+            meta = load_checkpoint(osp.join(out, entry, found[max(found)])).get("meta") or {}
+        except Exception:  # unreadable: the trainer skips it with a warning, as when resuming
+            continue
+        theirs = meta.get("fingerprint")
+        if isinstance(theirs, dict):
+            return run_results.diff_fingerprints(theirs, {**expected, "source": None})
+    return []
+
+
+def output_dir_conflict(cfg: Any, model_dir: str = "", load_epoch: Optional[int] = None,
+                        evaluating: bool = False) -> Optional[str]:
+    """What in ``OUTPUT_DIR`` belongs to a run of another configuration, as "<what> (differs in: <keys>)",
+    or None. A run must not overwrite or auto-resume (Dassl resumes from ``OUTPUT_DIR``) another
+    configuration's run (issue 11: nothing reused unless its identity matches). Before, ``train.py``
+    into a finished run's folder with e.g. another ``OPTIM.LR`` "resumed" its last checkpoint, skipped
+    to evaluation and rewrote results.json with the new fingerprint over the old model's numbers; an
+    ``--eval-only`` run (checked with its ``--model-dir`` as part of its identity) silently replaced a
+    training run's results.json and config.yaml. Checked before anything is written: a finished run's
+    results.json, else a config.yaml header with checkpoints beside it, else the newest checkpoint's
+    recorded fingerprint. An explicit ``--resume`` of a training run is checked by the trainer."""
     out = str(cfg.OUTPUT_DIR)
-    if not out or cfg.RESUME or not osp.isdir(out):
-        return
-    expected = expected_fingerprint(cfg)
+    if not out or not osp.isdir(out) or (cfg.RESUME and not evaluating):
+        return None
+    expected = expected_fingerprint(cfg, model_dir, load_epoch) if evaluating else expected_fingerprint(cfg)
     state = run_results.find_finished(out, expected)
-    differences: List[str] = []
     if state.state == "mismatch" and state.results is not None and state.results.fingerprint:
-        differences = state.differences
-        what = "a finished run"
-    else:
-        header = run_results.read_header_fingerprint(osp.join(out, "config.yaml"))
-        subdirs = [osp.join(out, d) for d in sorted(os.listdir(out)) if osp.isdir(osp.join(out, d))]
-        if header and header != expected["id"] and any(list_checkpoints(d) for d in subdirs):
-            differences = [f"fingerprint {header[:12]} -> {str(expected['id'])[:12]}"]
-            what = "checkpoints of a run"
+        return f"a finished run of another configuration (differs in: {'; '.join(state.differences)})"
+    if state.state == "match":
+        return None
+    subdirs = [osp.join(out, d) for d in sorted(os.listdir(out)) if osp.isdir(osp.join(out, d))]
+    if not any(list_checkpoints(d) for d in subdirs):
+        return None
+    differences = run_results.config_differences(osp.join(out, run_results.CONFIG_FILE), expected)
+    if differences is None:  # no config.yaml header: the checkpoints say what they are
+        differences = _checkpoint_differences(out, expected)
+    elif evaluating and differences and differences[0].startswith("fingerprint "):
+        # same keys, other id: the folder is the training run of the model being evaluated
+        differences = ["source (this folder is a training run's; the evaluation would replace its config.yaml)"]
     if differences:
+        return f"checkpoints of a run of another configuration (differs in: {'; '.join(differences)})"
+    return None
+
+
+def check_output_dir_run(cfg: Any, model_dir: str = "", load_epoch: Optional[int] = None,
+                         evaluating: bool = False, overwrite: bool = False) -> Optional[str]:
+    """Raise a one-line :class:`ConfigError` when :func:`output_dir_conflict` finds another run's
+    results or checkpoints in ``OUTPUT_DIR``, unless ``overwrite`` (``--overwrite``, what
+    ``scripts.sweep --force`` passes); then return the conflict for the caller to log and clear."""
+    conflict = output_dir_conflict(cfg, model_dir, load_epoch, evaluating)
+    if conflict and not overwrite:
+        action = "evaluating" if evaluating else "training"
         raise ConfigError(
-            f'--output-dir "{out}" holds {what} of another configuration (differs in: {"; ".join(differences)}); '
-            "training here would resume or overwrite it. Use another --output-dir (--resume DIR continues a run on purpose)"
+            f'--output-dir "{cfg.OUTPUT_DIR}" holds {conflict}; {action} here would overwrite it. Use another '
+            "--output-dir, or --overwrite to replace it"
+            + ("" if evaluating else " (--resume DIR continues a run on purpose)")
         )
+    return conflict
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -194,11 +237,18 @@ def main(args: argparse.Namespace) -> Any:
     validate_cfg(cfg, training=not (args.eval_only or args.no_train))
     if cfg.RESUME:
         check_resume_dir(cfg.RESUME)
-    if not (args.eval_only or args.no_train):
-        check_output_dir_run(cfg)
+    conflict = None
+    if not args.no_train:
+        conflict = check_output_dir_run(cfg, args.model_dir if args.eval_only else "", args.load_epoch,
+                                        evaluating=args.eval_only, overwrite=getattr(args, "overwrite", False))
     check_writable_dir(cfg.OUTPUT_DIR)
     setup_logger(cfg.OUTPUT_DIR, console="all" if getattr(args, "verbose", False) else "summary")
     clean_temp_files(cfg.OUTPUT_DIR)
+    if conflict:
+        # an evaluation keeps the checkpoints (its --model-dir may be this very folder)
+        removed = run_results.clear_run(cfg.OUTPUT_DIR, checkpoints=not args.eval_only)
+        logger.warning("--overwrite: %s held %s; removed %s", cfg.OUTPUT_DIR, conflict,
+                       ", ".join(osp.relpath(p, cfg.OUTPUT_DIR) for p in removed) or "nothing")
     if cfg.SEED >= 0:
         logger.info("Setting fixed seed: %d", cfg.SEED)
         set_random_seed(cfg.SEED)

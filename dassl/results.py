@@ -51,11 +51,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import os.path as osp
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import yaml
 
 from .utils import Registry, atomic_write_text, write_json
 from .utils.identity import code_version, json_digest, stat_identity
@@ -78,6 +81,8 @@ __all__ = [
     "diff_fingerprints",
     "fingerprint_header",
     "read_header_fingerprint",
+    "config_differences",
+    "clear_run",
     "write_config",
     "write_results",
     "read_results",
@@ -346,6 +351,71 @@ def read_header_fingerprint(path: str) -> Optional[str]:
     except OSError:
         return None
     return None
+
+
+def _header_json(line: str, prefix: str) -> Any:
+    try:
+        return json.loads(line[len(prefix):])
+    except ValueError:
+        return None
+
+
+def config_differences(path: str, fp: Mapping[str, Any]) -> Optional[List[str]]:
+    """What differs between the run recorded in the ``config.yaml`` at ``path`` and fingerprint ``fp``,
+    one item per key as :func:`diff_fingerprints` names them; [] when the header's id is ``fp``'s;
+    None when there is no readable fingerprint header. The config keys come from the file's body
+    (the resolved config), trainer, data and weights from its header, so the refusal of a folder
+    that holds another run names e.g. ``OPTIM.LR 0.002 -> 0.3`` rather than two hashes."""
+    header = read_header_fingerprint(path)
+    if header is None:
+        return None
+    if header == fp.get("id"):
+        return []
+    data: Any = None
+    weights: Any = None
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        for line in text.splitlines():
+            if line.startswith("# data: "):
+                data = _header_json(line, "# data: ")
+            elif line.startswith("# weights: "):
+                weights = _header_json(line, "# weights: ")
+        body = yaml.safe_load(text)
+    except (OSError, yaml.YAMLError):
+        body = None
+    if not isinstance(body, dict):
+        return [f"fingerprint {header[:12]} -> {str(fp.get('id'))[:12]}"]
+    config = semantic_config(body)
+    old = {"id": header, "trainer": config.get("TRAINER.NAME"), "config": config, "data": data,
+           "weights": weights, "source": fp.get("source")}
+    return diff_fingerprints(old, fp) or [f"fingerprint {header[:12]} -> {str(fp.get('id'))[:12]}"]
+
+
+def clear_run(output_dir: str, checkpoints: bool = True) -> List[str]:
+    """Remove what a run of this code wrote into ``output_dir`` that a new run of another configuration
+    would otherwise resume or be mistaken for: ``results.json`` and the checkpoint files in the model
+    folders (``<model>/model.pth.tar-<E>``, ``model-best.pth.tar``, ``checkpoint``). Nothing else is
+    touched (config.yaml is rewritten by the new run, logs rotate, a user's files stay). Returns the
+    removed paths; ``checkpoints=False`` removes only results.json (an evaluation's overwrite). Used only
+    where the user asked to overwrite (``train.py --overwrite``, ``--force``)."""
+    removed: List[str] = []
+    results = osp.join(output_dir, RESULTS_FILE)
+    if osp.isfile(results):
+        os.remove(results)
+        removed.append(results)
+    if not checkpoints or not osp.isdir(output_dir):
+        return removed
+    for entry in sorted(os.listdir(output_dir)):
+        sub = osp.join(output_dir, entry)
+        if not osp.isdir(sub) or osp.islink(sub):
+            continue
+        for name in sorted(os.listdir(sub)):
+            path = osp.join(sub, name)
+            if _CHECKPOINT_NAME.fullmatch(name) and osp.isfile(path) and not osp.islink(path):
+                os.remove(path)
+                removed.append(path)
+    return removed
 
 
 def write_config(output_dir: str, cfg_text: str, fp: Optional[Mapping[str, Any]] = None) -> str:

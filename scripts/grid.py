@@ -50,7 +50,7 @@ import queue
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -128,6 +128,8 @@ class Cell:
     output_dir: str = ""
     #: how the cell was planned (None: built by hand; such cells always run in this process)
     plan: Optional[GridPlan] = None
+    #: replace what the folder holds of a run of another configuration (``--force``: ``train.py --overwrite``)
+    overwrite: bool = False
 
     @property
     def label(self) -> str:
@@ -270,7 +272,12 @@ def _run_train_cell(cell: Cell, shared: Dict[Any, Any], epoch_bars: bool = False
     cfg = cell.cfg
     assert cell.run is not None
     train.validate_cfg(cfg, training=not cell.run.eval_only)
+    # what train.py checks before writing: another configuration's results or checkpoints in the folder
+    conflict = train.check_output_dir_run(cfg, evaluating=cell.run.eval_only, overwrite=cell.overwrite)
     _cell_logging(cfg.OUTPUT_DIR)
+    if conflict:
+        removed = results.clear_run(cfg.OUTPUT_DIR, checkpoints=not cell.run.eval_only)
+        logger.warning("--force: %s held %s; removed %d file(s)", cfg.OUTPUT_DIR, conflict, len(removed))
     if cfg.SEED >= 0:
         set_random_seed(cfg.SEED)
     trainer = build_trainer(cfg, shared=shared)
@@ -413,7 +420,7 @@ def run_grid(
     summary = GridSummary()
     pending = []
     if force:
-        pending = list(cells)
+        pending = [replace(cell, overwrite=True) for cell in cells]
     else:
         states = [cell_state(cell, match_code) for cell in cells]
         if any(s.state in ("mismatch", "unreadable") for s in states):

@@ -283,6 +283,29 @@ def _linear_probe_records(path: Path, data: Dict[str, Any]) -> List[RunRecord]:
     return out
 
 
+def _trust_the_record(path: Path, data: Dict[str, Any], where: Dict[str, Any]) -> Dict[str, Any]:
+    """Where a fingerprinted results.json contradicts its folder, the file wins (with a warning): a
+    run of trainer T is labelled T wherever it lies (a zero-shot evaluation written into a CoOp folder
+    was a "CoOp" row), and a training run's shots are its ``DATASET.NUM_SHOTS`` (a ``NUM_SHOTS -1``
+    run in ``shots_1/`` was a 1-shot row). A folder that starts with the trainer's name, or carries
+    the same registry label, agrees (``FSNL_openclip_USE_CAPTION_False`` is an FSNL_openclip run)."""
+    if not isinstance(data.get("fingerprint"), dict):
+        return where
+    where = dict(where)
+    trainer = str(data.get("trainer") or "")
+    folder = where["method"].split("/")[0]
+    if trainer and not folder.startswith(trainer) and label_for(folder)[1] != label_for(trainer)[1]:
+        logger.warning("%s: a %s run in the folder of %s; labelled by its trainer", path, trainer, folder)
+        where["method"] = trainer
+    shots = data.get("shots")
+    if (where["phase"] == "train" and not data.get("loaded") and isinstance(shots, int)
+            and not isinstance(shots, bool) and shots != where["shots"]):
+        logger.warning("%s: trained with DATASET.NUM_SHOTS %d but lies in shots_%s/; counted as %d-shot",
+                       path, shots, where["shots"], shots)
+        where["shots"] = shots
+    return where
+
+
 def _record_from_json(path: Path, data: Dict[str, Any], depth: int) -> List[RunRecord]:
     if isinstance(data.get("shots"), dict):
         return _linear_probe_records(path, data)
@@ -300,6 +323,8 @@ def _record_from_json(path: Path, data: Dict[str, Any], depth: int) -> List[RunR
             "phase": "train",
             "sub_classes": "",
         }
+    else:
+        where = _trust_the_record(path, data, where)
     sub = str(data.get("sub_classes") or where["sub_classes"] or "")
     oop, ip, accuracy = _metrics(data, sub)
     seed = where["seed"] if where["seed"] is not None else data.get("seed")
@@ -890,7 +915,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         experiments = coop_experiments(args.directory, args.multi_exp, args.test_log)
         if not any(values for _, values, _ in experiments):
             print(f"error: no finished seed*/ run (results.json or log.txt) under {args.directory}", file=sys.stderr)
-            return 1
+            return 2
         md = render_coop(experiments, spread)
         sys.stdout.write(md)
         if args.md:
@@ -903,7 +928,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not groups:
         source = "log.txt files with accuracy lines" if args.log_mode else "results.json files"
         print(f"error: no {source} found under {args.directory}", file=sys.stderr)
-        return 1
+        return 2
+    trained = sorted({g.shots for g in groups if g.shots != ZEROSHOT_SHOTS})
+    if args.table and args.shots not in trained:
+        # an empty table with rc 0 reads like "every method failed"; say what is there instead
+        print(f"error: no run trained with {args.shots} shots under {args.directory} (shots found: "
+              f"{' '.join(map(str, trained)) or 'none, only zero-shot runs'}); pick one with --shots", file=sys.stderr)
+        return 2
     shown_spread = None if args.no_spread else spread
     payload: Dict[str, Any] = {
         "hmean_convention": args.hmean,

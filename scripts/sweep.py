@@ -391,12 +391,15 @@ def split_done(jobs: Sequence[Job], force: bool = False, cwd: Optional[str] = No
     return pending, done
 
 
-def _executable_argv(argv: Sequence[str]) -> List[str]:
+def _executable_argv(argv: Sequence[str], overwrite: bool = False) -> List[str]:
     # Commands say "python" so that they can be copied anywhere; run them with this interpreter
-    # so a virtual environment that launched the sweep also runs the jobs.
+    # so a virtual environment that launched the sweep also runs the jobs. ``overwrite`` (--force)
+    # tells a train.py job to replace a run of another configuration instead of refusing it.
     out = list(argv)
     if out and out[0] == "python":
         out[0] = sys.executable
+    if overwrite and len(out) > 1 and out[1] == "train.py":
+        out.insert(2, "--overwrite")
     return out
 
 
@@ -412,7 +415,7 @@ def run_jobs(
     for i, job in enumerate(pending, 1):
         logger.info("[%d/%d] %s", i, len(pending), job.command)
         try:
-            rc = subprocess.run(_executable_argv(job.argv), cwd=workdir).returncode
+            rc = subprocess.run(_executable_argv(job.argv, force), cwd=workdir).returncode
         except OSError as err:
             summary.failed.append((job, f"could not start: {err}"))
         else:

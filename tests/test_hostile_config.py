@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -231,8 +232,87 @@ def test_output_dir_of_another_configuration(toy_root, finished, tmp_path, capsy
     line = one_error_line(capsys, train.cli(train_argv(toy_root, run, TRAINER, "TRAIN.CHECKPOINT_FREQ", "1",
                                                        "OPTIM.LR", "0.123")))
     assert f'--output-dir "{run}"' in line and "another --output-dir" in line, line
-    assert ("fingerprint" if killed else "OPTIM.LR 0.05 -> 0.123") in line, line
+    assert "OPTIM.LR 0.05 -> 0.123" in line, line  # named from config.yaml's body, not two hashes
     assert snapshot(run) == before
+
+
+def test_checkpoints_without_config_or_results_are_not_resumed_by_another_config(
+        toy_root, finished, tmp_path, capsys, monkeypatch):
+    """A folder whose config.yaml and results.json were deleted still holds checkpoints; train.py with
+    another OPTIM.LR used to resume the old checkpoint and record the old numbers under the new
+    fingerprint. Checkpoints now carry their configuration's fingerprint: refused before any model is
+    built, naming the key, nothing touched."""
+    run = _copy_run(finished, tmp_path / "run")
+    (run / "results.json").unlink()
+    (run / "config.yaml").unlink()
+    before = snapshot(run)
+    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: pytest.fail("a model was built"))
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, run, TRAINER, "TRAIN.CHECKPOINT_FREQ", "1",
+                                                       "OPTIM.LR", "0.3")))
+    assert "checkpoints of a run of another configuration" in line and "OPTIM.LR 0.05 -> 0.3" in line, line
+    assert "--overwrite" in line
+    assert snapshot(run) == before
+
+
+def test_explicit_resume_of_another_configuration_names_the_key(toy_root, finished, tmp_path, capsys):
+    """--resume DIR skips the output-dir check; the trainer refuses the checkpoint itself."""
+    run = _copy_run(finished, tmp_path / "run")
+    before = snapshot(run)
+    out = tmp_path / "continued"
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, out, TRAINER, "TRAIN.CHECKPOINT_FREQ", "1",
+                                                       "OPTIM.LR", "0.3", extra=("--resume", str(run)))))
+    assert "cannot resume from" in line and "OPTIM.LR 0.05 -> 0.3" in line, line
+    assert snapshot(run) == before
+    assert not (out / "results.json").exists()
+
+
+@pytest.mark.parametrize("case", ["zeroshot", "own_model_dir", "other_eval"])
+def test_eval_only_never_overwrites_another_run(toy_root, finished, tmp_path, capsys, case):
+    """--eval-only used to write results.json and config.yaml over whatever --output-dir held (rc 0):
+    a finished training run, or the evaluation of another model. Its identity (config plus what
+    --model-dir loads) is now checked like a training run's."""
+    run = _copy_run(finished, tmp_path / "run")
+    target = run
+    if case == "zeroshot":
+        argv = train_argv(toy_root, run, TRAINER, "TEST.ALLOW_UNTRAINED", "True", extra=("--eval-only",))
+        expected = "TEST.ALLOW_UNTRAINED false -> true"
+    elif case == "own_model_dir":
+        argv = train_argv(toy_root, run, TRAINER, extra=("--eval-only", "--model-dir", str(run)))
+        expected = "source"
+    else:
+        target = tmp_path / "ev"
+        assert train.cli(train_argv(toy_root, target, TRAINER, extra=("--eval-only", "--model-dir", str(run)))) == 0
+        capsys.readouterr()
+        argv = train_argv(toy_root, target, TRAINER, "DATASET.SUB_CLASSES", "IP",
+                          extra=("--eval-only", "--model-dir", str(run)))
+        expected = "DATASET.SUB_CLASSES 'OOP' -> 'IP'"
+    before = snapshot(target)
+    line = one_error_line(capsys, train.cli(argv))
+    assert f'--output-dir "{target}"' in line and "evaluating here would overwrite it" in line, line
+    assert expected in line, line
+    assert snapshot(target) == before
+    # the same evaluation again is idempotent, not a conflict
+    if case == "other_eval":
+        assert train.cli(train_argv(toy_root, target, TRAINER, extra=("--eval-only", "--model-dir", str(run)))) == 0
+
+
+def test_overwrite_trains_afresh_and_keeps_foreign_files(toy_root, finished, tmp_path, capsys):
+    """--overwrite (what scripts.sweep --force passes) replaces the other configuration's run: its
+    checkpoints are removed, so nothing is resumed, and a file the user put there stays."""
+    run = _copy_run(finished, tmp_path / "run")
+    (run / "results.json").unlink()
+    (run / "config.yaml").unlink()
+    (run / "notes.txt").write_text("mine")
+    assert train.cli(train_argv(toy_root, run, TRAINER, "TRAIN.CHECKPOINT_FREQ", "1", "OPTIM.LR", "0.3",
+                                extra=("--overwrite",))) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["fingerprint"]["config"]["OPTIM.LR"] == 0.3
+    assert (run / "notes.txt").read_text() == "mine"
+    log = max(run.glob("log.txt-*")).read_text()  # the kept log.txt is the old run's
+    assert "--overwrite" in log and "OPTIM.LR 0.05 -> 0.3" in log and "No checkpoint found, train from scratch" in log
+    fresh = tmp_path / "fresh"
+    assert train.cli(train_argv(toy_root, fresh, TRAINER, "TRAIN.CHECKPOINT_FREQ", "1", "OPTIM.LR", "0.3")) == 0
+    assert json.loads((fresh / "results.json").read_text())["accuracy"] == pytest.approx(results["accuracy"], abs=1e-9)
 
 
 @pytest.mark.parametrize("opts", [

@@ -235,5 +235,39 @@ def test_log_mode(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
 
 def test_empty_directory_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert ptr.main([str(tmp_path)]) == 1
-    assert "no results.json files" in capsys.readouterr().err
+    assert ptr.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "no results.json files" in err
+
+
+def test_table_at_shots_without_runs_is_an_error(tree: Path, capsys: pytest.CaptureFixture) -> None:
+    """--table --shots 8 used to print an empty table with rc 0; now one line naming the shots found."""
+    assert ptr.main([str(tree), "--table", "--shots", "8"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert "no run trained with 8 shots" in err and "shots found: 1 4" in err, err
+
+
+def _fingerprinted(trainer: str, shots: int, seed: int, acc: float) -> Dict[str, Any]:
+    return {"schema": 1, "kind": "run", "trainer": trainer, "dataset": "Animals92_42", "sub_classes": "OOP",
+            "shots": shots, "seed": seed, "accuracy": acc, "oop": acc, "ip": acc, "hmean": acc, "loaded": None,
+            "fingerprint": {"id": f"{trainer}{shots}{seed}", "trainer": trainer,
+                            "config": {"TRAINER.NAME": trainer, "DATASET.NUM_SHOTS": shots}}}
+
+
+def test_results_json_wins_over_its_folder(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A zero-shot result written into a CoOp folder used to be a "CoOp" row, and a NUM_SHOTS -1 run
+    in shots_1/ a 1-shot row; the fingerprinted results.json now decides (with a warning)."""
+    root = tmp_path / "out"
+    put(root, f"Animals92_42/shots_4/train/{COOP}/CSC_False/vit_b16_ep200_ctxv1/seed1",
+        _fingerprinted("ZeroshotCLIP_openclip", 4, 1, 11.0))
+    put(root, f"Animals92_42/shots_4/train/{COOP}/CSC_False/vit_b16_ep200_ctxv1/seed2",
+        _fingerprinted(COOP, 4, 2, 22.0))
+    put(root, f"Animals92_42/shots_1/train/{FSNL}/MEPOCH_200/seed1", _fingerprinted("FSNL_openclip", -1, 1, 33.0))
+    put(root, f"Animals92_42/shots_1/train/{FSNL}/MEPOCH_200/seed2", _fingerprinted("FSNL_openclip", 1, 2, 44.0))
+    records = {(r.method, r.shots, r.seed): r.accuracy for r in ptr.load_results(str(root))}
+    assert records == {("ZeroshotCLIP_openclip", 4, 1): 11.0, (COOP, 4, 2): 22.0,
+                       (FSNL, -1, 1): 33.0, (FSNL, 1, 2): 44.0}
+    assert "labelled by its trainer" in caplog.text and "counted as -1-shot" in caplog.text

@@ -343,3 +343,26 @@ def test_missing_config_is_caught_before_running(capsys: pytest.CaptureFixture) 
                               "--config", "no_such_cfg", "--dry-run")
     assert rc == 2 and not lines
     assert "configs/trainers/CoOp_openclip/no_such_cfg.yaml" in err
+
+
+def test_force_tells_train_py_to_overwrite(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """--force reruns a job whose folder holds another configuration's run; train.py refuses such a
+    folder unless told --overwrite, so the sweep passes it (to train.py jobs only)."""
+    seen = []
+    real_run = subprocess.run
+
+    def fake_run(argv, cwd=None, **kwargs):
+        if cwd != str(tmp_path):  # e.g. git, for the code version
+            return real_run(argv, cwd=cwd, **kwargs)
+        seen.append(list(argv))
+        return subprocess.CompletedProcess(argv, 2)
+
+    monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+    jobs = [sweep.Job(("python", "train.py", "--output-dir", "o"), str(tmp_path / "a.json"), "a"),
+            sweep.Job(("python", "-m", "lpclip.linear_probe"), str(tmp_path / "b.json"), "b")]
+    sweep.run_jobs(jobs, force=True, cwd=str(tmp_path))
+    assert seen[0][1:4] == ["train.py", "--overwrite", "--output-dir"]
+    assert "--overwrite" not in seen[1]
+    seen.clear()
+    sweep.run_jobs(jobs, force=False, cwd=str(tmp_path))
+    assert all("--overwrite" not in argv for argv in seen)

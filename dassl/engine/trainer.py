@@ -198,6 +198,31 @@ class TrainerBase:
                     f"{ours}); point --resume at a run of this trainer and dataset, or use another --output-dir"
                 )
 
+    def check_resume_identity(self, path: str, meta: Dict[str, Any]) -> None:
+        """Refuse to resume a checkpoint written under another configuration (its ``meta["fingerprint"]``,
+        see :meth:`SimpleTrainer.config_fingerprint`), naming the differing keys. Before, a folder whose
+        config.yaml and results.json were gone resumed the old checkpoint under e.g. a new ``OPTIM.LR``
+        and recorded the old model's numbers under the new fingerprint. Checkpoints written before
+        they carried a fingerprint resume with a warning."""
+        theirs = meta.get("fingerprint")
+        mine_fn = getattr(self, "config_fingerprint", None)
+        if mine_fn is None:
+            return
+        if not isinstance(theirs, dict):
+            logger.warning('Checkpoint "%s" records no configuration fingerprint (written by older code); '
+                           "resuming it on trust", path)
+            return
+        differences = results_contract.diff_fingerprints(theirs, mine_fn(), seed=True)
+        if self._same_trainer_family(str(theirs.get("trainer", ""))):  # as check_resume_meta allows
+            differences = [d for d in differences if not d.startswith(("trainer ", "TRAINER.NAME "))]
+            differences = [d for d in differences if not d.startswith("fingerprint id")]
+        if differences:
+            raise CheckpointError(
+                f'cannot resume from "{path}": it is a checkpoint of another configuration (differs in: '
+                f'{"; ".join(differences)}); use another --output-dir, or --overwrite to train this '
+                "configuration afresh there"
+            )
+
     def _same_trainer_family(self, name: str) -> bool:
         """True when the trainer ``name`` is this one, or a registered subclass or base of it (same
         models and state layout, e.g. a variant that only changes the schedule)."""
@@ -269,6 +294,7 @@ class TrainerBase:
 
         for name, ckpt in chosen.items():
             self.check_resume_meta(osp.join(directory, name, found[name][start_epoch]), ckpt.get("meta") or {})
+            self.check_resume_identity(osp.join(directory, name, found[name][start_epoch]), ckpt.get("meta") or {})
         logger.info('Found checkpoint at "%s" (will resume training)', directory)
         for name, ckpt in chosen.items():
             path = osp.join(directory, name, found[name][start_epoch])
@@ -530,6 +556,7 @@ class SimpleTrainer(TrainerBase):
         self.last_results: Optional[OrderedDict[str, float]] = None
         self.last_split: Optional[str] = None
         self._warned_no_val = False
+        self._config_fp: Optional[Dict[str, Any]] = None
 
         self.build_data_loader()
         self.build_model()
@@ -584,8 +611,18 @@ class SimpleTrainer(TrainerBase):
         dm = getattr(self, "dm", None)
         return [str(c) for c in dm.dataset.classnames] if dm is not None else None
 
+    def config_fingerprint(self) -> Dict[str, Any]:
+        """The fingerprint of what this run trains (config, data, weights; no evaluation source, no
+        few-shot digest), computed once: what every checkpoint records, so that a checkpoint is only
+        ever resumed by a run of its own configuration."""
+        if self._config_fp is None:
+            self._config_fp = results_contract.fingerprint(self.cfg, trainer=str(self.cfg.TRAINER.NAME),
+                                                           **type(self).identity_parts(self.cfg))
+        return self._config_fp
+
     def checkpoint_meta(self) -> Dict[str, Any]:
-        meta: Dict[str, Any] = {"trainer": str(self.cfg.TRAINER.NAME), "dataset": str(self.cfg.DATASET.NAME)}
+        meta: Dict[str, Any] = {"trainer": str(self.cfg.TRAINER.NAME), "dataset": str(self.cfg.DATASET.NAME),
+                                "fingerprint": self.config_fingerprint()}
         classnames = self.label_space()
         if classnames is not None:
             meta["classnames"] = classnames
