@@ -329,6 +329,8 @@ def error_message(e: BaseException) -> str:
     """The user-facing text of ``e``. An error raised in a DataLoader worker comes back with the
     worker's traceback folded into its message; only its last line (the original message) is kept."""
     text = str(e)
+    if isinstance(e, WriteError) and e.strerror:  # OSError's str would prefix "[Errno N]"
+        text = str(e.strerror)
     if WORKER_TRACEBACK in text:
         last = text.rstrip().splitlines()[-1]
         text = re.sub(rf"^(?:[\w.]+\.)?{re.escape(type(e).__name__)}: ", "", last)

@@ -63,7 +63,15 @@ from dassl import results
 from dassl.data.datasets import build_dataset
 from dassl.data.transforms import build_transform
 from dassl.engine import build_trainer, expected_fingerprint
-from dassl.utils import check_writable_dir, clean_temp_files, set_random_seed, setup_logger
+from dassl.utils import (
+    CheckpointError,
+    UnreadableImageError,
+    WriteError,
+    check_writable_dir,
+    clean_temp_files,
+    set_random_seed,
+    setup_logger,
+)
 from dassl.utils.identity import json_digest
 from dassl.utils.registry import RegistryKeyError
 from lpclip import feat_extractor, linear_probe
@@ -457,7 +465,10 @@ def _run_groups(groups: Dict[Tuple[str, str], List[Cell]], summary: GridSummary,
             try:
                 run_cell(cell, shared, epoch_bars=epoch_bars)
             except Exception as err:  # one failed cell must not lose the others
-                logger.error("cell failed: %s", cell.label, exc_info=True)
+                # a user's mistake (bad image, config, folder) is one line, as train.py prints it;
+                # anything else is a bug and keeps its traceback in the log
+                logger.error("cell failed: %s: %s", cell.label, _error_line(err),
+                             exc_info=not isinstance(err, _user_errors()))
                 summary.failed.append((cell, _error_line(err)))
                 progress.done(cell, f"FAILED {cell.label}: {_error_line(err)}")
                 if fail_fast:
@@ -630,8 +641,30 @@ def _install_stop_handlers(stop: threading.Event) -> None:
             signal.signal(getattr(signal, name), handler)
 
 
+def _user_errors() -> Tuple[type, ...]:
+    """The exceptions ``train.cli`` reports as one ``error:`` line."""
+    return (ConfigError, RegistryKeyError, WriteError, CheckpointError, UnreadableImageError,
+            *train._project_errors())
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Counts that make no sense, and an output root that cannot be written, before any cell runs."""
+    if args.views < 1:
+        raise ConfigError(f"--views {args.views}: the number of augmented views per image must be >= 1")
+    for name in ("workers", "threads"):
+        if getattr(args, name) < 0:
+            raise ConfigError(f"--{name} {getattr(args, name)}: must be >= 0 (0 picks it from the CPU cores)")
+    check_writable_dir(args.out)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        if not args.dry_run:
+            _check_args(args)
+    except (ConfigError, WriteError) as err:
+        print(f"error: {train.error_message(err)}", file=sys.stderr)
+        return 2
     try:
         cells = plan_grid(args.root, args.out, args.domains, args.methods, args.shots, args.seeds,
                           args.config_set, args.config, args.rule, args.views, args.opts)

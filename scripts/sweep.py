@@ -42,6 +42,7 @@ import yaml
 
 from configs import build_cfg
 from dassl import results
+from dassl.utils import WriteError, check_writable_dir
 from dassl.utils.identity import code_version
 from scripts.domains import LAION_BEYOND_DOMAINS, REPO_ROOT, DomainError, count_classes, resolve_domains
 from scripts.fsnl_rule import format_lr
@@ -514,6 +515,11 @@ def main(argv: Optional[List[str]] = None) -> int:
               file=sys.stderr)
         return 0
 
+    try:
+        check_writable_dir(args.out)  # before any job: a file, /dev/null or a read-only folder
+    except WriteError as err:
+        print(f"error: {err.strerror or err}", file=sys.stderr)
+        return 2
     try:
         summary = run_jobs(jobs, force=args.force, fail_fast=args.fail_fast, match_code=args.match_code)
     except RunConflict as err:

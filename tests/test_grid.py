@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List
@@ -249,3 +250,38 @@ def test_worker_processes_give_the_same_results_as_one_process(toy_root, tmp_pat
     # a rerun finds every cell finished (the workers wrote the same fingerprints)
     again = grid.run_grid(planned(tmp_path / "two"), workers=2)
     assert not again.ran and len(again.skipped) == len(parallel)
+
+
+@pytest.mark.parametrize("out,flag,expected", [
+    ("file", (), "is a file, not a directory"),
+    ("/dev/null", (), "is a file, not a directory"),
+    ("dir", ("--views", "-3"), "--views -3"),
+    ("dir", ("--workers", "-1"), "--workers -1"),
+    ("dir", ("--threads", "-2"), "--threads -2"),
+])
+def test_bad_output_root_or_counts_fail_before_any_cell(toy_root, tmp_path, capsys, monkeypatch, out, flag, expected):
+    """--out that is a file (or /dev/null) used to fail in every cell with a traceback; negative counts
+    were silently accepted. Now one line, exit 2, before a cell runs."""
+    monkeypatch.setattr(grid, "run_grid", lambda *a, **k: pytest.fail("a cell ran"))
+    target = {"file": tmp_path / "f", "dir": tmp_path / "g"}.get(out, Path(out))
+    if out == "file":
+        target.write_text("keep")
+    rc = grid.main(["--root", str(toy_root), "--out", str(target), "--domains", DOMAIN, "--methods", "zeroshot",
+                    "--config-set", "smoke", *flag])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: ") and "\n" not in err and expected in err, err
+    if out == "file":
+        assert target.read_text() == "keep"
+
+
+def test_unreadable_image_fails_its_cell_in_one_line(toy_root, toy_info, tmp_path, capsys):
+    """A truncated image is the user's data problem: the cell fails with train.py's one line, no traceback."""
+    root = tmp_path / "data"
+    shutil.copytree(toy_root, root)
+    images = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    for path in images:
+        path.write_bytes(path.read_bytes()[:40])
+    summary = grid.run_grid(plan(root, tmp_path / "g", ["zeroshot"], shots=(1,), seeds=(3,)))
+    err = capsys.readouterr().err
+    assert len(summary.failed) == 1 and "Traceback" not in err, err
+    assert "Cannot decode" in summary.failed[0][1] or "cannot" in summary.failed[0][1].lower(), summary.failed

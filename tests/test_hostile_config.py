@@ -98,6 +98,9 @@ CONFIG_CASES = [
     (("INPUT.PIXEL_STD", "[0, 0, 0]"), ["INPUT.PIXEL_STD", "> 0"]),
     (("INPUT.PIXEL_MEAN", "[0.5, 0.5]"), ["INPUT.PIXEL_MEAN", "1 or 3"]),
     (("DATALOADER.TRAIN_X.BATCH_SIZE", "2.5"), ["DATALOADER.TRAIN_X.BATCH_SIZE", "int", "2.5"]),
+    # fixed-length name embeddings with no (or negative) rows: a traceback in the name learner before
+    (("TRAINER.FSNL.FLE", "True", "TRAINER.FSNL.N_CTX", "0"), ["TRAINER.FSNL.N_CTX", ">= 1", "got 0"]),
+    (("TRAINER.FSNL.FLE", "True", "TRAINER.FSNL.N_CTX", "-2"), ["TRAINER.FSNL.N_CTX", "got -2"]),
 ]
 
 

@@ -324,6 +324,10 @@ class FSNL_openclip(ClipTrainer):
             raise ValueError(f"TRAINER.FSNL.LOSS must be one of {LOSSES}, got {loss!r}")
         if cfg.TRAINER.FSNL.ABSENT_CLASSES not in ("reference", "present"):
             raise ValueError("TRAINER.FSNL.ABSENT_CLASSES must be 'reference' or 'present'")
+        n_ctx = cfg.TRAINER.FSNL.N_CTX
+        if cfg.TRAINER.FSNL.FLE and (not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx < 1):
+            raise ValueError(f"TRAINER.FSNL.N_CTX must be an integer >= 1 with TRAINER.FSNL.FLE True (the "
+                             f"name-embedding rows per class), got {n_ctx!r}")
         if cfg.TRAINER.FSNL.NAME_MATCHING not in ("fixed", "reference"):
             raise ValueError(f"TRAINER.FSNL.NAME_MATCHING must be 'fixed' or 'reference', got "
                              f"{cfg.TRAINER.FSNL.NAME_MATCHING!r}")
