@@ -222,6 +222,17 @@ def check_output_dir_run(cfg: Any, model_dir: str = "", load_epoch: Optional[int
     return conflict
 
 
+def replace_conflicting_run(cfg: Any, conflict: Optional[str], evaluating: bool = False) -> None:
+    """After ``check_output_dir_run(..., overwrite=True)`` returned a ``conflict``: remove the other
+    run's results.json and checkpoints (an evaluation keeps the checkpoints: its ``--model-dir`` may be
+    this very folder), with a log line naming what went. Nothing to do without a conflict."""
+    if not conflict:
+        return
+    removed = run_results.clear_run(cfg.OUTPUT_DIR, checkpoints=not evaluating)
+    logger.warning("overwrite: %s held %s; removed %s", cfg.OUTPUT_DIR, conflict,
+                   ", ".join(osp.relpath(p, cfg.OUTPUT_DIR) for p in removed) or "nothing")
+
+
 # --------------------------------------------------------------------------------------------- main
 def _log_args_and_cfg(args: argparse.Namespace, cfg: Any) -> None:
     lines = ["***************", "** Arguments **", "***************"]
@@ -244,11 +255,7 @@ def main(args: argparse.Namespace) -> Any:
     check_writable_dir(cfg.OUTPUT_DIR)
     setup_logger(cfg.OUTPUT_DIR, console="all" if getattr(args, "verbose", False) else "summary")
     clean_temp_files(cfg.OUTPUT_DIR)
-    if conflict:
-        # an evaluation keeps the checkpoints (its --model-dir may be this very folder)
-        removed = run_results.clear_run(cfg.OUTPUT_DIR, checkpoints=not args.eval_only)
-        logger.warning("--overwrite: %s held %s; removed %s", cfg.OUTPUT_DIR, conflict,
-                       ", ".join(osp.relpath(p, cfg.OUTPUT_DIR) for p in removed) or "nothing")
+    replace_conflicting_run(cfg, conflict, evaluating=args.eval_only)
     if cfg.SEED >= 0:
         logger.info("Setting fixed seed: %d", cfg.SEED)
         set_random_seed(cfg.SEED)

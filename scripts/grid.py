@@ -283,9 +283,7 @@ def _run_train_cell(cell: Cell, shared: Dict[Any, Any], epoch_bars: bool = False
     # what train.py checks before writing: another configuration's results or checkpoints in the folder
     conflict = train.check_output_dir_run(cfg, evaluating=cell.run.eval_only, overwrite=cell.overwrite)
     _cell_logging(cfg.OUTPUT_DIR)
-    if conflict:
-        removed = results.clear_run(cfg.OUTPUT_DIR, checkpoints=not cell.run.eval_only)
-        logger.warning("--force: %s held %s; removed %d file(s)", cfg.OUTPUT_DIR, conflict, len(removed))
+    train.replace_conflicting_run(cfg, conflict, evaluating=cell.run.eval_only)
     if cfg.SEED >= 0:
         set_random_seed(cfg.SEED)
     trainer = build_trainer(cfg, shared=shared)

@@ -312,7 +312,7 @@ def test_overwrite_trains_afresh_and_keeps_foreign_files(toy_root, finished, tmp
     assert results["fingerprint"]["config"]["OPTIM.LR"] == 0.3
     assert (run / "notes.txt").read_text() == "mine"
     log = max(run.glob("log.txt-*")).read_text()  # the kept log.txt is the old run's
-    assert "--overwrite" in log and "OPTIM.LR 0.05 -> 0.3" in log and "No checkpoint found, train from scratch" in log
+    assert "overwrite:" in log and "OPTIM.LR 0.05 -> 0.3" in log and "No checkpoint found, train from scratch" in log
     fresh = tmp_path / "fresh"
     assert train.cli(train_argv(toy_root, fresh, TRAINER, "TRAIN.CHECKPOINT_FREQ", "1", "OPTIM.LR", "0.3")) == 0
     assert json.loads((fresh / "results.json").read_text())["accuracy"] == pytest.approx(results["accuracy"], abs=1e-9)
