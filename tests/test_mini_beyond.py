@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -360,3 +362,26 @@ def test_pretraining_is_deterministic(assets):
     assert la == lb and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert all(np.isfinite(la)) and abs(la[0] - np.log(8)) < 1.0  # chance-level loss at init
     assert not torch.equal(sa["visual.conv1.weight"], sc["visual.conv1.weight"])
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--train", "0"], "--train 0: images per class must be >= 1"),
+    (["--train", "-3"], "--train -3"),
+    (["--test", "0"], "--test 0"),
+    (["--train", "100000"], "at most 1000"),
+    (["--size", "0"], "--size 0"),
+    (["--domains", "Plnts"], "unknown Mini-Beyond domains ['Plnts']"),
+    (["ROOT_IS_FILE"], "is a file"),
+])
+def test_build_cli_refuses_bad_input_in_one_line(tmp_path, argv, expected):
+    """An empty train split used to fail only later, in train.py, with a traceback; --train 100000 tried to
+    allocate ~59 GB; --size 0 was silently 64 px; a file as --root or a typo'd domain gave tracebacks."""
+    root = tmp_path / "mb"
+    if argv == ["ROOT_IS_FILE"]:
+        root.write_text("keep")
+        argv = []
+    proc = subprocess.run([sys.executable, "-m", "tools.mini_beyond", "build", "--root", str(root), *argv],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and err.startswith("error: ") and "\n" not in err and expected in err, err
+    assert (root.read_text() == "keep") if root.is_file() else not any(root.rglob("*"))

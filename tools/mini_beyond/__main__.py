@@ -92,7 +92,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         torch.set_num_threads(os.cpu_count() or 1)
         golden.write_golden(args.domain)
     elif args.cmd == "build":
-        dirs = build.build(args.root, args.train, args.val, args.test, args.seed, args.size, args.domains, force=args.force)
+        if os.path.exists(args.root) and not os.path.isdir(args.root):
+            print(f'error: --root "{args.root}" is a file; give a folder for the benchmark', file=sys.stderr)
+            sys.exit(2)
+        try:
+            dirs = build.build(args.root, args.train, args.val, args.test, args.seed, args.size, args.domains,
+                               force=args.force)
+        except (ValueError, OSError) as err:  # bad counts, an unknown domain, a file or a foreign folder in the way
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
         for d in dirs:
             print(d)
 

@@ -39,6 +39,25 @@ def read_stamp(root: Path) -> Dict[str, Dict[str, object]]:
     return {}
 
 
+#: Bounds of ``build``'s arguments: at least one training and test image per class (an empty train
+#: split only failed later, in train.py, with a traceback), and a total that fits in memory (100,000
+#: per class asked for ~59 GB at once); image sizes the renderer and the mini CLIP handle.
+MAX_IMAGES_PER_CLASS = 1000
+SIZE_RANGE = (16, 512)
+
+
+def check_build_args(counts: Dict[str, int], size: int) -> None:
+    """Raise a one-line ``ValueError`` for counts or an image size ``build`` cannot sensibly make."""
+    for split, low in (("train", 1), ("val", 0), ("test", 1)):
+        if counts[split] < low:
+            raise ValueError(f"--{split} {counts[split]}: images per class must be >= {low}")
+    if sum(counts.values()) > MAX_IMAGES_PER_CLASS:
+        raise ValueError(f"--train + --val + --test = {sum(counts.values())} images per class; at most "
+                         f"{MAX_IMAGES_PER_CLASS} (they are rendered in memory)")
+    if not SIZE_RANGE[0] <= size <= SIZE_RANGE[1]:
+        raise ValueError(f"--size {size}: the image side must be in {SIZE_RANGE[0]}..{SIZE_RANGE[1]} pixels")
+
+
 def build(
     root: Path,
     train: int = 16,
@@ -65,6 +84,7 @@ def build(
     if unknown:
         raise ValueError(f"unknown Mini-Beyond domains {sorted(unknown)}")
     counts = {"train": train, "val": val, "test": test}
+    check_build_args(counts, size)
     params = {"version": BUILD_VERSION, "counts": counts, "seed": seed, "size": size}
     asset_hash = assets.digest()
     prefixes = {d.name: d.prefix for d in DOMAINS}
