@@ -214,8 +214,7 @@ class TrainerBase:
             return
         differences = results_contract.diff_fingerprints(theirs, mine_fn(), seed=True)
         if self._same_trainer_family(str(theirs.get("trainer", ""))):  # as check_resume_meta allows
-            differences = [d for d in differences if not d.startswith(("trainer ", "TRAINER.NAME "))]
-            differences = [d for d in differences if not d.startswith("fingerprint id")]
+            differences = [d for d in differences if not d.startswith(("trainer ", "TRAINER.NAME ", "fingerprint id"))]
         if differences:
             raise CheckpointError(
                 f'cannot resume from "{path}": it is a checkpoint of another configuration (differs in: '
