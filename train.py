@@ -251,7 +251,8 @@ def main(args: argparse.Namespace) -> Any:
     conflict = None
     if not args.no_train:
         conflict = check_output_dir_run(cfg, args.model_dir if args.eval_only else "", args.load_epoch,
-                                        evaluating=args.eval_only, overwrite=getattr(args, "overwrite", False))
+                                        evaluating=args.eval_only,
+                                        overwrite=run_results.overwrite_requested(getattr(args, "overwrite", False)))
     check_writable_dir(cfg.OUTPUT_DIR)
     setup_logger(cfg.OUTPUT_DIR, console="all" if getattr(args, "verbose", False) else "summary")
     clean_temp_files(cfg.OUTPUT_DIR)
@@ -336,8 +337,6 @@ def error_message(e: BaseException) -> str:
     """The user-facing text of ``e``. An error raised in a DataLoader worker comes back with the
     worker's traceback folded into its message; only its last line (the original message) is kept."""
     text = str(e)
-    if isinstance(e, WriteError) and e.strerror:  # OSError's str would prefix "[Errno N]"
-        text = str(e.strerror)
     if WORKER_TRACEBACK in text:
         last = text.rstrip().splitlines()[-1]
         text = re.sub(rf"^(?:[\w.]+\.)?{re.escape(type(e).__name__)}: ", "", last)

@@ -94,6 +94,8 @@ __all__ = [
     "sample_std",
     "mean_std",
     "jsonable",
+    "OVERWRITE_ENV",
+    "overwrite_requested",
 ]
 
 logger = logging.getLogger(__name__)
@@ -122,6 +124,15 @@ EXCLUDED_KEYS: Mapping[str, str] = {
 }
 _CONDITIONAL = {"TRAIN.CHECKPOINT_FREQ"}
 STD_CONVENTION = "sample std over seeds (ddof 1)"
+#: Set to 1 by ``scripts.sweep --force`` and ``scripts.launch --force`` (local and SLURM) for the jobs
+#: they start: the jobs' ``--overwrite`` (train.py, lpclip) without rewriting the user's command lines,
+#: which may be any shell line.
+OVERWRITE_ENV = "FSNL_OVERWRITE"
+
+
+def overwrite_requested(flag: bool = False) -> bool:
+    """``--overwrite`` given, or :data:`OVERWRITE_ENV` set to 1/true/yes/on by a ``--force`` launcher."""
+    return bool(flag) or os.environ.get(OVERWRITE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 class ResultsError(ValueError):

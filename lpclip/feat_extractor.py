@@ -69,7 +69,7 @@ from dassl import results
 from dassl.data import build_data_loader
 from dassl.data.datasets import build_dataset, data_identity
 from dassl.data.transforms import build_transform
-from dassl.utils import WriteError, atomic_write, set_random_seed, setup_logger
+from dassl.utils import WriteError, atomic_write, check_writable_dir, set_random_seed, setup_logger
 from dassl.utils.registry import RegistryKeyError
 from datasets.laion_beyond import DatasetError
 from lpclip.files import (
@@ -129,6 +129,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="fp32, or amp (fp16 autocast) on a GPU; CPU always runs fp32")
     p.add_argument("--batch-size", type=int, default=0, help="default: DATALOADER.TEST.BATCH_SIZE")
     p.add_argument("--device", default="", help="torch device; default: the GPU when available, else CPU")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace feature files of another extraction (other backbone, transform, views, ...)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides, as for train.py")
     args = p.parse_args(_split_first(sys.argv[1:] if argv is None else list(argv)))
     args.split = list(dict.fromkeys(args.split))
@@ -332,17 +334,48 @@ def extract(cfg: Any, splits: Sequence[str] = SPLITS, views: int = 0, device: Op
     return out
 
 
+def check_targets(cfg: Any, output_dir: str, splits: Sequence[str], views: int = 0, precision: str = "fp32",
+                  overwrite: bool = False) -> Dict[str, str]:
+    """The file each split goes to, checked before the backbone loads: the folder must be writable, and
+    a file already there must be this call's own job (:func:`feature_file_state`). Another extraction's
+    file -- other weights, transform, views, subset; one without a job identity; an unreadable one; or
+    any file when the weights are unseeded random (a new draw each call) -- is refused with a
+    :class:`FeatureError` naming it and the differing keys, unless ``overwrite``. Before, a second call
+    with another backbone silently replaced e.g. test.npz, after minutes of encoding."""
+    paths = {s: feature_file(output_dir, cfg.DATASET.NAME, cfg.DATASET.SUB_CLASSES, s) for s in splits}
+    check_writable_dir(osp.dirname(paths[splits[0]]), "feature folder", create=False)
+    conflicts = []
+    for split, path in paths.items():
+        if not osp.lexists(path):
+            continue
+        if osp.isdir(path):
+            raise FeatureError(f"{path} is a directory; remove it or use another --output-dir")
+        state = feature_file_state(path, cfg, split, views, precision)
+        if state.state == "match":
+            continue
+        why = ("the weights are unseeded random (drawn anew on every call; --seed S makes them reproducible)"
+               if state.state == "missing" else "; ".join(state.differences))
+        conflicts.append(f"{path} ({why})")
+    if conflicts and not overwrite:
+        raise FeatureError(f"{len(conflicts)} feature file(s) of another extraction would be overwritten: "
+                           f"{conflicts[0]}{f' and {len(conflicts) - 1} more' if len(conflicts) > 1 else ''}; "
+                           "use another --output-dir, or --overwrite to replace them")
+    for line in conflicts:
+        logger.warning("overwrite: replacing %s", line)
+    return paths
+
+
 def run(args: argparse.Namespace) -> Dict[str, str]:
-    """Build the config, extract, write; returns ``{split: path}``."""
+    """Build the config, check the targets, extract, write; returns ``{split: path}``."""
     cfg = config_from_args(args)
+    paths = check_targets(cfg, args.output_dir, args.split, args.views, args.precision,
+                          results.overwrite_requested(args.overwrite))
     if cfg.SEED >= 0:
         set_random_seed(cfg.SEED)
     device = pick_device(cfg, args.device)
     arrays = extract(cfg, args.split, args.views, device, args.precision, args.batch_size)
     setup_logger(osp.join(args.output_dir, cfg.DATASET.NAME))
-    paths = {}
     for split, data in arrays.items():
-        paths[split] = feature_file(args.output_dir, cfg.DATASET.NAME, cfg.DATASET.SUB_CLASSES, split)
         save_npz(paths[split], data)
         logger.info("Wrote %s", paths[split])
     return paths

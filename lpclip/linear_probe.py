@@ -45,6 +45,7 @@ if not __package__:  # run by path (python dir/script.py): the repo root goes fi
 
 import argparse
 import csv
+import difflib
 import io
 import json
 import logging
@@ -60,7 +61,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from dassl import results as results_contract
-from dassl.utils import WriteError, atomic_write
+from dassl.utils import WriteError, atomic_write, check_writable_dir
 from dassl.utils.identity import content_identity
 from lpclip import logreg
 from lpclip.files import FINGERPRINT_KEY, SPLITS, FeatureError, feature_file
@@ -79,6 +80,10 @@ CSV_COLUMNS = (
 
 
 SOLVERS = ("torch", "sklearn")
+
+
+class OutputConflictError(ValueError):
+    """The probe's output directory holds another configuration's results (one ``error:`` line)."""
 
 
 class MissingFeaturesError(FeatureError):
@@ -116,6 +121,19 @@ def check_features(feature_dir: str, dataset: str, sub_classes: str) -> Dict[str
     paths = feature_paths(feature_dir, dataset, sub_classes)
     missing = [p for p in paths.values() if not osp.isfile(p)]
     if missing:
+        # a typo in --dataset or --sub-classes is far likelier than features never extracted: say what is there
+        for folder, flag, value in ((feature_dir, "--dataset", dataset),
+                                    (osp.join(feature_dir, dataset), "--sub-classes", sub_classes)):
+            if osp.isdir(folder) and not osp.isdir(osp.join(folder, value)):
+                there = sorted(d for d in os.listdir(folder) if osp.isdir(osp.join(folder, d)))
+                if there:
+                    lower = {d.lower(): d for d in there}
+                    close = [lower[c] for c in difflib.get_close_matches(value.lower(), list(lower), n=1, cutoff=0.8)]
+                    hint = (f"did you mean {flag} {close[0]}?" if close else
+                            f"check {flag}, or extract them with: python lpclip/feat_extractor.py --dataset "
+                            f"{dataset} --root DATA --output-dir {feature_dir} DATASET.SUB_CLASSES {sub_classes}")
+                    raise MissingFeaturesError(f"no features for {flag} {value} in {folder} "
+                                               f"(it holds: {', '.join(there)}); {hint}")
         raise MissingFeaturesError(
             f"missing feature file(s) for {dataset}/{sub_classes}: {', '.join(missing)}; write them with: "
             f"python lpclip/feat_extractor.py --dataset {dataset} --root DATA --output-dir {feature_dir} "
@@ -498,6 +516,25 @@ def probe_fingerprint(feature_dir: str, dataset: str, sub_classes: str, shots: S
     return results_contract.fingerprint(config, trainer="linear_probe", data=data)
 
 
+def check_output_dir(output_dir: str, fp: Dict[str, Any], overwrite: bool = False) -> None:
+    """Before any fit: ``output_dir`` must be writable and must not hold the results of another probe
+    configuration (other shots, runs, solver, features ...): a rerun with other settings silently
+    replaced results.json and the CSV before. The same configuration is recomputed in place; another
+    one is refused with an :class:`OutputConflictError` naming the differing keys, unless ``overwrite``."""
+    check_writable_dir(output_dir, "probe output directory", create=False)
+    state = results_contract.find_finished(output_dir, fp)
+    if state.state == "match" or state.state == "missing":
+        return
+    if state.state == "mismatch" and (state.results is None or not state.results.fingerprint):
+        return  # a results.json without a fingerprint (schema 0) identifies nothing to protect
+    what = ("the results of another probe configuration (differs in: " + "; ".join(state.differences) + ")"
+            if state.state == "mismatch" else f"a results.json that cannot be read ({state.differences[0]})")
+    if not overwrite:
+        raise OutputConflictError(f'--output-dir "{output_dir}" holds {what}; this probe would overwrite it. Use another '
+                          "--output-dir, or --overwrite to replace it")
+    logger.warning("overwrite: %s held %s", output_dir, what)
+
+
 def write_results(output_dir: str, payload: Dict[str, Any], rows: List[Dict[str, Any]],
                   fp: Dict[str, Any]) -> Tuple[str, str]:
     os.makedirs(output_dir, exist_ok=True)
@@ -533,6 +570,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="torch: batched L-BFGS, all runs and C values of a stage at once (default); "
                         "sklearn: the reference's one-fit-at-a-time LogisticRegression")
     p.add_argument("--device", default="", help="torch solver's device (default: the GPU when available)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of another probe configuration in --output-dir")
     args = p.parse_args(argv)
     if args.num_run < 1 or args.num_step < 0 or any(k < 1 for k in args.shots):
         p.error("--num-run must be >= 1, --num-step >= 0 and every shot count >= 1")
@@ -558,11 +597,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     features = "normalized" if args.normalized else "raw"
+    output_dir = args.output_dir or osp.join(args.feature_dir, args.dataset, args.sub_classes, "linear_probe")
+    fp = probe_fingerprint(args.feature_dir, args.dataset, args.sub_classes, args.shots, args.num_run,
+                           args.num_step, args.normalized, args.solver)
+    try:
+        check_output_dir(output_dir, fp, results_contract.overwrite_requested(args.overwrite))
+    except (OutputConflictError, WriteError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     logger.info("%s/%s: train %d, val %d, test %d rows, D=%d, %s features", args.dataset, args.sub_classes,
                 len(feats["train"].y), len(feats["val"].y), len(feats["test"].y), feats["train"].x.shape[1],
                 features)
     results = linear_probe(feats, args.shots, args.num_run, args.num_step, args.solver, device)
-    output_dir = args.output_dir or osp.join(args.feature_dir, args.dataset, args.sub_classes, "linear_probe")
     payload = {
         "method": "Linear probe",
         "dataset": args.dataset,
@@ -577,8 +623,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "std": results_contract.STD_CONVENTION.replace("over seeds", "over runs"),
         "shots": results,
     }
-    fp = probe_fingerprint(args.feature_dir, args.dataset, args.sub_classes, args.shots, args.num_run,
-                           args.num_step, args.normalized, args.solver)
     try:
         json_path, csv_path = write_results(output_dir, payload,
                                             csv_rows(results, args.dataset, args.sub_classes, features, args.num_step),

@@ -337,7 +337,7 @@ def _run_probe_cell(cell: Cell, shared: Dict[Any, Any]) -> None:
     _cell_logging(cell.output_dir)
     for sub in FEATURE_SUBSETS:
         _probe_features(cell, sub, shared)
-    argv = _probe_argv(cell)
+    argv = _probe_argv(cell) + (["--overwrite"] if cell.overwrite else [])
     out = io.StringIO()
     with contextlib.redirect_stdout(out):  # the CLI's summary lines go to the cell's log, not the console
         rc = linear_probe.main(argv)

@@ -21,7 +21,8 @@ child: without the cap every worker starts one thread per core and the pool runs
 one after another. Every job writes ``<log-dir>/jobNNNN.log`` and ends with one console line (done /
 failed, done count and ETA). A failed job goes back to the end of the queue up to ``--retries`` times,
 except exit code 2, a deterministic error (a config or data mistake) that would fail again. The exit
-status is 1 when any job failed for good; the summary quotes each failure's error line.
+status is 1 when any job failed for good (2 when every failure was such an exit 2, so a wrapper can
+tell a mistake to fix from a crash to rerun); the summary quotes each failure's error line.
 
 SLURM mode writes ``commands.txt``, ``done.txt`` (the marker of each line) and ``job.sbatch`` (an
 ``--array=0-(T-1)%M`` script whose task i runs ``--chunk`` consecutive lines, each unless its marker
@@ -66,7 +67,7 @@ import yaml
 
 from dassl import results
 from scripts.domains import REPO_ROOT
-from scripts.run_identity import RunConflict, command_state, conflict_message
+from scripts.run_identity import DETERMINISTIC_EXIT, RunConflict, command_state, conflict_message, exit_status
 
 __all__ = [
     "Command",
@@ -122,6 +123,7 @@ class LaunchSummary:
     skipped: List[Command] = field(default_factory=list)
     failed: List[Tuple[Command, str, str]] = field(default_factory=list)  # (command, reason, log file)
     error_lines: Dict[int, str] = field(default_factory=dict)  # command index → the log's error line
+    exit_codes: Dict[int, Optional[int]] = field(default_factory=dict)  # command index → a failed job's exit code
     attempts: Dict[int, int] = field(default_factory=dict)
 
     def line(self) -> str:
@@ -142,6 +144,8 @@ class SlurmOptions:
     account: Optional[str] = None
     chunk: int = 1
     requeue: bool = False
+    #: --force: the tasks' commands replace runs of other configurations (``FSNL_OVERWRITE=1``)
+    overwrite: bool = False
     setup: Sequence[str] = ()
     extra: Sequence[str] = ()
 
@@ -163,16 +167,25 @@ def done_marker(cmd: str) -> Optional[str]:
     return None
 
 
-def _entry(index: int, item: object) -> Command:
+def _entry(index: int, item: object, where: str = "") -> Command:
+    """Command ``index`` (``where`` names it in errors: its line, or ``commands[i]`` of a YAML list).
+    A line the shell cannot parse (an unclosed quote) is refused here, before any command runs: bash
+    would only report it when the pool reached that line."""
+    where = where or f"commands[{index}]"
     if isinstance(item, str):
         cmd, done = item, None
     elif isinstance(item, dict) and isinstance(item.get("cmd", item.get("command")), str):
         cmd, done = item.get("cmd", item.get("command")), item.get("done")
     else:
-        raise ValueError(f"commands[{index}] must be a string or a mapping with 'cmd', got {item!r}")
+        raise ValueError(f"{where} must be a string or a mapping with 'cmd', got {item!r}")
     cmd = cmd.strip()
     if "\n" in cmd:
-        raise ValueError(f"commands[{index}] spans several lines; give one command per entry")
+        raise ValueError(f"{where} spans several lines; give one command per entry")
+    try:
+        shlex.split(cmd)
+    except ValueError as err:
+        raise ValueError(f"{where} is not a complete shell command ({str(err).lower()}): {cmd}; "
+                         "fix its quoting") from None
     if done:
         return Command(index, cmd, str(done), True)
     return Command(index, cmd, done_marker(cmd), False)
@@ -186,15 +199,31 @@ def parse_commands(text: str, yaml_hint: bool = False) -> List[Command]:
         if not isinstance(data, dict) or not isinstance(data.get("commands"), list):
             raise ValueError("a YAML sweep must be a mapping with a 'commands:' list")
         return [_entry(i, item) for i, item in enumerate(data["commands"])]
-    lines = [ln.strip() for ln in text.splitlines()]
-    return [_entry(i, ln) for i, ln in enumerate(ln for ln in lines if ln and not ln.startswith("#"))]
+    lines = [(n, ln.strip()) for n, ln in enumerate(text.splitlines(), 1)]
+    kept = [(n, ln) for n, ln in lines if ln and not ln.startswith("#")]
+    return [_entry(i, ln, f"line {n}") for i, (n, ln) in enumerate(kept)]
 
 
 def read_commands(source: str, stdin: Optional[TextIO] = None) -> List[Command]:
-    if source == "-":
-        return parse_commands((stdin or sys.stdin).read())
-    path = Path(source)
-    return parse_commands(path.read_text(encoding="utf-8"), yaml_hint=path.suffix.lower() in (".yaml", ".yml"))
+    """The commands of file ``source`` (``-``: stdin); a malformed entry is a ValueError naming both."""
+    name = "stdin" if source == "-" else source
+    try:
+        if source == "-":
+            text, yaml_hint = (stdin or sys.stdin).read(), False
+        else:
+            path = Path(source)
+            text, yaml_hint = path.read_text(encoding="utf-8"), path.suffix.lower() in (".yaml", ".yml")
+        return parse_commands(text, yaml_hint=yaml_hint)
+    except OSError as err:
+        raise ValueError(f"cannot read the command list {name}: {(err.strerror or str(err)).lower()}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{name} is not a UTF-8 text file (byte {err.start}); give a command list") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ValueError(f"{name} is not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
 
 
 def visible_gpus(explicit: Optional[str] = None) -> List[str]:
@@ -213,7 +242,6 @@ def visible_gpus(explicit: Optional[str] = None) -> List[str]:
 # ------------------------------------------------------------------------------------ local
 
 #: Exit code of a deterministic error (config / data mistake): retrying cannot help.
-DETERMINISTIC_EXIT = 2
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -293,6 +321,8 @@ def run_local(
             env[name] = str(per_worker)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
+        if force:  # the jobs replace a run of another configuration instead of refusing it
+            env[results.OVERWRITE_ENV] = "1"
         while True:
             c = todo.get()
             if c is None:
@@ -334,6 +364,7 @@ def run_local(
                     else:
                         summary.failed.append((c, reason, str(log_path)))
                         summary.error_lines[c.index] = error_line(str(log_path))
+                        summary.exit_codes[c.index] = rc
                     if not retry:
                         finished = len(summary.succeeded) + len(summary.failed)
                         eta = _eta(finished, total, time.time() - started)
@@ -414,6 +445,9 @@ def slurm_script(
         f"CHUNK={chunk}",
         "CHILD=",
     ]
+    if options.overwrite:
+        lines += ["# --force: each command replaces a run of another configuration in its folder",
+                  f"export {results.OVERWRITE_ENV}=1"]
     if options.requeue:
         lines += [
             "# Preemption or the time limit: stop the running command (SIGTERM; checkpoints are atomic and the",
@@ -557,7 +591,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             job_name=args.job_name, partition=args.partition, gres=resources["gres"] or None,
             time=resources["time"], cpus=int(resources["cpus"]), mem=resources["mem"],
             max_parallel=args.max_parallel, account=args.account, setup=args.setup, extra=args.sbatch_arg,
-            chunk=max(1, args.chunk), requeue=args.requeue,
+            chunk=max(1, args.chunk), requeue=args.requeue, overwrite=args.force,
         )
         script, _, _ = write_slurm(pending, args.slurm_dir, options, args.cwd)
         tasks = -(-len(pending) // options.chunk)
@@ -591,7 +625,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"  FAILED job {c.index} ({reason}, log {log}): {c.cmd}", file=sys.stderr)
         if summary.error_lines.get(c.index):
             print(f"    {summary.error_lines[c.index]}", file=sys.stderr)
-    return 1 if summary.failed else 0
+    return exit_status([summary.exit_codes.get(c.index) for c, _, _ in summary.failed])
 
 
 if __name__ == "__main__":

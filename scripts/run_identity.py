@@ -44,6 +44,19 @@ __all__ = ["RunConflict", "command_fingerprint", "command_state", "conflict_mess
 _PATH_OPTIONS = ("root", "output_dir", "config_file", "dataset_config_file", "resume", "model_dir")
 
 
+#: A job's exit code for a deterministic error (a config or data mistake: one ``error:`` line); it would
+#: fail again, so launchers do not retry it, and a launcher whose failures were all such exits with it too.
+DETERMINISTIC_EXIT = 2
+
+
+def exit_status(failed_codes: Sequence[Optional[int]]) -> int:
+    """A launcher's exit status from its failed jobs' exit codes (None: did not start or wrote nothing):
+    0 without failures, :data:`DETERMINISTIC_EXIT` when every failure was one, else 1."""
+    if not failed_codes:
+        return 0
+    return DETERMINISTIC_EXIT if all(c == DETERMINISTIC_EXIT for c in failed_codes) else 1
+
+
 class RunConflict(ValueError):
     """Finished runs that differ from what the jobs would compute (message: one line)."""
 

@@ -59,7 +59,7 @@ from scripts.methods import (
     run_dir_parts,
 )
 from scripts.methods import METHODS as REGISTRY
-from scripts.run_identity import RunConflict, command_state, conflict_message
+from scripts.run_identity import RunConflict, command_state, conflict_message, exit_status
 
 __all__ = [
     "METHODS",
@@ -147,6 +147,7 @@ class SweepSummary:
     ran: List[Job] = field(default_factory=list)
     skipped: List[Job] = field(default_factory=list)
     failed: List[Tuple[Job, str]] = field(default_factory=list)
+    exit_codes: List[Optional[int]] = field(default_factory=list)  # of the failed jobs, in order (None: no exit code)
 
     def line(self) -> str:
         total = len(self.ran) + len(self.skipped) + len(self.failed)
@@ -392,15 +393,12 @@ def split_done(jobs: Sequence[Job], force: bool = False, cwd: Optional[str] = No
     return pending, done
 
 
-def _executable_argv(argv: Sequence[str], overwrite: bool = False) -> List[str]:
+def _executable_argv(argv: Sequence[str]) -> List[str]:
     # Commands say "python" so that they can be copied anywhere; run them with this interpreter
-    # so a virtual environment that launched the sweep also runs the jobs. ``overwrite`` (--force)
-    # tells a train.py job to replace a run of another configuration instead of refusing it.
+    # so a virtual environment that launched the sweep also runs the jobs.
     out = list(argv)
     if out and out[0] == "python":
         out[0] = sys.executable
-    if overwrite and len(out) > 1 and out[1] == "train.py":
-        out.insert(2, "--overwrite")
     return out
 
 
@@ -413,19 +411,24 @@ def run_jobs(
     summary = SweepSummary()
     workdir = cwd or os.fspath(REPO_ROOT)
     pending, summary.skipped = split_done(jobs, force, workdir, match_code)
+    # --force: every job (train.py, lpclip) replaces a run of another configuration instead of refusing it
+    env = {**os.environ, results.OVERWRITE_ENV: "1"} if force else None
     for i, job in enumerate(pending, 1):
         logger.info("[%d/%d] %s", i, len(pending), job.command)
         try:
-            rc = subprocess.run(_executable_argv(job.argv, force), cwd=workdir).returncode
+            rc = subprocess.run(_executable_argv(job.argv), cwd=workdir, env=env).returncode
         except OSError as err:
             summary.failed.append((job, f"could not start: {err}"))
+            summary.exit_codes.append(None)
         else:
             if rc != 0:
                 summary.failed.append((job, f"exit code {rc}"))
+                summary.exit_codes.append(rc)
             elif not job.is_done(workdir, match_code):
                 state = job.state(workdir, match_code)
                 why = "was not written" if state.state == "missing" else f"does not match the job ({state.line()})"
                 summary.failed.append((job, f"exit code 0 but {job.done} {why}"))
+                summary.exit_codes.append(None)
             else:
                 summary.ran.append(job)
         if fail_fast and summary.failed:
@@ -528,7 +531,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"sweep {args.method}: {summary.line()}", file=sys.stderr)
     for job, why in summary.failed:
         print(f"  FAILED ({why}): {job.command}", file=sys.stderr)
-    return 1 if summary.failed else 0
+    return exit_status(summary.exit_codes)
 
 
 if __name__ == "__main__":

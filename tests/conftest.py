@@ -13,6 +13,7 @@ import pytest
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.pop("FSNL_OVERWRITE", None)  # a --force launcher's switch (dassl.results.OVERWRITE_ENV); tests set it themselves
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

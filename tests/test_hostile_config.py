@@ -299,15 +299,19 @@ def test_eval_only_never_overwrites_another_run(toy_root, finished, tmp_path, ca
         assert train.cli(train_argv(toy_root, target, TRAINER, extra=("--eval-only", "--model-dir", str(run)))) == 0
 
 
-def test_overwrite_trains_afresh_and_keeps_foreign_files(toy_root, finished, tmp_path, capsys):
-    """--overwrite (what scripts.sweep --force passes) replaces the other configuration's run: its
-    checkpoints are removed, so nothing is resumed, and a file the user put there stays."""
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_overwrite_trains_afresh_and_keeps_foreign_files(toy_root, finished, tmp_path, capsys, monkeypatch, how):
+    """--overwrite (or FSNL_OVERWRITE=1, what scripts.sweep/launch --force set for their jobs) replaces
+    the other configuration's run: its checkpoints are removed, so nothing is resumed, and a file the
+    user put there stays."""
     run = _copy_run(finished, tmp_path / "run")
     (run / "results.json").unlink()
     (run / "config.yaml").unlink()
     (run / "notes.txt").write_text("mine")
+    if how == "env":
+        monkeypatch.setenv("FSNL_OVERWRITE", "1")
     assert train.cli(train_argv(toy_root, run, TRAINER, "TRAIN.CHECKPOINT_FREQ", "1", "OPTIM.LR", "0.3",
-                                extra=("--overwrite",))) == 0
+                                extra=("--overwrite",) if how == "flag" else ())) == 0
     results = json.loads((run / "results.json").read_text())
     assert results["fingerprint"]["config"]["OPTIM.LR"] == 0.3
     assert (run / "notes.txt").read_text() == "mine"

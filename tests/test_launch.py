@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shlex
 import signal
@@ -241,6 +242,20 @@ def test_thread_cap_no_retry_on_exit_2_and_quoted_error(tmp_path: Path, capsys: 
     assert 'error: unknown config key "OPTIM.LRR"' in err  # the summary quotes the error line
     assert "RuntimeError: boom in the job" in err
     assert launch.default_threads(4, cores=2) == 1 and launch.default_threads(2, cores=16) == 8
+    # only deterministic failures: the launch exits 2 as its jobs did (a mistake to fix, not a crash to rerun)
+    cmds.write_text(deterministic + "\n" + py("pass") + "\n")
+    rc = launch.main([str(cmds), "--retries", "2", "--log-dir", str(tmp_path / "logs2"), "--cwd", str(tmp_path),
+                      "--gpus", ""])
+    err = capsys.readouterr().err
+    assert rc == 2 and counter.read_text() == "xx" and "succeeded 1, skipped 0, failed 1" in err
+
+
+def test_exit_status_rule() -> None:
+    from scripts.run_identity import exit_status
+
+    assert exit_status([]) == 0
+    assert exit_status([2, 2]) == 2
+    assert exit_status([2, 1]) == exit_status([2, None]) == exit_status([-9]) == 1
 
 
 def test_slurm_no_submit_and_all_done(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -259,3 +274,63 @@ def test_slurm_no_submit_and_all_done(tmp_path: Path, capsys: pytest.CaptureFixt
     assert launch.main([str(src), "--mode", "slurm", "--slurm-dir", str(tmp_path / "s2")]) == 0
     assert "nothing to submit" in capsys.readouterr().err
     assert not (tmp_path / "s2").exists()
+
+
+def test_force_lets_the_commands_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--force must reach the commands: train.py and lpclip refuse another configuration's folder unless
+    told to overwrite, and a launch line may be any shell line, so the jobs (local pool and SLURM tasks)
+    get FSNL_OVERWRITE=1 in their environment instead of an edited command line."""
+    seen = tmp_path / "seen.txt"
+    cmd = py(f"import os; open({str(seen)!r}, 'a').write(os.environ.get('FSNL_OVERWRITE', 'unset') + chr(10))")
+    src = tmp_path / "cmds.txt"
+    src.write_text(f"cd {shlex.quote(str(tmp_path))} && {cmd}\n")
+    for extra in ([], ["--force"]):
+        assert launch.main([str(src), "--log-dir", str(tmp_path / "logs"), "--cwd", str(tmp_path), *extra]) == 0
+    assert seen.read_text().split() == ["unset", "1"]
+    for extra, exported in (([], False), (["--force"], True)):
+        slurm_dir = tmp_path / f"slurm{len(extra)}"
+        assert launch.main([str(src), "--mode", "slurm", "--cwd", str(tmp_path), "--slurm-dir", str(slurm_dir),
+                            "--no-submit", *extra]) == 0
+        assert ("export FSNL_OVERWRITE=1" in (slurm_dir / "job.sbatch").read_text().splitlines()) is exported
+    env = {k: v for k, v in os.environ.items() if k != "FSNL_OVERWRITE"}
+    env.update(SLURM_ARRAY_TASK_ID="0", SLURM_SUBMIT_DIR=str(tmp_path))
+    res = subprocess.run(["bash", str(tmp_path / "slurm1" / "job.sbatch")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert seen.read_text().split() == ["unset", "1", "1"]
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("case", ["unclosed_quote", "yaml_unclosed_quote", "bad_yaml", "missing", "directory",
+                                  "binary"])
+def test_bad_command_lists_are_one_line_before_any_job(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                         case: str) -> None:
+    """Hostile command lists: the launch stops with one ``error:`` line naming the file (and the line)
+    and exit 2 before any command runs. Before, an unclosed quote on line 4 ran lines 1-3 and then
+    failed that line in bash; broken YAML was a traceback."""
+    ran = tmp_path / "ran"
+    first = py(f"open({str(ran)!r}, 'w').write('x')")
+    src = tmp_path / ("cmds.yaml" if "yaml" in case else "cmds.txt")
+    expected = {
+        "unclosed_quote": "line 3 is not a complete shell command (no closing quotation)",
+        "yaml_unclosed_quote": "commands[1] is not a complete shell command (no closing quotation)",
+        "bad_yaml": "is not valid YAML (line 2)",
+        "missing": "cannot read the command list",
+        "directory": "cannot read the command list",
+        "binary": "is not a UTF-8 text file",
+    }[case]
+    if case == "unclosed_quote":
+        src.write_text(f"{first}\n# comment\necho 'oops > x\n")
+    elif case == "yaml_unclosed_quote":
+        src.write_text(f"commands:\n  - {json.dumps(first)}\n  - \"echo 'oops\"\n")
+    elif case == "bad_yaml":
+        src.write_text(f"commands:\n  - [{first}\n")
+    elif case == "directory":
+        src.mkdir()
+    elif case == "binary":
+        src.write_bytes(b"\xff\xfe\x00 not text")
+    rc = launch.main([str(src), "--cwd", str(tmp_path), "--log-dir", str(tmp_path / "logs")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("error: ") and str(src) in err[0] and expected in err[0], err
+    assert not ran.exists() and not (tmp_path / "logs").exists()

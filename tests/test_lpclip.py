@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -193,8 +194,25 @@ def test_missing_files_fail_fast_with_their_names(tmp_path, capsys):
     assert "train.npz" not in msg
     # the layout without the SUB_CLASSES level (B31) is not silently accepted either
     rc = lp.main(["--feature-dir", str(tmp_path), "--dataset", "Toy9_9", "--sub-classes", "OOP"])
-    assert rc == 2
-    assert osp.join("Toy9_9", "OOP", "train.npz") in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert f"no features for --sub-classes OOP in {tmp_path / 'Toy9_9'} (it holds: IP)" in err[0]
+
+
+def test_a_mistyped_dataset_or_subset_is_named_with_what_is_there(tmp_path, capsys):
+    """A typo is likelier than features never extracted: the line says what the folder holds, suggests a
+    close name, and only otherwise the extraction command (which, for a typo, would extract nothing)."""
+    write_features(str(tmp_path))
+    cases = [
+        (["--dataset", "Toy9_8"], f"in {tmp_path} (it holds: Toy9_9); did you mean --dataset Toy9_9?"),
+        (["--dataset", "Plants"], "(it holds: Toy9_9); check --dataset, or extract them with: "
+                                  "python lpclip/feat_extractor.py --dataset Plants"),
+        (["--dataset", "Toy9_9", "--sub-classes", "Ip"], "(it holds: IP); did you mean --sub-classes IP?"),
+    ]
+    for extra, expected in cases:
+        rc = lp.main(["--feature-dir", str(tmp_path), *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and err[0].startswith("error: no features for ") and expected in err[0], err
 
 
 # ---------------------------------------------------------------------------- feature extractor
@@ -395,6 +413,76 @@ def test_extractor_mistakes_are_one_line_before_writing(extractor_env, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and named in err[0], err
     assert not out.exists()
+
+
+def test_extractor_refuses_another_extractions_files_before_loading(extractor_env, capsys, monkeypatch):
+    """Hostile: a second extraction with another backbone (here: another seed) into the same folder
+    silently replaced test.npz after the whole encoding. Now it is one line naming the file and the key,
+    before the backbone loads; nothing changes. The same job again re-extracts in place, --overwrite
+    replaces, unseeded random weights (a new draw each call) never pass as the file on disk, and an
+    --output-dir that is a file is one line before any work."""
+    from lpclip import feat_extractor as fe
+
+    root, _, out = extractor_env
+    assert fe.main(extractor_argv(root, out, "test", "--seed", "1")) == 0
+    path = out / "Animals92_42" / "OOP" / "test.npz"
+    before = path.read_bytes()
+    capsys.readouterr()
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("the backbone was loaded before the targets were checked")
+
+    with monkeypatch.context() as m:
+        m.setattr(fe, "load_clip", no_backbone)
+        for extra, named in ((["--seed", "2"], "job weights"),
+                             (["--seed", "1", "INPUT.INTERPOLATION", "bilinear"], "job transform"),
+                             ([], "unseeded random")):
+            rc = fe.main(extractor_argv(root, out, "test", *extra))
+            err = capsys.readouterr().err.strip().splitlines()
+            assert rc == 2 and len(err) == 1, err
+            assert err[0].startswith("error: 1 feature file(s) of another extraction would be overwritten: ")
+            assert str(path) in err[0] and named in err[0] and "--overwrite" in err[0]
+            assert path.read_bytes() == before
+        afile = out / "afile"
+        afile.write_text("mine")
+        rc = fe.main(extractor_argv(root, afile, "test", "--seed", "1"))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and "is a file, not a directory" in err[0] and str(afile) in err[0]
+        assert "Errno" not in err[0] and afile.read_text() == "mine"
+
+    assert fe.main(extractor_argv(root, out, "test", "--seed", "1")) == 0  # its own job: re-extracted
+    np.testing.assert_array_equal(np.load(path)["features_raw"], np.load(io.BytesIO(before))["features_raw"])
+    assert fe.main(extractor_argv(root, out, "test", "--seed", "2", "--overwrite")) == 0
+    with np.load(path, allow_pickle=False) as z:
+        assert json.loads(str(z["job"]))["weights"]["seed"] == 2
+
+
+def test_probe_refuses_the_results_of_another_configuration(tmp_path, capsys):
+    """Hostile: a rerun with other settings (shots, runs, solver ...) silently replaced results.json and
+    the CSV. Now the line names the differing key, exit 2, both files untouched; the same settings
+    recompute in place; --overwrite replaces; an --output-dir that is a file is one line before any fit."""
+    write_features(str(tmp_path))
+    out = tmp_path / "probe"
+    assert probe_cli(tmp_path, capsys, "--output-dir", str(out))[0] == 0
+    files = {name: (out / name).read_bytes() for name in ("results.json", "linear_probe.csv")}
+    for extra, key in ((["--shots", "2"], "shots"), (["--solver", "sklearn"], "solver"),
+                       (["--normalized"], "features")):
+        rc, err = probe_cli(tmp_path, capsys, "--output-dir", str(out), *extra)
+        assert rc == 2 and len(err) == 1, err
+        assert err[0].startswith(f'error: --output-dir "{out}" holds the results of another probe configuration')
+        assert key in err[0] and "--overwrite" in err[0]
+        assert {name: (out / name).read_bytes() for name in files} == files
+    assert probe_cli(tmp_path, capsys, "--output-dir", str(out))[0] == 0
+    assert (out / "results.json").read_bytes() == files["results.json"]  # deterministic: the same numbers
+    assert probe_cli(tmp_path, capsys, "--output-dir", str(out), "--shots", "2", "--overwrite")[0] == 0
+    assert sorted(json.loads((out / "results.json").read_text())["shots"]) == ["2"]
+
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for target in (afile, afile / "sub"):
+        rc, err = probe_cli(tmp_path, capsys, "--output-dir", str(target))
+        assert rc == 2 and len(err) == 1 and "is a file, not a directory" in err[0] and "Errno" not in err[0], err
+        assert afile.read_text() == "mine"
 
 
 # ---------------------------------------------------------------------------- the batched solver

@@ -11,10 +11,12 @@ from typing import Dict
 import pytest
 
 from dassl import results
+from lpclip import linear_probe as lp
 from scripts import fsnl_rule, sweep
 from scripts.domains import DomainError, count_classes, resolve_domains, short_name
 from scripts.run_identity import command_fingerprint
 from scripts.sweep import Job, SweepSpec, build_jobs, run_jobs
+from tests.test_lpclip import write_features
 
 REPO = Path(__file__).resolve().parents[1]
 FSNL_CFG = "configs/trainers/FSNL_openclip/vit_b16_ep200_standard.yaml"
@@ -345,24 +347,45 @@ def test_missing_config_is_caught_before_running(capsys: pytest.CaptureFixture) 
     assert "configs/trainers/CoOp_openclip/no_such_cfg.yaml" in err
 
 
-def test_force_tells_train_py_to_overwrite(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """--force reruns a job whose folder holds another configuration's run; train.py refuses such a
-    folder unless told --overwrite, so the sweep passes it (to train.py jobs only)."""
+def test_force_lets_every_job_overwrite(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """--force reruns a job whose folder holds another configuration's run. train.py and both lpclip tools
+    refuse such a folder unless told to overwrite (before, a --force'd probe or extractor job was either
+    silently replacing or, once they checked, refusing), so every job the sweep starts gets
+    FSNL_OVERWRITE=1 in its environment; its command line stays as printed. A real probe job here."""
+    feat = tmp_path / "feat"
+    write_features(str(feat))
+    out = tmp_path / "probe"
+    common = ["--feature-dir", str(feat), "--dataset", "Toy9_9", "--sub-classes", "IP", "--num-run", "2",
+              "--num-step", "1", "--output-dir", str(out)]
+    assert lp.main([*common, "--shots", "1"]) == 0
+    argv = ("python", "-m", "lpclip.linear_probe", *common, "--shots", "2")
+    job = sweep.Job(argv, str(out / "results.json"), "probe Toy9_9")
+    monkeypatch.delenv(results.OVERWRITE_ENV, raising=False)
+    with pytest.raises(sweep.RunConflict):  # without --force: refused before anything runs
+        sweep.run_jobs([job], force=False)
+    assert sorted(json.loads((out / "results.json").read_text())["shots"]) == ["1"]
+
     seen = []
     real_run = subprocess.run
 
-    def fake_run(argv, cwd=None, **kwargs):
-        if cwd != str(tmp_path):  # e.g. git, for the code version
-            return real_run(argv, cwd=cwd, **kwargs)
-        seen.append(list(argv))
-        return subprocess.CompletedProcess(argv, 2)
+    def spy(cmd, cwd=None, env=None, **kwargs):
+        seen.append((list(cmd), (env or {}).get(results.OVERWRITE_ENV)))
+        return real_run(cmd, cwd=cwd, env=env, **kwargs)
 
-    monkeypatch.setattr(sweep.subprocess, "run", fake_run)
-    jobs = [sweep.Job(("python", "train.py", "--output-dir", "o"), str(tmp_path / "a.json"), "a"),
-            sweep.Job(("python", "-m", "lpclip.linear_probe"), str(tmp_path / "b.json"), "b")]
-    sweep.run_jobs(jobs, force=True, cwd=str(tmp_path))
-    assert seen[0][1:4] == ["train.py", "--overwrite", "--output-dir"]
-    assert "--overwrite" not in seen[1]
-    seen.clear()
-    sweep.run_jobs(jobs, force=False, cwd=str(tmp_path))
-    assert all("--overwrite" not in argv for argv in seen)
+    monkeypatch.setattr(sweep.subprocess, "run", spy)
+    summary = sweep.run_jobs([job], force=True)
+    assert not summary.failed and sorted(json.loads((out / "results.json").read_text())["shots"]) == ["2"]
+    jobs = [c for c in seen if c[0][1:3] == ["-m", "lpclip.linear_probe"]]
+    assert jobs == [([sys.executable, *argv[1:]], "1")]  # the printed command, run as is
+
+
+def test_sweep_exit_status_follows_its_jobs(tmp_path: Path) -> None:
+    """A sweep whose jobs all stopped on a deterministic error (exit 2: the job's one error line is on
+    the console) exits 2 as well; any other failure makes it 1."""
+    def job(code: int, name: str) -> Job:
+        return Job(("python", "-c", f"raise SystemExit({code})"), str(tmp_path / name / "results.json"), name)
+
+    summary = run_jobs([job(2, "a"), job(2, "b")], cwd=str(tmp_path))
+    assert summary.exit_codes == [2, 2] and sweep.exit_status(summary.exit_codes) == 2
+    summary = run_jobs([job(2, "a"), job(3, "b"), job(0, "c")], cwd=str(tmp_path))
+    assert summary.exit_codes == [2, 3, None] and sweep.exit_status(summary.exit_codes) == 1

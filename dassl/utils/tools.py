@@ -121,7 +121,11 @@ def read_json(fpath: str) -> Any:
 
 class WriteError(OSError):
     """A file of the run could not be written (read-only or full disk, a path component that is a
-    file, ...). The message names the directory and the problem, so the CLI reports it in one line."""
+    file, ...). The message names the directory and the problem, so the CLI reports it in one line
+    (without OSError's "[Errno N]" prefix)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror) if self.strerror else super().__str__()
 
 
 def _write_problem(err: OSError) -> str:
@@ -261,11 +265,39 @@ def clean_temp_files(directory: str, recursive: bool = True) -> List[str]:
     return removed
 
 
-def check_writable_dir(directory: str, what: str = "output directory") -> None:
+def _check_creatable(directory: str, what: str) -> None:
+    """:func:`check_writable_dir` without creating anything: the nearest existing ancestor of a missing
+    ``directory`` must be a directory this process may create entries in."""
+    path = osp.abspath(directory)
+    while not osp.lexists(path):
+        parent = osp.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    if not osp.isdir(path):
+        raise WriteError(errno.ENOTDIR, f'cannot create the {what} "{directory}": "{path}" is a file, not a directory')
+    if not os.access(path, os.W_OK | os.X_OK):
+        err = OSError(errno.EROFS if _read_only(path) else errno.EACCES, "")
+        raise WriteError(err.errno, f'cannot create the {what} "{directory}" in "{path}": {_write_problem(err)}')
+
+
+def _read_only(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
+def check_writable_dir(directory: str, what: str = "output directory", create: bool = True) -> None:
     """Create ``directory`` and prove that a file can be written there, or raise a :class:`WriteError`
     naming it (read-only, permission denied, a file in the way, full). Called before any work starts;
-    the probe is a temporary file of :func:`atomic_write`'s pattern, removed at once."""
+    the probe is a temporary file of :func:`atomic_write`'s pattern, removed at once. With
+    ``create=False`` a missing ``directory`` is left uncreated (a command that may still fail on a
+    user error before writing leaves no empty folders behind); its nearest existing ancestor is checked."""
     if not directory:
+        return
+    if not create and not osp.isdir(directory):
+        _check_creatable(directory, what)
         return
     try:
         mkdir_if_missing(directory)
