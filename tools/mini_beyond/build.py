@@ -20,6 +20,25 @@ def _domain_dirs(root: Path, prefix: str) -> List[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and pattern.fullmatch(p.name)) if root.is_dir() else []
 
 
+#: What a build (and the dataset code's few-shot cache) writes inside a subset folder; anything else
+#: there is someone else's and survives a rebuild only by refusing it.
+_BUILD_FILE = re.compile(r"images/[^/]+/(train|val|test)_\d{3,}\.jpg|split_fewshot/.*")
+
+
+def foreign_files(folder: Path) -> List[Path]:
+    """Files under a subset ``folder`` that no build wrote (``images/<class>/<split>_NNN.jpg``, the
+    folder's ``split_Xin_<folder>.json``) and that are not the few-shot cache (``split_fewshot/``)."""
+    own_split = f"split_Xin_{folder.name.removesuffix('.tmp').removesuffix('.old')}.json"
+    out = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_dir() and not path.is_symlink():
+            continue
+        rel = path.relative_to(folder).as_posix()
+        if rel != own_split and not _BUILD_FILE.fullmatch(rel):
+            out.append(path)
+    return out
+
+
 def read_stamp(root: Path) -> Dict[str, Dict[str, object]]:
     """``{domain: {"params", "asset_hash", "dirs"}}`` of what earlier builds wrote under ``root``.
 
@@ -74,8 +93,9 @@ def build(
     Replaces only what it writes: each requested domain is rebuilt only when its stamp entry
     (parameters + asset hash) differs, and then only that domain's folders are replaced (which
     also discards stale few-shot caches inside them). Other domains, and anything else under the
-    shared root, are never touched. A folder of a requested domain that no earlier build recorded
-    is refused unless ``force``: it may be the user's own data.
+    shared root, are never touched. A folder of a requested domain that no earlier build recorded,
+    or a file inside a recorded folder that no build wrote (:func:`foreign_files`), is refused
+    unless ``force``: it may be the user's own data.
     """
     root = Path(root)
     assets = assets or load_assets()
@@ -105,6 +125,14 @@ def build(
             raise FileExistsError(
                 f"{', '.join(map(str, foreign))}: not written by an earlier Mini-Beyond build (no entry in "
                 f"{root / STAMP_FILE}); move it away or pass --force to replace it"
+            )
+        # a recorded folder is replaced whole: files someone put into it would go with it
+        added = [f for p in existing if not p.name.endswith(".tmp") for f in foreign_files(p)]
+        if added and not force:
+            more = f" and {len(added) - 1} more" if len(added) > 1 else ""
+            raise FileExistsError(
+                f"{added[0]}{more}: not written by a Mini-Beyond build, inside {dom_name}'s folders that this "
+                "build replaces; move them away or pass --force to delete them with the folders"
             )
         # The stamp entry goes first, so an interrupted build is rebuilt next time.
         stamp.pop(dom_name, None)
