@@ -76,7 +76,7 @@ from dassl.utils.identity import json_digest
 from dassl.utils.registry import RegistryKeyError
 from lpclip import feat_extractor, linear_probe
 from scripts.domains import LAION_BEYOND_DOMAINS, REPO_ROOT, DomainError, count_classes, resolve_domains
-from scripts.methods import CONFIG_SETS, RULES, Method, get_method, method_names
+from scripts.methods import CONFIG_SETS, RULES, Method, get_method, method_names, resolve_config_set
 from scripts.run_identity import RunConflict, command_state, conflict_message
 from scripts.sweep import (
     FEATURE_SPLITS,
@@ -424,15 +424,7 @@ def run_grid(
     Raises :class:`RunConflict` (one line naming the differing keys) before running anything when a
     cell's folder holds a finished run of another fingerprint, unless ``force``."""
     summary = GridSummary()
-    pending = []
-    if force:
-        pending = [replace(cell, overwrite=True) for cell in cells]
-    else:
-        states = [cell_state(cell, match_code) for cell in cells]
-        if any(s.state in ("mismatch", "unreadable") for s in states):
-            raise RunConflict(conflict_message(states))
-        for cell, state in zip(cells, states):
-            (summary.skipped if state.done else pending).append(cell)
+    pending, summary.skipped = pending_cells(cells, force, match_code)
     groups = group_cells(pending)
     workers = auto_workers(pending) if workers <= 0 else int(workers)
     if workers > 1 and len(groups) > 1 and all(c.plan is not None for c in pending):
@@ -609,7 +601,8 @@ def _parser() -> argparse.ArgumentParser:
                                                     "taskres", "linear_probe"], choices=list(method_names()))
     p.add_argument("--shots", nargs="+", type=int, default=[1, 2, 4, 8, 16])
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: each method's (zero-shot: 3)")
-    p.add_argument("--config-set", default="paper", choices=list(CONFIG_SETS))
+    p.add_argument("--config-set", default=None, choices=list(CONFIG_SETS),
+                   help="the registry's configs per shot count (default paper); not with --config")
     p.add_argument("--config", default=None, help="one trainer config for every method (rule none unless --rule)")
     p.add_argument("--rule", default=None, choices=list(RULES))
     p.add_argument("--views", type=int, default=DEFAULT_VIEWS,
@@ -646,33 +639,52 @@ def _user_errors() -> Tuple[type, ...]:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    """Counts that make no sense, and an output root that cannot be written, before any cell runs."""
+    """Counts that make no sense, and an output root that cannot be written (not for ``--dry-run``,
+    which writes nothing), before any cell runs."""
     if args.views < 1:
         raise ConfigError(f"--views {args.views}: the number of augmented views per image must be >= 1")
     for name in ("workers", "threads"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name} {getattr(args, name)}: must be >= 0 (0 picks it from the CPU cores)")
-    check_writable_dir(args.out)
+    if not args.dry_run:
+        check_writable_dir(args.out)
+
+
+def pending_cells(cells: Sequence[Cell], force: bool = False, match_code: bool = False) -> Tuple[List[Cell], List[Cell]]:
+    """``(pending, finished)``: what :func:`run_grid` would run and skip. Raises :class:`RunConflict`
+    (one line naming the differing keys) when a cell's folder holds another fingerprint's run, unless
+    ``force`` (then every cell is pending, to be overwritten). ``--dry-run`` asks the same question."""
+    if force:
+        return [replace(cell, overwrite=True) for cell in cells], []
+    states = [cell_state(cell, match_code) for cell in cells]
+    if any(s.state in ("mismatch", "unreadable") for s in states):
+        raise RunConflict(conflict_message(states))
+    pending = [cell for cell, state in zip(cells, states) if not state.done]
+    return pending, [cell for cell, state in zip(cells, states) if state.done]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if not args.dry_run:
-            _check_args(args)
-    except (ConfigError, WriteError) as err:
+        _check_args(args)
+        config_set = resolve_config_set(args.config_set, args.config)
+    except (ConfigError, WriteError, ValueError) as err:
         print(f"error: {train.error_message(err)}", file=sys.stderr)
         return 2
     try:
         cells = plan_grid(args.root, args.out, args.domains, args.methods, args.shots, args.seeds,
-                          args.config_set, args.config, args.rule, args.views, args.opts)
+                          config_set, args.config, args.rule, args.views, args.opts)
     except (DomainError, ConfigError, RegistryKeyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.dry_run:
-        for cell in cells:
-            if args.force or not is_finished(cell, args.match_code):
-                print(" ".join(cell.run.argv(_abs(args.root))) if cell.run else f"# {cell.label}")
+        try:  # the same conflicts the real run refuses, before printing anything
+            pending, _ = pending_cells(cells, args.force, args.match_code)
+        except RunConflict as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        for cell in pending:
+            print(" ".join(cell.run.argv(_abs(args.root))) if cell.run else f"# {cell.label}")
         return 0
     stop = threading.Event()
     _install_stop_handlers(stop)

@@ -232,6 +232,16 @@ def get_rule(name: str) -> Rule:
     return RULES[name]
 
 
+def resolve_config_set(config_set: Optional[str], config: Optional[str]) -> str:
+    """The config set of a sweep or grid command line (default ``paper``). ``--config`` replaces the
+    set's configs for every method, so a ``--config-set`` beside it would be silently ignored: that is
+    a ValueError (one ``error:`` line) instead."""
+    if config_set and config:
+        raise ValueError(f"--config-set {config_set} and --config {config}: --config replaces the config set's "
+                         "files for every method; give one of them")
+    return config_set or "paper"
+
+
 def default_rule(config_set: Optional[str], config: Optional[str], rule: Optional[str]) -> Rule:
     """The rule in force: ``rule`` when given; else ``none`` for an explicit ``config`` (a user's file
     is never overridden silently); else the config set's default."""

@@ -161,8 +161,8 @@ def conflict_message(states: Sequence[results.Finished]) -> str:
     """One line for all conflicting jobs: how many, the first one's differing keys, and the fixes."""
     bad: List[results.Finished] = [s for s in states if s.state in ("mismatch", "unreadable")]
     first = bad[0]
-    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-    return (f"{len(bad)} job(s) would overwrite a different finished run{more}: {first.path} differs in: "
+    which = "" if len(bad) == 1 else "the first, "
+    return (f"{len(bad)} job(s) would overwrite a different finished run: {which}{first.path} differs in: "
             f"{'; '.join(first.differences)}. Fix: use another --out, or --force to overwrite")
 
 

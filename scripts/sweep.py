@@ -56,6 +56,7 @@ from scripts.methods import (
     get_method,
     get_rule,
     method_names,
+    resolve_config_set,
     run_dir_parts,
 )
 from scripts.methods import METHODS as REGISTRY
@@ -453,8 +454,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", nargs="+", type=int, default=list(DEFAULT_SHOTS))
     p.add_argument("--seeds", nargs="+", type=int, default=None,
                    help="default: the method's (1 2 3; zero-shot: 3)")
-    p.add_argument("--config-set", default="paper", choices=list(CONFIG_SETS),
-                   help="the registry's configs per shot count: paper (ViT-B-16), mini (Mini-Beyond), smoke (tests)")
+    p.add_argument("--config-set", default=None, choices=list(CONFIG_SETS),
+                   help="the registry's configs per shot count: paper (ViT-B-16; the default), mini (Mini-Beyond), "
+                        "smoke (tests); not with --config")
     p.add_argument("--config", default=None,
                    help="one trainer config name under configs/trainers/<Trainer>/ or a yaml path for every "
                         "shot count; it is used as it is (rule none) unless --rule says otherwise")
@@ -482,6 +484,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        config_set = resolve_config_set(args.config_set, args.config)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     spec = SweepSpec(
         method=args.method,
         root=args.root,
@@ -494,7 +501,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         python=args.python,
         feature_dir=args.feature_dir,
         sub_classes=args.sub_classes,
-        config_set=args.config_set,
+        config_set=config_set,
         rule=args.rule,
     )
     try:

@@ -143,7 +143,7 @@ def test_shuffled_grid_order_gives_identical_results(toy_root, tmp_path):
         assert metrics(a) == metrics(b)
 
 
-def test_killed_grid_reruns_only_the_missing_cells(toy_root, tmp_path):
+def test_killed_grid_reruns_only_the_missing_cells(toy_root, tmp_path, capsys):
     cells = plan(toy_root, tmp_path / "g", ["fsnl", "clip_adapter"], shots=(1,))
     assert len(cells) == 4
 
@@ -175,6 +175,18 @@ def test_killed_grid_reruns_only_the_missing_cells(toy_root, tmp_path):
     path.write_text(json.dumps(res))
     with pytest.raises(grid.RunConflict, match="OPTIM.MAX_EPOCH"):
         grid.run_grid(plan(toy_root, tmp_path / "g", ["fsnl", "clip_adapter"], shots=(1,)))
+    # --dry-run asks the same question: it used to print the commands as if nothing were in the way
+    cli = ["--root", str(toy_root), "--out", str(tmp_path / "g"), "--domains", DOMAIN, "--methods", "fsnl",
+           "clip_adapter", "--shots", "1", "--seeds", "1", "2", "--config-set", "smoke", "--views", "2", "--dry-run",
+           "--opts", *OPTS]
+    capsys.readouterr()
+    assert grid.main(cli) == 2
+    out, err = capsys.readouterr()
+    err = err.strip().splitlines()
+    assert not out and len(err) == 1 and err[0].startswith("error: 1 job(s) would overwrite a different finished run: ")
+    assert "OPTIM.MAX_EPOCH" in err[0] and "--force" in err[0]
+    assert grid.main(cli[:-3] + ["--force", "--opts", *OPTS]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 4
     forced = grid.run_grid(plan(toy_root, tmp_path / "g", ["fsnl", "clip_adapter"], shots=(1,)), force=True)
     assert len(forced.ran) == 4 and grid.is_finished(cells[0])
 
@@ -258,6 +270,8 @@ def test_worker_processes_give_the_same_results_as_one_process(toy_root, tmp_pat
     ("dir", ("--views", "-3"), "--views -3"),
     ("dir", ("--workers", "-1"), "--workers -1"),
     ("dir", ("--threads", "-2"), "--threads -2"),
+    ("dir", ("--views", "0", "--dry-run"), "--views 0"),
+    ("dir", ("--config", "cpu_smoke"), "--config-set smoke and --config cpu_smoke: --config replaces"),
 ])
 def test_bad_output_root_or_counts_fail_before_any_cell(toy_root, tmp_path, capsys, monkeypatch, out, flag, expected):
     """--out that is a file (or /dev/null) used to fail in every cell with a traceback; negative counts

@@ -340,6 +340,14 @@ def test_every_wrapper_names_its_method(script: str) -> None:
     assert os.access(REPO / "scripts" / script, os.X_OK)
 
 
+def test_config_set_beside_config_is_refused(capsys: pytest.CaptureFixture) -> None:
+    """--config replaces every method's configs, so --config-set beside it was silently ignored."""
+    rc, lines, err = run_main(capsys, "--method", "coop", "--root", "D", "--out", "O", "--domains", "Food",
+                              "--config-set", "mini", "--config", "cpu_smoke", "--dry-run")
+    assert rc == 2 and not lines and err.count("\n") == 1
+    assert err.startswith("error: --config-set mini and --config cpu_smoke: --config replaces")
+
+
 def test_missing_config_is_caught_before_running(capsys: pytest.CaptureFixture) -> None:
     rc, lines, err = run_main(capsys, "--method", "coop", "--root", "D", "--out", "O", "--domains", "Food",
                               "--config", "no_such_cfg", "--dry-run")
