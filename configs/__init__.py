@@ -203,6 +203,14 @@ def check_cfg(cfg: Any, training: bool = True) -> None:
         lr = cfg.OPTIM.LR
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr < 0:
             raise ConfigError(f"OPTIM.LR must be a finite number >= 0, got {lr!r}")
+    shots = cfg.DATASET.get("NUM_SHOTS", -1)
+    if not isinstance(shots, int) or isinstance(shots, bool) or shots < -1:
+        raise ConfigError(f"DATASET.NUM_SHOTS must be an integer: K >= 1 images per class, or -1 for all, got {shots!r}")
+    cache = cfg.DATALOADER.get("FEATURE_CACHE")
+    views = cache.get("VIEWS", 0) if cache is not None else 0
+    if not isinstance(views, int) or isinstance(views, bool) or views < 0:
+        raise ConfigError(f"DATALOADER.FEATURE_CACHE.VIEWS must be an integer >= 0 (K cached augmented views per "
+                          f"image; 0: online augmentation), got {views!r}")
     workers = cfg.DATALOADER.NUM_WORKERS
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
         raise ConfigError(f"DATALOADER.NUM_WORKERS must be an integer >= 0 (0: load in the main process), "

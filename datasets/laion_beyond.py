@@ -40,6 +40,7 @@ import logging
 import os
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -805,6 +806,14 @@ class LaionBeyond(DatasetBase):
 
     def _fewshot(self, part: SubsetSplit, cfg: Any) -> Tuple[List[Datum], List[Datum]]:
         shots, seed = self.num_shots, self.seed
+        largest = max(Counter(d.label for d in part.train).values(), default=0)
+        if shots > largest:
+            # every class would contribute all its images: the run is the `largest`-shot run, and its
+            # results would be filed (and tabulated) under a shot count it never had
+            raise DatasetError(
+                f"DATASET.NUM_SHOTS {shots}: no class of {os.path.basename(part.directory)} has that many training "
+                f"images (at most {largest}); use a shot count <= {largest}, or -1 for all images"
+            )
         filename = f"shot_{shots}-seed_{seed}-{part.digest}.json"
         dirs = self._cache_dirs(part, cfg)
         legacy = os.path.join(part.directory, FEWSHOT_DIRNAME, f"shot_{shots}-seed_{seed}.pkl")

@@ -101,6 +101,10 @@ CONFIG_CASES = [
     # fixed-length name embeddings with no (or negative) rows: a traceback in the name learner before
     (("TRAINER.FSNL.FLE", "True", "TRAINER.FSNL.N_CTX", "0"), ["TRAINER.FSNL.N_CTX", ">= 1", "got 0"]),
     (("TRAINER.FSNL.FLE", "True", "TRAINER.FSNL.N_CTX", "-2"), ["TRAINER.FSNL.N_CTX", "got -2"]),
+    # accepted before: -1 cached views ran online augmentation but were recorded as -1 views; -5 shots
+    # ran on all images under the name shots_-5
+    (("DATALOADER.FEATURE_CACHE.VIEWS", "-1"), ["DATALOADER.FEATURE_CACHE.VIEWS", ">= 0", "got -1"]),
+    (("DATASET.NUM_SHOTS", "-5"), ["DATASET.NUM_SHOTS", "-1 for all", "got -5"]),
 ]
 
 
@@ -111,6 +115,18 @@ def test_config_mistake_is_one_line_before_any_work(toy_root, finished, capsys, 
     line = one_error_line(capsys, train.cli(train_argv(toy_root, finished, TRAINER, *opts)))
     assert all(word in line for word in expected), line
     assert snapshot(finished) == before  # not even a log line or a config.yaml was written
+
+
+def test_more_shots_than_any_class_has_is_one_line_before_training(toy_root, tmp_path, capsys):
+    """Hostile: NUM_SHOTS 100 on a benchmark with at most a handful of training images per class ran the
+    all-images run and filed it as a 100-shot result (results.json, run folder, tables). Now the
+    dataset refuses it, naming the largest class size, before any training; nothing but the log is
+    written."""
+    out = tmp_path / "run"
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, out, TRAINER, shots=100)))
+    assert "DATASET.NUM_SHOTS 100: no class of" in line and "use a shot count <=" in line, line
+    written = sorted(p.name for p in out.rglob("*") if p.is_file())
+    assert "results.json" not in written and not any(n.startswith("model") for n in written), written
 
 
 YAML_CASES = {

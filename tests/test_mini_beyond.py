@@ -309,26 +309,27 @@ def test_build_refuses_folders_it_did_not_write(assets, tmp_path):
     assert (theirs / "keep.txt").read_text() == "user data"
 
 
-@pytest.mark.parametrize("where", ["top", "class_folder", "split_name"])
-def test_rebuild_refuses_files_a_build_did_not_write_inside_its_folders(assets, tmp_path, where):
+def test_rebuild_refuses_files_a_build_did_not_write_inside_its_folders(assets, tmp_path):
     """Hostile: a rebuild with new parameters replaced a recorded domain folder whole, and a file the
-    user had put inside it went with it. Now such a file stops the rebuild (one line naming it) before
-    anything changes; the few-shot cache is the project's own and goes; --force deletes on purpose."""
+    user had put inside it went with it. Now such a file (at the top, in a class folder, a split-like
+    name) stops the rebuild, one line naming it, before anything changes; the few-shot cache is the
+    project's own and goes; --force deletes on purpose."""
     dirs = mbb.build(tmp_path, train=2, val=1, test=1, domains=["Plants"], assets=assets)
-    cls = next(p for p in (dirs[0] / "images").iterdir())
-    mine = {"top": dirs[0] / "notes.txt", "class_folder": cls / "my_photo.jpg",
-            "split_name": dirs[1] / "split_Xin_mine.json"}[where]
-    mine.write_text("user data")
     cache = dirs[0] / "split_fewshot" / "shot_1-seed_1-abc.json"
     cache.parent.mkdir()
     cache.write_text("{}")
-    before = {d: _tree(d) for d in dirs}
+    cls = next(p for p in (dirs[0] / "images").iterdir())
     stamp = (tmp_path / mb.STAMP_FILE).read_bytes()
-    with pytest.raises(FileExistsError) as err:
-        mbb.build(tmp_path, train=3, val=1, test=1, domains=["Plants"], assets=assets)
-    assert str(err.value).startswith(f"{mine}: not written by a Mini-Beyond build") and "--force" in str(err.value)
-    assert {d: _tree(d) for d in dirs} == before and (tmp_path / mb.STAMP_FILE).read_bytes() == stamp
-    assert mbb.foreign_files(dirs[0]) + mbb.foreign_files(dirs[1]) == [mine]
+    for mine in (dirs[0] / "notes.txt", cls / "my_photo.jpg", dirs[1] / "split_Xin_mine.json"):
+        mine.write_text("user data")
+        before = {d: _tree(d) for d in dirs}
+        with pytest.raises(FileExistsError) as err:
+            mbb.build(tmp_path, train=3, val=1, test=1, domains=["Plants"], assets=assets)
+        assert str(err.value).startswith(f"{mine}: not written by a Mini-Beyond build") and "--force" in str(err.value)
+        assert {d: _tree(d) for d in dirs} == before and (tmp_path / mb.STAMP_FILE).read_bytes() == stamp
+        assert mbb.foreign_files(dirs[0]) + mbb.foreign_files(dirs[1]) == [mine]
+        if mine.name != "split_Xin_mine.json":
+            mine.unlink()
     mbb.build(tmp_path, train=3, val=1, test=1, domains=["Plants"], assets=assets, force=True)
     assert not mine.exists() and not cache.exists()
 
