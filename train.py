@@ -29,6 +29,7 @@ import torch
 import trainers
 from configs import FIELDS, ConfigError, build_cfg, check_cfg, extend_cfg  # noqa: F401  (re-exported)
 from dassl import results as run_results
+from dassl.cli import ArgumentParser
 from dassl.config import FINAL_MODEL_CHOICES
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.engine import TRAINER_REGISTRY, build_trainer, expected_fingerprint
@@ -56,7 +57,7 @@ DEBUG_ENV = "FSNL_DEBUG"
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=str, default="", help="path to the dataset root")
     parser.add_argument("--output-dir", type=str, default="", help="output directory")
     parser.add_argument("--resume", type=str, default="", help="checkpoint directory to resume from")

@@ -11,13 +11,14 @@ their ratio, and checks that both give the same numbers.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os.path as osp
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from dassl.cli import ArgumentParser
 
 if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,7 +29,7 @@ from dassl.utils import set_random_seed  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", required=True, help="Mini-Beyond (or LAION-Beyond) root")
     parser.add_argument("--dataset", default="MiniAnimals")
     parser.add_argument("--trainer", default="ZeroshotCLIP_openclip")

@@ -38,6 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from dassl.cli import ArgumentParser  # noqa: E402
 
 TARGET = 0.9
 EVAL_CACHE_ATTR = "_eval_cache"  # where ClipTrainer.eval_loader keeps the encoded splits
@@ -141,7 +142,7 @@ def measure_eval(args: argparse.Namespace, device: torch.device, info: Dict[str,
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_common_args(parser, repeats=5, warmup=0)
     parser.add_argument("--model", default=None, help="default ViT-B-32 (test-tiny with --tiny)")
     parser.add_argument("--images", type=int, default=None, help="test images (default 128; 24 with --tiny)")

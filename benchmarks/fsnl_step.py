@@ -54,6 +54,7 @@ from benchmarks.prompt_building import (  # noqa: E402
     reference_swap_captions,
 )
 from clip import PromptBatch, cpu_supports_bf16  # noqa: E402
+from dassl.cli import ArgumentParser  # noqa: E402
 
 TARGET_ONLINE = 1.5
 TARGET_CACHED = 10.0
@@ -428,7 +429,7 @@ def report(args: argparse.Namespace, device: torch.device, info: Dict[str, Any],
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_common_args(parser, repeats=5, warmup=1)
     parser.add_argument("--model", default=None, help="default ViT-B-16 (test-tiny with --tiny)")
     parser.add_argument("--classes", type=int, default=None, help="C (default 100; 10 with --tiny)")

@@ -24,7 +24,6 @@ from pathlib import Path
 if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse
 import os
 import resource
 import subprocess
@@ -32,6 +31,7 @@ import tempfile
 import time
 from typing import Dict, List, Sequence
 
+from dassl.cli import ArgumentParser
 from scripts import grid
 from scripts.domains import REPO_ROOT, count_classes
 from scripts.sweep import SweepSpec, build_jobs
@@ -53,7 +53,7 @@ def _processes(cell: grid.Cell, root: str, out: str) -> List[List[str]]:
 
 
 def main(argv: Sequence[str] = ()) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--root", default="data/mini_beyond")
     p.add_argument("--domain", default="MiniPlants")
     p.add_argument("--methods", nargs="+", default=["zeroshot", "zeroshot_ensemble", *TRAINED, "linear_probe"])

@@ -48,7 +48,6 @@ from pathlib import Path
 if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
 import re  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from typing import Any, Dict, List, Optional, Sequence, Tuple  # noqa: E402
@@ -59,6 +58,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from benchmarks.common import add_common_args, finish, load_model, markdown_table, setup  # noqa: E402
 from clip import TextEncoder  # noqa: E402
 from configs import build_cfg  # noqa: E402
+from dassl.cli import ArgumentParser  # noqa: E402
 from scripts.domains import LAION_BEYOND_DOMAINS  # noqa: E402
 from scripts.methods import get_method, get_rule  # noqa: E402
 
@@ -236,7 +236,7 @@ def _fmt_count(x: float) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser, repeats=1, warmup=0)
     parser.add_argument("--model", default="ViT-B-16", help="backbone whose FLOPs are measured (random weights)")
     parser.add_argument("--tflops-fp32", type=float, default=50.0,

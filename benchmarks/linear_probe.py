@@ -43,6 +43,7 @@ from typing import Any, Dict, List, Optional, Sequence  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from dassl.cli import ArgumentParser  # noqa: E402
 from lpclip import linear_probe as lp  # noqa: E402
 
 TARGET_RATIO = 20.0
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_common_args(parser, repeats=1, warmup=0)
     parser.add_argument("--classes", type=int, default=None, help="default 40 (8 with --tiny)")
     parser.add_argument("--dim", type=int, default=None, help="default 128 (16 with --tiny)")

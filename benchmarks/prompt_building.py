@@ -45,6 +45,7 @@ from clip import (  # noqa: E402
     tokenize_pieces,
 )
 from clip.prompts import EOT_ID, PAD_ID, SOT_ID  # noqa: E402
+from dassl.cli import ArgumentParser  # noqa: E402
 
 TARGET_RATIO = 50.0  # ours vs reference at C = 100 (brief)
 
@@ -304,7 +305,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_common_args(parser, repeats=30, warmup=3)
     parser.add_argument("--model", default=None, help="backbone whose tokenizer/token table is used "
                         "(default ViT-B-16; test-tiny with --tiny)")

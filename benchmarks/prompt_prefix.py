@@ -25,7 +25,6 @@ from pathlib import Path
 if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple  # noqa: E402
 
 import torch  # noqa: E402
@@ -46,6 +45,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from clip import TextEncoder  # noqa: E402
 from clip.text import TEXT_BUCKETS  # noqa: E402
+from dassl.cli import ArgumentParser  # noqa: E402
 
 Step = Callable[[], Tuple[torch.Tensor, ...]]
 
@@ -89,7 +89,7 @@ def check_equal(full: Step, cached: Step) -> float:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser, repeats=7, warmup=1)
     parser.add_argument("--model", default="mini-clip")
     parser.add_argument("--classes", type=int, default=41, help="C (MiniAnimals' OOP classes by default)")

@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from dassl.cli import ArgumentParser  # noqa: E402
 
 BENCHMARKS = ("prompt_building", "fsnl_step", "eval_throughput", "linear_probe")
 
@@ -103,7 +104,7 @@ def assemble(sections: List[Dict[str, Any]], info: Dict[str, Any], title: str, e
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--prec", choices=("fp32", "bf16", "amp"), default="fp32")
     parser.add_argument("--threads", type=int, default=common.default_threads())

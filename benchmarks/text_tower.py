@@ -23,7 +23,6 @@ from pathlib import Path
 if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
 from typing import Any, Callable, Dict, Optional, Sequence  # noqa: E402
 
 import torch  # noqa: E402
@@ -43,6 +42,7 @@ from benchmarks.common import (  # noqa: E402
     setup,
 )
 from clip import TextEncoder  # noqa: E402
+from dassl.cli import ArgumentParser  # noqa: E402
 
 
 def make_batch(enc: TextEncoder, rows: int, lengths: Sequence[int], device: torch.device, seed: int):
@@ -93,7 +93,7 @@ def check_equal(enc: TextEncoder, embeds: torch.Tensor, eot: torch.Tensor) -> fl
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser, repeats=7, warmup=1)
     parser.add_argument("--model", default="mini-clip")
     parser.add_argument("--rows", type=int, default=656, help="prompts in the batch (CoCoOp: images x classes)")

@@ -19,7 +19,6 @@ from pathlib import Path
 if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Dict, List, Optional, Sequence, TextIO, Tuple
 
 from tqdm import tqdm
 
+from dassl.cli import ArgumentParser
 from dassl.utils import UnreadableImageError, read_image, shown_path
 from datasets.laion_beyond import (
     MISSING,
@@ -218,7 +218,7 @@ def format_table(reports: Sequence[DomainReport]) -> str:
 
 def main(argv: Sequence[str] = (), stream: Optional[TextIO] = None) -> int:
     stream = stream if stream is not None else sys.stdout
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", required=True, help="DATASET.ROOT to check")
     parser.add_argument("--domains", nargs="+", default=[], help="registered dataset names (default: all found)")
     parser.add_argument("--workers", type=int, default=0, help="decoding processes (default: all cores)")

@@ -25,11 +25,11 @@ from pathlib import Path
 if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse
 import logging
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from dassl.cli import ArgumentParser
 from datasets import check, laion_beyond
 from datasets.laion_beyond import SUBSETS, laion_beyond_domains
 
@@ -132,7 +132,7 @@ def download(
 
 
 def main(argv: Sequence[str] = ()) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", required=True, help="where to put the dataset (created if needed)")
     parser.add_argument("--domains", nargs="+", default=[],
                         help="prefixes (Animals, Food, Insects_Spiders, ...) or registered names; default: all nine")

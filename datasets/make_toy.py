@@ -19,7 +19,6 @@ from pathlib import Path
 if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse
 import colorsys
 import json
 import logging
@@ -30,6 +29,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from dassl.cli import ArgumentParser
 from datasets.laion_beyond import laion_beyond_domains
 
 __all__ = ["make_toy", "TOY_CLASSES", "DEFAULT_DOMAINS", "main"]
@@ -207,7 +207,7 @@ def make_toy(
 
 
 def main(argv: Sequence[str] = ()) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", required=True, help="output folder (the DATASET.ROOT of the toy)")
     parser.add_argument("--domains", nargs="+", default=list(DEFAULT_DOMAINS), choices=sorted(TOY_CLASSES))
     parser.add_argument("--image-size", type=int, default=32)

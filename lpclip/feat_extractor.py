@@ -66,6 +66,7 @@ import torch.nn.functional as F
 from clip import BackboneError, LoadedCLIP, autocast, load_clip, weights_identity
 from configs import ConfigError, build_cfg
 from dassl import results
+from dassl.cli import ArgumentParser
 from dassl.data import build_data_loader
 from dassl.data.datasets import build_dataset, data_identity
 from dassl.data.transforms import build_transform
@@ -107,7 +108,7 @@ def _split_first(argv: List[str]) -> List[str]:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python lpclip/feat_extractor.py", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python lpclip/feat_extractor.py", description=__doc__.split("\n")[0])
     p.add_argument("--root", required=True, help="dataset root (DATASET.ROOT)")
     p.add_argument("--dataset", default="", help="dataset name: reads configs/datasets/<NAME>.yaml")
     p.add_argument("--dataset-config-file", default="", help="dataset yaml (instead of --dataset)")

@@ -61,6 +61,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from dassl import results as results_contract
+from dassl.cli import ArgumentParser
 from dassl.utils import WriteError, atomic_write, check_writable_dir
 from dassl.utils.identity import content_identity
 from lpclip import logreg
@@ -550,7 +551,7 @@ def write_results(output_dir: str, payload: Dict[str, Any], rows: List[Dict[str,
 
 # ---------------------------------------------------------------------- CLI
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python lpclip/linear_probe.py", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python lpclip/linear_probe.py", description=__doc__.split("\n")[0])
     p.add_argument("--feature-dir", "--feature_dir", dest="feature_dir", default="clip_feat",
                    help="the --output-dir given to lpclip.feat_extractor")
     p.add_argument("--dataset", required=True, help="DATASET.NAME, e.g. Animals92_42")

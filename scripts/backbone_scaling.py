@@ -37,6 +37,7 @@ import open_clip
 import torch
 
 from clip import normalize_model_name, register_repo_configs
+from dassl.cli import ArgumentParser
 from scripts.domains import DomainError, count_classes, resolve_domain
 from scripts.fsnl_rule import fsnl_bs_lr
 from scripts.parse_test_res import ZEROSHOT_SHOTS, collect
@@ -228,8 +229,8 @@ def plot_scaling(points: Sequence[Dict[str, Any]], out: str, metric: str = "oop"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m scripts.backbone_scaling", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m scripts.backbone_scaling", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True, help="dataset root")
     p.add_argument("--out", required=True, help="output root of the runs")
     p.add_argument("--domain", default=DEFAULT_DOMAIN, help="registered or short name (default Pokemon89_39)")

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans
 
+from dassl.cli import ArgumentParser
 from dassl.evaluation.clustering import clustering_accuracy
 from dassl.utils import set_random_seed
 from scripts.domains import LAION_BEYOND_DOMAINS, DomainError, resolve_domains, short_name
@@ -118,8 +119,8 @@ def write_outputs(rows: Sequence[Dict[str, Any]], out: str) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m scripts.cluster_eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m scripts.cluster_eval", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True, help="dataset root")
     p.add_argument("--domains", nargs="+", default=list(LAION_BEYOND_DOMAINS), help="registered or short names")
     p.add_argument("--subsets", nargs="+", default=["OOP", "IP"], choices=["OOP", "IP"])

@@ -19,6 +19,7 @@ if not __package__:  # run by path (python dir/script.py): the repo root goes fi
 import argparse
 from typing import List, Optional, Tuple
 
+from dassl.cli import ArgumentParser
 from scripts.domains import DomainError, count_classes, resolve_domain
 
 __all__ = ["BASE_BATCH_SIZE", "BASE_LR", "MAX_SHOTS_PER_BATCH", "fsnl_bs_lr", "format_lr", "fsnl_rule_for", "main"]
@@ -50,7 +51,7 @@ def fsnl_rule_for(root: str, dataset: str, shots: int) -> Tuple[int, float]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="dataset root holding <Prefix><n>_OOP/ folders")
     parser.add_argument("--dataset", required=True, help="registered name (Animals92_42) or short name (Animals)")
     parser.add_argument("--shots", type=int, required=True, help="shots per class K")

@@ -60,6 +60,7 @@ import train
 from clip import autocast, weights_identity
 from configs import ConfigError, build_cfg
 from dassl import results
+from dassl.cli import ArgumentParser
 from dassl.data.datasets import build_dataset
 from dassl.data.transforms import build_transform
 from dassl.engine import build_trainer, expected_fingerprint
@@ -592,8 +593,8 @@ def _run_parallel(groups: Dict[Tuple[str, str], List[Cell]], summary: GridSummar
 
 # ---------------------------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m scripts.grid", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m scripts.grid", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True, help="dataset root")
     p.add_argument("--out", required=True, help="output root (the sweep's layout)")
     p.add_argument("--domains", nargs="+", default=list(LAION_BEYOND_DOMAINS))

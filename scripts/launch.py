@@ -66,6 +66,7 @@ import torch
 import yaml
 
 from dassl import results
+from dassl.cli import ArgumentParser
 from scripts.domains import REPO_ROOT
 from scripts.run_identity import DETERMINISTIC_EXIT, RunConflict, command_state, conflict_message, exit_status
 
@@ -520,7 +521,7 @@ def submit_slurm(script: str, cwd: Optional[str] = None) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m scripts.launch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("source", help="command list (text, one per line) or YAML with commands:; '-' = stdin")

@@ -63,6 +63,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from scipy import stats
 
 from dassl import results
+from dassl.cli import ArgumentParser
 from dassl.utils import atomic_write_text
 from dassl.utils.identity import json_digest
 from scripts.domains import short_name
@@ -879,7 +880,7 @@ def _write(path: str, text: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m scripts.parse_test_res", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("directory", help="output root to search recursively")

@@ -20,6 +20,7 @@ import json
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from dassl.cli import ArgumentParser
 from scripts.domains import short_name
 from scripts.parse_test_res import GroupSummary, build_curves, collect, groups_from_json
 
@@ -133,7 +134,7 @@ def plot_curves(
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m scripts.plot_curves", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("source", help="results directory, or the JSON of `parse_test_res --json`")

@@ -22,6 +22,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from dassl.cli import ArgumentParser
 from dassl.utils import set_random_seed
 from scripts.domains import DomainError, resolve_domain, short_name
 from scripts.features import add_backbone_args, cfg_from_args, image_features, load_backbone
@@ -120,8 +121,8 @@ def plot_tsne(
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m scripts.plot_tsne", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m scripts.plot_tsne", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True, help="dataset root")
     p.add_argument("--domain", required=True, help="registered or short name")
     p.add_argument("--splits", nargs="+", default=["test"], choices=["train", "val", "test"])

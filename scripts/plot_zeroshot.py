@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from dassl.cli import ArgumentParser
 from scripts.domains import short_name
 from scripts.parse_test_res import ZEROSHOT_SHOTS, GroupSummary
 from scripts.plot_curves import load_groups, save_figure
@@ -101,8 +102,8 @@ def plot_zeroshot(
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m scripts.plot_zeroshot", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m scripts.plot_zeroshot", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="results directory, or the JSON of `parse_test_res --json`")
     p.add_argument("--out", default="figures/zeroshot_oop_ip", help="output path without extension")
     p.add_argument("--method", default=None, help="method key (default: the zero-shot method on most domains)")

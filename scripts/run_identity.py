@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import train
 from configs import ConfigError
 from dassl import results
+from dassl.cli import ArgumentParser
 from dassl.engine import expected_fingerprint
 from dassl.utils.registry import RegistryKeyError
 from lpclip import feat_extractor, linear_probe
@@ -167,9 +168,9 @@ def conflict_message(states: Sequence[results.Finished]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m scripts.run_identity",
-                                description="exit 0 when DONE holds a finished run of CMD's fingerprint (skip it), "
-                                            "1 when there is none (run it), 2 when a different run is in the way")
+    p = ArgumentParser(prog="python -m scripts.run_identity",
+                       description="exit 0 when DONE holds a finished run of CMD's fingerprint (skip it), "
+                                   "1 when there is none (run it), 2 when a different run is in the way")
     p.add_argument("--done", required=True, help="the job's marker (its results.json)")
     p.add_argument("--cmd", required=True, help="the job's command line, one string")
     p.add_argument("--match-code", action="store_true", help="also require the same code version")

@@ -42,6 +42,7 @@ import yaml
 
 from configs import build_cfg
 from dassl import results
+from dassl.cli import ArgumentParser
 from dassl.utils import WriteError, check_writable_dir
 from dassl.utils.identity import code_version
 from scripts.domains import LAION_BEYOND_DOMAINS, REPO_ROOT, DomainError, count_classes, resolve_domains
@@ -443,7 +444,7 @@ def _yaml_dump(jobs: Sequence[Job]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m scripts.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--method", required=True, choices=METHODS)

@@ -1,6 +1,15 @@
 """The real project packages behind train.py: user mistakes are one line, not a traceback."""
 from __future__ import annotations
 
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO
+
 
 def test_cli_data_and_backbone_mistakes_are_one_line(tmp_path, capsys):
     """A missing dataset folder or an unknown weights tag: one `error:` line, exit code 2."""
@@ -17,3 +26,33 @@ def test_cli_data_and_backbone_mistakes_are_one_line(tmp_path, capsys):
     assert train.cli(["--root", str(tmp_path / "toy"), *base, "MODEL.BACKBONE.WEIGHTS", "laion400m_e33"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Unknown MODEL.BACKBONE.WEIGHTS 'laion400m_e33'" in err[0]
+
+
+ARGPARSE_CASES = [
+    ("scripts.grid", ["--root", "r"], "the following arguments are required: --out", "scripts.grid --help"),
+    ("scripts.sweep", ["--method", "nope", "--root", "r", "--out", "o"], "argument --method: invalid choice",
+     "scripts.sweep --help"),
+    ("tools.mini_beyond.__main__", ["build", "--train", "x"], "argument --train: invalid int value: 'x'",
+     "tools.mini_beyond build --help"),
+    ("lpclip.linear_probe", ["--dataset", "X", "--num-run", "0"], "--num-run must be >= 1",
+     "lpclip/linear_probe.py --help"),
+    ("scripts.launch", [], "the following arguments are required: source", "scripts.launch --help"),
+]
+
+
+@pytest.mark.parametrize("module,argv,message,hint", ARGPARSE_CASES, ids=[c[0] for c in ARGPARSE_CASES])
+def test_command_line_mistakes_are_one_error_line(module, argv, message, hint, capsys):
+    """argparse printed a usage block and `prog: error: ...`; every entry point (one parser class,
+    dassl.cli.ArgumentParser) now says it as the project's one line, `error: ...; see <prog> --help`,
+    exit 2, as for any other mistake."""
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(module).main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: ") and message in err[0] and err[0].endswith(hint), err[0]
+
+
+def test_command_line_mistake_in_a_real_process():
+    proc = subprocess.run([sys.executable, "train.py", "--bogus"], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2 and proc.stderr == "error: unrecognized arguments: --bogus; see train.py --help\n"

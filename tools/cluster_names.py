@@ -37,6 +37,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from clip import normalize_name
+from dassl.cli import ArgumentParser
 from dassl.evaluation.clustering import clustering_accuracy
 from dassl.utils import set_random_seed
 from datasets.gcd import clustering_results_path, write_clustering_results
@@ -115,8 +116,8 @@ def cluster_names(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.cluster_names", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m tools.cluster_names", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True, help="dataset root (DATASET.ROOT); the JSON is written there")
     p.add_argument("--domain", required=True, help="registered (Pokemon89_39, MiniAnimals) or short name (Pokemon)")
     add_backbone_args(p)

@@ -7,20 +7,20 @@ from pathlib import Path
 if not __package__:  # run by path (python tools/mini_beyond/__main__.py): the repo root first, as under -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import argparse
 import logging
 import os
 from typing import Optional, Sequence
 
 import torch
 
+from dassl.cli import ArgumentParser
 from tools.mini_beyond import __doc__ as package_doc
 from tools.mini_beyond import build, demo, evaluate, golden, pretrain, render
 from tools.mini_beyond.common import ASSETS_DIR, WEIGHTS_FILE, load_assets
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m tools.mini_beyond", description=package_doc.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m tools.mini_beyond", description=package_doc.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("render", help="render emoji and write arrays, metadata, licence and split")
     r.add_argument("--assets", type=Path, default=ASSETS_DIR)
