@@ -311,27 +311,66 @@ def test_build_refuses_folders_it_did_not_write(assets, tmp_path):
 
 def test_rebuild_refuses_files_a_build_did_not_write_inside_its_folders(assets, tmp_path):
     """Hostile: a rebuild with new parameters replaced a recorded domain folder whole, and a file the
-    user had put inside it went with it. Now such a file (at the top, in a class folder, a split-like
-    name) stops the rebuild, one line naming it, before anything changes; the few-shot cache is the
-    project's own and goes; --force deletes on purpose."""
-    dirs = mbb.build(tmp_path, train=2, val=1, test=1, domains=["Plants"], assets=assets)
-    cache = dirs[0] / "split_fewshot" / "shot_1-seed_1-abc.json"
+    user had put inside it went with it. Now anything the build did not write -- at the top, in a class
+    folder, named like a build image in a class folder of its own, in the few-shot cache folder, a
+    symlink, a `.tmp` sibling -- stops the rebuild, one line naming it, before anything changes (also
+    for the other domains of the same call); the few-shot cache is the project's own and goes;
+    --force deletes on purpose (a link is unlinked, never followed)."""
+    dirs = mbb.build(tmp_path, train=2, val=1, test=1, domains=["Plants", "Food"], assets=assets)
+    plants = [d for d in dirs if d.name.startswith("MiniPlants")]
+    cache = plants[0] / "split_fewshot" / "shot_1-seed_1-abc.json"
     cache.parent.mkdir()
     cache.write_text("{}")
-    cls = next(p for p in (dirs[0] / "images").iterdir())
+    cls = next(p for p in (plants[0] / "images").iterdir())
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-linked"
+    elsewhere.mkdir()
+    (elsewhere / "thesis.txt").write_text("mine")
     stamp = (tmp_path / mb.STAMP_FILE).read_bytes()
-    for mine in (dirs[0] / "notes.txt", cls / "my_photo.jpg", dirs[1] / "split_Xin_mine.json"):
-        mine.write_text("user data")
+    cases = [plants[0] / "notes.txt", cls / "my_photo.jpg", plants[0] / "images" / "my class" / "train_123.jpg",
+             plants[0] / "split_fewshot" / "my_notes.txt", plants[1] / "split_Xin_mine.json",
+             tmp_path / f"{plants[0].name}.tmp" / "thesis.txt", "link"]
+    for mine in cases:
+        if mine == "link":
+            mine = tmp_path / f"{plants[1].name}.tmp"
+            mine.symlink_to(elsewhere, target_is_directory=True)
+        else:
+            mine.parent.mkdir(parents=True, exist_ok=True)
+            mine.write_text("user data")
         before = {d: _tree(d) for d in dirs}
-        with pytest.raises(FileExistsError) as err:
-            mbb.build(tmp_path, train=3, val=1, test=1, domains=["Plants"], assets=assets)
-        assert str(err.value).startswith(f"{mine}: not written by a Mini-Beyond build") and "--force" in str(err.value)
+        with pytest.raises(FileExistsError) as err:  # Food first: its folders must not change either
+            mbb.build(tmp_path, train=3, val=1, test=1, domains=["Food", "Plants"], assets=assets)
+        assert str(err.value).startswith(f"{mine}: not written by a Mini-Beyond build"), str(err.value)
+        assert "--force" in str(err.value)
         assert {d: _tree(d) for d in dirs} == before and (tmp_path / mb.STAMP_FILE).read_bytes() == stamp
-        assert mbb.foreign_files(dirs[0]) + mbb.foreign_files(dirs[1]) == [mine]
-        if mine.name != "split_Xin_mine.json":
+        if mine.name != f"{plants[1].name}.tmp":
             mine.unlink()
     mbb.build(tmp_path, train=3, val=1, test=1, domains=["Plants"], assets=assets, force=True)
-    assert not mine.exists() and not cache.exists()
+    assert not cache.exists() and not (tmp_path / f"{plants[1].name}.tmp").exists()
+    assert (elsewhere / "thesis.txt").read_text() == "mine"  # the link went, not what it pointed to
+
+
+def test_an_interrupted_rebuild_is_finished_by_the_next_build(assets, tmp_path, monkeypatch):
+    """The stamp records a rebuild before it starts, so the folders an interrupted build leaves (the new
+    subset half-written in `.tmp`, the old ones) are recognised as the build's own next time."""
+    mbb.build(tmp_path, train=2, val=1, test=1, domains=["Plants"], assets=assets)
+    real = mbb._write_subset
+    calls = []
+
+    def interrupted(root, dom_name, target, *args):
+        calls.append(target)
+        if len(calls) == 2:  # the second subset: images written, no split file yet
+            (root / f"{target.name}.tmp" / "images" / "x").mkdir(parents=True)
+            raise KeyboardInterrupt
+        return real(root, dom_name, target, *args)
+
+    monkeypatch.setattr(mbb, "_write_subset", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        mbb.build(tmp_path, train=3, val=1, test=1, domains=["Plants"], assets=assets)
+    monkeypatch.setattr(mbb, "_write_subset", real)
+    dirs = mbb.build(tmp_path, train=3, val=1, test=1, domains=["Plants"], assets=assets)
+    assert not list(tmp_path.glob("*.tmp"))
+    split = _load(dirs[1] / f"split_Xin_{dirs[1].name}.json")
+    assert len(split["train"]) == 3 * len(list((dirs[1] / "images").iterdir()))
 
 
 def test_mini_datasets_registered_and_loadable(built, assets):

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .common import BUILD_VERSION, DOMAINS, SPLITS, STAMP_FILE, Assets, load_assets, write_json_file
 from .views import SUBSETS, benchmark_caption, jpeg_bytes, render_views, subset_dirname
@@ -20,21 +21,44 @@ def _domain_dirs(root: Path, prefix: str) -> List[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and pattern.fullmatch(p.name)) if root.is_dir() else []
 
 
-#: What a build (and the dataset code's few-shot cache) writes inside a subset folder; anything else
-#: there is someone else's and survives a rebuild only by refusing it.
-_BUILD_FILE = re.compile(r"images/[^/]+/(train|val|test)_\d{3,}\.jpg|split_fewshot/.*")
+#: The dataset code's few-shot cache files (and their atomic-write temporaries) in ``split_fewshot/``.
+_FEWSHOT_FILE = re.compile(r"split_fewshot/(shot_-?\d+-seed_-?\d+(-[0-9a-f]+)?\.(json|pkl)|\..+\.\d+-[0-9a-f]{8}\.tmp)")
 
 
-def foreign_files(folder: Path) -> List[Path]:
-    """Files under a subset ``folder`` that no build wrote (``images/<class>/<split>_NNN.jpg``, the
-    folder's ``split_Xin_<folder>.json``) and that are not the few-shot cache (``split_fewshot/``)."""
-    own_split = f"split_Xin_{folder.name.removesuffix('.tmp').removesuffix('.old')}.json"
+def _build_files(folder: Path, classnames: Sequence[str] = ()) -> Callable[[str], bool]:
+    """Whether a relative POSIX path in subset ``folder`` is a file a build wrote: its split file and
+    the images that split file lists. A folder without a readable split file (a build interrupted
+    before writing it, which writes it last) holds only ``images/<class>/<split>_NNN.jpg`` of
+    ``classnames``, the domain's classes."""
+    name = folder.name.removesuffix(".tmp").removesuffix(".old")
+    split_file = f"split_Xin_{name}.json"
+    try:
+        data = json.loads((folder / split_file).read_text(encoding="utf-8"))
+        items = [it for split in SPLITS for it in data[split].values()]
+        listed = {f"images/{it['classname']}/{it['image_name']}" for it in items} | {split_file}
+        return listed.__contains__
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    names = "|".join(re.escape(c) for c in classnames)
+    pattern = re.compile(rf"images/({names})/(train|val|test)_\d{{3,}}\.jpg") if names else None
+    return lambda rel: bool(pattern is not None and pattern.fullmatch(rel))
+
+
+def foreign_files(folder: Path, classnames: Sequence[str] = ()) -> List[Path]:
+    """Everything under a subset ``folder`` that no build wrote (:func:`_build_files`) and that is not
+    the few-shot cache (``split_fewshot/shot_K-seed_S-<digest>.json``); a symbolic link anywhere counts,
+    and a ``folder`` that is itself a link is foreign as a whole."""
+    if folder.is_symlink() or not folder.is_dir():
+        return [folder]
+    ours = _build_files(folder, classnames)
     out = []
     for path in sorted(folder.rglob("*")):
-        if path.is_dir() and not path.is_symlink():
-            continue
         rel = path.relative_to(folder).as_posix()
-        if rel != own_split and not _BUILD_FILE.fullmatch(rel):
+        if path.is_symlink():
+            out.append(path)
+        elif path.is_dir():
+            continue
+        elif not ours(rel) and not _FEWSHOT_FILE.fullmatch(rel):
             out.append(path)
     return out
 
@@ -110,8 +134,9 @@ def build(
     prefixes = {d.name: d.prefix for d in DOMAINS}
     root.mkdir(parents=True, exist_ok=True)
     stamp = read_stamp(root)
+    # First every check, for every requested domain: a refusal must come before any domain changes.
+    plan: List[Tuple[str, List[Path], Dict[str, object], List[Path]]] = []
     all_targets: List[Path] = []
-    built = []
     for dom_name in domains:
         targets = [root / subset_dirname(dom_name, s, assets) for s in SUBSETS]
         all_targets.extend(targets)
@@ -120,30 +145,38 @@ def build(
             continue
         recorded = set(stamp.get(dom_name, {}).get("dirs", []))
         existing = _domain_dirs(root, prefixes[dom_name])
-        foreign = [p for p in existing if p.name not in recorded and not p.name.endswith(".tmp")]
-        if foreign and not force:
+        base = [p.name.removesuffix(".tmp").removesuffix(".old") for p in existing]
+        unrecorded = [p for p, name in zip(existing, base) if name not in recorded]
+        if unrecorded and not force:
             raise FileExistsError(
-                f"{', '.join(map(str, foreign))}: not written by an earlier Mini-Beyond build (no entry in "
+                f"{', '.join(map(str, unrecorded))}: not written by an earlier Mini-Beyond build (no entry in "
                 f"{root / STAMP_FILE}); move it away or pass --force to replace it"
             )
-        # a recorded folder is replaced whole: files someone put into it would go with it
-        added = [f for p in existing if not p.name.endswith(".tmp") for f in foreign_files(p)]
+        # recorded folders (and the build's own .tmp leftovers) are replaced whole: files someone put
+        # into them would go with them
+        classnames = [r["classname"] for s in SUBSETS for r in assets.split["domains"][dom_name][s.lower()]]
+        added = [f for p in existing for f in foreign_files(p, classnames)]
         if added and not force:
             more = f" and {len(added) - 1} more" if len(added) > 1 else ""
             raise FileExistsError(
                 f"{added[0]}{more}: not written by a Mini-Beyond build, inside {dom_name}'s folders that this "
                 "build replaces; move them away or pass --force to delete them with the folders"
             )
-        # The stamp entry goes first, so an interrupted build is rebuilt next time.
-        stamp.pop(dom_name, None)
+        plan.append((dom_name, targets, entry, existing))
+    built = []
+    for dom_name, targets, entry, existing in plan:
+        # The stamp says first that the domain is being rebuilt (no parameters: it matches no build) and
+        # which folders it may leave behind, so an interrupted build is recognised, and redone, next time.
+        dirs = set(stamp.get(dom_name, {}).get("dirs", [])) | {t.name for t in targets}
+        stamp[dom_name] = {"params": None, "asset_hash": None, "dirs": sorted(dirs)}
         write_json_file(root / STAMP_FILE, {"version": BUILD_VERSION, "domains": stamp})
-        for tmp in (p for p in existing if p.name.endswith(".tmp")):
-            shutil.rmtree(tmp)
+        for leftover in (p for p in existing if p.name.endswith(".tmp")):
+            _remove(leftover)
         for target in targets:
             _write_subset(root, dom_name, target, assets, counts, seed, size)
         for old in existing:
-            if old.exists() and old not in targets:
-                shutil.rmtree(old)  # the domain's folders of an earlier split (other class counts)
+            if os.path.lexists(old) and old not in targets:
+                _remove(old)  # the domain's folders of an earlier split (other class counts)
         stamp[dom_name] = entry
         write_json_file(root / STAMP_FILE, {"version": BUILD_VERSION, "domains": stamp})
         built.append(dom_name)
@@ -152,6 +185,15 @@ def build(
     else:
         log.info("Mini-Beyond already built in %s", root)
     return all_targets
+
+
+def _remove(path: Path) -> None:
+    """Remove a folder the checks above cleared (a link, which only ``--force`` lets through, is
+    unlinked: its target is not ours)."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+    else:
+        shutil.rmtree(path)
 
 
 def _write_subset(root: Path, dom_name: str, target: Path, assets: Assets, counts: Dict[str, int],
