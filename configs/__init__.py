@@ -204,7 +204,7 @@ def check_cfg(cfg: Any, training: bool = True) -> None:
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr < 0:
             raise ConfigError(f"OPTIM.LR must be a finite number >= 0, got {lr!r}")
     shots = cfg.DATASET.get("NUM_SHOTS", -1)
-    if not isinstance(shots, int) or isinstance(shots, bool) or shots < -1:
+    if not isinstance(shots, int) or isinstance(shots, bool) or shots < -1 or shots == 0:
         raise ConfigError(f"DATASET.NUM_SHOTS must be an integer: K >= 1 images per class, or -1 for all, got {shots!r}")
     cache = cfg.DATALOADER.get("FEATURE_CACHE")
     views = cache.get("VIEWS", 0) if cache is not None else 0

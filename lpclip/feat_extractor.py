@@ -64,13 +64,20 @@ import torch
 import torch.nn.functional as F
 
 from clip import BackboneError, LoadedCLIP, autocast, load_clip, weights_identity
-from configs import ConfigError, build_cfg
+from configs import ConfigError, build_cfg, check_cfg
 from dassl import results
 from dassl.cli import ArgumentParser
 from dassl.data import build_data_loader
 from dassl.data.datasets import build_dataset, data_identity
 from dassl.data.transforms import build_transform
-from dassl.utils import WriteError, atomic_write, check_writable_dir, set_random_seed, setup_logger
+from dassl.utils import (
+    WriteError,
+    atomic_write,
+    check_writable_dir,
+    requested_device,
+    set_random_seed,
+    setup_logger,
+)
 from dassl.utils.registry import RegistryKeyError
 from datasets.laion_beyond import DatasetError
 from lpclip.files import (
@@ -97,14 +104,25 @@ USER_ERRORS = (ConfigError, RegistryKeyError, BackboneError, DatasetError, Featu
 
 def _split_first(argv: List[str]) -> List[str]:
     """Move ``--split NAME...`` to the front: its ``nargs="+"`` would otherwise swallow the trailing
-    ``KEY VALUE`` overrides (``--split train DATASET.SUB_CLASSES IP``)."""
-    if "--split" not in argv:
-        return argv
-    i = argv.index("--split")
-    j = i + 1
-    while j < len(argv) and argv[j] in SPLITS:
-        j += 1
-    return argv[i:j] + argv[:i] + argv[j:]
+    ``KEY VALUE`` overrides (``--split train DATASET.SUB_CLASSES IP``). Several ``--split`` options are
+    merged into one (the last one used to win silently: ``--split train --split val`` wrote val only)."""
+    names: List[str] = []
+    rest: List[str] = []
+    i, found = 0, False
+    while i < len(argv):
+        if argv[i] == "--split":
+            found = True
+            j = i + 1
+            while j < len(argv) and argv[j] in SPLITS:
+                j += 1
+            names += argv[i + 1:j]
+            if j == i + 1:  # no split name: keep it for argparse to report
+                rest.append(argv[i])
+            i = j
+        else:
+            rest.append(argv[i])
+            i += 1
+    return (["--split", *names] if names else []) + rest if found else argv
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -137,6 +155,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.split = list(dict.fromkeys(args.split))
     if args.views < 0:
         p.error("--views must be >= 0")
+    if args.batch_size < 0:
+        p.error(f"--batch-size {args.batch_size}: must be >= 1 (0: DATALOADER.TEST.BATCH_SIZE)")
+    if not args.output_dir:
+        p.error("--output-dir is empty; name the folder the features go to (default: clip_feat)")
     if args.views and "train" not in args.split:
         p.error("--views only applies to the train split (val/test always use the test transform)")
     if args.dataset and args.dataset_config_file:
@@ -367,13 +389,18 @@ def check_targets(cfg: Any, output_dir: str, splits: Sequence[str], views: int =
 
 
 def run(args: argparse.Namespace) -> Dict[str, str]:
-    """Build the config, check the targets, extract, write; returns ``{split: path}``."""
+    """Build the config, check it and the targets, extract, write; returns ``{split: path}``."""
+    try:
+        device = requested_device(args.device)
+    except ValueError as err:
+        raise FeatureError(str(err)) from None
     cfg = config_from_args(args)
+    check_cfg(cfg, training=False)  # the checks train.py makes (NUM_SHOTS, batch size, transforms ...)
     paths = check_targets(cfg, args.output_dir, args.split, args.views, args.precision,
                           results.overwrite_requested(args.overwrite))
     if cfg.SEED >= 0:
         set_random_seed(cfg.SEED)
-    device = pick_device(cfg, args.device)
+    device = device or pick_device(cfg)
     arrays = extract(cfg, args.split, args.views, device, args.precision, args.batch_size)
     setup_logger(osp.join(args.output_dir, cfg.DATASET.NAME))
     for split, data in arrays.items():

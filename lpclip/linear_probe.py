@@ -62,7 +62,7 @@ from sklearn.linear_model import LogisticRegression
 
 from dassl import results as results_contract
 from dassl.cli import ArgumentParser
-from dassl.utils import WriteError, atomic_write, check_writable_dir
+from dassl.utils import WriteError, atomic_write, check_writable_dir, requested_device
 from dassl.utils.identity import content_identity
 from lpclip import logreg
 from lpclip.files import FINGERPRINT_KEY, SPLITS, FeatureError, feature_file
@@ -121,6 +121,9 @@ def check_features(feature_dir: str, dataset: str, sub_classes: str) -> Dict[str
     """Return the split paths, or raise listing every missing file (never wait for them)."""
     paths = feature_paths(feature_dir, dataset, sub_classes)
     missing = [p for p in paths.values() if not osp.isfile(p)]
+    if missing and osp.lexists(feature_dir) and not osp.isdir(feature_dir):
+        raise MissingFeaturesError(f"--feature-dir {feature_dir} is not a directory; give the --output-dir of "
+                                   "lpclip/feat_extractor.py")
     if missing:
         # a typo in --dataset or --sub-classes is far likelier than features never extracted: say what is there
         for folder, flag, value in ((feature_dir, "--dataset", dataset),
@@ -218,6 +221,16 @@ def sample_per_class(split: FeatureSplit, shots: int, rng: np.random.Generator) 
         chosen = rng.choice(images, size=k, replace=False)
         rows.append(class_rows[np.isin(split.image_ids[class_rows], chosen)])
     return np.sort(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
+
+
+def check_shots(split: FeatureSplit, shots: Sequence[int], where: str) -> None:
+    """Refuse a shot count above every class's number of training images: each class would contribute
+    all its images (B31), so the run is the all-images run filed under K (train.py refuses the same)."""
+    largest = max((len(np.unique(split.image_ids[split.y == label])) for label in np.unique(split.y)), default=0)
+    too_many = [k for k in shots if int(k) > largest]
+    if too_many:
+        raise FeatureError(f"--shots {too_many[0]}: no class of {where} has that many training images (at most "
+                           f"{largest}); use shot counts <= {largest}")
 
 
 def val_shots(shots: int) -> int:
@@ -518,21 +531,35 @@ def probe_fingerprint(feature_dir: str, dataset: str, sub_classes: str, shots: S
 
 
 def check_output_dir(output_dir: str, fp: Dict[str, Any], overwrite: bool = False) -> None:
-    """Before any fit: ``output_dir`` must be writable and must not hold the results of another probe
-    configuration (other shots, runs, solver, features ...): a rerun with other settings silently
-    replaced results.json and the CSV before. The same configuration is recomputed in place; another
-    one is refused with an :class:`OutputConflictError` naming the differing keys, unless ``overwrite``."""
+    """Before any fit: ``output_dir`` must be writable and must not hold another probe's results: a
+    rerun with other settings (shots, runs, solver, features ...) silently replaced results.json and
+    the CSV before. Only a results.json with this very fingerprint is recomputed in place; any other one
+    (another configuration's, one without a usable fingerprint, an unreadable one), or a CSV without a
+    results.json beside it, is refused with an :class:`OutputConflictError` naming it, unless
+    ``overwrite``. A directory where a file goes is refused even then."""
     check_writable_dir(output_dir, "probe output directory", create=False)
+    for name in (RESULTS_JSON, RESULTS_CSV):
+        path = osp.join(output_dir, name)
+        if osp.lexists(path) and not osp.isfile(path):
+            raise OutputConflictError(f"{path} is not a regular file (a directory or a dangling link is in the "
+                                      "way); move it away or use another --output-dir")
     state = results_contract.find_finished(output_dir, fp)
-    if state.state == "match" or state.state == "missing":
+    if state.state == "match":
         return
-    if state.state == "mismatch" and (state.results is None or not state.results.fingerprint):
-        return  # a results.json without a fingerprint (schema 0) identifies nothing to protect
-    what = ("the results of another probe configuration (differs in: " + "; ".join(state.differences) + ")"
-            if state.state == "mismatch" else f"a results.json that cannot be read ({state.differences[0]})")
+    if state.state == "missing":
+        csv_path = osp.join(output_dir, RESULTS_CSV)
+        if not osp.isfile(csv_path):
+            return
+        what = f"a {RESULTS_CSV} without the {RESULTS_JSON} this probe writes first (not its output)"
+    elif state.state == "mismatch" and state.results is not None and state.results.fingerprint:
+        what = "the results of another probe configuration (differs in: " + "; ".join(state.differences) + ")"
+    elif state.state == "mismatch":
+        what = f"a {RESULTS_JSON} without a fingerprint (written by other code)"
+    else:
+        what = f"a {RESULTS_JSON} that cannot be read ({state.differences[0]})"
     if not overwrite:
-        raise OutputConflictError(f'--output-dir "{output_dir}" holds {what}; this probe would overwrite it. Use another '
-                          "--output-dir, or --overwrite to replace it")
+        raise OutputConflictError(f'--output-dir "{output_dir}" holds {what}; this probe would overwrite it. Use '
+                                  "another --output-dir, or --overwrite to replace it")
     logger.warning("overwrite: %s held %s", output_dir, what)
 
 
@@ -574,8 +601,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the results of another probe configuration in --output-dir")
     args = p.parse_args(argv)
-    if args.num_run < 1 or args.num_step < 0 or any(k < 1 for k in args.shots):
-        p.error("--num-run must be >= 1, --num-step >= 0 and every shot count >= 1")
+    if args.num_run < 1:
+        p.error(f"--num-run {args.num_run}: must be >= 1")
+    if args.num_step < 0:
+        p.error(f"--num-step {args.num_step}: must be >= 0")
+    if any(k < 1 for k in args.shots):
+        p.error(f"--shots {' '.join(map(str, args.shots))}: every shot count must be >= 1")
+    args.shots = list(dict.fromkeys(args.shots))
+    for flag, value in (("--dataset", args.dataset), ("--sub-classes", args.sub_classes)):
+        if not value or value in (".", "..") or "/" in value or os.sep in value:
+            p.error(f"{flag} {value!r}: give a name (a folder of the feature directory), not a path")
     return args
 
 
@@ -584,16 +619,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        device = torch.device(args.device) if args.device else None
-    except RuntimeError as err:
-        print(f"error: --device {args.device!r}: {err}", file=sys.stderr)
-        return 2
-    if device is not None and device.type == "cuda" and not torch.cuda.is_available():
-        print(f"error: --device {args.device}: torch sees no CUDA device; leave --device out to use the CPU",
-              file=sys.stderr)
+        device = requested_device(args.device)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     try:
         feats = load_features(args.feature_dir, args.dataset, args.sub_classes, args.normalized)
+        check_shots(feats["train"], args.shots, f"{args.dataset}/{args.sub_classes}")
     except FeatureError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

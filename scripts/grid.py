@@ -85,6 +85,7 @@ from scripts.sweep import (
     RESULTS_FILE,
     Run,
     SweepSpec,
+    check_counts,
     merge_opts,
     plan_runs,
     probe_dir,
@@ -199,8 +200,11 @@ def plan_grid(
     seeds: Optional[Sequence[int]] = None, config_set: str = "paper", config: Optional[str] = None,
     rule: Optional[str] = None, views: int = DEFAULT_VIEWS, opts: Sequence[str] = (),
 ) -> List[Cell]:
-    """Every cell, in domain → method → shots → seed order (paths made absolute)."""
+    """Every cell, in domain → method → shots → seed order (paths made absolute). Shots must be >= 1 and
+    seeds >= 0 (ValueError); a method, shot count or seed given twice is planned once."""
     root, out = _abs(root), _abs(out)
+    shots, seeds = check_counts(shots, seeds)
+    methods = list(dict.fromkeys(methods))
     plan = GridPlan(root, out, tuple(methods), tuple(int(k) for k in shots),
                     tuple(int(s) for s in seeds) if seeds is not None else None, config_set, config, rule,
                     int(views), tuple(opts))

@@ -34,7 +34,7 @@ import logging
 import os
 import shlex
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -343,11 +343,22 @@ def _linear_probe_jobs(spec: SweepSpec, dataset: str) -> Iterable[Job]:
     yield Job(argv, os.path.join(out, RESULTS_FILE), f"linear_probe {dataset}")
 
 
+def check_counts(shots: Sequence[int], seeds: Optional[Sequence[int]]) -> Tuple[List[int], Optional[List[int]]]:
+    """Shot counts (>= 1) and seeds (>= 0; a negative seed would make the run unseeded), each kept once in
+    the order given: a repeated value planned two jobs into one output folder. Raises ValueError."""
+    if any(int(k) < 1 for k in shots):
+        raise ValueError(f"--shots {' '.join(map(str, shots))}: every shot count must be >= 1")
+    if seeds is not None and any(int(s) < 0 for s in seeds):
+        raise ValueError(f"--seeds {' '.join(map(str, seeds))}: every seed must be >= 0 (a negative seed runs unseeded)")
+    unique = list(dict.fromkeys(int(k) for k in shots))
+    return unique, (list(dict.fromkeys(int(s) for s in seeds)) if seeds is not None else None)
+
+
 def build_jobs(spec: SweepSpec) -> List[Job]:
     """All jobs of a sweep in domain → shots → seed order (FSNL reads its class counts from ``spec.root``)."""
     get_method(spec.method)
-    if any(k < 1 for k in spec.shots):
-        raise ValueError(f"shots must be >= 1, got {list(spec.shots)}")
+    shots, seeds = check_counts(spec.shots, spec.seeds)
+    spec = replace(spec, shots=shots, seeds=seeds)
     jobs: List[Job] = []
     for dataset in resolve_domains(spec.domains):
         jobs.extend(_method_jobs(spec, dataset))

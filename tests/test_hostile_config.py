@@ -105,6 +105,7 @@ CONFIG_CASES = [
     # ran on all images under the name shots_-5
     (("DATALOADER.FEATURE_CACHE.VIEWS", "-1"), ["DATALOADER.FEATURE_CACHE.VIEWS", ">= 0", "got -1"]),
     (("DATASET.NUM_SHOTS", "-5"), ["DATASET.NUM_SHOTS", "-1 for all", "got -5"]),
+    (("DATASET.NUM_SHOTS", "0"), ["DATASET.NUM_SHOTS", "-1 for all", "got 0"]),  # all images, filed as 0-shot
 ]
 
 

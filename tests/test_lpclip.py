@@ -1,6 +1,7 @@
 """Linear probe (C search, sampling, file layout) and the feature extractor on the tiny model."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -485,6 +486,64 @@ def test_probe_refuses_the_results_of_another_configuration(tmp_path, capsys):
         assert afile.read_text() == "mine"
 
 
+@pytest.mark.parametrize("case", ["results_dir", "csv_dir", "lone_csv", "no_fingerprint", "empty_json",
+                                  "dangling_link", "too_many_shots", "feature_dir_file", "dataset_path",
+                                  "empty_subset", "zero_runs"])
+def test_probe_hostile_outputs_and_options_are_one_line_before_fitting(tmp_path, capsys, monkeypatch, case):
+    """Hostile variants: a directory where results.json or the CSV goes (failed after every fit, the
+    CSV case with results.json already written), a CSV or results.json of other code (silently
+    replaced), a dangling link as --output-dir ("is a file"), --shots above every class's image count
+    (an all-images run filed as K=1000), a file as --feature-dir, a path as --dataset (recorded as the
+    dataset's name), an empty --sub-classes. One line, exit 2, nothing fitted or changed."""
+    write_features(str(tmp_path / "feat"))
+    out = tmp_path / "out"
+    argv = ["--feature-dir", str(tmp_path / "feat"), "--dataset", "Toy9_9", "--sub-classes", "IP", "--shots", "1",
+            "--num-run", "2", "--num-step", "1", "--output-dir", str(out)]
+    expected = {
+        "results_dir": "results.json is not a regular file", "csv_dir": "linear_probe.csv is not a regular file",
+        "lone_csv": "holds a linear_probe.csv without the results.json",
+        "no_fingerprint": "holds a results.json without a fingerprint",
+        "empty_json": "holds a results.json without a fingerprint", "dangling_link": "is a dangling symbolic link",
+        "too_many_shots": "--shots 9: no class of Toy9_9/IP has that many training images (at most 8)",
+        "feature_dir_file": "is not a directory", "dataset_path": "--dataset '../feat/Toy9_9': give a name",
+        "empty_subset": "--sub-classes '': give a name", "zero_runs": "--num-run 0: must be >= 1",
+    }[case]
+    if case in ("results_dir", "csv_dir"):
+        (out / ("results.json" if case == "results_dir" else "linear_probe.csv")).mkdir(parents=True)
+    elif case == "lone_csv":
+        out.mkdir()
+        (out / "linear_probe.csv").write_text("precious")
+    elif case in ("no_fingerprint", "empty_json"):
+        out.mkdir()
+        (out / "results.json").write_text('{"fingerprint": "x"}' if case == "no_fingerprint" else "{}")
+    elif case == "dangling_link":
+        out.symlink_to(tmp_path / "nowhere")
+    elif case == "too_many_shots":
+        argv[argv.index("--shots") + 1] = "9"
+    elif case == "feature_dir_file":
+        (tmp_path / "ffile").write_text("x")
+        argv[1] = str(tmp_path / "ffile")
+    elif case == "dataset_path":
+        argv[3] = "../feat/Toy9_9"
+    elif case == "empty_subset":
+        argv[5] = ""
+    elif case == "zero_runs":
+        argv[argv.index("--num-run") + 1] = "0"
+    before = _snapshot(tmp_path)
+    monkeypatch.setattr(lp, "linear_probe", lambda *a, **k: pytest.fail("the probe fitted"))
+    try:
+        rc = lp.main(argv)
+    except SystemExit as stop:
+        rc = stop.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+    assert _snapshot(tmp_path) == before
+
+
+def _snapshot(root):
+    return {p: (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
 # ---------------------------------------------------------------------------- the batched solver
 
 
@@ -610,11 +669,46 @@ def test_unusable_device_is_one_error_line_before_loading(tmp_path, capsys):
     import torch
 
     write_features(str(tmp_path))
-    bad = ["nope"] + ([] if torch.cuda.is_available() else ["cuda"])
+    bad = ["nope", "meta"] + ([] if torch.cuda.is_available() else ["cuda", "cuda:1"])
     for device in bad:
         rc, err = probe_cli(tmp_path, capsys, "--device", device)
         assert rc == 2 and len(err) == 1 and err[0].startswith("error: --device")
     assert not (tmp_path / "Toy9_9" / "IP" / "linear_probe").exists()
+
+
+@pytest.mark.parametrize("extra,expected", [
+    (["--device", "nope"], "--device 'nope' is not a torch device name"),
+    (["--device", "meta"], "--device meta: only cpu and cuda"),
+    (["--num-shot", "0"], "DATASET.NUM_SHOTS must be an integer"),
+    (["--num-shot", "-5"], "got -5"),
+    (["--batch-size", "-1"], "--batch-size -1: must be >= 1"),
+    (["DATALOADER.TEST.BATCH_SIZE", "0"], "DATALOADER.TEST.BATCH_SIZE must be a positive integer"),
+    (["--output-dir", ""], "--output-dir is empty"),
+])
+def test_extractor_option_mistakes_are_one_line_before_loading(extractor_env, capsys, monkeypatch, extra, expected):
+    """Hostile: these were tracebacks after the backbone loaded (a bad --device, a negative batch size),
+    silently accepted and recorded in the job identity (--num-shot 0 / -5: the full split), or wrote
+    into the current directory (--output-dir "")."""
+    from lpclip import feat_extractor as fe
+
+    root, _, out = extractor_env
+    monkeypatch.setattr(fe, "load_clip", lambda *a, **k: pytest.fail("the backbone was loaded"))
+    argv = ["--root", root, "--config-file", SMOKE_CFG, "--dataset-config-file", DATASET_CFG, "--output-dir", str(out)]
+    with pytest.raises(SystemExit) if extra[0] in ("--batch-size", "--output-dir") else contextlib.nullcontext():
+        rc = fe.main(argv + extra)
+        assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+    assert not out.exists()
+
+
+def test_repeated_split_options_are_merged():
+    """``--split train --split val`` extracted val only (the last option won silently)."""
+    from lpclip import feat_extractor as fe
+
+    args = fe.parse_args(["--root", "r", "--dataset", "Food53_27", "--split", "train", "--split", "val", "test",
+                          "DATASET.SUB_CLASSES", "IP"])
+    assert args.split == ["train", "val", "test"] and args.opts == ["DATASET.SUB_CLASSES", "IP"]
 
 
 def test_split_list_stops_before_the_config_overrides():

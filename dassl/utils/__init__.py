@@ -37,6 +37,7 @@ from .torchtools import (
     load_checkpoint,
     load_pretrained_weights,
     regular_name,
+    requested_device,
     resume_from_checkpoint,
     save_checkpoint,
     strip_module_prefix,
@@ -44,6 +45,7 @@ from .torchtools import (
 
 __all__ = [
     "Registry",
+    "requested_device",
     "check_availability",
     "closest_name",
     "setup_logger",

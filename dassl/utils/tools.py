@@ -275,7 +275,8 @@ def _check_creatable(directory: str, what: str) -> None:
             break
         path = parent
     if not osp.isdir(path):
-        raise WriteError(errno.ENOTDIR, f'cannot create the {what} "{directory}": "{path}" is a file, not a directory')
+        kind = "a dangling symbolic link" if osp.islink(path) else "a file, not a directory"
+        raise WriteError(errno.ENOTDIR, f'cannot create the {what} "{directory}": "{path}" is {kind}')
     if not os.access(path, os.W_OK | os.X_OK):
         err = OSError(errno.EROFS if _read_only(path) else errno.EACCES, "")
         raise WriteError(err.errno, f'cannot create the {what} "{directory}" in "{path}": {_write_problem(err)}')

@@ -33,6 +33,7 @@ __all__ = [
     "strip_module_prefix",
     "list_checkpoints",
     "atomic_torch_save",
+    "requested_device",
 ]
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,25 @@ _REGULAR_RE = re.compile(r"^model\.pth\.tar-(\d+)$")
 class CheckpointError(ValueError):
     """A checkpoint cannot be used for this run (none there, unreadable, another trainer or label
     space); reported by ``train.py`` as one ``error:`` line."""
+
+
+def requested_device(requested: str, flag: str = "--device") -> Optional[torch.device]:
+    """The torch device a ``--device`` option names (None for ""), or a ValueError in one line: a name
+    torch does not parse, a device type other than cpu / cuda, or cuda where torch sees none. Checked
+    before any model or data is loaded (a bad name used to be a traceback after the backbone loaded)."""
+    if not requested:
+        return None
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"{flag} {requested!r} is not a torch device name; use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{flag} {requested}: only cpu and cuda devices run these tools")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{flag} {requested}: torch sees no CUDA device; leave {flag} out to use the CPU")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"{flag} {requested}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def regular_name(epoch: int) -> str:
