@@ -54,6 +54,7 @@ import argparse
 import datetime
 import logging
 import os
+import os.path as osp
 import queue
 import shlex
 import subprocess
@@ -67,6 +68,7 @@ import yaml
 
 from dassl import results
 from dassl.cli import ArgumentParser
+from dassl.utils import atomic_write_text, check_writable_dir
 from scripts.domains import REPO_ROOT
 from scripts.run_identity import DETERMINISTIC_EXIT, RunConflict, command_state, conflict_message, exit_status
 
@@ -182,6 +184,10 @@ def _entry(index: int, item: object, where: str = "") -> Command:
     cmd = cmd.strip()
     if "\n" in cmd:
         raise ValueError(f"{where} spans several lines; give one command per entry")
+    if "\x00" in cmd:
+        raise ValueError(f"{where} contains a NUL byte; a shell command cannot")
+    if done is not None and not isinstance(done, str):
+        raise ValueError(f"{where}: 'done' must be a file path (a string), got {done!r}")
     try:
         shlex.split(cmd)
     except ValueError as err:
@@ -288,6 +294,19 @@ def split_done(commands: Sequence[Command], force: bool = False,
     return ([c for c, s in zip(commands, states) if not s.done], [c for c, s in zip(commands, states) if s.done])
 
 
+def _keep_earlier_log(path: Path) -> None:
+    """An earlier launch's log of the same job number is renamed ``jobNNNN.log-<its time>`` (as
+    ``train.py`` rotates ``log.txt``), never overwritten."""
+    if not path.is_file():
+        return
+    stamp = datetime.datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d-%H-%M-%S")
+    target, n = path.with_name(f"{path.name}-{stamp}"), 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}-{stamp}.{n}")
+    path.rename(target)
+
+
 def run_local(
     commands: Sequence[Command],
     workers: int,
@@ -307,6 +326,7 @@ def run_local(
     todo: queue.Queue[Optional[Command]] = queue.Queue()
     pending, summary.skipped = split_done(commands, force, workdir)
     for c in pending:
+        _keep_earlier_log(logs / f"job{c.index:04d}.log")
         todo.put(c)
     lock = threading.Lock()
     running: Dict[int, subprocess.Popen] = {}
@@ -341,15 +361,22 @@ def run_local(
                     log.write(f"# {c.cmd}\n")
                     log.flush()
                     logger.info("[job %d, attempt %d, gpu %s] %s", c.index, attempt, gpu, c.cmd)
-                    proc = subprocess.Popen(["bash", "-c", c.cmd], cwd=workdir, env=env, stdout=log,
-                                            stderr=subprocess.STDOUT)
-                    with lock:
-                        running[c.index] = proc
-                    rc = proc.wait()
-                    with lock:
-                        running.pop(c.index, None)
+                    try:
+                        proc = subprocess.Popen(["bash", "-c", c.cmd], cwd=workdir, env=env, stdout=log,
+                                                stderr=subprocess.STDOUT)
+                    except (OSError, ValueError) as err:  # counted as failed, never silently lost
+                        proc, rc = None, None
+                        log.write(f"error: could not start the job: {err}\n")
+                    if proc is not None:
+                        with lock:
+                            running[c.index] = proc
+                        rc = proc.wait()
+                        with lock:
+                            running.pop(c.index, None)
                 reason = ""
-                if rc != 0:
+                if rc is None:
+                    reason = "could not start"
+                elif rc != 0:
                     reason = f"exit code {rc}"
                 elif c.explicit_done and not c.is_done(workdir):
                     reason = f"exit code 0 but {c.done} was not written"
@@ -409,16 +436,35 @@ def _rel(path: Path, cwd: Path) -> str:
         return os.fspath(path.resolve())
 
 
+def _index_ranges(ids: Sequence[int]) -> str:
+    """SLURM's array index list for sorted ``ids``: ``0-2,5,7-9``."""
+    parts: List[str] = []
+    start = prev = ids[0]
+    for i in list(ids[1:]) + [None]:
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if i is not None:
+            start = prev = i
+    return ",".join(parts)
+
+
 def slurm_script(
-    num_tasks: int, commands_file: str, done_file: str, log_dir: str, options: SlurmOptions
+    num_tasks: int, commands_file: str, done_file: str, log_dir: str, options: SlurmOptions,
+    task_ids: Optional[Sequence[int]] = None,
 ) -> str:
-    """Text of an array job over ``num_tasks`` command lines, ``options.chunk`` lines per task."""
+    """Text of an array job over ``num_tasks`` command lines, ``options.chunk`` lines per task; only the
+    array tasks ``task_ids`` (default: all) are submitted."""
     if num_tasks < 1:
         raise ValueError("a SLURM array needs at least one command")
     num_tasks = -(-num_tasks // max(1, int(options.chunk)))  # array tasks of --chunk commands each
-    throttle = max(1, min(options.max_parallel, num_tasks))
+    ids = sorted(set(task_ids)) if task_ids is not None else list(range(num_tasks))
+    if not ids or ids[0] < 0 or ids[-1] >= num_tasks:
+        raise ValueError(f"array task ids {list(task_ids or [])} outside 0..{num_tasks - 1}")
+    throttle = max(1, min(options.max_parallel, len(ids)))
     lines = ["#!/usr/bin/env bash", f"#SBATCH --job-name={options.job_name}",
-             f"#SBATCH --array=0-{num_tasks - 1}%{throttle}"]
+             f"#SBATCH --array={_index_ranges(ids)}%{throttle}"]
     if options.partition:
         lines.append(f"#SBATCH --partition={options.partition}")
     if options.account:
@@ -491,21 +537,30 @@ def slurm_script(
 
 
 def write_slurm(
-    commands: Sequence[Command], slurm_dir: str, options: SlurmOptions, cwd: Optional[str] = None
+    commands: Sequence[Command], slurm_dir: str, options: SlurmOptions, cwd: Optional[str] = None,
+    pending: Optional[Sequence[int]] = None,
 ) -> Tuple[str, str, str]:
-    """Write ``commands.txt``, ``done.txt`` and ``job.sbatch`` into ``slurm_dir``; paths are relative to ``cwd``."""
+    """Write ``commands.txt``, ``done.txt`` and ``job.sbatch`` into ``slurm_dir``; paths are relative to
+    ``cwd``. Every command of the list keeps its line (a resubmission of the same list writes the same
+    files, so an array still queued runs the lines it was given); only the array tasks holding a
+    ``pending`` command (positions in ``commands``; default all) are submitted, and each task skips
+    its finished lines anyway."""
     workdir = Path(cwd or REPO_ROOT)
     out = Path(slurm_dir)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     commands_file, done_file, script = out / "commands.txt", out / "done.txt", out / "job.sbatch"
-    commands_file.write_text("".join(f"{c.cmd}\n" for c in commands), encoding="utf-8")
-    done_file.write_text("".join(f"{c.done or ''}\n" for c in commands), encoding="utf-8")
-    script.write_text(
-        slurm_script(len(commands), _rel(commands_file, workdir), _rel(done_file, workdir),
-                     _rel(out / "logs", workdir), options),
-        encoding="utf-8",
-    )
+    atomic_write_text(commands_file, commands_text(commands))
+    atomic_write_text(done_file, "".join(f"{c.done or ''}\n" for c in commands))
+    chunk = max(1, int(options.chunk))
+    tasks = sorted({i // chunk for i in pending}) if pending is not None else None
+    atomic_write_text(script, slurm_script(len(commands), _rel(commands_file, workdir), _rel(done_file, workdir),
+                                           _rel(out / "logs", workdir), options, tasks))
     return str(script), str(commands_file), str(done_file)
+
+
+def commands_text(commands: Sequence[Command]) -> str:
+    """``commands.txt``: one command per line, in list order (line i+1 = array position i)."""
+    return "".join(f"{c.cmd}\n" for c in commands)
 
 
 def submit_slurm(script: str, cwd: Optional[str] = None) -> str:
@@ -557,11 +612,42 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Counts that make no sense (they were silently clamped, or written into the sbatch script)."""
+    for name, low in (("workers", 0), ("threads", 0), ("retries", 0), ("cpus", 1), ("chunk", 1),
+                      ("max_parallel", 1)):
+        value = getattr(args, name)
+        if value is not None and value < low:
+            parser.error(f"--{name.replace('_', '-')} {value}: must be >= {low}")
+
+
+def _check_dirs(args: argparse.Namespace, commands: Sequence[Command]) -> None:
+    """The jobs' working directory and the folder the launch writes, before any job runs (a bad --cwd
+    failed every job without a word, a file as --log-dir was a traceback). In SLURM mode a folder that
+    holds another command list's files is refused (a queued array would run the new lines), unless
+    ``--force``. Raises WriteError / ValueError in one line."""
+    if args.cwd is not None and not osp.isdir(args.cwd):
+        raise ValueError(f"--cwd {args.cwd} is not a directory (the jobs' working directory)")
+    if args.mode == "local":
+        check_writable_dir(args.log_dir, "log directory", create=False)
+        return
+    check_writable_dir(args.slurm_dir, "SLURM directory", create=False)
+    old = Path(args.slurm_dir) / "commands.txt"
+    if old.is_file() and not args.force and old.read_text(encoding="utf-8") != commands_text(commands):
+        raise ValueError(f"{args.slurm_dir} holds the files of another command list ({old}); an array job of it "
+                         "may still be queued and would run the new lines. Use another --slurm-dir, or --force to "
+                         "replace them")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check_args(args, parser)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         commands = read_commands(args.source)
+        if commands:
+            _check_dirs(args, commands)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -576,8 +662,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         skipped = len(done)
+        listed = list(commands)
         if args.force:  # the tasks must not skip (or refuse) what --force asked to overwrite
-            pending = [replace(c, done=None) for c in pending]
+            listed = [replace(c, done=None) for c in commands]
+        pending_at = [c.index for c in pending]  # a command's index is its position in the list
         if not pending:
             print(f"all {len(commands)} command(s) are done; nothing to submit", file=sys.stderr)
             return 0
@@ -594,8 +682,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             max_parallel=args.max_parallel, account=args.account, setup=args.setup, extra=args.sbatch_arg,
             chunk=max(1, args.chunk), requeue=args.requeue, overwrite=args.force,
         )
-        script, _, _ = write_slurm(pending, args.slurm_dir, options, args.cwd)
-        tasks = -(-len(pending) // options.chunk)
+        script, _, _ = write_slurm(listed, args.slurm_dir, options, args.cwd, pending_at)
+        tasks = len({i // options.chunk for i in pending_at})
         print(f"{tasks} array task(s) for {len(pending)} command(s) ({skipped} already done) in {script}",
               file=sys.stderr)
         if args.no_submit:

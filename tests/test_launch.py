@@ -144,16 +144,17 @@ def test_slurm_array_script(tmp_path: Path, capsys: pytest.CaptureFixture, monke
     assert (tmp_path / "sbatch_args").read_text().split() == [str(work), str(script)]
 
     text = script.read_text()
-    for line in ("#SBATCH --array=0-2%2", "#SBATCH --partition=gpu", "#SBATCH --gres=gpu:a100:1",
+    for line in ("#SBATCH --array=0,2-3%2", "#SBATCH --partition=gpu", "#SBATCH --gres=gpu:a100:1",
                  "#SBATCH --time=02:00:00", "#SBATCH --cpus-per-task=4", "#SBATCH --mem=16G",
                  "#SBATCH --output=slurm/logs/%x-%A_%a.out", "COMMANDS=slurm/commands.txt", "DONE=slurm/done.txt",
                  "export FOO=1"):
         assert line in text.splitlines()
-    assert (slurm_dir / "commands.txt").read_text().splitlines() == [cmds[0], cmds[2], cmds[3]]
-    assert (slurm_dir / "done.txt").read_text().splitlines() == [f"out{i}/results.json" for i in (0, 2, 3)]
+    # every command keeps its line (a resubmission writes the same files); only the pending tasks are submitted
+    assert (slurm_dir / "commands.txt").read_text().splitlines() == cmds
+    assert (slurm_dir / "done.txt").read_text().splitlines() == [f"out{i}/results.json" for i in range(4)]
 
-    # Run array task 1 as SLURM would: it executes line 2 (the "r2" command) from the submit dir.
-    env = dict(os.environ, SLURM_ARRAY_TASK_ID="1", SLURM_SUBMIT_DIR=str(work))
+    # Run array task 2 as SLURM would: it executes line 3 (the "r2" command) from the submit dir.
+    env = dict(os.environ, SLURM_ARRAY_TASK_ID="2", SLURM_SUBMIT_DIR=str(work))
     res = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert (work / "r2").read_text() == "r2" and not (work / "r0").exists()
@@ -163,6 +164,25 @@ def test_slurm_array_script(tmp_path: Path, capsys: pytest.CaptureFixture, monke
     (work / "r2").unlink()
     res = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "skip" in res.stdout and not (work / "r2").exists()
+
+    # The same list again (after more finished): the same commands file, fewer tasks. Another list into
+    # the folder is refused, since a queued array of the first would run its lines; --force replaces.
+    files = {n: (slurm_dir / n).read_bytes() for n in ("commands.txt", "done.txt")}
+    rc = launch.main([str(src), "--mode", "slurm", "--cwd", str(work), "--slurm-dir", str(slurm_dir), "--no-submit"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "2 array task(s) for 2 command(s) (2 already done)" in err
+    assert {n: (slurm_dir / n).read_bytes() for n in files} == files
+    assert "#SBATCH --array=0,3%2" in script.read_text().splitlines()
+    other = tmp_path / "other.txt"
+    other.write_text(cmds[3] + "\n")
+    before = {n: (slurm_dir / n).read_bytes() for n in ("commands.txt", "done.txt", "job.sbatch")}
+    rc = launch.main([str(other), "--mode", "slurm", "--cwd", str(work), "--slurm-dir", str(slurm_dir), "--no-submit"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "holds the files of another command list" in err[0]
+    assert {n: (slurm_dir / n).read_bytes() for n in before} == before
+    assert launch.main([str(other), "--mode", "slurm", "--cwd", str(work), "--slurm-dir", str(slurm_dir),
+                        "--no-submit", "--force"]) == 0
+    assert (slurm_dir / "commands.txt").read_text() == cmds[3] + "\n"
 
 
 def test_slurm_chunks_requeue_and_printed_defaults(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -265,7 +285,7 @@ def test_slurm_no_submit_and_all_done(tmp_path: Path, capsys: pytest.CaptureFixt
                       "--slurm-dir", str(tmp_path / "s"), "--gres", ""])
     assert rc == 0
     text = (tmp_path / "s/job.sbatch").read_text()
-    assert "#SBATCH --array=0-0%1" in text and "--gres" not in text and "--partition" not in text
+    assert "#SBATCH --array=0%1" in text and "--gres" not in text and "--partition" not in text
     assert "sbatch" in capsys.readouterr().err
 
     (tmp_path / "o").mkdir()
@@ -302,7 +322,7 @@ def test_force_lets_the_commands_overwrite(tmp_path: Path, capsys: pytest.Captur
 
 
 @pytest.mark.parametrize("case", ["unclosed_quote", "yaml_unclosed_quote", "bad_yaml", "missing", "directory",
-                                  "binary"])
+                                  "binary", "nul_byte", "yaml_done_list"])
 def test_bad_command_lists_are_one_line_before_any_job(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                          case: str) -> None:
     """Hostile command lists: the launch stops with one ``error:`` line naming the file (and the line)
@@ -318,6 +338,8 @@ def test_bad_command_lists_are_one_line_before_any_job(tmp_path: Path, capsys: p
         "missing": "cannot read the command list",
         "directory": "cannot read the command list",
         "binary": "is not a UTF-8 text file",
+        "nul_byte": "line 2 contains a NUL byte",
+        "yaml_done_list": "commands[1]: 'done' must be a file path (a string), got [1, 2]",
     }[case]
     if case == "unclosed_quote":
         src.write_text(f"{first}\n# comment\necho 'oops > x\n")
@@ -329,8 +351,66 @@ def test_bad_command_lists_are_one_line_before_any_job(tmp_path: Path, capsys: p
         src.mkdir()
     elif case == "binary":
         src.write_bytes(b"\xff\xfe\x00 not text")
+    elif case == "nul_byte":
+        src.write_text(f"{first}\necho a\x00b\n")
+    elif case == "yaml_done_list":
+        src.write_text(f"commands:\n  - {json.dumps(first)}\n  - {{cmd: echo hi, done: [1, 2]}}\n")
     rc = launch.main([str(src), "--cwd", str(tmp_path), "--log-dir", str(tmp_path / "logs")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     assert err[0].startswith("error: ") and str(src) in err[0] and expected in err[0], err
     assert not ran.exists() and not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("extra,expected", [
+    (["--cwd", "MISSING"], "--cwd"),
+    (["--log-dir", "AFILE"], "is a file, not a directory"),
+    (["--mode", "slurm", "--no-submit", "--slurm-dir", "AFILE"], "is a file, not a directory"),
+    (["--workers", "-1"], "--workers -1: must be >= 0"),
+    (["--threads", "-1"], "--threads -1: must be >= 0"),
+    (["--retries", "-3"], "--retries -3: must be >= 0"),
+    (["--mode", "slurm", "--cpus", "-4"], "--cpus -4: must be >= 1"),
+    (["--mode", "slurm", "--chunk", "0"], "--chunk 0: must be >= 1"),
+    (["--mode", "slurm", "--max-parallel", "-1"], "--max-parallel -1: must be >= 1"),
+])
+def test_bad_launch_options_are_one_line_before_any_job(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                         extra: list, expected: str) -> None:
+    """Hostile: a missing --cwd failed every job in a thread traceback and the launch still exited 0; a
+    file as --log-dir / --slurm-dir was a traceback; negative counts were clamped or written into the
+    sbatch script (--cpus-per-task=-4)."""
+    ran = tmp_path / "ran"
+    src = tmp_path / "cmds.txt"
+    src.write_text(py(f"open({str(ran)!r}, 'w').write('x')") + "\n")
+    (tmp_path / "AFILE").write_text("mine")
+    argv = [str(src), "--log-dir", str(tmp_path / "logs")]
+    argv += [str(tmp_path / a) if a in ("MISSING", "AFILE") else a for a in extra]
+    try:
+        rc = launch.main(argv)
+    except SystemExit as stop:
+        rc = stop.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+    assert not ran.exists() and (tmp_path / "AFILE").read_text() == "mine" and not (tmp_path / "logs").exists()
+
+
+def test_a_job_that_cannot_start_fails_and_earlier_logs_are_kept(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job whose process cannot start is a failure (the launch exited 0 with "0 command(s)"), and a
+    second launch into the same --log-dir keeps the first one's jobNNNN.log (renamed), never overwrites it."""
+    src = tmp_path / "cmds.txt"
+    src.write_text(py("print('first launch')") + "\n")
+    logs = tmp_path / "logs"
+    assert launch.main([str(src), "--log-dir", str(logs), "--cwd", str(tmp_path)]) == 0
+    first = (logs / "job0000.log").read_text()
+    assert "first launch" in first
+
+    def cannot_start(*args, **kwargs):
+        raise OSError(7, "Argument list too long")
+
+    monkeypatch.setattr(launch.subprocess, "Popen", cannot_start)
+    rc = launch.main([str(src), "--log-dir", str(logs), "--cwd", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "1 command(s): succeeded 0, skipped 0, failed 1" in err and "could not start" in err
+    kept = [p for p in logs.iterdir() if p.name.startswith("job0000.log-")]
+    assert len(kept) == 1 and kept[0].read_text() == first
+    assert "could not start the job" in (logs / "job0000.log").read_text()
