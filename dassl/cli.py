@@ -9,14 +9,27 @@ imports: ``import dassl`` loads nothing optional (B34).
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+import sys
+from typing import Any, NoReturn
 
 __all__ = ["ArgumentParser"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose usage errors are ``error: <message>; see <prog> --help``
-    (one line on stderr, exit 2). Sub-parsers made by ``add_subparsers`` are of the same class."""
+    (one line on stderr, exit 2). Sub-parsers made by ``add_subparsers`` are of the same class. Without
+    an explicit ``prog``, a module run with ``python -m pkg.mod`` is named so (argparse said ``mod.py``,
+    which may name another file: ``benchmarks/linear_probe.py`` vs ``lpclip/linear_probe.py``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if not args and kwargs.get("prog") is None:
+            caller = sys._getframe(1).f_globals  # the module that builds the parser
+            name = str(caller.get("__name__", ""))
+            if name == "__main__":  # run as a program: its module name when run with -m, else argparse's
+                name = str(getattr(caller.get("__spec__"), "name", "") or "")
+            if name:
+                kwargs["prog"] = "python -m " + name.removesuffix(".__main__")
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message}; see {self.prog} --help\n")

@@ -376,8 +376,12 @@ def check_targets(cfg: Any, output_dir: str, splits: Sequence[str], views: int =
         state = feature_file_state(path, cfg, split, views, precision)
         if state.state == "match":
             continue
-        why = ("the weights are unseeded random (drawn anew on every call; --seed S makes them reproducible)"
-               if state.state == "missing" else "; ".join(state.differences))
+        if not osp.exists(path):
+            why = "a dangling symbolic link"
+        elif state.state == "missing":
+            why = "the weights are unseeded random (drawn anew on every call; --seed S makes them reproducible)"
+        else:
+            why = "; ".join(state.differences)
         conflicts.append(f"{path} ({why})")
     if conflicts and not overwrite:
         raise FeatureError(f"{len(conflicts)} feature file(s) of another extraction would be overwritten: "

@@ -644,15 +644,17 @@ def _user_errors() -> Tuple[type, ...]:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    """Counts that make no sense, and an output root that cannot be written (not for ``--dry-run``,
-    which writes nothing), before any cell runs."""
+    """Counts that make no sense, a dataset root that is no folder and an output root that cannot be
+    written (``--dry-run`` creates nothing), before any cell runs."""
     if args.views < 1:
         raise ConfigError(f"--views {args.views}: the number of augmented views per image must be >= 1")
     for name in ("workers", "threads"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name} {getattr(args, name)}: must be >= 0 (0 picks it from the CPU cores)")
-    if not args.dry_run:
-        check_writable_dir(args.out)
+    if not osp.isdir(args.root):
+        raise ConfigError(f"--root {args.root} is not a directory (the dataset root)")
+    # --dry-run writes nothing, but its commands must be ones the run would accept
+    check_writable_dir(args.out, create=not args.dry_run)
 
 
 def pending_cells(cells: Sequence[Cell], force: bool = False, match_code: bool = False) -> Tuple[List[Cell], List[Cell]]:

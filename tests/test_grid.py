@@ -271,6 +271,9 @@ def test_worker_processes_give_the_same_results_as_one_process(toy_root, tmp_pat
     ("dir", ("--workers", "-1"), "--workers -1"),
     ("dir", ("--threads", "-2"), "--threads -2"),
     ("dir", ("--views", "0", "--dry-run"), "--views 0"),
+    ("file", ("--dry-run",), "is a file, not a directory"),  # printed commands the run would refuse
+    ("dir", ("--shots", "0", "--dry-run"), "--shots 0: every shot count must be >= 1"),
+    ("dir", ("--seeds", "-1", "--dry-run"), "--seeds -1: every seed must be >= 0"),
     ("dir", ("--config", "cpu_smoke"), "--config-set smoke and --config cpu_smoke: --config replaces"),
 ])
 def test_bad_output_root_or_counts_fail_before_any_cell(toy_root, tmp_path, capsys, monkeypatch, out, flag, expected):
@@ -286,6 +289,19 @@ def test_bad_output_root_or_counts_fail_before_any_cell(toy_root, tmp_path, caps
     assert rc == 2 and err.startswith("error: ") and "\n" not in err and expected in err, err
     if out == "file":
         assert target.read_text() == "keep"
+
+
+def test_missing_root_and_repeated_values(toy_root, tmp_path, capsys):
+    """A --dry-run with a dataset root that does not exist printed commands (rc 0); a shot count, seed
+    or method given twice planned two cells into one folder."""
+    rc = grid.main(["--root", str(tmp_path / "nope"), "--out", str(tmp_path / "g"), "--domains", DOMAIN,
+                    "--methods", "zeroshot", "--config-set", "smoke", "--dry-run"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and not out and err.strip() == f"error: --root {tmp_path / 'nope'} is not a directory (the dataset root)"
+    cells = plan(toy_root, tmp_path / "g", ["fsnl", "clip_adapter", "fsnl"], shots=(1, 1, 2), seeds=(2, 1, 2))
+    dirs = [c.output_dir for c in cells]
+    assert len(dirs) == len(set(dirs)) == 2 * 2 * 2
+    assert [c.method.name for c in cells[::4]] == ["fsnl", "clip_adapter"]
 
 
 def test_unreadable_image_fails_its_cell_in_one_line(toy_root, toy_info, tmp_path, capsys):

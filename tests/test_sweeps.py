@@ -397,3 +397,15 @@ def test_sweep_exit_status_follows_its_jobs(tmp_path: Path) -> None:
     assert summary.exit_codes == [2, 2] and sweep.exit_status(summary.exit_codes) == 2
     summary = run_jobs([job(2, "a"), job(3, "b"), job(0, "c")], cwd=str(tmp_path))
     assert summary.exit_codes == [2, 3, None] and sweep.exit_status(summary.exit_codes) == 1
+
+
+def test_repeated_shots_and_seeds_plan_one_job_each_and_negative_seeds_are_refused(data: Path,
+                                                                                   capsys: pytest.CaptureFixture) -> None:
+    """`--shots 1 1` or `--seeds 1 1` printed two identical commands into one output folder; a negative
+    seed (an unseeded run) was accepted."""
+    jobs = build_jobs(SweepSpec(method="coop", root=str(data), out="o", domains=["Animals"], shots=[2, 1, 2],
+                                seeds=[1, 1]))
+    assert len(jobs) == len({j.done for j in jobs}) == 2
+    rc, lines, err = run_main(capsys, "--method", "coop", "--root", str(data), "--out", "o", "--domains", "Animals",
+                              "--seeds", "-5", "--dry-run")
+    assert rc == 2 and not lines and err.strip() == "error: --seeds -5: every seed must be >= 0 (a negative seed runs unseeded)"
