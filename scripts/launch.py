@@ -24,10 +24,12 @@ except exit code 2, a deterministic error (a config or data mistake) that would 
 status is 1 when any job failed for good (2 when every failure was such an exit 2, so a wrapper can
 tell a mistake to fix from a crash to rerun); the summary quotes each failure's error line.
 
-SLURM mode writes ``commands.txt``, ``done.txt`` (the marker of each line) and ``job.sbatch`` (an
-``--array=0-(T-1)%M`` script whose task i runs ``--chunk`` consecutive lines, each unless its marker
-exists: many short runs share one task; a grid engine command is a natural unit of its own) and submits
-it with ``sbatch`` (``--no-submit`` only writes). With ``--requeue`` the job asks SLURM for a signal
+SLURM mode writes ``commands.txt`` (every command of the list, each on its line, so resubmitting the
+same list rewrites the same file; a folder holding another list's files is refused unless ``--force``),
+``done.txt`` (the marker of each line) and ``job.sbatch`` (an ``--array=<tasks>%M`` script over the tasks
+that hold a pending line; task i runs ``--chunk`` consecutive lines, each unless its marker exists: many
+short runs share one task; a grid engine command is a natural unit of its own) and submits it with
+``sbatch`` (``--no-submit`` only writes). With ``--requeue`` the job asks SLURM for a signal
 two minutes before the time limit or on preemption (``--signal=B:USR1@120``, ``--requeue``); the task
 then stops the running command with SIGTERM (checkpoints are written atomically, and ``scripts.grid``
 finishes its running cell first), requeues itself with ``scontrol requeue`` and, back in the queue,
