@@ -19,7 +19,8 @@ class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose usage errors are ``error: <message>; see <prog> --help``
     (one line on stderr, exit 2). Sub-parsers made by ``add_subparsers`` are of the same class. Without
     an explicit ``prog``, a module run with ``python -m pkg.mod`` is named so (argparse said ``mod.py``,
-    which may name another file: ``benchmarks/linear_probe.py`` vs ``lpclip/linear_probe.py``)."""
+    which may name another file: ``benchmarks/linear_probe.py`` vs ``lpclip/linear_probe.py``), and a
+    script run by path as typed (``python train.py``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if not args and kwargs.get("prog") is None:
@@ -29,6 +30,8 @@ class ArgumentParser(argparse.ArgumentParser):
                 name = str(getattr(caller.get("__spec__"), "name", "") or "")
             if name:
                 kwargs["prog"] = "python -m " + name.removesuffix(".__main__")
+            elif sys.argv and sys.argv[0]:  # run by path: the command as typed (argparse kept the basename)
+                kwargs["prog"] = "python " + sys.argv[0]
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:

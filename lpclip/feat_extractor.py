@@ -108,21 +108,26 @@ def _split_first(argv: List[str]) -> List[str]:
     merged into one (the last one used to win silently: ``--split train --split val`` wrote val only)."""
     names: List[str] = []
     rest: List[str] = []
-    i, found = 0, False
+    i, found, bare = 0, False, False
     while i < len(argv):
-        if argv[i] == "--split":
+        if argv[i].startswith("--split="):  # the one-token form names one split
+            found = True
+            names.append(argv[i].split("=", 1)[1])
+            i += 1
+        elif argv[i] == "--split":
             found = True
             j = i + 1
             while j < len(argv) and argv[j] in SPLITS:
                 j += 1
             names += argv[i + 1:j]
-            if j == i + 1:  # no split name: keep it for argparse to report
-                rest.append(argv[i])
+            bare = bare or j == i + 1  # no split name: argparse reports it (at the front, not among the overrides)
             i = j
         else:
             rest.append(argv[i])
             i += 1
-    return (["--split", *names] if names else []) + rest if found else argv
+    if not found:
+        return argv
+    return (["--split"] if bare else ["--split", *names]) + rest
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -681,6 +681,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cells = plan_grid(args.root, args.out, args.domains, args.methods, args.shots, args.seeds,
                           config_set, args.config, args.rule, args.views, args.opts)
+        for dataset in dict.fromkeys(c.dataset for c in cells):
+            # the domain must be under --root (e.g. "Plants" is LAION-Beyond's, not Mini-Beyond's MiniPlants)
+            count_classes(args.root, dataset)
     except (DomainError, ConfigError, RegistryKeyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -25,7 +25,8 @@ status is 1 when any job failed for good (2 when every failure was such an exit 
 tell a mistake to fix from a crash to rerun); the summary quotes each failure's error line.
 
 SLURM mode writes ``commands.txt`` (every command of the list, each on its line, so resubmitting the
-same list rewrites the same file; a folder holding another list's files is refused unless ``--force``),
+same list rewrites the same file; a folder holding another list's files, or files this launcher did not
+write, is refused),
 ``done.txt`` (the marker of each line) and ``job.sbatch`` (an ``--array=<tasks>%M`` script over the tasks
 that hold a pending line; task i runs ``--chunk`` consecutive lines, each unless its marker exists: many
 short runs share one task; a grid engine command is a natural unit of its own) and submits it with
@@ -93,6 +94,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = results.RESULTS_FILE
+#: The line that marks a job.sbatch as this launcher's (a folder's files are replaced only then)
+SCRIPT_MARK = "# Written by scripts/launch.py"
 #: Resources of an array task when the command line does not say (printed when used).
 SLURM_DEFAULTS = {"gres": "gpu:1", "time": "24:00:00", "cpus": 8, "mem": "32G"}
 _NO_GPU = frozenset({"", "-1", "none", "None"})
@@ -190,6 +193,8 @@ def _entry(index: int, item: object, where: str = "") -> Command:
         raise ValueError(f"{where} contains a NUL byte; a shell command cannot")
     if done is not None and not isinstance(done, str):
         raise ValueError(f"{where}: 'done' must be a file path (a string), got {done!r}")
+    if done is not None and any(ch in done for ch in "\n\r\x00"):
+        raise ValueError(f"{where}: 'done' {done!r} holds a line break or NUL byte (done.txt has one marker per line)")
     try:
         shlex.split(cmd)
     except ValueError as err:
@@ -327,8 +332,13 @@ def run_local(
     workdir = cwd or os.fspath(REPO_ROOT)
     todo: queue.Queue[Optional[Command]] = queue.Queue()
     pending, summary.skipped = split_done(commands, force, workdir)
-    for c in pending:
-        _keep_earlier_log(logs / f"job{c.index:04d}.log")
+    log_paths = [logs / f"job{c.index:04d}.log" for c in pending]
+    blocked = [p for p in log_paths if os.path.lexists(p) and (p.is_symlink() or not p.is_file())]
+    if blocked:  # a worker would die opening it, and the pool would wait for it forever
+        raise RunConflict(f"{blocked[0]} is in the way of a job's log (not a regular file); move it away or use "
+                          "another --log-dir")
+    for c, path in zip(pending, log_paths):
+        _keep_earlier_log(path)
         todo.put(c)
     lock = threading.Lock()
     running: Dict[int, subprocess.Popen] = {}
@@ -358,26 +368,30 @@ def run_local(
                     attempt = summary.attempts.get(c.index, 0) + 1
                     summary.attempts[c.index] = attempt
                 log_path = logs / f"job{c.index:04d}.log"
-                with open(log_path, "a" if attempt > 1 else "w", encoding="utf-8") as log:
-                    log.write(f"# attempt {attempt}, worker {slot}, CUDA_VISIBLE_DEVICES={gpu if gpu is not None else '(unset)'}\n")
-                    log.write(f"# {c.cmd}\n")
-                    log.flush()
-                    logger.info("[job %d, attempt %d, gpu %s] %s", c.index, attempt, gpu, c.cmd)
-                    try:
-                        proc = subprocess.Popen(["bash", "-c", c.cmd], cwd=workdir, env=env, stdout=log,
-                                                stderr=subprocess.STDOUT)
-                    except (OSError, ValueError) as err:  # counted as failed, never silently lost
-                        proc, rc = None, None
-                        log.write(f"error: could not start the job: {err}\n")
-                    if proc is not None:
-                        with lock:
-                            running[c.index] = proc
-                        rc = proc.wait()
-                        with lock:
-                            running.pop(c.index, None)
+                rc, unstarted = None, "could not start"
+                try:
+                    with open(log_path, "a" if attempt > 1 else "w", encoding="utf-8") as log:
+                        log.write(f"# attempt {attempt}, worker {slot}, CUDA_VISIBLE_DEVICES={gpu if gpu is not None else '(unset)'}\n")
+                        log.write(f"# {c.cmd}\n")
+                        log.flush()
+                        logger.info("[job %d, attempt %d, gpu %s] %s", c.index, attempt, gpu, c.cmd)
+                        try:
+                            proc = subprocess.Popen(["bash", "-c", c.cmd], cwd=workdir, env=env, stdout=log,
+                                                    stderr=subprocess.STDOUT)
+                        except (OSError, ValueError) as err:  # counted as failed, never silently lost
+                            proc, rc = None, None
+                            log.write(f"error: could not start the job: {err}\n")
+                        if proc is not None:
+                            with lock:
+                                running[c.index] = proc
+                            rc = proc.wait()
+                            with lock:
+                                running.pop(c.index, None)
+                except OSError as err:  # its log cannot be written: a failed job, never a dead worker
+                    unstarted = f"could not write its log {log_path}: {err.strerror or err}"
                 reason = ""
                 if rc is None:
-                    reason = "could not start"
+                    reason = unstarted
                 elif rc != 0:
                     reason = f"exit code {rc}"
                 elif c.explicit_done and not c.is_done(workdir):
@@ -484,7 +498,7 @@ def slurm_script(
         lines += ["#SBATCH --requeue", "#SBATCH --signal=B:USR1@120"]
     chunk = max(1, int(options.chunk))
     lines += [
-        f"# Written by scripts/launch.py: array task i runs lines i*{chunk}+1 .. (i+1)*{chunk} of the commands",
+        f"{SCRIPT_MARK}: array task i runs lines i*{chunk}+1 .. (i+1)*{chunk} of the commands",
         "# file, each unless the marker on the same line of the done file holds this command's finished run",
         "# (same fingerprint; finished runs are never repeated, and a different run there is an error).",
         "set -uo pipefail",
@@ -634,11 +648,21 @@ def _check_dirs(args: argparse.Namespace, commands: Sequence[Command]) -> None:
         check_writable_dir(args.log_dir, "log directory", create=False)
         return
     check_writable_dir(args.slurm_dir, "SLURM directory", create=False)
-    old = Path(args.slurm_dir) / "commands.txt"
-    if old.is_file() and not args.force and old.read_text(encoding="utf-8") != commands_text(commands):
+    folder = Path(args.slurm_dir)
+    for name, is_dir in (("commands.txt", False), ("done.txt", False), ("job.sbatch", False), ("logs", True)):
+        path = folder / name
+        if os.path.lexists(path) and (path.is_symlink() or path.is_dir() != is_dir):
+            raise ValueError(f"{path} is in the way of the launch's own {'folder' if is_dir else 'file'}; "
+                             "move it away or use another --slurm-dir")
+    old, script = folder / "commands.txt", folder / "job.sbatch"
+    ours = old.is_file() and (not script.exists() or SCRIPT_MARK in script.read_text(encoding="utf-8", errors="replace"))
+    if (old.exists() or script.exists() or (folder / "done.txt").exists()) and not ours:
+        raise ValueError(f"{args.slurm_dir} holds files this launcher did not write (job.sbatch, done.txt); move "
+                         "them away or use another --slurm-dir")
+    if ours and old.read_text(encoding="utf-8") != commands_text(commands):
         raise ValueError(f"{args.slurm_dir} holds the files of another command list ({old}); an array job of it "
-                         "may still be queued and would run the new lines. Use another --slurm-dir, or --force to "
-                         "replace them")
+                         "may still be queued and would run the new lines. Use another --slurm-dir, or remove "
+                         "those files once no array of them is queued")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

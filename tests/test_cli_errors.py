@@ -59,4 +59,4 @@ def test_command_line_mistakes_are_one_error_line(module, argv, message, hint, c
 def test_command_line_mistake_in_a_real_process():
     proc = subprocess.run([sys.executable, "train.py", "--bogus"], capture_output=True, text=True, cwd=REPO,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 2 and proc.stderr == "error: unrecognized arguments: --bogus; see train.py --help\n"
+    assert proc.returncode == 2 and proc.stderr == "error: unrecognized arguments: --bogus; see python train.py --help\n"

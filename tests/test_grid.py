@@ -298,6 +298,11 @@ def test_missing_root_and_repeated_values(toy_root, tmp_path, capsys):
                     "--methods", "zeroshot", "--config-set", "smoke", "--dry-run"])
     out, err = capsys.readouterr()
     assert rc == 2 and not out and err.strip() == f"error: --root {tmp_path / 'nope'} is not a directory (the dataset root)"
+    # a domain that is not under --root (zero-shot cells plan without reading it): one line, not per-cell failures
+    rc = grid.main(["--root", str(toy_root), "--out", str(tmp_path / "g"), "--domains", DOMAIN, "MiniPlants",
+                    "--methods", "zeroshot", "--config-set", "smoke", "--dry-run"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and not out and err.startswith("error: Cannot count the OOP classes of MiniPlants") and err.count("\n") == 1
     cells = plan(toy_root, tmp_path / "g", ["fsnl", "clip_adapter", "fsnl"], shots=(1, 1, 2), seeds=(2, 1, 2))
     dirs = [c.output_dir for c in cells]
     assert len(dirs) == len(set(dirs)) == 2 * 2 * 2

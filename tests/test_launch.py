@@ -166,7 +166,8 @@ def test_slurm_array_script(tmp_path: Path, capsys: pytest.CaptureFixture, monke
     assert res.returncode == 0 and "skip" in res.stdout and not (work / "r2").exists()
 
     # The same list again (after more finished): the same commands file, fewer tasks. Another list into
-    # the folder is refused, since a queued array of the first would run its lines; --force replaces.
+    # the folder is refused, even with --force (a queued array of the first would run its lines); once
+    # the user removed the old files, it is written.
     files = {n: (slurm_dir / n).read_bytes() for n in ("commands.txt", "done.txt")}
     rc = launch.main([str(src), "--mode", "slurm", "--cwd", str(work), "--slurm-dir", str(slurm_dir), "--no-submit"])
     err = capsys.readouterr().err
@@ -181,7 +182,12 @@ def test_slurm_array_script(tmp_path: Path, capsys: pytest.CaptureFixture, monke
     assert rc == 2 and len(err) == 1 and "holds the files of another command list" in err[0]
     assert {n: (slurm_dir / n).read_bytes() for n in before} == before
     assert launch.main([str(other), "--mode", "slurm", "--cwd", str(work), "--slurm-dir", str(slurm_dir),
-                        "--no-submit", "--force"]) == 0
+                        "--no-submit", "--force"]) == 2
+    assert {n: (slurm_dir / n).read_bytes() for n in before} == before
+    for name in before:
+        (slurm_dir / name).unlink()
+    assert launch.main([str(other), "--mode", "slurm", "--cwd", str(work), "--slurm-dir", str(slurm_dir),
+                        "--no-submit"]) == 0
     assert (slurm_dir / "commands.txt").read_text() == cmds[3] + "\n"
 
 
@@ -322,7 +328,7 @@ def test_force_lets_the_commands_overwrite(tmp_path: Path, capsys: pytest.Captur
 
 
 @pytest.mark.parametrize("case", ["unclosed_quote", "yaml_unclosed_quote", "bad_yaml", "missing", "directory",
-                                  "binary", "nul_byte", "yaml_done_list"])
+                                  "binary", "nul_byte", "yaml_done_list", "yaml_done_newline"])
 def test_bad_command_lists_are_one_line_before_any_job(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                          case: str) -> None:
     """Hostile command lists: the launch stops with one ``error:`` line naming the file (and the line)
@@ -340,6 +346,7 @@ def test_bad_command_lists_are_one_line_before_any_job(tmp_path: Path, capsys: p
         "binary": "is not a UTF-8 text file",
         "nul_byte": "line 2 contains a NUL byte",
         "yaml_done_list": "commands[1]: 'done' must be a file path (a string), got [1, 2]",
+        "yaml_done_newline": "commands[1]: 'done' 'a\\nb' holds a line break",
     }[case]
     if case == "unclosed_quote":
         src.write_text(f"{first}\n# comment\necho 'oops > x\n")
@@ -353,6 +360,8 @@ def test_bad_command_lists_are_one_line_before_any_job(tmp_path: Path, capsys: p
         src.write_bytes(b"\xff\xfe\x00 not text")
     elif case == "nul_byte":
         src.write_text(f"{first}\necho a\x00b\n")
+    elif case == "yaml_done_newline":  # shifted done.txt by a line: a later command was skipped as finished
+        src.write_text(f"commands:\n  - {json.dumps(first)}\n  - {{cmd: echo hi, done: \"a\\nb\"}}\n")
     elif case == "yaml_done_list":
         src.write_text(f"commands:\n  - {json.dumps(first)}\n  - {{cmd: echo hi, done: [1, 2]}}\n")
     rc = launch.main([str(src), "--cwd", str(tmp_path), "--log-dir", str(tmp_path / "logs")])
@@ -414,3 +423,36 @@ def test_a_job_that_cannot_start_fails_and_earlier_logs_are_kept(tmp_path: Path,
     kept = [p for p in logs.iterdir() if p.name.startswith("job0000.log-")]
     assert len(kept) == 1 and kept[0].read_text() == first
     assert "could not start the job" in (logs / "job0000.log").read_text()
+
+
+@pytest.mark.parametrize("case", ["log_is_dir", "sbatch_is_dir", "logs_is_file", "users_sbatch", "users_done"])
+def test_launch_files_in_the_way_are_one_line_before_any_job(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                             case: str) -> None:
+    """Hostile: a directory named job0000.log killed the worker and the launch hung forever; a directory
+    or file where the SLURM folder's own files go was a traceback; a job.sbatch or done.txt of the user
+    (no commands.txt of ours beside it) was silently replaced."""
+    ran = tmp_path / "ran"
+    src = tmp_path / "cmds.txt"
+    src.write_text(py(f"open({str(ran)!r}, 'w').write('x')") + "\n")
+    logs, slurm = tmp_path / "logs", tmp_path / "slurm"
+    argv = [str(src), "--cwd", str(tmp_path), "--log-dir", str(logs)]
+    if case == "log_is_dir":
+        (logs / "job0000.log").mkdir(parents=True)
+        expected = "job0000.log is in the way of a job's log"
+    else:
+        argv += ["--mode", "slurm", "--no-submit", "--slurm-dir", str(slurm)]
+        slurm.mkdir()
+        if case == "sbatch_is_dir":
+            (slurm / "job.sbatch").mkdir()
+            expected = "job.sbatch is in the way of the launch's own file"
+        elif case == "logs_is_file":
+            (slurm / "logs").write_text("mine")
+            expected = "logs is in the way of the launch's own folder"
+        else:
+            (slurm / ("job.sbatch" if case == "users_sbatch" else "done.txt")).write_text("mine")
+            expected = "holds files this launcher did not write"
+    before = {p: (p.read_bytes() if p.is_file() else None) for p in sorted(tmp_path.rglob("*"))}
+    rc = launch.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+    assert not ran.exists() and {p: (p.read_bytes() if p.is_file() else None) for p in sorted(tmp_path.rglob("*"))} == before

@@ -702,13 +702,17 @@ def test_extractor_option_mistakes_are_one_line_before_loading(extractor_env, ca
     assert not out.exists()
 
 
-def test_repeated_split_options_are_merged():
+def test_repeated_split_options_are_merged(capsys):
     """``--split train --split val`` extracted val only (the last option won silently)."""
     from lpclip import feat_extractor as fe
 
-    args = fe.parse_args(["--root", "r", "--dataset", "Food53_27", "--split", "train", "--split", "val", "test",
-                          "DATASET.SUB_CLASSES", "IP"])
+    args = fe.parse_args(["--root", "r", "--dataset", "Food53_27", "--split", "train", "--split", "val",
+                          "--split=test", "DATASET.SUB_CLASSES", "IP"])
     assert args.split == ["train", "val", "test"] and args.opts == ["DATASET.SUB_CLASSES", "IP"]
+    # a --split without a name is argparse's complaint, not an odd list of overrides
+    with pytest.raises(SystemExit):
+        fe.parse_args(["--root", "r", "--dataset", "Food53_27", "DATASET.SUB_CLASSES", "IP", "--split"])
+    assert capsys.readouterr().err.startswith("error: argument --split: expected at least one argument")
 
 
 def test_split_list_stops_before_the_config_overrides():

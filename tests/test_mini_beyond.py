@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -327,6 +328,7 @@ def test_rebuild_refuses_files_a_build_did_not_write_inside_its_folders(assets, 
     (elsewhere / "thesis.txt").write_text("mine")
     stamp = (tmp_path / mb.STAMP_FILE).read_bytes()
     cases = [plants[0] / "notes.txt", cls / "my_photo.jpg", plants[0] / "images" / "my class" / "train_123.jpg",
+             cls / "train_\u0661\u0662\u0663.jpg",  # non-ASCII digits are no build image name
              plants[0] / "split_fewshot" / "my_notes.txt", plants[1] / "split_Xin_mine.json",
              tmp_path / f"{plants[0].name}.tmp" / "thesis.txt", "link"]
     for mine in cases:
@@ -347,6 +349,20 @@ def test_rebuild_refuses_files_a_build_did_not_write_inside_its_folders(assets, 
     mbb.build(tmp_path, train=3, val=1, test=1, domains=["Plants"], assets=assets, force=True)
     assert not cache.exists() and not (tmp_path / f"{plants[1].name}.tmp").exists()
     assert (elsewhere / "thesis.txt").read_text() == "mine"  # the link went, not what it pointed to
+
+
+def test_a_file_where_a_domain_folder_goes_is_refused_untouched(assets, tmp_path):
+    """Hostile: a file in place of a recorded domain folder was renamed to <name>.old.tmp, the build then
+    failed on it, and every later build stayed stuck. Now it is refused before anything changes."""
+    dirs = mbb.build(tmp_path, train=2, val=1, test=1, domains=["Plants"], assets=assets)
+    shutil.rmtree(dirs[0])
+    dirs[0].write_text("user file")
+    stamp = (tmp_path / mb.STAMP_FILE).read_bytes()
+    for train in (2, 3):
+        with pytest.raises(FileExistsError, match=f"^{re.escape(str(dirs[0]))}: not written by a Mini-Beyond build"):
+            mbb.build(tmp_path, train=train, val=1, test=1, domains=["Plants"], assets=assets)
+        assert dirs[0].read_text() == "user file" and (tmp_path / mb.STAMP_FILE).read_bytes() == stamp
+        assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_an_interrupted_rebuild_is_finished_by_the_next_build(assets, tmp_path, monkeypatch):

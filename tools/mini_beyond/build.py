@@ -16,13 +16,16 @@ log = logging.getLogger(__name__)
 
 
 def _domain_dirs(root: Path, prefix: str) -> List[Path]:
-    """Folders of one domain under ``root``: ``<prefix><n>_OOP|IP`` and their ``.tmp`` leftovers."""
-    pattern = re.compile(re.escape(prefix) + r"\d+_(OOP|IP)(\.old)?(\.tmp)?")
-    return sorted(p for p in root.iterdir() if p.is_dir() and pattern.fullmatch(p.name)) if root.is_dir() else []
+    """Entries of one domain under ``root``: ``<prefix><n>_OOP|IP`` and their ``.tmp`` leftovers (files and
+    links of those names too: :func:`foreign_files` refuses them)."""
+    pattern = re.compile(re.escape(prefix) + r"[0-9]+_(OOP|IP)(\.old)?(\.tmp)?")
+    return sorted(p for p in root.iterdir() if pattern.fullmatch(p.name)) if root.is_dir() else []
 
 
 #: The dataset code's few-shot cache files (and their atomic-write temporaries) in ``split_fewshot/``.
-_FEWSHOT_FILE = re.compile(r"split_fewshot/(shot_-?\d+-seed_-?\d+(-[0-9a-f]+)?\.(json|pkl)|\..+\.\d+-[0-9a-f]{8}\.tmp)")
+_FEWSHOT_FILE = re.compile(r"split_fewshot/(shot_-?[0-9]+-seed_-?[0-9]+(-[0-9a-f]+)?\.(json|pkl)|\..+\.[0-9]+-[0-9a-f]{8}\.tmp)")
+#: The name of every image a build writes (``<split>_NNN.jpg``); ASCII digits only
+_IMAGE_NAME = re.compile(r"(train|val|test)_[0-9]{3,}\.jpg")
 
 
 def _build_files(folder: Path, classnames: Sequence[str] = ()) -> Callable[[str], bool]:
@@ -35,12 +38,13 @@ def _build_files(folder: Path, classnames: Sequence[str] = ()) -> Callable[[str]
     try:
         data = json.loads((folder / split_file).read_text(encoding="utf-8"))
         items = [it for split in SPLITS for it in data[split].values()]
-        listed = {f"images/{it['classname']}/{it['image_name']}" for it in items} | {split_file}
+        listed = {f"images/{it['classname']}/{it['image_name']}" for it in items
+                  if _IMAGE_NAME.fullmatch(str(it["image_name"]))} | {split_file}
         return listed.__contains__
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     names = "|".join(re.escape(c) for c in classnames)
-    pattern = re.compile(rf"images/({names})/(train|val|test)_\d{{3,}}\.jpg") if names else None
+    pattern = re.compile(rf"images/({names})/{_IMAGE_NAME.pattern}") if names else None
     return lambda rel: bool(pattern is not None and pattern.fullmatch(rel))
 
 
