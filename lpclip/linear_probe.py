@@ -223,14 +223,21 @@ def sample_per_class(split: FeatureSplit, shots: int, rng: np.random.Generator) 
     return np.sort(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
 
 
-def check_shots(split: FeatureSplit, shots: Sequence[int], where: str) -> None:
-    """Refuse a shot count above every class's number of training images: each class would contribute
-    all its images (B31), so the run is the all-images run filed under K (train.py refuses the same)."""
+def usable_shots(split: FeatureSplit, shots: Sequence[int], where: str) -> List[int]:
+    """The shot counts of ``shots`` that some class of ``split`` has training images for. Above every
+    class's count each class would contribute all its images (B31): the all-images run filed under K
+    (train.py refuses such a NUM_SHOTS). Such counts are left out with a warning naming them (the
+    default 1..16 on a small benchmark); when none is left, a :class:`FeatureError`."""
     largest = max((len(np.unique(split.image_ids[split.y == label])) for label in np.unique(split.y)), default=0)
-    too_many = [k for k in shots if int(k) > largest]
-    if too_many:
-        raise FeatureError(f"--shots {too_many[0]}: no class of {where} has that many training images (at most "
-                           f"{largest}); use shot counts <= {largest}")
+    kept = [int(k) for k in shots if int(k) <= largest]
+    dropped = [int(k) for k in shots if int(k) > largest]
+    if not kept:
+        raise FeatureError(f"--shots {' '.join(map(str, dropped))}: no class of {where} has that many training "
+                           f"images (at most {largest}); use shot counts <= {largest}")
+    if dropped:
+        logger.warning("--shots %s left out: no class of %s has that many training images (at most %d)",
+                       " ".join(map(str, dropped)), where, largest)
+    return kept
 
 
 def val_shots(shots: int) -> int:
@@ -625,7 +632,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         feats = load_features(args.feature_dir, args.dataset, args.sub_classes, args.normalized)
-        check_shots(feats["train"], args.shots, f"{args.dataset}/{args.sub_classes}")
+        shots = usable_shots(feats["train"], args.shots, f"{args.dataset}/{args.sub_classes}")
     except FeatureError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -641,7 +648,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logger.info("%s/%s: train %d, val %d, test %d rows, D=%d, %s features", args.dataset, args.sub_classes,
                 len(feats["train"].y), len(feats["val"].y), len(feats["test"].y), feats["train"].x.shape[1],
                 features)
-    results = linear_probe(feats, args.shots, args.num_run, args.num_step, args.solver, device)
+    results = linear_probe(feats, shots, args.num_run, args.num_step, args.solver, device)
     payload = {
         "method": "Linear probe",
         "dataset": args.dataset,

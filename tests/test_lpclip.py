@@ -540,6 +540,17 @@ def test_probe_hostile_outputs_and_options_are_one_line_before_fitting(tmp_path,
     assert _snapshot(tmp_path) == before
 
 
+def test_shot_counts_no_class_has_are_left_out_not_mislabelled(tmp_path, capsys, caplog):
+    """K above every class's image count was the all-images run filed as K; with other counts beside it
+    (the default 1..16 on a small benchmark) it is left out with a warning naming it."""
+    write_features(str(tmp_path / "feat"))
+    out = tmp_path / "out"
+    rc = lp.main(["--feature-dir", str(tmp_path / "feat"), "--dataset", "Toy9_9", "--sub-classes", "IP",
+                  "--shots", "1", "9", "16", "--num-run", "2", "--num-step", "1", "--output-dir", str(out)])
+    assert rc == 0 and sorted(json.loads((out / "results.json").read_text())["shots"]) == ["1"]
+    assert "--shots 9 16 left out: no class of Toy9_9/IP has that many training images (at most 8)" in caplog.text
+
+
 def _snapshot(root):
     return {p: (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
 
