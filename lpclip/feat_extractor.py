@@ -183,9 +183,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
                      seed=args.seed, backbone=args.backbone)
 
 
-def pick_device(cfg: Any, requested: str = "") -> torch.device:
-    if requested:
-        return torch.device(requested)
+def pick_device(cfg: Any) -> torch.device:
+    """The GPU when ``USE_CUDA`` and one is visible, else the CPU (``--device`` goes through
+    :func:`dassl.utils.requested_device` first)."""
     if cfg.USE_CUDA and torch.cuda.is_available():
         return torch.device(torch.cuda.current_device())
     return torch.device("cpu")
