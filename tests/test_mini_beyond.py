@@ -363,6 +363,8 @@ def test_a_file_where_a_domain_folder_goes_is_refused_untouched(assets, tmp_path
             mbb.build(tmp_path, train=train, val=1, test=1, domains=["Plants"], assets=assets)
         assert dirs[0].read_text() == "user file" and (tmp_path / mb.STAMP_FILE).read_bytes() == stamp
         assert not list(tmp_path.glob("*.tmp"))
+    mbb.build(tmp_path, train=2, val=1, test=1, domains=["Plants"], assets=assets, force=True)  # on purpose
+    assert dirs[0].is_dir() and not list(tmp_path.glob("*.tmp"))
 
 
 def test_an_interrupted_rebuild_is_finished_by_the_next_build(assets, tmp_path, monkeypatch):

@@ -234,6 +234,6 @@ def _write_subset(root: Path, dom_name: str, target: Path, assets: Assets, count
         old = root / (target.name + ".old.tmp")
         target.replace(old)
         tmp.replace(target)
-        shutil.rmtree(old)
+        _remove(old)
     else:
         tmp.replace(target)
