@@ -367,6 +367,21 @@ def test_a_file_where_a_domain_folder_goes_is_refused_untouched(assets, tmp_path
     assert dirs[0].is_dir() and not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.parametrize("stamp", ["garbage", "list", "directory"])
+def test_a_stamp_that_is_not_one_is_refused_untouched(assets, tmp_path, stamp):
+    """A garbage or foreign mini_beyond_build.json was read as "nothing built" and replaced; a directory
+    of that name gave a misleading "no entry in" line."""
+    path = tmp_path / mb.STAMP_FILE
+    if stamp == "directory":
+        path.mkdir()
+    else:
+        path.write_text("not json {" if stamp == "garbage" else "[1, 2]")
+    with pytest.raises(FileExistsError, match=f"^{re.escape(str(path))} is not a Mini-Beyond build stamp"):
+        mbb.build(tmp_path, train=2, val=1, test=1, domains=["Plants"], assets=assets)
+    assert path.is_dir() if stamp == "directory" else path.read_text() in ("not json {", "[1, 2]")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [mb.STAMP_FILE]
+
+
 def test_an_interrupted_rebuild_is_finished_by_the_next_build(assets, tmp_path, monkeypatch):
     """The stamp records a rebuild before it starts, so the folders an interrupted build leaves (the new
     subset half-written in `.tmp`, the old ones) are recognised as the build's own next time."""

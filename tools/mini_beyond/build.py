@@ -68,22 +68,23 @@ def foreign_files(folder: Path, classnames: Sequence[str] = ()) -> List[Path]:
 
 
 def read_stamp(root: Path) -> Dict[str, Dict[str, object]]:
-    """``{domain: {"params", "asset_hash", "dirs"}}`` of what earlier builds wrote under ``root``.
-
-    Stamps of the first format (one entry for the whole build) are read as one entry per domain.
-    """
+    """``{domain: {"params", "asset_hash", "dirs"}}`` of what earlier builds wrote under ``root`` ({} when
+    there is no stamp). Stamps of the first format (one entry for the whole build) are read as one entry
+    per domain. A stamp that is not one (a directory, unreadable, not JSON, another structure) is a
+    ``FileExistsError`` naming it: it was read as "nothing built" and then replaced."""
     path = Path(root) / STAMP_FILE
+    if not os.path.lexists(path):
+        return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    if isinstance(data.get("domains"), dict):
+    except (OSError, ValueError) as err:
+        raise FileExistsError(f"{path} is not a Mini-Beyond build stamp ({type(err).__name__}); move it away") from None
+    if isinstance(data, dict) and isinstance(data.get("domains"), dict):
         return data["domains"]
-    if "params" in data and isinstance(data.get("dirs"), list):  # version-1 stamp: one build of several domains
+    if isinstance(data, dict) and "params" in data and isinstance(data.get("dirs"), list):
+        # version-1 stamp: one build of several domains
         return {d: {"params": None, "asset_hash": None, "dirs": data["dirs"]} for d in data["params"].get("domains", [])}
-    return {}
+    raise FileExistsError(f"{path} is not a Mini-Beyond build stamp (unexpected content); move it away")
 
 
 #: Bounds of ``build``'s arguments: at least one training and test image per class (an empty train
