@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from pathlib import Path
-from typing import Dict, Iterable, List
+from typing import Any, Dict, Iterable, List
 
 __all__ = [
     "LAION_BEYOND_DOMAINS",
@@ -20,6 +21,7 @@ __all__ = [
     "resolve_domains",
     "short_name",
     "count_classes",
+    "largest_class",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -111,8 +113,8 @@ def short_name(dataset: str) -> str:
     return stripped or dataset
 
 
-def count_classes(root: str, dataset: str, subset: str = "OOP") -> int:
-    """Number of classes of one subset of ``dataset`` under ``root``, read from its split file."""
+def _read_subset(root: str, dataset: str, subset: str) -> Any:
+    """The split of one subset of ``dataset`` under ``root`` (``datasets.laion_beyond.SubsetSplit``)."""
     # Local on purpose: datasets loads torch/open_clip; parse_test_res and fsnl_rule import this module.
     from datasets.laion_beyond import DatasetError, find_subset_dir, load_subset
 
@@ -124,7 +126,17 @@ def count_classes(root: str, dataset: str, subset: str = "OOP") -> int:
         )
     prefix = domains[dataset].prefix
     try:
-        subset_dir = find_subset_dir(os.fspath(root), prefix, subset)
-        return len(load_subset(subset_dir, subset).classnames)
+        return load_subset(find_subset_dir(os.fspath(root), prefix, subset), subset)
     except DatasetError as err:
         raise DomainError(f"Cannot count the {subset} classes of {dataset}: {err}") from err
+
+
+def count_classes(root: str, dataset: str, subset: str = "OOP") -> int:
+    """Number of classes of one subset of ``dataset`` under ``root``, read from its split file."""
+    return len(_read_subset(root, dataset, subset).classnames)
+
+
+def largest_class(root: str, dataset: str, subset: str = "OOP") -> int:
+    """The most training images any class of one subset has: a shot count above it would train every
+    class on all its images (the dataset refuses such a ``NUM_SHOTS``)."""
+    return max(Counter(d.label for d in _read_subset(root, dataset, subset).train).values(), default=0)

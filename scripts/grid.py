@@ -76,7 +76,14 @@ from dassl.utils import (
 from dassl.utils.identity import json_digest
 from dassl.utils.registry import RegistryKeyError
 from lpclip import feat_extractor, linear_probe
-from scripts.domains import LAION_BEYOND_DOMAINS, REPO_ROOT, DomainError, count_classes, resolve_domains
+from scripts.domains import (
+    LAION_BEYOND_DOMAINS,
+    REPO_ROOT,
+    DomainError,
+    count_classes,
+    largest_class,
+    resolve_domains,
+)
 from scripts.methods import CONFIG_SETS, RULES, Method, get_method, method_names, resolve_config_set
 from scripts.run_identity import RunConflict, command_state, conflict_message
 from scripts.sweep import (
@@ -682,8 +689,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cells = plan_grid(args.root, args.out, args.domains, args.methods, args.shots, args.seeds,
                           config_set, args.config, args.rule, args.views, args.opts)
         for dataset in dict.fromkeys(c.dataset for c in cells):
-            # the domain must be under --root (e.g. "Plants" is LAION-Beyond's, not Mini-Beyond's MiniPlants)
-            count_classes(args.root, dataset)
+            # the domain must be under --root (e.g. "Plants" is LAION-Beyond's, not Mini-Beyond's MiniPlants),
+            # and a trained cell's shot count must exist there (each such cell failed on its own before)
+            largest = largest_class(args.root, dataset)
+            too_many = sorted({c.run.shots for c in cells if c.run is not None and c.dataset == dataset
+                               and c.run.shots > largest})
+            if too_many:
+                raise ConfigError(f"--shots {' '.join(map(str, too_many))}: no class of {dataset} under --root has "
+                                  f"that many training images (at most {largest}); use shot counts <= {largest}")
     except (DomainError, ConfigError, RegistryKeyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -303,6 +303,11 @@ def test_missing_root_and_repeated_values(toy_root, tmp_path, capsys):
                     "--methods", "zeroshot", "--config-set", "smoke", "--dry-run"])
     out, err = capsys.readouterr()
     assert rc == 2 and not out and err.startswith("error: Cannot count the OOP classes of MiniPlants") and err.count("\n") == 1
+    # a shot count no class of the domain has images for: one line up front, not one failed cell per seed
+    rc = grid.main(["--root", str(toy_root), "--out", str(tmp_path / "g"), "--domains", DOMAIN, "--methods", "coop",
+                    "--shots", "1", "50", "--config-set", "smoke", "--dry-run"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and not out and err.startswith("error: --shots 50: no class of Food53_27 under --root has that many")
     cells = plan(toy_root, tmp_path / "g", ["fsnl", "clip_adapter", "fsnl"], shots=(1, 1, 2), seeds=(2, 1, 2))
     dirs = [c.output_dir for c in cells]
     assert len(dirs) == len(set(dirs)) == 2 * 2 * 2
