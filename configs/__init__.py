@@ -179,6 +179,16 @@ def merge_opts(cfg: Any, opts: Optional[Sequence[Any]]) -> None:
         raise ConfigError(f"command-line overrides: {_value_problem(e)}") from None
 
 
+def _int_at_least(cfg: Any, key: str, low: int, why: str) -> None:
+    """``key`` must be an integer >= ``low`` (a missing node, e.g. a trainer's own section, is not checked)."""
+    try:
+        value = _get(cfg, key)
+    except KeyError:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"{key} must be an integer >= {low} ({why}), got {value!r}")
+
+
 def _positive_int(cfg: Any, key: str, why: str) -> None:
     value = _get(cfg, key)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -206,15 +216,8 @@ def check_cfg(cfg: Any, training: bool = True) -> None:
     shots = cfg.DATASET.get("NUM_SHOTS", -1)
     if not isinstance(shots, int) or isinstance(shots, bool) or shots < -1 or shots == 0:
         raise ConfigError(f"DATASET.NUM_SHOTS must be an integer: K >= 1 images per class, or -1 for all, got {shots!r}")
-    cache = cfg.DATALOADER.get("FEATURE_CACHE")
-    views = cache.get("VIEWS", 0) if cache is not None else 0
-    if not isinstance(views, int) or isinstance(views, bool) or views < 0:
-        raise ConfigError(f"DATALOADER.FEATURE_CACHE.VIEWS must be an integer >= 0 (K cached augmented views per "
-                          f"image; 0: online augmentation), got {views!r}")
-    workers = cfg.DATALOADER.NUM_WORKERS
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
-        raise ConfigError(f"DATALOADER.NUM_WORKERS must be an integer >= 0 (0: load in the main process), "
-                          f"got {workers!r}")
+    _int_at_least(cfg, "DATALOADER.FEATURE_CACHE.VIEWS", 0, "K cached augmented views per image; 0: online augmentation")
+    _int_at_least(cfg, "DATALOADER.NUM_WORKERS", 0, "0: load in the main process")
     if cfg.INPUT.INTERPOLATION not in INTERPOLATION_MODES:
         hint = closest_name(str(cfg.INPUT.INTERPOLATION), list(INTERPOLATION_MODES))
         raise ConfigError(f"INPUT.INTERPOLATION: unknown mode {cfg.INPUT.INTERPOLATION!r}"

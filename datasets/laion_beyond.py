@@ -112,6 +112,12 @@ class SubsetSplit:
     test: List[Datum]
     warnings: List[str] = field(default_factory=list)
 
+    @property
+    def largest_class(self) -> int:
+        """The most training images any class has: a shot count above it would train every class on all
+        its images, the all-images run filed under K (refused by the few-shot sampling and scripts.grid)."""
+        return max(Counter(d.label for d in self.train).values(), default=0)
+
 
 def _listing(items: Sequence[str], limit: int = MAX_LISTED) -> str:
     shown = [f"  {item}" for item in items[:limit]]
@@ -806,7 +812,7 @@ class LaionBeyond(DatasetBase):
 
     def _fewshot(self, part: SubsetSplit, cfg: Any) -> Tuple[List[Datum], List[Datum]]:
         shots, seed = self.num_shots, self.seed
-        largest = max(Counter(d.label for d in part.train).values(), default=0)
+        largest = part.largest_class
         if shots > largest:
             # every class would contribute all its images: the run is the `largest`-shot run, and its
             # results would be filed (and tabulated) under a shot count it never had

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, Iterable, List
 
@@ -139,4 +138,4 @@ def count_classes(root: str, dataset: str, subset: str = "OOP") -> int:
 def largest_class(root: str, dataset: str, subset: str = "OOP") -> int:
     """The most training images any class of one subset has: a shot count above it would train every
     class on all its images (the dataset refuses such a ``NUM_SHOTS``)."""
-    return max(Counter(d.label for d in _read_subset(root, dataset, subset).train).values(), default=0)
+    return int(_read_subset(root, dataset, subset).largest_class)
