@@ -14,6 +14,9 @@ from typing import Any, NoReturn
 
 __all__ = ["ArgumentParser"]
 
+#: Namespace attribute naming the parser whose arguments were left over (removed by ``parse_args``).
+_EXTRAS_PROG = "_cli_unrecognized_by"
+
 
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose usage errors are ``error: <message>; see <prog> --help``
@@ -33,6 +36,21 @@ class ArgumentParser(argparse.ArgumentParser):
             elif sys.argv and sys.argv[0]:  # run by path: the command as typed (argparse kept the basename)
                 kwargs["prog"] = "python " + sys.argv[0]
         super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras and not hasattr(namespace, _EXTRAS_PROG):
+            # the innermost parser that met them: a sub-command's leftovers reach the top level, whose
+            # --help would not list the sub-command's options
+            setattr(namespace, _EXTRAS_PROG, self.prog)
+        return namespace, extras
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        namespace, extras = self.parse_known_args(args, namespace)
+        prog = vars(namespace).pop(_EXTRAS_PROG, self.prog)
+        if extras:
+            self.exit(2, f"error: unrecognized arguments: {' '.join(extras)}; see {prog} --help\n")
+        return namespace
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message}; see {self.prog} --help\n")

@@ -365,14 +365,17 @@ class BatchedFits:
     has no more images than the shot count -- Mini-Beyond's 16 train images at 16 shots) share their
     fits: a fit depends on the rows and C only, so it is done once. Labels are mapped to the sorted
     classes of the train split, as scikit-learn's ``classes_``; a val/test label outside them is never
-    predicted.
+    predicted. ``dtype`` float32 is the probe's; float64 with a tight ``tol`` gives the protocol with
+    every fit converged (``benchmarks.linear_probe --converged``: how far the reference's own stopping
+    point is from the optimum it approximates).
     """
 
     def __init__(self, feats: Dict[str, FeatureSplit], samples: Sequence[Tuple[np.ndarray, np.ndarray]],
-                 device: torch.device, max_iter: int = 1000, tol: float = 1e-4) -> None:
+                 device: torch.device, max_iter: int = 1000, tol: float = 1e-4,
+                 dtype: torch.dtype = torch.float32) -> None:
         train, val = feats["train"], feats["val"]
         self.classes = np.unique(train.y)
-        self.device, self.max_iter, self.tol = device, int(max_iter), float(tol)
+        self.device, self.max_iter, self.tol, self.dtype = device, int(max_iter), float(tol), dtype
         # one training set per distinct row sample; run r fits training set set_of[r]
         distinct: Dict[bytes, int] = {}
         self.set_of = [distinct.setdefault(np.asarray(tr).tobytes(), len(distinct)) for tr, _ in samples]
@@ -395,8 +398,8 @@ class BatchedFits:
         for i, r in enumerate(rows):
             x[i, :len(r)], w[i, :len(r)] = split.x[r], 1.0
             y[i, :len(r)] = self._labels(split.y[r]).clip(min=0)
-        return (torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device),
-                torch.from_numpy(w).to(self.device))
+        return (torch.from_numpy(x).to(self.device, self.dtype), torch.from_numpy(y).to(self.device),
+                torch.from_numpy(w).to(self.device, self.dtype))
 
     def _start(self, train_set: int, log_c: float) -> Optional[torch.Tensor]:
         fitted = [lc for (s, lc) in self.thetas if s == train_set]
@@ -410,7 +413,7 @@ class BatchedFits:
 
     def predict(self, theta: torch.Tensor, x: np.ndarray) -> np.ndarray:
         """Labels (in the split's label space) of ``theta [D+1, K]`` on rows ``x [N, D]``."""
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device, self.dtype)
         return self.classes[logreg.predict(xt.unsqueeze(0), theta.unsqueeze(0))[0].cpu().numpy()]
 
     def evaluate_many(self, pairs: List[Tuple[int, float]]) -> List[float]:
@@ -418,11 +421,11 @@ class BatchedFits:
                                   if (self.set_of[r], lc) not in self.thetas))
         if todo:
             idx = torch.tensor([s for s, _ in todo], device=self.device)
-            c = torch.tensor([10.0 ** lc for _, lc in todo], dtype=torch.float32, device=self.device)
+            c = torch.tensor([10.0 ** lc for _, lc in todo], dtype=self.dtype, device=self.device)
             starts = [self._start(s, lc) for s, lc in todo]
             init = None
             if any(st is not None for st in starts):
-                zero = torch.zeros(self.x_tr.shape[-1] + 1, len(self.classes), device=self.device)
+                zero = torch.zeros(self.x_tr.shape[-1] + 1, len(self.classes), device=self.device, dtype=self.dtype)
                 init = torch.stack([zero if st is None else st for st in starts])
             problems = logreg.Problems(self.x_tr[idx], self.y_tr[idx], self.w_tr[idx], len(self.classes))
             theta, _ = logreg.fit(problems, c, init, max_iter=self.max_iter, tol=self.tol)
@@ -440,10 +443,11 @@ class BatchedFits:
 
 
 def probe_runs_torch(feats: Dict[str, FeatureSplit], shots: int, seeds: Sequence[int], num_step: int,
-                     device: Optional[torch.device] = None) -> List[Dict[str, float]]:
-    """:func:`probe_run` for all ``seeds`` at once with the batched solver (same samples, same search)."""
+                     device: Optional[torch.device] = None, **fit_options: Any) -> List[Dict[str, float]]:
+    """:func:`probe_run` for all ``seeds`` at once with the batched solver (same samples, same search);
+    ``fit_options`` (``max_iter``, ``tol``, ``dtype``) go to :class:`BatchedFits`."""
     samples = [_samples(feats, shots, r) for r in seeds]
-    fits = BatchedFits(feats, samples, device or default_device())
+    fits = BatchedFits(feats, samples, device or default_device(), **fit_options)
     best = search_c_many(fits.evaluate_many, len(seeds), num_step)
     test = feats["test"]
     out = []

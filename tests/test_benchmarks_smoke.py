@@ -194,6 +194,31 @@ def test_linear_probe_benchmark_smoke(tmp_path, capsys):
         assert row["difference_pt"] == pytest.approx(row["torch_accuracy"] - row["sklearn_accuracy"])
     assert data["ratio"] == pytest.approx(data["sklearn_total_s"] / data["torch_total_s"])
     assert result["max_difference_pt"] == max(abs(r["difference_pt"]) for r in data["rows"])
+    assert "converged_accuracy" not in data["rows"][0]
+
+
+def test_linear_probe_benchmark_converged_column(tmp_path, capsys):
+    """``--converged`` adds the protocol with float64 fits run to the optimum: its mean equals an
+    independent run of :func:`lpclip.linear_probe.probe_runs_torch` with those options, and the two
+    printed differences are computed from it."""
+    import numpy as np
+
+    from lpclip import linear_probe as lp
+
+    linear_probe_bench.main(tiny_args(tmp_path, "lpc") + ["--converged", "--repeats", "1"])
+    printed = capsys.readouterr().out
+    assert "| converged acc | sklearn − converged | torch − converged |" in printed
+    data = json.loads((tmp_path / "lpc.json").read_text())
+    feats = linear_probe_bench.synthetic_features(data["classes"], data["dim"], 0)
+    for row in data["rows"]:
+        runs = lp.probe_runs_torch(feats, row["shots"], list(range(1, data["runs"] + 1)), data["num_step"],
+                                   **linear_probe_bench.CONVERGED)
+        assert row["converged_accuracy"] == pytest.approx(np.mean([r["accuracy"] for r in runs]))
+        line = f"| {row['shots']} |"
+        printed_row = next(t for t in printed.splitlines() if t.startswith(line))
+        assert printed_row.endswith(f"| {row['converged_accuracy']:.2f} | "
+                                    f"{row['sklearn_accuracy'] - row['converged_accuracy']:+.2f} | "
+                                    f"{row['torch_accuracy'] - row['converged_accuracy']:+.2f} |")
 
 
 def test_grid_estimate_counts_follow_the_spec():

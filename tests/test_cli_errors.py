@@ -41,10 +41,13 @@ ARGPARSE_CASES = [
     ("datasets.check", [], "the following arguments are required: --root", "python -m datasets.check --help"),
     ("benchmarks.linear_probe", ["--bogus"], "unrecognized arguments: --bogus",
      "python -m benchmarks.linear_probe --help"),
+    # a sub-command's unknown option names the sub-command's help (argparse reported it at the top level)
+    ("tools.mini_beyond.__main__", ["demo", "--out", "o", "--bogus", "1"], "unrecognized arguments: --bogus 1",
+     "python -m tools.mini_beyond demo --help"),
 ]
 
 
-@pytest.mark.parametrize("module,argv,message,hint", ARGPARSE_CASES, ids=[c[0] for c in ARGPARSE_CASES])
+@pytest.mark.parametrize("module,argv,message,hint", ARGPARSE_CASES, ids=[f"{c[0]}-{c[1][0] if c[1] else ''}" for c in ARGPARSE_CASES])
 def test_command_line_mistakes_are_one_error_line(module, argv, message, hint, capsys):
     """argparse printed a usage block and `prog: error: ...`; every entry point (one parser class,
     dassl.cli.ArgumentParser) now says it as the project's one line, `error: ...; see <prog> --help`,

@@ -600,6 +600,35 @@ def test_batched_fit_reaches_sklearns_optimum(c):
     assert int(n_iter) > 0
 
 
+def test_float64_fits_are_the_converged_optimum():
+    """The benchmark's ``--converged`` reference: in float64 with a tight tolerance every fit of a
+    search is the optimum (independent computation: scikit-learn in float64 at tol 1e-10, coefficients
+    equal to 1e-4 and the same val predictions), also for the warm-started bisection fits."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    feats = gaussian_problem()
+    samples = [lp._samples(feats, 4, 1)]
+    fits = lp.BatchedFits(feats, samples, torch.device("cpu"), dtype=torch.float64, tol=1e-9, max_iter=20000)
+    (best_log, _), = lp.search_c_many(fits.evaluate_many, 1, num_step=3)
+    tr, va = samples[0]
+    x, y = feats["train"].x[tr].astype(np.float64), feats["train"].y[tr]
+    assert len(fits.thetas) > len(lp.COARSE_GRID)  # bisection fits (warm-started) are checked too
+    for (_, log_c), theta in fits.thetas.items():
+        assert theta.dtype == torch.float64
+        if log_c > 2:  # nearly unregularised: sklearn itself needs far more than 1000s of iterations
+            continue
+        ref = LogisticRegression(C=10.0 ** log_c, max_iter=100000, tol=1e-10).fit(x, y)
+        # the intercepts are unpenalised, so a constant added to all of them changes nothing: compare centred
+        want = np.vstack([ref.coef_.T, ref.intercept_[None] - ref.intercept_.mean()])
+        got = theta.numpy().copy()
+        got[-1] -= got[-1].mean()
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5, err_msg=f"log10 C = {log_c}")
+        xv = feats["val"].x[va]
+        assert (fits.predict(theta, xv) == ref.predict(xv.astype(np.float64))).all()
+    assert best_log in {lc for _, lc in fits.thetas}
+
+
 def test_batched_problems_are_independent_and_padding_is_inert():
     """Fitting problems together (with zero-weight padding rows) equals fitting each alone."""
     import torch
