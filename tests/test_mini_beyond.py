@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from datasets import laion_beyond
 from tools.mini_beyond import build as mbb
 from tools.mini_beyond import common as mb
 from tools.mini_beyond import evaluate as mbe
@@ -330,25 +331,61 @@ def test_rebuild_refuses_files_a_build_did_not_write_inside_its_folders(assets, 
     cases = [plants[0] / "notes.txt", cls / "my_photo.jpg", plants[0] / "images" / "my class" / "train_123.jpg",
              cls / "train_\u0661\u0662\u0663.jpg",  # non-ASCII digits are no build image name
              plants[0] / "split_fewshot" / "my_notes.txt", plants[1] / "split_Xin_mine.json",
-             tmp_path / f"{plants[0].name}.tmp" / "thesis.txt", "link"]
+             tmp_path / f"{plants[0].name}.tmp" / "thesis.txt",
+             # directories, empty ones too: only images/, images/<class>/ and split_fewshot/ are a build's
+             ("dir", plants[0] / "my_dir"), ("dir", cls / "sub"), ("dir", plants[0] / "split_fewshot" / "mine"),
+             "link"]  # last: it stays for the --force part
     for mine in cases:
+        made = None
         if mine == "link":
             mine = tmp_path / f"{plants[1].name}.tmp"
             mine.symlink_to(elsewhere, target_is_directory=True)
+        elif isinstance(mine, tuple):
+            mine = mine[1]
+            mine.mkdir()
+            made = mine
         else:
+            if not mine.parent.exists():
+                made = mine.parent
             mine.parent.mkdir(parents=True, exist_ok=True)
             mine.write_text("user data")
+        named = made if made is not None and made != tmp_path / f"{plants[0].name}.tmp" else mine
         before = {d: _tree(d) for d in dirs}
         with pytest.raises(FileExistsError) as err:  # Food first: its folders must not change either
             mbb.build(tmp_path, train=3, val=1, test=1, domains=["Food", "Plants"], assets=assets)
-        assert str(err.value).startswith(f"{mine}: not written by a Mini-Beyond build"), str(err.value)
+        assert str(err.value).startswith(f"{named}: not written by a Mini-Beyond build"), str(err.value)
         assert "--force" in str(err.value)
         assert {d: _tree(d) for d in dirs} == before and (tmp_path / mb.STAMP_FILE).read_bytes() == stamp
+        assert made is None or made.is_dir()
         if mine.name != f"{plants[1].name}.tmp":
-            mine.unlink()
+            if mine.is_dir():
+                mine.rmdir()
+            else:
+                mine.unlink()
+            if made is not None and made.exists():
+                made.rmdir()
     mbb.build(tmp_path, train=3, val=1, test=1, domains=["Plants"], assets=assets, force=True)
     assert not cache.exists() and not (tmp_path / f"{plants[1].name}.tmp").exists()
     assert (elsewhere / "thesis.txt").read_text() == "mine"  # the link went, not what it pointed to
+
+
+def test_a_backup_copy_beside_a_domain_folder_is_the_users(assets, tmp_path):
+    """Hostile: `cp -r MiniPlants9_OOP MiniPlants9_OOP.old` (a user's backup) matched the build's
+    leftover names and was deleted by the next rebuild. A build writes only `.tmp` and `.old.tmp`
+    siblings; a bare `.old` copy is not the domain's: the rebuild runs and leaves it byte for byte."""
+    dirs = mbb.build(tmp_path, train=2, val=1, test=1, domains=["Plants"], assets=assets)
+    backup = tmp_path / f"{dirs[0].name}.old"
+    shutil.copytree(dirs[0], backup)
+    before = _tree(backup)
+    rebuilt = mbb.build(tmp_path, train=3, val=1, test=1, domains=["Plants"], assets=assets)
+    assert _tree(backup) == before
+    split = _load(rebuilt[0] / f"split_Xin_{rebuilt[0].name}.json")
+    assert len(split["train"]) == 3 * len(list((rebuilt[0] / "images").iterdir()))  # it was rebuilt
+
+
+def test_the_few_shot_folder_name_is_the_dataset_codes():
+    """The build keeps `split_fewshot/` as the dataset code's; a rename there must not make it foreign."""
+    assert mbb._FEWSHOT_DIR == laion_beyond.FEWSHOT_DIRNAME
 
 
 def test_a_file_where_a_domain_folder_goes_is_refused_untouched(assets, tmp_path):
@@ -392,7 +429,11 @@ def test_an_interrupted_rebuild_is_finished_by_the_next_build(assets, tmp_path, 
     def interrupted(root, dom_name, target, *args):
         calls.append(target)
         if len(calls) == 2:  # the second subset: images written, no split file yet
-            (root / f"{target.name}.tmp" / "images" / "x").mkdir(parents=True)
+            subset = target.name.rsplit("_", 1)[1].lower()
+            first_class = assets.split["domains"][dom_name][subset][0]["classname"]
+            (root / f"{target.name}.tmp" / "images" / first_class).mkdir(parents=True)
+            real_image = next((root / target.name / "images" / first_class).glob("train_*.jpg"))
+            shutil.copy(real_image, root / f"{target.name}.tmp" / "images" / first_class / "train_000.jpg")
             raise KeyboardInterrupt
         return real(root, dom_name, target, *args)
 

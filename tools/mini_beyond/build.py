@@ -16,14 +16,18 @@ log = logging.getLogger(__name__)
 
 
 def _domain_dirs(root: Path, prefix: str) -> List[Path]:
-    """Entries of one domain under ``root``: ``<prefix><n>_OOP|IP`` and their ``.tmp`` leftovers (files and
-    links of those names too: :func:`foreign_files` refuses them)."""
-    pattern = re.compile(re.escape(prefix) + r"[0-9]+_(OOP|IP)(\.old)?(\.tmp)?")
+    """Entries of one domain under ``root``: ``<prefix><n>_OOP|IP`` and the leftovers :func:`_write_subset`
+    writes (``.tmp``, ``.old.tmp``); files and links of those names too (:func:`foreign_files` refuses
+    them). A bare ``<name>.old`` is no build's (a user's backup copy): it is not the domain's."""
+    pattern = re.compile(re.escape(prefix) + r"[0-9]+_(OOP|IP)(\.old\.tmp|\.tmp)?")
     return sorted(p for p in root.iterdir() if pattern.fullmatch(p.name)) if root.is_dir() else []
 
 
+#: The dataset code's few-shot cache folder inside a subset folder (``datasets.laion_beyond.FEWSHOT_DIRNAME``;
+#: not imported: that package loads torch and every dataset, which a build does not need)
+_FEWSHOT_DIR = "split_fewshot"
 #: The dataset code's few-shot cache files (and their atomic-write temporaries) in ``split_fewshot/``.
-_FEWSHOT_FILE = re.compile(r"split_fewshot/(shot_-?[0-9]+-seed_-?[0-9]+(-[0-9a-f]+)?\.(json|pkl)|\..+\.[0-9]+-[0-9a-f]{8}\.tmp)")
+_FEWSHOT_FILE = re.compile(_FEWSHOT_DIR + r"/(shot_-?[0-9]+-seed_-?[0-9]+(-[0-9a-f]+)?\.(json|pkl)|\..+\.[0-9]+-[0-9a-f]{8}\.tmp)")
 #: The name of every image a build writes (``<split>_NNN.jpg``); ASCII digits only
 _IMAGE_NAME = re.compile(r"(train|val|test)_[0-9]{3,}\.jpg")
 
@@ -51,17 +55,23 @@ def _build_files(folder: Path, classnames: Sequence[str] = ()) -> Callable[[str]
 def foreign_files(folder: Path, classnames: Sequence[str] = ()) -> List[Path]:
     """Everything under a subset ``folder`` that no build wrote (:func:`_build_files`) and that is not
     the few-shot cache (``split_fewshot/shot_K-seed_S-<digest>.json``); a symbolic link anywhere counts,
-    and a ``folder`` that is itself a link is foreign as a whole."""
+    and a ``folder`` that is itself a link is foreign as a whole. Directories count too, also empty
+    ones: a build makes ``images/`` and ``images/<class>/`` for the domain's ``classnames``, the
+    dataset code ``split_fewshot/``; any other directory is the user's."""
     if folder.is_symlink() or not folder.is_dir():
         return [folder]
     ours = _build_files(folder, classnames)
-    out = []
+    class_dirs = {f"images/{c}" for c in classnames}
+    out: List[Path] = []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder).as_posix()
+        if out and out[-1] in path.parents:
+            continue  # inside a foreign directory, which is named already
         if path.is_symlink():
             out.append(path)
         elif path.is_dir():
-            continue
+            if rel not in ("images", _FEWSHOT_DIR) and rel not in class_dirs:
+                out.append(path)
         elif not ours(rel) and not _FEWSHOT_FILE.fullmatch(rel):
             out.append(path)
     return out
