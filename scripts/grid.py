@@ -93,6 +93,7 @@ from scripts.sweep import (
     Run,
     SweepSpec,
     check_counts,
+    check_opts,
     merge_opts,
     plan_runs,
     probe_dir,
@@ -219,6 +220,7 @@ def plan_grid(
     for dataset in resolve_domains(domains):
         for name in methods:
             method = get_method(name)
+            check_opts(opts, method, {"DATALOADER.FEATURE_CACHE.VIEWS": "--views"} if method.kind == "train" else None)
             extra = list(opts)
             if method.kind == "train" and views > 0:
                 extra = ["DATALOADER.FEATURE_CACHE.VIEWS", str(int(views)), *extra]
@@ -256,16 +258,21 @@ def cell_state(cell: Cell, match_code: bool = False) -> results.Finished:
     """What the cell's folder holds (``dassl.results``): ``match`` (a finished run with the cell's
     fingerprint: skip), ``missing`` (run), ``mismatch`` / ``unreadable`` (another run: never reused)."""
     if cell.run is None:
-        # the probe's features must be the ones this cell extracts (same job identity), not merely exist
+        # the probe's features must be the ones this cell extracts (same job identity), not merely exist;
+        # every file is checked: the cell (re)writes all six, so one missing file must not let it
+        # overwrite another extraction's file beside it
+        missing = False
         for sub in FEATURE_SUBSETS:
             cfg = _subset_cfg(cell.cfg, sub)
             for split in FEATURE_SPLITS:
                 path = feat_extractor.feature_file(cell.feature_dir, cell.dataset, sub, split)
                 state = feat_extractor.feature_file_state(path, cfg, split)
                 if state.state == "missing":
-                    return results.Finished("missing", cell.results_file)
-                if not state.done:
+                    missing = True
+                elif not state.done:
                     return state
+        if missing:
+            return results.Finished("missing", cell.results_file)
         return command_state(["python", "-m", "lpclip.linear_probe", *_probe_argv(cell)], cell.results_file,
                              match_code=match_code)
     if not osp.isfile(cell.results_file):

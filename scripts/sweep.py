@@ -36,7 +36,7 @@ import shlex
 import subprocess
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
@@ -354,9 +354,33 @@ def check_counts(shots: Sequence[int], seeds: Optional[Sequence[int]]) -> Tuple[
     return unique, (list(dict.fromkeys(int(s) for s in seeds)) if seeds is not None else None)
 
 
+#: Config keys the plan sets for every job, and the option that sets them; ``SEED`` also for the runs
+#: of ``train.py`` and ``DATASET.NUM_SHOTS`` for the trained ones (the probe's jobs have no seed of their
+#: own, and its tiny-model tests pass ``SEED``). Given in ``--opts`` they overrode the plan silently:
+#: ``OUTPUT_DIR`` wrote every run into one folder outside ``--out``, ``SEED`` / ``DATASET.NUM_SHOTS``
+#: filed a seed-5 or 4-shot run under ``seed1`` / ``shots_1``.
+PLAN_KEYS: Mapping[str, str] = MappingProxyType({
+    "OUTPUT_DIR": "--out", "DATASET.ROOT": "--root", "DATASET.NAME": "--domains"})
+
+
+def check_opts(opts: Sequence[str], method: Method, extra: Optional[Mapping[str, str]] = None) -> None:
+    """Raise a one-line ValueError for a ``--opts`` key the plan sets itself for ``method``'s jobs
+    (``extra``: more such keys of the caller, key → option)."""
+    owned = dict(PLAN_KEYS)
+    if method.kind != "probe":
+        owned["SEED"] = "--seeds"
+    if method.kind == "train":
+        owned["DATASET.NUM_SHOTS"] = "--shots"
+    owned.update(extra or {})
+    for key in list(opts)[::2]:
+        option = owned.get(str(key))
+        if option is not None:
+            raise ValueError(f"--opts {key}: set for each {method.name} job from {option}; use {option} instead")
+
+
 def build_jobs(spec: SweepSpec) -> List[Job]:
     """All jobs of a sweep in domain → shots → seed order (FSNL reads its class counts from ``spec.root``)."""
-    get_method(spec.method)
+    check_opts(spec.opts, get_method(spec.method))
     shots, seeds = check_counts(spec.shots, spec.seeds)
     spec = replace(spec, shots=shots, seeds=seeds)
     jobs: List[Job] = []

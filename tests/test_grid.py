@@ -124,6 +124,13 @@ def test_linear_probe_cell_equals_the_sweep_jobs(toy_root, tmp_path):
     with pytest.raises(grid.RunConflict, match="IP/val.npz differs in: job weights"):
         grid.run_grid(cells)
     assert path.read_bytes() == before
+    # the same with another of the six files missing: "missing" was answered at the first missing file,
+    # so the cell ran and rewrote the other job's file without a word
+    Path(feat_extractor.feature_file(cells[0].feature_dir, dataset, "OOP", "train")).unlink()
+    assert grid.cell_state(cells[0]).state == "mismatch"
+    with pytest.raises(grid.RunConflict, match="IP/val.npz differs in: job weights"):
+        grid.run_grid(cells)
+    assert path.read_bytes() == before
     extractor = next(j for j in build_jobs(spec) if j.done.endswith(str(Path("IP") / "val.npz")))
     assert command_state(extractor.argv, str(path).replace(str(tmp_path / "g"), str(tmp_path / "s"))).done
 
@@ -275,6 +282,10 @@ def test_worker_processes_give_the_same_results_as_one_process(toy_root, tmp_pat
     ("dir", ("--shots", "0", "--dry-run"), "--shots 0: every shot count must be >= 1"),
     ("dir", ("--seeds", "-1", "--dry-run"), "--seeds -1: every seed must be >= 0"),
     ("dir", ("--config", "cpu_smoke"), "--config-set smoke and --config cpu_smoke: --config replaces"),
+    # keys the plan sets per cell: OUTPUT_DIR wrote a cell outside --out, SEED filed seed 5 under seed1
+    ("dir", ("--dry-run", "--opts", "OUTPUT_DIR", "elsewhere"), "--opts OUTPUT_DIR: set for each zeroshot job from --out"),
+    ("dir", ("--opts", "SEED", "5"), "--opts SEED: set for each zeroshot job from --seeds; use --seeds instead"),
+    ("dir", ("--opts", "OPTIM.LR", "1", "DATASET.ROOT", "/nonexistent"), "--opts DATASET.ROOT: set for each zeroshot job from --root"),
 ])
 def test_bad_output_root_or_counts_fail_before_any_cell(toy_root, tmp_path, capsys, monkeypatch, out, flag, expected):
     """--out that is a file (or /dev/null) used to fail in every cell with a traceback; negative counts

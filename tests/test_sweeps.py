@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Tuple
 
 import pytest
 
@@ -346,6 +346,29 @@ def test_config_set_beside_config_is_refused(capsys: pytest.CaptureFixture) -> N
                               "--config-set", "mini", "--config", "cpu_smoke", "--dry-run")
     assert rc == 2 and not lines and err.count("\n") == 1
     assert err.startswith("error: --config-set mini and --config cpu_smoke: --config replaces")
+
+
+@pytest.mark.parametrize("method,opts,option", [
+    ("coop", ("OUTPUT_DIR", "/tmp/one_folder"), "--out"), ("coop", ("SEED", "5"), "--seeds"),
+    ("coop", ("DATASET.NUM_SHOTS", "4"), "--shots"), ("zeroshot", ("DATASET.NAME", "Food53_27"), "--domains"),
+    ("linear_probe", ("DATASET.ROOT", "/elsewhere"), "--root"),
+])
+def test_opts_the_plan_sets_are_refused(capsys: pytest.CaptureFixture, method: str, opts: Tuple[str, str],
+                                        option: str) -> None:
+    """A key the plan sets for every job, given in --opts, overrode the plan: every run into one folder,
+    a seed-5 run filed under seed1. One line naming the option to use, before any job."""
+    rc, lines, err = run_main(capsys, "--method", method, "--root", "D", "--out", "O", "--domains", "Food",
+                              "--dry-run", "--opts", "OPTIM.LR", "0.1", *opts)
+    assert rc == 2 and not lines and err.count("\n") == 1
+    assert err.startswith(f"error: --opts {opts[0]}: set for each {method} job from {option}; use {option}")
+
+
+def test_the_probe_jobs_take_a_seed_in_opts(capsys: pytest.CaptureFixture) -> None:
+    """The probe's jobs have no seed of their own (its tiny-model runs seed the random weights by SEED)."""
+    rc, lines, err = run_main(capsys, "--method", "linear_probe", "--root", "D", "--out", "O", "--domains",
+                              "Food", "--dry-run", "--opts", "SEED", "1")
+    assert rc == 0 and "error" not in err
+    assert sum("SEED 1" in line for line in lines if "feat_extractor" in line) == 6
 
 
 def test_missing_config_is_caught_before_running(capsys: pytest.CaptureFixture) -> None:
