@@ -19,7 +19,15 @@ fit at a time; kept as the reference). ``benchmarks/linear_probe.py`` measures b
 
 Every feature file carries the backbone fingerprint of the extractor call that wrote it; the three
 splits must agree (features of different backbones -- e.g. three separate calls with unseeded random
-weights -- are refused, as are truncated files and files without the arrays the probe reads).
+weights -- are refused, as are truncated files and files without the arrays the probe reads). Each
+file's values are checked before any fit, because a bad value does not fail the fit, it skews it: a NaN
+or inf feature (the torch solver silently lands at chance level, scikit-learn raises), an empty split
+(a NaN accuracy in results.json, or C "chosen" on no validation image), labels that are not integers
+or features that are not real floats (silently truncated or cast), a width other than the train
+split's, and val/test labels no training image has (never predicted, so C is chosen on a validation
+set it cannot get right). Files that carry the extractor's ``job`` identity must name their own split
+(a ``cp train.npz test.npz`` probed on the training images) and agree on the data they come from
+(dataset, subset, split-file digests); a val or test split whose arrays equal the train split's is refused too.
 
 Differences from the reference, all deliberate (B31):
 
@@ -54,7 +62,7 @@ import os
 import os.path as osp
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -65,7 +73,7 @@ from dassl.cli import ArgumentParser
 from dassl.utils import WriteError, atomic_write, check_writable_dir, requested_device
 from dassl.utils.identity import content_identity
 from lpclip import logreg
-from lpclip.files import FINGERPRINT_KEY, SPLITS, FeatureError, feature_file
+from lpclip.files import FINGERPRINT_KEY, JOB_KEY, SPLITS, FeatureError, feature_file
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +89,15 @@ CSV_COLUMNS = (
 
 
 SOLVERS = ("torch", "sklearn")
+#: How many items (labels, differing keys) an error line names before "and N more": one readable line.
+SHOWN = 3
+#: The keys of a feature file's job identity (``lpclip.feat_extractor.job_identity``) that say which data
+#: it was extracted from; the three splits must agree on them. The others are per split or per call:
+#: ``split`` (checked against the file name instead), ``views`` and ``seed`` (train's augmentation,
+#: 0/None for val and test), ``num_shots`` (a subset of the same split files, and test ignores it),
+#: ``precision`` (the one requested; the fingerprint holds the one used) and ``weights``/``transform``
+#: (compared through the backbone fingerprint already).
+JOB_DATA_KEYS = ("dataset", "sub_classes", "data")
 
 
 class OutputConflictError(ValueError):
@@ -93,12 +110,14 @@ class MissingFeaturesError(FeatureError):
 
 @dataclass
 class FeatureSplit:
-    """One split's features: ``x [N, D]``, ``y [N]``, ``image_ids [N]`` (views of one image share an id)."""
+    """One split's features: ``x [N, D]``, ``y [N]``, ``image_ids [N]`` (views of one image share an id);
+    ``job`` is the extractor's job identity stored in the file (None for files written without one)."""
 
     x: np.ndarray
     y: np.ndarray
     image_ids: np.ndarray
     classnames: List[str] = field(default_factory=list)
+    job: Optional[Dict[str, Any]] = None
 
 
 @dataclass
@@ -150,28 +169,107 @@ def _reextract(path: str) -> str:
     return f"re-extract it with python lpclip/feat_extractor.py (see {path}'s folder for the other splits)"
 
 
-def load_split(path: str, normalized: bool) -> Tuple[FeatureSplit, str]:
-    """One split and its backbone fingerprint; a broken file is a :class:`FeatureError` naming it."""
-    key = "features" if normalized else "features_raw"
+def _extract_all(feature_dir: str, dataset: str, sub_classes: str) -> str:
+    """The fix for splits that do not belong together: all three from one extractor call, replacing the
+    files there (``--overwrite`` goes before the trailing ``KEY VALUE`` overrides, which take the rest)."""
+    return (f"re-extract all three splits in one call (no --split, the backbone options you used): python "
+            f"lpclip/feat_extractor.py --dataset {dataset} --root DATA --output-dir {feature_dir} --overwrite ... "
+            f"DATASET.SUB_CLASSES {sub_classes}")
+
+
+def _few(items: Sequence[Any], sep: str = ", ", limit: int = SHOWN) -> str:
+    """The first ``limit`` items, then "and N more": an error line names examples, not thousands."""
+    shown = sep.join(str(item) for item in list(items)[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _read_npz(path: str, key: str) -> Dict[str, np.ndarray]:
+    """The arrays of ``path`` the probe reads, as stored (no cast: the checks need the real dtypes).
+    A file that is not a readable npz archive -- truncated, pickled, or a bare ``.npy`` array under
+    the name ``.npz`` (``np.load`` returns an array, not an archive) -- is a :class:`FeatureError`."""
+    wanted = (key, "labels", "image_ids", "classnames", FINGERPRINT_KEY, JOB_KEY)
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise FeatureError(f"{path} is a single {data.dtype} array of shape {data.shape} (a .npy file), not a "
+                               f"feature file with the arrays {key}, labels, {FINGERPRINT_KEY}; {_reextract(path)}")
+        with data:
             missing = [k for k in (key, "labels", FINGERPRINT_KEY) if k not in data.files]
             if missing:
                 raise FeatureError(f"{path} has no array(s) {missing} (it has {sorted(data.files)}); "
                                    f"{_reextract(path)}")
-            x = np.asarray(data[key], dtype=np.float32)
-            y = np.asarray(data["labels"], dtype=np.int64)
-            ids = np.asarray(data["image_ids"], dtype=np.int64) if "image_ids" in data.files else np.arange(len(y))
-            names = [str(n) for n in data["classnames"]] if "classnames" in data.files else []
-            fingerprint = str(data[FINGERPRINT_KEY])
+            return {k: data[k] for k in wanted if k in data.files}
     except FeatureError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise FeatureError(f"{path} cannot be read ({type(err).__name__}: {err}); {_reextract(path)}") from None
-    if x.ndim != 2 or len(x) != len(y) or len(ids) != len(y):
-        raise FeatureError(f"{path}: inconsistent shapes features {x.shape}, labels {y.shape}, ids {ids.shape}; "
+
+
+def _read_job(path: str, stored: Optional[np.ndarray]) -> Optional[Dict[str, Any]]:
+    """The file's job identity: a JSON object; None when the file has none (written before files
+    recorded it) or it is ``null`` (unseeded random weights: the extractor cannot know it in advance)."""
+    if stored is None:
+        return None
+    job: Any = None
+    readable = stored.ndim == 0 and stored.dtype.kind == "U"
+    if readable:
+        try:
+            job = json.loads(str(stored))
+        except ValueError:
+            readable = False
+    if not readable or not (job is None or isinstance(job, dict)):
+        raise FeatureError(f"{path}: its {JOB_KEY!r} (dtype {stored.dtype}, shape {stored.shape}) is not the job "
+                           f"identity the extractor writes (a JSON object string); {_reextract(path)}")
+    return job
+
+
+def load_split(path: str, normalized: bool) -> Tuple[FeatureSplit, str]:
+    """One split and its backbone fingerprint; a broken file is a :class:`FeatureError` naming it.
+
+    Checked before any fit, as none of these fails the fit -- each skews it: features must be a real
+    floating ``[N, D]`` array with N, D >= 1 and every value finite (a NaN row made the torch solver
+    return a chance-level result with exit 0; complex values were cast to their real part); labels
+    (and image ids) integer, one per row (float labels were truncated to int); the fingerprint a
+    string. The extractor writes float32 features, int64 labels and ids, and string fingerprints.
+    """
+    key = "features" if normalized else "features_raw"
+    arrays = _read_npz(path, key)
+    fingerprint = arrays[FINGERPRINT_KEY]
+    if fingerprint.ndim != 0 or fingerprint.dtype.kind != "U":
+        raise FeatureError(f"{path}: its {FINGERPRINT_KEY!r} (dtype {fingerprint.dtype}, shape {fingerprint.shape}) "
+                           f"is not the backbone fingerprint string the extractor writes; {_reextract(path)}")
+    x, y = arrays[key], arrays["labels"]
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise FeatureError(f"{path}: {key!r} has shape {x.shape}, not [images, feature width >= 1]; "
                            f"{_reextract(path)}")
-    return FeatureSplit(x, y, ids, names), fingerprint
+    if x.dtype.kind != "f":
+        raise FeatureError(f"{path}: {key!r} is {x.dtype}, not real floating-point features; {_reextract(path)}")
+    if len(x) == 0:
+        raise FeatureError(f"{path} holds no images ({key!r} has shape {x.shape}): the probe needs every split; "
+                           f"{_reextract(path)}")
+    for name in ("labels", "image_ids"):
+        arr = arrays.get(name)
+        if arr is None:
+            continue
+        if arr.ndim != 1 or len(arr) != len(x):
+            raise FeatureError(f"{path}: {name!r} has shape {arr.shape}, but {key!r} has {len(x)} rows (one "
+                               f"entry per row expected); {_reextract(path)}")
+        if arr.dtype.kind not in "iu":
+            raise FeatureError(f"{path}: {name!r} is {arr.dtype}, not integers (the probe does not round them; "
+                               f"first values {arr[:SHOWN].tolist()}); {_reextract(path)}")
+    classnames = arrays.get("classnames")
+    if classnames is not None and classnames.ndim != 1:
+        raise FeatureError(f"{path}: 'classnames' has shape {classnames.shape}, not a list of names; "
+                           f"{_reextract(path)}")
+    x = np.asarray(x, dtype=np.float32)  # a float64 value beyond float32's range becomes inf: checked below
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if len(bad):
+        raise FeatureError(f"{path}: {len(bad)} of {len(x)} rows of {key!r} hold NaN or infinite values (row(s) "
+                           f"{_few(bad.tolist())}); {_reextract(path)}")
+    y = np.asarray(y, dtype=np.int64)
+    ids = np.asarray(arrays["image_ids"], dtype=np.int64) if "image_ids" in arrays else np.arange(len(y))
+    names = [str(n) for n in classnames] if classnames is not None else []
+    return FeatureSplit(x, y, ids, names, _read_job(path, arrays.get(JOB_KEY))), str(fingerprint)
 
 
 def _fingerprint_diff(a: str, b: str) -> str:
@@ -180,16 +278,54 @@ def _fingerprint_diff(a: str, b: str) -> str:
         da, db = json.loads(a), json.loads(b)
     except ValueError:
         return "unreadable fingerprint"
+    if not (isinstance(da, dict) and isinstance(db, dict)):
+        return "unreadable fingerprint"
     keys = sorted(k for k in set(da) | set(db) if da.get(k) != db.get(k))
     return ", ".join(f"{k}: {json.dumps(da.get(k), sort_keys=True)} vs {json.dumps(db.get(k), sort_keys=True)}"
                      for k in keys)
 
 
+def _job_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> List[str]:
+    """The :data:`JOB_DATA_KEYS` in which two job identities differ, readable (digests are not shown)."""
+    out = []
+    for key in JOB_DATA_KEYS:
+        va, vb = a.get(key), b.get(key)
+        if va == vb:
+            continue
+        if key == "data" and isinstance(va, dict) and isinstance(vb, dict):
+            subsets = sorted(k for k in set(va) | set(vb) if va.get(k) != vb.get(k))
+            out.append(f"data.{'/'.join(subsets)} (split-file digest)")
+        elif key == "data":
+            out.append("data (split-file digests)")
+        else:
+            out.append(f"{key} {json.dumps(va)} vs {json.dumps(vb)}")
+    return out
+
+
 def load_features(feature_dir: str, dataset: str, sub_classes: str, normalized: bool) -> Dict[str, FeatureSplit]:
     """The three splits, refused unless one backbone (weights, model, transform, precision) wrote them all
-    and their class lists agree: a probe on features of different backbones measures nothing."""
+    from one data build and they fit together: a probe on features of different backbones, on a test
+    split that is the train split, or on splits of different split files measures nothing.
+
+    Beyond the fingerprint and class list: every split has the train split's feature width; a file's
+    job identity names its own split (``cp train.npz test.npz`` probed on the training images, exit 0)
+    and the splits' job identities agree on :data:`JOB_DATA_KEYS`. Files without a job identity
+    (written before files recorded one, or ``null`` for unseeded random weights) cannot be compared
+    that way and are still read, as before -- refusing them would orphan every older extraction, and
+    their fingerprint still ties the splits to one backbone; for them (and all others) a val or test
+    split whose features and labels equal the train split's is refused, which catches the copy (val may
+    equal test: datasets without a val split use their test split, spec §4.7). Last, every val/test
+    label must be a train label: the probe never predicts another, so C would be chosen on a
+    validation set it cannot get right and the test accuracy would be silently capped.
+    """
     paths = check_features(feature_dir, dataset, sub_classes)
     loaded = {s: load_split(p, normalized) for s, p in paths.items()}
+    fix = _extract_all(feature_dir, dataset, sub_classes)
+    for split, path in paths.items():
+        job = loaded[split][0].job
+        if job is not None and job.get("split") != split:
+            raise FeatureError(f"{path} holds the {json.dumps(job.get('split'))} split by its job identity, not "
+                               f"{split} (a copy or rename of another split's file?); {fix}")
     ref_split = SPLITS[0]
     ref_feats, ref_fp = loaded[ref_split]
     for split in SPLITS[1:]:
@@ -203,6 +339,29 @@ def load_features(feature_dir: str, dataset: str, sub_classes: str, normalized: 
             )
         if feats.classnames and ref_feats.classnames and feats.classnames != ref_feats.classnames:
             raise FeatureError(f"{paths[split]} and {paths[ref_split]} list different classes; re-extract both")
+        if feats.x.shape[1] != ref_feats.x.shape[1]:
+            raise FeatureError(f"{paths[split]} has features of width {feats.x.shape[1]}, {paths[ref_split]} of "
+                               f"width {ref_feats.x.shape[1]}; {fix}")
+    with_job = [s for s in SPLITS if loaded[s][0].job is not None]
+    for split in with_job[1:]:
+        differences = _job_diff(loaded[split][0].job or {}, loaded[with_job[0]][0].job or {})
+        if differences:
+            raise FeatureError(f"{paths[split]} and {paths[with_job[0]]} were extracted from different data "
+                               f"({_few(differences, '; ')}); {fix}")
+    # val may equal test (datasets without a val split use the test split, e.g. LAION_Beyond_GCD, spec §4.7);
+    # neither may equal train
+    for split in SPLITS[1:]:
+        a = loaded[split][0]
+        if a.x.shape == ref_feats.x.shape and np.array_equal(a.x, ref_feats.x) and np.array_equal(a.y, ref_feats.y):
+            raise FeatureError(f"{paths[split]} holds the same features and labels as {paths[ref_split]} (a copy "
+                               f"of the {ref_split} split?); {fix}")
+    train_labels = np.unique(ref_feats.y)
+    for split in SPLITS[1:]:
+        unknown = np.setdiff1d(np.unique(loaded[split][0].y), train_labels)
+        if len(unknown):
+            raise FeatureError(f"{paths[split]} has label(s) {_few(unknown.tolist())} that no image of "
+                               f"{paths[ref_split]} has (train labels: {_few(train_labels.tolist())}); the probe "
+                               f"never predicts them; {fix}")
     return {s: feats for s, (feats, _) in loaded.items()}
 
 
@@ -547,7 +706,10 @@ def check_output_dir(output_dir: str, fp: Dict[str, Any], overwrite: bool = Fals
     the CSV before. Only a results.json with this very fingerprint is recomputed in place; any other one
     (another configuration's, one without a usable fingerprint, an unreadable one), or a CSV without a
     results.json beside it, is refused with an :class:`OutputConflictError` naming it, unless
-    ``overwrite``. A directory where a file goes is refused even then."""
+    ``overwrite``. A directory where a file goes is refused even then. The line stays short: a
+    train.py run's results are named as such (with its trainer) instead of listing every config key it
+    does not share with the probe, and another probe configuration's differences are cut to the first
+    few plus "and N more"."""
     check_writable_dir(output_dir, "probe output directory", create=False)
     for name in (RESULTS_JSON, RESULTS_CSV):
         path = osp.join(output_dir, name)
@@ -562,8 +724,14 @@ def check_output_dir(output_dir: str, fp: Dict[str, Any], overwrite: bool = Fals
         if not osp.isfile(csv_path):
             return
         what = f"a {RESULTS_CSV} without the {RESULTS_JSON} this probe writes first (not its output)"
+    elif state.state == "mismatch" and state.results is not None and not state.results.legacy \
+            and state.results.kind == "run":
+        # a train.py run: its config shares no key with the probe's, so the differences would list
+        # every config key "-> (absent)" -- thousands of characters that say nothing useful
+        trainer = state.results.get("trainer") or (state.results.fingerprint or {}).get("trainer") or "unknown"
+        what = f"the results of a train.py run (trainer {trainer}), not of a linear probe"
     elif state.state == "mismatch" and state.results is not None and state.results.fingerprint:
-        what = "the results of another probe configuration (differs in: " + "; ".join(state.differences) + ")"
+        what = "the results of another probe configuration (differs in: " + _few(state.differences, "; ") + ")"
     elif state.state == "mismatch":
         what = f"a {RESULTS_JSON} without a fingerprint (written by other code)"
     else:

@@ -9,12 +9,14 @@ import math
 import os
 import os.path as osp
 import shlex
+import shutil
 
 import numpy as np
 import pytest
 
 import configs
 from benchmarks import linear_probe as probe_bench
+from dassl import results as results_contract
 from lpclip import linear_probe as lp
 from tests.helpers import dataset_config, trainer_config
 
@@ -329,6 +331,235 @@ def test_splits_of_different_backbones_are_refused(tmp_path, capsys):
     rc, err = probe_cli(tmp_path, capsys)
     assert rc == 2 and len(err) == 1 and "different backbones" in err[0] and str(path) in err[0]
     assert '"tag": "other"' in err[0]  # the differing field is named
+
+
+def rewrite(path, **changes):
+    """Rewrite the npz ``path`` with ``changes`` applied (a value of None drops that array)."""
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    for key, value in changes.items():
+        if value is None:
+            arrays.pop(key, None)
+        else:
+            arrays[key] = value
+    np.savez(path, **arrays)
+
+
+def toy_job(split, **changes):
+    """A job identity as ``lpclip.feat_extractor.job_identity`` stores it, for the toy features."""
+    job = {"dataset": "Toy9_9", "sub_classes": "IP", "data": {"IP": "a" * 64, "OOP": "b" * 64}, "split": split,
+           "views": 0, "num_shots": -1, "seed": None, "precision": "fp32", "weights": json.loads(FINGERPRINT)["weights"],
+           "transform": {"SIZE": [224, 224]}}
+    job.update(changes)
+    return np.array(json.dumps(job, sort_keys=True))
+
+
+def add_jobs(root):
+    for split in lp.SPLITS:
+        rewrite(root / "Toy9_9" / "IP" / f"{split}.npz", job=toy_job(split))
+
+
+def refused_before_fitting(tmp_path, capsys, monkeypatch, *extra):
+    """Run the probe on ``tmp_path``'s toy features; it must not fit (the refusal comes first)."""
+    out = tmp_path / "probe"
+    monkeypatch.setattr(lp, "linear_probe", lambda *a, **k: pytest.fail("the probe fitted"))
+    rc, err = probe_cli(tmp_path, capsys, "--output-dir", str(out), *extra)
+    assert not out.exists()  # nothing written: not even the folder
+    return rc, err
+
+
+def _rows(path, fn):
+    """The arrays of ``path`` that have one entry per row, each passed through ``fn``."""
+    with np.load(path, allow_pickle=False) as data:
+        return {k: fn(data[k]) for k in ("features", "features_raw", "labels", "image_ids")}
+
+
+@pytest.mark.parametrize("case", ["nan_train_class", "inf_train_all", "nan_val", "nan_test", "nan_train_sklearn",
+                                  "empty_test", "empty_val", "float_labels", "whole_float_labels",
+                                  "complex_features", "int_features", "number_fingerprint", "val_label_not_in_train",
+                                  "test_label_not_in_train", "unreadable_job"])
+def test_bad_feature_values_are_one_error_line_naming_the_file(tmp_path, capsys, monkeypatch, case):
+    """Hostile values that used to skew the probe without failing it: NaN/inf features (torch: a
+    chance-level result, exit 0; sklearn: a traceback; val only: a normal-looking one), an empty split
+    (a bare NaN in results.json, or C "chosen" on no image), float labels (truncated to int), complex
+    or integer features (cast), a fingerprint that is no string, val/test labels no training image has
+    (never predicted: C chosen on a validation set the probe cannot get right). Each is one line naming
+    the file, exit 2, before any fit; nothing is written."""
+    write_features(str(tmp_path))
+    folder = tmp_path / "Toy9_9" / "IP"
+    split, extra = {"nan_train_class": "train", "inf_train_all": "train", "nan_train_sklearn": "train",
+                    "complex_features": "train", "int_features": "train", "empty_test": "test", "nan_test": "test",
+                    "test_label_not_in_train": "test", "float_labels": "test", "whole_float_labels": "test"
+                    }.get(case, "val"), ["--solver", "sklearn"] if case == "nan_train_sklearn" else []
+    path = folder / f"{split}.npz"
+    with np.load(path, allow_pickle=False) as data:
+        x, y = data["features_raw"].copy(), data["labels"].copy()
+    expected = {
+        "nan_train_class": "2 of 18 rows of 'features_raw' hold NaN or infinite values",
+        "inf_train_all": "18 of 18 rows of 'features_raw' hold NaN or infinite values (row(s) 0, 1, 2 and 15 more)",
+        "nan_val": "1 of 15 rows of 'features_raw' hold NaN or infinite values (row(s) 4)",
+        "nan_test": "18 of 18 rows of 'features_raw' hold NaN",
+        "nan_train_sklearn": "1 of 18 rows of 'features_raw' hold NaN",
+        "empty_test": "holds no images ('features_raw' has shape (0, 4))",
+        "empty_val": "holds no images ('features_raw' has shape (0, 4))",
+        "float_labels": "'labels' is float64, not integers (the probe does not round them; first values [0.5,",
+        "whole_float_labels": "'labels' is float64, not integers",
+        "complex_features": "'features_raw' is complex128, not real floating-point features",
+        "int_features": "'features_raw' is int64, not real floating-point features",
+        "number_fingerprint": "its 'fingerprint' (dtype int64, shape ()) is not the backbone fingerprint string",
+        "val_label_not_in_train": "has label(s) 7, 9 that no image of",
+        "test_label_not_in_train": "has label(s) 5 that no image of",
+        "unreadable_job": "its 'job' (dtype <U7, shape ()) is not the job identity the extractor writes",
+    }[case]
+    if case == "nan_train_class":
+        x[y == 1] = np.nan  # the rare class: both its images
+        rewrite(path, features_raw=x)
+    elif case in ("inf_train_all", "nan_test"):
+        rewrite(path, features_raw=np.full_like(x, np.inf if case == "inf_train_all" else np.nan))
+    elif case in ("nan_val", "nan_train_sklearn"):
+        x[4 if case == "nan_val" else 0, 1] = np.nan
+        rewrite(path, features_raw=x)
+    elif case in ("empty_test", "empty_val"):
+        rewrite(path, **_rows(path, lambda a: a[:0]))
+    elif case == "float_labels":
+        rewrite(path, labels=y + 0.5)
+    elif case == "whole_float_labels":  # the values are whole numbers, but a float file is not what was written
+        rewrite(path, labels=y.astype(np.float64))
+    elif case == "complex_features":
+        rewrite(path, features_raw=x.astype(np.complex128) + 1j)
+    elif case == "int_features":
+        rewrite(path, features_raw=np.round(x * 100).astype(np.int64))
+    elif case == "number_fingerprint":
+        rewrite(path, fingerprint=np.array(7))
+    elif case == "val_label_not_in_train":
+        y[:2] = (9, 7)
+        rewrite(path, labels=y)
+    elif case == "test_label_not_in_train":
+        y[0] = 5
+        rewrite(path, labels=y)
+    elif case == "unreadable_job":
+        rewrite(path, job=np.array("{broken"))
+    rc, err = refused_before_fitting(tmp_path, capsys, monkeypatch, *extra)
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {path}"), err
+    assert expected in err[0] and "Traceback" not in err[0], err
+
+
+@pytest.mark.parametrize("case", ["test_narrower", "train_width_0", "labels_2d", "labels_short", "ids_short",
+                                  "features_1d", "npy_named_npz"])
+def test_feature_shape_mistakes_are_one_error_line_naming_the_file(tmp_path, capsys, monkeypatch, case):
+    """Hostile shapes that ended in a traceback (exit 1) deep in the fit: val/test features of another
+    width than train's, a width of 0, 2-D or short labels, short image ids, 1-D features, and a bare
+    .npy array saved as test.npz (np.load returns an array, which is no context manager)."""
+    write_features(str(tmp_path))
+    folder = tmp_path / "Toy9_9" / "IP"
+    split = "train" if case == "train_width_0" else "val" if case in ("labels_2d", "ids_short") else "test"
+    path = folder / f"{split}.npz"
+    with np.load(path, allow_pickle=False) as data:
+        x, y = data["features_raw"].copy(), data["labels"].copy()
+    expected = {
+        "test_narrower": f"{path} has features of width 3, {folder / 'train.npz'} of width 4",
+        "train_width_0": "'features_raw' has shape (18, 0), not [images, feature width >= 1]",
+        "labels_2d": "'labels' has shape (15, 1), but 'features_raw' has 15 rows",
+        "labels_short": "'labels' has shape (17,), but 'features_raw' has 18 rows",
+        "ids_short": "'image_ids' has shape (14,), but 'features_raw' has 15 rows",
+        "features_1d": "'features_raw' has shape (72,), not [images, feature width >= 1]",
+        "npy_named_npz": "is a single float32 array of shape (18, 4) (a .npy file), not a feature file",
+    }[case]
+    if case in ("test_narrower", "train_width_0"):
+        rewrite(path, features_raw=x[:, :3] if case == "test_narrower" else x[:, :0])
+    elif case == "labels_2d":
+        rewrite(path, labels=y[:, None])
+    elif case == "labels_short":
+        rewrite(path, labels=y[:-1])
+    elif case == "ids_short":
+        rewrite(path, image_ids=np.arange(len(y) - 1))
+    elif case == "features_1d":
+        rewrite(path, features_raw=x.reshape(-1))
+    elif case == "npy_named_npz":
+        with open(path, "wb") as f:
+            np.save(f, x)
+    rc, err = refused_before_fitting(tmp_path, capsys, monkeypatch)
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {path}"), err
+    assert expected in err[0] and "Traceback" not in err[0], err
+
+
+@pytest.mark.parametrize("case", ["train_copied_to_test", "train_copied_to_test_no_jobs", "other_split_files",
+                                  "other_dataset", "job_of_another_split"])
+def test_splits_of_other_data_or_another_split_are_refused(tmp_path, capsys, monkeypatch, case):
+    """Hostile: ``cp train.npz test.npz`` (exit 0: the probe scored its training images) and a train
+    split extracted from another build of the data (another split-file digest) than val/test (exit 0:
+    overlapping images). The job identity each file carries names its split and its data; files
+    without one (older extractions) are caught by their identical content."""
+    write_features(str(tmp_path))
+    folder = tmp_path / "Toy9_9" / "IP"
+    if case != "train_copied_to_test_no_jobs":
+        add_jobs(tmp_path)
+    if case.startswith("train_copied_to_test"):
+        shutil.copy(folder / "train.npz", folder / "test.npz")
+        named, expected = folder / "test.npz", ("holds the \"train\" split by its job identity, not test"
+                                                 if case == "train_copied_to_test" else
+                                                 f"holds the same features and labels as {folder / 'train.npz'}")
+    elif case == "other_split_files":
+        rewrite(folder / "train.npz", job=toy_job("train", data={"IP": "c" * 64, "OOP": "b" * 64}))
+        named, expected = folder / "val.npz", "were extracted from different data (data.IP (split-file digest))"
+    elif case == "other_dataset":
+        rewrite(folder / "test.npz", job=toy_job("test", dataset="Toy8_8", sub_classes="OOP"))
+        named, expected = folder / "test.npz", 'different data (dataset "Toy8_8" vs "Toy9_9"; sub_classes "OOP" vs "IP")'
+    else:
+        rewrite(folder / "val.npz", job=toy_job("test"))
+        named, expected = folder / "val.npz", 'holds the "test" split by its job identity, not val'
+    rc, err = refused_before_fitting(tmp_path, capsys, monkeypatch)
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {named}"), err
+    assert expected in err[0] and "feat_extractor.py --dataset Toy9_9" in err[0], err
+
+
+def test_per_split_job_keys_and_files_without_a_job_still_probe(tmp_path, capsys):
+    """What may legitimately differ between the splits is not refused: train's augmented views and
+    their seed, the few-shot setting, the requested precision; files without a job identity (older
+    extractions) or with a null one (unseeded random weights) load as before."""
+    write_features(str(tmp_path))
+    add_jobs(tmp_path)
+    folder = tmp_path / "Toy9_9" / "IP"
+    rewrite(folder / "train.npz", job=toy_job("train", views=4, seed=3, num_shots=16, precision="amp"))
+    assert probe_cli(tmp_path, capsys, "--output-dir", str(tmp_path / "a"))[0] == 0
+    rewrite(folder / "val.npz", job=None)
+    rewrite(folder / "test.npz", job=np.array("null"))
+    assert probe_cli(tmp_path, capsys, "--output-dir", str(tmp_path / "b"))[0] == 0
+    feats = lp.load_features(str(tmp_path), "Toy9_9", "IP", normalized=False)
+    assert feats["train"].job["views"] == 4 and feats["val"].job is None and feats["test"].job is None
+    # a dataset without a val split uses its test split (LAION_Beyond_GCD, spec §4.7): val equal to test loads
+    shutil.copy(folder / "test.npz", folder / "val.npz")
+    assert probe_cli(tmp_path, capsys, "--output-dir", str(tmp_path / "c"))[0] == 0
+
+
+def test_output_dir_of_a_train_run_is_refused_in_one_short_line(tmp_path, capsys):
+    """Hostile: --output-dir at a train.py run's folder was refused with ~8,000 characters (every config
+    key "-> (absent)") calling it "another probe configuration". Now the line says what it is; the
+    differences of another probe configuration are cut to a few keys plus "and N more"."""
+    write_features(str(tmp_path))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config = {f"OPTIM.KEY_{i:03d}": i for i in range(200)}
+    config["TRAINER.NAME"] = "CLIP_Adapter"
+    fp = results_contract.fingerprint(config, trainer="CLIP_Adapter", data={"OOP": "a" * 64})
+    results_contract.write_results(str(run_dir), {"trainer": "CLIP_Adapter", "dataset": "Toy9_9", "seed": 1,
+                                                  "accuracy": 50.0}, fp, kind="run")
+    before = _snapshot(run_dir)
+    rc, err = probe_cli(tmp_path, capsys, "--output-dir", str(run_dir))
+    assert rc == 2 and len(err) == 1, err
+    assert err[0] == (f'error: --output-dir "{run_dir}" holds the results of a train.py run (trainer CLIP_Adapter), '
+                      "not of a linear probe; this probe would overwrite it. Use another --output-dir, or "
+                      "--overwrite to replace it")
+    assert _snapshot(run_dir) == before
+
+    out = tmp_path / "probe"
+    assert probe_cli(tmp_path, capsys, "--output-dir", str(out))[0] == 0
+    before = _snapshot(out)
+    rc, err = probe_cli(tmp_path, capsys, "--output-dir", str(out), "--shots", "2", "--num-run", "3",
+                        "--num-step", "2", "--solver", "sklearn", "--normalized")
+    assert rc == 2 and len(err) == 1 and "another probe configuration (differs in: " in err[0], err
+    assert err[0].count(" -> ") == lp.SHOWN and "and 2 more)" in err[0] and len(err[0]) < 400, err
+    assert _snapshot(out) == before
 
 
 def test_separate_unseeded_random_extractions_are_refused_seeded_ones_agree(extractor_env, capsys):
