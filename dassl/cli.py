@@ -9,10 +9,11 @@ imports: ``import dassl`` loads nothing optional (B34).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Any, NoReturn
 
-__all__ = ["ArgumentParser"]
+__all__ = ["ArgumentParser", "console_logging"]
 
 #: Namespace attribute naming the parser whose arguments were left over (removed by ``parse_args``).
 _EXTRAS_PROG = "_cli_unrecognized_by"
@@ -54,3 +55,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
+def console_logging(*names: str, fmt: str = "%(message)s") -> None:
+    """A launcher's console: INFO lines of its own loggers ``names``, warnings only from the rest. Its
+    checks build every job's config to compute the fingerprint, and the config code's INFO lines (which
+    weights a default resolved to) are about no job: they came out before the launcher's one
+    ``error:`` line."""
+    logging.basicConfig(level=logging.WARNING, format=fmt)
+    for name in names:
+        logging.getLogger(name).setLevel(logging.INFO)

@@ -130,9 +130,14 @@ STD_CONVENTION = "sample std over seeds (ddof 1)"
 OVERWRITE_ENV = "FSNL_OVERWRITE"
 
 
+def overwrite_value(value: Optional[str]) -> bool:
+    """Whether a value of :data:`OVERWRITE_ENV` asks for overwriting (1/true/yes/on, any case)."""
+    return value is not None and value.strip().lower() in ("1", "true", "yes", "on")
+
+
 def overwrite_requested(flag: bool = False) -> bool:
     """``--overwrite`` given, or :data:`OVERWRITE_ENV` set to 1/true/yes/on by a ``--force`` launcher."""
-    return bool(flag) or os.environ.get(OVERWRITE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return bool(flag) or overwrite_value(os.environ.get(OVERWRITE_ENV))
 
 
 class ResultsError(ValueError):

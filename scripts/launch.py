@@ -6,12 +6,19 @@
         --partition gpu --gres gpu:1 --time 12:00:00 --max-parallel 20
 
 Input: a text file with one command per line (``#`` comments and blank lines ignored), or a YAML file
-with a ``commands:`` list whose items are strings or ``{cmd: ..., done: ...}`` mappings; ``-`` reads
-stdin. A command's marker is its ``done`` file or, without one, ``<--output-dir>/results.json``. A
-command is skipped only when that results.json holds a finished run with the fingerprint the command
-would record (``scripts.run_identity``; other markers: when the file exists); a finished run of a
-*different* fingerprint stops the launch before anything runs, with one ``error:`` line naming the
-differing keys (``--force`` overwrites). So a launch can be repeated after failures or preemption.
+with a ``commands:`` list whose items are strings or ``{cmd: ..., done: ...}`` mappings (an empty one is
+refused); ``-`` reads stdin; a UTF-8 BOM is dropped. A command's marker is its ``done`` file or, without
+one, ``<--output-dir>/results.json``. A command is skipped only when that results.json holds a finished
+run with the fingerprint the command would record (``scripts.run_identity``: ``train.py``,
+``lpclip/linear_probe.py`` and ``lpclip/feat_extractor.py`` as module or path, under any ``python*``
+interpreter, its options and ``NAME=VALUE`` / ``env`` prefixes; any other command's results.json proves
+nothing and it runs); a ``done`` marker that is not a results.json counts when the file exists. A
+finished run of a *different* fingerprint stops the launch before anything runs, with one ``error:``
+line naming the differing keys (``--force`` overwrites, and so does a command that carries
+``FSNL_OVERWRITE=1`` or ``--overwrite`` itself). So a launch can be repeated after failures or
+preemption. Two commands that write the same output directory (or feature file) would run side by side
+and one result would be lost: the launch refuses them up front, naming both lines (an identical line
+twice too: remove the repeat).
 
 Local mode keeps a queue and ``--workers`` threads, each pinned to one GPU of ``--gpus`` /
 ``CUDA_VISIBLE_DEVICES`` / ``torch.cuda.device_count()`` (round robin when there are more workers
@@ -70,10 +77,17 @@ import torch
 import yaml
 
 from dassl import results
-from dassl.cli import ArgumentParser
+from dassl.cli import ArgumentParser, console_logging
 from dassl.utils import atomic_write_text, check_writable_dir
 from scripts.domains import REPO_ROOT
-from scripts.run_identity import DETERMINISTIC_EXIT, RunConflict, command_state, conflict_message, exit_status
+from scripts.run_identity import (
+    DETERMINISTIC_EXIT,
+    RunConflict,
+    command_outputs,
+    command_state,
+    conflict_message,
+    exit_status,
+)
 
 __all__ = [
     "Command",
@@ -81,6 +95,7 @@ __all__ = [
     "SlurmOptions",
     "read_commands",
     "parse_commands",
+    "check_outputs",
     "done_marker",
     "visible_gpus",
     "split_done",
@@ -103,17 +118,25 @@ _NO_GPU = frozenset({"", "-1", "none", "None"})
 
 @dataclass
 class Command:
-    """One line of a sweep: the shell command and the file that marks it as done (if known)."""
+    """One line of a sweep: the shell command, the file that marks it as done (if known) and where the
+    list holds it (``line 4`` / ``commands[3]``, for error lines)."""
 
     index: int
     cmd: str
     done: Optional[str] = None
     explicit_done: bool = False
+    where: str = ""
 
     def is_done(self, cwd: Optional[str] = None) -> bool:
         """Whether the marker holds this command's finished run (``scripts.run_identity``); a relative
         marker is relative to the jobs' working directory."""
         return self.state(cwd).done
+
+    def written(self, cwd: Optional[str] = None) -> bool:
+        """After the job: whether it left its marker (a finished run of its fingerprint, or, for a
+        command whose identity is unknown, the file)."""
+        workdir = cwd or os.fspath(REPO_ROOT)
+        return bool(self.done) and (self.is_done(workdir) or osp.isfile(osp.join(workdir, self.done)))
 
     def state(self, cwd: Optional[str] = None) -> results.Finished:
         if not self.done:
@@ -178,7 +201,8 @@ def done_marker(cmd: str) -> Optional[str]:
 def _entry(index: int, item: object, where: str = "") -> Command:
     """Command ``index`` (``where`` names it in errors: its line, or ``commands[i]`` of a YAML list).
     A line the shell cannot parse (an unclosed quote) is refused here, before any command runs: bash
-    would only report it when the pool reached that line."""
+    would only report it when the pool reached that line. So is an empty command (``- ""`` in YAML): a
+    SLURM task stopped at it and dropped the rest of its chunk, the local pool counted it as succeeded."""
     where = where or f"commands[{index}]"
     if isinstance(item, str):
         cmd, done = item, None
@@ -187,6 +211,8 @@ def _entry(index: int, item: object, where: str = "") -> Command:
     else:
         raise ValueError(f"{where} must be a string or a mapping with 'cmd', got {item!r}")
     cmd = cmd.strip()
+    if not cmd:
+        raise ValueError(f"{where} is empty; give it a command, or remove the entry")
     if "\n" in cmd:
         raise ValueError(f"{where} spans several lines; give one command per entry")
     if "\x00" in cmd:
@@ -201,12 +227,15 @@ def _entry(index: int, item: object, where: str = "") -> Command:
         raise ValueError(f"{where} is not a complete shell command ({str(err).lower()}): {cmd}; "
                          "fix its quoting") from None
     if done:
-        return Command(index, cmd, str(done), True)
-    return Command(index, cmd, done_marker(cmd), False)
+        return Command(index, cmd, str(done), True, where)
+    return Command(index, cmd, done_marker(cmd), False, where)
 
 
 def parse_commands(text: str, yaml_hint: bool = False) -> List[Command]:
-    """Commands from the text of a command list (one per line) or of a YAML with ``commands:``."""
+    """Commands from the text of a command list (one per line) or of a YAML with ``commands:``. A
+    leading UTF-8 BOM (Windows editors write one) is dropped: it became part of the first command
+    (``\ufeffecho: command not found``) and hid a YAML list's ``commands:``."""
+    text = text.removeprefix("\ufeff")
     stripped = text.lstrip()
     if yaml_hint or stripped.startswith("commands:"):
         data = yaml.safe_load(text) or {}
@@ -218,9 +247,13 @@ def parse_commands(text: str, yaml_hint: bool = False) -> List[Command]:
     return [_entry(i, ln, f"line {n}") for i, (n, ln) in enumerate(kept)]
 
 
+def _source_name(source: str) -> str:
+    return "stdin" if source == "-" else source
+
+
 def read_commands(source: str, stdin: Optional[TextIO] = None) -> List[Command]:
     """The commands of file ``source`` (``-``: stdin); a malformed entry is a ValueError naming both."""
-    name = "stdin" if source == "-" else source
+    name = _source_name(source)
     try:
         if source == "-":
             text, yaml_hint = (stdin or sys.stdin).read(), False
@@ -238,6 +271,30 @@ def read_commands(source: str, stdin: Optional[TextIO] = None) -> List[Command]:
         raise ValueError(f"{name} is not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
     except ValueError as err:
         raise ValueError(f"{name}: {err}") from None
+
+
+def check_outputs(commands: Sequence[Command], cwd: Optional[str] = None) -> None:
+    """Raise a one-line ValueError when two commands write the same output directory (``train.py``,
+    the probe) or feature file (the extractor), naming both: they would run side by side (another
+    worker, another array task) and one result would be lost. Only commands whose outputs
+    ``scripts.run_identity.command_outputs`` can tell; an identical line twice is refused the same way
+    rather than dropped, so that the list, ``commands.txt`` and the job numbers stay line for line."""
+    workdir = cwd or os.fspath(REPO_ROOT)
+    owner: Dict[str, Command] = {}
+    for c in commands:
+        try:
+            argv = shlex.split(c.cmd)
+        except ValueError:  # refused by _entry already
+            continue
+        for path in command_outputs(argv, workdir):
+            first = owner.setdefault(path, c)
+            if first is c:
+                continue
+            a, b = first.where or f"command {first.index}", c.where or f"command {c.index}"
+            if first.cmd == c.cmd:
+                raise ValueError(f"{b} repeats {a} (both write {path}); remove the repeat")
+            raise ValueError(f"{a} and {b} both write {path}; they would run side by side and one result would "
+                             "be lost. Give each its own --output-dir")
 
 
 def visible_gpus(explicit: Optional[str] = None) -> List[str]:
@@ -297,7 +354,7 @@ def split_done(commands: Sequence[Command], force: bool = False,
     workdir = cwd or os.fspath(REPO_ROOT)
     states = [c.state(workdir) for c in commands]
     if any(s.state in ("mismatch", "unreadable") for s in states):
-        raise RunConflict(conflict_message(states))
+        raise RunConflict(conflict_message(states, "give those commands another output directory"))
     return ([c for c, s in zip(commands, states) if not s.done], [c for c, s in zip(commands, states) if s.done])
 
 
@@ -328,7 +385,6 @@ def run_local(
     ``threads`` CPU threads (default :func:`default_threads`)."""
     summary = LaunchSummary()
     logs = Path(log_dir)
-    logs.mkdir(parents=True, exist_ok=True)
     workdir = cwd or os.fspath(REPO_ROOT)
     todo: queue.Queue[Optional[Command]] = queue.Queue()
     pending, summary.skipped = split_done(commands, force, workdir)
@@ -337,6 +393,7 @@ def run_local(
     if blocked:  # a worker would die opening it, and the pool would wait for it forever
         raise RunConflict(f"{blocked[0]} is in the way of a job's log (not a regular file); move it away or use "
                           "another --log-dir")
+    logs.mkdir(parents=True, exist_ok=True)  # only now: a refused launch leaves nothing behind
     for c, path in zip(pending, log_paths):
         _keep_earlier_log(path)
         todo.put(c)
@@ -394,9 +451,9 @@ def run_local(
                     reason = unstarted
                 elif rc != 0:
                     reason = f"exit code {rc}"
-                elif c.explicit_done and not c.is_done(workdir):
+                elif c.explicit_done and not c.written(workdir):
                     reason = f"exit code 0 but {c.done} was not written"
-                elif c.done and not c.is_done(workdir):
+                elif c.done and not c.written(workdir):
                     logger.warning("job %d finished but %s does not exist", c.index, c.done)
                 with lock:
                     retry = reason and rc != DETERMINISTIC_EXIT and attempt <= retries and not stop.is_set()
@@ -669,11 +726,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _check_args(args, parser)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    console_logging(logger.name)
     try:
         commands = read_commands(args.source)
         if commands:
             _check_dirs(args, commands)
+        try:
+            check_outputs(commands, args.cwd)
+        except ValueError as err:
+            raise ValueError(f"{_source_name(args.source)}: {err}") from None
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -14,6 +14,13 @@ another config, backbone or split file is never taken for theirs.
 The comparison covers the fingerprint ``id`` (trainer, semantic config, split digests, weights); the
 few-shot digest is implied by those and is not recomputed here (it would need sampling); the code
 version is compared only with ``match_code`` (see ``dassl.results``).
+
+A command is read as the shell would run it (:func:`invocation`): ``NAME=VALUE`` assignments and
+``env`` before the interpreter, any ``python*`` executable, its options (``-u``, ``-X dev``, ...), then
+``-m <module>`` or a script path (``train.py``, ``lpclip/linear_probe.py``, ``lpclip/feat_extractor.py``,
+relative to the job's directory or absolute). Before, only ``python train.py`` and ``python -m lpclip...``
+were read; ``OMP_NUM_THREADS=1 python train.py ... OPTIM.LR 0.5`` was skipped on the strength of a
+results.json of another learning rate.
 """
 from __future__ import annotations
 
@@ -24,10 +31,14 @@ if not __package__:  # run by path (python dir/script.py): the repo root goes fi
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
+import contextlib
+import io
 import os
 import os.path as osp
+import re
 import shlex
-from typing import Any, Dict, List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import train
 from configs import ConfigError
@@ -39,7 +50,8 @@ from lpclip import feat_extractor, linear_probe
 from lpclip.files import feature_file
 from scripts.domains import REPO_ROOT
 
-__all__ = ["RunConflict", "command_fingerprint", "command_state", "conflict_message", "extraction_state"]
+__all__ = ["Invocation", "RunConflict", "command_fingerprint", "command_outputs", "command_state", "conflict_message",
+           "extraction_state", "invocation"]
 
 #: ``train.py`` options whose value is a path (resolved against the job's working directory).
 _PATH_OPTIONS = ("root", "output_dir", "config_file", "dataset_config_file", "resume", "model_dir")
@@ -66,41 +78,130 @@ def _abs(path: str, cwd: str) -> str:
     return path if not path or osp.isabs(path) else osp.normpath(osp.join(cwd, path))
 
 
-def _is_train(argv: Sequence[str]) -> bool:
-    return len(argv) >= 2 and osp.basename(argv[1]) == "train.py"
+#: A shell variable assignment before the command (``OMP_NUM_THREADS=1 python ...``).
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+#: Interpreter options without an argument; a token of any of them (``-u``, ``-OO``, ``-bb``, ``-uB``).
+_FLAG_LETTERS = frozenset("uOBsSEIqvb")
+#: Interpreter options with one argument, apart (``-X dev``) or joined (``-Xdev``).
+_VALUE_OPTIONS = ("-X", "-W")
+#: The entry points the skip check reads, by module (``-m``) and by the tail of a script path.
+_MODULES = (("train", "train"), ("lpclip.linear_probe", "probe"), ("lpclip.feat_extractor", "extract"))
+_SCRIPTS = ((("train.py",), "train"), (("lpclip", "linear_probe.py"), "probe"),
+            (("lpclip", "feat_extractor.py"), "extract"))
 
 
-def _module(argv: Sequence[str]) -> str:
-    return argv[2] if len(argv) >= 3 and argv[1] == "-m" else ""
+@dataclass(frozen=True)
+class Invocation:
+    """What a command line runs, as far as the skip check is concerned: ``entry`` is ``train``,
+    ``probe``, ``extract`` or ``""`` (any other command: no identity can be computed for it), ``args``
+    the entry point's own arguments, ``env`` the ``NAME=VALUE`` assignments before the interpreter."""
+
+    entry: str
+    args: Tuple[str, ...] = ()
+    env: Dict[str, str] = field(default_factory=dict)
+
+    def asks_overwrite(self) -> bool:
+        """``FSNL_OVERWRITE=1`` before the command (what ``--force`` of the launchers sets for every job)
+        or its own ``--overwrite``: the command replaces a run of another configuration in its folder
+        instead of refusing it, so that run is no conflict of the launch."""
+        return "--overwrite" in self.args or results.overwrite_value(self.env.get(results.OVERWRITE_ENV))
+
+
+def _assignments(tokens: Sequence[str], i: int, env: Dict[str, str]) -> int:
+    while i < len(tokens) and _ASSIGNMENT.match(tokens[i]):
+        name, value = tokens[i].split("=", 1)
+        env[name] = value
+        i += 1
+    return i
+
+
+def invocation(argv: Sequence[str], cwd: Optional[str] = None) -> Invocation:
+    """Which entry point ``argv`` (run in ``cwd``) runs: after ``NAME=VALUE`` assignments (also after
+    ``env``), an interpreter whose name starts with ``python`` (``python3``, ``/usr/bin/python3.11``, a
+    venv's), its options (:data:`_FLAG_LETTERS`, ``-X``/``-W`` with their value), then ``-m <module>``
+    or a script whose path ends in ``train.py``, ``lpclip/linear_probe.py`` or
+    ``lpclip/feat_extractor.py``. Everything else (``bash x.sh``, ``cd d && python ...``, ``python -c``,
+    an interpreter option not listed) is ``entry ""``: its identity is unknown, never guessed."""
+    workdir = cwd or os.fspath(REPO_ROOT)
+    tokens = list(argv)
+    env: Dict[str, str] = {}
+    i = _assignments(tokens, 0, env)
+    if i < len(tokens) and osp.basename(tokens[i]) == "env":  # env, /usr/bin/env
+        i = _assignments(tokens, i + 1, env)
+    if i >= len(tokens) or not osp.basename(tokens[i]).startswith("python"):
+        return Invocation("", env=env)
+    i += 1
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok in _VALUE_OPTIONS:
+            i += 2
+        elif tok[:2] in _VALUE_OPTIONS or (len(tok) > 1 and tok[0] == "-" and set(tok[1:]) <= _FLAG_LETTERS):
+            i += 1
+        elif tok == "-m" and i + 1 < len(tokens):
+            return _entry_point(dict(_MODULES).get(tokens[i + 1], ""), tokens[i + 2:], env)
+        elif tok.startswith("-m") and len(tok) > 2:  # -mlpclip.linear_probe, as python accepts it
+            return _entry_point(dict(_MODULES).get(tok[2:], ""), tokens[i + 1:], env)
+        elif tok.startswith("-") or not tok:  # -c CODE, - (stdin), an option we do not know
+            return Invocation("", env=env)
+        else:
+            parts = Path(osp.normpath(_abs(tok, workdir))).parts
+            entry = next((entry for tail, entry in _SCRIPTS if parts[-len(tail):] == tail), "")
+            return _entry_point(entry, tokens[i + 1:], env)
+    return Invocation("", env=env)
+
+
+def _entry_point(entry: str, args: Sequence[str], env: Dict[str, str]) -> Invocation:
+    return Invocation(entry, tuple(args) if entry else (), env)
 
 
 def command_fingerprint(argv: Sequence[str], cwd: Optional[str] = None) -> Optional[Dict[str, Any]]:
     """The fingerprint the command ``argv`` (run in ``cwd``) will record, or None for a command that
-    writes no results.json. Raises ``ConfigError``/``ValueError`` when the command's config is wrong and
-    ``MissingFeaturesError`` for a probe whose features are not extracted yet."""
+    writes no results.json or that :func:`invocation` cannot read. Raises ``ConfigError``/``ValueError``
+    when the command's config is wrong and ``MissingFeaturesError`` for a probe whose features are not
+    extracted yet."""
     workdir = cwd or os.fspath(REPO_ROOT)
-    if _is_train(argv):
-        args = train.parse_args(list(argv[2:]))
-        for name in _PATH_OPTIONS:
-            value = getattr(args, name, None)
-            if isinstance(value, str):
-                setattr(args, name, _abs(value, workdir))
-        opts = list(args.opts or [])
-        for i in range(0, len(opts) - 1, 2):
-            if opts[i] == "MODEL.BACKBONE.WEIGHTS" and osp.exists(osp.join(workdir, opts[i + 1])):
-                opts[i + 1] = _abs(opts[i + 1], workdir)
-        args.opts = opts
+    inv = invocation(argv, workdir)
+    if inv.entry == "train":
+        args = _train_args(inv.args, workdir)
         model_dir = args.model_dir if args.eval_only else ""
         return expected_fingerprint(train.setup_cfg(args), model_dir=model_dir, load_epoch=args.load_epoch)
-    if _module(argv) == "lpclip.linear_probe":
-        a = linear_probe.parse_args(list(argv[3:]))
+    if inv.entry == "probe":
+        a = linear_probe.parse_args(list(inv.args))
         return linear_probe.probe_fingerprint(_abs(a.feature_dir, workdir), a.dataset, a.sub_classes, a.shots,
                                               a.num_run, a.num_step, a.normalized, a.solver)
     return None
 
 
+def _train_args(args: Sequence[str], workdir: str) -> argparse.Namespace:
+    """``train.py``'s parsed options with their paths resolved against the job's directory."""
+    parsed = train.parse_args(list(args))
+    for name in _PATH_OPTIONS:
+        value = getattr(parsed, name, None)
+        if isinstance(value, str):
+            setattr(parsed, name, _abs(value, workdir))
+    opts = list(parsed.opts or [])
+    for i in range(0, len(opts) - 1, 2):
+        if opts[i] == "MODEL.BACKBONE.WEIGHTS" and osp.exists(osp.join(workdir, opts[i + 1])):
+            opts[i + 1] = _abs(opts[i + 1], workdir)
+    parsed.opts = opts
+    return parsed
+
+
 #: ``lpclip.feat_extractor`` options whose value is a path.
 _EXTRACTOR_PATHS = ("root", "output_dir", "config_file", "dataset_config_file")
+
+
+def _extractor_files(args: Sequence[str], workdir: str) -> Tuple[argparse.Namespace, Any, List[Tuple[str, str]]]:
+    """An extractor command's options, config and ``(split, feature file)`` of each file it writes."""
+    parsed = feat_extractor.parse_args(list(args))
+    for name in _EXTRACTOR_PATHS:
+        value = getattr(parsed, name, "")
+        if value:
+            setattr(parsed, name, _abs(value, workdir))
+    cfg = feat_extractor.config_from_args(parsed)
+    files = [(split, feature_file(parsed.output_dir, str(cfg.DATASET.NAME), str(cfg.DATASET.SUB_CLASSES), split))
+             for split in parsed.split]
+    return parsed, cfg, files
 
 
 def extraction_state(argv: Sequence[str], cwd: Optional[str] = None) -> results.Finished:
@@ -109,37 +210,73 @@ def extraction_state(argv: Sequence[str], cwd: Optional[str] = None) -> results.
     cannot be known: unseeded random weights), ``mismatch`` / ``unreadable`` when a file of another
     job, or a broken file, is in the way. Raises like :func:`command_fingerprint` for a bad config."""
     workdir = cwd or os.fspath(REPO_ROOT)
-    args = feat_extractor.parse_args(list(argv[3:]))
-    for name in _EXTRACTOR_PATHS:
-        value = getattr(args, name, "")
-        if value:
-            setattr(args, name, _abs(value, workdir))
-    cfg = feat_extractor.config_from_args(args)
+    inv = invocation(argv, workdir)
+    args, cfg, files = _extractor_files(inv.args, workdir)
     state = results.Finished("missing", "")
-    for split in args.split:
-        path = feature_file(args.output_dir, str(cfg.DATASET.NAME), str(cfg.DATASET.SUB_CLASSES), split)
+    for split, path in files:
         state = feat_extractor.feature_file_state(path, cfg, split, args.views, args.precision)
         if not state.done:
             return state
     return state
 
 
+def command_outputs(argv: Sequence[str], cwd: Optional[str] = None) -> Tuple[str, ...]:
+    """Where a command :func:`invocation` reads writes its results (absolute, symlinks resolved):
+    ``train.py``'s and the probe's output directory, the extractor's feature files. Two jobs of one
+    launch with a path in common would run side by side and one result would be lost. ``()`` for any
+    other command, and for one whose line or config is wrong (the skip check, or the job, reports it:
+    argparse's own error line is kept off the console here)."""
+    workdir = cwd or os.fspath(REPO_ROOT)
+    inv = invocation(argv, workdir)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            if inv.entry == "train":
+                args = _train_args(inv.args, workdir)
+                out = args.output_dir
+                # a config's OUTPUT_DIR, and an OUTPUT_DIR override after the options, win over --output-dir
+                if not out or "OUTPUT_DIR" in (args.opts or [])[::2]:
+                    out = str(train.setup_cfg(args).OUTPUT_DIR)
+                paths = [out]
+            elif inv.entry == "probe":
+                a = linear_probe.parse_args(list(inv.args))
+                # the probe's default, as lpclip.linear_probe.main computes it
+                paths = [a.output_dir or osp.join(a.feature_dir, a.dataset, a.sub_classes, "linear_probe")]
+            elif inv.entry == "extract":
+                paths = [path for _, path in _extractor_files(inv.args, workdir)[2]]
+            else:
+                paths = []
+    except (SystemExit, ConfigError, RegistryKeyError, ValueError, OSError):
+        return ()
+    return tuple(osp.realpath(_abs(path, workdir)) for path in paths if path)
+
+
 def command_state(argv: Sequence[str], done: str, cwd: Optional[str] = None,
                   match_code: bool = False) -> results.Finished:
     """``results.Finished`` of one job: ``match`` (skip it), ``missing`` (run it), ``mismatch`` or
-    ``unreadable`` (a different run is in the way: never reused silently)."""
+    ``unreadable`` (a different run is in the way: never reused silently).
+
+    Only a fingerprint match skips a ``results.json`` marker. A command :func:`invocation` cannot read
+    (a shell script, ``cd d && python train.py``) has no fingerprint here, so its results.json proves
+    nothing about *this* configuration: it is ``missing`` and runs (``train.py`` and ``lpclip`` refuse
+    another configuration's folder themselves; before, any results.json there skipped it). A marker
+    that is not a results.json (an explicit ``done:`` of a launch list) is the user's own "this file
+    marks it done": it counts by existence, as ``scripts.launch`` documents. A command that asks to
+    overwrite (:meth:`Invocation.asks_overwrite`) is not refused for another configuration's run in its
+    folder, which it replaces as asked; a run of its own fingerprint is still skipped."""
     workdir = cwd or os.fspath(REPO_ROOT)
     marker = _abs(done, workdir)
-    if _module(argv) == "lpclip.feat_extractor":
+    inv = invocation(argv, workdir)
+    if inv.entry == "extract":
         try:
-            return extraction_state(argv, workdir)
+            state = extraction_state(argv, workdir)
         except SystemExit:
             return results.Finished("unreadable", marker, ["the job's command line does not parse"])
         except (ConfigError, RegistryKeyError, ValueError, OSError) as err:
             return results.Finished("unreadable", marker, [f"cannot compute the job's identity: {err}"])
+        return _unless_overwriting(state, inv)
     if osp.basename(marker) != results.RESULTS_FILE:
         return results.Finished("match" if osp.isfile(marker) else "missing", marker)
-    if not osp.isfile(marker):
+    if not osp.isfile(marker) or inv.entry not in ("train", "probe"):
         return results.Finished("missing", marker)
     try:
         expected = command_fingerprint(argv, workdir)
@@ -149,22 +286,26 @@ def command_state(argv: Sequence[str], done: str, cwd: Optional[str] = None,
         return results.Finished("unreadable", marker, ["the job's command line does not parse"])
     except (ConfigError, RegistryKeyError, ValueError, OSError) as err:
         return results.Finished("unreadable", marker, [f"cannot compute the job's fingerprint: {err}"])
-    if expected is None:
-        try:
-            results.read_results(marker)
-        except results.ResultsError as err:
-            return results.Finished("unreadable", marker, [str(err)])
-        return results.Finished("match", marker)
-    return results.find_finished(osp.dirname(marker), expected, match_code=match_code)
+    if expected is None:  # not reached: train and probe commands record one
+        return results.Finished("missing", marker)
+    return _unless_overwriting(results.find_finished(osp.dirname(marker), expected, match_code=match_code), inv)
 
 
-def conflict_message(states: Sequence[results.Finished]) -> str:
-    """One line for all conflicting jobs: how many, the first one's differing keys, and the fixes."""
+def _unless_overwriting(state: results.Finished, inv: Invocation) -> results.Finished:
+    """A different run in the way is no conflict for a command that asks to overwrite it: it runs."""
+    if state.state == "mismatch" and inv.asks_overwrite():
+        return results.Finished("missing", state.path, state.differences)
+    return state
+
+
+def conflict_message(states: Sequence[results.Finished], elsewhere: str = "use another --out") -> str:
+    """One line for all conflicting jobs: how many, the first one's differing keys, and the fixes
+    (``elsewhere``: how the caller's user puts the jobs somewhere else)."""
     bad: List[results.Finished] = [s for s in states if s.state in ("mismatch", "unreadable")]
     first = bad[0]
     which = "" if len(bad) == 1 else "the first, "
     return (f"{len(bad)} job(s) would overwrite a different finished run: {which}{first.path} differs in: "
-            f"{'; '.join(first.differences)}. Fix: use another --out, or --force to overwrite")
+            f"{'; '.join(first.differences)}. Fix: {elsewhere}, or --force to overwrite")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -186,7 +327,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if state.state == "missing":
         return 1
-    print(f"error: {conflict_message([state])}", file=sys.stderr)
+    print(f"error: {conflict_message([state], 'give the command another output directory')}", file=sys.stderr)
     return 2
 
 

@@ -42,7 +42,7 @@ import yaml
 
 from configs import build_cfg
 from dassl import results
-from dassl.cli import ArgumentParser
+from dassl.cli import ArgumentParser, console_logging
 from dassl.utils import WriteError, check_writable_dir
 from dassl.utils.identity import code_version
 from scripts.domains import LAION_BEYOND_DOMAINS, REPO_ROOT, DomainError, count_classes, resolve_domains
@@ -519,7 +519,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    console_logging(logger.name)
     try:
         config_set = resolve_config_set(args.config_set, args.config)
     except ValueError as err:

@@ -14,9 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from scripts import launch
+from dassl import results
+from datasets.make_toy import make_toy
+from scripts import launch, sweep
+from scripts.run_identity import command_fingerprint, exit_status, invocation
 
 PY = shlex.quote(sys.executable)
+REPO_TRAIN = shlex.quote(os.fspath(launch.REPO_ROOT / "train.py"))
 
 
 def py(code: str) -> str:
@@ -68,21 +72,34 @@ def test_retries(tmp_path: Path) -> None:
     assert "# attempt 2" in (tmp_path / "l1/job0000.log").read_text()
 
 
-def test_skip_when_output_dir_has_results(tmp_path: Path) -> None:
-    done_dir, todo_dir = tmp_path / "runA", tmp_path / "runB"
-    done_dir.mkdir()
-    (done_dir / "results.json").write_text("{}")
-    marker = tmp_path / "ran.txt"
-    text = "\n".join(
-        f"{py(f'open({str(marker)!r}, {chr(39)}a{chr(39)}).write({str(d.name)!r})')} --output-dir {d}"
-        for d in (done_dir, todo_dir)
-    )
+def test_skip_only_on_identity_or_an_explicit_done_marker(tmp_path: Path) -> None:
+    """A results.json in the folder of a command the launcher cannot read (not train.py / lpclip) proves
+    nothing about that command: it runs (before, it was skipped, so ``python -c`` or a wrapper script
+    never reran). A ``done:`` marker that is not a results.json is the user's own "finished" flag and
+    skips by existence, as documented; after a run, an explicit results.json marker the job wrote
+    counts as written."""
+    foreign, flagged, wrote = tmp_path / "runA", tmp_path / "runB", tmp_path / "runC"
+    for d in (foreign, flagged):
+        d.mkdir()
+    (foreign / "results.json").write_text("{}")
+    (flagged / "done.flag").write_text("")
+    ran = tmp_path / "ran.txt"
+
+    def record(name: str) -> str:
+        return py(f"open({str(ran)!r}, 'a').write({name!r})")
+
+    write_results = py(f"import os; os.makedirs({str(wrote)!r}); open({str(wrote / 'results.json')!r}, 'w').write('{{}}')")
+    text = ("commands:\n"
+            f"  - {json.dumps(record('A') + f' --output-dir {foreign}')}\n"
+            f"  - {{cmd: {json.dumps(record('B'))}, done: {json.dumps(str(flagged / 'done.flag'))}}}\n"
+            f"  - {{cmd: {json.dumps(write_results)}, done: {json.dumps(str(wrote / 'results.json'))}}}\n")
     commands = launch.parse_commands(text)
-    assert [c.done for c in commands] == [str(done_dir / "results.json"), str(todo_dir / "results.json")]
-    summary = launch.run_local(commands, workers=2, gpus=[], log_dir=str(tmp_path / "logs"), cwd=str(tmp_path))
-    assert marker.read_text() == "runB"  # runA was skipped
-    assert [c.index for c in summary.skipped] == [0]
-    assert [c.index for c in summary.succeeded] == [1]  # no results.json written: a warning, not a failure
+    assert commands[0].done == str(foreign / "results.json")
+    assert commands[0].state(str(tmp_path)).state == "missing"
+    summary = launch.run_local(commands, workers=1, gpus=[], log_dir=str(tmp_path / "logs"), cwd=str(tmp_path))
+    assert ran.read_text() == "A"  # runA ran in spite of its results.json; runB's flag skipped it
+    assert [c.index for c in summary.skipped] == [1]
+    assert [c.index for c in summary.succeeded] == [0, 2] and not summary.failed
 
 
 def test_yaml_and_stdin(tmp_path: Path) -> None:
@@ -119,11 +136,12 @@ def test_slurm_array_script(tmp_path: Path, capsys: pytest.CaptureFixture, monke
     work = tmp_path / "work"
     work.mkdir()
     (work / "out1").mkdir()
-    (work / "out1/results.json").write_text("{}")
+    (work / "out1/done").write_text("")
     cmds = [f"{py(f'open({name!r}, {chr(39)}w{chr(39)}).write({name!r})')} --output-dir out{i}"
             for i, name in enumerate(("r0", "r1", "r2", "r3"))]
-    src = tmp_path / "cmds.txt"
-    src.write_text("\n".join(cmds) + "\n")
+    src = tmp_path / "cmds.yaml"  # explicit markers: these stand-in commands have no fingerprint
+    src.write_text("commands:\n" + "".join(f"  - {{cmd: {json.dumps(c)}, done: out{i}/done}}\n"
+                                           for i, c in enumerate(cmds)))
 
     # A fake sbatch on PATH records its arguments and answers like the real one.
     bin_dir = tmp_path / "bin"
@@ -151,16 +169,16 @@ def test_slurm_array_script(tmp_path: Path, capsys: pytest.CaptureFixture, monke
         assert line in text.splitlines()
     # every command keeps its line (a resubmission writes the same files); only the pending tasks are submitted
     assert (slurm_dir / "commands.txt").read_text().splitlines() == cmds
-    assert (slurm_dir / "done.txt").read_text().splitlines() == [f"out{i}/results.json" for i in range(4)]
+    assert (slurm_dir / "done.txt").read_text().splitlines() == [f"out{i}/done" for i in range(4)]
 
     # Run array task 2 as SLURM would: it executes line 3 (the "r2" command) from the submit dir.
     env = dict(os.environ, SLURM_ARRAY_TASK_ID="2", SLURM_SUBMIT_DIR=str(work))
     res = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert (work / "r2").read_text() == "r2" and not (work / "r0").exists()
-    # Once its results exist the task is skipped instead of rerun.
+    # Once its marker exists the task is skipped instead of rerun.
     (work / "out2").mkdir()
-    (work / "out2/results.json").write_text("{}")
+    (work / "out2/done").write_text("")
     (work / "r2").unlink()
     res = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "skip" in res.stdout and not (work / "r2").exists()
@@ -277,8 +295,6 @@ def test_thread_cap_no_retry_on_exit_2_and_quoted_error(tmp_path: Path, capsys: 
 
 
 def test_exit_status_rule() -> None:
-    from scripts.run_identity import exit_status
-
     assert exit_status([]) == 0
     assert exit_status([2, 2]) == 2
     assert exit_status([2, 1]) == exit_status([2, None]) == exit_status([-9]) == 1
@@ -295,8 +311,9 @@ def test_slurm_no_submit_and_all_done(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "sbatch" in capsys.readouterr().err
 
     (tmp_path / "o").mkdir()
-    (tmp_path / "o/results.json").write_text("{}")
-    src.write_text(f"{py('pass')} --output-dir {tmp_path / 'o'}\n")
+    (tmp_path / "o/done").write_text("")
+    src = tmp_path / "c.yaml"
+    src.write_text(f"commands:\n  - {{cmd: {json.dumps(py('pass'))}, done: {json.dumps(str(tmp_path / 'o/done'))}}}\n")
     assert launch.main([str(src), "--mode", "slurm", "--slurm-dir", str(tmp_path / "s2")]) == 0
     assert "nothing to submit" in capsys.readouterr().err
     assert not (tmp_path / "s2").exists()
@@ -328,12 +345,14 @@ def test_force_lets_the_commands_overwrite(tmp_path: Path, capsys: pytest.Captur
 
 
 @pytest.mark.parametrize("case", ["unclosed_quote", "yaml_unclosed_quote", "bad_yaml", "missing", "directory",
-                                  "binary", "nul_byte", "yaml_done_list", "yaml_done_newline"])
+                                  "binary", "nul_byte", "yaml_done_list", "yaml_done_newline", "yaml_empty",
+                                  "yaml_blank", "yaml_empty_cmd"])
 def test_bad_command_lists_are_one_line_before_any_job(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                          case: str) -> None:
     """Hostile command lists: the launch stops with one ``error:`` line naming the file (and the line)
     and exit 2 before any command runs. Before, an unclosed quote on line 4 ran lines 1-3 and then
-    failed that line in bash; broken YAML was a traceback."""
+    failed that line in bash; broken YAML was a traceback; an empty YAML entry counted as succeeded
+    locally and, in a SLURM chunk, stopped the task and dropped the chunk's later lines."""
     ran = tmp_path / "ran"
     first = py(f"open({str(ran)!r}, 'w').write('x')")
     src = tmp_path / ("cmds.yaml" if "yaml" in case else "cmds.txt")
@@ -347,6 +366,9 @@ def test_bad_command_lists_are_one_line_before_any_job(tmp_path: Path, capsys: p
         "nul_byte": "line 2 contains a NUL byte",
         "yaml_done_list": "commands[1]: 'done' must be a file path (a string), got [1, 2]",
         "yaml_done_newline": "commands[1]: 'done' 'a\\nb' holds a line break",
+        "yaml_empty": "commands[1] is empty; give it a command, or remove the entry",
+        "yaml_blank": "commands[1] is empty; give it a command, or remove the entry",
+        "yaml_empty_cmd": "commands[1] is empty; give it a command, or remove the entry",
     }[case]
     if case == "unclosed_quote":
         src.write_text(f"{first}\n# comment\necho 'oops > x\n")
@@ -364,6 +386,11 @@ def test_bad_command_lists_are_one_line_before_any_job(tmp_path: Path, capsys: p
         src.write_text(f"commands:\n  - {json.dumps(first)}\n  - {{cmd: echo hi, done: \"a\\nb\"}}\n")
     elif case == "yaml_done_list":
         src.write_text(f"commands:\n  - {json.dumps(first)}\n  - {{cmd: echo hi, done: [1, 2]}}\n")
+    elif case in ("yaml_empty", "yaml_blank"):
+        blank = '""' if case == "yaml_empty" else '"   "'
+        src.write_text(f"commands:\n  - {json.dumps(first)}\n  - {blank}\n  - {json.dumps(first)}\n")
+    elif case == "yaml_empty_cmd":
+        src.write_text(f"commands:\n  - {json.dumps(first)}\n  - {{cmd: '', done: x.flag}}\n")
     rc = launch.main([str(src), "--cwd", str(tmp_path), "--log-dir", str(tmp_path / "logs")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
@@ -456,3 +483,226 @@ def test_launch_files_in_the_way_are_one_line_before_any_job(tmp_path: Path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
     assert not ran.exists() and {p: (p.read_bytes() if p.is_file() else None) for p in sorted(tmp_path.rglob("*"))} == before
+
+
+@pytest.mark.parametrize("line,entry,args", [
+    ("python train.py --seed 1", "train", ["--seed", "1"]),
+    ("OMP_NUM_THREADS=1 python train.py --seed 1", "train", ["--seed", "1"]),
+    ("env A=1 B='x y' python -u train.py --seed 1", "train", ["--seed", "1"]),
+    ("/usr/bin/env A=1 python3 train.py", "train", []),
+    ("A=1 env B=2 python3 -X dev -Wignore -OO -bb -uB ./train.py --seed 1", "train", ["--seed", "1"]),
+    ("/usr/bin/python3.11 -Xfrozen_modules=off -W error REPO/train.py --seed 1", "train", ["--seed", "1"]),
+    ("/venv/bin/python -E -s -S -I -q -v -O train.py --seed 1", "train", ["--seed", "1"]),
+    ("python -m train --seed 1", "train", ["--seed", "1"]),
+    ("python lpclip/linear_probe.py --dataset D", "probe", ["--dataset", "D"]),
+    ("python3 REPO/lpclip/linear_probe.py --dataset D", "probe", ["--dataset", "D"]),
+    ("python -u -mlpclip.linear_probe --dataset D", "probe", ["--dataset", "D"]),
+    ("FSNL_OVERWRITE=1 python REPO/lpclip/feat_extractor.py --dataset D", "extract", ["--dataset", "D"]),
+    ("python ./lpclip/../lpclip/feat_extractor.py --dataset D", "extract", ["--dataset", "D"]),
+    ("python -m lpclip.feat_extractor --dataset D", "extract", ["--dataset", "D"]),
+    # no identity can be read: never guessed (these run, and train.py / lpclip guard their own folders)
+    ("bash scripts/fsnl/train.sh D O", "", []),
+    ("cd sub && python train.py --seed 1", "", []),
+    ("python -c 'print(1)' train.py", "", []),
+    ("python -i train.py", "", []),
+    ("python my_train.py --seed 1", "", []),
+    ("pypy3 train.py", "", []),
+    ("env -i python train.py", "", []),
+    ("python -m lpclip.other --dataset D", "", []),
+    ("OMP_NUM_THREADS=1", "", []),
+])
+def test_commands_are_read_through_prefixes_interpreter_options_and_paths(line: str, entry: str, args: list) -> None:
+    """Hostile: ``OMP_NUM_THREADS=1 python train.py ...``, ``python -u train.py``, ``python3 -X dev ...``
+    or the README's ``python lpclip/linear_probe.py`` were not recognised, and any results.json in their
+    folder was taken for theirs."""
+    repo = os.fspath(launch.REPO_ROOT)
+    inv = invocation(shlex.split(line.replace("REPO", repo)), repo)
+    assert (inv.entry, list(inv.args)) == (entry, args)
+
+
+@pytest.mark.parametrize("value", ["1", "true", "YES", " on ", "0", "", "no", "2"])
+def test_an_overwrite_prefix_reads_like_the_tools_read_it(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``FSNL_OVERWRITE=<v> python train.py`` asks to overwrite exactly when train.py, given that
+    environment, would (``dassl.results.overwrite_requested``)."""
+    monkeypatch.setenv(results.OVERWRITE_ENV, value)
+    inv = invocation(["FSNL_OVERWRITE=" + value, "python", "train.py"])
+    assert inv.asks_overwrite() is results.overwrite_requested()
+    assert invocation(["python", "train.py", "--overwrite"]).asks_overwrite()
+
+
+@pytest.fixture
+def finished_run(tmp_path: Path) -> tuple:
+    """A finished zero-shot run of the toy benchmark (its results.json, with the fingerprint its
+    command records) and that command."""
+    root = tmp_path / "toy"
+    make_toy(str(root), domains=["Animals92_42"], image_size=8, num_train=2, num_val=1, num_test=1)
+    (job,) = sweep.build_jobs(sweep.SweepSpec(method="zeroshot", root=str(root), out=str(tmp_path / "zs"),
+                                              domains=["Animals"], seeds=[1]))
+    results.write_results(str(Path(job.done).parent), {"trainer": "ZeroshotCLIP_openclip", "dataset": "Animals92_42",
+                                                       "seed": 1, "accuracy": 5.0},
+                          command_fingerprint(job.argv))
+    assert job.argv[:2] == ("python", "train.py")
+    return Path(job.done), job.argv[2:]
+
+
+@pytest.mark.parametrize("prefix", ["OMP_NUM_THREADS=1 python train.py", "env A=1 python -u train.py",
+                                    "python3 -X dev -Wignore ./train.py", "PYTHON -B REPO/train.py",
+                                    "FSNL_OVERWRITE=0 python train.py"])
+@pytest.mark.parametrize("mode", ["local", "slurm"])
+def test_another_config_in_a_prefixed_commands_folder_is_refused_not_skipped(
+        finished_run: tuple, tmp_path: Path, capsys: pytest.CaptureFixture, prefix: str, mode: str) -> None:
+    """Hostile (the most severe: silent reuse): a finished run with ``OPTIM.LR 0.002`` and a command with
+    ``OPTIM.LR 0.5`` into the same folder, written ``OMP_NUM_THREADS=1 python train.py ...``: the launch
+    reported it ``skipped``. Now one error line naming the key, exit 2, nothing run or written; the
+    same configuration under the same prefix is still skipped."""
+    marker, args = finished_run
+    before = marker.read_bytes()
+    head = prefix.replace("PYTHON", PY).replace("REPO", os.fspath(launch.REPO_ROOT))
+    src = tmp_path / "cmds.txt"
+    logs, slurm = tmp_path / "logs", tmp_path / "slurm"
+    argv = [str(src), "--cwd", os.fspath(launch.REPO_ROOT), "--log-dir", str(logs)]
+    if mode == "slurm":
+        argv += ["--mode", "slurm", "--no-submit", "--slurm-dir", str(slurm)]
+    src.write_text(f"{head} {shlex.join(args)} OPTIM.LR 0.5\n")
+    assert launch.main(argv) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("error: 1 job(s) would overwrite a different finished run"), err
+    assert f"{marker} differs in: OPTIM.LR 0.002 -> 0.5" in err[0]
+    assert marker.read_bytes() == before and not logs.exists() and not slurm.exists()
+
+    src.write_text(f"{head} {shlex.join(args)}\n")
+    assert launch.main(argv) == 0
+    err = capsys.readouterr().err
+    assert ("skipped 1, failed 0" if mode == "local" else "all 1 command(s) are done") in err
+    assert marker.read_bytes() == before and not any(logs.glob("job*.log")) and not slurm.exists()
+
+
+def test_the_conflict_is_the_only_line_on_the_console(finished_run: tuple, tmp_path: Path) -> None:
+    """In a real process: the launcher's checks build each job's config, whose INFO line (``MODEL.BACKBONE.
+    WEIGHTS default -> ...`` of the mini CLIP) came out before the one ``error:`` line."""
+    marker, args = finished_run
+    before = marker.read_bytes()
+    src = tmp_path / "cmds.txt"
+    mini = [*args, "MODEL.BACKBONE.NAME", "mini-clip", "MODEL.BACKBONE.WEIGHTS", "default"]
+    src.write_text(f"python train.py {shlex.join(mini)}\n")
+    proc = subprocess.run([sys.executable, "-m", "scripts.launch", str(src), "--log-dir", str(tmp_path / "logs")],
+                          cwd=launch.REPO_ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2 and not proc.stdout, proc
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: 1 job(s) would overwrite a different finished run"), lines
+    assert lines[0].endswith("Fix: give those commands another output directory, or --force to overwrite")
+    assert marker.read_bytes() == before and not (tmp_path / "logs").exists()
+
+
+def test_a_command_that_asks_to_overwrite_is_not_refused(finished_run: tuple, tmp_path: Path) -> None:
+    """``FSNL_OVERWRITE=1`` before a command (what ``--force`` sets for every job) or its own
+    ``--overwrite`` replaces another configuration's run as asked: the launch schedules it instead of
+    refusing it. A run of its own fingerprint is still skipped."""
+    marker, args = finished_run
+    cwd = os.fspath(launch.REPO_ROOT)
+    lines = [f"FSNL_OVERWRITE=1 python train.py {shlex.join(args)} OPTIM.LR 0.5",
+             f"python train.py --overwrite {shlex.join(args)} OPTIM.LR 0.5",
+             f"FSNL_OVERWRITE=1 python train.py {shlex.join(args)}"]
+    states = [c.state(cwd) for c in launch.parse_commands("\n".join(lines))]
+    assert [s.state for s in states] == ["missing", "missing", "match"]
+    assert states[0].differences == ["OPTIM.LR 0.002 -> 0.5"]
+
+
+@pytest.mark.parametrize("case", ["same_dir", "relative_and_absolute", "output_dir_override", "repeated_line",
+                                  "probe_default_dir", "extractor_file", "yaml", "slurm"])
+def test_two_commands_writing_one_output_are_one_line_before_any_job(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                     case: str) -> None:
+    """Hostile: two commands of one list with the same output directory ran side by side and one result
+    was lost. Refused up front, naming both lines and the directory, in local and SLURM mode."""
+    ran = tmp_path / "ran"
+    first = py(f"open({str(ran)!r}, 'w').write('x')")
+    work = tmp_path / "work"
+    work.mkdir()
+    train = "python train.py --trainer CoOp --seed 1"
+    out = str(work / "out")
+    pair = {
+        "same_dir": (f"{train} --output-dir {out}", f"{train} --output-dir {out} OPTIM.LR 0.5"),
+        "relative_and_absolute": (f"{train} --output-dir out/", f"OMP_NUM_THREADS=1 python -u {REPO_TRAIN} "
+                                                                f"--seed 2 --output-dir {out}"),
+        "output_dir_override": (f"{train} --output-dir {out}", f"{train} --output-dir elsewhere OUTPUT_DIR ./out"),
+        "repeated_line": (f"{train} --output-dir {out}", f"{train} --output-dir {out}"),
+        "probe_default_dir": ("python -m lpclip.linear_probe --feature-dir cf --dataset MiniFood --num-run 2",
+                              "python lpclip/linear_probe.py --feature-dir cf --dataset MiniFood --num-run 3"),
+        "extractor_file": ("python -m lpclip.feat_extractor --root data --dataset MiniFood --output-dir f "
+                           "--split train val",
+                           "python lpclip/feat_extractor.py --root data --dataset MiniFood --output-dir f --split test val"),
+        "yaml": (f"{train} --output-dir {out}", f"{train} --output-dir {out} OPTIM.LR 0.5"),
+        "slurm": (f"{train} --output-dir {out}", f"{train} --output-dir {out} OPTIM.LR 0.5"),
+    }[case]
+    shared = {"probe_default_dir": work / "cf/MiniFood/OOP/linear_probe",
+              "extractor_file": work / "f/MiniFood/OOP/val.npz"}.get(case, work / "out")
+    if case == "yaml":
+        src = tmp_path / "cmds.yaml"
+        src.write_text("commands:\n" + "".join(f"  - {json.dumps(c)}\n" for c in (first, pair[0], "echo x", pair[1])))
+        where = "commands[1] and commands[3] both write"
+    else:
+        src = tmp_path / "cmds.txt"
+        src.write_text(f"{first}\n# a comment\n{pair[0]}\n\n{pair[1]}\n")
+        where = "line 5 repeats line 3 (both write" if case == "repeated_line" else "line 3 and line 5 both write"
+    logs, slurm = tmp_path / "logs", tmp_path / "slurm"
+    argv = [str(src), "--cwd", str(work), "--log-dir", str(logs), "--force"]  # --force cannot make it safe
+    if case == "slurm":
+        argv += ["--mode", "slurm", "--no-submit", "--slurm-dir", str(slurm)]
+    before = sorted(tmp_path.rglob("*"))
+    rc = launch.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: {src}: {where} {shared}"), err
+    assert "remove the repeat" in err[0] if case == "repeated_line" else "its own --output-dir" in err[0]
+    assert not ran.exists() and sorted(tmp_path.rglob("*")) == before
+
+
+def test_distinct_outputs_are_not_a_collision(tmp_path: Path) -> None:
+    """The check names only real collisions: other folders, other feature files of one folder (another
+    split or subset), commands it cannot read (whatever they write) and lines that do not parse."""
+    lines = ["python train.py --output-dir a", "python train.py --output-dir a/b", "python train.py --output-dir b",
+             "python -m lpclip.feat_extractor --root d --dataset MiniFood --output-dir f --split train",
+             "python -m lpclip.feat_extractor --root d --dataset MiniFood --output-dir f --split val",
+             "python -m lpclip.feat_extractor --root d --dataset MiniFood --output-dir f --split val "
+             "DATASET.SUB_CLASSES IP",
+             "echo --output-dir a", "echo --output-dir a", "python train.py --no-such-option --output-dir a"]
+    launch.check_outputs(launch.parse_commands("\n".join(lines)), str(tmp_path))
+
+
+def test_blank_text_lines_are_skipped_and_never_reach_a_chunk(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Blank and whitespace-only lines of a text list are no commands: ``commands.txt`` holds the three
+    commands back to back, and one ``--chunk 3`` task runs all three (an empty line there stopped it)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    cmds = [py(f"open({name!r}, 'w').write('x')") for name in ("r0", "r1", "r2")]
+    src = tmp_path / "cmds.txt"
+    src.write_text(f"\n{cmds[0]}\n   \n\t\n{cmds[1]}\n\n{cmds[2]}\n  \n")
+    slurm = work / "slurm"
+    assert launch.main([str(src), "--mode", "slurm", "--cwd", str(work), "--slurm-dir", str(slurm), "--no-submit",
+                        "--chunk", "3"]) == 0
+    assert "1 array task(s) for 3 command(s)" in capsys.readouterr().err
+    assert (slurm / "commands.txt").read_text() == "".join(f"{c}\n" for c in cmds)
+    env = dict(os.environ, SLURM_ARRAY_TASK_ID="0", SLURM_SUBMIT_DIR=str(work))
+    res = subprocess.run(["bash", str(slurm / "job.sbatch")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in work.glob("r*")) == ["r0", "r1", "r2"]
+
+
+def test_a_utf8_bom_is_dropped(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Hostile: a list saved with a BOM (Windows editors) failed its first command at run time
+    (``\\ufeffpython: command not found``), and a YAML list behind one was read as text lines."""
+    ran = tmp_path / "ran"
+    src = tmp_path / "cmds.txt"
+    src.write_bytes(b"\xef\xbb\xbf" + (py(f"open({str(ran)!r}, 'a').write('t')") + "\n").encode())
+    assert launch.main([str(src), "--cwd", str(tmp_path), "--log-dir", str(tmp_path / "l1")]) == 0
+    assert ran.read_text() == "t"
+    flag = tmp_path / "done.flag"
+    flag.write_text("")
+    yaml_text = ("\ufeffcommands:\n"
+                 f"  - {{cmd: {json.dumps(py(f'open({str(ran)!r}, {chr(39)}a{chr(39)}).write({chr(39)}y{chr(39)})'))},"
+                 f" done: {json.dumps(str(flag))}}}\n")
+    (commands,) = launch.read_commands("-", stdin=io.StringIO(yaml_text))
+    assert commands.explicit_done and commands.done == str(flag) and not commands.cmd.startswith("\ufeff")
+    capsys.readouterr()

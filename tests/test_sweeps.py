@@ -293,15 +293,17 @@ def test_yaml_dry_run_carries_done_markers(capsys: pytest.CaptureFixture) -> Non
 
 
 def test_run_jobs_summary(tmp_path: Path) -> None:
+    # Stand-in jobs have no fingerprint (not train.py / lpclip), so their marker is a plain flag file: a
+    # results.json of theirs would prove nothing (scripts.run_identity.command_state) and they would rerun.
     def job(name: str, code: str) -> Job:
-        return Job(("python", "-c", code), str(tmp_path / name / "results.json"), name)
+        return Job(("python", "-c", code), str(tmp_path / name / "done.flag"), name)
 
-    ok = job("ok", f"import os; os.makedirs({str(tmp_path / 'ok')!r}); open({str(tmp_path / 'ok/results.json')!r}, 'w').write('{{}}')")
+    ok = job("ok", f"import os; os.makedirs({str(tmp_path / 'ok')!r}); open({str(tmp_path / 'ok/done.flag')!r}, 'w')")
     silent = job("silent", "pass")  # exits 0 but writes nothing: not done, so it must count as failed
     crash = job("crash", "raise SystemExit(3)")
     done = job("done", "raise SystemExit('must not run')")
     (tmp_path / "done").mkdir()
-    (tmp_path / "done/results.json").write_text("{}")
+    (tmp_path / "done/done.flag").write_text("")
 
     summary = run_jobs([ok, silent, crash, done], cwd=str(tmp_path))
     assert [j.label for j in summary.ran] == ["ok"]
