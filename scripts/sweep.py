@@ -372,6 +372,12 @@ def check_opts(opts: Sequence[str], method: Method, extra: Optional[Mapping[str,
     if method.kind == "train":
         owned["DATASET.NUM_SHOTS"] = "--shots"
     owned.update(extra or {})
+    stray = next((item for item in opts if str(item).startswith("--")), None)
+    if stray is not None:  # argparse's REMAINDER took an option given after --opts as a config item
+        raise ValueError(f"--opts ... {stray}: --opts takes KEY VALUE pairs up to the end of the line; put "
+                         f"{stray} before --opts")
+    if len(opts) % 2:
+        raise ValueError(f"--opts needs KEY VALUE pairs, got an odd number of items: {' '.join(map(str, opts))}")
     for key in list(opts)[::2]:
         option = owned.get(str(key))
         if option is not None:

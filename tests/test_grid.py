@@ -286,6 +286,9 @@ def test_worker_processes_give_the_same_results_as_one_process(toy_root, tmp_pat
     ("dir", ("--dry-run", "--opts", "OUTPUT_DIR", "elsewhere"), "--opts OUTPUT_DIR: set for each zeroshot job from --out"),
     ("dir", ("--opts", "SEED", "5"), "--opts SEED: set for each zeroshot job from --seeds; use --seeds instead"),
     ("dir", ("--opts", "OPTIM.LR", "1", "DATASET.ROOT", "/nonexistent"), "--opts DATASET.ROOT: set for each zeroshot job from --root"),
+    # an option after --opts was taken as a config item (the odd count then listed the grid's own VIEWS)
+    ("dir", ("--opts", "OPTIM.LR", "0.1", "--dry-run"), "put --dry-run before --opts"),
+    ("dir", ("--opts", "OPTIM.LR"), "--opts needs KEY VALUE pairs, got an odd number of items: OPTIM.LR"),
 ])
 def test_bad_output_root_or_counts_fail_before_any_cell(toy_root, tmp_path, capsys, monkeypatch, out, flag, expected):
     """--out that is a file (or /dev/null) used to fail in every cell with a traceback; negative counts
