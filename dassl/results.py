@@ -505,6 +505,11 @@ def read_results(path: str) -> RunResults:
         raise ResultsError(f"{path}: cannot read ({err.strerror or err})") from None
     except json.JSONDecodeError as err:
         raise ResultsError(f"{path}: not valid JSON (line {err.lineno}: {err.msg}); delete the run or rerun it") from None
+    except UnicodeDecodeError as err:  # a byte no UTF-8 text has: a traceback in the sweep's skip check before
+        raise ResultsError(f"{path}: not UTF-8 (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+                           "delete the run or rerun it") from None
+    except RecursionError:
+        raise ResultsError(f"{path}: JSON nested too deeply to be a results.json; delete the run or rerun it") from None
     if not isinstance(data, dict):
         raise ResultsError(f"{path}: expected a JSON object, got {type(data).__name__}")
     schema = data.get("schema", 0)

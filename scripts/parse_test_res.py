@@ -40,6 +40,28 @@ so both conventions exist and the output names the one used: ``--hmean per-seed`
 seed, then the mean over seeds) or ``--hmean from-means`` (H of the seed-averaged OOP and IP). The
 spread is the sample standard deviation over seeds (ddof 1) or, with ``--ci``, the half-width of the
 95% Student-t confidence interval of the mean.
+
+Values are checked, never taken on trust: every accuracy a file carries (``accuracy``,
+``metrics.accuracy``, ``oop``, ``ip``, ``hmean``, ``subsets.<SUB>.accuracy``, a linear probe's
+``accuracies``) must be a JSON number in [0, 100] (the contract stores percentages); a NaN, an
+infinity, -5, 1e9 or a string such as ``"62.2"`` makes the whole file a warning naming the file and the
+key, and the file is skipped, so a seed is either counted with all its numbers or not at all. The
+contract's authority is ``subsets.<SUB>.accuracy`` (what the evaluation measured; the engine copies it
+to ``oop`` / ``ip`` / ``accuracy`` and derives ``hmean``): where a copy disagrees, a warning names both
+keys and the subsets value is used; H is always recomputed from OOP and IP. A seed that lacks one
+accuracy (an IP evaluation that never ran) still counts for the others; every mean over fewer seeds
+than its row holds is shown as ``value (n=2)`` and said in a warning, and the JSON carries ``n`` per
+number and ``runs`` per row. A ``results.json`` that is not UTF-8 is skipped with a warning like any
+other unreadable file.
+
+Outputs (``--md`` / ``--csv`` / ``--json``) are checked, all of them, before anything is read or
+written: a target is refused in one ``error:`` line when it is a directory or a symbolic link, when its
+name is one a run writes (``results.json``, ``config.yaml``, ``log.txt*``), when it lies in a run folder
+(its folder or a folder above holds a ``results.json``: a run's own files and subfolders are never
+touched), when two options name the same file, or when it exists and is not a file of that kind this
+tool wrote (recognised by content: the opening line of its Markdown, the header of its CSV, the keys of
+its JSON), so rerunning a command refreshes its own table and nothing else is ever replaced. Files are
+written atomically.
 """
 from __future__ import annotations
 
@@ -55,16 +77,17 @@ import io
 import json
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from scipy import stats
 
 from dassl import results
 from dassl.cli import ArgumentParser
-from dassl.utils import atomic_write_text
+from dassl.utils import WriteError, atomic_write_text, check_writable_dir
 from dassl.utils.identity import json_digest
 from scripts.domains import short_name
 from scripts.methods import label_for
@@ -91,6 +114,13 @@ __all__ = [
     "render_curves_md",
     "hmean_note",
     "spread_note",
+    "MD_OPENINGS",
+    "OutputError",
+    "PayloadError",
+    "check_output_target",
+    "written_md",
+    "written_csv",
+    "written_json",
     "main",
 ]
 
@@ -111,6 +141,38 @@ _FSNL_RULE_PART = re.compile(r"_BS_\d+_LR_[0-9.eE+-]+")
 _ACCURACY_LINE = re.compile(r"\* accuracy: ([0-9.]+)%")
 _LOG_NAME = re.compile(r"log\.txt(-.*)?$")
 _PHASE_SUBSET = MappingProxyType({"train": "OOP", "test_OOP": "OOP", "test_IP": "IP", "test_All": "All"})
+#: Names a run writes into its own folder (the results contract, Dassl's logger): never an output of
+#: this tool, wherever it lies (a results.json written here would be read as a run by the next scan).
+_RUN_FILE = re.compile(r"(results\.json|config\.yaml|log\.txt(-.*)?)$")
+#: Two copies of one accuracy agree when they differ by less than this (the engine writes one float
+#: twice, so only an edit or another writer makes them differ).
+_AGREE = 1e-6
+#: The opening of every Markdown text this tool writes (the summary, --table, --curves and CoOp's
+#: view): how an existing --md target is recognised as an earlier output that may be replaced.
+MD_OPENINGS = (
+    "H-mean convention: ",
+    "H-mean of OOP and IP accuracy (%)",
+    "OOP accuracy vs shots per class",
+    "===\nSummary of directory: ",
+)
+#: The CSV headers this tool writes start with one of these (--csv's recognition, as for Markdown).
+_CSV_OPENINGS = ("dataset,method,label,shots,", "method,label,")
+#: The keys of every --json payload (a results.json has none of them).
+_JSON_KEYS = ("hmean_convention", "spread", "source", "groups")
+
+
+class OutputError(ValueError):
+    """An output target this tool refuses to write (one line naming the option, the file and the fix)."""
+
+
+class PayloadError(ValueError):
+    """A ``--json`` payload (what the plots read back) that is not what this tool writes; the message
+    names the key (``groups[3].shots``)."""
+
+
+class _Unusable(ValueError):
+    """A results.json (or log) whose numbers cannot be counted; the caller warns naming the file and
+    skips it as a whole, so a seed never enters one mean and silently misses another."""
 
 @dataclass
 class RunRecord:
@@ -158,6 +220,9 @@ class GroupSummary:
     label: str = ""
     config: str = LEGACY
     paths: List[str] = field(default_factory=list)
+    #: how many merged runs (seeds) the row holds; a metric whose ``n`` is smaller averages only the
+    #: seeds that carry it, which every view marks (``value (n=2)``).
+    runs: int = 0
 
 
 # ------------------------------------------------------------------------------------ statistics
@@ -182,14 +247,37 @@ def compute_stat(values: Sequence[float]) -> Stat:
 # ------------------------------------------------------------------------------------ loading
 
 
-def _num(value: Any) -> Optional[float]:
-    if isinstance(value, bool) or value is None:
+def _percent(value: Any, key: str) -> Optional[float]:
+    """``value`` as an accuracy in %, None when absent (JSON null: not evaluated). Anything but a finite
+    JSON number in [0, 100] raises :class:`_Unusable` naming ``key``: the contract writes percentages as
+    numbers, so NaN, -5, 1e9 or the string "62.2" is an edit or another writer, never a result."""
+    if value is None:
         return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(out) else out
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Unusable(f"{key} is {value!r}, not a number")
+    # an int is compared as it is: float() of a huge JSON integer would overflow
+    in_range = 0 <= value <= 100 if isinstance(value, int) else math.isfinite(value) and 0.0 <= value <= 100.0
+    if not in_range:
+        raise _Unusable(f"{key} is {value!r}, not a percentage in [0, 100]")
+    return float(value)
+
+
+def _integer(value: Any, key: str) -> int:
+    """A shot count or seed: a JSON integer (the key of a JSON object, always a string, may spell one)."""
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Unusable(f"{key} is {value!r}, not an integer")
+    return value
+
+
+def _object(data: Dict[str, Any], key: str) -> Dict[str, Any]:
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _Unusable(f"{key} is a JSON {type(value).__name__}, not an object")
+    return value
 
 
 def _method_key(parts: Sequence[str], depth: int) -> str:
@@ -232,18 +320,49 @@ def _layout(run_dir: Path, depth: int) -> Optional[Dict[str, Any]]:
     return None
 
 
-def _metrics(data: Dict[str, Any], sub_classes: str) -> Tuple[Optional[float], Optional[float], Optional[float]]:
-    accuracy = _num(data.get("accuracy"))
-    subsets = data.get("subsets") if isinstance(data.get("subsets"), dict) else {}
-    oop, ip = _num(data.get("oop")), _num(data.get("ip"))
-    if oop is None and isinstance(subsets.get("OOP"), dict):
-        oop = _num(subsets["OOP"].get("accuracy"))
-    if ip is None and isinstance(subsets.get("IP"), dict):
-        ip = _num(subsets["IP"].get("accuracy"))
-    if oop is None and sub_classes == "OOP":
-        oop = accuracy
-    if ip is None and sub_classes == "IP":
-        ip = accuracy
+def _agreed(path: Path, copies: Sequence[Tuple[str, Optional[float]]]) -> Optional[float]:
+    """The first present value of ``copies``, which lists the authority first; a later copy that differs
+    is a warning naming both keys (never a silent choice)."""
+    present = [(key, value) for key, value in copies if value is not None]
+    if not present:
+        return None
+    (key, value), rest = present[0], present[1:]
+    for other, copy in rest:
+        if abs(copy - value) > _AGREE:
+            logger.warning("%s: %s = %.6g disagrees with %s = %.6g; using %s (the contract's record: "
+                           "subsets.<SUB>.accuracy, of which the top-level values are copies)",
+                           path, key, value, other, copy, key)
+    return value
+
+
+def _metrics(path: Path, data: Dict[str, Any], sub_classes: str) -> Tuple[Optional[float], Optional[float], Optional[float]]:
+    """``(oop, ip, accuracy)`` of one results.json, every value checked (:func:`_percent`) before any is
+    used, so a file is either used whole or skipped whole (:class:`_Unusable`).
+
+    Authority, as the engine writes them (``trainers.cross_eval``): ``subsets.<SUB>.accuracy`` is what
+    each evaluation measured; ``accuracy`` / ``metrics.accuracy`` copy the main subset's, ``oop`` /
+    ``ip`` the OOP / IP ones, and ``hmean`` is derived (it is recomputed here, so only checked). Files
+    without ``subsets`` (legacy) fall back on the copies, and an OOP (IP) run's ``accuracy`` is its OOP
+    (IP) accuracy."""
+    measured: Dict[str, Optional[float]] = {}
+    for name, entry in _object(data, "subsets").items():
+        if not isinstance(entry, dict):
+            raise _Unusable(f"subsets.{name} is a JSON {type(entry).__name__}, not an object")
+        measured[str(name)] = _percent(entry.get("accuracy"), f"subsets.{name}.accuracy")
+    main = _percent(_object(data, "metrics").get("accuracy"), "metrics.accuracy")
+    top = {key: _percent(data.get(key), key) for key in ("accuracy", "oop", "ip", "hmean")}
+    accuracy = _agreed(path, [(f"subsets.{sub_classes}.accuracy", measured.get(sub_classes)),
+                              ("metrics.accuracy", main), ("accuracy", top["accuracy"])])
+    oop = _agreed(path, [("subsets.OOP.accuracy", measured.get("OOP")), ("oop", top["oop"])]
+                  + ([("accuracy", accuracy)] if sub_classes == "OOP" else []))
+    ip = _agreed(path, [("subsets.IP.accuracy", measured.get("IP")), ("ip", top["ip"])]
+                 + ([("accuracy", accuracy)] if sub_classes == "IP" else []))
+    if top["hmean"] is not None:
+        if oop is None or ip is None:
+            logger.warning("%s: hmean = %.6g without both an OOP and an IP accuracy; ignored", path, top["hmean"])
+        elif abs(hmean(oop, ip) - top["hmean"]) > _AGREE:
+            logger.warning("%s: hmean = %.6g disagrees with H(OOP %.6g, IP %.6g) = %.6g; the H-mean is "
+                           "recomputed from OOP and IP", path, top["hmean"], oop, ip, hmean(oop, ip))
     return oop, ip, accuracy
 
 
@@ -266,22 +385,39 @@ def config_identity(fp: Optional[Dict[str, Any]]) -> Tuple[str, Dict[str, Any]]:
 def _linear_probe_records(path: Path, data: Dict[str, Any]) -> List[RunRecord]:
     # lpclip.linear_probe: {"dataset", "sub_classes", "shots": {"K": {"accuracies": [...], "seeds": [...]}}};
     # each of its runs counts as one seed of the group.
+    # Every entry is checked before any record is made: the file counts whole or not at all.
     dataset = str(data.get("dataset") or (path.parent.parent.name if path.parent.name == "linear_probe" else ""))
     sub = str(data.get("sub_classes") or "OOP")
-    out = []
-    for key, res in sorted(data["shots"].items(), key=lambda kv: int(kv[0])):
+    runs: List[Tuple[int, int, float]] = []
+    for key, res in data["shots"].items():
+        where = f"shots.{key}"
         if not isinstance(res, dict):
-            continue
-        accs = res.get("accuracies") or ([res["accuracy_mean"]] if "accuracy_mean" in res else [])
-        seeds = res.get("seeds") or list(range(1, len(accs) + 1))
-        for seed, acc in zip(seeds, accs):
-            value = _num(acc)
-            out.append(RunRecord(
-                dataset=dataset, method="linear_probe", shots=int(res.get("shots", key)), seed=int(seed),
-                oop=value if sub == "OOP" else None, ip=value if sub == "IP" else None, accuracy=value,
-                phase="train", sub_classes=sub, path=str(path),
-            ))
-    return out
+            raise _Unusable(f"{where} is a JSON {type(res).__name__}, not an object")
+        shots = _integer(res.get("shots", key), f"{where}.shots")
+        accs = res.get("accuracies")
+        if accs is None:
+            accs = [res["accuracy_mean"]] if res.get("accuracy_mean") is not None else []
+            names = [f"{where}.accuracy_mean"]
+        elif isinstance(accs, list):
+            names = [f"{where}.accuracies[{i}]" for i in range(len(accs))]
+        else:
+            raise _Unusable(f"{where}.accuracies is {accs!r}, not a list")
+        seeds = res.get("seeds")
+        if seeds is None:
+            seeds = list(range(1, len(accs) + 1))
+        if not isinstance(seeds, list) or len(seeds) != len(accs):
+            raise _Unusable(f"{where}.seeds is {seeds!r}, not one seed per accuracy ({len(accs)})")
+        for i, (seed, acc, name) in enumerate(zip(seeds, accs, names)):
+            value = _percent(acc, name)
+            if value is None:
+                raise _Unusable(f"{name} is null, not an accuracy")
+            runs.append((shots, _integer(seed, f"{where}.seeds[{i}]"), value))
+    return [
+        RunRecord(dataset=dataset, method="linear_probe", shots=shots, seed=seed,
+                  oop=value if sub == "OOP" else None, ip=value if sub == "IP" else None, accuracy=value,
+                  phase="train", sub_classes=sub, path=str(path))
+        for shots, seed, value in sorted(runs, key=lambda r: r[:2])
+    ]
 
 
 def _trust_the_record(path: Path, data: Dict[str, Any], where: Dict[str, Any]) -> Dict[str, Any]:
@@ -315,7 +451,7 @@ def _record_from_json(path: Path, data: Dict[str, Any], depth: int) -> List[RunR
         if not data.get("dataset") or not data.get("trainer"):
             logger.warning("Skipping %s: neither its folder nor its fields say which run it is", path)
             return []
-        shots = int(data.get("shots") or 0)
+        shots = _integer(data.get("shots") or 0, "shots")
         where = {
             "dataset": str(data["dataset"]),
             "method": str(data["trainer"]),
@@ -326,23 +462,40 @@ def _record_from_json(path: Path, data: Dict[str, Any], depth: int) -> List[RunR
         }
     else:
         where = _trust_the_record(path, data, where)
-    sub = str(data.get("sub_classes") or where["sub_classes"] or "")
-    oop, ip, accuracy = _metrics(data, sub)
     seed = where["seed"] if where["seed"] is not None else data.get("seed")
+    seed = None if seed is None else _integer(seed, "seed")
+    sub = str(data.get("sub_classes") or where["sub_classes"] or "")
+    oop, ip, accuracy = _metrics(path, data, sub)
     return [RunRecord(
         dataset=where["dataset"], method=where["method"], shots=where["shots"],
-        seed=None if seed is None else int(seed), oop=oop, ip=ip, accuracy=accuracy,
+        seed=seed, oop=oop, ip=ip, accuracy=accuracy,
         phase=where["phase"], sub_classes=sub, path=str(path),
     )]
 
 
+def _read(path: Path) -> Optional[results.RunResults]:
+    """:func:`dassl.results.read_results`, a file it cannot read (not JSON, not UTF-8, ...) skipped with a
+    warning naming it."""
+    try:
+        return results.read_results(str(path))
+    except results.ResultsError as err:
+        logger.warning("Skipping %s", err)
+    return None
+
+
 def load_results(root: str, method_depth: int = 1) -> List[RunRecord]:
     """One record per evaluation found in the ``results.json`` files below ``root`` (unmerged), read
-    through the results contract (unreadable files are skipped with a warning naming them)."""
+    through the results contract; unreadable files and files with a value that is not an accuracy
+    (:func:`_metrics`) are skipped with a warning naming the file and the key."""
     records: List[RunRecord] = []
     for res in results.iter_results(root):
         key, identity = config_identity(res.fingerprint)
-        for rec in _record_from_json(Path(res.path), res.data, method_depth):
+        try:
+            found = _record_from_json(Path(res.path), res.data, method_depth)
+        except _Unusable as err:
+            logger.warning("Skipping %s: %s; fix the file or rerun that run", res.path, err)
+            continue
+        for rec in found:
             rec.config, rec.identity = key, identity
             records.append(rec)
     return records
@@ -355,9 +508,13 @@ def _last_accuracy(path: Path) -> Optional[float]:
             for line in f:
                 m = _ACCURACY_LINE.search(line)
                 if m:
-                    value = float(m.group(1))
+                    value = _percent(float(m.group(1)), "its '* accuracy:' line")
     except OSError as err:
         logger.warning("Skipping unreadable %s (%s)", path, err)
+    except ValueError as err:  # "1.2.3" (float) or out of [0, 100] (_Unusable)
+        logger.warning("Skipping %s: %s", path, err if isinstance(err, _Unusable) else "an '* accuracy:' line "
+                       "that is not a number")
+        return None
     return value
 
 
@@ -490,6 +647,12 @@ def summarize(runs: Iterable[RunRecord], hmean_convention: str = "per-seed") -> 
         groups.setdefault((run.dataset, method, run.shots), []).append(run)
     out = []
     for (dataset, method, shots), recs in sorted(groups.items()):
+        for metric in ("oop", "ip", "accuracy"):
+            lacking = [r.path for r in recs if getattr(r, metric) is None]
+            if 0 < len(lacking) < len(recs):
+                logger.warning("%s %s K=%d: the %s mean is over %d of %d seeds (shown as n=%d); none in %s",
+                               dataset, method, shots, metric, len(recs) - len(lacking), len(recs),
+                               len(recs) - len(lacking), "; ".join(lacking))
         oop = compute_stat([r.oop for r in recs if r.oop is not None])
         ip = compute_stat([r.ip for r in recs if r.ip is not None])
         if hmean_convention == "per-seed":
@@ -502,7 +665,7 @@ def summarize(runs: Iterable[RunRecord], hmean_convention: str = "per-seed") -> 
             dataset=dataset, method=method, shots=shots,
             seeds=sorted(r.seed for r in recs if r.seed is not None),
             oop=oop, ip=ip, hmean=h, accuracy=compute_stat([r.accuracy for r in recs if r.accuracy is not None]),
-            config=recs[0].config, paths=[p for r in recs for p in r.path.split(";")],
+            config=recs[0].config, paths=[p for r in recs for p in r.path.split(";")], runs=len(recs),
         ))
     labels = method_labels([g.method for g in out])
     for g in out:
@@ -547,13 +710,25 @@ def _method_order(method: str) -> Tuple[int, str]:
     return _known(method)[0], method
 
 
-def _fmt(stat: Stat, spread: Optional[str], digits: int = 2) -> str:
+def _fmt(stat: Stat, spread: Optional[str], digits: int = 2, runs: int = 0) -> str:
+    """``mean ± spread``, with `` (n=k)`` when the mean is over fewer seeds than its row's ``runs``."""
     if stat.n == 0 or math.isnan(stat.mean):
         return "-"
     text = f"{stat.mean:.{digits}f}"
     if spread and not math.isnan(stat.spread(spread)):
         text += f" ± {stat.spread(spread):.{digits}f}"
+    if stat.n < runs:
+        text += f" (n={stat.n})"
     return text
+
+
+def _runs(group: GroupSummary) -> int:
+    """Seeds of a row: its merged runs (an older --json lacks them: the most any number counts)."""
+    return group.runs or max(len(group.seeds), group.oop.n, group.ip.n, group.hmean.n, group.accuracy.n)
+
+
+#: Said under a view whose cells are marked by :func:`_fmt`.
+_N_NOTE = "(n=k): the mean of only k of the row's seeds; the others lack that accuracy (see the warnings)."
 
 
 def _short(dataset: str) -> str:
@@ -570,6 +745,7 @@ def build_table(groups: Sequence[GroupSummary], shots: int) -> Dict[str, Any]:
     rows = []
     for method in sorted({g.method for g in chosen}, key=_method_order):
         cells = {g.dataset: g.hmean for g in chosen if g.method == method and g.hmean.n}
+        runs = {g.dataset: _runs(g) for g in chosen if g.method == method and g.dataset in cells}
         if not cells:
             continue  # never evaluated on IP (TaskRes, linear probe): no H-mean to show
         means = [cells[d].mean for d in domains if d in cells and cells[d].n and not math.isnan(cells[d].mean)]
@@ -577,6 +753,7 @@ def build_table(groups: Sequence[GroupSummary], shots: int) -> Dict[str, Any]:
             "method": method,
             "label": next(g.label for g in chosen if g.method == method),
             "cells": cells,
+            "runs": runs,
             "avg": sum(means) / len(means) if means else math.nan,
             "complete": len(means) == len(domains),
         })
@@ -604,6 +781,7 @@ def build_curves(groups: Sequence[GroupSummary], metric: str = "oop") -> Dict[st
                 "label": points[0].label,
                 "zero_shot": all(p.shots == ZEROSHOT_SHOTS for p in points),
                 "points": [(p.shots, getattr(p, metric)) for p in points if getattr(p, metric).n],
+                "runs": {p.shots: _runs(p) for p in points},
             })
     return {"datasets": datasets, "shots": shots, "curves": curves, "metric": metric}
 
@@ -635,12 +813,15 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def render_summary_md(groups: Sequence[GroupSummary], hmean_convention: str, spread: Optional[str]) -> str:
     header = ["Dataset", "Method", "Shots", "Seeds", "OOP", "IP", "H-mean", "Accuracy"]
     rows = [
-        [g.dataset, g.label, str(g.shots), str(len(g.seeds) or g.accuracy.n), _fmt(g.oop, spread), _fmt(g.ip, spread),
-         _fmt(g.hmean, spread), _fmt(g.accuracy, spread)]
+        [g.dataset, g.label, str(g.shots), str(_runs(g))]
+        + [_fmt(stat, spread, runs=_runs(g)) for stat in (g.oop, g.ip, g.hmean, g.accuracy)]
         for g in sorted(groups, key=lambda g: (g.dataset, _method_order(g.method), g.shots))
     ]
     note = f"{hmean_note(hmean_convention)} {spread_note(spread)}"
-    return note + "\n\n" + _md_table(header, rows) + "\n"
+    text = note + "\n\n" + _md_table(header, rows) + "\n"
+    if any("(n=" in cell for row in rows for cell in row[4:]):
+        text += f"\n{_N_NOTE}\n"
+    return text
 
 
 def render_table_md(table: Dict[str, Any], hmean_convention: str, spread: Optional[str]) -> str:
@@ -649,7 +830,8 @@ def render_table_md(table: Dict[str, Any], hmean_convention: str, spread: Option
     rows = []
     incomplete = False
     for row in table["rows"]:
-        cells = [_fmt(row["cells"][d], spread) if d in row["cells"] else "-" for d in domains]
+        cells = [_fmt(row["cells"][d], spread, runs=row["runs"].get(d, 0)) if d in row["cells"] else "-"
+                 for d in domains]
         avg = "-" if math.isnan(row["avg"]) else f"{row['avg']:.2f}"
         if not row["complete"] and avg != "-":
             avg += "*"
@@ -663,18 +845,25 @@ def render_table_md(table: Dict[str, Any], hmean_convention: str, spread: Option
     text = f"{title}\n{note}\n\n{_md_table(header, rows)}\n"
     if incomplete:
         text += "\n\\* averaged over the domains available for that method only.\n"
+    if any("(n=" in cell for row in rows for cell in row[1:]):
+        text += f"\n{_N_NOTE}\n"
     return text
 
 
 def render_curves_md(curves: Dict[str, Any], spread: Optional[str]) -> str:
     shots = curves["shots"]
+    marked = False
     parts = [f"OOP accuracy vs shots per class (0 = zero-shot). {spread_note(spread)}"]
     for dataset in curves["datasets"]:
         rows = []
         for c in (c for c in curves["curves"] if c["dataset"] == dataset):
             by_k = dict(c["points"])
-            rows.append([c["label"]] + [_fmt(by_k[k], spread) if k in by_k else "-" for k in shots])
+            rows.append([c["label"]] + [_fmt(by_k[k], spread, runs=c["runs"].get(k, 0)) if k in by_k else "-"
+                                        for k in shots])
+            marked = marked or any("(n=" in cell for cell in rows[-1][1:])
         parts.append(f"### {dataset}\n\n" + _md_table(["Method"] + [str(k) for k in shots], rows))
+    if marked:
+        parts.append(_N_NOTE)
     return "\n\n".join(parts) + "\n"
 
 
@@ -685,22 +874,41 @@ def _stat_json(stat: Stat) -> Dict[str, Any]:
     return {"mean": clean(stat.mean), "std": clean(stat.std), "ci95": clean(stat.ci95), "n": stat.n}
 
 
-def _stat_from_json(obj: Optional[Dict[str, Any]]) -> Stat:
+def _payload_number(obj: Dict[str, Any], key: str, where: str, high: float = math.inf) -> float:
+    """A number of a ``--json`` payload (``nan`` for null); :class:`PayloadError` naming ``where.key``
+    for a string, NaN/Infinity or a value outside [0, ``high``]."""
+    value = obj.get(key)
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PayloadError(f"{where}.{key} is {value!r}, not a number")
+    if not (0 <= value <= high if isinstance(value, int) else math.isfinite(value) and 0.0 <= value <= high):
+        raise PayloadError(f"{where}.{key} is {value!r}, not a number in [0, {high:g}]")
+    return float(value)
+
+
+def _payload_count(obj: Dict[str, Any], key: str, where: str) -> int:
+    value = obj.get(key) or 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise PayloadError(f"{where}.{key} is {value!r}, not a count")
+    return value
+
+
+def _stat_from_json(obj: Any, where: str = "stat") -> Stat:
+    """The inverse of :func:`_stat_json`, checked: a mean is an accuracy in [0, 100] %."""
     if not obj:
         return Stat()
-
-    def val(k: str) -> float:
-        v = obj.get(k)
-        return math.nan if v is None else float(v)
-
-    return Stat(val("mean"), val("std"), val("ci95"), int(obj.get("n") or 0))
+    if not isinstance(obj, dict):
+        raise PayloadError(f"{where} is {obj!r}, not an object with mean, std, ci95 and n")
+    return Stat(_payload_number(obj, "mean", where, 100.0), _payload_number(obj, "std", where),
+                _payload_number(obj, "ci95", where), _payload_count(obj, "n", where))
 
 
 def summary_to_json(groups: Sequence[GroupSummary]) -> List[Dict[str, Any]]:
     return [
         {
             "dataset": g.dataset, "method": g.method, "label": g.label, "shots": g.shots, "seeds": g.seeds,
-            "config": g.config, "paths": g.paths,
+            "config": g.config, "paths": g.paths, "runs": _runs(g),
             "oop": _stat_json(g.oop), "ip": _stat_json(g.ip), "hmean": _stat_json(g.hmean),
             "accuracy": _stat_json(g.accuracy),
         }
@@ -708,17 +916,48 @@ def summary_to_json(groups: Sequence[GroupSummary]) -> List[Dict[str, Any]]:
     ]
 
 
-def groups_from_json(payload: Dict[str, Any]) -> List[GroupSummary]:
-    """Inverse of the ``groups`` list written by ``--json`` (what the plot script reads)."""
-    return [
-        GroupSummary(
-            dataset=g["dataset"], method=g["method"], shots=int(g["shots"]), seeds=list(g.get("seeds", [])),
-            oop=_stat_from_json(g.get("oop")), ip=_stat_from_json(g.get("ip")),
-            hmean=_stat_from_json(g.get("hmean")), accuracy=_stat_from_json(g.get("accuracy")),
-            label=g.get("label") or g["method"], config=g.get("config", LEGACY), paths=list(g.get("paths", [])),
+def _payload_text(g: Dict[str, Any], key: str, where: str, default: Optional[str] = None) -> str:
+    value = g.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise PayloadError(f"{where}.{key} is {value!r}, not a name")
+    return value
+
+
+def _payload_list(g: Dict[str, Any], key: str, where: str) -> List[Any]:
+    value = g.get(key, [])
+    if not isinstance(value, list):
+        raise PayloadError(f"{where}.{key} is {value!r}, not a list")
+    return list(value)
+
+
+def groups_from_json(payload: Any) -> List[GroupSummary]:
+    """Inverse of the ``groups`` list written by ``--json`` (what the plot script reads). Every field
+    is checked: anything else than what ``--json`` writes is a :class:`PayloadError` naming the key
+    (``groups[3].shots``), never a KeyError or a number taken from a string."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("groups"), list):
+        raise PayloadError("no 'groups' list: not the JSON that `python -m scripts.parse_test_res --json` writes")
+    out = []
+    for i, g in enumerate(payload["groups"]):
+        where = f"groups[{i}]"
+        if not isinstance(g, dict):
+            raise PayloadError(f"{where} is {g!r}, not an object")
+        method = _payload_text(g, "method", where)
+        shots = g.get("shots")
+        if isinstance(shots, bool) or not isinstance(shots, int):
+            raise PayloadError(f"{where}.shots is {shots!r}, not an integer")
+        group = GroupSummary(
+            dataset=_payload_text(g, "dataset", where), method=method, shots=shots,
+            seeds=_payload_list(g, "seeds", where),
+            oop=_stat_from_json(g.get("oop"), f"{where}.oop"), ip=_stat_from_json(g.get("ip"), f"{where}.ip"),
+            hmean=_stat_from_json(g.get("hmean"), f"{where}.hmean"),
+            accuracy=_stat_from_json(g.get("accuracy"), f"{where}.accuracy"),
+            label=_payload_text(g, "label", where, method) if g.get("label") else method,
+            config=_payload_text(g, "config", where, LEGACY), paths=_payload_list(g, "paths", where),
+            runs=_payload_count(g, "runs", where),
         )
-        for g in payload["groups"]
-    ]
+        group.runs = _runs(group)
+        out.append(group)
+    return out
 
 
 def _csv_value(value: Any) -> Any:
@@ -737,13 +976,13 @@ def _csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def _csv_summary(groups: Sequence[GroupSummary], hmean_convention: str, spread: str) -> str:
-    header = ["dataset", "method", "label", "shots", "n_seeds", "seeds"]
+    header = ["dataset", "method", "label", "shots", "n_seeds", "seeds"]  # n_seeds: the row's runs
     for metric in ("oop", "ip", "hmean", "accuracy"):
         header += [f"{metric}_mean", f"{metric}_{spread}", f"{metric}_n"]
     header.append("hmean_convention")
     rows = []
     for g in groups:
-        row: List[Any] = [g.dataset, g.method, g.label, g.shots, len(g.seeds), " ".join(map(str, g.seeds))]
+        row: List[Any] = [g.dataset, g.method, g.label, g.shots, _runs(g), " ".join(map(str, g.seeds))]
         for stat in (g.oop, g.ip, g.hmean, g.accuracy):
             row += [stat.mean, stat.spread(spread), stat.n]
         row.append(hmean_convention)
@@ -753,7 +992,10 @@ def _csv_summary(groups: Sequence[GroupSummary], hmean_convention: str, spread: 
 
 def _csv_table(table: Dict[str, Any], spread: str) -> str:
     domains = table["domains"]
-    header = ["method", "label"] + domains + [f"{d}_{spread}" for d in domains] + ["avg", "complete"]
+    # <domain>_n: seeds the cell's mean is over; <domain>_runs: seeds of that method there (they differ
+    # when some seeds lack an IP accuracy). "avg,complete" stay last: how --csv recognises its own file.
+    header = (["method", "label"] + domains + [f"{d}_{spread}" for d in domains] + [f"{d}_n" for d in domains]
+              + [f"{d}_runs" for d in domains] + ["avg", "complete"])
     rows = []
     for row in table["rows"]:
         cells = row["cells"]
@@ -761,15 +1003,17 @@ def _csv_table(table: Dict[str, Any], spread: str) -> str:
             [row["method"], row["label"]]
             + [cells[d].mean if d in cells else math.nan for d in domains]
             + [cells[d].spread(spread) if d in cells else math.nan for d in domains]
+            + [cells[d].n if d in cells else 0 for d in domains]
+            + [row["runs"].get(d, 0) for d in domains]
             + [row["avg"], row["complete"]]
         )
     return _csv_text(header, rows)
 
 
 def _csv_curves(curves: Dict[str, Any], spread: str) -> str:
-    header = ["dataset", "method", "label", "shots", "oop_mean", f"oop_{spread}", "n"]
+    header = ["dataset", "method", "label", "shots", "oop_mean", f"oop_{spread}", "n", "runs"]
     rows = [
-        [c["dataset"], c["method"], c["label"], k, s.mean, s.spread(spread), s.n]
+        [c["dataset"], c["method"], c["label"], k, s.mean, s.spread(spread), s.n, c["runs"].get(k, 0)]
         for c in curves["curves"]
         for k, s in c["points"]
     ]
@@ -782,7 +1026,8 @@ def _table_json(table: Dict[str, Any]) -> Dict[str, Any]:
         "domains": table["domains"],
         "rows": [
             {"method": r["method"], "label": r["label"], "avg": None if math.isnan(r["avg"]) else r["avg"],
-             "complete": r["complete"], "cells": {d: _stat_json(s) for d, s in r["cells"].items()}}
+             "complete": r["complete"], "cells": {d: _stat_json(s) for d, s in r["cells"].items()},
+             "runs": r["runs"]}
             for r in table["rows"]
         ],
     }
@@ -791,7 +1036,7 @@ def _table_json(table: Dict[str, Any]) -> Dict[str, Any]:
 def _curves_json(curves: Dict[str, Any]) -> List[Dict[str, Any]]:
     return [
         {"dataset": c["dataset"], "method": c["method"], "label": c["label"], "zero_shot": c["zero_shot"],
-         "points": [{"shots": k, **_stat_json(s)} for k, s in c["points"]]}
+         "points": [{"shots": k, **_stat_json(s), "runs": c["runs"].get(k, 0)} for k, s in c["points"]]}
         for c in curves["curves"]
     ]
 
@@ -809,13 +1054,16 @@ def _seed_accuracy(seed_dir: Path, test_log: bool) -> Tuple[Optional[float], str
     results.json (via the contract), else the last ``* accuracy:`` of ``log.txt`` (which must say
     "Finish training" unless ``test_log``; a log has no fingerprint: ``legacy``)."""
     if (seed_dir / RESULTS_FILE).is_file():
+        res = _read(seed_dir / RESULTS_FILE)
+        if res is None:
+            return None, "", LEGACY, {}
         try:
-            res = results.read_results(str(seed_dir))
-        except results.ResultsError as err:
-            logger.warning("Skipping %s", err)
+            _, _, accuracy = _metrics(Path(res.path), res.data, str(res.get("sub_classes") or ""))
+        except _Unusable as err:
+            logger.warning("Skipping %s: %s; fix the file or rerun that run", res.path, err)
             return None, "", LEGACY, {}
         key, identity = config_identity(res.fingerprint)
-        return _num(res.get("accuracy")), str(seed_dir / RESULTS_FILE), key, identity
+        return accuracy, str(seed_dir / RESULTS_FILE), key, identity
     log = seed_dir / "log.txt"
     if not log.is_file():
         return None, "", LEGACY, {}
@@ -875,6 +1123,96 @@ def render_coop(experiments: Sequence[Tuple[str, List[float], List[str]]], sprea
     return "\n".join(lines) + "\n"
 
 
+# ------------------------------------------------------------------------------------ output targets
+
+
+def _run_folder(folder: Path) -> Optional[Path]:
+    """``folder`` or the nearest folder above it that is a run's: it holds a ``results.json`` or a
+    ``config.yaml`` with a fingerprint header (a run still training has no results.json yet)."""
+    for candidate in (folder, *folder.parents):
+        if os.path.isfile(candidate / RESULTS_FILE) or results.read_header_fingerprint(
+                str(candidate / results.CONFIG_FILE)) is not None:
+            return candidate
+    return None
+
+
+def _opening(path: Path, size: int = 4096) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read(size).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def written_md(path: Path) -> bool:
+    """A Markdown text this tool wrote: it opens as one of :data:`MD_OPENINGS`."""
+    return _opening(path).startswith(MD_OPENINGS)
+
+
+def written_csv(path: Path) -> bool:
+    """A CSV this tool wrote: its header is one of the summary's, the curves' or the table's."""
+    header = _opening(path).split("\n", 1)[0]
+    return header.startswith(_CSV_OPENINGS[0]) or (header.startswith(_CSV_OPENINGS[1])
+                                                   and header.endswith(",avg,complete"))
+
+
+def written_json(path: Path) -> bool:
+    """A ``--json`` payload: an object with all of :data:`_JSON_KEYS` (a results.json has none)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and all(k in data for k in _JSON_KEYS) and isinstance(data["groups"], list)
+
+
+def check_output_target(path: str, label: str, what: str, ours: Callable[[Path], bool]) -> None:
+    """Refuse ``path`` as the place of a ``what`` (:class:`OutputError`, its message starting with
+    ``label``, e.g. ``--md table.md``) unless writing it can destroy nothing but an earlier output of this
+    tool: not a run's file name, not a link or a directory, not inside a run folder (:func:`_run_folder`),
+    and, when it exists, a regular file that ``ours`` recognises. Then its folder must be writable
+    (:class:`WriteError`, nothing created). All of it before anything is written."""
+    target = Path(path)
+    if _RUN_FILE.fullmatch(target.name):
+        raise OutputError(f"{label}: {target.name} is the name of a file a run writes (a results.json anywhere "
+                          f"is read as a run); give the {what} another name")
+    if os.path.islink(path):
+        raise OutputError(f"{label} is a symbolic link; give the path of a plain file for the {what}")
+    if os.path.isdir(path):
+        raise OutputError(f"{label} is a directory; give a file path for the {what}")
+    folder = Path(os.path.realpath(target.parent))
+    run = _run_folder(folder)
+    if run is not None:
+        raise OutputError(f"{label} lies in the run folder {run}; write the {what} outside the run folders "
+                          "(a run's own files are never replaced)")
+    if os.path.lexists(path) and not (os.path.isfile(path) and ours(target)):
+        raise OutputError(f"{label} exists and is not a {what} this tool wrote; move it away or choose "
+                          "another name")
+    check_writable_dir(str(folder), what=f"folder of {label}", create=False)
+
+
+#: What each output option writes and how an earlier file of it is recognised.
+_OUTPUTS = MappingProxyType({
+    "md": ("--md", "Markdown output", written_md),
+    "csv": ("--csv", "CSV output", written_csv),
+    "json": ("--json", "JSON output", written_json),
+})
+
+
+def _check_targets(args: argparse.Namespace) -> None:
+    """Every ``--md`` / ``--csv`` / ``--json`` target (:func:`check_output_target`), and no file named twice."""
+    seen: Dict[str, str] = {}
+    for dest, (option, what, ours) in _OUTPUTS.items():
+        path = getattr(args, dest)
+        if not path:
+            continue
+        real = os.path.realpath(path)
+        if real in seen:
+            raise OutputError(f"{seen[real]} and {option} both name {path}; give each its own file")
+        seen[real] = option
+        check_output_target(path, f"{option} {path}", what, ours)
+
+
 def _write(path: str, text: str) -> None:
     atomic_write_text(path, text)
 
@@ -912,16 +1250,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {args.directory} is not a directory", file=sys.stderr)
         return 2
     spread = "ci95" if args.ci else "std"
-    if args.multi_exp or args.test_log or _seed_dirs(Path(args.directory)):
+    coop_view = bool(args.multi_exp or args.test_log or _seed_dirs(Path(args.directory)))
+    if coop_view and (args.csv or args.json):
+        # CoOp's view is a text summary; --csv/--json used to be ignored without a word.
+        print(f"error: --csv/--json do not apply to CoOp's seed*/ view of {args.directory} (it writes the "
+              "summary text only); use --md, or give the output root for the grouped views", file=sys.stderr)
+        return 2
+    try:
+        _check_targets(args)
+    except (OutputError, WriteError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if coop_view:
         experiments = coop_experiments(args.directory, args.multi_exp, args.test_log)
         if not any(values for _, values, _ in experiments):
             print(f"error: no finished seed*/ run (results.json or log.txt) under {args.directory}", file=sys.stderr)
             return 2
         md = render_coop(experiments, spread)
         sys.stdout.write(md)
-        if args.md:
-            _write(args.md, md)
-        return 0
+        return _write_outputs([(args.md, md)])
     groups = collect(args.directory, args.log_mode, args.hmean, args.method_depth)
     if args.raw_names:
         for g in groups:
@@ -957,12 +1304,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         md = render_summary_md(groups, args.hmean, shown_spread)
         csv_text = _csv_summary(groups, args.hmean, spread)
     sys.stdout.write(md)
-    if args.md:
-        _write(args.md, md)
-    if args.csv:
-        _write(args.csv, csv_text)
-    if args.json:
-        _write(args.json, json.dumps(payload, indent=2) + "\n")
+    return _write_outputs([(args.md, md), (args.csv, csv_text), (args.json, json.dumps(payload, indent=2) + "\n")])
+
+
+def _write_outputs(outputs: Sequence[Tuple[Optional[str], str]]) -> int:
+    """Write each requested ``(path, text)`` atomically; a failure (full disk...) is one error line, rc 2."""
+    try:
+        for path, text in outputs:
+            if path:
+                _write(path, text)
+    except WriteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

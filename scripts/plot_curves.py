@@ -5,7 +5,14 @@
 
 One line per method (mean over seeds, ``--band`` adds ± std), the zero-shot model as a star at 0 shots.
 Writes ``<out>.png`` and ``<out>.pdf``. Results are read through ``scripts.parse_test_res`` so the
-table and the figure can never disagree.
+table and the figure can never disagree (the same checks, warnings and skipped files).
+
+Every user mistake is one ``error:`` line and exit code 2, before anything is written: a source JSON
+that is not ``parse_test_res --json``'s (``{}``, ``"shots": "a"``, not UTF-8...; the key is named), a
+source with nothing to plot (or none of ``--domains``), and an ``--out`` whose ``.png`` / ``.pdf``
+``parse_test_res.check_output_target`` refuses: a directory, a link, a run's folder, or an existing
+file that is not a figure Matplotlib wrote (a rerun replaces its own figures, nothing else). Figures are
+written atomically.
 """
 from __future__ import annotations
 
@@ -16,29 +23,69 @@ if not __package__:  # run by path (python dir/script.py): the repo root goes fi
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
+import io
 import json
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from dassl.cli import ArgumentParser
+from dassl.utils import WriteError, atomic_write
 from scripts.domains import short_name
-from scripts.parse_test_res import GroupSummary, build_curves, collect, groups_from_json
+from scripts.parse_test_res import (
+    GroupSummary,
+    OutputError,
+    PayloadError,
+    build_curves,
+    check_output_target,
+    collect,
+    groups_from_json,
+)
 
-__all__ = ["PANEL_WIDTH", "PANEL_HEIGHT", "DPI", "load_groups", "plot_curves", "main"]
+__all__ = ["PANEL_WIDTH", "PANEL_HEIGHT", "DPI", "load_groups", "written_figure", "figure_paths", "save_figure",
+           "plot_curves", "main"]
 
 PANEL_WIDTH = 3.4  # inches per panel
 PANEL_HEIGHT = 2.9
 DPI = 150
 METRIC_LABELS = {"oop": "OOP accuracy (%)", "ip": "IP accuracy (%)", "hmean": "H-mean of OOP and IP (%)"}
+#: How each figure file starts; with Matplotlib's name in its metadata, an earlier figure to replace.
+_MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".pdf": b"%PDF-"}
 
 
 def load_groups(source: str, log_mode: bool = False, method_depth: int = 1) -> List[GroupSummary]:
-    """Groups from a results directory, or from the JSON written by ``parse_test_res --json``."""
+    """Groups from a results directory, or from the JSON written by ``parse_test_res --json``; a file
+    that is not that JSON is a :class:`PayloadError` naming the file and the key."""
     path = Path(source)
     if path.is_dir():
         return collect(str(path), log_mode=log_mode, method_depth=method_depth)
-    with open(path, encoding="utf-8") as f:
-        return groups_from_json(json.load(f))
+    try:
+        with open(path, encoding="utf-8") as f:
+            payload = json.load(f)
+    except OSError as err:
+        raise PayloadError(f"{source}: cannot read ({err.strerror or err}); check the path and its permissions") from None
+    except UnicodeDecodeError as err:
+        raise PayloadError(f"{source}: not UTF-8 (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+                           "give a results directory or the JSON of parse_test_res --json") from None
+    except json.JSONDecodeError as err:
+        raise PayloadError(f"{source}: not valid JSON (line {err.lineno}: {err.msg}); give a results directory "
+                           "or the JSON of parse_test_res --json") from None
+    except RecursionError:
+        raise PayloadError(f"{source}: JSON nested too deeply to be parse_test_res --json output") from None
+    try:
+        return groups_from_json(payload)
+    except PayloadError as err:
+        raise PayloadError(f"{source}: {err}") from None
+
+
+def written_figure(path: Path) -> bool:
+    """A PNG / PDF (by its first bytes, as its extension says) that Matplotlib wrote (its name is in the
+    file's metadata): an earlier figure of this or a sibling plot script, which a rerun may replace."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    magic = _MAGIC.get(path.suffix.lower())
+    return magic is not None and data.startswith(magic) and b"Matplotlib" in data
 
 
 def _out_base(out: str) -> Path:
@@ -47,17 +94,28 @@ def _out_base(out: str) -> Path:
 
 
 def save_figure(fig: Any, out: str, dpi: int = DPI) -> Tuple[str, str]:
-    """Save ``fig`` as ``<out>.png`` and ``<out>.pdf`` (any extension on ``out`` is dropped) and close it."""
+    """Save ``fig`` as ``<out>.png`` and ``<out>.pdf`` (any extension on ``out`` is dropped) and close it.
+    Each file is rendered in memory and written atomically: a failed or killed save leaves the previous
+    figure whole (``savefig`` onto the path truncated it first)."""
     # Local: matplotlib is slow to import and only the plotting path needs it (callers set Agg first).
     import matplotlib.pyplot as plt
 
     base = _out_base(out)
-    base.parent.mkdir(parents=True, exist_ok=True)
     png, pdf = f"{base}.png", f"{base}.pdf"
-    fig.savefig(png, dpi=dpi)
-    fig.savefig(pdf)
-    plt.close(fig)
+    try:
+        for path, fmt, kwargs in ((png, "png", {"dpi": dpi}), (pdf, "pdf", {})):
+            buf = io.BytesIO()
+            fig.savefig(buf, format=fmt, **kwargs)
+            atomic_write(path, lambda f, data=buf.getvalue(): f.write(data), mode="wb")
+    finally:
+        plt.close(fig)
     return png, pdf
+
+
+def figure_paths(out: str) -> Tuple[str, str]:
+    """The ``.png`` and ``.pdf`` that :func:`save_figure` writes for ``out``."""
+    base = _out_base(out)
+    return f"{base}.png", f"{base}.pdf"
 
 
 def plot_curves(
@@ -151,12 +209,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not Path(args.source).exists():
         print(f"error: {args.source} does not exist", file=sys.stderr)
         return 2
-    groups = load_groups(args.source, args.log_mode, args.method_depth)
+    try:
+        for path in figure_paths(args.out):
+            label = f"--out {path}" if path == args.out else f"{path} (from --out {args.out})"
+            check_output_target(path, label, "figure", written_figure)
+        groups = load_groups(args.source, args.log_mode, args.method_depth)
+    except (OutputError, PayloadError, WriteError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    found = sorted({g.dataset for g in groups})
+    if not found:
+        print(f"error: nothing to plot: no results in {args.source}; give a directory of finished runs or "
+              "the JSON of parse_test_res --json", file=sys.stderr)
+        return 2
+    if args.domains and not [d for d in found if d in args.domains or short_name(d) in args.domains]:
+        print(f"error: nothing to plot: no results for --domains {' '.join(args.domains)} in {args.source}; "
+              f"choose among the domains found: {' '.join(found)}", file=sys.stderr)
+        return 2
     try:
         png, pdf = plot_curves(groups, args.out, args.domains, args.band, args.ncols, args.title, args.metric)
-    except ValueError as err:
+    except WriteError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     print(f"wrote {png} and {pdf}")
     return 0
 

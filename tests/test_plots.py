@@ -77,9 +77,13 @@ def test_json_round_trip_matches_directory(tree: Path, tmp_path: Path, capsys: p
     assert from_dir[("Food53_27", "FSNL_openclip_USE_CAPTION_True", 4)] == pytest.approx(71.5)
 
 
-def test_nothing_to_plot(tree: Path, tmp_path: Path) -> None:
-    assert plot_curves.main([str(tree), "--out", str(tmp_path / "x"), "--domains", "Landmark"]) == 1
-    assert not (tmp_path / "x.png").exists()
+def test_nothing_to_plot(tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A user mistake: exit code 2 (it was 1) and one line naming the source and the domains found."""
+    assert plot_curves.main([str(tree), "--out", str(tmp_path / "x"), "--domains", "Landmark"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: nothing to plot") and err.count("\n") == 1, err
+    assert str(tree) in err and "Animals92_42 Food53_27 Pokemon89_39" in err
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.pdf").exists()
 
 
 def test_curves_follow_the_chosen_accuracy():

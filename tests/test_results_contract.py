@@ -60,6 +60,11 @@ def test_reader_schema_0_newer_and_broken_files(tmp_path: Path) -> None:
     (tmp_path / "bad/results.json").write_text("{not json")
     with pytest.raises(results.ResultsError, match=r"bad/results.json: not valid JSON"):
         results.read_results(str(tmp_path / "bad"))
+    # a byte no UTF-8 text has was a UnicodeDecodeError traceback in the sweep's and launcher's skip check
+    (tmp_path / "bad/results.json").write_bytes(b'{"trainer": "X\xff"}')
+    with pytest.raises(results.ResultsError, match=r"bad/results.json: not UTF-8 \(byte 0xff at offset 14\)"):
+        results.read_results(str(tmp_path / "bad"))
+    assert results.find_finished(str(tmp_path / "bad"), {"id": "x"}).state == "unreadable"
     with pytest.raises(ValueError, match="fingerprint"):
         results.write_results(str(tmp_path / "x"), {"trainer": "X", "dataset": "D", "seed": 1, "accuracy": 1}, {})
 
