@@ -24,6 +24,13 @@ Differences from the reference loaders, each fixing a bug of spec §11:
 * Duplicate records and images shared by two splits are errors (they would count twice as shots or
   leak test images into training); labels are checked in O(records) whatever their values; class
   names must stay distinct and non-empty under ``clip.normalize_name``.
+* A repeated key in a split file's JSON (which ``json`` would resolve by dropping a record) is an
+  error naming it; a name under two labels is reported as such, not as a name colliding with itself.
+* A cached few-shot sample is used only if it is exactly a sample of the split file: min(K, n)
+  distinct records per class, each equal to a record of the same part (a test image, an unlisted
+  path, another label, an edited caption make it stale: drawn again, with a warning).
+* A K-shot run refuses a class without train image, and ``TEST.FINAL_MODEL best_val`` refuses a run
+  without val image (the engine would select on the test split): one error each, before training.
 * The reference's pickled few-shot caches (``shot_K-seed_S.pkl``) are logged and ignored, never
   unpickled.
 * Sampling uses ``random.Random(SEED)`` per subset, never the global RNG. For ``OOP`` or ``IP``
@@ -66,6 +73,9 @@ __all__ = [
     "find_missing_images",
     "scan_images",
     "check_images",
+    "check_every_class_trains",
+    "check_selection_split",
+    "StaleFewshotCache",
     "legacy_fewshot_caches",
     "check_disjoint_classnames",
     "merge_subsets",
@@ -206,6 +216,41 @@ def _iter_split(split: Any) -> Iterable[Tuple[str, Any]]:
     return ((str(i), v) for i, v in enumerate(split))
 
 
+class _JsonObject(dict):
+    """A parsed JSON object that remembers which keys its text repeated (``json`` keeps the last value
+    of a repeated key and drops the others without a word: a split file's record would vanish)."""
+
+    repeated: Tuple[str, ...] = ()
+
+    @classmethod
+    def from_pairs(cls, pairs: List[Tuple[str, Any]]) -> _JsonObject:
+        obj = cls(pairs)
+        if len(obj) != len(pairs):
+            counts = Counter(key for key, _ in pairs)
+            obj.repeated = tuple(key for key, n in counts.items() if n > 1)
+        return obj
+
+
+def _repeated_keys(data: Any) -> List[str]:
+    """``where: 'key' (N times)`` for every repeated key of a document parsed with
+    :meth:`_JsonObject.from_pairs`, named like the records (``train['0']``). Iterative: the document
+    may be as deep as the parser allowed."""
+    out: List[str] = []
+    stack: List[Tuple[str, Any]] = [("", data)]
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, dict):
+            for key in getattr(node, "repeated", ()):
+                out.append(f"{key!r} in {where or 'the top-level object'}")
+            children = [(f"{where}[{k!r}]" if where else str(k), v) for k, v in node.items()]
+        elif isinstance(node, list):
+            children = [(f"{where}[{i}]", v) for i, v in enumerate(node)]
+        else:
+            continue
+        stack.extend(reversed(children))
+    return out
+
+
 def _unsafe_path(classname: str, image_name: str) -> str:
     """Why ``images/<classname>/<image_name>`` could leave the images folder ("" when it cannot).
 
@@ -251,15 +296,20 @@ def _duplicate_problems(duplicates: Sequence[Tuple[str, str, str]]) -> List[str]
 def _name_problems(label_names: Dict[int, Dict[str, str]], name_key: str) -> List[str]:
     """Class names must survive ``clip.normalize_name`` (B2) as distinct, non-empty strings:
     prompts and FSNL's name slots use the normalised form."""
-    by_norm: Dict[str, List[str]] = {}
-    problems = []
+    # Each distinct name once, at its first record: a name under two labels is reported by the label
+    # check ("has 2 labels"), not as a name colliding with itself.
+    first: Dict[str, str] = {}
     for names in label_names.values():
         for name, where in names.items():
-            norm = normalize_name(name)
-            if not norm:
-                problems.append(f"{name_key} {name!r} (first in {where}) normalises to an empty name")
-            else:
-                by_norm.setdefault(norm, []).append(f"{name!r} (first in {where})")
+            first.setdefault(name, where)
+    by_norm: Dict[str, List[str]] = {}
+    problems = []
+    for name, where in first.items():
+        norm = normalize_name(name)
+        if not norm:
+            problems.append(f"{name_key} {name!r} (first in {where}) normalises to an empty name")
+        else:
+            by_norm.setdefault(norm, []).append(f"{name!r} (first in {where})")
     for norm, names in by_norm.items():
         if len(names) > 1:
             problems.append(f"{name_key}s {', '.join(names)} collide after normalisation (all read {norm!r}); "
@@ -300,7 +350,7 @@ def parse_split(
     ``superclass`` and captions are empty, as in the reference.
     """
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_JsonObject.from_pairs)
     except UnicodeDecodeError as err:
         raise DatasetError(f"{path}: not UTF-8 text ({err})") from err
     except json.JSONDecodeError as err:
@@ -312,6 +362,12 @@ def parse_split(
 
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected a JSON object with keys {list(SPLITS)}, got {type(data).__name__}")
+    repeated = _repeated_keys(data)
+    if repeated:
+        raise DatasetError(
+            f"{path}: {len(repeated)} repeated JSON key(s): {_examples(repeated)}; JSON keeps only the last "
+            "record under a key and drops the others silently: give every record its own key"
+        )
     missing_keys = [k for k in SPLITS if k not in data]
     if missing_keys:
         raise DatasetError(
@@ -422,6 +478,36 @@ def parse_split(
         val=out["val"],
         test=out["test"],
         warnings=warnings,
+    )
+
+
+def check_every_class_trains(part: SubsetSplit, shots: int) -> None:
+    """A K-shot run needs K training images of every class (or all it has): a class without any
+    would be learnt from nothing while the run is filed as K-shot, so it is an error naming the
+    split file and the classes, not the warning a full-split run (zero-shot, feature extraction) gets."""
+    present = {d.label for d in part.train}
+    absent = [f"{name!r} (label {la})" for la, name in enumerate(part.classnames) if la not in present]
+    if absent:
+        raise DatasetError(
+            f"{part.split_file}: {len(absent)} class(es) have no train image: {_examples(absent)}; a "
+            f"{shots}-shot run needs training images of every class: add train records for them to the "
+            "split file (or run DATASET.NUM_SHOTS -1, which is not filed as a few-shot result)"
+        )
+
+
+def check_selection_split(cfg: Any, split_files: Sequence[str]) -> None:
+    """``TEST.FINAL_MODEL best_val`` picks the model on the val split; with no val image the engine
+    would fall back to the *test* split with one warning (model selection on test, recorded as
+    best_val). Refused here, when the data is read and before training. An evaluation-only sibling
+    (``NUM_SHOTS 0``, the OOP->IP cross-evaluation) and ``TEST.NO_TEST`` select nothing."""
+    test = cfg.get("TEST")
+    if test is None or str(test.get("FINAL_MODEL", "")) != "best_val" or bool(test.get("NO_TEST", False)):
+        return
+    if int(cfg.DATASET.get("NUM_SHOTS", -1)) == 0:
+        return
+    raise DatasetError(
+        f"TEST.FINAL_MODEL best_val needs validation images, but {' and '.join(split_files)} list no val "
+        "image; use TEST.FINAL_MODEL last_step, or add val records to the split file"
     )
 
 
@@ -619,23 +705,61 @@ def _to_record(item: Datum, subset_dir: str) -> Dict[str, Any]:
     return {"impath": rel, "label": item.label, "classname": item.classname, "caption": item.caption}
 
 
-def _from_records(records: Any, subset_dir: str, classnames: List[str]) -> List[Datum]:
+class StaleFewshotCache(ValueError):
+    """A few-shot cache that parses but is not a sample of this split file (it is drawn again)."""
+
+
+def _cached_selection(records: Any, pool: Sequence[Datum], shots: int, subset_dir: str, split: str) -> List[Datum]:
+    """The records of the split file's ``split`` part that a cached sample names, in the cache's order.
+
+    A cache is trusted only as a choice among the split file's own records (nothing is reused unless
+    it is what this split, K and seed give): every entry must be exactly what :func:`_to_record`
+    writes for an image of the *same* part (a test image in the train sample, a path the split does
+    not list, another label or class name, an edited caption are all refused), no image may appear
+    twice, and every class must have exactly ``min(shots, its images)`` entries, what
+    :meth:`DatasetBase.generate_fewshot_dataset` draws. Anything else raises
+    :class:`StaleFewshotCache` saying which entry. The Datums returned are the split file's, so
+    nothing but the choice comes from the cache.
+    """
     if not isinstance(records, list):
-        raise ValueError("records must be a list")
-    out = []
-    for rec in records:
-        impath, label, name = rec["impath"], rec["label"], rec["classname"]
-        if not _is_int(label) or not 0 <= label < len(classnames) or classnames[label] != name:
-            raise ValueError(f"record {rec!r} disagrees with the split file's classnames")
-        if os.path.isabs(impath) or ".." in impath.split("/"):
-            raise ValueError(f"record path {impath!r} is not relative to the subset folder")
-        out.append(Datum(os.path.join(subset_dir, *impath.split("/")), label, 0, name, rec.get("caption", "")))
+        raise StaleFewshotCache(f"its {split} records are not a list")
+    expected: Dict[str, Tuple[Dict[str, Any], Datum]] = {}
+    for item in pool:
+        rec = _to_record(item, subset_dir)
+        expected[rec["impath"]] = (rec, item)
+    out: List[Datum] = []
+    seen = set()
+    for i, rec in enumerate(records):
+        impath = rec.get("impath") if isinstance(rec, dict) else None
+        if not isinstance(impath, str):
+            raise StaleFewshotCache(f"{split}[{i}] names no image")
+        if impath in seen:
+            raise StaleFewshotCache(f"{split}[{i}] repeats {impath!r}")
+        hit = expected.get(impath)
+        if hit is None:
+            raise StaleFewshotCache(f"{split}[{i}] {impath!r} is not a {split} image of the split file")
+        if rec != hit[0]:
+            fields = sorted(k for k in set(rec) | set(hit[0]) if rec.get(k) != hit[0].get(k))
+            raise StaleFewshotCache(f"{split}[{i}] {impath!r}: its {', '.join(fields)} "
+                                    f"{'differs' if len(fields) == 1 else 'differ'} from the split file's")
+        seen.add(impath)
+        out.append(hit[1])
+    available = Counter(d.label for d in pool)
+    got = Counter(d.label for d in out)
+    for label, n in sorted(available.items()):
+        if got[label] != min(shots, n):
+            raise StaleFewshotCache(
+                f"{split}: class {label} has {got[label]} record(s), a {shots}-shot sample of its {n} image(s) "
+                f"has {min(shots, n)}"
+            )
     return out
 
 
 def _read_fewshot_cache(
     path: str, part: SubsetSplit, num_shots: int, seed: int, superclass: bool
 ) -> Optional[Tuple[List[Datum], List[Datum]]]:
+    """The cached (train, val) sample, or None (logged why) when the file is unreadable, keyed for
+    another run, or not a sample of ``part`` (:func:`_cached_selection`): the caller draws it again."""
     try:
         with open(path, encoding="utf-8") as f:
             payload = json.load(f)
@@ -651,8 +775,12 @@ def _read_fewshot_cache(
         if wrong:
             logger.warning("Ignoring few-shot cache %s: %s do not match this run", path, wrong)
             return None
-        train = _from_records(payload["train"], part.directory, part.classnames)
-        val = _from_records(payload["val"], part.directory, part.classnames)
+        train = _cached_selection(payload["train"], part.train, num_shots, part.directory, "train")
+        val = _cached_selection(payload["val"], part.val, min(num_shots, VAL_MAX_SHOTS), part.directory, "val")
+    except StaleFewshotCache as err:
+        logger.warning("Ignoring few-shot cache %s: not a %d-shot sample of %s (%s); sampling again",
+                       path, num_shots, part.split_file, err)
+        return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         logger.warning("Ignoring unreadable few-shot cache %s (%s); resampling", path, err)
         return None
@@ -700,6 +828,9 @@ class LaionBeyond(DatasetBase):
         self.split_files = {s: p.split_file for s, p in parts.items()}
         self.subset_classnames = {s: list(p.classnames) for s, p in parts.items()}
         self.dataset_dir = self.dataset_dirs[subsets[0]] if len(subsets) == 1 else self.root
+        if self.num_shots >= 1:
+            for part in parts.values():
+                check_every_class_trains(part, self.num_shots)
         for part in parts.values():
             for message in part.warnings:
                 logger.warning(message)
@@ -724,6 +855,8 @@ class LaionBeyond(DatasetBase):
             part = parts[sub_classes]
             classnames, (train, val), test = part.classnames, selected[sub_classes], part.test
 
+        if not val:
+            check_selection_split(cfg, [parts[s].split_file for s in subsets])
         super().__init__(train_x=train, val=val, test=test, classnames=classnames)
         if self.num_shots >= 1:
             self.fewshot_digest = json_digest({

@@ -250,9 +250,14 @@ def test_class_without_train_image_keeps_its_name_b25(toy):
     raw = load_json(path)
     raw["train"] = {k: v for k, v in raw["train"].items() if v["label"] != 4}
     write_json(path, raw)
-    ds = build_dataset(dataset_cfg(toy, shots=2))
+    ds = build_dataset(dataset_cfg(toy, shots=-1))
     assert ds.num_classes == 5 and ds.classnames[4] == "aye-aye"
     assert 4 not in {d.label for d in ds.train_x}
+    # A K-shot run would learn that class from nothing while filed as K-shot: refused, naming both.
+    with pytest.raises(DatasetError) as err:
+        build_dataset(dataset_cfg(toy, shots=2))
+    assert str(path) in str(err.value) and "'aye-aye' (label 4)" in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 # --------------------------------------------------------------------------------------------

@@ -247,3 +247,94 @@ def test_all_reuses_the_single_subset_samples(toy):
     assert [d.impath for d in both.val] == [d.impath for d in oop.val + ip.val]
     assert [d.caption for d in both.train_x] == [d.caption for d in oop.train_x + ip.train_x]
     assert set(both.fewshot_cache_files) == {"OOP", "IP"}
+
+
+def _edit_cache(path, fn):
+    payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    fn(payload, json.loads(split_file(path.parents[2]).read_text(encoding="utf-8")))
+    Path(path).write_text(json.dumps(payload), encoding="utf-8")
+
+
+def _record(item):
+    """A split-file record as the cache writes it."""
+    return {"impath": f"images/{item['classname']}/{item['image_name']}", "label": item["label"],
+            "classname": item["classname"], "caption": item["INFO"]["Refined_caption3"]}
+
+
+def _second_of_class(payload, raw):
+    """Another train image of train[0]'s class: one class gets two records in a 1-shot cache."""
+    first = payload["train"][0]
+    taken = {r["impath"] for r in payload["train"]}
+    other = next(_record(i) for i in raw["train"].values()
+                 if i["label"] == first["label"] and _record(i)["impath"] not in taken)
+    payload["train"].append(other)
+
+
+def _test_image_as_train(payload, raw):
+    """A test image of train[0]'s class, with that class's label and the test record's caption."""
+    first = payload["train"][0]
+    payload["train"][0] = next(_record(i) for i in raw["test"].values() if i["label"] == first["label"])
+
+
+def _relabel(payload, raw):
+    """train[0] relabelled as another class (label and name consistent with each other)."""
+    other = payload["train"][1]
+    payload["train"][0].update(label=other["label"], classname=other["classname"])
+
+
+# Each edit of a valid cache that a 1-shot run used to take as its sample (issue: hostile tester).
+EDITED_CACHES = {
+    "test_image_in_train": (_test_image_as_train, "is not a train image of the split file"),
+    "second_record_for_a_class": (_second_of_class, "has 2 record(s)"),
+    "record_dropped": (lambda p, r: p["train"].pop(0), "has 0 record(s)"),
+    "record_duplicated": (lambda p, r: p["train"].append(p["train"][0]), "repeats"),
+    "image_not_in_split": (lambda p, r: p["train"][0].update(impath="images/ant/not_listed.jpg"),
+                           "is not a train image of the split file"),
+    "relabelled": (_relabel, "differ from the split file's"),
+    "val_image_in_train": (lambda p, r: p["train"].__setitem__(0, p["val"][0]), "is not a train image"),
+    "train_image_in_val": (lambda p, r: p["val"].__setitem__(0, p["train"][0]), "is not a val image"),
+    "caption_edited": (lambda p, r: p["train"][0].update(caption="a forged caption"), "its caption differs"),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(EDITED_CACHES))
+def test_edited_cache_is_resampled_as_fresh(toy, edit, caplog):
+    """A cache that is not min(K, n) distinct records per class of the same split, each equal to the
+    split file's record, is stale: a warning names it and why, and the run gets exactly the fresh
+    sample (records, captions and the fingerprint's few-shot digest); the file is rewritten with it."""
+    fresh = build_dataset(make_cfg(toy, shots=1, seed=1, cache_dir=toy.parent / "fresh"))
+    good = build_dataset(make_cfg(toy, shots=1, seed=1))
+    path = Path(good.fewshot_cache_files["OOP"])
+    written = path.read_bytes()
+    mutate, reason = EDITED_CACHES[edit]
+    _edit_cache(path, mutate)
+    assert path.read_bytes() != written
+    with caplog.at_level(logging.WARNING, logger="datasets.laion_beyond"):
+        again = build_dataset(make_cfg(toy, shots=1, seed=1))
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and str(path) in warned[0] and reason in warned[0], warned
+    assert "sampling again" in warned[0]
+    assert again.train_x == fresh.train_x and again.val == fresh.val
+    assert again.fewshot_digest == fresh.fewshot_digest == good.fewshot_digest
+    assert Counter(d.label for d in again.train_x) == {c: 1 for c in range(len(again.classnames))}
+    assert path.read_bytes() == written  # our own cache file, rewritten with the fresh sample
+
+
+def test_valid_cache_is_used_as_written(toy, monkeypatch):
+    """The validation refuses nothing a fresh sampling writes (K above a class's count included):
+    the sampler does not run, and the Datums are the split file's."""
+    first = build_dataset(make_cfg(toy, shots=5, seed=2))
+    monkeypatch.setattr(LaionBeyond, "generate_fewshot_dataset", staticmethod(lambda *a, **k: 1 / 0))
+    second = build_dataset(make_cfg(toy, shots=5, seed=2))
+    assert second.train_x == first.train_x and second.val == first.val
+    assert second.fewshot_digest == first.fewshot_digest
+    assert Counter(d.label for d in second.train_x)[1] == 2  # label 1 has only 2 train images
+
+
+def test_fewshot_digest_follows_the_sample(toy):
+    """The fingerprint's few-shot digest is computed from what the run uses: another seed's sample
+    has another digest, the same sample (from the cache or drawn again) the same one."""
+    a = build_dataset(make_cfg(toy, shots=2, seed=1))
+    b = build_dataset(make_cfg(toy, shots=2, seed=2))
+    c = build_dataset(make_cfg(toy, shots=2, seed=1, cache_dir=toy.parent / "elsewhere"))
+    assert a.fewshot_digest != b.fewshot_digest and a.fewshot_digest == c.fewshot_digest

@@ -232,6 +232,17 @@ def _truncate(w: World, path: Path) -> None:
     path.write_bytes(raw[: len(raw) // 2])
 
 
+def _repeat_first_train_key(w: World) -> None:
+    """``"0"`` twice in the train object (the second copy points at another image)."""
+    data = json.loads(w.split_file().read_text(encoding="utf-8"))
+    first = json.dumps(data["train"]["0"])
+    other = json.dumps({**data["train"]["0"], "image_name": "giant_anteater_001.jpg"})
+    text = json.dumps(data)
+    head = '{"train": {"0": ' + first
+    assert text.startswith(head)
+    w.split_file().write_text('{"train": {"0": ' + other + ', "0": ' + first + text[len(head):], encoding="utf-8")
+
+
 def _remove_ip(w: World) -> None:
     shutil.rmtree(w.root / IP_DIR)
 
@@ -284,6 +295,12 @@ CASES = [
          [SPLIT, "'___'", "normalises to an empty name"]),
     Case("names_collide", _rename_class("elephant shrew", "Sun Bear"),
          [SPLIT, "'Sun Bear'", "'sun_bear'", "collide after normalisation"]),
+    # A record's label moved to a new number: the name has two labels (not a name colliding with itself).
+    Case("label_mapped_to_second_number", _set("train", "0", label=5),
+         [SPLIT, f"classname '{FIRST}' has 2 labels", "5 (first in train['0'])"]),
+    # json.loads keeps the last of two records under one key: refused, naming the key.
+    Case("repeated_json_key", lambda w: _repeat_first_train_key(w),
+         [SPLIT, "repeated JSON key", "'0' in train"]),
     Case("ip_split_traversal",
          lambda w: w.edit(lambda d: d["test"]["0"].update(image_name="../../../../outside/secret.jpg"), IP_DIR),
          [str(Path(IP_DIR) / f"split_Xin_{IP_DIR}.json"), "test['0']", "contains '..'"]),
@@ -467,3 +484,56 @@ def test_worker_errors_keep_their_one_line_message(tmp_path):
         wrapped.reraise()
     assert "Traceback" in str(info.value)
     assert train.error_message(info.value) == f'Cannot decode image "{bad}": cannot identify image file {str(bad)!r}'
+
+
+def test_label_mapped_twice_names_no_collision(world: World, opens: OpenRecorder, capsys):
+    """The label check says what is wrong; the old message also advised renaming a class that
+    "collided" with itself after normalisation."""
+    _set("train", "0", label=5)(world)
+    outcome = run_train(world, opens, capsys)
+    assert_one_error(outcome, [SPLIT, f"classname '{FIRST}' has 2 labels"])
+    assert "collide" not in outcome.stderr and "rename" not in outcome.stderr
+
+
+def test_class_without_train_image_is_an_error_for_k_shot(world: World, opens: OpenRecorder, capsys):
+    """A K-shot run needs every class to train on something: one line naming the split file and the
+    class, before training (it was a warning and the run was filed as K-shot). ``datasets.check``
+    and a full-split run keep it a warning."""
+    world.edit(lambda d: d.__setitem__("train", {k: v for k, v in d["train"].items() if v["classname"] != "ant"}))
+    before = world.snapshot()
+    outcome = run_train(world, opens, capsys)
+    assert_one_error(outcome, [SPLIT, "'ant'", "no train image", "2-shot run"])
+    assert_not_trained(world)
+    assert "WARNING" not in outcome.stdout + outcome.stderr
+    assert_nothing_lost(before, world)
+    report = run_check(world, opens)
+    assert report.rc == 0 and "have no train image" in report.stdout
+    full = run_train(world, opens, capsys, shots=-1, extra=("--no-train",))
+    assert full.rc == 0, full.stderr
+    assert_nothing_lost(before, world)
+
+
+@pytest.mark.parametrize("sub", ["OOP", "All"])
+def test_best_val_without_val_images_is_refused(sub: str, world: World, opens: OpenRecorder, capsys):
+    """``TEST.FINAL_MODEL best_val`` with no val image used to select the model on the test split
+    (one warning; results.json said best_val): one line before training, naming the split files."""
+    for subset_dir in (OOP_DIR, IP_DIR):
+        world.edit(lambda d: d.__setitem__("val", {}), subset_dir)
+    before = world.snapshot()
+    outcome = run_train(world, opens, capsys, "TEST.FINAL_MODEL", "best_val", "DATASET.SUB_CLASSES", sub,
+                        "TEST.CROSS_EVAL", "()")
+    assert_one_error(outcome, ["TEST.FINAL_MODEL best_val needs validation images", SPLIT, "last_step"])
+    assert_not_trained(world)
+    assert_nothing_lost(before, world)
+    ok = run_train(world, opens, capsys, "TEST.FINAL_MODEL", "last_step", "DATASET.SUB_CLASSES", sub,
+                   "TEST.CROSS_EVAL", "()", extra=("--no-train",))
+    assert ok.rc == 0, ok.stderr
+
+
+def test_best_val_with_val_images_of_one_subset_only(world: World, opens: OpenRecorder, capsys):
+    """The OOP run selects on OOP's val images; an IP subset without any (read by the OOP->IP
+    cross-evaluation, which selects nothing) is no reason to refuse it."""
+    world.edit(lambda d: d.__setitem__("val", {}), IP_DIR)
+    outcome = run_train(world, opens, capsys, "TEST.FINAL_MODEL", "best_val")
+    assert outcome.rc == 0, outcome.stderr
+    assert (world.out / "results.json").is_file()

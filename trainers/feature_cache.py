@@ -25,7 +25,11 @@ before any reuse:
 * training views also: the split files' content (SHA-256), shots, seed and K.
 
 A difference recomputes and overwrites the slot, and the log says why ("weights changed", "images
-changed", ...). Files are written atomically (temporary file + rename).
+changed", ...). So does a file whose tensor is not the one written with its key: the features must
+be a floating-point ``[N, D]`` (evaluation) or ``[views, N, D]`` (training views) tensor, N the key's
+image count, and match the shape, dtype and SHA-256 stored beside them (a sliced, narrowed or
+replaced tensor used to end in a traceback, or a one-view cache was silently used under ``VIEWS 2``).
+Files are written atomically (temporary file + rename).
 
 View ``v`` of an image is drawn from its own RNG, seeded by ``(SEED, the image's path relative to
 DATASET.ROOT, v)``: an image's views do not depend on which other images a run has, nor on their
@@ -60,7 +64,9 @@ from dassl.utils.identity import content_identity, files_digest, json_digest, st
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 3  # 3: content keys (version 2 of the keys) + per-image view RNG
+# 3: content keys (version 2 of the keys) + per-image view RNG; 4: the image count in the key and the
+# features' shape, dtype and SHA-256 stored beside them (an edited tensor is recomputed, not used)
+CACHE_VERSION = 4
 
 #: ``shared`` flag set by the grid engine: the in-memory stores are the cache, nothing goes to disk.
 STORE_ONLY = "feature_store_only"
@@ -83,6 +89,7 @@ REASONS = {
     "backbone": "backbone changed",
     "precision": "precision changed",
     "device": "device changed",
+    "count": "number of images changed",
     "version": "cache format changed",
 }
 
@@ -146,6 +153,7 @@ def cache_meta(cfg: Any, dataset: Any, precision: str, views: int, transform: An
                         if osp.isfile(v)},
         "images": files_digest(d.impath for d in train),
         "labels": json_digest([[d.impath, int(d.label)] for d in train]),
+        "count": len(train),
     }
 
 
@@ -163,6 +171,7 @@ def eval_meta(cfg: Any, items: Sequence[Any], transform: Any, precision: str, de
         "device": device,
         "transform": repr(transform),
         "images": files_digest(d.impath for d in items),
+        "count": len(items),
     }
 
 
@@ -174,13 +183,43 @@ def cache_path(directory: str, meta: Dict[str, Any]) -> str:
 
 
 def changes(stored: Dict[str, Any], meta: Dict[str, Any]) -> List[str]:
-    """Human reasons for every key field that differs (``"weights changed"``, ...)."""
+    """Human reasons for every key field that differs (``"weights changed"``, ...); a file of another
+    cache format is that alone (its other fields may simply not exist yet)."""
+    if stored.get("version") != meta.get("version"):
+        return [REASONS["version"]]
     keys = sorted(k for k in set(stored) | set(meta) if stored.get(k) != meta.get(k))
     return [REASONS.get(k, f"{k} changed") for k in keys]
 
 
+def content_record(features: torch.Tensor) -> Dict[str, Any]:
+    """Shape, dtype and SHA-256 of the tensor's bytes: stored beside the features, so a tensor edited
+    or swapped under an unchanged key (a slice, another width, a one-view cache under ``VIEWS 2``)
+    is recognised and recomputed instead of being used."""
+    flat = features.detach().cpu().contiguous().reshape(-1)
+    return {"shape": list(features.shape), "dtype": str(features.dtype),
+            "sha256": hashlib.sha256(flat.view(torch.uint8).numpy()).hexdigest()}
+
+
+def shape_problem(features: Any, meta: Dict[str, Any]) -> str:
+    """Why ``features`` cannot be this key's features ("" when they can): a floating-point tensor of
+    ``[N, D]`` (evaluation) or ``[views, N, D]`` (training views), N the key's image count."""
+    if not isinstance(features, torch.Tensor):
+        return f"features are a {type(features).__name__}, not a tensor"
+    if not features.is_floating_point():
+        return f"features have dtype {features.dtype}, not a floating-point type"
+    slot = meta.get("slot", {})
+    train = slot.get("kind") == "train"
+    expected = ([int(slot.get("views", 0))] if train else []) + [int(meta.get("count", -1))]
+    shown = "[views, N, D]" if train else "[N, D]"
+    if features.dim() != len(expected) + 1 or list(features.shape[:-1]) != expected or features.shape[-1] < 1:
+        return f"features have shape {list(features.shape)}, expected {shown} = [{', '.join(map(str, expected))}, D]"
+    return ""
+
+
 def load_cached(path: str, meta: Dict[str, Any]) -> Optional[torch.Tensor]:
-    """The stored features if the file exists and its key matches exactly, else None (logged why)."""
+    """The stored features if the file exists, its key matches exactly and the tensor is the one that
+    was written for it (shape against the key, shape / dtype / SHA-256 against the stored record);
+    else None, logged why, and the caller recomputes and overwrites its own slot file."""
     if not osp.isfile(path):
         logger.info("No feature cache at %s: encoding", path)
         return None
@@ -188,6 +227,7 @@ def load_cached(path: str, meta: Dict[str, Any]) -> Optional[torch.Tensor]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         stored = json.loads(payload.get("meta", "{}"))
         features = payload["features"]
+        record = payload.get("content")
     except Exception as e:  # a truncated or foreign file is recomputed, never trusted
         logger.warning("Ignoring unreadable feature cache %s (%s): recomputing", path, e)
         return None
@@ -195,11 +235,18 @@ def load_cached(path: str, meta: Dict[str, Any]) -> Optional[torch.Tensor]:
     if reasons:
         logger.warning("Feature cache %s is stale (%s): recomputing", path, ", ".join(reasons))
         return None
+    problem = shape_problem(features, meta)
+    if not problem and (not isinstance(record, dict) or record != content_record(features)):
+        problem = "the features are not the ones written with this key (shape, dtype or checksum differ)"
+    if problem:
+        logger.warning("Ignoring feature cache %s (%s): recomputing", path, problem)
+        return None
     return features
 
 
 def save_cached(path: str, meta: Dict[str, Any], features: torch.Tensor) -> None:
-    atomic_torch_save({"meta": json.dumps(meta, sort_keys=True), "features": features}, path)
+    atomic_torch_save({"meta": json.dumps(meta, sort_keys=True), "features": features,
+                       "content": content_record(features)}, path)
 
 
 def image_key(impath: str) -> ImageKey:
