@@ -33,6 +33,7 @@ from dassl.cli import ArgumentParser
 from dassl.config import FINAL_MODEL_CHOICES
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.engine import TRAINER_REGISTRY, build_trainer, expected_fingerprint
+from dassl.engine.trainer import check_model_dir, no_weights_message
 from dassl.evaluation import EVALUATOR_REGISTRY
 from dassl.optim import AVAI_OPTIMS, AVAI_SCHEDS
 from dassl.utils import (
@@ -249,6 +250,8 @@ def main(args: argparse.Namespace) -> Any:
     validate_cfg(cfg, training=not (args.eval_only or args.no_train))
     if cfg.RESUME:
         check_resume_dir(cfg.RESUME)
+    if args.eval_only and args.model_dir:
+        check_eval_model_dir(cfg, args.model_dir, args.load_epoch)
     conflict = None
     if not args.no_train:
         conflict = check_output_dir_run(cfg, args.model_dir if args.eval_only else "", args.load_epoch,
@@ -269,25 +272,70 @@ def main(args: argparse.Namespace) -> Any:
     logger.info("** System info **\n%s\n", collect_env_info())
 
     start = time.time()
-    # An --eval-only trainer skips train-only work (training views, caption preprocessing).
-    trainer = build_trainer(cfg, **({"eval_only": True} if args.eval_only else {}))
-    trainer.show_progress = not getattr(args, "quiet", False)
-    if args.eval_only:
-        if args.model_dir:
-            try:
-                trainer.load_model(args.model_dir, epoch=args.load_epoch)
-            except FileNotFoundError as e:
-                raise ConfigError(f"--model-dir: {e}") from None
-        else:
-            check_untrained_eval(trainer, cfg)
-        trainer.test()
-        trainer.finalize()
-    elif not args.no_train:
-        trainer.train()
+    trainer = None
+    try:
+        # An --eval-only trainer skips train-only work (training views, caption preprocessing).
+        trainer = build_trainer(cfg, **({"eval_only": True} if args.eval_only else {}))
+        trainer.show_progress = not getattr(args, "quiet", False)
+        if args.eval_only:
+            if args.model_dir:
+                try:
+                    trainer.load_model(args.model_dir, epoch=args.load_epoch)
+                except FileNotFoundError as e:
+                    raise ConfigError(f"--model-dir: {e}") from None
+            else:
+                check_untrained_eval(trainer, cfg)
+            trainer.test()
+            trainer.finalize()
+        elif not args.no_train:
+            trainer.train()
+    except KeyboardInterrupt:
+        message = interrupted_message(trainer, cfg, evaluating=args.eval_only)
+        logger.info("%s", message)  # log.txt only: the console gets it once, from cli()
+        raise RunInterrupted(message) from None
     results = getattr(trainer, "final_results", None)
     if results:
         logger.info("%s", run_summary(cfg, results, time.time() - start), extra={"console": True})
     return trainer
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during a run, carrying the one line ``cli`` prints (where it stopped and how to
+    go on) instead of Python's KeyboardInterrupt traceback."""
+
+
+def interrupted_message(trainer: Any, cfg: Any, evaluating: bool = False) -> str:
+    """What an interrupted run tells the user. Every file is written atomically (a killed write leaves
+    only a temporary sibling, removed by the next run), so what is on disk is whole: the checkpoints
+    of the epochs finished so far, no results.json unless the run got that far."""
+    if trainer is None or evaluating or not trainer.get_model_names():
+        return "interrupted before results.json was written; rerun the same command"
+    epochs = [set(list_checkpoints(osp.join(str(cfg.OUTPUT_DIR), n))) for n in trainer.get_model_names()]
+    saved = max(set.intersection(*epochs), default=0)
+    total = int(getattr(trainer, "max_epoch", 0) or 0)
+    started = hasattr(trainer, "time_start")
+    where = f" at epoch {min(int(trainer.epoch) + 1, total)}/{total}" if started and total else ""
+    again = ("rerun the same command" if not cfg.RESUME or osp.realpath(cfg.RESUME) == osp.realpath(cfg.OUTPUT_DIR)
+             else f"rerun it with --resume {cfg.OUTPUT_DIR}")
+    if saved:
+        return f"interrupted{where}; {again} to resume from the checkpoint of epoch {saved}"
+    return (f"interrupted{where} before any checkpoint was saved (TRAIN.CHECKPOINT_FREQ N saves every N epochs); "
+            f"{again} to start over")
+
+
+def check_eval_model_dir(cfg: Any, model_dir: str, load_epoch: Optional[int]) -> None:
+    """``--eval-only --model-dir``, checked before anything is built or written: a trainer without
+    trained weights (zero-shot) refuses it (it was ignored, yet recorded in results.json as
+    ``loaded`` and hashed into the fingerprint, splitting the zero-shot group), and the model dir's
+    checkpoints must be readable and belong to this trainer, to the run whose results.json lies
+    beside them and to this config's model identity (``dassl.engine.trainer.check_model_dir``)."""
+    cls = TRAINER_REGISTRY.get(str(cfg.TRAINER.NAME))
+    if not getattr(cls, "LOADS_WEIGHTS", True):
+        raise ConfigError(no_weights_message(str(cfg.TRAINER.NAME), model_dir))
+    try:
+        check_model_dir(cfg, model_dir, load_epoch)
+    except FileNotFoundError as e:
+        raise ConfigError(f"--model-dir: {e}") from None
 
 
 def check_untrained_eval(trainer: Any, cfg: Any) -> None:
@@ -362,6 +410,11 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"error: {error_message(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        if debug_requested(args):
+            raise
+        print(str(e) if isinstance(e, RunInterrupted) else "interrupted; rerun the same command", file=sys.stderr)
+        return 130
     return 0
 
 

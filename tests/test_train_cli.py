@@ -187,3 +187,41 @@ def _cli_argv(data_root, out, *extra):
     return ["--root", str(data_root), "--seed", "0", "--trainer", "ToyLinearCLI",
             "--dataset-config-file", str(data_root / "ds.yaml"), "--config-file", str(data_root / "tr.yaml"),
             "--output-dir", str(out), "--quiet", *extra, "USE_CUDA", "False", "OPTIM.MAX_EPOCH", "2"]
+
+
+def test_ctrl_c_is_one_line_and_the_rerun_resumes(data_root, tmp_path, capsys, monkeypatch):
+    """Ctrl-C during training printed a 62-line KeyboardInterrupt traceback (rc 130). Now one line says
+    where it stopped and how to go on; what is on disk is whole (atomic writes: no temporary file, no
+    results.json), and the same command resumes from the last checkpoint."""
+    out = tmp_path / "run"
+    argv = _cli_argv(data_root, out, "TRAIN.CHECKPOINT_FREQ", "1")  # 2 epochs
+    original = ToyLinearCLI.run_epoch
+
+    def interrupted(self):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        original(self)
+
+    monkeypatch.setattr(ToyLinearCLI, "run_epoch", interrupted)
+    assert train.cli(argv) == 130
+    captured = capsys.readouterr()
+    assert captured.err == "interrupted at epoch 2/2; rerun the same command to resume from the checkpoint of epoch 1\n"
+    assert "Traceback" not in captured.out
+    assert sorted(p.name for p in (out / "linear").iterdir()) == ["checkpoint", "model.pth.tar-1"]
+    assert not (out / "results.json").exists() and not list(out.rglob("*.tmp"))
+
+    monkeypatch.setattr(ToyLinearCLI, "run_epoch", original)
+    assert train.cli(argv) == 0
+    assert "Resumed" in "".join(p.read_text() for p in out.glob("log.txt*"))
+    assert json.loads((out / "results.json").read_text())["epoch"] == 2
+
+
+def test_ctrl_c_before_any_checkpoint_says_it_starts_over(data_root, tmp_path, capsys, monkeypatch):
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ToyLinearCLI, "run_epoch", interrupted)
+    assert train.cli(_cli_argv(data_root, tmp_path / "run")) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("interrupted at epoch 1/2 before any checkpoint was saved")
+    assert "start over" in err

@@ -121,6 +121,14 @@ class ClipTrainer(SubsetEvaluation, TrainerX):
             )
 
     @classmethod
+    def model_identity_key(cls, key: str) -> bool:
+        """The engine's keys plus the method's own section ``TRAINER.<PREC_KEY>.*`` (context length,
+        class-specific contexts, adapter ratio, residual scale ...), which shape the model the weights
+        belong to; its ``PREC`` is how the model runs, so an evaluation may pick another."""
+        section = f"TRAINER.{cls.PREC_KEY}."
+        return super().model_identity_key(key) or (key.startswith(section) and key != section + "PREC")
+
+    @classmethod
     def prec_name(cls, cfg: Any) -> str:
         node = cfg.TRAINER.get(cls.PREC_KEY)
         return str(node.PREC) if node is not None and "PREC" in node else "fp32"

@@ -55,6 +55,8 @@ def dataset_template(dataset_name: str) -> str:
 class ZeroshotCLIP(TrainerX):
     """CLIP with the dataset's single template; nothing is trained."""
 
+    LOADS_WEIGHTS = False  # nothing is learned: --model-dir is refused
+
     def check_cfg(self, cfg: Any) -> None:
         check_precision(cfg.TRAINER.COOP.PREC, "TRAINER.COOP.PREC")
         check_backbone(cfg)

@@ -52,6 +52,8 @@ def fill_template(template: str, name: str) -> str:
 class ZeroshotCLIP_openclip(ClipTrainer):
     """Zero-shot CLIP with the dataset's single template ``a photo of {}, a type of {hint}.``."""
 
+    LOADS_WEIGHTS = False  # nothing is learned: --model-dir is refused
+
     PREC_KEY = "COOP"
 
     def build_model(self) -> None:

@@ -26,7 +26,9 @@ Additions over Dassl (docs/architecture.md, "Engine"):
 from __future__ import annotations
 
 import datetime
+import json
 import logging
+import os
 import os.path as osp
 import time
 from collections import OrderedDict
@@ -58,9 +60,10 @@ from ..utils import (
     set_random_seed,
     tolist_if_not,
 )
-from .build import TRAINER_REGISTRY
+from .build import TRAINER_REGISTRY, expected_fingerprint
 
-__all__ = ["TrainerBase", "SimpleTrainer", "TrainerX", "TrainerXU", "NullWriter"]
+__all__ = ["TrainerBase", "SimpleTrainer", "TrainerX", "TrainerXU", "NullWriter", "check_model_dir", "checkpoint_file",
+           "read_model_checkpoint", "check_model_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +78,189 @@ class NullWriter:
 
     def close(self) -> None:
         return None
+
+
+# ------------------------------------------------------------------ model dirs (--model-dir)
+def checkpoint_file(directory: str, name: str, epoch: Optional[int], log: bool = True) -> str:
+    """The file an evaluation of model ``name`` reads from ``directory``: ``model.pth.tar-<epoch>``,
+    else ``model-best.pth.tar``, else (as CoOp does) the pointer's or the latest regular checkpoint,
+    with a log line saying so.
+
+    The ``checkpoint`` pointer may only name a file beside it: ``save_checkpoint`` writes a bare file
+    name, and a pointer edited to ``../../other_run/...`` or an absolute path used to load another
+    run's weights (filed as this folder's) or any file on the machine (a traceback). Such a pointer is
+    a :class:`CheckpointError` naming it. ``log=False``: the up-front check, which must not log
+    before the run's own log file is set up."""
+    mdir = osp.join(directory, name)
+    if epoch is not None:
+        candidates = [osp.join(mdir, regular_name(int(epoch)))]
+    else:
+        candidates = [osp.join(mdir, BEST_NAME)]
+        pointer = osp.join(mdir, POINTER_NAME)
+        if osp.isfile(pointer):
+            with open(pointer, encoding="utf-8", errors="replace") as f:
+                target = f.readline().strip()
+            if target in ("", ".", "..") or osp.basename(target) != target or "\\" in target or "\0" in target:
+                raise CheckpointError(
+                    f'the checkpoint pointer "{pointer}" names {target!r}, which is not a file in its own folder; '
+                    f"it may only name a checkpoint beside it (e.g. {regular_name(1)}): fix or delete the pointer"
+                )
+            candidates.append(osp.join(mdir, target))
+        regular = list_checkpoints(mdir)
+        if regular:
+            candidates.append(osp.join(mdir, regular[max(regular)]))
+    for path in candidates:
+        if osp.isfile(path):
+            if log and epoch is None and path != candidates[0]:
+                logger.info("No %s in %s: loading the last-epoch checkpoint %s instead",
+                            BEST_NAME, mdir, osp.basename(path))
+            return path
+    if osp.isdir(mdir):
+        existing = listdir_nohidden(mdir, sort=True)
+        what = f"it contains: {existing}" if existing else "it is empty"
+    else:
+        what = "that directory does not exist"
+    wanted = regular_name(int(epoch)) if epoch is not None else f"{BEST_NAME}, the pointed-to or the latest checkpoint"
+    raise FileNotFoundError(f'No checkpoint ({wanted}) for model "{name}" in "{mdir}": {what}')
+
+
+def read_model_checkpoint(path: str) -> Dict[str, Any]:
+    """The checkpoint an evaluation loads, or a :class:`CheckpointError` naming the file. Resuming
+    skips an unreadable checkpoint for an older one; an evaluation was asked for this very file, so
+    it stops (a truncated file used to end in torch's multi-line traceback)."""
+    try:
+        ckpt = load_checkpoint(path)
+    except Exception as e:  # truncated zip, garbage bytes, a foreign file: all mean "unusable"
+        raise CheckpointError(
+            f'checkpoint "{path}" is unreadable ({type(e).__name__}: {" ".join(str(e).split()).split(". ")[0][:160]}); it is '
+            "truncated or not a checkpoint: pick another with --load-epoch, or retrain"
+        ) from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError(f'checkpoint "{path}" holds no state_dict; point --model-dir at a training run')
+    return ckpt
+
+
+def no_weights_message(trainer: str, directory: str) -> str:
+    return (f"--model-dir {directory}: {trainer} has no trained weights to load (nothing is learned); "
+            "drop --model-dir")
+
+
+def same_trainer_family(cls: Any, ours: str, theirs: str) -> bool:
+    """True when trainer ``theirs`` is ``ours`` (class ``cls``), or a registered subclass or base of it
+    (same models and state layout, e.g. a variant that only changes the backbone)."""
+    if not theirs or theirs == ours:
+        return True
+    if theirs not in TRAINER_REGISTRY or not isinstance(cls, type):
+        return False
+    other = TRAINER_REGISTRY.get(theirs)
+    return isinstance(other, type) and (issubclass(other, cls) or issubclass(cls, other))
+
+
+def _model_dir_run(directory: str, output_dir: str) -> Optional[Dict[str, Any]]:
+    """The fingerprint of the *training* run whose results.json lies in ``directory`` (None: none,
+    unreadable, an evaluation's, or this run's own folder)."""
+    if osp.realpath(directory) == osp.realpath(output_dir or "") or not osp.isfile(osp.join(directory, "results.json")):
+        return None
+    try:
+        fp = results_contract.read_results(directory).fingerprint
+    except results_contract.ResultsError:
+        return None
+    return dict(fp) if isinstance(fp, dict) and fp.get("id") and fp.get("source") is None else None
+
+
+def _cli_value(value: Any) -> str:
+    """A recorded (JSON) config value as a command line's ``KEY VALUE`` override writes it."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str):
+        return value if value and not any(c.isspace() for c in value) else json.dumps(value)
+    return json.dumps(value)
+
+
+def check_model_checkpoint(cfg: Any, directory: str, path: str, meta: Dict[str, Any], trainer_cls: Any = None,
+                           mine: Optional[Dict[str, Any]] = None, identity: bool = True) -> None:
+    """Refuse, as one :class:`CheckpointError`, to evaluate the checkpoint ``path`` of ``directory``
+    (``--model-dir``) under ``cfg`` when
+
+    * it belongs to another trainer (``meta["trainer"]``, outside this trainer's family): its state
+      cannot mean the same thing in this model (before: a KeyError or shape traceback, or TaskRes'
+      "0 classes");
+    * its own fingerprint (``meta["fingerprint"]``, what the training run recorded) is not the run
+      whose results.json lies in ``directory``: a checkpoint copied in from another run would be
+      evaluated and filed as that folder's model;
+    * the run that trained it differs from ``cfg`` in a key of the model's identity
+      (``trainer_cls.model_identity_key``: backbone and weights, shots, seed, the method's own
+      settings). An evaluation's results.json is labelled and grouped by its own config (shots,
+      seed, backbone), so a 2-shot seed-1 model evaluated under ``DATASET.NUM_SHOTS 1 SEED 3`` was
+      filed as a 1-shot seed-3 result, and a model evaluated on other backbone weights is another
+      model. Evaluation-side keys (``DATASET.SUB_CLASSES``, ``TEST.*``, precision) may differ:
+      cross-evaluation (OOP weights on IP or All) is what ``--eval-only`` is for.
+
+    Checkpoints written before they carried a fingerprint are compared by trainer only. The third
+    check is the command line's policy (``train.py --eval-only`` labels results.json by its config):
+    ``identity=False`` leaves it out, as :meth:`SimpleTrainer.load_model` does for library use (loading
+    a model into a trainer of another seed, e.g. to compare initialisations, is no mistake there)."""
+    ours = str(cfg.TRAINER.NAME)
+    cls = trainer_cls if trainer_cls is not None else TRAINER_REGISTRY.get(ours)
+    theirs_trainer = str(meta.get("trainer") or "")
+    if not same_trainer_family(cls, ours, theirs_trainer):
+        raise CheckpointError(
+            f'--model-dir {directory}: "{path}" is a checkpoint of trainer {theirs_trainer}, not {ours}; evaluate '
+            f"it with --trainer {theirs_trainer} and that run's config, or point --model-dir at a {ours} run"
+        )
+    theirs = meta.get("fingerprint")
+    if not isinstance(theirs, dict):
+        return
+    run = _model_dir_run(directory, str(cfg.OUTPUT_DIR))
+    if run is not None and run.get("id") != theirs.get("id"):
+        differences = results_contract.diff_fingerprints(run, theirs)
+        raise CheckpointError(
+            f'--model-dir {directory}: "{path}" was written by run {str(theirs.get("id"))[:12]}, but the folder\'s '
+            f'results.json is run {str(run.get("id"))[:12]} (folder\'s run -> checkpoint\'s: {"; ".join(differences)}): the checkpoint '
+            "comes from another run; evaluate it from the folder it was trained in"
+        )
+    key_of = getattr(cls, "model_identity_key", None)
+    if not identity or key_of is None:
+        return
+    mine = mine if mine is not None else expected_fingerprint(cfg)
+
+    def identity(fp: Dict[str, Any]) -> Dict[str, Any]:
+        return {"config": {k: v for k, v in (fp.get("config") or {}).items() if key_of(k)},
+                "weights": fp.get("weights")}
+
+    differences = results_contract.diff_fingerprints(identity(theirs), identity(mine))
+    if differences:
+        trained = theirs.get("config") or {}
+        current = mine.get("config") or {}
+        fix = [f"{k} {_cli_value(trained[k])}" for k in sorted(trained) if key_of(k) and trained[k] != current.get(k)]
+        hint = f"set {' '.join(fix)}" if fix else "evaluate on the backbone weights it was trained with"
+        raise CheckpointError(
+            f"--model-dir {directory}: its model was trained under another identity than this evaluation's config "
+            f"(training -> evaluation: {'; '.join(differences)}); results.json is labelled by the "
+            f"evaluation's config, so repeat the training run's values: {hint}"
+        )
+
+
+def check_model_dir(cfg: Any, directory: str, epoch: Optional[int] = None) -> None:
+    """Up-front checks of ``--model-dir`` before anything is built or written: the directory exists,
+    and every model folder's checkpoint that an evaluation would load (:func:`checkpoint_file`) is
+    readable and passes :func:`check_model_checkpoint`. What needs the built model (label space, the
+    weights fitting it) is checked by ``load_model``."""
+    if not osp.isdir(directory):
+        raise CheckpointError(f'--model-dir "{directory}": no such directory; point it at a training run\'s --output-dir')
+    cls = TRAINER_REGISTRY.get(str(cfg.TRAINER.NAME))
+    mine: Optional[Dict[str, Any]] = None
+    for entry in sorted(os.listdir(directory)):
+        mdir = osp.join(directory, entry)
+        if not osp.isdir(mdir) or not (list_checkpoints(mdir) or osp.isfile(osp.join(mdir, BEST_NAME))
+                                       or osp.isfile(osp.join(mdir, POINTER_NAME))):
+            continue
+        if epoch is not None and not osp.isfile(osp.join(mdir, regular_name(int(epoch)))):
+            continue  # load_model names what is missing, for the models this trainer has
+        path = checkpoint_file(directory, entry, epoch, log=False)
+        meta = read_model_checkpoint(path).get("meta") or {}
+        mine = mine if mine is not None else expected_fingerprint(cfg)
+        check_model_checkpoint(cfg, directory, path, meta, cls, mine)
 
 
 class TrainerBase:
@@ -225,12 +411,7 @@ class TrainerBase:
     def _same_trainer_family(self, name: str) -> bool:
         """True when the trainer ``name`` is this one, or a registered subclass or base of it (same
         models and state layout, e.g. a variant that only changes the schedule)."""
-        if not name or name == str(self.cfg.TRAINER.NAME):
-            return True
-        if name not in TRAINER_REGISTRY:
-            return False
-        other = TRAINER_REGISTRY.get(name)
-        return isinstance(other, type) and (issubclass(other, type(self)) or isinstance(self, other))
+        return same_trainer_family(type(self), str(self.cfg.TRAINER.NAME), name)
 
     def _valid_checkpoint(self, path: str) -> Optional[Dict[str, Any]]:
         """The checkpoint at ``path``, or None (with a warning) when it is truncated or not ours."""
@@ -319,33 +500,8 @@ class TrainerBase:
         return start_epoch
 
     def _checkpoint_path(self, directory: str, name: str, epoch: Optional[int]) -> str:
-        """The file ``load_model`` reads: ``model.pth.tar-<epoch>``, else ``model-best.pth.tar``, else
-        (as CoOp does) the pointer's or the latest regular checkpoint, with a log line saying so."""
-        mdir = osp.join(directory, name)
-        if epoch is not None:
-            candidates = [osp.join(mdir, regular_name(int(epoch)))]
-        else:
-            candidates = [osp.join(mdir, BEST_NAME)]
-            pointer = osp.join(mdir, POINTER_NAME)
-            if osp.exists(pointer):
-                with open(pointer, encoding="utf-8") as f:
-                    candidates.append(osp.join(mdir, f.readline().strip()))
-            regular = list_checkpoints(mdir)
-            if regular:
-                candidates.append(osp.join(mdir, regular[max(regular)]))
-        for path in candidates:
-            if osp.isfile(path):
-                if epoch is None and path != candidates[0]:
-                    logger.info("No %s in %s: loading the last-epoch checkpoint %s instead",
-                                BEST_NAME, mdir, osp.basename(path))
-                return path
-        if osp.isdir(mdir):
-            existing = listdir_nohidden(mdir, sort=True)
-            what = f"it contains: {existing}" if existing else "it is empty"
-        else:
-            what = "that directory does not exist"
-        wanted = regular_name(int(epoch)) if epoch is not None else f"{BEST_NAME}, the pointed-to or the latest checkpoint"
-        raise FileNotFoundError(f'No checkpoint ({wanted}) for model "{name}" in "{mdir}": {what}')
+        """The file ``load_model`` reads (:func:`checkpoint_file`)."""
+        return checkpoint_file(directory, name, epoch)
 
     def label_space(self) -> Optional[List[str]]:
         """The class names this trainer predicts (None: unknown, no label-space check)."""
@@ -381,26 +537,43 @@ class TrainerBase:
         """Load weights for evaluation: ``model.pth.tar-<epoch>`` when ``epoch`` is given, else
         ``model-best.pth.tar`` if present, else the pointer's file, else the latest epoch.
 
-        What was loaded is recorded in ``self.load_info`` (written to results.json)."""
+        Every checkpoint is checked before its weights load (:func:`check_model_checkpoint`: its
+        trainer and the run it belongs to; ``train.py`` checks the training identity an evaluation must
+        share up front, :func:`check_model_dir`), and a file
+        that does not load or does not fit the model is a :class:`CheckpointError` naming it, so
+        ``train.py`` reports one line. What was loaded is recorded in ``self.load_info``
+        (written to results.json)."""
         if not directory:
             logger.info("load_model() is skipped as no model directory is given")
             return
         names = self.get_model_names()
+        cfg = getattr(self, "cfg", None)
+        if not names and cfg is not None:
+            raise CheckpointError(no_weights_message(str(cfg.TRAINER.NAME), directory))
         info: Dict[str, Any] = {"model_dir": osp.abspath(directory), "requested_epoch": epoch, "epoch": None,
                                 "checkpoints": {}}
         self.load_info = info
         for name in names:
             path = self._checkpoint_path(directory, name, epoch)
-            ckpt = load_checkpoint(path)
+            ckpt = read_model_checkpoint(path)
             ep = int(ckpt.get("epoch", 0))
             val = ckpt.get("val_result")
             extra = f", val_result={val:.2f}" if isinstance(val, (int, float)) else ""
             meta = ckpt.get("meta") or {}
+            if cfg is not None:
+                check_model_checkpoint(cfg, directory, path, meta, type(self), identity=False)
             shared = self.check_label_space(directory, meta)
             if shared is not None:
                 info["classes_shared"] = shared
             logger.info('Load %s to %s (epoch=%d%s)', path, name, ep, extra)
-            self.load_state(name, ckpt["state_dict"], meta)
+            try:
+                self.load_state(name, ckpt["state_dict"], meta)
+            except CheckpointError:
+                raise
+            except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as e:
+                text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+                raise CheckpointError(f'--model-dir {directory}: "{path}" does not fit this model: '
+                                      f"{' '.join(str(text).split())}") from e
             self.model_epoch = ep
             info["epoch"] = ep
             info["checkpoints"][name] = osp.relpath(path, directory)
@@ -561,8 +734,21 @@ class SimpleTrainer(TrainerBase):
         self.build_model()
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
 
+    #: Whether the trainer has trained weights to load (``--model-dir``). Training-free trainers
+    #: (zero-shot CLIP) set False: ``train.py`` then refuses ``--model-dir`` up front instead of
+    #: ignoring it while recording it in results.json and hashing it into the fingerprint.
+    LOADS_WEIGHTS: bool = True
+
     def check_cfg(self, cfg: Any) -> None:
         """Hook to reject configurations a trainer cannot run."""
+
+    @classmethod
+    def model_identity_key(cls, key: str) -> bool:
+        """Whether the config ``key`` is part of what a trained model *is*, so that an evaluation of it
+        (``--eval-only --model-dir``) must use the training run's value (:func:`check_model_checkpoint`):
+        the backbone and its weights, the shots and the seed (results.json files the evaluation under
+        them). Trainers add their own model-shaping keys."""
+        return key in ("SEED", "DATASET.NUM_SHOTS") or key.startswith("MODEL.BACKBONE.")
 
     @classmethod
     def identity_parts(cls, cfg: Any) -> Dict[str, Any]:
