@@ -4,6 +4,7 @@ Plain helpers (cfgs, trainers, runs, the colour-square toys) live in ``tests/hel
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -60,3 +61,16 @@ def toy_root(toy_data) -> Path:
 def toy_info(toy_data) -> dict:
     """``make_toy``'s description of ``toy_root``: ``{domain: {subset: {dir, split_file, classnames, ...}}}``."""
     return toy_data[1]
+
+
+@pytest.fixture
+def drop_new_log_handlers():
+    """``train.main`` tees the log into each output dir: close the handlers a test added to the root
+    logger when it ends (modules that run ``train.cli`` use it with ``autouse``)."""
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    yield
+    for h in list(root.handlers):
+        if h not in handlers:
+            root.removeHandler(h)
+            h.close()

@@ -8,7 +8,6 @@ is written: the evaluation's output folder is not even created and the model dir
 """
 from __future__ import annotations
 
-import logging
 import shutil
 
 import pytest
@@ -23,14 +22,8 @@ CKPT = "name_learner/model.pth.tar-3"
 
 
 @pytest.fixture(autouse=True)
-def _drop_log_handlers():
-    root = logging.getLogger()
-    handlers = list(root.handlers)
-    yield
-    for h in list(root.handlers):
-        if h not in handlers:
-            root.removeHandler(h)
-            h.close()
+def _drop_log_handlers(drop_new_log_handlers):
+    """``train.main`` tees the log into each output dir (conftest's ``drop_new_log_handlers``)."""
 
 
 @pytest.fixture(scope="module")

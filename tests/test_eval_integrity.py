@@ -20,15 +20,8 @@ TRAINABLE = ("FSNL_openclip", "CoOp_openclip", "CoCoOp_openclip", "CLIP_Adapter"
 
 
 @pytest.fixture(autouse=True)
-def _drop_log_handlers():
-    """``train.main`` tees the log into each output dir; close those handlers after every test."""
-    root = logging.getLogger()
-    handlers = list(root.handlers)
-    yield
-    for h in list(root.handlers):
-        if h not in handlers:
-            root.removeHandler(h)
-            h.close()
+def _drop_log_handlers(drop_new_log_handlers):
+    """``train.main`` tees the log into each output dir (conftest's ``drop_new_log_handlers``)."""
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 import torch
@@ -34,7 +33,7 @@ class ToyLinearCLI(ToyLinear):
 
 
 @pytest.fixture(autouse=True)
-def fake_project(monkeypatch):
+def fake_project(monkeypatch, drop_new_log_handlers):
     """Stand-ins for datasets/, clip/ and trainers/ (this file tests train.py and dassl only)."""
 
     def add_trainer_configs(cfg):
@@ -42,13 +41,7 @@ def fake_project(monkeypatch):
         cfg.TRAINER.TOY.PREC = "fp32"
 
     stub_project_modules(monkeypatch, add_trainer_configs)
-    root = logging.getLogger()
-    handlers = list(root.handlers)
     yield
-    for h in list(root.handlers):
-        if h not in handlers:
-            root.removeHandler(h)
-            h.close()
 
 
 @pytest.fixture(scope="module")
