@@ -83,6 +83,7 @@ from scripts.domains import REPO_ROOT
 from scripts.run_identity import (
     DETERMINISTIC_EXIT,
     RunConflict,
+    command_argv,
     command_outputs,
     command_state,
     conflict_message,
@@ -142,7 +143,7 @@ class Command:
         if not self.done:
             return results.Finished("missing", "")
         try:
-            argv = shlex.split(self.cmd)
+            argv = command_argv(self.cmd)
         except ValueError:
             argv = []
         return command_state(argv, self.done, cwd)
@@ -187,7 +188,7 @@ class SlurmOptions:
 def done_marker(cmd: str) -> Optional[str]:
     """``<--output-dir>/results.json`` of a command line, or None when it has no ``--output-dir``."""
     try:
-        tokens = shlex.split(cmd)
+        tokens = command_argv(cmd)
     except ValueError:
         return None
     for i, tok in enumerate(tokens):
@@ -222,7 +223,7 @@ def _entry(index: int, item: object, where: str = "") -> Command:
     if done is not None and any(ch in done for ch in "\n\r\x00"):
         raise ValueError(f"{where}: 'done' {done!r} holds a line break or NUL byte (done.txt has one marker per line)")
     try:
-        shlex.split(cmd)
+        command_argv(cmd)
     except ValueError as err:
         raise ValueError(f"{where} is not a complete shell command ({str(err).lower()}): {cmd}; "
                          "fix its quoting") from None
@@ -283,7 +284,7 @@ def check_outputs(commands: Sequence[Command], cwd: Optional[str] = None) -> Non
     owner: Dict[str, Command] = {}
     for c in commands:
         try:
-            argv = shlex.split(c.cmd)
+            argv = command_argv(c.cmd)
         except ValueError:  # refused by _entry already
             continue
         for path in command_outputs(argv, workdir):

@@ -50,7 +50,7 @@ from lpclip import feat_extractor, linear_probe
 from lpclip.files import feature_file
 from scripts.domains import REPO_ROOT
 
-__all__ = ["Invocation", "RunConflict", "command_fingerprint", "command_outputs", "command_state", "conflict_message",
+__all__ = ["Invocation", "RunConflict", "command_argv", "command_fingerprint", "command_outputs", "command_state", "conflict_message",
            "extraction_state", "invocation"]
 
 #: ``train.py`` options whose value is a path (resolved against the job's working directory).
@@ -105,6 +105,28 @@ class Invocation:
         or its own ``--overwrite``: the command replaces a run of another configuration in its folder
         instead of refusing it, so that run is no conflict of the launch."""
         return "--overwrite" in self.args or results.overwrite_value(self.env.get(results.OVERWRITE_ENV))
+
+
+def command_argv(cmd: str) -> List[str]:
+    """The words of a command line as the shell splits them, without a trailing ``# comment`` (the shell
+    that runs the line ignores it; read as words it became config items and a rerun of a finished line
+    was refused). As in bash, ``#`` starts a comment only at the start of a word outside quotes
+    (``a#b`` and ``x\\ #y`` are one word). Raises ValueError for a line the shell cannot parse."""
+    quote, i, word_start = "", 0, True
+    while i < len(cmd):
+        ch = cmd[i]
+        if ch == "\\" and quote != "'":
+            i, word_start = i + 2, False  # the next character is escaped (inside double quotes too)
+            continue
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch == "#" and word_start:
+            return shlex.split(cmd[:i])
+        elif ch in "'\"":
+            quote = ch
+        word_start = not quote and ch.isspace()
+        i += 1
+    return shlex.split(cmd)
 
 
 def _assignments(tokens: Sequence[str], i: int, env: Dict[str, str]) -> int:
@@ -321,7 +343,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """What the SLURM array tasks of ``scripts.launch`` run before their command."""
     args = _parser().parse_args(argv)
-    state = command_state(shlex.split(args.cmd), args.done, os.getcwd(), args.match_code)
+    state = command_state(command_argv(args.cmd), args.done, os.getcwd(), args.match_code)
     if state.done:
         print(f"skip: {state.line()}")
         return 0

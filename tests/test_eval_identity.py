@@ -12,9 +12,13 @@ import shutil
 
 import pytest
 import torch
+from yacs.config import CfgNode as CN
 
 import train
+from dassl.engine import TRAINER_REGISTRY
+from dassl.engine.trainer import check_model_checkpoint
 from dassl.utils import save_checkpoint
+from dassl.utils.torchtools import CheckpointError
 from tests.helpers import train_argv
 
 TRAINER = "FSNL_openclip"
@@ -156,3 +160,25 @@ def test_zero_shot_trainers_refuse_a_model_dir(toy_root, runs, tmp_path, capsys,
     err = refused(capsys, argv, out, runs["two"])
     assert f"{trainer} has no trained weights to load" in err and "drop --model-dir" in err
     assert train.cli(train_argv(toy_root, out, trainer, extra=("--eval-only",))) == 0  # without it: fine
+
+
+def test_weights_are_compared_by_content_not_by_how_the_path_is_written(tmp_path):
+    """Hostile: a model trained with ``MODEL.BACKBONE.WEIGHTS assets/x.safetensors`` (relative) was refused
+    when evaluated with the absolute path (or ``default``, which resolves to the same file), with a fix
+    that only worked from the training run's directory. The weights are one model when their identity
+    (tag, or size + SHA-256) is; another identity is still refused."""
+    cfg = CN()
+    cfg.TRAINER = CN()
+    cfg.TRAINER.NAME = TRAINER
+    cfg.OUTPUT_DIR = str(tmp_path / "eval")
+    file_id = {"file": "mini_clip.safetensors", "sha256": "ab" * 32, "size": 123}
+
+    def fp(weights_opt, weights):
+        return {"id": "x", "config": {"MODEL.BACKBONE.WEIGHTS": weights_opt, "SEED": 1}, "weights": weights}
+
+    meta = {"trainer": TRAINER, "fingerprint": fp("assets/mini_clip.safetensors", file_id)}
+    cls = TRAINER_REGISTRY.get(TRAINER)
+    for written in ("/abs/assets/mini_clip.safetensors", "default"):
+        check_model_checkpoint(cfg, str(tmp_path), "ckpt", meta, cls, fp(written, file_id))
+    with pytest.raises(CheckpointError, match=r"weights \(backbone weights identity\)"):
+        check_model_checkpoint(cfg, str(tmp_path), "ckpt", meta, cls, fp("none", {"random": True}))

@@ -17,7 +17,7 @@ import pytest
 from dassl import results
 from datasets.make_toy import make_toy
 from scripts import launch, sweep
-from scripts.run_identity import command_fingerprint, exit_status, invocation
+from scripts.run_identity import command_argv, command_fingerprint, exit_status, invocation
 
 PY = shlex.quote(sys.executable)
 REPO_TRAIN = shlex.quote(os.fspath(launch.REPO_ROOT / "train.py"))
@@ -688,6 +688,36 @@ def test_blank_text_lines_are_skipped_and_never_reach_a_chunk(tmp_path: Path, ca
                          timeout=60)
     assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in work.glob("r*")) == ["r0", "r1", "r2"]
+
+
+SHELL_LINES = ['python train.py a#b "x # y" OPTIM.LR 0.5   # train', "#all", "echo 'it''s' # c", "echo \\# x",
+               'echo "a\\"#b" #c', "echo 'a\\' #b", "echo x\\ #y", "echo a  #", 'echo "#x" y']
+
+
+@pytest.mark.parametrize("line", SHELL_LINES)
+def test_command_words_are_the_shells(line: str) -> None:
+    """Independent computation: bash's own word split of the line (``#`` starts a comment only at the
+    start of a word outside quotes)."""
+    words = subprocess.run(["bash", "-c", f"{sys.executable} -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "
+                            f"{line}"], capture_output=True, text=True, check=True).stdout
+    assert command_argv(line) == json.loads(words)
+
+
+def test_a_trailing_comment_is_no_config_item(finished_run: tuple, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Hostile: ``... OPTIM.LR 0.002   # train`` ran (the shell drops the comment), but the skip check read
+    ``#`` and ``train`` as config items, so the rerun of the finished line stopped the whole launch with
+    "would overwrite a different finished run". The comment is dropped as the shell drops it."""
+    marker, args = finished_run
+    before = marker.read_bytes()
+    src = tmp_path / "cmds.txt"
+    argv = [str(src), "--cwd", os.fspath(launch.REPO_ROOT), "--log-dir", str(tmp_path / "logs")]
+    src.write_text(f"OMP_NUM_THREADS=1 python train.py {shlex.join(args)}   # the zero-shot run\n")
+    assert launch.main(argv) == 0
+    assert "skipped 1, failed 0" in capsys.readouterr().err and marker.read_bytes() == before
+    src.write_text(f"python train.py {shlex.join(args)} OPTIM.LR 0.5 # another LR\n")
+    assert launch.main(argv) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "differs in: OPTIM.LR 0.002 -> 0.5" in err[0] and marker.read_bytes() == before
 
 
 def test_a_utf8_bom_is_dropped(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

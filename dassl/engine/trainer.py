@@ -225,7 +225,10 @@ def check_model_checkpoint(cfg: Any, directory: str, path: str, meta: Dict[str, 
     mine = mine if mine is not None else expected_fingerprint(cfg)
 
     def identity(fp: Dict[str, Any]) -> Dict[str, Any]:
-        return {"config": {k: v for k, v in (fp.get("config") or {}).items() if key_of(k)},
+        # the weights by what they are (``weights``: tag, or size + SHA-256 of the file), not by how the
+        # path was written: ``default``, a relative and an absolute path to one file are one model
+        return {"config": {k: v for k, v in (fp.get("config") or {}).items()
+                           if key_of(k) and k != "MODEL.BACKBONE.WEIGHTS"},
                 "weights": fp.get("weights")}
 
     differences = results_contract.diff_fingerprints(identity(theirs), identity(mine))
