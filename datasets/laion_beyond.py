@@ -959,14 +959,28 @@ class LaionBeyond(DatasetBase):
         if os.path.lexists(legacy):
             logger.warning("Ignoring %s: a pickled few-shot cache of the reference code (never unpickled); "
                            "the sample is drawn again and cached as JSON", legacy)
+        # One generator per subset, train drawn before val, like the reference's global RNG after
+        # random.seed(SEED) — but immune to any other use of `random` before this point. The draw is
+        # cheap and always made: a cache is used only when it *is* this draw. A cache edited into
+        # another valid sample (another train image of the same class) was used silently, under the
+        # fingerprint id of the seed's own sample, which it no longer is.
+        rng = random.Random(seed)
+        train = self.generate_fewshot_dataset(part.train, num_shots=shots, rng=rng)
+        val = self.generate_fewshot_dataset(part.val, num_shots=min(shots, VAL_MAX_SHOTS), rng=rng)
+        drawn = ([(d.impath, d.label) for d in train], [(d.impath, d.label) for d in val])
         for directory in dirs:
             path = os.path.join(directory, filename)
             if os.path.isfile(path):
                 cached = _read_fewshot_cache(path, part, shots, seed, self.superclass_mode)
-                if cached is not None:
+                if cached is None:
+                    continue
+                if ([(d.impath, d.label) for d in cached[0]], [(d.impath, d.label) for d in cached[1]]) == drawn:
                     logger.info("Loading few-shot split from %s", path)
                     self.fewshot_cache_files[part.subset] = path
                     return cached
+                logger.warning("Ignoring few-shot cache %s: a %d-shot sample of %s, but not the one seed %d draws "
+                               "(edited?); it is replaced by the seed's own sample", path, shots,
+                               os.path.basename(part.split_file), seed)
 
         stale = sorted(
             os.path.basename(p) for d in dirs for p in glob.glob(os.path.join(glob.escape(d), f"shot_{shots}-seed_{seed}-*.json"))
@@ -975,12 +989,6 @@ class LaionBeyond(DatasetBase):
         if stale:
             logger.info("Few-shot cache %s was drawn from another version of %s (split file changed): sampling again",
                         stale[0], os.path.basename(part.split_file))
-        # One generator per subset, train drawn before val, like the reference's global RNG after
-        # random.seed(SEED) — but immune to any other use of `random` before this point.
-        rng = random.Random(seed)
-        train = self.generate_fewshot_dataset(part.train, num_shots=shots, rng=rng)
-        val = self.generate_fewshot_dataset(part.val, num_shots=min(shots, VAL_MAX_SHOTS), rng=rng)
-
         payload = {
             "format": FEWSHOT_CACHE_FORMAT,
             "version": FEWSHOT_CACHE_VERSION,

@@ -121,10 +121,11 @@ def test_cache_written_as_json_and_reused(toy, monkeypatch):
     assert [r["caption"] for r in payload["val"]] == [d.caption for d in first.val]
 
     def boom(*args, **kwargs):
-        raise AssertionError("the sampler must not run when a valid cache exists")
+        raise AssertionError("a valid cache must not be rewritten")
 
-    monkeypatch.setattr(LaionBeyond, "generate_fewshot_dataset", staticmethod(boom))
+    monkeypatch.setattr(laion_beyond, "write_json", boom)
     second = build_dataset(make_cfg(toy, shots=4, seed=3))
+    assert second.fewshot_cache_files == {"OOP": str(path)}
     assert second.train_x == first.train_x and second.val == first.val
     assert second.classnames == first.classnames
 
@@ -198,9 +199,9 @@ def test_read_only_dataset_dir_falls_back_to_output_dir(toy, monkeypatch):
     assert first.fewshot_cache_files == {"OOP": str(fallback)} and fallback.is_file()
     assert not (toy / OOP / "split_fewshot").exists()
 
-    monkeypatch.setattr(LaionBeyond, "generate_fewshot_dataset", staticmethod(lambda *a, **k: 1 / 0))
+    monkeypatch.setattr(laion_beyond, "write_json", lambda *a, **k: 1 / 0)  # the fallback cache is read, not rewritten
     second = build_dataset(make_cfg(toy, shots=2, seed=1, output_dir=out))
-    assert second.train_x == first.train_x
+    assert second.train_x == first.train_x and second.fewshot_cache_files == {"OOP": str(fallback)}
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores permissions")
@@ -322,13 +323,35 @@ def test_edited_cache_is_resampled_as_fresh(toy, edit, caplog):
 
 def test_valid_cache_is_used_as_written(toy, monkeypatch):
     """The validation refuses nothing a fresh sampling writes (K above a class's count included):
-    the sampler does not run, and the Datums are the split file's."""
+    the cache is read, not rewritten, and the Datums are the split file's."""
     first = build_dataset(make_cfg(toy, shots=5, seed=2))
-    monkeypatch.setattr(LaionBeyond, "generate_fewshot_dataset", staticmethod(lambda *a, **k: 1 / 0))
+    monkeypatch.setattr(laion_beyond, "write_json", lambda *a, **k: 1 / 0)
     second = build_dataset(make_cfg(toy, shots=5, seed=2))
     assert second.train_x == first.train_x and second.val == first.val
     assert second.fewshot_digest == first.fewshot_digest
     assert Counter(d.label for d in second.train_x)[1] == 2  # label 1 has only 2 train images
+
+
+def test_a_cache_edited_into_another_valid_sample_is_redrawn(toy, caplog):
+    """Hostile: a cache record swapped for another train image of the same class is still a valid
+    1-shot sample, and it was used silently, under the fingerprint id of the seed's own sample. The
+    cache is used only if it is the seed's draw: otherwise a warning, the seed's own sample, and the
+    cache rewritten with it."""
+    first = build_dataset(make_cfg(toy, shots=1, seed=1))
+    path = toy / OOP / "split_fewshot" / expected_name(toy, 1, 1)
+    original = path.read_bytes()
+    payload = json.loads(original)
+    used = {os.path.basename(d.impath) for d in first.train_x}
+    full = build_dataset(make_cfg(toy, shots=-1, seed=1))
+    twin = next(d for d in full.train_x
+                if d.label == first.train_x[0].label and os.path.basename(d.impath) not in used)
+    payload["train"][0] = laion_beyond._to_record(twin, str(toy / OOP))
+    path.write_text(json.dumps(payload), encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        second = build_dataset(make_cfg(toy, shots=1, seed=1))
+    assert "not the one seed 1 draws" in caplog.text and str(path) in caplog.text
+    assert second.train_x == first.train_x and second.fewshot_digest == first.fewshot_digest
+    assert path.read_bytes() == original
 
 
 def test_fewshot_digest_follows_the_sample(toy):
