@@ -533,10 +533,19 @@ def iter_results(root: str) -> Iterator[RunResults]:
     """Every readable ``results.json`` below ``root`` in sorted path order; unreadable ones are
     skipped with a warning that names them."""
     for path in sorted(Path(root).rglob(RESULTS_FILE)):
-        try:
-            yield read_results(str(path.resolve()))
-        except ResultsError as err:
-            logger.warning("Skipping %s", err)
+        res = read_results_or_warn(str(path.resolve()))
+        if res is not None:
+            yield res
+
+
+def read_results_or_warn(path: str) -> Optional[RunResults]:
+    """:func:`read_results`, or None after a warning naming the file when it cannot be read as the
+    contract says (what a scan over many runs does with one broken file)."""
+    try:
+        return read_results(path)
+    except ResultsError as err:
+        logger.warning("Skipping %s", err)
+        return None
 
 
 @dataclass

@@ -473,16 +473,6 @@ def _record_from_json(path: Path, data: Dict[str, Any], depth: int) -> List[RunR
     )]
 
 
-def _read(path: Path) -> Optional[results.RunResults]:
-    """:func:`dassl.results.read_results`, a file it cannot read (not JSON, not UTF-8, ...) skipped with a
-    warning naming it."""
-    try:
-        return results.read_results(str(path))
-    except results.ResultsError as err:
-        logger.warning("Skipping %s", err)
-    return None
-
-
 def load_results(root: str, method_depth: int = 1) -> List[RunRecord]:
     """One record per evaluation found in the ``results.json`` files below ``root`` (unmerged), read
     through the results contract; unreadable files and files with a value that is not an accuracy
@@ -1054,7 +1044,7 @@ def _seed_accuracy(seed_dir: Path, test_log: bool) -> Tuple[Optional[float], str
     results.json (via the contract), else the last ``* accuracy:`` of ``log.txt`` (which must say
     "Finish training" unless ``test_log``; a log has no fingerprint: ``legacy``)."""
     if (seed_dir / RESULTS_FILE).is_file():
-        res = _read(seed_dir / RESULTS_FILE)
+        res = results.read_results_or_warn(str(seed_dir / RESULTS_FILE))
         if res is None:
             return None, "", LEGACY, {}
         try:

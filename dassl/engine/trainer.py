@@ -502,10 +502,6 @@ class TrainerBase:
         self.model_epoch = start_epoch
         return start_epoch
 
-    def _checkpoint_path(self, directory: str, name: str, epoch: Optional[int]) -> str:
-        """The file ``load_model`` reads (:func:`checkpoint_file`)."""
-        return checkpoint_file(directory, name, epoch)
-
     def label_space(self) -> Optional[List[str]]:
         """The class names this trainer predicts (None: unknown, no label-space check)."""
         return None
@@ -557,7 +553,7 @@ class TrainerBase:
                                 "checkpoints": {}}
         self.load_info = info
         for name in names:
-            path = self._checkpoint_path(directory, name, epoch)
+            path = checkpoint_file(directory, name, epoch)
             ckpt = read_model_checkpoint(path)
             ep = int(ckpt.get("epoch", 0))
             val = ckpt.get("val_result")
