@@ -103,6 +103,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.enhanced_base = opts[i + 1]
         del opts[i : i + 2]
     args.opts = opts
+    # The reference ignored both without --eval-only, so "train from this model" silently trained
+    # from scratch and "evaluate epoch 5" trained a new run: refuse them instead.
+    stray = [flag for flag, value in (("--model-dir", args.model_dir), ("--load-epoch", args.load_epoch))
+             if value not in ("", None)]
+    if stray and not args.eval_only:
+        one = len(stray) == 1
+        parser.error(f"{' and '.join(stray)} {'names' if one else 'name'} the model that --eval-only evaluates; "
+                     f"add --eval-only to evaluate it, or drop {'it' if one else 'them'} to train (--resume DIR "
+                     "continues an interrupted run)")
+    if args.load_epoch is not None and not args.model_dir:
+        parser.error("--load-epoch picks a checkpoint of --model-dir; add --model-dir DIR (the training run's "
+                     "--output-dir), or drop --load-epoch")
     return args
 
 
@@ -379,6 +391,13 @@ def _project_errors() -> Tuple[type, ...]:
     return tuple(errors)
 
 
+def user_errors() -> Tuple[type, ...]:
+    """Every exception type that is a user's mistake (bad config, data, weights, checkpoint, output
+    folder): the entry points report it as one ``error:`` line with exit code 2, a bug keeps its
+    traceback. The one list ``train.py``, ``scripts.grid`` and the analysis scripts share."""
+    return (ConfigError, RegistryKeyError, WriteError, CheckpointError, UnreadableImageError, *_project_errors())
+
+
 WORKER_TRACEBACK = "Original Traceback (most recent call last):"
 
 
@@ -404,8 +423,7 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
         main(args)
-    except (ConfigError, RegistryKeyError, WriteError, CheckpointError, UnreadableImageError,
-            *_project_errors()) as e:
+    except user_errors() as e:
         if debug_requested(args):
             raise
         print(f"error: {error_message(e)}", file=sys.stderr)

@@ -12,13 +12,16 @@ import difflib
 import json
 import logging
 import os
+import socket
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ContextManager, Dict, List, Optional, Tuple, Union
+from urllib.parse import urlparse
 
 import open_clip
 import torch
+from huggingface_hub import constants as hf_constants
 from huggingface_hub import try_to_load_from_cache
 from safetensors import safe_open
 from torch import nn
@@ -237,9 +240,9 @@ def resolve_backbone(cfg: Any) -> BackboneSpec:
     if found is not None and found.is_file():
         return BackboneSpec(name, str(found), "file", str(found), model_quick if quick is None else quick)
     if _looks_like_path(weights):
+        places = " and ".join(dict.fromkeys(str(p) for p in (Path.cwd(), REPO_ROOT)))
         raise BackboneNotFoundError(
-            f"MODEL.BACKBONE.WEIGHTS {requested!r}: file {weights!r} not found (looked in {Path.cwd()} "
-            f"and {REPO_ROOT})"
+            f"MODEL.BACKBONE.WEIGHTS {requested!r}: file {weights!r} not found (looked in {places})"
         )
     tags = open_clip.list_pretrained_tags_by_model(name)
     hint = _closest(weights, tags)
@@ -325,17 +328,46 @@ def _weights_cached(spec: BackboneSpec) -> bool:
     return bool(url) and os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url)))
 
 
+def _download_hosts(spec: BackboneSpec) -> List[str]:
+    """The hosts open_clip would fetch ``spec``'s weights from: the hub endpoint (``HF_ENDPOINT``
+    included), and a tag's URL host when it has one."""
+    urls = [hf_constants.ENDPOINT]
+    if spec.weights_kind == "tag":
+        urls.append(open_clip.get_pretrained_cfg(spec.name, spec.weights).get("url", ""))
+    hosts = [urlparse(url).hostname for url in urls if url]
+    return [h for h in dict.fromkeys(hosts) if h]
+
+
+def _unresolvable(hosts: List[str]) -> List[str]:
+    """The ``hosts`` whose name does not resolve: on a compute node without network the lookup fails at
+    once, while the hub's client then retried for ~50 s, printing ~50 warning lines."""
+    bad = []
+    for host in hosts:
+        try:
+            socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError):
+            bad.append(host)
+    return bad
+
+
 def check_weights_available(spec: BackboneSpec) -> None:
-    """Fail fast, in one line, when ``HF_HUB_OFFLINE`` is set and the weights are not cached.
+    """Fail fast, in one line, when tag or ``hf-hub:`` weights are not cached and cannot be fetched:
+    ``HF_HUB_OFFLINE`` is set, or no download host's name resolves (a node without network).
 
     Without this check open_clip tried the hub and then the URL, and ended after 30-50 s in a traceback
-    whose advice named the wrong key.
+    whose advice named the wrong key. A host that resolves but does not answer (a firewall) is left to
+    the download, which reports it.
     """
-    if spec.weights_kind not in ("tag", "schema") or not hub_offline() or _weights_cached(spec):
+    if spec.weights_kind not in ("tag", "schema") or _weights_cached(spec):
         return
     what = (f"MODEL.BACKBONE.NAME {spec.name!r}" if spec.weights_kind == "schema"
             else f"MODEL.BACKBONE.WEIGHTS {spec.weights!r} of {spec.name}")
-    raise BackboneError(f"{what} is not in the local cache and HF_HUB_OFFLINE is set: {_LOCAL_ADVICE}")
+    if hub_offline():
+        raise BackboneError(f"{what} is not in the local cache and HF_HUB_OFFLINE is set: {_LOCAL_ADVICE}")
+    hosts = _download_hosts(spec)
+    if hosts and len(_unresolvable(hosts)) == len(hosts):
+        raise BackboneError(f"{what} is not in the local cache and {' / '.join(hosts)} cannot be resolved "
+                            f"(no network here?): {_LOCAL_ADVICE}")
 
 
 def check_weights_file(path: str) -> None:

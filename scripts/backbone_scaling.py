@@ -14,7 +14,15 @@ Runs go to ``OUT/<backbone tag>/<Dataset>/...`` in the layout ``scripts.parse_te
 finished run with the same fingerprint is skipped (``scripts.sweep.split_done``). The figure plots the accuracy (mean over seeds) against
 the parameter count of each backbone, counted on an open_clip model instantiated on the ``meta``
 device (no weights, no memory, no download). Writes ``<figure>.png``, ``<figure>.pdf`` and
-``<figure>.json`` (the plotted numbers).
+``<figure>.json`` (the plotted numbers), each atomically.
+
+The three files are checked before any job is planned or run (also under ``--dry-run`` and
+``--plot-only``): ``plot_curves.check_figure_targets`` for the figures and the same
+``parse_test_res.check_output_target`` for the JSON refuse a directory, a symbolic link, a run's file
+name, a path in a run folder, or an existing file that is not an earlier output of this script (a
+Matplotlib figure; a JSON object with this script's keys), and a ``--figure`` inside a run folder the
+sweep is about to create is refused too. A refusal is one ``error:`` line, exit code 2, with nothing
+run or written; a rerun replaces its own figure and JSON.
 """
 from __future__ import annotations
 
@@ -38,10 +46,12 @@ import torch
 
 from clip import normalize_model_name, register_repo_configs
 from dassl.cli import ArgumentParser
-from scripts.domains import DomainError, count_classes, resolve_domain
+from dassl.utils import WriteError, atomic_write_text
+from scripts.domains import DomainError, count_classes, repo_path, resolve_domain
 from scripts.fsnl_rule import fsnl_bs_lr
-from scripts.parse_test_res import ZEROSHOT_SHOTS, collect
-from scripts.plot_curves import save_figure
+from scripts.parse_test_res import ZEROSHOT_SHOTS, OutputError, check_output_target, collect
+from scripts.plot_curves import check_figure_targets, figure_paths, save_figure
+from scripts.run_identity import exit_status
 from scripts.sweep import Job, RunConflict, fsnl_opts, merge_opts, run_jobs, split_done, trainer_config
 
 __all__ = [
@@ -53,6 +63,10 @@ __all__ = [
     "image_size_of",
     "build_jobs",
     "collect_points",
+    "output_paths",
+    "written_points",
+    "check_targets",
+    "check_outside_runs",
     "plot_scaling",
     "main",
 ]
@@ -72,6 +86,8 @@ DEFAULT_BACKBONES = (
     "EVA02-E-14-plus:laion2b_s9b_b144k",
 )
 METRICS = ("oop", "ip", "hmean")
+#: The keys of the plotted-numbers JSON (a results.json or a parse_test_res payload has not all of them).
+POINTS_KEYS = ("metric", "shots", "points")
 
 
 @dataclass(frozen=True)
@@ -127,7 +143,7 @@ def build_jobs(
 ) -> List[Job]:
     """Zero-shot and FSNL jobs per backbone (class count read from ``root`` unless given)."""
     config_path, _ = trainer_config(TRAINER, config)
-    c = num_classes if num_classes else count_classes(root, dataset, "OOP")
+    c = num_classes if num_classes else count_classes(repo_path(root), dataset, "OOP")
     bs, lr = fsnl_bs_lr(c, shots)
     jobs: List[Job] = []
     for bb in backbones:
@@ -181,6 +197,53 @@ def collect_points(
     return points
 
 
+def output_paths(figure: str) -> Tuple[str, str, str]:
+    """The ``.png``, ``.pdf`` and ``.json`` that :func:`plot_scaling` writes for ``figure``."""
+    png, pdf = figure_paths(figure)
+    return png, pdf, f"{png[:-len('.png')]}.json"
+
+
+def written_points(path: Path) -> bool:
+    """A JSON of the plotted numbers that :func:`plot_scaling` wrote (an object with all of
+    :data:`POINTS_KEYS`, ``points`` a list): the only JSON a rerun may replace."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and all(k in data for k in POINTS_KEYS) and isinstance(data["points"], list)
+
+
+def check_targets(figure: str) -> None:
+    """Refuse (:class:`OutputError` / :class:`WriteError`, one line naming ``--figure``) a ``figure`` whose
+    files could destroy something this script did not write, before anything is planned or run: the
+    figures by :func:`check_figure_targets`, the JSON by :func:`check_output_target` with
+    :func:`written_points`."""
+    check_figure_targets(figure, "--figure")
+    js = output_paths(figure)[2]
+    label = f"--figure {js}" if js == figure else f"{js} (from --figure {figure})"
+    check_output_target(js, label, "JSON of the plotted numbers", written_points)
+
+
+def check_outside_runs(figure: str, jobs: Sequence[Job]) -> None:
+    """Refuse (:class:`OutputError`) a ``figure`` whose files lie in, or are on the path of, the folder
+    of one of ``jobs`` (``--figure`` naming ``--out``, say): a run that does not exist yet is no run
+    folder to :func:`check_targets`, but is one (or a folder is in the way) when the figure is written
+    after the sweep, which may be hours later."""
+    targets = [Path(os.path.realpath(path)) for path in output_paths(figure)]
+    for job in jobs:
+        # train.py runs in the repository root (scripts.sweep.run_jobs): a relative run folder is from there
+        run_dir = Path(os.path.realpath(repo_path(os.path.dirname(job.done))))
+        for target in targets:
+            if run_dir in target.parents:
+                raise OutputError(f"{target} (from --figure {figure}) lies in the run folder {run_dir} of this "
+                                  "sweep; write the figure outside the run folders (a run's own files are never "
+                                  "replaced)")
+            if target == run_dir or target in run_dir.parents:
+                raise OutputError(f"{target} (from --figure {figure}) is a folder of this sweep's run {run_dir}; "
+                                  "give the figure a path outside --out")
+
+
 def plot_scaling(points: Sequence[Dict[str, Any]], out: str, metric: str = "oop", shots: int = 4,
                  title: Optional[str] = None) -> Tuple[str, str, str]:
     """Accuracy vs parameter count (log x); zero-shot light circles, FSNL dark ones."""
@@ -222,9 +285,8 @@ def plot_scaling(points: Sequence[Dict[str, Any]], out: str, metric: str = "oop"
     ax.set_title(title if title is not None else f"Zero-shot (light) vs FSNL {shots}-shot (dark)")
     fig.tight_layout()
     png, pdf = save_figure(fig, out)
-    js = f"{png[:-len('.png')]}.json"
-    with open(js, "w", encoding="utf-8") as f:
-        json.dump({"metric": metric, "shots": shots, "points": list(points)}, f, indent=1)
+    js = output_paths(out)[2]
+    atomic_write_text(js, json.dumps({"metric": metric, "shots": shots, "points": list(points)}, indent=1))
     return png, pdf, js
 
 
@@ -259,10 +321,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (DomainError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    try:
+        check_targets(args.figure)
+    except (OutputError, WriteError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    jobs_status = 0
     if not args.plot_only:
         try:
             jobs = build_jobs(args.root, args.out, dataset, backbones, args.shots, args.seeds, args.zeroshot_seed,
                               args.num_classes or None, args.config, args.opts, args.python)
+            check_outside_runs(args.figure, jobs)
         except (DomainError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -281,14 +350,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"backbone scaling: {summary.line()}", file=sys.stderr)
         for job, why in summary.failed:
             print(f"  FAILED ({why}): {job.command}", file=sys.stderr)
-    points = collect_points(args.out, dataset, backbones, args.shots, args.metric)
+        jobs_status = exit_status(summary.exit_codes)
+    # the jobs ran from the repository root, so a relative --out is read there (not in the current folder)
+    points = collect_points(repo_path(args.out), dataset, backbones, args.shots, args.metric)
     try:
         paths = plot_scaling(points, args.figure, args.metric, args.shots)
-    except ValueError as err:
+    except (WriteError, ValueError) as err:  # nothing to plot is a user's mistake (exit 2) unless jobs failed
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return jobs_status or 2
     print("wrote " + ", ".join(paths))
-    return 0
+    return jobs_status  # a figure of the runs that finished does not hide the ones that failed
 
 
 if __name__ == "__main__":

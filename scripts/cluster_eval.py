@@ -20,21 +20,27 @@ import argparse
 import json
 import logging
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
 
+import train
 from dassl.cli import ArgumentParser
 from dassl.evaluation.clustering import clustering_accuracy
-from dassl.utils import set_random_seed
-from scripts.domains import LAION_BEYOND_DOMAINS, DomainError, resolve_domains, short_name
+from dassl.utils import atomic_write_text, set_random_seed
+from scripts.domains import LAION_BEYOND_DOMAINS, DomainError, count_classes, resolve_domains, short_name
 from scripts.features import add_backbone_args, cfg_from_args, image_features, load_backbone
+from scripts.parse_test_res import OutputError, check_output_target
 
-__all__ = ["kmeans_labels", "kmeans_accuracy", "evaluate", "render_markdown", "write_outputs", "main"]
+__all__ = ["kmeans_labels", "kmeans_accuracy", "evaluate", "render_markdown", "output_paths", "check_outputs",
+           "write_outputs", "main"]
 
 logger = logging.getLogger(__name__)
+
+#: The first line of ``<out>.md`` (how a rerun recognises its own table).
+TABLE_NOTE = "k-means clustering accuracy (%) of frozen image features, Hungarian-matched; k = classes."
 
 
 def kmeans_labels(features: np.ndarray, k: int, seed: int = 0, n_init: int = 10) -> np.ndarray:
@@ -99,22 +105,50 @@ def render_markdown(rows: Sequence[Dict[str, Any]]) -> str:
     if len(complete) > 1:
         means = [float(np.mean([value[(d, s)]["clustering_accuracy"] for d in complete])) for s in subsets]
         lines.append("| Avg | " + " | ".join(f"{m:.2f}" for m in means) + " |")
-    note = "k-means clustering accuracy (%) of frozen image features, Hungarian-matched; k = classes."
-    return note + "\n\n" + "\n".join(lines) + "\n"
+    return TABLE_NOTE + "\n\n" + "\n".join(lines) + "\n"
 
 
-def write_outputs(rows: Sequence[Dict[str, Any]], out: str) -> List[str]:
-    """``<out>.json`` and ``<out>.md``; returns both paths."""
+def output_paths(out: str) -> Tuple[str, str]:
+    """``<out>.json`` and ``<out>.md`` (a ``.json`` / ``.md`` extension on ``out`` is dropped)."""
     base = Path(out)
     if base.suffix.lower() in (".json", ".md"):
         base = base.with_suffix("")
-    base.parent.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = f"{base}.json", f"{base}.md"
+    return f"{base}.json", f"{base}.md"
+
+
+def written_rows(path: Path) -> bool:
+    """A ``<out>.json`` of this script: an object whose only key is ``rows``, a list."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and set(data) == {"rows"} and isinstance(data["rows"], list)
+
+
+def written_table(path: Path) -> bool:
+    """A ``<out>.md`` of this script: it opens with the table's note."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read(len(TABLE_NOTE)) == TABLE_NOTE
+    except (OSError, ValueError):
+        return False
+
+
+def check_outputs(out: str) -> None:
+    """Refuse (:class:`OutputError` / :class:`WriteError`, one line) an ``out`` whose ``.json`` or ``.md``
+    could replace anything but this script's own earlier output (``parse_test_res.check_output_target``):
+    checked before any model is loaded, as the features take minutes."""
+    for path, ours in zip(output_paths(out), (written_rows, written_table)):
+        label = f"--out {path}" if path == out else f"{path} (from --out {out})"
+        check_output_target(path, label, "clustering table", ours)
+
+
+def write_outputs(rows: Sequence[Dict[str, Any]], out: str) -> List[str]:
+    """``<out>.json`` and ``<out>.md``, each written atomically; returns both paths."""
+    json_path, md_path = output_paths(out)
     clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
-    with open(json_path, "w", encoding="utf-8") as f:
-        json.dump({"rows": clean}, f, indent=1)
-    with open(md_path, "w", encoding="utf-8") as f:
-        f.write(render_markdown(rows))
+    atomic_write_text(json_path, json.dumps({"rows": clean}, indent=1))
+    atomic_write_text(md_path, render_markdown(rows))
     return [json_path, md_path]
 
 
@@ -133,12 +167,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         domains = resolve_domains(args.domains)
-    except DomainError as err:
-        print(f"error: {err}", file=sys.stderr)
+        check_outputs(args.out)
+        for dataset in domains:  # the data before the backbone: a wrong --root is not worth a model load
+            for sub in args.subsets:
+                count_classes(args.root, dataset, sub)
+        set_random_seed(args.seed)
+        rows = evaluate(args, domains, args.subsets, args.splits)
+        paths = write_outputs(rows, args.out)
+    except (DomainError, OutputError, *train.user_errors()) as err:  # data, weights, output: one line
+        print(f"error: {train.error_message(err)}", file=sys.stderr)
         return 2
-    set_random_seed(args.seed)
-    rows = evaluate(args, domains, args.subsets, args.splits)
-    paths = write_outputs(rows, args.out)
     print(render_markdown(rows))
     print("wrote " + " and ".join(paths))
     return 0

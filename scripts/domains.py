@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, Iterable, List, Sequence
 
 __all__ = [
     "LAION_BEYOND_DOMAINS",
@@ -20,10 +20,19 @@ __all__ = [
     "resolve_domains",
     "short_name",
     "count_classes",
+    "check_shots",
+    "has_subset",
+    "repo_path",
     "largest_class",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def repo_path(path: str) -> str:
+    """``path`` as the planners' commands read it: they run from the repository root (scripts.sweep,
+    scripts.launch), so a relative path is relative to it, also for what a planner reads itself."""
+    return path if not path or os.path.isabs(path) else os.fspath(REPO_ROOT / path)
 
 #: The nine benchmark domains (registered dataset names = ``configs/datasets/<name>.yaml``), in the
 #: column order of the paper's table. Only the names live here; class counts are read from disk.
@@ -130,6 +139,24 @@ def _read_subset(root: str, dataset: str, subset: str) -> Any:
         raise DomainError(f"Cannot count the {subset} classes of {dataset}: {err}") from err
 
 
+def has_subset(root: str, dataset: str, subset: str = "OOP") -> bool:
+    """Whether ``root`` holds a folder for one subset of ``dataset`` (read or not: a broken one counts,
+    so that whoever reads it next reports why)."""
+    # Local on purpose, as in _read_subset.
+    from datasets.laion_beyond import DatasetError, DatasetNotFoundError, find_subset_dir
+
+    domains = laion_beyond_classes()
+    if dataset not in domains:
+        return False
+    try:
+        find_subset_dir(os.fspath(root), domains[dataset].prefix, subset)
+    except DatasetNotFoundError:
+        return False
+    except DatasetError:  # several matches and the like: there is data, and it has a problem to report
+        return True
+    return True
+
+
 def count_classes(root: str, dataset: str, subset: str = "OOP") -> int:
     """Number of classes of one subset of ``dataset`` under ``root``, read from its split file."""
     return len(_read_subset(root, dataset, subset).classnames)
@@ -139,3 +166,13 @@ def largest_class(root: str, dataset: str, subset: str = "OOP") -> int:
     """The most training images any class of one subset has: a shot count above it would train every
     class on all its images (the dataset refuses such a ``NUM_SHOTS``)."""
     return int(_read_subset(root, dataset, subset).largest_class)
+
+
+def check_shots(root: str, dataset: str, shots: Sequence[int], subset: str = "OOP") -> None:
+    """Refuse (:class:`DomainError`) shot counts above every class's training images under ``root``: each
+    such run would fail on its own (the dataset refuses the ``NUM_SHOTS``), so a planner says it once."""
+    largest = largest_class(root, dataset, subset)
+    too_many = sorted({int(k) for k in shots if int(k) > largest})
+    if too_many:
+        raise DomainError(f"--shots {' '.join(map(str, too_many))}: no class of {dataset} under --root has that "
+                          f"many training images (at most {largest}); use shot counts <= {largest}")

@@ -65,8 +65,6 @@ from dassl.data.datasets import build_dataset
 from dassl.data.transforms import build_transform
 from dassl.engine import build_trainer, expected_fingerprint
 from dassl.utils import (
-    CheckpointError,
-    UnreadableImageError,
     WriteError,
     check_writable_dir,
     clean_temp_files,
@@ -80,8 +78,8 @@ from scripts.domains import (
     LAION_BEYOND_DOMAINS,
     REPO_ROOT,
     DomainError,
+    check_shots,
     count_classes,
-    largest_class,
     resolve_domains,
 )
 from scripts.methods import CONFIG_SETS, RULES, Method, get_method, method_names, resolve_config_set
@@ -477,7 +475,7 @@ def _run_groups(groups: Dict[Tuple[str, str], List[Cell]], summary: GridSummary,
                 # a user's mistake (bad image, config, folder) is one line, as train.py prints it;
                 # anything else is a bug and keeps its traceback in the log
                 logger.error("cell failed: %s: %s", cell.label, _error_line(err),
-                             exc_info=not isinstance(err, _user_errors()))
+                             exc_info=not isinstance(err, train.user_errors()))
                 summary.failed.append((cell, _error_line(err)))
                 progress.done(cell, f"FAILED {cell.label}: {_error_line(err)}")
                 if fail_fast:
@@ -651,12 +649,6 @@ def _install_stop_handlers(stop: threading.Event) -> None:
             signal.signal(getattr(signal, name), handler)
 
 
-def _user_errors() -> Tuple[type, ...]:
-    """The exceptions ``train.cli`` reports as one ``error:`` line."""
-    return (ConfigError, RegistryKeyError, WriteError, CheckpointError, UnreadableImageError,
-            *train._project_errors())
-
-
 def _check_args(args: argparse.Namespace) -> None:
     """Counts that make no sense, a dataset root that is no folder and an output root that cannot be
     written (``--dry-run`` creates nothing), before any cell runs."""
@@ -698,12 +690,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for dataset in dict.fromkeys(c.dataset for c in cells):
             # the domain must be under --root (e.g. "Plants" is LAION-Beyond's, not Mini-Beyond's MiniPlants),
             # and a trained cell's shot count must exist there (each such cell failed on its own before)
-            largest = largest_class(args.root, dataset)
-            too_many = sorted({c.run.shots for c in cells if c.run is not None and c.dataset == dataset
-                               and c.run.shots > largest})
-            if too_many:
-                raise ConfigError(f"--shots {' '.join(map(str, too_many))}: no class of {dataset} under --root has "
-                                  f"that many training images (at most {largest}); use shot counts <= {largest}")
+            check_shots(args.root, dataset, [c.run.shots for c in cells if c.run is not None and c.dataset == dataset])
     except (DomainError, ConfigError, RegistryKeyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

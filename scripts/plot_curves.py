@@ -41,8 +41,8 @@ from scripts.parse_test_res import (
     groups_from_json,
 )
 
-__all__ = ["PANEL_WIDTH", "PANEL_HEIGHT", "DPI", "load_groups", "written_figure", "figure_paths", "save_figure",
-           "plot_curves", "main"]
+__all__ = ["PANEL_WIDTH", "PANEL_HEIGHT", "DPI", "load_groups", "written_figure", "figure_paths",
+           "check_figure_targets", "save_figure", "plot_curves", "main"]
 
 PANEL_WIDTH = 3.4  # inches per panel
 PANEL_HEIGHT = 2.9
@@ -116,6 +116,16 @@ def figure_paths(out: str) -> Tuple[str, str]:
     """The ``.png`` and ``.pdf`` that :func:`save_figure` writes for ``out``."""
     base = _out_base(out)
     return f"{base}.png", f"{base}.pdf"
+
+
+def check_figure_targets(out: str, option: str = "--out") -> None:
+    """Refuse (:class:`OutputError` / :class:`WriteError`, one line naming ``option``) an ``out`` whose
+    ``.png`` or ``.pdf`` :func:`check_output_target` would not let :func:`save_figure` replace: every plot
+    script calls this before it reads or computes anything, so a figure never lands on a run's files
+    or on a file that is not an earlier figure, and a refused command has written nothing."""
+    for path in figure_paths(out):
+        label = f"{option} {path}" if path == out else f"{path} (from {option} {out})"
+        check_output_target(path, label, "figure", written_figure)
 
 
 def plot_curves(
@@ -210,9 +220,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {args.source} does not exist", file=sys.stderr)
         return 2
     try:
-        for path in figure_paths(args.out):
-            label = f"--out {path}" if path == args.out else f"{path} (from --out {args.out})"
-            check_output_target(path, label, "figure", written_figure)
+        check_figure_targets(args.out)
         groups = load_groups(args.source, args.log_mode, args.method_depth)
     except (OutputError, PayloadError, WriteError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -222,8 +230,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: nothing to plot: no results in {args.source}; give a directory of finished runs or "
               "the JSON of parse_test_res --json", file=sys.stderr)
         return 2
-    if args.domains and not [d for d in found if d in args.domains or short_name(d) in args.domains]:
-        print(f"error: nothing to plot: no results for --domains {' '.join(args.domains)} in {args.source}; "
+    # every named domain must have results: a typo among correct names was dropped silently, and the
+    # figure then lacked a panel that the command line asked for
+    missing = [d for d in args.domains or () if not any(d in (f, short_name(f)) for f in found)]
+    if missing:
+        what = "nothing to plot: no results" if len(missing) == len(set(args.domains)) else "no results"
+        print(f"error: {what} for --domains {' '.join(missing)} in {args.source}; "
               f"choose among the domains found: {' '.join(found)}", file=sys.stderr)
         return 2
     try:

@@ -5,7 +5,12 @@
 
 Left panel: the OOP images coloured by class. Right panel: OOP and IP images embedded together,
 coloured by class, OOP as crosses and IP as dots, which shows whether the OOP concepts form clusters
-as tight as the IP ones. Writes ``<out>.png`` and ``<out>.pdf`` (matplotlib, Agg backend).
+as tight as the IP ones. Writes ``<out>.png`` and ``<out>.pdf`` (matplotlib, Agg backend), atomically.
+
+Both figures are checked before the backbone is loaded or a feature computed
+(``plot_curves.check_figure_targets``): a directory, a symbolic link, a path in a run folder, or an
+existing file that is not a figure Matplotlib wrote is refused in one ``error:`` line with exit code 2
+and nothing written; a rerun replaces its own figures.
 """
 from __future__ import annotations
 
@@ -22,11 +27,13 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+import train
 from dassl.cli import ArgumentParser
-from dassl.utils import set_random_seed
-from scripts.domains import DomainError, resolve_domain, short_name
+from dassl.utils import WriteError, set_random_seed
+from scripts.domains import DomainError, count_classes, resolve_domain, short_name
 from scripts.features import add_backbone_args, cfg_from_args, image_features, load_backbone
-from scripts.plot_curves import save_figure
+from scripts.parse_test_res import OutputError
+from scripts.plot_curves import check_figure_targets, save_figure
 
 __all__ = ["tsne_2d", "plot_tsne_panels", "plot_tsne", "main"]
 
@@ -136,18 +143,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         dataset = resolve_domain(args.domain)
-    except DomainError as err:
+        out = args.out or f"figures/tsne_{short_name(dataset).lower()}"
+        check_figure_targets(out)
+        for sub in ("OOP", "IP"):  # the data before the backbone: a wrong --root is not worth a model load
+            count_classes(args.root, dataset, sub)
+    except (DomainError, OutputError, WriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    set_random_seed(args.seed)
-    cfg = cfg_from_args(args, dataset)
-    loaded = load_backbone(cfg, torch.device(args.device) if args.device else None, args.precision)
-    sets = {sub: image_features(cfg, loaded, sub, args.splits, batch_size=args.batch_size,
-                                max_per_class=args.max_per_class, seed=args.seed) for sub in ("OOP", "IP")}
-    out = args.out or f"figures/tsne_{short_name(dataset).lower()}"
-    title = args.title if args.title is not None else f"{short_name(dataset)} ({loaded.name}, {loaded.weights})"
-    png, pdf = plot_tsne(sets["OOP"].features, sets["OOP"].labels, sets["IP"].features, sets["IP"].labels,
-                         out, args.seed, args.perplexity, title)
+    try:
+        set_random_seed(args.seed)
+        cfg = cfg_from_args(args, dataset)
+        loaded = load_backbone(cfg, torch.device(args.device) if args.device else None, args.precision)
+        sets = {sub: image_features(cfg, loaded, sub, args.splits, batch_size=args.batch_size,
+                                    max_per_class=args.max_per_class, seed=args.seed) for sub in ("OOP", "IP")}
+        title = args.title if args.title is not None else f"{short_name(dataset)} ({loaded.name}, {loaded.weights})"
+        png, pdf = plot_tsne(sets["OOP"].features, sets["OOP"].labels, sets["IP"].features, sets["IP"].labels,
+                             out, args.seed, args.perplexity, title)
+    except train.user_errors() as err:  # data, weights, output folder: one line, as train.py says it
+        print(f"error: {train.error_message(err)}", file=sys.stderr)
+        return 2
     print(f"wrote {png} and {pdf}")
     return 0
 

@@ -6,7 +6,12 @@
 Reads the zero-shot runs (0 shots) through ``scripts.parse_test_res`` — e.g. the output of
 ``scripts/zeroshot/eval.sh``, whose OOP runs carry the IP accuracy of their cross-evaluation — and
 draws one pair of bars (OOP, IP; mean over seeds) per domain plus their average. Writes
-``<out>.png`` and ``<out>.pdf``.
+``<out>.png`` and ``<out>.pdf``, atomically.
+
+Both figures are checked before the source is read (``plot_curves.check_figure_targets``, as for
+``plot_curves``): a directory, a symbolic link, a path in a run folder, or an existing file that is
+not a figure Matplotlib wrote is refused in one ``error:`` line with exit code 2 and nothing written;
+a rerun replaces its own figures.
 """
 from __future__ import annotations
 
@@ -23,9 +28,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from dassl.cli import ArgumentParser
+from dassl.utils import WriteError
 from scripts.domains import short_name
-from scripts.parse_test_res import ZEROSHOT_SHOTS, GroupSummary
-from scripts.plot_curves import load_groups, save_figure
+from scripts.parse_test_res import ZEROSHOT_SHOTS, GroupSummary, OutputError
+from scripts.plot_curves import check_figure_targets, load_groups, save_figure
 
 __all__ = ["zeroshot_bars", "plot_zeroshot", "main"]
 
@@ -52,6 +58,11 @@ def zeroshot_bars(
     chosen = sorted((g for g in zs if g.method == method), key=lambda g: g.dataset)
     if not chosen:
         raise ValueError(f"no zero-shot results of method {method!r}")
+    # a named domain without a bar is a mistake (a typo was dropped silently before)
+    missing = [d for d in domains or () if not any(d in (g.dataset, short_name(g.dataset)) for g in chosen)]
+    if missing:
+        raise ValueError(f"no zero-shot results of {method} for --domains {' '.join(missing)}; found: "
+                         f"{' '.join(g.dataset for g in chosen)}")
     return {
         "method": method,
         "datasets": [g.dataset for g in chosen],
@@ -115,11 +126,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {args.source} does not exist", file=sys.stderr)
         return 2
     try:
+        check_figure_targets(args.out)
+    except (OutputError, WriteError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
         png, pdf = plot_zeroshot(load_groups(args.source, args.log_mode), args.out, args.method, args.domains,
                                  args.title)
-    except ValueError as err:
+    except (WriteError, ValueError) as err:  # nothing to plot is a user mistake like any other: exit 2
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     print(f"wrote {png} and {pdf}")
     return 0
 

@@ -186,7 +186,9 @@ def command_fingerprint(argv: Sequence[str], cwd: Optional[str] = None) -> Optio
     if inv.entry == "train":
         args = _train_args(inv.args, workdir)
         model_dir = args.model_dir if args.eval_only else ""
-        return expected_fingerprint(train.setup_cfg(args), model_dir=model_dir, load_epoch=args.load_epoch)
+        cfg = train.setup_cfg(args)
+        return expected_fingerprint(cfg, model_dir=model_dir, load_epoch=args.load_epoch,
+                                    identity_cfg=_weights_resolved(cfg, workdir))
     if inv.entry == "probe":
         a = linear_probe.parse_args(list(inv.args))
         return linear_probe.probe_fingerprint(_abs(a.feature_dir, workdir), a.dataset, a.sub_classes, a.shots,
@@ -201,12 +203,22 @@ def _train_args(args: Sequence[str], workdir: str) -> argparse.Namespace:
         value = getattr(parsed, name, None)
         if isinstance(value, str):
             setattr(parsed, name, _abs(value, workdir))
-    opts = list(parsed.opts or [])
-    for i in range(0, len(opts) - 1, 2):
-        if opts[i] == "MODEL.BACKBONE.WEIGHTS" and osp.exists(osp.join(workdir, opts[i + 1])):
-            opts[i + 1] = _abs(opts[i + 1], workdir)
-    parsed.opts = opts
     return parsed
+
+
+def _weights_resolved(cfg: Any, workdir: str) -> Any:
+    """``cfg`` with a relative ``MODEL.BACKBONE.WEIGHTS`` file made absolute against the job's
+    directory, for hashing the file; None when there is nothing to resolve. The job records the path
+    as written (``--opts`` or its config file), so the fingerprint's config keeps it that way: the
+    weights' identity is their content, never the path string."""
+    weights = str(cfg.MODEL.BACKBONE.get("WEIGHTS", "") or "")
+    if not weights or osp.isabs(weights) or not osp.exists(osp.join(workdir, weights)):
+        return None
+    resolved = cfg.clone()
+    resolved.defrost()
+    resolved.MODEL.BACKBONE.WEIGHTS = _abs(weights, workdir)
+    resolved.freeze()
+    return resolved
 
 
 #: ``lpclip.feat_extractor`` options whose value is a path.

@@ -45,7 +45,16 @@ from dassl import results
 from dassl.cli import ArgumentParser, console_logging
 from dassl.utils import WriteError, check_writable_dir
 from dassl.utils.identity import code_version
-from scripts.domains import LAION_BEYOND_DOMAINS, REPO_ROOT, DomainError, count_classes, resolve_domains
+from scripts.domains import (
+    LAION_BEYOND_DOMAINS,
+    REPO_ROOT,
+    DomainError,
+    check_shots,
+    count_classes,
+    has_subset,
+    repo_path,
+    resolve_domains,
+)
 from scripts.fsnl_rule import format_lr
 from scripts.methods import (
     CONFIG_SETS,
@@ -237,17 +246,13 @@ def fsnl_opts(shots: int, bs: int, lr: float) -> Opts:
     return list(opts.items())
 
 
-def _abs_config(path: str) -> str:
-    return path if os.path.isabs(path) else os.fspath(REPO_ROOT / path)
-
-
 def _dir_cfg(method: Method, dataset: str, config_path: str, opts: Opts) -> Any:
     """The resolved config a run's directory name is read from (the same ``build_cfg`` call as
     ``train.py``'s, without the per-seed fields, which no directory part shows)."""
     if not (REPO_ROOT / config_path).is_file() and not os.path.isfile(config_path):
         raise ValueError(f"config file(s) not found (relative to the repository root): {config_path}")
-    return build_cfg(trainer=method.trainer, dataset=_abs_config(_dataset_config(dataset)),
-                     config=_abs_config(config_path), opts=_flat(opts))
+    return build_cfg(trainer=method.trainer, dataset=repo_path(_dataset_config(dataset)),
+                     config=repo_path(config_path), opts=_flat(opts))
 
 
 def plan_runs(spec: SweepSpec, dataset: str, method: Optional[Method] = None) -> List[Run]:
@@ -272,7 +277,12 @@ def plan_runs(spec: SweepSpec, dataset: str, method: Optional[Method] = None) ->
                                 os.path.join(spec.out, *parts, f"seed{seed}"), eval_only=True))
         return runs
     needs_classes = method.batch_rule and rule.method_opts
-    num_classes = count_classes(spec.root, dataset, "OOP") if needs_classes else 0
+    data_root = repo_path(spec.root)  # where the jobs will read it
+    num_classes = count_classes(data_root, dataset, "OOP") if needs_classes else 0
+    if needs_classes or has_subset(data_root, dataset):
+        # with the data at hand, a shot count no class has is one line here rather than one failed job
+        # each; without it (commands planned for another machine's copy) the jobs check it themselves
+        check_shots(data_root, dataset, spec.shots)
     for shots in spec.shots:
         config_path, config_name = trainer_config(method.config_trainer,
                                                   spec.config or method.config_for(spec.config_set, shots))

@@ -27,6 +27,7 @@ from PIL import Image
 
 import configs
 import train
+from clip import load_clip
 from dassl.data.datasets import DatasetBase, Datum
 from dassl.engine import TrainerX, build_trainer
 from dassl.metrics import compute_accuracy
@@ -99,6 +100,13 @@ def make_cfg(
 def build(root: PathLike, out: PathLike, trainer: str, *opts: str, **kwargs: Any) -> Any:
     """A trainer built from :func:`make_cfg`, without training or evaluating."""
     return build_trainer(make_cfg(root, out, trainer, *opts, **kwargs))
+
+
+def save_tiny_weights(path: PathLike, seed: int, trainer: str = "FSNL_openclip") -> None:
+    """A ``test-tiny`` weights file (same size for every seed: only the values differ)."""
+    cfg = make_cfg(".", "unused", trainer, "MODEL.BACKBONE.WEIGHTS", "none", seed=seed)
+    model = load_clip(cfg, "cpu").model
+    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, path)
 
 
 def run_train(argv: Sequence[str]) -> Any:

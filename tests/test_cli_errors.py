@@ -63,3 +63,28 @@ def test_command_line_mistake_in_a_real_process():
     proc = subprocess.run([sys.executable, "train.py", "--bogus"], capture_output=True, text=True, cwd=REPO,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 2 and proc.stderr == "error: unrecognized arguments: --bogus; see python train.py --help\n"
+
+
+MODEL_DIR_CASES = [
+    (["--model-dir", "runs/a"], "--model-dir names the model that --eval-only evaluates"),
+    (["--load-epoch", "5"], "--load-epoch names the model that --eval-only evaluates"),
+    (["--model-dir", "runs/a", "--load-epoch", "5"], "--model-dir and --load-epoch name the model"),
+    (["--eval-only", "--load-epoch", "5"], "--load-epoch picks a checkpoint of --model-dir"),
+]
+
+
+@pytest.mark.parametrize("extra,message", MODEL_DIR_CASES, ids=["model-dir", "load-epoch", "both", "eval-no-dir"])
+def test_model_dir_and_load_epoch_without_eval_only_are_refused(extra, message, tmp_path, capsys):
+    """Hostile: ``train.py --model-dir DIR`` without ``--eval-only`` (a user who means "start from this
+    model") was ignored as in the reference, so a fresh run trained from scratch and was filed as if
+    it had started from DIR; ``--load-epoch`` alone was ignored the same way. Now one line, before any
+    folder is made."""
+    import train
+
+    out = tmp_path / "o"
+    argv = ["--root", str(tmp_path), "--trainer", "FSNL_openclip", "--output-dir", str(out), *extra]
+    with pytest.raises(SystemExit) as exit_info:
+        train.cli(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert err[0].endswith(" --help") and not out.exists()

@@ -19,9 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
-from clip import load_clip
 from datasets.laion_beyond import LaionBeyond
-from tests.helpers import build, make_cfg, run_train, train_argv
+from tests.helpers import build, run_train, save_tiny_weights, train_argv
 from trainers import fsnl
 from trainers.base import ClipTrainer
 
@@ -39,13 +38,6 @@ def fresh_eval_features(trainer, split="test"):
     items = trainer.dm.dataset.test if split == "test" else trainer.dm.dataset.val
     images = torch.stack([trainer.dm.tfm_test(read_image(d.impath)) for d in items])
     return trainer.encode_images(images, normalize=False)
-
-
-def save_tiny_weights(path, seed):
-    """A ``test-tiny`` weights file (same size for every seed: only the values differ)."""
-    cfg = make_cfg(".", "unused", TRAINER, "MODEL.BACKBONE.WEIGHTS", "none", seed=seed)
-    model = load_clip(cfg, "cpu").model
-    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, path)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import torch
 
 import configs
 import train
+from clip.loader import BackboneSpec, check_weights_available
 from dassl.data.datasets import build_dataset
 from dassl.utils import WriteError, atomic_write_text, clean_temp_files, setup_logger, write_json
 from tests.helpers import REPO, run_train, train_argv
@@ -351,6 +353,47 @@ def test_offline_hub_fails_fast_with_local_advice(toy_root, finished, capsys, mo
     monkeypatch.setattr("clip.loader.try_to_load_from_cache", lambda *a, **k: None)  # nothing cached
     line = one_error_line(capsys, train.cli(train_argv(toy_root, finished, TRAINER, *opts)))
     assert "HF_HUB_OFFLINE" in line and "local-dir:" in line and "MODEL.BACKBONE" in line
+
+
+@pytest.mark.parametrize("opts", [
+    ("MODEL.BACKBONE.NAME", "ViT-B-16", "MODEL.BACKBONE.WEIGHTS", "laion400m_e32", "INPUT.SIZE", "(224, 224)"),
+    ("MODEL.BACKBONE.NAME", "hf-hub:nobody/no-such-model"),
+], ids=["tag", "hf-hub"])
+def test_no_network_fails_fast_without_hf_hub_offline(toy_root, finished, capsys, monkeypatch, tmp_path, opts):
+    """Hostile: a compute node without network and without ``HF_HUB_OFFLINE``. The hub's client retried
+    for ~50 s, printing ~50 warning lines, before the one error line. Now no download host resolving
+    is the same one line at once (the lookup is faked here: no test touches the network)."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: pytest.fail("open_clip was asked to download"))
+    monkeypatch.setattr("clip.loader.try_to_load_from_cache", lambda *a, **k: None)
+    looked_up = []
+
+    def no_dns(host, *args, **kwargs):
+        looked_up.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, finished, TRAINER, *opts)))
+    assert "cannot be resolved (no network here?)" in line and "local-dir:" in line and "MODEL.BACKBONE" in line
+    assert "huggingface.co" in looked_up and ("github.com" in looked_up) == (opts[-1] == "(224, 224)")
+
+
+def test_a_resolving_host_leaves_the_download_to_open_clip(monkeypatch):
+    """Only a lookup that fails everywhere refuses: with one host answering, open_clip downloads (and
+    reports its own failure); nothing is refused on a guess."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("clip.loader.try_to_load_from_cache", lambda *a, **k: None)
+
+    def only_the_hub(host, *args, **kwargs):
+        if host != "huggingface.co":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return []
+
+    monkeypatch.setattr(socket, "getaddrinfo", only_the_hub)
+    spec = BackboneSpec("ViT-B-16", "laion400m_e32", "tag", "laion400m_e32", False)
+    check_weights_available(spec)  # no error: huggingface.co resolved
 
 
 # -------------------------------------------------------------------------------------- checkpoints

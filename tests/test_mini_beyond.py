@@ -1,6 +1,7 @@
 """Mini-Beyond assets: the OOP guarantee, the split, the shipped mini CLIP, and the benchmark builder."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -367,6 +368,111 @@ def test_rebuild_refuses_files_a_build_did_not_write_inside_its_folders(assets, 
     mbb.build(tmp_path, train=3, val=1, test=1, domains=["Plants"], assets=assets, force=True)
     assert not cache.exists() and not (tmp_path / f"{plants[1].name}.tmp").exists()
     assert (elsewhere / "thesis.txt").read_text() == "mine"  # the link went, not what it pointed to
+
+
+def _everything(root: Path) -> dict:
+    """Every path under ``root`` with its bytes (None for a directory): "nothing changed on disk"."""
+    return {p.relative_to(root): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+
+
+def _assert_manifest_is_the_folder(folder: Path):
+    """The manifest lists exactly the folder's files (itself aside), sizes and SHA-256 recomputed here."""
+    on_disk = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
+               if p.is_file() and p.name != mbb.MANIFEST_FILE}
+    expected = {rel: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for rel, data in on_disk.items()}
+    assert _load(folder / mbb.MANIFEST_FILE) == {"version": 1, "files": expected}
+    assert f"split_Xin_{folder.name}.json" in expected and len(expected) > 1
+
+
+def _cli_build(root: Path, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tools.mini_beyond", "build", "--root", str(root), *argv],
+                          capture_output=True, text=True, cwd=REPO)
+
+
+def test_build_writes_a_manifest_of_exactly_what_it_wrote(built, assets, tmp_path):
+    """The manifest is what tells a build's files from a user's: it must match the files on disk, and
+    a rebuild over untouched folders (new parameters) runs and writes a new, matching one."""
+    _, dirs = built
+    for d in dirs:
+        _assert_manifest_is_the_folder(d)
+    first = mbb.build(tmp_path, train=2, val=1, test=1, domains=["Plants"], assets=assets)
+    again = mbb.build(tmp_path, train=3, val=1, test=1, domains=["Plants"], assets=assets)
+    assert again == first
+    for d in again:
+        _assert_manifest_is_the_folder(d)
+        assert len(_load(d / f"split_Xin_{d.name}.json")["train"]) == 3 * len(list((d / "images").iterdir()))
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("case,manifest", [("listed", True), ("replaced", True), ("listed", False)])
+def test_rebuild_refuses_a_users_photo_that_looks_like_a_build_image(assets, tmp_path, case, manifest):
+    """Hostile: the build's files were what the split file lists under a `<split>_NNN.jpg` name, so
+    a user's photo saved as `train_999.jpg` and added to a hand-edited split file ("listed"), or saved
+    over a built `train_001.jpg` ("replaced"), was deleted by the next rebuild. Now a file counts as the
+    build's only when the folder's manifest lists it with its size and SHA-256: the rebuild is refused,
+    one `error:` line naming the photo and the fix (exit 2), and nothing on disk changes. A folder of
+    an older build has no manifest: there the stamp's image counts rule out `train_999.jpg` (2 train
+    images were built). A manifest a user forges to list their photo is not guarded against: it is the
+    build's own record."""
+    dirs = mbb.build(tmp_path, train=2, val=1, test=1, domains=["Plants"], assets=assets)
+    folder = dirs[0]
+    if not manifest:
+        for d in dirs:
+            (d / mbb.MANIFEST_FILE).unlink()
+    split_path = folder / f"split_Xin_{folder.name}.json"
+    split = _load(split_path)
+    item = split["train"]["1"]
+    photo = folder / "images" / item["classname"] / ("train_999.jpg" if case == "listed" else item["image_name"])
+    photo.write_bytes(b"\xff\xd8 the user's own photo \xff\xd9")
+    if case == "listed":
+        split["train"][str(len(split["train"]))] = dict(item, image_name=photo.name)
+        split_path.write_text(json.dumps(split, indent=1), encoding="utf-8")
+    before = _everything(tmp_path)
+    proc = _cli_build(tmp_path, "--domains", "Plants", "--train", "3", "--val", "1", "--test", "1")
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and err.startswith(f"error: {photo}") and "\n" not in err, err
+    assert "not written by a Mini-Beyond build (or changed since)" in err and "move them away or pass --force" in err
+    if case == "listed" and manifest:
+        assert "and 1 more" in err  # the hand-edited split file is no longer the build's either
+    assert _everything(tmp_path) == before
+    assert _cli_build(tmp_path, "--domains", "Plants", "--train", "2", "--val", "1", "--test", "1").returncode == 0
+    assert _everything(tmp_path) == before  # same parameters: nothing to rebuild, nothing touched
+
+
+def test_a_manifest_that_is_not_one_is_the_users(assets, tmp_path):
+    """A manifest a build did not write (a build writes it whole, or not at all) counts as a user's
+    file: the rebuild is refused naming it, and nothing changes."""
+    dirs = mbb.build(tmp_path, train=2, val=1, test=1, domains=["Plants"], assets=assets)
+    manifest = dirs[0] / mbb.MANIFEST_FILE
+    manifest.write_text("my notes")
+    before = _everything(tmp_path)
+    with pytest.raises(FileExistsError, match=f"^{re.escape(str(manifest))}: not written by a Mini-Beyond build"):
+        mbb.build(tmp_path, train=3, val=1, test=1, domains=["Plants"], assets=assets)
+    assert _everything(tmp_path) == before
+
+
+def test_a_build_killed_while_writing_its_manifest_is_finished_by_the_next(assets, tmp_path, monkeypatch):
+    """The manifest is written last, through the atomic writer: a build killed in the middle leaves a
+    folder with no manifest and the writer's temporary file in `<name>.tmp`; the next build recognises
+    both as its own and finishes."""
+    mbb.build(tmp_path, train=2, val=1, test=1, domains=["Plants"], assets=assets)
+    real = mbb.write_json_file
+
+    def killed(path, obj):
+        if path.name == mbb.MANIFEST_FILE:
+            (path.parent / f".{path.name}.4242-0123abcd.tmp").write_text('{"version": 1, "fi')
+            raise KeyboardInterrupt
+        real(path, obj)
+
+    monkeypatch.setattr(mbb, "write_json_file", killed)
+    with pytest.raises(KeyboardInterrupt):
+        mbb.build(tmp_path, train=3, val=1, test=1, domains=["Plants"], assets=assets)
+    assert len(list(tmp_path.glob("*.tmp/.*.tmp"))) == 1
+    monkeypatch.setattr(mbb, "write_json_file", real)
+    dirs = mbb.build(tmp_path, train=3, val=1, test=1, domains=["Plants"], assets=assets)
+    assert not list(tmp_path.glob("*.tmp"))
+    for d in dirs:
+        _assert_manifest_is_the_folder(d)
 
 
 def test_a_backup_copy_beside_a_domain_folder_is_the_users(assets, tmp_path):

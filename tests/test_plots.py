@@ -86,6 +86,21 @@ def test_nothing_to_plot(tree: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.pdf").exists()
 
 
+def test_a_domain_without_results_among_found_ones_is_refused(tree: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """Hostile: ``--domains Food Landmak`` (a typo beside a found domain) drew the Food panel alone and
+    exited 0; the figure silently lacked a domain the command asked for. Now one line naming it."""
+    out = str(tmp_path / "x")
+    assert plot_curves.main([str(tree), "--out", out, "--domains", "Food"]) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("x.*")}
+    capsys.readouterr()
+    assert plot_curves.main([str(tree), "--out", out, "--domains", "Food", "Landmak"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no results for --domains Landmak in ") and err.count("\n") == 1, err
+    assert "Animals92_42 Food53_27 Pokemon89_39" in err
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("x.*")} == before and len(before) == 2
+
+
 def test_curves_follow_the_chosen_accuracy():
     """The committed Mini-Beyond comparison: IP / H curves carry exactly the groups' IP / H means, and
     the class-specific methods (TaskRes, the linear probe: no IP) get no IP or H curve."""

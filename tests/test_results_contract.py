@@ -20,7 +20,7 @@ from lpclip import linear_probe as lp
 from scripts import launch, sweep
 from scripts import parse_test_res as ptr
 from scripts.run_identity import command_fingerprint
-from tests.helpers import dataset_config, trainer_config
+from tests.helpers import REPO, dataset_config, save_tiny_weights, trainer_config
 
 FSNL_SMOKE = str(trainer_config("FSNL_openclip"))
 
@@ -296,6 +296,33 @@ def test_zeroshot_other_opts_same_directory_is_one_error_line(toy: Path, tmp_pat
     assert err.count("\n") == 1 and "INPUT.INTERPOLATION 'bicubic' -> 'bilinear'" in err
     assert sweep.main(argv + ["--force", "--opts", "INPUT.INTERPOLATION", "bilinear"]) == 0
     assert "1 pending, 0 skipped" in capsys.readouterr().err
+
+
+def test_a_relative_weights_path_is_recorded_as_written_and_hashed_where_the_job_runs(
+        toy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Hostile: ``--opts MODEL.BACKBONE.WEIGHTS <relative path>``. The skip check made the path absolute
+    to hash the file from its own directory and so expected another config than the one train.py
+    records: the sweep called its own finished run a failure and then refused every rerun. The path
+    now stays as written in the config; the file is hashed in the job's directory."""
+    work, other = tmp_path / "work", tmp_path / "other"
+    for folder, seed in ((work, 7), (other, 8)):
+        folder.mkdir()
+        (folder / "configs").symlink_to(REPO / "configs")  # the sweep's commands name configs/...
+        save_tiny_weights(folder / "tiny.pt", seed=seed)
+    argv = sweep_argv(toy, tmp_path / "out", "MODEL.BACKBONE.WEIGHTS", "tiny.pt")
+    (job,) = jobs_of(argv)
+    monkeypatch.chdir(work)
+    run_job(job)
+    res = results.read_results(job.done)
+    assert res.fingerprint["config"]["MODEL.BACKBONE.WEIGHTS"] == "tiny.pt"
+    assert command_fingerprint(job.argv, str(work))["id"] == res.fingerprint["id"]
+    # the same words in another directory name another file: another run, for the right reason
+    assert results.diff_fingerprints(res.fingerprint, command_fingerprint(job.argv, str(other))) == [
+        "weights (backbone weights identity)"]
+    # the sweep's own check (the job's directory is the repo root there): skipped, not refused
+    monkeypatch.setattr(sweep, "REPO_ROOT", work)
+    assert sweep.main(sweep_argv(toy, tmp_path / "out", "MODEL.BACKBONE.WEIGHTS", "tiny.pt", flags=("--dry-run",))) == 0
+    assert capsys.readouterr().err.strip().endswith("0 pending, 1 skipped (finished, same fingerprint)")
 
 
 def test_evaluation_fingerprint_follows_the_model_dir(toy: Path, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from dassl import results
 from lpclip import linear_probe as lp
-from scripts import fsnl_rule, sweep
+from scripts import domains, fsnl_rule, sweep
 from scripts.domains import DomainError, count_classes, resolve_domains, short_name
 from scripts.run_identity import command_fingerprint
 from scripts.sweep import Job, SweepSpec, build_jobs, run_jobs
@@ -22,14 +22,16 @@ REPO = Path(__file__).resolve().parents[1]
 FSNL_CFG = "configs/trainers/FSNL_openclip/vit_b16_ep200_standard.yaml"
 
 
-def write_subset(root: Path, folder: str, num_classes: int) -> None:
-    """A split file in the LAION-Beyond layout (images are not needed to count classes)."""
+def write_subset(root: Path, folder: str, num_classes: int, train: int = 16) -> None:
+    """A split file in the LAION-Beyond layout (images are not needed to count classes) with ``train``
+    training images per class (the sweep refuses shot counts above that) and one val / test image."""
     d = root / folder
     d.mkdir(parents=True)
+    per_split = {"train": train, "val": 1, "test": 1}
     split = {
-        s: {str(i): {"classname": f"{folder}_class{i}", "image_name": f"{s}{i}.jpg", "label": i}
-            for i in range(num_classes)}
-        for s in ("train", "val", "test")
+        s: {str(i * n + j): {"classname": f"{folder}_class{i}", "image_name": f"{s}{i}_{j}.jpg", "label": i}
+            for i in range(num_classes) for j in range(n)}
+        for s, n in per_split.items()
     }
     (d / f"split_Xin_{folder}.json").write_text(json.dumps(split))
 
@@ -434,3 +436,45 @@ def test_repeated_shots_and_seeds_plan_one_job_each_and_negative_seeds_are_refus
     rc, lines, err = run_main(capsys, "--method", "coop", "--root", str(data), "--out", "o", "--domains", "Animals",
                               "--seeds", "-5", "--dry-run")
     assert rc == 2 and not lines and err.strip() == "error: --seeds -5: every seed must be >= 0 (a negative seed runs unseeded)"
+
+
+@pytest.mark.parametrize("method", ["coop", "fsnl", "clip_adapter"])
+def test_shots_no_class_has_are_one_line_when_the_data_is_here(data: Path, tmp_path: Path, method: str,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """Hostile: ``--shots 4 32`` on data with 16 training images per class planned (and ran) 32-shot jobs
+    that each failed on their own; without ``--dry-run`` the 4-shot jobs ran first. Now the plan stops
+    with one line before any job, naming the shot count and the largest class. Commands planned for
+    another machine's data (nothing under ``--root`` here) are still planned, for a method that does not
+    need the class count."""
+    out = tmp_path / "out"
+    for extra in (("--dry-run",), ()):
+        rc, lines, err = run_main(capsys, "--method", method, "--root", str(data), "--out", str(out), "--domains",
+                                  "Animals", "Food", "--shots", "4", "32", "16", "64", *extra)
+        assert rc == 2 and lines == [] and err.count("\n") == 1, err
+        assert err.startswith("error: --shots 32 64: no class of Animals92_42 under --root has that many training "
+                              "images (at most 16)"), err
+        assert not out.exists()
+    if method == "coop":
+        rc, lines, _ = run_main(capsys, "--method", method, "--root", str(tmp_path / "elsewhere"), "--out", str(out),
+                                "--domains", "Animals", "--shots", "32", "--seeds", "1", "--dry-run")
+        assert rc == 0 and len(lines) == 1 and "DATASET.NUM_SHOTS 32" in lines[0]
+
+
+def test_a_relative_root_is_read_where_the_jobs_read_it(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """Hostile: ``--root data`` typed outside the repository root. The jobs run from the repository root
+    and read ``<repo>/data``, but the sweep counted FSNL's classes (and checked the shots) in
+    ``./data``: a missing folder stopped it, or another copy's class count set the batch size and LR."""
+    monkeypatch.setattr(domains, "REPO_ROOT", data.parent)  # the jobs' directory holds data/
+    (data.parent / "configs").symlink_to(REPO / "configs")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    plan = ("--method", "fsnl", "--out", "o", "--domains", "Food", "--shots", "4", "--seeds", "1", "--dry-run")
+    rc, relative, err = run_main(capsys, *plan, "--root", "data")
+    assert rc == 0 and len(relative) == 1, err
+    _, absolute, _ = run_main(capsys, *plan, "--root", str(data))
+    assert relative == [line.replace(str(data), "data") for line in absolute]  # Food's 43 classes both times
+    rc, _, err = run_main(capsys, "--method", "coop", "--root", "data", "--out", "o", "--domains", "Food",
+                          "--shots", "32", "--dry-run")
+    assert rc == 2 and "at most 16" in err

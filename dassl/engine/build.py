@@ -14,14 +14,19 @@ logger = logging.getLogger(__name__)
 TRAINER_REGISTRY = Registry("TRAINER")
 
 
-def expected_fingerprint(cfg: Any, model_dir: str = "", load_epoch: Optional[int] = None) -> Dict[str, Any]:
+def expected_fingerprint(cfg: Any, model_dir: str = "", load_epoch: Optional[int] = None,
+                         identity_cfg: Any = None) -> Dict[str, Any]:
     """The fingerprint a run of ``cfg`` will record (dassl.results), computed from the config, the
     trainer class's ``identity_parts(cfg)`` and, for an evaluation, the model dir it loads, without
     building anything: what a sweep compares with a finished run's ``results.json``. It lacks only the
-    few-shot digest, which ``id`` does not cover."""
+    few-shot digest, which ``id`` does not cover.
+
+    ``identity_cfg`` is ``cfg`` with its file paths resolved where this process can read them (a job
+    that runs in another directory names its weights file relative to that one): the identity parts
+    come from it, the recorded config stays ``cfg``, as the job writes it."""
     name = str(cfg.TRAINER.NAME)
     cls = TRAINER_REGISTRY.get(name)
-    parts = cls.identity_parts(cfg) if hasattr(cls, "identity_parts") else {}
+    parts = cls.identity_parts(identity_cfg if identity_cfg is not None else cfg) if hasattr(cls, "identity_parts") else {}
     source = source_identity(model_dir, load_epoch, str(cfg.OUTPUT_DIR)) if model_dir else None
     return fingerprint(cfg, trainer=name, source=source, **parts)
 

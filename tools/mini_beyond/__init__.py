@@ -13,7 +13,8 @@ One module per job (each a sub-command of ``python -m tools.mini_beyond``, see `
 ``pretrain``  pre-train the ``mini-clip`` OpenCLIP model on the pre-training corpus and write
               fp16 safetensors plus ``pretrain_log.json`` (loss curve and zero-shot numbers).
 ``evaluate``  ``eval``: zero-shot IP/OOP accuracy (and k-means clustering accuracy) of a weights file.
-``build``     write the benchmark in the exact LAION-Beyond directory / split-JSON layout.
+``build``     write the benchmark in the exact LAION-Beyond directory / split-JSON layout, plus a
+              manifest of what it wrote per folder (a rebuild replaces nothing else).
 ``demo``      the README's main job: build, zero-shot + FSNL at 4 shots on five domains, table +
               plot; the Mini-Beyond recipe (configs, FSNL's BS/LR rule) lives there, in one place.
 ``golden``    re-measure the numbers recorded for tests/test_golden_mini_beyond.py.
