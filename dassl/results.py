@@ -16,6 +16,7 @@ Fingerprint (stored in ``results.json`` under ``"fingerprint"`` and as a comment
      "data":    {"OOP": "<sha256 of the split file>", ...}          -- DatasetBase.data_identity(cfg)
      "weights": clip.weights_identity(cfg) or null,
      "source":  what an evaluation loaded (source_identity) or null,
+     "source_run": the training run an evaluation loaded, {"id", "group", "config"} (source_run), or null,
      "fewshot": digest of the sampled train/val records or null,
      "code":    {"commit", "dirty", "packages"}}
 
@@ -24,6 +25,10 @@ the log prints, how many loader workers, throughput-only batch sizes, the datase
 digest identifies the data, not the folder it lies in). ``TRAIN.CHECKPOINT_FREQ`` is excluded only
 under ``TEST.FINAL_MODEL last_step``: with ``best_val``/``best_test`` it decides which epochs are
 candidates, so it changes the result.
+
+``source_run`` is recorded but not hashed (``source.run`` already names that run): it is how
+``parse_test_res`` groups and labels an evaluation by the model it scored (:func:`evaluation_config`),
+not by the training keys its own command happened to leave at their defaults.
 
 ``fewshot`` and ``code`` are recorded but not hashed into ``id``: the few-shot sample is a
 deterministic function of the split file (in ``data``), the shots and the seed (in ``config``) and the
@@ -208,6 +213,19 @@ def default_weights_identity(cfg: Any) -> Optional[Dict[str, Any]]:
 _CHECKPOINT_NAME = re.compile(r"model\.pth\.tar-\d+|model-best\.pth\.tar|checkpoint")
 
 
+def _model_dir_fingerprint(model_dir: str, output_dir: str = "") -> Optional[Dict[str, Any]]:
+    """The fingerprint in ``model_dir``'s results.json (the training run that wrote it); None without
+    one, when it is unreadable, or when ``model_dir`` is this run's own folder."""
+    if not model_dir or (output_dir and osp.realpath(model_dir) == osp.realpath(output_dir)):
+        return None
+    if not (Path(model_dir) / RESULTS_FILE).is_file():
+        return None
+    try:
+        return read_results(model_dir).fingerprint
+    except ResultsError:
+        return None
+
+
 def source_identity(model_dir: str, load_epoch: Optional[int] = None, output_dir: str = "") -> Optional[Dict[str, Any]]:
     """What an evaluation loads (``--model-dir`` / ``--load-epoch``), for its fingerprint: the fingerprint
     id of the run that wrote ``model_dir`` (its results.json, unless it is this run's own folder) and a
@@ -218,14 +236,46 @@ def source_identity(model_dir: str, load_epoch: Optional[int] = None, output_dir
     root = Path(model_dir)
     files = sorted(p for p in root.glob("*/*") if p.is_file() and _CHECKPOINT_NAME.fullmatch(p.name))
     stats = [[p.relative_to(root).as_posix(), *stat_identity(str(p))] for p in files]
-    run = None
-    own = bool(output_dir) and osp.realpath(model_dir) == osp.realpath(output_dir)
-    if not own and (root / RESULTS_FILE).is_file():
-        try:
-            run = (read_results(str(root)).fingerprint or {}).get("id")
-        except ResultsError:
-            run = None
+    run = (_model_dir_fingerprint(model_dir, output_dir) or {}).get("id")
     return {"run": run, "checkpoints": json_digest(stats), "load_epoch": load_epoch}
+
+
+def source_run(model_dir: str, output_dir: str = "") -> Optional[Dict[str, Any]]:
+    """The training run an evaluation loads: ``{"id", "group", "config"}`` of the fingerprint in
+    ``model_dir``'s results.json (None without one). Recorded beside ``source`` so that consumers group
+    an evaluation by the model it scored (:func:`evaluation_config`): two models trained at different
+    learning rates and evaluated by one command line are two results, not one seed twice."""
+    fp = _model_dir_fingerprint(model_dir, output_dir)
+    if not fp or not isinstance(fp.get("config"), dict):
+        return None
+    return {"id": fp.get("id"), "group": fp.get("group"), "config": fp["config"]}
+
+
+#: Config keys that only shape training (the schedule, the training batches and their feature views):
+#: an evaluation's own values of them are whatever its command left, so :func:`evaluation_config`
+#: takes them from the run that trained the model.
+TRAINING_ONLY_PREFIXES = ("OPTIM.", "TRAIN.", "DATALOADER.TRAIN_X.", "DATALOADER.TRAIN_U.", "DATALOADER.FEATURE_CACHE.")
+
+
+def evaluation_config(fp: Mapping[str, Any]) -> Dict[str, Any]:
+    """The flat config a run is grouped and labelled by: its own ``config``, except for an evaluation of
+    a trained model (``source_run`` recorded), whose training-only keys (:data:`TRAINING_ONLY_PREFIXES`)
+    come from the run that trained the model, plus ``source.load_epoch`` when it picked an epoch.
+    Before, an evaluation was grouped by its command's defaults: models trained at two learning rates
+    and scored by one eval command were "the same configuration", and one of them was dropped as a
+    duplicate seed (or their seeds were averaged together). An evaluation of the final model under the
+    training run's other keys is that run's configuration, so its IP accuracy joins the run's OOP one
+    (the reference's train-on-OOP, evaluate-on-IP workflow)."""
+    own = dict(fp.get("config") or {})
+    trained = fp.get("source_run")
+    if not isinstance(trained, Mapping) or not isinstance(trained.get("config"), Mapping):
+        return own
+    flat = {k: v for k, v in own.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
+    flat.update({k: v for k, v in trained["config"].items() if k.startswith(TRAINING_ONLY_PREFIXES)})
+    source = fp.get("source")
+    if isinstance(source, Mapping) and source.get("load_epoch") is not None:
+        flat["source.load_epoch"] = source.get("load_epoch")
+    return flat
 
 
 def fingerprint(
@@ -236,10 +286,12 @@ def fingerprint(
     fewshot: Optional[str] = None,
     code: Optional[Mapping[str, Any]] = None,
     source: Optional[Mapping[str, Any]] = None,
+    source_run: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
     """A run's fingerprint from its resolved config (a yacs node or a plain, possibly nested, dict)
     and the identity parts the hooks computed. ``code`` defaults to :func:`code_version`; ``source``
-    is :func:`source_identity` of an evaluation's model dir."""
+    is :func:`source_identity` of an evaluation's model dir, ``source_run`` its :func:`source_run`
+    (recorded, not hashed)."""
     semantic = semantic_config(config)
     trainer = str(trainer or semantic.get("TRAINER.NAME", ""))
     data = jsonable(dict(data or {}))
@@ -259,6 +311,7 @@ def fingerprint(
         "data": data,
         "weights": weights,
         "source": source,
+        "source_run": jsonable(dict(source_run)) if source_run else None,
         "fewshot": fewshot,
         "code": jsonable(dict(code)) if code is not None else code_version(),
     }

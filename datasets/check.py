@@ -226,15 +226,22 @@ def main(argv: Sequence[str] = (), stream: Optional[TextIO] = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(list(argv) or None)
     root = os.path.abspath(os.path.expanduser(args.root))
+    # mistakes are one ``error:`` line on stderr (they went to the report's stream, and a --root that is a
+    # file or missing read as "no domain found"; --workers -1 was a traceback after the scan)
     try:
+        if args.workers < 0:
+            raise ValueError(f"--workers {args.workers}: must be >= 0 (0: all cores)")
+        if not os.path.isdir(root):
+            raise ValueError(f"--root {args.root} is {'a file' if os.path.exists(root) else 'missing'}; "
+                             "give the folder that holds the domain folders (DATASET.ROOT)")
         reports = check_root(root, args.domains)
     except ValueError as err:
-        print(f"error: {err}", file=stream)
+        print(f"error: {err}", file=sys.stderr)
         return 2
     found = [r for r in reports if not r.absent]
     if not found:
-        print(f"No LAION-Beyond domain found under {root} (expected folders such as Animals92_OOP/).",
-              file=stream)
+        print(f"error: no LAION-Beyond domain found under {root} (expected folders such as Animals92_OOP/)",
+              file=sys.stderr)
         return 2
     if not args.no_decode:
         decode_reports(found, args.workers, progress=not args.no_progress)

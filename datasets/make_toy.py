@@ -165,6 +165,34 @@ def _write_subset(
     }
 
 
+def _subset_dirname(prefix: str, classes: Sequence[Tuple[str, str]], subset: str) -> str:
+    return f"{prefix}{len(classes)}_{subset}"
+
+
+def check_toy_root(root: str, domains: Sequence[str]) -> None:
+    """Refuse (one line: ``NotADirectoryError`` / ``FileExistsError``) a ``root`` the toy cannot be written
+    into without harm, before anything is written: a file (a traceback before), or a root that already
+    holds a folder of a requested domain under another name (e.g. the real ``Animals92_OOP``): the toy's
+    ``Animals5_OOP`` beside it made that domain ambiguous, and the loader refused the real data."""
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise NotADirectoryError(f'--root "{root}" is a file; give a folder for the toy benchmark')
+    if not os.path.isdir(root):
+        return
+    entries = sorted(os.listdir(root))
+    registered = laion_beyond_domains()
+    for domain in domains:
+        prefix = registered[domain].prefix
+        for subset in ("OOP", "IP"):
+            own = _subset_dirname(prefix, TOY_CLASSES[domain][subset], subset)
+            pattern = re.compile(re.escape(prefix) + r"[0-9]+_" + subset)
+            other = next((e for e in entries if pattern.fullmatch(e) and e != own), None)
+            if other is not None:
+                raise FileExistsError(
+                    f"{os.path.join(root, other)}: {domain}'s {subset} folder is already under --root, and the "
+                    f"toy's {own} beside it would make {domain} ambiguous (the loader refuses to guess); give "
+                    "--root a folder of its own for the toy")
+
+
 def make_toy(
     root: str,
     domains: Sequence[str] = DEFAULT_DOMAINS,
@@ -184,6 +212,8 @@ def make_toy(
         raise ValueError(f"No toy classes for {unknown}; available: {sorted(TOY_CLASSES)}")
     if min(num_train, num_val, num_test) < 1 or image_size < 8:
         raise ValueError("need at least one image per split and --image-size >= 8")
+    root = os.fspath(root)
+    check_toy_root(root, domains)
     registered = laion_beyond_domains()
     counts = {"train": num_train, "val": num_val, "test": num_test}
     out: Dict[str, Dict[str, Dict[str, Any]]] = {}
@@ -197,7 +227,7 @@ def make_toy(
         offset = 0
         for s_index, subset in enumerate(("OOP", "IP")):
             classes = table[subset]
-            dirname = f"{prefix}{len(classes)}_{subset}"
+            dirname = _subset_dirname(prefix, classes, subset)
             out[domain][subset] = _write_subset(
                 root, dirname, classes, offset, num_domain_classes, counts, image_size,
                 seed_key=(seed, d_index, s_index), empty_caption=(subset == "OOP"),
@@ -216,7 +246,11 @@ def main(argv: Sequence[str] = ()) -> int:
     parser.add_argument("--test", type=int, default=4, help="test images per class")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(list(argv) or None)
-    info = make_toy(args.root, args.domains, args.image_size, args.train, args.val, args.test, args.seed)
+    try:
+        info = make_toy(args.root, args.domains, args.image_size, args.train, args.val, args.test, args.seed)
+    except (ValueError, OSError) as err:  # bad counts, a file as --root, another copy of a domain in the way
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     for domain, subsets in info.items():
         parts = [
             f"{os.path.basename(s['dir'])} ({len(s['classnames'])} classes, {sum(s['num_images'].values())} images)"

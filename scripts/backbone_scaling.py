@@ -49,7 +49,7 @@ from dassl.cli import ArgumentParser
 from dassl.utils import WriteError, atomic_write_text
 from scripts.domains import DomainError, count_classes, repo_path, resolve_domain
 from scripts.fsnl_rule import fsnl_bs_lr
-from scripts.parse_test_res import ZEROSHOT_SHOTS, OutputError, check_output_target, collect
+from scripts.parse_test_res import ZEROSHOT_SHOTS, OutputError, check_output_target, collect, json_recogniser
 from scripts.plot_curves import check_figure_targets, figure_paths, save_figure
 from scripts.run_identity import exit_status
 from scripts.sweep import Job, RunConflict, fsnl_opts, merge_opts, run_jobs, split_done, trainer_config
@@ -203,15 +203,9 @@ def output_paths(figure: str) -> Tuple[str, str, str]:
     return png, pdf, f"{png[:-len('.png')]}.json"
 
 
-def written_points(path: Path) -> bool:
-    """A JSON of the plotted numbers that :func:`plot_scaling` wrote (an object with all of
-    :data:`POINTS_KEYS`, ``points`` a list): the only JSON a rerun may replace."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(data, dict) and all(k in data for k in POINTS_KEYS) and isinstance(data["points"], list)
+#: A JSON of the plotted numbers that :func:`plot_scaling` wrote (an object with all of
+#: :data:`POINTS_KEYS`, ``points`` a list): the only JSON a rerun may replace.
+written_points = json_recogniser(POINTS_KEYS, "points")
 
 
 def check_targets(figure: str) -> None:

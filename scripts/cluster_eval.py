@@ -32,7 +32,7 @@ from dassl.evaluation.clustering import clustering_accuracy
 from dassl.utils import atomic_write_text, set_random_seed
 from scripts.domains import LAION_BEYOND_DOMAINS, DomainError, count_classes, resolve_domains, short_name
 from scripts.features import add_backbone_args, cfg_from_args, image_features, load_backbone
-from scripts.parse_test_res import OutputError, check_output_target
+from scripts.parse_test_res import OutputError, check_output_target, json_recogniser
 
 __all__ = ["kmeans_labels", "kmeans_accuracy", "evaluate", "render_markdown", "output_paths", "check_outputs",
            "write_outputs", "main"]
@@ -116,13 +116,8 @@ def output_paths(out: str) -> Tuple[str, str]:
     return f"{base}.json", f"{base}.md"
 
 
-def written_rows(path: Path) -> bool:
-    """A ``<out>.json`` of this script: an object whose only key is ``rows``, a list."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(data, dict) and set(data) == {"rows"} and isinstance(data["rows"], list)
+#: A ``<out>.json`` of this script: an object whose only key is ``rows``, a list.
+written_rows = json_recogniser(("rows",), "rows", exact=True)
 
 
 def written_table(path: Path) -> bool:

@@ -371,7 +371,7 @@ def config_identity(fp: Optional[Dict[str, Any]]) -> Tuple[str, Dict[str, Any]]:
     :data:`GROUP_IGNORED` (and without the seed of a random init); ``legacy`` without a fingerprint."""
     if not fp:
         return LEGACY, {}
-    flat: Dict[str, Any] = {k: v for k, v in (fp.get("config") or {}).items() if k not in GROUP_IGNORED}
+    flat: Dict[str, Any] = {k: v for k, v in results.evaluation_config(fp).items() if k not in GROUP_IGNORED}
     flat["trainer"] = fp.get("trainer")
     for key, value in (fp.get("data") or {}).items():
         flat[f"data.{key}"] = value
@@ -1146,14 +1146,23 @@ def written_csv(path: Path) -> bool:
                                                    and header.endswith(",avg,complete"))
 
 
-def written_json(path: Path) -> bool:
-    """A ``--json`` payload: an object with all of :data:`_JSON_KEYS` (a results.json has none)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(data, dict) and all(k in data for k in _JSON_KEYS) and isinstance(data["groups"], list)
+def json_recogniser(keys: Sequence[str], list_key: str, exact: bool = False) -> Callable[[Path], bool]:
+    """A recogniser for :func:`check_output_target`: whether a file is a JSON object that a tool wrote,
+    told by its keys (all of ``keys``; only those with ``exact``) and ``list_key`` holding a list."""
+    def ours(path: Path) -> bool:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError, RecursionError):
+            return False
+        if not isinstance(data, dict) or not all(k in data for k in keys) or (exact and set(data) != set(keys)):
+            return False
+        return isinstance(data[list_key], list)
+    return ours
+
+
+#: A ``--json`` payload: an object with all of :data:`_JSON_KEYS` (a results.json has none).
+written_json = json_recogniser(_JSON_KEYS, "groups")
 
 
 def check_output_target(path: str, label: str, what: str, ours: Callable[[Path], bool]) -> None:

@@ -481,7 +481,8 @@ def test_checker_reports_problems(toy):
     assert checker.main(["--root", str(toy), "--domains", "Food53_27"], stream=io.StringIO()) == 1
 
 
-def test_checker_empty_root(tmp_path):
+def test_checker_empty_root(tmp_path, capsys):
     out = io.StringIO()
     assert checker.main(["--root", str(tmp_path)], stream=out) == 2
-    assert "No LAION-Beyond domain found" in out.getvalue()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert out.getvalue() == "" and len(err) == 1 and err[0].startswith("error: no LAION-Beyond domain found")

@@ -325,6 +325,55 @@ def test_a_relative_weights_path_is_recorded_as_written_and_hashed_where_the_job
     assert capsys.readouterr().err.strip().endswith("0 pending, 1 skipped (finished, same fingerprint)")
 
 
+def test_evaluations_are_grouped_by_the_model_they_scored(toy: Path, tmp_path: Path, caplog) -> None:
+    """Hostile: models trained at two learning rates, each scored on IP by the same eval command (which,
+    like CoOp's eval.sh, does not repeat the training overrides). Both evaluations had one config, so
+    parse_test_res called them one configuration: one was dropped as a duplicate seed (with two seeds,
+    they were averaged together), under a label of the eval command's default LR. Now an evaluation
+    takes its training keys from the run that trained the model (``source_run``, recorded and not
+    hashed): two rows labelled by the real learning rates, and seeds of one model config together."""
+    coop = str(trainer_config("CoOp_openclip"))
+
+    def argv(out: Path, seed: int, *extra: str) -> list:
+        return ["--root", str(toy), "--seed", str(seed), "--trainer", "CoOp_openclip", "--dataset-config-file",
+                str(dataset_config()), "--config-file", coop, "--output-dir", str(out), *extra]
+
+    evals = tmp_path / "evals"
+    for lr, seed in (("0.05", 1), ("0.5", 1), ("0.5", 2)):
+        run = tmp_path / f"lr{lr}" / f"seed{seed}"
+        train.main(train.parse_args(argv(run, seed, "DATASET.NUM_SHOTS", "2", "OPTIM.MAX_EPOCH", "1", "OPTIM.LR", lr,
+                                         "TEST.CROSS_EVAL", "()")))
+        eval_argv = argv(evals / f"from_lr{lr}" / f"seed{seed}", seed, "--eval-only", "--model-dir", str(run),
+                         "DATASET.NUM_SHOTS", "2", "DATASET.SUB_CLASSES", "IP")
+        train.main(train.parse_args(eval_argv))
+        evaluated = results.read_results(str(evals / f"from_lr{lr}" / f"seed{seed}")).fingerprint
+        trained = results.read_results(str(run)).fingerprint
+        assert evaluated["source_run"] == {"id": trained["id"], "group": trained["group"], "config": trained["config"]}
+        assert evaluated["id"] == command_fingerprint(["python", "train.py", *eval_argv])["id"]  # not hashed
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        groups = ptr.collect(str(evals))
+    assert "Duplicate result" not in caplog.text
+    rows = {g.method: (g.seeds, g.ip.mean) for g in groups}
+    assert set(rows) == {"CoOp_openclip [OPTIM.LR=0.05]", "CoOp_openclip [OPTIM.LR=0.5]"}
+    assert rows["CoOp_openclip [OPTIM.LR=0.5]"][0] == [1, 2] and rows["CoOp_openclip [OPTIM.LR=0.05]"][0] == [1]
+    # with the training runs (OOP only here): each evaluation's IP joins its own model's OOP, giving H
+    everything = {g.method: g for g in ptr.collect(str(tmp_path))}
+    assert set(everything) == set(rows)
+    for group in everything.values():
+        assert not math.isnan(group.oop.mean) and not math.isnan(group.ip.mean) and not math.isnan(group.hmean.mean)
+
+
+def test_evaluation_config_takes_only_training_keys_from_the_trained_run() -> None:
+    fp = {"config": {"OPTIM.LR": 0.002, "INPUT.SIZE": [32, 32], "DATASET.SUB_CLASSES": "IP", "TRAIN.PRINT_FREQ": 5},
+          "source": {"run": "abc", "load_epoch": 3},
+          "source_run": {"id": "abc", "group": "def", "config": {"OPTIM.LR": 0.5, "INPUT.SIZE": [64, 64],
+                                                                 "DATALOADER.TRAIN_X.BATCH_SIZE": 8}}}
+    assert results.evaluation_config(fp) == {"OPTIM.LR": 0.5, "INPUT.SIZE": [32, 32], "DATASET.SUB_CLASSES": "IP",
+                                             "DATALOADER.TRAIN_X.BATCH_SIZE": 8, "source.load_epoch": 3}
+    assert results.evaluation_config({**fp, "source_run": None}) == fp["config"]  # older files: as recorded
+
+
 def test_evaluation_fingerprint_follows_the_model_dir(toy: Path, tmp_path: Path) -> None:
     """An eval-only run is identified by what it loads: the sweep's expectation equals what the run
     records, and retraining the model dir (or pointing at another) makes it another run."""

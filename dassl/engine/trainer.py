@@ -768,10 +768,11 @@ class SimpleTrainer(TrainerBase):
         """This run's fingerprint (dassl.results): the cfg-only parts plus the few-shot sample digest."""
         dataset = getattr(getattr(self, "dm", None), "dataset", None)
         info = self.load_info or {}
-        source = results_contract.source_identity(info.get("model_dir", ""), info.get("requested_epoch"),
-                                                  str(self.cfg.OUTPUT_DIR))
+        model_dir, output_dir = info.get("model_dir", "") or "", str(self.cfg.OUTPUT_DIR)
+        source = results_contract.source_identity(model_dir, info.get("requested_epoch"), output_dir)
         return results_contract.fingerprint(self.cfg, trainer=str(self.cfg.TRAINER.NAME),
                                             fewshot=getattr(dataset, "fewshot_digest", None), source=source,
+                                            source_run=results_contract.source_run(model_dir, output_dir),
                                             **type(self).identity_parts(self.cfg))
 
     def build_data_loader(self) -> None:

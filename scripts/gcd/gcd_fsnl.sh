@@ -45,7 +45,16 @@ if [ ! -f "$JSON" ]; then
     exit 2
 fi
 
-C="$("$PY" -c 'import json, sys; print(len({r["pseudo_classname"] for r in json.load(open(sys.argv[1]))}))' "$JSON")"
+# The cluster count through the dataset's own reader: a malformed file is one error: line (exit 2), not a
+# traceback of an ad-hoc parse (an empty list went on to a BS rule error, a dict to a TypeError).
+C="$("$PY" -c 'import sys
+from datasets.gcd import DatasetError, read_clustering_results
+try:
+    records = read_clustering_results(sys.argv[1], sys.argv[2])
+except DatasetError as err:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
+print(len({name for _, name in records}))' "$JSON" "$DATA")" || exit 2
 read -r BS LR < <("$PY" -c 'import sys
 from scripts.fsnl_rule import format_lr, fsnl_bs_lr
 bs, lr = fsnl_bs_lr(int(sys.argv[1]), int(sys.argv[2]))

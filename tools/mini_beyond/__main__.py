@@ -16,7 +16,7 @@ import torch
 from dassl.cli import ArgumentParser
 from tools.mini_beyond import __doc__ as package_doc
 from tools.mini_beyond import build, demo, evaluate, golden, pretrain, render
-from tools.mini_beyond.common import ASSETS_DIR, WEIGHTS_FILE, load_assets
+from tools.mini_beyond.common import ASSETS_DIR, LOG_FILE, WEIGHTS_FILE, load_assets
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -63,9 +63,41 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     b.add_argument("--domains", nargs="*", default=None)
     b.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
+    try:
+        check(args)
+    except (ValueError, OSError) as err:  # bad counts or names, a missing input, an output target refused
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    # after the checks: their INFO lines (open_clip building a model to compare shapes) came before the error
     if args.cmd not in ("demo", "golden", "compare"):  # those runs log through dassl's own handlers
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    run(args)
 
+
+def check(args) -> None:
+    """The user mistakes of one job, raised (``ValueError`` / ``OSError``, one line) before it reads,
+    writes or computes anything; :func:`main` prints them as the ``error:`` line. What fails later is
+    a bug and keeps its traceback (``build`` interleaves its checks with the work and says them itself)."""
+    if args.cmd == "render":
+        render.check_render_inputs(args.assets)
+    elif args.cmd == "split":
+        render.read_meta(args.assets)
+    elif args.cmd == "pretrain":
+        pretrain.check_pretrain_args(args.out, args.out.with_name(LOG_FILE), args.steps, args.minutes,
+                                     args.batch_size, args.lr, args.threads)
+    elif args.cmd == "eval":
+        evaluate.check_weights(args.weights)
+    elif args.cmd == "demo":
+        demo.check_demo_args(args.root, args.out, args.domains, args.shots, args.seed, args.threads)
+    elif args.cmd == "compare":
+        demo.check_compare_args(args.root, args.out, args.domains, args.shots, args.seeds, args.methods,
+                                args.results, args.workers, args.threads)
+    elif args.cmd == "build" and os.path.exists(args.root) and not os.path.isdir(args.root):
+        raise NotADirectoryError(f'--root "{args.root}" is a file; give a folder for the benchmark')
+
+
+def run(args) -> None:
+    """One job, after :func:`check`."""
     if args.cmd == "render":
         render.write_assets(args.assets, args.seed)
     elif args.cmd == "split":
@@ -92,9 +124,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         torch.set_num_threads(os.cpu_count() or 1)
         golden.write_golden(args.domain)
     elif args.cmd == "build":
-        if os.path.exists(args.root) and not os.path.isdir(args.root):
-            print(f'error: --root "{args.root}" is a file; give a folder for the benchmark', file=sys.stderr)
-            sys.exit(2)
         try:
             dirs = build.build(args.root, args.train, args.val, args.test, args.seed, args.size, args.domains,
                                force=args.force)
@@ -103,7 +132,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             sys.exit(2)
         for d in dirs:
             print(d)
-
 
 if __name__ == "__main__":
     main()

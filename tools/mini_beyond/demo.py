@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import importlib
 import io
+import json
 import logging
 import os
 import resource
@@ -31,15 +32,16 @@ import torch
 
 import train
 from dassl import results
-from dassl.utils import write_json
+from dassl.utils import check_writable_dir, write_json
 from dassl.utils.identity import code_version
 from scripts.domains import short_name
 from scripts.grid import auto_workers, plan_grid, run_grid
-from scripts.parse_test_res import collect
+from scripts.methods import get_method
+from scripts.parse_test_res import check_output_target, collect, written_csv, written_json, written_md
 from scripts.parse_test_res import main as parse_main
+from scripts.plot_curves import check_figure_targets, plot_curves
 from scripts.plot_curves import main as plot_main
-from scripts.plot_curves import plot_curves
-from scripts.sweep import SweepSpec, build_jobs, split_done
+from scripts.sweep import SweepSpec, build_jobs, check_counts, split_done
 
 from .build import build
 
@@ -47,13 +49,38 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DOMAINS = ("MiniAnimals", "MiniFood", "MiniPlants", "MiniAttire", "MiniTransport")
 #: The registry's config set (``mini_cpu`` configs) and rule of Mini-Beyond (scripts/methods.py).
 MINI_CONFIG_SET = "mini"
+#: Training images per class of the benchmark the demo, the comparison and the golden runs build: the
+#: largest shot count they accept.
+TRAIN_PER_CLASS = 16
+#: The demo's figure, inside ``--out``.
+DEMO_FIGURE = "accuracy_vs_shots"
 
 logger = logging.getLogger(__name__)
 
 
 def build_domains(root: str, domains: Sequence[str]) -> None:
     """Build the given registered Mini-Beyond datasets (``MiniAnimals`` → builder domain ``Animals``)."""
-    build(Path(root), domains=[d[len("Mini"):] if d.startswith("Mini") else d for d in domains])
+    build(Path(root), train=TRAIN_PER_CLASS, domains=[d[len("Mini"):] if d.startswith("Mini") else d for d in domains])
+
+
+def check_common_args(root: str, out: str, domains: Sequence[str], shots: Sequence[int], seeds: Sequence[int],
+                      threads: int) -> None:
+    """The mistakes the demo and the comparison share, refused in one line (``ValueError`` / ``OSError``)
+    before the build: each was a traceback after building (a ``--root`` file, an unknown domain, ``--shots
+    0``) or a failure of every run (``--out`` a file, shots above the built train images)."""
+    if threads < 0:
+        raise ValueError(f"--threads {threads}: must be >= 0 (0 picks it from the CPU cores)")
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise NotADirectoryError(f'--root "{root}" is a file; give a folder for the benchmark')
+    unknown = [d for d in domains if d not in DOMAINS]
+    if unknown:
+        raise ValueError(f"--domains {' '.join(unknown)}: not a Mini-Beyond domain; choose from {', '.join(DOMAINS)}")
+    check_counts(shots, seeds)
+    too_many = sorted({int(k) for k in shots if int(k) > TRAIN_PER_CLASS})
+    if too_many:
+        raise ValueError(f"--shots {' '.join(map(str, too_many))}: Mini-Beyond is built with {TRAIN_PER_CLASS} "
+                         f"training images per class; use shot counts <= {TRAIN_PER_CLASS}")
+    check_writable_dir(out, what="output directory (--out)", create=False)
 
 
 def run_jobs_in_process(jobs: Sequence, quiet: bool = True) -> List[str]:
@@ -129,8 +156,11 @@ def run_demo(root: str = "data/mini_beyond", out: str = "output/mini_beyond_demo
     build_domains(root_abs, domains)
     failed = run_jobs_in_process(demo_jobs(root_abs, out_abs, domains, [shots], [seed]))
     groups = collect(out_abs)
+    if not groups:  # every run failed: nothing to tabulate or plot (a traceback of plot_curves before)
+        print("Failed runs:\n  " + "\n  ".join(failed))
+        return {"table": "", "figure": None, "failed": failed, "minutes": (time.time() - start) / 60}
     table = format_table(groups, shots)
-    figure = figure or os.path.join(out_abs, "accuracy_vs_shots")
+    figure = figure or os.path.join(out_abs, DEMO_FIGURE)
     png, _ = plot_curves(groups, figure, title=f"Mini-Beyond: OOP accuracy, FSNL at {shots} shots vs zero-shot")
     elapsed = time.time() - start
     print(f"\nMini-Beyond, {shots} shots, seed {seed} (OOP/IP accuracy %, H = harmonic mean)\n")
@@ -150,6 +180,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
 
 
+def check_demo_args(root: str, out: str, domains: Sequence[str], shots: int, seed: int, threads: int) -> None:
+    """:func:`check_common_args`, and the demo's figure (``<out>/accuracy_vs_shots.png|pdf``) must be one
+    it may replace (:func:`scripts.plot_curves.check_figure_targets`): a user's file of that name was
+    overwritten after the runs."""
+    check_common_args(root, out, domains, [shots], [seed], threads)
+    out_abs = out if os.path.isabs(out) else os.fspath(REPO_ROOT / out)
+    check_figure_targets(os.path.join(out_abs, DEMO_FIGURE), "--out")
+
+
 def main_from_args(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
@@ -159,6 +198,50 @@ def main_from_args(args: argparse.Namespace) -> int:
 
 COMPARE_METHODS = ("zeroshot", "zeroshot_ensemble", "fsnl", "coop", "cocoop", "clip_adapter", "taskres",
                    "linear_probe")
+
+
+def comparison_outputs(results: str) -> Dict[str, str]:
+    """The tables and the record the comparison writes for the ``--results`` prefix (figures apart:
+    :func:`comparison_figures`)."""
+    res = os.fspath(REPO_ROOT / results)
+    return {"table_md": f"{res}_table4.md", "table_csv": f"{res}_table4.csv", "curves_md": f"{res}_curves.md",
+            "curves_json": f"{res}_curves.json", "run": f"{res}_run.json"}
+
+
+def comparison_figures(results: str) -> Dict[str, str]:
+    """The figure of each metric (``save_figure`` bases) for the ``--results`` prefix."""
+    res = os.fspath(REPO_ROOT / results)
+    return {"oop": f"{res}_curves", "ip": f"{res}_curves_ip", "hmean": f"{res}_curves_hmean"}
+
+
+def written_run_record(path: Path) -> bool:
+    """A ``<results>_run.json`` of an earlier comparison (its keys), which a rerun may replace."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and {"cells", "ran", "skipped", "failed", "wall_s", "code"} <= set(data)
+
+
+def check_compare_args(root: str, out: str, domains: Sequence[str], shots: Sequence[int], seeds: Sequence[int],
+                       methods: Sequence[str], results: str, workers: int, threads: int) -> None:
+    """:func:`check_common_args`, the methods, and every file of ``--results`` (``check_output_target``:
+    not a directory, link, run folder or a file no comparison wrote), before the grid runs: a user's
+    ``<results>_run.json`` was overwritten, and a refused table was reported only after the whole grid
+    (exit 0)."""
+    check_common_args(root, out, domains, shots, seeds, threads)
+    if workers < 0:
+        raise ValueError(f"--workers {workers}: must be >= 0 (0 picks it from the CPU cores)")
+    for name in methods:
+        get_method(name)
+    outputs = comparison_outputs(results)
+    label = f"(from --results {results})"
+    for key, what, ours in (("table_md", "Markdown output", written_md), ("table_csv", "CSV output", written_csv),
+                            ("curves_md", "Markdown output", written_md), ("curves_json", "JSON output", written_json),
+                            ("run", "comparison record", written_run_record)):
+        check_output_target(outputs[key], f"{outputs[key]} {label}", what, ours)
+    for base in comparison_figures(results).values():
+        check_figure_targets(base, "--results")
 
 
 def run_comparison(root: str = "data/mini_beyond", out: str = "output/mini_beyond_compare",
@@ -179,14 +262,21 @@ def run_comparison(root: str = "data/mini_beyond", out: str = "output/mini_beyon
     summary = run_grid(cells, workers=workers, threads=threads)
     wall = time.time() - start
     failed = [f"{cell.label}: {why}" for cell, why in summary.failed]
-    res = os.fspath(REPO_ROOT / results)
+    res, outputs, figures = os.fspath(REPO_ROOT / results), comparison_outputs(results), comparison_figures(results)
     os.makedirs(os.path.dirname(res), exist_ok=True)
-    parse_main([out_abs, "--table", "--shots", "4", "--md", f"{res}_table4.md", "--csv", f"{res}_table4.csv"])
-    parse_main([out_abs, "--curves", "--md", f"{res}_curves.md", "--json", f"{res}_curves.json"])
+    # the paper's table is the 4-shot one: a comparison without 4-shot cells has none to write
+    steps = [("table (parse_test_res --table)", parse_main, [out_abs, "--table", "--shots", "4", "--md",
+                                                             outputs["table_md"], "--csv", outputs["table_csv"]])
+             ] if 4 in shots else []
+    steps += [("curves (parse_test_res --curves)", parse_main, [out_abs, "--curves", "--md", outputs["curves_md"],
+                                                                "--json", outputs["curves_json"]])]
     # the Figure-5 analog: OOP accuracy vs shots per domain, then IP and H, each with ± one std over seeds
-    plot_main([f"{res}_curves.json", "--out", f"{res}_curves", "--band"])
-    plot_main([f"{res}_curves.json", "--out", f"{res}_curves_ip", "--band", "--metric", "ip"])
-    plot_main([f"{res}_curves.json", "--out", f"{res}_curves_hmean", "--band", "--metric", "hmean"])
+    steps += [(f"{metric} figure", plot_main, [outputs["curves_json"], "--out", base, "--band", "--metric", metric])
+              for metric, base in figures.items()]
+    for what, step, argv in steps:
+        status = step(argv)
+        if status:  # its error line is printed; the tables are then not this grid's (it exited 0 before)
+            failed.append(f"{what}: exit code {status}, see its error line above")
     record = {"cells": len(cells), "ran": len(summary.ran), "skipped": len(summary.skipped), "failed": failed,
               "wall_s": round(wall, 1), "workers": workers, "cpu_count": os.cpu_count(),
               "image_views_encoded": summary.encoded,
@@ -194,6 +284,6 @@ def run_comparison(root: str = "data/mini_beyond", out: str = "output/mini_beyon
               "peak_rss_mib": {"worker": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024,
                                "main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}, "domains": list(domains), "methods": list(methods),
               "shots": list(shots), "seeds": list(seeds), "code": code}
-    write_json(record, f"{res}_run.json")
+    write_json(record, outputs["run"])
     print(f"comparison: {summary.line()} in {wall / 60:.1f} min ({workers} worker(s)); tables in {res}_*")
     return failed

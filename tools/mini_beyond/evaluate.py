@@ -10,6 +10,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors import SafetensorError, safe_open
 from sklearn.cluster import KMeans
 
 from dassl.evaluation.clustering import clustering_accuracy
@@ -23,6 +24,30 @@ def create_mini_clip(weights: Optional[Path] = None):
     open_clip.add_model_config(MODEL_CONFIG_DIR)
     model = open_clip.create_model(MODEL_NAME, pretrained=str(weights) if weights else None)
     return model, open_clip.get_tokenizer(MODEL_NAME)
+
+
+def check_weights(weights: Path, option: str = "--weights") -> None:
+    """Refuse (one-line ``ValueError`` naming ``option``) a ``weights`` path that cannot be a mini-clip
+    checkpoint: missing, not a regular file, empty, a broken safetensors header, or tensors of another
+    architecture. Only the header is read, so the check is cheap and runs before any evaluation;
+    open_clip's own failures were tracebacks (``header too small``, ``not a known tag``)."""
+    fix = "give the mini_clip.safetensors that `python -m tools.mini_beyond pretrain` writes"
+    if not weights.is_file():
+        what = "is a directory" if weights.is_dir() else "does not exist" if not weights.exists() else "is no regular file"
+        raise ValueError(f'{option} "{weights}" {what}; {fix}')
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (OSError, SafetensorError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(f'{option} "{weights}" is not a readable safetensors file ({reason}); {fix}') from None
+    # the architecture's tensors, from its config (open_clip's factory would log a "random init" warning)
+    open_clip.add_model_config(MODEL_CONFIG_DIR)
+    expected = {k: tuple(v.shape) for k, v in open_clip.CLIP(**open_clip.get_model_config(MODEL_NAME)).state_dict().items()}
+    if shapes != expected:
+        differ = sorted(set(shapes) ^ set(expected)) or sorted(k for k in expected if shapes[k] != expected[k])
+        raise ValueError(f'{option} "{weights}" does not hold {MODEL_NAME} weights ({len(differ)} tensor(s) '
+                         f"missing, extra or of another shape, e.g. {differ[0]}); {fix}")
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
 """``pretrain``: pre-train ``mini-clip`` from scratch on the emoji corpus (fp16 safetensors + log)."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -12,8 +13,12 @@ import numpy as np
 import open_clip
 import torch
 from open_clip.loss import ClipLoss
-from safetensors.torch import save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 from tqdm import tqdm
+
+from dassl.utils import atomic_write
+from scripts.parse_test_res import check_output_target
 
 from .common import (
     ASSETS_DIR,
@@ -64,6 +69,47 @@ def _lr_at(step: int, total: int, warmup: int, lr: float) -> float:
 
 def fp16_state_dict(model) -> Dict[str, torch.Tensor]:
     return {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+
+
+def written_weights(path: Path) -> bool:
+    """A weights file this job wrote: a safetensors file whose metadata names ``mini-clip``."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("model") == MODEL_NAME
+    except (OSError, SafetensorError):
+        return False
+
+
+def written_log(path: Path) -> bool:
+    """A pre-training log this job wrote: a JSON object naming ``mini-clip`` and holding a ``history``."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and data.get("model") == MODEL_NAME and "history" in data
+
+
+def check_pretrain_args(out: Path, log_path: Path, steps: int, minutes: Optional[float], batch_size: int,
+                        lr: float, threads: int) -> None:
+    """Refuse (one-line ``ValueError`` / ``OSError``, naming the option) counts that train nothing or
+    cannot run, and targets the job must not write, before any step: ``--steps 0`` wrote random
+    weights over the shipped ones and exited 0; ``--out`` a directory failed after the whole run;
+    a user's file at ``--out`` or beside it (``pretrain_log.json``) was overwritten."""
+    if minutes is None and steps < 1:
+        raise ValueError(f"--steps {steps}: must be >= 1 (0 steps would save an untrained model)")
+    if minutes is not None and not minutes > 0:
+        raise ValueError(f"--minutes {minutes}: the time budget must be > 0")
+    if batch_size < 2:
+        raise ValueError(f"--batch-size {batch_size}: the contrastive loss needs at least 2 pairs per batch")
+    if not lr > 0:
+        raise ValueError(f"--lr {lr}: must be > 0")
+    if threads < 1:
+        raise ValueError(f"--threads {threads}: must be >= 1")
+    if Path(out).name == log_path.name:
+        raise ValueError(f"--out {out}: {log_path.name} is the name of the log written beside the weights; "
+                         "give the weights another name")
+    check_output_target(str(out), f"--out {out}", "mini-clip weights file", written_weights)
+    check_output_target(str(log_path), f"{log_path} (the log beside --out {out})", "pre-training log", written_log)
 
 
 class _Pretrainer:
@@ -129,10 +175,11 @@ def pretrain(
     it depends on the machine load); the run itself is then exactly the ``steps=N`` run, and the
     log records N.
     """
-    torch.set_num_threads(threads)
-    assets = assets or load_assets()
     out = Path(out)
     log_path = Path(log_path) if log_path else out.with_name(LOG_FILE)
+    check_pretrain_args(out, log_path, steps, minutes, batch_size, lr, threads)
+    torch.set_num_threads(threads)
+    assets = assets or load_assets()
     if minutes is not None:
         probe = _Pretrainer(assets, seed, batch_size, lr, weight_decay, warmup_frac)
         probe.step(0, 100)  # first step pays one-off allocation costs
@@ -161,9 +208,9 @@ def pretrain(
             bar.set_postfix(loss=f"{running:.3f}")
     train_s = time.time() - t0
 
-    state = fp16_state_dict(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out), metadata={"model": MODEL_NAME, "seed": str(seed), "steps": str(steps)})
+    # atomically: a killed save leaves the previous weights whole (save_file wrote the target in place)
+    data = save(fp16_state_dict(model), metadata={"model": MODEL_NAME, "seed": str(seed), "steps": str(steps)})
+    atomic_write(str(out), lambda f: f.write(data), mode="wb")
     # evaluate what is shipped: the fp16-rounded weights, loaded the way users load them
     model_eval, tokenizer = create_mini_clip(out)
     results = evaluate(model_eval, tokenizer, assets, seed=0)

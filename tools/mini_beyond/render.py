@@ -166,9 +166,26 @@ Pixel convention: RGB is premultiplied by alpha (composite with `rgb + (1 - alph
 """
 
 
+#: The system files rendering reads, and the Debian package that ships each.
+SYSTEM_INPUTS = ((EMOJI_TEST_TXT, "unicode-data"), (NOTO_EMOJI_TTF, "fonts-noto-color-emoji"))
+
+
+def check_render_inputs(directory: Path) -> None:
+    """Refuse (one-line ``FileNotFoundError`` / ``NotADirectoryError``) a render that cannot finish,
+    before anything is created: a missing system file (a traceback after ``--assets`` was created,
+    empty) or an ``--assets`` that is a file."""
+    for path, package in SYSTEM_INPUTS:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found; install the Debian package {package} "
+                                    "(apt-get install fonts-noto-color-emoji unicode-data)")
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"--assets {directory} is a file; give the folder for the assets")
+
+
 def write_assets(directory: Path = ASSETS_DIR, seed: int = 0) -> Assets:
     """Render the emoji, write the arrays, the metadata, the licence note and the split."""
     directory = Path(directory)
+    check_render_inputs(directory)
     directory.mkdir(parents=True, exist_ok=True)
     entries = parse_emoji_test()
     rgba, kept = render_emoji(entries)
@@ -181,8 +198,25 @@ def write_assets(directory: Path = ASSETS_DIR, seed: int = 0) -> Assets:
     return load_assets(directory)
 
 
+def read_meta(directory: Path) -> List[Dict[str, object]]:
+    """``emoji_meta.json`` of ``directory``; a one-line ``ValueError`` when it is missing or not the
+    list of ``name`` / ``subgroup`` records ``render`` writes (a traceback from deep in the split before)."""
+    path = Path(directory) / META_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        why = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())
+        raise ValueError(f"{path}: cannot read the emoji metadata ({why}); run `python -m tools.mini_beyond "
+                         "render` (or give --assets the folder that holds it)") from None
+    if not (isinstance(meta, list) and meta and all(isinstance(m, dict) and isinstance(m.get("name"), str)
+                                                    and isinstance(m.get("subgroup"), str) for m in meta)):
+        raise ValueError(f"{path}: not the emoji metadata render writes (a non-empty list of records with a "
+                         "name and a subgroup)")
+    return meta
+
+
 def write_split(directory: Path = ASSETS_DIR, seed: int = 0) -> Dict[str, object]:
-    meta = json.loads((Path(directory) / META_FILE).read_text(encoding="utf-8"))
+    meta = read_meta(directory)
     split = make_split(meta, seed=seed)
     bad = oop_violations(meta, split, plurals=True)
     if bad:
