@@ -1,8 +1,11 @@
 """Mini-Beyond assets: the OOP guarantee, the split, the shipped mini CLIP, and the benchmark builder."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -15,6 +18,7 @@ import torch
 from PIL import Image
 
 from datasets import laion_beyond
+from tools.mini_beyond import __main__ as mb_main
 from tools.mini_beyond import build as mbb
 from tools.mini_beyond import common as mb
 from tools.mini_beyond import evaluate as mbe
@@ -384,9 +388,27 @@ def _assert_manifest_is_the_folder(folder: Path):
     assert f"split_Xin_{folder.name}.json" in expected and len(expected) > 1
 
 
-def _cli_build(root: Path, *argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tools.mini_beyond", "build", "--root", str(root), *argv],
-                          capture_output=True, text=True, cwd=REPO)
+def _cli_build(root: Path, *argv: str, real_process: bool = False) -> subprocess.CompletedProcess:
+    """``python -m tools.mini_beyond build --root ROOT ...``: its exit code and output, run in this process
+    (a real one costs ~6 s of imports per call) unless ``real_process``; the root logger's handlers and
+    level, which the build's ``logging.basicConfig`` sets, are restored."""
+    args = ["build", "--root", str(root), *argv]
+    if real_process:
+        return subprocess.run([sys.executable, "-m", "tools.mini_beyond", *args], capture_output=True, text=True,
+                              cwd=REPO)
+    root_logger = logging.getLogger()
+    handlers, level = list(root_logger.handlers), root_logger.level
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            mb_main.main(args)
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        for handler in [h for h in root_logger.handlers if h not in handlers]:
+            root_logger.removeHandler(handler)
+        root_logger.setLevel(level)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def test_build_writes_a_manifest_of_exactly_what_it_wrote(built, assets, tmp_path):
@@ -624,8 +646,7 @@ def test_build_cli_refuses_bad_input_in_one_line(tmp_path, argv, expected):
     if argv == ["ROOT_IS_FILE"]:
         root.write_text("keep")
         argv = []
-    proc = subprocess.run([sys.executable, "-m", "tools.mini_beyond", "build", "--root", str(root), *argv],
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    proc = _cli_build(root, *argv, real_process=expected == "is a file")  # one real process: its exit code
     err = proc.stderr.strip()
     assert proc.returncode == 2 and err.startswith("error: ") and "\n" not in err and expected in err, err
     assert (root.read_text() == "keep") if root.is_file() else not any(root.rglob("*"))
