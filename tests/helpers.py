@@ -16,7 +16,7 @@ import os.path as osp
 import random
 import types
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pytest
@@ -100,6 +100,23 @@ def make_cfg(
 def build(root: PathLike, out: PathLike, trainer: str, *opts: str, **kwargs: Any) -> Any:
     """A trainer built from :func:`make_cfg`, without training or evaluating."""
     return build_trainer(make_cfg(root, out, trainer, *opts, **kwargs))
+
+
+def snapshot_tree(root: PathLike) -> Dict[str, Tuple[str, bytes]]:
+    """Every entry below ``root`` by its relative path: a link by its target, a file by its bytes, a
+    folder by its name -- what hostile-input tests compare to assert that nothing on disk changed."""
+    entries: Dict[str, Tuple[str, bytes]] = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            rel = os.fspath(path.relative_to(root))
+            if path.is_symlink():
+                entries[rel] = ("link", os.readlink(path).encode())
+            elif path.is_dir():
+                entries[rel] = ("dir", b"")
+            else:
+                entries[rel] = ("file", path.read_bytes())
+    return entries
 
 
 def save_tiny_weights(path: PathLike, seed: int, trainer: str = "FSNL_openclip") -> None:

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence
 
 import pytest
 import torch
@@ -21,25 +21,9 @@ from safetensors.torch import save_file
 
 from datasets import check as checker
 from datasets import make_toy as toy
-from tests.helpers import REPO
+from tests.helpers import REPO, snapshot_tree
 from tools.mini_beyond import __main__ as mb_main
 from tools.mini_beyond import render
-
-
-def snapshot(root: Path) -> Dict[str, Tuple[str, bytes]]:
-    """Every entry under ``root``: its kind and, for a file, its bytes (a link: its target)."""
-    out: Dict[str, Tuple[str, bytes]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath, name)
-            rel = os.fspath(path.relative_to(root))
-            if path.is_symlink():
-                out[rel] = ("link", os.readlink(path).encode())
-            elif path.is_dir():
-                out[rel] = ("dir", b"")
-            else:
-                out[rel] = ("file", path.read_bytes())
-    return out
 
 
 def one_error(capsys: pytest.CaptureFixture, argv: Sequence[str]) -> str:
@@ -72,20 +56,20 @@ EVAL_CASES = [
 def test_eval_refuses_unusable_weights(kind, make, message, tmp_path, capsys):
     """``eval --weights`` of garbage, an empty file, a folder or nothing: open_clip's traceback before."""
     weights = make(tmp_path)
-    before = snapshot(tmp_path)
+    before = snapshot_tree(tmp_path)
     line = one_error(capsys, ["eval", "--weights", str(weights)])
     assert f'--weights "{weights}" {message}' in line and "mini_clip.safetensors" in line
-    assert snapshot(tmp_path) == before
+    assert snapshot_tree(tmp_path) == before
 
 
 def test_eval_refuses_weights_of_another_model(tmp_path, capsys):
     """A valid safetensors file of other tensors: named as not mini-clip's, without open_clip's log lines."""
     weights = tmp_path / "other.safetensors"
     save_file({"a": torch.zeros(2)}, str(weights))
-    before = snapshot(tmp_path)
+    before = snapshot_tree(tmp_path)
     line = one_error(capsys, ["eval", "--weights", str(weights)])
     assert "does not hold mini-clip weights" in line and "e.g. a" in line
-    assert snapshot(tmp_path) == before
+    assert snapshot_tree(tmp_path) == before
 
 
 # --------------------------------------------------------------------------------------- pretrain
@@ -127,10 +111,10 @@ def test_pretrain_refuses_before_training(kind, make, message, tmp_path, capsys)
     """Counts that train nothing and targets it must not write, before any step: ``--steps 0`` saved
     random weights with exit 0, ``--out DIR`` failed after the whole run, a user's file was overwritten."""
     argv = make(tmp_path)
-    before = snapshot(tmp_path)
+    before = snapshot_tree(tmp_path)
     line = one_error(capsys, ["pretrain", *argv])
     assert message in line, line
-    assert snapshot(tmp_path) == before
+    assert snapshot_tree(tmp_path) == before
 
 
 # ------------------------------------------------------------------------------------ demo / compare
@@ -152,11 +136,11 @@ def test_demo_refuses_before_building(kind, make, message, tmp_path, capsys):
     """Each was a traceback after the build (or every run failing, then plot_curves' traceback), or a
     user's file overwritten by the demo's figure."""
     extra = make(tmp_path)
-    before = snapshot(tmp_path)
+    before = snapshot_tree(tmp_path)
     line = one_error(capsys, ["demo", "--root", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
                               "--domains", "MiniAttire", *extra])
     assert message in line, line
-    assert snapshot(tmp_path) == before
+    assert snapshot_tree(tmp_path) == before
 
 
 @pytest.mark.parametrize("name", ["x_run.json", "x_table4.md", "x_curves.json", "x_curves_ip.png"])
@@ -164,12 +148,12 @@ def test_compare_refuses_a_user_file_among_its_results(name, tmp_path, capsys):
     """``compare --results PREFIX``: a user's ``PREFIX_run.json`` was overwritten, and a refused table
     was reported after the whole grid had run, with exit 0."""
     write_bytes(tmp_path / "res" / name, b"mine\n")
-    before = snapshot(tmp_path)
+    before = snapshot_tree(tmp_path)
     line = one_error(capsys, ["compare", "--root", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
                               "--domains", "MiniAttire", "--methods", "zeroshot", "--shots", "1", "--seeds", "1",
                               "--results", str(tmp_path / "res" / "x")])
     assert str(tmp_path / "res" / name) in line and "not a" in line and "this tool wrote" in line, line
-    assert snapshot(tmp_path) == before
+    assert snapshot_tree(tmp_path) == before
 
 
 def test_compare_refuses_an_unknown_method_and_negative_workers(tmp_path, capsys):
@@ -177,7 +161,7 @@ def test_compare_refuses_an_unknown_method_and_negative_workers(tmp_path, capsys
             "--shots", "1", "--seeds", "1", "--results", str(tmp_path / "res" / "x")]
     assert 'unknown method "nope"' in one_error(capsys, [*base, "--methods", "nope"])
     assert "--workers -1: must be >= 0" in one_error(capsys, [*base, "--methods", "zeroshot", "--workers", "-1"])
-    assert snapshot(tmp_path) == {}
+    assert snapshot_tree(tmp_path) == {}
 
 
 # --------------------------------------------------------------------------------- split / render
@@ -186,13 +170,13 @@ def test_split_refuses_missing_or_corrupt_metadata(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     write_bytes(tmp_path / "bad" / "emoji_meta.json", b"{not json")
     write_bytes(tmp_path / "other" / "emoji_meta.json", b'{"a": 1}')
-    before = snapshot(tmp_path)
+    before = snapshot_tree(tmp_path)
     assert "cannot read the emoji metadata (No such file or directory)" in one_error(
         capsys, ["split", "--assets", str(tmp_path / "empty")])
     assert "cannot read the emoji metadata (Expecting property name" in one_error(
         capsys, ["split", "--assets", str(tmp_path / "bad")])
     assert "not the emoji metadata render writes" in one_error(capsys, ["split", "--assets", str(tmp_path / "other")])
-    assert snapshot(tmp_path) == before
+    assert snapshot_tree(tmp_path) == before
 
 
 def test_render_refuses_missing_system_files_before_creating_assets(tmp_path, capsys, monkeypatch):
@@ -200,7 +184,7 @@ def test_render_refuses_missing_system_files_before_creating_assets(tmp_path, ca
     monkeypatch.setattr(render, "SYSTEM_INPUTS", ((tmp_path / "emoji-test.txt", "unicode-data"),))
     line = one_error(capsys, ["render", "--assets", str(tmp_path / "assets")])
     assert "emoji-test.txt not found; install the Debian package unicode-data" in line
-    assert snapshot(tmp_path) == {}
+    assert snapshot_tree(tmp_path) == {}
 
 
 # ------------------------------------------------------------------------------- datasets.check
@@ -232,12 +216,12 @@ def test_make_toy_refuses_a_root_holding_the_real_domain(tmp_path, capsys):
     """Written into a real LAION-Beyond root, the toy's ``Animals5_OOP`` beside ``Animals92_OOP`` made the
     domain ambiguous: training and datasets.check refused the user's real data afterwards."""
     write_bytes(tmp_path / "Animals92_OOP" / "split_Xin_Animals92_OOP.json", b"{}")
-    before = snapshot(tmp_path)
+    before = snapshot_tree(tmp_path)
     assert toy.main(["--root", str(tmp_path), "--domains", "Animals92_42"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'Animals92_OOP'}: Animals92_42's OOP folder")
     assert "would make Animals92_42 ambiguous" in err[0]
-    assert snapshot(tmp_path) == before
+    assert snapshot_tree(tmp_path) == before
 
 
 @pytest.mark.parametrize("argv,message", [(["--train", "0"], "need at least one image per split"),
@@ -246,19 +230,19 @@ def test_make_toy_refuses_a_root_holding_the_real_domain(tmp_path, capsys):
 def test_make_toy_mistakes_are_one_line(argv, message, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     root = tmp_path / ("file" if message == "is a file" else "toy")
-    before = snapshot(tmp_path)
+    before = snapshot_tree(tmp_path)
     assert toy.main(["--root", str(root), "--domains", "Food53_27", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
-    assert snapshot(tmp_path) == before
+    assert snapshot_tree(tmp_path) == before
 
 
 def test_make_toy_reruns_over_its_own_output(tmp_path):
     """The refusal is for another copy of a domain, not for the toy's own folders."""
     toy.make_toy(str(tmp_path), domains=("Food53_27",), image_size=8, num_train=1, num_val=1, num_test=1)
-    before = snapshot(tmp_path)
+    before = snapshot_tree(tmp_path)
     toy.make_toy(str(tmp_path), domains=("Food53_27",), image_size=8, num_train=1, num_val=1, num_test=1)
-    assert snapshot(tmp_path) == before
+    assert snapshot_tree(tmp_path) == before
 
 
 # ------------------------------------------------------------------------------------- GCD script
@@ -273,14 +257,14 @@ def test_gcd_script_refuses_a_malformed_clustering_file(content, message, tmp_pa
     TypeError, KeyError, the BS rule's ValueError for an empty list), exit 1."""
     data = tmp_path / "data"
     write_bytes(data / "MiniAnimals_clustering_results.json", content.encode())
-    before = snapshot(tmp_path)
+    before = snapshot_tree(tmp_path)
     proc = subprocess.run(["bash", str(REPO / "scripts" / "gcd" / "gcd_fsnl.sh"), "MiniAnimals", str(data),
                            str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path,
                           env={**os.environ, "DRY_RUN": "1", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 2 and proc.stdout == "", (proc.stdout, proc.stderr)
     assert proc.stderr.startswith(f"error: {data / 'MiniAnimals_clustering_results.json'}: {message}"), proc.stderr
     assert "Traceback" not in proc.stderr
-    assert snapshot(tmp_path) == before
+    assert snapshot_tree(tmp_path) == before
 
 
 @pytest.mark.parametrize("shots", [4, 1])

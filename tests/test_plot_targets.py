@@ -5,7 +5,6 @@ a normal run writes its outputs and a rerun replaces them."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
@@ -15,7 +14,7 @@ from scripts import backbone_scaling as bbs
 from scripts import cluster_eval, domains, plot_curves, plot_tsne, plot_zeroshot
 from scripts.plot_curves import written_figure
 from scripts.sweep import Job, SweepSummary
-from tests.helpers import trainer_config
+from tests.helpers import snapshot_tree, trainer_config
 
 SMOKE = trainer_config("FSNL_openclip")
 REPO = Path(__file__).resolve().parents[1]
@@ -63,22 +62,6 @@ def argv_for(script: str, tmp_path: Path, toy_root: Path, target: str) -> List[s
                 "--perplexity", "5", "--out", target]
     return ["--root", str(toy_root), "--out", str(tmp_path / "scaling"), "--domain", "Pokemon",
             "--backbones", BACKBONE, "--seeds", "1", "--figure", target]
-
-
-def snapshot(root: Path) -> Dict[str, Tuple[str, bytes]]:
-    """Every entry below ``root``: a link by its target, a file by its bytes, a folder by its name."""
-    entries: Dict[str, Tuple[str, bytes]] = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(folder) / name
-            rel = str(path.relative_to(root))
-            if path.is_symlink():
-                entries[rel] = ("link", os.readlink(path).encode())
-            elif path.is_dir():
-                entries[rel] = ("dir", b"")
-            else:
-                entries[rel] = ("file", path.read_bytes())
-    return entries
 
 
 def one_error_line(capsys: pytest.CaptureFixture) -> str:
@@ -159,11 +142,11 @@ def test_a_hostile_target_is_refused_before_any_work(script: str, case: str, tmp
                                                      no_heavy_work: None, capsys: pytest.CaptureFixture) -> None:
     target, why = HOSTILE[case](tmp_path)
     argv = argv_for(script, tmp_path, toy_root, target)
-    before = snapshot(tmp_path)
+    before = snapshot_tree(tmp_path)
     assert MAIN[script](argv) == 2
     err = one_error_line(capsys)
     assert why in err and OPTION[script] in err and target in err, err
-    assert snapshot(tmp_path) == before
+    assert snapshot_tree(tmp_path) == before
 
 
 @pytest.mark.parametrize("name, why", [
@@ -175,20 +158,20 @@ def test_scaling_json_target_is_checked_too(name: str, why: str, tmp_path: Path,
     """The plotted numbers' JSON: never a results.json (even in a fresh folder), never a user's JSON."""
     (tmp_path / "scaling.json").write_text('{"metric": "mine"}\n')
     target = str(tmp_path / "figs" / name) if name == "results" else str(tmp_path / name)
-    before = snapshot(tmp_path)
+    before = snapshot_tree(tmp_path)
     assert bbs.main(argv_for("backbone_scaling", tmp_path, toy_root, target)) == 2
     err = one_error_line(capsys)
     assert why in err and f"--figure {target}" in err, err
-    assert snapshot(tmp_path) == before
+    assert snapshot_tree(tmp_path) == before
 
 
 def test_scaling_dry_run_refuses_as_the_run_would(tmp_path: Path, toy_root: Path,
                                                   capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "fig.pdf").write_bytes(b"my own notes\n")
-    before = snapshot(tmp_path)
+    before = snapshot_tree(tmp_path)
     assert bbs.main(argv_for("backbone_scaling", tmp_path, toy_root, str(tmp_path / "fig")) + ["--dry-run"]) == 2
     assert "exists and is not a figure" in one_error_line(capsys)
-    assert snapshot(tmp_path) == before
+    assert snapshot_tree(tmp_path) == before
 
 
 @pytest.mark.parametrize("where", ["in-a-planned-run", "on-the-out-folder"])
@@ -253,11 +236,11 @@ def test_plot_zeroshot_domains_without_results_are_exit_2(tmp_path: Path, capsys
     to plot at all exited 1 where every other plot script's user mistake exits 2. Both are one line,
     exit 2, nothing written."""
     runs = zeroshot_runs(tmp_path)
-    before = snapshot(tmp_path)
+    before = snapshot_tree(tmp_path)
     assert plot_zeroshot.main([str(runs), "--out", str(tmp_path / "zs"), "--domains", *domains]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {message}"], err
-    assert snapshot(tmp_path) == before
+    assert snapshot_tree(tmp_path) == before
 
 
 def test_scaling_reads_a_relative_out_where_its_jobs_wrote_it(tmp_path: Path, toy_root: Path,
@@ -326,11 +309,11 @@ def test_cluster_eval_refuses_a_hostile_target_before_any_work(case: str, tmp_pa
     through a link). Now the targets are checked first, and written atomically."""
     monkeypatch.setattr(cluster_eval, "evaluate", lambda *a, **k: pytest.fail("features were computed"))
     out, why = CLUSTER_HOSTILE[case](tmp_path)
-    before = snapshot(tmp_path)
+    before = snapshot_tree(tmp_path)
     assert cluster_eval.main(cluster_argv(toy_root, out)) == 2
     err = one_error_line(capsys)
     assert why in err and "--out" in err, err
-    assert snapshot(tmp_path) == before
+    assert snapshot_tree(tmp_path) == before
 
 
 def test_cluster_eval_rerun_replaces_its_own_tables(tmp_path: Path, toy_root: Path) -> None:
@@ -363,12 +346,12 @@ def test_feature_scripts_say_data_and_weights_mistakes_in_one_line(script: str, 
         argv = ["--root", str(root), "--domain", "Animals", "--out", out, *extra]
     if not extra:
         argv += ["--config", str(SMOKE)]
-    before = snapshot(tmp_path)
+    before = snapshot_tree(tmp_path)
     assert MAIN_ANALYSIS[script](argv) == 2
     err = one_error_line(capsys)
     expected = "Cannot count the OOP classes of Animals92_42" if mistake == "no-data" else "'missing.pt' not found"
     assert expected in err, err
-    assert snapshot(tmp_path) == before
+    assert snapshot_tree(tmp_path) == before
 
 
 @pytest.mark.parametrize("codes,status", [([2], 2), ([1, 2], 1)])
