@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import importlib
 import io
-import json
 import logging
 import os
 import resource
@@ -37,7 +36,14 @@ from dassl.utils.identity import code_version
 from scripts.domains import short_name
 from scripts.grid import auto_workers, plan_grid, run_grid
 from scripts.methods import get_method
-from scripts.parse_test_res import check_output_target, collect, written_csv, written_json, written_md
+from scripts.parse_test_res import (
+    check_output_target,
+    collect,
+    json_recogniser,
+    written_csv,
+    written_json,
+    written_md,
+)
 from scripts.parse_test_res import main as parse_main
 from scripts.plot_curves import check_figure_targets, plot_curves
 from scripts.plot_curves import main as plot_main
@@ -214,13 +220,8 @@ def comparison_figures(results: str) -> Dict[str, str]:
     return {"oop": f"{res}_curves", "ip": f"{res}_curves_ip", "hmean": f"{res}_curves_hmean"}
 
 
-def written_run_record(path: Path) -> bool:
-    """A ``<results>_run.json`` of an earlier comparison (its keys), which a rerun may replace."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(data, dict) and {"cells", "ran", "skipped", "failed", "wall_s", "code"} <= set(data)
+#: A ``<results>_run.json`` of an earlier comparison (told by its keys), which a rerun may replace.
+written_run_record = json_recogniser(("cells", "ran", "skipped", "failed", "wall_s", "code"), "failed")
 
 
 def check_compare_args(root: str, out: str, domains: Sequence[str], shots: Sequence[int], seeds: Sequence[int],
