@@ -10,7 +10,8 @@ clustering accuracy against the images' *real* classes. The clusters come from
 Differences from the reference loader, all deliberate:
 
 * a relative ``image_path`` is resolved against ``DATASET.ROOT`` (the reference only worked with the
-  authors' absolute paths); absolute paths are still accepted;
+  authors' absolute paths); absolute paths are still accepted when they lie under the root, and a path
+  outside it (absolute, or climbing out with ``..``) is refused: the project reads only its dataset root;
 * the per-class shuffle uses ``random.Random(SEED)`` over the classes in sorted order, not the global
   RNG, so the split depends on the seed and the file only;
 * ``DATASET.NUM_SHOTS >= 1`` sets the number of training images per cluster (the reference ignored
@@ -109,6 +110,7 @@ def read_clustering_results(path: str, root: str) -> List[Tuple[str, str]]:
     problems: List[str] = []
     out: List[Tuple[str, str]] = []
     seen: Dict[str, int] = {}
+    base = os.path.normpath(os.path.abspath(root))
     for i, rec in enumerate(data):
         if not isinstance(rec, dict):
             problems.append(f"[{i}] is not an object")
@@ -121,6 +123,10 @@ def read_clustering_results(path: str, root: str) -> List[Tuple[str, str]]:
             problems.append(f"[{i}]: pseudo_classname must be a non-empty string, got {name!r}")
             continue
         full = os.path.normpath(impath if os.path.isabs(impath) else os.path.join(root, *impath.split("/")))
+        if os.path.commonpath([full, base]) != base:  # by name: links inside the root stay allowed
+            problems.append(f"[{i}]: image_path {impath!r} lies outside DATASET.ROOT {root}; the data is read "
+                            "only under the root: move the image there and write its path relative to it")
+            continue
         if full in seen:
             problems.append(f"[{i}]: image_path {impath!r} repeats record [{seen[full]}]")
             continue

@@ -151,6 +151,21 @@ def test_reader_resolves_paths_and_reports_problems(tmp_path):
     assert "3 problem(s)" in msg and "repeats" in msg and "pseudo_classname" in msg
 
 
+@pytest.mark.parametrize("impath", ["/etc/hostname", "../outside/x.jpg", "Sub/../../outside/x.jpg"])
+def test_reader_refuses_images_outside_the_root(tmp_path, impath):
+    """Hostile: a clustering file naming an image outside ``DATASET.ROOT`` (an absolute path elsewhere, or
+    ``..`` climbing out) was read and trained on; the project reads only under its dataset root."""
+    root = tmp_path / "root"
+    root.mkdir()
+    path = root / "P_clustering_results.json"
+    path.write_text(json.dumps([{"image_path": "Sub/images/a/1.jpg", "pseudo_label": 0, "pseudo_classname": "a"},
+                                {"image_path": impath, "pseudo_label": 1, "pseudo_classname": "b"}]))
+    with pytest.raises(DatasetError) as err:
+        read_clustering_results(str(path), str(root))
+    msg = str(err.value)
+    assert "1 problem(s)" in msg and f"[1]: image_path {impath!r} lies outside DATASET.ROOT" in msg, msg
+
+
 def test_split_is_sorted_seeded_and_per_class():
     records = [(f"/r/{name}/{i}.jpg", name) for name in ("zeta", "alpha", "mid") for i in range(20)]
     names, train_x, test = split_clusters(records, seed=3, train_per_class=16)
