@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from dassl.cli import ArgumentParser
+from dassl.utils import atomic_write_text
 from datasets.laion_beyond import laion_beyond_domains
 
 __all__ = ["make_toy", "TOY_CLASSES", "DEFAULT_DOMAINS", "main"]
@@ -154,8 +155,7 @@ def _write_subset(
                 j += 1
                 k += 1
     split_file = os.path.join(subset_dir, f"split_Xin_{dirname}.json")
-    with open(split_file, "w", encoding="utf-8") as f:
-        json.dump(splits, f, ensure_ascii=False, indent=1)
+    atomic_write_text(split_file, json.dumps(splits, ensure_ascii=False, indent=1))
     return {
         "dir": subset_dir,
         "split_file": split_file,

@@ -8,6 +8,7 @@ import tempfile
 from typing import Dict
 
 from dassl import results
+from dassl.utils import atomic_write_text
 
 from .demo import REPO_ROOT, build_domains, demo_jobs, run_jobs_in_process
 
@@ -28,6 +29,6 @@ def write_golden(domain: str = "MiniAttire", shots: int = 4, seed: int = 1) -> D
             res = results.read_results(job.done).data
             key = "fsnl" if "FSNL" in job.done else "zeroshot"
             record[key] = {k: res[k] for k in ("oop", "ip", "hmean")}
-    GOLDEN_FILE.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(str(GOLDEN_FILE), json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
     return record

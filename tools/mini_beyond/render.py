@@ -22,6 +22,8 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from dassl.utils import atomic_write, atomic_write_text
+
 from .common import (
     ASSETS_DIR,
     META_FILE,
@@ -190,9 +192,9 @@ def write_assets(directory: Path = ASSETS_DIR, seed: int = 0) -> Assets:
     entries = parse_emoji_test()
     rgba, kept = render_emoji(entries)
     meta = entries_to_meta([entries[i] for i in kept])
-    np.savez_compressed(directory / RGBA_FILE, rgba=rgba)
+    atomic_write(str(directory / RGBA_FILE), lambda f: np.savez_compressed(f, rgba=rgba), mode="wb")
     write_json_file(directory / META_FILE, meta)
-    (directory / "LICENSE.md").write_text(LICENSE_TEXT, encoding="utf-8")
+    atomic_write_text(str(directory / "LICENSE.md"), LICENSE_TEXT)
     write_split(directory, seed)
     log.info("rendered %d emoji into %s", len(meta), directory)
     return load_assets(directory)
