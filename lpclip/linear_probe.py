@@ -531,10 +531,11 @@ class BatchedFits:
 
     def __init__(self, feats: Dict[str, FeatureSplit], samples: Sequence[Tuple[np.ndarray, np.ndarray]],
                  device: torch.device, max_iter: int = 1000, tol: float = 1e-4,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, stats: Optional[logreg.FitStats] = None) -> None:
         train, val = feats["train"], feats["val"]
         self.classes = np.unique(train.y)
         self.device, self.max_iter, self.tol, self.dtype = device, int(max_iter), float(tol), dtype
+        self.stats = stats
         # one training set per distinct row sample; run r fits training set set_of[r]
         distinct: Dict[bytes, int] = {}
         self.set_of = [distinct.setdefault(np.asarray(tr).tobytes(), len(distinct)) for tr, _ in samples]
@@ -587,7 +588,7 @@ class BatchedFits:
                 zero = torch.zeros(self.x_tr.shape[-1] + 1, len(self.classes), device=self.device, dtype=self.dtype)
                 init = torch.stack([zero if st is None else st for st in starts])
             problems = logreg.Problems(self.x_tr[idx], self.y_tr[idx], self.w_tr[idx], len(self.classes))
-            theta, _ = logreg.fit(problems, c, init, max_iter=self.max_iter, tol=self.tol)
+            theta, _ = logreg.fit(problems, c, init, max_iter=self.max_iter, tol=self.tol, stats=self.stats)
             for i, key in enumerate(todo):
                 self.thetas[key] = theta[i]
         runs = [r for r, _ in pairs]
@@ -604,7 +605,7 @@ class BatchedFits:
 def probe_runs_torch(feats: Dict[str, FeatureSplit], shots: int, seeds: Sequence[int], num_step: int,
                      device: Optional[torch.device] = None, **fit_options: Any) -> List[Dict[str, float]]:
     """:func:`probe_run` for all ``seeds`` at once with the batched solver (same samples, same search);
-    ``fit_options`` (``max_iter``, ``tol``, ``dtype``) go to :class:`BatchedFits`."""
+    ``fit_options`` (``max_iter``, ``tol``, ``dtype``, ``stats``) go to :class:`BatchedFits`."""
     samples = [_samples(feats, shots, r) for r in seeds]
     fits = BatchedFits(feats, samples, device or default_device(), **fit_options)
     best = search_c_many(fits.evaluate_many, len(seeds), num_step)

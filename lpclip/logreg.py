@@ -24,6 +24,7 @@ probe never meets on LAION-Beyond or Mini-Beyond (>= 9 classes).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
@@ -35,6 +36,20 @@ MAX_HALVINGS = 20
 #: Relative decrease below which a problem counts as converged, in units of the dtype's epsilon
 #: (scipy's L-BFGS-B, which scikit-learn calls, stops at 64·eps of float64 on the same quantity).
 FTOL_EPS = 2
+
+
+@dataclass
+class FitStats:
+    """What :func:`fit` computed, for the benchmark's FLOP floor (``benchmarks.linear_probe --floor``):
+    loss/gradient evaluations, the padded rows they covered (each row costs ``4·D·K`` FLOPs: the logits'
+    and the gradient's batched products) and the seconds spent in them."""
+
+    evaluations: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+
+    def gflop(self, dim: int, num_classes: int) -> float:
+        return self.rows * dim * num_classes * 4 / 1e9
 
 
 @dataclass
@@ -107,11 +122,23 @@ def fit(
     init: Optional[torch.Tensor] = None,
     max_iter: int = 1000,
     tol: float = 1e-4,
+    stats: Optional[FitStats] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Fit every problem of the batch at its own ``C`` (``c [B]``); returns ``(theta [B, D+1, K], n_iter [B])``.
 
     ``init`` (same shape as the result) warm-starts the problems; zeros otherwise (sklearn's start).
+    ``stats`` accumulates the loss/gradient work (:class:`FitStats`).
     """
+    def evaluate(p: Problems, th: torch.Tensor, inv: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if stats is None:
+            return loss_and_grad(p, th, inv)
+        start = time.perf_counter()
+        out = loss_and_grad(p, th, inv)
+        stats.seconds += time.perf_counter() - start
+        stats.evaluations += 1
+        stats.rows += int(p.x.shape[0]) * int(p.x.shape[1])
+        return out
+
     x = problems.x
     bsz, device, dtype = x.shape[0], x.device, x.dtype
     theta = (torch.zeros(bsz, problems.dim + 1, problems.num_classes, device=device, dtype=dtype)
@@ -124,7 +151,7 @@ def fit(
     p = problems
     inv_reg = inv_reg_all
     th = theta
-    f, g = loss_and_grad(p, th, inv_reg)
+    f, g = evaluate(p, th, inv_reg)
     shape = (bsz, HISTORY) + tuple(theta.shape[1:])
     s_hist = torch.zeros(shape, device=device, dtype=dtype)
     y_hist = torch.zeros(shape, device=device, dtype=dtype)
@@ -156,7 +183,7 @@ def fit(
         pending = torch.ones_like(f, dtype=torch.bool)
         for _ in range(MAX_HALVINGS):
             cand = th + step.view(-1, 1, 1) * d
-            cf, cg = loss_and_grad(p, cand, inv_reg)
+            cf, cg = evaluate(p, cand, inv_reg)
             ok = pending & (cf <= f + ARMIJO * step * slope)
             if bool(ok.any()):
                 new_th = torch.where(ok.view(-1, 1, 1), cand, new_th)

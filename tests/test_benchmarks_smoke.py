@@ -194,7 +194,21 @@ def test_linear_probe_benchmark_smoke(tmp_path, capsys):
         assert row["difference_pt"] == pytest.approx(row["torch_accuracy"] - row["sklearn_accuracy"])
     assert data["ratio"] == pytest.approx(data["sklearn_total_s"] / data["torch_total_s"])
     assert result["max_difference_pt"] == max(abs(r["difference_pt"]) for r in data["rows"])
-    assert "converged_accuracy" not in data["rows"][0]
+    assert "converged_accuracy" not in data["rows"][0] and data["flop_floor"] is None
+
+
+def test_linear_probe_benchmark_flop_floor(tmp_path, capsys):
+    """``--floor``: the GFLOP follow from the counted rows, the floor from the GFLOP and the measured bmm
+    speed, the budget from scikit-learn's total; and the printed line says the same numbers."""
+    linear_probe_bench.main(tiny_args(tmp_path, "lpf") + ["--floor", "--repeats", "1"])
+    printed = capsys.readouterr().out
+    data = json.loads((tmp_path / "lpf.json").read_text())
+    floor = data["flop_floor"]
+    assert floor["evaluations"] > 0 and floor["rows"] >= floor["evaluations"]
+    assert floor["gflop"] == pytest.approx(floor["rows"] * data["dim"] * data["classes"] * 4 / 1e9)
+    assert floor["floor_s"] == pytest.approx(floor["gflop"] / floor["bmm_gflops"])
+    assert floor["budget_s"] == pytest.approx(data["sklearn_total_s"] / 20)
+    assert f"cover {floor['rows']:,} padded rows = {floor['gflop']:.1f} GFLOP" in printed
 
 
 def test_linear_probe_benchmark_converged_column(tmp_path, capsys):

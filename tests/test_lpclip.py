@@ -883,6 +883,36 @@ def test_batched_problems_are_independent_and_padding_is_inert():
         torch.testing.assert_close(together[i], alone[0], rtol=1e-4, atol=1e-4)
 
 
+def test_fit_stats_count_every_loss_evaluation_and_change_nothing():
+    """``FitStats`` (the benchmark's FLOP floor) counts what ``fit`` evaluates: with ``tol=0`` no problem
+    leaves the batch, so every evaluation covers all ``B·n`` padded rows, and there is one per
+    line-search trial plus the start; the fitted weights are the same with and without it."""
+    import torch
+
+    from lpclip import logreg
+
+    feats = gaussian_problem()
+    x, y = torch.from_numpy(feats["train"].x)[None].repeat(3, 1, 1), torch.from_numpy(feats["train"].y)[None].repeat(3, 1)
+    problems = logreg.Problems(x, y, torch.ones(3, x.shape[1]), 8)
+    c = torch.tensor([0.01, 1.0, 100.0])
+    counted = []
+    real = logreg.loss_and_grad
+
+    def counting(p, th, inv):
+        counted.append(p.x.shape[0] * p.x.shape[1])
+        return real(p, th, inv)
+
+    stats = logreg.FitStats()
+    plain, _ = logreg.fit(problems, c, max_iter=5, tol=0.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(logreg, "loss_and_grad", counting)
+        with_stats, n_iter = logreg.fit(problems, c, max_iter=5, tol=0.0, stats=stats)
+    torch.testing.assert_close(with_stats, plain, rtol=0, atol=0)
+    assert stats.evaluations == len(counted) >= int(n_iter.max()) + 1 and stats.rows == sum(counted)
+    assert stats.rows == stats.evaluations * 3 * x.shape[1] and stats.seconds > 0
+    assert stats.gflop(x.shape[2], 8) == pytest.approx(stats.rows * x.shape[2] * 8 * 4 / 1e9)
+
+
 def test_torch_probe_agrees_with_sklearn_probe():
     """The whole protocol (grid, bisection, 10 runs) with both solvers on one problem: same samples,
     test accuracy within ±0.3 pt on the mean."""
