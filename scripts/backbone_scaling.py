@@ -49,7 +49,14 @@ from dassl.cli import ArgumentParser
 from dassl.utils import WriteError, atomic_write_text
 from scripts.domains import DomainError, count_classes, repo_path, resolve_domain
 from scripts.fsnl_rule import fsnl_bs_lr
-from scripts.parse_test_res import ZEROSHOT_SHOTS, OutputError, check_output_target, collect, json_recogniser
+from scripts.parse_test_res import (
+    ZEROSHOT_SHOTS,
+    OutputError,
+    check_output_target,
+    collect,
+    json_recogniser,
+    target_label,
+)
 from scripts.plot_curves import check_figure_targets, figure_paths, save_figure
 from scripts.run_identity import exit_status
 from scripts.sweep import Job, RunConflict, fsnl_opts, merge_opts, run_jobs, split_done, trainer_config
@@ -215,8 +222,7 @@ def check_targets(figure: str) -> None:
     :func:`written_points`."""
     check_figure_targets(figure, "--figure")
     js = output_paths(figure)[2]
-    label = f"--figure {js}" if js == figure else f"{js} (from --figure {figure})"
-    check_output_target(js, label, "JSON of the plotted numbers", written_points)
+    check_output_target(js, target_label(js, "--figure", figure), "JSON of the plotted numbers", written_points)
 
 
 def check_outside_runs(figure: str, jobs: Sequence[Job]) -> None:

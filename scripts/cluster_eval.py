@@ -32,7 +32,7 @@ from dassl.evaluation.clustering import clustering_accuracy
 from dassl.utils import atomic_write_text, set_random_seed
 from scripts.domains import LAION_BEYOND_DOMAINS, DomainError, count_classes, resolve_domains, short_name
 from scripts.features import add_backbone_args, cfg_from_args, image_features, load_backbone
-from scripts.parse_test_res import OutputError, check_output_target, json_recogniser
+from scripts.parse_test_res import OutputError, check_output_target, json_recogniser, target_label
 
 __all__ = ["kmeans_labels", "kmeans_accuracy", "evaluate", "render_markdown", "output_paths", "check_outputs",
            "write_outputs", "main"]
@@ -134,8 +134,7 @@ def check_outputs(out: str) -> None:
     could replace anything but this script's own earlier output (``parse_test_res.check_output_target``):
     checked before any model is loaded, as the features take minutes."""
     for path, ours in zip(output_paths(out), (written_rows, written_table)):
-        label = f"--out {path}" if path == out else f"{path} (from --out {out})"
-        check_output_target(path, label, "clustering table", ours)
+        check_output_target(path, target_label(path, "--out", out), "clustering table", ours)
 
 
 def write_outputs(rows: Sequence[Dict[str, Any]], out: str) -> List[str]:

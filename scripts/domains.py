@@ -18,7 +18,9 @@ __all__ = [
     "laion_beyond_classes",
     "resolve_domain",
     "resolve_domains",
+    "names_dataset",
     "short_name",
+    "unmatched_names",
     "count_classes",
     "check_shots",
     "has_subset",
@@ -119,6 +121,17 @@ def short_name(dataset: str) -> str:
     """Column title for a dataset: the registered name without its class counts (``Animals92_42`` → ``Animals``)."""
     stripped = _COUNT_SUFFIX.sub("", dataset)
     return stripped or dataset
+
+
+def names_dataset(name: str, dataset: str) -> bool:
+    """Whether a user's ``name`` (registered or short, as ``--domains`` takes them) means ``dataset``."""
+    return name in (dataset, short_name(dataset))
+
+
+def unmatched_names(names: Iterable[str], datasets: Iterable[str]) -> List[str]:
+    """The ``names`` that mean none of ``datasets`` (a typo, or a domain without results), in order."""
+    found = list(datasets)
+    return [n for n in names if not any(names_dataset(n, d) for d in found)]
 
 
 def _read_subset(root: str, dataset: str, subset: str) -> Any:

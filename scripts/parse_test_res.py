@@ -1165,6 +1165,12 @@ def json_recogniser(keys: Sequence[str], list_key: str, exact: bool = False) -> 
 written_json = json_recogniser(_JSON_KEYS, "groups")
 
 
+def target_label(path: str, option: str, given: str) -> str:
+    """How an error names an output file: ``--out x.png`` when the option gave it, else
+    ``x.png (from --out x)`` for a file the option's value stands for."""
+    return f"{option} {path}" if path == given else f"{path} (from {option} {given})"
+
+
 def check_output_target(path: str, label: str, what: str, ours: Callable[[Path], bool]) -> None:
     """Refuse ``path`` as the place of a ``what`` (:class:`OutputError`, its message starting with
     ``label``, e.g. ``--md table.md``) unless writing it can destroy nothing but an earlier output of this

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from dassl.cli import ArgumentParser
 from dassl.utils import WriteError, atomic_write
-from scripts.domains import short_name
+from scripts.domains import names_dataset, short_name, unmatched_names
 from scripts.parse_test_res import (
     GroupSummary,
     OutputError,
@@ -39,6 +39,7 @@ from scripts.parse_test_res import (
     check_output_target,
     collect,
     groups_from_json,
+    target_label,
 )
 
 __all__ = ["PANEL_WIDTH", "PANEL_HEIGHT", "DPI", "load_groups", "written_figure", "figure_paths",
@@ -124,8 +125,7 @@ def check_figure_targets(out: str, option: str = "--out") -> None:
     script calls this before it reads or computes anything, so a figure never lands on a run's files
     or on a file that is not an earlier figure, and a refused command has written nothing."""
     for path in figure_paths(out):
-        label = f"{option} {path}" if path == out else f"{path} (from {option} {out})"
-        check_output_target(path, label, "figure", written_figure)
+        check_output_target(path, target_label(path, option, out), "figure", written_figure)
 
 
 def plot_curves(
@@ -145,7 +145,7 @@ def plot_curves(
     import matplotlib.pyplot as plt
 
     curves = build_curves(groups, metric)
-    datasets = [d for d in curves["datasets"] if not domains or d in domains or short_name(d) in domains]
+    datasets = [d for d in curves["datasets"] if not domains or any(names_dataset(n, d) for n in domains)]
     if not datasets:
         raise ValueError("nothing to plot: no results for the requested domains")
     shots = sorted({k for c in curves["curves"] if c["dataset"] in datasets for k, _ in c["points"]})
@@ -232,7 +232,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     # every named domain must have results: a typo among correct names was dropped silently, and the
     # figure then lacked a panel that the command line asked for
-    missing = [d for d in args.domains or () if not any(d in (f, short_name(f)) for f in found)]
+    missing = unmatched_names(args.domains or (), found)
     if missing:
         what = "nothing to plot: no results" if len(missing) == len(set(args.domains)) else "no results"
         print(f"error: {what} for --domains {' '.join(missing)} in {args.source}; "

@@ -29,7 +29,7 @@ import numpy as np
 
 from dassl.cli import ArgumentParser
 from dassl.utils import WriteError
-from scripts.domains import short_name
+from scripts.domains import names_dataset, short_name, unmatched_names
 from scripts.parse_test_res import ZEROSHOT_SHOTS, GroupSummary, OutputError
 from scripts.plot_curves import check_figure_targets, load_groups, save_figure
 
@@ -46,7 +46,7 @@ def zeroshot_bars(
     """
     zs = [g for g in groups if g.shots == ZEROSHOT_SHOTS]
     if domains:
-        zs = [g for g in zs if g.dataset in domains or short_name(g.dataset) in domains]
+        zs = [g for g in zs if any(names_dataset(n, g.dataset) for n in domains)]
     if method is None:
         counts: Dict[str, int] = {}
         for g in zs:
@@ -59,7 +59,7 @@ def zeroshot_bars(
     if not chosen:
         raise ValueError(f"no zero-shot results of method {method!r}")
     # a named domain without a bar is a mistake (a typo was dropped silently before)
-    missing = [d for d in domains or () if not any(d in (g.dataset, short_name(g.dataset)) for g in chosen)]
+    missing = unmatched_names(domains or (), (g.dataset for g in chosen))
     if missing:
         raise ValueError(f"no zero-shot results of {method} for --domains {' '.join(missing)}; found: "
                          f"{' '.join(g.dataset for g in chosen)}")

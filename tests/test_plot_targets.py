@@ -126,14 +126,13 @@ def hostile_user_file(tmp: Path) -> Tuple[str, str]:
     return str(tmp / "fig"), "exists and is not a figure this tool wrote"
 
 
-HOSTILE = {
-    "run-results-json": hostile_run_results,
-    "training-config-yaml": hostile_training_config,
-    "symlink": hostile_symlink,
-    "directory": hostile_directory,
-    "inside-run-folder": hostile_inside_run,
-    "user-file": hostile_user_file,
-}
+def cases(*makers: Callable[[Path], Tuple[str, str]], prefix: str) -> Dict[str, Callable[[Path], Tuple[str, str]]]:
+    """Hostile-target makers by test id (their names without ``prefix``)."""
+    return {m.__name__.removeprefix(prefix).replace("_", "-"): m for m in makers}
+
+
+HOSTILE = cases(hostile_run_results, hostile_training_config, hostile_symlink, hostile_directory, hostile_inside_run,
+                hostile_user_file, prefix="hostile_")
 
 
 @pytest.mark.parametrize("case", list(HOSTILE))
@@ -290,13 +289,8 @@ def cluster_json_symlink(tmp: Path) -> Tuple[str, str]:
     return str(tmp / "ce"), "is a symbolic link"
 
 
-CLUSTER_HOSTILE = {
-    "run-folder": cluster_in_run_folder,
-    "users-markdown": cluster_users_markdown,
-    "users-json": cluster_users_json,
-    "json-directory": cluster_json_directory,
-    "json-symlink": cluster_json_symlink,
-}
+CLUSTER_HOSTILE = cases(cluster_in_run_folder, cluster_users_markdown, cluster_users_json, cluster_json_directory,
+                        cluster_json_symlink, prefix="cluster_")
 MAIN_ANALYSIS = {"cluster_eval": cluster_eval.main, "plot_tsne": plot_tsne.main}
 
 
