@@ -19,6 +19,12 @@ TEXT_BUCKETS = 4
 #: 2-core CPU, where a small tower is bound by per-call overhead: with a free extra group, FSNL's
 #: training step on MiniPlants (9 classes, 36 captions) took 66 ms against 50 ms in one group.
 GROUP_OVERHEAD = 40 * 128 ** 2
+#: Devices on which rows continuing a cached prefix attend to it in place (:func:`_prefix_attention`)
+#: by default, instead of through one fused kernel over the prefix copied in front of every row: the
+#: CPU's fused kernel is tiled for long sequences, and the copy is the largest single cost after the
+#: matrix products there (``benchmarks.prompt_prefix``). On a GPU the fused kernel is kept (not
+#: measured: no GPU was lent to this project); ``TextEncoder(prefix_in_place=…)`` overrides.
+PREFIX_IN_PLACE_DEVICES = ("cpu",)
 
 
 def length_buckets(lengths: Sequence[int], max_buckets: int, group_cost: float = 0.0) -> List[List[int]]:
@@ -78,17 +84,22 @@ def _kv_projection(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor
 
 
 def _attention(attn: nn.MultiheadAttention, q_x: torch.Tensor, kv_x: torch.Tensor,
-               mask: Optional[torch.Tensor], kv_prefix: Optional[torch.Tensor] = None) -> torch.Tensor:
+               mask: Optional[torch.Tensor], kv_prefix: Optional[torch.Tensor] = None,
+               prefix_in_place: Optional[bool] = None) -> torch.Tensor:
     """``attn(q_x, kv_x, kv_x, attn_mask=mask, need_weights=False)[0]`` for batch-first inputs.
 
     The same math as ``nn.MultiheadAttention`` (packed in-projection, scaled dot-product attention,
     out-projection), written on contiguous ``[N·S, W]`` matrices: the module's general path
     transposes to sequence-first and back, copies q/k/v out of the packed projection and sends their
     gradients back through full-size zero tensors -- together about a third of a small tower's time
-    (``benchmarks.text_tower``). ``mask`` is additive, ``[S_q, S_k]`` or broadcastable to
-    ``[N, heads, S_q, S_k]``. ``kv_prefix [N, P, 2W]`` (:func:`_kv_projection` of P earlier
-    positions, e.g. a cached prompt prefix) goes in front of ``kv_x``'s keys/values, so a prefix
-    shared by many rows is projected once, not once per row. Only for modules
+    (``benchmarks.text_tower``). ``mask`` is additive, ``[S_q, S_k]`` or one per row ``[N, S_q, S_k]``.
+
+    ``kv_prefix [G, P, 2W]`` (:func:`_kv_projection` of P earlier positions, e.g. a cached prompt
+    prefix) goes in front of ``kv_x``'s keys/values: the N = G·R rows come prefix by prefix, row
+    ``n`` continuing prefix ``n // R`` (G = 1: one prefix for every row). A prefix shared by many rows
+    is so projected once, not once per row; with ``prefix_in_place`` (None: on the devices of
+    ``PREFIX_IN_PLACE_DEVICES``) it is not copied per row either (:func:`_prefix_attention`).
+    ``mask`` counts the prefix among its keys. Only for modules
     :func:`plain_attention` accepts.
     """
     n, s_q, width = q_x.shape
@@ -105,14 +116,64 @@ def _attention(attn: nn.MultiheadAttention, q_x: torch.Tensor, kv_x: torch.Tenso
             q = F.linear(q_x, weight[:width], None if bias is None else bias[:width])
             kv = _kv_projection(attn, kv_x)
         if kv_prefix is not None:
-            kv = torch.cat([kv_prefix.to(kv.dtype), kv], dim=1)
+            kv_prefix = kv_prefix.to(kv.dtype)
+            if prefix_in_place is None:
+                prefix_in_place = q.device.type in PREFIX_IN_PLACE_DEVICES
+            if prefix_in_place:
+                return attn.out_proj(_prefix_attention(q, kv, kv_prefix, heads, mask))
+            # elsewhere one fused kernel over the prefix copied in front of every row's own keys/values
+            g, p = kv_prefix.shape[:2]
+            per_row = kv_prefix.unsqueeze(1).expand(g, n // g, p, kv.shape[-1]).reshape(n, p, kv.shape[-1])
+            kv = torch.cat([per_row, kv], dim=1)
         s_k = kv.shape[1]
         q = q.reshape(n, s_q, heads, width // heads).transpose(1, 2)
         k, v = kv.reshape(n, s_k, 2, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
     if mask is not None:
         mask = mask.to(q.dtype)
+        if mask.dim() == 3:  # one mask per row, the same for every head
+            mask = mask.unsqueeze(1)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return attn.out_proj(out.transpose(1, 2).reshape(n, s_q, width))
+
+
+def _prefix_attention(q: torch.Tensor, kv: torch.Tensor, kv_prefix: torch.Tensor, heads: int,
+                      mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Attention of queries ``q [N, S_q, W]`` over a shared prefix ``kv_prefix [G, P, 2W]`` (row
+    ``n`` continues prefix ``n // R``, N = G·R) and the row's own keys/values ``kv [N, S, 2W]``:
+    ``[N, S_q, W]``, before the out-projection.
+
+    Equal to scaled dot-product attention over the prefix rows copied in front of every row's own,
+    up to float rounding, but without that copy (N·(P+S)·2W values; for CoCoOp's evaluation batches
+    the largest single cost of a block after its matrix products) and without the CPU's fused kernel,
+    whose tiling is for long sequences, not ~10 positions: the scores against the prefix are one
+    matrix product per (prefix, head) for all R·S_q queries that continue it, those against the
+    row's own positions a batched S_q×S one, and the softmax runs over both parts without joining
+    them (shifted by their common maximum, which is held constant: softmax does not depend on it).
+    About half the time of the copy and the fused kernel for CoCoOp's and CoOp's training steps,
+    forward and backward (``benchmarks.text_tower``). ``mask [S_q, P+S]`` or ``[N, S_q, P+S]``
+    is applied to the row's own keys only: the prefix precedes every query, so a causal mask never
+    hides it.
+    """
+    n, s_q, width = q.shape
+    g, p = kv_prefix.shape[:2]
+    r, s, hd = n // g, kv.shape[1], width // heads
+    scale = hd ** -0.5  # applied to the scores, which are smaller than the queries
+    q = q.view(g, r, s_q, heads, hd).permute(0, 3, 1, 2, 4).contiguous()  # [G, H, R, S_q, d]
+    k, v = kv.view(g, r, s, 2, heads, hd).permute(3, 0, 4, 1, 2, 5).unbind(0)  # [G, H, R, S, d]
+    k_pre, v_pre = kv_prefix.view(g, p, 2, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # [G, H, P, d]
+    score_pre = torch.matmul(q.view(g, heads, r * s_q, hd), k_pre.transpose(-1, -2)).float() * scale
+    score_pre = score_pre.view(g, heads, r, s_q, p)
+    score_own = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # [G, H, R, S_q, S]
+    if mask is not None:
+        own = mask[..., p:].float()
+        score_own = score_own + (own.view(g, 1, r, s_q, s) if own.dim() == 3 else own)
+    with torch.no_grad():
+        top = torch.maximum(score_pre.amax(-1), score_own.amax(-1)).unsqueeze(-1)
+    w_pre, w_own = torch.exp(score_pre - top), torch.exp(score_own - top)
+    total = w_pre.sum(-1, keepdim=True) + w_own.sum(-1, keepdim=True)
+    out = torch.matmul(w_pre.to(v.dtype).view(g, heads, r * s_q, p), v_pre).view(g, heads, r, s_q, hd)
+    out = (out + torch.matmul(w_own.to(v.dtype), v)) / total.to(v.dtype)
+    return out.permute(0, 2, 3, 1, 4).reshape(n, s_q, width)
 
 
 def plain_attention(attn: nn.Module) -> bool:
@@ -120,6 +181,24 @@ def plain_attention(attn: nn.Module) -> bool:
     return (isinstance(attn, nn.MultiheadAttention) and attn._qkv_same_embed_dim and attn.batch_first
             and attn.bias_k is None and attn.bias_v is None and not attn.add_zero_attn
             and float(attn.dropout) == 0.0 and type(attn.out_proj) in (nn.Linear, NonDynamicallyQuantizableLinear))
+
+
+def _prefix_selection(prefix_rows: Optional[torch.Tensor], n: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """How ``n`` rows continuing prefixes ``prefix_rows`` (None: all the one prefix) take a per-prefix
+    tensor ``[G, ...]``: as it is, or sliced, when the rows come prefix by prefix in equal runs of
+    consecutive prefixes (CoCoOp's batches: an image's C class prompts together), which
+    :func:`_attention` uses without copying a prefix per row; else gathered to one per row."""
+    if prefix_rows is None:
+        return lambda t: t
+    if n == 0:
+        return lambda t: t[:1]
+    first, last = int(prefix_rows[0]), int(prefix_rows[-1])
+    g = last - first + 1
+    if g >= 1 and n % g == 0:
+        runs = torch.arange(first, last + 1, device=prefix_rows.device).repeat_interleave(n // g)
+        if torch.equal(prefix_rows, runs):
+            return lambda t: t[first:last + 1]
+    return lambda t: t.index_select(0, prefix_rows)
 
 
 class TextEncoder(nn.Module):
@@ -132,9 +211,12 @@ class TextEncoder(nn.Module):
     Works for ``CLIP`` (text tower flattened onto the model) and ``CustomTextCLIP`` (tower at
     ``model.text``, e.g. the EVA configs). HF text towers and CoCa-style class tokens are not
     supported because they do not run from token embeddings the same way.
+
+    ``prefix_in_place``: how rows continuing a cached prefix attend to it (:func:`_attention`); None
+    chooses by device, True / False force one way (the two agree up to float rounding).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, prefix_in_place: Optional[bool] = None) -> None:
         super().__init__()
         if hasattr(model, "transformer") and hasattr(model, "token_embedding"):
             tower = model
@@ -158,6 +240,7 @@ class TextEncoder(nn.Module):
         self.pool_type = pool_type
         self.eos_id = eos_id
         self.context_length = int(model.context_length)
+        self.prefix_in_place = prefix_in_place
 
     # ------------------------------------------------------------------ views onto the tower
     @property
@@ -223,17 +306,17 @@ class TextEncoder(nn.Module):
         """
         n = x.shape[0]
         blocks = list(self.transformer.resblocks)
+        select = _prefix_selection(prefix_rows, n)
 
-        def prefix_kv(k: int) -> Optional[torch.Tensor]:  # block k's prefix keys/values for every row
+        def prefix_kv(k: int) -> Optional[torch.Tensor]:  # block k's prefix keys/values, [G', P, 2W]
             if states is None:
                 return None
-            kv = _kv_projection(blocks[k].attn, states[k].to(x.dtype))
-            return kv.expand(n, -1, -1) if prefix_rows is None else kv.index_select(0, prefix_rows)
+            return select(_kv_projection(blocks[k].attn, states[k].to(x.dtype)))
 
         last = len(blocks) - 1 if pool_idx is not None else len(blocks)
         for k, block in enumerate(blocks[:last]):
             h = block.ln_1(x)
-            x = x + block.ls_1(_attention(block.attn, h, h, mask, prefix_kv(k)))
+            x = x + block.ls_1(_attention(block.attn, h, h, mask, prefix_kv(k), self.prefix_in_place))
             x = x + block.ls_2(block.mlp(block.ln_2(x)))
         if pool_idx is None:
             return x
@@ -248,8 +331,8 @@ class TextEncoder(nn.Module):
         row_mask = torch.zeros(allowed.shape, dtype=mask.dtype, device=x.device)
         row_mask.masked_fill_(~allowed, float("-inf"))
         xq = x[rows, pool_idx].unsqueeze(1)
-        xq = xq + block.ls_1(_attention(block.attn, h[rows, pool_idx].unsqueeze(1), h, row_mask[:, None, None, :],
-                                        prefix_kv(len(blocks) - 1)))
+        xq = xq + block.ls_1(_attention(block.attn, h[rows, pool_idx].unsqueeze(1), h, row_mask[:, None, :],
+                                        prefix_kv(len(blocks) - 1), self.prefix_in_place))
         xq = xq + block.ls_2(block.mlp(block.ln_2(xq)))
         return xq[:, 0]
 

@@ -153,13 +153,15 @@ def test_text_tower_smoke(tmp_path, capsys):
 
 
 def test_prompt_prefix_smoke(tmp_path, capsys):
-    """CoOp and CoCoOp, each every prompt in full vs prefix once + continuations; both ways agree."""
+    """CoOp and CoCoOp, each every prompt in full vs prefix once + continuations (prefix copied per
+    prompt, or attended in place); all ways agree."""
     prompt_prefix.main(tiny_args(tmp_path, "pp"))
-    assert "| CoCoOp: prefix once + continuations |" in capsys.readouterr().out
+    assert "| CoCoOp: prefix once, in place |" in capsys.readouterr().out
     data = json.loads((tmp_path / "pp.json").read_text())
     assert data["max_abs_diff"] < 1e-5
-    assert sorted(data["modes"]) == sorted(f"{m}: {w}" for m in ("CoOp", "CoCoOp")
-                                           for w in ("every prompt in full", "prefix once + continuations"))
+    assert sorted(data["modes"]) == sorted(
+        f"{m}: {w}" for m in ("CoOp", "CoCoOp")
+        for w in ("every prompt in full", "prefix once, copied per prompt", "prefix once, in place"))
     for mode in data["modes"].values():
         assert mode["median_s"] == pytest.approx(statistics.median(mode["times_s"]))
 

@@ -91,8 +91,9 @@ def test_chunked_prompts_equal_per_image_loop(toy_root, tmp_path):
     by_length = {v: lengths.count(v) for v in sorted(set(lengths))}
     assert 1 < len(by_length) <= 4, "the toy names should give a few prompt lengths"
     expected_sizes = []
-    for count in by_length.values():
-        expected_sizes += [7] * (b * count // 7) + ([b * count % 7] if b * count % 7 else [])
+    for count in by_length.values():  # whole images per call: as many as fit in 7 prompts, at least one
+        per_call = max(1, 7 // count)
+        expected_sizes += [per_call * count] * (b // per_call) + ([b % per_call * count] if b % per_call else [])
     assert recorder.sizes == expected_sizes and sum(expected_sizes) == b * len(names)
     # SOT + the 4 context positions ran once per image, not once per (image, class)
     assert recorder.prefixes == [(b, 5)] and trainer.model.prefix_len == 5

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from clip import TextEncoder, register_repo_configs
+from clip import text as text_module
 from clip.pretrained import REPO_ROOT
 
 PROMPTS = [
@@ -233,6 +234,66 @@ def test_continuations_of_several_prefixes_equal_the_full_rows():
     one = enc.encode_continuations(enc.prefix_states(prefixes[:1]), suffixes, None, eot)
     full_one = enc(torch.cat([prefixes[:1].expand(10, -1, -1), suffixes], dim=1), eot, truncate=False)
     torch.testing.assert_close(one, full_one, atol=1e-5, rtol=0)
+
+
+ROW_LAYOUTS = {
+    "one prefix (CoOp)": None,
+    "prefix by prefix (CoCoOp)": [0, 0, 0, 1, 1, 1, 2, 2, 2],
+    "later prefixes only": [1, 1, 1, 1, 2, 2, 2, 2],
+    "any order": [0, 2, 2, 1, 0, 1, 2, 0, 1],
+    "one row per prefix": [0, 1, 2],
+}
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+@pytest.mark.parametrize("layout", sorted(ROW_LAYOUTS))
+@pytest.mark.parametrize("in_place", [True, False])
+def test_prefix_attended_in_place_or_copied_equals_the_full_rows(layout, in_place, heads, monkeypatch):
+    """Rows continuing cached prefixes, attended in place (no per-row copy of the prefix) or through
+    the prefix copied per row and one fused kernel, against the same rows run in full by open_clip's
+    blocks: features and the gradients to prefixes and suffixes (1e-5), for every row layout."""
+    model = build(heads=heads)
+    enc = TextEncoder(model, prefix_in_place=in_place)
+    width, g = model.token_embedding.weight.shape[1], torch.Generator().manual_seed(2)
+    rows = ROW_LAYOUTS[layout]
+    n = 9 if rows is None else len(rows)
+    prefixes = torch.randn(3, 5, width, generator=g).requires_grad_(True)
+    suffixes = torch.randn(n, 12, width, generator=g).requires_grad_(True)
+    eot = torch.tensor([5, 6, 9, 12, 16, 7, 10, 8, 5][:n])
+    index = torch.zeros(n, dtype=torch.long) if rows is None else torch.tensor(rows)
+    used = prefixes[:1] if rows is None else prefixes
+    full = enc(torch.cat([used[index], suffixes], dim=1), eot, truncate=False)
+    seen = []
+    real = text_module._prefix_attention
+    monkeypatch.setattr(text_module, "_prefix_attention",
+                        lambda q, kv, pre, *a: seen.append(pre.shape[0]) or real(q, kv, pre, *a))
+    got = enc.encode_continuations(enc.prefix_states(used), suffixes, None if rows is None else index, eot)
+    torch.testing.assert_close(got, full, atol=1e-5, rtol=0)
+    weights = torch.randn(full.shape, generator=g)
+    g_full = torch.autograd.grad((full * weights).sum(), (prefixes, suffixes))
+    g_got = torch.autograd.grad((got * weights).sum(), (prefixes, suffixes))
+    for a, b in zip(g_got, g_full):
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    blocks = len(model.transformer.resblocks)
+    if not in_place:
+        assert seen == []
+    elif rows is None or layout.startswith("prefix by") or layout.startswith("later"):
+        # each prefix once per block, never copied per row
+        assert seen == [len(set(index.tolist()))] * blocks
+    else:
+        assert seen == [n] * blocks
+
+
+def test_prefix_selection_slices_runs_and_gathers_the_rest():
+    t = torch.arange(5 * 2).view(5, 2)
+    one = text_module._prefix_selection(None, 7)(t)
+    assert one is t
+    run = text_module._prefix_selection(torch.tensor([1, 1, 2, 2, 3, 3]), 6)(t)
+    assert run.data_ptr() == t[1].data_ptr() and torch.equal(run, t[1:4])  # a view, no copy
+    for rows in ([0, 1, 0, 1], [0, 0, 1], [2, 2, 0, 0], [0, 0, 2, 2]):
+        index = torch.tensor(rows)
+        assert torch.equal(text_module._prefix_selection(index, len(rows))(t), t[index])
 
 
 def test_prefix_reuse_refuses_rows_that_differ():

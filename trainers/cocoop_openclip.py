@@ -11,9 +11,10 @@ position, so the prompt of pair ``(b, c)`` is that embedding plus ``mask_c ⊗ �
 marks the context positions. The classes are grouped by prompt length (at most ``TEXT_BUCKETS``
 groups, :func:`clip.text.length_buckets`); a group's B·C_g pairs are flattened, cut after the
 group's longest EOT (exact for causal towers: a third of the positions of a padded IP test batch are
-padding on Mini-Beyond) and encoded in chunks of ``TRAINER.COCOOP.TEXT_CHUNK`` sequences, each chunk
-one batched text-tower call (P4: the reference ran one C-sequence call per image in a Python loop).
-Memory per call is bounded by the chunk size.
+padding on Mini-Beyond) and encoded in chunks of whole images, at most ``TRAINER.COCOOP.TEXT_CHUNK``
+sequences (but at least one image's C_g) per chunk, each chunk one batched text-tower call (P4: the
+reference ran one C-sequence call per image in a Python loop). Memory per call is bounded by the
+chunk size.
 
 The first ``1 + n_ctx`` positions -- SOT and the shifted context -- are the same in all C prompts of
 one image, and under the causal mask so are their hidden states: they go through the tower once per
@@ -58,7 +59,8 @@ def add_config(cfg: CN) -> None:
     cfg.TRAINER.COCOOP.N_CTX = 16  # ignored when CTX_INIT is set (n_ctx = its token count)
     cfg.TRAINER.COCOOP.CTX_INIT = ""
     cfg.TRAINER.COCOOP.PREC = "fp16"  # fp16 | fp32 | amp | bf16 (CPU: fp32)
-    # Most (image, class) prompts per text-tower call; bounds memory for large B·C (ours, not the reference's).
+    # Most (image, class) prompts per text-tower call, whole images (at least one image's); bounds
+    # memory for large B·C (ours, not the reference's).
     cfg.TRAINER.COCOOP.TEXT_CHUNK = 4096
 
 
@@ -157,13 +159,13 @@ class CoCoOpModel(nn.Module):
             group, group_w = embeds.index_select(0, classes)[:, :length], weight.index_select(0, classes)[:, :length]
             group_eot = eot.index_select(0, classes.to(eot.device))
             n_cls = end - start
-            pair = torch.arange(n_img * n_cls, device=feats.device)
+            per_call = max(1, self.text_chunk // n_cls)  # whole images: their prompts share one prefix
             parts = []
-            for first in range(0, len(pair), self.text_chunk):
-                idx = pair[first:first + self.text_chunk]
-                img, cls = idx // n_cls, idx % n_cls
+            for first in range(0, n_img, per_call):
+                img = torch.arange(first, min(n_img, first + per_call), device=feats.device)
+                img, cls = img.repeat_interleave(n_cls), torch.arange(n_cls, device=feats.device).repeat(len(img))
                 if states is not None:
-                    text = self.text_encoder.encode_continuations(states, group[cls, p:], img, group_eot[cls])
+                    text = self.text_encoder.encode_continuations(states, group[cls, p:].detach(), img, group_eot[cls])
                 else:
                     text = self.text_encoder(group[cls] + group_w[cls] * bias[img].unsqueeze(1), group_eot[cls])
                 text = F.normalize(text.float(), dim=-1)
