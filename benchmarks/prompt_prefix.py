@@ -15,9 +15,9 @@ forward and the backward to the learned prefix and the frozen name rows -- both 
 * ``CoCoOp``: B images × C classes, one prefix per image (one CoCoOp step of batch B).
 
 and the cached path two ways (``TextEncoder(prefix_in_place=…)``): each prompt attending to its
-prefix's keys / values in place (``clip.text._prefix_attention``, the CPU's default), and the prefix
-copied in front of every prompt's own keys / values for one fused attention kernel (the default on
-other devices, and the CPU's before).
+prefix's keys / values in place (``clip.text._prefix_attention``, the CPU's default for several
+prefixes), and the prefix copied in front of every prompt's own keys / values for one fused attention
+kernel (the default for one prefix and on other devices).
 
 Before timing it checks that both ways give the same features and gradients (1e-5). Names are
 random rows of 1-4 positions (Mini-Beyond's names are 1-4 BPE tokens).

@@ -19,11 +19,14 @@ TEXT_BUCKETS = 4
 #: 2-core CPU, where a small tower is bound by per-call overhead: with a free extra group, FSNL's
 #: training step on MiniPlants (9 classes, 36 captions) took 66 ms against 50 ms in one group.
 GROUP_OVERHEAD = 40 * 128 ** 2
-#: Devices on which rows continuing a cached prefix attend to it in place (:func:`_prefix_attention`)
-#: by default, instead of through one fused kernel over the prefix copied in front of every row: the
-#: CPU's fused kernel is tiled for long sequences, and the copy is the largest single cost after the
-#: matrix products there (``benchmarks.prompt_prefix``). On a GPU the fused kernel is kept (not
-#: measured: no GPU was lent to this project); ``TextEncoder(prefix_in_place=…)`` overrides.
+#: Devices on which rows continuing one of several cached prefixes (CoCoOp: one per image) attend
+#: to them in place (:func:`_prefix_attention`) by default, instead of through one fused kernel over
+#: the prefix copied in front of every row: the CPU's fused kernel is tiled for long sequences, and
+#: the copy is a tenth of a CoCoOp evaluation there. One CoCoOp step's text work (16 images × 41
+#: classes) ran 8% faster in place; with a single prefix for every row (CoOp, FSNL), where the copy is
+#: a broadcast, the fused kernel's fewer calls won (CoOp's step 1.15× against 1.03× over no reuse,
+#: paired; ``benchmarks.prompt_prefix``). On a GPU the fused kernel is kept (not measured: no GPU was
+#: lent to this project); ``TextEncoder(prefix_in_place=…)`` overrides both rules.
 PREFIX_IN_PLACE_DEVICES = ("cpu",)
 
 
@@ -97,8 +100,8 @@ def _attention(attn: nn.MultiheadAttention, q_x: torch.Tensor, kv_x: torch.Tenso
     ``kv_prefix [G, P, 2W]`` (:func:`_kv_projection` of P earlier positions, e.g. a cached prompt
     prefix) goes in front of ``kv_x``'s keys/values: the N = G·R rows come prefix by prefix, row
     ``n`` continuing prefix ``n // R`` (G = 1: one prefix for every row). A prefix shared by many rows
-    is so projected once, not once per row; with ``prefix_in_place`` (None: on the devices of
-    ``PREFIX_IN_PLACE_DEVICES``) it is not copied per row either (:func:`_prefix_attention`).
+    is so projected once, not once per row; with ``prefix_in_place`` (None: for G > 1 on the devices
+    of ``PREFIX_IN_PLACE_DEVICES``) it is not copied per row either (:func:`_prefix_attention`).
     ``mask`` counts the prefix among its keys. Only for modules
     :func:`plain_attention` accepts.
     """
@@ -118,7 +121,7 @@ def _attention(attn: nn.MultiheadAttention, q_x: torch.Tensor, kv_x: torch.Tenso
         if kv_prefix is not None:
             kv_prefix = kv_prefix.to(kv.dtype)
             if prefix_in_place is None:
-                prefix_in_place = q.device.type in PREFIX_IN_PLACE_DEVICES
+                prefix_in_place = q.device.type in PREFIX_IN_PLACE_DEVICES and kv_prefix.shape[0] > 1
             if prefix_in_place:
                 return attn.out_proj(_prefix_attention(q, kv, kv_prefix, heads, mask))
             # elsewhere one fused kernel over the prefix copied in front of every row's own keys/values
@@ -143,16 +146,14 @@ def _prefix_attention(q: torch.Tensor, kv: torch.Tensor, kv_prefix: torch.Tensor
     ``[N, S_q, W]``, before the out-projection.
 
     Equal to scaled dot-product attention over the prefix rows copied in front of every row's own,
-    up to float rounding, but without that copy (N·(P+S)·2W values; for CoCoOp's evaluation batches
-    the largest single cost of a block after its matrix products) and without the CPU's fused kernel,
-    whose tiling is for long sequences, not ~10 positions: the scores against the prefix are one
-    matrix product per (prefix, head) for all R·S_q queries that continue it, those against the
-    row's own positions a batched S_q×S one, and the softmax runs over both parts without joining
-    them (shifted by their common maximum, which is held constant: softmax does not depend on it).
-    About half the time of the copy and the fused kernel for CoCoOp's and CoOp's training steps,
-    forward and backward (``benchmarks.text_tower``). ``mask [S_q, P+S]`` or ``[N, S_q, P+S]``
-    is applied to the row's own keys only: the prefix precedes every query, so a causal mask never
-    hides it.
+    up to float rounding, but without that copy (N·(P+S)·2W values: 12% of a CoCoOp evaluation's
+    time in a profile on Mini-Beyond) and without the CPU's fused kernel, whose tiling is for long
+    sequences, not ~10 positions: the scores against the prefix are one matrix product per (prefix,
+    head) for all R·S_q queries that continue it, those against the row's own positions a batched
+    S_q×S one, and the softmax runs over both parts without joining them (shifted by their common
+    maximum, held constant: softmax does not depend on it). ``mask [S_q, P+S]`` or
+    ``[N, S_q, P+S]`` is applied to the row's own keys only: the prefix precedes every query, so a
+    causal mask never hides it. Timed in ``benchmarks.prompt_prefix`` (README, Performance).
     """
     n, s_q, width = q.shape
     g, p = kv_prefix.shape[:2]
@@ -213,7 +214,7 @@ class TextEncoder(nn.Module):
     supported because they do not run from token embeddings the same way.
 
     ``prefix_in_place``: how rows continuing a cached prefix attend to it (:func:`_attention`); None
-    chooses by device, True / False force one way (the two agree up to float rounding).
+    chooses by device and prefix count, True / False force one way (they agree up to float rounding).
     """
 
     def __init__(self, model: nn.Module, prefix_in_place: Optional[bool] = None) -> None:
