@@ -191,8 +191,6 @@ def _prefix_selection(prefix_rows: Optional[torch.Tensor], n: int) -> Callable[[
     :func:`_attention` uses without copying a prefix per row; else gathered to one per row."""
     if prefix_rows is None:
         return lambda t: t
-    if n == 0:
-        return lambda t: t[:1]
     first, last = int(prefix_rows[0]), int(prefix_rows[-1])
     g = last - first + 1
     if g >= 1 and n % g == 0:

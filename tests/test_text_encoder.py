@@ -207,6 +207,17 @@ def test_prefix_reuse_and_buckets_equal_the_full_path(shared_prefix, buckets):
         assert bool((g_got[:, :p] == 0).all())
 
 
+def assert_equal_with_gradients(got: torch.Tensor, full: torch.Tensor, inputs, g: torch.Generator) -> None:
+    """Features equal (1e-5) and so are the gradients of one random projection of them to ``inputs``."""
+    torch.testing.assert_close(got, full, atol=1e-5, rtol=0)
+    weights = torch.randn(full.shape, generator=g)
+    g_full = torch.autograd.grad((full * weights).sum(), inputs)
+    g_got = torch.autograd.grad((got * weights).sum(), inputs)
+    for a, b in zip(g_got, g_full):
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_continuations_of_several_prefixes_equal_the_full_rows():
     """``prefix_states`` + ``encode_continuations`` (G prefixes run once each, N rows continuing them,
     CoCoOp's per-image context) against the same rows run in full by open_clip's blocks: features
@@ -221,13 +232,7 @@ def test_continuations_of_several_prefixes_equal_the_full_rows():
     full_rows = torch.cat([prefixes[rows], suffixes], dim=1)
     full = enc(full_rows, eot, truncate=False)  # open_clip's Transformer.forward, 35 positions
     got = enc.encode_continuations(enc.prefix_states(prefixes), suffixes, rows, eot)
-    torch.testing.assert_close(got, full, atol=1e-5, rtol=0)
-    weights = torch.randn(full.shape, generator=g)
-    g_full = torch.autograd.grad((full * weights).sum(), (prefixes, suffixes))
-    g_got = torch.autograd.grad((got * weights).sum(), (prefixes, suffixes))
-    for a, b in zip(g_got, g_full):
-        assert b.abs().max() > 0
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert_equal_with_gradients(got, full, (prefixes, suffixes), g)
     with pytest.raises(ValueError, match="inside the 5-position prefix"):
         enc.encode_continuations(enc.prefix_states(prefixes), suffixes, rows, eot - 1)
     # one prefix for every row (CoOp): prefix_rows None broadcasts it, same as the full rows
@@ -269,13 +274,7 @@ def test_prefix_attended_in_place_or_copied_equals_the_full_rows(layout, in_plac
     monkeypatch.setattr(text_module, "_prefix_attention",
                         lambda q, kv, pre, *a: seen.append(pre.shape[0]) or real(q, kv, pre, *a))
     got = enc.encode_continuations(enc.prefix_states(used), suffixes, None if rows is None else index, eot)
-    torch.testing.assert_close(got, full, atol=1e-5, rtol=0)
-    weights = torch.randn(full.shape, generator=g)
-    g_full = torch.autograd.grad((full * weights).sum(), (prefixes, suffixes))
-    g_got = torch.autograd.grad((got * weights).sum(), (prefixes, suffixes))
-    for a, b in zip(g_got, g_full):
-        assert b.abs().max() > 0
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert_equal_with_gradients(got, full, (prefixes, suffixes), g)
     blocks = len(model.transformer.resblocks)
     if in_place is False or (in_place is None and rows is None):
         assert seen == []
