@@ -49,7 +49,7 @@ from benchmarks.common import (  # noqa: E402
     setup,
 )
 from clip import TextEncoder  # noqa: E402
-from clip.text import TEXT_BUCKETS  # noqa: E402
+from clip.text import TEXT_BUCKETS, length_buckets  # noqa: E402
 from dassl.cli import ArgumentParser  # noqa: E402
 
 Step = Callable[[], Tuple[torch.Tensor, ...]]
@@ -69,16 +69,24 @@ def make_inputs(width: int, prefixes: int, prefix_len: int, classes: int, seed: 
 def text_step(enc: TextEncoder, prefix: torch.Tensor, suffix: torch.Tensor, eot: torch.Tensor, cached: bool) -> Step:
     """One step's text work for every (prefix, class) pair: features and the gradients of a loss to the
     prefixes and name rows. ``cached``: each prefix through the tower once and each prompt's own
-    positions against its cached keys / values; else every prompt in full, one call (the trainers'
-    path before prefix reuse)."""
+    positions against its cached keys / values, as the trainers call it (one prefix: the C prompts in
+    length groups; several, CoCoOp: per group of equal-length classes, the prompts prefix by prefix);
+    else every prompt in full, one call (the trainers' path before prefix reuse)."""
     g, c = prefix.shape[0], suffix.shape[0]
     img = torch.arange(g, device=prefix.device).repeat_interleave(c)
     cls = torch.arange(c, device=prefix.device).repeat(g)
+    groups = [torch.tensor(rows, device=prefix.device) for rows in length_buckets((eot + 1).tolist(), TEXT_BUCKETS)]
+    order = torch.cat(groups)
 
     def run() -> Tuple[torch.Tensor, ...]:
         p, s = prefix.detach().requires_grad_(True), suffix.detach().requires_grad_(True)
-        if cached:
-            feats = enc.encode_continuations(enc.prefix_states(p), s[cls], img, eot[cls], buckets=TEXT_BUCKETS)
+        if cached and g == 1:
+            feats = enc.encode_continuations(enc.prefix_states(p), s, None, eot, buckets=TEXT_BUCKETS)
+        elif cached:
+            states = enc.prefix_states(p)
+            parts = [enc.encode_continuations(states, s[rows].repeat(g, 1, 1), None, eot[rows].repeat(g)).view(g, len(rows), -1)
+                     for rows in groups]
+            feats = torch.cat(parts, dim=1)[:, order.argsort()].reshape(g * c, -1)
         else:
             feats = enc(torch.cat([p[img], s[cls]], dim=1), eot[cls])
         return (feats.detach(),) + torch.autograd.grad(feats.square().sum(), (p, s))

@@ -23,8 +23,8 @@ GROUP_OVERHEAD = 40 * 128 ** 2
 #: to them in place (:func:`_prefix_attention`) by default, instead of through one fused kernel over
 #: the prefix copied in front of every row: the CPU's fused kernel is tiled for long sequences, and
 #: the copy is a tenth of a CoCoOp evaluation there. One CoCoOp step's text work (16 images × 41
-#: classes) ran 8% faster in place; with a single prefix for every row (CoOp, FSNL), where the copy is
-#: a broadcast, the fused kernel's fewer calls won (CoOp's step 1.15× against 1.03× over no reuse,
+#: classes) ran 6% faster in place; with a single prefix for every row (CoOp, FSNL), where the copy is
+#: a broadcast, the fused kernel's fewer calls won (CoOp's step 1.17× against 1.01× over no reuse,
 #: paired; ``benchmarks.prompt_prefix``). On a GPU the fused kernel is kept (not measured: no GPU was
 #: lent to this project); ``TextEncoder(prefix_in_place=…)`` overrides both rules.
 PREFIX_IN_PLACE_DEVICES = ("cpu",)
@@ -184,22 +184,6 @@ def plain_attention(attn: nn.Module) -> bool:
             and float(attn.dropout) == 0.0 and type(attn.out_proj) in (nn.Linear, NonDynamicallyQuantizableLinear))
 
 
-def _prefix_selection(prefix_rows: Optional[torch.Tensor], n: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """How ``n`` rows continuing prefixes ``prefix_rows`` (None: all the one prefix) take a per-prefix
-    tensor ``[G, ...]``: as it is, or sliced, when the rows come prefix by prefix in equal runs of
-    consecutive prefixes (CoCoOp's batches: an image's C class prompts together), which
-    :func:`_attention` uses without copying a prefix per row; else gathered to one per row."""
-    if prefix_rows is None:
-        return lambda t: t
-    first, last = int(prefix_rows[0]), int(prefix_rows[-1])
-    g = last - first + 1
-    if g >= 1 and n % g == 0:
-        runs = torch.arange(first, last + 1, device=prefix_rows.device).repeat_interleave(n // g)
-        if torch.equal(prefix_rows, runs):
-            return lambda t: t[first:last + 1]
-    return lambda t: t.index_select(0, prefix_rows)
-
-
 class TextEncoder(nn.Module):
     """A parameter-free view onto the text tower of a loaded open_clip model.
 
@@ -294,8 +278,8 @@ class TextEncoder(nn.Module):
         """The plain open_clip blocks on ``x [N, S, W]`` (positions P..P+S-1), written out.
 
         ``states`` (or None, P = 0) are cached ``ln_1`` prefix states of :meth:`prefix_states`,
-        ``[G, P, W]`` per block: row ``n`` continues prefix ``prefix_rows[n]`` (or the one prefix,
-        G = 1, when ``prefix_rows`` is None). Each block projects its prefix keys/values once per
+        ``[G, P, W]`` per block: row ``n`` continues prefix ``prefix_rows[n]`` (None: prefix by
+        prefix, ``n // (N / G)``; G = 1, the one prefix). Each block projects its prefix keys/values once per
         prefix and puts them in front of the rows' own; ``mask`` is the causal mask rows P..P+S-1,
         columns 0..P+S-1. Each block computes exactly ``ResidualAttentionBlock.forward`` for these
         positions. Returns ``[N, S, W]``, or with ``pool_idx [N]`` (row positions, relative to P)
@@ -305,12 +289,12 @@ class TextEncoder(nn.Module):
         """
         n = x.shape[0]
         blocks = list(self.transformer.resblocks)
-        select = _prefix_selection(prefix_rows, n)
 
         def prefix_kv(k: int) -> Optional[torch.Tensor]:  # block k's prefix keys/values, [G', P, 2W]
             if states is None:
                 return None
-            return select(_kv_projection(blocks[k].attn, states[k].to(x.dtype)))
+            kv = _kv_projection(blocks[k].attn, states[k].to(x.dtype))
+            return kv if prefix_rows is None else kv.index_select(0, prefix_rows)
 
         last = len(blocks) - 1 if pool_idx is not None else len(blocks)
         for k, block in enumerate(blocks[:last]):
@@ -423,17 +407,22 @@ class TextEncoder(nn.Module):
     def encode_continuations(self, states: Sequence[torch.Tensor], suffixes: torch.Tensor,
                              prefix_rows: Optional[torch.Tensor], eot_idx: torch.Tensor, buckets: int = 1) -> torch.Tensor:
         """Text features ``[N, D]`` of rows that start with one of G prefixes: row ``n`` is prefix
-        ``prefix_rows[n]`` (its :meth:`prefix_states`; None: every row continues the one prefix,
-        G = 1, whose keys/values are broadcast, not copied) followed by ``suffixes[n] [S, W]`` at positions
-        P..P+S-1, pooled at ``eot_idx[n]`` (absolute, >= P). Equal to :meth:`forward` on the
+        ``prefix_rows[n]`` (its :meth:`prefix_states`) followed by ``suffixes[n] [S, W]`` at positions
+        P..P+S-1, pooled at ``eot_idx[n]`` (absolute, >= P). ``prefix_rows`` None: the rows come
+        prefix by prefix, N / G each, row ``n`` continuing prefix ``n // (N / G)`` (G = 1: every row
+        the one prefix); each prefix's keys/values are then used as they are, never copied per row
+        (CoCoOp: an image's C_g class prompts together). Equal to :meth:`forward` on the
         concatenated rows, up to float rounding (``tests/test_text_encoder.py``), with the prefix
         positions run once per prefix instead of once per row -- for CoCoOp, whose SOT and
         image-shifted context are shared by the C class prompts of one image, that is 5 of ~10
-        positions per prompt. ``buckets`` as in :meth:`forward`. Needs :attr:`can_reuse_prefix`;
-        pooled only."""
-        p = int(states[0].shape[1])
+        positions per prompt. ``buckets`` as in :meth:`forward` (with ``prefix_rows`` or one
+        prefix). Needs :attr:`can_reuse_prefix`; pooled only."""
+        p, g = int(states[0].shape[1]), int(states[0].shape[0])
         if int(eot_idx.min()) < p:
             raise ValueError(f"encode_continuations: a pooled position lies inside the {p}-position prefix")
+        if prefix_rows is None and g > 1 and (len(eot_idx) % g or buckets > 1):
+            raise ValueError(f"encode_continuations: {len(eot_idx)} rows cannot come prefix by prefix for {g} "
+                             "prefixes in equal runs, in one length group; pass prefix_rows")
         return self._in_length_groups(
             eot_idx, buckets,
             lambda idx: self._continue_rows(states, _rows(suffixes, idx), _rows(prefix_rows, idx), _rows(eot_idx, idx)))

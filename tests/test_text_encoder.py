@@ -241,12 +241,13 @@ def test_continuations_of_several_prefixes_equal_the_full_rows():
     torch.testing.assert_close(one, full_one, atol=1e-5, rtol=0)
 
 
+#: layout -> (G prefixes, prefix_rows); rows None come prefix by prefix, 9 / G each
 ROW_LAYOUTS = {
-    "one prefix (CoOp)": None,
-    "prefix by prefix (CoCoOp)": [0, 0, 0, 1, 1, 1, 2, 2, 2],
-    "later prefixes only": [1, 1, 1, 1, 2, 2, 2, 2],
-    "any order": [0, 2, 2, 1, 0, 1, 2, 0, 1],
-    "one row per prefix": [0, 1, 2],
+    "one prefix (CoOp)": (1, None),
+    "prefix by prefix (CoCoOp)": (3, None),
+    "prefix by prefix, as an index": (3, [0, 0, 0, 1, 1, 1, 2, 2, 2]),
+    "any order": (3, [0, 2, 2, 1, 0, 1, 2, 0, 1]),
+    "one row per prefix": (3, [0, 1, 2]),
 }
 
 
@@ -261,39 +262,38 @@ def test_prefix_attended_in_place_or_copied_equals_the_full_rows(layout, in_plac
     model = build(heads=heads)
     enc = TextEncoder(model, prefix_in_place=in_place)
     width, g = model.token_embedding.weight.shape[1], torch.Generator().manual_seed(2)
-    rows = ROW_LAYOUTS[layout]
+    count, rows = ROW_LAYOUTS[layout]
     n = 9 if rows is None else len(rows)
-    prefixes = torch.randn(3, 5, width, generator=g).requires_grad_(True)
+    prefixes = torch.randn(count, 5, width, generator=g).requires_grad_(True)
     suffixes = torch.randn(n, 12, width, generator=g).requires_grad_(True)
     eot = torch.tensor([5, 6, 9, 12, 16, 7, 10, 8, 5][:n])
-    index = torch.zeros(n, dtype=torch.long) if rows is None else torch.tensor(rows)
-    used = prefixes[:1] if rows is None else prefixes
-    full = enc(torch.cat([used[index], suffixes], dim=1), eot, truncate=False)
+    index = torch.arange(count).repeat_interleave(n // count) if rows is None else torch.tensor(rows)
+    full = enc(torch.cat([prefixes[index], suffixes], dim=1), eot, truncate=False)
     seen = []
     real = text_module._prefix_attention
     monkeypatch.setattr(text_module, "_prefix_attention",
                         lambda q, kv, pre, *a: seen.append(pre.shape[0]) or real(q, kv, pre, *a))
-    got = enc.encode_continuations(enc.prefix_states(used), suffixes, None if rows is None else index, eot)
+    got = enc.encode_continuations(enc.prefix_states(prefixes), suffixes, None if rows is None else index, eot)
     assert_equal_with_gradients(got, full, (prefixes, suffixes), g)
     blocks = len(model.transformer.resblocks)
-    if in_place is False or (in_place is None and rows is None):
+    if in_place is False or (in_place is None and count == 1):
         assert seen == []
-    elif rows is None or layout.startswith("prefix by") or layout.startswith("later"):
-        # each prefix once per block, never copied per row
-        assert seen == [len(set(index.tolist()))] * blocks
-    else:
+    elif rows is None:  # each prefix once per block, never copied per row
+        assert seen == [count] * blocks
+    else:  # an index gathers the prefixes row by row
         assert seen == [n] * blocks
 
 
-def test_prefix_selection_slices_runs_and_gathers_the_rest():
-    t = torch.arange(5 * 2).view(5, 2)
-    one = text_module._prefix_selection(None, 7)(t)
-    assert one is t
-    run = text_module._prefix_selection(torch.tensor([1, 1, 2, 2, 3, 3]), 6)(t)
-    assert run.data_ptr() == t[1].data_ptr() and torch.equal(run, t[1:4])  # a view, no copy
-    for rows in ([0, 1, 0, 1], [0, 0, 1], [2, 2, 0, 0], [0, 0, 2, 2]):
-        index = torch.tensor(rows)
-        assert torch.equal(text_module._prefix_selection(index, len(rows))(t), t[index])
+def test_rows_without_an_index_must_come_prefix_by_prefix_in_one_group():
+    model = build()
+    enc = TextEncoder(model)
+    width = model.token_embedding.weight.shape[1]
+    states = enc.prefix_states(torch.randn(3, 5, width))
+    suffixes, eot = torch.randn(8, 4, width), torch.full((8,), 7)
+    with pytest.raises(ValueError, match="8 rows cannot come prefix by prefix for 3 prefixes"):
+        enc.encode_continuations(states, suffixes, None, eot)
+    with pytest.raises(ValueError, match="in one length group; pass prefix_rows"):
+        enc.encode_continuations(states, suffixes[:6], None, eot[:6], buckets=2)
 
 
 def test_prefix_reuse_refuses_rows_that_differ():

@@ -162,10 +162,12 @@ class CoCoOpModel(nn.Module):
             per_call = max(1, self.text_chunk // n_cls)  # whole images: their prompts share one prefix
             parts = []
             for first in range(0, n_img, per_call):
-                img = torch.arange(first, min(n_img, first + per_call), device=feats.device)
-                img, cls = img.repeat_interleave(n_cls), torch.arange(n_cls, device=feats.device).repeat(len(img))
-                if states is not None:
-                    text = self.text_encoder.encode_continuations(states, group[cls, p:].detach(), img, group_eot[cls])
+                last = min(n_img, first + per_call)
+                img = torch.arange(first, last, device=feats.device).repeat_interleave(n_cls)
+                cls = torch.arange(n_cls, device=feats.device).repeat(last - first)
+                if states is not None:  # these images' prefixes, each continued by its n_cls prompts in turn
+                    text = self.text_encoder.encode_continuations([s[first:last] for s in states],
+                                                                  group[cls, p:].detach(), None, group_eot[cls])
                 else:
                     text = self.text_encoder(group[cls] + group_w[cls] * bias[img].unsqueeze(1), group_eot[cls])
                 text = F.normalize(text.float(), dim=-1)
