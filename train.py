@@ -50,6 +50,7 @@ from dassl.utils import (
     setup_logger,
 )
 from dassl.utils.registry import RegistryKeyError
+from datasets.laion_beyond import SUB_CLASSES_CHOICES
 
 logger = logging.getLogger("train")
 
@@ -148,6 +149,8 @@ def validate_cfg(cfg: Any, training: bool = True) -> None:
         broken = trainers.broken_modules()
         raise ConfigError(f"{e}; not loaded: {' | '.join(broken)}" if broken else str(e)) from None
     _check_choice("DATASET.NAME", cfg.DATASET.NAME, DATASET_REGISTRY.registered_names())
+    if getattr(DATASET_REGISTRY.get(cfg.DATASET.NAME), "supports_subsets", False):
+        _check_choice("DATASET.SUB_CLASSES", str(cfg.DATASET.SUB_CLASSES), SUB_CLASSES_CHOICES)
     _check_choice("TEST.EVALUATOR", cfg.TEST.EVALUATOR, EVALUATOR_REGISTRY.registered_names())
     _check_choice("TEST.FINAL_MODEL", cfg.TEST.FINAL_MODEL, FINAL_MODEL_CHOICES)
     _check_choice("OPTIM.NAME", cfg.OPTIM.NAME, AVAI_OPTIMS)
@@ -196,14 +199,21 @@ def output_dir_conflict(cfg: Any, model_dir: str = "", load_epoch: Optional[int]
     ``--eval-only`` run (checked with its ``--model-dir`` as part of its identity) silently replaced a
     training run's results.json and config.yaml. Checked before anything is written: a finished run's
     results.json, else a config.yaml header with checkpoints beside it, else the newest checkpoint's
-    recorded fingerprint. An explicit ``--resume`` of a training run is checked by the trainer."""
+    recorded fingerprint. A results.json that cannot be read or has no fingerprint is another
+    program's (or damaged): it is not replaced either. An explicit ``--resume`` of this very folder
+    continues its run on purpose (the trainer checks the checkpoint's identity); a ``--resume`` of
+    another folder does not make this one's results fair game (it did: they were overwritten)."""
     out = str(cfg.OUTPUT_DIR)
-    if not out or not osp.isdir(out) or (cfg.RESUME and not evaluating):
+    if not out or not osp.isdir(out) or (cfg.RESUME and not evaluating and _same_dir(str(cfg.RESUME), out)):
         return None
     expected = expected_fingerprint(cfg, model_dir, load_epoch) if evaluating else expected_fingerprint(cfg)
     state = run_results.find_finished(out, expected)
     if state.state == "mismatch" and state.results is not None and state.results.fingerprint:
         return f"a finished run of another configuration (differs in: {'; '.join(state.differences)})"
+    if state.state == "unreadable":
+        return f"a {run_results.RESULTS_FILE} that cannot be read ({'; '.join(state.differences)})"
+    if state.state == "mismatch":
+        return f"a {run_results.RESULTS_FILE} without a run fingerprint (written by other code)"
     if state.state == "match":
         return None
     subdirs = [osp.join(out, d) for d in sorted(os.listdir(out)) if osp.isdir(osp.join(out, d))]
@@ -218,6 +228,10 @@ def output_dir_conflict(cfg: Any, model_dir: str = "", load_epoch: Optional[int]
     if differences:
         return f"checkpoints of a run of another configuration (differs in: {'; '.join(differences)})"
     return None
+
+
+def _same_dir(a: str, b: str) -> bool:
+    return osp.realpath(osp.expanduser(a)) == osp.realpath(osp.expanduser(b))
 
 
 def check_output_dir_run(cfg: Any, model_dir: str = "", load_epoch: Optional[int] = None,
@@ -264,11 +278,10 @@ def main(args: argparse.Namespace) -> Any:
         check_resume_dir(cfg.RESUME)
     if args.eval_only and args.model_dir:
         check_eval_model_dir(cfg, args.model_dir, args.load_epoch)
-    conflict = None
-    if not args.no_train:
-        conflict = check_output_dir_run(cfg, args.model_dir if args.eval_only else "", args.load_epoch,
-                                        evaluating=args.eval_only,
-                                        overwrite=run_results.overwrite_requested(getattr(args, "overwrite", False)))
+    # also under --no-train: building the trainer writes config.yaml (and with --eval-only, results.json)
+    conflict = check_output_dir_run(cfg, args.model_dir if args.eval_only else "", args.load_epoch,
+                                    evaluating=args.eval_only,
+                                    overwrite=run_results.overwrite_requested(getattr(args, "overwrite", False)))
     check_writable_dir(cfg.OUTPUT_DIR)
     setup_logger(cfg.OUTPUT_DIR, console="all" if getattr(args, "verbose", False) else "summary")
     clean_temp_files(cfg.OUTPUT_DIR)
@@ -383,7 +396,8 @@ def run_summary(cfg: Any, results: Dict[str, Any], seconds: float) -> str:
 def _project_errors() -> Tuple[type, ...]:
     """User-facing error types of the project packages (absent when a test stubs them out)."""
     errors: List[type] = []
-    for module, name in (("clip", "BackboneError"), ("datasets.laion_beyond", "DatasetError")):
+    for module, name in (("clip", "BackboneError"), ("datasets.laion_beyond", "DatasetError"),
+                         ("lpclip.files", "FeatureError"), ("lpclip.files", "OutputConflictError")):
         try:
             errors.append(getattr(importlib.import_module(module), name))
         except (ImportError, AttributeError):

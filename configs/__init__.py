@@ -106,12 +106,37 @@ def _yaml_problem(e: Exception) -> str:
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping: PyYAML keeps the last one
+    silently, so a second ``OPTIM:`` section at the end of a config dropped every key of the first
+    (its optimizer, schedule and warm-up fell back to the defaults, exit 0)."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
+    first: Dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            line = first.setdefault(key, key_node.start_mark.line)
+        except TypeError:  # an unhashable key: construct_mapping names it
+            continue
+        if line != key_node.start_mark.line:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} is given twice (first on line {line + 1}); keep one", key_node.start_mark)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def _merge_file(cfg: Any, path: str, what: str) -> None:
+    if osp.isdir(path):
+        raise ConfigError(f'{what} "{path}" is a directory, not a YAML file')
     if not osp.isfile(path):
         raise ConfigError(f'{what} "{path}" does not exist')
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         raise ConfigError(f"{what} {path} is not valid YAML: {_yaml_problem(e)}") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -277,6 +302,8 @@ def resolve_config_file(name: str, kind: str, trainer: str = "") -> str:
     path = osp.join(folder, f"{name}.yaml")
     if osp.isfile(path):
         return path
+    if osp.isdir(name):
+        raise ConfigError(f'{kind} config "{name}" is a directory, not a YAML file')
     stems = sorted(f[:-5] for f in _listdir(folder) if f.endswith(".yaml"))
     hint = closest_name(name, stems)
     raise ConfigError(

@@ -23,6 +23,10 @@ class FeatureError(ValueError):
     """A user-facing problem with feature files or their extraction, reported as one ``error:`` line."""
 
 
+class OutputConflictError(ValueError):
+    """The probe's output directory holds another configuration's results (one ``error:`` line)."""
+
+
 def feature_file(output_dir: str, dataset_name: str, sub_classes: str, split: str) -> str:
     """``<output_dir>/<DATASET.NAME>/<SUB_CLASSES>/<split>.npz``: the one layout of both tools (B31)."""
     return osp.join(output_dir, dataset_name, sub_classes, f"{split}.npz")

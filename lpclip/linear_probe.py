@@ -73,7 +73,7 @@ from dassl.cli import ArgumentParser
 from dassl.utils import WriteError, atomic_write, check_writable_dir, requested_device
 from dassl.utils.identity import content_identity
 from lpclip import logreg
-from lpclip.files import FINGERPRINT_KEY, JOB_KEY, SPLITS, FeatureError, feature_file
+from lpclip.files import FINGERPRINT_KEY, JOB_KEY, SPLITS, FeatureError, OutputConflictError, feature_file
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +98,6 @@ SHOWN = 3
 #: ``precision`` (the one requested; the fingerprint holds the one used) and ``weights``/``transform``
 #: (compared through the backbone fingerprint already).
 JOB_DATA_KEYS = ("dataset", "sub_classes", "data")
-
-
-class OutputConflictError(ValueError):
-    """The probe's output directory holds another configuration's results (one ``error:`` line)."""
 
 
 class MissingFeaturesError(FeatureError):
@@ -308,8 +304,9 @@ def load_features(feature_dir: str, dataset: str, sub_classes: str, normalized: 
     split that is the train split, or on splits of different split files measures nothing.
 
     Beyond the fingerprint and class list: every split has the train split's feature width; a file's
-    job identity names its own split (``cp train.npz test.npz`` probed on the training images, exit 0)
-    and the splits' job identities agree on :data:`JOB_DATA_KEYS`. Files without a job identity
+    job identity names its own split (``cp train.npz test.npz`` probed on the training images, exit 0),
+    the asked ``dataset`` and ``sub_classes`` (another domain's files copied into this one's folder were
+    probed and filed under its name), and the splits' job identities agree on :data:`JOB_DATA_KEYS`. Files without a job identity
     (written before files recorded one, or ``null`` for unseeded random weights) cannot be compared
     that way and are still read, as before -- refusing them would orphan every older extraction, and
     their fingerprint still ties the splits to one backbone; for them (and all others) a val or test
@@ -326,6 +323,12 @@ def load_features(feature_dir: str, dataset: str, sub_classes: str, normalized: 
         if job is not None and job.get("split") != split:
             raise FeatureError(f"{path} holds the {json.dumps(job.get('split'))} split by its job identity, not "
                                f"{split} (a copy or rename of another split's file?); {fix}")
+        # a folder is only where a file lies: its job identity says whose images it encodes (another
+        # domain's or subset's files copied here were probed and filed under this --dataset)
+        for key, asked in (("dataset", dataset), ("sub_classes", sub_classes)):
+            if job is not None and key in job and str(job[key]) != asked:
+                raise FeatureError(f"{path} holds features of {key} {json.dumps(job[key])} by its job identity, not "
+                                   f"{json.dumps(asked)} (copied from another folder?); {fix}")
     ref_split = SPLITS[0]
     ref_feats, ref_fp = loaded[ref_split]
     for split in SPLITS[1:]:
@@ -794,30 +797,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        device = requested_device(args.device)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        feats = load_features(args.feature_dir, args.dataset, args.sub_classes, args.normalized)
-        shots = usable_shots(feats["train"], args.shots, f"{args.dataset}/{args.sub_classes}")
-    except FeatureError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> Tuple[str, str, Dict[str, Dict[str, Any]]]:
+    """The probe of :func:`parse_args`'s ``args``: features checked, the output folder checked (before any
+    fit), every shot count probed, results written. Returns ``(results.json, results.csv, per-K results)``;
+    a user's mistake raises :class:`FeatureError` (features), :class:`OutputConflictError` (another
+    probe's results in the way) or ``WriteError`` (folder) -- what :func:`main` prints as one ``error:``
+    line and ``scripts.grid`` records for its probe cell (``--device`` is :func:`main`'s to check)."""
+    device = requested_device(args.device)
+    feats = load_features(args.feature_dir, args.dataset, args.sub_classes, args.normalized)
+    shots = usable_shots(feats["train"], args.shots, f"{args.dataset}/{args.sub_classes}")
     features = "normalized" if args.normalized else "raw"
     output_dir = args.output_dir or osp.join(args.feature_dir, args.dataset, args.sub_classes, "linear_probe")
     fp = probe_fingerprint(args.feature_dir, args.dataset, args.sub_classes, args.shots, args.num_run,
                            args.num_step, args.normalized, args.solver)
-    try:
-        check_output_dir(output_dir, fp, results_contract.overwrite_requested(args.overwrite))
-    except (OutputConflictError, WriteError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    check_output_dir(output_dir, fp, results_contract.overwrite_requested(args.overwrite))
     logger.info("%s/%s: train %d, val %d, test %d rows, D=%d, %s features", args.dataset, args.sub_classes,
                 len(feats["train"].y), len(feats["val"].y), len(feats["test"].y), feats["train"].x.shape[1],
                 features)
@@ -836,11 +829,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "std": results_contract.STD_CONVENTION.replace("over seeds", "over runs"),
         "shots": results,
     }
+    json_path, csv_path = write_results(output_dir, payload,
+                                        csv_rows(results, args.dataset, args.sub_classes, features, args.num_step), fp)
+    return json_path, csv_path, results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        json_path, csv_path = write_results(output_dir, payload,
-                                            csv_rows(results, args.dataset, args.sub_classes, features, args.num_step),
-                                            fp)
-    except WriteError as err:
+        requested_device(args.device)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        json_path, csv_path, results = run(args)
+    except (FeatureError, OutputConflictError, WriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"accuracy (%): mean ± {results_contract.STD_CONVENTION.replace('over seeds', f'over {args.num_run} runs')}")
@@ -849,7 +854,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"K={res['shots']:>2}: {res['accuracy_mean']:.2f} ± {spread}")
     print(f"wrote {json_path} and {csv_path}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

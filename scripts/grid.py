@@ -40,18 +40,18 @@ if not __package__:  # run by path (python dir/script.py): the repo root goes fi
 import argparse
 import concurrent.futures as cf
 import contextlib
-import io
 import json
 import logging
 import multiprocessing
 import os
 import os.path as osp
 import queue
+import shlex
 import signal
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm import tqdm
@@ -87,11 +87,13 @@ from scripts.run_identity import RunConflict, command_state, conflict_message
 from scripts.sweep import (
     FEATURE_SPLITS,
     FEATURE_SUBSETS,
+    PROBE_SEED,
     RESULTS_FILE,
     Run,
     SweepSpec,
     check_counts,
     check_opts,
+    linear_probe_jobs,
     merge_opts,
     plan_runs,
     probe_dir,
@@ -108,6 +110,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_VIEWS = 8
 #: Exit status of a grid stopped by SIGTERM / SIGUSR1 (rerun to continue).
 STOPPED = 143
+#: Exit status of a grid cut short by a second Ctrl-C (128 + SIGINT; rerun to continue).
+INTERRUPTED = 130
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,8 @@ class Cell:
     output_dir: str = ""
     #: how the cell was planned (None: built by hand; such cells always run in this process)
     plan: Optional[GridPlan] = None
+    #: the probe cell's equivalent commands (the sweep's extractor and probe jobs), for ``--dry-run``
+    commands: Tuple[str, ...] = ()
     #: replace what the folder holds of a run of another configuration (``--force``: ``train.py --overwrite``)
     overwrite: bool = False
 
@@ -166,15 +172,26 @@ class GridSummary:
     ran: List[Cell] = field(default_factory=list)
     skipped: List[Cell] = field(default_factory=list)
     failed: List[Tuple[Cell, str]] = field(default_factory=list)
+    #: stopped by SIGTERM / SIGUSR1 / a first Ctrl-C (after the running cells)
     stopped: bool = False
+    #: aborted by a second Ctrl-C (the running cells were cut short)
+    aborted: bool = False
     seconds: Dict[str, float] = field(default_factory=dict)
     #: images (and views) the encoder saw through the feature stores, over all groups
     encoded: int = 0
+    #: cells planned (skipped ones included); 0: the cells counted below
+    total: int = 0
+
+    @property
+    def not_run(self) -> int:
+        return max(0, self.total - len(self.ran) - len(self.skipped) - len(self.failed))
 
     def line(self) -> str:
-        total = len(self.ran) + len(self.skipped) + len(self.failed)
+        total = self.total or len(self.ran) + len(self.skipped) + len(self.failed)
+        why = (" (interrupted: rerun to continue)" if self.aborted
+               else " (stopped by a signal: rerun to continue)" if self.stopped else "")
         return (f"{total} cell(s): ran {len(self.ran)}, skipped {len(self.skipped)}, failed {len(self.failed)}"
-                + (" (stopped by a signal: rerun to continue)" if self.stopped else ""))
+                + (f", not run {self.not_run}" if self.not_run else "") + why)
 
 
 # ---------------------------------------------------------------------------------------------- plan
@@ -198,7 +215,7 @@ def _probe_cfg(spec: SweepSpec, dataset: str, sub: str, config_path: str) -> Any
     opts = merge_opts([("DATASET.SUB_CLASSES", sub)], spec.opts)
     return build_cfg(dataset=_repo_path(f"configs/datasets/{dataset}.yaml"), config=_repo_path(config_path),
                      opts=[x for pair in opts for x in pair], root=spec.root,
-                     output_dir=spec.feature_dir or osp.join(spec.out, "clip_feat"))
+                     output_dir=spec.feature_dir or osp.join(spec.out, "clip_feat"), seed=PROBE_SEED)
 
 
 def plan_grid(
@@ -230,7 +247,8 @@ def plan_grid(
                 cells.append(Cell(method, dataset, _probe_cfg(spec, dataset, "OOP", config_path),
                                   shots=tuple(int(k) for k in shots),
                                   feature_dir=spec.feature_dir or osp.join(out, "clip_feat"),
-                                  output_dir=probe_dir(spec, dataset), plan=plan))
+                                  output_dir=probe_dir(spec, dataset), plan=plan,
+                                  commands=tuple(job.command for job in linear_probe_jobs(spec, dataset))))
                 continue
             for run in plan_runs(spec, dataset, method):
                 cells.append(Cell(method, dataset, _run_cfg(run, root), run=run, output_dir=run.output_dir,
@@ -324,8 +342,15 @@ def _subset_cfg(cfg: Any, sub: str) -> Any:
 
 
 def _probe_features(cell: Cell, sub: str, shared: Dict[Any, Any]) -> None:
-    """Write the three feature files ``lpclip.feat_extractor`` would write for ``sub``, from the store."""
+    """Write the feature files ``lpclip.feat_extractor`` would write for ``sub``, from the store; a file
+    that already is this extraction's (same job identity) is kept as it is: the probe results beside it
+    name its content."""
     cfg = _subset_cfg(cell.cfg, sub)
+    paths = {split: feat_extractor.feature_file(cell.feature_dir, cfg.DATASET.NAME, sub, split)
+             for split in FEATURE_SPLITS}
+    todo = [split for split, path in paths.items() if not feat_extractor.feature_file_state(path, cfg, split).done]
+    if not todo:
+        return
     device = feat_extractor.pick_device(cfg)
     loaded = shared_clip(shared, cfg, device, "fp32")
     dataset = build_dataset(cfg)
@@ -337,7 +362,7 @@ def _probe_features(cell: Cell, sub: str, shared: Dict[Any, Any]) -> None:
         with autocast(loaded.precision, device):
             return loaded.model.encode_image(images.to(device, dtype=loaded.dtype)).float()
 
-    for split in FEATURE_SPLITS:
+    for split in todo:
         data = {"train": dataset.train_x, "val": dataset.val, "test": dataset.test}[split]
         with torch.inference_mode():
             fc.fill_store(store, data, [-1], tfm, encode, 0, str(cfg.DATASET.ROOT),
@@ -347,20 +372,19 @@ def _probe_features(cell: Cell, sub: str, shared: Dict[Any, Any]) -> None:
         arrays = feat_extractor.feature_arrays(raw, labels, torch.arange(len(data)), list(dataset.classnames),
                                                loaded, False, 1, feat_extractor.fingerprint_string(cfg, loaded),
                                                feat_extractor.job_string(cfg, split))
-        feat_extractor.save_npz(feat_extractor.feature_file(cell.feature_dir, cfg.DATASET.NAME, sub, split), arrays)
+        feat_extractor.save_npz(paths[split], arrays)
 
 
 def _run_probe_cell(cell: Cell, shared: Dict[Any, Any]) -> None:
+    """The sweep's extractor jobs and its probe job for the domain, in this process. The probe's own
+    mistakes (another probe's results in the folder, unusable features) are user errors: one line."""
     _cell_logging(cell.output_dir)
     for sub in FEATURE_SUBSETS:
         _probe_features(cell, sub, shared)
     argv = _probe_argv(cell) + (["--overwrite"] if cell.overwrite else [])
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):  # the CLI's summary lines go to the cell's log, not the console
-        rc = linear_probe.main(argv)
-    logger.info("%s", out.getvalue().rstrip())
-    if rc != 0:
-        raise RuntimeError(f"linear probe of {cell.dataset} failed")
+    json_path, _, per_shot = linear_probe.run(linear_probe.parse_args(argv))
+    logger.info("%s", "; ".join(f"K={r['shots']} {r['accuracy_mean']:.2f}" for r in per_shot.values()))
+    logger.info("wrote %s", json_path)
 
 
 def run_cell(cell: Cell, shared: Dict[Any, Any], epoch_bars: bool = False) -> None:
@@ -440,7 +464,7 @@ def run_grid(
 
     Raises :class:`RunConflict` (one line naming the differing keys) before running anything when a
     cell's folder holds a finished run of another fingerprint, unless ``force``."""
-    summary = GridSummary()
+    summary = GridSummary(total=len(cells))
     pending, summary.skipped = pending_cells(cells, force, match_code)
     groups = group_cells(pending)
     workers = auto_workers(pending) if workers <= 0 else int(workers)
@@ -450,6 +474,8 @@ def run_grid(
     progress = _Progress(len(pending))
     try:
         _run_groups(groups, summary, progress, stop, fail_fast, after_cell, epoch_bars=True)
+    except KeyboardInterrupt:  # a second Ctrl-C: the running cell is cut short (it left no results.json)
+        summary.aborted = True
     finally:
         progress.close()
     return summary
@@ -477,14 +503,14 @@ def _run_groups(groups: Dict[Tuple[str, str], List[Cell]], summary: GridSummary,
                 logger.error("cell failed: %s: %s", cell.label, _error_line(err),
                              exc_info=not isinstance(err, train.user_errors()))
                 summary.failed.append((cell, _error_line(err)))
-                progress.done(cell, f"FAILED {cell.label}: {_error_line(err)}")
+                progress.done(cell, f"FAILED {cell.label}: {_error_line(err)}", why=_error_line(err))
                 if fail_fast:
                     return
             else:
                 summary.ran.append(cell)
                 seconds = time.time() - start
                 summary.seconds[cell.output_dir] = seconds
-                progress.done(cell, _done_line(cell, seconds))
+                progress.done(cell, _done_line(cell, seconds), seconds=seconds)
             finally:
                 summary.encoded = stores_before + sum(
                     v.encoded for v in shared.values() if isinstance(v, fc.FeatureStore))
@@ -500,7 +526,7 @@ class _Progress:
         self.total, self.count = int(total), 0
         self.bar = tqdm(total=self.total, desc="grid", unit="cell", disable=None, dynamic_ncols=True)
 
-    def done(self, _cell: Optional[Cell], line: str) -> None:
+    def done(self, _cell: Optional[Cell], line: str, why: Optional[str] = None, seconds: float = 0.0) -> None:
         self.count += 1
         self.bar.write(f"[{self.count}/{self.total}] {line}")
         self.bar.update(1)
@@ -510,19 +536,23 @@ class _Progress:
 
 
 class _QueueProgress:
-    """A worker's stand-in for :class:`_Progress`: each cell's line goes to the parent's queue."""
+    """A worker's stand-in for :class:`_Progress`: each cell's outcome and line go to the parent's queue,
+    as they happen (the parent counts cells from these, so a worker that dies later loses none)."""
 
     def __init__(self, queue: Any, dataset: str) -> None:
         self.queue, self.dataset = queue, dataset
 
-    def done(self, cell: Cell, line: str) -> None:
-        self.queue.put((cell.output_dir, f"[{self.dataset}] {line}"))
+    def done(self, cell: Cell, line: str, why: Optional[str] = None, seconds: float = 0.0) -> None:
+        self.queue.put((cell.output_dir, f"[{self.dataset}] {line}", why, float(seconds)))
 
 
 def _worker_init(threads: int, stop: Any, lines: Any) -> None:
     """A worker process: its torch threads, and SIGTERM / SIGUSR1 ask it to stop after the running cell
     (SLURM signals every process of the job; the grid's parent collects what finished)."""
     torch.set_num_threads(int(threads))
+    # Ctrl-C reaches every process of the terminal's group: the parent decides (stop after the running
+    # cells, or on a second Ctrl-C kill the workers), so a worker does not die with a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in ("SIGTERM", "SIGUSR1"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), lambda *_: stop.set())
@@ -552,7 +582,13 @@ def _group_worker(plan: GridPlan, dataset: str, output_dirs: Sequence[str], fail
 
 def _run_parallel(groups: Dict[Tuple[str, str], List[Cell]], summary: GridSummary, workers: int, threads: int,
                   stop: Optional[threading.Event], fail_fast: bool) -> None:
-    """Each group in a worker process (spawned: no inherited OpenMP or CUDA state), longest first."""
+    """Each group in a worker process (spawned: no inherited OpenMP or CUDA state), longest first.
+
+    The workers report every cell through a queue as it ends (outcome, seconds, console line); that is
+    what the summary counts. A worker that dies (killed, out of memory) breaks the whole pool: once the
+    pool is down, each cell nobody reported counts as run if its folder holds its finished run (it ended
+    before its line went out), else as failed. A second Ctrl-C (``KeyboardInterrupt``) kills the workers;
+    their unreported, unfinished cells count as not run."""
     ctx = multiprocessing.get_context("spawn")
     worker_stop = ctx.Event()
     lines = ctx.Queue()
@@ -562,49 +598,100 @@ def _run_parallel(groups: Dict[Tuple[str, str], List[Cell]], summary: GridSummar
     print(f"grid: {total} cell(s) in {len(order)} group(s), {min(workers, len(order))} worker process(es) x "
           f"{threads} torch thread(s)", file=sys.stderr, flush=True)
     progress = _Progress(total)
-    reported = set()  # output dirs of the cells the workers have reported (a dead worker's others fail)
+    reported: set = set()  # output dirs of the cells counted in the summary
+    broken: List[Tuple[List[Cell], str]] = []  # groups whose worker was lost, and why
+    reports: List[Dict[str, Any]] = []
+
+    def record(output_dir: str, line: str, why: Optional[str], seconds: float) -> None:
+        if output_dir in reported or output_dir not in by_dir:
+            return
+        reported.add(output_dir)
+        cell = by_dir[output_dir]
+        if why is None:
+            summary.ran.append(cell)
+            summary.seconds[output_dir] = seconds
+        else:
+            summary.failed.append((cell, why))
+        progress.done(cell, line)
 
     def drain() -> None:
         while True:
             try:
-                output_dir, line = lines.get_nowait()
+                record(*lines.get_nowait())
             except queue.Empty:
                 return
-            reported.add(output_dir)
-            progress.done(by_dir.get(output_dir), line)
 
+    pool = cf.ProcessPoolExecutor(max_workers=min(workers, len(order)), mp_context=ctx,
+                                  initializer=_worker_init, initargs=(threads, worker_stop, lines))
+    waiting: set = set()
     try:
-        with cf.ProcessPoolExecutor(max_workers=min(workers, len(order)), mp_context=ctx,
-                                    initializer=_worker_init, initargs=(threads, worker_stop, lines)) as pool:
-            futures = {pool.submit(_group_worker, g[0].plan, g[0].dataset, [c.output_dir for c in g], fail_fast): g
-                       for g in order}
-            waiting = set(futures)
-            while waiting:
-                done, waiting = cf.wait(waiting, timeout=1.0, return_when=cf.FIRST_COMPLETED)
-                drain()
-                if stop is not None and stop.is_set():
+        futures = {pool.submit(_group_worker, g[0].plan, g[0].dataset, [c.output_dir for c in g], fail_fast): g
+                   for g in order}
+        waiting = set(futures)
+        while waiting:
+            done, waiting = cf.wait(waiting, timeout=1.0, return_when=cf.FIRST_COMPLETED)
+            drain()
+            if stop is not None and stop.is_set():
+                worker_stop.set()
+            for fut in done:
+                try:
+                    report = fut.result()
+                except cf.process.BrokenProcessPool:  # a worker died: its group is settled once the pool is down
+                    broken.append((futures[fut], "a worker process died (killed, or out of memory?); rerun to continue"))
+                    continue
+                except Exception as err:  # a bug in the worker's own code (not in a cell: those are recorded)
+                    broken.append((futures[fut], f"worker process failed: {_error_line(err)}"))
+                    continue
+                reports.append(report)
+                summary.encoded += int(report["encoded"])
+                summary.stopped = summary.stopped or bool(report["stopped"])
+                if fail_fast and report["failed"]:
                     worker_stop.set()
-                for fut in done:
-                    group = futures[fut]
-                    try:
-                        report = fut.result()
-                    except Exception as err:  # a worker that died (killed, out of memory): its cells failed
-                        why = f"worker process failed: {_error_line(err)}"
-                        drain()
-                        for cell in (c for c in group if c.output_dir not in reported):
-                            summary.failed.append((cell, why))
-                            progress.done(cell, f"[{cell.dataset}] FAILED {cell.label}: {why}")
-                        continue
-                    summary.ran.extend(by_dir[d] for d in report["ran"])
-                    summary.failed.extend((by_dir[d], why) for d, why in report["failed"])
-                    summary.seconds.update(report["seconds"])
-                    summary.encoded += int(report["encoded"])
-                    summary.stopped = summary.stopped or bool(report["stopped"])
-                    if fail_fast and report["failed"]:
-                        worker_stop.set()
-        drain()  # lines still in the queue when the last worker returned (the pool has shut down)
+    except KeyboardInterrupt:
+        summary.aborted = True
     finally:
-        progress.close()
+        with _sigint_ignored():  # settling what happened must not be cut short by another Ctrl-C
+            _settle_pool(pool, bool(waiting), worker_stop)
+            drain()  # lines still in the queue when the last worker returned (the pool has shut down)
+            for report in reports:  # a returned worker's cells whose line never arrived
+                for d in report["ran"]:
+                    record(d, f"[{by_dir[d].dataset}] done {by_dir[d].label}", None, report["seconds"].get(d, 0.0))
+                for d, why in report["failed"]:
+                    record(d, f"[{by_dir[d].dataset}] FAILED {by_dir[d].label}: {why}", why, 0.0)
+            lost = [(cell, why) for group, why in broken for cell in group]
+            if summary.aborted:
+                lost += [(cell, "") for cell in by_dir.values()]
+            for cell, why in lost:
+                if cell.output_dir in reported:
+                    continue
+                if is_finished(cell):  # it ended before its line went out
+                    record(cell.output_dir, f"[{cell.dataset}] done {cell.label}", None, 0.0)
+                elif why and not summary.aborted:
+                    record(cell.output_dir, f"[{cell.dataset}] FAILED {cell.label}: {why}", why, 0.0)
+            progress.close()
+
+
+def _settle_pool(pool: cf.ProcessPoolExecutor, cut_short: bool, worker_stop: Any) -> None:
+    """Shut the pool down; ``cut_short`` (a second Ctrl-C, or an error here): kill its workers first, so
+    that their running cells end now instead of being waited for."""
+    if cut_short:
+        worker_stop.set()
+        for proc in multiprocessing.active_children():  # the pool's worker processes
+            proc.kill()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ctrl-C is ignored inside (main thread only: elsewhere signals cannot be set and do not arrive)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -640,13 +727,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _install_stop_handlers(stop: threading.Event) -> None:
+    """SIGTERM / SIGUSR1 (SLURM preemption) and a first Ctrl-C stop the grid after the running cells; a
+    second Ctrl-C cuts them short (``KeyboardInterrupt``, caught by :func:`run_grid`). Either way the
+    summary line follows and a rerun runs only the missing cells."""
     def handler(signum: int, _frame: Any) -> None:
         stop.set()
         print(f"signal {signum}: stopping after the running cell", file=sys.stderr, flush=True)
 
+    def interrupt(_signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("interrupted: stopping after the running cell (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
+
     for name in ("SIGTERM", "SIGUSR1"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), handler)
+    signal.signal(signal.SIGINT, interrupt)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -677,6 +774,26 @@ def pending_cells(cells: Sequence[Cell], force: bool = False, match_code: bool =
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C while planning (before any cell ran) or while summarising
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+def _check_cells(cells: Sequence[Cell]) -> None:
+    """Every trained cell's config passes ``train.py``'s checks (names, values), before any cell runs: an
+    ``--opts OPTIM.MAX_EPOCH -3`` is one line here, not a failure per cell after the first has trained."""
+    for cell in cells:
+        if cell.run is None:
+            continue
+        try:
+            train.validate_cfg(cell.cfg, training=not cell.run.eval_only)
+        except ConfigError as err:
+            raise ConfigError(f"{cell.label}: {err}") from None
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
         _check_args(args)
@@ -691,6 +808,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             # the domain must be under --root (e.g. "Plants" is LAION-Beyond's, not Mini-Beyond's MiniPlants),
             # and a trained cell's shot count must exist there (each such cell failed on its own before)
             check_shots(args.root, dataset, [c.run.shots for c in cells if c.run is not None and c.dataset == dataset])
+        _check_cells(cells)
     except (DomainError, ConfigError, RegistryKeyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -701,7 +819,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         for cell in pending:
-            print(" ".join(cell.run.argv(_abs(args.root))) if cell.run else f"# {cell.label}")
+            print("\n".join([shlex.join(cell.run.argv(_abs(args.root)))] if cell.run else cell.commands))
         return 0
     stop = threading.Event()
     _install_stop_handlers(stop)
@@ -714,9 +832,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except RunConflict as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"grid: {summary.line()} in {time.time() - start:.0f} s", file=sys.stderr)
-    for cell, why in summary.failed:
-        print(f"  FAILED {cell.label}: {why}", file=sys.stderr)
+    with _sigint_ignored():  # the summary is printed whole
+        print(f"grid: {summary.line()} in {time.time() - start:.0f} s", file=sys.stderr)
+        for cell, why in summary.failed:
+            print(f"  FAILED {cell.label}: {why}", file=sys.stderr)
+    if summary.aborted:
+        return INTERRUPTED
     if summary.stopped:
         return STOPPED
     return 1 if summary.failed else 0

@@ -338,6 +338,11 @@ def conflict_message(states: Sequence[results.Finished], elsewhere: str = "use a
     bad: List[results.Finished] = [s for s in states if s.state in ("mismatch", "unreadable")]
     first = bad[0]
     which = "" if len(bad) == 1 else "the first, "
+    if first.state == "unreadable":  # a damaged results.json, or a job whose fingerprint cannot be computed
+        why = "; ".join(first.differences)
+        where = why if first.path in why else f"{first.path}: {why}"
+        return (f"{len(bad)} job(s) would overwrite a finished run that cannot be checked: {which}{where}. "
+                f"Fix: move it away or repair it, {elsewhere}, or --force to overwrite")
     return (f"{len(bad)} job(s) would overwrite a different finished run: {which}{first.path} differs in: "
             f"{'; '.join(first.differences)}. Fix: {elsewhere}, or --force to overwrite")
 

@@ -107,6 +107,11 @@ DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
 FEATURE_SPLITS = ("train", "val", "test")
 FEATURE_SUBSETS = ("OOP", "IP")
+#: ``SEED`` of the linear probe's feature extraction. It seeds random weights (``WEIGHTS none``, the smoke
+#: configs), so a rerun recognises its own feature files (unseeded, every extraction drew new weights and
+#: a finished probe could never be skipped); pretrained weights and the probe's runs
+#: (``default_rng(run)``) do not depend on it.
+PROBE_SEED = 1
 
 Opts = List[Tuple[str, str]]
 
@@ -307,7 +312,7 @@ def _extra_dirs(spec: SweepSpec, method: Method) -> List[str]:
 def _method_jobs(spec: SweepSpec, dataset: str) -> Iterable[Job]:
     method = get_method(spec.method)
     if method.kind == "probe":
-        yield from _linear_probe_jobs(spec, dataset)
+        yield from linear_probe_jobs(spec, dataset)
         return
     for run in plan_runs(spec, dataset, method):
         label = f"zeroshot {dataset} {dict(run.opts).get('DATASET.SUB_CLASSES')} seed={run.seed}" \
@@ -321,7 +326,7 @@ def probe_dir(spec: SweepSpec, dataset: str) -> str:
     return os.path.join(spec.out, *[format_template(t, lambda n: {"dataset": dataset}[n]) for t in method.dirs])
 
 
-def _linear_probe_jobs(spec: SweepSpec, dataset: str) -> Iterable[Job]:
+def linear_probe_jobs(spec: SweepSpec, dataset: str) -> Iterable[Job]:
     # Features of both subsets and all splits first, then one probe per domain (it loops over the
     # shot counts and its own runs internally). --opts reach the extractor only: the probe has a
     # plain argparse CLI without yacs overrides.
@@ -338,6 +343,7 @@ def _linear_probe_jobs(spec: SweepSpec, dataset: str) -> Iterable[Job]:
                 "--config-file", config_path,
                 "--dataset-config-file", _dataset_config(dataset),
                 "--split", split,
+                "--seed", str(PROBE_SEED),
                 *_flat(opts),
             )
             done = os.path.join(feature_dir, dataset, sub, f"{split}.npz")
@@ -349,6 +355,7 @@ def _linear_probe_jobs(spec: SweepSpec, dataset: str) -> Iterable[Job]:
         "--dataset", dataset,
         "--sub-classes", "OOP",
         "--output-dir", out,
+        "--shots", *[str(int(k)) for k in spec.shots],
     )
     yield Job(argv, os.path.join(out, RESULTS_FILE), f"linear_probe {dataset}")
 
@@ -533,6 +540,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_data(spec: SweepSpec) -> None:
+    """Before a real sweep starts any job: ``--root`` is a folder holding every domain (:class:`DomainError`).
+    ``--dry-run`` does not ask: its commands may be meant for another machine's copy of the data."""
+    root = repo_path(spec.root)  # where the jobs will read it
+    if not os.path.isdir(root):
+        raise DomainError(f"--root {spec.root} is not a directory (the dataset root)")
+    method = get_method(spec.method)
+    for dataset in resolve_domains(spec.domains):
+        check_shots(root, dataset, spec.shots if method.kind == "train" else [])
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     console_logging(logger.name)
@@ -581,6 +599,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         check_writable_dir(args.out)  # before any job: a file, /dev/null or a read-only folder
     except WriteError as err:
         print(f"error: {err.strerror or err}", file=sys.stderr)
+        return 2
+    try:
+        check_data(spec)
+    except DomainError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     try:
         summary = run_jobs(jobs, force=args.force, fail_fast=args.fail_fast, match_code=args.match_code)

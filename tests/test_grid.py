@@ -3,8 +3,14 @@ missing cells; each (image, view) is encoded once."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List
@@ -81,12 +87,13 @@ def test_engine_cell_equals_train_py(engine_run, method, tmp_path):
 
 
 def test_linear_probe_cell_equals_the_sweep_jobs(toy_root, tmp_path):
-    # SEED 1: the tiny model's random init is seeded, so separate extractor processes load one model.
+    # The extraction is seeded (scripts.sweep.PROBE_SEED): the tiny model's random init is the same in
+    # the grid and in separate extractor processes, and a rerun recognises its files.
     cells = grid.plan_grid(str(toy_root), str(tmp_path / "g"), [DOMAIN], ["linear_probe"], [1, 2, 4, 8, 16],
-                           config_set="smoke", opts=["SEED", "1"])
+                           config_set="smoke")
     assert not grid.run_grid(cells).failed
     spec = SweepSpec(method="linear_probe", root=str(toy_root), out=str(tmp_path / "s"), domains=[DOMAIN],
-                     config_set="smoke", opts=["SEED", "1"])
+                     config_set="smoke")
     for job in build_jobs(spec):
         module = feat_extractor if job.argv[2] == "lpclip.feat_extractor" else linear_probe
         assert module.main(list(job.argv[3:])) == 0
@@ -106,9 +113,36 @@ def test_linear_probe_cell_equals_the_sweep_jobs(toy_root, tmp_path):
                 for key in za.files:
                     np.testing.assert_array_equal(za[key], zb[key])
 
-    # the extractor jobs are now skipped (their files carry their job identity), the cell too
+    # the extractor jobs are now skipped (their files carry their job identity), the cell too: with the
+    # smoke config's random weights unseeded, a rerun re-extracted all six files (new weights), then
+    # the probe refused its own earlier results (other feature content) with a traceback
     assert all(command_state(job.argv, job.done).done for job in build_jobs(spec))
     assert grid.cell_state(cells[0]).done
+    files = sorted(Path(cells[0].feature_dir).rglob("*.npz")) + [Path(cells[0].results_file)]
+    stamps = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
+    again = grid.run_grid(grid.plan_grid(str(toy_root), str(tmp_path / "g"), [DOMAIN], ["linear_probe"],
+                                         [1, 2, 4, 8, 16], config_set="smoke"))
+    assert len(again.skipped) == 1 and not again.ran and not again.failed
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files} == stamps
+    # a missing feature file is extracted alone; the files already there (which the results name) stay
+    gone = Path(feat_extractor.feature_file(cells[0].feature_dir, cells[0].cfg.DATASET.NAME, "IP", "test"))
+    gone.unlink()
+    assert not grid.run_grid(cells).failed and gone.is_file()
+    for p, (stamp, _) in stamps.items():
+        if p not in (gone, Path(cells[0].results_file)):
+            assert p.stat().st_mtime_ns == stamp, p
+    # results of another probe configuration, found only once the missing file is extracted: the cell
+    # fails in one line (a user error, no traceback; it was a RuntimeError) and the results stay
+    res_path = Path(cells[0].results_file)
+    res = results(str(res_path))
+    res["fingerprint"]["config"]["num_run"] = 3
+    res_path.write_text(json.dumps(res))
+    before = res_path.read_bytes()
+    gone.unlink()
+    summary = grid.run_grid(cells)
+    assert len(summary.failed) == 1 and summary.failed[0][1].startswith("OutputConflictError: --output-dir")
+    assert "another probe configuration" in summary.failed[0][1] and res_path.read_bytes() == before
+    assert isinstance(linear_probe.OutputConflictError("x"), grid.train.user_errors())
     # a feature file of another job in the cell's folder (here: extracted with SEED 2) is never taken for
     # the cell's: the grid stops before running anything, naming the file and the differing key
     path = Path(feat_extractor.feature_file(cells[0].feature_dir, dataset, "IP", "val"))
@@ -289,6 +323,10 @@ def test_worker_processes_give_the_same_results_as_one_process(toy_root, tmp_pat
     # an option after --opts was taken as a config item (the odd count then listed the grid's own VIEWS)
     ("dir", ("--opts", "OPTIM.LR", "0.1", "--dry-run"), "put --dry-run before --opts"),
     ("dir", ("--opts", "OPTIM.LR"), "--opts needs KEY VALUE pairs, got an odd number of items: OPTIM.LR"),
+    # values train.py refuses were found in each cell, after the first had trained (one failure per cell)
+    ("dir", ("--opts", "DATASET.SUB_CLASSES", "Foo"), 'DATASET.SUB_CLASSES: "Foo" is not one of the 3'),
+    ("dir", ("--methods", "fsnl", "--shots", "1", "--opts", "OPTIM.MAX_EPOCH", "-3"), "fsnl Food53_27 K=1 seed=1: OPTIM.MAX_EPOCH must be"),
+    ("dir", ("--methods", "coop", "--shots", "2", "--dry-run", "--opts", "OPTIM.LR", "-1"), "OPTIM.LR"),
 ])
 def test_bad_output_root_or_counts_fail_before_any_cell(toy_root, tmp_path, capsys, monkeypatch, out, flag, expected):
     """--out that is a file (or /dev/null) used to fail in every cell with a traceback; negative counts
@@ -303,6 +341,20 @@ def test_bad_output_root_or_counts_fail_before_any_cell(toy_root, tmp_path, caps
     assert rc == 2 and err.startswith("error: ") and "\n" not in err and expected in err, err
     if out == "file":
         assert target.read_text() == "keep"
+
+
+def test_dry_run_prints_the_probe_jobs(toy_root, tmp_path, capsys):
+    """--dry-run printed the probe cell as a comment ("# linear_probe Food"): launched, the printed file
+    ran every other cell and silently no probe. It prints the sweep's extractor and probe jobs now."""
+    out = tmp_path / "g"
+    assert grid.main(["--root", str(toy_root), "--out", str(out), "--domains", DOMAIN, "--methods", "zeroshot",
+                      "linear_probe", "--shots", "1", "2", "--config-set", "smoke", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    spec = SweepSpec(method="linear_probe", root=str(toy_root), out=str(out), domains=[DOMAIN], shots=[1, 2],
+                     config_set="smoke")
+    probe = [job.command for job in build_jobs(spec)]
+    assert lines[-len(probe):] == probe and not any(ln.startswith("#") for ln in lines)
+    assert probe[-1].endswith("--shots 1 2") and all("--seed 1" in c for c in probe[:-1])
 
 
 def test_missing_root_and_repeated_values(toy_root, tmp_path, capsys):
@@ -339,3 +391,111 @@ def test_unreadable_image_fails_its_cell_in_one_line(toy_root, toy_info, tmp_pat
     err = capsys.readouterr().err
     assert len(summary.failed) == 1 and "Traceback" not in err, err
     assert "Cannot decode" in summary.failed[0][1] or "cannot" in summary.failed[0][1].lower(), summary.failed
+
+
+# ------------------------------------------------------------------ interrupted and broken grids (subprocesses)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _start_grid(root: Path, out: Path, domains: List[str], workers: int) -> subprocess.Popen:
+    """The grid CLI in its own session (a terminal's Ctrl-C reaches its whole process group): 4 cells per
+    domain, long enough (30 epochs) to be signalled while one runs."""
+    cmd = [sys.executable, "-m", "scripts.grid", "--root", str(root), "--out", str(out), "--domains", *domains,
+           "--methods", "fsnl", "coop", "--shots", "1", "2", "--seeds", "1", "--config-set", "smoke", "--views", "2",
+           "--workers", str(workers), "--threads", "1", "--opts", "OPTIM.MAX_EPOCH", "30"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1")
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _wait_for_results(out: Path, proc: subprocess.Popen, count: int = 1, timeout: float = 240.0) -> None:
+    deadline = time.time() + timeout
+    while len(list(out.rglob(grid.RESULTS_FILE))) < count:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "no cell finished in time"
+        time.sleep(0.1)
+
+
+def _summary(err: str) -> Dict[str, int]:
+    """The counts of the grid's summary line (the last line of stderr that starts with "grid: ")."""
+    line = [ln for ln in err.splitlines() if ln.startswith("grid: ") and " ran " in ln][-1]
+    numbers = re.findall(r"(\d+) cell\(s\): ran (\d+), skipped (\d+), failed (\d+)(?:, not run (\d+))?", line)[0]
+    total, ran, skipped, failed, not_run = (int(x or 0) for x in numbers)
+    return {"total": total, "ran": ran, "skipped": skipped, "failed": failed, "not_run": not_run}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_twice_stops_now_with_a_summary_and_the_rerun_completes(toy_root, tmp_path, workers):
+    """A first Ctrl-C asks the grid to stop after the running cell(s), a second one stops it now: exit 130,
+    no traceback (from the parent or a worker), the summary counts what finished (every results.json on
+    disk, and nothing else), and a rerun runs exactly the rest. Before, Ctrl-C ended in a traceback and
+    no summary; SIGTERM's summary counted only the cells that ran as the grid's total."""
+    domains = [DOMAIN] if workers == 1 else ["Animals", DOMAIN]
+    out = tmp_path / "g"
+    proc = _start_grid(toy_root, out, domains, workers)
+    _wait_for_results(out, proc)
+    for _ in range(2):
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.3)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == grid.INTERRUPTED, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    counts = _summary(err)
+    finished = len(list(out.rglob(grid.RESULTS_FILE)))
+    assert counts["total"] == 4 * len(domains) and counts["ran"] == finished >= 1
+    assert counts["failed"] == 0 and counts["ran"] + counts["not_run"] == counts["total"]
+    pending, done = grid.pending_cells(grid.plan_grid(str(toy_root), str(out), domains, ["fsnl", "coop"], [1, 2], [1],
+                                                      config_set="smoke", views=2, opts=["OPTIM.MAX_EPOCH", "30"]))
+    assert len(done) == finished and len(pending) == counts["total"] - finished
+
+
+def _worker_pids(parent: int) -> List[int]:
+    """The grid's spawned worker processes (children of ``parent`` running multiprocessing's spawn_main,
+    not its resource tracker)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if int(fields[1]) == parent and "spawn_main" in cmdline and "resource_tracker" not in cmdline:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes through /proc")
+def test_a_killed_worker_fails_only_cells_that_did_not_finish(toy_root, tmp_path):
+    """A worker killed mid-grid (OOM killer, kill -9) breaks the process pool. Before, every cell not yet
+    returned -- the other worker's finished ones too -- was counted failed, a finished cell's line came
+    after that as "[9/8]", and the summary said "7 cell(s): ran 0". Now the counts match the disk: a cell
+    ran iff its results.json exists, every other one failed with one line naming the cause."""
+    out = tmp_path / "g"
+    proc = _start_grid(toy_root, out, ["Animals", DOMAIN], 2)
+    _wait_for_results(out, proc)
+    workers = _worker_pids(proc.pid)
+    assert workers
+    os.kill(workers[0], signal.SIGKILL)
+    stdout, err = proc.communicate(timeout=240)
+    assert proc.returncode == 1, err
+    counts = _summary(err)
+    finished = len(list(out.rglob(grid.RESULTS_FILE)))
+    assert counts["total"] == 8 and counts["ran"] == finished >= 1 and counts["ran"] + counts["failed"] == 8
+    numbered = re.findall(r"^\[(\d+)/(\d+)\]", stdout, flags=re.M)
+    assert [int(k) for k, _ in numbered] == list(range(1, 9)) and {int(n) for _, n in numbered} == {8}, stdout
+    failed = [ln for ln in err.splitlines() if ln.startswith("  FAILED ")]
+    assert len(failed) == counts["failed"] and all("a worker process died" in ln for ln in failed), err
+
+
+def test_a_damaged_results_file_is_named_once_as_unreadable(toy_root, tmp_path, capsys):
+    """A truncated results.json in a cell's folder was reported as "a different finished run: <path>
+    differs in: <path>: not valid JSON" (the path twice, and a damaged file called a run)."""
+    cells = plan(toy_root, tmp_path / "g", ["zeroshot"], shots=(1,), seeds=(1,))
+    path = Path(cells[0].results_file)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"schema": 1, "acc')
+    assert grid.main(["--root", str(toy_root), "--out", str(tmp_path / "g"), "--domains", DOMAIN, "--methods",
+                      "zeroshot", "--seeds", "1", "--config-set", "smoke", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: 1 job(s) would overwrite a finished run that cannot be checked: ")
+    assert err.count(str(path)) == 1 and "--force" in err and path.read_text() == '{"schema": 1, "acc'

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -141,6 +142,9 @@ YAML_CASES = {
     "unknown_key": ("OPTIM:\n  LRR: 0.1\n", "OPTIM.LR"),
     # yacs printed the whole default OPTIM section (20+ lines) in its type-mismatch message
     "section_as_value": ("OPTIM: 5\n", "OPTIM is a section"),
+    # PyYAML kept the last OPTIM section: the first one's NAME/LR_SCHEDULER fell back to defaults, rc 0
+    "duplicate_section": ("OPTIM:\n  NAME: sgd\n  LR: 0.1\nOPTIM:\n  LR: 0.5\n", "key 'OPTIM' is given twice (first on line 1)"),
+    "duplicate_key": ("OPTIM:\n  LR: 0.1\n  LR: 0.5\n", "key 'LR' is given twice (first on line 2)"),
 }
 
 
@@ -274,6 +278,66 @@ def test_checkpoints_without_config_or_results_are_not_resumed_by_another_config
     assert "checkpoints of a run of another configuration" in line and "OPTIM.LR 0.05 -> 0.3" in line, line
     assert "--overwrite" in line
     assert snapshot(run) == before
+
+
+def test_a_directory_as_config_file(toy_root, finished, tmp_path, capsys):
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, finished, TRAINER, config=tmp_path)))
+    assert str(tmp_path) in line and "is a directory, not a YAML file" in line, line
+
+
+@pytest.mark.parametrize("content", ['{"my": "results"}', "not json at all"], ids=["foreign", "garbage"])
+def test_results_file_that_is_not_a_run_of_ours_is_kept(toy_root, tmp_path, capsys, content):
+    """train.py replaced a results.json it could not read, or one without a run fingerprint (another
+    program's), without a word (rc 0); the probe already refused the same. Now one line, --overwrite to
+    replace it."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "results.json").write_text(content)
+    before = snapshot(out)
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, out, TRAINER)))
+    assert f'--output-dir "{out}"' in line and "results.json" in line and "--overwrite" in line, line
+    assert ("cannot be read" if content.startswith("not") else "without a run fingerprint") in line, line
+    assert snapshot(out) == before
+
+
+def test_resume_of_another_folder_does_not_overwrite_this_ones_run(toy_root, finished, tmp_path, capsys):
+    """--resume DIR skipped the output-dir check even when DIR is not --output-dir: a finished run of
+    another configuration there was overwritten (results.json and config.yaml of the new config beside
+    the old checkpoints, rc 0). Only a --resume of the folder itself continues it on purpose."""
+    run = _copy_run(finished, tmp_path / "run")
+    other = _copy_run(finished, tmp_path / "other")
+    before = snapshot(run)
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, run, TRAINER, "TRAIN.CHECKPOINT_FREQ", "1",
+                                                       "OPTIM.LR", "0.3", extra=("--resume", str(other)))))
+    assert f'--output-dir "{run}"' in line and "OPTIM.LR 0.05 -> 0.3" in line, line
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("extra", [("--no-train",), ("--eval-only", "--no-train")], ids=["no_train", "eval_no_train"])
+def test_no_train_does_not_skip_the_output_dir_check(toy_root, finished, tmp_path, capsys, extra):
+    """--no-train skipped the output-dir check, but building the trainer rewrites config.yaml, and with
+    --eval-only the run is evaluated and results.json replaced: a finished run of another configuration
+    lost both (rc 0)."""
+    run = _copy_run(finished, tmp_path / "run")
+    model = _copy_run(finished, tmp_path / "model")
+    before = snapshot(run)
+    more = ("--model-dir", str(model)) if "--eval-only" in extra else ()
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, run, TRAINER, "OPTIM.MAX_EPOCH", "9",
+                                                       extra=(*extra, *more))))
+    assert f'--output-dir "{run}"' in line and "would overwrite it" in line, line
+    assert snapshot(run) == before
+
+
+def test_garbage_checkpoint_to_evaluate_is_one_line(toy_root, finished, tmp_path, capsys):
+    """Random bytes in the checkpoint --eval-only loads: the legacy-checkpoint fallback first warned that
+    the file "holds pickled objects ... loading its tensors" and then the load failed: two lines, the
+    first wrong. Now only the error line."""
+    run = _copy_run(finished, tmp_path / "run")
+    newest = max((run / "name_learner").glob("model.pth.tar-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    newest.write_bytes(np.random.default_rng(0).bytes(1000))
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, tmp_path / "ev", TRAINER,
+                                                       extra=("--eval-only", "--model-dir", str(run)))))
+    assert str(newest) in line and "unreadable" in line, line
 
 
 def test_explicit_resume_of_another_configuration_names_the_key(toy_root, finished, tmp_path, capsys):

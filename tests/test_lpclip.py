@@ -484,7 +484,8 @@ def test_feature_shape_mistakes_are_one_error_line_naming_the_file(tmp_path, cap
 
 
 @pytest.mark.parametrize("case", ["train_copied_to_test", "train_copied_to_test_no_jobs", "other_split_files",
-                                  "other_dataset", "job_of_another_split"])
+                                  "other_dataset", "job_of_another_split", "all_of_another_dataset",
+                                  "all_of_another_subset"])
 def test_splits_of_other_data_or_another_split_are_refused(tmp_path, capsys, monkeypatch, case):
     """Hostile: ``cp train.npz test.npz`` (exit 0: the probe scored its training images) and a train
     split extracted from another build of the data (another split-file digest) than val/test (exit 0:
@@ -504,7 +505,14 @@ def test_splits_of_other_data_or_another_split_are_refused(tmp_path, capsys, mon
         named, expected = folder / "val.npz", "were extracted from different data (data.IP (split-file digest))"
     elif case == "other_dataset":
         rewrite(folder / "test.npz", job=toy_job("test", dataset="Toy8_8", sub_classes="OOP"))
-        named, expected = folder / "test.npz", 'different data (dataset "Toy8_8" vs "Toy9_9"; sub_classes "OOP" vs "IP")'
+        named, expected = folder / "test.npz", 'holds features of dataset "Toy8_8" by its job identity, not "Toy9_9"'
+    elif case.startswith("all_of_another"):
+        # another domain's (or subset's) three files copied into this folder agree with each other: they
+        # were probed (exit 0) and their numbers filed under --dataset Toy9_9 --sub-classes IP
+        key, value = ("dataset", "Toy8_8") if case.endswith("dataset") else ("sub_classes", "OOP")
+        for split in ("train", "val", "test"):
+            rewrite(folder / f"{split}.npz", job=toy_job(split, **{key: value}))
+        named, expected = folder / "train.npz", f'holds features of {key} "{value}" by its job identity, not'
     else:
         rewrite(folder / "val.npz", job=toy_job("test"))
         named, expected = folder / "val.npz", 'holds the "test" split by its job identity, not val'

@@ -231,14 +231,18 @@ def test_zeroshot_and_linear_probe_commands(capsys: pytest.CaptureFixture) -> No
     assert lines[0] == (
         "python -m lpclip.feat_extractor --root D --output-dir O/clip_feat "
         "--config-file configs/trainers/CoOp_openclip/vit_b16_ep200_ctxv1_lpclip.yaml "
-        "--dataset-config-file configs/datasets/Food53_27.yaml --split train DATASET.SUB_CLASSES OOP"
+        "--dataset-config-file configs/datasets/Food53_27.yaml --split train --seed 1 DATASET.SUB_CLASSES OOP"
     )
-    assert [ln.split()[-3] for ln in lines[:6]] == ["train", "val", "test"] * 2
+    assert [ln.split()[-5] for ln in lines[:6]] == ["train", "val", "test"] * 2
     assert [ln.split()[-1] for ln in lines[:6]] == ["OOP"] * 3 + ["IP"] * 3
+    # the sweep's --shots reach the probe (it ran its default 1 2 4 8 16 whatever the sweep asked)
     assert lines[6] == (
         "python -m lpclip.linear_probe --feature-dir O/clip_feat --dataset Food53_27 --sub-classes OOP "
-        "--output-dir O/Food53_27/linear_probe"
+        "--output-dir O/Food53_27/linear_probe --shots 1 2 4 8 16"
     )
+    rc, lines, _ = run_main(capsys, "--method", "linear_probe", "--root", "D", "--out", "O", "--domains", "Food",
+                            "--shots", "2", "8", "--dry-run")
+    assert rc == 0 and lines[6].endswith("--output-dir O/Food53_27/linear_probe --shots 2 8")
 
 
 def test_default_domains_are_the_nine(capsys: pytest.CaptureFixture) -> None:
@@ -368,7 +372,8 @@ def test_opts_the_plan_sets_are_refused(capsys: pytest.CaptureFixture, method: s
 
 
 def test_the_probe_jobs_take_a_seed_in_opts(capsys: pytest.CaptureFixture) -> None:
-    """The probe's jobs have no seed of their own (its tiny-model runs seed the random weights by SEED)."""
+    """The probe's extraction is seeded (``--seed 1``, scripts.sweep.PROBE_SEED: random weights are drawn the
+    same on every call); a SEED in --opts comes after it and wins."""
     rc, lines, err = run_main(capsys, "--method", "linear_probe", "--root", "D", "--out", "O", "--domains",
                               "Food", "--dry-run", "--opts", "SEED", "1")
     assert rc == 0 and "error" not in err
@@ -478,3 +483,25 @@ def test_a_relative_root_is_read_where_the_jobs_read_it(data: Path, tmp_path: Pa
     rc, _, err = run_main(capsys, "--method", "coop", "--root", "data", "--out", "o", "--domains", "Food",
                           "--shots", "32", "--dry-run")
     assert rc == 2 and "at most 16" in err
+
+
+@pytest.mark.parametrize("root", ["file", "empty"])
+def test_a_root_without_the_data_is_refused_before_any_job(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch, root: str) -> None:
+    """A real sweep with --root a file or an empty folder started every job, each failing with the same
+    error line (2 lines per job and exit 2). Now one line before any job; --dry-run still plans for
+    another machine's copy of the data."""
+    path = tmp_path / "root"
+    if root == "file":
+        path.write_text("not a folder")
+    else:
+        path.mkdir()
+    monkeypatch.setattr(sweep, "run_jobs", lambda *a, **k: pytest.fail("a job ran"))
+    for method in ("coop", "zeroshot", "linear_probe"):
+        rc, lines, err = run_main(capsys, "--method", method, "--root", str(path), "--out", str(tmp_path / "o"),
+                                  "--domains", "Food", "--shots", "1", "--seeds", "1", "2", "--config-set", "smoke")
+        assert rc == 2 and not lines and err.count("\n") == 1 and err.startswith("error: "), err
+        assert (f"--root {path} is not a directory" if root == "file" else "No OOP folder for prefix 'Food'") in err
+    rc, lines, _ = run_main(capsys, "--method", "zeroshot", "--root", str(path), "--out", str(tmp_path / "o"),
+                            "--domains", "Food", "--dry-run")
+    assert rc == 0 and lines

@@ -197,9 +197,11 @@ def load_checkpoint(fpath: str, allow_legacy: bool = True) -> Dict[str, Any]:
     except pickle.UnpicklingError:
         if not allow_legacy:
             raise
-    logger.warning("%s holds pickled objects (a reference-code checkpoint?): loading its tensors and "
+    checkpoint = _plain(torch.load(fpath, map_location="cpu", weights_only=False, pickle_module=_LegacyPickleModule))
+    # said only once the file did load: a garbage file fails above, with the caller's one error line
+    logger.warning("%s holds pickled objects (a reference-code checkpoint?): loaded its tensors and "
                    "numbers only", fpath)
-    return _plain(torch.load(fpath, map_location="cpu", weights_only=False, pickle_module=_LegacyPickleModule))
+    return checkpoint
 
 
 def list_checkpoints(fdir: str) -> Dict[int, str]:
