@@ -136,7 +136,7 @@ def _merge_file(cfg: Any, path: str, what: str) -> None:
         raise ConfigError(f'{what} "{path}" does not exist')
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+            data = yaml.load(f, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as e:
         raise ConfigError(f"{what} {path} is not valid YAML: {_yaml_problem(e)}") from None
     except (OSError, UnicodeDecodeError) as e:

@@ -306,14 +306,15 @@ def load_features(feature_dir: str, dataset: str, sub_classes: str, normalized: 
     Beyond the fingerprint and class list: every split has the train split's feature width; a file's
     job identity names its own split (``cp train.npz test.npz`` probed on the training images, exit 0),
     the asked ``dataset`` and ``sub_classes`` (another domain's files copied into this one's folder were
-    probed and filed under its name), and the splits' job identities agree on :data:`JOB_DATA_KEYS`. Files without a job identity
-    (written before files recorded one, or ``null`` for unseeded random weights) cannot be compared
-    that way and are still read, as before -- refusing them would orphan every older extraction, and
-    their fingerprint still ties the splits to one backbone; for them (and all others) a val or test
-    split whose features and labels equal the train split's is refused, which catches the copy (val may
-    equal test: datasets without a val split use their test split, spec §4.7). Last, every val/test
-    label must be a train label: the probe never predicts another, so C would be chosen on a
-    validation set it cannot get right and the test accuracy would be silently capped.
+    probed and filed under its name), and the splits' job identities agree on :data:`JOB_DATA_KEYS`.
+    Files without a job identity (written before files recorded one, or ``null`` for unseeded random
+    weights) cannot be compared that way and are still read, as before -- refusing them would orphan
+    every older extraction, and their fingerprint still ties the splits to one backbone; for them (and
+    all others) a val or test split whose features and labels equal the train split's is refused, which
+    catches the copy (val may equal test: datasets without a val split use their test split, spec
+    §4.7). Last, every val/test label must be a train label: the probe never predicts another, so C
+    would be chosen on a validation set it cannot get right and the test accuracy would be silently
+    capped.
     """
     paths = check_features(feature_dir, dataset, sub_classes)
     loaded = {s: load_split(p, normalized) for s, p in paths.items()}
@@ -854,6 +855,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"K={res['shots']:>2}: {res['accuracy_mean']:.2f} ± {spread}")
     print(f"wrote {json_path} and {csv_path}")
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())
