@@ -43,9 +43,12 @@ from dassl.utils import (
     check_availability,
     check_writable_dir,
     clean_temp_files,
+    close_log_file,
     collect_env_info,
+    first_missing_dir,
     list_checkpoints,
     load_checkpoint,
+    remove_failed_start,
     set_random_seed,
     setup_logger,
 )
@@ -282,8 +285,9 @@ def main(args: argparse.Namespace) -> Any:
     conflict = check_output_dir_run(cfg, args.model_dir if args.eval_only else "", args.load_epoch,
                                     evaluating=args.eval_only,
                                     overwrite=run_results.overwrite_requested(getattr(args, "overwrite", False)))
+    created = first_missing_dir(cfg.OUTPUT_DIR) if cfg.OUTPUT_DIR else None
     check_writable_dir(cfg.OUTPUT_DIR)
-    setup_logger(cfg.OUTPUT_DIR, console="all" if getattr(args, "verbose", False) else "summary")
+    log_file = setup_logger(cfg.OUTPUT_DIR, console="all" if getattr(args, "verbose", False) else "summary")
     clean_temp_files(cfg.OUTPUT_DIR)
     replace_conflicting_run(cfg, conflict, evaluating=args.eval_only)
     if cfg.SEED >= 0:
@@ -318,9 +322,19 @@ def main(args: argparse.Namespace) -> Any:
         message = interrupted_message(trainer, cfg, evaluating=args.eval_only)
         logger.info("%s", message)  # log.txt only: the console gets it once, from cli()
         raise RunInterrupted(message) from None
+    except user_errors():
+        # A mistake only the built trainer finds (--eval-only without a model, a --resume folder whose
+        # checkpoints are all unreadable, ...): a folder this run created holds just its config.yaml and
+        # log then, and goes, so a failed start leaves nothing behind. Anything more stays, and so does
+        # the log of a run that had started training.
+        if not hasattr(trainer, "time_start"):
+            close_log_file()
+            remove_failed_start(str(cfg.OUTPUT_DIR), created,
+                                [osp.join(str(cfg.OUTPUT_DIR), run_results.CONFIG_FILE), log_file or ""])
+        raise
     results = getattr(trainer, "final_results", None)
-    if results:
-        logger.info("%s", run_summary(cfg, results, time.time() - start), extra={"console": True})
+    if results or (trainer is not None and not args.eval_only and not args.no_train and cfg.TEST.NO_TEST):
+        logger.info("%s", run_summary(cfg, results or {}, time.time() - start), extra={"console": True})
     return trainer
 
 
@@ -390,6 +404,9 @@ def run_summary(cfg: Any, results: Dict[str, Any], seconds: float) -> str:
              if isinstance(results.get(key), (int, float))]
     if not parts and isinstance(results.get("accuracy"), (int, float)):
         parts = [f"accuracy {results['accuracy']:.1f}"]
+    if not results and cfg.TEST.NO_TEST:
+        # Dassl's TEST.NO_TEST trains and saves without the final test: no results.json, and before, no line
+        parts = [f"trained, not evaluated (TEST.NO_TEST True; evaluate it with --eval-only --model-dir {cfg.OUTPUT_DIR})"]
     return f"{head}: {' '.join(parts) or 'no metric'} ({seconds:.0f} s) -> {cfg.OUTPUT_DIR}"
 
 

@@ -397,23 +397,33 @@ def check_weights_file(path: str) -> None:
                             "or open_clip")
 
 
-def expected_image_size(cfg: Any) -> Optional[Tuple[int, int]]:
-    """The input size the backbone's config declares, read without building the model (None when
-    only the model itself knows, e.g. an ``hf-hub:`` name)."""
+def declared_model_cfg(cfg: Any) -> Dict[str, Any]:
+    """The backbone's open_clip model config, read without building the model ({} when only the model
+    itself knows, e.g. an ``hf-hub:`` name, or a ``local-dir:`` without a readable config)."""
     spec = resolve_backbone(cfg)
     if spec.name.startswith(HF_HUB_PREFIX):
-        return None
+        return {}
     if spec.name.startswith(LOCAL_DIR_PREFIX):
         path = Path(spec.name[len(LOCAL_DIR_PREFIX):]) / "open_clip_config.json"
         try:
             with open(path, encoding="utf-8") as f:
                 model_cfg = json.load(f).get("model_cfg", {})
         except (OSError, ValueError):
-            return None
-    else:
-        model_cfg = open_clip.get_model_config(spec.name) or {}
-    size = (model_cfg.get("vision_cfg") or {}).get("image_size")
+            return {}
+        return model_cfg if isinstance(model_cfg, dict) else {}
+    return open_clip.get_model_config(spec.name) or {}
+
+
+def expected_image_size(cfg: Any) -> Optional[Tuple[int, int]]:
+    """The input size the backbone's config declares (None when it is not known before building)."""
+    size = (declared_model_cfg(cfg).get("vision_cfg") or {}).get("image_size")
     return _two_tuple(size) if size else None
+
+
+def expected_embed_dim(cfg: Any) -> Optional[int]:
+    """The joint embedding width the backbone's config declares (None when not known before building)."""
+    dim = declared_model_cfg(cfg).get("embed_dim")
+    return int(dim) if isinstance(dim, int) and not isinstance(dim, bool) else None
 
 
 def _first_sentence(e: BaseException, limit: int = 160) -> str:

@@ -32,8 +32,10 @@ import clip
 import datasets
 import trainers
 from dassl.config import get_cfg_default
+from dassl.data.samplers import AVAI_SAMPLERS
 from dassl.data.transforms import AVAI_CHOICES, INTERPOLATION_MODES
 from dassl.engine import TRAINER_REGISTRY
+from dassl.optim import check_optimizer_cfg, check_scheduler_cfg
 from dassl.utils import closest_name
 from datasets.laion_beyond import SUB_CLASSES_CHOICES, DatasetError
 
@@ -220,11 +222,22 @@ def _positive_int(cfg: Any, key: str, why: str) -> None:
         raise ConfigError(f"{key} must be a positive integer ({why}), got {value!r}")
 
 
+def _check_sampler(cfg: Any, key: str) -> None:
+    value = _get(cfg, key)
+    if value not in AVAI_SAMPLERS:
+        hint = closest_name(str(value), list(AVAI_SAMPLERS))
+        raise ConfigError(f"{key}: unknown sampler {value!r}" + (f'; did you mean "{hint}"?' if hint else "")
+                          + f" Available: {', '.join(AVAI_SAMPLERS)}")
+
+
 def check_cfg(cfg: Any, training: bool = True) -> None:
     """Reject, before any data or model is built, a config that cannot run (one :class:`ConfigError`).
 
     Covers what only used to fail deep inside a run: batch sizes <= 0 (a DataLoader ValueError),
-    ``OPTIM.MAX_EPOCH <= 0`` (silently trained nothing, then wrote results), unknown
+    ``OPTIM.MAX_EPOCH <= 0`` (silently trained nothing, then wrote results), the optimizer's and the
+    schedule's keys (:func:`dassl.optim.check_optimizer_cfg`, ``check_scheduler_cfg``: torch's checks
+    were tracebacks after the backbone loaded, a negative decay factor trained uphill), samplers and
+    ``DATALOADER.K_TRANSFORMS`` (tracebacks while building the loaders), unknown
     ``INPUT.TRANSFORMS``, ``TEST.CROSS_EVAL`` values that are no ``DATASET.SUB_CLASSES`` (failed
     *after* training, naming the wrong key), and the trainer's own ``check_cfg`` (precision, loss,
     backbone and INPUT.SIZE against the backbone), called on an uninitialised instance.
@@ -238,6 +251,14 @@ def check_cfg(cfg: Any, training: bool = True) -> None:
         lr = cfg.OPTIM.LR
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr < 0:
             raise ConfigError(f"OPTIM.LR must be a finite number >= 0, got {lr!r}")
+        try:
+            check_optimizer_cfg(cfg.OPTIM)
+            check_scheduler_cfg(cfg.OPTIM)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        _check_sampler(cfg, "DATALOADER.TRAIN_X.SAMPLER")
+    _check_sampler(cfg, "DATALOADER.TEST.SAMPLER")
+    _int_at_least(cfg, "DATALOADER.K_TRANSFORMS", 1, "augmented copies of each training image per batch")
     shots = cfg.DATASET.get("NUM_SHOTS", -1)
     if not isinstance(shots, int) or isinstance(shots, bool) or shots < -1 or shots == 0:
         raise ConfigError(f"DATASET.NUM_SHOTS must be an integer: K >= 1 images per class, or -1 for all, got {shots!r}")

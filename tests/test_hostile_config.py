@@ -109,6 +109,26 @@ CONFIG_CASES = [
     (("DATALOADER.FEATURE_CACHE.VIEWS", "-1"), ["DATALOADER.FEATURE_CACHE.VIEWS", ">= 0", "got -1"]),
     (("DATASET.NUM_SHOTS", "-5"), ["DATASET.NUM_SHOTS", "-1 for all", "got -5"]),
     (("DATASET.NUM_SHOTS", "0"), ["DATASET.NUM_SHOTS", "-1 for all", "got 0"]),  # all images, filed as 0-shot
+    # torch's optimizer checks fired as tracebacks once data and backbone were loaded
+    (("OPTIM.WEIGHT_DECAY", "-1"), ["OPTIM.WEIGHT_DECAY must be a finite number >= 0", "got -1.0"]),
+    (("OPTIM.MOMENTUM", "-1"), ["OPTIM.MOMENTUM", "sgd", "got -1.0"]),
+    (("OPTIM.NAME", "adam", "OPTIM.ADAM_BETA1", "1.5"), ["OPTIM.ADAM_BETA1", "[0, 1)", "adam", "1.5"]),
+    (("OPTIM.NAME", "adamw", "OPTIM.ADAM_BETA2", "-0.1"), ["OPTIM.ADAM_BETA2", "must be in [0, 1) for adamw", "-0.1"]),
+    (("OPTIM.NAME", "rmsprop", "OPTIM.RMSPROP_ALPHA", "-1"), ["OPTIM.RMSPROP_ALPHA", "got -1.0"]),
+    (("OPTIM.STAGED_LR", "True", "OPTIM.BASE_LR_MULT", "-0.1"), ["OPTIM.BASE_LR_MULT must be a finite number >= 0 with OPTIM.STAGED_LR"]),
+    # the schedule: a bad warm-up type or milestone was a traceback; a negative decay factor or
+    # warm-up LR trained with a negative learning rate (gradient ascent), exit 0
+    (("OPTIM.WARMUP_TYPE", "linaer"), ["OPTIM.WARMUP_TYPE", "linaer", '"linear"']),
+    (("OPTIM.WARMUP_CONS_LR", "-1.0"), ["OPTIM.WARMUP_CONS_LR", "constant warm-up", "got -1.0"]),
+    (("OPTIM.WARMUP_TYPE", "linear", "OPTIM.WARMUP_MIN_LR", "-1e-5"), ["OPTIM.WARMUP_MIN_LR (the linear warm-up's learning rate)", ">= 0"]),
+    (("OPTIM.LR_SCHEDULER", "single_step", "OPTIM.GAMMA", "-0.1"), ["OPTIM.GAMMA (the LR decay factor of single_step)", "-0.1"]),
+    (("OPTIM.LR_SCHEDULER", "multi_step", "OPTIM.STEPSIZE", "(0, 2)"), ["multi_step needs positive OPTIM.STEPSIZE milestones", "[0, 2]"]),
+    (("OPTIM.LR_SCHEDULER", "multi_step", "OPTIM.STEPSIZE", "(1.5,)"), ["OPTIM.STEPSIZE must be integers", "1.5"]),
+    # the loaders: tracebacks while building them ('list' object has no attribute 'to' for K != 1)
+    (("DATALOADER.TRAIN_X.SAMPLER", "RandomSamplr"), ["DATALOADER.TRAIN_X.SAMPLER", '"RandomSampler"']),
+    (("DATALOADER.TEST.SAMPLER", "bogus"), ["DATALOADER.TEST.SAMPLER: unknown sampler 'bogus'", "SequentialSampler"]),
+    (("DATALOADER.K_TRANSFORMS", "0"), ["DATALOADER.K_TRANSFORMS", ">= 1", "got 0"]),
+    (("DATALOADER.K_TRANSFORMS", "2"), ["DATALOADER.K_TRANSFORMS", "must be 1", TRAINER, "got 2"]),
 ]
 
 
@@ -474,6 +494,106 @@ def test_resume_dir_without_checkpoint(toy_root, finished, tmp_path, capsys):
     line = one_error_line(capsys, train.cli(train_argv(toy_root, out, TRAINER, extra=["--resume", str(empty)])))
     assert "--resume" in line and str(empty) in line
     assert not out.exists() and (empty / "name_learner" / "notes.txt").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("reduction,expected", [("0", "got 0"), ("64", "got 64"), ("-4", "got -4")])
+def test_adapter_reduction_is_checked_against_the_declared_width(toy_root, tmp_path, capsys, monkeypatch,
+                                                                 reduction, expected):
+    """CLIP-Adapter's bottleneck is D // REDUCTION wide: test-tiny declares D = 32, so 64 leaves it
+    empty. It was a ValueError traceback from the adapter's constructor, after the backbone loaded."""
+    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: pytest.fail("a model was built"))
+    out = tmp_path / "adapter"
+    argv = train_argv(toy_root, out, "CLIP_Adapter", "TRAINER.CLIP_ADAPTER.REDUCTION", reduction)
+    line = one_error_line(capsys, train.cli(argv))
+    assert "TRAINER.CLIP_ADAPTER.REDUCTION" in line and "[1, 32]" in line and expected in line, line
+    assert not out.exists()
+
+
+def test_the_declared_embedding_width_is_the_models(toy_root):
+    """``expected_embed_dim`` reads the width without building the model: it must be the built one's."""
+    from clip.loader import expected_embed_dim  # noqa: PLC0415  (only this test needs it)
+    cfg = configs.build_cfg(trainer="CLIP_Adapter", dataset="LAION_Beyond_GCD", config="cpu_smoke", root=str(toy_root))
+    model = open_clip.create_model(str(cfg.MODEL.BACKBONE.NAME))
+    assert expected_embed_dim(cfg) == model.text_projection.shape[1] == 32
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["new_dir", "new_nested_dirs"])
+def test_eval_only_without_a_model_leaves_no_folder_behind(toy_root, tmp_path, capsys, nested):
+    """Only the built trainer knows it has weights to load, so this mistake is found after the run
+    wrote its config.yaml and log.txt: the folders this run created go again (they were left behind)."""
+    out = tmp_path / "a" / "b" / "run" if nested else tmp_path / "run"
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, out, TRAINER, extra=["--eval-only"])))
+    assert "--model-dir" in line and "TEST.ALLOW_UNTRAINED" in line
+    assert not (tmp_path / "a").exists() and not (tmp_path / "run").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_failed_start_keeps_a_folder_that_existed_and_what_others_put_in(toy_root, tmp_path, capsys):
+    """Not created by this run, or holding anything but its own two files: nothing is removed."""
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine\n")
+    one_error_line(capsys, train.cli(train_argv(toy_root, existing, TRAINER, extra=["--eval-only"])))
+    assert (existing / "notes.txt").read_text() == "mine\n" and (existing / "config.yaml").is_file()
+
+
+def test_unreadable_resume_checkpoints_leave_no_new_folder(toy_root, finished, tmp_path, capsys):
+    """``--resume`` of a folder whose every checkpoint is garbage: one line, found while resuming,
+    and the new output folder (config.yaml, log.txt) is gone again; the resumed folder is untouched."""
+    broken = _copy_run(finished, tmp_path / "broken")
+    for ckpt in broken.rglob("model.pth.tar-*"):
+        ckpt.write_bytes(b"garbage")
+    before = snapshot(broken)
+    out = tmp_path / "new"
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, out, TRAINER, extra=["--resume", str(broken)])))
+    assert "--resume" in line and "no readable checkpoint" in line
+    assert not out.exists() and snapshot(broken) == before
+
+
+def test_remove_failed_start_removes_only_its_own_files(tmp_path):
+    from dassl.utils import first_missing_dir, remove_failed_start  # noqa: PLC0415
+    top = tmp_path / "x"
+    run = top / "y" / "run"
+    assert first_missing_dir(str(run)) == str(top)
+    assert first_missing_dir(str(tmp_path)) is None
+    run.mkdir(parents=True)
+    ours = [str(run / "config.yaml"), str(run / "log.txt")]
+    for p in ours:
+        Path(p).write_text("ours\n")
+    (run / "sub").mkdir()
+    (run / "sub" / "other.bin").write_bytes(b"someone else's")
+    assert not remove_failed_start(str(run), str(top), ours)
+    assert all(Path(p).is_file() for p in ours) and (run / "sub" / "other.bin").is_file()
+    (run / "sub" / "other.bin").unlink()
+    (run / "link").symlink_to(tmp_path)
+    assert not remove_failed_start(str(run), str(top), ours) and Path(ours[0]).is_file()
+    (run / "link").unlink()
+    # a sibling run (another seed of a sweep) wrote into a parent this run created: the parent stays
+    sibling = top / "y" / "seed2"
+    sibling.mkdir()
+    (sibling / "log.txt").write_text("running\n")
+    assert remove_failed_start(str(run), str(top), ours)
+    assert not run.exists() and (sibling / "log.txt").read_text() == "running\n"
+    shutil.rmtree(sibling)
+    run.mkdir()
+    for p in ours:
+        Path(p).write_text("ours\n")
+    assert remove_failed_start(str(run), str(top), ours)
+    assert not top.exists() and tmp_path.is_dir()
+
+
+def test_no_test_run_says_it_finished_and_how_to_evaluate_it(toy_root, tmp_path, capsys):
+    """Dassl's TEST.NO_TEST trains and saves without the final test. The run printed nothing at all
+    (no results, no line); now one line says so and names the command, which works."""
+    out = tmp_path / "trained"
+    assert train.cli(train_argv(toy_root, out, TRAINER, "TEST.NO_TEST", "True")) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("done ")]
+    assert len(lines) == 1 and "not evaluated (TEST.NO_TEST True" in lines[0], lines
+    assert f"--eval-only --model-dir {out}" in lines[0] and not (out / "results.json").exists()
+    evaluated = tmp_path / "evaluated"
+    assert train.cli(train_argv(toy_root, evaluated, TRAINER, extra=["--eval-only", "--model-dir", str(out)])) == 0
+    results = json.loads((evaluated / "results.json").read_text())
+    assert results["loaded"]["model_dir"] == str(out) and results["loaded"]["epoch"] == 3  # the trained model
 
 
 @pytest.mark.parametrize("field,value,expected", [

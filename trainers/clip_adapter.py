@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
+from clip.loader import expected_embed_dim
 from dassl.engine import TRAINER_REGISTRY
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
@@ -110,6 +111,13 @@ class CLIP_Adapter(ClipTrainer):
         ratio = float(cfg.TRAINER.CLIP_ADAPTER.RATIO)
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"TRAINER.CLIP_ADAPTER.RATIO must be in [0, 1], got {ratio}")
+        # the bottleneck width D // REDUCTION must be >= 1: checked against the declared width here, so a
+        # bad value is one line before the data and the backbone load (Adapter checks again once D is known)
+        reduction = cfg.TRAINER.CLIP_ADAPTER.REDUCTION
+        dim = expected_embed_dim(cfg)
+        if not isinstance(reduction, int) or isinstance(reduction, bool) or reduction < 1 or (dim and dim // reduction < 1):
+            raise ValueError(f"TRAINER.CLIP_ADAPTER.REDUCTION must be an integer in [1, {dim or 'D'}] (the adapter's "
+                             f"bottleneck is D // REDUCTION wide), got {reduction!r}")
 
     def build_model(self) -> None:
         cfg = self.cfg

@@ -29,7 +29,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from ..utils.registry import check_availability
 
-__all__ = ["build_lr_scheduler", "EpochLRScheduler", "AVAI_SCHEDS", "WARMUP_TYPES"]
+__all__ = ["build_lr_scheduler", "check_scheduler_cfg", "EpochLRScheduler", "AVAI_SCHEDS", "WARMUP_TYPES"]
 
 AVAI_SCHEDS = ("single_step", "multi_step", "cosine")
 WARMUP_TYPES = ("constant", "linear")
@@ -93,16 +93,47 @@ class EpochLRScheduler(LRScheduler):
         return self.get_lr()
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any) -> EpochLRScheduler:
-    """Build the schedule named by ``optim_cfg.LR_SCHEDULER`` (with optional warm-up)."""
+def _stepsizes(optim_cfg: Any) -> List[Any]:
+    stepsize = optim_cfg.STEPSIZE
+    return [stepsize] if isinstance(stepsize, int) else list(stepsize)
+
+
+def _rate(value: Any) -> bool:
+    """A finite number >= 0 (a learning rate or a decay factor)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def check_scheduler_cfg(optim_cfg: Any) -> None:
+    """Raise a ``ValueError`` naming the ``OPTIM`` key the schedule cannot use, before any model is
+    built. Only what the chosen schedule and warm-up read is checked. A negative ``GAMMA`` or warm-up
+    LR trained with a negative learning rate (gradient *ascent*) without a word; a bad ``WARMUP_TYPE``
+    or milestone was a traceback once data and backbone were loaded."""
     kind = optim_cfg.LR_SCHEDULER
     check_availability(kind, AVAI_SCHEDS)
-    stepsize = optim_cfg.STEPSIZE
-    if isinstance(stepsize, int):
-        stepsize = [stepsize]
-    stepsize = list(stepsize)
+    stepsize = _stepsizes(optim_cfg)
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in stepsize):
+        raise ValueError(f"OPTIM.STEPSIZE must be integers (epochs), got {optim_cfg.STEPSIZE!r}")
     if kind == "multi_step" and (not stepsize or any(s <= 0 for s in stepsize)):
         raise ValueError(f"multi_step needs positive OPTIM.STEPSIZE milestones, got {stepsize}")
+    if kind in ("single_step", "multi_step") and not _rate(optim_cfg.GAMMA):
+        raise ValueError(f"OPTIM.GAMMA (the LR decay factor of {kind}) must be a finite number >= 0, "
+                         f"got {optim_cfg.GAMMA!r}")
+    if int(optim_cfg.WARMUP_EPOCH) > 0:
+        try:
+            check_availability(optim_cfg.WARMUP_TYPE, WARMUP_TYPES)
+        except ValueError as e:
+            raise ValueError(f"OPTIM.WARMUP_TYPE: {e}") from None
+        key = "WARMUP_CONS_LR" if optim_cfg.WARMUP_TYPE == "constant" else "WARMUP_MIN_LR"
+        if not _rate(optim_cfg[key]):
+            raise ValueError(f"OPTIM.{key} (the {optim_cfg.WARMUP_TYPE} warm-up's learning rate) must be a "
+                             f"finite number >= 0, got {optim_cfg[key]!r}")
+
+
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any) -> EpochLRScheduler:
+    """Build the schedule named by ``optim_cfg.LR_SCHEDULER`` (with optional warm-up)."""
+    check_scheduler_cfg(optim_cfg)
+    kind = optim_cfg.LR_SCHEDULER
+    stepsize = _stepsizes(optim_cfg)
     return EpochLRScheduler(
         optimizer,
         kind=kind,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Iterable, List, Optional, Union
 
 import torch
@@ -9,11 +10,42 @@ import torch.nn as nn
 
 from ..utils.registry import check_availability
 
-__all__ = ["build_optimizer", "AVAI_OPTIMS"]
+__all__ = ["build_optimizer", "check_optimizer_cfg", "AVAI_OPTIMS"]
 
 logger = logging.getLogger(__name__)
 
 AVAI_OPTIMS = ("adam", "amsgrad", "sgd", "rmsprop", "radam", "adamw")
+#: the optimizers that read ``ADAM_BETA1`` / ``ADAM_BETA2``, and those that read ``MOMENTUM``
+_ADAM_FAMILY = ("adam", "amsgrad", "radam", "adamw")
+_MOMENTUM_FAMILY = ("sgd", "rmsprop")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_optimizer_cfg(optim_cfg: Any) -> None:
+    """Raise a ``ValueError`` naming the ``OPTIM`` key that :func:`build_optimizer` cannot use, before
+    any model is built (torch's own checks fire only at construction, as a traceback after the data and
+    the backbone were loaded). Only the keys the chosen ``OPTIM.NAME`` reads are checked: Dassl's
+    defaults carry every optimizer's keys, and an unused one is harmless."""
+    name = optim_cfg.NAME
+    check_availability(name, AVAI_OPTIMS)
+    wd = optim_cfg.WEIGHT_DECAY
+    if not _number(wd) or wd < 0:
+        raise ValueError(f"OPTIM.WEIGHT_DECAY must be a finite number >= 0, got {wd!r}")
+    if name in _MOMENTUM_FAMILY and (not _number(optim_cfg.MOMENTUM) or optim_cfg.MOMENTUM < 0):
+        raise ValueError(f"OPTIM.MOMENTUM must be a finite number >= 0 for {name}, got {optim_cfg.MOMENTUM!r}")
+    if name == "rmsprop" and (not _number(optim_cfg.RMSPROP_ALPHA) or optim_cfg.RMSPROP_ALPHA < 0):
+        raise ValueError(f"OPTIM.RMSPROP_ALPHA must be a finite number >= 0, got {optim_cfg.RMSPROP_ALPHA!r}")
+    if name in _ADAM_FAMILY:
+        for key in ("ADAM_BETA1", "ADAM_BETA2"):
+            beta = optim_cfg[key]
+            if not _number(beta) or not 0 <= beta < 1:
+                raise ValueError(f"OPTIM.{key} must be in [0, 1) for {name}, got {beta!r}")
+    if optim_cfg.STAGED_LR and (not _number(optim_cfg.BASE_LR_MULT) or optim_cfg.BASE_LR_MULT < 0):
+        raise ValueError(f"OPTIM.BASE_LR_MULT must be a finite number >= 0 with OPTIM.STAGED_LR, "
+                         f"got {optim_cfg.BASE_LR_MULT!r}")
 
 
 def _staged_param_groups(model: nn.Module, lr: float, new_layers: Any, base_lr_mult: float) -> List[dict]:
@@ -43,7 +75,7 @@ def build_optimizer(
     parameters/groups, or explicit ``param_groups``."""
     name = optim_cfg.NAME
     lr = optim_cfg.LR
-    check_availability(name, AVAI_OPTIMS)
+    check_optimizer_cfg(optim_cfg)
 
     if param_groups is not None and optim_cfg.STAGED_LR:
         logger.warning("OPTIM.STAGED_LR is ignored because explicit param_groups were given")

@@ -4,7 +4,7 @@ Only light dependencies are imported here (torch, numpy, PIL): importing ``dassl
 in optional packages such as wilds or tensorboard (bug B34).
 """
 from .env import collect_env_info, package_versions
-from .logger import setup_logger
+from .logger import close_log_file, setup_logger
 from .meters import AverageMeter, MetricMeter
 from .registry import Registry, check_availability, closest_name
 from .tools import (
@@ -17,10 +17,12 @@ from .tools import (
     check_writable_dir,
     clean_temp_files,
     derive_seed,
+    first_missing_dir,
     listdir_nohidden,
     mkdir_if_missing,
     read_image,
     read_json,
+    remove_failed_start,
     set_random_seed,
     shown_path,
     tolist_if_not,
@@ -49,6 +51,9 @@ __all__ = [
     "check_availability",
     "closest_name",
     "setup_logger",
+    "close_log_file",
+    "first_missing_dir",
+    "remove_failed_start",
     "set_random_seed",
     "collect_env_info",
     "package_versions",

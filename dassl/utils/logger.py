@@ -25,7 +25,7 @@ from typing import Optional
 
 from .tools import WriteError, mkdir_if_missing, write_error
 
-__all__ = ["setup_logger", "CONSOLE_MODES"]
+__all__ = ["setup_logger", "close_log_file", "CONSOLE_MODES"]
 
 _HANDLER_TAG = "_dassl_run_handler"
 CONSOLE_MODES = ("all", "summary")
@@ -135,3 +135,12 @@ def setup_logger(output: Optional[str] = None, level: int = logging.INFO, consol
     file_handler._dassl_requested = osp.abspath(wanted)  # type: ignore[attr-defined]
     root.addHandler(file_handler)
     return file_handler.baseFilename
+
+
+def close_log_file() -> None:
+    """Detach and close the run's ``log.txt`` handler (the console handler stays): what a run that
+    removes its own folder after a failed start calls first."""
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if getattr(h, _HANDLER_TAG, False) and isinstance(h, logging.FileHandler)]:
+        root.removeHandler(h)
+        h.close()

@@ -13,7 +13,7 @@ import secrets
 import time
 import warnings
 import zlib
-from typing import IO, Any, Callable, Dict, List, Union
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -263,6 +263,61 @@ def clean_temp_files(directory: str, recursive: bool = True) -> List[str]:
     if removed:
         logger.info("Removed %d temporary file(s) left by interrupted writes: %s", len(removed), removed)
     return removed
+
+
+def first_missing_dir(directory: str) -> Optional[str]:
+    """The outermost folder on the way to ``directory`` that does not exist yet -- what creating it
+    adds -- or None when it exists. Taken before a run creates its output folder, for
+    :func:`remove_failed_start`."""
+    path, top = osp.abspath(directory), None
+    while not osp.lexists(path):
+        top = path
+        parent = osp.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return top
+
+
+def remove_failed_start(output_dir: str, created: Optional[str], written: Sequence[str]) -> bool:
+    """Undo the output folder of a run that stopped before it produced anything. When ``output_dir``
+    holds nothing but the regular files in ``written`` (and empty folders), those go, then
+    ``output_dir`` and each parent up to ``created`` (from :func:`first_missing_dir`: the outermost
+    folder this run created) that is empty -- a parent another run has written into meanwhile stays.
+    Anything else in ``output_dir`` (a checkpoint, another process's file, a link) keeps everything.
+    Returns whether ``output_dir`` was removed."""
+    if not created or not osp.isdir(output_dir) or osp.islink(output_dir):
+        return False
+    top, out = osp.abspath(created), osp.abspath(output_dir)
+    if osp.commonpath([top, out]) != top:
+        return False
+    ours = {osp.abspath(p) for p in written if p}
+    files, dirs = [], []
+    for root, subdirs, names in os.walk(out):
+        dirs.append(root)
+        for name in subdirs + names:
+            path = osp.join(root, name)
+            if osp.islink(path) or (name in names and (path not in ours or not osp.isfile(path))):
+                return False
+            if name in names:
+                files.append(path)
+    try:
+        for path in files:
+            os.remove(path)
+        for d in reversed(dirs):  # children first
+            os.rmdir(d)
+    except OSError:  # something appeared meanwhile: it stays, and so does its folder
+        return False
+    parent = osp.dirname(out)
+    while len(parent) >= len(top) and parent.startswith(top):
+        try:
+            os.rmdir(parent)  # only when empty: never takes what another run put there
+        except OSError:
+            break
+        if parent == top:
+            break
+        parent = osp.dirname(parent)
+    return True
 
 
 def _check_creatable(directory: str, what: str) -> None:
