@@ -756,8 +756,9 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ConfigError(f"--{name} {getattr(args, name)}: must be >= 0 (0 picks it from the CPU cores)")
     if not osp.isdir(args.root):
         raise ConfigError(f"--root {args.root} is not a directory (the dataset root)")
-    # --dry-run writes nothing, but its commands must be ones the run would accept
-    check_writable_dir(args.out, create=not args.dry_run)
+    # nothing is created yet (a config mistake found while planning leaves no empty --out behind), but
+    # --out must be creatable: --dry-run's commands must be ones the run would accept
+    check_writable_dir(args.out, create=False)
 
 
 def pending_cells(cells: Sequence[Cell], force: bool = False, match_code: bool = False) -> Tuple[List[Cell], List[Cell]]:
@@ -821,6 +822,11 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         for cell in pending:
             print("\n".join([shlex.join(cell.run.argv(_abs(args.root)))] if cell.run else cell.commands))
         return 0
+    try:
+        check_writable_dir(args.out)  # planned and checked: now the output root may be created
+    except WriteError as err:
+        print(f"error: {train.error_message(err)}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     _install_stop_handlers(stop)
     start = time.time()

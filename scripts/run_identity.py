@@ -50,7 +50,7 @@ from lpclip import feat_extractor, linear_probe
 from lpclip.files import feature_file
 from scripts.domains import REPO_ROOT
 
-__all__ = ["Invocation", "RunConflict", "command_argv", "command_fingerprint", "command_outputs", "command_state", "conflict_message",
+__all__ = ["Invocation", "RunConflict", "check_command", "command_argv", "command_fingerprint", "command_outputs", "command_state", "conflict_message",
            "extraction_state", "invocation"]
 
 #: ``train.py`` options whose value is a path (resolved against the job's working directory).
@@ -194,6 +194,19 @@ def command_fingerprint(argv: Sequence[str], cwd: Optional[str] = None) -> Optio
         return linear_probe.probe_fingerprint(_abs(a.feature_dir, workdir), a.dataset, a.sub_classes, a.shots,
                                               a.num_run, a.num_step, a.normalized, a.solver)
     return None
+
+
+def check_command(argv: Sequence[str], cwd: Optional[str] = None) -> None:
+    """Raise what ``train.py`` would stop on before its first step (``train.validate_cfg``: names and
+    values of the config, the backbone and its weights) for a ``train.py`` command; other commands
+    pass. A sweep calls it for every job before it starts one, so ``--opts OPTIM.WEIGHT_DECAY -1`` is
+    one line, not the same failure once per job (each after seconds of imports)."""
+    workdir = cwd or os.fspath(REPO_ROOT)
+    inv = invocation(argv, workdir)
+    if inv.entry != "train":
+        return
+    args = _train_args(inv.args, workdir)
+    train.validate_cfg(train.setup_cfg(args), training=not (args.eval_only or args.no_train))
 
 
 def _train_args(args: Sequence[str], workdir: str) -> argparse.Namespace:

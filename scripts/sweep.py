@@ -40,11 +40,12 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from configs import build_cfg
+from configs import ConfigError, build_cfg
 from dassl import results
 from dassl.cli import ArgumentParser, console_logging
 from dassl.utils import WriteError, check_writable_dir
 from dassl.utils.identity import code_version
+from dassl.utils.registry import RegistryKeyError
 from scripts.domains import (
     LAION_BEYOND_DOMAINS,
     REPO_ROOT,
@@ -70,7 +71,7 @@ from scripts.methods import (
     run_dir_parts,
 )
 from scripts.methods import METHODS as REGISTRY
-from scripts.run_identity import RunConflict, command_state, conflict_message, exit_status
+from scripts.run_identity import RunConflict, check_command, command_state, conflict_message, exit_status
 
 __all__ = [
     "METHODS",
@@ -551,6 +552,18 @@ def check_data(spec: SweepSpec) -> None:
         check_shots(root, dataset, spec.shots if method.kind == "train" else [])
 
 
+def check_jobs(jobs: Sequence[Job], cwd: Optional[str] = None) -> None:
+    """Every ``train.py`` job's config passes ``train.py``'s own checks, before the first job starts:
+    a config value every job would refuse (``--opts OPTIM.WEIGHT_DECAY -1``) is one line naming the
+    first job, not a failure per job. A real run only: ``--dry-run`` may plan for another machine, whose
+    weights are not here (the check includes the backbone's)."""
+    for job in jobs:
+        try:
+            check_command(job.argv, cwd)
+        except (ConfigError, RegistryKeyError, ValueError) as err:
+            raise ConfigError(f"{job.label or job.command}: {err}") from None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     console_logging(logger.name)
@@ -596,14 +609,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
 
     try:
+        check_data(spec)
+        check_jobs(jobs)
+    except (DomainError, ConfigError, RegistryKeyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
         check_writable_dir(args.out)  # before any job: a file, /dev/null or a read-only folder
     except WriteError as err:
         print(f"error: {err.strerror or err}", file=sys.stderr)
-        return 2
-    try:
-        check_data(spec)
-    except DomainError as err:
-        print(f"error: {err}", file=sys.stderr)
         return 2
     try:
         summary = run_jobs(jobs, force=args.force, fail_fast=args.fail_fast, match_code=args.match_code)

@@ -327,6 +327,8 @@ def test_worker_processes_give_the_same_results_as_one_process(toy_root, tmp_pat
     ("dir", ("--opts", "DATASET.SUB_CLASSES", "Foo"), 'DATASET.SUB_CLASSES: "Foo" is not one of the 3'),
     ("dir", ("--methods", "fsnl", "--shots", "1", "--opts", "OPTIM.MAX_EPOCH", "-3"), "fsnl Food53_27 K=1 seed=1: OPTIM.MAX_EPOCH must be"),
     ("dir", ("--methods", "coop", "--shots", "2", "--dry-run", "--opts", "OPTIM.LR", "-1"), "OPTIM.LR"),
+    ("dir", ("--methods", "coop", "--shots", "1", "--opts", "OPTIM.WEIGHT_DECAY", "-1"),
+     "coop Food53_27 K=1 seed=1: OPTIM.WEIGHT_DECAY must be a finite number >= 0"),
 ])
 def test_bad_output_root_or_counts_fail_before_any_cell(toy_root, tmp_path, capsys, monkeypatch, out, flag, expected):
     """--out that is a file (or /dev/null) used to fail in every cell with a traceback; negative counts
@@ -341,6 +343,8 @@ def test_bad_output_root_or_counts_fail_before_any_cell(toy_root, tmp_path, caps
     assert rc == 2 and err.startswith("error: ") and "\n" not in err and expected in err, err
     if out == "file":
         assert target.read_text() == "keep"
+    if out == "dir":  # planning creates nothing: an empty --out was left behind by a config mistake
+        assert not target.exists()
 
 
 def test_dry_run_prints_the_probe_jobs(toy_root, tmp_path, capsys):

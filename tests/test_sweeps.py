@@ -485,6 +485,29 @@ def test_a_relative_root_is_read_where_the_jobs_read_it(data: Path, tmp_path: Pa
     assert rc == 2 and "at most 16" in err
 
 
+@pytest.mark.parametrize("opts,expected", [
+    (("OPTIM.WEIGHT_DECAY", "-1"), "OPTIM.WEIGHT_DECAY must be a finite number >= 0, got -1.0"),
+    (("OPTIM.MAX_EPOCH", "0"), "OPTIM.MAX_EPOCH must be a positive integer"),
+    (("DATALOADER.TRAIN_X.SAMPLER", "bogus"), "DATALOADER.TRAIN_X.SAMPLER: unknown sampler 'bogus'"),
+])
+def test_a_config_value_every_job_refuses_is_one_line_before_any_job(
+        toy_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        opts: Tuple[str, str], expected: str) -> None:
+    """Every job failed on its own with the same line (4 jobs: 4 failures, each after seconds of
+    imports); now train.py's own check runs on each job first: one line naming the first job, exit 2,
+    nothing started and no --out created. --dry-run still plans (it may be for another machine)."""
+    monkeypatch.setattr(sweep, "run_jobs", lambda *a, **k: pytest.fail("a job ran"))
+    out = tmp_path / "o"
+    common = ["--method", "coop", "--root", str(toy_root), "--out", str(out), "--domains", "Food",
+              "--shots", "1", "2", "--seeds", "1", "2", "--config-set", "smoke"]
+    rc, lines, err = run_main(capsys, *common, "--opts", *opts)
+    assert rc == 2 and not lines and err.count("\n") == 1, err
+    assert err.startswith("error: coop Food53_27 K=1 seed=1: ") and expected in err, err
+    assert not out.exists()
+    rc, lines, _ = run_main(capsys, "--dry-run", *common, "--opts", *opts)
+    assert rc == 0 and len(lines) == 4
+
+
 @pytest.mark.parametrize("root", ["file", "empty"])
 def test_a_root_without_the_data_is_refused_before_any_job(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                            monkeypatch: pytest.MonkeyPatch, root: str) -> None:
