@@ -31,6 +31,7 @@ from configs import FIELDS, ConfigError, build_cfg, check_cfg, extend_cfg  # noq
 from dassl import results as run_results
 from dassl.cli import ArgumentParser
 from dassl.config import FINAL_MODEL_CHOICES
+from dassl.data import LoaderError
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.engine import TRAINER_REGISTRY, build_trainer, expected_fingerprint
 from dassl.engine.trainer import check_model_dir, no_weights_message
@@ -45,9 +46,9 @@ from dassl.utils import (
     clean_temp_files,
     close_log_file,
     collect_env_info,
-    first_missing_dir,
     list_checkpoints,
     load_checkpoint,
+    missing_dirs,
     remove_failed_start,
     set_random_seed,
     setup_logger,
@@ -285,7 +286,7 @@ def main(args: argparse.Namespace) -> Any:
     conflict = check_output_dir_run(cfg, args.model_dir if args.eval_only else "", args.load_epoch,
                                     evaluating=args.eval_only,
                                     overwrite=run_results.overwrite_requested(getattr(args, "overwrite", False)))
-    created = first_missing_dir(cfg.OUTPUT_DIR) if cfg.OUTPUT_DIR else None
+    created = missing_dirs(str(cfg.OUTPUT_DIR)) if cfg.OUTPUT_DIR else []
     check_writable_dir(cfg.OUTPUT_DIR)
     log_file = setup_logger(cfg.OUTPUT_DIR, console="all" if getattr(args, "verbose", False) else "summary")
     clean_temp_files(cfg.OUTPUT_DIR)
@@ -426,7 +427,8 @@ def user_errors() -> Tuple[type, ...]:
     """Every exception type that is a user's mistake (bad config, data, weights, checkpoint, output
     folder): the entry points report it as one ``error:`` line with exit code 2, a bug keeps its
     traceback. The one list ``train.py``, ``scripts.grid`` and the analysis scripts share."""
-    return (ConfigError, RegistryKeyError, WriteError, CheckpointError, UnreadableImageError, *_project_errors())
+    return (ConfigError, RegistryKeyError, WriteError, CheckpointError, UnreadableImageError, LoaderError,
+            *_project_errors())
 
 
 WORKER_TRACEBACK = "Original Traceback (most recent call last):"

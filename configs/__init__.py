@@ -257,8 +257,13 @@ def check_cfg(cfg: Any, training: bool = True) -> None:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         _check_sampler(cfg, "DATALOADER.TRAIN_X.SAMPLER")
+        _int_at_least(cfg, "DATALOADER.K_TRANSFORMS", 1, "augmented copies of each training image per batch")
+        cls = TRAINER_REGISTRY.get(str(cfg.TRAINER.NAME)) if str(cfg.TRAINER.NAME) in TRAINER_REGISTRY else None
+        if cfg.DATALOADER.K_TRANSFORMS != 1 and cls is not None and not getattr(cls, "TAKES_VIEW_LISTS", True):
+            raise ConfigError(f"DATALOADER.K_TRANSFORMS must be 1 for {cfg.TRAINER.NAME} (one augmented view per "
+                              f"image and batch; DATALOADER.FEATURE_CACHE.VIEWS K caches K views), "
+                              f"got {cfg.DATALOADER.K_TRANSFORMS}")
     _check_sampler(cfg, "DATALOADER.TEST.SAMPLER")
-    _int_at_least(cfg, "DATALOADER.K_TRANSFORMS", 1, "augmented copies of each training image per batch")
     shots = cfg.DATASET.get("NUM_SHOTS", -1)
     if not isinstance(shots, int) or isinstance(shots, bool) or shots < -1 or shots == 0:
         raise ConfigError(f"DATASET.NUM_SHOTS must be an integer: K >= 1 images per class, or -1 for all, got {shots!r}")

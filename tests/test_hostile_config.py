@@ -29,7 +29,15 @@ import configs
 import train
 from clip.loader import BackboneSpec, check_weights_available
 from dassl.data.datasets import build_dataset
-from dassl.utils import WriteError, atomic_write_text, clean_temp_files, setup_logger, write_json
+from dassl.utils import (
+    WriteError,
+    atomic_write_text,
+    clean_temp_files,
+    missing_dirs,
+    remove_failed_start,
+    setup_logger,
+    write_json,
+)
 from tests.helpers import REPO, run_train, train_argv
 
 TRAINER = "FSNL_openclip"
@@ -123,7 +131,7 @@ CONFIG_CASES = [
     (("OPTIM.WARMUP_TYPE", "linear", "OPTIM.WARMUP_MIN_LR", "-1e-5"), ["OPTIM.WARMUP_MIN_LR (the linear warm-up's learning rate)", ">= 0"]),
     (("OPTIM.LR_SCHEDULER", "single_step", "OPTIM.GAMMA", "-0.1"), ["OPTIM.GAMMA (the LR decay factor of single_step)", "-0.1"]),
     (("OPTIM.LR_SCHEDULER", "multi_step", "OPTIM.STEPSIZE", "(0, 2)"), ["multi_step needs positive OPTIM.STEPSIZE milestones", "[0, 2]"]),
-    (("OPTIM.LR_SCHEDULER", "multi_step", "OPTIM.STEPSIZE", "(1.5,)"), ["OPTIM.STEPSIZE must be integers", "1.5"]),
+    (("OPTIM.LR_SCHEDULER", "multi_step", "OPTIM.STEPSIZE", "(1.5,)"), ["OPTIM.STEPSIZE must be whole numbers of epochs for multi_step", "1.5"]),
     # the loaders: tracebacks while building them ('list' object has no attribute 'to' for K != 1)
     (("DATALOADER.TRAIN_X.SAMPLER", "RandomSamplr"), ["DATALOADER.TRAIN_X.SAMPLER", '"RandomSampler"']),
     (("DATALOADER.TEST.SAMPLER", "bogus"), ["DATALOADER.TEST.SAMPLER: unknown sampler 'bogus'", "SequentialSampler"]),
@@ -551,35 +559,84 @@ def test_unreadable_resume_checkpoints_leave_no_new_folder(toy_root, finished, t
 
 
 def test_remove_failed_start_removes_only_its_own_files(tmp_path):
-    from dassl.utils import first_missing_dir, remove_failed_start  # noqa: PLC0415
     top = tmp_path / "x"
     run = top / "y" / "run"
-    assert first_missing_dir(str(run)) == str(top)
-    assert first_missing_dir(str(tmp_path)) is None
+    created = missing_dirs(str(run))
+    assert created == [str(top), str(top / "y"), str(run)] and missing_dirs(str(tmp_path)) == []
     run.mkdir(parents=True)
     ours = [str(run / "config.yaml"), str(run / "log.txt")]
     for p in ours:
         Path(p).write_text("ours\n")
     (run / "sub").mkdir()
     (run / "sub" / "other.bin").write_bytes(b"someone else's")
-    assert not remove_failed_start(str(run), str(top), ours)
+    assert not remove_failed_start(str(run), created, ours)
     assert all(Path(p).is_file() for p in ours) and (run / "sub" / "other.bin").is_file()
     (run / "sub" / "other.bin").unlink()
     (run / "link").symlink_to(tmp_path)
-    assert not remove_failed_start(str(run), str(top), ours) and Path(ours[0]).is_file()
+    assert not remove_failed_start(str(run), created, ours) and Path(ours[0]).is_file()
     (run / "link").unlink()
     # a sibling run (another seed of a sweep) wrote into a parent this run created: the parent stays
     sibling = top / "y" / "seed2"
     sibling.mkdir()
     (sibling / "log.txt").write_text("running\n")
-    assert remove_failed_start(str(run), str(top), ours)
+    assert remove_failed_start(str(run), created, ours)
     assert not run.exists() and (sibling / "log.txt").read_text() == "running\n"
     shutil.rmtree(sibling)
     run.mkdir()
     for p in ours:
         Path(p).write_text("ours\n")
-    assert remove_failed_start(str(run), str(top), ours)
+    assert remove_failed_start(str(run), created, ours)
     assert not top.exists() and tmp_path.is_dir()
+
+
+@pytest.mark.parametrize("out,left", [
+    ("x/../y", []),                # makedirs creates x too; it was left behind
+    ("nd/..", ["config.yaml"]),    # the run's folder is the working directory, which existed: kept
+    ("new.txt", []),               # the log goes beside the folder (new.txt-<time>); it was left behind
+    ("a//b/./c/", []),
+])
+def test_a_failed_start_removes_every_folder_it_created(toy_root, tmp_path, capsys, monkeypatch, out, left):
+    """Paths as users write them: whatever creating --output-dir added goes again, and only that."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "keep.txt").write_text("mine\n")
+    monkeypatch.chdir(work)
+    one_error_line(capsys, train.cli(train_argv(toy_root, out, TRAINER, extra=["--eval-only"])))
+    found = sorted(p.name for p in work.iterdir())
+    assert found == sorted(["keep.txt", *left] + (["log.txt"] if left else [])), found
+    assert (work / "keep.txt").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("opts", [
+    ("OPTIM.LR_SCHEDULER", "cosine", "OPTIM.STEPSIZE", "(5.0,)"),  # cosine reads no STEPSIZE
+    ("OPTIM.LR_SCHEDULER", "single_step", "OPTIM.STEPSIZE", "(2.0,)", "OPTIM.GAMMA", "0.0"),
+    ("OPTIM.NAME", "sgd", "OPTIM.ADAM_BETA1", "1.0"),              # a key sgd does not read
+    ("OPTIM.WARMUP_EPOCH", "0", "OPTIM.WARMUP_TYPE", "anything", "OPTIM.WARMUP_CONS_LR", "-1.0"),
+])
+def test_values_the_chosen_optimizer_and_schedule_do_not_read_are_not_refused(toy_root, opts):
+    cfg = configs.build_cfg(trainer=TRAINER, dataset="LAION_Beyond_GCD", config="cpu_smoke", root=str(toy_root),
+                            opts=list(opts))
+    train.validate_cfg(cfg)
+
+
+def test_k_transforms_is_a_training_key(toy_root):
+    """An evaluation never builds the training loader: K_TRANSFORMS 2 there is not refused."""
+    cfg = configs.build_cfg(trainer=TRAINER, dataset="LAION_Beyond_GCD", config="cpu_smoke", root=str(toy_root),
+                            opts=["DATALOADER.K_TRANSFORMS", "2"])
+    train.validate_cfg(cfg, training=False)
+    with pytest.raises(configs.ConfigError, match="DATALOADER.K_TRANSFORMS must be 1 for FSNL_openclip"):
+        train.validate_cfg(cfg, training=True)
+
+
+def test_a_sampler_without_a_full_batch_is_one_line(toy_root, tmp_path, capsys):
+    """RandomDomainSampler draws whole batches per domain: with fewer images than a batch the training
+    loader is empty, which was a ValueError traceback (and a log left in a new folder)."""
+    out = tmp_path / "run"
+    argv = train_argv(toy_root, out, TRAINER, "DATALOADER.TRAIN_X.SAMPLER", "RandomDomainSampler",
+                      "DATALOADER.TRAIN_X.BATCH_SIZE", "64")
+    line = one_error_line(capsys, train.cli(argv))
+    assert "loader has no batch" in line and "RandomDomainSampler" in line and "smaller batch size" in line
+    assert not out.exists()
 
 
 def test_no_test_run_says_it_finished_and_how_to_evaluate_it(toy_root, tmp_path, capsys):

@@ -68,6 +68,8 @@ class ClipTrainer(SubsetEvaluation, TrainerX):
     """
 
     PREC_KEY: str = "COOP"
+    #: one augmented view per image and batch (``DATALOADER.FEATURE_CACHE.VIEWS K`` caches K of them)
+    TAKES_VIEW_LISTS = False
     #: Sequences per text-tower call when encoding fixed prompts (bounds memory for large C).
     TEXT_CHUNK: int = 4096
     #: ``(backbone name, weights)`` forced by trainer variants such as ``FSNL_openclip_2B``; applied
@@ -112,11 +114,6 @@ class ClipTrainer(SubsetEvaluation, TrainerX):
         check_weights_available(spec)
         if spec.weights_kind == "file":
             check_weights_file(spec.weights)
-        if int(cfg.DATALOADER.K_TRANSFORMS) != 1:
-            # every CLIP trainer takes one view per image and batch; a list of K views was a traceback
-            raise ValueError(f"DATALOADER.K_TRANSFORMS must be 1 for {cfg.TRAINER.NAME} (one augmented view per "
-                             f"image and batch; DATALOADER.FEATURE_CACHE.VIEWS K caches K views), "
-                             f"got {cfg.DATALOADER.K_TRANSFORMS}")
         expected = expected_image_size(cfg)
         size = tuple(cfg.INPUT.SIZE)
         if expected is not None and size != expected:

@@ -1,4 +1,4 @@
 """Data: datasets, samplers, transforms, loaders."""
-from .data_manager import DataManager, DatasetWrapper, build_data_loader
+from .data_manager import DataManager, DatasetWrapper, LoaderError, build_data_loader
 
-__all__ = ["DataManager", "DatasetWrapper", "build_data_loader"]
+__all__ = ["DataManager", "DatasetWrapper", "LoaderError", "build_data_loader"]

@@ -13,9 +13,14 @@ from .datasets import build_dataset
 from .samplers import build_sampler
 from .transforms import build_transform
 
-__all__ = ["DataManager", "DatasetWrapper", "build_data_loader"]
+__all__ = ["DataManager", "DatasetWrapper", "LoaderError", "build_data_loader"]
 
 logger = logging.getLogger(__name__)
+
+
+class LoaderError(ValueError):
+    """A loader the config cannot fill (an empty split, no complete batch for the sampler): a user's
+    mistake, reported in one line (it was a traceback)."""
 
 
 class DatasetWrapper(Dataset):
@@ -88,7 +93,7 @@ def build_data_loader(
     """A DataLoader over ``data_source``; train loaders drop the last partial batch when at least
     one full batch exists (so a set smaller than the batch still yields one batch)."""
     if not data_source:
-        raise ValueError(f"The {split or 'requested'} split is empty: cannot build a data loader")
+        raise LoaderError(f"The {split or 'requested'} split is empty: cannot build a data loader")
     sampler = build_sampler(sampler_type, cfg=cfg, data_source=data_source, batch_size=batch_size,
                             n_domain=n_domain, n_ins=n_ins)
     wrapper = dataset_wrapper or DatasetWrapper
@@ -101,9 +106,9 @@ def build_data_loader(
         pin_memory=bool(torch.cuda.is_available() and cfg.USE_CUDA),
     )
     if len(loader) == 0:
-        raise ValueError(
+        raise LoaderError(
             f"The {split or 'requested'} loader has no batch ({len(data_source)} items, "
-            f"batch size {batch_size}, sampler {sampler_type})"
+            f"batch size {batch_size}, sampler {sampler_type}); use a smaller batch size, or RandomSampler"
         )
     return loader
 

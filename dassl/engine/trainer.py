@@ -738,6 +738,11 @@ class SimpleTrainer(TrainerBase):
     #: ignoring it while recording it in results.json and hashing it into the fingerprint.
     LOADS_WEIGHTS: bool = True
 
+    #: Whether ``forward_backward`` takes a list of K augmented views per image
+    #: (``DATALOADER.K_TRANSFORMS`` > 1, as Dassl's FixMatch-style trainers do). Trainers that take one
+    #: view set False: ``configs.check_cfg`` then refuses K != 1 for training (it was a traceback).
+    TAKES_VIEW_LISTS: bool = True
+
     def check_cfg(self, cfg: Any) -> None:
         """Hook to reject configurations a trainer cannot run."""
 

@@ -110,14 +110,23 @@ def check_scheduler_cfg(optim_cfg: Any) -> None:
     or milestone was a traceback once data and backbone were loaded."""
     kind = optim_cfg.LR_SCHEDULER
     check_availability(kind, AVAI_SCHEDS)
+    if kind in ("single_step", "multi_step"):  # cosine reads neither STEPSIZE nor GAMMA
+        _check_steps(optim_cfg, kind)
+    _check_warmup(optim_cfg)
+
+
+def _check_steps(optim_cfg: Any, kind: str) -> None:
     stepsize = _stepsizes(optim_cfg)
-    if not all(isinstance(s, int) and not isinstance(s, bool) for s in stepsize):
-        raise ValueError(f"OPTIM.STEPSIZE must be integers (epochs), got {optim_cfg.STEPSIZE!r}")
+    if not all(isinstance(s, (int, float)) and not isinstance(s, bool) and float(s).is_integer() for s in stepsize):
+        raise ValueError(f"OPTIM.STEPSIZE must be whole numbers of epochs for {kind}, got {optim_cfg.STEPSIZE!r}")
     if kind == "multi_step" and (not stepsize or any(s <= 0 for s in stepsize)):
         raise ValueError(f"multi_step needs positive OPTIM.STEPSIZE milestones, got {stepsize}")
-    if kind in ("single_step", "multi_step") and not _rate(optim_cfg.GAMMA):
+    if not _rate(optim_cfg.GAMMA):
         raise ValueError(f"OPTIM.GAMMA (the LR decay factor of {kind}) must be a finite number >= 0, "
                          f"got {optim_cfg.GAMMA!r}")
+
+
+def _check_warmup(optim_cfg: Any) -> None:
     if int(optim_cfg.WARMUP_EPOCH) > 0:
         try:
             check_availability(optim_cfg.WARMUP_TYPE, WARMUP_TYPES)

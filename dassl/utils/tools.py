@@ -13,7 +13,7 @@ import secrets
 import time
 import warnings
 import zlib
-from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import IO, Any, Callable, Dict, List, Sequence, Union
 
 import numpy as np
 import torch
@@ -265,32 +265,43 @@ def clean_temp_files(directory: str, recursive: bool = True) -> List[str]:
     return removed
 
 
-def first_missing_dir(directory: str) -> Optional[str]:
-    """The outermost folder on the way to ``directory`` that does not exist yet -- what creating it
-    adds -- or None when it exists. Taken before a run creates its output folder, for
-    :func:`remove_failed_start`."""
-    path, top = osp.abspath(directory), None
-    while not osp.lexists(path):
-        top = path
-        parent = osp.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return top
+def missing_dirs(directory: str) -> List[str]:
+    """Every folder that creating ``directory`` adds, outermost first, as absolute paths ([] when it
+    exists). The path is walked as written, as ``os.makedirs`` does: ``x/../y`` creates ``x`` too.
+    Taken before a run creates its output folder, for :func:`remove_failed_start`."""
+    parts = [p for p in directory.split(os.sep) if p]
+    current = os.sep if osp.isabs(directory) else ""
+    missing: List[str] = []
+    for part in parts:
+        current = osp.join(current, part) if current else part
+        if part not in (".", "..") and not osp.lexists(current):
+            missing.append(osp.abspath(current))
+    return missing
 
 
-def remove_failed_start(output_dir: str, created: Optional[str], written: Sequence[str]) -> bool:
-    """Undo the output folder of a run that stopped before it produced anything. When ``output_dir``
-    holds nothing but the regular files in ``written`` (and empty folders), those go, then
-    ``output_dir`` and each parent up to ``created`` (from :func:`first_missing_dir`: the outermost
-    folder this run created) that is empty -- a parent another run has written into meanwhile stays.
-    Anything else in ``output_dir`` (a checkpoint, another process's file, a link) keeps everything.
+def remove_failed_start(output_dir: str, created: Sequence[str], written: Sequence[str]) -> bool:
+    """Undo the output folder of a run that stopped before it produced anything. ``created`` is what
+    :func:`missing_dirs` said creating ``output_dir`` would add. When the run created ``output_dir`` and
+    it holds nothing but the regular files in ``written`` (and empty folders), those go, and so does
+    a file of ``written`` beside it (a log named after an ``--output-dir`` ending in .txt); anything
+    else in it (a checkpoint, another process's file, a link) keeps everything. Then each other
+    folder in ``created`` goes if it is empty -- ``rmdir`` never takes what another run put there.
     Returns whether ``output_dir`` was removed."""
-    if not created or not osp.isdir(output_dir) or osp.islink(output_dir):
-        return False
-    top, out = osp.abspath(created), osp.abspath(output_dir)
-    if osp.commonpath([top, out]) != top:
-        return False
+    out = osp.abspath(output_dir)
+    removed = out in created and osp.isdir(out) and not osp.islink(out) and _remove_own_tree(out, written)
+    if removed:
+        for path in written:
+            if path and osp.isfile(path) and not osp.islink(path):
+                os.remove(path)
+    for d in reversed(created):
+        if d != out and osp.isdir(d) and not osp.islink(d):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+    return removed
+
+
+def _remove_own_tree(out: str, written: Sequence[str]) -> bool:
+    """Remove ``out`` when it holds only regular files of ``written`` and folders; else change nothing."""
     ours = {osp.abspath(p) for p in written if p}
     files, dirs = [], []
     for root, subdirs, names in os.walk(out):
@@ -308,15 +319,6 @@ def remove_failed_start(output_dir: str, created: Optional[str], written: Sequen
             os.rmdir(d)
     except OSError:  # something appeared meanwhile: it stays, and so does its folder
         return False
-    parent = osp.dirname(out)
-    while len(parent) >= len(top) and parent.startswith(top):
-        try:
-            os.rmdir(parent)  # only when empty: never takes what another run put there
-        except OSError:
-            break
-        if parent == top:
-            break
-        parent = osp.dirname(parent)
     return True
 
 
