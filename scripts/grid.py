@@ -625,8 +625,12 @@ def _run_parallel(groups: Dict[Tuple[str, str], List[Cell]], summary: GridSummar
                                   initializer=_worker_init, initargs=(threads, worker_stop, lines))
     waiting: set = set()
     try:
-        futures = {pool.submit(_group_worker, g[0].plan, g[0].dataset, [c.output_dir for c in g], fail_fast): g
-                   for g in order}
+        # The workers are spawned by these submits. Spawned with Ctrl-C ignored, they start with it ignored
+        # (an ignored SIGINT survives exec, and Python then installs no KeyboardInterrupt handler): a Ctrl-C
+        # while a worker still imports would otherwise end it with a traceback before _worker_init runs.
+        with _sigint_ignored():
+            futures = {pool.submit(_group_worker, g[0].plan, g[0].dataset, [c.output_dir for c in g], fail_fast): g
+                       for g in order}
         waiting = set(futures)
         while waiting:
             done, waiting = cf.wait(waiting, timeout=1.0, return_when=cf.FIRST_COMPLETED)

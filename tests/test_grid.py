@@ -401,12 +401,12 @@ def test_unreadable_image_fails_its_cell_in_one_line(toy_root, toy_info, tmp_pat
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _start_grid(root: Path, out: Path, domains: List[str], workers: int) -> subprocess.Popen:
+def _start_grid(root: Path, out: Path, domains: List[str], workers: int, epochs: int = 30) -> subprocess.Popen:
     """The grid CLI in its own session (a terminal's Ctrl-C reaches its whole process group): 4 cells per
-    domain, long enough (30 epochs) to be signalled while one runs."""
+    domain of ``epochs`` epochs (30: about a second each here)."""
     cmd = [sys.executable, "-m", "scripts.grid", "--root", str(root), "--out", str(out), "--domains", *domains,
            "--methods", "fsnl", "coop", "--shots", "1", "2", "--seeds", "1", "--config-set", "smoke", "--views", "2",
-           "--workers", str(workers), "--threads", "1", "--opts", "OPTIM.MAX_EPOCH", "30"]
+           "--workers", str(workers), "--threads", "1", "--opts", "OPTIM.MAX_EPOCH", str(epochs)]
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1")
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -428,6 +428,9 @@ def _summary(err: str) -> Dict[str, int]:
     return {"total": total, "ran": ran, "skipped": skipped, "failed": failed, "not_run": not_run}
 
 
+CTRL_C_EPOCHS = 400
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ctrl_c_twice_stops_now_with_a_summary_and_the_rerun_completes(toy_root, tmp_path, workers):
     """A first Ctrl-C asks the grid to stop after the running cell(s), a second one stops it now: exit 130,
@@ -436,7 +439,9 @@ def test_ctrl_c_twice_stops_now_with_a_summary_and_the_rerun_completes(toy_root,
     no summary; SIGTERM's summary counted only the cells that ran as the grid's total."""
     domains = [DOMAIN] if workers == 1 else ["Animals", DOMAIN]
     out = tmp_path / "g"
-    proc = _start_grid(toy_root, out, domains, workers)
+    # cells of several seconds: with 30 epochs (a second or less) the running cell could end between the
+    # two signals, and the second then met a grid that had already stopped (a flaky exit code)
+    proc = _start_grid(toy_root, out, domains, workers, epochs=CTRL_C_EPOCHS)
     _wait_for_results(out, proc)
     for _ in range(2):
         os.killpg(proc.pid, signal.SIGINT)
@@ -449,7 +454,8 @@ def test_ctrl_c_twice_stops_now_with_a_summary_and_the_rerun_completes(toy_root,
     assert counts["total"] == 4 * len(domains) and counts["ran"] == finished >= 1
     assert counts["failed"] == 0 and counts["ran"] + counts["not_run"] == counts["total"]
     pending, done = grid.pending_cells(grid.plan_grid(str(toy_root), str(out), domains, ["fsnl", "coop"], [1, 2], [1],
-                                                      config_set="smoke", views=2, opts=["OPTIM.MAX_EPOCH", "30"]))
+                                                      config_set="smoke", views=2,
+                                                      opts=["OPTIM.MAX_EPOCH", str(CTRL_C_EPOCHS)]))
     assert len(done) == finished and len(pending) == counts["total"] - finished
 
 
@@ -466,6 +472,32 @@ def _worker_pids(parent: int) -> List[int]:
         if int(fields[1]) == parent and "spawn_main" in cmdline and "resource_tracker" not in cmdline:
             pids.append(int(stat.parent.name))
     return pids
+
+
+def _sigint_ignored_in(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+    raise AssertionError(f"no SigIgn in /proc/{pid}/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes through /proc")
+def test_workers_ignore_ctrl_c_from_their_first_instruction(toy_root, tmp_path):
+    """A Ctrl-C while a worker was still importing (seconds, before its initializer set SIGINT to
+    ignored) ended that worker with a KeyboardInterrupt traceback: CI once caught it (the two-Ctrl-C test,
+    on a loaded machine). The workers are now spawned with SIGINT ignored, so it is ignored as soon as
+    they exist: read from /proc while they are still starting."""
+    proc = _start_grid(toy_root, tmp_path / "g", ["Animals", DOMAIN], 2)
+    try:
+        deadline, seen = time.time() + 60, []
+        while time.time() < deadline and not seen:
+            seen = _worker_pids(proc.pid)
+            time.sleep(0.005)
+        assert seen, "no worker process appeared"
+        assert all(_sigint_ignored_in(pid) for pid in seen)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes through /proc")

@@ -123,6 +123,7 @@ CONFIG_CASES = [
     (("OPTIM.NAME", "adam", "OPTIM.ADAM_BETA1", "1.5"), ["OPTIM.ADAM_BETA1", "[0, 1)", "adam", "1.5"]),
     (("OPTIM.NAME", "adamw", "OPTIM.ADAM_BETA2", "-0.1"), ["OPTIM.ADAM_BETA2", "must be in [0, 1) for adamw", "-0.1"]),
     (("OPTIM.NAME", "rmsprop", "OPTIM.RMSPROP_ALPHA", "-1"), ["OPTIM.RMSPROP_ALPHA", "got -1.0"]),
+    (("OPTIM.MOMENTUM", "0.0", "OPTIM.SGD_NESTEROV", "True"), ["OPTIM.SGD_NESTEROV True needs OPTIM.MOMENTUM > 0"]),
     (("OPTIM.STAGED_LR", "True", "OPTIM.BASE_LR_MULT", "-0.1"), ["OPTIM.BASE_LR_MULT must be a finite number >= 0 with OPTIM.STAGED_LR"]),
     # the schedule: a bad warm-up type or milestone was a traceback; a negative decay factor or
     # warm-up LR trained with a negative learning rate (gradient ascent), exit 0

@@ -36,6 +36,9 @@ def check_optimizer_cfg(optim_cfg: Any) -> None:
         raise ValueError(f"OPTIM.WEIGHT_DECAY must be a finite number >= 0, got {wd!r}")
     if name in _MOMENTUM_FAMILY and (not _number(optim_cfg.MOMENTUM) or optim_cfg.MOMENTUM < 0):
         raise ValueError(f"OPTIM.MOMENTUM must be a finite number >= 0 for {name}, got {optim_cfg.MOMENTUM!r}")
+    if name == "sgd" and optim_cfg.SGD_NESTEROV and (optim_cfg.MOMENTUM <= 0 or optim_cfg.SGD_DAMPNING != 0):
+        raise ValueError("OPTIM.SGD_NESTEROV True needs OPTIM.MOMENTUM > 0 and OPTIM.SGD_DAMPNING 0, got "
+                         f"{optim_cfg.MOMENTUM!r} and {optim_cfg.SGD_DAMPNING!r}")
     if name == "rmsprop" and (not _number(optim_cfg.RMSPROP_ALPHA) or optim_cfg.RMSPROP_ALPHA < 0):
         raise ValueError(f"OPTIM.RMSPROP_ALPHA must be a finite number >= 0, got {optim_cfg.RMSPROP_ALPHA!r}")
     if name in _ADAM_FAMILY:
