@@ -248,9 +248,6 @@ def check_cfg(cfg: Any, training: bool = True) -> None:
         _positive_int(cfg, "DATALOADER.TRAIN_X.BATCH_SIZE", "training batches")
         _positive_int(cfg, "OPTIM.MAX_EPOCH", "a run with no epoch trains nothing; use --eval-only to evaluate")
     if training:
-        lr = cfg.OPTIM.LR
-        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr < 0:
-            raise ConfigError(f"OPTIM.LR must be a finite number >= 0, got {lr!r}")
         try:
             check_optimizer_cfg(cfg.OPTIM)
             check_scheduler_cfg(cfg.OPTIM)
@@ -258,11 +255,6 @@ def check_cfg(cfg: Any, training: bool = True) -> None:
             raise ConfigError(str(e)) from None
         _check_sampler(cfg, "DATALOADER.TRAIN_X.SAMPLER")
         _int_at_least(cfg, "DATALOADER.K_TRANSFORMS", 1, "augmented copies of each training image per batch")
-        cls = TRAINER_REGISTRY.get(str(cfg.TRAINER.NAME)) if str(cfg.TRAINER.NAME) in TRAINER_REGISTRY else None
-        if cfg.DATALOADER.K_TRANSFORMS != 1 and cls is not None and not getattr(cls, "TAKES_VIEW_LISTS", True):
-            raise ConfigError(f"DATALOADER.K_TRANSFORMS must be 1 for {cfg.TRAINER.NAME} (one augmented view per "
-                              f"image and batch; DATALOADER.FEATURE_CACHE.VIEWS K caches K views), "
-                              f"got {cfg.DATALOADER.K_TRANSFORMS}")
     _check_sampler(cfg, "DATALOADER.TEST.SAMPLER")
     shots = cfg.DATASET.get("NUM_SHOTS", -1)
     if not isinstance(shots, int) or isinstance(shots, bool) or shots < -1 or shots == 0:
@@ -301,6 +293,9 @@ def check_cfg(cfg: Any, training: bool = True) -> None:
     if name not in TRAINER_REGISTRY:
         return
     cls = TRAINER_REGISTRY.get(name)
+    if training and cfg.DATALOADER.K_TRANSFORMS != 1 and not getattr(cls, "TAKES_VIEW_LISTS", True):
+        raise ConfigError(f"DATALOADER.K_TRANSFORMS must be 1 for {name} (one augmented view per image and batch; "
+                          f"DATALOADER.FEATURE_CACHE.VIEWS K caches K views), got {cfg.DATALOADER.K_TRANSFORMS}")
     try:
         cls.check_cfg(cls.__new__(cls), cfg)
     except (ConfigError, clip.BackboneError, DatasetError):

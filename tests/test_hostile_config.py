@@ -27,7 +27,7 @@ import torch
 
 import configs
 import train
-from clip.loader import BackboneSpec, check_weights_available
+from clip.loader import BackboneSpec, check_weights_available, expected_embed_dim
 from dassl.data.datasets import build_dataset
 from dassl.utils import (
     WriteError,
@@ -520,7 +520,6 @@ def test_adapter_reduction_is_checked_against_the_declared_width(toy_root, tmp_p
 
 def test_the_declared_embedding_width_is_the_models(toy_root):
     """``expected_embed_dim`` reads the width without building the model: it must be the built one's."""
-    from clip.loader import expected_embed_dim  # noqa: PLC0415  (only this test needs it)
     cfg = configs.build_cfg(trainer="CLIP_Adapter", dataset="LAION_Beyond_GCD", config="cpu_smoke", root=str(toy_root))
     model = open_clip.create_model(str(cfg.MODEL.BACKBONE.NAME))
     assert expected_embed_dim(cfg) == model.text_projection.shape[1] == 32

@@ -28,6 +28,7 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from ..utils.registry import check_availability
+from .optimizer import nonnegative
 
 __all__ = ["build_lr_scheduler", "check_scheduler_cfg", "EpochLRScheduler", "AVAI_SCHEDS", "WARMUP_TYPES"]
 
@@ -98,11 +99,6 @@ def _stepsizes(optim_cfg: Any) -> List[Any]:
     return [stepsize] if isinstance(stepsize, int) else list(stepsize)
 
 
-def _rate(value: Any) -> bool:
-    """A finite number >= 0 (a learning rate or a decay factor)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
-
-
 def check_scheduler_cfg(optim_cfg: Any) -> None:
     """Raise a ``ValueError`` naming the ``OPTIM`` key the schedule cannot use, before any model is
     built. Only what the chosen schedule and warm-up read is checked. A negative ``GAMMA`` or warm-up
@@ -121,7 +117,7 @@ def _check_steps(optim_cfg: Any, kind: str) -> None:
         raise ValueError(f"OPTIM.STEPSIZE must be whole numbers of epochs for {kind}, got {optim_cfg.STEPSIZE!r}")
     if kind == "multi_step" and (not stepsize or any(s <= 0 for s in stepsize)):
         raise ValueError(f"multi_step needs positive OPTIM.STEPSIZE milestones, got {stepsize}")
-    if not _rate(optim_cfg.GAMMA):
+    if not nonnegative(optim_cfg.GAMMA):
         raise ValueError(f"OPTIM.GAMMA (the LR decay factor of {kind}) must be a finite number >= 0, "
                          f"got {optim_cfg.GAMMA!r}")
 
@@ -133,7 +129,7 @@ def _check_warmup(optim_cfg: Any) -> None:
         except ValueError as e:
             raise ValueError(f"OPTIM.WARMUP_TYPE: {e}") from None
         key = "WARMUP_CONS_LR" if optim_cfg.WARMUP_TYPE == "constant" else "WARMUP_MIN_LR"
-        if not _rate(optim_cfg[key]):
+        if not nonnegative(optim_cfg[key]):
             raise ValueError(f"OPTIM.{key} (the {optim_cfg.WARMUP_TYPE} warm-up's learning rate) must be a "
                              f"finite number >= 0, got {optim_cfg[key]!r}")
 

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from ..utils.registry import check_availability
 
-__all__ = ["build_optimizer", "check_optimizer_cfg", "AVAI_OPTIMS"]
+__all__ = ["build_optimizer", "check_optimizer_cfg", "nonnegative", "AVAI_OPTIMS"]
 
 logger = logging.getLogger(__name__)
 
@@ -20,8 +20,9 @@ _ADAM_FAMILY = ("adam", "amsgrad", "radam", "adamw")
 _MOMENTUM_FAMILY = ("sgd", "rmsprop")
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def nonnegative(value: Any) -> bool:
+    """A finite number >= 0: what a learning rate, decay factor or coefficient of ``OPTIM`` must be."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 def check_optimizer_cfg(optim_cfg: Any) -> None:
@@ -31,22 +32,24 @@ def check_optimizer_cfg(optim_cfg: Any) -> None:
     defaults carry every optimizer's keys, and an unused one is harmless."""
     name = optim_cfg.NAME
     check_availability(name, AVAI_OPTIMS)
+    if not nonnegative(optim_cfg.LR):
+        raise ValueError(f"OPTIM.LR must be a finite number >= 0, got {optim_cfg.LR!r}")
     wd = optim_cfg.WEIGHT_DECAY
-    if not _number(wd) or wd < 0:
+    if not nonnegative(wd):
         raise ValueError(f"OPTIM.WEIGHT_DECAY must be a finite number >= 0, got {wd!r}")
-    if name in _MOMENTUM_FAMILY and (not _number(optim_cfg.MOMENTUM) or optim_cfg.MOMENTUM < 0):
+    if name in _MOMENTUM_FAMILY and not nonnegative(optim_cfg.MOMENTUM):
         raise ValueError(f"OPTIM.MOMENTUM must be a finite number >= 0 for {name}, got {optim_cfg.MOMENTUM!r}")
     if name == "sgd" and optim_cfg.SGD_NESTEROV and (optim_cfg.MOMENTUM <= 0 or optim_cfg.SGD_DAMPNING != 0):
         raise ValueError("OPTIM.SGD_NESTEROV True needs OPTIM.MOMENTUM > 0 and OPTIM.SGD_DAMPNING 0, got "
                          f"{optim_cfg.MOMENTUM!r} and {optim_cfg.SGD_DAMPNING!r}")
-    if name == "rmsprop" and (not _number(optim_cfg.RMSPROP_ALPHA) or optim_cfg.RMSPROP_ALPHA < 0):
+    if name == "rmsprop" and not nonnegative(optim_cfg.RMSPROP_ALPHA):
         raise ValueError(f"OPTIM.RMSPROP_ALPHA must be a finite number >= 0, got {optim_cfg.RMSPROP_ALPHA!r}")
     if name in _ADAM_FAMILY:
         for key in ("ADAM_BETA1", "ADAM_BETA2"):
             beta = optim_cfg[key]
-            if not _number(beta) or not 0 <= beta < 1:
+            if not nonnegative(beta) or beta >= 1:
                 raise ValueError(f"OPTIM.{key} must be in [0, 1) for {name}, got {beta!r}")
-    if optim_cfg.STAGED_LR and (not _number(optim_cfg.BASE_LR_MULT) or optim_cfg.BASE_LR_MULT < 0):
+    if optim_cfg.STAGED_LR and not nonnegative(optim_cfg.BASE_LR_MULT):
         raise ValueError(f"OPTIM.BASE_LR_MULT must be a finite number >= 0 with OPTIM.STAGED_LR, "
                          f"got {optim_cfg.BASE_LR_MULT!r}")
 
