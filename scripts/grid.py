@@ -66,6 +66,7 @@ from dassl.data.transforms import build_transform
 from dassl.engine import build_trainer, expected_fingerprint
 from dassl.utils import (
     WriteError,
+    absolute_path,
     check_writable_dir,
     clean_temp_files,
     set_random_seed,
@@ -103,7 +104,7 @@ from trainers import feature_cache as fc
 from trainers.base import shared_clip
 
 __all__ = ["Cell", "GridPlan", "GridSummary", "plan_grid", "auto_workers", "group_cells", "cell_state",
-           "is_finished", "run_cell", "run_grid", "main"]
+           "is_finished", "run_cell", "run_grid", "GridStop", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ class GridSummary:
 
 # ---------------------------------------------------------------------------------------------- plan
 def _abs(path: str) -> str:
-    return path if osp.isabs(path) else osp.abspath(path)
+    return absolute_path(path)
 
 
 def _run_cfg(run: Run, root: str) -> Any:
@@ -473,7 +474,8 @@ def run_grid(
         return summary
     progress = _Progress(len(pending))
     try:
-        _run_groups(groups, summary, progress, stop, fail_fast, after_cell, epoch_bars=True)
+        with _cut_short_allowed(stop):
+            _run_groups(groups, summary, progress, stop, fail_fast, after_cell, epoch_bars=True)
     except KeyboardInterrupt:  # a second Ctrl-C: the running cell is cut short (it left no results.json)
         summary.aborted = True
     finally:
@@ -632,25 +634,27 @@ def _run_parallel(groups: Dict[Tuple[str, str], List[Cell]], summary: GridSummar
             futures = {pool.submit(_group_worker, g[0].plan, g[0].dataset, [c.output_dir for c in g], fail_fast): g
                        for g in order}
         waiting = set(futures)
-        while waiting:
-            done, waiting = cf.wait(waiting, timeout=1.0, return_when=cf.FIRST_COMPLETED)
-            drain()
-            if stop is not None and stop.is_set():
-                worker_stop.set()
-            for fut in done:
-                try:
-                    report = fut.result()
-                except cf.process.BrokenProcessPool:  # a worker died: its group is settled once the pool is down
-                    broken.append((futures[fut], "a worker process died (killed, or out of memory?); rerun to continue"))
-                    continue
-                except Exception as err:  # a bug in the worker's own code (not in a cell: those are recorded)
-                    broken.append((futures[fut], f"worker process failed: {_error_line(err)}"))
-                    continue
-                reports.append(report)
-                summary.encoded += int(report["encoded"])
-                summary.stopped = summary.stopped or bool(report["stopped"])
-                if fail_fast and report["failed"]:
+        with _cut_short_allowed(stop):
+            while waiting:
+                done, waiting = cf.wait(waiting, timeout=1.0, return_when=cf.FIRST_COMPLETED)
+                drain()
+                if stop is not None and stop.is_set():
                     worker_stop.set()
+                for fut in done:
+                    try:
+                        report = fut.result()
+                    except cf.process.BrokenProcessPool:  # a worker died: its group is settled once the pool is down
+                        broken.append((futures[fut],
+                                       "a worker process died (killed, or out of memory?); rerun to continue"))
+                        continue
+                    except Exception as err:  # a bug in the worker's own code (not in a cell: those are recorded)
+                        broken.append((futures[fut], f"worker process failed: {_error_line(err)}"))
+                        continue
+                    reports.append(report)
+                    summary.encoded += int(report["encoded"])
+                    summary.stopped = summary.stopped or bool(report["stopped"])
+                    if fail_fast and report["failed"]:
+                        worker_stop.set()
     except KeyboardInterrupt:
         summary.aborted = True
     finally:
@@ -683,6 +687,44 @@ def _settle_pool(pool: cf.ProcessPoolExecutor, cut_short: bool, worker_stop: Any
         for proc in multiprocessing.active_children():  # the pool's worker processes
             proc.kill()
     pool.shutdown(wait=True, cancel_futures=True)
+
+
+class GridStop(threading.Event):
+    """The stop request the CLI's signal handlers share with :func:`run_grid`.
+
+    Setting it (SIGTERM, SIGUSR1, a first Ctrl-C: :meth:`interrupt`) stops the grid after the running
+    cells. A second Ctrl-C cuts them short by raising ``KeyboardInterrupt``, but only while ``run_grid``
+    has it ``armed``, which is exactly where that exception is caught and summarised; at most once (the
+    handler disarms before raising). Before the cells start and after they end, a second Ctrl-C does
+    nothing: it once escaped as a traceback, or cost the summary, when it came as the grid finished."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+
+    def interrupt(self) -> None:
+        """What a Ctrl-C does (the CLI's SIGINT handler)."""
+        if not self.is_set():
+            self.set()
+            print("interrupted: stopping after the running cell (Ctrl-C again to stop now)", file=sys.stderr,
+                  flush=True)
+        elif self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _cut_short_allowed(stop: Optional[threading.Event]) -> Iterator[None]:
+    """Inside, a second Ctrl-C may cut the running cells short (a :class:`GridStop`; the caller catches
+    the ``KeyboardInterrupt``, which can come up to this block's last instruction and never after it)."""
+    if not isinstance(stop, GridStop):
+        yield
+        return
+    stop.armed = True
+    try:
+        yield
+    finally:
+        stop.armed = False
 
 
 @contextlib.contextmanager
@@ -730,24 +772,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _install_stop_handlers(stop: threading.Event) -> None:
+@contextlib.contextmanager
+def _stop_handlers(stop: GridStop) -> Iterator[None]:
     """SIGTERM / SIGUSR1 (SLURM preemption) and a first Ctrl-C stop the grid after the running cells; a
-    second Ctrl-C cuts them short (``KeyboardInterrupt``, caught by :func:`run_grid`). Either way the
-    summary line follows and a rerun runs only the missing cells."""
+    second Ctrl-C cuts them short (:class:`GridStop`). Either way the summary line follows and a rerun
+    runs only the missing cells. The previous handlers come back on exit (``main`` called in-process)."""
     def handler(signum: int, _frame: Any) -> None:
         stop.set()
         print(f"signal {signum}: stopping after the running cell", file=sys.stderr, flush=True)
 
-    def interrupt(_signum: int, _frame: Any) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        print("interrupted: stopping after the running cell (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
-
-    for name in ("SIGTERM", "SIGUSR1"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), handler)
-    signal.signal(signal.SIGINT, interrupt)
+    names = [name for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name)]
+    previous = {signal.SIGINT: signal.getsignal(signal.SIGINT)}
+    for name in names:
+        previous[getattr(signal, name)] = signal.signal(getattr(signal, name), handler)
+    signal.signal(signal.SIGINT, lambda *_: stop.interrupt())
+    try:
+        yield
+    finally:
+        for signum, was in previous.items():
+            signal.signal(signum, was)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -831,21 +874,21 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     except WriteError as err:
         print(f"error: {train.error_message(err)}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-    _install_stop_handlers(stop)
+    stop = GridStop()
     start = time.time()
-    try:
-        workers = auto_workers(cells) if args.workers <= 0 else args.workers
-        torch.set_num_threads(_threads_per_worker(workers, args.threads))  # the cells run here when one worker
-        summary = run_grid(cells, force=args.force, fail_fast=args.fail_fast, stop=stop, match_code=args.match_code,
-                           workers=workers, threads=args.threads)
-    except RunConflict as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    with _sigint_ignored():  # the summary is printed whole
-        print(f"grid: {summary.line()} in {time.time() - start:.0f} s", file=sys.stderr)
-        for cell, why in summary.failed:
-            print(f"  FAILED {cell.label}: {why}", file=sys.stderr)
+    with _stop_handlers(stop):
+        try:
+            workers = auto_workers(cells) if args.workers <= 0 else args.workers
+            torch.set_num_threads(_threads_per_worker(workers, args.threads))  # the cells run here when one worker
+            summary = run_grid(cells, force=args.force, fail_fast=args.fail_fast, stop=stop,
+                               match_code=args.match_code, workers=workers, threads=args.threads)
+        except RunConflict as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        with _sigint_ignored():  # the summary is printed whole
+            print(f"grid: {summary.line()} in {time.time() - start:.0f} s", file=sys.stderr)
+            for cell, why in summary.failed:
+                print(f"  FAILED {cell.label}: {why}", file=sys.stderr)
     if summary.aborted:
         return INTERRUPTED
     if summary.stopped:

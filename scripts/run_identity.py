@@ -45,6 +45,7 @@ from configs import ConfigError
 from dassl import results
 from dassl.cli import ArgumentParser
 from dassl.engine import expected_fingerprint
+from dassl.utils import absolute_path
 from dassl.utils.registry import RegistryKeyError
 from lpclip import feat_extractor, linear_probe
 from lpclip.files import feature_file
@@ -75,7 +76,9 @@ class RunConflict(ValueError):
 
 
 def _abs(path: str, cwd: str) -> str:
-    return path if not path or osp.isabs(path) else osp.normpath(osp.join(cwd, path))
+    """``path`` of a command run in ``cwd``, absolute as the kernel reads it (``lnk/../x``: see
+    :func:`dassl.utils.absolute_path`)."""
+    return path if not path else absolute_path(osp.join(cwd, path))
 
 
 #: A shell variable assignment before the command (``OMP_NUM_THREADS=1 python ...``).

@@ -459,6 +459,42 @@ def test_ctrl_c_twice_stops_now_with_a_summary_and_the_rerun_completes(toy_root,
     assert len(done) == finished and len(pending) == counts["total"] - finished
 
 
+def test_a_second_ctrl_c_outside_the_running_cells_does_nothing():
+    """Only while run_grid runs cells (armed) does a second Ctrl-C raise, and only once; elsewhere it is
+    ignored (it used to raise wherever it came, e.g. while the summary was being printed)."""
+    stop = grid.GridStop()
+    stop.interrupt()
+    assert stop.is_set()
+    stop.interrupt()  # the cells have ended: nothing to cut short
+    with pytest.raises(KeyboardInterrupt):
+        with grid._cut_short_allowed(stop):
+            stop.interrupt()
+    assert not stop.armed
+    with grid._cut_short_allowed(stop):
+        stop.armed = False  # what the handler does before raising: a third Ctrl-C raises nothing more
+        stop.interrupt()
+
+
+def test_two_ctrl_c_as_the_grid_finishes_keep_the_summary(toy_root, tmp_path, capsys, monkeypatch):
+    """Two Ctrl-C that arrive after the last cell ended (here: as run_grid returns) used to raise out of
+    the CLI: "interrupted", exit 130 and no summary, though every cell had run. Now the summary is printed
+    and the exit status says the grid completed; the CLI's signal handlers are gone afterwards."""
+    def finishing_grid(cells, **kw):
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the Python-level handler runs here
+        return grid.GridSummary(total=len(cells), ran=list(cells))
+
+    monkeypatch.setattr(grid, "run_grid", finishing_grid)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    rc = grid.main(["--root", str(toy_root), "--out", str(tmp_path / "g"), "--domains", DOMAIN, "--methods",
+                    "zeroshot", "--config-set", "smoke"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "grid: 1 cell(s): ran 1, skipped 0, failed 0 in" in err and "interrupted" not in err.splitlines(), err
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
 def _worker_pids(parent: int) -> List[int]:
     """The grid's spawned worker processes (children of ``parent`` running multiprocessing's spawn_main,
     not its resource tracker)."""

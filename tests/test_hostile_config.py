@@ -32,7 +32,9 @@ from dassl.data.datasets import build_dataset
 from dassl.utils import (
     WriteError,
     atomic_write_text,
+    check_writable_dir,
     clean_temp_files,
+    close_log_file,
     missing_dirs,
     remove_failed_start,
     setup_logger,
@@ -605,6 +607,47 @@ def test_a_failed_start_removes_every_folder_it_created(toy_root, tmp_path, caps
     found = sorted(p.name for p in work.iterdir())
     assert found == sorted(["keep.txt", *left] + (["log.txt"] if left else [])), found
     assert (work / "keep.txt").read_text() == "mine\n"
+
+
+def _link_work(tmp_path: Path) -> Path:
+    """A working directory with ``lnk -> real/sub`` and a user's own ``x/notes.txt``: ``lnk/../x`` is
+    ``real/x`` to the kernel, and ``x`` to ``os.path.abspath``."""
+    work = tmp_path / "work"
+    (work / "real" / "sub").mkdir(parents=True)
+    (work / "lnk").symlink_to(Path("real") / "sub")
+    (work / "x").mkdir()
+    (work / "x" / "notes.txt").write_text("mine\n")
+    return work
+
+
+def test_dotdot_after_a_symbolic_link_is_where_the_kernel_puts_it(tmp_path, monkeypatch):
+    """The writer, its probe and the log went by os.path.abspath (``lnk/../x`` -> ``./x``) while mkdir went
+    by the kernel (``real/x``): "No such file" for a folder just created, or a log in another folder."""
+    work = _link_work(tmp_path)
+    monkeypatch.chdir(work)
+    check_writable_dir("lnk/../y")
+    atomic_write_text("lnk/../y/r.json", "{}")
+    assert (work / "real" / "y" / "r.json").read_text() == "{}" and not (work / "y").exists()
+    assert missing_dirs("lnk/../z/w") == [str(work / "real" / "z"), str(work / "real" / "z" / "w")]
+    logging.getLogger().handlers, saved = [], list(logging.getLogger().handlers)
+    try:
+        log = setup_logger("lnk/../y")
+        logging.getLogger("t").info("hello")
+    finally:
+        close_log_file()
+        logging.getLogger().handlers = saved
+    assert log == str(work / "real" / "y" / "log.txt") and "hello" in Path(log).read_text()
+    assert sorted(p.name for p in (work / "x").iterdir()) == ["notes.txt"]
+
+
+def test_a_failed_start_through_a_link_leaves_no_log_in_another_folder(toy_root, tmp_path, capsys, monkeypatch):
+    """``--output-dir lnk/../x`` with no model to evaluate: the log went into the user's ``./x`` (abspath's
+    reading), where the failed start's clean-up could not take it back."""
+    work = _link_work(tmp_path)
+    monkeypatch.chdir(work)
+    one_error_line(capsys, train.cli(train_argv(toy_root, "lnk/../x", TRAINER, extra=["--eval-only"])))
+    assert sorted(p.name for p in (work / "x").iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in (work / "real").iterdir()) == ["sub"]
 
 
 @pytest.mark.parametrize("opts", [

@@ -59,7 +59,7 @@ from yacs.config import CfgNode as CN
 from clip import weights_identity
 from dassl.data import build_data_loader
 from dassl.data.samplers import build_sampler
-from dassl.utils import atomic_torch_save, derive_seed, read_image
+from dassl.utils import absolute_path, atomic_torch_save, derive_seed, read_image
 from dassl.utils.identity import content_identity, files_digest, json_digest, stat_identity
 
 logger = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def default_cache_root() -> str:
     """``$FSNL_CACHE_DIR``, else ``$XDG_CACHE_HOME/fsnl``, else ``~/.cache/fsnl``."""
     root = os.environ.get(CACHE_ENV)
     if root:
-        return osp.abspath(osp.expanduser(root))
+        return absolute_path(osp.expanduser(root))
     xdg = os.environ.get("XDG_CACHE_HOME") or osp.join(osp.expanduser("~"), ".cache")
     return osp.join(xdg, "fsnl")
 
@@ -120,7 +120,7 @@ def eval_cache_dir(cfg: Any) -> Optional[str]:
     value = str(cfg.TEST.get("FEATURE_CACHE_DIR", "") or "")
     if value.lower() == DISABLED:
         return None
-    return osp.abspath(osp.expanduser(value)) if value else osp.join(default_cache_root(), "eval_features")
+    return absolute_path(osp.expanduser(value)) if value else osp.join(default_cache_root(), "eval_features")
 
 
 def _weights(cfg: Any) -> Dict[str, Any]:

@@ -49,6 +49,7 @@ from ..utils import (
     AverageMeter,
     CheckpointError,
     MetricMeter,
+    absolute_path,
     derive_seed,
     list_checkpoints,
     listdir_nohidden,
@@ -549,7 +550,7 @@ class TrainerBase:
         cfg = getattr(self, "cfg", None)
         if not names and cfg is not None:
             raise CheckpointError(no_weights_message(str(cfg.TRAINER.NAME), directory))
-        info: Dict[str, Any] = {"model_dir": osp.abspath(directory), "requested_epoch": epoch, "epoch": None,
+        info: Dict[str, Any] = {"model_dir": absolute_path(directory), "requested_epoch": epoch, "epoch": None,
                                 "checkpoints": {}}
         self.load_info = info
         for name in names:

@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Optional
 
-from .tools import WriteError, mkdir_if_missing, write_error
+from .tools import WriteError, absolute_path, mkdir_if_missing, write_error
 
 __all__ = ["setup_logger", "close_log_file", "CONSOLE_MODES"]
 
@@ -98,7 +98,7 @@ def setup_logger(output: Optional[str] = None, level: int = logging.INFO, consol
     same_console = all(getattr(h, "_dassl_console", "all") == console for h in ours
                        if not isinstance(h, logging.FileHandler))
     if (wanted is not None and current is not None and same_console
-            and getattr(current, "_dassl_requested", None) == osp.abspath(wanted)):
+            and getattr(current, "_dassl_requested", None) == absolute_path(wanted)):
         return current.baseFilename
 
     for h in ours:
@@ -117,14 +117,14 @@ def setup_logger(output: Optional[str] = None, level: int = logging.INFO, consol
 
     if wanted is None:
         return None
-    fpath = wanted
+    fpath = wanted = absolute_path(wanted)  # logging.FileHandler folds '..' lexically (see absolute_path)
     if osp.exists(fpath):
         stamped = fpath + time.strftime("-%Y-%m-%d-%H-%M-%S")
         fpath, n = stamped, 1
         while osp.exists(fpath):  # two runs in the same second must not share (append to) one file
             fpath, n = f"{stamped}-{n}", n + 1
     try:
-        mkdir_if_missing(osp.dirname(osp.abspath(wanted)))
+        mkdir_if_missing(osp.dirname(wanted))
         file_handler = _RunFileHandler(fpath, encoding="utf-8")
     except OSError as e:
         if isinstance(e, WriteError):
@@ -132,7 +132,7 @@ def setup_logger(output: Optional[str] = None, level: int = logging.INFO, consol
         raise write_error(fpath, e, what="open the log file") from e
     file_handler.setFormatter(formatter)
     setattr(file_handler, _HANDLER_TAG, True)
-    file_handler._dassl_requested = osp.abspath(wanted)  # type: ignore[attr-defined]
+    file_handler._dassl_requested = wanted  # type: ignore[attr-defined]
     root.addHandler(file_handler)
     return file_handler.baseFilename
 

@@ -43,6 +43,17 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+def absolute_path(path: Union[str, "os.PathLike[str]"]) -> str:
+    """``path`` made absolute as the kernel reads it. ``osp.abspath`` folds ``..`` lexically, so
+    ``lnk/../x`` (``lnk`` a symbolic link) became ``./x`` while ``mkdir``/``open`` use the link's
+    target's parent: the log, the temporary files and the failed-start clean-up went to another folder
+    than the results. A path with a ``..`` is resolved (``osp.realpath``); any other keeps its links."""
+    path = os.fspath(path)
+    if ".." in path.replace("\\", "/").split("/"):
+        return osp.realpath(path)
+    return osp.abspath(path)
+
+
 def mkdir_if_missing(dirname: str) -> None:
     """Create ``dirname`` (and parents); safe when several processes race to create it."""
     if not dirname:
@@ -142,7 +153,7 @@ def _write_problem(err: OSError) -> str:
 
 def write_error(path: str, err: OSError, what: str = "write") -> WriteError:
     """A :class:`WriteError` for ``err`` that names ``path``'s directory and the problem."""
-    directory = osp.dirname(osp.abspath(path))
+    directory = osp.dirname(absolute_path(path))
     return WriteError(err.errno, f'cannot {what} "{path}" in directory "{directory}": {_write_problem(err)}')
 
 
@@ -154,7 +165,7 @@ _LEGACY_TEMP_AGE_S = 24 * 3600
 
 
 def _temp_path(fpath: str) -> str:
-    dirname, base = osp.split(osp.abspath(fpath))
+    dirname, base = osp.split(absolute_path(fpath))
     return osp.join(dirname, f".{base}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
 
 
@@ -182,7 +193,7 @@ def atomic_write(fpath: str, write_fn: Callable[[IO], Any], mode: str = "w") -> 
     name ``.<target>.<pid>-<hex>.tmp`` lets :func:`clean_temp_files` recognise what a killed write
     left behind. An ``OSError`` becomes a :class:`WriteError` naming the directory.
     """
-    dirname = osp.dirname(osp.abspath(fpath))
+    dirname = osp.dirname(absolute_path(fpath))
     tmp = _temp_path(fpath)
     try:
         mkdir_if_missing(dirname)
@@ -275,7 +286,7 @@ def missing_dirs(directory: str) -> List[str]:
     for part in parts:
         current = osp.join(current, part) if current else part
         if part not in (".", "..") and not osp.lexists(current):
-            missing.append(osp.abspath(current))
+            missing.append(absolute_path(current))
     return missing
 
 
@@ -287,7 +298,7 @@ def remove_failed_start(output_dir: str, created: Sequence[str], written: Sequen
     else in it (a checkpoint, another process's file, a link) keeps everything. Then each other
     folder in ``created`` goes if it is empty -- ``rmdir`` never takes what another run put there.
     Returns whether ``output_dir`` was removed."""
-    out = osp.abspath(output_dir)
+    out = absolute_path(output_dir)
     removed = out in created and osp.isdir(out) and not osp.islink(out) and _remove_own_tree(out, written)
     if removed:
         for path in written:
@@ -302,7 +313,7 @@ def remove_failed_start(output_dir: str, created: Sequence[str], written: Sequen
 
 def _remove_own_tree(out: str, written: Sequence[str]) -> bool:
     """Remove ``out`` when it holds only regular files of ``written`` and folders; else change nothing."""
-    ours = {osp.abspath(p) for p in written if p}
+    ours = {absolute_path(p) for p in written if p}
     files, dirs = [], []
     for root, subdirs, names in os.walk(out):
         dirs.append(root)
@@ -325,7 +336,7 @@ def _remove_own_tree(out: str, written: Sequence[str]) -> bool:
 def _check_creatable(directory: str, what: str) -> None:
     """:func:`check_writable_dir` without creating anything: the nearest existing ancestor of a missing
     ``directory`` must be a directory this process may create entries in."""
-    path = osp.abspath(directory)
+    path = absolute_path(directory)
     while not osp.lexists(path):
         parent = osp.dirname(path)
         if parent == path:
