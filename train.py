@@ -48,6 +48,7 @@ from dassl.utils import (
     collect_env_info,
     list_checkpoints,
     load_checkpoint,
+    log_file_for,
     missing_dirs,
     remove_failed_start,
     set_random_seed,
@@ -287,6 +288,10 @@ def main(args: argparse.Namespace) -> Any:
                                     evaluating=args.eval_only,
                                     overwrite=run_results.overwrite_requested(getattr(args, "overwrite", False)))
     created = missing_dirs(str(cfg.OUTPUT_DIR)) if cfg.OUTPUT_DIR else []
+    # what a failed start must give back: a finished run's config.yaml (building the trainer rewrites it)
+    # and its log.txt (a logger still open on it in this process appends to it)
+    config_file = osp.join(str(cfg.OUTPUT_DIR), run_results.CONFIG_FILE)
+    former = {p: data for p in (config_file, log_file_for(str(cfg.OUTPUT_DIR))) if (data := _former_file(p)) is not None}
     check_writable_dir(cfg.OUTPUT_DIR)
     log_file = setup_logger(cfg.OUTPUT_DIR, console="all" if getattr(args, "verbose", False) else "summary")
     clean_temp_files(cfg.OUTPUT_DIR)
@@ -325,18 +330,29 @@ def main(args: argparse.Namespace) -> Any:
         raise RunInterrupted(message) from None
     except user_errors():
         # A mistake only the built trainer finds (--eval-only without a model, a --resume folder whose
-        # checkpoints are all unreadable, ...): a folder this run created holds just its config.yaml and
-        # log then, and goes, so a failed start leaves nothing behind. Anything more stays, and so does
-        # the log of a run that had started training.
+        # checkpoints are all unreadable, ...): a failed start leaves nothing behind. A folder this run
+        # created holds just its config.yaml and log then, and goes; in a folder that existed, a new log
+        # goes and the files the start rewrote get their former bytes back. The log of a run that had
+        # started training stays.
         if not hasattr(trainer, "time_start"):
             close_log_file()
-            remove_failed_start(str(cfg.OUTPUT_DIR), created,
-                                [osp.join(str(cfg.OUTPUT_DIR), run_results.CONFIG_FILE), log_file or ""])
+            remove_failed_start(str(cfg.OUTPUT_DIR), created, [config_file, log_file or ""], previous=former)
         raise
     results = getattr(trainer, "final_results", None)
     if results or (trainer is not None and not args.eval_only and not args.no_train and cfg.TEST.NO_TEST):
         logger.info("%s", run_summary(cfg, results or {}, time.time() - start), extra={"console": True})
     return trainer
+
+
+def _former_file(path: str) -> Optional[bytes]:
+    """The bytes of ``path`` before this run writes it (None: no file there)."""
+    if not osp.isfile(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 class RunInterrupted(KeyboardInterrupt):

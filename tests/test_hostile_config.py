@@ -539,12 +539,14 @@ def test_eval_only_without_a_model_leaves_no_folder_behind(toy_root, tmp_path, c
 
 
 def test_a_failed_start_keeps_a_folder_that_existed_and_what_others_put_in(toy_root, tmp_path, capsys):
-    """Not created by this run, or holding anything but its own two files: nothing is removed."""
+    """Not created by this run, or holding anything but its own two files: the folder and what others put
+    in it stay; the start's own config.yaml and log go (they were left behind)."""
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "notes.txt").write_text("mine\n")
     one_error_line(capsys, train.cli(train_argv(toy_root, existing, TRAINER, extra=["--eval-only"])))
-    assert (existing / "notes.txt").read_text() == "mine\n" and (existing / "config.yaml").is_file()
+    assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
+    assert (existing / "notes.txt").read_text() == "mine\n"
 
 
 def test_unreadable_resume_checkpoints_leave_no_new_folder(toy_root, finished, tmp_path, capsys):
@@ -571,12 +573,21 @@ def test_remove_failed_start_removes_only_its_own_files(tmp_path):
         Path(p).write_text("ours\n")
     (run / "sub").mkdir()
     (run / "sub" / "other.bin").write_bytes(b"someone else's")
+    # someone else's file in the folder: it stays, with the folder; only what the start wrote goes
     assert not remove_failed_start(str(run), created, ours)
-    assert all(Path(p).is_file() for p in ours) and (run / "sub" / "other.bin").is_file()
+    assert not any(Path(p).exists() for p in ours) and (run / "sub" / "other.bin").read_bytes() == b"someone else's"
     (run / "sub" / "other.bin").unlink()
+    for p in ours:
+        Path(p).write_text("ours\n")
     (run / "link").symlink_to(tmp_path)
-    assert not remove_failed_start(str(run), created, ours) and Path(ours[0]).is_file()
+    assert not remove_failed_start(str(run), created, ours) and (run / "link").is_symlink()
+    assert not any(Path(p).exists() for p in ours) and tmp_path.is_dir()
     (run / "link").unlink()
+    for p in ours:
+        Path(p).write_text("ours\n")
+    # a file the start replaced gets its former bytes back; the folder (not created here) stays
+    assert not remove_failed_start(str(run), [], ours, previous={ours[0]: b"a finished run's\n"})
+    assert Path(ours[0]).read_bytes() == b"a finished run's\n" and not Path(ours[1]).exists()
     # a sibling run (another seed of a sweep) wrote into a parent this run created: the parent stays
     sibling = top / "y" / "seed2"
     sibling.mkdir()
@@ -593,7 +604,7 @@ def test_remove_failed_start_removes_only_its_own_files(tmp_path):
 
 @pytest.mark.parametrize("out,left", [
     ("x/../y", []),                # makedirs creates x too; it was left behind
-    ("nd/..", ["config.yaml"]),    # the run's folder is the working directory, which existed: kept
+    ("nd/..", []),                 # the working directory, which existed: its new config.yaml and log go
     ("new.txt", []),               # the log goes beside the folder (new.txt-<time>); it was left behind
     ("a//b/./c/", []),
 ])
@@ -605,8 +616,20 @@ def test_a_failed_start_removes_every_folder_it_created(toy_root, tmp_path, caps
     monkeypatch.chdir(work)
     one_error_line(capsys, train.cli(train_argv(toy_root, out, TRAINER, extra=["--eval-only"])))
     found = sorted(p.name for p in work.iterdir())
-    assert found == sorted(["keep.txt", *left] + (["log.txt"] if left else [])), found
+    assert found == sorted(["keep.txt", *left]), found
     assert (work / "keep.txt").read_text() == "mine\n"
+
+
+def test_a_failed_start_in_a_finished_run_gives_back_its_config(toy_root, tmp_path, capsys):
+    """A start that fails once the trainer is built (here --eval-only without a model) had rewritten the
+    finished run's config.yaml with its own settings (TRAIN.PRINT_FREQ is not in the fingerprint, so no
+    conflict stops it) and left a log-<time> beside the run's log."""
+    out = tmp_path / "run"
+    run_train(train_argv(toy_root, out, TRAINER))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    one_error_line(capsys, train.cli(train_argv(toy_root, out, TRAINER, "TRAIN.PRINT_FREQ", "7",
+                                                extra=["--eval-only"])))
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
 def _link_work(tmp_path: Path) -> Path:

@@ -4,7 +4,7 @@ Only light dependencies are imported here (torch, numpy, PIL): importing ``dassl
 in optional packages such as wilds or tensorboard (bug B34).
 """
 from .env import collect_env_info, package_versions
-from .logger import close_log_file, setup_logger
+from .logger import close_log_file, log_file_for, setup_logger
 from .meters import AverageMeter, MetricMeter
 from .registry import Registry, check_availability, closest_name
 from .tools import (
@@ -53,6 +53,7 @@ __all__ = [
     "closest_name",
     "setup_logger",
     "close_log_file",
+    "log_file_for",
     "absolute_path",
     "missing_dirs",
     "remove_failed_start",

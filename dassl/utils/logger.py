@@ -69,7 +69,9 @@ class _RunFileHandler(logging.FileHandler):
         super().handleError(record)
 
 
-def _log_file_for(output: str) -> str:
+def log_file_for(output: str) -> str:
+    """The log file :func:`setup_logger` appends to (when it exists, a new time-stamped sibling) for
+    ``output``: ``<output>/log.txt``, or ``output`` itself when it names a .txt or .log file."""
     if output.endswith(".txt") or output.endswith(".log"):
         return output
     return osp.join(output, "log.txt")
@@ -90,7 +92,7 @@ def setup_logger(output: Optional[str] = None, level: int = logging.INFO, consol
     root.setLevel(level)
     ours = [h for h in root.handlers if getattr(h, _HANDLER_TAG, False)]
 
-    wanted = _log_file_for(output) if output else None
+    wanted = log_file_for(output) if output else None
     current = None
     for h in ours:
         if isinstance(h, logging.FileHandler):

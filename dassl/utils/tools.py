@@ -13,7 +13,7 @@ import secrets
 import time
 import warnings
 import zlib
-from typing import IO, Any, Callable, Dict, List, Sequence, Union
+from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def absolute_path(path: Union[str, "os.PathLike[str]"]) -> str:
+def absolute_path(path: Union[str, os.PathLike[str]]) -> str:
     """``path`` made absolute as the kernel reads it. ``osp.abspath`` folds ``..`` lexically, so
     ``lnk/../x`` (``lnk`` a symbolic link) became ``./x`` while ``mkdir``/``open`` use the link's
     target's parent: the log, the temporary files and the failed-start clean-up went to another folder
@@ -290,20 +290,30 @@ def missing_dirs(directory: str) -> List[str]:
     return missing
 
 
-def remove_failed_start(output_dir: str, created: Sequence[str], written: Sequence[str]) -> bool:
-    """Undo the output folder of a run that stopped before it produced anything. ``created`` is what
-    :func:`missing_dirs` said creating ``output_dir`` would add. When the run created ``output_dir`` and
-    it holds nothing but the regular files in ``written`` (and empty folders), those go, and so does
-    a file of ``written`` beside it (a log named after an ``--output-dir`` ending in .txt); anything
-    else in it (a checkpoint, another process's file, a link) keeps everything. Then each other
-    folder in ``created`` goes if it is empty -- ``rmdir`` never takes what another run put there.
-    Returns whether ``output_dir`` was removed."""
+def remove_failed_start(output_dir: str, created: Sequence[str], written: Sequence[str],
+                        previous: Optional[Mapping[str, bytes]] = None) -> bool:
+    """Undo what a run that stopped before it produced anything wrote. ``created`` is what
+    :func:`missing_dirs` said creating ``output_dir`` would add; ``written`` the files the start wrote;
+    ``previous`` the former bytes of those it replaced (a finished run's ``config.yaml``, rewritten by a
+    start that then failed), which are written back.
+
+    When the run created ``output_dir`` and it holds nothing but the regular files in ``written`` (and
+    empty folders), those go, and so does a file of ``written`` beside it (a log named after an
+    ``--output-dir`` ending in .txt). Otherwise (the folder existed, or holds something else: a
+    checkpoint, another process's file, a link) only ``written`` is undone: each replaced file gets its
+    bytes back and each new regular file goes. Then each other folder in ``created`` goes if it is
+    empty -- ``rmdir`` never takes what another run put there. Returns whether ``output_dir`` was removed."""
+    previous = {absolute_path(k): v for k, v in (previous or {}).items()}
     out = absolute_path(output_dir)
-    removed = out in created and osp.isdir(out) and not osp.islink(out) and _remove_own_tree(out, written)
-    if removed:
-        for path in written:
-            if path and osp.isfile(path) and not osp.islink(path):
-                os.remove(path)
+    removed = (out in created and not previous and osp.isdir(out) and not osp.islink(out)
+               and _remove_own_tree(out, written))
+    for path in written:
+        if not path or (removed and not osp.lexists(path)):
+            continue
+        if absolute_path(path) in previous:
+            atomic_write(path, lambda f, data=previous[absolute_path(path)]: f.write(data), mode="wb")
+        elif osp.isfile(path) and not osp.islink(path):
+            os.remove(path)
     for d in reversed(created):
         if d != out and osp.isdir(d) and not osp.islink(d):
             with contextlib.suppress(OSError):
