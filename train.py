@@ -327,6 +327,9 @@ def main(args: argparse.Namespace) -> Any:
     except KeyboardInterrupt:
         message = interrupted_message(trainer, cfg, evaluating=args.eval_only)
         logger.info("%s", message)  # log.txt only: the console gets it once, from cli()
+        if not hasattr(trainer, "time_start"):  # stopped before training: as a failed start
+            close_log_file()
+            remove_failed_start(str(cfg.OUTPUT_DIR), created, [config_file, log_file or ""], previous=former)
         raise RunInterrupted(message) from None
     except user_errors():
         # A mistake only the built trainer finds (--eval-only without a model, a --resume folder whose

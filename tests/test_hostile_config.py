@@ -632,6 +632,21 @@ def test_a_failed_start_in_a_finished_run_gives_back_its_config(toy_root, tmp_pa
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
+def test_ctrl_c_before_training_gives_back_the_finished_run_too(toy_root, tmp_path, capsys, monkeypatch):
+    """Interrupted once the trainer is built but before it trains: undone like a failed start."""
+    out = tmp_path / "run"
+    run_train(train_argv(toy_root, out, TRAINER))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def interrupt(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "check_untrained_eval", interrupt)
+    assert train.cli(train_argv(toy_root, out, TRAINER, "TRAIN.PRINT_FREQ", "7", extra=["--eval-only"])) == 130
+    assert capsys.readouterr().err.strip().startswith("interrupted before results.json was written")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
 def _link_work(tmp_path: Path) -> Path:
     """A working directory with ``lnk -> real/sub`` and a user's own ``x/notes.txt``: ``lnk/../x`` is
     ``real/x`` to the kernel, and ``x`` to ``os.path.abspath``."""
