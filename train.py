@@ -14,6 +14,11 @@ line on stderr that names the closest valid choice, and exit code 2.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # a Ctrl-C during the imports below: one line, not a traceback
+    from dassl.cli import quiet_ctrl_c_while_loading
+
+    quiet_ctrl_c_while_loading()
+
 import argparse
 import importlib
 import logging

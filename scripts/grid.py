@@ -36,6 +36,10 @@ from pathlib import Path
 
 if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":  # a Ctrl-C during the imports below: one line, not a traceback
+    from dassl.cli import quiet_ctrl_c_while_loading
+
+    quiet_ctrl_c_while_loading()
 
 import argparse
 import concurrent.futures as cf
@@ -785,7 +789,8 @@ def _stop_handlers(stop: GridStop) -> Iterator[None]:
     previous = {signal.SIGINT: signal.getsignal(signal.SIGINT)}
     for name in names:
         previous[getattr(signal, name)] = signal.signal(getattr(signal, name), handler)
-    signal.signal(signal.SIGINT, lambda *_: stop.interrupt())
+    if previous[signal.SIGINT] is not signal.SIG_IGN:  # started with Ctrl-C ignored (cmd &): it stays so
+        signal.signal(signal.SIGINT, lambda *_: stop.interrupt())
     try:
         yield
     finally:

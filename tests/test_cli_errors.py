@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import subprocess
 import sys
 
@@ -88,3 +89,71 @@ def test_model_dir_and_load_epoch_without_eval_only_are_refused(extra, message, 
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert err[0].endswith(" --help") and not out.exists()
+
+
+ENTRY_POINTS = ("train.py", "scripts/grid.py", "scripts/sweep.py", "scripts/launch.py", "lpclip/feat_extractor.py",
+                "lpclip/linear_probe.py", "tools/mini_beyond/__main__.py", "scripts/parse_test_res.py",
+                "scripts/plot_curves.py")
+_LOADING_PROGRAM = '''
+if __name__ == "__main__":
+    from dassl.cli import quiet_ctrl_c_while_loading
+
+    quiet_ctrl_c_while_loading()
+
+import os
+import signal
+import sys
+
+import {heavy}
+
+
+def main():
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(100):
+            pass
+    except KeyboardInterrupt:
+        print("main handled it", file=sys.stderr)
+        return 0
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+'''
+
+
+@pytest.mark.parametrize("during", ["imports", "main"])
+@pytest.mark.parametrize("how", ["path", "module"])
+def test_ctrl_c_while_a_program_loads_is_one_line(tmp_path, during, how):
+    """A Ctrl-C during an entry point's imports (seconds of torch) was a KeyboardInterrupt traceback;
+    once main runs, the program's own handling still gets its KeyboardInterrupt."""
+    pkg = tmp_path / "prog"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    # a module whose import is interrupted, as torch's would be
+    (pkg / "heavy.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(0.5)\n"
+                                  if during == "imports" else "")
+    (pkg / "entry.py").write_text(_LOADING_PROGRAM.format(heavy="prog.heavy"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)])}
+    cmd = [sys.executable, str(pkg / "entry.py")] if how == "path" else [sys.executable, "-m", "prog.entry"]
+    res = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    if during == "imports":
+        assert (res.returncode, res.stderr) == (130, "interrupted\n")
+    else:
+        assert (res.returncode, res.stderr) == (0, "main handled it\n")
+    # started with Ctrl-C ignored (a background job of a script): it stays ignored, in the imports and in main
+    res = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert (res.returncode, res.stderr) == (1, "")
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_entry_points_quiet_ctrl_c_before_their_imports(entry):
+    """Each program installs the handler before any import of the project or a third-party package."""
+    lines = (REPO / entry).read_text().splitlines()
+    call = lines.index("    quiet_ctrl_c_while_loading()")
+    start = lines.index("from __future__ import annotations")  # after the docstring
+    first = next(i for i, ln in enumerate(lines) if i > start and ln.startswith(("import ", "from "))
+                 and ln not in ("import sys", "from pathlib import Path"))
+    assert call < first, entry

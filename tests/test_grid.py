@@ -495,6 +495,20 @@ def test_two_ctrl_c_as_the_grid_finishes_keep_the_summary(toy_root, tmp_path, ca
     assert {s: signal.getsignal(s) for s in before} == before
 
 
+def test_a_grid_started_with_ctrl_c_ignored_keeps_ignoring_it():
+    """``python -m scripts.grid ... &`` in a script starts with SIGINT ignored: the grid must not take
+    Ctrl-C back (a terminal's Ctrl-C would stop a background grid); SIGTERM still stops it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        stop = grid.GridStop()
+        with grid._stop_handlers(stop):
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _worker_pids(parent: int) -> List[int]:
     """The grid's spawned worker processes (children of ``parent`` running multiprocessing's spawn_main,
     not its resource tracker)."""
