@@ -38,7 +38,7 @@ from dassl.cli import ArgumentParser
 from dassl.config import FINAL_MODEL_CHOICES
 from dassl.data import LoaderError
 from dassl.data.datasets import DATASET_REGISTRY
-from dassl.engine import TRAINER_REGISTRY, build_trainer, expected_fingerprint
+from dassl.engine import TRAINER_REGISTRY, TrainingDiverged, build_trainer, expected_fingerprint
 from dassl.engine.trainer import check_model_dir, no_weights_message
 from dassl.evaluation import EVALUATOR_REGISTRY
 from dassl.optim import AVAI_OPTIMS, AVAI_SCHEDS
@@ -452,7 +452,7 @@ def user_errors() -> Tuple[type, ...]:
     folder): the entry points report it as one ``error:`` line with exit code 2, a bug keeps its
     traceback. The one list ``train.py``, ``scripts.grid`` and the analysis scripts share."""
     return (ConfigError, RegistryKeyError, WriteError, CheckpointError, UnreadableImageError, LoaderError,
-            *_project_errors())
+            TrainingDiverged, *_project_errors())
 
 
 WORKER_TRACEBACK = "Original Traceback (most recent call last):"

@@ -27,6 +27,7 @@ from safetensors import safe_open
 from torch import nn
 
 from dassl.utils.identity import content_identity
+from dassl.utils.torchtools import nonfinite_tensors
 
 from .config import parse_quick_gelu
 from .pretrained import MODEL_CONFIG_DIR, REPO_ROOT, default_weights
@@ -38,6 +39,17 @@ DeviceLike = Union[str, torch.device]
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
 WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
+#: What open_clip loads from a ``local-dir:`` folder (``open_clip.factory._find_checkpoint_in_dir``):
+#: files of these suffixes only, the preferred names first. A folder with none of them gives a
+#: randomly initialised model and a logged warning, so :func:`check_schema_files` refuses it.
+LOCAL_DIR_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth")
+LOCAL_DIR_PREFERRED = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+                       "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth", "model.safetensors",
+                       "pytorch_model.bin", "pytorch_model.pth", "model.pth")
+#: The files an ``hf-hub:`` model's weights come from (``open_clip.pretrained.download_pretrained_from_hf``).
+HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+#: The model-config keys every open_clip CLIP class takes without a default.
+REQUIRED_MODEL_CFG = ("embed_dim", "vision_cfg", "text_cfg")
 PRECISIONS = ("fp32", "fp16", "amp", "bf16")
 
 
@@ -196,6 +208,9 @@ def resolve_backbone(cfg: Any) -> BackboneSpec:
     weights = str(backbone.get("WEIGHTS", "default")).strip()
     quick = parse_quick_gelu(backbone.get("QUICK_GELU", "auto"))
     name = normalize_model_name(raw_name)
+    for prefix, what in ((HF_HUB_PREFIX, "<org>/<repo>"), (LOCAL_DIR_PREFIX, "<folder>")):
+        if name.startswith(prefix) and not name[len(prefix):].strip():
+            raise BackboneError(f"MODEL.BACKBONE.NAME {raw_name!r} names no model; write {prefix}{what}")
 
     if name.startswith(LOCAL_DIR_PREFIX):
         target = name[len(LOCAL_DIR_PREFIX):]
@@ -239,6 +254,11 @@ def resolve_backbone(cfg: Any) -> BackboneSpec:
     found = _resolve_path(weights)
     if found is not None and found.is_file():
         return BackboneSpec(name, str(found), "file", str(found), model_quick if quick is None else quick)
+    if found is not None and found.is_dir():
+        raise BackboneError(
+            f"MODEL.BACKBONE.WEIGHTS {requested!r} is a folder, not a weights file; give the file, or for an "
+            f"open_clip model folder (open_clip_config.json and its weights) MODEL.BACKBONE.NAME local-dir:{weights}"
+        )
     if _looks_like_path(weights):
         places = " and ".join(dict.fromkeys(str(p) for p in (Path.cwd(), REPO_ROOT)))
         raise BackboneNotFoundError(
@@ -313,7 +333,9 @@ def _weights_cached(spec: BackboneSpec) -> bool:
     if spec.weights_kind == "schema":
         if not spec.name.startswith(HF_HUB_PREFIX):
             return True
-        return _hub_file_cached(spec.name[len(HF_HUB_PREFIX):], ["open_clip_config.json"])
+        # the weights too: without them open_clip builds a random model, with only a logged warning
+        repo_id = spec.name[len(HF_HUB_PREFIX):]
+        return _hub_file_cached(repo_id, ["open_clip_config.json"]) and _hub_file_cached(repo_id, list(HUB_WEIGHT_FILES))
     tag = open_clip.get_pretrained_cfg(spec.name, spec.weights)
     if "file" in tag:
         return True
@@ -370,31 +392,96 @@ def check_weights_available(spec: BackboneSpec) -> None:
                             f"(no network here?): {_LOCAL_ADVICE}")
 
 
-def check_weights_file(path: str) -> None:
+def check_weights_file(path: str, owner: str = "MODEL.BACKBONE.WEIGHTS") -> None:
     """A cheap up-front test that a local weights file can be a checkpoint at all (no tensor is read).
 
-    Empty files, safetensors with a broken header and files that are neither a zip archive (torch's
-    format, TorchScript) nor a pickle (torch's legacy format) are rejected in one line before any data
-    or model is built; anything subtler is diagnosed when open_clip loads it (see ``load_clip``).
+    Empty files, safetensors with a broken header or no tensor and files that are neither a zip
+    archive (torch's format, TorchScript) nor a pickle (torch's legacy format) are rejected in one line
+    naming ``owner`` (the config key that led to the file) before any data or model is built; anything
+    subtler is diagnosed when open_clip loads it (see ``load_clip``).
     """
+    named = f'{owner} "{path}"'
     if os.path.getsize(path) == 0:
-        raise BackboneError(f'MODEL.BACKBONE.WEIGHTS "{path}" is not a readable weights file (the file is empty)')
+        raise BackboneError(f"{named} is not a readable weights file (the file is empty)")
     if path.endswith(".npz"):
         return
     if path.endswith(".safetensors"):
         try:
             with safe_open(path, framework="pt") as f:
-                f.keys()
+                keys = list(f.keys())
         except Exception as e:  # the header is the whole check: any failure means unreadable
-            raise BackboneError(f'MODEL.BACKBONE.WEIGHTS "{path}" is not a readable weights file '
+            raise BackboneError(f"{named} is not a readable weights file "
                                 f"({type(e).__name__}: {_first_sentence(e)})") from None
+        if not keys:
+            raise BackboneError(f"{named} holds no tensors; give the state dict of a model")
         return
     with open(path, "rb") as f:
         head = f.read(2)
     if not zipfile.is_zipfile(path) and head[:1] != b"\x80":
-        raise BackboneError(f'MODEL.BACKBONE.WEIGHTS "{path}" is not a readable weights file (neither a torch '
-                            "zip archive nor a pickle); give a .pt/.bin/.safetensors state dict saved by torch "
-                            "or open_clip")
+        raise BackboneError(f"{named} is not a readable weights file (neither a torch zip archive nor a "
+                            "pickle); give a .pt/.bin/.safetensors state dict saved by torch or open_clip")
+
+
+def local_dir_weights(folder: Path) -> Optional[Path]:
+    """The weights file open_clip loads from the ``local-dir:`` ``folder`` (its own rule, see
+    :data:`LOCAL_DIR_WEIGHT_SUFFIXES`), or None when it would build a random model."""
+    found = sorted(p for p in folder.iterdir() if p.suffix in LOCAL_DIR_WEIGHT_SUFFIXES and p.is_file())
+    for name in LOCAL_DIR_PREFERRED:
+        for p in found:
+            if p.name == name:
+                return p
+    found.sort(key=lambda p: p.suffix != ".safetensors")  # stable: safetensors first, each by name
+    return found[0] if found else None
+
+
+def _check_open_clip_config(path: Path, owner: str) -> None:
+    """``open_clip_config.json`` of a ``local-dir:``/``hf-hub:`` model: JSON holding a ``model_cfg``
+    with the keys open_clip needs (a malformed file was a ValueError or KeyError traceback)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise BackboneError(f'{owner}: "{path}" is not readable JSON ({_first_sentence(e)})') from None
+    model_cfg = data.get("model_cfg") if isinstance(data, dict) else None
+    if not isinstance(model_cfg, dict):
+        raise BackboneError(f'{owner}: "{path}" holds no "model_cfg" object (open_clip\'s model config)')
+    missing = [k for k in REQUIRED_MODEL_CFG if k not in model_cfg]
+    if missing:
+        raise BackboneError(f'{owner}: the "model_cfg" of "{path}" lacks {missing} (open_clip needs '
+                            f"{list(REQUIRED_MODEL_CFG)})")
+
+
+def check_schema_files(spec: BackboneSpec) -> None:
+    """Up-front checks of what a ``local-dir:`` folder (or an ``hf-hub:`` model already in the cache)
+    brings: a valid ``open_clip_config.json`` and a weights file open_clip loads and can read. A folder
+    whose only weights open_clip does not look for (``model.pt``) trained a random model silently."""
+    if spec.weights_kind != "schema":
+        return
+    owner = f"MODEL.BACKBONE.NAME {spec.name!r}"
+    if spec.name.startswith(LOCAL_DIR_PREFIX):
+        folder = Path(spec.name[len(LOCAL_DIR_PREFIX):])
+        config = folder / "open_clip_config.json"
+        if not config.is_file():
+            raise BackboneError(f"{owner}: the folder holds no open_clip_config.json (open_clip's model config)")
+        _check_open_clip_config(config, owner)
+        weights = local_dir_weights(folder)
+        if weights is None:
+            others = sorted(p.name for p in folder.iterdir() if p.suffix in WEIGHT_FILE_SUFFIXES)
+            raise BackboneError(
+                f"{owner}: the folder holds no weights file open_clip loads (*.safetensors, *.bin or *.pth), so "
+                "the model would be random" + (f"; rename {others[0]} to {Path(others[0]).stem}.pth" if others else "")
+            )
+        check_weights_file(str(weights), owner=f"{owner}: weights")
+        return
+    repo_id = spec.name[len(HF_HUB_PREFIX):]
+    config_file = try_to_load_from_cache(repo_id, "open_clip_config.json")
+    if isinstance(config_file, str):
+        _check_open_clip_config(Path(config_file), owner)
+    for name in HUB_WEIGHT_FILES:
+        cached = try_to_load_from_cache(repo_id, name)
+        if isinstance(cached, str):
+            check_weights_file(cached, owner=f"{owner}: weights")
+            return
 
 
 def declared_model_cfg(cfg: Any) -> Dict[str, Any]:
@@ -439,6 +526,8 @@ def _diagnose_weights_file(path: str, build_random: Any) -> Optional[BackboneErr
     (the keys of a random-init model of the requested one are compared). None when neither holds."""
     try:
         state = open_clip.factory.load_state_dict(path)
+    except StopIteration:  # open_clip peeks at the first key: an empty state dict
+        return BackboneError(f'MODEL.BACKBONE.WEIGHTS "{path}" holds no state dict of tensors')
     except Exception as e:  # any reader failure (pickle, zip, safetensors header, EOF) means unreadable
         reason = _first_sentence(e)
         if os.path.getsize(path) == 0:
@@ -587,6 +676,7 @@ def load_clip(cfg: Any, device: DeviceLike, precision: Union[str, Precision] = "
 
     build_random.arch = spec.name  # type: ignore[attr-defined]
     check_weights_available(spec)
+    check_schema_files(spec)
     seed = _seed_value(cfg)
     logger.info("Loading CLIP %s (weights %s, %s, quick_gelu=%s) on %s", spec.name, spec.weights,
                 prec.name, spec.quick_gelu if spec.quick_gelu is not None else "config", device)
@@ -603,12 +693,24 @@ def load_clip(cfg: Any, device: DeviceLike, precision: Union[str, Precision] = "
             problem = _diagnose_weights_file(spec.weights, build_random)
             if problem is not None:
                 raise problem from e
+        elif spec.name.startswith(LOCAL_DIR_PREFIX):  # the folder passed check_schema_files: its content disagrees
+            raise BackboneError(
+                f"MODEL.BACKBONE.NAME {spec.name!r} could not be built ({type(e).__name__}: {_first_sentence(e)}); "
+                "its weights file must be a state dict of the model its open_clip_config.json describes"
+            ) from e
         elif spec.weights_kind in ("tag", "schema") and isinstance(e, (RuntimeError, OSError)):
             reason = _first_sentence(e)
             raise BackboneError(
                 f"could not fetch the weights of {spec.name} / {spec.weights} ({reason}): {_LOCAL_ADVICE}"
             ) from e
         raise
+    if spec.weights_kind != "none":
+        bad = nonfinite_tensors(model.state_dict())
+        if bad:
+            raise BackboneError(
+                f"the weights {spec.weights} of {spec.name} hold NaN or infinite values ({len(bad)} tensors, e.g. "
+                f"{bad[:3]}): every result would be chance level; give intact weights"
+            )
 
     model.eval()
     model.requires_grad_(False)

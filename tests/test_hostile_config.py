@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import logging
 import os
@@ -24,10 +25,12 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+from safetensors.torch import save as save_safetensors
 
 import configs
 import train
-from clip.loader import BackboneSpec, check_weights_available, expected_embed_dim
+from clip.loader import BackboneSpec, check_weights_available, expected_embed_dim, load_clip
 from dassl.data.datasets import build_dataset
 from dassl.utils import (
     WriteError,
@@ -955,3 +958,177 @@ def test_write_error_names_the_directory(tmp_path):
     with pytest.raises(WriteError, match="a component of the path is a file") as info:
         write_json({}, str(blocker / "results.json"))
     assert str(blocker) in str(info.value)
+
+
+# ---------------------------------------------------------------- weights and checkpoints: NaN, local-dir
+def _tiny_state(seed: int = 3) -> Dict[str, torch.Tensor]:
+    cfg = configs.build_cfg(trainer=TRAINER, dataset="LAION_Beyond_GCD", config="cpu_smoke", root=".",
+                            opts=["MODEL.BACKBONE.WEIGHTS", "none", "SEED", str(seed)])
+    return {k: v.contiguous() for k, v in load_clip(cfg, "cpu").model.state_dict().items()}
+
+
+def _local_dir(tmp_path: Path, weights: Dict[str, bytes], config: object = "tiny") -> Path:
+    """A ``local-dir:`` folder: ``open_clip_config.json`` (test-tiny's, or ``config`` as given) and files."""
+    folder = tmp_path / "model_dir"
+    folder.mkdir()
+    if config == "tiny":
+        config = {"model_cfg": json.loads((REPO / "clip" / "model_configs" / "test-tiny.json").read_text())}
+    (folder / "open_clip_config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    for name, data in weights.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def _saved(state: Dict[str, torch.Tensor], fmt: str) -> bytes:
+    if fmt == "safetensors":
+        return save_safetensors(state)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+LOCAL_DIR_CASES = {
+    # open_clip only looks for .safetensors/.bin/.pth: this trained on a RANDOM backbone, silently
+    "pt_only": (lambda s: {"open_clip_model.pt": _saved(s, "pt")}, "tiny",
+                "holds no weights file open_clip loads (*.safetensors, *.bin or *.pth), so the model would be "
+                "random; rename open_clip_model.pt to open_clip_model.pth"),
+    "no_weights": (lambda s: {}, "tiny", "holds no weights file open_clip loads"),
+    "bad_json": (lambda s: {"open_clip_model.safetensors": _saved(s, "safetensors")}, "{bad json",
+                 "open_clip_config.json\" is not readable JSON"),
+    "no_text_cfg": (lambda s: {"open_clip_model.safetensors": _saved(s, "safetensors")},
+                    {"model_cfg": {"embed_dim": 32}}, "lacks ['vision_cfg', 'text_cfg']"),
+    "corrupt_weights": (lambda s: {"open_clip_model.safetensors": os.urandom(4096)}, "tiny",
+                        "is not a readable weights file"),
+    "other_architecture": (lambda s: {"open_clip_pytorch_model.bin": _mini_weights_pt()}, "tiny",
+                           "could not be built"),
+}
+
+
+def _mini_weights_pt() -> bytes:
+    return _saved({k: v.float() for k, v in load_file(str(MINI_WEIGHTS)).items()}, "pt")
+
+
+@pytest.mark.parametrize("case", sorted(LOCAL_DIR_CASES))
+def test_local_dir_folders_open_clip_cannot_use_are_one_line(toy_root, tmp_path, capsys, case):
+    """A ``local-dir:`` folder is checked like a weights file: a malformed config or weights file was a
+    traceback, a folder of weights open_clip does not look for trained a random backbone (exit 0), and
+    weights of another architecture said "download the weights on a machine with network access"."""
+    files, config, expected = LOCAL_DIR_CASES[case]
+    folder = _local_dir(tmp_path, files(_tiny_state()), config)
+    out = tmp_path / "run"
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, out, TRAINER, "MODEL.BACKBONE.NAME",
+                                                       f"local-dir:{folder}")))
+    assert expected in line and f"local-dir:{folder}" in line and "network" not in line, line
+    assert not out.exists()
+
+
+def test_nan_weights_are_one_line_not_chance_results(toy_root, tmp_path, capsys):
+    """Weights full of NaN trained into a traceback, and a zero-shot evaluation filed chance accuracy."""
+    state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in _tiny_state().items()}
+    path = tmp_path / "nan.pt"
+    torch.save(state, path)
+    for trainer, extra in ((TRAINER, []), ("ZeroshotCLIP_openclip", ["--eval-only"])):
+        out = tmp_path / f"run_{trainer}"
+        line = one_error_line(capsys, train.cli(train_argv(toy_root, out, trainer, "MODEL.BACKBONE.WEIGHTS",
+                                                           str(path), extra=extra)))
+        assert "hold NaN or infinite values" in line and str(path) in line, line
+        assert not out.exists()
+
+
+def _nan_checkpoint(path: Path) -> None:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt["state_dict"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                          for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, path)
+
+
+def test_nan_checkpoints_are_refused_or_skipped(toy_root, finished, tmp_path, capsys):
+    """A NaN checkpoint was evaluated at chance level and filed (exit 0); resuming from one ended in a
+    "Loss is infinite or NaN!" traceback. Evaluating it is one line; resuming takes the newest intact one."""
+    run = _copy_run(finished, tmp_path / "nan")
+    newest = max(run.rglob("model.pth.tar-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    _nan_checkpoint(newest)
+    out = tmp_path / "eval"
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, out, TRAINER, extra=[
+        "--eval-only", "--model-dir", str(run), "--load-epoch", newest.name.rsplit("-", 1)[1]])))
+    assert "holds NaN or infinite weights" in line and str(newest) in line, line
+    assert not out.exists()
+    (run / "results.json").unlink()
+    epochs = int(newest.name.rsplit("-", 1)[1])
+    trainer = run_train(train_argv(toy_root, run, TRAINER, "TRAIN.CHECKPOINT_FREQ", "1"))
+    assert trainer.start_epoch == epochs - 1 and (run / "results.json").is_file()
+
+
+def test_a_diverging_loss_is_one_line_naming_the_learning_rate(toy_root, tmp_path, capsys):
+    """OPTIM.LR 1e37 made the loss NaN: a 'FloatingPointError: Loss is infinite or NaN!' traceback."""
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, tmp_path / "run", TRAINER, "OPTIM.LR", "1e37",
+                                                       "OPTIM.WARMUP_EPOCH", "0", "OPTIM.MAX_EPOCH", "4")))
+    assert "training diverged; lower OPTIM.LR (now 1e+37)" in line and "at epoch" in line, line
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("MODEL.BACKBONE.NAME", "hf-hub:", "names no model; write hf-hub:<org>/<repo>"),
+    ("MODEL.BACKBONE.NAME", "local-dir:", "names no model; write local-dir:<folder>"),
+    ("MODEL.BACKBONE.WEIGHTS", "DIR", "is a folder, not a weights file"),
+])
+def test_backbone_names_that_name_nothing_are_one_line(toy_root, tmp_path, capsys, key, value, expected):
+    """'hf-hub:' said "Repo id must use alphanumeric chars: ''"; 'local-dir:' loaded the working
+    directory; a folder as WEIGHTS said "file not found" although it exists."""
+    value = str(tmp_path) if value == "DIR" else value
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, tmp_path / "run", TRAINER, key, value)))
+    assert expected in line and key in line, line
+
+
+def test_empty_weights_files_say_so(toy_root, tmp_path, capsys):
+    """An empty state dict read as "(StopIteration: StopIteration)"."""
+    for name in ("empty_dict.pt", "no_tensors.safetensors"):
+        path = tmp_path / name
+        torch.save({}, path) if name.endswith(".pt") else save_file({}, str(path))
+        line = one_error_line(capsys, train.cli(train_argv(toy_root, tmp_path / "run", TRAINER,
+                                                           "MODEL.BACKBONE.WEIGHTS", str(path))))
+        assert "StopIteration" not in line and ("holds no state dict of tensors" in line or "holds no tensors" in line), line
+
+
+def _hub_cache(root: Path, repo: str, files: Dict[str, bytes]) -> None:
+    """huggingface_hub's cache layout for ``repo`` at one snapshot, holding ``files``."""
+    base = root / ("models--" + repo.replace("/", "--"))
+    snapshot_dir = base / "snapshots" / ("0" * 40)
+    snapshot_dir.mkdir(parents=True)
+    (base / "refs").mkdir()
+    (base / "refs" / "main").write_text("0" * 40)
+    for name, data in files.items():
+        (snapshot_dir / name).write_bytes(data)
+
+
+def test_a_cached_hub_model_without_its_weights_is_not_a_random_backbone(toy_root, tmp_path, capsys, monkeypatch):
+    """An ``hf-hub:`` model whose config is cached but not its weights: open_clip logs a warning and builds a
+    random model, so offline it trained one silently. Now one line; with the weights cached it loads them,
+    and a corrupt cached weights file is one line too."""
+    from huggingface_hub import constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = json.dumps({"model_cfg": json.loads((REPO / "clip" / "model_configs" / "test-tiny.json").read_text())})
+    state = _tiny_state(seed=5)
+    cases = {"me/config-only": ({}, "is not in the local cache and HF_HUB_OFFLINE is set"),
+             "me/corrupt": ({"open_clip_model.safetensors": os.urandom(2048)}, "is not a readable weights file")}
+    for repo, (weights, expected) in cases.items():
+        _hub_cache(tmp_path / "hub", repo, {"open_clip_config.json": config.encode(), **weights})
+        line = one_error_line(capsys, train.cli(train_argv(toy_root, tmp_path / "run", TRAINER,
+                                                           "MODEL.BACKBONE.NAME", f"hf-hub:{repo}")))
+        assert expected in line and f"hf-hub:{repo}" in line, line
+    _hub_cache(tmp_path / "hub", "me/whole", {"open_clip_config.json": config.encode(),
+                                              "open_clip_model.safetensors": _saved(state, "safetensors")})
+    cfg = configs.build_cfg(trainer=TRAINER, dataset="LAION_Beyond_GCD", config="cpu_smoke", root=".",
+                            opts=["MODEL.BACKBONE.NAME", "hf-hub:me/whole"])
+    loaded = load_clip(cfg, "cpu").model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+
+
+def test_resume_of_another_configuration_says_to_drop_resume(toy_root, finished, tmp_path, capsys):
+    """``--resume RUN`` into a fresh folder under another OPTIM.MAX_EPOCH advised "use another --output-dir,
+    or --overwrite", which changes nothing: the folder is fresh and the mismatch is the resumed run's."""
+    out = tmp_path / "fresh"
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, out, TRAINER, "OPTIM.MAX_EPOCH", "9",
+                                                       extra=["--resume", str(finished)])))
+    assert "another configuration" in line and "drop --resume" in line and "--overwrite" not in line, line

@@ -32,7 +32,7 @@ from clip import (
     resolve_precision,
     weights_identity,
 )
-from clip.loader import check_weights_available, check_weights_file, expected_image_size
+from clip.loader import check_schema_files, check_weights_available, check_weights_file, expected_image_size
 from clip.templates import DEFAULT_TEMPLATE
 from dassl.engine import TrainerX
 from dassl.utils.identity import json_digest
@@ -112,6 +112,7 @@ class ClipTrainer(SubsetEvaluation, TrainerX):
             )
         spec = resolve_backbone(cfg)
         check_weights_available(spec)
+        check_schema_files(spec)
         if spec.weights_kind == "file":
             check_weights_file(spec.weights)
         expected = expected_image_size(cfg)

@@ -55,6 +55,7 @@ from ..utils import (
     listdir_nohidden,
     load_checkpoint,
     mkdir_if_missing,
+    nonfinite_tensors,
     package_versions,
     regular_name,
     save_checkpoint,
@@ -63,7 +64,7 @@ from ..utils import (
 )
 from .build import TRAINER_REGISTRY, expected_fingerprint
 
-__all__ = ["TrainerBase", "SimpleTrainer", "TrainerX", "TrainerXU", "NullWriter", "check_model_dir", "checkpoint_file",
+__all__ = ["TrainingDiverged", "TrainerBase", "SimpleTrainer", "TrainerX", "TrainerXU", "NullWriter", "check_model_dir", "checkpoint_file",
            "read_model_checkpoint", "check_model_checkpoint"]
 
 logger = logging.getLogger(__name__)
@@ -138,6 +139,10 @@ def read_model_checkpoint(path: str) -> Dict[str, Any]:
         ) from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f'checkpoint "{path}" holds no state_dict; point --model-dir at a training run')
+    bad = nonfinite_tensors(ckpt["state_dict"])
+    if bad:
+        raise CheckpointError(f'checkpoint "{path}" holds NaN or infinite weights ({len(bad)} tensors, e.g. {bad[:3]}): '
+                              "the run diverged or the file is damaged; pick another with --load-epoch, or retrain")
     return ckpt
 
 
@@ -265,6 +270,11 @@ def check_model_dir(cfg: Any, directory: str, epoch: Optional[int] = None) -> No
         meta = read_model_checkpoint(path).get("meta") or {}
         mine = mine if mine is not None else expected_fingerprint(cfg)
         check_model_checkpoint(cfg, directory, path, meta, cls, mine)
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite (too high a learning rate, mostly): reported by ``train.py`` as
+    one ``error:`` line. A FloatingPointError, as Dassl's ``detect_anomaly`` raised."""
 
 
 class TrainerBase:
@@ -406,10 +416,14 @@ class TrainerBase:
         if self._same_trainer_family(str(theirs.get("trainer", ""))):  # as check_resume_meta allows
             differences = [d for d in differences if not d.startswith(("trainer ", "TRAINER.NAME ", "fingerprint id"))]
         if differences:
+            resume = str(self.cfg.get("RESUME", "") or "")
+            explicit = bool(resume) and osp.realpath(resume) != osp.realpath(str(self.cfg.OUTPUT_DIR))
+            fix = ("resume it with the configuration it was trained with, or drop --resume to train this one "
+                   "afresh" if explicit else "use another --output-dir, or --overwrite to train this "
+                   "configuration afresh there")
             raise CheckpointError(
                 f'cannot resume from "{path}": it is a checkpoint of another configuration (differs in: '
-                f'{"; ".join(differences)}); use another --output-dir, or --overwrite to train this '
-                "configuration afresh there"
+                f'{"; ".join(differences)}); {fix}'
             )
 
     def _same_trainer_family(self, name: str) -> bool:
@@ -427,6 +441,10 @@ class TrainerBase:
             return None
         if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) or "epoch" not in ckpt:
             logger.warning('Checkpoint "%s" holds no state_dict/epoch', path)
+            return None
+        bad = nonfinite_tensors(ckpt["state_dict"])
+        if bad:  # resuming from it would end in a NaN loss at the first step
+            logger.warning('Checkpoint "%s" holds NaN or infinite weights (e.g. %s)', path, bad[:3])
             return None
         return ckpt
 
@@ -594,8 +612,17 @@ class TrainerBase:
                 self._scheds[name].step()
 
     def detect_anomaly(self, loss: torch.Tensor) -> None:
+        """A NaN or infinite loss stops the run with a :class:`TrainingDiverged` (a user error: one line
+        naming the epoch and the learning rate; Dassl raised a bare FloatingPointError traceback)."""
         if not torch.isfinite(loss).all():
-            raise FloatingPointError("Loss is infinite or NaN!")
+            epoch, batch = getattr(self, "epoch", None), getattr(self, "batch_idx", None)
+            where = (f" at epoch {int(epoch) + 1}" if epoch is not None else "") + (
+                f", batch {int(batch) + 1}" if batch is not None else "")
+            cfg = getattr(self, "cfg", None)
+            lr = cfg.OPTIM.LR if cfg is not None and "OPTIM" in cfg else None
+            raise TrainingDiverged(
+                f"the loss became {float(loss.detach().float().sum())}{where}: training diverged; lower OPTIM.LR"
+                + (f" (now {float(lr):g})" if lr is not None else ""))
 
     def init_writer(self, log_dir: str) -> None:
         if self.__dict__.get("_writer") is None or isinstance(self._writer, NullWriter):

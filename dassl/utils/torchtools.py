@@ -13,7 +13,7 @@ import os.path as osp
 import pickle
 import re
 from collections import OrderedDict
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -31,6 +31,7 @@ __all__ = [
     "load_pretrained_weights",
     "count_num_param",
     "strip_module_prefix",
+    "nonfinite_tensors",
     "list_checkpoints",
     "atomic_torch_save",
     "requested_device",
@@ -78,6 +79,14 @@ def strip_module_prefix(state_dict: Dict[str, Any]) -> OrderedDict[str, Any]:
     for k, v in state_dict.items():
         out[k[7:] if k.startswith("module.") else k] = v
     return out
+
+
+def nonfinite_tensors(state: Mapping[str, Any]) -> List[str]:
+    """The names of the floating-point tensors of ``state`` that hold a NaN or an infinity (a diverged
+    run's weights, a damaged file). Such weights raise no error anywhere: they evaluate at chance level,
+    and results.json files the chance accuracy as the model's."""
+    return [k for k, v in state.items()
+            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def atomic_torch_save(obj: Any, fpath: str) -> None:
