@@ -23,7 +23,9 @@ weights -- are refused, as are truncated files and files without the arrays the 
 file's values are checked before any fit, because a bad value does not fail the fit, it skews it: a NaN
 or inf feature (the torch solver silently lands at chance level, scikit-learn raises), an empty split
 (a NaN accuracy in results.json, or C "chosen" on no validation image), labels that are not integers
-or features that are not real floats (silently truncated or cast), a width other than the train
+or features that are not real floats (silently truncated or cast), image ids that cannot be the
+extractor's (an id with rows of different labels, or another number of rows than the file's ``views``:
+ids set to the labels made "1-shot" sample every image), a width other than the train
 split's, and val/test labels no training image has (never predicted, so C is chosen on a validation
 set it cannot get right). Files that carry the extractor's ``job`` identity must name their own split
 (a ``cp train.npz test.npz`` probed on the training images) and agree on the data they come from
@@ -187,7 +189,7 @@ def _read_npz(path: str, key: str) -> Dict[str, np.ndarray]:
     """The arrays of ``path`` the probe reads, as stored (no cast: the checks need the real dtypes).
     A file that is not a readable npz archive -- truncated, pickled, or a bare ``.npy`` array under
     the name ``.npz`` (``np.load`` returns an array, not an archive) -- is a :class:`FeatureError`."""
-    wanted = (key, "labels", "image_ids", "classnames", FINGERPRINT_KEY, JOB_KEY)
+    wanted = (key, "labels", "image_ids", "views", "classnames", FINGERPRINT_KEY, JOB_KEY)
     try:
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):
@@ -230,7 +232,9 @@ def load_split(path: str, normalized: bool) -> Tuple[FeatureSplit, str]:
     floating ``[N, D]`` array with N, D >= 1 and every value finite (a NaN row made the torch solver
     return a chance-level result with exit 0; complex values were cast to their real part); labels
     (and image ids) integer, one per row (float labels were truncated to int); the fingerprint a
-    string. The extractor writes float32 features, int64 labels and ids, and string fingerprints.
+    string; every image id one label and as many rows as the file's ``views`` (:func:`_check_image_ids`:
+    ids set to the labels made "1-shot" train on every image, exit 0). The extractor writes float32
+    features, int64 labels and ids, and string fingerprints.
     """
     key = "features" if normalized else "features_raw"
     arrays = _read_npz(path, key)
@@ -268,8 +272,63 @@ def load_split(path: str, normalized: bool) -> Tuple[FeatureSplit, str]:
                            f"{_few(bad.tolist())}); {_reextract(path)}")
     y = np.asarray(y, dtype=np.int64)
     ids = np.asarray(arrays["image_ids"], dtype=np.int64) if "image_ids" in arrays else np.arange(len(y))
+    _check_image_ids(path, y, ids, arrays.get("views"), "image_ids" in arrays)
     names = [str(n) for n in classnames] if classnames is not None else []
     return FeatureSplit(x, y, ids, names, _read_job(path, arrays.get(JOB_KEY))), str(fingerprint)
+
+
+def _views_per_image(path: str, stored: Optional[np.ndarray]) -> int:
+    """How many rows each image has in the file ``path``: its 0-d ``views`` array. The extractor has
+    always written it, as ``max(--views, 1)`` (1 for val, test and a test-transform train split); a file
+    without one (not the extractor's) or with 0 (``--views 0``: the test transform, one pass) holds one
+    row per image -- what the probe already assumes for a file without ``image_ids``."""
+    if stored is None:
+        return 1
+    if stored.ndim != 0 or stored.dtype.kind not in "iu" or int(stored) < 0:
+        shown = f"value {stored.tolist()}" if stored.ndim == 0 else f"shape {stored.shape}"
+        raise FeatureError(f"{path}: its 'views' ({stored.dtype}, {shown}) is not the number of rows per image the "
+                           f"extractor writes (a whole number >= 1); {_reextract(path)}")
+    return max(int(stored), 1)
+
+
+def _check_image_ids(path: str, y: np.ndarray, ids: np.ndarray, views_field: Optional[np.ndarray],
+                     stored: bool) -> None:
+    """Refuse image ids that cannot be the extractor's, a :class:`FeatureError` naming ``path``.
+
+    K-shot sampling draws K *ids* per class and takes every row of each (:func:`sample_per_class`), so the
+    ids decide how many images a "K-shot" run trains on, and nothing downstream notices wrong ones: ids
+    set to the labels made each class one "image" and the 1-shot probe trained on every image (100 %,
+    exit 0), and all ids 0 did the same. The extractor gives every image exactly ``views`` rows under one
+    id, all of its label; so an id shared by rows of different labels, or an id with another number of
+    rows than ``views`` (:func:`_views_per_image`), is refused. ``stored``: the file has ``image_ids``
+    (``ids`` is one id per row otherwise). Sorting instead of a loop over rows keeps the check
+    O(N log N) on a split of any size.
+    """
+    views = _views_per_image(path, views_field)
+    order = np.lexsort((y, ids))  # by id, then label: an id's labels lie next to each other
+    sid, sy = ids[order], y[order]
+    mixed = np.unique(sid[1:][(sid[1:] == sid[:-1]) & (sy[1:] != sy[:-1])])
+    if len(mixed):
+        first = mixed[0]
+        raise FeatureError(
+            f"{path}: {len(mixed)} image id(s) ({_few(mixed.tolist())}) are shared by rows of different labels "
+            f"(id {first}: labels {_few(np.unique(y[ids == first]).tolist())}), but one id is one image and "
+            f"K-shot sampling takes all its rows (ids set to the labels or to 0?); {_reextract(path)}")
+    uniq, counts = np.unique(ids, return_counts=True)
+    wrong = np.flatnonzero(counts != views)
+    if not len(wrong):
+        return
+    if not stored:
+        raise FeatureError(f"{path} records {views} views per image but has no 'image_ids' to tell which rows "
+                           f"are one image; {_reextract(path)}")
+    expected = (f"{views} row(s) each, one per view (its 'views' is {int(views_field)})" if views_field is not None
+                else "one row each, one per image (it has no 'views' array)")
+    examples = ", ".join(f"{uniq[i]} ({counts[i]} {'row' if counts[i] == 1 else 'rows'})" for i in wrong[:SHOWN])
+    examples += f" and {len(wrong) - SHOWN} more" if len(wrong) > SHOWN else ""
+    raise FeatureError(
+        f"{path}: {len(wrong)} of {len(uniq)} image id(s) do not have {expected}: id(s) {examples}; "
+        f"K-shot sampling takes all rows of an id, so a run would not train on K images per class "
+        f"(ids set to the labels?); {_reextract(path)}")
 
 
 def _fingerprint_diff(a: str, b: str) -> str:

@@ -1041,3 +1041,96 @@ def test_probe_benchmark_refuses_a_missing_feature_folder(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --features:") and "MiniFood/OOP/train.npz" in err[0]
+
+
+# ---------------------------------------------------------------------------- image ids
+
+
+def _multi_view_train(views):
+    """The toy train split with ``views`` rows per image, laid out as the extractor writes it (view-major)."""
+    fs = make_split([8, 2, 8], views=views, seed=1)
+    norm = fs.x / np.linalg.norm(fs.x, axis=1, keepdims=True)
+    return {"features": norm, "features_raw": fs.x, "labels": fs.y, "image_ids": fs.image_ids,
+            "views": np.array(views)}
+
+
+@pytest.mark.parametrize("case", ["ids_are_labels", "ids_are_labels_no_views", "all_ids_zero", "id_of_two_labels",
+                                  "duplicate_id", "views_2_one_row_each", "view_missing", "views_negative",
+                                  "views_float", "views_without_ids"])
+def test_impossible_image_ids_are_one_error_line_naming_the_file(tmp_path, capsys, monkeypatch, case):
+    """Hostile: K-shot sampling draws K image *ids* per class and takes every row of each, so ids that no
+    extractor writes changed what "K-shot" means without failing anything: ``image_ids`` set to the
+    labels (one "image" per class) or all 0 made the 1-shot probe train on every image (100 %, exit 0)
+    and dropped ``--shots 2`` as "at most 1 training image". An id must be one label and have as many
+    rows as the file's ``views`` (one without ``views``); each mistake is one line naming the file, exit
+    2, before any fit, nothing written."""
+    write_features(str(tmp_path))
+    folder = tmp_path / "Toy9_9" / "IP"
+    split = {"id_of_two_labels": "val", "duplicate_id": "test"}.get(case, "train")
+    path = folder / f"{split}.npz"
+    with np.load(path, allow_pickle=False) as data:
+        y, ids = data["labels"].copy(), data["image_ids"].copy()
+    expected = {
+        "ids_are_labels": "3 of 3 image id(s) do not have 1 row(s) each, one per view (its 'views' is 1): id(s) "
+                          "0 (8 rows), 1 (2 rows), 2 (8 rows)",
+        "ids_are_labels_no_views": "3 of 3 image id(s) do not have one row each, one per image (it has no 'views' "
+                                   "array)",
+        "all_ids_zero": "1 image id(s) (0) are shared by rows of different labels (id 0: labels 0, 1, 2)",
+        "id_of_two_labels": "1 image id(s) (0) are shared by rows of different labels (id 0: labels 0, 1)",
+        "duplicate_id": "1 of 17 image id(s) do not have 1 row(s) each, one per view (its 'views' is 1): id(s) 0 "
+                        "(2 rows);",
+        "views_2_one_row_each": "18 of 18 image id(s) do not have 2 row(s) each, one per view (its 'views' is 2): "
+                                "id(s) 0 (1 row), 1 (1 row), 2 (1 row) and 15 more;",
+        "view_missing": "1 of 18 image id(s) do not have 2 row(s) each, one per view (its 'views' is 2): id(s) 17 "
+                        "(1 row);",
+        "views_negative": "its 'views' (int64, value -1) is not the number of rows per image",
+        "views_float": "its 'views' (float64, value 2.0) is not the number of rows per image",
+        "views_without_ids": "records 2 views per image but has no 'image_ids'",
+    }[case]
+    if case == "ids_are_labels":  # the tester's reproduction: the extractor's file, ids replaced
+        rewrite(path, image_ids=y.copy(), views=np.array(1))
+    elif case == "ids_are_labels_no_views":
+        rewrite(path, image_ids=y.copy())
+    elif case == "all_ids_zero":
+        rewrite(path, image_ids=np.zeros_like(ids), views=np.array(1))
+    elif case == "id_of_two_labels":
+        assert y[0] == 0 and y[5] == 1
+        ids[5] = ids[0]
+        rewrite(path, image_ids=ids, views=np.array(1))
+    elif case == "duplicate_id":  # two images of one class under one id: "1-shot" trains on both
+        assert y[0] == y[1]
+        ids[1] = ids[0]
+        rewrite(path, image_ids=ids, views=np.array(1))
+    elif case == "views_2_one_row_each":
+        rewrite(path, views=np.array(2))
+    elif case == "view_missing":  # a two-view file that lost the last row
+        rewrite(path, **{k: v[:-1] if v.ndim else v for k, v in _multi_view_train(2).items()})
+    elif case in ("views_negative", "views_float"):
+        rewrite(path, views=np.array(-1) if case == "views_negative" else np.array(2.0))
+    elif case == "views_without_ids":
+        rewrite(path, image_ids=None, views=np.array(2))
+    rc, err = refused_before_fitting(tmp_path, capsys, monkeypatch, "--shots", "1", "2")
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {path}"), err
+    assert expected in err[0] and "Traceback" not in err[0], err
+    assert "re-extract it with python lpclip/feat_extractor.py" in err[0]
+    assert not (folder / "linear_probe").exists()
+
+
+def test_image_ids_of_the_extractors_layouts_are_accepted(tmp_path, capsys):
+    """What the extractor writes passes the image-id check: two augmented views per train image under
+    one id (view-major rows), ``views`` 1 for val, 0 (``--views 0``) for test, and none at all (older or
+    hand-made files); a K-shot run then trains on K images, i.e. all their views."""
+    write_features(str(tmp_path))
+    folder = tmp_path / "Toy9_9" / "IP"
+    rewrite(folder / "train.npz", **_multi_view_train(2))
+    rewrite(folder / "val.npz", views=np.array(1))
+    rewrite(folder / "test.npz", views=np.array(0))
+    feats = lp.load_features(str(tmp_path), "Toy9_9", "IP", normalized=False)
+    assert np.bincount(feats["train"].image_ids).tolist() == [2] * 18
+    out = tmp_path / "probe"
+    rc = lp.main(["--feature-dir", str(tmp_path), "--dataset", "Toy9_9", "--sub-classes", "IP", "--shots", "1", "2",
+                  "--num-run", "2", "--num-step", "1", "--output-dir", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    assert res["shots"]["1"]["n_train"] == [3 * 2, 3 * 2]  # one image per class, both its views
+    assert res["shots"]["2"]["n_train"] == [3 * 2 * 2, 3 * 2 * 2]
