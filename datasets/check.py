@@ -3,13 +3,14 @@
     python -m datasets.check --root DIR [--domains Animals92_42 Food53_27] [--workers N] [--no-decode]
 
 Uses the loader's own discovery, split-file validation (paths that leave ``images/``, duplicate
-records, train/val/test overlap, labels, class names) and image scan (missing files, symlinks out
-of ``images/``, folders), on the full splits of both subsets, then decodes every image in a process
-pool (progress bar on stderr) exactly as training reads it (``dassl.utils.read_image``), and prints
-one table row per domain and subset plus each problem. Without ``--domains`` every registered
-domain found under the root is checked (domains with neither subset present are listed as absent,
-not as errors). Exit status 0 when all is well, 1 when problems were found, 2 when nothing could be
-checked.
+records, train/val/test overlap, labels, class names), image scan (missing files, symlinks out
+of ``images/``, folders) and same-file check across splits (symlinks, hard links), on the full
+splits of both subsets, then decodes every image in a process pool (progress bar on stderr) exactly
+as training reads it (``dassl.utils.read_image``, which also refuses absurd aspect ratios and 16-bit
+or float pixels of unknown range), and prints one table row per domain and subset plus each
+problem. Without ``--domains`` every registered domain found under the root is checked (domains
+with neither subset present are listed as absent, not as errors). Exit status 0 when all is well,
+1 when problems were found, 2 when nothing could be checked.
 """
 from __future__ import annotations
 
@@ -33,12 +34,14 @@ from datasets.laion_beyond import (
     SUBSETS,
     DatasetError,
     DatasetNotFoundError,
+    SplitGroup,
     SubsetSplit,
     check_disjoint_classnames,
     find_subset_dir,
     images_dir_of,
     laion_beyond_domains,
     legacy_fewshot_caches,
+    linked_duplicate_problems,
     load_subset,
     scan_images,
 )
@@ -88,6 +91,7 @@ def check_domain(root: str, name: str, prefix: str, required: bool) -> DomainRep
     report.problems.extend(str(e) for e in discovery_errors.values())
 
     parts: List[SubsetSplit] = []
+    linked: List[SplitGroup] = []
     for subset in SUBSETS:
         directory = dirs[subset]
         if directory is None:
@@ -109,6 +113,9 @@ def check_domain(root: str, name: str, prefix: str, required: bool) -> DomainRep
         sub.num_missing = len(missing)
         sub.num_bad = len(unusable)
         sub.to_decode = sorted({d.impath for d in (*part.train, *part.val, *part.test)} - set(found))
+        # the files found usable (a symlink out of images/ is not followed, not even by a stat)
+        linked.append((part.split_file, {split: [d for d in getattr(part, split) if d.impath not in found]
+                                         for split in ("train", "val", "test")}, images_dir_of(part)))
         if missing:
             shown = "\n".join(f"  {p}" for p in missing[:5])
             report.problems.append(
@@ -127,6 +134,8 @@ def check_domain(root: str, name: str, prefix: str, required: bool) -> DomainRep
             load_subset(directory, subset, superclass=True)
         except DatasetError as err:
             report.warnings.append(f"superclass mode (USE_SUPERCLASS_F_ZS_TEST) unusable: {err}")
+    # test images that are links to train images (also across OOP and IP, which All trains on together)
+    report.problems.extend(linked_duplicate_problems(linked))
     if len(parts) == len(SUBSETS):
         try:
             check_disjoint_classnames(parts)

@@ -22,8 +22,10 @@ Differences from the reference loaders, each fixing a bug of spec §11:
   folders) that resolve outside ``realpath(<subset>/images)``, as well as folders, FIFOs and
   dangling links named like images. A split file linked from outside its folder is refused too.
 * Duplicate records and images shared by two splits are errors (they would count twice as shots or
-  leak test images into training); labels are checked in O(records) whatever their values; class
-  names must stay distinct and non-empty under ``clip.normalize_name``.
+  leak test images into training), also when the shared image hides behind a symlink or a hard link
+  (:func:`check_linked_duplicates` compares file identities, one ``os.stat`` per image); labels are
+  checked in O(records) whatever their values; class names must stay distinct and non-empty under
+  ``clip.normalize_name``.
 * A repeated key in a split file's JSON (which ``json`` would resolve by dropping a record) is an
   error naming it; a name under two labels is reported as such, not as a name colliding with itself.
 * A cached few-shot sample is used only if it is exactly a sample of the split file: min(K, n)
@@ -49,7 +51,7 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from clip import normalize_name
 from dassl.data.datasets.base_dataset import DatasetBase, Datum
@@ -73,6 +75,8 @@ __all__ = [
     "find_missing_images",
     "scan_images",
     "check_images",
+    "linked_duplicate_problems",
+    "check_linked_duplicates",
     "check_every_class_trains",
     "check_selection_split",
     "StaleFewshotCache",
@@ -643,6 +647,73 @@ def check_images(groups: Sequence[ImageGroup]) -> None:
         )
 
 
+#: (split file, {split: records}, the subset's images/ folder): what :func:`linked_duplicate_problems` compares.
+SplitGroup = Tuple[str, Mapping[str, Sequence[Datum]], str]
+
+
+def _file_identity(path: str) -> Optional[Tuple[Any, ...]]:
+    """What makes two paths the same file: ``(st_dev, st_ino)`` of the target (``os.stat`` follows
+    symlinks, so a symlink and its target, and two hard links, share it), or the resolved real path
+    where the file system reports no inode number (0). None if the file cannot be stat'ed: missing
+    and unusable files are :func:`scan_images`' to report."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    if st.st_ino:
+        return (st.st_dev, st.st_ino)
+    return ("realpath", os.path.realpath(path))
+
+
+def linked_duplicate_problems(groups: Sequence[SplitGroup]) -> List[str]:
+    """Images of two different splits (train / val / test) that are one file under two names.
+
+    The split-file check compares record paths, so a test image that is a symlink or a hard link to
+    a train image passed it: the whole test set could be the training set without a word. Here every
+    image is stat'ed once (after :func:`scan_images`, so it is a regular file inside its folder) and
+    compared by file identity across splits, and across the subsets of ``groups`` (``All`` trains on
+    OOP and IP together). Two records of the *same* split that share a file are left alone here
+    (they would count twice as shots, not leak). One problem per pair of splits, naming both records.
+    """
+    first: Dict[Tuple[Any, ...], Tuple[int, str, str]] = {}  # identity -> (group, split, path)
+    pairs: Dict[Tuple[int, str, int, str], List[str]] = {}
+
+    def named(gi: int, split: str, path: str) -> str:
+        # repr escapes a newline in a name: it cannot start a forged second "error:" line
+        return f"{split} {os.path.relpath(path, groups[gi][2])!r}"
+
+    for gi, (_, splits, _) in enumerate(groups):
+        for split in SPLITS:
+            for item in splits.get(split, ()):
+                identity = _file_identity(item.impath)
+                if identity is None:
+                    continue
+                seen = first.setdefault(identity, (gi, split, item.impath))
+                if seen[1] != split:
+                    pairs.setdefault((seen[0], seen[1], gi, split), []).append(
+                        f"{named(gi, split, item.impath)} = {named(*seen)}")
+    problems = []
+    for (ga, sa, gb, sb), items in pairs.items():
+        files = groups[ga][0] if ga == gb else f"{groups[ga][0]} and {groups[gb][0]}"
+        problems.append(
+            f"{files}: {len(items)} image(s) in both {sa} and {sb} as one file under two names (a symlink or "
+            f"hard link): {_examples(items)}"
+        )
+    return problems
+
+
+def check_linked_duplicates(groups: Sequence[SplitGroup]) -> None:
+    """Raise one DatasetError for the images that :func:`linked_duplicate_problems` finds."""
+    problems = linked_duplicate_problems(groups)
+    if len(problems) == 1:
+        raise DatasetError(f"{problems[0]}; an evaluation image would also be trained or selected on: give each "
+                           "record its own image file (copy it, or remove one of the records)")
+    if problems:
+        raise DatasetError(f"{len(problems)} problem(s) of images shared between splits as links:\n"
+                           f"{_listing(problems)}\nFix: give each record its own image file (copy it, or remove "
+                           "one of the records)")
+
+
 def legacy_fewshot_caches(subset_dir: str) -> List[str]:
     """The reference code's pickled few-shot caches in ``<subset>/split_fewshot/``.
 
@@ -845,6 +916,11 @@ class LaionBeyond(DatasetBase):
 
         check_images([(parts[s].split_file, [*tr, *va, *parts[s].test], images_dir_of(parts[s]))
                       for s, (tr, va) in selected.items()])
+        # what this run trains, selects on and tests, all subsets at once (All trains on both); the few-shot
+        # sample, not the whole train split: an unselected image leaks nothing into this run, and one stat per
+        # image stays proportional to what the run reads (datasets.check compares the full splits)
+        check_linked_duplicates([(parts[s].split_file, {"train": tr, "val": va, "test": parts[s].test},
+                                  images_dir_of(parts[s])) for s, (tr, va) in selected.items()])
         self._parts = parts
 
         if sub_classes == "All":
@@ -890,6 +966,8 @@ class LaionBeyond(DatasetBase):
             directory = find_subset_dir(self.root, self.prefix, subset)
             part = load_subset(directory, subset, self.superclass_mode)
             check_images([(part.split_file, [*part.train, *part.val, *part.test], images_dir_of(part))])
+            check_linked_duplicates([(part.split_file, {"train": part.train, "val": part.val, "test": part.test},
+                                      images_dir_of(part))])
             self._parts[subset] = part
         # OOP and IP evaluated together (All, or an OOP run cross-evaluated on IP): a class name in
         # both would be one class with two meanings (and the IP run would use the OOP-trained name).

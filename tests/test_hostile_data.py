@@ -537,3 +537,197 @@ def test_best_val_with_val_images_of_one_subset_only(world: World, opens: OpenRe
     outcome = run_train(world, opens, capsys, "TEST.FINAL_MODEL", "best_val")
     assert outcome.rc == 0, outcome.stderr
     assert (world.out / "results.json").is_file()
+
+
+# ------------------------------------------- image shapes, images linked across splits, pixel depths
+from fractions import Fraction  # noqa: E402
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from dassl.utils import UnreadableImageError, read_image  # noqa: E402
+from dassl.utils.tools import MAX_ASPECT_RATIO  # noqa: E402
+
+IP_SPLIT = str(Path(IP_DIR) / f"split_Xin_{IP_DIR}.json")
+
+
+def _strip(width: int, height: int) -> Callable[[World, Path], None]:
+    """A valid PNG of ``width x height`` (a few KB even at 2,000,000 x 1) under the image's name."""
+    def make(w: World, path: Path) -> None:
+        Image.new("RGB", (width, height), (90, 120, 30)).save(path, format="PNG")
+    return make
+
+
+def _float_tiff(values: np.ndarray) -> Callable[[World, Path], None]:
+    def make(w: World, path: Path) -> None:
+        Image.fromarray(values.astype(np.float32)).save(path, format="TIFF")
+    return make
+
+
+def _link(make_link: Callable[[Path, Path], None], pairs: List[tuple], subset_dir: str = OOP_DIR,
+          classname: str = FIRST) -> Callable[[World], None]:
+    """Replace each ``dst`` image of ``pairs`` by a link to ``src`` (same class folder)."""
+    def mutate(w: World) -> None:
+        for src, dst in pairs:
+            target = w.image(classname, dst, subset_dir)
+            target.unlink()
+            make_link(w.image(classname, src, subset_dir), target)
+    return mutate
+
+
+def _symlink(src: Path, dst: Path) -> None:
+    dst.symlink_to(src.name)  # relative, inside images/: scan_images accepts it
+
+
+def _hardlink(src: Path, dst: Path) -> None:
+    os.link(src, dst)
+
+
+# Both test images of the class linked to train images: a 2-shot sample of its 3 train images
+# always contains at least one of them.
+TEST_TO_TRAIN = [("giant_anteater_000.jpg", "giant_anteater_004.jpg"), ("giant_anteater_001.jpg", "giant_anteater_005.jpg")]
+LINK_NEEDLES = [SPLIT, "in both train and test", "one file under two names (a symlink or hard link)",
+                f"test '{FIRST}/giant_anteater_00", f"= train '{FIRST}/giant_anteater_00"]
+
+LATER_CASES = [
+    # resized to INPUT.SIZE it would be 640,000 x 32 pixels (2,000,000 x 1: 64M x 32, a MemoryError)
+    Case("very_wide_image", _replace_image(_strip(20_000, 1)), [FIRST_IMAGE, "20000x1", "aspect ratio above 100:1"],
+         "run"),
+    Case("very_tall_image", _replace_image(_strip(1, 20_000)), [FIRST_IMAGE, "1x20000", "aspect ratio above 100:1"],
+         "run"),
+    Case("test_images_symlinked_to_train_images", _link(_symlink, TEST_TO_TRAIN), LINK_NEEDLES),
+    Case("test_images_hardlinked_to_train_images", _link(_hardlink, TEST_TO_TRAIN), LINK_NEEDLES),
+    Case("val_image_hardlinked_to_test_image", _link(_hardlink, [("giant_anteater_004.jpg", "giant_anteater_003.jpg")]),
+         [SPLIT, "in both val and test",
+          f"test '{FIRST}/giant_anteater_004.jpg' = val '{FIRST}/giant_anteater_003.jpg'"]),
+    Case("float_image_out_of_range", _replace_image(_float_tiff(np.linspace(0, 4, 32 * 32).reshape(32, 32))),
+         [FIRST_IMAGE, "mode 'F'", "values 0.0..4.0", "pixel range is unknown"], "run"),
+]
+
+
+@pytest.mark.parametrize("case", LATER_CASES, ids=[c.id for c in LATER_CASES])
+def test_hostile_shape_link_or_depth(case: Case, world: World, opens: OpenRecorder, capsys):
+    """The same contract as :func:`test_hostile_input` (one line, exit 2, nothing outside read,
+    nothing lost, ``datasets.check`` lists it) for the image shapes, links and pixel depths."""
+    test_hostile_input(case, world, opens, capsys)
+
+
+def test_ip_test_images_hardlinked_to_oop_train_images_with_all(world: World, opens: OpenRecorder, capsys):
+    """``SUB_CLASSES All`` trains on OOP and IP together: an IP test image that is a hard link to an
+    OOP train image leaks as much as one within a subset (the paths differ in every part)."""
+    for src, dst in (("giant_anteater_000.jpg", "zebra_004.jpg"), ("giant_anteater_001.jpg", "zebra_005.jpg")):
+        target = world.image("zebra", dst, IP_DIR)
+        target.unlink()
+        os.link(world.image(FIRST, src), target)
+    before = world.snapshot()
+    needles = [SPLIT, IP_SPLIT, "in both train and test", "test 'zebra/zebra_00", f"= train '{FIRST}/giant_anteater_00"]
+    outcome = run_train(world, opens, capsys, "DATASET.SUB_CLASSES", "All", "TEST.CROSS_EVAL", "()")
+    assert_one_error(outcome, needles)
+    assert_not_trained(world)
+    assert_nothing_lost(before, world)
+    report = run_check(world, opens)
+    assert report.rc == 1 and "OK." not in report.stdout
+    for needle in needles:
+        assert needle in report.stdout, (needle, report.stdout)
+    assert_nothing_lost(before, world)
+
+
+def test_check_reports_the_two_million_pixel_wide_strip(world: World, opens: OpenRecorder):
+    """The tester's file: a 2,000,000 x 1 PNG of 6 KB that ``datasets.check`` called OK and
+    training blew up on (the check decodes but never resizes, so this size is safe to run here)."""
+    _replace_image(_strip(2_000_000, 1))(world)
+    assert world.image().stat().st_size < 20_000
+    report = run_check(world, opens)
+    assert report.rc == 1 and "OK." not in report.stdout
+    assert FIRST_IMAGE in report.stdout and "2000000x1" in report.stdout and "aspect ratio above" in report.stdout
+
+
+@pytest.mark.parametrize("size", [(2_000_000, 1), (1, 400_000), (MAX_ASPECT_RATIO + 1, 1), (2, 2 * MAX_ASPECT_RATIO + 1)])
+def test_read_image_refuses_an_absurd_aspect_ratio(size: tuple, tmp_path: Path):
+    path = tmp_path / "strip.png"
+    Image.new("L", size, 128).save(path)
+    with pytest.raises(UnreadableImageError) as info:
+        read_image(str(path))
+    message = str(info.value)
+    assert MAX_ASPECT_RATIO == 100
+    assert f'"{path}"' in message and f"{size[0]}x{size[1]} pixels" in message and "above 100:1" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("size", [(MAX_ASPECT_RATIO, 1), (3, 3 * MAX_ASPECT_RATIO), (64, 48)])
+def test_read_image_reads_shapes_up_to_the_bound(size: tuple, tmp_path: Path):
+    path = tmp_path / "ok.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    img = read_image(str(path))
+    assert img.size == size and np.array_equal(np.asarray(img), pixels)
+
+
+def _gray(img: Image.Image) -> np.ndarray:
+    """The single level of an RGB image read from grayscale (all three channels must agree)."""
+    rgb = np.asarray(img)
+    assert img.mode == "RGB" and (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
+    return rgb[..., 0].astype(np.int64)
+
+
+SIXTEEN = np.arange(65536, dtype=np.int64).reshape(256, 256)  # every 16-bit value once
+# round(v / 257) with v / 257 computed exactly (257 is odd: never a tie)
+SIXTEEN_AS_8 = np.array([int(Fraction(v, 257) + Fraction(1, 2)) for v in range(65536)]).reshape(256, 256)
+
+
+@pytest.mark.parametrize("mode,fmt", [("I;16", "PNG"), ("I;16B", "TIFF"), ("I;16L", "TIFF"), ("I", "TIFF")])
+def test_read_image_scales_16_bit_images_to_8_bits(mode: str, fmt: str, tmp_path: Path):
+    """PIL's ``convert("RGB")`` clips 16-bit levels at 255: the gradient read 99.6% white."""
+    path = tmp_path / f"g16.{fmt.lower()}"
+    dtype = {"I;16": "<u2", "I;16L": "<u2", "I;16B": ">u2", "I": "<i4"}[mode]
+    raw = Image.frombytes(mode, (256, 256), SIXTEEN.astype(dtype).tobytes())
+    raw.save(path, format=fmt)
+    with Image.open(path) as check_mode:
+        assert check_mode.mode in {mode, "I;16"}  # PIL reads little-endian 16-bit TIFF back as I;16
+    levels = _gray(read_image(str(path)))
+    assert np.array_equal(levels, SIXTEEN_AS_8)
+    assert levels[255, 255] == 255 and levels.flat[32896] == 128 and levels.flat[128] == 0 and levels.flat[129] == 1
+    assert (levels == 255).mean() < 0.01
+
+
+def test_read_image_scales_float_images_in_0_1_to_8_bits(tmp_path: Path):
+    """A float TIFF in [0, 1] was read all black (clipped to 0 or 1 of 255)."""
+    values = np.concatenate([np.array([0.0, 0.5, 1.0, 0.2, 1 / 255, 0.998]),
+                             np.linspace(0, 1, 64 * 64 - 6)]).astype(np.float32).reshape(64, 64)
+    path = tmp_path / "f.tiff"
+    Image.fromarray(values).save(path, format="TIFF")
+    levels = _gray(read_image(str(path)))
+    expected = np.array([int(Fraction(float(x)) * 255 + Fraction(1, 2)) for x in values.flat]).reshape(64, 64)
+    assert np.array_equal(levels, expected)
+    assert list(levels.flat[:6]) == [0, 128, 255, 51, 1, 254]
+
+
+@pytest.mark.parametrize("mode,values,shown", [
+    ("I", [0, 65535, 70000], "values 0..70000"),
+    ("I", [-1, 200], "values -1..200"),
+    ("F", [0.0, 1.5], "values 0.0..1.5"),
+    ("F", [-0.25, 0.5], "values -0.25..0.5"),
+    ("F", [0.0, float("nan")], "NaN or infinite"),
+    ("F", [0.0, float("inf")], "NaN or infinite"),
+])
+def test_read_image_refuses_an_unknown_pixel_range(mode: str, values: list, shown: str, tmp_path: Path):
+    path = tmp_path / "x.tiff"
+    Image.fromarray(np.array([values], dtype=np.int32 if mode == "I" else np.float32)).save(path, format="TIFF")
+    with pytest.raises(UnreadableImageError) as info:
+        read_image(str(path))
+    message = str(info.value)
+    assert f'"{path}"' in message and f"mode {mode!r}" in message and shown in message
+    assert "pixel range is unknown" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "P", "RGB", "RGBA", "LA", "CMYK"])
+def test_read_image_reads_8_bit_images_exactly_as_pil(mode: str, tmp_path: Path):
+    """Only the 16-bit and float modes take the new path: every 8-bit mode is PIL's convert as before."""
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)).convert(mode)
+    path = tmp_path / ("x.tiff" if mode == "CMYK" else "x.png")
+    img.save(path)
+    with Image.open(path) as reference:
+        expected = reference.convert("RGB")
+    got = read_image(str(path))
+    assert got.mode == "RGB" and got.size == (40, 24) and got.tobytes() == expected.tobytes()

@@ -91,13 +91,78 @@ class ImageNotFoundError(UnreadableImageError, FileNotFoundError):
     """The image path does not exist (or is a dangling symlink)."""
 
 
+#: Largest accepted ratio of an image's long side to its short side. Training resizes the *shorter*
+#: side to ``INPUT.SIZE`` (64 or 224), which multiplies the pixel count by this ratio: a 2,000,000 x 1
+#: PNG (a few KB, far below ``MAX_IMAGE_PIXELS``) became 128M x 64 pixels in ``PIL.Image.resize``
+#: (a MemoryError traceback, after training). No photograph is that shape: panoramas and web banners
+#: stay below about 20:1, and at 100:1 the resized 224-pixel image still fits in 15 MB.
+MAX_ASPECT_RATIO = 100
+
+#: PIL modes of single-channel 16-bit images. ``convert("RGB")`` clips them at 255 (almost every
+#: pixel of a 16-bit photo reads as white), so :func:`read_image` scales them to 8 bits itself.
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+
+
+def _check_shape(path: str, width: int, height: int) -> None:
+    """Refuse a size that would blow up memory: above ``MAX_IMAGE_PIXELS`` (a decompression bomb),
+    or longer than :data:`MAX_ASPECT_RATIO` times its short side (the resize to the training size)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise UnreadableImageError(
+            f'Image "{shown_path(path)}" has {width}x{height} pixels, more than PIL.Image.MAX_IMAGE_PIXELS '
+            f"({limit}): refused as a possible decompression bomb"
+        )
+    short, long = min(width, height), max(width, height)
+    if short < 1 or long > MAX_ASPECT_RATIO * short:
+        raise UnreadableImageError(
+            f'Image "{shown_path(path)}" is {width}x{height} pixels, an aspect ratio above {MAX_ASPECT_RATIO}:1 '
+            f"(dassl.utils.tools.MAX_ASPECT_RATIO): resizing its short side to the training size would multiply "
+            "its pixels by that ratio; no photograph is that shape, so it is refused (crop or remove the file)"
+        )
+
+
+def _to_8_bit(path: str, img: Image.Image) -> Image.Image:
+    """A 16-bit ('I;16*', or 'I' within 0..65535) or float ('F' within [0, 1]) grayscale image as an
+    8-bit 'L' image with the same brightness: value / 257 or value x 255, rounded half up.
+
+    PIL's own conversion clips these modes to 0..255 instead of scaling (a 16-bit photo reads as
+    white, a [0, 1] float one as black). An 'I' or 'F' image with any other range (negative values,
+    32-bit counts, NaN, floats above 1) has no known meaning as brightness, so it is refused rather
+    than guessed at.
+    """
+    pixels = np.asarray(img)
+    if img.mode in SIXTEEN_BIT_MODES:
+        levels = pixels.astype(np.uint32)  # native byte order; room for + 128
+    else:
+        finite = bool(np.isfinite(pixels).all()) if img.mode == "F" else True
+        low, high = (pixels.min(), pixels.max()) if finite else (float("nan"), float("nan"))
+        if img.mode == "I" and 0 <= low and high <= 65535:
+            levels = pixels.astype(np.uint32)
+        elif img.mode == "F" and finite and 0.0 <= low and high <= 1.0:
+            # float64: x * 255 of a float32 x is exact there, so x = 0.5 gives 128 as computed by hand
+            scaled = np.floor(pixels.astype(np.float64) * 255.0 + 0.5)
+            return Image.fromarray(scaled.astype(np.uint8))
+        else:
+            shown = "NaN or infinite values" if not finite else f"values {low}..{high}"
+            expected = "16-bit values 0..65535" if img.mode == "I" else "values in [0, 1]"
+            raise UnreadableImageError(
+                f'Image "{shown_path(path)}" has PIL mode {img.mode!r} with {shown}: the pixel range is unknown '
+                f"(expected {expected}), so it cannot be read as brightness; convert it to an 8-bit image"
+            )
+    # round(v / 257) in integers: 257 is odd, so v / 257 never ends in exactly .5
+    return Image.fromarray(((levels + 128) // 257).astype(np.uint8))
+
+
 def read_image(path: str) -> Image.Image:
     """Open and fully decode an image as RGB, or raise an :class:`UnreadableImageError` naming it.
 
     Empty, truncated or non-image files, folders and dangling symlinks all end in that one error
     type (PIL raises half a dozen). Images above PIL's ``Image.MAX_IMAGE_PIXELS`` are refused before
     decoding (PIL itself only warns below twice that limit): a decompression bomb must not take the
-    run's memory.
+    run's memory; so are images more than :data:`MAX_ASPECT_RATIO` times longer than wide (or the
+    reverse), which the resize to the training size would blow up. 16-bit and float grayscale images
+    are scaled to 8 bits (see :func:`_to_8_bit`) instead of PIL's clipping to white or black; 8-bit
+    images are converted by PIL exactly as before.
     """
     if not osp.exists(path):
         raise ImageNotFoundError(f'Image not found: "{shown_path(path)}"')
@@ -105,13 +170,10 @@ def read_image(path: str) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                limit = Image.MAX_IMAGE_PIXELS
                 width, height = img.size
-                if limit is not None and width * height > limit:
-                    raise UnreadableImageError(
-                        f'Image "{shown_path(path)}" has {width}x{height} pixels, more than PIL.Image.MAX_IMAGE_PIXELS '
-                        f"({limit}): refused as a possible decompression bomb"
-                    )
+                _check_shape(path, width, height)
+                if img.mode in SIXTEEN_BIT_MODES or img.mode in ("I", "F"):
+                    return _to_8_bit(path, img).convert("RGB")
                 return img.convert("RGB")
     except UnreadableImageError:
         raise
