@@ -22,7 +22,10 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-torch.set_num_threads(int(os.environ.get("TEST_NUM_THREADS", "2")))
+#: torch threads per test process: at most 2, and under pytest-xdist (``-n N``) the cores shared among the
+#: N workers (two processes of 2 threads each on 2 cores ran about twice as slow)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(int(os.environ.get("TEST_NUM_THREADS", max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))))
 
 
 @pytest.fixture(scope="session", autouse=True)
