@@ -704,8 +704,8 @@ def load_clip(cfg: Any, device: DeviceLike, precision: Union[str, Precision] = "
                 f"could not fetch the weights of {spec.name} / {spec.weights} ({reason}): {_LOCAL_ADVICE}"
             ) from e
         raise
-    if spec.weights_kind != "none":
-        bad = nonfinite_tensors(model.state_dict())
+    if spec.weights_kind != "none":  # parameters only: a buffer may hold -inf on purpose (an attention mask)
+        bad = nonfinite_tensors(dict(model.named_parameters()))
         if bad:
             raise BackboneError(
                 f"the weights {spec.weights} of {spec.name} hold NaN or infinite values ({len(bad)} tensors, e.g. "
