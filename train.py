@@ -15,7 +15,7 @@ line on stderr that names the closest valid choice, and exit code 2.
 from __future__ import annotations
 
 if __name__ == "__main__":  # a Ctrl-C during the imports below: one line, not a traceback
-    from dassl.cli import quiet_ctrl_c_while_loading
+    from dassl.ctrl_c import quiet_ctrl_c_while_loading
 
     quiet_ctrl_c_while_loading()
 
@@ -51,6 +51,7 @@ from dassl.utils import (
     clean_temp_files,
     close_log_file,
     collect_env_info,
+    former_file,
     list_checkpoints,
     load_checkpoint,
     log_file_for,
@@ -296,7 +297,7 @@ def main(args: argparse.Namespace) -> Any:
     # what a failed start must give back: a finished run's config.yaml (building the trainer rewrites it)
     # and its log.txt (a logger still open on it in this process appends to it)
     config_file = osp.join(str(cfg.OUTPUT_DIR), run_results.CONFIG_FILE)
-    former = {p: data for p in (config_file, log_file_for(str(cfg.OUTPUT_DIR))) if (data := _former_file(p)) is not None}
+    former = {p: f for p in (config_file, log_file_for(str(cfg.OUTPUT_DIR))) if (f := former_file(p)) is not None}
     check_writable_dir(cfg.OUTPUT_DIR)
     log_file = setup_logger(cfg.OUTPUT_DIR, console="all" if getattr(args, "verbose", False) else "summary")
     clean_temp_files(cfg.OUTPUT_DIR)
@@ -350,17 +351,6 @@ def main(args: argparse.Namespace) -> Any:
     if results or (trainer is not None and not args.eval_only and not args.no_train and cfg.TEST.NO_TEST):
         logger.info("%s", run_summary(cfg, results or {}, time.time() - start), extra={"console": True})
     return trainer
-
-
-def _former_file(path: str) -> Optional[bytes]:
-    """The bytes of ``path`` before this run writes it (None: no file there)."""
-    if not osp.isfile(path):
-        return None
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return None
 
 
 class RunInterrupted(KeyboardInterrupt):

@@ -384,6 +384,8 @@ def check_weights_available(spec: BackboneSpec) -> None:
         return
     what = (f"MODEL.BACKBONE.NAME {spec.name!r}" if spec.weights_kind == "schema"
             else f"MODEL.BACKBONE.WEIGHTS {spec.weights!r} of {spec.name}")
+    if spec.name.startswith(HF_HUB_PREFIX) and _hub_file_cached(spec.name[len(HF_HUB_PREFIX):], ["open_clip_config.json"]):
+        what += f" (its config is cached, not its weights: {' or '.join(HUB_WEIGHT_FILES)})"
     if hub_offline():
         raise BackboneError(f"{what} is not in the local cache and HF_HUB_OFFLINE is set: {_LOCAL_ADVICE}")
     hosts = _download_hosts(spec)
@@ -642,6 +644,14 @@ def _seed_value(cfg: Any) -> int:
         return -1
 
 
+def _weights_source(spec: BackboneSpec) -> str:
+    """The file the weights came from, as far as it is known here (a ``local-dir:`` folder's own file)."""
+    if spec.name.startswith(LOCAL_DIR_PREFIX):
+        found = local_dir_weights(Path(spec.name[len(LOCAL_DIR_PREFIX):]))
+        return f'"{found}"' if found is not None else spec.weights
+    return f'"{spec.weights}"' if spec.weights_kind == "file" else spec.weights
+
+
 def load_clip(cfg: Any, device: DeviceLike, precision: Union[str, Precision] = "fp32") -> LoadedCLIP:
     """Build the frozen backbone named by ``cfg.MODEL.BACKBONE`` on ``device``.
 
@@ -704,12 +714,14 @@ def load_clip(cfg: Any, device: DeviceLike, precision: Union[str, Precision] = "
                 f"could not fetch the weights of {spec.name} / {spec.weights} ({reason}): {_LOCAL_ADVICE}"
             ) from e
         raise
-    if spec.weights_kind != "none":  # parameters only: a buffer may hold -inf on purpose (an attention mask)
-        bad = nonfinite_tensors(dict(model.named_parameters()))
+    if spec.weights_kind != "none":
+        # the saved state: parameters and persistent buffers (a ResNet's BatchNorm statistics); open_clip's
+        # -inf attention masks are non-persistent buffers, so a real model never trips this
+        bad = nonfinite_tensors(model.state_dict())
         if bad:
             raise BackboneError(
-                f"the weights {spec.weights} of {spec.name} hold NaN or infinite values ({len(bad)} tensors, e.g. "
-                f"{bad[:3]}): every result would be chance level; give intact weights"
+                f"the weights {_weights_source(spec)} of {spec.name} hold NaN or infinite values ({len(bad)} tensors, "
+                f"e.g. {bad[:3]}): every result would be chance level; give intact weights"
             )
 
     model.eval()

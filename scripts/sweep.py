@@ -29,7 +29,7 @@ from pathlib import Path
 if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 if __name__ == "__main__":  # a Ctrl-C during the imports below: one line, not a traceback
-    from dassl.cli import quiet_ctrl_c_while_loading
+    from dassl.ctrl_c import quiet_ctrl_c_while_loading
 
     quiet_ctrl_c_while_loading()
 

@@ -33,6 +33,7 @@ import train
 from clip.loader import BackboneSpec, check_weights_available, expected_embed_dim, load_clip
 from dassl.data.datasets import build_dataset
 from dassl.utils import (
+    FormerFile,
     WriteError,
     atomic_write_text,
     check_writable_dir,
@@ -589,8 +590,9 @@ def test_remove_failed_start_removes_only_its_own_files(tmp_path):
     for p in ours:
         Path(p).write_text("ours\n")
     # a file the start replaced gets its former bytes back; the folder (not created here) stays
-    assert not remove_failed_start(str(run), [], ours, previous={ours[0]: b"a finished run's\n"})
+    assert not remove_failed_start(str(run), [], ours, previous={ours[0]: FormerFile(b"a finished run's\n", 0o444)})
     assert Path(ours[0]).read_bytes() == b"a finished run's\n" and not Path(ours[1]).exists()
+    assert stat.S_IMODE(os.stat(ours[0]).st_mode) == 0o444  # its permission bits too (it came back as 0644)
     # a sibling run (another seed of a sweep) wrote into a parent this run created: the parent stays
     sibling = top / "y" / "seed2"
     sibling.mkdir()
@@ -633,6 +635,24 @@ def test_a_failed_start_in_a_finished_run_gives_back_its_config(toy_root, tmp_pa
     one_error_line(capsys, train.cli(train_argv(toy_root, out, TRAINER, "TRAIN.PRINT_FREQ", "7",
                                                 extra=["--eval-only"])))
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_a_failed_start_gives_back_a_linked_or_read_only_config(toy_root, finished, tmp_path, capsys):
+    """The former config.yaml came back as a new regular file: a user's symbolic link was replaced by a copy
+    of its target, and a read-only (0444) file became 0644."""
+    linked, read_only = _copy_run(finished, tmp_path / "linked"), _copy_run(finished, tmp_path / "read_only")
+    kept = tmp_path / "configs" / "config.yaml"
+    kept.parent.mkdir()
+    (linked / "config.yaml").rename(kept)
+    (linked / "config.yaml").symlink_to(kept)
+    (read_only / "config.yaml").chmod(0o444)
+    before = {run: snapshot(run) for run in (linked, read_only)}
+    target = kept.read_bytes()
+    for run in (linked, read_only):
+        one_error_line(capsys, train.cli(train_argv(toy_root, run, TRAINER, extra=["--eval-only"])))
+        assert snapshot(run) == before[run]
+    assert os.readlink(linked / "config.yaml") == str(kept) and kept.read_bytes() == target
+    assert stat.S_IMODE((read_only / "config.yaml").stat().st_mode) == 0o444
 
 
 def test_ctrl_c_before_training_gives_back_the_finished_run_too(toy_root, tmp_path, capsys, monkeypatch):

@@ -8,6 +8,7 @@ from .logger import close_log_file, log_file_for, setup_logger
 from .meters import AverageMeter, MetricMeter
 from .registry import Registry, check_availability, closest_name
 from .tools import (
+    FormerFile,
     ImageNotFoundError,
     UnreadableImageError,
     WriteError,
@@ -18,6 +19,7 @@ from .tools import (
     check_writable_dir,
     clean_temp_files,
     derive_seed,
+    former_file,
     listdir_nohidden,
     missing_dirs,
     mkdir_if_missing,
@@ -56,6 +58,8 @@ __all__ = [
     "close_log_file",
     "log_file_for",
     "absolute_path",
+    "FormerFile",
+    "former_file",
     "missing_dirs",
     "remove_failed_start",
     "set_random_seed",

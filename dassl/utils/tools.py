@@ -10,10 +10,11 @@ import os.path as osp
 import random
 import re
 import secrets
+import stat
 import time
 import warnings
 import zlib
-from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import IO, Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -352,12 +353,46 @@ def missing_dirs(directory: str) -> List[str]:
     return missing
 
 
+class FormerFile(NamedTuple):
+    """A file as it was before a run wrote over it (:func:`former_file`), to give it back."""
+
+    data: bytes
+    mode: int
+    #: the target when the path was a symbolic link (the run's atomic write replaced the link itself)
+    link: Optional[str] = None
+
+
+def former_file(path: str) -> Optional[FormerFile]:
+    """``path``'s bytes, permission bits and link target before a run writes it (None: no file there)."""
+    if not osp.isfile(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        return FormerFile(data, stat.S_IMODE(os.stat(path).st_mode), os.readlink(path) if osp.islink(path) else None)
+    except OSError:
+        return None
+
+
+def _give_back(path: str, former: FormerFile) -> None:
+    """Put ``former`` back at ``path``: the link as it was (its target was never written), or the bytes
+    with their permission bits."""
+    if former.link is not None:
+        if not osp.islink(path) or os.readlink(path) != former.link:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+            os.symlink(former.link, path)
+        return
+    atomic_write(path, lambda f: f.write(former.data), mode="wb")
+    os.chmod(path, former.mode)
+
+
 def remove_failed_start(output_dir: str, created: Sequence[str], written: Sequence[str],
-                        previous: Optional[Mapping[str, bytes]] = None) -> bool:
+                        previous: Optional[Mapping[str, FormerFile]] = None) -> bool:
     """Undo what a run that stopped before it produced anything wrote. ``created`` is what
     :func:`missing_dirs` said creating ``output_dir`` would add; ``written`` the files the start wrote;
-    ``previous`` the former bytes of those it replaced (a finished run's ``config.yaml``, rewritten by a
-    start that then failed), which are written back.
+    ``previous`` what those it replaced were (:func:`former_file`: a finished run's ``config.yaml``,
+    rewritten by a start that then failed), which is given back: bytes, permission bits, a symbolic link.
 
     When the run created ``output_dir`` and it holds nothing but the regular files in ``written`` (and
     empty folders), those go, and so does a file of ``written`` beside it (a log named after an
@@ -373,7 +408,7 @@ def remove_failed_start(output_dir: str, created: Sequence[str], written: Sequen
         if not path or (removed and not osp.lexists(path)):
             continue
         if absolute_path(path) in previous:
-            atomic_write(path, lambda f, data=previous[absolute_path(path)]: f.write(data), mode="wb")
+            _give_back(path, previous[absolute_path(path)])
         elif osp.isfile(path) and not osp.islink(path):
             os.remove(path)
     for d in reversed(created):
