@@ -20,10 +20,13 @@ from pathlib import Path
 if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import contextlib
+import hashlib
 import os
+from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, TextIO, Tuple
 
 from tqdm import tqdm
 
@@ -46,8 +49,8 @@ from datasets.laion_beyond import (
     scan_images,
 )
 
-__all__ = ["SubsetReport", "DomainReport", "check_domain", "check_root", "decode_problems", "format_table",
-           "main"]
+__all__ = ["SubsetReport", "DomainReport", "check_domain", "check_root", "decode_problems", "copy_problems",
+           "format_table", "main"]
 
 DECODE_CHUNK = 64
 
@@ -62,6 +65,8 @@ class SubsetReport:
     num_bad: Optional[int] = None
     #: Images that exist inside images/ and must still be decoded.
     to_decode: List[str] = field(default_factory=list)
+    #: The split of every image of the subset (``train`` / ``val`` / ``test``), for the copy check.
+    split_of: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -113,6 +118,7 @@ def check_domain(root: str, name: str, prefix: str, required: bool) -> DomainRep
         sub.num_missing = len(missing)
         sub.num_bad = len(unusable)
         sub.to_decode = sorted({d.impath for d in (*part.train, *part.val, *part.test)} - set(found))
+        sub.split_of = {d.impath: split for split in ("train", "val", "test") for d in getattr(part, split)}
         # the files found usable (a symlink out of images/ is not followed, not even by a stat)
         linked.append((part.split_file, {split: [d for d in getattr(part, split) if d.impath not in found]
                                          for split in ("train", "val", "test")}, images_dir_of(part)))
@@ -144,42 +150,81 @@ def check_domain(root: str, name: str, prefix: str, required: bool) -> DomainRep
     return report
 
 
-def _decode_one(path: str) -> Optional[str]:
-    """None if ``path`` decodes as training will read it, else the reason."""
+def _decode_one(path: str) -> Tuple[Optional[str], str]:
+    """``(None, digest)`` if ``path`` decodes as training will read it, else ``(reason, digest)``; the
+    digest (SHA-256 of the file's bytes) finds copies across splits (:func:`copy_problems`)."""
+    try:
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        digest = ""
     try:
         read_image(path)
     except UnreadableImageError as err:
-        return str(err)
-    return None
+        return str(err), digest
+    return None, digest
 
 
-def decode_problems(paths: Sequence[str], workers: int = 0, progress: bool = True) -> Dict[str, str]:
-    """``{path: reason}`` of the images that do not decode, in a process pool (0 workers: all cores).
-
-    Decoding is CPU-bound, so processes rather than threads; with one worker it runs in process.
-    """
+def _decode_all(paths: Sequence[str], workers: int = 0, progress: bool = True) -> Dict[str, Tuple[Optional[str], str]]:
+    """``{path: (reason or None, digest)}``, in a process pool (0 workers: all cores). Decoding is
+    CPU-bound, so processes rather than threads; with one worker it runs in process."""
     workers = workers or os.cpu_count() or 1
     bar = tqdm(total=len(paths), desc="decoding images", unit="img", disable=not progress, file=sys.stderr)
-    results: List[Tuple[str, Optional[str]]] = []
+    results: Dict[str, Tuple[Optional[str], str]] = {}
     try:
         if workers == 1 or len(paths) <= DECODE_CHUNK:
             for path in paths:
-                results.append((path, _decode_one(path)))
+                results[path] = _decode_one(path)
                 bar.update()
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                for path, reason in zip(paths, pool.map(_decode_one, paths, chunksize=DECODE_CHUNK)):
-                    results.append((path, reason))
+                for path, outcome in zip(paths, pool.map(_decode_one, paths, chunksize=DECODE_CHUNK)):
+                    results[path] = outcome
                     bar.update()
     finally:
         bar.close()
-    return {path: reason for path, reason in results if reason is not None}
+    return results
+
+
+def decode_problems(paths: Sequence[str], workers: int = 0, progress: bool = True) -> Dict[str, str]:
+    """``{path: reason}`` of the images that do not decode (see :func:`_decode_all`)."""
+    return {path: reason for path, (reason, _) in _decode_all(paths, workers, progress).items() if reason is not None}
+
+
+def copy_problems(report: DomainReport, digests: Mapping[str, str]) -> List[str]:
+    """One problem listing the images of two splits (or of OOP and IP) whose files hold the same bytes
+    but are separate files (one file under two names is :func:`linked_duplicate_problems`' case): a test
+    image copied from the training set leaks it into the test score, and no check saw it."""
+    groups: Dict[str, List[Tuple[str, str, str]]] = defaultdict(list)
+    for sub in report.subsets.values():
+        for path in sub.to_decode:
+            if digests.get(path):
+                groups[digests[path]].append((sub.subset, sub.split_of.get(path, "?"), path))
+    shown_as = {path: os.path.relpath(path, os.path.join(sub.directory, "images"))
+                for sub in report.subsets.values() for path in sub.to_decode}
+    copies = []
+    for entries in groups.values():
+        if len({(subset, split) for subset, split, _ in entries}) < 2:
+            continue  # the same bytes twice in one split: two shots of one image, not a leak
+        with contextlib.suppress(OSError):
+            if len({(st.st_dev, st.st_ino) for st in (os.stat(p) for _, _, p in entries)}) < 2:
+                continue  # one file under several names: reported by the link check
+        copies.append(sorted(entries, key=lambda e: ("train", "val", "test").index(e[1]) if e[1] != "?" else 3))
+    if not copies:
+        return []
+    shown = "; ".join(" = ".join(f"{subset} {split} '{shown_as[path]}'" for subset, split, path in e[:2])
+                      for e in copies[:5])
+    more = f" and {len(copies) - 5} more" if len(copies) > 5 else ""
+    return [f"{len(copies)} image(s) whose file is a byte-for-byte copy of one in another split (the test score "
+            f"would include training images): {shown}{more}; remove or replace the copies"]
 
 
 def decode_reports(reports: Sequence[DomainReport], workers: int = 0, progress: bool = True) -> None:
-    """Decode every scanned image of ``reports`` in one pool and add a problem per subset with bad files."""
+    """Decode every scanned image of ``reports`` in one pool and add a problem per subset with bad files,
+    and one per domain with copies across splits."""
     paths = [p for rep in reports for sub in rep.subsets.values() for p in sub.to_decode]
-    bad = decode_problems(paths, workers, progress)
+    outcomes = _decode_all(paths, workers, progress)
+    bad = {path: reason for path, (reason, _) in outcomes.items() if reason is not None}
     for rep in reports:
         for sub in rep.subsets.values():
             reasons = [bad[p] for p in sub.to_decode if p in bad]
@@ -187,6 +232,7 @@ def decode_reports(reports: Sequence[DomainReport], workers: int = 0, progress: 
             if reasons:
                 listing = "\n".join(f"  {r}" for r in reasons)
                 rep.problems.append(f"{len(reasons)} image(s) of {sub.directory} cannot be decoded:\n{listing}")
+        rep.problems.extend(copy_problems(rep, {path: digest for path, (_, digest) in outcomes.items()}))
 
 
 def check_root(root: str, domains: Sequence[str] = ()) -> List[DomainReport]:

@@ -731,3 +731,29 @@ def test_read_image_reads_8_bit_images_exactly_as_pil(mode: str, tmp_path: Path)
         expected = reference.convert("RGB")
     got = read_image(str(path))
     assert got.mode == "RGB" and got.size == (40, 24) and got.tobytes() == expected.tobytes()
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    shutil.copyfile(src, dst)
+
+
+def test_check_lists_test_images_that_are_copies_of_train_images(world: World, opens: OpenRecorder):
+    """A test image that is a byte-for-byte copy of a train image (a separate file, so no link check sees
+    it) leaked the training set into the test score with every check passing; ``datasets.check`` hashes
+    what it decodes and lists such copies. Links stay the link check's: one problem, not two."""
+    _link(_copy_file, TEST_TO_TRAIN)(world)
+    before = world.snapshot()
+    outcome = run_check(world, opens)
+    assert outcome.rc == 1, outcome.stdout
+    copies = [ln for ln in outcome.stdout.splitlines() if "byte-for-byte copy" in ln]
+    assert len(copies) == 1 and copies[0].startswith("[Animals92_42] 2 image(s)"), outcome.stdout
+    for train_name, test_name in TEST_TO_TRAIN:
+        assert f"OOP train '{FIRST}/{train_name}' = OOP test '{FIRST}/{test_name}'" in copies[0], copies[0]
+    assert_nothing_outside(world, outcome)
+    assert_nothing_lost(before, world)
+    for path, _ in TEST_TO_TRAIN:  # hard links instead: the link problem only
+        target = world.image(FIRST, dict(TEST_TO_TRAIN)[path])
+        target.unlink()
+        os.link(world.image(FIRST, path), target)
+    outcome = run_check(world, opens)
+    assert "byte-for-byte copy" not in outcome.stdout and "one file under two names" in outcome.stdout
