@@ -312,6 +312,11 @@ def main(args: argparse.Namespace) -> Any:
     logger.info("Collecting env info ...")
     logger.info("** System info **\n%s\n", collect_env_info())
 
+    def undo_start() -> None:
+        """What a start that ends before training wrote goes again (see ``remove_failed_start``)."""
+        close_log_file()
+        remove_failed_start(str(cfg.OUTPUT_DIR), created, [config_file, log_file or ""], previous=former)
+
     start = time.time()
     trainer = None
     try:
@@ -334,8 +339,7 @@ def main(args: argparse.Namespace) -> Any:
         message = interrupted_message(trainer, cfg, evaluating=args.eval_only)
         logger.info("%s", message)  # log.txt only: the console gets it once, from cli()
         if not hasattr(trainer, "time_start"):  # stopped before training: as a failed start
-            close_log_file()
-            remove_failed_start(str(cfg.OUTPUT_DIR), created, [config_file, log_file or ""], previous=former)
+            undo_start()
         raise RunInterrupted(message) from None
     except user_errors():
         # A mistake only the built trainer finds (--eval-only without a model, a --resume folder whose
@@ -344,8 +348,7 @@ def main(args: argparse.Namespace) -> Any:
         # goes and the files the start rewrote get their former bytes back. The log of a run that had
         # started training stays.
         if not hasattr(trainer, "time_start"):
-            close_log_file()
-            remove_failed_start(str(cfg.OUTPUT_DIR), created, [config_file, log_file or ""], previous=former)
+            undo_start()
         raise
     results = getattr(trainer, "final_results", None)
     if results or (trainer is not None and not args.eval_only and not args.no_train and cfg.TEST.NO_TEST):
