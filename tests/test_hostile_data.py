@@ -690,6 +690,16 @@ def test_read_image_scales_16_bit_images_to_8_bits(mode: str, fmt: str, tmp_path
     assert (levels == 255).mean() < 0.01
 
 
+def test_read_image_reads_8_bit_levels_in_a_32_bit_image_as_they_are(tmp_path: Path):
+    """An int32 TIFF of 8-bit levels (all within 0..255) was divided by 257 as if 16-bit: nearly black."""
+    values = (np.arange(64 * 64) % 256).astype("<i4").reshape(64, 64)
+    path = tmp_path / "i8.tiff"
+    Image.frombytes("I", (64, 64), values.tobytes()).save(path, format="TIFF")
+    with Image.open(path) as check_mode:
+        assert check_mode.mode == "I"
+    assert np.array_equal(_gray(read_image(str(path))), values)
+
+
 def test_read_image_scales_float_images_in_0_1_to_8_bits(tmp_path: Path):
     """A float TIFF in [0, 1] was read all black (clipped to 0 or 1 of 255)."""
     values = np.concatenate([np.array([0.0, 0.5, 1.0, 0.2, 1 / 255, 0.998]),

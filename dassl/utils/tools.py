@@ -124,7 +124,8 @@ def _check_shape(path: str, width: int, height: int) -> None:
 
 def _to_8_bit(path: str, img: Image.Image) -> Image.Image:
     """A 16-bit ('I;16*', or 'I' within 0..65535) or float ('F' within [0, 1]) grayscale image as an
-    8-bit 'L' image with the same brightness: value / 257 or value x 255, rounded half up.
+    8-bit 'L' image with the same brightness: value / 257 or value x 255, rounded half up. An 'I' image
+    whose levels all lie within 0..255 holds 8-bit levels and is read as it is.
 
     PIL's own conversion clips these modes to 0..255 instead of scaling (a 16-bit photo reads as
     white, a [0, 1] float one as black). An 'I' or 'F' image with any other range (negative values,
@@ -137,6 +138,10 @@ def _to_8_bit(path: str, img: Image.Image) -> Image.Image:
     else:
         finite = bool(np.isfinite(pixels).all()) if img.mode == "F" else True
         low, high = (pixels.min(), pixels.max()) if finite else (float("nan"), float("nan"))
+        if img.mode == "I" and 0 <= low and high <= 255:
+            # 8-bit levels in a 32-bit container (an int TIFF): read as they are, as PIL did; as 16-bit
+            # levels they would be a photo darker than 0.4 %, far the less likely reading
+            return Image.fromarray(pixels.astype(np.uint8))
         if img.mode == "I" and 0 <= low and high <= 65535:
             levels = pixels.astype(np.uint32)
         elif img.mode == "F" and finite and 0.0 <= low and high <= 1.0:
