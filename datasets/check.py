@@ -20,7 +20,6 @@ from pathlib import Path
 if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import contextlib
 import hashlib
 import os
 from collections import defaultdict
@@ -40,6 +39,7 @@ from datasets.laion_beyond import (
     SplitGroup,
     SubsetSplit,
     check_disjoint_classnames,
+    file_identity,
     find_subset_dir,
     images_dir_of,
     laion_beyond_domains,
@@ -206,9 +206,8 @@ def copy_problems(report: DomainReport, digests: Mapping[str, str]) -> List[str]
     for entries in groups.values():
         if len({(subset, split) for subset, split, _ in entries}) < 2:
             continue  # the same bytes twice in one split: two shots of one image, not a leak
-        with contextlib.suppress(OSError):
-            if len({(st.st_dev, st.st_ino) for st in (os.stat(p) for _, _, p in entries)}) < 2:
-                continue  # one file under several names: reported by the link check
+        if len({file_identity(p) for _, _, p in entries}) < 2:
+            continue  # one file under several names: reported by the link check
         copies.append(sorted(entries, key=lambda e: ("train", "val", "test").index(e[1]) if e[1] != "?" else 3))
     if not copies:
         return []

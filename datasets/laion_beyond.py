@@ -75,6 +75,7 @@ __all__ = [
     "find_missing_images",
     "scan_images",
     "check_images",
+    "file_identity",
     "linked_duplicate_problems",
     "check_linked_duplicates",
     "check_every_class_trains",
@@ -651,7 +652,7 @@ def check_images(groups: Sequence[ImageGroup]) -> None:
 SplitGroup = Tuple[str, Mapping[str, Sequence[Datum]], str]
 
 
-def _file_identity(path: str) -> Optional[Tuple[Any, ...]]:
+def file_identity(path: str) -> Optional[Tuple[Any, ...]]:
     """What makes two paths the same file: ``(st_dev, st_ino)`` of the target (``os.stat`` follows
     symlinks, so a symlink and its target, and two hard links, share it), or the resolved real path
     where the file system reports no inode number (0). None if the file cannot be stat'ed: missing
@@ -685,7 +686,7 @@ def linked_duplicate_problems(groups: Sequence[SplitGroup]) -> List[str]:
     for gi, (_, splits, _) in enumerate(groups):
         for split in SPLITS:
             for item in splits.get(split, ()):
-                identity = _file_identity(item.impath)
+                identity = file_identity(item.impath)
                 if identity is None:
                     continue
                 seen = first.setdefault(identity, (gi, split, item.impath))
