@@ -182,6 +182,17 @@ def find_subset_dir(root: str, prefix: str, subset: str) -> str:
     return matches[0]
 
 
+def folder_class_count(subset_dir: str) -> Optional[int]:
+    """The class count a subset folder's name states (``Animals92_OOP`` -> 92), None without one.
+
+    The split file is the authority on the classes; the name is only compared with it, since a
+    folder missing classes (a partial download, a hand-edited split) otherwise trains a smaller
+    task without a word. The 2B/5B variants name their own counts, so they agree as well.
+    """
+    match = re.search(r"(\d+)_(?:OOP|IP)$", os.path.basename(os.path.normpath(subset_dir)))
+    return int(match.group(1)) if match else None
+
+
 def find_split_file(subset_dir: str) -> str:
     """The unique ``split_Xin*.json`` inside a subset folder."""
     pattern = os.path.join(glob.escape(subset_dir), "split_Xin*.json")
@@ -472,6 +483,14 @@ def parse_split(
         absent = [classnames[la] for la in range(len(classnames)) if la not in present]
         if absent:
             warnings.append(f"{path}: {len(absent)} class(es) have no {split} image: {absent[:MAX_LISTED]}")
+    if not superclass:
+        named = folder_class_count(subset_dir)
+        if named is not None and named != len(classnames):
+            warnings.append(
+                f"{path}: {len(classnames)} classes, but the folder name {os.path.basename(subset_dir)!r} "
+                f"says {named}; the split file decides (a {len(classnames)}-way task): check that the "
+                "folder is complete, or rename it to match"
+            )
 
     return SubsetSplit(
         subset=subset,

@@ -767,3 +767,21 @@ def test_check_lists_test_images_that_are_copies_of_train_images(world: World, o
         os.link(world.image(FIRST, path), target)
     outcome = run_check(world, opens)
     assert "byte-for-byte copy" not in outcome.stdout and "one file under two names" in outcome.stdout
+
+
+def test_a_folder_whose_name_states_another_class_count_is_a_warning(world: World, opens: OpenRecorder, capsys):
+    """``Animals6_OOP`` holding a 5-class split (a partial download, a hand-edited split) trained a
+    5-way task without a word. The split file stays the authority, so the run goes on, with a warning
+    naming both counts, in the run and in ``datasets.check``."""
+    os.rename(world.root / OOP_DIR, world.root / "Animals6_OOP")
+    moved = world.root / "Animals6_OOP" / f"split_Xin_{OOP_DIR}.json"
+    expected = f"{moved}: 5 classes, but the folder name 'Animals6_OOP' says 6"
+    before = world.snapshot()
+    report = run_check(world, opens)
+    assert report.rc == 0 and expected in report.stdout
+    outcome = run_train(world, opens, capsys, shots=-1, extra=("--no-train",))
+    assert outcome.rc == 0, outcome.stderr
+    assert expected in outcome.stdout + outcome.stderr
+    assert_nothing_lost(before, world)
+    # the IP folder's name agrees with its split: no warning for it
+    assert "says 3" not in report.stdout and "says 3" not in outcome.stdout + outcome.stderr
