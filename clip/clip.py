@@ -17,6 +17,9 @@ Where the weights come from (:func:`_download`, first hit wins; nothing else is 
    ``none``, e.g. ``openai-tiny``): a seeded (0) random init written to ``<root>``, named by the
    digest of the model config, so a changed config never reuses stale weights.
 
+A file of 2. or 4. that this module wrote is reused only while it still reads as weights; a truncated
+or damaged copy is written again (it ended every run in a ``torch.load`` traceback).
+
 If none applies, :class:`clip.BackboneNotFoundError` says so in one line (``train.py`` prints it as
 ``error: ...`` and exits 2). The file returned is a JIT archive or a plain state dict, so CoOp's
 ``torch.jit.load(...)`` with its ``torch.load`` fallback reads it.
@@ -106,6 +109,27 @@ def _sha_ok(path: str, url: str) -> bool:
     return match is None or file_identity(path)["sha256"] == match.group(1)
 
 
+@functools.lru_cache(maxsize=64)
+def _readable_version(real_path: str, size: int, mtime_ns: int) -> bool:
+    """Whether one file version reads as weights (``size``/``mtime_ns``: part of the memo key only)."""
+    try:
+        load_state_dict(real_path)
+    except Exception:  # noqa: BLE001  (a damaged zip, pickle or JIT archive fails in many ways)
+        return False
+    return True
+
+
+def _own_file_intact(path: str) -> bool:
+    """A weights file this module wrote itself (an open_clip conversion, a repository model's init) is
+    reused only while it still reads: a truncated or damaged copy of it (a partial rsync of a home
+    folder) ended every OpenAI-CLIP run in a ``torch.load`` traceback. Checked once per file version."""
+    ident = file_identity(path, content_hash=False)
+    if _readable_version(ident["path"], ident["size"], ident["mtime_ns"]):
+        return True
+    logger.warning("%s cannot be read (truncated or damaged): writing it again", path)
+    return False
+
+
 def _from_open_clip(name: str, root: str) -> Optional[str]:
     """open_clip's ``openai`` weights for ``name`` (its cache, or its hub when online), torch-readable."""
     pcfg = open_clip.get_pretrained_cfg(OPEN_CLIP_NAMES[name], "openai")
@@ -119,7 +143,7 @@ def _from_open_clip(name: str, root: str) -> Optional[str]:
     if not path.endswith(".safetensors"):
         return path
     target = osp.join(root, f"{Path(path).stem}-open_clip-{file_identity(path)['sha256'][:16]}.pt")
-    if not osp.isfile(target):
+    if not osp.isfile(target) or not _own_file_intact(target):
         os.makedirs(root, exist_ok=True)
         atomic_torch_save(load_file(path), target)
         logger.info("Converted open_clip's %s to %s", path, target)
@@ -159,9 +183,10 @@ def _download(url: str, root: Optional[str] = None) -> str:
     filename = osp.basename(url)
     cached = osp.join(root, filename)
     if osp.isfile(cached):
-        if _sha_ok(cached, url):
+        if not _sha_ok(cached, url):
+            logger.warning("%s does not match the SHA-256 in its URL: not used", cached)
+        elif not url.startswith(REPO_SCHEME) or _own_file_intact(cached):
             return cached
-        logger.warning("%s does not match the SHA-256 in its URL: not used", cached)
     name = _name_of_url(url)
     if name in OPEN_CLIP_NAMES:
         found = _from_open_clip(name, root)

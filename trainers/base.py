@@ -286,6 +286,10 @@ class ClipTrainer(SubsetEvaluation, TrainerX):
 
         if self.shared.get(fc.STORE_ONLY):
             feats = encode()
+        elif fc.weights_drawn_anew(self.cfg):
+            logger.info("Unseeded random weights: the training views are encoded, not read from or written to "
+                        "the feature cache (no file can be known to be this model's)")
+            feats = encode()
         else:
             meta = fc.cache_meta(self.cfg, self.dm.dataset, self.precision.name, views,
                                  transform=self.dm.tfm_train, device=self.device.type)

@@ -115,10 +115,20 @@ def default_cache_root() -> str:
     return osp.join(xdg, "fsnl")
 
 
+def weights_drawn_anew(cfg: Any) -> bool:
+    """Whether every load of ``cfg``'s backbone draws other parameters: unseeded random weights
+    (``WEIGHTS none`` with a negative ``SEED``). Their identity can only say ``random, seed -1``, the
+    same for every such model, so no file on disk is known to hold this run's model's features and
+    the on-disk caches are skipped for them (a second run read the first run's model's features);
+    ``lpclip.feat_extractor.job_identity`` gives them no identity for the same reason."""
+    ident = weights_identity(cfg)
+    return ident.get("kind") == "random" and int(ident.get("seed", -1)) < 0
+
+
 def eval_cache_dir(cfg: Any) -> Optional[str]:
-    """Where evaluation features are stored (None: memory only)."""
+    """Where evaluation features are stored (None: memory only, also for unseeded random weights)."""
     value = str(cfg.TEST.get("FEATURE_CACHE_DIR", "") or "")
-    if value.lower() == DISABLED:
+    if value.lower() == DISABLED or weights_drawn_anew(cfg):
         return None
     return absolute_path(osp.expanduser(value)) if value else osp.join(default_cache_root(), "eval_features")
 

@@ -1,0 +1,85 @@
+"""Hostile inputs against the caches and reuse decisions (a third hostile pass, caches only).
+
+Each case builds what a researcher really produces and checks the outcome against the principle
+"nothing is reused unless its identity matches": a reused value is compared with an independent
+computation, and a user mistake must end in one ``error:`` line, not a traceback.
+
+* unseeded random weights (``WEIGHTS none`` with ``SEED -1``): every load draws another model, yet
+  the on-disk evaluation and training-view caches keyed it as ``random, seed -1`` and a second run
+  read the first run's model's features;
+* a truncated copy of a file the project itself wrote into ``~/.cache/clip`` (the seeded random init
+  of a repository model) ended the OpenAI-CLIP trainers in a traceback.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import train
+from clip import clip as oai
+from dassl.utils import read_image
+from tests.helpers import build, train_argv
+from trainers import feature_cache as fc
+
+TRAINER = "FSNL_openclip"
+
+
+@pytest.fixture(autouse=True)
+def _drop_log_handlers(drop_new_log_handlers):
+    """``train.main`` tees the log into each output dir (conftest's ``drop_new_log_handlers``)."""
+
+
+def _fresh_eval_features(trainer):
+    """The test split encoded image by image by ``trainer``'s own model, bypassing every cache."""
+    items = trainer.dm.dataset.test
+    images = torch.stack([trainer.dm.tfm_test(read_image(d.impath)) for d in items])
+    return trainer.encode_images(images, normalize=False)
+
+
+def _fresh_views(trainer, views):
+    """``trainer``'s training views computed by its own model, without any store or file."""
+    return fc.encode_views(trainer.cfg, trainer.dm.dataset.train_x, trainer.dm.tfm_train,
+                           lambda x: trainer.encode_images(x, normalize=False), views, int(trainer.cfg.SEED))
+
+
+def test_unseeded_random_weights_never_reuse_another_models_features(toy_root, tmp_path):
+    """Two processes with ``WEIGHTS none`` and ``--seed -1`` build two different models (simulated by
+    two global RNG states); the second must not be handed the first one's features from disk."""
+    opts = ("TEST.FEATURE_CACHE_DIR", str(tmp_path / "eval"), "DATALOADER.FEATURE_CACHE.VIEWS", "2",
+            "DATALOADER.FEATURE_CACHE.DIR", str(tmp_path / "views"), "MODEL.BACKBONE.WEIGHTS", "none")
+    torch.manual_seed(11)
+    first = build(toy_root, tmp_path / "a", TRAINER, *opts, seed=-1)
+    torch.cat([b["feat"] for b in first.eval_loader("test")])
+    torch.manual_seed(12)
+    second = build(toy_root, tmp_path / "b", TRAINER, *opts, seed=-1)
+    first_params = dict(first.clip.model.named_parameters())
+    assert any(not torch.equal(p, first_params[n]) for n, p in second.clip.model.named_parameters())
+
+    got = torch.cat([b["feat"] for b in second.eval_loader("test")])
+    torch.testing.assert_close(got, _fresh_eval_features(second), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(second._cached_train.features, _fresh_views(second, 2), atol=1e-5, rtol=1e-5)
+    # features no later run can reuse are not written either
+    assert not [p for d in ("eval", "views") for p in (tmp_path / d).glob("**/*") if p.is_file()]
+
+
+def test_truncated_repository_weights_in_the_clip_cache_are_written_again(toy_root, tmp_path, monkeypatch, capsys):
+    """``~/.cache/clip/openai-tiny-<digest>.pt`` is the project's own file (a seeded random init): a
+    truncated copy of it (a partial rsync, a full disk while copying a home folder) ended CoOp in a
+    ``RuntimeError`` traceback from ``torch.load``; it is written again, equal to a fresh one."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(oai.WEIGHTS_ENV, raising=False)
+    url = oai._MODELS["openai-tiny"]
+    path = oai._download(url)
+    assert path == str(tmp_path / "home" / ".cache" / "clip" / os.path.basename(url))
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+    out = tmp_path / "run"
+    code = train.cli(train_argv(toy_root, out, "CoOp", "OPTIM.MAX_EPOCH", "1"))
+    assert code == 0, capsys.readouterr().err
+    assert (out / "results.json").is_file()
+    fresh = oai.load_state_dict(oai._download(url, root=str(tmp_path / "fresh")))
+    rewritten = oai.load_state_dict(path)
+    assert rewritten.keys() == fresh.keys() and all(torch.equal(rewritten[k], fresh[k]) for k in fresh)
