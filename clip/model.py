@@ -4,15 +4,24 @@ CoOp-family trainers reach into the model: they add ``positional_embedding`` to 
 embeddings, permute to *sequence-first* (LND) and call ``transformer(x)`` with no mask, then apply
 ``ln_final``, pick the EOT row and multiply by ``text_projection``; they read ``dtype``,
 ``visual.input_resolution``, ``visual.output_dim``, ``ln_final.weight.shape`` and ``logit_scale``.
-:class:`CLIP` exposes exactly that layout around open_clip's modules:
+Visual-prompt descendants (DAPT, VPT-style) do the same on the image side: ``visual.conv1``, the
+class and positional embeddings, ``ln_pre``, then ``visual.transformer(x)`` on LND input,
+``ln_post`` and ``proj``. :class:`CLIP` exposes exactly that layout around open_clip's modules:
 
-* ``transformer`` is a :class:`SequenceFirstTransformer`: open_clip's residual blocks (which are
-  batch-first) behind an LND interface, with OpenAI's causal mask built in (cut to the input length);
-* ``visual`` is open_clip's ``VisionTransformer`` / ``ModifiedResNet`` (same parameter names as
-  OpenAI's), given OpenAI's ``input_resolution`` attribute;
+* ``transformer`` and ``visual.transformer`` are OpenAI :class:`Transformer` s: an ``nn.Sequential``
+  ``resblocks`` of OpenAI :class:`ResidualAttentionBlock` s, each sequence-first (``[L, N, D]`` in
+  and out) and holding its own ``attn_mask`` (the text tower's causal mask, cut to the input length;
+  ``None`` in the image tower), around open_clip's own (batch-first) attention, MLP and norms;
+* a ViT ``visual`` is an OpenAI :class:`VisionTransformer` over open_clip's modules (its ``forward``
+  is OpenAI's, so a trainer's step-by-step image path and ``encode_image`` agree); a ResNet
+  ``visual`` is open_clip's ``ModifiedResNet`` (OpenAI's layout already), given ``input_resolution``;
 * the state-dict keys are OpenAI's, so :func:`build_model` loads an OpenAI checkpoint (JIT archive
   state dict or plain state dict, open_clip's ``openai`` hub files included) strictly, and
   ``model.state_dict()`` is again an OpenAI-format state dict.
+
+Why wrappers and not open_clip's modules as they are: open_clip's transformers are batch-first, so
+an OpenAI-style call on ``[L, N, D]`` ran without an error and attended across the batch instead of
+the sequence (and a text block called alone ran without its causal mask) -- silently wrong features.
 
 :func:`build_model` returns OpenAI's mixed precision (weights of linear/conv/attention layers and
 the two projections in fp16, as OpenAI's ``convert_weights``); CoOp's trainers call ``.float()``
@@ -20,22 +29,28 @@ for ``PREC fp32 / amp``.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from collections import OrderedDict
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from open_clip.model import CLIP as OpenCLIPModel
 from open_clip.model import build_model_from_openai_state_dict, convert_weights_to_lp
-from open_clip.modified_resnet import ModifiedResNet
-from open_clip.transformer import LayerNorm, QuickGELU, ResidualAttentionBlock, VisionTransformer
+from open_clip.modified_resnet import AttentionPool2d, Bottleneck, ModifiedResNet
+from open_clip.transformer import LayerNorm, QuickGELU
+from open_clip.transformer import ResidualAttentionBlock as OpenCLIPBlock
+from open_clip.transformer import VisionTransformer as OpenCLIPVisionTransformer
 from torch import nn
 
 __all__ = [
     "CLIP",
+    "AttentionPool2d",
+    "Bottleneck",
     "LayerNorm",
     "ModifiedResNet",
     "QuickGELU",
     "ResidualAttentionBlock",
     "SequenceFirstTransformer",
+    "Transformer",
     "VisionTransformer",
     "build_model",
     "convert_weights",
@@ -45,34 +60,130 @@ __all__ = [
 NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
-class SequenceFirstTransformer(nn.Module):
-    """OpenAI's ``Transformer`` interface (``[L, N, D]`` in and out) over open_clip's blocks.
+class ResidualAttentionBlock(nn.Module):
+    """OpenAI's residual attention block: ``[L, N, D]`` in and out, masked by its own ``attn_mask``.
 
-    ``attn_mask`` (``[Lmax, Lmax]``, -inf above the diagonal) is applied to every call, as in
-    OpenAI's text transformer, whose callers never pass a mask; it is sliced to the input length so
-    shorter sequences work too. The blocks are the open_clip model's own modules (shared weights),
-    registered under ``resblocks`` so parameter names stay ``transformer.resblocks.<i>.…``.
+    ``ResidualAttentionBlock(d_model, n_head, attn_mask)`` builds a fresh block with OpenAI's modules
+    (sequence-first attention, QuickGELU MLP), for trainers that build an extra transformer as
+    OpenAI's code does; :meth:`from_open_clip` adopts an open_clip block's modules instead (shared
+    weights, same parameter names) and runs its batch-first attention on transposed input.
+    ``attn_mask`` is cut to the input length, so a block also serves sequences shorter than the
+    context (OpenAI's mask is fixed at 77 there).
     """
 
-    def __init__(self, transformer: nn.Module, attn_mask: Optional[torch.Tensor] = None) -> None:
+    def __init__(self, d_model: int, n_head: int, attn_mask: Optional[torch.Tensor] = None,
+                 modules: Optional[Mapping[str, nn.Module]] = None) -> None:
         super().__init__()
-        self.width = int(transformer.width)
-        self.layers = int(transformer.layers)
-        self.resblocks = transformer.resblocks
-        self.batch_first = bool(getattr(transformer, "batch_first", True))
-        if attn_mask is not None:
-            self.register_buffer("attn_mask", attn_mask.detach().clone(), persistent=False)
-        else:
-            self.attn_mask = None
+        if modules is None:
+            modules = {
+                "attn": nn.MultiheadAttention(d_model, n_head),
+                "ln_1": LayerNorm(d_model),
+                "mlp": nn.Sequential(OrderedDict([("c_fc", nn.Linear(d_model, d_model * 4)), ("gelu", QuickGELU()),
+                                                  ("c_proj", nn.Linear(d_model * 4, d_model))])),
+                "ln_2": LayerNorm(d_model),
+            }
+        self.attn = modules["attn"]
+        self.ln_1 = modules["ln_1"]
+        self.mlp = modules["mlp"]
+        self.ln_2 = modules["ln_2"]
+        # open_clip's LayerScale (an identity for OpenAI weights, so no state-dict key)
+        self.ls_1 = modules.get("ls_1", nn.Identity())
+        self.ls_2 = modules.get("ls_2", nn.Identity())
+        self.register_buffer("attn_mask", attn_mask, persistent=False)
+
+    @classmethod
+    def from_open_clip(cls, block: nn.Module, attn_mask: Optional[torch.Tensor] = None) -> ResidualAttentionBlock:
+        """OpenAI's interface over an open_clip self-attention block (its modules, not copies)."""
+        if not isinstance(block, OpenCLIPBlock) or hasattr(block, "ln_1_kv"):
+            raise TypeError(f"expected an open_clip self-attention ResidualAttentionBlock, got {type(block).__name__}")
+        names = ("attn", "ln_1", "mlp", "ln_2", "ls_1", "ls_2")
+        return cls(block.attn.embed_dim, block.attn.num_heads, attn_mask,
+                   modules={n: getattr(block, n) for n in names})
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Self-attention of ``x`` (``[L, N, D]``) under ``attn_mask`` (cut to ``L``)."""
+        mask = self.attn_mask
+        if mask is not None:
+            mask = mask[: x.shape[0], : x.shape[0]].to(device=x.device)
+            mask = mask.to(x.dtype) if mask.is_floating_point() else mask
+        batch_first = bool(getattr(self.attn, "batch_first", False))
+        h = x.transpose(0, 1) if batch_first else x
+        out = self.attn(h, h, h, need_weights=False, attn_mask=mask)[0]
+        return out.transpose(0, 1) if batch_first else out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        length = x.shape[0]
-        mask = None if self.attn_mask is None else self.attn_mask[:length, :length]
-        if self.batch_first:
-            x = x.transpose(0, 1)
-        for block in self.resblocks:
-            x = block(x, attn_mask=mask)
-        return x.transpose(0, 1) if self.batch_first else x
+        x = x + self.ls_1(self.attention(self.ln_1(x)))
+        return x + self.ls_2(self.mlp(self.ln_2(x)))
+
+
+class Transformer(nn.Module):
+    """OpenAI's ``Transformer``: ``resblocks`` (an ``nn.Sequential``) on ``[L, N, D]``, no mask argument.
+
+    ``Transformer(width, layers, heads, attn_mask)`` builds fresh OpenAI blocks; :meth:`from_open_clip`
+    wraps an open_clip transformer's blocks (shared weights, parameter names
+    ``resblocks.<i>.…`` as in both libraries).
+    """
+
+    def __init__(self, width: int, layers: int, heads: int, attn_mask: Optional[torch.Tensor] = None,
+                 blocks: Optional[Sequence[ResidualAttentionBlock]] = None) -> None:
+        super().__init__()
+        self.width = int(width)
+        self.layers = int(layers)
+        if blocks is None:
+            blocks = [ResidualAttentionBlock(width, heads, attn_mask) for _ in range(layers)]
+        self.resblocks = nn.Sequential(*blocks)
+
+    @classmethod
+    def from_open_clip(cls, transformer: nn.Module, attn_mask: Optional[torch.Tensor] = None) -> Transformer:
+        blocks = [ResidualAttentionBlock.from_open_clip(b, attn_mask) for b in transformer.resblocks]
+        heads = blocks[0].attn.num_heads if blocks else 0
+        return cls(int(transformer.width), len(blocks), heads, attn_mask, blocks=blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.resblocks(x)
+
+
+#: The name this module's sequence-first transformer had before it took OpenAI's name.
+SequenceFirstTransformer = Transformer
+
+
+class VisionTransformer(nn.Module):
+    """OpenAI's image ViT (its attributes and its ``forward``) over an open_clip ``VisionTransformer``.
+
+    Only open_clip ViTs that compute what OpenAI's does are accepted (class-token pooling, ``ln_post``
+    before pooling, no attentional pooler, no active patch dropout): every OpenAI-format checkpoint.
+    """
+
+    def __init__(self, visual: nn.Module) -> None:
+        super().__init__()
+        problems = [what for what, bad in (
+            ("not an open_clip VisionTransformer", not isinstance(visual, OpenCLIPVisionTransformer)),
+            ("an attentional pooler", getattr(visual, "attn_pool", None) is not None),
+            ("pooling other than the class token", getattr(visual, "pool_type", "tok") != "tok"),
+            ("ln_post after pooling", bool(getattr(visual, "final_ln_after_pool", False))),
+            ("patch dropout", float(getattr(getattr(visual, "patch_dropout", None), "prob", 0.0)) > 0),
+        ) if bad]
+        if problems:
+            raise TypeError(f"this visual tower has no OpenAI equivalent: {', '.join(problems)}")
+        self.input_resolution = int(_two(visual.image_size)[0])
+        self.output_dim = int(visual.output_dim)
+        self.conv1 = visual.conv1
+        self.class_embedding = visual.class_embedding
+        self.positional_embedding = visual.positional_embedding
+        self.ln_pre = visual.ln_pre
+        self.transformer = Transformer.from_open_clip(visual.transformer)
+        self.ln_post = visual.ln_post
+        self.proj = visual.proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)  # [N, width, grid, grid]
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)  # [N, grid**2, width]
+        cls_token = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls_token, x], dim=1) + self.positional_embedding.to(x.dtype)
+        x = self.ln_pre(x)
+        x = self.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)  # through the LND interface
+        x = self.ln_post(x[:, 0, :])
+        return x @ self.proj if self.proj is not None else x
 
 
 class CLIP(nn.Module):
@@ -85,14 +196,21 @@ class CLIP(nn.Module):
                             f"(a text_projection matrix), got {type(model).__name__}")
         self.context_length = int(model.context_length)
         self.vocab_size = int(model.vocab_size)
-        self.visual = model.visual
-        self.visual.input_resolution = int(_two(model.visual.image_size)[0])
-        self.transformer = SequenceFirstTransformer(model.transformer, model.attn_mask)
+        if isinstance(model.visual, OpenCLIPVisionTransformer):
+            self.visual = VisionTransformer(model.visual)
+        else:  # open_clip's ModifiedResNet: OpenAI's layout and forward already
+            self.visual = model.visual
+            self.visual.input_resolution = int(_two(model.visual.image_size)[0])
+        self.transformer = Transformer.from_open_clip(model.transformer, model.attn_mask)
         self.token_embedding = model.token_embedding
         self.positional_embedding = model.positional_embedding
         self.ln_final = model.ln_final
         self.text_projection = model.text_projection
         self.logit_scale = model.logit_scale
+
+    def build_attention_mask(self) -> torch.Tensor:
+        """OpenAI's causal text mask, ``[context_length, context_length]``: -inf above the diagonal."""
+        return torch.full((self.context_length, self.context_length), float("-inf")).triu_(1)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -128,9 +246,11 @@ def _two(size: Any) -> Tuple[int, int]:
 def convert_weights(model: nn.Module) -> None:
     """OpenAI's ``convert_weights``: linear/conv/attention weights and the projections to fp16."""
     convert_weights_to_lp(model, torch.float16)
-    for module in model.modules():
-        if isinstance(module, CLIP) and module.text_projection is not None:
-            module.text_projection.data = module.text_projection.data.half()
+    for module in model.modules():  # the projections open_clip's converter does not know on these classes
+        projection = (module.text_projection if isinstance(module, CLIP)
+                      else module.proj if isinstance(module, VisionTransformer) else None)
+        if projection is not None:
+            projection.data = projection.data.half()
 
 
 def build_model(state_dict: Dict[str, torch.Tensor]) -> CLIP:
