@@ -8,7 +8,9 @@ computation, and a user mistake must end in one ``error:`` line, not a traceback
   the on-disk evaluation and training-view caches keyed it as ``random, seed -1`` and a second run
   read the first run's model's features;
 * a truncated copy of a file the project itself wrote into ``~/.cache/clip`` (the seeded random init
-  of a repository model) ended the OpenAI-CLIP trainers in a traceback.
+  of a repository model) ended the OpenAI-CLIP trainers in a traceback;
+* a resumed FSNL run whose checkpoint names do not fit (written by code that tokenised a name
+  differently) went on from a half-loaded state instead of stopping in one line.
 """
 from __future__ import annotations
 
@@ -83,3 +85,35 @@ def test_truncated_repository_weights_in_the_clip_cache_are_written_again(toy_ro
     fresh = oai.load_state_dict(oai._download(url, root=str(tmp_path / "fresh")))
     rewritten = oai.load_state_dict(path)
     assert rewritten.keys() == fresh.keys() and all(torch.equal(rewritten[k], fresh[k]) for k in fresh)
+
+
+def _tree_bytes(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_resume_from_a_checkpoint_whose_names_do_not_fit_is_one_line(toy_root, tmp_path, capsys):
+    """An interrupted FSNL run resumed after a code change that tokenises a class name into another
+    number of tokens (simulated: one name's tensor in the checkpoint gets another shape, its
+    configuration fingerprint untouched). The name was skipped with a warning and the run went on from
+    the checkpoint with that name at its initial value, its results filed as the resumed run's; the
+    engine's rule for a resume whose weights do not fit is one ``error:`` line, nothing changed."""
+    out = tmp_path / "run"
+    argv = train_argv(toy_root, out, TRAINER, "OPTIM.MAX_EPOCH", "2", "TRAIN.CHECKPOINT_FREQ", "1",
+                      "TEST.NO_TEST", "True")
+    assert train.cli(argv) == 0
+    learner = out / "name_learner"
+    (learner / "model.pth.tar-2").unlink()  # interrupted after epoch 1
+    (learner / "checkpoint").write_text("model.pth.tar-1\n")
+    ckpt = torch.load(learner / "model.pth.tar-1", weights_only=True)
+    key = sorted(k for k in ckpt["state_dict"] if k.startswith("name_embeddings."))[0]
+    ckpt["state_dict"][key] = torch.cat([ckpt["state_dict"][key]] * 2)
+    torch.save(ckpt, learner / "model.pth.tar-1")
+    before = _tree_bytes(out)
+    capsys.readouterr()
+
+    assert train.cli(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert "cannot resume from" in err and str(learner / "model.pth.tar-1") in err, err
+    after = _tree_bytes(out)
+    assert {k: v for k, v in after.items() if k != "log.txt"} == {k: v for k, v in before.items() if k != "log.txt"}

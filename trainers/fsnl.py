@@ -192,11 +192,13 @@ class NameLearner(nn.Module):
             out[f"{prefix}name_embeddings.{name}"] = t if keep_vars else t.detach().clone()
         return out
 
-    def load_names(self, state_dict: Dict[str, torch.Tensor]) -> Tuple[int, int]:
+    def load_names(self, state_dict: Dict[str, torch.Tensor],
+                   misfits: Optional[List[str]] = None) -> Tuple[int, int]:
         """Copy every checkpoint name that exists here with the same shape; return (matched, total).
 
         Keys are normalised before matching, so reference checkpoints (whose keys keep ``_``) and
-        ours agree. The reference's ``clip_model_token_embedding.weight`` is ignored (B8).
+        ours agree. The reference's ``clip_model_token_embedding.weight`` is ignored (B8). A name of
+        another shape is skipped with a warning, or listed in ``misfits`` for the caller to judge.
         """
         incoming = {}
         for key, value in strip_module_prefix(state_dict).items():
@@ -209,8 +211,11 @@ class NameLearner(nn.Module):
                 if i is None:
                     continue
                 if tuple(value.shape) != (self.lengths[i], self.bank.shape[1]):
-                    logger.warning("Skipping name %r: checkpoint shape %s != %s", name,
-                                   tuple(value.shape), (self.lengths[i], self.bank.shape[1]))
+                    why = f"name {name!r}: checkpoint shape {tuple(value.shape)} != {(self.lengths[i], self.bank.shape[1])}"
+                    if misfits is None:
+                        logger.warning("Skipping %s", why)
+                    else:
+                        misfits.append(why)
                     continue
                 self.bank[self.offsets[i]:self.offsets[i + 1]] = value.to(self.bank)
                 matched += 1
@@ -381,8 +386,18 @@ class FSNL_openclip(ClipTrainer):
     def load_state(self, name: str, state_dict: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> None:
         if name != "name_learner":
             return super().load_state(name, state_dict, meta)
-        matched, total = self.name_learner.load_names(state_dict)
+        misfits: List[str] = []
+        matched, total = self.name_learner.load_names(state_dict, misfits)
         own = len(self.name_learner.classnames)
+        theirs = meta.get("classnames")
+        if misfits and isinstance(theirs, (list, tuple)) and [str(c) for c in theirs] == self.label_space():
+            # Its own label space, yet names that do not fit: the checkpoint was written by code that
+            # tokenised them differently (or edited). Keeping those names at their initial value went on
+            # silently, e.g. a resume trained on from a half-loaded state; the engine makes this one line.
+            raise ValueError(f"{len(misfits)} of the {own} learned names of its own label space have another "
+                             f"shape here, e.g. {misfits[0]} (written by another version of the code?)")
+        for why in misfits:
+            logger.warning("Skipping %s", why)
         if total and not matched and not meta.get("classnames") and self.load_info is not None:
             # A checkpoint without meta (the reference's) names its classes only through its keys.
             raise CheckpointError(
