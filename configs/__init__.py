@@ -153,7 +153,7 @@ def _merge_file(cfg: Any, path: str, what: str) -> None:
         key = msg.split("Non-existent config key:")[-1].strip()
         raise _unknown_key_error(cfg, key, f"{what} {path}") from None
     except ValueError as e:
-        raise ConfigError(f"{what} {path}: {_value_problem(e)}") from None
+        raise ConfigError(f"{what} {path}: {_value_problem(e, cfg)}") from None
 
 
 #: yacs' message for a value of the wrong type (``_check_and_coerce_cfg_value_type``).
@@ -161,9 +161,10 @@ _TYPE_MISMATCH = re.compile(r"Type mismatch \(<class '([\w.]+)'> vs\. <class '([
                             r"\((.*) vs\. (.*)\) for config key: (\S+)\s*$", re.S)
 
 
-def _value_problem(e: Exception) -> str:
+def _value_problem(e: Exception, cfg: Any) -> str:
     """yacs' merge error on one line: a type mismatch where the default is a section (``OPTIM: 5``)
-    printed the whole default section over 20 lines."""
+    printed the whole default section over 20 lines. A key a trainer file declares with another type
+    (a dropped-in descendant's ``extend_cfg``, not used since declarations only add keys) is named."""
     msg = str(e)
     m = _TYPE_MISMATCH.search(msg)
     if m is None:
@@ -171,7 +172,13 @@ def _value_problem(e: Exception) -> str:
     want, got, _, value, key = m.groups()
     if want.endswith("CfgNode"):
         return f"{key} is a section of keys, not a value (got {got} {' '.join(value.split())[:80]}); write its keys below it"
-    return f"{key} must be of type {want.rsplit('.', 1)[-1]}, got {got} {' '.join(value.split())[:80]}"
+    want = want.rsplit(".", 1)[-1]
+    problem = f"{key} must be of type {want}, got {got} {' '.join(value.split())[:80]}"
+    others = trainers.other_type_declarations(cfg, key)
+    if others:
+        problem += (f" ({'; '.join(others)}, but the first declaration, a {want}, is the one used: "
+                    f"write a {want} value)")
+    return problem
 
 
 def merge_opts(cfg: Any, opts: Optional[Sequence[Any]]) -> None:
@@ -203,7 +210,7 @@ def merge_opts(cfg: Any, opts: Optional[Sequence[Any]]) -> None:
     try:
         cfg.merge_from_list(fixed)
     except (ValueError, AssertionError) as e:
-        raise ConfigError(f"command-line overrides: {_value_problem(e)}") from None
+        raise ConfigError(f"command-line overrides: {_value_problem(e, cfg)}") from None
 
 
 def _int_at_least(cfg: Any, key: str, low: int, why: str) -> None:

@@ -438,3 +438,43 @@ def test_each_openai_trainer_file_can_be_replaced_by_coops_alone():
     assert len(imagenet_templates.IMAGENET_TEMPLATES) == 80 and len(imagenet_templates.IMAGENET_TEMPLATES_SELECT) == 7
     assert isinstance(imagenet_templates.IMAGENET_TEMPLATES_SELECT, list)  # CoOp's ZS2 does += [...]
     assert callable(oai_model.convert_weights)  # CoOp's zsclip.py: from clip.model import convert_weights
+
+
+REDECLARED = '''
+from dassl.engine import TRAINER_REGISTRY, TrainerX
+
+
+def extend_cfg(cfg):  # as KgCoOp's train.py: CoOp's CTX_INIT re-declared as a bool
+    cfg.TRAINER.COOP.CTX_INIT = False
+    cfg.TRAINER.COOP.N_CTX = 4
+
+
+@TRAINER_REGISTRY.register()
+class Redeclares(TrainerX):
+    pass
+'''
+
+
+def test_a_key_a_dropped_in_trainer_declares_with_another_type_is_named_in_the_error(tmp_path, monkeypatch):
+    """KgCoOp's ``extend_cfg`` declares ``TRAINER.COOP.CTX_INIT = False`` and its yamls write ``True``;
+    declarations only add keys, so the project's string default stays and the yaml failed with a bare
+    type error. It now names the file that declared the bool and says what to write."""
+    (tmp_path / "zz_redeclares.py").write_text(REDECLARED)
+    monkeypatch.setattr(trainers, "__path__", [*trainers.__path__, str(tmp_path)])
+    yaml_file = tmp_path / "kg.yaml"
+    yaml_file.write_text("TRAINER:\n  COOP:\n    CTX_INIT: True\n")
+    with pytest.raises(configs.ConfigError) as info:
+        configs.build_cfg(trainer="Redeclares", config=str(yaml_file))
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"trainer config file {yaml_file}: TRAINER.COOP.CTX_INIT must be of type str, got bool True")
+    assert f"got bool True ({tmp_path / 'zz_redeclares.py'} declares it as bool False, but the first" in message
+    assert message.endswith("write a str value)")
+    # the same value on the command line gets the same explanation; the same type needs none
+    with pytest.raises(configs.ConfigError, match="zz_redeclares.py declares it as bool False"):
+        configs.build_cfg(trainer="Redeclares", opts=["TRAINER.COOP.CTX_INIT", "True"])
+    assert configs.build_cfg(trainer="Redeclares", opts=["TRAINER.COOP.CTX_INIT", "a photo of a"]).TRAINER.COOP.CTX_INIT == "a photo of a"
+    # a type mismatch no hook explains stays as it was
+    with pytest.raises(configs.ConfigError) as plain:
+        configs.build_cfg(trainer="Redeclares", opts=["TRAINER.COOP.N_CTX", "'x'"])
+    assert str(plain.value) == "command-line overrides: TRAINER.COOP.N_CTX must be of type int, got str x"

@@ -20,13 +20,15 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import os
 import pkgutil
 from types import ModuleType
-from typing import List, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from yacs.config import CfgNode as CN
 
-__all__ = ["CONFIG_HOOKS", "add_trainer_configs", "broken_modules", "trainer_module_names", "trainer_modules"]
+__all__ = ["CONFIG_HOOKS", "add_trainer_configs", "broken_modules", "other_type_declarations",
+           "trainer_module_names", "trainer_modules"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,16 +87,65 @@ def _add_new_keys(dst: CN, src: CN, prefix: str = "") -> List[str]:
     return added
 
 
+def _config_hook(module: ModuleType) -> Optional[Callable[[CN], None]]:
+    return next((getattr(module, n) for n in CONFIG_HOOKS if callable(getattr(module, n, None))), None)
+
+
 def add_trainer_configs(cfg: CN) -> None:
     """Let every trainer module declare its config keys (see the module docstring)."""
     for module in trainer_modules():
-        hook = next((getattr(module, n) for n in CONFIG_HOOKS if callable(getattr(module, n, None))), None)
+        hook = _config_hook(module)
         if hook is None:
             continue
         scratch = cfg.clone()
         hook(scratch)
         added = _add_new_keys(cfg, scratch)
         logger.debug("%s declares %d config key(s)", module.__name__, len(added))
+
+
+def _shown_path(module: ModuleType) -> str:
+    """``trainers/<name>.py`` for the project's folder (as the other messages here), else the full path."""
+    path = os.path.abspath(module.__file__ or module.__name__)
+    here = os.path.dirname(os.path.abspath(__file__))
+    return f"trainers/{os.path.basename(path)}" if os.path.dirname(path) == here else path
+
+
+def _leaf(cfg: CN, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(key)
+        node = node[part]
+    return node
+
+
+def other_type_declarations(cfg: CN, key: str) -> List[str]:
+    """The trainer files whose config hook gives ``key`` a default of another type than ``cfg`` has.
+
+    Declarations only add keys, so such a default is not used: a dropped-in descendant's yaml that
+    relies on it (KgCoOp declares ``TRAINER.COOP.CTX_INIT = False`` and its yamls write ``True``,
+    where the project declares a string) then fails yacs' type check. The error names the file that
+    declared the other type, so the fix is plain; computed only on that error path (each hook runs
+    again on a copy of ``cfg``).
+    """
+    try:
+        current = _leaf(cfg, key)
+    except KeyError:
+        return []
+    found = []
+    for module in trainer_modules():
+        hook = _config_hook(module)
+        if hook is None:
+            continue
+        scratch = cfg.clone()
+        try:
+            hook(scratch)
+            value = _leaf(scratch, key)
+        except Exception:  # noqa: BLE001 -- a hook that fails here failed the same way at declaration
+            continue
+        if type(value) is not type(current):
+            found.append(f"{_shown_path(module)} declares it as {type(value).__name__} {value!r}")
+    return found
 
 
 trainer_modules()
