@@ -119,12 +119,17 @@ def _readable_version(real_path: str, size: int, mtime_ns: int) -> bool:
     return True
 
 
+def _readable(path: str) -> bool:
+    """Whether ``path`` reads as weights, checked once per file version."""
+    ident = file_identity(path, content_hash=False)
+    return _readable_version(ident["path"], ident["size"], ident["mtime_ns"])
+
+
 def _own_file_intact(path: str) -> bool:
     """A weights file this module wrote itself (an open_clip conversion, a repository model's init) is
     reused only while it still reads: a truncated or damaged copy of it (a partial rsync of a home
     folder) ended every OpenAI-CLIP run in a ``torch.load`` traceback. Checked once per file version."""
-    ident = file_identity(path, content_hash=False)
-    if _readable_version(ident["path"], ident["size"], ident["mtime_ns"]):
+    if _readable(path):
         return True
     logger.warning("%s cannot be read (truncated or damaged): writing it again", path)
     return False
@@ -224,11 +229,16 @@ def openai_weights_identity(cfg: Any) -> Optional[Dict[str, Any]]:
     (``clip._download(clip._MODELS[MODEL.BACKBONE.NAME])``, as CoOp's files do): the content of the
     file that call resolves -- the same file the trainer loads -- so a replaced ``~/.cache/clip`` file
     or another ``CLIP_WEIGHTS`` is another run. None for a name that is not an OpenAI CLIP name.
-    Raises :class:`BackboneNotFoundError` (one line) when no weight file can be found."""
+    Raises :class:`BackboneNotFoundError` (one line) when no weight file can be found, and
+    :class:`BackboneError` when the file found does not read as weights."""
     name = str(cfg.MODEL.BACKBONE.NAME)
     if name not in _MODELS:
         return None
-    return {"kind": "file", "model": name, **content_identity(_download(_MODELS[name]))}
+    path = _download(_MODELS[name])
+    if not _readable(path):  # asked before any run starts: a user's truncated file was a torch.load traceback
+        raise BackboneError(f"the weights of CLIP {name!r}, {path}, cannot be read (truncated, or not a weights "
+                            f"file); replace it with intact weights (or point {WEIGHTS_ENV} at them)")
+    return {"kind": "file", "model": name, **content_identity(path)}
 
 
 def load(name: str, device: Union[str, torch.device] = "cuda" if torch.cuda.is_available() else "cpu",

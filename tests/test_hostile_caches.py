@@ -9,6 +9,7 @@ computation, and a user mistake must end in one ``error:`` line, not a traceback
   read the first run's model's features;
 * a truncated copy of a file the project itself wrote into ``~/.cache/clip`` (the seeded random init
   of a repository model) ended the OpenAI-CLIP trainers in a traceback;
+* a truncated ``CLIP_WEIGHTS`` file (the user's) was a traceback after the data was built;
 * a resumed FSNL run whose checkpoint names do not fit (written by code that tokenised a name
   differently) went on from a half-loaded state instead of stopping in one line.
 """
@@ -117,3 +118,23 @@ def test_resume_from_a_checkpoint_whose_names_do_not_fit_is_one_line(toy_root, t
     assert "cannot resume from" in err and str(learner / "model.pth.tar-1") in err, err
     after = _tree_bytes(out)
     assert {k: v for k, v in after.items() if k != "log.txt"} == {k: v for k, v in before.items() if k != "log.txt"}
+
+
+def test_a_truncated_clip_weights_file_is_one_line_before_any_work(toy_root, tmp_path, monkeypatch, capsys):
+    """``CLIP_WEIGHTS`` naming a truncated copy of the weights (the user's file, not the project's: it
+    is refused, not replaced) ended CoOp in a ``torch.load`` traceback; now one ``error:`` line naming
+    the file, before any output is written, and the file is left as it was."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(oai.WEIGHTS_ENV, raising=False)
+    intact = oai._download(oai._MODELS["openai-tiny"], root=str(tmp_path / "made"))
+    data = open(intact, "rb").read()[: os.path.getsize(intact) // 2]
+    mine = tmp_path / "mine.pt"
+    mine.write_bytes(data)
+    monkeypatch.setenv(oai.WEIGHTS_ENV, str(mine))
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert train.cli(train_argv(toy_root, out, "CoOp")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and str(mine) in err, err
+    assert mine.read_bytes() == data and not out.exists()
+    assert not (tmp_path / "home" / ".cache" / "clip").exists()

@@ -24,7 +24,8 @@ PRECISIONS = ("fp16", "fp32", "amp")
 
 
 def check_backbone(cfg: Any) -> None:
-    """``MODEL.BACKBONE.NAME`` must be a ``clip._MODELS`` key (checked before any data is built)."""
+    """``MODEL.BACKBONE.NAME`` must be a ``clip._MODELS`` key whose weight file is found and reads as
+    weights (checked before any data is built)."""
     backbone_name = cfg.MODEL.BACKBONE.NAME
     if backbone_name not in clip._MODELS:
         raise clip.BackboneError(
@@ -40,6 +41,9 @@ def check_backbone(cfg: Any) -> None:
             f"of MODEL.BACKBONE.NAME by name; set it to 'openai' (or 'none' for openai-tiny) and point "
             f"{clip.WEIGHTS_ENV} at a local weight file instead"
         )
+    # the file clip._download resolves must read as weights: a truncated CLIP_WEIGHTS file was a torch.load
+    # traceback after the data was built (clip.openai_weights_identity owns the check)
+    clip.openai_weights_identity(cfg)
 
 
 def check_precision(prec: str, key: str) -> None:
