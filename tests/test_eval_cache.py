@@ -161,3 +161,23 @@ def test_second_run_reuses_evaluation_features(toy_root, tmp_path, monkeypatch):
     run_train(train_argv(toy_root, tmp_path / "fsnl_ip", TRAINER, *cache, "DATASET.SUB_CLASSES", "IP",
                          "TEST.ALLOW_UNTRAINED", "True", extra=("--eval-only",)))
     assert encoded == []
+
+
+def test_seeded_random_models_keep_their_own_evaluation_slots(toy_root, tmp_path, caplog):
+    """``WEIGHTS none`` is one model per seed. The evaluation slot did not name the seed, so seeds 1
+    and 2 replaced each other's test features in turn; each now has its own file, and going back to
+    seed 1 reads its features instead of encoding them again."""
+    opts = ("TEST.FEATURE_CACHE_DIR", str(tmp_path / "eval_cache"))
+    first = build(toy_root, tmp_path / "a", TRAINER, *opts, seed=1)
+    eval_1 = eval_features(first)
+    second = build(toy_root, tmp_path / "b", TRAINER, *opts, seed=2)
+    eval_2 = eval_features(second)
+    assert not torch.allclose(eval_1, eval_2)  # two models
+    files = sorted(p.name for p in (tmp_path / "eval_cache").iterdir() if p.name.startswith("eval_test_"))
+    assert len(files) == 2, files
+    with caplog.at_level(logging.INFO):
+        again = build(toy_root, tmp_path / "c", TRAINER, *opts, seed=1)
+        eval_3 = eval_features(again)
+    assert "stale" not in caplog.text and "weights changed" not in caplog.text
+    torch.testing.assert_close(eval_3, eval_1)
+    torch.testing.assert_close(eval_3, fresh_eval_features(again), atol=1e-5, rtol=1e-5)

@@ -65,8 +65,10 @@ from dassl.utils.identity import content_identity, files_digest, json_digest, st
 logger = logging.getLogger(__name__)
 
 # 3: content keys (version 2 of the keys) + per-image view RNG; 4: the image count in the key and the
-# features' shape, dtype and SHA-256 stored beside them (an edited tensor is recomputed, not used)
-CACHE_VERSION = 4
+# features' shape, dtype and SHA-256 stored beside them (an edited tensor is recomputed, not used);
+# 5: ``read_image`` scales 16-bit and float grayscale images to 8 bits instead of PIL's clipping
+# (dcc9659, 5b4c94a): features cached before for such images are not what the code now encodes
+CACHE_VERSION = 5
 
 #: ``shared`` flag set by the grid engine: the in-memory stores are the cache, nothing goes to disk.
 STORE_ONLY = "feature_store_only"
@@ -138,9 +140,17 @@ def _weights(cfg: Any) -> Dict[str, Any]:
 
 
 def _locator(cfg: Any, precision: str, device: str) -> Dict[str, Any]:
+    """The part of a slot that names the model. Seeded random weights (``WEIGHTS none``) are one
+    model per seed, so the seed names them too: without it, evaluations of two seeds' models shared
+    one evaluation slot and each replaced the other's features in turn (correct, but every run
+    encoded its splits again)."""
     bb = cfg.MODEL.BACKBONE
-    return {"backbone": str(bb.NAME), "weights": str(bb.get("WEIGHTS", "")),
-            "quick_gelu": str(bb.get("QUICK_GELU", "auto")), "precision": precision, "device": device}
+    out = {"backbone": str(bb.NAME), "weights": str(bb.get("WEIGHTS", "")),
+           "quick_gelu": str(bb.get("QUICK_GELU", "auto")), "precision": precision, "device": device}
+    ident = weights_identity(cfg)
+    if ident.get("kind") == "random":
+        out["random_seed"] = int(ident.get("seed", -1))
+    return out
 
 
 def cache_meta(cfg: Any, dataset: Any, precision: str, views: int, transform: Any = None,
