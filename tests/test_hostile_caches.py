@@ -22,8 +22,9 @@ import torch
 
 import train
 from clip import clip as oai
+from dassl.data.transforms import build_transform
 from dassl.utils import read_image
-from tests.helpers import build, train_argv
+from tests.helpers import build, make_cfg, train_argv
 from trainers import feature_cache as fc
 
 TRAINER = "FSNL_openclip"
@@ -138,3 +139,21 @@ def test_a_truncated_clip_weights_file_is_one_line_before_any_work(toy_root, tmp
     assert err.startswith("error: ") and "\n" not in err and str(mine) in err, err
     assert mine.read_bytes() == data and not out.exists()
     assert not (tmp_path / "home" / ".cache" / "clip").exists()
+
+
+def test_training_views_of_another_input_config_are_another_store(tmp_path):
+    """The grid shares training views between cells whose store keys match. A transform's ``repr``
+    does not show every parameter (torchvision's ``AutoAugment`` omits its interpolation), so two cells
+    differing only in ``INPUT.INTERPOLATION`` under ``imagenet_policy`` shared one store; the key of
+    training views includes ``INPUT`` now. Evaluation stores keep sharing across such cells."""
+    policy = ("INPUT.TRANSFORMS", "('random_crop','imagenet_policy','normalize')")
+    cfgs = [make_cfg(tmp_path, tmp_path / "out", TRAINER, *policy, "INPUT.INTERPOLATION", interp)
+            for interp in ("bilinear", "bicubic")]
+    train_tfms = [build_transform(cfg, is_train=True) for cfg in cfgs]
+    assert repr(train_tfms[0]) == repr(train_tfms[1])  # what the key saw before
+    keys = [fc.store_namespace("train", cfg, tfm, "fp32", "cpu", 1) for cfg, tfm in zip(cfgs, train_tfms)]
+    assert keys[0] != keys[1]
+    assert keys[0] == fc.store_namespace("train", cfgs[0], train_tfms[0], "fp32", "cpu", 1)
+    test_tfm = build_transform(cfgs[0], is_train=False)
+    assert (fc.store_namespace("eval", cfgs[0], test_tfm, "fp32", "cpu", None)
+            == fc.store_namespace("eval", cfgs[1], test_tfm, "fp32", "cpu", None))

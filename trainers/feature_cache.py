@@ -317,9 +317,13 @@ class FeatureStore:
 def store_namespace(kind: str, cfg: Any, transform: Any, precision: str, device: str,
                     seed: Optional[int]) -> Tuple[str, str]:
     """The ``shared`` key of a store: everything the features depend on besides the image and view
-    (the transform by its ``repr``, which lists every op and parameter)."""
+    (the transform by its ``repr``, which lists the ops and most parameters). Training views also key
+    on ``INPUT``, as the on-disk cache does: a ``repr`` does not show every parameter (torchvision's
+    ``AutoAugment`` omits its interpolation), so two cells differing only there shared views."""
     meta = {"kind": kind, "weights": weights_identity(cfg), "precision": precision, "device": device,
             "transform": repr(transform), "seed": seed}
+    if kind == "train":
+        meta["input"] = json.loads(json.dumps(cfg.INPUT, default=str))
     return ("feature_store", json_digest(meta))
 
 
