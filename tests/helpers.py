@@ -281,7 +281,8 @@ def stub_project_modules(monkeypatch: pytest.MonkeyPatch, add_trainer_configs: C
     """Stand-ins for ``datasets/``, ``clip/`` and ``trainers/`` so a test exercises only ``train.py`` + dassl.
 
     ``configs.extend_cfg`` calls these three packages; the stand-ins add just ``DATASET.SUB_CLASSES``,
-    ``MODEL.BACKBONE.WEIGHTS`` and whatever trainer keys the caller needs.
+    ``MODEL.BACKBONE.WEIGHTS`` and whatever trainer keys the caller needs (no trainer file declares
+    another type for any key, as ``configs``' type errors ask ``trainers.other_type_declarations``).
     """
 
     def add_dataset_config(cfg: Any) -> None:
@@ -290,11 +291,16 @@ def stub_project_modules(monkeypatch: pytest.MonkeyPatch, add_trainer_configs: C
     def add_clip_config(cfg: Any) -> None:
         cfg.MODEL.BACKBONE.WEIGHTS = "laion400m_e32"
 
-    for name, attr, fn in (
-        ("datasets", "add_dataset_config", add_dataset_config),
-        ("clip", "add_clip_config", add_clip_config),
-        ("trainers", "add_trainer_configs", add_trainer_configs),
+    def other_type_declarations(cfg: Any, key: str) -> List[str]:
+        return []
+
+    for name, functions in (
+        ("datasets", {"add_dataset_config": add_dataset_config}),
+        ("clip", {"add_clip_config": add_clip_config}),
+        ("trainers", {"add_trainer_configs": add_trainer_configs,
+                      "other_type_declarations": other_type_declarations}),
     ):
         mod = types.ModuleType(name)
-        setattr(mod, attr, fn)
+        for attr, fn in functions.items():
+            setattr(mod, attr, fn)
         monkeypatch.setattr(configs, name, mod)
