@@ -17,6 +17,11 @@ Writes ``<ROOT>/<SUBFIELD>_clustering_results.json`` (SUBFIELD = the domain's fo
 with ``image_path`` relative to the root when the image is below it and ``pseudo_label`` the k-means
 cluster index. The run's summary (k-means clustering accuracy, share of correctly named images) is
 printed as JSON.
+
+A file already at the output path is refused before any image is encoded unless ``--overwrite``: the
+format carries no identity, so an earlier file may be the reference's CMS output or the clusters a
+finished GCD run was trained on, and nothing tells it from one this tool wrote. Mistakes (domain, root,
+config, weights, output path) are one ``error:`` line, exit 2, before the backbone loads when they can be.
 """
 from __future__ import annotations
 
@@ -36,17 +41,20 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+import train
 from clip import normalize_name
+from dassl import results
 from dassl.cli import ArgumentParser
 from dassl.evaluation.clustering import clustering_accuracy
 from dassl.utils import set_random_seed
 from datasets.gcd import clustering_results_path, write_clustering_results
 from scripts.cluster_eval import kmeans_labels  # re-exported (moved so scripts/ never imports tools/)
-from scripts.domains import DomainError, laion_beyond_classes, resolve_domain
+from scripts.domains import DomainError, count_classes, laion_beyond_classes, resolve_domain
 from scripts.features import add_backbone_args, cfg_from_args, image_features, load_backbone, text_features
+from scripts.parse_test_res import OutputError, check_output_target
 
 __all__ = ["NAME_TEMPLATE", "DEFAULT_MIN_SIZE", "kmeans_labels", "name_clusters", "cluster_records",
-           "cluster_names", "main"]
+           "cluster_names", "check_output", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,40 +130,58 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", required=True, help="registered (Pokemon89_39, MiniAnimals) or short name (Pokemon)")
     add_backbone_args(p)
     p.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE, help="drop clusters with fewer images")
-    p.add_argument("--n-init", type=int, default=10, help="k-means restarts")
-    p.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS), help="OOP splits to cluster")
+    p.add_argument("--n-init", type=int, default=10, help="k-means restarts (>= 1)")
+    p.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS), choices=("train", "val", "test"),
+                   help="OOP splits to cluster")
     p.add_argument("--out", default="", help="output file (default <ROOT>/<SUBFIELD>_clustering_results.json)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a clustering file already at the output path (refused without it)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides, as for train.py")
     return p
+
+
+def check_output(out: str, overwrite: bool) -> None:
+    """Refuse (:class:`OutputError` / ``WriteError``, one line) an output path whose write would destroy
+    what this call cannot vouch for, before the backbone loads: an existing file unless ``overwrite``
+    (the format has no identity: it may be the reference's CMS output), a directory, a link, a run's
+    folder, or a folder that cannot be written (the read-only dataset root of a shared lab)."""
+    if os.path.isfile(out) and not os.path.islink(out) and not overwrite:
+        raise OutputError(f"{out} exists (the reference's CMS output, or clusters a GCD run was trained on); "
+                          "move it away, give --out another file, or pass --overwrite to replace it")
+    check_output_target(out, f"--out {out}", "clustering results", lambda _path: True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.n_init < 1:
+            raise DomainError(f"--n-init {args.n_init}: k-means needs at least one restart; use --n-init 1 or more")
         dataset = resolve_domain(args.domain)
-    except DomainError as err:
-        print(f"error: {err}", file=sys.stderr)
+        domains = laion_beyond_classes()
+        if dataset not in domains:
+            raise DomainError(f"{dataset} is not a LAION-Beyond-style domain")
+        subfield = domains[dataset].prefix
+        out = args.out or clustering_results_path(os.path.abspath(args.root), subfield)
+        check_output(out, results.overwrite_requested(args.overwrite))
+        count_classes(args.root, dataset, "OOP")  # the data before the backbone: a wrong --root is not worth a load
+        splits = list(dict.fromkeys(args.splits))  # a split named twice would list its images twice
+        cfg = cfg_from_args(args, dataset)
+        set_random_seed(args.seed)
+        device = torch.device(args.device) if args.device else None
+        loaded = load_backbone(cfg, device, args.precision)
+        records, summary = cluster_names(cfg, loaded, args.min_size, args.seed, splits, args.batch_size,
+                                         args.n_init)
+        if not records:
+            print(f"error: every cluster has fewer than {args.min_size} images; lower --min-size", file=sys.stderr)
+            return 1
+        write_clustering_results(out, records)
+    except (DomainError, OutputError, *train.user_errors()) as err:
+        print(f"error: {train.error_message(err)}", file=sys.stderr)
         return 2
-    domains = laion_beyond_classes()
-    if dataset not in domains:
-        print(f"error: {dataset} is not a LAION-Beyond-style domain", file=sys.stderr)
-        return 2
-    subfield = domains[dataset].prefix
-    cfg = cfg_from_args(args, dataset)
-    set_random_seed(args.seed)
-    device = torch.device(args.device) if args.device else None
-    loaded = load_backbone(cfg, device, args.precision)
-    records, summary = cluster_names(cfg, loaded, args.min_size, args.seed, args.splits, args.batch_size, args.n_init)
-    if not records:
-        print(f"error: every cluster has fewer than {args.min_size} images; lower --min-size", file=sys.stderr)
-        return 1
-    out = args.out or clustering_results_path(os.path.abspath(args.root), subfield)
-    write_clustering_results(out, records)
     summary.update(subfield=subfield, output=out)
     print(json.dumps(summary, indent=1))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,127 @@
+"""Hostile inputs to the GCD path (tools.cluster_names), the paper's analysis scripts and evaluation of
+saved checkpoints: each mistake is one ``error:`` line (exit 2) before the heavy work, and nothing on
+disk that the command did not write is lost."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from datasets.gcd import clustering_results_path, read_clustering_results
+from datasets.make_toy import make_toy
+from tests.helpers import snapshot_tree, trainer_config
+from tools import cluster_names
+
+SMOKE = trainer_config("FSNL_openclip")
+#: what a reference CMS file looks like: the authors' absolute paths, another clustering
+REFERENCE = [{"image_path": "/data/authors/Animals92_OOP/images/aardvark/1.jpg", "pseudo_label": 0,
+              "pseudo_classname": "aardvark"}]
+
+
+@pytest.fixture(scope="module")
+def animals_root(tmp_path_factory):
+    """A private toy root with the Animals domain only (tests here add and remove clustering files)."""
+    root = tmp_path_factory.mktemp("hostile_gcd")
+    make_toy(str(root), domains=("Animals92_42",))
+    return root
+
+
+def _cluster_argv(root, *extra):
+    return ["--root", str(root), "--domain", "Animals", "--config", str(SMOKE), "--min-size", "1",
+            "--n-init", "1", *extra]
+
+
+def _no_backbone(*_args, **_kwargs):
+    raise AssertionError("the backbone was loaded before the mistake was reported")
+
+
+def _exit_code(main, argv) -> int:
+    """``main(argv)``'s return value, or the code of the ``SystemExit`` its argument parser raised."""
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return int(stop.code)
+
+
+def _one_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_cluster_names_refuses_an_existing_clustering_file(animals_root, monkeypatch, capsys):
+    """The reference's own file at <ROOT>/<SUBFIELD>_clustering_results.json was replaced without asking."""
+    target = Path(clustering_results_path(str(animals_root), "Animals"))
+    target.write_text(json.dumps(REFERENCE))
+    try:
+        before = snapshot_tree(animals_root)
+        monkeypatch.setattr(cluster_names, "load_backbone", _no_backbone)
+        rc = cluster_names.main(_cluster_argv(animals_root))
+        line = _one_error_line(capsys.readouterr().err)
+        assert rc == 2
+        assert str(target) in line and "--overwrite" in line
+        assert snapshot_tree(animals_root) == before
+    finally:
+        target.unlink()
+
+
+@pytest.mark.parametrize("kind", ["directory", "file_in_path", "link"])
+def test_cluster_names_unwritable_output_is_refused_before_the_backbone(animals_root, tmp_path, monkeypatch,
+                                                                        capsys, kind):
+    """An --out that cannot be written ended in a WriteError traceback after the clustering work."""
+    if kind == "directory":
+        out = tmp_path / "out.json"
+        out.mkdir()
+    elif kind == "file_in_path":
+        (tmp_path / "plain").write_text("keep")
+        out = tmp_path / "plain" / "out.json"
+    else:
+        (tmp_path / "elsewhere.json").write_text(json.dumps(REFERENCE))
+        out = tmp_path / "out.json"
+        out.symlink_to(tmp_path / "elsewhere.json")
+    before = snapshot_tree(tmp_path)
+    monkeypatch.setattr(cluster_names, "load_backbone", _no_backbone)
+    rc = cluster_names.main(_cluster_argv(animals_root, "--out", str(out), "--overwrite"))
+    line = _one_error_line(capsys.readouterr().err)
+    assert rc == 2 and str(out.parent) in line
+    assert snapshot_tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--root", "{missing}"), "is not a directory"),
+    (("--n-init", "0"), "--n-init 0"),
+    (("--splits", "bogus"), "--splits"),
+    (("--config", "{missing}.yaml"), "does not exist"),
+])
+def test_cluster_names_mistakes_are_one_line(animals_root, tmp_path, monkeypatch, capsys, args, words):
+    """A wrong root, config, split or restart count was a traceback (some after the backbone loaded)."""
+    missing = str(tmp_path / "missing")
+    argv = _cluster_argv(animals_root, "--out", str(tmp_path / "c.json"))
+    for flag, value in zip(args[0::2], args[1::2]):
+        value = value.format(missing=missing)
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    monkeypatch.setattr(cluster_names, "load_backbone", _no_backbone)
+    rc = _exit_code(cluster_names.main, argv)
+    line = _one_error_line(capsys.readouterr().err)
+    assert rc == 2 and words in line
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_cluster_names_overwrite_and_a_split_named_twice(animals_root, capsys):
+    """``--overwrite`` replaces the file; ``--splits train train test`` listed the train images twice,
+    and the GCD dataset then refused the file it had just written ("repeats record")."""
+    target = Path(clustering_results_path(str(animals_root), "Animals"))
+    target.write_text(json.dumps(REFERENCE))
+    try:
+        rc = cluster_names.main(_cluster_argv(animals_root, "--overwrite", "--splits", "train", "train", "test"))
+        assert rc == 0, capsys.readouterr().err
+        records = read_clustering_results(str(target), str(animals_root))  # refuses a repeated image
+        oop = next(animals_root.glob("Animals*_OOP"))
+        split = json.loads(next(oop.glob("split_Xin*.json")).read_text())
+        assert len(records) == len(split["train"]) + len(split["test"])
+    finally:
+        target.unlink()
