@@ -74,7 +74,7 @@ def evaluate(
             fs = image_features(cfg, loaded, sub, splits, batch_size=args.batch_size)
             acc = kmeans_accuracy(fs.features, fs.labels, len(fs.classnames), args.seed, args.n_init)
             rows.append({
-                "dataset": dataset, "subset": sub, "splits": list(splits), "num_classes": len(fs.classnames),
+                "dataset": dataset, "subset": sub, "splits": list(fs.splits), "num_classes": len(fs.classnames),
                 "num_images": len(fs), "clustering_accuracy": acc,
                 "backbone": str(loaded.name), "weights": str(loaded.weights), "seed": args.seed,
             })

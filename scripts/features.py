@@ -12,7 +12,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -53,6 +53,8 @@ class FeatureSet:
     impaths: List[str]
     dataset: str
     sub_classes: str
+    #: the splits read, each once, in the order first named
+    splits: Tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -138,8 +140,10 @@ def image_features(
 
     The input size follows the backbone when the config disagrees (e.g. ``--backbone`` with a 336 px
     model), so one config serves every backbone. ``max_per_class > 0`` keeps a seeded random sample of
-    that many images per class (t-SNE does not need thousands of points).
+    that many images per class (t-SNE does not need thousands of points). A split named twice is read
+    once: its images twice over changed k-means and the image counts the analyses report.
     """
+    splits = tuple(dict.fromkeys(splits))
     device = device if device is not None else next(loaded.model.parameters()).device
     sub_cfg = cfg.clone()
     sub_cfg.defrost()
@@ -175,6 +179,7 @@ def image_features(
         impaths=[d.impath for d in data],
         dataset=str(sub_cfg.DATASET.NAME),
         sub_classes=sub_classes,
+        splits=splits,
     )
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from datasets.gcd import clustering_results_path, read_clustering_results
 from datasets.make_toy import make_toy
+from scripts import cluster_eval
 from tests.helpers import snapshot_tree, trainer_config
 from tools import cluster_names
 
@@ -125,3 +126,15 @@ def test_cluster_names_overwrite_and_a_split_named_twice(animals_root, capsys):
         assert len(records) == len(split["train"]) + len(split["test"])
     finally:
         target.unlink()
+
+
+def test_cluster_eval_counts_a_split_named_twice_once(animals_root, tmp_path, capsys):
+    """``--splits test test`` clustered every test image twice and reported twice the image count."""
+    out = tmp_path / "table"
+    rc = cluster_eval.main(["--root", str(animals_root), "--domains", "Animals", "--subsets", "OOP", "--splits",
+                            "test", "test", "--config", str(SMOKE), "--n-init", "1", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    (row,) = json.loads((tmp_path / "table.json").read_text())["rows"]
+    oop = next(animals_root.glob("Animals*_OOP"))
+    split = json.loads(next(oop.glob("split_Xin*.json")).read_text())
+    assert row["splits"] == ["test"] and row["num_images"] == len(split["test"])

@@ -165,12 +165,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         out = args.out or clustering_results_path(os.path.abspath(args.root), subfield)
         check_output(out, results.overwrite_requested(args.overwrite))
         count_classes(args.root, dataset, "OOP")  # the data before the backbone: a wrong --root is not worth a load
-        splits = list(dict.fromkeys(args.splits))  # a split named twice would list its images twice
         cfg = cfg_from_args(args, dataset)
         set_random_seed(args.seed)
         device = torch.device(args.device) if args.device else None
         loaded = load_backbone(cfg, device, args.precision)
-        records, summary = cluster_names(cfg, loaded, args.min_size, args.seed, splits, args.batch_size,
+        records, summary = cluster_names(cfg, loaded, args.min_size, args.seed, args.splits, args.batch_size,
                                          args.n_init)
         if not records:
             print(f"error: every cluster has fewer than {args.min_size} images; lower --min-size", file=sys.stderr)
