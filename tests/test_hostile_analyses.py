@@ -4,14 +4,17 @@ disk that the command did not write is lost."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
+import train
+from dassl.results import evaluation_config
 from datasets.gcd import clustering_results_path, read_clustering_results
 from datasets.make_toy import make_toy
 from scripts import cluster_eval
-from tests.helpers import snapshot_tree, trainer_config
+from tests.helpers import snapshot_tree, train_argv, trainer_config
 from tools import cluster_names
 
 SMOKE = trainer_config("FSNL_openclip")
@@ -138,3 +141,39 @@ def test_cluster_eval_counts_a_split_named_twice_once(animals_root, tmp_path, ca
     oop = next(animals_root.glob("Animals*_OOP"))
     split = json.loads(next(oop.glob("split_Xin*.json")).read_text())
     assert row["splits"] == ["test"] and row["num_images"] == len(split["test"])
+
+
+# ------------------------------------------------------------------------- evaluating saved checkpoints
+@pytest.fixture(scope="module")
+def two_epoch_run(toy_root, tmp_path_factory):
+    """A finished FSNL run with a checkpoint per epoch (model.pth.tar-1 and -2, the pointer naming -2)."""
+    out = tmp_path_factory.mktemp("hostile_eval") / "trained"
+    argv = train_argv(toy_root, out, "FSNL_openclip", "OPTIM.MAX_EPOCH", "2", "TRAIN.CHECKPOINT_FREQ", "1")
+    assert train.cli(argv) == 0
+    return out
+
+
+def test_eval_of_a_model_dir_missing_its_last_checkpoint_is_refused(toy_root, two_epoch_run, tmp_path, capsys,
+                                                                    drop_new_log_handlers):
+    """The pointer names model.pth.tar-2, which a partial copy lacks: the evaluation loaded epoch 1 and
+    filed it as the training run's final model (source_run = the run, no load_epoch)."""
+    model_dir = tmp_path / "partial"
+    shutil.copytree(two_epoch_run, model_dir)
+    (model_dir / "name_learner" / "model.pth.tar-2").unlink()
+    before = snapshot_tree(model_dir)
+    out = tmp_path / "eval"
+    eval_argv = train_argv(toy_root, out, "FSNL_openclip", "OPTIM.MAX_EPOCH", "2",
+                           extra=("--eval-only", "--model-dir", str(model_dir)))
+    assert train.cli(eval_argv) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "model.pth.tar-2" in line and "--load-epoch" in line
+    assert not out.exists() and snapshot_tree(model_dir) == before
+
+    # The epoch that is there can still be evaluated, and is recorded as that epoch.
+    assert train.cli(train_argv(toy_root, out, "FSNL_openclip", "OPTIM.MAX_EPOCH", "2",
+                                extra=("--eval-only", "--model-dir", str(model_dir), "--load-epoch", "1"))) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["loaded"]["epoch"] == 1 and res["fingerprint"]["source"]["load_epoch"] == 1
+    trained = json.loads((two_epoch_run / "results.json").read_text())
+    assert res["fingerprint"]["source_run"]["id"] == trained["fingerprint"]["id"]
+    assert evaluation_config(res["fingerprint"])["source.load_epoch"] == 1

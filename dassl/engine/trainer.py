@@ -91,7 +91,9 @@ def checkpoint_file(directory: str, name: str, epoch: Optional[int], log: bool =
     The ``checkpoint`` pointer may only name a file beside it: ``save_checkpoint`` writes a bare file
     name, and a pointer edited to ``../../other_run/...`` or an absolute path used to load another
     run's weights (filed as this folder's) or any file on the machine (a traceback). Such a pointer is
-    a :class:`CheckpointError` naming it. ``log=False``: the up-front check, which must not log
+    a :class:`CheckpointError` naming it. So is a pointer whose file is missing when there is no
+    ``model-best.pth.tar``: the latest file left is an earlier epoch, and loading it silently filed that
+    epoch's numbers as the training run's final model. ``log=False``: the up-front check, which must not log
     before the run's own log file is set up."""
     mdir = osp.join(directory, name)
     if epoch is not None:
@@ -106,6 +108,12 @@ def checkpoint_file(directory: str, name: str, epoch: Optional[int], log: bool =
                 raise CheckpointError(
                     f'the checkpoint pointer "{pointer}" names {target!r}, which is not a file in its own folder; '
                     f"it may only name a checkpoint beside it (e.g. {regular_name(1)}): fix or delete the pointer"
+                )
+            if not osp.isfile(osp.join(mdir, target)) and not osp.isfile(candidates[0]):
+                raise CheckpointError(
+                    f'the checkpoint pointer "{pointer}" names {target}, the run\'s last checkpoint, which is not '
+                    "there (a partial copy, or a file deleted since); restore it, or pick a checkpoint that is "
+                    "there with --load-epoch N"
                 )
             candidates.append(osp.join(mdir, target))
         regular = list_checkpoints(mdir)
