@@ -140,6 +140,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     add_backbone_args(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides, as for train.py")
     args = p.parse_args(argv)
+    if not args.perplexity > 0:  # t-SNE refused it with a traceback, after the features were computed
+        p.error(f"argument --perplexity: must be > 0, got {args.perplexity}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         dataset = resolve_domain(args.domain)

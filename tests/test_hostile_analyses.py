@@ -13,7 +13,7 @@ import train
 from dassl.results import evaluation_config
 from datasets.gcd import clustering_results_path, read_clustering_results
 from datasets.make_toy import make_toy
-from scripts import cluster_eval
+from scripts import cluster_eval, plot_tsne
 from tests.helpers import snapshot_tree, train_argv, trainer_config
 from tools import cluster_names
 
@@ -94,7 +94,7 @@ def test_cluster_names_unwritable_output_is_refused_before_the_backbone(animals_
 
 @pytest.mark.parametrize("args, words", [
     (("--root", "{missing}"), "is not a directory"),
-    (("--n-init", "0"), "--n-init 0"),
+    (("--n-init", "0"), "--n-init"),
     (("--splits", "bogus"), "--splits"),
     (("--config", "{missing}.yaml"), "does not exist"),
 ])
@@ -177,3 +177,15 @@ def test_eval_of_a_model_dir_missing_its_last_checkpoint_is_refused(toy_root, tw
     trained = json.loads((two_epoch_run / "results.json").read_text())
     assert res["fingerprint"]["source_run"]["id"] == trained["fingerprint"]["id"]
     assert evaluation_config(res["fingerprint"])["source.load_epoch"] == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan"])
+def test_plot_tsne_refuses_a_perplexity_t_sne_cannot_use(animals_root, tmp_path, monkeypatch, capsys, value):
+    """``--perplexity 0`` was an sklearn traceback after the backbone had encoded every image."""
+    monkeypatch.setattr(plot_tsne, "load_backbone", _no_backbone)
+    before = snapshot_tree(tmp_path)
+    rc = _exit_code(plot_tsne.main, ["--root", str(animals_root), "--domain", "Animals", "--config", str(SMOKE),
+                                     "--perplexity", value, "--out", str(tmp_path / "tsne")])
+    line = _one_error_line(capsys.readouterr().err)
+    assert rc == 2 and "--perplexity" in line
+    assert snapshot_tree(tmp_path) == before

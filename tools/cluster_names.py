@@ -152,11 +152,12 @@ def check_output(out: str, overwrite: bool) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.n_init < 1:  # KMeans refused it with a traceback, after the features were computed
+        parser.error(f"argument --n-init: k-means needs at least one restart, got {args.n_init}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if args.n_init < 1:
-            raise DomainError(f"--n-init {args.n_init}: k-means needs at least one restart; use --n-init 1 or more")
         dataset = resolve_domain(args.domain)
         domains = laion_beyond_classes()
         if dataset not in domains:
