@@ -158,6 +158,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     add_backbone_args(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides, as for train.py")
     args = p.parse_args(argv)
+    if args.n_init < 1:  # KMeans refused it with a traceback, after the features were computed
+        p.error(f"argument --n-init: k-means needs at least one restart, got {args.n_init}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         domains = resolve_domains(args.domains)

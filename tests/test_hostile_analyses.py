@@ -189,3 +189,12 @@ def test_plot_tsne_refuses_a_perplexity_t_sne_cannot_use(animals_root, tmp_path,
     line = _one_error_line(capsys.readouterr().err)
     assert rc == 2 and "--perplexity" in line
     assert snapshot_tree(tmp_path) == before
+
+
+def test_cluster_eval_refuses_no_k_means_restart(animals_root, tmp_path, monkeypatch, capsys):
+    """``--n-init 0`` was an sklearn traceback after the features of every domain were computed."""
+    monkeypatch.setattr(cluster_eval, "load_backbone", _no_backbone)
+    rc = _exit_code(cluster_eval.main, ["--root", str(animals_root), "--domains", "Animals", "--config", str(SMOKE),
+                                        "--n-init", "0", "--out", str(tmp_path / "table")])
+    line = _one_error_line(capsys.readouterr().err)
+    assert rc == 2 and "--n-init" in line and not list(tmp_path.iterdir())
