@@ -66,14 +66,29 @@ def toy_info(toy_data) -> dict:
     return toy_data[1]
 
 
-@pytest.fixture
-def drop_new_log_handlers():
-    """``train.main`` tees the log into each output dir: close the handlers a test added to the root
-    logger when it ends (modules that run ``train.cli`` use it with ``autouse``)."""
+def _drop_handlers_added_since(handlers: list) -> None:
     root = logging.getLogger()
-    handlers = list(root.handlers)
-    yield
     for h in list(root.handlers):
         if h not in handlers:
             root.removeHandler(h)
             h.close()
+
+
+@pytest.fixture
+def drop_new_log_handlers():
+    """``train.main`` tees the log into each output dir: close the handlers a test added to the root
+    logger when it ends (modules that run ``train.cli`` use it with ``autouse``)."""
+    handlers = list(logging.getLogger().handlers)
+    yield
+    _drop_handlers_added_since(handlers)
+
+
+@pytest.fixture(autouse=True)
+def no_console_handler_outlives_its_test(request):
+    """An in-process ``train.cli`` binds the console handler to the ``sys.stdout`` of its test, which
+    ``capsys`` closes at the end: the next test's first log record, if emitted before its own run
+    rebinds the handler, printed "--- Logging error ---" and a traceback into that test's stderr
+    (which order under ``-n 2`` decided). Every test drops the handlers it added."""
+    handlers = list(logging.getLogger().handlers)
+    yield
+    _drop_handlers_added_since(handlers)

@@ -252,6 +252,9 @@ def test_image_encoder_runs_once_per_image_and_view(toy_root, tmp_path, monkeypa
         return loaded
 
     monkeypatch.setattr(trainers.base, "load_clip", counting_load)
+    # its own evaluation cache: the session's may hold these test features from an earlier test of
+    # the same worker (same toy images, same seeded random model), and then nothing is encoded
+    monkeypatch.setenv("FSNL_CACHE_DIR", str(tmp_path / "fsnl_cache"))
     views = 2
     cells = grid.plan_grid(str(toy_root), str(tmp_path / "g"), [DOMAIN], ["fsnl", "coop", "zeroshot"], [1, 2],
                            [1], config_set="smoke", views=views, opts=OPTS)
