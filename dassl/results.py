@@ -86,6 +86,7 @@ __all__ = [
     "diff_fingerprints",
     "fingerprint_header",
     "read_header_fingerprint",
+    "recorded_max_epoch",
     "config_differences",
     "clear_run",
     "write_config",
@@ -420,6 +421,21 @@ def read_header_fingerprint(path: str) -> Optional[str]:
     except OSError:
         return None
     return None
+
+
+def recorded_max_epoch(directory: str) -> Optional[int]:
+    """``OPTIM.MAX_EPOCH`` of the run whose ``config.yaml`` (written by this code: it has a fingerprint
+    header) lies in ``directory``; None for any other folder (CoOp's own outputs) or an unreadable file."""
+    path = osp.join(directory, CONFIG_FILE)
+    if read_header_fingerprint(path) is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            body = yaml.safe_load(f)
+        value = body["OPTIM"]["MAX_EPOCH"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _header_json(line: str, prefix: str) -> Any:

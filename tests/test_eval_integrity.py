@@ -13,7 +13,7 @@ import torch
 
 import train
 from dassl.utils import save_checkpoint
-from tests.helpers import train_argv
+from tests.helpers import snapshot_tree, train_argv
 
 TRAINER = "FSNL_openclip"
 TRAINABLE = ("FSNL_openclip", "CoOp_openclip", "CoCoOp_openclip", "CLIP_Adapter", "TaskRes")
@@ -143,3 +143,51 @@ def test_same_class_name_in_oop_and_ip_is_an_error_with_cross_eval(same_name_roo
     err = one_error_line(capsys)
     assert "in both OOP and IP" in err and "['ant']" in err
     assert not (ip / "results.json").exists()
+
+
+@pytest.fixture(scope="module")
+def killed_run(toy_root, tmp_path_factory):
+    """What a run killed during epoch 2 of 2 leaves: config.yaml (with its fingerprint), model.pth.tar-1
+    and the pointer naming it, no results.json. Made from a finished run with a checkpoint per epoch."""
+    out = tmp_path_factory.mktemp("killed") / "run"
+    assert train.cli(train_argv(toy_root, out, TRAINER, "OPTIM.MAX_EPOCH", "2", "TRAIN.CHECKPOINT_FREQ", "1")) == 0
+    (out / "results.json").unlink()
+    (out / "name_learner" / "model.pth.tar-2").unlink()
+    (out / "name_learner" / "checkpoint").write_text("model.pth.tar-1\n")
+    return out
+
+
+def test_eval_of_an_unfinished_run_is_refused_unless_the_epoch_is_asked_for(toy_root, killed_run, tmp_path, capsys):
+    """``--eval-only --model-dir`` of a killed run loaded its last checkpoint (epoch 1 of 2) and filed
+    it like the finished run's model. Now one line before any work; ``--load-epoch 1`` evaluates that
+    checkpoint on purpose, and is recorded as such."""
+    before = snapshot_tree(killed_run)
+    out = tmp_path / "eval"
+    base = train_argv(toy_root, out, TRAINER, "OPTIM.MAX_EPOCH", "2", extra=("--eval-only", "--model-dir", str(killed_run)))
+    capsys.readouterr()
+    assert train.cli(base) == 2
+    line = one_error_line(capsys)
+    assert line == (f"error: --model-dir {killed_run}: its training has not finished (the last checkpoint is epoch 1 "
+                    "of OPTIM.MAX_EPOCH 2, and it has no results.json); finish it (rerun its train.py command: it "
+                    "resumes), or evaluate that checkpoint on purpose with --load-epoch 1")
+    assert not out.exists() and snapshot_tree(killed_run) == before
+    assert train.cli(train_argv(toy_root, out, TRAINER, "OPTIM.MAX_EPOCH", "2",
+                                extra=("--eval-only", "--model-dir", str(killed_run), "--load-epoch", "1"))) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["loaded"]["epoch"] == 1 and res["fingerprint"]["source"]["load_epoch"] == 1
+
+
+def test_eval_of_a_finished_run_without_results_or_of_other_code_is_not_refused(toy_root, killed_run, oop_run, tmp_path):
+    """No false alarm: a finished run that wrote no results.json (``TEST.NO_TEST``: its last checkpoint
+    is its final epoch), and a folder of other code (CoOp's outputs: no config.yaml of ours), evaluate
+    their last checkpoint as before."""
+    no_test = tmp_path / "no_test"
+    shutil.copytree(oop_run, no_test)
+    (no_test / "results.json").unlink()
+    assert train.cli(train_argv(toy_root, tmp_path / "a", TRAINER, extra=("--eval-only", "--model-dir", str(no_test)))) == 0
+    coop_style = tmp_path / "coop_style"
+    shutil.copytree(killed_run, coop_style)
+    (coop_style / "config.yaml").unlink()
+    assert train.cli(train_argv(toy_root, tmp_path / "b", TRAINER, "OPTIM.MAX_EPOCH", "2",
+                                extra=("--eval-only", "--model-dir", str(coop_style)))) == 0
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["loaded"]["epoch"] == 1

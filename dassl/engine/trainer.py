@@ -64,7 +64,7 @@ from ..utils import (
 )
 from .build import TRAINER_REGISTRY, expected_fingerprint
 
-__all__ = ["TrainingDiverged", "TrainerBase", "SimpleTrainer", "TrainerX", "TrainerXU", "NullWriter", "check_model_dir", "checkpoint_file",
+__all__ = ["TrainingDiverged", "TrainerBase", "SimpleTrainer", "TrainerX", "TrainerXU", "NullWriter", "check_model_dir", "check_run_finished", "checkpoint_file",
            "read_model_checkpoint", "check_model_checkpoint"]
 
 logger = logging.getLogger(__name__)
@@ -275,9 +275,29 @@ def check_model_dir(cfg: Any, directory: str, epoch: Optional[int] = None) -> No
         if epoch is not None and not osp.isfile(osp.join(mdir, regular_name(int(epoch)))):
             continue  # load_model names what is missing, for the models this trainer has
         path = checkpoint_file(directory, entry, epoch, log=False)
-        meta = read_model_checkpoint(path).get("meta") or {}
+        ckpt = read_model_checkpoint(path)
+        meta = ckpt.get("meta") or {}
         mine = mine if mine is not None else expected_fingerprint(cfg)
         check_model_checkpoint(cfg, directory, path, meta, cls, mine)
+        if epoch is None and osp.basename(path) != BEST_NAME:
+            check_run_finished(directory, int(ckpt.get("epoch", 0)))
+
+
+def check_run_finished(directory: str, loaded_epoch: int) -> None:
+    """An evaluation without ``--load-epoch`` means the training run's final model. A run of this code
+    killed after epoch 1 of 2 (no results.json, its last checkpoint before ``OPTIM.MAX_EPOCH``) was
+    evaluated from that checkpoint and filed like a finished run's model: a :class:`CheckpointError`
+    now, pointing to the two intended meanings. Folders of other code (CoOp's outputs: no config.yaml
+    with a fingerprint) are not judged, and a finished run's last checkpoint is its final epoch."""
+    if osp.isfile(osp.join(directory, results_contract.RESULTS_FILE)):
+        return
+    planned = results_contract.recorded_max_epoch(directory)
+    if planned is not None and loaded_epoch < planned:
+        raise CheckpointError(
+            f"--model-dir {directory}: its training has not finished (the last checkpoint is epoch {loaded_epoch} "
+            f"of OPTIM.MAX_EPOCH {planned}, and it has no results.json); finish it (rerun its train.py command: "
+            f"it resumes), or evaluate that checkpoint on purpose with --load-epoch {loaded_epoch}"
+        )
 
 
 class TrainingDiverged(FloatingPointError):
