@@ -49,7 +49,6 @@ __all__ = [
     "ModifiedResNet",
     "QuickGELU",
     "ResidualAttentionBlock",
-    "SequenceFirstTransformer",
     "Transformer",
     "VisionTransformer",
     "build_model",
@@ -141,10 +140,6 @@ class Transformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.resblocks(x)
-
-
-#: The name this module's sequence-first transformer had before it took OpenAI's name.
-SequenceFirstTransformer = Transformer
 
 
 class VisionTransformer(nn.Module):
