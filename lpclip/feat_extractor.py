@@ -75,6 +75,7 @@ from dassl.data import build_data_loader
 from dassl.data.datasets import build_dataset, data_identity
 from dassl.data.transforms import build_transform
 from dassl.utils import (
+    READ_IMAGE_VERSION,
     WriteError,
     atomic_write,
     check_writable_dir,
@@ -271,6 +272,8 @@ def job_identity(cfg: Any, split: str, views: int = 0, precision: str = "fp32") 
         "weights": weights,
         "precision": str(precision),
         "transform": {k: cfg.INPUT[k] for k in sorted(cfg.INPUT)},
+        # the pixels read_image gives: a file extracted by an older decoder holds other features
+        "decoder": READ_IMAGE_VERSION,
         "dataset": str(cfg.DATASET.NAME),
         "sub_classes": str(cfg.DATASET.SUB_CLASSES),
         "data": data_identity(cfg),

@@ -15,6 +15,7 @@ computation, and a user mistake must end in one ``error:`` line, not a traceback
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -157,3 +158,19 @@ def test_training_views_of_another_input_config_are_another_store(tmp_path):
     test_tfm = build_transform(cfgs[0], is_train=False)
     assert (fc.store_namespace("eval", cfgs[0], test_tfm, "fp32", "cpu", None)
             == fc.store_namespace("eval", cfgs[1], test_tfm, "fp32", "cpu", None))
+
+
+def test_features_cached_under_another_image_decoder_are_recomputed(toy_root, tmp_path, monkeypatch, caplog):
+    """``read_image`` changed what some files decode to (16-bit and float grayscale), and features
+    cached before were still keyed as current. The keys carry ``READ_IMAGE_VERSION`` now: after a bump
+    both the training views and the evaluation features are computed again, and the log says why."""
+    opts = ("TEST.FEATURE_CACHE_DIR", str(tmp_path / "eval_cache"),
+            "DATALOADER.FEATURE_CACHE.DIR", str(tmp_path / "train_cache"), "DATALOADER.FEATURE_CACHE.VIEWS", "1")
+    first = build(toy_root, tmp_path / "a", TRAINER, *opts, seed=1)
+    first.eval_loader("test")
+    monkeypatch.setattr(fc, "READ_IMAGE_VERSION", fc.READ_IMAGE_VERSION + 1)
+    with caplog.at_level(logging.INFO):
+        second = build(toy_root, tmp_path / "b", TRAINER, *opts, seed=1)
+        features = torch.cat([b["feat"] for b in second.eval_loader("test")])
+    assert caplog.text.count("image decoding changed") == 2  # the training views and the test features
+    torch.testing.assert_close(features, _fresh_eval_features(second), atol=1e-5, rtol=1e-5)

@@ -620,6 +620,11 @@ def test_extraction_jobs_skip_only_files_with_their_own_job_identity(extractor_e
     other_tfm = state(*args, "INPUT.INTERPOLATION", "bilinear")
     assert other_tfm.state == "mismatch" and other_tfm.differences == ["job transform"]
     assert state(*extractor_argv(root, out, "test")).state == "missing"  # unseeded: always re-extracted
+    # a file extracted before read_image's decoding changed (READ_IMAGE_VERSION) holds other pixels' features
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fe, "READ_IMAGE_VERSION", fe.READ_IMAGE_VERSION + 1)
+        newer = state(*args)
+    assert newer.state == "mismatch" and newer.differences == ["job decoder"]
 
     seed2 = ["python", "-m", "lpclip.feat_extractor", *extractor_argv(root, out, "test", "--seed", "2")]
     before = path.read_bytes()

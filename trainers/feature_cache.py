@@ -59,7 +59,7 @@ from yacs.config import CfgNode as CN
 from clip import weights_identity
 from dassl.data import build_data_loader
 from dassl.data.samplers import build_sampler
-from dassl.utils import absolute_path, atomic_torch_save, derive_seed, read_image
+from dassl.utils import READ_IMAGE_VERSION, absolute_path, atomic_torch_save, derive_seed, read_image
 from dassl.utils.identity import content_identity, files_digest, json_digest, stat_identity
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,9 @@ logger = logging.getLogger(__name__)
 # 3: content keys (version 2 of the keys) + per-image view RNG; 4: the image count in the key and the
 # features' shape, dtype and SHA-256 stored beside them (an edited tensor is recomputed, not used);
 # 5: ``read_image`` scales 16-bit and float grayscale images to 8 bits instead of PIL's clipping
-# (dcc9659, 5b4c94a): features cached before for such images are not what the code now encodes
+# (dcc9659, 5b4c94a): features cached before for such images are not what the code now encodes; from
+# then on the keys also carry ``dassl.utils.READ_IMAGE_VERSION`` ("decoder"), which the next change of
+# the decoding bumps for every store of features at once (lpclip's files too)
 CACHE_VERSION = 5
 
 #: ``shared`` flag set by the grid engine: the in-memory stores are the cache, nothing goes to disk.
@@ -93,6 +95,7 @@ REASONS = {
     "device": "device changed",
     "count": "number of images changed",
     "version": "cache format changed",
+    "decoder": "image decoding changed",
 }
 
 
@@ -168,6 +171,7 @@ def cache_meta(cfg: Any, dataset: Any, precision: str, views: int, transform: An
         "precision": precision,
         "device": device,
         "transform": repr(transform),
+        "decoder": READ_IMAGE_VERSION,
         "input": json.loads(json.dumps(cfg.INPUT, default=str)),
         "split_files": {str(k): content_identity(v)["sha256"] for k, v in sorted(split_files.items())
                         if osp.isfile(v)},
@@ -190,6 +194,7 @@ def eval_meta(cfg: Any, items: Sequence[Any], transform: Any, precision: str, de
         "precision": precision,
         "device": device,
         "transform": repr(transform),
+        "decoder": READ_IMAGE_VERSION,
         "images": files_digest(d.impath for d in items),
         "count": len(items),
     }

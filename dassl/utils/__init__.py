@@ -8,6 +8,7 @@ from .logger import close_log_file, log_file_for, setup_logger
 from .meters import AverageMeter, MetricMeter
 from .registry import Registry, check_availability, closest_name
 from .tools import (
+    READ_IMAGE_VERSION,
     FormerFile,
     ImageNotFoundError,
     UnreadableImageError,
@@ -68,6 +69,7 @@ __all__ = [
     "mkdir_if_missing",
     "check_isfile",
     "read_image",
+    "READ_IMAGE_VERSION",
     "shown_path",
     "UnreadableImageError",
     "ImageNotFoundError",

@@ -24,6 +24,7 @@ __all__ = [
     "mkdir_if_missing",
     "check_isfile",
     "read_image",
+    "READ_IMAGE_VERSION",
     "shown_path",
     "UnreadableImageError",
     "ImageNotFoundError",
@@ -98,6 +99,12 @@ class ImageNotFoundError(UnreadableImageError, FileNotFoundError):
 #: (a MemoryError traceback, after training). No photograph is that shape: panoramas and web banners
 #: stay below about 20:1, and at 100:1 the resized 224-pixel image still fits in 15 MB.
 MAX_ASPECT_RATIO = 100
+
+#: What :func:`read_image`'s pixels are, for every store of pixels or of features computed from them
+#: (the trainers' feature caches, lpclip's feature files): bump it when the decoding of some file
+#: changes. 2: 16-bit and float grayscale images are scaled to 8 bits (PIL clipped them to white or
+#: black), an ``I`` image of 8-bit levels is read as it is.
+READ_IMAGE_VERSION = 2
 
 #: PIL modes of single-channel 16-bit images. ``convert("RGB")`` clips them at 255 (almost every
 #: pixel of a 16-bit photo reads as white), so :func:`read_image` scales them to 8 bits itself.
