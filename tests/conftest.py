@@ -22,6 +22,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from clip import clip as oai  # noqa: E402
+
 #: torch threads per test process: at most 2, and under pytest-xdist (``-n N``) the cores shared among the
 #: N workers (two processes of 2 threads each on 2 cores ran about twice as slow)
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
@@ -92,3 +94,20 @@ def no_console_handler_outlives_its_test(request):
     handlers = list(logging.getLogger().handlers)
     yield
     _drop_handlers_added_since(handlers)
+
+
+@pytest.fixture(scope="module")
+def tiny_home(tmp_path_factory) -> Path:
+    """A home folder whose ``~/.cache/clip`` holds the ``openai-tiny`` weights (the seeded init the
+    OpenAI-CLIP API writes for a repository model), for the tests of that API and its descendants."""
+    home = tmp_path_factory.mktemp("home")
+    oai._download(oai._MODELS["openai-tiny"], root=str(home / ".cache" / "clip"))
+    return home
+
+
+@pytest.fixture()
+def home(tiny_home, monkeypatch) -> Path:
+    """``HOME`` set to :func:`tiny_home`, without a ``CLIP_WEIGHTS`` override."""
+    monkeypatch.setenv("HOME", str(tiny_home))
+    monkeypatch.delenv(oai.WEIGHTS_ENV, raising=False)
+    return tiny_home

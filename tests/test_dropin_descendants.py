@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -34,20 +33,6 @@ from tests.helpers import run_train, train_argv, trainer_config
 TINY = "openai-tiny"
 TOL = 1e-5
 N_VIS = 2  # visual prompt tokens of the client trainer
-
-
-@pytest.fixture(scope="module")
-def tiny_home(tmp_path_factory) -> Path:
-    home = tmp_path_factory.mktemp("home")
-    oai._download(oai._MODELS[TINY], root=str(home / ".cache" / "clip"))
-    return home
-
-
-@pytest.fixture()
-def home(tiny_home, monkeypatch) -> Path:
-    monkeypatch.setenv("HOME", str(tiny_home))
-    monkeypatch.delenv(oai.WEIGHTS_ENV, raising=False)
-    return tiny_home
 
 
 def _weights(home: Path) -> Path:

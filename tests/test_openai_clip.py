@@ -37,20 +37,6 @@ TINY = "openai-tiny"
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def tiny_home(tmp_path_factory) -> Path:
-    home = tmp_path_factory.mktemp("home")
-    oai._download(oai._MODELS[TINY], root=str(home / ".cache" / "clip"))
-    return home
-
-
-@pytest.fixture()
-def home(tiny_home, monkeypatch) -> Path:
-    monkeypatch.setenv("HOME", str(tiny_home))
-    monkeypatch.delenv(oai.WEIGHTS_ENV, raising=False)
-    return tiny_home
-
-
 def tiny_file(home: Path) -> Path:
     return home / ".cache" / "clip" / os.path.basename(oai._MODELS[TINY])
 
