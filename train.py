@@ -124,6 +124,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error(f"{' and '.join(stray)} {'names' if one else 'name'} the model that --eval-only evaluates; "
                      f"add --eval-only to evaluate it, or drop {'it' if one else 'them'} to train (--resume DIR "
                      "continues an interrupted run)")
+    if args.load_epoch is not None and args.load_epoch < 1:
+        # checkpoints count the epochs trained (model.pth.tar-1 is the first); -1 was looked up as
+        # "model.pth.tar--1" and reported missing
+        parser.error(f"--load-epoch {args.load_epoch}: checkpoints are numbered from epoch 1 "
+                     "(model.pth.tar-<E>); give an epoch >= 1, or drop --load-epoch for the final model")
     if args.load_epoch is not None and not args.model_dir:
         parser.error("--load-epoch picks a checkpoint of --model-dir; add --model-dir DIR (the training run's "
                      "--output-dir), or drop --load-epoch")

@@ -71,10 +71,13 @@ MODEL_DIR_CASES = [
     (["--load-epoch", "5"], "--load-epoch names the model that --eval-only evaluates"),
     (["--model-dir", "runs/a", "--load-epoch", "5"], "--model-dir and --load-epoch name the model"),
     (["--eval-only", "--load-epoch", "5"], "--load-epoch picks a checkpoint of --model-dir"),
+    (["--eval-only", "--model-dir", "runs/a", "--load-epoch", "-1"], "--load-epoch -1: checkpoints are numbered from epoch 1"),
+    (["--eval-only", "--model-dir", "runs/a", "--load-epoch", "0"], "--load-epoch 0: checkpoints are numbered from epoch 1"),
 ]
 
 
-@pytest.mark.parametrize("extra,message", MODEL_DIR_CASES, ids=["model-dir", "load-epoch", "both", "eval-no-dir"])
+@pytest.mark.parametrize("extra,message", MODEL_DIR_CASES,
+                         ids=["model-dir", "load-epoch", "both", "eval-no-dir", "epoch-minus-1", "epoch-0"])
 def test_model_dir_and_load_epoch_without_eval_only_are_refused(extra, message, tmp_path, capsys):
     """Hostile: ``train.py --model-dir DIR`` without ``--eval-only`` (a user who means "start from this
     model") was ignored as in the reference, so a fresh run trained from scratch and was filed as if
