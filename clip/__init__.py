@@ -16,6 +16,7 @@ from .loader import (
     Precision,
     autocast,
     cpu_supports_bf16,
+    drawn_anew,
     load_clip,
     make_grad_scaler,
     normalize_model_name,
@@ -43,6 +44,7 @@ from .text import TextEncoder
 
 __all__ = [
     "weights_identity",
+    "drawn_anew",
     "BackboneError",
     "BackboneNotFoundError",
     "BackboneSpec",

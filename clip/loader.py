@@ -308,6 +308,15 @@ def weights_identity(cfg: Any) -> Dict[str, Any]:
     return ident
 
 
+def drawn_anew(ident: Dict[str, Any]) -> bool:
+    """Whether a :func:`weights_identity` is of unseeded random weights (``WEIGHTS none`` with a negative
+    ``SEED``): every load draws other parameters, yet the identity can only say ``random, seed -1``, the
+    same for every such model. So nothing stored under it can be known to be this model's: the feature
+    caches skip such models (a second run read the first run's model's features) and lpclip gives their
+    files no job identity."""
+    return ident.get("kind") == "random" and int(ident.get("seed", -1)) < 0
+
+
 # ---------------------------------------------------------------------------------------- checks
 _LOCAL_ADVICE = (
     "download the weights on a machine with network access, then set MODEL.BACKBONE.WEIGHTS to the "

@@ -67,7 +67,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clip import BackboneError, LoadedCLIP, autocast, load_clip, weights_identity
+from clip import BackboneError, LoadedCLIP, autocast, drawn_anew, load_clip, weights_identity
 from configs import ConfigError, build_cfg, check_cfg
 from dassl import results
 from dassl.cli import ArgumentParser
@@ -242,7 +242,7 @@ def backbone_fingerprint(cfg: Any, loaded: LoadedCLIP) -> Dict[str, Any]:
     input transform config. Unseeded random weights (``WEIGHTS none`` without ``--seed``) differ on
     every load, so their identity is the digest of the parameters this call drew."""
     weights = dict(weights_identity(cfg))
-    if weights.get("kind") == "random" and int(weights.get("seed", -1)) < 0:
+    if drawn_anew(weights):
         weights["parameters_sha256"] = parameters_digest(loaded.model)
     return {
         "weights": weights,
@@ -264,7 +264,7 @@ def job_identity(cfg: Any, split: str, views: int = 0, precision: str = "fp32") 
     known in advance -- unseeded random weights (``WEIGHTS none`` with a negative ``SEED``) draw new
     parameters on every load, so no file on disk is ever that job's output."""
     weights = weights_identity(cfg)
-    if weights.get("kind") == "random" and int(weights.get("seed", -1)) < 0:
+    if drawn_anew(weights):
         return None
     augment = split == "train" and views > 0
     shots = int(cfg.DATASET.NUM_SHOTS)

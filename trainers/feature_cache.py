@@ -56,7 +56,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 from yacs.config import CfgNode as CN
 
-from clip import weights_identity
+from clip import drawn_anew, weights_identity
 from dassl.data import build_data_loader
 from dassl.data.samplers import build_sampler
 from dassl.utils import READ_IMAGE_VERSION, absolute_path, atomic_torch_save, derive_seed, read_image
@@ -121,13 +121,9 @@ def default_cache_root() -> str:
 
 
 def weights_drawn_anew(cfg: Any) -> bool:
-    """Whether every load of ``cfg``'s backbone draws other parameters: unseeded random weights
-    (``WEIGHTS none`` with a negative ``SEED``). Their identity can only say ``random, seed -1``, the
-    same for every such model, so no file on disk is known to hold this run's model's features and
-    the on-disk caches are skipped for them (a second run read the first run's model's features);
-    ``lpclip.feat_extractor.job_identity`` gives them no identity for the same reason."""
-    ident = weights_identity(cfg)
-    return ident.get("kind") == "random" and int(ident.get("seed", -1)) < 0
+    """Whether ``cfg``'s backbone is unseeded random weights (:func:`clip.drawn_anew`): the on-disk
+    caches are skipped for them."""
+    return drawn_anew(weights_identity(cfg))
 
 
 def eval_cache_dir(cfg: Any) -> Optional[str]:
