@@ -183,5 +183,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(json.dumps(summary, indent=1))
     return 0
 
+
 if __name__ == "__main__":
     sys.exit(main())
