@@ -28,7 +28,9 @@ from datasets.gcd import (
     write_clustering_results,
 )
 from datasets.laion_beyond import DatasetError
+from datasets.make_toy import make_toy
 from tests.helpers import REPO, make_cfg, run_train, train_argv, trainer_config
+from tools.cluster_names import main as cluster_main
 
 TRAINER = "FSNL_openclip_GCD"
 SMOKE = trainer_config("FSNL_openclip")
@@ -192,9 +194,6 @@ def test_dataset_refuses_other_subsets_and_missing_file(tmp_path):
 # ------------------------------------------------------------------------------- round trip
 @pytest.fixture(scope="module")
 def gcd_root(tmp_path_factory):
-    from datasets.make_toy import make_toy
-    from tools.cluster_names import main as cluster_main
-
     root = tmp_path_factory.mktemp("gcd")
     make_toy(root, domains=("Animals92_42",))
     rc = cluster_main(["--root", str(root), "--domain", "Animals", "--config", str(SMOKE), "--min-size", "1",
@@ -279,3 +278,16 @@ def test_written_file_round_trips(tmp_path):
     assert json.loads(path.read_text()) == [{"image_path": "a/b.jpg", "pseudo_label": 3, "pseudo_classname": "b"}]
     with pytest.raises(ValueError, match="lacks"):
         write_clustering_results(str(path), [{"image_path": "a"}])
+
+
+def test_cluster_names_with_every_cluster_below_min_size_is_one_line_and_writes_nothing(tmp_path, capsys):
+    """``--min-size`` above every cluster's size leaves no record: one ``error:`` line with exit 2 (a
+    setting to change, as the tool's other mistakes; it was exit 1), and no clustering file."""
+    root = tmp_path / "data"
+    make_toy(root, domains=("Animals92_42",))
+    capsys.readouterr()
+    rc = cluster_main(["--root", str(root), "--domain", "Animals", "--config", str(SMOKE), "--min-size", "1000",
+                       "--n-init", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["error: every cluster has fewer than 1000 images; lower --min-size"]
+    assert not os.path.exists(clustering_results_path(str(root), "Animals"))

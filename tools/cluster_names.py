@@ -172,9 +172,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         loaded = load_backbone(cfg, device, args.precision)
         records, summary = cluster_names(cfg, loaded, args.min_size, args.seed, args.splits, args.batch_size,
                                          args.n_init)
-        if not records:
+        if not records:  # a setting to change, like every user mistake here (exit 2), not a failure of the tool
             print(f"error: every cluster has fewer than {args.min_size} images; lower --min-size", file=sys.stderr)
-            return 1
+            return 2
         write_clustering_results(out, records)
     except (DomainError, OutputError, *train.user_errors()) as err:
         print(f"error: {train.error_message(err)}", file=sys.stderr)
