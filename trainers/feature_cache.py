@@ -138,15 +138,14 @@ def _weights(cfg: Any) -> Dict[str, Any]:
     return json.loads(json.dumps(weights_identity(cfg), default=str))
 
 
-def _locator(cfg: Any, precision: str, device: str) -> Dict[str, Any]:
-    """The part of a slot that names the model. Seeded random weights (``WEIGHTS none``) are one
-    model per seed, so the seed names them too: without it, evaluations of two seeds' models shared
-    one evaluation slot and each replaced the other's features in turn (correct, but every run
-    encoded its splits again)."""
+def _locator(cfg: Any, ident: Dict[str, Any], precision: str, device: str) -> Dict[str, Any]:
+    """The part of a slot that names the model (``ident``: its :func:`_weights`). Seeded random weights
+    (``WEIGHTS none``) are one model per seed, so the seed names them too: without it, evaluations of
+    two seeds' models shared one evaluation slot and each replaced the other's features in turn
+    (correct, but every run encoded its splits again)."""
     bb = cfg.MODEL.BACKBONE
     out = {"backbone": str(bb.NAME), "weights": str(bb.get("WEIGHTS", "")),
            "quick_gelu": str(bb.get("QUICK_GELU", "auto")), "precision": precision, "device": device}
-    ident = weights_identity(cfg)
     if ident.get("kind") == "random":
         out["random_seed"] = int(ident.get("seed", -1))
     return out
@@ -157,13 +156,14 @@ def cache_meta(cfg: Any, dataset: Any, precision: str, views: int, transform: An
     """Everything that determines the cached training views' values, as plain JSON data."""
     split_files = getattr(dataset, "split_files", {}) or {}
     train = list(dataset.train_x)
+    weights = _weights(cfg)
     return {
         "version": CACHE_VERSION,
-        "slot": dict(_locator(cfg, precision, device), kind="train", dataset=str(cfg.DATASET.NAME),
+        "slot": dict(_locator(cfg, weights, precision, device), kind="train", dataset=str(cfg.DATASET.NAME),
                      sub_classes=str(cfg.DATASET.get("SUB_CLASSES", "")), shots=int(cfg.DATASET.NUM_SHOTS),
                      seed=int(cfg.SEED), views=int(views)),
         "backbone": str(cfg.MODEL.BACKBONE.NAME),
-        "weights": _weights(cfg),
+        "weights": weights,
         "precision": precision,
         "device": device,
         "transform": repr(transform),
@@ -180,13 +180,14 @@ def cache_meta(cfg: Any, dataset: Any, precision: str, views: int, transform: An
 def eval_meta(cfg: Any, items: Sequence[Any], transform: Any, precision: str, device: str,
               split: str) -> Dict[str, Any]:
     """The key of one split's evaluation features: independent of the method, shots and seed."""
+    weights = _weights(cfg)
     return {
         "version": CACHE_VERSION,
-        "slot": dict(_locator(cfg, precision, device), kind="eval", dataset=str(cfg.DATASET.NAME),
+        "slot": dict(_locator(cfg, weights, precision, device), kind="eval", dataset=str(cfg.DATASET.NAME),
                      sub_classes=str(cfg.DATASET.get("SUB_CLASSES", "")), split=split,
                      paths=json_digest([d.impath for d in items])),
         "backbone": str(cfg.MODEL.BACKBONE.NAME),
-        "weights": _weights(cfg),
+        "weights": weights,
         "precision": precision,
         "device": device,
         "transform": repr(transform),
