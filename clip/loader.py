@@ -286,7 +286,9 @@ def weights_identity(cfg: Any) -> Dict[str, Any]:
       rewritten in place changes the identity and a copy elsewhere keeps it (hash memoised per file
       version, see :func:`dassl.utils.identity.file_identity`);
     * ``none``: ``{"kind": "random", "model", "seed"}`` (the seeded random init of :func:`load_clip`);
-    * ``hf-hub:``: ``{"kind": "hub", "model"}``; ``local-dir:``: the content of every file in the folder.
+    * ``hf-hub:``: ``{"kind": "hub", "model", "files"}``, the content of the config and weights file the
+      local hub cache holds for it (:func:`hub_cached_files`; ``{}`` before the first download);
+      ``local-dir:``: the content of every file in the folder.
 
     ``quick_gelu`` (the resolved activation) is part of every identity: it changes the features.
     """
@@ -304,7 +306,11 @@ def weights_identity(cfg: Any) -> Dict[str, Any]:
             p.name: content_identity(str(p)) for p in sorted(folder.iterdir()) if p.is_file()
         })
     else:
-        ident["kind"] = "hub"
+        # The name alone identified a repository whose "main" moves: features cached and runs skipped
+        # under an older snapshot were reused for a newer one. The content of the files the cache
+        # holds says which snapshot; a run loads through that cache, so it records what it loaded.
+        cached = hub_cached_files(spec.name[len(HF_HUB_PREFIX):])
+        ident.update(kind="hub", files={name: content_identity(path) for name, path in cached.items()})
     return ident
 
 
@@ -484,15 +490,28 @@ def check_schema_files(spec: BackboneSpec) -> None:
             )
         check_weights_file(str(weights), owner=f"{owner}: weights")
         return
-    repo_id = spec.name[len(HF_HUB_PREFIX):]
+    cached = hub_cached_files(spec.name[len(HF_HUB_PREFIX):])
+    if "open_clip_config.json" in cached:
+        _check_open_clip_config(Path(cached["open_clip_config.json"]), owner)
+    weights = [path for name, path in cached.items() if name in HUB_WEIGHT_FILES]
+    if weights:
+        check_weights_file(weights[0], owner=f"{owner}: weights")
+
+
+def hub_cached_files(repo_id: str) -> Dict[str, str]:
+    """The files of an ``hf-hub:`` model that open_clip would load from the local hub cache, by name:
+    ``open_clip_config.json`` and the first cached weights file in open_clip's order
+    (:data:`HUB_WEIGHT_FILES`); what is not cached is absent."""
+    found: Dict[str, str] = {}
     config_file = try_to_load_from_cache(repo_id, "open_clip_config.json")
     if isinstance(config_file, str):
-        _check_open_clip_config(Path(config_file), owner)
+        found["open_clip_config.json"] = config_file
     for name in HUB_WEIGHT_FILES:
         cached = try_to_load_from_cache(repo_id, name)
         if isinstance(cached, str):
-            check_weights_file(cached, owner=f"{owner}: weights")
-            return
+            found[name] = cached
+            break
+    return found
 
 
 def declared_model_cfg(cfg: Any) -> Dict[str, Any]:

@@ -1109,13 +1109,13 @@ def test_empty_weights_files_say_so(toy_root, tmp_path, capsys):
         assert "StopIteration" not in line and ("holds no state dict of tensors" in line or "holds no tensors" in line), line
 
 
-def _hub_cache(root: Path, repo: str, files: Dict[str, bytes]) -> None:
-    """huggingface_hub's cache layout for ``repo`` at one snapshot, holding ``files``."""
+def _hub_cache(root: Path, repo: str, files: Dict[str, bytes], commit: str = "0" * 40) -> None:
+    """huggingface_hub's cache layout for ``repo`` at snapshot ``commit`` (then its "main"), holding ``files``."""
     base = root / ("models--" + repo.replace("/", "--"))
-    snapshot_dir = base / "snapshots" / ("0" * 40)
+    snapshot_dir = base / "snapshots" / commit
     snapshot_dir.mkdir(parents=True)
-    (base / "refs").mkdir()
-    (base / "refs" / "main").write_text("0" * 40)
+    (base / "refs").mkdir(exist_ok=True)
+    (base / "refs" / "main").write_text(commit)
     for name, data in files.items():
         (snapshot_dir / name).write_bytes(data)
 
@@ -1143,6 +1143,39 @@ def test_a_cached_hub_model_without_its_weights_is_not_a_random_backbone(toy_roo
                             opts=["MODEL.BACKBONE.NAME", "hf-hub:me/whole"])
     loaded = load_clip(cfg, "cpu").model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
+
+
+def test_a_hub_model_is_identified_by_the_snapshot_it_loads(tmp_path, monkeypatch):
+    """An ``hf-hub:`` model was identified by its name alone, so a run finished (or features cached) under
+    one snapshot of the repository counted as done for the next: "main" moves. Now the identity is the
+    content of the cached files open_clip loads; the same bytes under another snapshot give the same one."""
+    from huggingface_hub import constants as hf_constants
+
+    from clip import weights_identity
+    from dassl.engine.build import expected_fingerprint
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = json.dumps({"model_cfg": json.loads((REPO / "clip" / "model_configs" / "test-tiny.json").read_text())})
+    cfg = configs.build_cfg(trainer=TRAINER, dataset="LAION_Beyond_GCD", config="cpu_smoke", root=".",
+                            opts=["MODEL.BACKBONE.NAME", "hf-hub:me/moving"])
+    first, second = _saved(_tiny_state(seed=5), "safetensors"), _saved(_tiny_state(seed=6), "safetensors")
+    before = weights_identity(cfg)
+    assert before["files"] == {}  # nothing cached yet: a run downloads, then records what it loaded
+    _hub_cache(tmp_path / "hub", "me/moving", {"open_clip_config.json": config.encode(),
+                                              "open_clip_model.safetensors": first}, commit="1" * 40)
+    old, old_fp = weights_identity(cfg), expected_fingerprint(cfg)
+    assert old["files"]["open_clip_model.safetensors"] == {"size": len(first),
+                                                           "sha256": hashlib.sha256(first).hexdigest()}
+    assert old["files"]["open_clip_config.json"]["sha256"] == hashlib.sha256(config.encode()).hexdigest()
+    _hub_cache(tmp_path / "hub", "me/moving", {"open_clip_config.json": config.encode(),
+                                              "open_clip_model.safetensors": second}, commit="2" * 40)
+    new = weights_identity(cfg)
+    assert new["files"]["open_clip_model.safetensors"]["sha256"] == hashlib.sha256(second).hexdigest()
+    assert new != old and expected_fingerprint(cfg) != old_fp
+    _hub_cache(tmp_path / "hub", "me/moving", {"open_clip_config.json": config.encode(),
+                                              "open_clip_model.safetensors": first}, commit="3" * 40)
+    assert weights_identity(cfg) == old and expected_fingerprint(cfg) == old_fp
 
 
 def test_resume_of_another_configuration_says_to_drop_resume(toy_root, finished, tmp_path, capsys):
