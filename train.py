@@ -52,6 +52,7 @@ from dassl.utils import (
     close_log_file,
     collect_env_info,
     former_file,
+    hold_output_dir,
     list_checkpoints,
     load_checkpoint,
     log_file_for,
@@ -232,18 +233,26 @@ def output_dir_conflict(cfg: Any, model_dir: str = "", load_epoch: Optional[int]
         return f"a {run_results.RESULTS_FILE} without a run fingerprint (written by other code)"
     if state.state == "match":
         return None
+    differences = unfinished_run_differences(out, expected, evaluating)
+    if differences:
+        return f"checkpoints of a run of another configuration (differs in: {'; '.join(differences)})"
+    return None
+
+
+def unfinished_run_differences(out: str, expected: Dict[str, Any], evaluating: bool = False) -> List[str]:
+    """How the run whose checkpoints lie in the folder ``out`` (no results.json: unfinished, e.g. killed)
+    differs from the fingerprint ``expected`` (empty: none there, or the same run, which resumes). The
+    grid asks it while planning, so such a folder stops it before any cell trains."""
     subdirs = [osp.join(out, d) for d in sorted(os.listdir(out)) if osp.isdir(osp.join(out, d))]
     if not any(list_checkpoints(d) for d in subdirs):
-        return None
+        return []
     differences = run_results.config_differences(osp.join(out, run_results.CONFIG_FILE), expected)
     if differences is None:  # no config.yaml header: the checkpoints say what they are
         differences = _checkpoint_differences(out, expected)
     elif evaluating and differences and differences[0].startswith("fingerprint "):
         # same keys, other id: the folder is the training run of the model being evaluated
         differences = ["source (this folder is a training run's; the evaluation would replace its config.yaml)"]
-    if differences:
-        return f"checkpoints of a run of another configuration (differs in: {'; '.join(differences)})"
-    return None
+    return list(differences)
 
 
 def _same_dir(a: str, b: str) -> bool:
@@ -295,21 +304,35 @@ def main(args: argparse.Namespace) -> Any:
     if args.eval_only and args.model_dir:
         check_eval_model_dir(cfg, args.model_dir, args.load_epoch)
     # also under --no-train: building the trainer writes config.yaml (and with --eval-only, results.json)
-    conflict = check_output_dir_run(cfg, args.model_dir if args.eval_only else "", args.load_epoch,
-                                    evaluating=args.eval_only,
-                                    overwrite=run_results.overwrite_requested(getattr(args, "overwrite", False)))
+    model_dir = args.model_dir if args.eval_only else ""
+    overwrite = run_results.overwrite_requested(getattr(args, "overwrite", False))
+    conflict = check_output_dir_run(cfg, model_dir, args.load_epoch, evaluating=args.eval_only, overwrite=overwrite)
     created = missing_dirs(str(cfg.OUTPUT_DIR)) if cfg.OUTPUT_DIR else []
     # what a failed start must give back: a finished run's config.yaml (building the trainer rewrites it)
     # and its log.txt (a logger still open on it in this process appends to it)
     config_file = osp.join(str(cfg.OUTPUT_DIR), run_results.CONFIG_FILE)
     former = {p: f for p in (config_file, log_file_for(str(cfg.OUTPUT_DIR))) if (f := former_file(p)) is not None}
     check_writable_dir(cfg.OUTPUT_DIR)
+    with hold_output_dir(str(cfg.OUTPUT_DIR)):
+        if not created:  # again under the lock: a run another process finished here since is not replaced
+            conflict = check_output_dir_run(cfg, model_dir, args.load_epoch, evaluating=args.eval_only,
+                                            overwrite=overwrite)
+        return _run_held(args, cfg, conflict, created, config_file, former)
+
+
+def _run_held(args: argparse.Namespace, cfg: Any, conflict: Optional[str], created: List[str], config_file: str,
+              former: Dict[str, Any]) -> Any:
+    """The run itself, in its output folder held by :func:`main` (``hold_output_dir``)."""
     log_file = setup_logger(cfg.OUTPUT_DIR, console="all" if getattr(args, "verbose", False) else "summary")
     clean_temp_files(cfg.OUTPUT_DIR)
     replace_conflicting_run(cfg, conflict, evaluating=args.eval_only)
     if cfg.SEED >= 0:
         logger.info("Setting fixed seed: %d", cfg.SEED)
         set_random_seed(cfg.SEED)
+    elif not (args.eval_only or args.no_train):  # CoOp's SEED -1: no seeding, as in the reference
+        logger.warning("SEED=%d: training is unseeded, so another run of this command gives other numbers under "
+                       "the same fingerprint (a sweep counts either as this configuration's run); pass --seed S "
+                       "for a reproducible run", cfg.SEED)
     if torch.cuda.is_available() and cfg.USE_CUDA:
         torch.backends.cudnn.benchmark = True
 

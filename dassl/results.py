@@ -497,10 +497,29 @@ def clear_run(output_dir: str, checkpoints: bool = True) -> List[str]:
             continue
         for name in sorted(os.listdir(sub)):
             path = osp.join(sub, name)
-            if _CHECKPOINT_NAME.fullmatch(name) and osp.isfile(path) and not osp.islink(path):
+            if _CHECKPOINT_NAME.fullmatch(name) and osp.isfile(path) and not osp.islink(path) and _written_by_us(path):
                 os.remove(path)
                 removed.append(path)
     return removed
+
+
+#: How a file ``torch.save`` wrote begins: a zip archive (torch >= 1.6), or a pickle (older torch).
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _written_by_us(path: str) -> bool:
+    """Whether a file of a checkpoint's name is what the trainers write there: a ``torch.save`` file, or a
+    ``checkpoint`` pointer naming a checkpoint file. A user's note of that name in some subfolder was
+    deleted by ``--overwrite`` (never delete what this code did not write)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return False
+    if osp.basename(path) == "checkpoint":
+        name = head.decode("utf-8", "replace").strip()
+        return len(head) < 256 and bool(_CHECKPOINT_NAME.fullmatch(name)) and name != "checkpoint"
+    return head.startswith(_TORCH_MAGIC)
 
 
 def write_config(output_dir: str, cfg_text: str, fp: Optional[Mapping[str, Any]] = None) -> str:
@@ -595,7 +614,40 @@ def read_results(path: str) -> RunResults:
     fp = data.get("fingerprint")
     if not isinstance(fp, dict) or "id" not in fp:
         raise ResultsError(f"{path}: schema {schema} file without a fingerprint")
+    problem = _fingerprint_problem(fp) or _fields_problem(data, str(kind))
+    if problem:  # a hand-edited file: each consumer's comparison was a traceback, or counted it finished
+        raise ResultsError(f"{path}: {problem}; delete the run or rerun it")
     return RunResults(str(path), data, int(schema), str(kind), fp)
+
+
+#: The type of each fingerprint part as :func:`fingerprint` writes it; all but ``id`` and ``config``
+#: may be null (or absent, in files of older code).
+_FINGERPRINT_TYPES: Mapping[str, type] = {
+    "id": str, "config": dict, "group": str, "trainer": str, "data": dict, "weights": dict, "source": dict,
+    "source_run": dict, "fewshot": str, "code": dict,
+}
+
+
+def _fingerprint_problem(fp: Mapping[str, Any]) -> Optional[str]:
+    """What makes a stored fingerprint unlike any :func:`fingerprint` writes (None: nothing)."""
+    for key, kind in _FINGERPRINT_TYPES.items():
+        value = fp.get(key)
+        if value is None and key not in ("id", "config"):
+            continue
+        if not isinstance(value, kind):
+            return f'fingerprint field "{key}" is {type(value).__name__}, not {kind.__name__}'
+    return None
+
+
+def _fields_problem(data: Mapping[str, Any], kind: str) -> Optional[str]:
+    """A results field the contract requires that is absent (a run without its accuracy is not finished)."""
+    missing = [k for k in _REQUIRED[kind] if k not in data]
+    if missing:
+        return f"lacks the field(s) {missing} every {kind!r} results.json has"
+    accuracy = data.get("accuracy")
+    if kind == "run" and (not isinstance(accuracy, (int, float)) or isinstance(accuracy, bool)):
+        return f'field "accuracy" is {type(accuracy).__name__}, not a number'
+    return None
 
 
 def iter_results(root: str) -> Iterator[RunResults]:
@@ -625,6 +677,8 @@ class Finished:
     path: str
     differences: List[str] = field(default_factory=list)
     results: Optional[RunResults] = None
+    #: what ``path`` holds, for messages ("finished run"; the grid's "unfinished run" of checkpoints)
+    what: str = "finished run"
 
     @property
     def done(self) -> bool:

@@ -655,15 +655,20 @@ def check_images(groups: Sequence[ImageGroup]) -> None:
         other = [f"{shown_path(p)}: {why}" for p, why in found.items() if why != MISSING]
         unusable += len(other)
         if other:
-            report.append(f"{len(other)} image(s) referenced by {split_file} are unusable:\n{_listing(other, 5)}")
+            report.append((f"{len(other)} image(s) referenced by {split_file} are unusable", other))
         if missing:
-            report.append(f"{len(missing)} image(s) referenced by {split_file} are missing, e.g.:\n"
-                          f"{_listing(missing, 5)}")
+            report.append((f"{len(missing)} image(s) referenced by {split_file} are missing", missing))
     if report:
+        # One line (the first example and the counts), as every user mistake is reported; before, the
+        # first of several lines named no file. The complete listing goes to the log.
+        logger.info("Unusable or missing images:\n%s", "\n".join(f"{head}:\n{_listing(items, 50)}" for head, items in report))
+        head, items = report[0]
+        others = total - 1
         raise DatasetError(
-            f"{total} {'missing or unusable' if unusable else 'missing'} image(s).\n" + "\n".join(report)
-            + "\nFix: complete the download/extraction of the images/ folders (expected "
-            "<subset dir>/images/<classname>/<image_name>, regular files or symlinks inside it)."
+            f"{total} {'missing or unusable' if unusable else 'missing'} image(s): {head}, e.g. {items[0]}"
+            + (f" (and {others} more; all listed in the log)" if others else "")
+            + ". Fix: complete the download/extraction of the images/ folders (expected "
+            "<subset dir>/images/<classname>/<image_name>, regular files or symlinks inside it)"
         )
 
 

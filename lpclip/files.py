@@ -49,6 +49,7 @@ def job_differences(stored: Optional[Mapping[str, Any]], expected: Mapping[str, 
     """The keys in which a file's stored job identity differs from the expected one ("job identity
     missing" for a file without one); empty when they agree."""
     if stored is None:
-        return ["job identity missing (written by an older extractor)"]
+        return ["job identity missing (written by an older extractor, or from unseeded random weights, which "
+                "no identity can name: --seed S gives one)"]
     keys = sorted(set(stored) | set(expected))
     return [k for k in keys if stored.get(k) != expected.get(k)]

@@ -76,7 +76,7 @@ from sklearn.linear_model import LogisticRegression
 
 from dassl import results as results_contract
 from dassl.cli import ArgumentParser
-from dassl.utils import WriteError, atomic_write, check_writable_dir, requested_device
+from dassl.utils import WriteError, atomic_write, check_writable_dir, hold_output_dir, requested_device
 from dassl.utils.identity import content_identity
 from lpclip import logreg
 from lpclip.files import FINGERPRINT_KEY, JOB_KEY, SPLITS, FeatureError, OutputConflictError, feature_file
@@ -874,7 +874,19 @@ def run(args: argparse.Namespace) -> Tuple[str, str, Dict[str, Dict[str, Any]]]:
     output_dir = args.output_dir or osp.join(args.feature_dir, args.dataset, args.sub_classes, "linear_probe")
     fp = probe_fingerprint(args.feature_dir, args.dataset, args.sub_classes, args.shots, args.num_run,
                            args.num_step, args.normalized, args.solver)
-    check_output_dir(output_dir, fp, results_contract.overwrite_requested(args.overwrite))
+    overwrite = results_contract.overwrite_requested(args.overwrite)
+    check_output_dir(output_dir, fp, overwrite)
+    existed = osp.isdir(output_dir)
+    check_writable_dir(output_dir, "probe output directory")
+    with hold_output_dir(output_dir):  # no second probe or run writes this folder meanwhile
+        if existed and not overwrite:  # again under the lock: results another process finished meanwhile stay
+            check_output_dir(output_dir, fp)
+        return _probe(args, feats, shots, features, output_dir, fp, device)
+
+
+def _probe(args: argparse.Namespace, feats: Dict[str, FeatureSplit], shots: List[int], features: str, output_dir: str,
+           fp: Dict[str, Any], device: torch.device) -> Tuple[str, str, Dict[str, Dict[str, Any]]]:
+    """The fits and the results files of :func:`run`, in its checked and held output folder."""
     logger.info("%s/%s: train %d, val %d, test %d rows, D=%d, %s features", args.dataset, args.sub_classes,
                 len(feats["train"].y), len(feats["val"].y), len(feats["test"].y), feats["train"].x.shape[1],
                 features)

@@ -55,7 +55,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import torch
 from tqdm import tqdm
@@ -73,6 +73,7 @@ from dassl.utils import (
     absolute_path,
     check_writable_dir,
     clean_temp_files,
+    hold_output_dir,
     set_random_seed,
     setup_logger,
 )
@@ -186,6 +187,16 @@ class GridSummary:
     encoded: int = 0
     #: cells planned (skipped ones included); 0: the cells counted below
     total: int = 0
+    #: output dirs of the failed cells whose failure was a user's mistake (``train.user_errors``)
+    mistakes: Set[str] = field(default_factory=set)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when nothing failed; 2 when every failure was a user's mistake (as train.py exits for one),
+        else 1 (a bug, or a lost worker)."""
+        if not self.failed:
+            return 0
+        return 2 if all(cell.output_dir in self.mistakes for cell, _ in self.failed) else 1
 
     @property
     def not_run(self) -> int:
@@ -296,9 +307,15 @@ def cell_state(cell: Cell, match_code: bool = False) -> results.Finished:
             return results.Finished("missing", cell.results_file)
         return command_state(["python", "-m", "lpclip.linear_probe", *_probe_argv(cell)], cell.results_file,
                              match_code=match_code)
+    expected = expected_fingerprint(cell.cfg)
     if not osp.isfile(cell.results_file):
+        # a killed run of another configuration: its checkpoints stopped the cell only when it ran
+        unfinished = (train.unfinished_run_differences(cell.output_dir, expected, cell.run.eval_only)
+                      if osp.isdir(cell.output_dir) else [])
+        if unfinished:
+            return results.Finished("mismatch", cell.output_dir, unfinished, what="unfinished run (its checkpoints)")
         return results.Finished("missing", cell.results_file)
-    return results.find_finished(cell.output_dir, expected_fingerprint(cell.cfg), match_code=match_code)
+    return results.find_finished(cell.output_dir, expected, match_code=match_code)
 
 
 def is_finished(cell: Cell, match_code: bool = False) -> bool:
@@ -322,18 +339,23 @@ def _run_train_cell(cell: Cell, shared: Dict[Any, Any], epoch_bars: bool = False
     train.validate_cfg(cfg, training=not cell.run.eval_only)
     # what train.py checks before writing: another configuration's results or checkpoints in the folder
     conflict = train.check_output_dir_run(cfg, evaluating=cell.run.eval_only, overwrite=cell.overwrite)
-    _cell_logging(cfg.OUTPUT_DIR)
-    train.replace_conflicting_run(cfg, conflict, evaluating=cell.run.eval_only)
-    if cfg.SEED >= 0:
-        set_random_seed(cfg.SEED)
-    trainer = build_trainer(cfg, shared=shared)
-    trainer.show_progress = epoch_bars
-    trainer.progress_batches = False
-    if cell.run.eval_only:
-        trainer.test()
-        trainer.finalize()
-    else:
-        trainer.train()
+    existed = osp.isdir(cfg.OUTPUT_DIR)
+    check_writable_dir(cfg.OUTPUT_DIR)
+    with hold_output_dir(cfg.OUTPUT_DIR):  # as train.py: no other grid or run writes the folder meanwhile
+        if existed:  # again under the lock: a run another process finished there since is not replaced
+            conflict = train.check_output_dir_run(cfg, evaluating=cell.run.eval_only, overwrite=cell.overwrite)
+        _cell_logging(cfg.OUTPUT_DIR)
+        train.replace_conflicting_run(cfg, conflict, evaluating=cell.run.eval_only)
+        if cfg.SEED >= 0:
+            set_random_seed(cfg.SEED)
+        trainer = build_trainer(cfg, shared=shared)
+        trainer.show_progress = epoch_bars
+        trainer.progress_batches = False
+        if cell.run.eval_only:
+            trainer.test()
+            trainer.finalize()
+        else:
+            trainer.train()
     return dict(getattr(trainer, "final_results", None) or {})
 
 
@@ -506,9 +528,12 @@ def _run_groups(groups: Dict[Tuple[str, str], List[Cell]], summary: GridSummary,
             except Exception as err:  # one failed cell must not lose the others
                 # a user's mistake (bad image, config, folder) is one line, as train.py prints it;
                 # anything else is a bug and keeps its traceback in the log
-                logger.error("cell failed: %s: %s", cell.label, _error_line(err),
-                             exc_info=not isinstance(err, train.user_errors()))
+                mistake = isinstance(err, train.user_errors())
+                logger.error("cell failed: %s: %s", cell.label, _error_line(err), exc_info=not mistake,
+                             extra={"console": not mistake})  # the console has the FAILED line below
                 summary.failed.append((cell, _error_line(err)))
+                if mistake:
+                    summary.mistakes.add(cell.output_dir)
                 progress.done(cell, f"FAILED {cell.label}: {_error_line(err)}", why=_error_line(err))
                 if fail_fast:
                     return
@@ -583,7 +608,8 @@ def _group_worker(plan: GridPlan, dataset: str, output_dirs: Sequence[str], fail
     groups = group_cells(cells)
     _run_groups(groups, summary, _QueueProgress(_WorkerContext.lines, dataset), _WorkerContext.stop, fail_fast)
     return {"ran": [c.output_dir for c in summary.ran], "failed": [(c.output_dir, why) for c, why in summary.failed],
-            "seconds": dict(summary.seconds), "encoded": summary.encoded, "stopped": summary.stopped}
+            "seconds": dict(summary.seconds), "encoded": summary.encoded, "stopped": summary.stopped,
+            "mistakes": sorted(summary.mistakes)}
 
 
 def _run_parallel(groups: Dict[Tuple[str, str], List[Cell]], summary: GridSummary, workers: int, threads: int,
@@ -655,6 +681,7 @@ def _run_parallel(groups: Dict[Tuple[str, str], List[Cell]], summary: GridSummar
                         broken.append((futures[fut], f"worker process failed: {_error_line(err)}"))
                         continue
                     reports.append(report)
+                    summary.mistakes.update(report["mistakes"])
                     summary.encoded += int(report["encoded"])
                     summary.stopped = summary.stopped or bool(report["stopped"])
                     if fail_fast and report["failed"]:
@@ -898,7 +925,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         return INTERRUPTED
     if summary.stopped:
         return STOPPED
-    return 1 if summary.failed else 0
+    return summary.exit_code
 
 
 if __name__ == "__main__":

@@ -282,16 +282,22 @@ def check_outputs(commands: Sequence[Command], cwd: Optional[str] = None) -> Non
     """Raise a one-line ValueError when two commands write the same output directory (``train.py``,
     the probe) or feature file (the extractor), naming both: they would run side by side (another
     worker, another array task) and one result would be lost. Only commands whose outputs
-    ``scripts.run_identity.command_outputs`` can tell; an identical line twice is refused the same way
-    rather than dropped, so that the list, ``commands.txt`` and the job numbers stay line for line."""
+    ``scripts.run_identity.command_outputs`` can tell, and a ``scripts.grid`` / ``scripts.sweep`` line
+    twice; an identical line twice is refused the same way rather than dropped, so that the list, ``commands.txt`` and the job numbers stay line for line."""
     workdir = cwd or os.fspath(REPO_ROOT)
     owner: Dict[str, Command] = {}
+    lines: Dict[Tuple[str, ...], Command] = {}
     for c in commands:
         try:
             argv = command_argv(c.cmd)
         except ValueError:  # refused by _entry already
             continue
-        for path in command_outputs(argv, workdir):
+        outputs = command_outputs(argv, workdir)
+        first_line = lines.setdefault(tuple(argv), c) if _runs_a_sweep(argv) else c
+        if first_line is not c:  # a scripts.grid line twice: its cells ran twice at once
+            a, b = first_line.where or f"command {first_line.index}", c.where or f"command {c.index}"
+            raise ValueError(f"{b} repeats {a}; both would run at once, writing the same files. Remove the repeat")
+        for path in outputs:
             first = owner.setdefault(path, c)
             if first is c:
                 continue
@@ -300,6 +306,24 @@ def check_outputs(commands: Sequence[Command], cwd: Optional[str] = None) -> Non
                 raise ValueError(f"{b} repeats {a} (both write {path}); remove the repeat")
             raise ValueError(f"{a} and {b} both write {path}; they would run side by side and one result would "
                              "be lost. Give each its own --output-dir")
+
+
+#: The project's commands that write a whole tree of runs under their ``--out``.
+_SWEEPS = ("scripts.grid", "scripts.sweep")
+
+
+def _runs_a_sweep(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` runs ``scripts.grid`` / ``scripts.sweep`` (``-m`` or the file): two identical such
+    lines would run the same cells side by side. Other commands the check cannot read (``echo``) may
+    repeat."""
+    for i, tok in enumerate(argv):
+        if tok == "-m" and i + 1 < len(argv):
+            return argv[i + 1] in _SWEEPS
+        if tok.startswith("-m") and len(tok) > 2:
+            return tok[2:] in _SWEEPS
+        if tok.endswith((".py",)):
+            return Path(tok).with_suffix("").as_posix().endswith(tuple(m.replace(".", "/") for m in _SWEEPS))
+    return False
 
 
 def visible_gpus(explicit: Optional[str] = None) -> List[str]:

@@ -428,7 +428,8 @@ def _trust_the_record(path: Path, data: Dict[str, Any], where: Dict[str, Any]) -
     """Where a fingerprinted results.json contradicts its folder, the file wins (with a warning): a
     run of trainer T is labelled T wherever it lies (a zero-shot evaluation written into a CoOp folder
     was a "CoOp" row), and a training run's shots are its ``DATASET.NUM_SHOTS`` (a ``NUM_SHOTS -1``
-    run in ``shots_1/`` was a 1-shot row). A folder that starts with the trainer's name, or carries
+    run in ``shots_1/`` was a 1-shot row) and its seed its ``SEED`` (seed1/ copied to seed2/ was a
+    second seed; now a duplicate of the first, with a warning). A folder that starts with the trainer's name, or carries
     the same registry label, agrees (``FSNL_openclip_USE_CAPTION_False`` is an FSNL_openclip run)."""
     if not isinstance(data.get("fingerprint"), dict):
         return where
@@ -444,6 +445,14 @@ def _trust_the_record(path: Path, data: Dict[str, Any], where: Dict[str, Any]) -
         logger.warning("%s: trained with DATASET.NUM_SHOTS %d but lies in shots_%s/; counted as %d-shot",
                        path, shots, where["shots"], shots)
         where["shots"] = shots
+    seed = data.get("seed")
+    if (where["phase"] in ("train", "zeroshot") and not data.get("loaded") and isinstance(seed, int)
+            and not isinstance(seed, bool)
+            and where["seed"] is not None and seed != where["seed"]):
+        # a run folder copied to another seed's name counted as one more seed, silently
+        logger.warning("%s: trained with SEED %d but lies in seed%s/; counted as seed %d", path, seed,
+                       where["seed"], seed)
+        where["seed"] = seed
     return where
 
 

@@ -359,7 +359,7 @@ def conflict_message(states: Sequence[results.Finished], elsewhere: str = "use a
         where = why if first.path in why else f"{first.path}: {why}"
         return (f"{len(bad)} job(s) would overwrite a finished run that cannot be checked: {which}{where}. "
                 f"Fix: move it away or repair it, {elsewhere}, or --force to overwrite")
-    return (f"{len(bad)} job(s) would overwrite a different finished run: {which}{first.path} differs in: "
+    return (f"{len(bad)} job(s) would overwrite a different {first.what}: {which}{first.path} differs in: "
             f"{'; '.join(first.differences)}. Fix: {elsewhere}, or --force to overwrite")
 
 

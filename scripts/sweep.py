@@ -37,6 +37,7 @@ import argparse
 import logging
 import os
 import shlex
+import shutil
 import subprocess
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -618,7 +619,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (DomainError, ConfigError, RegistryKeyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if shutil.which(args.python) is None:  # each job failed to start, one after the other
+        print(f"error: --python {args.python!r} is not an executable found on PATH; name the interpreter "
+              "that runs train.py", file=sys.stderr)
+        return 2
     try:
+        if args.feature_dir:  # the probe's extractor jobs each failed on it, then the probe job
+            check_writable_dir(args.feature_dir, "feature folder (--feature-dir)", create=False)
         check_writable_dir(args.out)  # before any job: a file, /dev/null or a read-only folder
     except WriteError as err:
         print(f"error: {err.strerror or err}", file=sys.stderr)

@@ -383,8 +383,8 @@ def test_missing_images_reported_once_with_count(toy):
     with pytest.raises(DatasetError) as err:
         build_dataset(dataset_cfg(toy))
     msg = str(err.value)
-    assert msg.startswith("3 missing image(s).")
-    assert str(split_path(toy, "Animals5_OOP")) in msg and str(removed[0]) in msg
+    assert msg.startswith("3 missing image(s): 3 image(s) referenced by ") and "\n" not in msg
+    assert str(split_path(toy, "Animals5_OOP")) in msg and str(removed[0]) in msg and "and 2 more" in msg
 
 
 # --------------------------------------------------------------------------------------------

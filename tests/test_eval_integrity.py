@@ -188,6 +188,59 @@ def test_eval_of_a_finished_run_without_results_or_of_other_code_is_not_refused(
     coop_style = tmp_path / "coop_style"
     shutil.copytree(killed_run, coop_style)
     (coop_style / "config.yaml").unlink()
+    for path in (coop_style / "name_learner").glob("model.pth.tar-*"):  # other code records no fingerprint
+        ckpt = torch.load(path, weights_only=True)
+        del ckpt["meta"]["fingerprint"]
+        torch.save(ckpt, path)
     assert train.cli(train_argv(toy_root, tmp_path / "b", TRAINER, "OPTIM.MAX_EPOCH", "2",
                                 extra=("--eval-only", "--model-dir", str(coop_style)))) == 0
     assert json.loads((tmp_path / "b" / "results.json").read_text())["loaded"]["epoch"] == 1
+
+
+def test_eval_of_an_unfinished_run_without_its_config_reads_the_checkpoints_record(toy_root, killed_run, tmp_path,
+                                                                                   capsys):
+    """With config.yaml gone the killed run's epoch-1 checkpoint passed as the final model (exit 0): the
+    planned epochs are in the checkpoint's own fingerprint too."""
+    run = tmp_path / "killed"
+    shutil.copytree(killed_run, run)
+    (run / "config.yaml").unlink()
+    out = tmp_path / "eval"
+    capsys.readouterr()
+    assert train.cli(train_argv(toy_root, out, TRAINER, "OPTIM.MAX_EPOCH", "2",
+                                extra=("--eval-only", "--model-dir", str(run)))) == 2
+    line = one_error_line(capsys)
+    assert "its training has not finished" in line and "epoch 1 of OPTIM.MAX_EPOCH 2" in line
+    assert not out.exists()
+
+
+def test_eval_of_a_checkpoint_with_a_damaged_epoch_is_one_line(toy_root, killed_run, tmp_path, capsys):
+    """``"epoch": "two"`` in the checkpoint was an int() traceback."""
+    run = tmp_path / "damaged"
+    shutil.copytree(killed_run, run)
+    path = run / "name_learner" / "model.pth.tar-1"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["epoch"] = "two"
+    torch.save(ckpt, path)
+    capsys.readouterr()
+    assert train.cli(train_argv(toy_root, tmp_path / "eval", TRAINER, "OPTIM.MAX_EPOCH", "2",
+                                extra=("--eval-only", "--model-dir", str(run), "--load-epoch", "1"))) == 2
+    line = one_error_line(capsys)
+    assert str(path) in line and "'two', not a whole number" in line
+
+
+def test_eval_of_a_checkpoint_missing_a_name_of_its_own_label_space_is_one_line(toy_root, killed_run, tmp_path, capsys):
+    """A name deleted from a checkpoint of this very label space was loaded partially (4/5), the missing
+    one at its initial value, noted only in log.txt, and the evaluation filed."""
+    run = tmp_path / "edited"
+    shutil.copytree(killed_run, run)
+    path = run / "name_learner" / "model.pth.tar-1"
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["state_dict"][sorted(k for k in ckpt["state_dict"] if k.startswith("name_embeddings."))[0]]
+    torch.save(ckpt, path)
+    out = tmp_path / "eval"
+    capsys.readouterr()
+    assert train.cli(train_argv(toy_root, out, TRAINER, "OPTIM.MAX_EPOCH", "2",
+                                extra=("--eval-only", "--model-dir", str(run), "--load-epoch", "1"))) == 2
+    line = one_error_line(capsys)
+    assert str(path) in line and "1 of the 5 learned names of its own label space are missing" in line
+    assert not (out / "results.json").exists()

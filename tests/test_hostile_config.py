@@ -796,6 +796,42 @@ def test_resume_falls_back_to_the_newest_valid_checkpoint(toy_root, finished, tm
     assert (run / "results.json").read_bytes() != b""
 
 
+@pytest.mark.parametrize("part,value,expected", [
+    ("optimizer", {}, "its optimizer state does not fit"),
+    ("scheduler", {"kind": "cosine"}, "its scheduler state does not fit (it lacks ['max_epoch'"),
+])
+def test_resume_of_a_checkpoint_with_a_damaged_state_is_one_line(toy_root, finished, tmp_path, capsys, part, value,
+                                                                  expected):
+    """An empty optimizer state was a KeyError traceback; a partial scheduler state resumed silently at
+    the start of the schedule (another learning rate every epoch)."""
+    run = _copy_run(finished, tmp_path / "run")
+    (run / "results.json").unlink()
+    latest = run / "name_learner" / "model.pth.tar-3"
+    ckpt = torch.load(latest, weights_only=True)
+    ckpt[part] = value
+    torch.save(ckpt, latest)
+    before = snapshot(run)
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, run, TRAINER, "TRAIN.CHECKPOINT_FREQ", "1")))
+    assert expected in line and str(latest) in line and "--overwrite" in line, line
+    assert {k: v for k, v in snapshot(run).items() if not k.startswith("log.txt")} == \
+        {k: v for k, v in before.items() if not k.startswith("log.txt")}
+
+
+def test_overwrite_removes_only_checkpoints_this_code_wrote(toy_root, finished, tmp_path):
+    """``--overwrite`` removed every file of a checkpoint's *name* in any subfolder: a user's note called
+    ``other/model.pth.tar-3`` or ``other/checkpoint`` went too."""
+    run = _copy_run(finished, tmp_path / "run")
+    (run / "other").mkdir()
+    mine = {run / "other" / "model.pth.tar-3": "x\n", run / "other" / "checkpoint": "n\n",
+            run / "name_learner" / "model-best.pth.tar": "my notes, not a model\n"}
+    for path, text in mine.items():
+        path.write_text(text)
+    assert train.cli(train_argv(toy_root, run, TRAINER, "OPTIM.MAX_EPOCH", "1", extra=("--overwrite",))) == 0
+    assert all(path.read_text() == text for path, text in mine.items())
+    assert sorted(p.name for p in (run / "name_learner").iterdir()) == ["checkpoint", "model-best.pth.tar",
+                                                                         "model.pth.tar-1"]
+
+
 def _dead_pid() -> int:
     pid = 999_999
     while True:

@@ -396,6 +396,11 @@ class FSNL_openclip(ClipTrainer):
             # silently, e.g. a resume trained on from a half-loaded state; the engine makes this one line.
             raise ValueError(f"{len(misfits)} of the {own} learned names of its own label space have another "
                              f"shape here, e.g. {misfits[0]} (written by another version of the code?)")
+        if matched < own and isinstance(theirs, (list, tuple)) and [str(c) for c in theirs] == self.label_space():
+            # its own label space, yet some names are not in it: a damaged or edited file, loaded
+            # partially before (the missing names kept their initial value; a note in log.txt only)
+            raise ValueError(f"{own - matched} of the {own} learned names of its own label space are missing "
+                             "from it (a damaged or edited checkpoint)")
         for why in misfits:
             logger.warning("Skipping %s", why)
         if total and not matched and not meta.get("classnames") and self.load_info is not None:

@@ -93,7 +93,11 @@ def build_data_loader(
     """A DataLoader over ``data_source``; train loaders drop the last partial batch when at least
     one full batch exists (so a set smaller than the batch still yields one batch)."""
     if not data_source:
-        raise LoaderError(f"The {split or 'requested'} split is empty: cannot build a data loader")
+        dataset = cfg.DATASET if cfg is not None and "DATASET" in cfg else {}
+        where = (f" of {dataset.get('NAME')} ({dataset.get('SUB_CLASSES', '')}) under DATASET.ROOT {dataset.get('ROOT')}"
+                 if dataset.get("NAME") else "")
+        raise LoaderError(f"The {split or 'requested'} split{where} is empty: cannot build a data loader; its "
+                          "split file lists no image for it")
     sampler = build_sampler(sampler_type, cfg=cfg, data_source=data_source, batch_size=batch_size,
                             n_domain=n_domain, n_ins=n_ins)
     wrapper = dataset_wrapper or DatasetWrapper

@@ -43,6 +43,7 @@ from .. import results as results_contract
 from ..data import DataManager
 from ..data.datasets import data_identity
 from ..evaluation import build_evaluator
+from ..optim.lr_scheduler import missing_state_keys
 from ..utils import (
     BEST_NAME,
     POINTER_NAME,
@@ -147,11 +148,23 @@ def read_model_checkpoint(path: str) -> Dict[str, Any]:
         ) from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f'checkpoint "{path}" holds no state_dict; point --model-dir at a training run')
+    if "epoch" in ckpt and not _whole(ckpt["epoch"]):  # int("two") was a traceback
+        raise CheckpointError(f'checkpoint "{path}" records the epoch {ckpt["epoch"]!r}, not a whole number: it is '
+                              "damaged or not a checkpoint of this code; pick another with --load-epoch, or retrain")
     bad = nonfinite_tensors(ckpt["state_dict"])
     if bad:
         raise CheckpointError(f'checkpoint "{path}" holds NaN or infinite weights ({len(bad)} tensors, e.g. {bad[:3]}): '
                               "the run diverged or the file is damaged; pick another with --load-epoch, or retrain")
     return ckpt
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _unfit_state(path: str, what: str, err: Any) -> str:
+    return (f'cannot resume from "{path}": its {what} state does not fit ({" ".join(str(err).split())[:120]}); '
+            "delete that checkpoint to resume from the one before, or use --overwrite to start over")
 
 
 def no_weights_message(trainer: str, directory: str) -> str:
@@ -280,18 +293,24 @@ def check_model_dir(cfg: Any, directory: str, epoch: Optional[int] = None) -> No
         mine = mine if mine is not None else expected_fingerprint(cfg)
         check_model_checkpoint(cfg, directory, path, meta, cls, mine)
         if epoch is None and osp.basename(path) != BEST_NAME:
-            check_run_finished(directory, int(ckpt.get("epoch", 0)))
+            check_run_finished(directory, int(ckpt.get("epoch", 0)), meta)
 
 
-def check_run_finished(directory: str, loaded_epoch: int) -> None:
+def check_run_finished(directory: str, loaded_epoch: int, meta: Optional[Dict[str, Any]] = None) -> None:
     """An evaluation without ``--load-epoch`` means the training run's final model. A run of this code
     killed after epoch 1 of 2 (no results.json, its last checkpoint before ``OPTIM.MAX_EPOCH``) was
     evaluated from that checkpoint and filed like a finished run's model: a :class:`CheckpointError`
     now, pointing to the two intended meanings. Folders of other code (CoOp's outputs: no config.yaml
-    with a fingerprint) are not judged, and a finished run's last checkpoint is its final epoch."""
+    with a fingerprint) are not judged, and a finished run's last checkpoint is its final epoch. The
+    planned epochs come from config.yaml, else from the checkpoint's own recorded fingerprint (``meta``):
+    without config.yaml a killed run's checkpoint passed as the final model."""
     if osp.isfile(osp.join(directory, results_contract.RESULTS_FILE)):
         return
     planned = results_contract.recorded_max_epoch(directory)
+    if planned is None:
+        recorded = ((meta or {}).get("fingerprint") or {}).get("config") or {}
+        value = recorded.get("OPTIM.MAX_EPOCH") if isinstance(recorded, dict) else None
+        planned = value if _whole(value) else None
     if planned is not None and loaded_epoch < planned:
         raise CheckpointError(
             f"--model-dir {directory}: its training has not finished (the last checkpoint is epoch {loaded_epoch} "
@@ -467,7 +486,7 @@ class TrainerBase:
             logger.warning('Checkpoint "%s" is unreadable (%s: %s)', path, type(e).__name__,
                            " ".join(str(e).split())[:160])
             return None
-        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) or "epoch" not in ckpt:
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) or not _whole(ckpt.get("epoch")):
             logger.warning('Checkpoint "%s" holds no state_dict/epoch', path)
             return None
         bad = nonfinite_tensors(ckpt["state_dict"])
@@ -534,10 +553,18 @@ class TrainerBase:
                 raise CheckpointError(f'cannot resume from "{path}": its weights do not fit this model '
                                       f"({' '.join(str(e).split())[:200]})") from e
         for name, ckpt in chosen.items():
-            if self._optims[name] is not None and ckpt.get("optimizer") is not None:
-                self._optims[name].load_state_dict(ckpt["optimizer"])
-            if self._scheds[name] is not None and ckpt.get("scheduler") is not None:
-                self._scheds[name].load_state_dict(ckpt["scheduler"])
+            path = osp.join(directory, name, found[name][start_epoch])
+            optim, sched = self._optims[name], self._scheds[name]
+            if optim is not None and ckpt.get("optimizer") is not None:
+                try:
+                    optim.load_state_dict(ckpt["optimizer"])
+                except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as e:  # a traceback before
+                    raise CheckpointError(_unfit_state(path, "optimizer", e)) from None
+            if sched is not None and ckpt.get("scheduler") is not None:
+                missing = missing_state_keys(sched, ckpt["scheduler"])
+                if missing:
+                    raise CheckpointError(_unfit_state(path, "scheduler", f"it lacks {missing}"))
+                sched.load_state_dict(ckpt["scheduler"])
             logger.info('Resumed "%s" from %s (epoch %d)', name, osp.join(directory, name, found[name][start_epoch]),
                         start_epoch)
 

@@ -30,7 +30,8 @@ from torch.optim.lr_scheduler import LRScheduler
 from ..utils.registry import check_availability
 from .optimizer import nonnegative
 
-__all__ = ["build_lr_scheduler", "check_scheduler_cfg", "EpochLRScheduler", "AVAI_SCHEDS", "WARMUP_TYPES"]
+__all__ = ["build_lr_scheduler", "check_scheduler_cfg", "EpochLRScheduler", "AVAI_SCHEDS", "WARMUP_TYPES",
+           "missing_state_keys"]
 
 AVAI_SCHEDS = ("single_step", "multi_step", "cosine")
 WARMUP_TYPES = ("constant", "linear")
@@ -92,6 +93,20 @@ class EpochLRScheduler(LRScheduler):
 
     def _get_closed_form_lr(self) -> List[float]:
         return self.get_lr()
+
+
+#: What a resumed :class:`EpochLRScheduler` needs from a checkpoint's scheduler state: its schedule and
+#: position (torch's private bookkeeping may differ between torch versions and is not required).
+_STATE_KEYS = ("kind", "max_epoch", "stepsize", "gamma", "warmup_epoch", "warmup_type", "warmup_cons_lr",
+               "warmup_min_lr", "warmup_recount", "last_epoch", "base_lrs")
+
+
+def missing_state_keys(scheduler: Any, state: Any) -> List[str]:
+    """The keys ``scheduler`` needs that a checkpoint's scheduler ``state`` lacks (all of them when it is
+    not a dict). ``load_state_dict`` merges any dict into the scheduler, so a partial state resumed
+    silently at epoch 0 of the schedule."""
+    needed = _STATE_KEYS if isinstance(scheduler, EpochLRScheduler) else ("last_epoch",)
+    return [k for k in needed if not isinstance(state, dict) or k not in state]
 
 
 def _stepsizes(optim_cfg: Any) -> List[Any]:

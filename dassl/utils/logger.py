@@ -6,7 +6,8 @@ keep using ``logging.getLogger(__name__)`` and their lines land in the run's log
 The console has two modes. ``console="all"`` (the default, and ``train.py --verbose``) prints every
 record as before. ``console="summary"`` (``train.py``'s default) keeps the console for what a person
 watching a sweep needs: warnings and errors of the project's own loggers and the records logged with
-``extra={"console": True}`` (one line per finished run). Everything else -- the config dump, per-batch
+``extra={"console": True}`` (one line per finished run); ``extra={"console": False}`` keeps a warning or
+error in ``log.txt`` when the caller prints its own line for it. Everything else -- the config dump, per-batch
 progress, open_clip's INFO lines (logged on the root logger), Python warnings -- goes to ``log.txt``
 only, which keeps Dassl's ``* accuracy: X%`` lines for regex parsers.
 
@@ -50,8 +51,9 @@ class _SummaryFilter(logging.Filter):
     """What a ``summary`` console shows: flagged records, and the project's warnings and errors."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "console", False):
-            return True
+        flag = getattr(record, "console", None)
+        if flag is not None:
+            return bool(flag)
         if record.levelno >= logging.ERROR:
             return True
         return record.levelno >= logging.WARNING and record.name.split(".")[0] not in _QUIET_LOGGERS

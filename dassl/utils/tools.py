@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import stat
 import time
 import warnings
 import zlib
-from typing import IO, Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import IO, Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ __all__ = [
     "write_error",
     "clean_temp_files",
     "check_writable_dir",
+    "hold_output_dir",
     "derive_seed",
     "listdir_nohidden",
     "set_random_seed",
@@ -314,6 +316,35 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def hold_output_dir(directory: str) -> Iterator[None]:
+    """Hold the existing run folder ``directory`` for the block: an exclusive advisory lock (``flock``)
+    on the directory itself, so no lock file is written and a killed process leaves no stale lock.
+
+    A second process that starts a run in the same folder meanwhile -- two grids, or two launcher
+    lines, writing one ``--out`` -- gets a :class:`WriteError` (one line). Before, both trained the
+    folder, both printed "done", and the later results.json silently replaced the earlier one. A file
+    system that cannot lock a directory (some network mounts) leaves the run unlocked, as before.
+    """
+    fd: Optional[int] = None
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise WriteError(errno.EBUSY, f'"{directory}" is in use: another process is running there now '
+                                 "(a run or grid writing the same folder); wait for it to end, or write "
+                                 "elsewhere") from None
+            except OSError:
+                pass
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def clean_temp_files(directory: str, recursive: bool = True) -> List[str]:
     """Remove the temporary files that killed :func:`atomic_write` calls left in ``directory``.
 
@@ -492,7 +523,9 @@ def check_writable_dir(directory: str, what: str = "output directory", create: b
     except OSError as e:
         raise WriteError(e.errno, f'cannot create the {what} "{directory}": {_write_problem(e)}') from e
     if not osp.isdir(directory):
-        raise WriteError(errno.ENOTDIR, f'the {what} "{directory}" is a file, not a directory')
+        kind = "a dangling symbolic link" if osp.islink(directory) and not osp.exists(directory) else \
+            "a file, not a directory"
+        raise WriteError(errno.ENOTDIR, f'the {what} "{directory}" is {kind}')
     probe = _temp_path(osp.join(directory, "write-probe"))
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

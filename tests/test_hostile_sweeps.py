@@ -1,0 +1,250 @@
+"""The sweep layer on hostile input found by a hostile pass: two processes writing one run folder at
+once, hand-edited results.json files of the wrong shape, a run folder copied to another seed's name,
+the checkpoints of a killed run of another configuration, the grid's exit code for user errors, and
+the sweep's and launcher's up-front checks. Each test builds the input and asserts the exit code, the
+one line and that nothing was lost."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+
+import train
+from dassl import results
+from dassl.utils import WriteError, hold_output_dir
+from lpclip import linear_probe
+from scripts import grid, launch, parse_test_res, sweep
+from tests.helpers import REPO, snapshot_tree, train_argv
+
+TRAINER = "FSNL_openclip"
+DOMAIN = "Food"
+OPTS = ["OPTIM.MAX_EPOCH", "2"]
+
+
+def grid_cli(root: Path, out: Path, methods: List[str], *extra: str, seeds=("1",)) -> List[str]:
+    return ["--root", str(root), "--out", str(out), "--domains", DOMAIN, "--methods", *methods, "--shots", "1",
+            "--seeds", *seeds, "--config-set", "smoke", "--views", "2", "--workers", "1", *extra, "--opts", *OPTS]
+
+
+def one_line(capsys: pytest.CaptureFixture, rc: int, expected_rc: int = 2) -> str:
+    captured = capsys.readouterr()
+    assert rc == expected_rc, captured.err
+    lines = [ln for ln in captured.err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert "Traceback" not in captured.err + captured.out
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished_grid(toy_root, tmp_path_factory) -> Path:
+    """A grid with one finished FSNL cell and one zero-shot cell (the tests copy it before changing it)."""
+    out = tmp_path_factory.mktemp("sweeps") / "g"
+    assert grid.main(grid_cli(toy_root, out, ["fsnl", "zeroshot"])) == 0
+    logging.getLogger().handlers.clear()
+    return out
+
+
+def cell_results(out: Path, trainer: str = TRAINER) -> Path:
+    (path,) = [p for p in out.rglob(results.RESULTS_FILE) if trainer in str(p)]
+    return path
+
+
+# ------------------------------------------------------------------------------ one folder, two processes
+def test_the_run_folder_lock_holds_across_processes(tmp_path):
+    """``flock`` on the folder itself: a second process is refused while the first holds it, and a
+    killed holder leaves no stale lock (nor any lock file)."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from dassl.utils import hold_output_dir\n"
+        f"with hold_output_dir({str(folder)!r}):\n    print('held', flush=True); time.sleep(60)")],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(WriteError, match="is in use: another process is running there now"):
+            with hold_output_dir(str(folder)):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with hold_output_dir(str(folder)):  # released with its process
+        pass
+    assert list(folder.iterdir()) == []
+
+
+def test_train_py_into_a_folder_another_process_is_running_in_is_refused(toy_root, finished_grid, tmp_path, capsys):
+    """Two runs into one folder both trained it; the later results.json silently replaced the earlier
+    one. Now the second is one line and the folder is untouched."""
+    out = tmp_path / "g"
+    shutil.copytree(finished_grid, out)
+    (cell,) = grid.plan_grid(str(toy_root), str(out), [DOMAIN], ["fsnl"], [1], [1], config_set="smoke", views=2,
+                             opts=OPTS)
+    folder = Path(cell.output_dir)
+    (folder / results.RESULTS_FILE).unlink()  # its run would resume and rewrite everything
+    before = snapshot_tree(folder)
+    with hold_output_dir(str(folder)):  # another process's run, as far as flock can tell (own descriptor)
+        line = one_line(capsys, train.cli(list(cell.run.argv(str(toy_root)))[2:]))
+    assert "is in use: another process is running there now" in line and str(folder) in line
+    assert snapshot_tree(folder) == before
+    # and a fresh folder another process has just created
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    with hold_output_dir(str(fresh)):
+        one_line(capsys, train.cli(train_argv(toy_root, fresh, TRAINER)))
+    assert list(fresh.iterdir()) == []
+
+
+def test_a_grid_cell_held_by_another_process_fails_alone_and_the_grid_exits_2(toy_root, finished_grid, tmp_path,
+                                                                             capsys):
+    """The held cell fails with the one line (once on the console, in the summary), the other cells
+    run, nothing in the held folder changes, and the exit code is a user error's (2), not a bug's."""
+    out = tmp_path / "g"
+    shutil.copytree(finished_grid, out)
+    held = cell_results(out).parent
+    (held / results.RESULTS_FILE).unlink()  # so that the cell is pending
+    before = snapshot_tree(held)
+    with hold_output_dir(str(held)):
+        rc = grid.main(grid_cli(toy_root, out, ["fsnl", "zeroshot"], seeds=("1", "2")))
+    captured = capsys.readouterr()
+    console = captured.out + captured.err
+    assert rc == 2, console
+    # once as the cell's progress line, once in the summary; the log line stays in the cell's log.txt
+    assert "Traceback" not in console and console.count("is in use: another process is running there now") == 2
+    assert "cell failed" not in console
+    assert snapshot_tree(held) == before
+    assert len(list(out.rglob(results.RESULTS_FILE))) == 3  # zero-shot seed 1 (kept), seed 2, FSNL seed 2
+
+
+def test_a_probe_into_a_held_folder_is_refused(toy_root, tmp_path, capsys):
+    out = tmp_path / "g"
+    assert grid.main(grid_cli(toy_root, out, ["linear_probe"])) == 0
+    (probe,) = out.rglob("linear_probe")
+    argv = ["--feature-dir", str(out / "clip_feat"), "--dataset", str(json.loads(
+        (probe / results.RESULTS_FILE).read_text())["dataset"]), "--output-dir", str(tmp_path / "probe"),
+        "--shots", "1"]
+    (tmp_path / "probe").mkdir()
+    capsys.readouterr()
+    with hold_output_dir(str(tmp_path / "probe")):
+        line = one_line(capsys, linear_probe.main(argv))
+    assert "is in use" in line and list((tmp_path / "probe").iterdir()) == []
+
+
+# ------------------------------------------------------------------------------ results.json of the wrong shape
+@pytest.mark.parametrize("field,value,expected", [
+    ("data", "x", 'fingerprint field "data" is str, not dict'),
+    ("data", [1], 'fingerprint field "data" is list, not dict'),
+    ("config", [1], 'fingerprint field "config" is list, not dict'),
+    ("weights", 3, 'fingerprint field "weights" is int, not dict'),
+    ("id", None, 'fingerprint field "id" is NoneType, not str'),
+])
+def test_a_fingerprint_field_of_the_wrong_type_is_one_line_everywhere(toy_root, finished_grid, tmp_path, capsys,
+                                                                      caplog, field, value, expected):
+    """Each was a traceback (AttributeError / TypeError) in the grid's, the sweep's and the launcher's skip
+    checks and in parse_test_res."""
+    out = tmp_path / "g"
+    shutil.copytree(finished_grid, out)
+    path = cell_results(out)
+    data = json.loads(path.read_text())
+    data["fingerprint"][field] = value
+    path.write_text(json.dumps(data))
+    before = snapshot_tree(out)
+    with pytest.raises(results.ResultsError, match=expected):
+        results.read_results(str(path))
+    line = one_line(capsys, grid.main(grid_cli(toy_root, out, ["fsnl"], "--dry-run")))
+    assert "cannot be checked" in line and expected in line and "--force" in line
+    sweep_argv = ["--method", "fsnl", "--root", str(toy_root), "--out", str(out), "--domains", DOMAIN,
+                  "--shots", "1", "--seeds", "1", "--config-set", "smoke", "--dry-run", "--opts", *OPTS, "DATALOADER.FEATURE_CACHE.VIEWS", "2"]
+    line = one_line(capsys, sweep.main(sweep_argv))
+    assert expected in line
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert parse_test_res.main([str(out)]) == 0  # the other runs are summarised; this one is named
+    assert expected in caplog.text and str(path) in caplog.text
+    assert snapshot_tree(out) == before
+
+
+def test_a_results_file_without_its_accuracy_is_not_a_finished_run(toy_root, finished_grid, tmp_path, capsys):
+    """Counted finished (skipped) and then silently dropped from the table."""
+    out = tmp_path / "g"
+    shutil.copytree(finished_grid, out)
+    path = cell_results(out)
+    data = json.loads(path.read_text())
+    for key in ("accuracy", "subsets", "oop", "ip", "hmean", "metrics"):
+        data.pop(key, None)
+    path.write_text(json.dumps(data))
+    line = one_line(capsys, grid.main(grid_cli(toy_root, out, ["fsnl"], "--dry-run")))
+    assert "lacks the field(s) ['accuracy']" in line and str(path) in line
+
+
+# ------------------------------------------------------------------------------ parse_test_res
+def test_a_run_folder_copied_to_another_seed_is_not_another_seed(finished_grid, tmp_path, caplog):
+    out = tmp_path / "g"
+    shutil.copytree(finished_grid, out)
+    seed1 = cell_results(out).parent
+    copy = seed1.parent / "seed2"
+    shutil.copytree(seed1, copy)
+    with caplog.at_level(logging.WARNING):
+        groups = [g for g in parse_test_res.collect(str(out)) if TRAINER in g.method or "FSNL" in g.method]
+    assert len(groups) == 1 and groups[0].runs == 1 and groups[0].seeds == [1], groups
+    text = caplog.text
+    assert "trained with SEED 1 but lies in seed2/" in text and "Duplicate result" in text
+    assert str(seed1) in text and str(copy) in text
+
+
+# ------------------------------------------------------------------------------ a killed run of another setting
+def test_checkpoints_of_another_configuration_stop_the_grid_at_plan_time(toy_root, finished_grid, tmp_path, capsys):
+    """Found only when the cell ran (after the other cells had trained), printed three times, exit 1."""
+    out = tmp_path / "g"
+    shutil.copytree(finished_grid, out)
+    folder = cell_results(out).parent
+    (folder / results.RESULTS_FILE).unlink()  # a run killed after its last checkpoint
+    before = snapshot_tree(out)
+    argv = grid_cli(toy_root, out, ["fsnl"])
+    argv[argv.index("OPTIM.MAX_EPOCH") + 1] = "2"
+    argv += ["OPTIM.LR", "0.5"]
+    # the LR is not in the smoke folder names' keys? then it is a folder of its own: use the data instead
+    data = tmp_path / "data"
+    shutil.copytree(toy_root, data)
+    split = next(data.glob(f"{DOMAIN}*_OOP/split_*.json"))
+    rows = json.loads(split.read_text())
+    rows["test"].pop(max(rows["test"], key=int) if isinstance(rows["test"], dict) else -1)
+    split.write_text(json.dumps(rows))
+    for extra in (["--dry-run"], []):
+        line = one_line(capsys, grid.main(grid_cli(data, out, ["fsnl"], *extra)))
+        assert line.startswith("error: 1 job(s) would overwrite a different unfinished run (its checkpoints): ")
+        assert str(folder) in line and "data.OOP" in line and "--force" in line
+    assert snapshot_tree(out) == before
+
+
+# ------------------------------------------------------------------------------ up-front checks
+def test_sweep_checks_its_interpreter_feature_dir_and_out_link_before_any_job(toy_root, tmp_path, capsys):
+    base = ["--method", "linear_probe", "--root", str(toy_root), "--domains", DOMAIN, "--shots", "1",
+            "--config-set", "smoke"]
+    a_file = tmp_path / "afile"
+    a_file.write_text("mine\n")
+    line = one_line(capsys, sweep.main(base + ["--out", str(tmp_path / "s"), "--feature-dir", str(a_file)]))
+    assert "--feature-dir" in line and str(a_file) in line and a_file.read_text() == "mine\n"
+    line = one_line(capsys, sweep.main(base + ["--out", str(tmp_path / "s"), "--python", str(tmp_path / "nope")]))
+    assert "--python" in line and "nope" in line
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    line = one_line(capsys, sweep.main(base + ["--out", str(tmp_path / "dangling")]))
+    assert "is a dangling symbolic link" in line
+    assert not (tmp_path / "s").exists() and not (tmp_path / "gone").exists()
+
+
+def test_launch_refuses_a_repeated_grid_line(toy_root, tmp_path, capsys):
+    """A grid line twice ran its cells twice at once (`succeeded 2`); train.py lines were refused already."""
+    line = " ".join(["python", "-m", "scripts.grid", *grid_cli(toy_root, tmp_path / "g", ["fsnl"])])
+    commands = tmp_path / "runs.txt"
+    commands.write_text(f"{line}\n{line}\n")
+    rc = launch.main([str(commands), "--workers", "2", "--log-dir", str(tmp_path / "logs")])
+    err = one_line(capsys, rc)
+    assert "line 2 repeats line 1" in err and "Remove the repeat" in err
+    assert not (tmp_path / "g").exists()
+
