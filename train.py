@@ -314,7 +314,8 @@ def main(args: argparse.Namespace) -> Any:
     former = {p: f for p in (config_file, log_file_for(str(cfg.OUTPUT_DIR))) if (f := former_file(p)) is not None}
     check_writable_dir(cfg.OUTPUT_DIR)
     with hold_output_dir(str(cfg.OUTPUT_DIR)):
-        if not created:  # again under the lock: a run another process finished here since is not replaced
+        if not created or os.listdir(str(cfg.OUTPUT_DIR)):  # again under the lock: a run another process
+            # finished here since is not replaced (a folder this process just made and still empty holds none)
             conflict = check_output_dir_run(cfg, model_dir, args.load_epoch, evaluating=args.eval_only,
                                             overwrite=overwrite)
         return _run_held(args, cfg, conflict, created, config_file, former)

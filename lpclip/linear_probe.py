@@ -879,7 +879,8 @@ def run(args: argparse.Namespace) -> Tuple[str, str, Dict[str, Dict[str, Any]]]:
     existed = osp.isdir(output_dir)
     check_writable_dir(output_dir, "probe output directory")
     with hold_output_dir(output_dir):  # no second probe or run writes this folder meanwhile
-        if existed and not overwrite:  # again under the lock: results another process finished meanwhile stay
+        if (existed or os.listdir(output_dir)) and not overwrite:  # again under the lock: results another
+            # process finished meanwhile stay
             check_output_dir(output_dir, fp)
         return _probe(args, feats, shots, features, output_dir, fp, device)
 

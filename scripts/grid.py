@@ -342,7 +342,8 @@ def _run_train_cell(cell: Cell, shared: Dict[Any, Any], epoch_bars: bool = False
     existed = osp.isdir(cfg.OUTPUT_DIR)
     check_writable_dir(cfg.OUTPUT_DIR)
     with hold_output_dir(cfg.OUTPUT_DIR):  # as train.py: no other grid or run writes the folder meanwhile
-        if existed:  # again under the lock: a run another process finished there since is not replaced
+        if existed or os.listdir(cfg.OUTPUT_DIR):  # again under the lock: a run another process finished
+            # there since is not replaced (a folder just made and still empty holds none)
             conflict = train.check_output_dir_run(cfg, evaluating=cell.run.eval_only, overwrite=cell.overwrite)
         _cell_logging(cfg.OUTPUT_DIR)
         train.replace_conflicting_run(cfg, conflict, evaluating=cell.run.eval_only)

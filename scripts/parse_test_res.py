@@ -447,7 +447,7 @@ def _trust_the_record(path: Path, data: Dict[str, Any], where: Dict[str, Any]) -
         where["shots"] = shots
     seed = data.get("seed")
     if (where["phase"] in ("train", "zeroshot") and not data.get("loaded") and isinstance(seed, int)
-            and not isinstance(seed, bool)
+            and not isinstance(seed, bool) and seed >= 0  # SEED -1: unseeded runs, one per folder
             and where["seed"] is not None and seed != where["seed"]):
         # a run folder copied to another seed's name counted as one more seed, silently
         logger.warning("%s: trained with SEED %d but lies in seed%s/; counted as seed %d", path, seed,

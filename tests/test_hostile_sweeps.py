@@ -197,6 +197,28 @@ def test_a_run_folder_copied_to_another_seed_is_not_another_seed(finished_grid, 
     assert str(seed1) in text and str(copy) in text
 
 
+def test_unseeded_runs_keep_their_folders_seeds(finished_grid, tmp_path, caplog):
+    """SEED -1 (CoOp's unseeded runs, one per seed folder) is no seed to count a run under: the copy rule
+    above merged such runs into one (n=1, the others dropped as duplicates)."""
+    out = tmp_path / "g"
+    shutil.copytree(finished_grid, out)
+    seed1 = cell_results(out).parent
+    shutil.copytree(seed1, seed1.parent / "seed2")
+    for folder, accuracy in ((seed1, 40.0), (seed1.parent / "seed2", 20.0)):
+        path = folder / results.RESULTS_FILE
+        data = json.loads(path.read_text())
+        data["seed"] = -1
+        data["fingerprint"]["config"]["SEED"] = -1
+        for key in ("accuracy", "oop"):
+            data[key] = accuracy
+        data["subsets"]["OOP"]["accuracy"] = data["metrics"]["accuracy"] = accuracy
+        path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING):
+        groups = [g for g in parse_test_res.collect(str(out)) if "FSNL" in g.method]
+    assert len(groups) == 1 and groups[0].runs == 2 and groups[0].oop.mean == 30.0, groups
+    assert "Duplicate result" not in caplog.text
+
+
 # ------------------------------------------------------------------------------ a killed run of another setting
 def test_checkpoints_of_another_configuration_stop_the_grid_at_plan_time(toy_root, finished_grid, tmp_path, capsys):
     """Found only when the cell ran (after the other cells had trained), printed three times, exit 1."""
