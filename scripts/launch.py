@@ -65,7 +65,10 @@ if __name__ == "__main__":  # a Ctrl-C during the imports below: one line, not a
     quiet_ctrl_c_while_loading()
 
 import argparse
+import contextlib
 import datetime
+import io
+import json
 import logging
 import os
 import os.path as osp
@@ -82,7 +85,8 @@ import yaml
 
 from dassl import results
 from dassl.cli import ArgumentParser, console_logging
-from dassl.utils import atomic_write_text, check_writable_dir
+from dassl.utils import absolute_path, atomic_write_text, check_writable_dir
+from scripts import grid, sweep
 from scripts.domains import REPO_ROOT
 from scripts.run_identity import (
     DETERMINISTIC_EXIT,
@@ -283,7 +287,8 @@ def check_outputs(commands: Sequence[Command], cwd: Optional[str] = None) -> Non
     the probe) or feature file (the extractor), naming both: they would run side by side (another
     worker, another array task) and one result would be lost. Only commands whose outputs
     ``scripts.run_identity.command_outputs`` can tell, and a ``scripts.grid`` / ``scripts.sweep`` line
-    twice; an identical line twice is refused the same way rather than dropped, so that the list, ``commands.txt`` and the job numbers stay line for line."""
+    twice (:func:`_sweep_identity`: the same options, however written); an identical line twice is
+    refused the same way rather than dropped, so that the list, ``commands.txt`` and the job numbers stay line for line."""
     workdir = cwd or os.fspath(REPO_ROOT)
     owner: Dict[str, Command] = {}
     lines: Dict[Tuple[str, ...], Command] = {}
@@ -293,7 +298,8 @@ def check_outputs(commands: Sequence[Command], cwd: Optional[str] = None) -> Non
         except ValueError:  # refused by _entry already
             continue
         outputs = command_outputs(argv, workdir)
-        first_line = lines.setdefault(tuple(argv), c) if _runs_a_sweep(argv) else c
+        sweep_key = _sweep_identity(argv, workdir)
+        first_line = lines.setdefault(sweep_key, c) if sweep_key is not None else c
         if first_line is not c:  # a scripts.grid line twice: its cells ran twice at once
             a, b = first_line.where or f"command {first_line.index}", c.where or f"command {c.index}"
             raise ValueError(f"{b} repeats {a}; both would run at once, writing the same files. Remove the repeat")
@@ -308,22 +314,39 @@ def check_outputs(commands: Sequence[Command], cwd: Optional[str] = None) -> Non
                              "be lost. Give each its own --output-dir")
 
 
-#: The project's commands that write a whole tree of runs under their ``--out``.
-_SWEEPS = ("scripts.grid", "scripts.sweep")
+#: The project's commands that write a whole tree of runs under their ``--out``, and their parsers.
+_SWEEPS = {"scripts.grid": grid._parser, "scripts.sweep": sweep._parser}
+#: Their options that name a path: compared resolved (``--out d/`` is ``--out d``).
+_SWEEP_PATHS = ("out", "root", "feature_dir")
 
 
-def _runs_a_sweep(argv: Sequence[str]) -> bool:
-    """Whether ``argv`` runs ``scripts.grid`` / ``scripts.sweep`` (``-m`` or the file): two identical such
-    lines would run the same cells side by side. Other commands the check cannot read (``echo``) may
-    repeat."""
+def _sweep_identity(argv: Sequence[str], workdir: str) -> Optional[Tuple[str, ...]]:
+    """What a ``scripts.grid`` / ``scripts.sweep`` line (``-m`` or the file, after any interpreter and
+    ``NAME=VALUE`` prefix) runs: the module and its parsed options, paths resolved in ``workdir``. Two
+    lines with one identity run the same cells side by side. None for any other command (``echo`` may
+    repeat); a line its parser refuses is compared as written (the job reports its own error)."""
     for i, tok in enumerate(argv):
         if tok == "-m" and i + 1 < len(argv):
-            return argv[i + 1] in _SWEEPS
-        if tok.startswith("-m") and len(tok) > 2:
-            return tok[2:] in _SWEEPS
-        if tok.endswith((".py",)):
-            return Path(tok).with_suffix("").as_posix().endswith(tuple(m.replace(".", "/") for m in _SWEEPS))
-    return False
+            module, rest = argv[i + 1], argv[i + 2:]
+        elif tok.startswith("-m") and len(tok) > 2:
+            module, rest = tok[2:], argv[i + 1:]
+        elif tok.endswith(".py"):
+            parts = Path(osp.normpath(tok)).with_suffix("").parts
+            module, rest = ".".join(parts[-2:]), argv[i + 1:]
+        else:
+            continue
+        if module not in _SWEEPS:
+            return None
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                values = vars(_SWEEPS[module]().parse_args(list(rest)))
+        except SystemExit:
+            return (module, *rest)
+        for key in _SWEEP_PATHS:
+            if isinstance(values.get(key), str) and values[key]:
+                values[key] = osp.realpath(absolute_path(osp.join(workdir, values[key])))
+        return (module, json.dumps(values, sort_keys=True, default=str))
+    return None
 
 
 def visible_gpus(explicit: Optional[str] = None) -> List[str]:

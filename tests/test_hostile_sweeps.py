@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -260,13 +261,30 @@ def test_sweep_checks_its_interpreter_feature_dir_and_out_link_before_any_job(to
     assert not (tmp_path / "s").exists() and not (tmp_path / "gone").exists()
 
 
-def test_launch_refuses_a_repeated_grid_line(toy_root, tmp_path, capsys):
-    """A grid line twice ran its cells twice at once (`succeeded 2`); train.py lines were refused already."""
-    line = " ".join(["python", "-m", "scripts.grid", *grid_cli(toy_root, tmp_path / "g", ["fsnl"])])
+@pytest.mark.parametrize("variant", ["same", "slash", "equals", "file", "prefix", "relative"])
+def test_launch_refuses_a_repeated_grid_line(toy_root, tmp_path, capsys, variant):
+    """A grid line twice ran its cells twice at once (`succeeded 2`); train.py lines were refused already.
+    Lines that say the same in other words are the same grid (a hostile pass got five variants past a
+    comparison of the words)."""
+    args = grid_cli(toy_root, tmp_path / "g", ["fsnl"])
+    line = " ".join(["python", "-m", "scripts.grid", *args])
+    out_at = args.index("--out")
+    other = {
+        "same": line,
+        "slash": line.replace(f"--out {tmp_path / 'g'}", f"--out {tmp_path / 'g'}/"),
+        "equals": line.replace(f"--out {tmp_path / 'g'}", f"--out={tmp_path / 'g'}"),
+        "file": line.replace("python -m scripts.grid", f"{sys.executable} scripts/grid.py"),
+        "prefix": "OMP_NUM_THREADS=1 " + line.replace("python ", "python3 ", 1),
+        "relative": line.replace(f"--out {tmp_path / 'g'}", f"--out {os.path.relpath(tmp_path / 'g', REPO)}"),
+    }[variant]
+    assert args[out_at + 1] == str(tmp_path / "g")
     commands = tmp_path / "runs.txt"
-    commands.write_text(f"{line}\n{line}\n")
+    commands.write_text(f"{line}\n{other}\n")
     rc = launch.main([str(commands), "--workers", "2", "--log-dir", str(tmp_path / "logs")])
     err = one_line(capsys, rc)
-    assert "line 2 repeats line 1" in err and "Remove the repeat" in err
+    assert "line 2 repeats line 1" in err and "Remove the repeat" in err, err
     assert not (tmp_path / "g").exists()
+    # another --out, or another domain, is another grid: not a repeat
+    commands.write_text(f"{line}\n{line.replace(str(tmp_path / 'g'), str(tmp_path / 'h'))}\n")
+    launch.check_outputs(launch.parse_commands(commands.read_text()), str(REPO))
 
