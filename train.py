@@ -72,8 +72,8 @@ DEBUG_ENV = "FSNL_DEBUG"
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=str, default="", help="path to the dataset root")
-    parser.add_argument("--output-dir", type=str, default="", help="output directory")
+    parser.add_argument("--root", type=str, default=None, help="path to the dataset root")
+    parser.add_argument("--output-dir", type=str, default=None, help="output directory")
     parser.add_argument("--resume", type=str, default="", help="checkpoint directory to resume from")
     parser.add_argument("--seed", type=int, default=None,
                         help="random seed (>= 0 seeds everything; -1 leaves the run unseeded)")
@@ -116,6 +116,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.enhanced_base = opts[i + 1]
         del opts[i : i + 2]
     args.opts = opts
+    for flag, value in (("--root", args.root), ("--output-dir", args.output_dir)):
+        if value is not None and not value.strip():  # `--output-dir "$OUT"` with OUT unset: ./output before
+            parser.error(f"{flag} is empty (an unset shell variable?); give a folder, or leave {flag} out for the "
+                         "config's value")
     # The reference ignored both without --eval-only, so "train from this model" silently trained
     # from scratch and "evaluate epoch 5" trained a new run: refuse them instead.
     stray = [flag for flag, value in (("--model-dir", args.model_dir), ("--load-epoch", args.load_epoch))

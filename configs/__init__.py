@@ -387,6 +387,18 @@ def _yield_preset_groups(cfg: Any, trainer: str, preset: Dict[str, Any], before:
                         trainer, key, preset[key], _parent(key))
 
 
+def _check_fields_kept(cfg: Any, given: Mapping[str, Any]) -> None:
+    """A field given as an option (``--output-dir A``) and again as an override of its key to another
+    value (``OUTPUT_DIR B``) is one line: the override won silently (the reference's order), so a run
+    asked for in folder A went to B. The same value twice is no conflict."""
+    for name, value in given.items():
+        key = FIELDS[name]
+        if _get(cfg, key) != value:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} {value} and the override {key} {_get(cfg, key)} set {key} twice, to different "
+                              f"values; give it once")
+
+
 def build_cfg(
     trainer: str = "",
     dataset: str = "",
@@ -424,6 +436,7 @@ def build_cfg(
     _yield_preset_groups(cfg, trainer, preset, before, file_keys)
     if trainer:
         cfg.TRAINER.NAME = trainer
+    given: Dict[str, Any] = {}
     for name, value in fields.items():
         if value is None or (value == "" or value == [] or value == ()) and name != "seed":
             continue
@@ -431,7 +444,9 @@ def build_cfg(
         if name == "enhanced_base" and "TaskRes" not in cfg.TRAINER:
             continue
         merge_opts(cfg, [key, list(value) if isinstance(value, tuple) else value])
+        given[name] = _get(cfg, key)
     merge_opts(cfg, opts)
+    _check_fields_kept(cfg, given)
     if freeze:
         cfg.freeze()
     return cfg

@@ -283,7 +283,8 @@ def command_outputs(argv: Sequence[str], cwd: Optional[str] = None) -> Tuple[str
             if inv.entry == "train":
                 args = _train_args(inv.args, workdir)
                 out = args.output_dir
-                # a config's OUTPUT_DIR, and an OUTPUT_DIR override after the options, win over --output-dir
+                # without --output-dir: a config's OUTPUT_DIR or an override of it (both given and
+                # different is the job's own error)
                 if not out or "OUTPUT_DIR" in (args.opts or [])[::2]:
                     out = str(train.setup_cfg(args).OUTPUT_DIR)
                 paths = [out]

@@ -100,6 +100,36 @@ def test_caches_rebuilt_after_images_regenerated(private_root, tmp_path, caplog)
     torch.testing.assert_close(second._cached_train.features, fresh._cached_train.features)
 
 
+def test_caches_rebuilt_after_images_swapped_with_size_and_mtime_kept(private_root, tmp_path, caplog):
+    """Test images padded to one size, one mtime (as after ``tar x`` / ``rsync -a``), then rotated by
+    ``rename``: every path keeps its size and mtime but holds another image. Keyed on (path, size,
+    mtime) the cache served the old features; the inode and ctime in the key notice the swap."""
+    opts = ("TEST.FEATURE_CACHE_DIR", str(tmp_path / "eval_cache"))
+    items = build(private_root, tmp_path / "probe", TRAINER).dm.dataset.test
+    paths = sorted({d.impath for d in items})
+    size = max(os.path.getsize(p) for p in paths)
+    for p in paths:  # JPEG decoders ignore bytes after the end-of-image marker
+        with open(p, "ab") as f:
+            f.write(b"\0" * (size - os.path.getsize(p)))
+        os.utime(p, ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
+    first = build(private_root, tmp_path / "a", TRAINER, *opts)
+    eval_1 = eval_features(first)
+
+    parked = [p + ".swap" for p in paths]
+    for p, q in zip(paths, parked):
+        os.rename(p, q)
+    for i, p in enumerate(paths):  # path i now holds the image of path i+1
+        os.rename(parked[(i + 1) % len(paths)], p)
+    assert {(os.path.getsize(p), os.stat(p).st_mtime_ns) for p in paths} == {(size, 1_600_000_000 * 10**9)}
+
+    with caplog.at_level(logging.INFO):
+        second = build(private_root, tmp_path / "b", TRAINER, *opts)
+        eval_2 = eval_features(second)
+    assert "images changed" in caplog.text
+    assert not torch.allclose(eval_2, eval_1)
+    torch.testing.assert_close(eval_2, fresh_eval_features(second), atol=1e-5, rtol=1e-5)
+
+
 def test_cross_eval_builds_only_evaluation_and_equals_standalone_ip(toy_root, tmp_path, monkeypatch):
     sampled, captions = [], []
     original_fewshot, original_caption = LaionBeyond._fewshot, fsnl.FSNLModel.caption_template

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import train
+from dassl import results
 from dassl.utils import save_checkpoint
 from tests.helpers import snapshot_tree, train_argv
 
@@ -89,6 +90,31 @@ def test_partial_match_is_recorded_and_last_epoch_is_the_fallback(toy_root, oop_
     assert loaded["checkpoints"] == {"name_learner": "name_learner/model.pth.tar-3"}
     assert "shares 5 of this run's 8 classes" in caplog.text
     assert "No model-best.pth.tar" in caplog.text and "loading the last-epoch checkpoint model.pth.tar-3" in caplog.text
+
+
+def test_an_evaluation_under_other_training_keys_says_which_and_is_filed_under_the_training_run(
+        toy_root, oop_run, tmp_path, caplog):
+    """OPTIM.* / TRAIN.* do not change an evaluation, so they are no mistake; but the results.json's
+    config then names a schedule that never trained the model: a warning names the keys, and
+    ``evaluation_config`` (what parse_test_res groups by) takes the training run's values."""
+    out = tmp_path / "ev"
+    with caplog.at_level(logging.WARNING):
+        assert train.cli(train_argv(toy_root, out, TRAINER, "OPTIM.LR", "0.9", "OPTIM.MAX_EPOCH", "2",
+                                    extra=("--eval-only", "--model-dir", str(oop_run)))) == 0
+    trained = results.read_results(str(oop_run)).fingerprint["config"]
+    warning = next(r.getMessage() for r in caplog.records if "was trained with" in r.getMessage())
+    assert f"OPTIM.LR {trained['OPTIM.LR']} (this command: 0.9)" in warning
+    assert f"OPTIM.MAX_EPOCH {trained['OPTIM.MAX_EPOCH']} (this command: 2)" in warning
+    fp = results.read_results(str(out)).fingerprint
+    assert fp["config"]["OPTIM.LR"] == 0.9
+    grouped = results.evaluation_config(fp)
+    assert grouped["OPTIM.LR"] == trained["OPTIM.LR"] and grouped["OPTIM.MAX_EPOCH"] == trained["OPTIM.MAX_EPOCH"]
+
+    caplog.clear()
+    same = tmp_path / "same"
+    with caplog.at_level(logging.WARNING):
+        assert train.cli(train_argv(toy_root, same, TRAINER, extra=("--eval-only", "--model-dir", str(oop_run)))) == 0
+    assert "was trained with" not in caplog.text
 
 
 def test_model_best_is_preferred_when_present(toy_root, oop_run, tmp_path, caplog):

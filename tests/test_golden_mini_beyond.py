@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from clip import cpu_supports_bf16
+from tools.mini_beyond.demo import build_domains, demo_jobs, run_demo, run_jobs_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = json.loads((ROOT / "tests/golden_mini_beyond.json").read_text())
@@ -24,14 +25,17 @@ pytestmark = pytest.mark.skipif(not WEIGHTS.is_file(), reason="mini CLIP weights
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from tools.mini_beyond.demo import build_domains, demo_jobs, run_jobs_in_process
-
+    """The demo itself (``run_demo``) on the golden domain, started from another directory with relative
+    ``--root`` / ``--out``: they mean that directory, and the jobs still find the repository's configs
+    (before, the benchmark went into the repository and every job failed with a traceback)."""
     tmp = tmp_path_factory.mktemp("golden")
-    root, out = tmp / "data", tmp / "out"
     domain = GOLDEN["domain"]
-    build_domains(str(root), [domain])
-    jobs = demo_jobs(str(root), str(out), [domain], [GOLDEN["shots"]], [GOLDEN["seed"]])
-    assert run_jobs_in_process(jobs) == []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)
+        demo = run_demo(root="data", out="out", domains=[domain], shots=GOLDEN["shots"], seed=GOLDEN["seed"])
+    assert demo["failed"] == [] and Path(demo["figure"]).parent == tmp / "out"
+    assert list((tmp / "data").glob(f"{domain}*_OOP"))
+    jobs = demo_jobs(str(tmp / "data"), str(tmp / "out"), [domain], [GOLDEN["shots"]], [GOLDEN["seed"]])
     results = {}
     for job in jobs:
         method = "fsnl" if "FSNL" in job.done else "zeroshot"
@@ -58,8 +62,6 @@ def test_fsnl_restores_oop_without_changing_ip(runs):
 def test_bf16_autocast_keeps_accuracy_within_half_a_point(runs, tmp_path):
     """Issue 15: the opt-in ``PREC bf16`` CPU autocast is an approximation; on Mini-Beyond it must keep
     FSNL's accuracy within ±0.5 pt of the fp32 run (same data, shots, seed)."""
-    from tools.mini_beyond.demo import build_domains, demo_jobs, run_jobs_in_process
-
     domain = GOLDEN["domain"]
     root, out = tmp_path / "data", tmp_path / "out"
     build_domains(str(root), [domain])

@@ -156,6 +156,32 @@ def test_config_mistake_is_one_line_before_any_work(toy_root, finished, capsys, 
     assert snapshot(finished) == before  # not even a log line or a config.yaml was written
 
 
+@pytest.mark.parametrize("flag", ["--output-dir", "--root"])
+def test_an_empty_folder_option_is_one_line_and_writes_nothing(toy_root, tmp_path, capsys, monkeypatch, flag):
+    """``--output-dir "$OUT"`` with OUT unset: the run went to ./output of whatever directory it started
+    in (the config's default), exit 0."""
+    monkeypatch.chdir(tmp_path)
+    argv = train_argv(toy_root, tmp_path / "out", TRAINER)
+    argv[argv.index(flag) + 1] = ""
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{flag} is empty" in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_output_dir_given_twice_is_one_line_before_any_work(toy_root, tmp_path, capsys):
+    """``--output-dir A ... OUTPUT_DIR B``: the override won without a word and the run went to B."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, a, TRAINER, "OUTPUT_DIR", str(b))))
+    assert f"--output-dir {a} and the override OUTPUT_DIR {b}" in line and "give it once" in line, line
+    assert not a.exists() and not b.exists()
+    # the same value twice is no conflict; neither is the override alone
+    assert configs.build_cfg(trainer=TRAINER, output_dir=str(a), opts=["OUTPUT_DIR", str(a)]).OUTPUT_DIR == str(a)
+    assert configs.build_cfg(trainer=TRAINER, opts=["OUTPUT_DIR", str(b), "SEED", "3"], seed=3).OUTPUT_DIR == str(b)
+
+
 def test_more_shots_than_any_class_has_is_one_line_before_training(toy_root, tmp_path, capsys):
     """Hostile: NUM_SHOTS 100 on a benchmark with at most a handful of training images per class ran the
     all-images run and filed it as a 100-shot result (results.json, run folder, tables). Now the

@@ -625,7 +625,7 @@ def test_two_commands_writing_one_output_are_one_line_before_any_job(tmp_path: P
         "same_dir": (f"{train} --output-dir {out}", f"{train} --output-dir {out} OPTIM.LR 0.5"),
         "relative_and_absolute": (f"{train} --output-dir out/", f"OMP_NUM_THREADS=1 python -u {REPO_TRAIN} "
                                                                 f"--seed 2 --output-dir {out}"),
-        "output_dir_override": (f"{train} --output-dir {out}", f"{train} --output-dir elsewhere OUTPUT_DIR ./out"),
+        "output_dir_override": (f"{train} --output-dir {out}", f"{train} OUTPUT_DIR ./out"),
         "repeated_line": (f"{train} --output-dir {out}", f"{train} --output-dir {out}"),
         "probe_default_dir": ("python -m lpclip.linear_probe --feature-dir cf --dataset MiniFood --num-run 2",
                               "python lpclip/linear_probe.py --feature-dir cf --dataset MiniFood --num-run 3"),

@@ -301,9 +301,11 @@ def test_build_replaces_only_what_it_writes(assets, tmp_path):
     assert mine.read_text() == "not Mini-Beyond"
     split = _load(plants[0] / f"split_Xin_{plants[0].name}.json")
     assert len(split["train"]) == 3 * len(list((plants[0] / "images").iterdir()))  # Plants was rebuilt
-    # The default (all domains) build keeps the finished Attire folders as they are, too.
-    mbb.build(tmp_path, train=2, val=1, test=1, domains=["Attire"], assets=assets)
+    # A rebuild with the same parameters keeps the finished Attire folders as they are, too; the
+    # registered dataset's name (what demo / compare / train.py take) names the same domain.
+    mbb.build(tmp_path, train=2, val=1, test=1, domains=["MiniAttire"], assets=assets)
     assert {d: _tree(d) for d in attire} == before
+    assert mb.domain_names(["MiniPlants", "Plants", "Food"]) == ["Plants", "Food"]
 
 
 def test_build_refuses_folders_it_did_not_write(assets, tmp_path):
@@ -636,7 +638,7 @@ def test_pretraining_is_deterministic(assets):
     (["--test", "0"], "--test 0"),
     (["--train", "100000"], "at most 1000"),
     (["--size", "0"], "--size 0"),
-    (["--domains", "Plnts"], "unknown Mini-Beyond domains ['Plnts']"),
+    (["--domains", "Plnts"], "--domains Plnts: not a Mini-Beyond domain; choose from Animals, Food"),
     (["ROOT_IS_FILE"], "is a file"),
 ])
 def test_build_cli_refuses_bad_input_in_one_line(tmp_path, argv, expected):

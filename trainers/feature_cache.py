@@ -17,7 +17,8 @@ before any reuse:
 
 * ``weights``: :func:`clip.weights_identity` (tag, or size + SHA-256 of a weights file, memoised
   per file version; QuickGELU);
-* ``images``: every image's path, size and mtime in order (:func:`dassl.utils.identity.files_digest`)
+* ``images``: every image's path, size, mtime, ctime and inode in order
+  (:func:`dassl.utils.identity.files_digest`)
   and, for training views, the labels;
 * ``transform``: the transform's ``repr`` (sizes, interpolation, crops, normalisation) and, for
   training views, ``cfg.INPUT``;
@@ -60,7 +61,7 @@ from clip import drawn_anew, weights_identity
 from dassl.data import build_data_loader
 from dassl.data.samplers import build_sampler
 from dassl.utils import READ_IMAGE_VERSION, absolute_path, atomic_torch_save, derive_seed, read_image
-from dassl.utils.identity import content_identity, files_digest, json_digest, stat_identity
+from dassl.utils.identity import content_identity, files_digest, json_digest, version_identity
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +70,15 @@ logger = logging.getLogger(__name__)
 # 5: ``read_image`` scales 16-bit and float grayscale images to 8 bits instead of PIL's clipping
 # (dcc9659, 5b4c94a): features cached before for such images are not what the code now encodes; from
 # then on the keys also carry ``dassl.utils.READ_IMAGE_VERSION`` ("decoder"), which the next change of
-# the decoding bumps for every store of features at once (lpclip's files too)
-CACHE_VERSION = 5
+# the decoding bumps for every store of features at once (lpclip's files too); 6: image keys add the
+# ctime and inode (``version_identity``): files swapped by rename with size and mtime kept were reused
+CACHE_VERSION = 6
 
 #: ``shared`` flag set by the grid engine: the in-memory stores are the cache, nothing goes to disk.
 STORE_ONLY = "feature_store_only"
 
-#: Store key of one image: (real path, size, mtime_ns), as ``dassl.utils.identity.stat_identity``.
-ImageKey = Tuple[str, int, int]
+#: Store key of one image: its real path and ``dassl.utils.identity.version_identity``.
+ImageKey = Tuple[str, Tuple[int, int, int, int]]
 #: ``TEST.FEATURE_CACHE_DIR`` value that turns the on-disk evaluation cache off
 DISABLED = "none"
 #: environment variable naming the root of the project's caches (default ``~/.cache/fsnl``)
@@ -272,10 +274,10 @@ def save_cached(path: str, meta: Dict[str, Any], features: torch.Tensor) -> None
 
 
 def image_key(impath: str) -> ImageKey:
-    """The store key of an image file: its real path, size and mtime (a rewritten image is a new key)."""
+    """The store key of an image file: its real path and file version (a rewritten or swapped image is a
+    new key)."""
     real = osp.realpath(impath)
-    size, mtime_ns = stat_identity(real)
-    return real, size, mtime_ns
+    return real, version_identity(real)
 
 
 def view_seed(seed: int, rel_path: str, view: int) -> int:

@@ -259,9 +259,9 @@ def check_model_checkpoint(cfg: Any, directory: str, path: str, meta: Dict[str, 
                 "weights": fp.get("weights")}
 
     differences = results_contract.diff_fingerprints(identity(theirs), identity(mine))
+    trained = theirs.get("config") or {}
+    current = mine.get("config") or {}
     if differences:
-        trained = theirs.get("config") or {}
-        current = mine.get("config") or {}
         fix = [f"{k} {_cli_value(trained[k])}" for k in sorted(trained) if key_of(k) and trained[k] != current.get(k)]
         hint = f"set {' '.join(fix)}" if fix else "evaluate on the backbone weights it was trained with"
         raise CheckpointError(
@@ -269,6 +269,14 @@ def check_model_checkpoint(cfg: Any, directory: str, path: str, meta: Dict[str, 
             f"(training -> evaluation: {'; '.join(differences)}); results.json is labelled by the "
             f"evaluation's config, so repeat the training run's values: {hint}"
         )
+    schedule = [k for k in sorted(set(trained) | set(current))
+                if k.startswith(results_contract.TRAINING_ONLY_PREFIXES) and trained.get(k) != current.get(k)]
+    if schedule:  # not a mistake (they do not change an evaluation), but results.json records both
+        shown = "; ".join(f"{k} {_cli_value(trained.get(k))} (this command: {_cli_value(current.get(k))})"
+                          for k in schedule[:3]) + (f" and {len(schedule) - 3} more" if len(schedule) > 3 else "")
+        logger.warning("--model-dir %s was trained with %s: they do not change the evaluation; its results.json "
+                       "records this command's values under config and the training run's under source_run, and "
+                       "parse_test_res files it under the training run's", directory, shown)
 
 
 def check_model_dir(cfg: Any, directory: str, epoch: Optional[int] = None) -> None:

@@ -20,7 +20,7 @@ import torch
 from dassl.cli import ArgumentParser
 from tools.mini_beyond import __doc__ as package_doc
 from tools.mini_beyond import build, demo, evaluate, golden, pretrain, render
-from tools.mini_beyond.common import ASSETS_DIR, LOG_FILE, WEIGHTS_FILE, load_assets
+from tools.mini_beyond.common import ASSETS_DIR, LOG_FILE, WEIGHTS_FILE, domain_names, load_assets
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -52,20 +52,23 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     c.add_argument("--methods", nargs="+", default=list(demo.COMPARE_METHODS))
     c.add_argument("--shots", nargs="+", type=int, default=[1, 2, 4, 8, 16])
     c.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    c.add_argument("--results", default="docs/results/mini_beyond_comparison", help="tables' path prefix")
+    c.add_argument("--results", default=demo.COMPARISON_RESULTS,
+                   help="tables' path prefix (default: docs/results/mini_beyond_comparison in the repository)")
     c.add_argument("--workers", type=int, default=0, help="grid worker processes (0: one per core)")
     c.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: cores / workers)")
     g = sub.add_parser("golden", help="re-measure the golden numbers of tests/test_golden_mini_beyond.py")
     g.add_argument("--domain", default="MiniAttire")
     b = sub.add_parser("build", help="write the Mini-Beyond benchmark in the LAION-Beyond layout")
-    b.add_argument("--root", type=Path, required=True)
-    b.add_argument("--train", type=int, default=16)
-    b.add_argument("--val", type=int, default=4)
-    b.add_argument("--test", type=int, default=10)
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--size", type=int, default=64)
-    b.add_argument("--domains", nargs="*", default=None)
-    b.add_argument("--force", action="store_true")
+    b.add_argument("--root", type=Path, required=True, help="folder to write the benchmark into (LAION-Beyond layout)")
+    b.add_argument("--train", type=int, default=16, help="training images per class")
+    b.add_argument("--val", type=int, default=4, help="validation images per class")
+    b.add_argument("--test", type=int, default=10, help="test images per class")
+    b.add_argument("--seed", type=int, default=0, help="seed of the rendered views and the split")
+    b.add_argument("--size", type=int, default=64, help="image side in pixels")
+    b.add_argument("--domains", nargs="*", default=None,
+                   help="domains to build (Animals or MiniAnimals, ...; default: all five)")
+    b.add_argument("--force", action="store_true",
+                   help="replace folders of a requested domain that no earlier build recorded")
     args = p.parse_args(argv)
     try:
         check(args)
@@ -96,8 +99,11 @@ def check(args) -> None:
     elif args.cmd == "compare":
         demo.check_compare_args(args.root, args.out, args.domains, args.shots, args.seeds, args.methods,
                                 args.results, args.workers, args.threads)
-    elif args.cmd == "build" and os.path.exists(args.root) and not os.path.isdir(args.root):
-        raise NotADirectoryError(f'--root "{args.root}" is a file; give a folder for the benchmark')
+    elif args.cmd == "build":
+        if os.path.exists(args.root) and not os.path.isdir(args.root):
+            raise NotADirectoryError(f'--root "{args.root}" is a file; give a folder for the benchmark')
+        if args.domains is not None:
+            domain_names(args.domains)
 
 
 def run(args) -> None:

@@ -54,6 +54,20 @@ DOMAINS: Tuple[Domain, ...] = (
     Domain("Transport", "MiniTransport", "vehicle", r"transport-(?!sign$).+"),
 )
 
+def domain_names(names: Sequence[str]) -> List[str]:
+    """The builder's domain names (``Animals``) for ``names`` given either way: as the builder's name or
+    as the registered dataset (``MiniAnimals``, what ``demo`` / ``compare`` and ``train.py`` take); an
+    unknown one is a ``ValueError`` listing both spellings. ``build`` took only the first and ``demo``
+    only the second, and ``build --domains MiniPlants`` was refused without naming the choices."""
+    by_any = {d.name: d.name for d in DOMAINS}
+    by_any.update({d.prefix: d.name for d in DOMAINS})
+    unknown = [n for n in names if n not in by_any]
+    if unknown:
+        raise ValueError(f"--domains {' '.join(unknown)}: not a Mini-Beyond domain; choose from "
+                         f"{', '.join(d.name for d in DOMAINS)} (or {', '.join(d.prefix for d in DOMAINS)})")
+    return list(dict.fromkeys(by_any[n] for n in names))
+
+
 # Readable "kind" words used in captions for the domain subgroups; other subgroups use their
 # own name with dashes as spaces. Words that are emoji names themselves (e.g. "bug") are avoided
 # because they would make those emoji ineligible for OOP.

@@ -25,7 +25,7 @@ import os
 import resource
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 
@@ -52,6 +52,8 @@ from scripts.sweep import SweepSpec, build_jobs, check_counts, split_done
 from .build import build
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: The comparison's tables and figures: committed in the repository, wherever the command runs from.
+COMPARISON_RESULTS = os.fspath(REPO_ROOT / "docs" / "results" / "mini_beyond_comparison")
 DOMAINS = ("MiniAnimals", "MiniFood", "MiniPlants", "MiniAttire", "MiniTransport")
 #: The registry's config set (``mini_cpu`` configs) and rule of Mini-Beyond (scripts/methods.py).
 MINI_CONFIG_SET = "mini"
@@ -66,7 +68,27 @@ logger = logging.getLogger(__name__)
 
 def build_domains(root: str, domains: Sequence[str]) -> None:
     """Build the given registered Mini-Beyond datasets (``MiniAnimals`` → builder domain ``Animals``)."""
-    build(Path(root), train=TRAIN_PER_CLASS, domains=[d[len("Mini"):] if d.startswith("Mini") else d for d in domains])
+    build(Path(root), train=TRAIN_PER_CLASS, domains=list(domains))
+
+
+def absolute(path: str) -> str:
+    """A user's path as the shell means it: relative to the current directory. Before, ``--root``,
+    ``--out`` and ``--results`` were taken relative to the repository while their checks looked at the
+    current directory: ``demo --root mb`` run elsewhere built the benchmark inside the repository."""
+    return os.path.abspath(os.fspath(path))
+
+
+@contextlib.contextmanager
+def in_repository() -> Iterator[None]:
+    """Run a sweep job where its command line is meant to run: the repository root (its ``configs/...``
+    paths are relative to it; its root and output folders are absolute). Run elsewhere, every job of the
+    demo failed with a traceback for ``configs/datasets/<domain>.yaml``."""
+    previous = os.getcwd()
+    os.chdir(REPO_ROOT)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def check_common_args(root: str, out: str, domains: Sequence[str], shots: Sequence[int], seeds: Sequence[int],
@@ -102,7 +124,7 @@ def run_jobs_in_process(jobs: Sequence, quiet: bool = True) -> List[str]:
         start = time.time()
         sink = io.StringIO()
         try:
-            with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext():
+            with in_repository(), contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext():
                 if argv[1] == "-m":  # e.g. the linear probe's python -m lpclip.* steps
                     rc = importlib.import_module(argv[2]).main(argv[3:])
                     if rc:
@@ -157,8 +179,7 @@ def run_demo(root: str = "data/mini_beyond", out: str = "output/mini_beyond_demo
              domains: Sequence[str] = DOMAINS, shots: int = 4, seed: int = 1,
              figure: Optional[str] = None) -> Dict[str, object]:
     start = time.time()
-    root_abs = root if os.path.isabs(root) else os.fspath(REPO_ROOT / root)
-    out_abs = out if os.path.isabs(out) else os.fspath(REPO_ROOT / out)
+    root_abs, out_abs = absolute(root), absolute(out)
     build_domains(root_abs, domains)
     failed = run_jobs_in_process(demo_jobs(root_abs, out_abs, domains, [shots], [seed]))
     groups = collect(out_abs)
@@ -191,8 +212,7 @@ def check_demo_args(root: str, out: str, domains: Sequence[str], shots: int, see
     it may replace (:func:`scripts.plot_curves.check_figure_targets`): a user's file of that name was
     overwritten after the runs."""
     check_common_args(root, out, domains, [shots], [seed], threads)
-    out_abs = out if os.path.isabs(out) else os.fspath(REPO_ROOT / out)
-    check_figure_targets(os.path.join(out_abs, DEMO_FIGURE), "--out")
+    check_figure_targets(os.path.join(absolute(out), DEMO_FIGURE), "--out")
 
 
 def main_from_args(args: argparse.Namespace) -> int:
@@ -209,14 +229,14 @@ COMPARE_METHODS = ("zeroshot", "zeroshot_ensemble", "fsnl", "coop", "cocoop", "c
 def comparison_outputs(results: str) -> Dict[str, str]:
     """The tables and the record the comparison writes for the ``--results`` prefix (figures apart:
     :func:`comparison_figures`)."""
-    res = os.fspath(REPO_ROOT / results)
+    res = absolute(results)
     return {"table_md": f"{res}_table4.md", "table_csv": f"{res}_table4.csv", "curves_md": f"{res}_curves.md",
             "curves_json": f"{res}_curves.json", "run": f"{res}_run.json"}
 
 
 def comparison_figures(results: str) -> Dict[str, str]:
     """The figure of each metric (``save_figure`` bases) for the ``--results`` prefix."""
-    res = os.fspath(REPO_ROOT / results)
+    res = absolute(results)
     return {"oop": f"{res}_curves", "ip": f"{res}_curves_ip", "hmean": f"{res}_curves_hmean"}
 
 
@@ -248,13 +268,12 @@ def check_compare_args(root: str, out: str, domains: Sequence[str], shots: Seque
 def run_comparison(root: str = "data/mini_beyond", out: str = "output/mini_beyond_compare",
                    domains: Sequence[str] = DOMAINS, shots: Sequence[int] = (1, 2, 4, 8, 16),
                    seeds: Sequence[int] = (1, 2, 3), methods: Sequence[str] = COMPARE_METHODS,
-                   extra_opts: Sequence[str] = (), results: str = "docs/results/mini_beyond_comparison",
+                   extra_opts: Sequence[str] = (), results: str = COMPARISON_RESULTS,
                    workers: int = 0, threads: int = 0) -> List[str]:
     """The full method comparison on Mini-Beyond through the grid engine (``scripts.grid``, config set
     ``mini``, 8 cached views, ``workers`` processes), then its tables and curves (committed under docs/)
     and ``<results>_run.json``: the cells, the wall time and the machine that produced them."""
-    root_abs = root if os.path.isabs(root) else os.fspath(REPO_ROOT / root)
-    out_abs = out if os.path.isabs(out) else os.fspath(REPO_ROOT / out)
+    root_abs, out_abs = absolute(root), absolute(out)
     build_domains(root_abs, domains)
     start, code = time.time(), code_version()  # the code that runs the cells, before anything is edited
     cells = plan_grid(root_abs, out_abs, domains, methods, shots, seeds, config_set=MINI_CONFIG_SET, views=8,
@@ -263,7 +282,7 @@ def run_comparison(root: str = "data/mini_beyond", out: str = "output/mini_beyon
     summary = run_grid(cells, workers=workers, threads=threads)
     wall = time.time() - start
     failed = [f"{cell.label}: {why}" for cell, why in summary.failed]
-    res, outputs, figures = os.fspath(REPO_ROOT / results), comparison_outputs(results), comparison_figures(results)
+    res, outputs, figures = absolute(results), comparison_outputs(results), comparison_figures(results)
     os.makedirs(os.path.dirname(res), exist_ok=True)
     # the paper's table is the 4-shot one: a comparison without 4-shot cells has none to write
     steps = [("table (parse_test_res --table)", parse_main, [out_abs, "--table", "--shots", "4", "--md",
