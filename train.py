@@ -37,7 +37,7 @@ from dassl import results as run_results
 from dassl.cli import ArgumentParser
 from dassl.config import FINAL_MODEL_CHOICES
 from dassl.data import LoaderError
-from dassl.data.datasets import DATASET_REGISTRY
+from dassl.data.datasets import DATASET_REGISTRY, data_dirs
 from dassl.engine import TRAINER_REGISTRY, TrainingDiverged, build_trainer, expected_fingerprint
 from dassl.engine.trainer import check_model_dir, no_weights_message
 from dassl.evaluation import EVALUATOR_REGISTRY
@@ -47,6 +47,7 @@ from dassl.utils import (
     UnreadableImageError,
     WriteError,
     check_availability,
+    check_outside,
     check_writable_dir,
     clean_temp_files,
     close_log_file,
@@ -303,6 +304,7 @@ def main(args: argparse.Namespace) -> Any:
     """Run one experiment; returns the trainer (``--eval-only``: after writing results.json)."""
     cfg = setup_cfg(args)
     validate_cfg(cfg, training=not (args.eval_only or args.no_train))
+    check_outside(str(cfg.OUTPUT_DIR), data_dirs(cfg))
     if cfg.RESUME:
         check_resume_dir(cfg.RESUME)
     if args.eval_only and args.model_dir:

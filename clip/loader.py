@@ -23,6 +23,7 @@ import open_clip
 import torch
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import safe_open
 from torch import nn
 
@@ -206,11 +207,20 @@ def resolve_backbone(cfg: Any) -> BackboneSpec:
     backbone = cfg.MODEL.BACKBONE
     raw_name = str(backbone.NAME)
     weights = str(backbone.get("WEIGHTS", "default")).strip()
-    quick = parse_quick_gelu(backbone.get("QUICK_GELU", "auto"))
+    try:
+        quick = parse_quick_gelu(backbone.get("QUICK_GELU", "auto"))
+    except ValueError as err:  # a traceback in the feature extractor, which has no config check of its own
+        raise BackboneError(str(err)) from None
     name = normalize_model_name(raw_name)
     for prefix, what in ((HF_HUB_PREFIX, "<org>/<repo>"), (LOCAL_DIR_PREFIX, "<folder>")):
         if name.startswith(prefix) and not name[len(prefix):].strip():
             raise BackboneError(f"MODEL.BACKBONE.NAME {raw_name!r} names no model; write {prefix}{what}")
+    if name.startswith(HF_HUB_PREFIX):
+        try:  # hf-hub:a/b/c reached the hub client's own traceback (or a line naming no key)
+            validate_repo_id(name[len(HF_HUB_PREFIX):])
+        except HFValidationError as err:
+            raise BackboneError(f"MODEL.BACKBONE.NAME {raw_name!r} is not a hub model id ({str(err).split(':')[0]}); "
+                                f"write {HF_HUB_PREFIX}<org>/<repo>") from None
 
     if name.startswith(LOCAL_DIR_PREFIX):
         target = name[len(LOCAL_DIR_PREFIX):]
@@ -271,7 +281,7 @@ def resolve_backbone(cfg: Any) -> BackboneSpec:
         local_default = default_weights(name)
     raise BackboneError(
         f"Unknown MODEL.BACKBONE.WEIGHTS {weights!r} for model {name!r}"
-        + (f"; did you mean {hint}?" if hint else "")
+        + (f"; did you mean {hint}?" if hint else ".")
         + (f" Known tags: {tags}." if tags else " This model has no open_clip pretrained tags.")
         + (f" Its registered default is {local_default!r} (WEIGHTS default)." if local_default else "")
         + " A weight file path or 'none' also works."
@@ -385,6 +395,19 @@ def _unresolvable(hosts: List[str]) -> List[str]:
         except (socket.gaierror, UnicodeError):
             bad.append(host)
     return bad
+
+
+def check_backbone(cfg: Any) -> BackboneSpec:
+    """Every check of ``cfg.MODEL.BACKBONE`` that needs no data and no model: the name resolves, tag or
+    hub weights are reachable, a ``local-dir:`` / hub schema is complete, a weights file can be a
+    checkpoint. ``train.py`` (through the trainers' ``check_cfg``) and the feature extractor run it
+    before anything is loaded; the extractor ran them only after the dataset had loaded."""
+    spec = resolve_backbone(cfg)
+    check_weights_available(spec)
+    check_schema_files(spec)
+    if spec.weights_kind == "file":
+        check_weights_file(spec.weights)
+    return spec
 
 
 def check_weights_available(spec: BackboneSpec) -> None:

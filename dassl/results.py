@@ -349,9 +349,12 @@ def diff_fingerprints(old: Optional[Mapping[str, Any]], new: Mapping[str, Any], 
             shown_b = "(absent)" if vb is _ABSENT else _short(vb)
             out.append(f"{key} {shown_a} -> {shown_b}")
     da, db = old.get("data") or {}, new.get("data") or {}
+    # a probe's data are the feature files it reads (named "split file content" before: the split files
+    # had not changed)
+    content = "feature file content" if new.get("trainer") == "linear_probe" else "split file content"
     for key in sorted(set(da) | set(db)):
         if da.get(key) != db.get(key):
-            out.append(f"data.{key} (split file content)")
+            out.append(f"data.{key} ({content})")
     wa, wb = old.get("weights"), new.get("weights")
     if (wa if seed else _without_seed(wa)) != (wb if seed else _without_seed(wb)):
         out.append("weights (backbone weights identity)")

@@ -68,6 +68,7 @@ import torch
 import torch.nn.functional as F
 
 from clip import BackboneError, LoadedCLIP, autocast, drawn_anew, load_clip, weights_identity
+from clip.loader import check_backbone
 from configs import ConfigError, build_cfg, check_cfg
 from dassl import results
 from dassl.cli import ArgumentParser
@@ -412,6 +413,7 @@ def run(args: argparse.Namespace) -> Dict[str, str]:
         raise FeatureError(str(err)) from None
     cfg = config_from_args(args)
     check_cfg(cfg, training=False)  # the checks train.py makes (NUM_SHOTS, batch size, transforms ...)
+    check_backbone(cfg)  # before the dataset loads, as in train.py
     paths = check_targets(cfg, args.output_dir, args.split, args.views, args.precision,
                           results.overwrite_requested(args.overwrite))
     if cfg.SEED >= 0:

@@ -854,7 +854,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error(f"--num-step {args.num_step}: must be >= 0")
     if any(k < 1 for k in args.shots):
         p.error(f"--shots {' '.join(map(str, args.shots))}: every shot count must be >= 1")
-    args.shots = list(dict.fromkeys(args.shots))
+    args.shots = sorted(set(args.shots))  # one configuration whatever the order (--shots 2 1 was another)
     for flag, value in (("--dataset", args.dataset), ("--sub-classes", args.sub_classes)):
         if not value or value in (".", "..") or "/" in value or os.sep in value:
             p.error(f"{flag} {value!r}: give a name (a folder of the feature directory), not a path")

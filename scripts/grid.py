@@ -65,12 +65,13 @@ from clip import autocast, weights_identity
 from configs import ConfigError, build_cfg
 from dassl import results
 from dassl.cli import ArgumentParser
-from dassl.data.datasets import build_dataset
+from dassl.data.datasets import build_dataset, data_dirs
 from dassl.data.transforms import build_transform
 from dassl.engine import build_trainer, expected_fingerprint
 from dassl.utils import (
     WriteError,
     absolute_path,
+    check_outside,
     check_writable_dir,
     clean_temp_files,
     hold_output_dir,
@@ -831,9 +832,13 @@ def _check_args(args: argparse.Namespace) -> None:
     written (``--dry-run`` creates nothing), before any cell runs."""
     if args.views < 1:
         raise ConfigError(f"--views {args.views}: the number of augmented views per image must be >= 1")
+    cores = os.cpu_count() or 1
     for name in ("workers", "threads"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name} {getattr(args, name)}: must be >= 0 (0 picks it from the CPU cores)")
+    if args.threads > cores:  # --threads 100000 died in libgomp without an error line
+        raise ConfigError(f"--threads {args.threads}: more than this machine's {cores} CPU cores (0 picks it from "
+                          "them)")
     if not osp.isdir(args.root):
         raise ConfigError(f"--root {args.root} is not a directory (the dataset root)")
     # nothing is created yet (a config mistake found while planning leaves no empty --out behind), but
@@ -862,9 +867,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return INTERRUPTED
 
 
-def _check_cells(cells: Sequence[Cell]) -> None:
-    """Every trained cell's config passes ``train.py``'s checks (names, values), before any cell runs: an
-    ``--opts OPTIM.MAX_EPOCH -3`` is one line here, not a failure per cell after the first has trained."""
+def _check_cells(cells: Sequence[Cell], out: str) -> None:
+    """Every trained cell's config passes ``train.py``'s checks (names, values), and ``out`` lies outside
+    every planned domain's dataset folders, before any cell runs: an ``--opts OPTIM.MAX_EPOCH -3`` is one
+    line here, not a failure per cell after the first has trained."""
+    for cfg in {cell.dataset: cell.cfg for cell in cells}.values():
+        check_outside(out, data_dirs(cfg), "--out")
     for cell in cells:
         if cell.run is None:
             continue
@@ -889,9 +897,12 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
             # the domain must be under --root (e.g. "Plants" is LAION-Beyond's, not Mini-Beyond's MiniPlants),
             # and a trained cell's shot count must exist there (each such cell failed on its own before)
             check_shots(args.root, dataset, [c.run.shots for c in cells if c.run is not None and c.dataset == dataset])
-        _check_cells(cells)
+        _check_cells(cells, args.out)
     except (DomainError, ConfigError, RegistryKeyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except WriteError as err:
+        print(f"error: {train.error_message(err)}", file=sys.stderr)
         return 2
     if args.dry_run:
         try:  # the same conflicts the real run refuses, before printing anything

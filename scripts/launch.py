@@ -530,7 +530,8 @@ def run_local(
             finally:
                 todo.task_done()
 
-    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(max(1, workers))]
+    # no more threads than jobs: --workers 100000 started as many threads and died of it (a traceback)
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(max(1, min(workers, total)))]
     for t in threads:
         t.start()
     try:
@@ -744,6 +745,9 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         value = getattr(args, name)
         if value is not None and value < low:
             parser.error(f"--{name.replace('_', '-')} {value}: must be >= {low}")
+    cores = os.cpu_count() or 1
+    if args.threads is not None and args.threads > cores:  # each job's OpenMP pool died allocating them
+        parser.error(f"--threads {args.threads}: more than this machine's {cores} CPU cores")
 
 
 def _check_dirs(args: argparse.Namespace, commands: Sequence[Command]) -> None:

@@ -579,6 +579,7 @@ def merge_seeds(records: Iterable[RunRecord]) -> List[RunRecord]:
             key=lambda r: (not (r.phase == "train" or (r.phase == "zeroshot" and r.sub_classes == "OOP")), r.path),
         ))
         first = recs[0]
+        _warn_disagreeing(recs)
         merged.append(RunRecord(
             dataset=first.dataset, method=first.method, shots=first.shots, seed=first.seed,
             oop=next((r.oop for r in recs if r.oop is not None), None),
@@ -587,6 +588,21 @@ def merge_seeds(records: Iterable[RunRecord]) -> List[RunRecord]:
             path=";".join(r.path for r in recs), config=first.config, identity=first.identity,
         ))
     return merged
+
+
+def _warn_disagreeing(recs: Sequence[RunRecord]) -> None:
+    """Warn when records of one seed and configuration give one metric different values (naming both
+    paths and the one used). :func:`_drop_duplicates` catches two records of one (phase, subset); a run
+    outside the layout (phase ``train``) beside the grid's zero-shot cell (phase ``zeroshot``) were both
+    OOP results of seed 1, and one of them was dropped without a word."""
+    for metric in ("oop", "ip"):
+        found = [(getattr(r, metric), r.path) for r in recs if getattr(r, metric) is not None]
+        differing = [(v, p) for v, p in found[1:] if not math.isclose(v, found[0][0], abs_tol=1e-9)]
+        if differing:
+            first = recs[0]
+            logger.warning("Results disagree for %s %s K=%d seed %s (same configuration): %s %.2f in %s, %.2f in %s; "
+                           "using the first", first.dataset, first.method, first.shots, first.seed, metric.upper(),
+                           found[0][0], found[0][1], differing[0][0], differing[0][1])
 
 
 def _drop_duplicates(recs: List[RunRecord]) -> List[RunRecord]:

@@ -144,6 +144,8 @@ CONFIG_CASES = [
     (("DATALOADER.TEST.SAMPLER", "bogus"), ["DATALOADER.TEST.SAMPLER: unknown sampler 'bogus'", "SequentialSampler"]),
     (("DATALOADER.K_TRANSFORMS", "0"), ["DATALOADER.K_TRANSFORMS", ">= 1", "got 0"]),
     (("DATALOADER.K_TRANSFORMS", "2"), ["DATALOADER.K_TRANSFORMS", "must be 1", TRAINER, "got 2"]),
+    # the hub client's own message, naming no key
+    (("MODEL.BACKBONE.NAME", "hf-hub:a/b/c"), ["MODEL.BACKBONE.NAME 'hf-hub:a/b/c' is not a hub model id"]),
 ]
 
 

@@ -321,7 +321,10 @@ CASES = [
          [SPLIT, "missing", "x\\nerror: forged.jpg"]),
     Case("missing_ip_folder", _remove_ip, ["No IP folder", "Animals"],
          check_needles=["No IP folder"]),
-    Case("zero_byte_image", _replace_image(lambda w, p: p.write_bytes(b"")), [FIRST_IMAGE, "Cannot decode"], "run"),
+    # an interrupted download: found before training (a test image was found only after it)
+    Case("zero_byte_image", _replace_image(lambda w, p: p.write_bytes(b"")), [SPLIT, FIRST_IMAGE, "an empty file"]),
+    Case("zero_byte_ip_test_image", lambda w: w.image("zebra", "zebra_004.jpg", IP_DIR).write_bytes(b""),
+         ["zebra_004.jpg", "an empty file"]),
     Case("truncated_jpeg", _replace_image(_truncate), [FIRST_IMAGE, "Cannot decode"], "run"),
     Case("text_as_image", _replace_image(lambda w, p: p.write_text("not an image\n")),
          [FIRST_IMAGE, "Cannot decode"], "run"),

@@ -288,3 +288,45 @@ def test_launch_refuses_a_repeated_grid_line(toy_root, tmp_path, capsys, variant
     commands.write_text(f"{line}\n{line.replace(str(tmp_path / 'g'), str(tmp_path / 'h'))}\n")
     launch.check_outputs(launch.parse_commands(commands.read_text()), str(REPO))
 
+
+
+# ------------------------------------------------------------------------- outputs among the dataset's files
+@pytest.fixture
+def private_root(toy_root, tmp_path) -> Path:
+    dst = tmp_path / "data"
+    shutil.copytree(toy_root, dst, ignore=shutil.ignore_patterns("split_fewshot"))
+    return dst
+
+
+def test_an_output_folder_inside_a_dataset_folder_is_one_line_before_any_work(private_root, tmp_path, capsys):
+    """``--output-dir <subset>/images/ant``: config.yaml, log.txt, results.json and checkpoints landed among
+    the images, exit 0, and ``datasets.check`` still passed; the grid's --out the same."""
+    before = snapshot_tree(private_root)
+    (subset,) = private_root.glob("Food*_OOP")
+    inside = subset / "images" / sorted(os.listdir(subset / "images"))[0]
+    line = one_line(capsys, train.cli(train_argv(private_root, inside, TRAINER, *OPTS, dataset="Food53_27")))
+    assert f'--output-dir "{inside}" lies inside the dataset folder "{subset}"' in line, line
+    line = one_line(capsys, grid.main(grid_cli(private_root, subset / "runs", ["zeroshot"])))
+    assert f'--out "{subset / "runs"}" lies inside the dataset folder "{subset}"' in line, line
+    (tmp_path / "link").symlink_to(subset)  # through a link too
+    line = one_line(capsys, train.cli(train_argv(private_root, tmp_path / "link" / "r", TRAINER, *OPTS,
+                                                 dataset="Food53_27")))
+    assert "lies inside the dataset folder" in line
+    assert snapshot_tree(private_root) == before
+    # beside the subset folders, under the same root, is where outputs may go
+    assert grid.main(grid_cli(private_root, private_root / "runs", ["zeroshot"])) == 0
+
+
+def test_a_link_to_a_file_as_out_is_not_called_dangling(toy_root, tmp_path, capsys):
+    (tmp_path / "afile").write_text("mine\n")
+    (tmp_path / "lfile").symlink_to(tmp_path / "afile")
+    line = one_line(capsys, grid.main(grid_cli(toy_root, tmp_path / "lfile", ["zeroshot"])))
+    assert "is a symbolic link to a file, not a directory" in line and "dangling" not in line, line
+    assert (tmp_path / "afile").read_text() == "mine\n"
+
+
+def test_grid_threads_above_the_cores_are_one_line(toy_root, tmp_path, capsys):
+    """``--threads 100000``: libgomp ran out of memory, no error line, a stray log file left."""
+    line = one_line(capsys, grid.main(grid_cli(toy_root, tmp_path / "g", ["zeroshot"], "--threads", "100000")))
+    assert "--threads 100000: more than this machine's" in line
+    assert not (tmp_path / "g").exists()

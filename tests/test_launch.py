@@ -408,6 +408,7 @@ def test_bad_command_lists_are_one_line_before_any_job(tmp_path: Path, capsys: p
     (["--mode", "slurm", "--cpus", "-4"], "--cpus -4: must be >= 1"),
     (["--mode", "slurm", "--chunk", "0"], "--chunk 0: must be >= 1"),
     (["--mode", "slurm", "--max-parallel", "-1"], "--max-parallel -1: must be >= 1"),
+    (["--threads", "100000"], "--threads 100000: more than this machine's"),
 ])
 def test_bad_launch_options_are_one_line_before_any_job(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                          extra: list, expected: str) -> None:
@@ -736,3 +737,17 @@ def test_a_utf8_bom_is_dropped(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     (commands,) = launch.read_commands("-", stdin=io.StringIO(yaml_text))
     assert commands.explicit_done and commands.done == str(flag) and not commands.cmd.startswith("\ufeff")
     capsys.readouterr()
+
+
+def test_more_workers_than_jobs_start_one_thread_per_job(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--workers 100000`` started 100000 threads for a one-line list and died with a traceback."""
+    started = []
+    real_start = launch.threading.Thread.start
+    monkeypatch.setattr(launch.threading.Thread, "start", lambda self: (started.append(self), real_start(self))[1])
+    out = tmp_path / "o.txt"
+    src = tmp_path / "cmds.txt"
+    src.write_text(writer(out) + "\n")
+    assert launch.main([str(src), "--workers", "100000", "--log-dir", str(tmp_path / "logs")]) == 0
+    assert out.is_file() and len(started) == 1
+    assert "1 command(s): succeeded 1" in capsys.readouterr().err

@@ -998,15 +998,22 @@ def test_unusable_device_is_one_error_line_before_loading(tmp_path, capsys):
     (["--batch-size", "-1"], "--batch-size -1: must be >= 1"),
     (["DATALOADER.TEST.BATCH_SIZE", "0"], "DATALOADER.TEST.BATCH_SIZE must be a positive integer"),
     (["--output-dir", ""], "--output-dir is empty"),
+    # a traceback (the first two) or a line only after the dataset had loaded
+    (["MODEL.BACKBONE.QUICK_GELU", "maybe"], "MODEL.BACKBONE.QUICK_GELU must be one of"),
+    (["MODEL.BACKBONE.NAME", "hf-hub:a/b/c"], "MODEL.BACKBONE.NAME 'hf-hub:a/b/c' is not a hub model id"),
+    (["MODEL.BACKBONE.NAME", "ViT-B-17"], "Unknown MODEL.BACKBONE.NAME 'ViT-B-17'"),
+    (["MODEL.BACKBONE.WEIGHTS", "no/such/file.pt"], "no/such/file.pt"),
 ])
 def test_extractor_option_mistakes_are_one_line_before_loading(extractor_env, capsys, monkeypatch, extra, expected):
     """Hostile: these were tracebacks after the backbone loaded (a bad --device, a negative batch size),
     silently accepted and recorded in the job identity (--num-shot 0 / -5: the full split), or wrote
-    into the current directory (--output-dir "")."""
+    into the current directory (--output-dir ""); the backbone's, tracebacks or lines after the dataset
+    had loaded."""
     from lpclip import feat_extractor as fe
 
     root, _, out = extractor_env
     monkeypatch.setattr(fe, "load_clip", lambda *a, **k: pytest.fail("the backbone was loaded"))
+    monkeypatch.setattr(fe, "build_dataset", lambda *a, **k: pytest.fail("the dataset was loaded"))
     argv = ["--root", root, "--config-file", SMOKE_CFG, "--dataset-config-file", DATASET_CFG, "--output-dir", str(out)]
     with pytest.raises(SystemExit) if extra[0] in ("--batch-size", "--output-dir") else contextlib.nullcontext():
         rc = fe.main(argv + extra)
@@ -1139,3 +1146,15 @@ def test_image_ids_of_the_extractors_layouts_are_accepted(tmp_path, capsys):
     res = json.loads((out / "results.json").read_text())
     assert res["shots"]["1"]["n_train"] == [3 * 2, 3 * 2]  # one image per class, both its views
     assert res["shots"]["2"]["n_train"] == [3 * 2 * 2, 3 * 2 * 2]
+
+
+def test_the_order_of_the_shot_counts_is_not_another_configuration(tmp_path, capsys):
+    """``--shots 2 1`` then ``--shots 1 2`` into one folder was refused as another configuration."""
+    write_features(str(tmp_path))
+    base = ["--feature-dir", str(tmp_path), "--dataset", "Toy9_9", "--sub-classes", "IP", "--num-run", "2",
+            "--num-step", "1"]
+    assert lp.main([*base, "--shots", "2", "1"]) == 0
+    first = json.loads((tmp_path / "Toy9_9" / "IP" / "linear_probe" / "results.json").read_text())
+    assert lp.main([*base, "--shots", "1", "2", "1"]) == 0, capsys.readouterr().err
+    again = json.loads((tmp_path / "Toy9_9" / "IP" / "linear_probe" / "results.json").read_text())
+    assert list(first["shots"]) == ["1", "2"] and again["fingerprint"]["id"] == first["fingerprint"]["id"]

@@ -371,3 +371,22 @@ def test_groups_round_trip_keeps_the_seed_counts(runs: Path, curves_json: Path) 
     del legacy["runs"]  # a JSON written before "runs" existed: the most any number counts
     (old,) = ptr.groups_from_json({"groups": [legacy]})
     assert old.runs == 3
+
+
+def test_two_results_of_one_seed_that_disagree_are_named_whatever_their_phase(caplog):
+    """A ``train.py`` run outside the layout (phase ``train``) and the grid's zero-shot cell (phase
+    ``zeroshot``) of the same configuration and seed: one OOP value was dropped without a word."""
+    a = ptr.RunRecord("Food53_27", "ZeroshotCLIP_openclip", 0, 1, oop=25.0, phase="train",
+                                 sub_classes="OOP", path="out/results.json", config="c1")
+    b = ptr.RunRecord("Food53_27", "ZeroshotCLIP_openclip", 0, 1, oop=75.0, phase="zeroshot",
+                                 sub_classes="OOP", path="out/Food53_27/ZS/seed1/results.json", config="c1")
+    with caplog.at_level(logging.WARNING):
+        (merged,) = ptr.merge_seeds([b, a])
+    assert merged.oop == 75.0 or merged.oop == 25.0
+    assert "Results disagree for Food53_27 ZeroshotCLIP_openclip K=0 seed 1" in caplog.text
+    assert "out/results.json" in caplog.text and "out/Food53_27/ZS/seed1/results.json" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        ptr.merge_seeds([a, ptr.RunRecord(**{**a.__dict__, "oop": 25.0, "phase": "zeroshot",
+                                                                   "path": "elsewhere/results.json"})])
+    assert "disagree" not in caplog.text  # the same number twice is no news

@@ -117,6 +117,10 @@ def test_fingerprint_ignores_irrelevant_keys_and_follows_semantic_ones(toy: Path
     split.write_text(json.dumps(data))
     changed = expected_fingerprint(cfg_for(toy))
     assert results.diff_fingerprints(base, changed) == ["data.OOP (split file content)"]
+    # a probe's data are its feature files: re-extracted features are not a changed split file
+    probe_a = results.fingerprint({"method": "linear_probe"}, trainer="linear_probe", data={"test": "a"})
+    probe_b = results.fingerprint({"method": "linear_probe"}, trainer="linear_probe", data={"test": "b"})
+    assert results.diff_fingerprints(probe_a, probe_b) == ["data.test (feature file content)"]
 
 
 def sweep_argv(root: Path, out: Path, *opts: str, flags: tuple = (), config: str = FSNL_SMOKE) -> list:

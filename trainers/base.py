@@ -28,11 +28,10 @@ from clip import (
     autocast,
     load_clip,
     normalize_name,
-    resolve_backbone,
     resolve_precision,
     weights_identity,
 )
-from clip.loader import check_schema_files, check_weights_available, check_weights_file, expected_image_size
+from clip.loader import check_backbone, expected_image_size
 from clip.templates import DEFAULT_TEMPLATE
 from dassl.engine import TrainerX
 from dassl.utils.identity import json_digest
@@ -110,11 +109,7 @@ class ClipTrainer(SubsetEvaluation, TrainerX):
             raise ValueError(
                 f"TRAINER.{self.PREC_KEY}.PREC must be one of {VALID_PRECISIONS}, got {prec!r}"
             )
-        spec = resolve_backbone(cfg)
-        check_weights_available(spec)
-        check_schema_files(spec)
-        if spec.weights_kind == "file":
-            check_weights_file(spec.weights)
+        check_backbone(cfg)
         expected = expected_image_size(cfg)
         size = tuple(cfg.INPUT.SIZE)
         if expected is not None and size != expected:

@@ -483,6 +483,14 @@ def _remove_own_tree(out: str, written: Sequence[str]) -> bool:
     return True
 
 
+def _not_a_directory(path: str) -> str:
+    """What ``path`` (which exists as an entry but is no directory) is, for an error line: a link to a
+    file was called "a dangling symbolic link"."""
+    if osp.islink(path):
+        return "a symbolic link to a file, not a directory" if osp.exists(path) else "a dangling symbolic link"
+    return "a file, not a directory"
+
+
 def _check_creatable(directory: str, what: str) -> None:
     """:func:`check_writable_dir` without creating anything: the nearest existing ancestor of a missing
     ``directory`` must be a directory this process may create entries in."""
@@ -493,8 +501,7 @@ def _check_creatable(directory: str, what: str) -> None:
             break
         path = parent
     if not osp.isdir(path):
-        kind = "a dangling symbolic link" if osp.islink(path) else "a file, not a directory"
-        raise WriteError(errno.ENOTDIR, f'cannot create the {what} "{directory}": "{path}" is {kind}')
+        raise WriteError(errno.ENOTDIR, f'cannot create the {what} "{directory}": "{path}" is {_not_a_directory(path)}')
     if not os.access(path, os.W_OK | os.X_OK):
         err = OSError(errno.EROFS if _read_only(path) else errno.EACCES, "")
         raise WriteError(err.errno, f'cannot create the {what} "{directory}" in "{path}": {_write_problem(err)}')
@@ -523,9 +530,7 @@ def check_writable_dir(directory: str, what: str = "output directory", create: b
     except OSError as e:
         raise WriteError(e.errno, f'cannot create the {what} "{directory}": {_write_problem(e)}') from e
     if not osp.isdir(directory):
-        kind = "a dangling symbolic link" if osp.islink(directory) and not osp.exists(directory) else \
-            "a file, not a directory"
-        raise WriteError(errno.ENOTDIR, f'the {what} "{directory}" is {kind}')
+        raise WriteError(errno.ENOTDIR, f'the {what} "{directory}" is {_not_a_directory(directory)}')
     probe = _temp_path(osp.join(directory, "write-probe"))
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -539,6 +544,18 @@ def check_writable_dir(directory: str, what: str = "output directory", create: b
     finally:
         with contextlib.suppress(OSError):
             os.remove(probe)
+
+
+def check_outside(path: str, folders: Sequence[str], what: str = "--output-dir") -> None:
+    """Raise a :class:`WriteError` when ``path`` is one of ``folders`` or lies inside one (links resolved):
+    a run's folder among a dataset's images and split files (``datasets.check`` still passed) mixes
+    outputs into the data every later run reads."""
+    real = osp.realpath(absolute_path(path))
+    for folder in folders:
+        base = osp.realpath(folder)
+        if real == base or real.startswith(base.rstrip(os.sep) + os.sep):
+            raise WriteError(errno.EINVAL, f'{what} "{path}" lies inside the dataset folder "{folder}": a run would '
+                                           "write among its images; use a folder outside the dataset")
 
 
 def derive_seed(seed: int, *parts: Union[int, str]) -> int:

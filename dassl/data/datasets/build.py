@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from dassl.utils.registry import Registry, RegistryKeyError, closest_name
 
-__all__ = ["DATASET_REGISTRY", "build_dataset", "data_identity"]
+__all__ = ["DATASET_REGISTRY", "build_dataset", "data_dirs", "data_identity"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,3 +41,12 @@ def data_identity(cfg: Any) -> Dict[str, Any]:
     dataset_cls = DATASET_REGISTRY.get(name) if name in DATASET_REGISTRY else None
     identity = getattr(dataset_cls, "data_identity", None)
     return dict(identity(cfg)) if callable(identity) else {}
+
+
+def data_dirs(cfg: Any) -> List[str]:
+    """The folders ``cfg``'s dataset reads (images and split files), from the config alone: the registered
+    class's ``data_dirs(cfg)`` hook, ``[]`` for a dataset without one. No run may write inside them."""
+    name = str(cfg.DATASET.NAME)
+    dataset_cls = DATASET_REGISTRY.get(name) if name in DATASET_REGISTRY else None
+    dirs = getattr(dataset_cls, "data_dirs", None)
+    return [str(d) for d in dirs(cfg)] if callable(dirs) else []
