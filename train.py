@@ -180,6 +180,24 @@ def validate_cfg(cfg: Any, training: bool = True) -> None:
     check_cfg(cfg, training=training)
 
 
+#: Config keys that name a cache folder (empty: the default place; ``none`` turns a cache off).
+CACHE_DIR_KEYS = ("DATASET.FEWSHOT_CACHE_DIR", "TEST.FEATURE_CACHE_DIR", "DATALOADER.FEATURE_CACHE.DIR")
+
+
+def check_cache_dirs(cfg: Any) -> None:
+    """A cache folder the config names must be a folder this run can create or write, checked before
+    any work (a ``WriteError`` naming the key): a file there was only a warning for the few-shot and
+    evaluation caches (the user's setting silently dropped) and, for the training views, a failure after
+    the data and the backbone had loaded that named neither the key nor the fix."""
+    for key in CACHE_DIR_KEYS:
+        node: Any = cfg
+        for part in key.split("."):
+            node = node.get(part) if hasattr(node, "get") else None
+        value = str(node or "").strip()
+        if value and value.lower() != "none":
+            check_writable_dir(osp.expanduser(value), what=f"{key} folder", create=False)
+
+
 def check_resume_dir(directory: str) -> None:
     """``--resume DIR`` must hold at least one regular checkpoint (``<model>/model.pth.tar-<E>``);
     which models, trainer and label space is checked when the trainer resumes, before any
@@ -305,6 +323,7 @@ def main(args: argparse.Namespace) -> Any:
     cfg = setup_cfg(args)
     validate_cfg(cfg, training=not (args.eval_only or args.no_train))
     check_outside(str(cfg.OUTPUT_DIR), data_dirs(cfg))
+    check_cache_dirs(cfg)
     if cfg.RESUME:
         check_resume_dir(cfg.RESUME)
     if args.eval_only and args.model_dir:

@@ -106,7 +106,7 @@ def check_domain(root: str, name: str, prefix: str, required: bool) -> DomainRep
         try:
             part = load_subset(directory, subset)
         except DatasetError as err:
-            report.problems.append(str(err))
+            report.problems.append(err.report)
             continue
         parts.append(part)
         report.warnings.extend(part.warnings)

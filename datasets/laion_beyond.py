@@ -107,7 +107,12 @@ LEGACY_FEWSHOT_PATTERN = "shot_*-seed_*.pkl"
 
 
 class DatasetError(ValueError):
-    """A LAION-Beyond folder or split file is missing, ambiguous or malformed."""
+    """A LAION-Beyond folder or split file is missing, ambiguous or malformed. ``str()`` is one line;
+    ``report`` the complete listing where there is more to say (what ``datasets.check`` prints)."""
+
+    def __init__(self, message: str, report: str = "") -> None:
+        super().__init__(message)
+        self.report = report or message
 
 
 class DatasetNotFoundError(DatasetError):
@@ -133,6 +138,12 @@ class SubsetSplit:
         """The most training images any class has: a shot count above it would train every class on all
         its images, the all-images run filed under K (refused by the few-shot sampling and scripts.grid)."""
         return max(Counter(d.label for d in self.train).values(), default=0)
+
+
+def _inline(items: Sequence[str], limit: int = 3) -> str:
+    """A few items on one line (an error line), with how many more."""
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
 
 
 def _listing(items: Sequence[str], limit: int = MAX_LISTED) -> str:
@@ -176,9 +187,9 @@ def find_subset_dir(root: str, prefix: str, subset: str) -> str:
         )
     if len(matches) > 1:
         raise DatasetError(
-            f"Several {subset} folders match {shown_pattern} under {root!r}; refusing to guess:\n"
-            f"{_listing(matches)}\nFix: keep one copy per domain under the root (e.g. separate roots "
-            "for the 400M and 2B versions) and point DATASET.ROOT at it."
+            f"Several {subset} folders match {shown_pattern} under {root!r} ({_inline(matches)}); refusing to "
+            "guess. Fix: keep one copy per domain under the root (e.g. separate roots for the 400M and 2B "
+            "versions) and point DATASET.ROOT at it."
         )
     return matches[0]
 
@@ -206,8 +217,8 @@ def find_split_file(subset_dir: str) -> str:
         )
     if len(hits) > 1:
         raise DatasetError(
-            f"Several split files in {subset_dir!r}; refusing to guess:\n{_listing(hits)}\n"
-            "Fix: keep exactly one split_Xin*.json per subset folder."
+            f"Several split files in {subset_dir!r} ({_inline(hits)}); refusing to guess. Fix: keep exactly one "
+            "split_Xin*.json per subset folder."
         )
     return hits[0]
 
@@ -473,9 +484,12 @@ def parse_split(
         problems.append("no records in train/val/test")
 
     if problems:
-        raise DatasetError(
-            f"{path}: {len(problems)} problem(s) in the split file:\n{_listing(problems, 20)}"
-        )
+        # one line for the run (the first problem; 22 lines before), the listing in the log and the check
+        listing = f"{path}: {len(problems)} problem(s) in the split file:\n{_listing(problems, 20)}"
+        logger.info("%s", listing)
+        more = f" (and {len(problems) - 1} more: the log and `python -m datasets.check` list them)" \
+            if len(problems) > 1 else ""
+        raise DatasetError(f"{path}: {len(problems)} problem(s) in the split file: {problems[0]}{more}", listing)
 
     classnames = [next(iter(label_names[la])) for la in range(len(labels))]
     warnings = []
@@ -744,9 +758,10 @@ def check_linked_duplicates(groups: Sequence[SplitGroup]) -> None:
         raise DatasetError(f"{problems[0]}; an evaluation image would also be trained or selected on: give each "
                            "record its own image file (copy it, or remove one of the records)")
     if problems:
-        raise DatasetError(f"{len(problems)} problem(s) of images shared between splits as links:\n"
-                           f"{_listing(problems)}\nFix: give each record its own image file (copy it, or remove "
-                           "one of the records)")
+        listing = f"{len(problems)} problem(s) of images shared between splits as links:\n{_listing(problems)}"
+        raise DatasetError(f"{len(problems)} problem(s) of images shared between splits as links: {problems[0]} "
+                           f"(and {len(problems) - 1} more, listed by `python -m datasets.check`). Fix: give each "
+                           "record its own image file (copy it, or remove one of the records)", listing)
 
 
 def legacy_fewshot_caches(subset_dir: str) -> List[str]:

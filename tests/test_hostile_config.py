@@ -184,6 +184,20 @@ def test_an_output_dir_given_twice_is_one_line_before_any_work(toy_root, tmp_pat
     assert configs.build_cfg(trainer=TRAINER, opts=["OUTPUT_DIR", str(b), "SEED", "3"], seed=3).OUTPUT_DIR == str(b)
 
 
+@pytest.mark.parametrize("key", ["DATASET.FEWSHOT_CACHE_DIR", "TEST.FEATURE_CACHE_DIR", "DATALOADER.FEATURE_CACHE.DIR"])
+def test_a_file_as_a_cache_folder_is_one_line_naming_the_key(toy_root, tmp_path, capsys, monkeypatch, key):
+    """A file where a cache folder goes: the few-shot and evaluation caches only warned (the setting
+    silently dropped), the training views failed after loading, naming neither key nor fix."""
+    afile = tmp_path / "afile"
+    afile.write_text("mine\n")
+    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: pytest.fail("a model was built"))
+    out = tmp_path / "out"
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, out, TRAINER, key, str(afile),
+                                                       "DATALOADER.FEATURE_CACHE.VIEWS", "2")))
+    assert f'{key} folder "{afile}"' in line and "is a file, not a directory" in line, line
+    assert afile.read_text() == "mine\n" and not out.exists()
+
+
 def test_more_shots_than_any_class_has_is_one_line_before_training(toy_root, tmp_path, capsys):
     """Hostile: NUM_SHOTS 100 on a benchmark with at most a handful of training images per class ran the
     all-images run and filed it as a 100-shot result (results.json, run folder, tables). Now the

@@ -172,6 +172,7 @@ def assert_one_error(outcome: Outcome, needles: List[str]) -> None:
     assert len(outcome.errors) == 1, outcome.stderr
     assert "Traceback" not in outcome.stderr and "Traceback" not in outcome.stdout
     message = outcome.stderr[outcome.stderr.index("error:"):]
+    assert "\n" not in message.strip(), message  # one line (a split file's problems took 22)
     for needle in needles:
         assert needle in message, (needle, message)
 
@@ -283,7 +284,10 @@ CASES = [
          [SPLIT, FIRST_IMAGE, "dangling symlink"]),
     Case("directory_as_image", _replace_image(lambda w, p: p.mkdir()), [SPLIT, FIRST_IMAGE, "not a regular file"]),
     Case("fifo_as_image", _replace_image(lambda w, p: os.mkfifo(p)), [SPLIT, FIRST_IMAGE, "not a regular file"]),
-    Case("huge_label", _set("train", "0", label=10**12), [SPLIT, "contiguous", "max 1000000000000"]),
+    # one line for train.py (the first of the two problems, then "and 1 more"), both for datasets.check
+    Case("huge_label", _set("train", "0", label=10**12),
+         [SPLIT, "2 problem(s)", "has 2 labels: 1000000000000", "and 1 more"],
+         check_needles=[SPLIT, "has 2 labels: 1000000000000", "contiguous", "max 1000000000000"]),
     Case("duplicate_record", _copy_record(("train", "0"), ("train", "1")),
          [SPLIT, "duplicate record", "train['1'] = train['0']"]),
     Case("duplicate_after_normpath", _copy_record(("train", "0"), ("train", "1"), image_name="./giant_anteater_000.jpg"),
