@@ -57,9 +57,11 @@ if __name__ == "__main__":  # a Ctrl-C during the imports below: one line, not a
     quiet_ctrl_c_while_loading()
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import os.path as osp
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -80,6 +82,8 @@ from dassl.utils import (
     WriteError,
     atomic_write,
     check_writable_dir,
+    hold_output_dir,
+    missing_dirs,
     requested_device,
     set_random_seed,
     setup_logger,
@@ -414,16 +418,30 @@ def run(args: argparse.Namespace) -> Dict[str, str]:
     cfg = config_from_args(args)
     check_cfg(cfg, training=False)  # the checks train.py makes (NUM_SHOTS, batch size, transforms ...)
     check_backbone(cfg)  # before the dataset loads, as in train.py
-    paths = check_targets(cfg, args.output_dir, args.split, args.views, args.precision,
-                          results.overwrite_requested(args.overwrite))
-    if cfg.SEED >= 0:
-        set_random_seed(cfg.SEED)
-    device = device or pick_device(cfg)
-    arrays = extract(cfg, args.split, args.views, device, args.precision, args.batch_size)
-    setup_logger(osp.join(args.output_dir, cfg.DATASET.NAME))
-    for split, data in arrays.items():
-        save_npz(paths[split], data)
-        logger.info("Wrote %s", paths[split])
+    overwrite = results.overwrite_requested(args.overwrite)
+    paths = check_targets(cfg, args.output_dir, args.split, args.views, args.precision, overwrite)
+    folder = osp.dirname(paths[args.split[0]])  # every split's file lies in it
+    created = missing_dirs(folder)
+    os.makedirs(folder, exist_ok=True)
+    try:
+        # no second extraction writes these files meanwhile (two of different configurations interleaved
+        # their splits before, and the probe refused the mix)
+        with hold_output_dir(folder):
+            if not created:  # again under the lock: another extraction may have written them since
+                check_targets(cfg, args.output_dir, args.split, args.views, args.precision, overwrite)
+            if cfg.SEED >= 0:
+                set_random_seed(cfg.SEED)
+            device = device or pick_device(cfg)
+            arrays = extract(cfg, args.split, args.views, device, args.precision, args.batch_size)
+            setup_logger(osp.join(args.output_dir, cfg.DATASET.NAME))
+            for split, data in arrays.items():
+                save_npz(paths[split], data)
+                logger.info("Wrote %s", paths[split])
+    except BaseException:
+        for d in reversed(created):  # only the empty folders this call made (rmdir refuses the others)
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+        raise
     return paths
 
 

@@ -270,3 +270,18 @@ def test_eval_of_a_checkpoint_missing_a_name_of_its_own_label_space_is_one_line(
     line = one_error_line(capsys)
     assert str(path) in line and "1 of the 5 learned names of its own label space are missing" in line
     assert not (out / "results.json").exists()
+
+
+def test_the_logged_learning_rate_is_the_one_the_step_used(toy_root, tmp_path):
+    """The schedule steps inside the last batch's update, and the log read the rate after it: the
+    constant warm-up epoch showed the next epoch's rate (Dassl's log did the same)."""
+    out = tmp_path / "run"
+    assert train.cli(train_argv(toy_root, out, TRAINER, "OPTIM.MAX_EPOCH", "2", "OPTIM.LR", "0.05",
+                                "OPTIM.WARMUP_EPOCH", "1", "OPTIM.WARMUP_TYPE", "constant",
+                                "OPTIM.WARMUP_CONS_LR", "1e-5", "TRAIN.PRINT_FREQ", "1")) == 0
+    logged = {}
+    for line in (out / "log.txt").read_text().splitlines():
+        if line.startswith("epoch [") and " lr " in line:
+            logged.setdefault(line.split("]")[0] + "]", set()).add(float(line.split(" lr ")[1].split()[0]))
+    assert logged["epoch [1/2]"] == {1e-5}  # the warm-up epoch
+    assert logged["epoch [2/2]"] == {0.05}  # cosine over 2 epochs: the base rate at the start of the second

@@ -1158,3 +1158,25 @@ def test_the_order_of_the_shot_counts_is_not_another_configuration(tmp_path, cap
     assert lp.main([*base, "--shots", "1", "2", "1"]) == 0, capsys.readouterr().err
     again = json.loads((tmp_path / "Toy9_9" / "IP" / "linear_probe" / "results.json").read_text())
     assert list(first["shots"]) == ["1", "2"] and again["fingerprint"]["id"] == first["fingerprint"]["id"]
+
+
+def test_an_extraction_into_a_folder_in_use_is_refused(extractor_env, capsys, monkeypatch):
+    """Two extractions of different configurations into one folder interleaved their splits (the probe
+    then refused the mix); the folder is held like a run's, and one refused leaves no empty folder."""
+    from dassl.utils import hold_output_dir
+    from lpclip import feat_extractor as fe
+
+    root, _, out = extractor_env
+    monkeypatch.setattr(fe, "load_clip", lambda *a, **k: pytest.fail("the backbone was loaded"))
+    folder = out / "Animals92_42" / "OOP"
+    folder.mkdir(parents=True)
+    with hold_output_dir(str(folder)):
+        assert fe.main(extractor_argv(root, out, "train", "--seed", "1")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is in use" in err[0] and str(folder) in err[0], err
+    assert list(folder.iterdir()) == []
+    folder.rmdir()
+    (out / "Animals92_42").rmdir()
+    monkeypatch.setattr(fe, "extract", lambda *a, **k: (_ for _ in ()).throw(fe.FeatureError("stop")))
+    assert fe.main(extractor_argv(root, out, "train", "--seed", "1")) == 2
+    assert not (out / "Animals92_42").exists()  # the folders this call made are gone again

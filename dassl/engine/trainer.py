@@ -1092,7 +1092,8 @@ class SimpleTrainer(TrainerBase):
 class TrainerX(SimpleTrainer):
     """Trainer over labelled data only (``train_loader_x``)."""
 
-    def _log_progress(self, batch_time: AverageMeter, data_time: AverageMeter, losses: MetricMeter) -> None:
+    def _log_progress(self, batch_time: AverageMeter, data_time: AverageMeter, losses: MetricMeter,
+                      lr: float) -> None:
         freq = max(int(self.cfg.TRAIN.PRINT_FREQ), 1)
         meet_freq = (self.batch_idx + 1) % freq == 0
         only_few_batches = self.num_batches < freq
@@ -1106,15 +1107,15 @@ class TrainerX(SimpleTrainer):
             f"time {batch_time.val:.3f} ({batch_time.avg:.3f}) "
             f"data {data_time.val:.3f} ({data_time.avg:.3f}) "
             f"{losses} "
-            f"lr {self.get_current_lr():.4e} "
+            f"lr {lr:.4e} "
             f"eta {eta}"
         )
 
-    def _write_iter_scalars(self, losses: MetricMeter) -> None:
+    def _write_iter_scalars(self, losses: MetricMeter, lr: float) -> None:
         n_iter = self.epoch * self.num_batches + self.batch_idx
         for name, meter in losses.meters.items():
             self.write_scalar("train/" + name, meter.avg, n_iter)
-        self.write_scalar("train/lr", self.get_current_lr(), n_iter)
+        self.write_scalar("train/lr", lr, n_iter)
 
     def run_epoch(self) -> None:
         self.set_model_mode("train")
@@ -1128,11 +1129,14 @@ class TrainerX(SimpleTrainer):
         for batch_idx, batch in enumerate(tqdm(self.train_loader_x, desc=desc, disable=batch_bars, leave=False)):
             self.batch_idx = batch_idx
             data_time.update(time.time() - end)
+            # the rate this step uses: trainers step the schedule inside the last batch's update, so
+            # reading it after showed the next epoch's (Dassl's log did; warm-up epochs looked skipped)
+            lr = self.get_current_lr()
             loss_summary = self.forward_backward(batch)
             batch_time.update(time.time() - end)
             losses.update(loss_summary)
-            self._log_progress(batch_time, data_time, losses)
-            self._write_iter_scalars(losses)
+            self._log_progress(batch_time, data_time, losses, lr)
+            self._write_iter_scalars(losses, lr)
             end = time.time()
 
     def parse_batch_train(self, batch: Dict[str, Any]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -1177,11 +1181,12 @@ class TrainerXU(TrainerX):
                 iter_u = iter(self.train_loader_u)
                 batch_u = next(iter_u)
             data_time.update(time.time() - end)
+            lr = self.get_current_lr()  # the rate this step uses (see TrainerX.run_epoch)
             loss_summary = self.forward_backward(batch_x, batch_u)  # type: ignore[call-arg]
             batch_time.update(time.time() - end)
             losses.update(loss_summary)
-            self._log_progress(batch_time, data_time, losses)
-            self._write_iter_scalars(losses)
+            self._log_progress(batch_time, data_time, losses, lr)
+            self._write_iter_scalars(losses, lr)
             end = time.time()
 
     def parse_batch_train(self, batch_x: Dict[str, Any], batch_u: Dict[str, Any]) -> Tuple[torch.Tensor, ...]:  # type: ignore[override]
