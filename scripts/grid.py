@@ -841,6 +841,9 @@ def _check_args(args: argparse.Namespace) -> None:
                           "them)")
     if not osp.isdir(args.root):
         raise ConfigError(f"--root {args.root} is not a directory (the dataset root)")
+    if osp.isfile(osp.join(args.out, results.RESULTS_FILE)):  # the grid nested its tree inside that run
+        raise ConfigError(f'--out "{args.out}" is the folder of one run (it holds {results.RESULTS_FILE}); give the '
+                          "grid an output root of its own")
     # nothing is created yet (a config mistake found while planning leaves no empty --out behind), but
     # --out must be creatable: --dry-run's commands must be ones the run would accept
     check_writable_dir(args.out, create=False)

@@ -207,6 +207,10 @@ def done_marker(cmd: str) -> Optional[str]:
     return None
 
 
+#: The keys of a YAML command entry.
+ENTRY_KEYS = ("cmd", "command", "done")
+
+
 def _entry(index: int, item: object, where: str = "") -> Command:
     """Command ``index`` (``where`` names it in errors: its line, or ``commands[i]`` of a YAML list).
     A line the shell cannot parse (an unclosed quote) is refused here, before any command runs: bash
@@ -216,6 +220,10 @@ def _entry(index: int, item: object, where: str = "") -> Command:
     if isinstance(item, str):
         cmd, done = item, None
     elif isinstance(item, dict) and isinstance(item.get("cmd", item.get("command")), str):
+        unknown = sorted(str(k) for k in item if k not in ENTRY_KEYS)
+        if unknown or ("cmd" in item and "command" in item):  # ignored without a word before (a typo'd 'done')
+            what = f"unknown key(s) {unknown}" if unknown else "both 'cmd' and 'command'"
+            raise ValueError(f"{where} has {what}; an entry takes 'cmd' (or 'command') and 'done'")
         cmd, done = item.get("cmd", item.get("command")), item.get("done")
     else:
         raise ValueError(f"{where} must be a string or a mapping with 'cmd', got {item!r}")
@@ -228,6 +236,9 @@ def _entry(index: int, item: object, where: str = "") -> Command:
         raise ValueError(f"{where} contains a NUL byte; a shell command cannot")
     if done is not None and not isinstance(done, str):
         raise ValueError(f"{where}: 'done' must be a file path (a string), got {done!r}")
+    if done is not None and not done.strip():  # ran as if there were no marker
+        raise ValueError(f"{where}: 'done' is empty; give the file the command writes when it finishes, or leave "
+                         "'done' out")
     if done is not None and any(ch in done for ch in "\n\r\x00"):
         raise ValueError(f"{where}: 'done' {done!r} holds a line break or NUL byte (done.txt has one marker per line)")
     try:

@@ -1283,6 +1283,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not Path(args.directory).is_dir():
         print(f"error: {args.directory} is not a directory", file=sys.stderr)
         return 2
+    if args.method_depth < 0:  # accepted before, and read as depth 1
+        print(f"error: --method-depth {args.method_depth}: must be >= 0 (folders below the phase that name a "
+              "method)", file=sys.stderr)
+        return 2
     spread = "ci95" if args.ci else "std"
     coop_view = bool(args.multi_exp or args.test_log or _seed_dirs(Path(args.directory)))
     if coop_view and (args.csv or args.json):

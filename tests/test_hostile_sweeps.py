@@ -330,3 +330,12 @@ def test_grid_threads_above_the_cores_are_one_line(toy_root, tmp_path, capsys):
     line = one_line(capsys, grid.main(grid_cli(toy_root, tmp_path / "g", ["zeroshot"], "--threads", "100000")))
     assert "--threads 100000: more than this machine's" in line
     assert not (tmp_path / "g").exists()
+
+
+def test_a_run_folder_as_the_grids_out_is_one_line(finished_grid, tmp_path, capsys):
+    """The grid nested its whole tree inside a ``train.py`` run's folder (parse_test_res then read both)."""
+    run = cell_results(finished_grid).parent
+    before = snapshot_tree(run)
+    line = one_line(capsys, grid.main(grid_cli(tmp_path, run, ["zeroshot"])))
+    assert f'--out "{run}" is the folder of one run' in line, line
+    assert snapshot_tree(run) == before

@@ -346,7 +346,7 @@ def test_force_lets_the_commands_overwrite(tmp_path: Path, capsys: pytest.Captur
 
 @pytest.mark.parametrize("case", ["unclosed_quote", "yaml_unclosed_quote", "bad_yaml", "missing", "directory",
                                   "binary", "nul_byte", "yaml_done_list", "yaml_done_newline", "yaml_empty",
-                                  "yaml_blank", "yaml_empty_cmd"])
+                                  "yaml_blank", "yaml_empty_cmd", "yaml_unknown_key", "yaml_done_empty"])
 def test_bad_command_lists_are_one_line_before_any_job(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                          case: str) -> None:
     """Hostile command lists: the launch stops with one ``error:`` line naming the file (and the line)
@@ -369,6 +369,9 @@ def test_bad_command_lists_are_one_line_before_any_job(tmp_path: Path, capsys: p
         "yaml_empty": "commands[1] is empty; give it a command, or remove the entry",
         "yaml_blank": "commands[1] is empty; give it a command, or remove the entry",
         "yaml_empty_cmd": "commands[1] is empty; give it a command, or remove the entry",
+        # both ran as if there were no marker
+        "yaml_unknown_key": "commands[1] has unknown key(s) ['dnoe']",
+        "yaml_done_empty": "commands[1]: 'done' is empty",
     }[case]
     if case == "unclosed_quote":
         src.write_text(f"{first}\n# comment\necho 'oops > x\n")
@@ -391,6 +394,10 @@ def test_bad_command_lists_are_one_line_before_any_job(tmp_path: Path, capsys: p
         src.write_text(f"commands:\n  - {json.dumps(first)}\n  - {blank}\n  - {json.dumps(first)}\n")
     elif case == "yaml_empty_cmd":
         src.write_text(f"commands:\n  - {json.dumps(first)}\n  - {{cmd: '', done: x.flag}}\n")
+    elif case == "yaml_unknown_key":
+        src.write_text(f"commands:\n  - {json.dumps(first)}\n  - {{cmd: echo hi, dnoe: x.flag}}\n")
+    elif case == "yaml_done_empty":
+        src.write_text(f"commands:\n  - {json.dumps(first)}\n  - {{cmd: echo hi, done: ''}}\n")
     rc = launch.main([str(src), "--cwd", str(tmp_path), "--log-dir", str(tmp_path / "logs")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err

@@ -180,6 +180,15 @@ def test_method_depth_keeps_variants_apart(tmp_path: Path) -> None:
                                          "FSNL_openclip_USE_CAPTION_True/MEPOCH_200"}  # same paper name: raw keys
 
 
+@pytest.mark.parametrize("depth", ["-1", "-5"])
+def test_a_negative_method_depth_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, depth: str) -> None:
+    """Accepted before, and read as depth 1."""
+    (tmp_path / "out").mkdir()
+    assert ptr.main([str(tmp_path / "out"), "--method-depth", depth]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --method-depth {depth}: must be >= 0"), err
+
+
 def test_linear_probe_and_field_fallback(tmp_path: Path) -> None:
     root = tmp_path / "out"
     put(root, "Animals92_42/linear_probe", {
