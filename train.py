@@ -102,8 +102,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help=f"show the traceback of user errors instead of one line (also {DEBUG_ENV}=1)")
     # Declared before the positional remainder so it parses wherever it appears before the first
     # KEY VALUE override (the reference declared it after REMAINDER: B19).
-    parser.add_argument("--enhanced-base", type=str, default="none",
-                        help="TaskRes only: enhanced base weights ('none' = zero-shot CLIP)")
+    parser.add_argument("--enhanced-base", type=str, default=None,
+                        help="TaskRes only: enhanced base weights ('none', the config's default = zero-shot CLIP)")
     parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
                         help="modify config options using the command line (KEY VALUE pairs)")
     args = parser.parse_args(argv)

@@ -182,6 +182,11 @@ def test_an_output_dir_given_twice_is_one_line_before_any_work(toy_root, tmp_pat
     # the same value twice is no conflict; neither is the override alone
     assert configs.build_cfg(trainer=TRAINER, output_dir=str(a), opts=["OUTPUT_DIR", str(a)]).OUTPUT_DIR == str(a)
     assert configs.build_cfg(trainer=TRAINER, opts=["OUTPUT_DIR", str(b), "SEED", "3"], seed=3).OUTPUT_DIR == str(b)
+    # an option left at its default is not "given": the override alone of its key is no conflict
+    args = train.parse_args(["--trainer", "TaskRes", "--seed", "1", "SEED", "1", "TRAINER.TaskRes.ENHANCED_BASE",
+                             "clip"])
+    cfg = train.setup_cfg(args)
+    assert cfg.SEED == 1 and cfg.TRAINER.TaskRes.ENHANCED_BASE == "clip"
 
 
 @pytest.mark.parametrize("key", ["DATASET.FEWSHOT_CACHE_DIR", "TEST.FEATURE_CACHE_DIR", "DATALOADER.FEATURE_CACHE.DIR"])
