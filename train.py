@@ -194,7 +194,8 @@ def check_cache_dirs(cfg: Any) -> None:
         for part in key.split("."):
             node = node.get(part) if hasattr(node, "get") else None
         value = str(node or "").strip()
-        if value and value.lower() != "none":
+        # only the evaluation cache has an "off" value; the others take "none" as a folder's name
+        if value and not (key == "TEST.FEATURE_CACHE_DIR" and value.lower() == "none"):
             check_writable_dir(osp.expanduser(value), what=f"{key} folder", create=False)
 
 
@@ -322,7 +323,9 @@ def main(args: argparse.Namespace) -> Any:
     """Run one experiment; returns the trainer (``--eval-only``: after writing results.json)."""
     cfg = setup_cfg(args)
     validate_cfg(cfg, training=not (args.eval_only or args.no_train))
-    check_outside(str(cfg.OUTPUT_DIR), data_dirs(cfg))
+    if not str(cfg.OUTPUT_DIR).strip():  # an OUTPUT_DIR "" override wrote into the current directory
+        raise ConfigError("OUTPUT_DIR is empty; give the run's folder (--output-dir DIR)")
+    check_outside(str(cfg.OUTPUT_DIR), data_dirs(cfg), "--output-dir" if args.output_dir else "OUTPUT_DIR")
     check_cache_dirs(cfg)
     if cfg.RESUME:
         check_resume_dir(cfg.RESUME)

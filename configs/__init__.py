@@ -46,6 +46,9 @@ DATASET_CONFIG_DIR = osp.join(CONFIG_ROOT, "datasets")
 TRAINER_CONFIG_DIR = osp.join(CONFIG_ROOT, "trainers")
 
 #: ``build_cfg`` keyword fields and the config key each one sets (``train.py``'s options).
+#: The fields that name a folder (compared as folders, not as strings).
+PATH_FIELDS = ("root", "output_dir", "resume")
+
 FIELDS: Mapping[str, str] = {
     "root": "DATASET.ROOT",
     "output_dir": "OUTPUT_DIR",
@@ -393,9 +396,15 @@ def _check_fields_kept(cfg: Any, given: Mapping[str, Any]) -> None:
     asked for in folder A went to B. The same value twice is no conflict."""
     for name, value in given.items():
         key = FIELDS[name]
-        if _get(cfg, key) != value:
+        final = _get(cfg, key)
+        if name in PATH_FIELDS and isinstance(value, str) and isinstance(final, str) and value and final:
+            # one folder written two ways (a trailing slash, ./out) is the same value
+            value_abs = osp.normpath(osp.abspath(osp.expanduser(value)))
+            if value_abs == osp.normpath(osp.abspath(osp.expanduser(final))):
+                continue
+        if final != value:
             flag = "--" + name.replace("_", "-")
-            raise ConfigError(f"{flag} {value} and the override {key} {_get(cfg, key)} set {key} twice, to different "
+            raise ConfigError(f"{flag} {value} and the override {key} {final!r} set {key} twice, to different "
                               f"values; give it once")
 
 

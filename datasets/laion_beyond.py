@@ -487,7 +487,7 @@ def parse_split(
         # one line for the run (the first problem; 22 lines before), the listing in the log and the check
         listing = f"{path}: {len(problems)} problem(s) in the split file:\n{_listing(problems, 20)}"
         logger.info("%s", listing)
-        more = f" (and {len(problems) - 1} more: the log and `python -m datasets.check` list them)" \
+        more = f" (and {len(problems) - 1} more: `python -m datasets.check --root <root>` lists them all)" \
             if len(problems) > 1 else ""
         raise DatasetError(f"{path}: {len(problems)} problem(s) in the split file: {problems[0]}{more}", listing)
 
@@ -1073,7 +1073,7 @@ class LaionBeyond(DatasetBase):
     def _cache_dirs(self, part: SubsetSplit, cfg: Any) -> List[str]:
         """Where the cache is looked for, in order; the first writable one receives a new cache."""
         name = os.path.basename(part.directory)
-        override = str(cfg.DATASET.get("FEWSHOT_CACHE_DIR", "") or "")
+        override = str(cfg.DATASET.get("FEWSHOT_CACHE_DIR", "") or "").strip()
         if override:
             return [os.path.join(os.path.abspath(os.path.expanduser(override)), name)]
         output_dir = str(cfg.get("OUTPUT_DIR", "") or "./output")

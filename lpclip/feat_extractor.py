@@ -75,12 +75,13 @@ from configs import ConfigError, build_cfg, check_cfg
 from dassl import results
 from dassl.cli import ArgumentParser
 from dassl.data import build_data_loader
-from dassl.data.datasets import build_dataset, data_identity
+from dassl.data.datasets import build_dataset, data_dirs, data_identity
 from dassl.data.transforms import build_transform
 from dassl.utils import (
     READ_IMAGE_VERSION,
     WriteError,
     atomic_write,
+    check_outside,
     check_writable_dir,
     hold_output_dir,
     missing_dirs,
@@ -418,6 +419,7 @@ def run(args: argparse.Namespace) -> Dict[str, str]:
     cfg = config_from_args(args)
     check_cfg(cfg, training=False)  # the checks train.py makes (NUM_SHOTS, batch size, transforms ...)
     check_backbone(cfg)  # before the dataset loads, as in train.py
+    check_outside(args.output_dir, data_dirs(cfg), "--output-dir")  # feature files among the images
     overwrite = results.overwrite_requested(args.overwrite)
     paths = check_targets(cfg, args.output_dir, args.split, args.views, args.precision, overwrite)
     folder = osp.dirname(paths[args.split[0]])  # every split's file lies in it

@@ -177,10 +177,20 @@ def test_an_output_dir_given_twice_is_one_line_before_any_work(toy_root, tmp_pat
     """``--output-dir A ... OUTPUT_DIR B``: the override won without a word and the run went to B."""
     a, b = tmp_path / "a", tmp_path / "b"
     line = one_error_line(capsys, train.cli(train_argv(toy_root, a, TRAINER, "OUTPUT_DIR", str(b))))
-    assert f"--output-dir {a} and the override OUTPUT_DIR {b}" in line and "give it once" in line, line
+    assert f"--output-dir {a} and the override OUTPUT_DIR '{b}'" in line and "give it once" in line, line
     assert not a.exists() and not b.exists()
     # the same value twice is no conflict; neither is the override alone
     assert configs.build_cfg(trainer=TRAINER, output_dir=str(a), opts=["OUTPUT_DIR", str(a)]).OUTPUT_DIR == str(a)
+    # nor is one folder written two ways
+    assert configs.build_cfg(trainer=TRAINER, output_dir=f"{a}/", opts=["OUTPUT_DIR", str(a)]).OUTPUT_DIR == str(a)
+    assert configs.build_cfg(trainer=TRAINER, root=f"{a}/./", opts=["DATASET.ROOT", str(a)]).DATASET.ROOT == str(a)
+    # an OUTPUT_DIR "" override wrote into the current directory
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, a, TRAINER, "OUTPUT_DIR", "")))
+    assert "set OUTPUT_DIR twice" in line, line
+    argv = train_argv(toy_root, a, TRAINER, "OUTPUT_DIR", "")
+    del argv[argv.index("--output-dir"):argv.index("--output-dir") + 2]
+    line = one_error_line(capsys, train.cli(argv))
+    assert "OUTPUT_DIR is empty" in line, line
     assert configs.build_cfg(trainer=TRAINER, opts=["OUTPUT_DIR", str(b), "SEED", "3"], seed=3).OUTPUT_DIR == str(b)
     # an option left at its default is not "given": the override alone of its key is no conflict
     args = train.parse_args(["--trainer", "TaskRes", "--seed", "1", "SEED", "1", "TRAINER.TaskRes.ENHANCED_BASE",
@@ -201,6 +211,20 @@ def test_a_file_as_a_cache_folder_is_one_line_naming_the_key(toy_root, tmp_path,
                                                        "DATALOADER.FEATURE_CACHE.VIEWS", "2")))
     assert f'{key} folder "{afile}"' in line and "is a file, not a directory" in line, line
     assert afile.read_text() == "mine\n" and not out.exists()
+
+
+def test_cache_folders_are_where_the_check_looked(toy_root, tmp_path, monkeypatch):
+    """``DATALOADER.FEATURE_CACHE.DIR ~/fc`` made a folder literally named ``~`` in the current directory
+    (the check had expanded it), and ``FEWSHOT_CACHE_DIR " "`` a folder named " "."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    assert train.cli(train_argv(toy_root, tmp_path / "out", TRAINER, "DATALOADER.FEATURE_CACHE.VIEWS", "2",
+                                "DATALOADER.FEATURE_CACHE.DIR", "~/fc", "DATASET.FEWSHOT_CACHE_DIR", " ",
+                                "OPTIM.MAX_EPOCH", "1")) == 0
+    assert list((home / "fc").glob("train_views2_*.pt")) and list(cwd.iterdir()) == []
 
 
 def test_more_shots_than_any_class_has_is_one_line_before_training(toy_root, tmp_path, capsys):

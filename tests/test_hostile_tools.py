@@ -126,6 +126,8 @@ DEMO_CASES = [
     ("shots-0", lambda d: ["--shots", "0"], "--shots 0: every shot count must be >= 1"),
     ("shots-above-build", lambda d: ["--shots", "17"], "--shots 17: Mini-Beyond is built with 16"),
     ("negative-seed", lambda d: ["--seed", "-1"], "--seeds -1: every seed must be >= 0"),
+    # every job failed with a WriteError traceback
+    ("out-in-subset", lambda d: ["--out", str(d / "data" / "MiniAttire16_OOP" / "demo")], "lies inside the dataset folder"),
     ("user-figure", lambda d: write_bytes(d / "out" / "accuracy_vs_shots.png", b"mine") and [],
      "accuracy_vs_shots.png (from --out"),
 ]

@@ -1180,3 +1180,21 @@ def test_an_extraction_into_a_folder_in_use_is_refused(extractor_env, capsys, mo
     monkeypatch.setattr(fe, "extract", lambda *a, **k: (_ for _ in ()).throw(fe.FeatureError("stop")))
     assert fe.main(extractor_argv(root, out, "train", "--seed", "1")) == 2
     assert not (out / "Animals92_42").exists()  # the folders this call made are gone again
+
+
+def test_an_extraction_into_a_dataset_folder_is_refused(toy_root, tmp_path, capsys, monkeypatch):
+    """``--output-dir <root>/Animals5_OOP/feat`` wrote the feature files among the subset's images."""
+    import shutil
+
+    from lpclip import feat_extractor as fe
+    from tests.helpers import snapshot_tree
+
+    root = tmp_path / "data"
+    shutil.copytree(toy_root, root, ignore=shutil.ignore_patterns("split_fewshot"))
+    (subset,) = root.glob("Animals*_OOP")
+    before = snapshot_tree(root)
+    monkeypatch.setattr(fe, "load_clip", lambda *a, **k: pytest.fail("the backbone was loaded"))
+    assert fe.main(extractor_argv(str(root), subset / "feat", "train", "--seed", "1")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f'--output-dir "{subset / "feat"}" lies inside the dataset folder' in err[0], err
+    assert snapshot_tree(root) == before

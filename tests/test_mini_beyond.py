@@ -639,6 +639,7 @@ def test_pretraining_is_deterministic(assets):
     (["--train", "100000"], "at most 1000"),
     (["--size", "0"], "--size 0"),
     (["--domains", "Plnts"], "--domains Plnts: not a Mini-Beyond domain; choose from Animals, Food"),
+    (["--domains"], "--domains names no domain"),  # built nothing, said "already built", exit 0
     (["ROOT_IS_FILE"], "is a file"),
 ])
 def test_build_cli_refuses_bad_input_in_one_line(tmp_path, argv, expected):

@@ -288,7 +288,8 @@ class ClipTrainer(SubsetEvaluation, TrainerX):
         else:
             meta = fc.cache_meta(self.cfg, self.dm.dataset, self.precision.name, views,
                                  transform=self.dm.tfm_train, device=self.device.type)
-            directory = node.DIR or osp.join(self.output_dir, "feature_cache")
+            # "~" as the other cache keys take it (a literal "~" folder was made in the current directory)
+            directory = osp.expanduser(str(node.DIR).strip()) or osp.join(self.output_dir, "feature_cache")
             path = fc.cache_path(directory, meta)
             feats = fc.load_cached(path, meta)
             if feats is None:

@@ -61,6 +61,8 @@ def domain_names(names: Sequence[str]) -> List[str]:
     only the second, and ``build --domains MiniPlants`` was refused without naming the choices."""
     by_any = {d.name: d.name for d in DOMAINS}
     by_any.update({d.prefix: d.name for d in DOMAINS})
+    if not names:  # built nothing and said "already built"
+        raise ValueError("--domains names no domain; give at least one, or leave --domains out for all five")
     unknown = [n for n in names if n not in by_any]
     if unknown:
         raise ValueError(f"--domains {' '.join(unknown)}: not a Mini-Beyond domain; choose from "

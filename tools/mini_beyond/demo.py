@@ -22,6 +22,7 @@ import importlib
 import io
 import logging
 import os
+import re
 import resource
 import time
 from pathlib import Path
@@ -109,6 +110,10 @@ def check_common_args(root: str, out: str, domains: Sequence[str], shots: Sequen
         raise ValueError(f"--shots {' '.join(map(str, too_many))}: Mini-Beyond is built with {TRAIN_PER_CLASS} "
                          f"training images per class; use shot counts <= {TRAIN_PER_CLASS}")
     check_writable_dir(out, what="output directory (--out)", create=False)
+    inside = os.path.relpath(absolute(out), absolute(root)).split(os.sep)[0]
+    if re.fullmatch(rf"({'|'.join(map(re.escape, DOMAINS))})\d+_(OOP|IP)", inside):  # every job's traceback
+        raise ValueError(f'--out "{out}" lies inside the dataset folder "{os.path.join(root, inside)}"; use a folder '
+                         "outside it")
 
 
 def run_jobs_in_process(jobs: Sequence, quiet: bool = True) -> List[str]:
