@@ -180,7 +180,7 @@ def validate_cfg(cfg: Any, training: bool = True) -> None:
     check_cfg(cfg, training=training)
 
 
-#: Config keys that name a cache folder (empty: the default place; ``none`` turns a cache off).
+#: Config keys that name a cache folder (empty: the default place; ``TEST.FEATURE_CACHE_DIR none``: off).
 CACHE_DIR_KEYS = ("DATASET.FEWSHOT_CACHE_DIR", "TEST.FEATURE_CACHE_DIR", "DATALOADER.FEATURE_CACHE.DIR")
 
 
