@@ -64,6 +64,7 @@ from dassl.utils import (
 )
 from dassl.utils.registry import RegistryKeyError
 from datasets.laion_beyond import SUB_CLASSES_CHOICES
+from trainers import feature_cache
 
 logger = logging.getLogger("train")
 
@@ -195,7 +196,7 @@ def check_cache_dirs(cfg: Any) -> None:
             node = node.get(part) if hasattr(node, "get") else None
         value = str(node or "").strip()
         # only the evaluation cache has an "off" value; the others take "none" as a folder's name
-        if value and not (key == "TEST.FEATURE_CACHE_DIR" and value.lower() == "none"):
+        if value and not (key == "TEST.FEATURE_CACHE_DIR" and value.lower() == feature_cache.DISABLED):
             check_writable_dir(osp.expanduser(value), what=f"{key} folder", create=False)
 
 

@@ -157,7 +157,7 @@ def _listing(items: Sequence[str], limit: int = MAX_LISTED) -> str:
 # Discovery
 
 
-def _subset_dir_regex(prefix: str, subset: str) -> re.Pattern[str]:
+def subset_dir_regex(prefix: str, subset: str) -> re.Pattern[str]:
     # The digits requirement keeps "Food" from claiming "FoodExtra12_OOP" and similar neighbours.
     return re.compile(re.escape(prefix) + r"\d+_" + re.escape(subset))
 
@@ -173,7 +173,7 @@ def find_subset_dir(root: str, prefix: str, subset: str) -> str:
             "subsets (e.g. Animals92_OOP/), or create a toy one with "
             "`python -m datasets.make_toy --root DIR`."
         )
-    regex = _subset_dir_regex(prefix, subset)
+    regex = subset_dir_regex(prefix, subset)
     hits = sorted(glob.glob(pattern))
     matches = [h for h in hits if os.path.isdir(h) and regex.fullmatch(os.path.basename(h))]
     ignored = [os.path.basename(h) for h in hits if h not in matches]

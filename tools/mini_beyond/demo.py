@@ -22,7 +22,6 @@ import importlib
 import io
 import logging
 import os
-import re
 import resource
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import train
 from dassl import results
 from dassl.utils import check_writable_dir, write_json
 from dassl.utils.identity import code_version
+from datasets.laion_beyond import SUBSETS, subset_dir_regex
 from scripts.domains import short_name
 from scripts.grid import auto_workers, plan_grid, run_grid
 from scripts.methods import get_method
@@ -111,7 +111,8 @@ def check_common_args(root: str, out: str, domains: Sequence[str], shots: Sequen
                          f"training images per class; use shot counts <= {TRAIN_PER_CLASS}")
     check_writable_dir(out, what="output directory (--out)", create=False)
     inside = os.path.relpath(absolute(out), absolute(root)).split(os.sep)[0]
-    if re.fullmatch(rf"({'|'.join(map(re.escape, DOMAINS))})\d+_(OOP|IP)", inside):  # every job's traceback
+    # the folders the build will make, by the loader's own pattern (every job's traceback before)
+    if any(subset_dir_regex(d, sub).fullmatch(inside) for d in domains for sub in SUBSETS):
         raise ValueError(f'--out "{out}" lies inside the dataset folder "{os.path.join(root, inside)}"; use a folder '
                          "outside it")
 
