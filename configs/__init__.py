@@ -36,7 +36,7 @@ from dassl.data.samplers import AVAI_SAMPLERS
 from dassl.data.transforms import AVAI_CHOICES, INTERPOLATION_MODES
 from dassl.engine import TRAINER_REGISTRY
 from dassl.optim import check_optimizer_cfg, check_scheduler_cfg
-from dassl.utils import closest_name
+from dassl.utils import closest_name, load_yaml
 from datasets.laion_beyond import SUB_CLASSES_CHOICES, DatasetError
 
 logger = logging.getLogger(__name__)
@@ -111,29 +111,6 @@ def _yaml_problem(e: Exception) -> str:
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.safe_load`` that refuses a key given twice in one mapping: PyYAML keeps the last one
-    silently, so a second ``OPTIM:`` section at the end of a config dropped every key of the first
-    (its optimizer, schedule and warm-up fell back to the defaults, exit 0)."""
-
-
-def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
-    first: Dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            line = first.setdefault(key, key_node.start_mark.line)
-        except TypeError:  # an unhashable key: construct_mapping names it
-            continue
-        if line != key_node.start_mark.line:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} is given twice (first on line {line + 1}); keep one", key_node.start_mark)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
-
-
 def _merge_file(cfg: Any, path: str, what: str) -> None:
     if osp.isdir(path):
         raise ConfigError(f'{what} "{path}" is a directory, not a YAML file')
@@ -141,7 +118,7 @@ def _merge_file(cfg: Any, path: str, what: str) -> None:
         raise ConfigError(f'{what} "{path}" does not exist')
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.load(f, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+            data = load_yaml(f)  # a SafeLoader refusing duplicate keys
     except yaml.YAMLError as e:
         raise ConfigError(f"{what} {path} is not valid YAML: {_yaml_problem(e)}") from None
     except (OSError, UnicodeDecodeError) as e:

@@ -23,7 +23,7 @@ twice too: remove the repeat).
 Local mode keeps a queue and ``--workers`` threads, each pinned to one GPU of ``--gpus`` /
 ``CUDA_VISIBLE_DEVICES`` / ``torch.cuda.device_count()`` (round robin when there are more workers
 than GPUs; no GPU → no pinning). Each job runs with ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` set to
-``--threads`` (default: CPU cores // workers), which is the number of threads torch takes in the
+``--threads`` (default: CPU cores // the workers that run, at most one per job), which is the number of threads torch takes in the
 child: without the cap every worker starts one thread per core and the pool runs slower than the jobs
 one after another. Every job writes ``<log-dir>/jobNNNN.log`` and ends with one console line (done /
 failed, done count and ETA). A failed job goes back to the end of the queue up to ``--retries`` times,
@@ -85,7 +85,7 @@ import yaml
 
 from dassl import results
 from dassl.cli import ArgumentParser, console_logging
-from dassl.utils import absolute_path, atomic_write_text, check_writable_dir
+from dassl.utils import absolute_path, atomic_write_text, check_writable_dir, load_yaml
 from scripts import grid, sweep
 from scripts.domains import REPO_ROOT
 from scripts.run_identity import (
@@ -165,6 +165,7 @@ class LaunchSummary:
     error_lines: Dict[int, str] = field(default_factory=dict)  # command index → the log's error line
     exit_codes: Dict[int, Optional[int]] = field(default_factory=dict)  # command index → a failed job's exit code
     attempts: Dict[int, int] = field(default_factory=dict)
+    workers: int = 0  # the worker threads the pool ran: at most one per pending job
 
     def line(self) -> str:
         total = len(self.succeeded) + len(self.skipped) + len(self.failed)
@@ -258,7 +259,7 @@ def parse_commands(text: str, yaml_hint: bool = False) -> List[Command]:
     text = text.removeprefix("\ufeff")
     stripped = text.lstrip()
     if yaml_hint or stripped.startswith("commands:"):
-        data = yaml.safe_load(text) or {}
+        data = load_yaml(text) or {}  # a second 'done:' in an entry replaced the first silently
         if not isinstance(data, dict) or not isinstance(data.get("commands"), list):
             raise ValueError("a YAML sweep must be a mapping with a 'commands:' list")
         return [_entry(i, item) for i, item in enumerate(data["commands"])]
@@ -463,8 +464,12 @@ def run_local(
     lock = threading.Lock()
     running: Dict[int, subprocess.Popen] = {}
     stop = threading.Event()
-    per_worker = int(threads) if threads else default_threads(workers)
     total = todo.qsize()
+    # no more workers than jobs: --workers 100000 started as many threads and died of it (a traceback);
+    # and the cores are shared among the workers that run, not the ones asked for (--workers 8 for two
+    # jobs on 16 cores gave each 2 threads, not 8)
+    summary.workers = max(1, min(workers, total))
+    per_worker = int(threads) if threads else default_threads(summary.workers)
     started = time.time()
 
     def work(slot: int) -> None:
@@ -541,9 +546,8 @@ def run_local(
             finally:
                 todo.task_done()
 
-    # no more threads than jobs: --workers 100000 started as many threads and died of it (a traceback)
-    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(max(1, min(workers, total)))]
-    for t in threads:
+    pool = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(summary.workers)]
+    for t in pool:
         t.start()
     try:
         # join() in small steps so that Ctrl-C reaches the main thread.
@@ -556,9 +560,9 @@ def run_local(
                 proc.terminate()
         raise
     finally:
-        for _ in threads:
+        for _ in pool:
             todo.put(None)
-    for t in threads:
+    for t in pool:
         t.join()
     return summary
 
@@ -863,7 +867,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; running jobs were terminated", file=sys.stderr)
         return 130
-    print(f"launch: {summary.line()} ({workers} worker(s), GPUs: {','.join(gpus) or 'none'})", file=sys.stderr)
+    print(f"launch: {summary.line()} ({summary.workers} worker(s), GPUs: {','.join(gpus) or 'none'})", file=sys.stderr)
     for c, reason, log in summary.failed:
         print(f"  FAILED job {c.index} ({reason}, log {log}): {c.cmd}", file=sys.stderr)
         if summary.error_lines.get(c.index):

@@ -294,6 +294,21 @@ def test_thread_cap_no_retry_on_exit_2_and_quoted_error(tmp_path: Path, capsys: 
     assert rc == 2 and counter.read_text() == "xx" and "succeeded 1, skipped 0, failed 1" in err
 
 
+def test_the_cores_are_shared_among_the_workers_that_run(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--workers 8`` for two jobs runs two workers: each gets half the cores (it got an eighth), and
+    the summary names the two (it printed the 8 asked for)."""
+    monkeypatch.setattr(launch.os, "cpu_count", lambda: 16)
+    seen = tmp_path / "seen"
+    cmds = tmp_path / "cmds.txt"
+    cmds.write_text("\n".join(f'echo "$OMP_NUM_THREADS" >> {shlex.quote(str(seen))}' for _ in range(2)) + "\n")
+    rc = launch.main([str(cmds), "--workers", "8", "--log-dir", str(tmp_path / "logs"), "--cwd", str(tmp_path),
+                      "--gpus", ""])
+    err = capsys.readouterr().err
+    assert rc == 0 and seen.read_text().split() == ["8", "8"]
+    assert "succeeded 2, skipped 0, failed 0 (2 worker(s)" in err, err
+
+
 def test_exit_status_rule() -> None:
     assert exit_status([]) == 0
     assert exit_status([2, 2]) == 2
@@ -346,7 +361,8 @@ def test_force_lets_the_commands_overwrite(tmp_path: Path, capsys: pytest.Captur
 
 @pytest.mark.parametrize("case", ["unclosed_quote", "yaml_unclosed_quote", "bad_yaml", "missing", "directory",
                                   "binary", "nul_byte", "yaml_done_list", "yaml_done_newline", "yaml_empty",
-                                  "yaml_blank", "yaml_empty_cmd", "yaml_unknown_key", "yaml_done_empty"])
+                                  "yaml_blank", "yaml_empty_cmd", "yaml_unknown_key", "yaml_done_empty",
+                                  "yaml_done_twice"])
 def test_bad_command_lists_are_one_line_before_any_job(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                          case: str) -> None:
     """Hostile command lists: the launch stops with one ``error:`` line naming the file (and the line)
@@ -372,6 +388,8 @@ def test_bad_command_lists_are_one_line_before_any_job(tmp_path: Path, capsys: p
         # both ran as if there were no marker
         "yaml_unknown_key": "commands[1] has unknown key(s) ['dnoe']",
         "yaml_done_empty": "commands[1]: 'done' is empty",
+        # PyYAML kept the second marker silently: the entry was skipped when b.flag existed
+        "yaml_done_twice": "is not valid YAML (line 4): key 'done' is given twice (first on line 3)",
     }[case]
     if case == "unclosed_quote":
         src.write_text(f"{first}\n# comment\necho 'oops > x\n")
@@ -398,6 +416,8 @@ def test_bad_command_lists_are_one_line_before_any_job(tmp_path: Path, capsys: p
         src.write_text(f"commands:\n  - {json.dumps(first)}\n  - {{cmd: echo hi, dnoe: x.flag}}\n")
     elif case == "yaml_done_empty":
         src.write_text(f"commands:\n  - {json.dumps(first)}\n  - {{cmd: echo hi, done: ''}}\n")
+    elif case == "yaml_done_twice":
+        src.write_text(f"commands:\n  - cmd: {json.dumps(first)}\n    done: a.flag\n    done: b.flag\n")
     rc = launch.main([str(src), "--cwd", str(tmp_path), "--log-dir", str(tmp_path / "logs")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err

@@ -19,6 +19,7 @@ from typing import IO, Any, Callable, Dict, Iterator, List, Mapping, NamedTuple,
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 
 __all__ = [
@@ -200,6 +201,35 @@ def read_image(path: str) -> Image.Image:
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         reason = " ".join((str(e) or type(e).__name__).split())
         raise UnreadableImageError(f'Cannot decode image "{shown_path(path)}": {reason}') from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader (no arbitrary objects) that refuses a key given twice in one mapping."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
+    first: Dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            line = first.setdefault(key, key_node.start_mark.line)
+        except TypeError:  # an unhashable key: construct_mapping names it
+            continue
+        if line != key_node.start_mark.line:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} is given twice (first on line {line + 1}); keep one", key_node.start_mark)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def load_yaml(stream: Union[str, IO]) -> Any:
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (a ``yaml.YAMLError`` naming it
+    and both lines). PyYAML keeps the last one silently: a second ``OPTIM:`` section at the end of a
+    config dropped every key of the first (its optimizer, schedule and warm-up fell back to the
+    defaults, exit 0), and a launch entry's second ``done:`` replaced the first marker."""
+    return yaml.load(stream, Loader=_UniqueKeyLoader)
 
 
 def read_json(fpath: str) -> Any:
