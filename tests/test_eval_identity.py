@@ -8,6 +8,7 @@ is written: the evaluation's output folder is not even created and the model dir
 """
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -19,7 +20,7 @@ from dassl.engine import TRAINER_REGISTRY
 from dassl.engine.trainer import check_model_checkpoint
 from dassl.utils import save_checkpoint
 from dassl.utils.torchtools import CheckpointError
-from tests.helpers import train_argv
+from tests.helpers import train_argv, trainer_config
 
 TRAINER = "FSNL_openclip"
 CKPT = "name_learner/model.pth.tar-3"
@@ -121,6 +122,63 @@ def test_checkpoint_of_another_trainer_is_one_line(toy_root, runs, tmp_path, cap
     assert "is a checkpoint of trainer FSNL_openclip, not CoOp_openclip" in err and "--trainer FSNL_openclip" in err
     err = refused(capsys, evaluate(toy_root, out, runs["coop"], trainer="TaskRes"), out, runs["coop"])
     assert "is a checkpoint of trainer CoOp_openclip, not TaskRes" in err
+
+
+@pytest.mark.parametrize("trained, evaluated", [("FSNL_openclip_Ablation1", TRAINER), (TRAINER, "FSNL_openclip_GCD")])
+def test_checkpoint_of_a_variant_trainer_is_one_line(toy_root, runs, tmp_path, capsys, trained, evaluated):
+    """A variant (ablation, GCD) has the same state layout, so its checkpoints loaded, and results.json
+    filed the ablation's model as the full method's result (exit 0); an FSNL model evaluated by the GCD
+    trainer was filed as a GCD result."""
+    smoke = trainer_config(TRAINER)
+    model = runs["two"]
+    if trained != TRAINER:
+        model = tmp_path / "ablation"
+        assert train.cli(train_argv(toy_root, model, trained, config=smoke)) == 0
+    out = tmp_path / "ev"
+    err = refused(capsys, evaluate(toy_root, out, model, trainer=evaluated, config=smoke), out, model)
+    assert f"is a checkpoint of trainer {trained}, not {evaluated}" in err and f"--trainer {trained}" in err
+
+
+def test_checkpoint_without_fingerprint_beside_a_run_is_refused(toy_root, runs, tmp_path, capsys):
+    """A CoOp-style file saved as the FSNL run's last epoch (no meta) was evaluated as that run's model:
+    "Loaded 0 of 5 names" in log.txt, the untrained names filed as epoch 3 (exit 0). Every checkpoint
+    of this code's runs records its fingerprint; one without it is not the folder's run's."""
+    model = tmp_path / "m"
+    shutil.copytree(runs["two"], model)
+    torch.save({"state_dict": {"ctx": torch.randn(16, 32)}, "epoch": 3}, model / CKPT)
+    run_id = (model / "results.json").read_text().split('"id": "')[1][:12]
+    out = tmp_path / "ev"
+    err = refused(capsys, evaluate(toy_root, out, model), out, model)
+    assert f'"{model / CKPT}" records no run fingerprint' in err and run_id in err
+
+
+def test_checkpoint_without_learned_names_is_one_line(toy_root, tmp_path, capsys):
+    """The same file in a folder of its own (no results.json to compare with): it holds no name at all,
+    so it is no FSNL checkpoint; "0 of 5 names loaded" evaluated the untrained names (exit 0)."""
+    model = tmp_path / "m"
+    (model / "name_learner").mkdir(parents=True)
+    torch.save({"state_dict": {"ctx": torch.randn(16, 32)}, "epoch": 3}, model / CKPT)
+    out = tmp_path / "ev"
+    err = refused(capsys, evaluate(toy_root, out, model), out, model)
+    assert f'"{model / CKPT}" does not fit this model: it holds no learned name (its keys: [\'ctx\'])' in err
+
+
+def test_cross_evaluation_of_a_loaded_model_uses_the_checkpoint(toy_root, tmp_path):
+    """An IP-trained model evaluated under the OOP config (its IP cross-evaluation on): the OOP trainer
+    keeps none of its IP names, and the cross-evaluation got that trainer's state, so results.json
+    recorded the zero-shot IP accuracy as the model's (exit 0). It must be the IP run's own score."""
+    ip = tmp_path / "ip"
+    assert train.cli(train_argv(toy_root, ip, TRAINER, "DATASET.SUB_CLASSES", "IP")) == 0
+    out = tmp_path / "ev"
+    assert train.cli(evaluate(toy_root, out, ip)) == 0
+    trained = json.loads((ip / "results.json").read_text())
+    evaluated = json.loads((out / "results.json").read_text())
+    assert evaluated["loaded"]["names_loaded"].startswith("0/")  # the main (OOP) test: none of its names
+    assert evaluated["ip"] == trained["ip"] and evaluated["subsets"]["IP"] == trained["subsets"]["IP"]
+    zero_shot = tmp_path / "zs"  # and not what the untrained names score there
+    assert train.cli(train_argv(toy_root, zero_shot, "ZeroshotCLIP_openclip", "DATASET.SUB_CLASSES", "IP",
+                                "TEST.CROSS_EVAL", "()")) == 0
+    assert json.loads((zero_shot / "results.json").read_text())["ip"] != trained["ip"]
 
 
 def test_checkpoint_that_does_not_fit_is_one_line(toy_root, runs, tmp_path, capsys):

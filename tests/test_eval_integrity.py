@@ -239,6 +239,25 @@ def test_eval_of_an_unfinished_run_without_its_config_reads_the_checkpoints_reco
     assert not out.exists()
 
 
+def test_eval_of_an_unfinished_run_trusts_the_checkpoint_over_an_edited_config(toy_root, killed_run, tmp_path,
+                                                                               capsys):
+    """config.yaml edited to ``MAX_EPOCH: 1`` made the killed run's epoch-1 checkpoint look final (exit 0,
+    filed as the 2-epoch model); the checkpoint's own fingerprint, written with the weights, says 2."""
+    run = tmp_path / "killed"
+    shutil.copytree(killed_run, run)
+    config = run / "config.yaml"
+    text = config.read_text()
+    assert "  MAX_EPOCH: 2\n" in text
+    config.write_text(text.replace("  MAX_EPOCH: 2\n", "  MAX_EPOCH: 1\n"))
+    out = tmp_path / "eval"
+    capsys.readouterr()
+    assert train.cli(train_argv(toy_root, out, TRAINER, "OPTIM.MAX_EPOCH", "2",
+                                extra=("--eval-only", "--model-dir", str(run)))) == 2
+    line = one_error_line(capsys)
+    assert "its training has not finished" in line and "epoch 1 of OPTIM.MAX_EPOCH 2" in line
+    assert not out.exists()
+
+
 def test_eval_of_a_checkpoint_with_a_damaged_epoch_is_one_line(toy_root, killed_run, tmp_path, capsys):
     """``"epoch": "two"`` in the checkpoint was an int() traceback."""
     run = tmp_path / "damaged"

@@ -96,7 +96,13 @@ class SubsetEvaluation:
         other.show_progress = getattr(self, "show_progress", True)
         if hasattr(other.evaluator, "cmat_filename"):
             other.evaluator.cmat_filename = f"cmat_{sub}.pt"
-        other.import_state(self.export_state(), meta=self.checkpoint_meta())
+        # A loaded model passes on the checkpoint as its file holds it, not this trainer's copy: a
+        # class-specific model keeps only the names of this label space, so an IP-trained FSNL model
+        # evaluated under an OOP config lost its IP names here, and its "IP accuracy" was the zero-shot
+        # one (exit 0). Weights this run trained are its own state.
+        loaded = self.loaded_checkpoint
+        states, meta = loaded if loaded is not None else (self.export_state(), self.checkpoint_meta())
+        other.import_state(states, meta=meta)
         other.model_epoch = self.model_epoch
         other.epoch = self.epoch
         other.test()

@@ -388,6 +388,11 @@ class FSNL_openclip(ClipTrainer):
             return super().load_state(name, state_dict, meta)
         misfits: List[str] = []
         matched, total = self.name_learner.load_names(state_dict, misfits)
+        if not total:
+            # Not a name learner's state at all (e.g. a CoOp context saved under name_learner/): it loaded
+            # "0 of 5 names" and the untrained names were evaluated and filed as the trained model.
+            keys = sorted(str(k) for k in state_dict)[:3]
+            raise ValueError(f"it holds no learned name (its keys: {keys or 'none'}); it is not an FSNL checkpoint")
         own = len(self.name_learner.classnames)
         theirs = meta.get("classnames")
         if misfits and isinstance(theirs, (list, tuple)) and [str(c) for c in theirs] == self.label_space():

@@ -211,7 +211,7 @@ def check_model_checkpoint(cfg: Any, directory: str, path: str, meta: Dict[str, 
 
     * it belongs to another trainer (``meta["trainer"]``, outside this trainer's family): its state
       cannot mean the same thing in this model (before: a KeyError or shape traceback, or TaskRes'
-      "0 classes");
+      "0 classes"); with ``identity``, any other trainer, a variant of this one included;
     * its own fingerprint (``meta["fingerprint"]``, what the training run recorded) is not the run
       whose results.json lies in ``directory``: a checkpoint copied in from another run would be
       evaluated and filed as that folder's model;
@@ -223,9 +223,11 @@ def check_model_checkpoint(cfg: Any, directory: str, path: str, meta: Dict[str, 
       model. Evaluation-side keys (``DATASET.SUB_CLASSES``, ``TEST.*``, precision) may differ:
       cross-evaluation (OOP weights on IP or All) is what ``--eval-only`` is for.
 
-    Checkpoints written before they carried a fingerprint are compared by trainer only. The third
-    check is the command line's policy (``train.py --eval-only`` labels results.json by its config):
-    ``identity=False`` leaves it out, as :meth:`SimpleTrainer.load_model` does for library use (loading
+    Checkpoints without a fingerprint (the reference's) are compared by trainer only, and only where
+    no results.json of this code lies beside them (its run wrote a fingerprint into each of its own
+    checkpoints). The exact trainer and the third
+    check are the command line's policy (``train.py --eval-only`` labels results.json by its config):
+    ``identity=False`` leaves them out, as :meth:`SimpleTrainer.load_model` does for library use (loading
     a model into a trainer of another seed, e.g. to compare initialisations, is no mistake there)."""
     ours = str(cfg.TRAINER.NAME)
     cls = trainer_cls if trainer_cls is not None else TRAINER_REGISTRY.get(ours)
@@ -235,10 +237,24 @@ def check_model_checkpoint(cfg: Any, directory: str, path: str, meta: Dict[str, 
             f'--model-dir {directory}: "{path}" is a checkpoint of trainer {theirs_trainer}, not {ours}; evaluate '
             f"it with --trainer {theirs_trainer} and that run's config, or point --model-dir at a {ours} run"
         )
+    if identity and theirs_trainer and theirs_trainer != ours:
+        # A variant of this trainer (an ablation, GCD, another default backbone) has the same state
+        # layout, but results.json is labelled by the evaluation's trainer: a GCD model evaluated with
+        # FSNL_openclip was filed as an FSNL result (exit 0), an ablation's as the full method's.
+        raise CheckpointError(
+            f'--model-dir {directory}: "{path}" is a checkpoint of trainer {theirs_trainer}, not {ours}; results.json '
+            f"is labelled by the evaluation's trainer, so evaluate it with --trainer {theirs_trainer}"
+        )
     theirs = meta.get("fingerprint")
-    if not isinstance(theirs, dict):
-        return
     run = _model_dir_run(directory, str(cfg.OUTPUT_DIR))
+    if not isinstance(theirs, dict):
+        if run is not None:  # this code writes a fingerprint into every checkpoint of a run
+            raise CheckpointError(
+                f'--model-dir {directory}: "{path}" records no run fingerprint, so the run whose results.json lies '
+                f"in the folder (run {str(run.get('id'))[:12]}) did not write it (another program's file, or "
+                "copied in); evaluate it from a folder of its own"
+            )
+        return
     if run is not None and run.get("id") != theirs.get("id"):
         differences = results_contract.diff_fingerprints(run, theirs)
         raise CheckpointError(
@@ -310,15 +326,14 @@ def check_run_finished(directory: str, loaded_epoch: int, meta: Optional[Dict[st
     evaluated from that checkpoint and filed like a finished run's model: a :class:`CheckpointError`
     now, pointing to the two intended meanings. Folders of other code (CoOp's outputs: no config.yaml
     with a fingerprint) are not judged, and a finished run's last checkpoint is its final epoch. The
-    planned epochs come from config.yaml, else from the checkpoint's own recorded fingerprint (``meta``):
-    without config.yaml a killed run's checkpoint passed as the final model."""
+    planned epochs come from the checkpoint's own recorded fingerprint (``meta``), which the run wrote
+    with its weights, else from config.yaml (checkpoints without one): without config.yaml a killed
+    run's checkpoint passed as the final model, and a config.yaml edited to fewer epochs passed one too."""
     if osp.isfile(osp.join(directory, results_contract.RESULTS_FILE)):
         return
-    planned = results_contract.recorded_max_epoch(directory)
-    if planned is None:
-        recorded = ((meta or {}).get("fingerprint") or {}).get("config") or {}
-        value = recorded.get("OPTIM.MAX_EPOCH") if isinstance(recorded, dict) else None
-        planned = value if _whole(value) else None
+    recorded = ((meta or {}).get("fingerprint") or {}).get("config") or {}
+    value = recorded.get("OPTIM.MAX_EPOCH") if isinstance(recorded, dict) else None
+    planned = value if _whole(value) else results_contract.recorded_max_epoch(directory)
     if planned is not None and loaded_epoch < planned:
         raise CheckpointError(
             f"--model-dir {directory}: its training has not finished (the last checkpoint is epoch {loaded_epoch} "
@@ -346,6 +361,10 @@ class TrainerBase:
         #: trainers that load by class name add ``names_loaded`` "3/5"); ``finalize()`` writes it to
         #: results.json as ``loaded``. None: the weights were trained by this run.
         self.load_info: Optional[Dict[str, Any]] = None
+        #: ``({name: state_dict}, meta)`` of the checkpoint ``load_model`` loaded, as the file holds it:
+        #: a model that keeps only what fits its label space (FSNL's names) drops the rest, which an
+        #: evaluation of another label space (the OOP -> IP cross-evaluation) still needs.
+        self.loaded_checkpoint: Optional[Tuple[Dict[str, Dict[str, Any]], Dict[str, Any]]] = None
 
     # ------------------------------------------------------------------ registration
     def register_model(self, name: str = "model", model: Optional[nn.Module] = None,
@@ -634,6 +653,9 @@ class TrainerBase:
         info: Dict[str, Any] = {"model_dir": absolute_path(directory), "requested_epoch": epoch, "epoch": None,
                                 "checkpoints": {}}
         self.load_info = info
+        self.loaded_checkpoint = None
+        states: Dict[str, Dict[str, Any]] = {}
+        loaded_meta: Dict[str, Any] = {}
         for name in names:
             path = checkpoint_file(directory, name, epoch)
             ckpt = read_model_checkpoint(path)
@@ -658,6 +680,8 @@ class TrainerBase:
             self.model_epoch = ep
             info["epoch"] = ep
             info["checkpoints"][name] = osp.relpath(path, directory)
+            states[name], loaded_meta = ckpt["state_dict"], dict(meta)
+        self.loaded_checkpoint = (states, loaded_meta)
 
     # ------------------------------------------------------------------ modes and steps
     def set_model_mode(self, mode: str = "train", names: Names = None) -> None:
@@ -749,6 +773,7 @@ class TrainerBase:
     def train(self, start_epoch: int, max_epoch: int) -> None:
         self.start_epoch = start_epoch
         self.max_epoch = max_epoch
+        self.loaded_checkpoint = None  # training moves the weights away from any checkpoint loaded before
         self.before_train()
         epochs = tqdm(range(self.start_epoch, self.max_epoch), desc=self.progress_label(), unit="epoch",
                       initial=self.start_epoch, total=self.max_epoch, disable=self.progress_disabled(),
