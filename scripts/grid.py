@@ -90,7 +90,7 @@ from scripts.domains import (
     resolve_domains,
 )
 from scripts.methods import CONFIG_SETS, RULES, Method, get_method, method_names, resolve_config_set
-from scripts.run_identity import RunConflict, command_state, conflict_message
+from scripts.run_identity import CONFLICTS, RunConflict, command_state, conflict_message
 from scripts.sweep import (
     FEATURE_SPLITS,
     FEATURE_SUBSETS,
@@ -856,7 +856,7 @@ def pending_cells(cells: Sequence[Cell], force: bool = False, match_code: bool =
     if force:
         return [replace(cell, overwrite=True) for cell in cells], []
     states = [cell_state(cell, match_code) for cell in cells]
-    if any(s.state in ("mismatch", "unreadable") for s in states):
+    if any(s.state in CONFLICTS for s in states):
         raise RunConflict(conflict_message(states))
     pending = [cell for cell, state in zip(cells, states) if not state.done]
     return pending, [cell for cell, state in zip(cells, states) if state.done]

@@ -89,6 +89,7 @@ from dassl.utils import absolute_path, atomic_write_text, check_writable_dir, lo
 from scripts import grid, sweep
 from scripts.domains import REPO_ROOT
 from scripts.run_identity import (
+    CONFLICTS,
     DETERMINISTIC_EXIT,
     RunConflict,
     command_argv,
@@ -417,7 +418,7 @@ def split_done(commands: Sequence[Command], force: bool = False,
         return list(commands), []
     workdir = cwd or os.fspath(REPO_ROOT)
     states = [c.state(workdir) for c in commands]
-    if any(s.state in ("mismatch", "unreadable") for s in states):
+    if any(s.state in CONFLICTS for s in states):
         raise RunConflict(conflict_message(states, "give those commands another output directory"))
     return ([c for c, s in zip(commands, states) if not s.done], [c for c, s in zip(commands, states) if s.done])
 

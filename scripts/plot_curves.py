@@ -46,7 +46,7 @@ from scripts.parse_test_res import (
     target_label,
 )
 
-__all__ = ["PANEL_WIDTH", "PANEL_HEIGHT", "DPI", "load_groups", "written_figure", "figure_paths",
+__all__ = ["PANEL_WIDTH", "PANEL_HEIGHT", "DPI", "FIGURE_MARK", "load_groups", "written_figure", "figure_paths",
            "check_figure_targets", "save_figure", "plot_curves", "main"]
 
 PANEL_WIDTH = 3.4  # inches per panel
@@ -82,15 +82,23 @@ def load_groups(source: str, log_mode: bool = False, method_depth: int = 1) -> L
         raise PayloadError(f"{source}: {err}") from None
 
 
+#: What :func:`save_figure` writes into every figure's metadata (the PNG's ``Source``, the PDF's
+#: ``Creator``), so that a rerun knows the file for one of the project's own figures.
+FIGURE_MARK = "fsnl plot scripts: scripts.plot_curves.save_figure"
+_FIGURE_METADATA = {"png": {"Source": FIGURE_MARK}, "pdf": {"Creator": FIGURE_MARK}}
+
+
 def written_figure(path: Path) -> bool:
-    """A PNG / PDF (by its first bytes, as its extension says) that Matplotlib wrote (its name is in the
-    file's metadata): an earlier figure of this or a sibling plot script, which a rerun may replace."""
+    """A PNG / PDF (by its first bytes, as its extension says) that :func:`save_figure` wrote (its
+    :data:`FIGURE_MARK` in the metadata): an earlier figure of this or a sibling plot script, which a
+    rerun may replace. Any Matplotlib file passed before, so a hand-made paper figure named like the
+    ``--out`` was replaced."""
     try:
         data = path.read_bytes()
     except OSError:
         return False
     magic = _MAGIC.get(path.suffix.lower())
-    return magic is not None and data.startswith(magic) and b"Matplotlib" in data
+    return magic is not None and data.startswith(magic) and FIGURE_MARK.encode() in data
 
 
 def _out_base(out: str) -> Path:
@@ -110,7 +118,7 @@ def save_figure(fig: Any, out: str, dpi: int = DPI) -> Tuple[str, str]:
     try:
         for path, fmt, kwargs in ((png, "png", {"dpi": dpi}), (pdf, "pdf", {})):
             buf = io.BytesIO()
-            fig.savefig(buf, format=fmt, **kwargs)
+            fig.savefig(buf, format=fmt, metadata=_FIGURE_METADATA[fmt], **kwargs)
             atomic_write(path, lambda f, data=buf.getvalue(): f.write(data), mode="wb")
     finally:
         plt.close(fig)

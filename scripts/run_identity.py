@@ -38,7 +38,7 @@ import os.path as osp
 import re
 import shlex
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import train
 from configs import ConfigError
@@ -51,7 +51,7 @@ from lpclip import feat_extractor, linear_probe
 from lpclip.files import feature_file
 from scripts.domains import REPO_ROOT
 
-__all__ = ["Invocation", "RunConflict", "check_command", "command_argv", "command_fingerprint", "command_outputs", "command_state", "conflict_message",
+__all__ = ["CONFLICTS", "Invocation", "RunConflict", "check_command", "command_argv", "command_fingerprint", "command_outputs", "command_state", "conflict_message",
            "extraction_state", "invocation"]
 
 #: ``train.py`` options whose value is a path (resolved against the job's working directory).
@@ -104,10 +104,12 @@ class Invocation:
     env: Dict[str, str] = field(default_factory=dict)
 
     def asks_overwrite(self) -> bool:
-        """``FSNL_OVERWRITE=1`` before the command (what ``--force`` of the launchers sets for every job)
-        or its own ``--overwrite``: the command replaces a run of another configuration in its folder
+        """``FSNL_OVERWRITE=1`` before the command or in the environment it runs in (what ``--force`` of
+        the launchers sets for every job) or its own ``--overwrite``: the command replaces a run of another configuration in its folder
         instead of refusing it, so that run is no conflict of the launch."""
-        return "--overwrite" in self.args or results.overwrite_value(self.env.get(results.OVERWRITE_ENV))
+        # the command's own assignment wins; else the environment it inherits (a shell wrapper's, a launcher's)
+        value = self.env.get(results.OVERWRITE_ENV, os.environ.get(results.OVERWRITE_ENV))
+        return "--overwrite" in self.args or results.overwrite_value(value)
 
 
 def command_argv(cmd: str) -> List[str]:
@@ -301,6 +303,28 @@ def command_outputs(argv: Sequence[str], cwd: Optional[str] = None) -> Tuple[str
     return tuple(osp.realpath(_abs(path, workdir)) for path in paths if path)
 
 
+#: The states of :func:`command_state` that stop a launch before any job runs: a different run in the
+#: way (``mismatch``), a results.json that cannot be read (``unreadable``), and a job whose own command
+#: cannot run (``invalid``: it does not parse, or its config is wrong), whose folder is not judged.
+CONFLICTS = ("mismatch", "unreadable", "invalid")
+
+
+@contextlib.contextmanager
+def _parse_messages() -> Iterator[io.StringIO]:
+    """Collect what an entry point's argument parser writes to stderr, for one line of its own: it wrote
+    its ``error:`` line, and then the launch wrote a second one blaming the results.json in the way."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stderr(buffer):
+        yield buffer
+
+
+def _invalid(marker: str, messages: io.StringIO) -> results.Finished:
+    lines = [ln.strip() for ln in messages.getvalue().splitlines() if ln.strip()]
+    why = lines[-1].removeprefix("error: ") if lines else "it does not parse"
+    why = re.sub(r"; see \S.* --help$", "", why)  # the parser's pointer names this process, not the job
+    return results.Finished("invalid", marker, [f"the job's command line does not parse: {why}"])
+
+
 def command_state(argv: Sequence[str], done: str, cwd: Optional[str] = None,
                   match_code: bool = False) -> results.Finished:
     """``results.Finished`` of one job: ``match`` (skip it), ``missing`` (run it), ``mismatch`` or
@@ -319,24 +343,26 @@ def command_state(argv: Sequence[str], done: str, cwd: Optional[str] = None,
     inv = invocation(argv, workdir)
     if inv.entry == "extract":
         try:
-            state = extraction_state(argv, workdir)
+            with _parse_messages() as messages:
+                state = extraction_state(argv, workdir)
         except SystemExit:
-            return results.Finished("unreadable", marker, ["the job's command line does not parse"])
+            return _invalid(marker, messages)
         except (ConfigError, RegistryKeyError, ValueError, OSError) as err:
-            return results.Finished("unreadable", marker, [f"cannot compute the job's identity: {err}"])
+            return results.Finished("invalid", marker, [f"cannot compute the job's identity: {err}"])
         return _unless_overwriting(state, inv)
     if osp.basename(marker) != results.RESULTS_FILE:
         return results.Finished("match" if osp.isfile(marker) else "missing", marker)
     if not osp.isfile(marker) or inv.entry not in ("train", "probe"):
         return results.Finished("missing", marker)
     try:
-        expected = command_fingerprint(argv, workdir)
+        with _parse_messages() as messages:
+            expected = command_fingerprint(argv, workdir)
     except linear_probe.MissingFeaturesError:
         return results.Finished("missing", marker)  # the probe reruns on the features the sweep extracts
     except SystemExit:
-        return results.Finished("unreadable", marker, ["the job's command line does not parse"])
+        return _invalid(marker, messages)
     except (ConfigError, RegistryKeyError, ValueError, OSError) as err:
-        return results.Finished("unreadable", marker, [f"cannot compute the job's fingerprint: {err}"])
+        return results.Finished("invalid", marker, [f"cannot compute the job's fingerprint: {err}"])
     if expected is None:  # not reached: train and probe commands record one
         return results.Finished("missing", marker)
     return _unless_overwriting(results.find_finished(osp.dirname(marker), expected, match_code=match_code), inv)
@@ -349,19 +375,25 @@ def _unless_overwriting(state: results.Finished, inv: Invocation) -> results.Fin
     return state
 
 
-def conflict_message(states: Sequence[results.Finished], elsewhere: str = "use another --out") -> str:
+def conflict_message(states: Sequence[results.Finished], elsewhere: str = "use another --out",
+                     force: str = "--force") -> str:
     """One line for all conflicting jobs: how many, the first one's differing keys, and the fixes
-    (``elsewhere``: how the caller's user puts the jobs somewhere else)."""
-    bad: List[results.Finished] = [s for s in states if s.state in ("mismatch", "unreadable")]
+    (``elsewhere``: how the caller's user puts the jobs somewhere else; ``force``: how they overwrite)."""
+    invalid = [s for s in states if s.state == "invalid"]
+    if invalid:  # the job's own mistake: its folder is not what is wrong
+        which = "" if len(invalid) == 1 else "the first, "
+        return (f"{len(invalid)} job(s) cannot run: {which}the one writing {invalid[0].path}: "
+                f"{'; '.join(invalid[0].differences)}. Fix the command")
+    bad: List[results.Finished] = [s for s in states if s.state in CONFLICTS]
     first = bad[0]
     which = "" if len(bad) == 1 else "the first, "
-    if first.state == "unreadable":  # a damaged results.json, or a job whose fingerprint cannot be computed
+    if first.state == "unreadable":  # a damaged results.json
         why = "; ".join(first.differences)
         where = why if first.path in why else f"{first.path}: {why}"
         return (f"{len(bad)} job(s) would overwrite a finished run that cannot be checked: {which}{where}. "
-                f"Fix: move it away or repair it, {elsewhere}, or --force to overwrite")
+                f"Fix: move it away or repair it, {elsewhere}, or {force} to overwrite")
     return (f"{len(bad)} job(s) would overwrite a different {first.what}: {which}{first.path} differs in: "
-            f"{'; '.join(first.differences)}. Fix: {elsewhere}, or --force to overwrite")
+            f"{'; '.join(first.differences)}. Fix: {elsewhere}, or {force} to overwrite")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -369,21 +401,39 @@ def _parser() -> argparse.ArgumentParser:
                        description="exit 0 when DONE holds a finished run of CMD's fingerprint (skip it), "
                                    "1 when there is none (run it), 2 when a different run is in the way")
     p.add_argument("--done", required=True, help="the job's marker (its results.json)")
-    p.add_argument("--cmd", required=True, help="the job's command line, one string")
+    p.add_argument("--cmd", help="the job's command line, one string (or its words after --)")
     p.add_argument("--match-code", action="store_true", help="also require the same code version")
+    p.add_argument("--elsewhere", default="give the command another output directory",
+                   help="the conflict message's first fix")
+    p.add_argument("--force-hint", default="--force", help="how the caller overwrites, for the conflict message")
+    p.add_argument("words", nargs="*", help="the job's command, one argument per word (after --)")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """What the SLURM array tasks of ``scripts.launch`` run before their command."""
-    args = _parser().parse_args(argv)
-    state = command_state(command_argv(args.cmd), args.done, os.getcwd(), args.match_code)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if (args.cmd is None) == (not args.words):
+        parser.error("give the job's command as --cmd 'LINE' or as its words after --, one of the two")
+    # Words as the shell passed them: a line quoted by bash's printf %q ($'...' for a non-ASCII or
+    # control character under LC_ALL=C) is not what shlex reads, and a finished run was refused.
+    if osp.isdir(args.done):  # it read as "no marker": run it, over the finished run in that folder
+        print(f"error: --done {args.done} is a directory; give the job's results.json in it", file=sys.stderr)
+        return 2
+    try:
+        words = list(args.words) if args.words else command_argv(args.cmd)
+    except ValueError as err:  # a traceback's exit 1 read as "run it"
+        print(f"error: --cmd is not a complete shell command ({str(err).lower()}); check its quoting",
+              file=sys.stderr)
+        return 2
+    state = command_state(words, args.done, os.getcwd(), args.match_code)
     if state.done:
         print(f"skip: {state.line()}")
         return 0
-    if state.state == "missing":
+    if state.state in ("missing", "invalid"):  # an invalid command says what is wrong with it itself, once
         return 1
-    print(f"error: {conflict_message([state], 'give the command another output directory')}", file=sys.stderr)
+    print(f"error: {conflict_message([state], args.elsewhere, args.force_hint)}", file=sys.stderr)
     return 2
 
 

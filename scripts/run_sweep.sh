@@ -5,7 +5,7 @@
 #   DATA=... OUT=... scripts/<method>/<name>.sh [scripts.sweep options ...]
 #
 # Environment: DOMAINS, SHOTS, SEEDS (space-separated lists), CONFIG (trainer config name or yaml),
-# DRY_RUN=1 (print the pending commands instead of running them), PYTHON (default: python).
+# DRY_RUN=1 (or true/yes/on: print the pending commands instead of running them), PYTHON (default: python).
 # DATA and OUT are made absolute before the script moves to the repository root, so relative paths
 # mean "relative to where you called it from". Options given after DATA OUT go to scripts.sweep
 # unchanged; put `--opts KEY VALUE ...` last.
@@ -34,6 +34,8 @@ DATA="$(absolute "$DATA")"
 OUT="$(absolute "$OUT")"
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=switches.sh
+source scripts/switches.sh
 
 args=(--method "$METHOD" --root "$DATA" --out "$OUT")
 # Word splitting of the list variables is intended: DOMAINS="Animals Food".
@@ -44,6 +46,6 @@ if [ -n "${SHOTS:-}" ]; then args+=(--shots $SHOTS); fi
 # shellcheck disable=SC2206
 if [ -n "${SEEDS:-}" ]; then args+=(--seeds $SEEDS); fi
 if [ -n "${CONFIG:-}" ]; then args+=(--config "$CONFIG"); fi
-if [ "${DRY_RUN:-0}" = "1" ]; then args+=(--dry-run); fi
+if switch_on DRY_RUN; then args+=(--dry-run); fi
 
 exec "${PYTHON:-python}" -m scripts.sweep "${args[@]}" "$@"

@@ -76,7 +76,14 @@ from scripts.methods import (
     run_dir_parts,
 )
 from scripts.methods import METHODS as REGISTRY
-from scripts.run_identity import RunConflict, check_command, command_state, conflict_message, exit_status
+from scripts.run_identity import (
+    CONFLICTS,
+    RunConflict,
+    check_command,
+    command_state,
+    conflict_message,
+    exit_status,
+)
 
 __all__ = [
     "METHODS",
@@ -446,7 +453,7 @@ def split_done(jobs: Sequence[Job], force: bool = False, cwd: Optional[str] = No
     if force:
         return list(jobs), []
     states = job_states(jobs, cwd, match_code)
-    if any(s.state in ("mismatch", "unreadable") for s in states):
+    if any(s.state in CONFLICTS for s in states):
         raise RunConflict(conflict_message(states))
     pending = [j for j, s in zip(jobs, states) if not s.done]
     done = [j for j, s in zip(jobs, states) if s.done]

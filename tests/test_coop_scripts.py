@@ -12,7 +12,9 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO
+import train
+from scripts import run_identity
+from tests.helpers import REPO, train_argv
 
 MAIN = REPO / "scripts" / "coop" / "main.sh"
 EVAL = REPO / "scripts" / "coop" / "eval.sh"
@@ -51,8 +53,9 @@ def test_scripts_parse():
         assert os.access(script, os.X_OK)
 
 
-def test_main_loops_seeds_in_coops_layout_and_skips_finished_runs(tmp_path, recorder):
+def test_main_loops_seeds_in_coops_layout_and_skips_finished_runs(toy_root, tmp_path, recorder):
     env, record = recorder
+    (tmp_path / "data").symlink_to(toy_root)  # a real dataset root: the skip check computes the fingerprint
     env.update(DATA="data", OUTPUT="out")  # relative to the caller's directory
     args = ["Animals92_42", "cpu_smoke", "end", "4", "2", "False", "OPTIM.MAX_EPOCH", "1"]
     proc = run_script(MAIN, args, env, tmp_path)
@@ -73,8 +76,9 @@ def test_main_loops_seeds_in_coops_layout_and_skips_finished_runs(tmp_path, reco
     proc = run_script(MAIN, args, env, tmp_path)
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(err) == 1, proc.stderr
-    # (the stub python cannot run the job to compute its fingerprint: a run that cannot be checked)
-    assert err[0].startswith("error: 1 job(s) would overwrite a finished run that cannot be checked: ")
+    # (the stand-in's results.json has no fingerprint: a run that cannot be checked)
+    assert err[0].startswith("error: 1 job(s) would overwrite a different finished run: ")
+    assert err[0].endswith("Fix: set OUTPUT to another folder, or FSNL_OVERWRITE=1 to overwrite")
     assert err[0].count(str(first)) == 1
     assert len(record.read_text().splitlines()) == 3 and first.read_text().strip() == "{}"
     # a folder without results.json (a killed run) reruns
@@ -133,3 +137,84 @@ def test_real_seed_trains_and_eval_loads_it(toy_root, tmp_path):
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(err) == 1 and "OPTIM.MAX_EPOCH" in err[0], proc.stderr[-2000:]
     assert (done.read_bytes(), done.stat().st_mtime_ns) == before
+
+
+SWEEP_WRAPPER = REPO / "scripts" / "coop" / "train.sh"
+
+
+@pytest.mark.parametrize("value, dry", [("true", True), ("YES", True), ("1", True), ("0", False), ("off", False)])
+def test_dry_run_switch_reads_the_usual_spellings(tmp_path, recorder, value, dry):
+    """``DRY_RUN=true`` ran the sweep it was asked to print: only "1" was on."""
+    env, record = recorder
+    proc = run_script(SWEEP_WRAPPER, [str(tmp_path / "data"), str(tmp_path / "out")], env | {"DRY_RUN": value},
+                      tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    line = record.read_text().split()
+    assert line[:2] == ["-m", "scripts.sweep"] and ("--dry-run" in line) == dry
+
+
+def test_a_switch_with_another_value_is_one_error_line(tmp_path, recorder):
+    env, record = recorder
+    proc = run_script(SWEEP_WRAPPER, [str(tmp_path / "data"), str(tmp_path / "out")], env | {"DRY_RUN": "maybe"},
+                      tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: DRY_RUN=maybe is not an on/off switch; set DRY_RUN=1 (on) or DRY_RUN=0 (off)"]
+    assert not record.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("given", [["end", "4", "1"], ["end"], ["end", "4", "2", "OPTIM.LR", "0.1"]])
+def test_eval_takes_all_four_training_settings_or_none(tmp_path, recorder, given):
+    """Three of the four were read as config overrides: train.py's "odd list" error, the defaults used."""
+    env, record = recorder
+    env.update(DATA=str(tmp_path / "data"), SEEDS="1")
+    proc = run_script(EVAL, ["Animals92_42", "cpu_smoke", *given], env, tmp_path)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and "takes CTP NCTX SHOTS CSC all four or none" in err[0], err
+    assert not record.exists()
+
+
+def test_a_command_that_cannot_run_says_so_itself_once(toy_root, tmp_path, capsys):
+    """``LOAD_EPOCH=abc`` with an evaluation already in its folder: the skip check printed argparse's line
+    and then a second one telling the user to move the valid result away (exit 2). Now it answers "run
+    it" (exit 1) silently, and the command reports its own mistake, once."""
+    out = tmp_path / "eval" / "seed1"
+    out.mkdir(parents=True)
+    (out / "results.json").write_text("{}")
+    argv = train_argv(toy_root, out, "CoOp_openclip", extra=("--eval-only", "--model-dir", str(tmp_path),
+                                                              "--load-epoch", "abc"))
+    capsys.readouterr()
+    assert run_identity.main(["--done", str(out / "results.json"), "--", "python", "train.py", *argv]) == 1
+    assert capsys.readouterr().err == ""
+
+
+def test_skip_check_reads_the_words_of_a_non_ascii_path_under_the_c_locale(toy_root, tmp_path, capsys,
+                                                                          monkeypatch):
+    """``printf %q`` quoted "data é<TAB>dir" as $'...' under ``LC_ALL=C``, which shlex does not read: the
+    script's own finished run was "a finished run that cannot be checked" (exit 2), blocking every rerun.
+    The words go over one by one now: the run is skipped. A run of another setting is still refused,
+    naming the wrappers' own fixes, and ``FSNL_OVERWRITE=1`` in the environment lets it through."""
+    root = tmp_path / "data é\tdir"
+    root.symlink_to(toy_root)
+    out = tmp_path / "out é" / "seed1"
+    argv = train_argv(root, out, "CoOp_openclip")
+    assert train.cli(argv) == 0
+    done = out / "results.json"
+    before = (done.read_bytes(), done.stat().st_mtime_ns)
+    check = "source scripts/run_unless_finished.sh; run_unless_finished \"$@\""
+    env = dict(os.environ, LC_ALL="C", PYTHON=sys.executable, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env.pop("FSNL_OVERWRITE", None)
+    proc = subprocess.run(["bash", "-c", check, "_", str(done), sys.executable, "train.py", *argv], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.startswith("skip: "), proc.stderr[-2000:]
+    assert (done.read_bytes(), done.stat().st_mtime_ns) == before
+    other = ["--done", str(done), "--", "python", "train.py", *argv, "OPTIM.LR", "0.5"]
+    capsys.readouterr()
+    assert run_identity.main(other) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "differs in: OPTIM.LR" in err[0] and "or --force to overwrite" in err[0], err
+    assert run_identity.main(["--elsewhere", "set OUTPUT to another folder", "--force-hint", "FSNL_OVERWRITE=1",
+                              *other]) == 2
+    assert "Fix: set OUTPUT to another folder, or FSNL_OVERWRITE=1 to overwrite" in capsys.readouterr().err
+    monkeypatch.setenv("FSNL_OVERWRITE", "1")
+    assert run_identity.main(other) == 1  # run it: it replaces that run as asked
+    assert capsys.readouterr().err == ""

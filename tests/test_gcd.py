@@ -29,7 +29,7 @@ from datasets.gcd import (
 )
 from datasets.laion_beyond import DatasetError
 from datasets.make_toy import make_toy
-from tests.helpers import REPO, make_cfg, run_train, train_argv, trainer_config
+from tests.helpers import REPO, make_cfg, run_train, snapshot_tree, train_argv, trainer_config
 from tools.cluster_names import main as cluster_main
 
 TRAINER = "FSNL_openclip_GCD"
@@ -291,3 +291,22 @@ def test_cluster_names_with_every_cluster_below_min_size_is_one_line_and_writes_
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == ["error: every cluster has fewer than 1000 images; lower --min-size"]
     assert not os.path.exists(clustering_results_path(str(root), "Animals"))
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_cluster_names_never_writes_into_the_domains_folders(tmp_path, capsys, overwrite):
+    """``--out`` onto the domain's own split file with ``--overwrite`` replaced the file it had just read
+    (exit 0; the domain was broken for every tool); without it, the refusal suggested ``--overwrite``.
+    One line naming the dataset folder, exit 2, before the backbone loads; the data unchanged."""
+    root = tmp_path / "data"
+    make_toy(root, domains=("Animals92_42",))
+    split = next(next(root.glob("Animals*_OOP")).glob("split_*.json"))
+    before = snapshot_tree(root)
+    capsys.readouterr()
+    argv = ["--root", str(root), "--domain", "Animals", "--config", str(SMOKE), "--out", str(split)]
+    rc = cluster_main(argv + (["--overwrite"] if overwrite else []))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0] == (f'error: --out "{split}" lies inside the dataset folder "{split.parent}": a run would write '
+                      "among its images; use a folder outside the dataset")
+    assert snapshot_tree(root) == before

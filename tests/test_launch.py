@@ -573,6 +573,21 @@ def finished_run(tmp_path: Path) -> tuple:
     return Path(job.done), job.argv[2:]
 
 
+def test_a_command_that_cannot_run_is_named_as_such(finished_run: tuple, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """A job whose own command does not parse, into a folder with a finished run: the refusal said the
+    results.json "cannot be checked" and told the user to move it away; argparse's line came first."""
+    marker, args = finished_run
+    before = marker.read_bytes()
+    src = tmp_path / "cmds.txt"
+    src.write_text(f"python train.py --load-epoch abc {shlex.join(args)}\n")
+    assert launch.main([str(src), "--cwd", os.fspath(launch.REPO_ROOT), "--log-dir", str(tmp_path / "logs")]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err == [f"error: 1 job(s) cannot run: the one writing {marker}: the job's command line does not "
+                   "parse: argument --load-epoch: invalid int value: 'abc'. Fix the command"], err
+    assert marker.read_bytes() == before and not (tmp_path / "logs").exists()
+
+
 @pytest.mark.parametrize("prefix", ["OMP_NUM_THREADS=1 python train.py", "env A=1 python -u train.py",
                                     "python3 -X dev -Wignore ./train.py", "PYTHON -B REPO/train.py",
                                     "FSNL_OVERWRITE=0 python train.py"])

@@ -8,18 +8,20 @@ import json
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
+import matplotlib
+import matplotlib.pyplot as plt
 import pytest
 
 from scripts import backbone_scaling as bbs
 from scripts import cluster_eval, domains, plot_curves, plot_tsne, plot_zeroshot
-from scripts.plot_curves import written_figure
+from scripts.plot_curves import FIGURE_MARK, written_figure
 from scripts.sweep import Job, SweepSummary
 from tests.helpers import snapshot_tree, trainer_config
 
 SMOKE = trainer_config("FSNL_openclip")
 REPO = Path(__file__).resolve().parents[1]
-#: What a Matplotlib PNG looks like to ``written_figure`` (the magic bytes and the writer's name).
-FIGURE_LIKE = b"\x89PNG\r\n\x1a\n... Software Matplotlib version ..."
+#: What a figure of ``save_figure`` looks like to ``written_figure`` (the magic bytes and its mark).
+FIGURE_LIKE = b"\x89PNG\r\n\x1a\n... Source " + FIGURE_MARK.encode()
 SCRIPTS = ("plot_curves", "plot_zeroshot", "plot_tsne", "backbone_scaling")
 #: The option that names each script's output.
 OPTION = {"plot_curves": "--out", "plot_zeroshot": "--out", "plot_tsne": "--out", "backbone_scaling": "--figure"}
@@ -126,13 +128,24 @@ def hostile_user_file(tmp: Path) -> Tuple[str, str]:
     return str(tmp / "fig"), "exists and is not a figure this tool wrote"
 
 
+def hostile_matplotlib_figure(tmp: Path) -> Tuple[str, str]:
+    """A figure the user drew with Matplotlib (a paper figure named like ``--out``): it passed as an
+    earlier figure of the plot scripts, Matplotlib's name being in it, and was replaced (exit 0)."""
+    matplotlib.use("Agg")
+    fig = plt.figure()
+    plt.plot([1, 2])
+    fig.savefig(tmp / "fig.png")
+    plt.close(fig)
+    return str(tmp / "fig"), "exists and is not a figure this tool wrote"
+
+
 def cases(*makers: Callable[[Path], Tuple[str, str]], prefix: str) -> Dict[str, Callable[[Path], Tuple[str, str]]]:
     """Hostile-target makers by test id (their names without ``prefix``)."""
     return {m.__name__.removeprefix(prefix).replace("_", "-"): m for m in makers}
 
 
 HOSTILE = cases(hostile_run_results, hostile_training_config, hostile_symlink, hostile_directory, hostile_inside_run,
-                hostile_user_file, prefix="hostile_")
+                hostile_user_file, hostile_matplotlib_figure, prefix="hostile_")
 
 
 @pytest.mark.parametrize("case", list(HOSTILE))

@@ -45,8 +45,9 @@ import train
 from clip import normalize_name
 from dassl import results
 from dassl.cli import ArgumentParser
+from dassl.data.datasets import data_dirs
 from dassl.evaluation.clustering import clustering_accuracy
-from dassl.utils import set_random_seed
+from dassl.utils import check_outside, set_random_seed
 from datasets.gcd import clustering_results_path, write_clustering_results
 from scripts.cluster_eval import kmeans_labels  # re-exported (moved so scripts/ never imports tools/)
 from scripts.domains import DomainError, count_classes, laion_beyond_classes, resolve_domain
@@ -164,9 +165,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise DomainError(f"{dataset} is not a LAION-Beyond-style domain")
         subfield = domains[dataset].prefix
         out = args.out or clustering_results_path(os.path.abspath(args.root), subfield)
+        cfg = cfg_from_args(args, dataset)
+        # never among the images and split files it reads: --out onto the split file with --overwrite
+        # replaced it, and the domain was broken for every tool (exit 0)
+        check_outside(out, data_dirs(cfg), "--out")
         check_output(out, results.overwrite_requested(args.overwrite))
         count_classes(args.root, dataset, "OOP")  # the data before the backbone: a wrong --root is not worth a load
-        cfg = cfg_from_args(args, dataset)
         set_random_seed(args.seed)
         device = torch.device(args.device) if args.device else None
         loaded = load_backbone(cfg, device, args.precision)

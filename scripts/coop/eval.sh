@@ -13,7 +13,8 @@
 #
 # Environment: DATA (required), TRAINER (default CoOp), SUB (default IP; or All), LOAD_EPOCH (default:
 # train.py's choice for --model-dir without --load-epoch), OUTPUT (default output/), SEEDS
-# (default "1 2 3"), PYTHON, FORCE=1 (re-evaluate). Relative paths are relative to where you call it from.
+# (default "1 2 3"), PYTHON, FORCE=1 (re-evaluate), FSNL_OVERWRITE=1 (replace an
+# evaluation of another configuration). Relative paths are relative to where you call it from.
 # A seed is skipped only when its folder holds a finished evaluation of this command's fingerprint (the
 # loaded model's identity included: retraining MODEL_DIR makes it another evaluation); see
 # scripts/run_unless_finished.sh.
@@ -34,7 +35,12 @@ CTP=end
 NCTX=16
 SHOTS=16
 CSC=False
-if [ $# -ge 4 ] && [[ "$1" != *.* ]]; then
+if [ $# -ge 1 ] && [[ "$1" != *.* ]]; then
+    # CTP NCTX SHOTS CSC, all four: three of them were read as config overrides (an "odd list" error)
+    if [ $# -lt 4 ] || [[ "$2" == *.* ]] || [[ "$3" == *.* ]] || [[ "$4" == *.* ]]; then
+        echo "error: $0 takes CTP NCTX SHOTS CSC all four or none, before any KEY VALUE (got: $*)" >&2
+        exit 2
+    fi
     CTP=$1
     NCTX=$2
     SHOTS=$3
@@ -60,6 +66,7 @@ if [ -n "${LOAD_EPOCH:-}" ]; then LOAD=(--load-epoch "${LOAD_EPOCH}"); fi
 
 # shellcheck source=../run_unless_finished.sh
 source scripts/run_unless_finished.sh
+RUN_ELSEWHERE="set OUTPUT to another folder"
 
 for SEED in ${SEEDS:-1 2 3}; do
     MODEL_DIR=${OUTPUT}/${DATASET}/${TRAINER}/${HPARAMS}/seed${SEED}

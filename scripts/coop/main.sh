@@ -14,7 +14,8 @@
 #
 # Environment: DATA (the dataset root, required, as CoOp's DATA=), TRAINER (default CoOp),
 # OUTPUT (default output/, in the repository), SEEDS (default "1 2 3"), PYTHON (default python),
-# FORCE=1 (rerun finished seeds of the same configuration). Relative DATA/OUTPUT paths are relative to where you call it from.
+# FORCE=1 (rerun finished seeds of the same configuration), FSNL_OVERWRITE=1 (replace a finished
+# run of another configuration in a seed's folder). Relative DATA/OUTPUT paths are relative to where you call it from.
 #
 # Runs land in ${OUTPUT}/${DATASET}/${TRAINER}/${CFG}_${SHOTS}shots/nctx${NCTX}_csc${CSC}_ctp${CTP}/seed${SEED}
 # (CoOp's layout). A seed is skipped only when its folder holds a finished run with the fingerprint this
@@ -53,6 +54,7 @@ OUTPUT=${OUTPUT:-output}
 
 # shellcheck source=../run_unless_finished.sh
 source scripts/run_unless_finished.sh
+RUN_ELSEWHERE="set OUTPUT to another folder"
 
 for SEED in ${SEEDS:-1 2 3}; do
     DIR=${OUTPUT}/${DATASET}/${TRAINER}/${CFG}_${SHOTS}shots/nctx${NCTX}_csc${CSC}_ctp${CTP}/seed${SEED}

@@ -9,7 +9,7 @@
 # C = number of distinct pseudo class names in that file; 16 shots, BS = 4*C and LR by scripts/fsnl_rule.py,
 # 100 epochs, no periodic checkpoints, no captions. Trailing KEY VALUE pairs go to every train.py call.
 # Environment: SEEDS (default "1"), CONFIG (FSNL_openclip config name or yaml, default vit_b16_ep200_standard),
-# EPOCHS (default 100), DRY_RUN=1 (print the commands only), PYTHON (default python).
+# EPOCHS (default 100), DRY_RUN=1 (or true/yes/on: print the commands only), PYTHON (default python).
 # A run is skipped only when its folder holds a finished run of the same fingerprint (scripts/run_unless_finished.sh). DATA and OUT may be relative to where you call the script from.
 set -euo pipefail
 
@@ -62,6 +62,7 @@ print(bs, format_lr(lr))' "$C" "$SHOTS")
 
 # shellcheck source=../run_unless_finished.sh
 source scripts/run_unless_finished.sh
+RUN_ELSEWHERE="set OUT to another folder"
 
 for SEED in ${SEEDS:-1}; do
     DIR="$OUT/GCD_${SUBFIELD}/shots_${SHOTS}/train/FSNL_openclip_GCD/MEPOCH_${EPOCHS}_BS_${BS}_LR_${LR}/seed${SEED}"
@@ -73,7 +74,7 @@ for SEED in ${SEEDS:-1}; do
         TRAINER.FSNL.FLE False TRAINER.FSNL.N_CTX 4 TRAINER.FSNL.CIFC True TRAINER.FSNL.USE_CAPTION False
         TRAIN.CHECKPOINT_FREQ 0 TEST.EVALUATOR ClusteringAccuracy
         OPTIM.MAX_EPOCH "$EPOCHS" OPTIM.LR "$LR" DATALOADER.TRAIN_X.BATCH_SIZE "$BS" "$@")
-    if [ "${DRY_RUN:-0}" = "1" ]; then
+    if switch_on DRY_RUN; then
         printf '%q ' "${cmd[@]}"
         printf '\n'
     else

@@ -1,0 +1,18 @@
+# Sourced by the shell wrappers: an on/off environment switch (DRY_RUN, FORCE), read one way everywhere.
+#
+#   if switch_on DRY_RUN; then ...
+#
+# 1, true, yes or on (any case) is on; unset, empty, 0, false, no or off is off; any other value stops
+# the script with one error line and exit code 2. Before, only "1" was on: DRY_RUN=true ran the whole
+# sweep it was asked to print.
+switch_on() {
+    local value="${!1:-}"
+    case "${value,,}" in
+        1 | true | yes | on) return 0 ;;
+        "" | 0 | false | no | off) return 1 ;;
+        *)
+            echo "error: $1=$value is not an on/off switch; set $1=1 (on) or $1=0 (off)" >&2
+            exit 2
+            ;;
+    esac
+}
