@@ -655,9 +655,30 @@ def _fields_problem(data: Mapping[str, Any], kind: str) -> Optional[str]:
 
 def iter_results(root: str) -> Iterator[RunResults]:
     """Every readable ``results.json`` below ``root`` in sorted path order; unreadable ones are
-    skipped with a warning that names them."""
-    for path in sorted(Path(root).rglob(RESULTS_FILE)):
-        res = read_results_or_warn(str(path.resolve()))
+    skipped with a warning that names them.
+
+    Folder links are followed, each real folder once (a link loop ends there): a run linked in from
+    another disk was left out without a word. A file is read at the path it was found under, so its
+    place in the layout names it (a linked results.json was read at its target, and its run filed
+    under a raw trainer name); the same file reached twice counts once."""
+    found: List[str] = []
+    seen_dirs, seen_files = set(), set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = osp.realpath(dirpath)
+        if real in seen_dirs:
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
+        dirnames.sort()  # a folder reached twice is read under its first path in sorted order
+        if RESULTS_FILE in dirnames:
+            logger.warning("Skipping %s: a directory, not a run's results file", osp.join(dirpath, RESULTS_FILE))
+        if RESULTS_FILE in filenames:
+            path = osp.join(osp.abspath(dirpath), RESULTS_FILE)
+            if osp.realpath(path) not in seen_files:
+                seen_files.add(osp.realpath(path))
+                found.append(path)
+    for path in sorted(found, key=lambda p: Path(p).parts):
+        res = read_results_or_warn(path)
         if res is not None:
             yield res
 

@@ -618,20 +618,36 @@ def _drop_duplicates(recs: List[RunRecord]) -> List[RunRecord]:
     return list(kept.values())
 
 
+#: Config keys a method's sweep sets per shot count (the rule's batch size and learning rate, each shot
+#: count's config file's schedule): the points of one curve may differ in them and still be one method.
+SHOT_SCHEDULE_PREFIXES = ("DATASET.NUM_SHOTS", "OPTIM.", "TRAIN.", "DATALOADER.TRAIN_X.BATCH_SIZE")
+
+
+def _differing(idents: Sequence[Dict[str, Any]]) -> set:
+    union = set().union(*(i.keys() for i in idents))
+    return {k for k in union if len({json.dumps(i.get(k), sort_keys=True, default=str) for i in idents}) > 1}
+
+
 def _variant_labels(runs: Sequence[RunRecord]) -> Dict[Tuple[str, str], str]:
     """``{(method, config key): label}``: for each method, the keys whose values differ between its
-    configurations inside any (dataset, shots) cell, and each configuration's values of those keys."""
+    configurations inside any (dataset, shots) cell, or across the shot counts of one dataset outside
+    :data:`SHOT_SCHEDULE_PREFIXES` (a curve joined 1-shot runs of one views setting to 2-shot runs of
+    another, unlabelled), and each configuration's values of those keys."""
     cells: Dict[Tuple[str, str, int], Dict[str, Dict[str, Any]]] = {}
+    curves: Dict[Tuple[str, str], Dict[str, Dict[str, Any]]] = {}
     for r in runs:
         cells.setdefault((r.method, r.dataset, r.shots), {})[r.config] = r.identity
+        if r.config != LEGACY:
+            curves.setdefault((r.method, r.dataset), {})[r.config] = r.identity
     keys: Dict[str, set] = {}
     for (method, _, _), configs in cells.items():
         if len(configs) < 2:
             continue
-        idents = list(configs.values())
-        union = set().union(*(i.keys() for i in idents))
-        differing = {k for k in union if len({json.dumps(i.get(k), sort_keys=True, default=str) for i in idents}) > 1}
-        keys.setdefault(method, set()).update(differing or {"(legacy)"})
+        keys.setdefault(method, set()).update(_differing(list(configs.values())) or {"(legacy)"})
+    for (method, _), configs in curves.items():
+        across = {k for k in _differing(list(configs.values())) if not k.startswith(SHOT_SCHEDULE_PREFIXES)}
+        if across:
+            keys.setdefault(method, set()).update(across)
     labels: Dict[Tuple[str, str], str] = {}
     for r in runs:
         wanted = keys.get(r.method)

@@ -228,6 +228,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--log-mode", action="store_true", help="directory of old runs with log.txt only")
     p.add_argument("--method-depth", type=int, default=1)
     args = p.parse_args(argv)
+    if args.ncols is not None and args.ncols < 1:  # a "figure size must be positive" traceback after the reading
+        p.error(f"argument --ncols: {args.ncols} panels per row; give at least 1")
+    if args.method_depth < 0:  # read as depth 1, as parse_test_res refuses it
+        p.error(f"argument --method-depth: {args.method_depth}; must be >= 0 (folders below the phase that name "
+                "a method)")
     if not Path(args.source).exists():
         print(f"error: {args.source} does not exist", file=sys.stderr)
         return 2

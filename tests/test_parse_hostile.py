@@ -390,3 +390,52 @@ def test_two_results_of_one_seed_that_disagree_are_named_whatever_their_phase(ca
         ptr.merge_seeds([a, ptr.RunRecord(**{**a.__dict__, "oop": 25.0, "phase": "zeroshot",
                                                                    "path": "elsewhere/results.json"})])
     assert "disagree" not in caplog.text  # the same number twice is no news
+
+
+def test_linked_run_folders_and_files_are_read_where_they_are_found(runs: Path, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A seed folder linked in from another disk was left out without a word (``rglob`` does not follow
+    folder links); a linked results.json was read at its target, outside the layout, and its run became
+    a row of its own. A link loop ends, a linked folder reached twice counts once, and a results.json
+    that is a directory is named as such."""
+    elsewhere = tmp_path / "other_disk"
+    elsewhere.mkdir()
+    (runs / RUN / "seed2").rename(elsewhere / "seed2")
+    (runs / RUN / "seed2").symlink_to(elsewhere / "seed2")
+    (runs / RUN / "seed3" / "results.json").rename(elsewhere / "seed3.json")
+    (runs / RUN / "seed3" / "results.json").symlink_to(elsewhere / "seed3.json")
+    (runs / RUN / "loop").symlink_to(runs / "MiniPlants")  # a loop back up the tree
+    (runs / RUN / "seed4" / "results.json").mkdir(parents=True)
+    with caplog.at_level(logging.WARNING):
+        group = seed_group(runs)
+    assert sorted(group.seeds) == [1, 2, 3] and group.runs == 3
+    assert group.oop.mean == pytest.approx(sum(o for o, _ in VALUES.values()) / 3)
+    assert any("seed4/results.json: a directory" in r.getMessage() for r in caplog.records)
+
+
+def _curve_run(root: Path, shots: int, seed: int, extra: Dict[str, Any]) -> None:
+    payload = engine_payload(seed, *VALUES[seed])
+    payload["shots"] = shots
+    payload["fingerprint"]["id"] = f"fp{shots}-{seed}-{json.dumps(extra, sort_keys=True)}"
+    payload["fingerprint"]["config"].update({"DATASET.NUM_SHOTS": shots, **extra})
+    path = root / RUN.replace("shots_1", f"shots_{shots}") / f"seed{seed}" / "results.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(payload))
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_a_curve_never_joins_points_of_two_configurations(tmp_path: Path, split: bool) -> None:
+    """1-shot runs with one feature-view setting and 2-shot runs with another were one unlabelled curve
+    (labels split only within a shot count). A key the sweep sets per shot count (the rule's learning
+    rate, the schedule) still joins: that is one method's curve."""
+    root = tmp_path / "out"
+    for seed in (1, 2):
+        _curve_run(root, 1, seed, {"OPTIM.LR": 0.1, "DATALOADER.FEATURE_CACHE.VIEWS": 1})
+        _curve_run(root, 2, seed, {"OPTIM.LR": 0.2, "DATALOADER.FEATURE_CACHE.VIEWS": 2 if split else 1})
+    curves = ptr.build_curves(ptr.collect(str(root)))["curves"]
+    if split:
+        assert sorted((c["label"], [k for k, _ in c["points"]]) for c in curves) == [
+            ("CLIP-Adapter [DATALOADER.FEATURE_CACHE.VIEWS=1]", [1]),
+            ("CLIP-Adapter [DATALOADER.FEATURE_CACHE.VIEWS=2]", [2])]
+    else:
+        assert [(c["label"], [k for k, _ in c["points"]]) for c in curves] == [("CLIP-Adapter", [1, 2])]

@@ -118,3 +118,17 @@ def test_curves_follow_the_chosen_accuracy():
         assert "FSNL" in with_points
     with pytest.raises(ValueError, match="unknown curve metric"):
         parse_test_res.build_curves(groups, "acc")
+
+
+@pytest.mark.parametrize("option, value, expected", [("--ncols", "-3", "argument --ncols: -3 panels per row"),
+                                                     ("--ncols", "0", "argument --ncols: 0 panels per row"),
+                                                     ("--method-depth", "-1", "argument --method-depth: -1")])
+def test_a_bad_layout_option_is_one_line_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                         option: str, value: str, expected: str) -> None:
+    """``--ncols -3`` was a "figure size must be positive finite" traceback after the results were read."""
+    out = tmp_path / "fig"
+    with pytest.raises(SystemExit) as exit_info:
+        plot_curves.main([str(tmp_path), "--out", str(out), option, value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+    assert not list(tmp_path.iterdir())
