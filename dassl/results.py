@@ -53,6 +53,7 @@ Spread: one convention project-wide, the sample standard deviation (ddof 1, :fun
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -378,13 +379,17 @@ def seed_dir(seed: Any) -> str:
 
 
 def _fmt_value(value: Any) -> str:
+    """``value`` as a folder-name part: letters, digits and ``._-+``, others as ``-``. A value that loses
+    characters so gets 6 hex of its digest, so two values never share a folder (``"a  photo/of"`` and
+    ``"a--photo-of"`` were one, and ``--force`` for one would have replaced the other's run)."""
     if isinstance(value, float):
         text = repr(value)
     elif isinstance(value, (list, tuple)):
         text = "-".join(_fmt_value(v) for v in value) or "none"
     else:
         text = str(value)
-    return "".join(c if c.isalnum() or c in "._-+" else "-" for c in text)
+    safe = "".join(c if c.isalnum() or c in "._-+" else "-" for c in text)
+    return safe if safe == text else f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:6]}"
 
 
 def hparam_dir(pairs: Sequence[Tuple[str, Any]], fp: Optional[Mapping[str, Any]] = None) -> str:

@@ -528,3 +528,19 @@ def test_a_root_without_the_data_is_refused_before_any_job(tmp_path: Path, capsy
     rc, lines, _ = run_main(capsys, "--method", "zeroshot", "--root", str(path), "--out", str(tmp_path / "o"),
                             "--domains", "Food", "--dry-run")
     assert rc == 0 and lines
+
+
+def test_two_opts_values_never_share_a_folder(toy_root: Path, tmp_path: Path) -> None:
+    """``CTX_INIT "a  photo/of"`` and ``"a--photo-of"`` were both the folder ``..._a--photo-of``: the
+    second sweep was refused for the first's run, and the suggested ``--force`` would have replaced it.
+    A value that loses characters in its folder name carries a digest of itself; others keep their name."""
+    def folder(value: str) -> str:
+        spec = sweep.SweepSpec(method="coop", root=str(toy_root), out=str(tmp_path), domains=["Food"], shots=[1],
+                               seeds=[1], config_set="smoke", opts=["TRAINER.COOP.CTX_INIT", value])
+        (job,) = sweep.build_jobs(spec)
+        return Path(job.done).parent.parent.name
+
+    assert folder("a--photo-of") == "TRAINER.COOP.CTX_INIT_a--photo-of"
+    lossy = folder("a  photo/of")
+    assert lossy.startswith("TRAINER.COOP.CTX_INIT_a--photo-of-") and len(lossy) == len("TRAINER.COOP.CTX_INIT_a--photo-of") + 7
+    assert lossy != folder("a //photo of")
