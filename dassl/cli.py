@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Any, NoReturn
 
-__all__ = ["ArgumentParser", "console_logging"]
+__all__ = ["ArgumentParser", "console_logging", "non_negative_int"]
 
 #: Namespace attribute naming the parser whose arguments were left over (removed by ``parse_args``).
 _EXTRAS_PROG = "_cli_unrecognized_by"
@@ -55,6 +55,18 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
+def non_negative_int(text: str) -> int:
+    """``type=`` of an option that counts something, 0 meaning "the default" or "all": a negative value
+    is argparse's one-line error (``--max-per-class -1`` sampled nothing, or everything, silently)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value}: must be >= 0")
+    return value
 
 
 def console_logging(*names: str, fmt: str = "%(message)s") -> None:

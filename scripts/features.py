@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 import configs
 from clip import autocast, load_clip
+from dassl.cli import non_negative_int
 from dassl.data import build_data_loader
 from dassl.data.datasets import build_dataset
 from dassl.data.transforms import build_transform
@@ -96,7 +97,7 @@ def add_backbone_args(parser: Any) -> None:
     parser.add_argument("--weights", default="", help="MODEL.BACKBONE.WEIGHTS (open_clip tag, file, or none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of k-means / t-SNE / subsampling")
     parser.add_argument("--device", default="", help="torch device (default: the GPU when available, else CPU)")
-    parser.add_argument("--batch-size", type=int, default=0, help="default: DATALOADER.TEST.BATCH_SIZE")
+    parser.add_argument("--batch-size", type=non_negative_int, default=0, help="default: DATALOADER.TEST.BATCH_SIZE")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "amp"),
                         help="fp32, or amp (fp16 autocast) on a GPU")
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 import train
-from dassl.cli import ArgumentParser
+from dassl.cli import ArgumentParser, non_negative_int
 from dassl.utils import WriteError, set_random_seed
 from scripts.domains import DomainError, count_classes, resolve_domain, short_name
 from scripts.features import add_backbone_args, cfg_from_args, image_features, load_backbone
@@ -133,7 +133,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--root", required=True, help="dataset root")
     p.add_argument("--domain", required=True, help="registered or short name")
     p.add_argument("--splits", nargs="+", default=["test"], choices=["train", "val", "test"])
-    p.add_argument("--max-per-class", type=int, default=50, help="seeded sample per class (0 = all)")
+    p.add_argument("--max-per-class", type=non_negative_int, default=50, help="seeded sample per class (0 = all)")
     p.add_argument("--perplexity", type=float, default=30.0)
     p.add_argument("--title", default=None)
     p.add_argument("--out", default="", help="output path without extension (default figures/tsne_<domain>)")

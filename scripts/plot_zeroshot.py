@@ -45,6 +45,13 @@ def zeroshot_bars(
     in name order), so a directory holding several zero-shot variants still gives one figure.
     """
     zs = [g for g in groups if g.shots == ZEROSHOT_SHOTS]
+    valued = sorted({g.dataset for g in zs if not math.isnan(g.oop.mean) or not math.isnan(g.ip.mean)})
+    # a named domain without any zero-shot result: say so, with every domain that has one (the list was
+    # cut to the other named domains, and with only the typo named it blamed the results themselves)
+    missing = unmatched_names(domains or (), valued)
+    if missing:
+        raise ValueError(f"no zero-shot results for --domains {' '.join(missing)}; the domains with zero-shot "
+                         f"results: {' '.join(valued) or 'none'}")
     if domains:
         zs = [g for g in zs if any(names_dataset(n, g.dataset) for n in domains)]
     if method is None:
@@ -61,8 +68,9 @@ def zeroshot_bars(
     # a named domain without a bar is a mistake (a typo was dropped silently before)
     missing = unmatched_names(domains or (), (g.dataset for g in chosen))
     if missing:
-        raise ValueError(f"no zero-shot results of {method} for --domains {' '.join(missing)}; found: "
-                         f"{' '.join(g.dataset for g in chosen)}")
+        every = sorted({g.dataset for g in groups if g.shots == ZEROSHOT_SHOTS and g.method == method})
+        raise ValueError(f"no zero-shot results of {method} for --domains {' '.join(missing)}; it has results "
+                         f"for: {' '.join(every)}")
     return {
         "method": method,
         "datasets": [g.dataset for g in chosen],

@@ -11,6 +11,8 @@ import torch
 
 from dassl import results
 from scripts import backbone_scaling as bbs
+from scripts import cluster_eval
+from scripts import plot_tsne as plot_tsne_script
 from scripts.cluster_eval import kmeans_accuracy, render_markdown, write_outputs
 from scripts.plot_tsne import plot_tsne
 from scripts.plot_zeroshot import plot_zeroshot, zeroshot_bars
@@ -212,3 +214,18 @@ def test_scaling_dry_run_prints_pending_only(toy_root, tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and all(ln.startswith("python train.py") for ln in lines)
     assert sum("--eval-only" in ln for ln in lines) == 1
+
+
+@pytest.mark.parametrize("module, argv, expected", [
+    ("plot_tsne", ["--domain", "Animals", "--max-per-class", "-1"], "argument --max-per-class: -1: must be >= 0"),
+    ("cluster_eval", ["--domains", "Animals", "--batch-size", "-2"], "argument --batch-size: -2: must be >= 0"),
+])
+def test_a_negative_count_is_one_line_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture, module: str,
+                                                      argv: list, expected: str) -> None:
+    """Accepted before: a sample of -1 images per class, a batch of -2 (argparse took any int)."""
+    main = {"plot_tsne": plot_tsne_script.main, "cluster_eval": cluster_eval.main}[module]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--root", str(tmp_path), "--out", str(tmp_path / "o"), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith(f"error: {expected}"), err
+    assert not list(tmp_path.iterdir())
