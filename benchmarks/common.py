@@ -50,6 +50,7 @@ from yacs.config import CfgNode as CN  # noqa: E402
 import train  # noqa: E402
 from clip import add_clip_config, cpu_supports_bf16, load_clip, register_repo_configs  # noqa: E402
 from dassl.engine import build_trainer  # noqa: E402
+from dassl.utils import usable_cpus  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +89,8 @@ CAPTION_TEMPLATES = (
 
 # ------------------------------------------------------------------------------------ set-up
 def default_threads() -> int:
-    """The CPUs this process may run on (``os.cpu_count()`` where affinity is unknown)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    """The CPUs this process may run on (:func:`dassl.utils.usable_cpus`)."""
+    return usable_cpus()
 
 
 def add_common_args(parser: argparse.ArgumentParser, repeats: int = 5, warmup: int = 1) -> None:

@@ -378,18 +378,26 @@ def seed_dir(seed: Any) -> str:
     return f"seed{seed}"
 
 
+#: A value part that reads like the start of another ``KEY.NAME_value`` pair of :func:`hparam_dir`.
+_PAIR_LIKE = re.compile(r"_[A-Z][A-Z0-9_]*\.")
+
+
 def _fmt_value(value: Any) -> str:
     """``value`` as a folder-name part: letters, digits and ``._-+``, others as ``-``. A value that loses
-    characters so gets 6 hex of its digest, so two values never share a folder (``"a  photo/of"`` and
-    ``"a--photo-of"`` were one, and ``--force`` for one would have replaced the other's run)."""
+    characters so, or that could read as a further ``_KEY.NAME_value`` pair of :func:`hparam_dir`, gets
+    ``~`` and 6 hex of its digest (``~`` is no character a value keeps, so no value spells it): two values
+    never share a folder (``"a  photo/of"`` and ``"a--photo-of"`` were one, and ``--force`` for one would
+    have replaced the other's run)."""
     if isinstance(value, float):
         text = repr(value)
     elif isinstance(value, (list, tuple)):
         text = "-".join(_fmt_value(v) for v in value) or "none"
     else:
         text = str(value)
-    safe = "".join(c if c.isalnum() or c in "._-+" else "-" for c in text)
-    return safe if safe == text else f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:6]}"
+    safe = "".join(c if c.isalnum() or c in "._-+~" else "-" for c in text)
+    if safe == text and "~" not in text and not _PAIR_LIKE.search(text):
+        return safe
+    return f"{safe.replace('~', '-')}~{hashlib.sha256(text.encode()).hexdigest()[:6]}"
 
 
 def hparam_dir(pairs: Sequence[Tuple[str, Any]], fp: Optional[Mapping[str, Any]] = None) -> str:

@@ -30,7 +30,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, TextIO, Tuple
 from tqdm import tqdm
 
 from dassl.cli import ArgumentParser
-from dassl.utils import UnreadableImageError, read_image, shown_path
+from dassl.utils import UnreadableImageError, read_image, shown_path, usable_cpus
 from datasets.laion_beyond import (
     MISSING,
     SUBSETS,
@@ -168,7 +168,7 @@ def _decode_one(path: str) -> Tuple[Optional[str], str]:
 def _decode_all(paths: Sequence[str], workers: int = 0, progress: bool = True) -> Dict[str, Tuple[Optional[str], str]]:
     """``{path: (reason or None, digest)}``, in a process pool (0 workers: all cores). Decoding is
     CPU-bound, so processes rather than threads; with one worker it runs in process."""
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cpus()
     bar = tqdm(total=len(paths), desc="decoding images", unit="img", disable=not progress, file=sys.stderr)
     results: Dict[str, Tuple[Optional[str], str]] = {}
     try:

@@ -77,6 +77,7 @@ from dassl.utils import (
     hold_output_dir,
     set_random_seed,
     setup_logger,
+    usable_cpus,
 )
 from dassl.utils.identity import json_digest
 from dassl.utils.registry import RegistryKeyError
@@ -455,7 +456,7 @@ def auto_workers(cells: Sequence[Cell]) -> int:
     one where CUDA is available (the groups would share one device)."""
     if torch.cuda.is_available():
         return 1
-    return max(1, min(os.cpu_count() or 1, len(group_cells(cells))))
+    return max(1, min(usable_cpus(), len(group_cells(cells))))
 
 
 def _threads_per_worker(workers: int, threads: int) -> int:
@@ -465,7 +466,7 @@ def _threads_per_worker(workers: int, threads: int) -> int:
     FSNL step takes 0.092 s with 1 thread and 0.140 s with 2 (``benchmarks.grid`` measures the grid)."""
     if threads > 0:
         return int(threads)
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
+    return max(1, usable_cpus() // max(1, workers))
 
 
 def _group_cost(group: Sequence[Cell]) -> float:
@@ -551,6 +552,15 @@ def _run_groups(groups: Dict[Tuple[str, str], List[Cell]], summary: GridSummary,
                     after_cell(cell)
 
 
+def _silence_stdout() -> None:
+    """Point file descriptor 1 at /dev/null: later writes, and the flush at exit, find no closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+
+
 class _Progress:
     """The grid's console: a tqdm bar of cells (done / total, ETA) and one line per finished cell,
     numbered across the whole grid. The worker processes' cells arrive through :meth:`done` too."""
@@ -561,7 +571,12 @@ class _Progress:
 
     def done(self, _cell: Optional[Cell], line: str, why: Optional[str] = None, seconds: float = 0.0) -> None:
         self.count += 1
-        self.bar.write(f"[{self.count}/{self.total}] {line}")
+        try:
+            self.bar.write(f"[{self.count}/{self.total}] {line}")
+        except BrokenPipeError:
+            # the reader went away (``| head``, a dead ``tee`` or ssh session): the grid goes on with its
+            # console silenced, instead of a traceback that stopped the remaining cells
+            _silence_stdout()
         self.bar.update(1)
 
     def close(self) -> None:
@@ -832,7 +847,7 @@ def _check_args(args: argparse.Namespace) -> None:
     written (``--dry-run`` creates nothing), before any cell runs."""
     if args.views < 1:
         raise ConfigError(f"--views {args.views}: the number of augmented views per image must be >= 1")
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
     for name in ("workers", "threads"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name} {getattr(args, name)}: must be >= 0 (0 picks it from the CPU cores)")

@@ -74,6 +74,7 @@ import os
 import os.path as osp
 import queue
 import shlex
+import signal
 import subprocess
 import threading
 import time
@@ -85,7 +86,7 @@ import yaml
 
 from dassl import results
 from dassl.cli import ArgumentParser, console_logging
-from dassl.utils import absolute_path, atomic_write_text, check_writable_dir, load_yaml
+from dassl.utils import absolute_path, atomic_write_text, check_writable_dir, load_yaml, usable_cpus
 from scripts import grid, sweep
 from scripts.domains import REPO_ROOT
 from scripts.run_identity import (
@@ -383,7 +384,7 @@ THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 def default_threads(workers: int, cores: Optional[int] = None) -> int:
     """CPU threads per worker: the cores shared evenly, at least one."""
-    return max(1, (cores or os.cpu_count() or 1) // max(1, workers))
+    return max(1, (cores or usable_cpus()) // max(1, workers))
 
 
 def error_line(log_path: str) -> str:
@@ -434,6 +435,15 @@ def _keep_earlier_log(path: Path) -> None:
         n += 1
         target = path.with_name(f"{path.name}-{stamp}.{n}")
     path.rename(target)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, systemd, a batch allocation ending), handled as Ctrl-C is: the running jobs
+    are stopped and waited for. Before, the launcher died at once and its jobs ran on, orphaned."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def run_local(
@@ -554,11 +564,18 @@ def run_local(
         # join() in small steps so that Ctrl-C reaches the main thread.
         while todo.unfinished_tasks:
             time.sleep(0.05)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (:class:`Terminated`)
         stop.set()
         with lock:
-            for proc in running.values():
-                proc.terminate()
+            procs = list(running.values())
+        for proc in procs:
+            proc.terminate()
+        try:  # wait for them: a job left running held its folder, and the relaunch was refused as "in use"
+            for proc in procs:
+                proc.wait()
+        except KeyboardInterrupt:  # a second signal: do not wait
+            for proc in procs:
+                proc.kill()
         raise
     finally:
         for _ in pool:
@@ -644,7 +661,13 @@ def slurm_script(
             "requeue() {",
             '  echo "signal received: stopping and requeueing"',
             '  if [ -n "$CHILD" ]; then kill -TERM "$CHILD" 2>/dev/null; wait "$CHILD"; fi',
-            '  scontrol requeue "${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID}}_${SLURM_ARRAY_TASK_ID}"',
+            '  if ! scontrol requeue "${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID}}_${SLURM_ARRAY_TASK_ID}"; then',
+            "    # not requeued (not permitted, or the job is ending): a success here marked the task",
+            "    # COMPLETED with its lines unrun; the failure keeps it visible, and a resubmission runs them",
+            '    echo "error: the requeue failed; lines ${LINE:-$FIRST} to $((FIRST + CHUNK - 1)) of $COMMANDS are not '
+            'all finished: submit the list again (finished lines are skipped)" >&2',
+            "    exit 1",
+            "  fi",
             "  exit 0",
             "}",
             "trap requeue USR1 TERM",
@@ -761,7 +784,7 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         value = getattr(args, name)
         if value is not None and value < low:
             parser.error(f"--{name.replace('_', '-')} {value}: must be >= {low}")
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
     if args.threads is not None and args.threads > cores:  # each job's OpenMP pool died allocating them
         parser.error(f"--threads {args.threads}: more than this machine's {cores} CPU cores")
 
@@ -860,14 +883,22 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     gpus = visible_gpus(args.gpus)
     workers = args.workers or max(1, len(gpus))
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
     try:
         summary = run_local(commands, workers, gpus, args.retries, args.log_dir, args.cwd, args.force, args.threads)
     except RunConflict as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("terminated (SIGTERM); running jobs were stopped; rerun the launch to continue", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("interrupted; running jobs were terminated", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     print(f"launch: {summary.line()} ({summary.workers} worker(s), GPUs: {','.join(gpus) or 'none'})", file=sys.stderr)
     for c, reason, log in summary.failed:
         print(f"  FAILED job {c.index} ({reason}, log {log}): {c.cmd}", file=sys.stderr)

@@ -619,8 +619,10 @@ def _drop_duplicates(recs: List[RunRecord]) -> List[RunRecord]:
 
 
 #: Config keys a method's sweep sets per shot count (the rule's batch size and learning rate, each shot
-#: count's config file's schedule): the points of one curve may differ in them and still be one method.
-SHOT_SCHEDULE_PREFIXES = ("DATASET.NUM_SHOTS", "OPTIM.", "TRAIN.", "DATALOADER.TRAIN_X.BATCH_SIZE")
+#: count's config file's epochs): the points of one curve may differ in them and still be one method.
+#: Exact keys: another optimizer, weight decay or schedule is another configuration.
+SHOT_SCHEDULE_KEYS = frozenset({"DATASET.NUM_SHOTS", "OPTIM.LR", "OPTIM.MAX_EPOCH", "DATALOADER.TRAIN_X.BATCH_SIZE",
+                                "TRAIN.CHECKPOINT_FREQ"})
 
 
 def _differing(idents: Sequence[Dict[str, Any]]) -> set:
@@ -631,7 +633,7 @@ def _differing(idents: Sequence[Dict[str, Any]]) -> set:
 def _variant_labels(runs: Sequence[RunRecord]) -> Dict[Tuple[str, str], str]:
     """``{(method, config key): label}``: for each method, the keys whose values differ between its
     configurations inside any (dataset, shots) cell, or across the shot counts of one dataset outside
-    :data:`SHOT_SCHEDULE_PREFIXES` (a curve joined 1-shot runs of one views setting to 2-shot runs of
+    :data:`SHOT_SCHEDULE_KEYS` (a curve joined 1-shot runs of one views setting to 2-shot runs of
     another, unlabelled), and each configuration's values of those keys."""
     cells: Dict[Tuple[str, str, int], Dict[str, Dict[str, Any]]] = {}
     curves: Dict[Tuple[str, str], Dict[str, Dict[str, Any]]] = {}
@@ -645,7 +647,7 @@ def _variant_labels(runs: Sequence[RunRecord]) -> Dict[Tuple[str, str], str]:
             continue
         keys.setdefault(method, set()).update(_differing(list(configs.values())) or {"(legacy)"})
     for (method, _), configs in curves.items():
-        across = {k for k in _differing(list(configs.values())) if not k.startswith(SHOT_SCHEDULE_PREFIXES)}
+        across = _differing(list(configs.values())) - SHOT_SCHEDULE_KEYS
         if across:
             keys.setdefault(method, set()).update(across)
     labels: Dict[Tuple[str, str], str] = {}

@@ -16,3 +16,20 @@ switch_on() {
             ;;
     esac
 }
+
+# seed_list VAR DEFAULT: the seeds in VAR (whole numbers separated by spaces; DEFAULT when VAR is unset or
+# blank) into the array SEED_LIST; anything else stops the script with one error line. Before, the
+# wrappers' `for SEED in ${SEEDS}` expanded SEEDS='*' to file names (train.py then refused
+# `--seed README.md`, naming no SEEDS) and SEEDS='1,2' reached train.py as one seed.
+seed_list() {
+    local value="${!1:-}"
+    if [ -z "${value//[[:space:]]/}" ]; then value=$2; fi
+    read -r -a SEED_LIST <<<"$value"
+    local seed
+    for seed in "${SEED_LIST[@]}"; do
+        if ! [[ "$seed" =~ ^-?[0-9]+$ ]]; then
+            echo "error: $1='${!1}' holds '$seed', not a seed; give whole numbers separated by spaces, e.g. $1=\"1 2 3\"" >&2
+            exit 2
+        fi
+    done
+}

@@ -218,3 +218,18 @@ def test_skip_check_reads_the_words_of_a_non_ascii_path_under_the_c_locale(toy_r
     monkeypatch.setenv("FSNL_OVERWRITE", "1")
     assert run_identity.main(other) == 1  # run it: it replaces that run as asked
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("seeds, bad", [("*", "*"), ("1,2", "1,2"), ("1 two", "two")])
+def test_seeds_are_whole_numbers_or_one_error_line(tmp_path, recorder, seeds, bad):
+    """``SEEDS='*'`` expanded to file names (``--seed README.md``, train.py's error naming no SEEDS);
+    ``SEEDS='1,2'`` reached train.py as one seed."""
+    env, record = recorder
+    env.update(DATA=str(tmp_path / "data"), OUTPUT=str(tmp_path / "out"), SEEDS=seeds)
+    for script in (MAIN, EVAL):
+        proc = run_script(script, ["Animals92_42", "cpu_smoke", "end", "4", "2", "False"], env, tmp_path)
+        err = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and err == [
+            f"error: SEEDS='{seeds}' holds '{bad}', not a seed; give whole numbers separated by spaces, "
+            'e.g. SEEDS="1 2 3"'], proc.stderr
+    assert not record.exists() and not (tmp_path / "out").exists()

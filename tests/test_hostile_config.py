@@ -251,6 +251,7 @@ YAML_CASES = {
     # PyYAML kept the last OPTIM section: the first one's NAME/LR_SCHEDULER fell back to defaults, rc 0
     "duplicate_section": ("OPTIM:\n  NAME: sgd\n  LR: 0.1\nOPTIM:\n  LR: 0.5\n", "key 'OPTIM' is given twice (first on line 1)"),
     "duplicate_key": ("OPTIM:\n  LR: 0.1\n  LR: 0.5\n", "key 'LR' is given twice (first on line 2)"),
+    "duplicate_flow_key": ("OPTIM: {LR: 0.1, LR: 0.5}\n", "key 'LR' is given twice (first on line 1)"),
 }
 
 

@@ -339,3 +339,17 @@ def test_a_run_folder_as_the_grids_out_is_one_line(finished_grid, tmp_path, caps
     line = one_line(capsys, grid.main(grid_cli(tmp_path, run, ["zeroshot"])))
     assert f'--out "{run}" is the folder of one run' in line, line
     assert snapshot_tree(run) == before
+
+
+def test_a_closed_console_pipe_does_not_stop_the_grid(toy_root: Path, tmp_path: Path) -> None:
+    """``scripts.grid ... | head -1``: the second cell's line met a closed pipe, a BrokenPipeError traceback
+    (exit 1) stopped the grid with half its cells unrun. It goes on with its console silenced."""
+    out = tmp_path / "g"
+    argv = [sys.executable, "-m", "scripts.grid", *grid_cli(toy_root, out, ["fsnl", "coop"])]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().startswith("[1/2] ")
+    proc.stdout.close()  # what `| head -1` does after its line
+    err = proc.stderr.read() if proc.stderr is not None else ""
+    assert proc.wait(timeout=600) == 0 and "Traceback" not in err, err[-2000:]
+    assert len(list(out.rglob("results.json"))) == 2

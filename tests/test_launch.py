@@ -16,7 +16,7 @@ import pytest
 
 from dassl import results
 from datasets.make_toy import make_toy
-from scripts import launch, sweep
+from scripts import grid, launch, sweep
 from scripts.run_identity import command_argv, command_fingerprint, exit_status, invocation
 
 PY = shlex.quote(sys.executable)
@@ -240,12 +240,15 @@ def test_slurm_chunks_requeue_and_printed_defaults(tmp_path: Path, capsys: pytes
     assert res.returncode == 0 and (work / "r4").exists()
 
 
-def test_slurm_requeue_on_signal(tmp_path: Path) -> None:
-    """SIGUSR1 (SLURM's warning) stops the running command with SIGTERM and requeues the task."""
+@pytest.mark.parametrize("requeued", [True, False])
+def test_slurm_requeue_on_signal(tmp_path: Path, requeued: bool) -> None:
+    """SIGUSR1 (SLURM's warning) stops the running command with SIGTERM and requeues the task. A requeue
+    that fails (not permitted, the job ending) ended the task with 0 too: SLURM marked it COMPLETED with
+    its lines unrun. Now exit 1 and a line naming them."""
     work = tmp_path / "work"
     (work / "bin").mkdir(parents=True)
     fake = work / "bin" / "scontrol"
-    fake.write_text(f'#!/usr/bin/env bash\necho "$*" > {work / "requeued"}\n')
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" > {work / "requeued"}\n' + ("" if requeued else "exit 1\n"))
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     child = py(f"import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: (open({str(work / 'term')!r}, "
                "'w').write('x'), sys.exit(143))); time.sleep(60)")
@@ -254,15 +257,17 @@ def test_slurm_requeue_on_signal(tmp_path: Path) -> None:
     env = dict(os.environ, SLURM_ARRAY_TASK_ID="0", SLURM_ARRAY_JOB_ID="7", SLURM_SUBMIT_DIR=str(work),
                PATH=f"{work / 'bin'}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.Popen(["bash", str(work / "s" / "job.sbatch")], cwd=work, env=env, stdout=subprocess.PIPE,
-                            text=True)
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 30
     while "line 1" not in (proc.stdout.readline() or "") and time.time() < deadline:
         pass
     time.sleep(1.0)  # let the child install its handler
     proc.send_signal(signal.SIGUSR1)
-    assert proc.wait(timeout=30) == 0
+    assert proc.wait(timeout=30) == (0 if requeued else 1)
     assert (work / "term").exists()
     assert (work / "requeued").read_text().split() == ["requeue", "7_0"]
+    err = proc.stderr.read()
+    assert ("error: the requeue failed; lines 1 to 1 of" in err) != requeued, err
 
 
 def test_thread_cap_no_retry_on_exit_2_and_quoted_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -298,7 +303,7 @@ def test_the_cores_are_shared_among_the_workers_that_run(tmp_path: Path, capsys:
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """``--workers 8`` for two jobs runs two workers: each gets half the cores (it got an eighth), and
     the summary names the two (it printed the 8 asked for)."""
-    monkeypatch.setattr(launch.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(launch, "usable_cpus", lambda: 16)
     seen = tmp_path / "seen"
     cmds = tmp_path / "cmds.txt"
     cmds.write_text("\n".join(f'echo "$OMP_NUM_THREADS" >> {shlex.quote(str(seen))}' for _ in range(2)) + "\n")
@@ -307,6 +312,34 @@ def test_the_cores_are_shared_among_the_workers_that_run(tmp_path: Path, capsys:
     err = capsys.readouterr().err
     assert rc == 0 and seen.read_text().split() == ["8", "8"]
     assert "succeeded 2, skipped 0, failed 0 (2 worker(s)" in err, err
+
+
+def test_threads_split_the_cpus_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1-core allocation (``taskset -c 0``, a SLURM/cgroup share) on a 16-CPU node: each job got the
+    node's count (os.cpu_count), the oversubscription the cap exists to prevent."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert launch.default_threads(1) == 1 and grid._threads_per_worker(1, 0) == 1
+
+
+def test_sigterm_stops_the_running_jobs_and_waits_for_them(tmp_path: Path) -> None:
+    """SIGTERM (``timeout``, a batch allocation ending) killed the launcher at once (exit 143, no line)
+    and its job ran on with parent 1, holding its folder: the relaunch was refused as "in use"."""
+    pid_file = tmp_path / "job.pid"
+    cmds = tmp_path / "cmds.txt"
+    cmds.write_text(f"echo $$ > {shlex.quote(str(pid_file))}; exec sleep 300\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.launch", str(cmds), "--log-dir", str(tmp_path / "logs"),
+                             "--gpus", ""], cwd=launch.REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (pid_file.is_file() and pid_file.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.1)
+    job = int(pid_file.read_text())
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "terminated (SIGTERM); running jobs were stopped" in err, err
+    with pytest.raises(ProcessLookupError):
+        os.kill(job, 0)
 
 
 def test_exit_status_rule() -> None:
@@ -362,7 +395,7 @@ def test_force_lets_the_commands_overwrite(tmp_path: Path, capsys: pytest.Captur
 @pytest.mark.parametrize("case", ["unclosed_quote", "yaml_unclosed_quote", "bad_yaml", "missing", "directory",
                                   "binary", "nul_byte", "yaml_done_list", "yaml_done_newline", "yaml_empty",
                                   "yaml_blank", "yaml_empty_cmd", "yaml_unknown_key", "yaml_done_empty",
-                                  "yaml_done_twice"])
+                                  "yaml_done_twice", "yaml_done_twice_flow"])
 def test_bad_command_lists_are_one_line_before_any_job(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                          case: str) -> None:
     """Hostile command lists: the launch stops with one ``error:`` line naming the file (and the line)
@@ -390,6 +423,8 @@ def test_bad_command_lists_are_one_line_before_any_job(tmp_path: Path, capsys: p
         "yaml_done_empty": "commands[1]: 'done' is empty",
         # PyYAML kept the second marker silently: the entry was skipped when b.flag existed
         "yaml_done_twice": "is not valid YAML (line 4): key 'done' is given twice (first on line 3)",
+        # the check compared lines: two keys of one flow mapping passed
+        "yaml_done_twice_flow": "is not valid YAML (line 2): key 'done' is given twice (first on line 2)",
     }[case]
     if case == "unclosed_quote":
         src.write_text(f"{first}\n# comment\necho 'oops > x\n")
@@ -416,6 +451,8 @@ def test_bad_command_lists_are_one_line_before_any_job(tmp_path: Path, capsys: p
         src.write_text(f"commands:\n  - {json.dumps(first)}\n  - {{cmd: echo hi, dnoe: x.flag}}\n")
     elif case == "yaml_done_empty":
         src.write_text(f"commands:\n  - {json.dumps(first)}\n  - {{cmd: echo hi, done: ''}}\n")
+    elif case == "yaml_done_twice_flow":
+        src.write_text(f"commands:\n  - {{cmd: {json.dumps(first)}, done: a.flag, done: b.flag}}\n")
     elif case == "yaml_done_twice":
         src.write_text(f"commands:\n  - cmd: {json.dumps(first)}\n    done: a.flag\n    done: b.flag\n")
     rc = launch.main([str(src), "--cwd", str(tmp_path), "--log-dir", str(tmp_path / "logs")])

@@ -423,17 +423,21 @@ def _curve_run(root: Path, shots: int, seed: int, extra: Dict[str, Any]) -> None
     path.write_text(json.dumps(payload))
 
 
-@pytest.mark.parametrize("split", [True, False])
-def test_a_curve_never_joins_points_of_two_configurations(tmp_path: Path, split: bool) -> None:
+@pytest.mark.parametrize("split", [True, False, "optimizer"])
+def test_a_curve_never_joins_points_of_two_configurations(tmp_path: Path, split: Any) -> None:
     """1-shot runs with one feature-view setting and 2-shot runs with another were one unlabelled curve
     (labels split only within a shot count). A key the sweep sets per shot count (the rule's learning
     rate, the schedule) still joins: that is one method's curve."""
     root = tmp_path / "out"
     for seed in (1, 2):
-        _curve_run(root, 1, seed, {"OPTIM.LR": 0.1, "DATALOADER.FEATURE_CACHE.VIEWS": 1})
-        _curve_run(root, 2, seed, {"OPTIM.LR": 0.2, "DATALOADER.FEATURE_CACHE.VIEWS": 2 if split else 1})
+        _curve_run(root, 1, seed, {"OPTIM.LR": 0.1, "DATALOADER.FEATURE_CACHE.VIEWS": 1, "OPTIM.NAME": "sgd"})
+        _curve_run(root, 2, seed, {"OPTIM.LR": 0.2, "DATALOADER.FEATURE_CACHE.VIEWS": 2 if split is True else 1,
+                                   "OPTIM.MAX_EPOCH": 20, "OPTIM.NAME": "adam" if split == "optimizer" else "sgd"})
     curves = ptr.build_curves(ptr.collect(str(root)))["curves"]
-    if split:
+    if split == "optimizer":  # "OPTIM." was schedule: runs of two optimizers were one curve
+        assert sorted(c["label"] for c in curves) == ["CLIP-Adapter [OPTIM.NAME='adam']",
+                                                      "CLIP-Adapter [OPTIM.NAME='sgd']"]
+    elif split:
         assert sorted((c["label"], [k for k, _ in c["points"]]) for c in curves) == [
             ("CLIP-Adapter [DATALOADER.FEATURE_CACHE.VIEWS=1]", [1]),
             ("CLIP-Adapter [DATALOADER.FEATURE_CACHE.VIEWS=2]", [2])]

@@ -542,5 +542,8 @@ def test_two_opts_values_never_share_a_folder(toy_root: Path, tmp_path: Path) ->
 
     assert folder("a--photo-of") == "TRAINER.COOP.CTX_INIT_a--photo-of"
     lossy = folder("a  photo/of")
-    assert lossy.startswith("TRAINER.COOP.CTX_INIT_a--photo-of-") and len(lossy) == len("TRAINER.COOP.CTX_INIT_a--photo-of") + 7
-    assert lossy != folder("a //photo of")
+    assert lossy.startswith("TRAINER.COOP.CTX_INIT_a--photo-of~") and len(lossy) == len("TRAINER.COOP.CTX_INIT_a--photo-of") + 7
+    assert lossy != folder("a //photo of") and folder(lossy.split("_", 1)[1].split("_", 1)[1]) != lossy
+    # a value that spells a second pair is not the folder of the two pairs
+    spelled = folder("a_TRAINER.COOP.PREC_fp32")
+    assert spelled.startswith("TRAINER.COOP.CTX_INIT_a_TRAINER.COOP.PREC_fp32~")

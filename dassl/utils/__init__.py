@@ -3,7 +3,7 @@
 Only light dependencies are imported here (torch, numpy, PIL): importing ``dassl`` must never pull
 in optional packages such as wilds or tensorboard (bug B34).
 """
-from .env import collect_env_info, package_versions
+from .env import collect_env_info, package_versions, usable_cpus
 from .logger import close_log_file, log_file_for, setup_logger
 from .meters import AverageMeter, MetricMeter
 from .registry import Registry, check_availability, closest_name
@@ -89,6 +89,7 @@ __all__ = [
     "derive_seed",
     "listdir_nohidden",
     "load_yaml",
+    "usable_cpus",
     "tolist_if_not",
     "load_checkpoint",
     "save_checkpoint",

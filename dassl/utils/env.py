@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import sys
 from typing import Dict
 
 import torch
 
-__all__ = ["collect_env_info", "package_versions"]
+__all__ = ["collect_env_info", "package_versions", "usable_cpus"]
 
 _PACKAGES = {
     "torch": "torch",
@@ -19,6 +20,15 @@ _PACKAGES = {
     "yacs": "yacs",
     "scikit-learn": "scikit-learn",
 }
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a SLURM or cgroup allocation, ``taskset``), else
+    ``os.cpu_count()``. Thread counts split these: a 4-core allocation on a 64-core node started 64
+    threads per job with the node's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def _version(dist: str) -> str:

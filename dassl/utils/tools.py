@@ -208,16 +208,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
-    first: Dict[Any, int] = {}
+    first: Dict[Any, Any] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         try:
-            line = first.setdefault(key, key_node.start_mark.line)
+            earlier = first.setdefault(key, key_node)
         except TypeError:  # an unhashable key: construct_mapping names it
             continue
-        if line != key_node.start_mark.line:
+        if earlier is not key_node:  # by node, not by line: {done: a, done: b} holds both on one line
             raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} is given twice (first on line {line + 1}); keep one", key_node.start_mark)
+                None, None, f"key {key!r} is given twice (first on line {earlier.start_mark.line + 1}); keep one",
+                key_node.start_mark)
     return loader.construct_mapping(node, deep=deep)
 
 

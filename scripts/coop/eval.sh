@@ -68,7 +68,8 @@ if [ -n "${LOAD_EPOCH:-}" ]; then LOAD=(--load-epoch "${LOAD_EPOCH}"); fi
 source scripts/run_unless_finished.sh
 RUN_ELSEWHERE="set OUTPUT to another folder"
 
-for SEED in ${SEEDS:-1 2 3}; do
+seed_list SEEDS "1 2 3"
+for SEED in "${SEED_LIST[@]}"; do
     MODEL_DIR=${OUTPUT}/${DATASET}/${TRAINER}/${HPARAMS}/seed${SEED}
     DIR=${OUTPUT}/evaluation/${TRAINER}/${HPARAMS}/${DATASET}_${SUB}/seed${SEED}
     run_unless_finished "${DIR}/results.json" "${PYTHON:-python}" train.py \

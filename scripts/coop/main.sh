@@ -56,7 +56,8 @@ OUTPUT=${OUTPUT:-output}
 source scripts/run_unless_finished.sh
 RUN_ELSEWHERE="set OUTPUT to another folder"
 
-for SEED in ${SEEDS:-1 2 3}; do
+seed_list SEEDS "1 2 3"
+for SEED in "${SEED_LIST[@]}"; do
     DIR=${OUTPUT}/${DATASET}/${TRAINER}/${CFG}_${SHOTS}shots/nctx${NCTX}_csc${CSC}_ctp${CTP}/seed${SEED}
     run_unless_finished "${DIR}/results.json" "${PYTHON:-python}" train.py \
         --root "${DATA}" \

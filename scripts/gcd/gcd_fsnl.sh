@@ -64,7 +64,8 @@ print(bs, format_lr(lr))' "$C" "$SHOTS")
 source scripts/run_unless_finished.sh
 RUN_ELSEWHERE="set OUT to another folder"
 
-for SEED in ${SEEDS:-1}; do
+seed_list SEEDS "1"
+for SEED in "${SEED_LIST[@]}"; do
     DIR="$OUT/GCD_${SUBFIELD}/shots_${SHOTS}/train/FSNL_openclip_GCD/MEPOCH_${EPOCHS}_BS_${BS}_LR_${LR}/seed${SEED}"
     cmd=("$PY" train.py --root "$DATA" --seed "$SEED" --trainer FSNL_openclip_GCD
         --dataset-config-file configs/datasets/LAION_Beyond_GCD.yaml

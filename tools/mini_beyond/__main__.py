@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import torch
 
 from dassl.cli import ArgumentParser
+from dassl.utils import usable_cpus
 from tools.mini_beyond import __doc__ as package_doc
 from tools.mini_beyond import build, demo, evaluate, golden, pretrain, render
 from tools.mini_beyond.common import ASSETS_DIR, LOG_FILE, WEIGHTS_FILE, domain_names, load_assets
@@ -131,7 +132,7 @@ def run(args) -> None:
             print("Failed cells:\n  " + "\n  ".join(failed))
             sys.exit(1)
     elif args.cmd == "golden":
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(usable_cpus())
         golden.write_golden(args.domain)
     elif args.cmd == "build":
         try:

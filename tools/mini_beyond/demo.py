@@ -31,7 +31,7 @@ import torch
 
 import train
 from dassl import results
-from dassl.utils import check_writable_dir, write_json
+from dassl.utils import check_writable_dir, usable_cpus, write_json
 from dassl.utils.identity import code_version
 from datasets.laion_beyond import SUBSETS, subset_dir_regex
 from scripts.domains import short_name
@@ -223,7 +223,7 @@ def check_demo_args(root: str, out: str, domains: Sequence[str], shots: int, see
 
 def main_from_args(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    torch.set_num_threads(args.threads or usable_cpus())
     result = run_demo(args.root, args.out, args.domains, args.shots, args.seed)
     return 1 if result["failed"] else 0
 
