@@ -33,10 +33,11 @@ import platform  # noqa: E402
 import random  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Callable, Dict, List, Optional, Sequence  # noqa: E402
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,6 +52,7 @@ import train  # noqa: E402
 from clip import add_clip_config, cpu_supports_bf16, load_clip, register_repo_configs  # noqa: E402
 from dassl.engine import build_trainer  # noqa: E402
 from dassl.utils import usable_cpus  # noqa: E402
+from scripts.parse_test_res import OutputError, check_output_target  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -108,19 +110,45 @@ def add_common_args(parser: argparse.ArgumentParser, repeats: int = 5, warmup: i
     parser.add_argument("--verbose", action="store_true", help="show the trainers' INFO logs")
 
 
+def refuse(message: str) -> NoReturn:
+    """A benchmark's user mistake: one ``error:`` line, exit 2, as every entry point (it was a bare line
+    with exit 1)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _written_result(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("markdown"), str)
+
+
+def check_json_target(path: str, option: str = "--json") -> None:
+    """Refuse (:func:`refuse`) a ``--json`` that would replace anything but an earlier benchmark result:
+    it overwrote whatever it named, the committed weights file included."""
+    try:
+        check_output_target(path, f"{option} {path}", "benchmark result", _written_result)
+    except (OutputError, OSError) as err:
+        refuse(str(err))
+
+
 def setup(args: argparse.Namespace) -> torch.device:
-    """Threads, logging, seeds and the device; refuses settings that cannot mean what they say."""
+    """Threads, logging, seeds and the device; refuses settings that cannot mean what they say, and a
+    ``--json`` target that is not an earlier result, before any work."""
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if args.threads < 1:
-        raise SystemExit("--threads must be positive")
+        refuse(f"--threads {args.threads}: must be positive")
     if args.repeats < 1 or args.warmup < 0:
-        raise SystemExit("--repeats must be >= 1 and --warmup >= 0")
+        refuse("--repeats must be >= 1 and --warmup >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
+        refuse("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
     if args.prec in GPU_PRECISIONS and args.device != "cuda" and not (args.prec == "bf16" and cpu_supports_bf16()):
-        raise SystemExit(f"--prec {args.prec} is a GPU precision here (this CPU has no native bfloat16); "
-                         "use --device cuda")
+        refuse(f"--prec {args.prec} is a GPU precision here (this CPU has no native bfloat16); use --device cuda")
+    if args.json:
+        check_json_target(args.json)
     torch.set_num_threads(args.threads)
     # numpy's BLAS too (scikit-learn's side of the probe benchmark): left at its default it starts a
     # thread per core, and on 2 cores next to torch that thrashed the L-BFGS fits 10-20x (an 8-shot C

@@ -154,6 +154,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="side of the stored JPEGs (default 256; 32 with --tiny)")
     parser.add_argument("--workers", type=int, default=0, help="DATALOADER.NUM_WORKERS")
     args = parser.parse_args(argv)
+    for name in ("images", "batch_size", "classes", "image_size"):  # 0 silently meant the default
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"argument --{name.replace('_', '-')}: {value}; must be >= 1 (leave it out for the default)")
+    if args.workers < 0:
+        parser.error(f"argument --workers: {args.workers}; must be >= 0")
     args.model = args.model or ("test-tiny" if args.tiny else "ViT-B-32")
     args.images = args.images or (24 if args.tiny else 128)
     args.batch_size = args.batch_size or (8 if args.tiny else 64)

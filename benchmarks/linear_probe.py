@@ -215,6 +215,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--converged", action="store_true",
                         help="also run the protocol with every fit converged (float64, tight tolerance; not timed)")
     args = parser.parse_args(argv)
+    for name in ("shots", "runs", "classes", "dim"):  # 0 or below: a numpy traceback mid-benchmark, or a default
+        values = getattr(args, name)
+        bad = [v for v in (values if isinstance(values, list) else [values]) if v is not None and v < 1]
+        if bad:
+            parser.error(f"argument --{name}: {bad[0]}; must be >= 1")
     args.classes = args.classes or (8 if args.tiny else 40)
     args.dim = args.dim or (16 if args.tiny else 128)
     args.shots = args.shots or ([1, 2] if args.tiny else [4, 8, 16])

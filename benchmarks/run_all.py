@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from dassl.cli import ArgumentParser  # noqa: E402
+from scripts.parse_test_res import OutputError, check_output_target  # noqa: E402
 
 BENCHMARKS = ("prompt_building", "fsnl_step", "eval_throughput", "linear_probe")
 
@@ -118,9 +119,40 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _written_report(path: Path) -> bool:
+    """An earlier results file of this script (its title line)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().startswith("# Benchmark results (")
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _written_raw(path: Path) -> bool:
+    """An earlier raw JSON beside the results file (its machine and per-benchmark sections)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and "machine" in data and isinstance(data.get("benchmarks"), dict)
+
+
+def check_out(out: Path, given: str) -> None:
+    """``--out`` and the ``.json`` beside it may replace only this script's earlier files, before any
+    benchmark runs: a user's notes.md and the notes.json beside it were overwritten (exit 0)."""
+    label = f"--out {given}" if given else f"the default results file {out}"
+    try:
+        check_output_target(str(out), label, "benchmark report", _written_report)
+        raw = out.with_suffix(".json")
+        check_output_target(str(raw), f"{raw} (beside {label})", "benchmark JSON", _written_raw)
+    except (OutputError, OSError) as err:
+        common.refuse(str(err))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     out = Path(args.out) if args.out else Path(__file__).resolve().parent / f"results_{args.device}.md"
+    check_out(out, args.out)
     info = common.machine_info(torch.device(args.device), args.threads)
     env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
     env.setdefault("OMP_NUM_THREADS", str(args.threads))

@@ -280,3 +280,53 @@ def test_grid_estimate_smoke(tmp_path, capsys):
         assert fsnl["seconds"][prec] == pytest.approx(fsnl["flops"] / (tflops * 1e12) + fsnl["steps"] * 5e-3)
         parts = sum(m["seconds"][prec] for m in data["methods"].values()) + data["image_seconds"][prec]
         assert data["total_seconds"][prec] == pytest.approx(parts)
+
+
+@pytest.mark.parametrize("what", ["user-json", "weights", "threads", "repeats"])
+def test_a_benchmark_mistake_is_one_line_before_any_work(tmp_path, capsys, what):
+    """``--json`` overwrote whatever it named (a user's file, the committed weights: exit 0), and argument
+    mistakes were a bare line with exit 1. Now one ``error:`` line, exit 2, the file untouched."""
+    target = tmp_path / ("mini_clip.safetensors" if what == "weights" else "mine.json")
+    target.write_bytes(b"\x00weights" if what == "weights" else b'{"mine": 1}')
+    argv = tiny_args(tmp_path, "pb")
+    if what in ("user-json", "weights"):
+        argv[argv.index("--json") + 1] = str(target)
+    elif what == "threads":
+        argv[argv.index("--threads") + 1] = "-1"
+    else:
+        argv[argv.index("--repeats") + 1] = "0"
+    before = target.read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        prompt_building.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    assert target.read_bytes() == before and not (tmp_path / "pb.json").exists()
+    if what in ("user-json", "weights"):
+        assert f"--json {target} exists and is not a benchmark result this tool wrote" in err[0]
+
+
+def test_run_all_never_replaces_a_users_report(tmp_path, capsys, monkeypatch):
+    """``run_all --out notes.md`` replaced the user's notes.md and the notes.json beside it (exit 0)."""
+    monkeypatch.setattr(run_all.subprocess, "run", lambda *a, **k: pytest.fail("a benchmark ran"))
+    for name, text in (("notes.md", "# my notes\n"), ("notes.json", '{"mine": 1}')):
+        (tmp_path / name).write_text(text)
+    for out in (tmp_path / "notes.md", tmp_path / "other.md"):
+        if out.name == "other.md":
+            (tmp_path / "other.json").write_text('{"mine": 2}')
+        with pytest.raises(SystemExit) as exit_info:
+            run_all.main(["--tiny", "--only", "prompt_building", "--out", str(out)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(err) == 1 and "is not a benchmark" in err[0], err
+    assert (tmp_path / "notes.md").read_text() == "# my notes\n" and (tmp_path / "other.json").read_text() == '{"mine": 2}'
+
+
+@pytest.mark.parametrize("bench, argv, expected", [
+    (linear_probe_bench, ["--tiny", "--shots", "0", "-3"], "argument --shots: 0; must be >= 1"),
+    (eval_throughput, ["--tiny", "--images", "0"], "argument --images: 0; must be >= 1"),
+])
+def test_a_count_below_one_is_one_line(capsys, bench, argv, expected):
+    """``--shots 0 -3`` was a numpy traceback mid-benchmark; ``--images 0`` silently ran the default 24."""
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith(f"error: {expected}"), err

@@ -653,3 +653,32 @@ def test_build_cli_refuses_bad_input_in_one_line(tmp_path, argv, expected):
     err = proc.stderr.strip()
     assert proc.returncode == 2 and err.startswith("error: ") and "\n" not in err and expected in err, err
     assert (root.read_text() == "keep") if root.is_file() else not any(root.rglob("*"))
+
+
+@pytest.mark.parametrize("where", ["subset-folder", "assets", "golden-typo"])
+def test_build_root_and_golden_domain_mistakes_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                            where: str) -> None:
+    """``build --root <root>/MiniPlants9_OOP`` built Food inside the Plants dataset folder (a later build
+    then offered to delete it as foreign); ``--root assets/mini_beyond`` wrote domain folders among the
+    shipped assets; ``golden --domain Plantz`` was a traceback naming --domains. One line, exit 2, nothing
+    written."""
+    assets = Path(mb_main.ASSETS_DIR)
+    before = sorted(p.name for p in assets.iterdir())
+    if where == "golden-typo":
+        argv = ["golden", "--domain", "Plantz"]
+        expected = "error: --domain Plantz: not a Mini-Beyond domain; choose from"
+    elif where == "assets":
+        argv = ["build", "--root", str(assets / "x"), "--domains", "Food"]
+        expected = f'error: --root "{assets / "x"}" lies inside the shipped assets'
+    else:
+        (tmp_path / "MiniPlants9_OOP").mkdir()
+        root = tmp_path / "MiniPlants9_OOP" / "nested"
+        argv = ["build", "--root", str(root), "--domains", "Food"]
+        expected = f'error: --root "{root}" lies inside the dataset folder "{tmp_path / "MiniPlants9_OOP"}"'
+    with pytest.raises(SystemExit) as exit_info:
+        mb_main.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith(expected), err
+    assert sorted(p.name for p in assets.iterdir()) == before
+    assert [p.name for p in tmp_path.iterdir()] == ([] if where != "subset-folder" else ["MiniPlants9_OOP"])
+    assert not list((tmp_path / "MiniPlants9_OOP").glob("*")) if where == "subset-folder" else True

@@ -13,6 +13,7 @@ if __name__ == "__main__":  # a Ctrl-C during the imports below: one line, not a
 
 import logging
 import os
+import re
 from typing import Optional, Sequence
 
 import torch
@@ -21,7 +22,7 @@ from dassl.cli import ArgumentParser
 from dassl.utils import usable_cpus
 from tools.mini_beyond import __doc__ as package_doc
 from tools.mini_beyond import build, demo, evaluate, golden, pretrain, render
-from tools.mini_beyond.common import ASSETS_DIR, LOG_FILE, WEIGHTS_FILE, domain_names, load_assets
+from tools.mini_beyond.common import ASSETS_DIR, DOMAINS, LOG_FILE, WEIGHTS_FILE, domain_names, load_assets
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -82,6 +83,25 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     run(args)
 
 
+#: A LAION-Beyond subset folder's name (``<Prefix><classes>_<OOP|IP>``), of any domain.
+_SUBSET_FOLDER = re.compile(r"[A-Za-z]\w*?\d+_(?:OOP|IP)")
+
+
+def check_build_root(root: str) -> None:
+    """``build --root`` neither inside the shipped assets (domain folders and a build stamp were written
+    among the renderer's inputs) nor inside another domain's subset folder (Food was built inside
+    MiniPlants9_OOP, and a later build of that root offered to delete it as foreign)."""
+    real = os.path.realpath(root)
+    assets = os.path.realpath(ASSETS_DIR)
+    if real == assets or real.startswith(assets + os.sep):
+        raise ValueError(f'--root "{root}" lies inside the shipped assets "{ASSETS_DIR}"; build into another folder')
+    head = real
+    while head != os.path.dirname(head):
+        if _SUBSET_FOLDER.fullmatch(os.path.basename(head)):
+            raise ValueError(f'--root "{root}" lies inside the dataset folder "{head}"; build into a folder outside it')
+        head = os.path.dirname(head)
+
+
 def check(args) -> None:
     """The user mistakes of one job, raised (``ValueError`` / ``OSError``, one line) before it reads,
     writes or computes anything; :func:`main` prints them as the ``error:`` line. What fails later is
@@ -100,9 +120,13 @@ def check(args) -> None:
     elif args.cmd == "compare":
         demo.check_compare_args(args.root, args.out, args.domains, args.shots, args.seeds, args.methods,
                                 args.results, args.workers, args.threads)
+    elif args.cmd == "golden":  # a typo was a traceback from inside the build, naming --domains
+        name = domain_names([args.domain], option="--domain")[0]
+        args.domain = next(d.prefix for d in DOMAINS if d.name == name)
     elif args.cmd == "build":
         if os.path.exists(args.root) and not os.path.isdir(args.root):
             raise NotADirectoryError(f'--root "{args.root}" is a file; give a folder for the benchmark')
+        check_build_root(str(args.root))
         if args.domains is not None:
             domain_names(args.domains)
 

@@ -54,7 +54,7 @@ DOMAINS: Tuple[Domain, ...] = (
     Domain("Transport", "MiniTransport", "vehicle", r"transport-(?!sign$).+"),
 )
 
-def domain_names(names: Sequence[str]) -> List[str]:
+def domain_names(names: Sequence[str], option: str = "--domains") -> List[str]:
     """The builder's domain names (``Animals``) for ``names`` given either way: as the builder's name or
     as the registered dataset (``MiniAnimals``, what ``demo`` / ``compare`` and ``train.py`` take); an
     unknown one is a ``ValueError`` listing both spellings. ``build`` took only the first and ``demo``
@@ -62,10 +62,10 @@ def domain_names(names: Sequence[str]) -> List[str]:
     by_any = {d.name: d.name for d in DOMAINS}
     by_any.update({d.prefix: d.name for d in DOMAINS})
     if not names:  # built nothing and said "already built"
-        raise ValueError("--domains names no domain; give at least one, or leave --domains out for all five")
+        raise ValueError(f"{option} names no domain; give at least one, or leave {option} out for all five")
     unknown = [n for n in names if n not in by_any]
     if unknown:
-        raise ValueError(f"--domains {' '.join(unknown)}: not a Mini-Beyond domain; choose from "
+        raise ValueError(f"{option} {' '.join(unknown)}: not a Mini-Beyond domain; choose from "
                          f"{', '.join(d.name for d in DOMAINS)} (or {', '.join(d.prefix for d in DOMAINS)})")
     return list(dict.fromkeys(by_any[n] for n in names))
 
