@@ -51,7 +51,7 @@ from yacs.config import CfgNode as CN  # noqa: E402
 import train  # noqa: E402
 from clip import add_clip_config, cpu_supports_bf16, load_clip, register_repo_configs  # noqa: E402
 from dassl.engine import build_trainer  # noqa: E402
-from dassl.utils import usable_cpus  # noqa: E402
+from dassl.utils import read_json_object, usable_cpus  # noqa: E402
 from scripts.parse_test_res import OutputError, check_output_target  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -118,11 +118,8 @@ def refuse(message: str) -> NoReturn:
 
 
 def _written_result(path: Path) -> bool:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(data, dict) and isinstance(data.get("markdown"), str)
+    data = read_json_object(path)
+    return data is not None and isinstance(data.get("markdown"), str)
 
 
 def check_json_target(path: str, option: str = "--json") -> None:

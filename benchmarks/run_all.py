@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from dassl.cli import ArgumentParser  # noqa: E402
+from dassl.utils import read_json_object  # noqa: E402
 from scripts.parse_test_res import OutputError, check_output_target  # noqa: E402
 
 BENCHMARKS = ("prompt_building", "fsnl_step", "eval_throughput", "linear_probe")
@@ -130,11 +131,8 @@ def _written_report(path: Path) -> bool:
 
 def _written_raw(path: Path) -> bool:
     """An earlier raw JSON beside the results file (its machine and per-benchmark sections)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(data, dict) and "machine" in data and isinstance(data.get("benchmarks"), dict)
+    data = read_json_object(path)
+    return data is not None and "machine" in data and isinstance(data.get("benchmarks"), dict)
 
 
 def check_out(out: Path, given: str) -> None:

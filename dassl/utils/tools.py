@@ -238,6 +238,17 @@ def read_json(fpath: str) -> Any:
         return json.load(f)
 
 
+def read_json_object(fpath: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
+    """The JSON object in ``fpath``, or None when it cannot be read, is not JSON or not an object: what
+    the "is this file an earlier output of ours?" checks ask before they let a rerun replace it."""
+    try:
+        with open(fpath, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 class WriteError(OSError):
     """A file of the run could not be written (read-only or full disk, a path component that is a
     file, ...). The message names the directory and the problem, so the CLI reports it in one line

@@ -1,7 +1,6 @@
 """``pretrain``: pre-train ``mini-clip`` from scratch on the emoji corpus (fp16 safetensors + log)."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -17,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from tqdm import tqdm
 
-from dassl.utils import atomic_write
+from dassl.utils import atomic_write, read_json_object
 from scripts.parse_test_res import check_output_target
 
 from .common import (
@@ -82,11 +81,8 @@ def written_weights(path: Path) -> bool:
 
 def written_log(path: Path) -> bool:
     """A pre-training log this job wrote: a JSON object naming ``mini-clip`` and holding a ``history``."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(data, dict) and data.get("model") == MODEL_NAME and "history" in data
+    data = read_json_object(path)
+    return data is not None and data.get("model") == MODEL_NAME and "history" in data
 
 
 def check_pretrain_args(out: Path, log_path: Path, steps: int, minutes: Optional[float], batch_size: int,
