@@ -223,32 +223,20 @@ def test_eval_of_a_finished_run_without_results_or_of_other_code_is_not_refused(
     assert json.loads((tmp_path / "b" / "results.json").read_text())["loaded"]["epoch"] == 1
 
 
-def test_eval_of_an_unfinished_run_without_its_config_reads_the_checkpoints_record(toy_root, killed_run, tmp_path,
-                                                                                   capsys):
-    """With config.yaml gone the killed run's epoch-1 checkpoint passed as the final model (exit 0): the
-    planned epochs are in the checkpoint's own fingerprint too."""
+@pytest.mark.parametrize("config", ["removed", "edited"])
+def test_eval_of_an_unfinished_run_reads_the_checkpoints_record(toy_root, killed_run, tmp_path, capsys, config):
+    """The planned epochs come from the checkpoint's own fingerprint, written with the weights. With
+    config.yaml gone, or edited to ``MAX_EPOCH: 1``, the killed run's epoch-1 checkpoint passed as the
+    final model (exit 0, filed as the 2-epoch model)."""
     run = tmp_path / "killed"
     shutil.copytree(killed_run, run)
-    (run / "config.yaml").unlink()
-    out = tmp_path / "eval"
-    capsys.readouterr()
-    assert train.cli(train_argv(toy_root, out, TRAINER, "OPTIM.MAX_EPOCH", "2",
-                                extra=("--eval-only", "--model-dir", str(run)))) == 2
-    line = one_error_line(capsys)
-    assert "its training has not finished" in line and "epoch 1 of OPTIM.MAX_EPOCH 2" in line
-    assert not out.exists()
-
-
-def test_eval_of_an_unfinished_run_trusts_the_checkpoint_over_an_edited_config(toy_root, killed_run, tmp_path,
-                                                                               capsys):
-    """config.yaml edited to ``MAX_EPOCH: 1`` made the killed run's epoch-1 checkpoint look final (exit 0,
-    filed as the 2-epoch model); the checkpoint's own fingerprint, written with the weights, says 2."""
-    run = tmp_path / "killed"
-    shutil.copytree(killed_run, run)
-    config = run / "config.yaml"
-    text = config.read_text()
-    assert "  MAX_EPOCH: 2\n" in text
-    config.write_text(text.replace("  MAX_EPOCH: 2\n", "  MAX_EPOCH: 1\n"))
+    path = run / "config.yaml"
+    if config == "removed":
+        path.unlink()
+    else:
+        text = path.read_text()
+        assert "  MAX_EPOCH: 2\n" in text
+        path.write_text(text.replace("  MAX_EPOCH: 2\n", "  MAX_EPOCH: 1\n"))
     out = tmp_path / "eval"
     capsys.readouterr()
     assert train.cli(train_argv(toy_root, out, TRAINER, "OPTIM.MAX_EPOCH", "2",
