@@ -426,35 +426,29 @@ def test_bad_command_lists_are_one_line_before_any_job(tmp_path: Path, capsys: p
         # the check compared lines: two keys of one flow mapping passed
         "yaml_done_twice_flow": "is not valid YAML (line 2): key 'done' is given twice (first on line 2)",
     }[case]
-    if case == "unclosed_quote":
-        src.write_text(f"{first}\n# comment\necho 'oops > x\n")
-    elif case == "yaml_unclosed_quote":
-        src.write_text(f"commands:\n  - {json.dumps(first)}\n  - \"echo 'oops\"\n")
-    elif case == "bad_yaml":
-        src.write_text(f"commands:\n  - [{first}\n")
-    elif case == "directory":
+    head = f"commands:\n  - {json.dumps(first)}\n"  # a YAML list whose first entry would run
+    text = {
+        "unclosed_quote": f"{first}\n# comment\necho 'oops > x\n",
+        "yaml_unclosed_quote": head + "  - \"echo 'oops\"\n",
+        "bad_yaml": f"commands:\n  - [{first}\n",
+        "nul_byte": f"{first}\necho a\x00b\n",
+        # shifted done.txt by a line: a later command was skipped as finished
+        "yaml_done_newline": head + "  - {cmd: echo hi, done: \"a\\nb\"}\n",
+        "yaml_done_list": head + "  - {cmd: echo hi, done: [1, 2]}\n",
+        "yaml_empty": head + '  - ""\n' + f"  - {json.dumps(first)}\n",
+        "yaml_blank": head + '  - "   "\n' + f"  - {json.dumps(first)}\n",
+        "yaml_empty_cmd": head + "  - {cmd: '', done: x.flag}\n",
+        "yaml_unknown_key": head + "  - {cmd: echo hi, dnoe: x.flag}\n",
+        "yaml_done_empty": head + "  - {cmd: echo hi, done: ''}\n",
+        "yaml_done_twice_flow": f"commands:\n  - {{cmd: {json.dumps(first)}, done: a.flag, done: b.flag}}\n",
+        "yaml_done_twice": f"commands:\n  - cmd: {json.dumps(first)}\n    done: a.flag\n    done: b.flag\n",
+    }
+    if case == "directory":
         src.mkdir()
     elif case == "binary":
         src.write_bytes(b"\xff\xfe\x00 not text")
-    elif case == "nul_byte":
-        src.write_text(f"{first}\necho a\x00b\n")
-    elif case == "yaml_done_newline":  # shifted done.txt by a line: a later command was skipped as finished
-        src.write_text(f"commands:\n  - {json.dumps(first)}\n  - {{cmd: echo hi, done: \"a\\nb\"}}\n")
-    elif case == "yaml_done_list":
-        src.write_text(f"commands:\n  - {json.dumps(first)}\n  - {{cmd: echo hi, done: [1, 2]}}\n")
-    elif case in ("yaml_empty", "yaml_blank"):
-        blank = '""' if case == "yaml_empty" else '"   "'
-        src.write_text(f"commands:\n  - {json.dumps(first)}\n  - {blank}\n  - {json.dumps(first)}\n")
-    elif case == "yaml_empty_cmd":
-        src.write_text(f"commands:\n  - {json.dumps(first)}\n  - {{cmd: '', done: x.flag}}\n")
-    elif case == "yaml_unknown_key":
-        src.write_text(f"commands:\n  - {json.dumps(first)}\n  - {{cmd: echo hi, dnoe: x.flag}}\n")
-    elif case == "yaml_done_empty":
-        src.write_text(f"commands:\n  - {json.dumps(first)}\n  - {{cmd: echo hi, done: ''}}\n")
-    elif case == "yaml_done_twice_flow":
-        src.write_text(f"commands:\n  - {{cmd: {json.dumps(first)}, done: a.flag, done: b.flag}}\n")
-    elif case == "yaml_done_twice":
-        src.write_text(f"commands:\n  - cmd: {json.dumps(first)}\n    done: a.flag\n    done: b.flag\n")
+    elif case in text:
+        src.write_text(text[case])
     rc = launch.main([str(src), "--cwd", str(tmp_path), "--log-dir", str(tmp_path / "logs")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
