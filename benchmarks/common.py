@@ -51,7 +51,7 @@ from yacs.config import CfgNode as CN  # noqa: E402
 import train  # noqa: E402
 from clip import add_clip_config, cpu_supports_bf16, load_clip, register_repo_configs  # noqa: E402
 from dassl.engine import build_trainer  # noqa: E402
-from dassl.utils import read_json_object, usable_cpus  # noqa: E402
+from dassl.utils import check_cpu_option, read_json_object, usable_cpus  # noqa: E402
 from scripts.parse_test_res import OutputError, check_output_target  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -136,8 +136,10 @@ def setup(args: argparse.Namespace) -> torch.device:
     ``--json`` target that is not an earlier result, before any work."""
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    if args.threads < 1:
-        refuse(f"--threads {args.threads}: must be positive")
+    try:
+        check_cpu_option(args.threads, zero_means_all=False)
+    except ValueError as err:
+        refuse(str(err))
     if args.repeats < 1 or args.warmup < 0:
         refuse("--repeats must be >= 1 and --warmup >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():

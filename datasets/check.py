@@ -30,7 +30,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, TextIO, Tuple
 from tqdm import tqdm
 
 from dassl.cli import ArgumentParser
-from dassl.utils import UnreadableImageError, read_image, shown_path, usable_cpus
+from dassl.utils import UnreadableImageError, check_cpu_option, read_image, shown_path, usable_cpus
 from datasets.laion_beyond import (
     MISSING,
     SUBSETS,
@@ -283,8 +283,7 @@ def main(argv: Sequence[str] = (), stream: Optional[TextIO] = None) -> int:
     # mistakes are one ``error:`` line on stderr (they went to the report's stream, and a --root that is a
     # file or missing read as "no domain found"; --workers -1 was a traceback after the scan)
     try:
-        if args.workers < 0:
-            raise ValueError(f"--workers {args.workers}: must be >= 0 (0: all cores)")
+        check_cpu_option(args.workers, "--workers")  # --workers 100000 forked that many decoders at once
         if not os.path.isdir(root):
             raise ValueError(f"--root {args.root} is {'a file' if os.path.exists(root) else 'missing'}; "
                              "give the folder that holds the domain folders (DATASET.ROOT)")

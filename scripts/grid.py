@@ -71,6 +71,7 @@ from dassl.engine import build_trainer, expected_fingerprint
 from dassl.utils import (
     WriteError,
     absolute_path,
+    check_cpu_option,
     check_outside,
     check_writable_dir,
     clean_temp_files,
@@ -847,13 +848,12 @@ def _check_args(args: argparse.Namespace) -> None:
     written (``--dry-run`` creates nothing), before any cell runs."""
     if args.views < 1:
         raise ConfigError(f"--views {args.views}: the number of augmented views per image must be >= 1")
-    cores = usable_cpus()
-    for name in ("workers", "threads"):
-        if getattr(args, name) < 0:
-            raise ConfigError(f"--{name} {getattr(args, name)}: must be >= 0 (0 picks it from the CPU cores)")
-    if args.threads > cores:  # --threads 100000 died in libgomp without an error line
-        raise ConfigError(f"--threads {args.threads}: more than this machine's {cores} CPU cores (0 picks it from "
-                          "them)")
+    if args.workers < 0:
+        raise ConfigError(f"--workers {args.workers}: must be >= 0 (0 picks it from the CPU cores)")
+    try:
+        check_cpu_option(args.threads)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if not osp.isdir(args.root):
         raise ConfigError(f"--root {args.root} is not a directory (the dataset root)")
     if osp.isfile(osp.join(args.out, results.RESULTS_FILE)):  # the grid nested its tree inside that run

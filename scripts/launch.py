@@ -86,7 +86,14 @@ import yaml
 
 from dassl import results
 from dassl.cli import ArgumentParser, console_logging
-from dassl.utils import absolute_path, atomic_write_text, check_writable_dir, load_yaml, usable_cpus
+from dassl.utils import (
+    absolute_path,
+    atomic_write_text,
+    check_cpu_option,
+    check_writable_dir,
+    load_yaml,
+    usable_cpus,
+)
 from scripts import grid, sweep
 from scripts.domains import REPO_ROOT
 from scripts.run_identity import (
@@ -784,9 +791,11 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         value = getattr(args, name)
         if value is not None and value < low:
             parser.error(f"--{name.replace('_', '-')} {value}: must be >= {low}")
-    cores = usable_cpus()
-    if args.threads is not None and args.threads > cores:  # each job's OpenMP pool died allocating them
-        parser.error(f"--threads {args.threads}: more than this machine's {cores} CPU cores")
+    if args.threads is not None:  # each job's OpenMP pool died allocating more than the cores
+        try:
+            check_cpu_option(args.threads)
+        except ValueError as err:
+            parser.error(str(err))
 
 
 def _check_dirs(args: argparse.Namespace, commands: Sequence[Command]) -> None:

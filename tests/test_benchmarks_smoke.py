@@ -282,7 +282,7 @@ def test_grid_estimate_smoke(tmp_path, capsys):
         assert data["total_seconds"][prec] == pytest.approx(parts)
 
 
-@pytest.mark.parametrize("what", ["user-json", "weights", "threads", "repeats"])
+@pytest.mark.parametrize("what", ["user-json", "weights", "threads", "threads-above-cores", "repeats"])
 def test_a_benchmark_mistake_is_one_line_before_any_work(tmp_path, capsys, what):
     """``--json`` overwrote whatever it named (a user's file, the committed weights: exit 0), and argument
     mistakes were a bare line with exit 1. Now one ``error:`` line, exit 2, the file untouched."""
@@ -291,8 +291,8 @@ def test_a_benchmark_mistake_is_one_line_before_any_work(tmp_path, capsys, what)
     argv = tiny_args(tmp_path, "pb")
     if what in ("user-json", "weights"):
         argv[argv.index("--json") + 1] = str(target)
-    elif what == "threads":
-        argv[argv.index("--threads") + 1] = "-1"
+    elif what.startswith("threads"):
+        argv[argv.index("--threads") + 1] = "-1" if what == "threads" else "100000"
     else:
         argv[argv.index("--repeats") + 1] = "0"
     before = target.read_bytes()
@@ -303,6 +303,8 @@ def test_a_benchmark_mistake_is_one_line_before_any_work(tmp_path, capsys, what)
     assert target.read_bytes() == before and not (tmp_path / "pb.json").exists()
     if what in ("user-json", "weights"):
         assert f"--json {target} exists and is not a benchmark result this tool wrote" in err[0]
+    if what == "threads-above-cores":  # torch and OpenBLAS took them all: the timings measured thrashing
+        assert "--threads 100000: more than the" in err[0]
 
 
 def test_run_all_never_replaces_a_users_report(tmp_path, capsys, monkeypatch):

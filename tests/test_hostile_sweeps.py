@@ -328,7 +328,7 @@ def test_a_link_to_a_file_as_out_is_not_called_dangling(toy_root, tmp_path, caps
 def test_grid_threads_above_the_cores_are_one_line(toy_root, tmp_path, capsys):
     """``--threads 100000``: libgomp ran out of memory, no error line, a stray log file left."""
     line = one_line(capsys, grid.main(grid_cli(toy_root, tmp_path / "g", ["zeroshot"], "--threads", "100000")))
-    assert "--threads 100000: more than this machine's" in line
+    assert "--threads 100000: more than the" in line
     assert not (tmp_path / "g").exists()
 
 

@@ -24,6 +24,7 @@ from datasets import make_toy as toy
 from tests.helpers import REPO, snapshot_tree
 from tools.mini_beyond import __main__ as mb_main
 from tools.mini_beyond import render
+from tools.mini_beyond.common import ASSETS_DIR, SPLIT_FILE
 
 
 def one_error(capsys: pytest.CaptureFixture, argv: Sequence[str]) -> str:
@@ -90,10 +91,18 @@ def _link(d: Path) -> List[str]:
     return ["--out", str(d / "w.safetensors")]
 
 
+SPLIT = ASSETS_DIR / SPLIT_FILE
+
 PRETRAIN_CASES = [
     ("steps-0", lambda d: ["--out", str(d / "w.safetensors"), "--steps", "0"], "--steps 0: must be >= 1"),
     ("batch-1", lambda d: ["--out", str(d / "w.safetensors"), "--batch-size", "1"], "--batch-size 1:"),
     ("threads-0", lambda d: ["--out", str(d / "w.safetensors"), "--threads", "0"], "--threads 0: must be >= 1"),
+    # OpenMP died allocating the pool, no error line
+    ("threads-above-cores", lambda d: ["--out", str(d / "w.safetensors"), "--threads", "100000"],
+     "--threads 100000: more than the"),
+    # batches of the whole corpus were trained while the log recorded the size asked for
+    ("batch-above-corpus", lambda d: ["--out", str(d / "w.safetensors"), "--batch-size", "100000"],
+     f"--batch-size 100000: more than the {len(json.loads(SPLIT.read_text())['pretrain_indices'])} emoji"),
     ("minutes-0", lambda d: ["--out", str(d / "w.safetensors"), "--minutes", "0"], "--minutes 0.0:"),
     ("lr-0", lambda d: ["--out", str(d / "w.safetensors"), "--lr", "0"], "--lr 0.0: must be > 0"),
     ("out-dir", lambda d: (d / "w").mkdir() or ["--out", str(d / "w")], "is a directory"),
@@ -126,6 +135,7 @@ DEMO_CASES = [
     ("shots-0", lambda d: ["--shots", "0"], "--shots 0: every shot count must be >= 1"),
     ("shots-above-build", lambda d: ["--shots", "17"], "--shots 17: Mini-Beyond is built with 16"),
     ("negative-seed", lambda d: ["--seed", "-1"], "--seeds -1: every seed must be >= 0"),
+    ("threads-above-cores", lambda d: ["--threads", "100000"], "--threads 100000: more than the"),
     # every job failed with a WriteError traceback
     ("out-in-subset", lambda d: ["--out", str(d / "data" / "MiniAttire16_OOP" / "demo")], "lies inside the dataset folder"),
     ("user-figure", lambda d: write_bytes(d / "out" / "accuracy_vs_shots.png", b"mine") and [],
@@ -190,19 +200,22 @@ def test_render_refuses_missing_system_files_before_creating_assets(tmp_path, ca
 
 
 # ------------------------------------------------------------------------------- datasets.check
-@pytest.mark.parametrize("kind", ["file", "missing", "workers"])
+@pytest.mark.parametrize("kind", ["file", "missing", "workers", "workers-above-cores"])
 def test_check_mistakes_are_one_stderr_line(kind, tmp_path, capsys):
     """A ``--root`` that is a file or missing read as "No LAION-Beyond domain found" on stdout; ``--workers
-    -1`` was a traceback after the scan; an unknown domain's ``error:`` line went to stdout."""
+    -1`` was a traceback after the scan, ``--workers 100000`` forked that many decoders at once; an
+    unknown domain's ``error:`` line went to stdout."""
     (tmp_path / "file").write_text("x")
-    root = {"file": tmp_path / "file", "missing": tmp_path / "missing", "workers": tmp_path}[kind]
-    argv = ["--root", str(root), *(["--workers", "-1"] if kind == "workers" else [])]
+    root = {"file": tmp_path / "file", "missing": tmp_path / "missing"}.get(kind, tmp_path)
+    workers = {"workers": ["--workers", "-1"], "workers-above-cores": ["--workers", "100000"]}.get(kind, [])
+    argv = ["--root", str(root), *workers]
     out = io.StringIO()
     assert checker.main(argv, stream=out) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert out.getvalue() == "" and len(err) == 1 and err[0].startswith("error: "), err
     expected = {"file": f"--root {root} is a file", "missing": f"--root {root} is missing",
-                "workers": "--workers -1: must be >= 0"}[kind]
+                "workers": "--workers -1: must be >= 0",
+                "workers-above-cores": "--workers 100000: more than the"}[kind]
     assert expected in err[0]
 
 

@@ -3,7 +3,7 @@
 Only light dependencies are imported here (torch, numpy, PIL): importing ``dassl`` must never pull
 in optional packages such as wilds or tensorboard (bug B34).
 """
-from .env import collect_env_info, package_versions, usable_cpus
+from .env import check_cpu_option, collect_env_info, package_versions, usable_cpus
 from .logger import close_log_file, log_file_for, setup_logger
 from .meters import AverageMeter, MetricMeter
 from .registry import Registry, check_availability, closest_name
@@ -55,6 +55,7 @@ from .torchtools import (
 )
 
 __all__ = [
+    "check_cpu_option",
     "Registry",
     "requested_device",
     "check_availability",

@@ -31,6 +31,21 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
+def check_cpu_option(value: int, option: str = "--threads", zero_means_all: bool = True) -> None:
+    """Refuse (one-line ``ValueError``) a thread or process count that cannot mean what it says: below
+    1 (below 0 where 0 picks the count from the cores), or above the CPUs of :func:`usable_cpus`. Above
+    them, OpenMP died allocating its pool without an error line (``--threads 100000``), or a process
+    pool forked that many decoders at once; none of these programs gains from more than one per core."""
+    low = 0 if zero_means_all else 1
+    if value < low:
+        hint = " (0 picks it from the CPU cores)" if zero_means_all else ""
+        raise ValueError(f"{option} {value}: must be >= {low}{hint}")
+    cores = usable_cpus()
+    if value > cores:
+        raise ValueError(f"{option} {value}: more than the {cores} CPU core(s) this process may use; give at most "
+                         f"{cores}" + (" (or 0 for all of them)" if zero_means_all else ""))
+
+
 def _version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)

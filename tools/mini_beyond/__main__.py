@@ -41,7 +41,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--batch-size", type=int, default=256)
     t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--threads", type=int, default=pretrain.default_threads(),
+                   help="torch threads (default: 2, as the shipped weights were trained, or the usable cores if fewer)")
     e = sub.add_parser("eval", help="zero-shot / k-means accuracy of a mini-clip weights file")
     e.add_argument("--weights", type=Path, default=ASSETS_DIR / WEIGHTS_FILE)
     d = sub.add_parser("demo", help="the README's main job: build, zero-shot + FSNL at 4 shots, table, plot")
@@ -112,7 +113,7 @@ def check(args) -> None:
         render.read_meta(args.assets)
     elif args.cmd == "pretrain":
         pretrain.check_pretrain_args(args.out, args.out.with_name(LOG_FILE), args.steps, args.minutes,
-                                     args.batch_size, args.lr, args.threads)
+                                     args.batch_size, args.lr, args.threads, corpus=pretrain.corpus_size())
     elif args.cmd == "eval":
         evaluate.check_weights(args.weights)
     elif args.cmd == "demo":

@@ -31,7 +31,7 @@ import torch
 
 import train
 from dassl import results
-from dassl.utils import check_writable_dir, usable_cpus, write_json
+from dassl.utils import check_cpu_option, check_writable_dir, usable_cpus, write_json
 from dassl.utils.identity import code_version
 from datasets.laion_beyond import SUBSETS, subset_dir_regex
 from scripts.domains import short_name
@@ -97,8 +97,7 @@ def check_common_args(root: str, out: str, domains: Sequence[str], shots: Sequen
     """The mistakes the demo and the comparison share, refused in one line (``ValueError`` / ``OSError``)
     before the build: each was a traceback after building (a ``--root`` file, an unknown domain, ``--shots
     0``) or a failure of every run (``--out`` a file, shots above the built train images)."""
-    if threads < 0:
-        raise ValueError(f"--threads {threads}: must be >= 0 (0 picks it from the CPU cores)")
+    check_cpu_option(threads)
     if os.path.exists(root) and not os.path.isdir(root):
         raise NotADirectoryError(f'--root "{root}" is a file; give a folder for the benchmark')
     unknown = [d for d in domains if d not in DOMAINS]

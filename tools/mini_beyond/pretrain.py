@@ -16,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from tqdm import tqdm
 
-from dassl.utils import atomic_write, read_json_object
+from dassl.utils import atomic_write, check_cpu_option, read_json_object, usable_cpus
 from scripts.parse_test_res import check_output_target
 
 from .common import (
@@ -24,6 +24,7 @@ from .common import (
     LOG_FILE,
     MODEL_NAME,
     PRETRAIN_TEMPLATES,
+    SPLIT_FILE,
     WEIGHTS_FILE,
     Assets,
     emoji_captions,
@@ -34,6 +35,11 @@ from .evaluate import create_mini_clip, evaluate
 from .views import PRETRAIN_AUG, augment, normalize, rgba_tensor
 
 log = logging.getLogger(__name__)
+
+def default_threads() -> int:
+    """Two torch threads, as the shipped weights were trained, or fewer where fewer cores are usable."""
+    return min(2, usable_cpus())
+
 
 def _param_groups(model, weight_decay: float) -> List[Dict[str, object]]:
     """open_clip's rule: no weight decay on gains, biases, embeddings' 1-d params and logit scale."""
@@ -85,22 +91,35 @@ def written_log(path: Path) -> bool:
     return data is not None and data.get("model") == MODEL_NAME and "history" in data
 
 
+def corpus_size(directory: Path = ASSETS_DIR) -> int:
+    """The number of emoji in the pre-training corpus, from the split file alone (no image is read)."""
+    split = read_json_object(Path(directory) / SPLIT_FILE)
+    if split is None or not isinstance(split.get("pretrain_indices"), list):
+        raise ValueError(f"{Path(directory) / SPLIT_FILE}: missing or not a Mini-Beyond split file; "
+                         "rebuild it with `python -m tools.mini_beyond split`")
+    return len(split["pretrain_indices"])
+
+
 def check_pretrain_args(out: Path, log_path: Path, steps: int, minutes: Optional[float], batch_size: int,
-                        lr: float, threads: int) -> None:
+                        lr: float, threads: int, corpus: Optional[int] = None) -> None:
     """Refuse (one-line ``ValueError`` / ``OSError``, naming the option) counts that train nothing or
     cannot run, and targets the job must not write, before any step: ``--steps 0`` wrote random
     weights over the shipped ones and exited 0; ``--out`` a directory failed after the whole run;
-    a user's file at ``--out`` or beside it (``pretrain_log.json``) was overwritten."""
+    a user's file at ``--out`` or beside it (``pretrain_log.json``) was overwritten; a ``--batch-size``
+    above the ``corpus`` size trained on batches of the whole corpus while the log recorded the size
+    asked for (a batch holds no emoji twice: a repeat is a false negative of the contrastive loss)."""
     if minutes is None and steps < 1:
         raise ValueError(f"--steps {steps}: must be >= 1 (0 steps would save an untrained model)")
     if minutes is not None and not minutes > 0:
         raise ValueError(f"--minutes {minutes}: the time budget must be > 0")
     if batch_size < 2:
         raise ValueError(f"--batch-size {batch_size}: the contrastive loss needs at least 2 pairs per batch")
+    if corpus is not None and batch_size > corpus:
+        raise ValueError(f"--batch-size {batch_size}: more than the {corpus} emoji of the pre-training corpus "
+                         f"(a batch holds each at most once); give at most {corpus}")
     if not lr > 0:
         raise ValueError(f"--lr {lr}: must be > 0")
-    if threads < 1:
-        raise ValueError(f"--threads {threads}: must be >= 1")
+    check_cpu_option(threads, zero_means_all=False)
     if Path(out).name == log_path.name:
         raise ValueError(f"--out {out}: {log_path.name} is the name of the log written beside the weights; "
                          "give the weights another name")
@@ -159,7 +178,7 @@ def pretrain(
     lr: float = 1e-3,
     weight_decay: float = 0.1,
     warmup_frac: float = 0.05,
-    threads: int = 2,
+    threads: Optional[int] = None,
     log_every: int = 10,
     assets: Optional[Assets] = None,
     log_path: Optional[Path] = None,
@@ -173,7 +192,9 @@ def pretrain(
     """
     out = Path(out)
     log_path = Path(log_path) if log_path else out.with_name(LOG_FILE)
-    check_pretrain_args(out, log_path, steps, minutes, batch_size, lr, threads)
+    threads = default_threads() if threads is None else threads
+    check_pretrain_args(out, log_path, steps, minutes, batch_size, lr, threads,
+                        corpus=len(assets.split["pretrain_indices"]) if assets else corpus_size())
     torch.set_num_threads(threads)
     assets = assets or load_assets()
     if minutes is not None:
