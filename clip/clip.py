@@ -7,17 +7,19 @@ open_clip's BPE.
 
 Where the weights come from (:func:`_download`, first hit wins; nothing else is ever read):
 
-1. ``<root>/<file>`` (``root`` defaults to ``~/.cache/clip``, CoOp's and OpenAI's download root),
+1. the local file named by the environment variable ``CLIP_WEIGHTS``: the user's explicit choice, so
+   it comes first (it lost silently to a cached file). A weight file must hold the architecture of
+   the name asked for (a ViT-B/32 file ran as "ViT-B/16"); a folder is asked for ``<file>``, and
+   the sources below when it lacks it;
+2. ``<root>/<file>`` (``root`` defaults to ``~/.cache/clip``, CoOp's and OpenAI's download root),
    accepted only if its SHA-256 equals the digest OpenAI's URL carries;
-2. open_clip's ``openai`` weights of the model, from its cache or its hub (offline: only what is
+3. open_clip's ``openai`` weights of the model, from its cache or its hub (offline: only what is
    cached); a ``.safetensors`` file is converted once to ``<root>/<stem>-open_clip-<sha>.pt``;
-3. the local file named by the environment variable ``CLIP_WEIGHTS`` (a weight file, or a folder
-   holding ``<file>``);
 4. repository models (``_MODELS`` entries of ``clip/model_configs/`` whose registered default is
    ``none``, e.g. ``openai-tiny``): a seeded (0) random init written to ``<root>``, named by the
    digest of the model config, so a changed config never reuses stale weights.
 
-A file of 2. or 4. that this module wrote is reused only while it still reads as weights; a truncated
+A file of 3. or 4. that this module wrote is reused only while it still reads as weights; a truncated
 or damaged copy is written again (it ended every run in a ``torch.load`` traceback).
 
 If none applies, :class:`clip.BackboneNotFoundError` says so in one line (``train.py`` prints it as
@@ -31,6 +33,7 @@ import logging
 import os
 import os.path as osp
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
@@ -44,7 +47,7 @@ from dassl.results import WEIGHTS_RESOLVERS
 from dassl.utils import atomic_torch_save
 from dassl.utils.identity import content_identity, file_identity, json_digest
 
-from .loader import BackboneError, BackboneNotFoundError, register_repo_configs
+from .loader import BackboneError, BackboneNotFoundError, check_logit_scale, register_repo_configs
 from .model import CLIP, build_model, convert_weights
 from .pretrained import DEFAULT_WEIGHTS, MODEL_CONFIG_DIR
 from .simple_tokenizer import SimpleTokenizer
@@ -109,20 +112,122 @@ def _sha_ok(path: str, url: str) -> bool:
     return match is None or file_identity(path)["sha256"] == match.group(1)
 
 
+def _count_blocks(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+    return len({k[len(prefix):].split(".", 1)[0] for k in state if k.startswith(prefix)})
+
+
+def state_architecture(state: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
+    """The architecture an OpenAI-format state dict holds, read off its tensor shapes as
+    :func:`build_model` does, in the terms of open_clip's model configs (``embed_dim``, ``image_size``,
+    ``vision_layers``, ``vision_width``, ``patch_size``, ``context_length``, ``vocab_size``,
+    ``text_width``, ``text_layers``). Raises ``KeyError`` for a dict that is no OpenAI CLIP."""
+    arch: Dict[str, Any] = {
+        "embed_dim": int(state["text_projection"].shape[1]),
+        "context_length": int(state["positional_embedding"].shape[0]),
+        "vocab_size": int(state["token_embedding.weight"].shape[0]),
+        "text_width": int(state["ln_final.weight"].shape[0]),
+        "text_layers": _count_blocks(state, "transformer.resblocks."),
+    }
+    if "visual.proj" in state:  # a vision transformer
+        patch = int(state["visual.conv1.weight"].shape[-1])
+        grid = round((int(state["visual.positional_embedding"].shape[0]) - 1) ** 0.5)
+        arch.update(image_size=patch * grid, vision_layers=_count_blocks(state, "visual.transformer.resblocks."),
+                    vision_width=int(state["visual.conv1.weight"].shape[0]), patch_size=patch)
+    else:  # a modified ResNet: output grid x 32 pixels
+        grid = round((int(state["visual.attnpool.positional_embedding"].shape[0]) - 1) ** 0.5)
+        arch.update(image_size=grid * 32, vision_layers=[_count_blocks(state, f"visual.layer{b}.") for b in range(1, 5)],
+                    vision_width=int(state["visual.layer1.0.conv1.weight"].shape[0]), patch_size=None)
+    return arch
+
+
+def config_architecture(model_cfg: Mapping[str, Any]) -> Dict[str, Any]:
+    """:func:`state_architecture`'s terms for an open_clip model config."""
+    vision, text = model_cfg["vision_cfg"], model_cfg["text_cfg"]
+    layers = vision["layers"]
+    size = vision["image_size"]
+    return {
+        "embed_dim": int(model_cfg["embed_dim"]),
+        "context_length": int(text.get("context_length", 77)),
+        "vocab_size": int(text.get("vocab_size", 49408)),
+        "text_width": int(text["width"]),
+        "text_layers": int(text["layers"]),
+        "image_size": int(size[0] if isinstance(size, (list, tuple)) else size),
+        "vision_layers": [int(n) for n in layers] if isinstance(layers, (list, tuple)) else int(layers),
+        "vision_width": int(vision["width"]),
+        "patch_size": None if isinstance(layers, (list, tuple)) else int(vision["patch_size"]),
+    }
+
+
+@dataclass(frozen=True)
+class _FileFacts:
+    """What one weights file version holds, as far as the checks before a run need it."""
+
+    readable: bool
+    architecture: Optional[Dict[str, Any]] = None  # None: not an OpenAI-format CLIP state dict
+    logit_scale: Optional[float] = None
+
+
 @functools.lru_cache(maxsize=64)
-def _readable_version(real_path: str, size: int, mtime_ns: int) -> bool:
-    """Whether one file version reads as weights (``size``/``mtime_ns``: part of the memo key only)."""
+def _facts_version(real_path: str, size: int, mtime_ns: int) -> _FileFacts:
+    """:class:`_FileFacts` of one file version (``size``/``mtime_ns``: part of the memo key only)."""
     try:
-        load_state_dict(real_path)
+        state = load_state_dict(real_path)
     except Exception:  # noqa: BLE001  (a damaged zip, pickle or JIT archive fails in many ways)
-        return False
-    return True
+        return _FileFacts(False)
+    try:
+        arch = state_architecture(state)
+    except (KeyError, IndexError, AttributeError, TypeError):
+        arch = None
+    scale = state.get("logit_scale") if isinstance(state, Mapping) else None
+    return _FileFacts(True, arch, float(scale.float()) if torch.is_tensor(scale) and scale.numel() == 1 else None)
+
+
+def _facts(path: str) -> _FileFacts:
+    ident = file_identity(path, content_hash=False)
+    return _facts_version(ident["path"], ident["size"], ident["mtime_ns"])
 
 
 def _readable(path: str) -> bool:
     """Whether ``path`` reads as weights, checked once per file version."""
-    ident = file_identity(path, content_hash=False)
-    return _readable_version(ident["path"], ident["size"], ident["mtime_ns"])
+    return _facts(path).readable
+
+
+def _expected_architecture(url: str) -> Optional[Dict[str, Any]]:
+    """The architecture the ``_MODELS`` entry ``url`` names, from open_clip's (or the repository's)
+    model config; None when it has none."""
+    name = _name_of_url(url)
+    if name in OPEN_CLIP_NAMES:
+        stem = OPEN_CLIP_NAMES[name]
+    elif url.startswith(REPO_SCHEME):
+        stem = url[len(REPO_SCHEME):].split("/", 1)[0]
+        register_repo_configs()
+    else:
+        return None
+    model_cfg = open_clip.get_model_config(stem)
+    return config_architecture(model_cfg) if model_cfg else None
+
+
+def _check_user_file(path: str, url: str, value: str) -> None:
+    """The ``CLIP_WEIGHTS`` file ``path`` (the user's, given as ``value``) must hold the architecture
+    the run names, with a usable logit scale: a ViT-B/32 file ran as "ViT-B/16" with exit 0 (the model
+    is built from the file's shapes) and the results named ViT-B/16; another image size ended in a
+    traceback after the data was built. Unreadable files are left to :func:`openai_weights_identity`."""
+    facts = _facts(path)
+    if not facts.readable:
+        return
+    name = _name_of_url(url) or url
+    if facts.architecture is None:
+        raise BackboneError(f"{WEIGHTS_ENV}={value!r}: {path} is not an OpenAI-format CLIP state dict (it lacks "
+                            f"text_projection, positional_embedding or the visual tower); give {name}'s weights")
+    expected = _expected_architecture(url)
+    if expected is not None and facts.architecture != expected:
+        diff = [f"{k} {facts.architecture.get(k)} (not {expected[k]})" for k in expected
+                if facts.architecture.get(k) != expected[k]]
+        raise BackboneError(f"{WEIGHTS_ENV}={value!r}: {path} holds another architecture than CLIP {name!r}: "
+                            f"{', '.join(diff)}; point {WEIGHTS_ENV} at {name}'s weights, or set "
+                            "MODEL.BACKBONE.NAME to the model the file holds")
+    check_logit_scale(facts.logit_scale, f"{WEIGHTS_ENV}={value!r} ({path})")
+
 
 
 def _own_file_intact(path: str) -> bool:
@@ -155,15 +260,22 @@ def _from_open_clip(name: str, root: str) -> Optional[str]:
     return target
 
 
-def _from_env(filename: str) -> Optional[str]:
+def _from_env(url: str) -> Optional[str]:
+    """The file ``CLIP_WEIGHTS`` names for ``url``: the file itself (checked to hold the architecture of
+    ``url``'s model), or ``<folder>/<file>`` of a folder (None when the folder lacks it: the other
+    sources are asked next). A file that does not exist is one line."""
     value = os.environ.get(WEIGHTS_ENV, "").strip()
     if not value:
         return None
     path = osp.expanduser(value)
     if osp.isdir(path):
-        path = osp.join(path, filename)
-    if not osp.isfile(path):
-        raise BackboneNotFoundError(f"{WEIGHTS_ENV}={value!r}: no weight file {path!r}")
+        path = osp.join(path, osp.basename(url))
+        if not osp.isfile(path):
+            return None
+    elif not osp.isfile(path):
+        raise BackboneNotFoundError(f"{WEIGHTS_ENV}={value!r}: no weight file {path!r}; point it at a weights file "
+                                    "or a folder holding them, or unset it")
+    _check_user_file(path, url, value)
     return path
 
 
@@ -187,6 +299,11 @@ def _download(url: str, root: Optional[str] = None) -> str:
     root = osp.expanduser(root or DEFAULT_ROOT)
     filename = osp.basename(url)
     cached = osp.join(root, filename)
+    # the user's explicit choice first: a set CLIP_WEIGHTS lost silently to a file in ~/.cache/clip,
+    # and the run recorded the cached file's identity while the user believed it ran on theirs
+    found = _from_env(url)
+    if found:
+        return found
     if osp.isfile(cached):
         if not _sha_ok(cached, url):
             logger.warning("%s does not match the SHA-256 in its URL: not used", cached)
@@ -197,16 +314,15 @@ def _download(url: str, root: Optional[str] = None) -> str:
         found = _from_open_clip(name, root)
         if found:
             return found
-    found = _from_env(filename)
-    if found:
-        return found
     if url.startswith(REPO_SCHEME):
         found = _repo_weights(url[len(REPO_SCHEME):].split("/", 1)[0], cached)
         if found:
             return found
+    env = os.environ.get(WEIGHTS_ENV, "").strip()
     raise BackboneNotFoundError(
         f"no weights for CLIP {name or url!r}: not in {root}/, not in open_clip's cache (offline?), and "
-        f"{WEIGHTS_ENV} is unset; put {filename} in {root}/ or set {WEIGHTS_ENV} to the weight file"
+        + (f"not in the folder {WEIGHTS_ENV}={env!r}" if env else f"{WEIGHTS_ENV} is unset")
+        + f"; put {filename} in {root}/ or set {WEIGHTS_ENV} to the weight file"
     )
 
 

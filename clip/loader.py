@@ -225,10 +225,15 @@ def resolve_backbone(cfg: Any) -> BackboneSpec:
     if name.startswith(LOCAL_DIR_PREFIX):
         target = name[len(LOCAL_DIR_PREFIX):]
         found = _resolve_path(target)
-        if found is None or not found.is_dir():
+        if found is not None and not found.is_dir():  # said "not found" of a file that exists
+            raise BackboneError(
+                f"MODEL.BACKBONE.NAME {raw_name!r}: {str(found)!r} is a file, not an open_clip model folder; for a "
+                "weights file set MODEL.BACKBONE.NAME to its architecture and MODEL.BACKBONE.WEIGHTS to the file"
+            )
+        if found is None:
+            places = " and ".join(dict.fromkeys(str(p) for p in (Path.cwd(), REPO_ROOT)))
             raise BackboneNotFoundError(
-                f"MODEL.BACKBONE.NAME {raw_name!r}: directory {target!r} not found (looked in "
-                f"{Path.cwd()} and {REPO_ROOT})"
+                f"MODEL.BACKBONE.NAME {raw_name!r}: directory {target!r} not found (looked in {places})"
             )
         name = LOCAL_DIR_PREFIX + str(found)
     if name.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX)):
@@ -362,17 +367,33 @@ def _weights_cached(spec: BackboneSpec) -> bool:
         repo_id = spec.name[len(HF_HUB_PREFIX):]
         return _hub_file_cached(repo_id, ["open_clip_config.json"]) and _hub_file_cached(repo_id, list(HUB_WEIGHT_FILES))
     tag = open_clip.get_pretrained_cfg(spec.name, spec.weights)
-    if "file" in tag:
-        return True
+    return "file" in tag or cached_tag_file(spec) is not None
+
+
+def cached_tag_file(spec: BackboneSpec) -> Optional[str]:
+    """The local file holding a tag's weights, where open_clip looks for it without the network: its
+    hub file (safetensors first, open_clip's order) or its URL's file in ``~/.cache/clip``; None when
+    neither is there."""
+    tag = open_clip.get_pretrained_cfg(spec.name, spec.weights)
     hub = tag.get("hf_hub", "")
     if hub:
         repo_id, filename = os.path.split(hub)  # "org/repo/file" or "org/repo/" (open_clip's rule)
         filename = filename or "open_clip_pytorch_model.bin"
-        names = ["open_clip_model.safetensors", os.path.splitext(filename)[0] + ".safetensors", filename]
-        if _hub_file_cached(repo_id, names):
-            return True
+        for name in ("open_clip_model.safetensors", os.path.splitext(filename)[0] + ".safetensors", filename):
+            found = try_to_load_from_cache(repo_id, name)
+            if isinstance(found, str):
+                return found
     url = tag.get("url", "")
-    return bool(url) and os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url)))
+    path = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url)) if url else ""
+    return path if path and os.path.isfile(path) else None
+
+
+def _tag_owner(spec: BackboneSpec) -> str:
+    return f"MODEL.BACKBONE.WEIGHTS {spec.weights!r} of {spec.name}: the cached file"
+
+
+def _damaged_cache_advice(path: str) -> str:
+    return f"; delete {path} and download the weights again (or copy intact ones there)"
 
 
 def _download_hosts(spec: BackboneSpec) -> List[str]:
@@ -407,6 +428,13 @@ def check_backbone(cfg: Any) -> BackboneSpec:
     check_schema_files(spec)
     if spec.weights_kind == "file":
         check_weights_file(spec.weights)
+    elif spec.weights_kind == "tag":  # a truncated download in the cache was a traceback after the data loaded
+        cached = cached_tag_file(spec)
+        if cached is not None:
+            try:
+                check_weights_file(cached, owner=_tag_owner(spec))
+            except BackboneError as err:
+                raise BackboneError(f"{err}{_damaged_cache_advice(cached)}") from None
     return spec
 
 
@@ -574,23 +602,37 @@ def _first_sentence(e: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _diagnose_weights_file(path: str, build_random: Any) -> Optional[BackboneError]:
+def check_logit_scale(value: Optional[float], owner: str) -> None:
+    """A ``logit_scale`` whose exponential overflows (``exp(89)`` is inf in float32) turns every logit
+    into inf or NaN: a zero-shot run reported accuracies of NaN argmaxes with exit 0, and FSNL's
+    divergence was blamed on the learning rate. CLIP's is ln 100 = 4.61 at most, where open_clip's
+    training clamps it. ``owner`` names the weights."""
+    if value is not None and not torch.isfinite(torch.tensor(float(value), dtype=torch.float32).exp()):
+        raise BackboneError(f"{owner}: logit_scale {value:g} overflows its exponential (CLIP's is at most ln 100 "
+                            "= 4.61); these are not intact CLIP weights")
+
+
+def _diagnose_weights_file(path: str, build_random: Any, owner: str = "MODEL.BACKBONE.WEIGHTS",
+                           fix: str = "") -> Optional[BackboneError]:
     """Why open_clip could not load the weights file ``path``: unreadable, or of another architecture
-    (the keys of a random-init model of the requested one are compared). None when neither holds."""
+    (the keys of a random-init model of the requested one are compared). None when neither holds.
+    ``owner`` names what led to the file; ``fix`` replaces the advice (for a cached download, whose
+    fix is to download it again, not to give another file or architecture)."""
+    named = f'{owner} "{path}"'
     try:
         state = open_clip.factory.load_state_dict(path)
     except StopIteration:  # open_clip peeks at the first key: an empty state dict
-        return BackboneError(f'MODEL.BACKBONE.WEIGHTS "{path}" holds no state dict of tensors')
+        return BackboneError(f"{named} holds no state dict of tensors{fix}")
     except Exception as e:  # any reader failure (pickle, zip, safetensors header, EOF) means unreadable
         reason = _first_sentence(e)
         if os.path.getsize(path) == 0:
             reason = "the file is empty"
         return BackboneError(
-            f'MODEL.BACKBONE.WEIGHTS "{path}" is not a readable weights file ({type(e).__name__}: {reason}); '
-            "give a .pt/.bin/.safetensors state dict saved by torch or open_clip"
+            f"{named} is not a readable weights file ({type(e).__name__}: {reason})"
+            + (fix or "; give a .pt/.bin/.safetensors state dict saved by torch or open_clip")
         )
     if not isinstance(state, dict) or not state:
-        return BackboneError(f'MODEL.BACKBONE.WEIGHTS "{path}" holds no state dict of tensors')
+        return BackboneError(f"{named} holds no state dict of tensors{fix}")
     model = build_random()
     expected = model.state_dict()
     state = open_clip.factory.convert_state_dict(model, state)
@@ -599,16 +641,17 @@ def _diagnose_weights_file(path: str, build_random: Any) -> Optional[BackboneErr
     shapes = sorted(k for k in set(expected) & set(state) if torch.is_tensor(state[k])
                     and tuple(state[k].shape) != tuple(expected[k].shape))
     arch = getattr(build_random, "arch", "this model")
+    advice = fix or "; set MODEL.BACKBONE.NAME to the architecture they were saved from"
     if missing or unexpected:
         example = (missing or unexpected)[:3]
         return BackboneError(
             f'these weights do not fit {arch}: {len(missing)} missing / {len(unexpected)} unexpected keys '
-            f'(e.g. {example}) in "{path}"; set MODEL.BACKBONE.NAME to the architecture they were saved from'
+            f'(e.g. {example}) in {named}{advice}'
         )
     if shapes:
         return BackboneError(
             f'these weights do not fit {arch}: {len(shapes)} tensors of another shape (e.g. {shapes[:3]}) in '
-            f'"{path}"; set MODEL.BACKBONE.NAME to the architecture they were saved from'
+            f'{named}{advice}'
         )
     return None
 
@@ -759,6 +802,12 @@ def load_clip(cfg: Any, device: DeviceLike, precision: Union[str, Precision] = "
                 f"MODEL.BACKBONE.NAME {spec.name!r} could not be built ({type(e).__name__}: {_first_sentence(e)}); "
                 "its weights file must be a state dict of the model its open_clip_config.json describes"
             ) from e
+        elif spec.weights_kind == "tag" and (cached := cached_tag_file(spec)) is not None and (
+                problem := _diagnose_weights_file(cached, build_random, _tag_owner(spec),
+                                                  _damaged_cache_advice(cached))) is not None:
+            # the cached download is damaged or of another model (open_clip's own AssertionError or
+            # safetensors error was a traceback, or read as "could not fetch": nothing was fetched)
+            raise problem from e
         elif spec.weights_kind in ("tag", "schema") and isinstance(e, (RuntimeError, OSError)):
             reason = _first_sentence(e)
             raise BackboneError(
@@ -774,6 +823,9 @@ def load_clip(cfg: Any, device: DeviceLike, precision: Union[str, Precision] = "
                 f"the weights {_weights_source(spec)} of {spec.name} hold NaN or infinite values ({len(bad)} tensors, "
                 f"e.g. {bad[:3]}): every result would be chance level; give intact weights"
             )
+        scale = getattr(model, "logit_scale", None)
+        if torch.is_tensor(scale) and scale.numel() == 1:
+            check_logit_scale(float(scale.float()), f"the weights {_weights_source(spec)} of {spec.name}")
 
     model.eval()
     model.requires_grad_(False)

@@ -15,14 +15,18 @@ computation, and a user mistake must end in one ``error:`` line, not a traceback
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 
+import open_clip
 import pytest
 import torch
 
 import train
 from clip import clip as oai
+from clip.loader import register_repo_configs
 from dassl.data.transforms import build_transform
 from dassl.utils import read_image
 from tests.helpers import build, make_cfg, train_argv
@@ -174,3 +178,69 @@ def test_features_cached_under_another_image_decoder_are_recomputed(toy_root, tm
         features = torch.cat([b["feat"] for b in second.eval_loader("test")])
     assert caplog.text.count("image decoding changed") == 2  # the training views and the test features
     torch.testing.assert_close(features, _fresh_eval_features(second), atol=1e-5, rtol=1e-5)
+
+
+def _openai_tiny_state(tmp_path, **changes):
+    """The openai-tiny weights (the seeded init), with ``changes`` applied to some tensors."""
+    state = oai.load_state_dict(oai._download(oai._MODELS["openai-tiny"], root=str(tmp_path / "made")))
+    state.update(changes)
+    return state
+
+
+def _other_architecture_state():
+    """test-tiny's random weights in OpenAI's layout: the image size of openai-tiny (32) and its embedding
+    width (32), another text tower (width 32, not 64)."""
+    register_repo_configs()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return open_clip.create_model("test-tiny").state_dict()
+
+
+@pytest.mark.parametrize("kind", ["architecture", "logit-scale"])
+def test_clip_weights_that_are_not_the_named_model_are_one_line(toy_root, tmp_path, monkeypatch, capsys, kind):
+    """``CLIP_WEIGHTS`` naming another architecture's file: CoOp built the model from the file's shapes and
+    ran with exit 0, its results naming the model asked for (with another image size: a traceback after
+    the data loaded). A logit scale whose exponential overflows gave accuracies of NaN argmaxes. Now one
+    ``error:`` line naming the variable and what differs, before any output; the file is left as it was."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    mine = tmp_path / "mine.pt"
+    if kind == "architecture":
+        torch.save(_other_architecture_state(), mine)
+    else:
+        torch.save(_openai_tiny_state(tmp_path, logit_scale=torch.tensor(89.0)), mine)
+    data = mine.read_bytes()
+    monkeypatch.setenv(oai.WEIGHTS_ENV, str(mine))
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert train.cli(train_argv(toy_root, out, "CoOp")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {oai.WEIGHTS_ENV}=") and "\n" not in err and str(mine) in err, err
+    expected = ("holds another architecture than CLIP 'openai-tiny': text_width 32 (not 64)" if kind == "architecture"
+                else "logit_scale 89 overflows its exponential")
+    assert expected in err, err
+    assert mine.read_bytes() == data and not out.exists()
+
+
+def test_clip_weights_win_over_a_cached_file(toy_root, tmp_path, monkeypatch, capsys):
+    """With ``~/.cache/clip`` holding the model's file, a set ``CLIP_WEIGHTS`` was ignored without a word
+    (first hit won), and the run recorded the cached file's identity while the user believed it ran on
+    theirs. The user's explicit file comes first now: the run loads it and records its content."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(oai.WEIGHTS_ENV, raising=False)
+    url = oai._MODELS["openai-tiny"]
+    cached = oai._download(url)  # ~/.cache/clip/<file>
+    state = _openai_tiny_state(tmp_path)
+    state["text_projection"] = state["text_projection"] * 2  # the user's own weights of the same model
+    mine = tmp_path / "mine.pt"
+    torch.save(state, mine)
+    monkeypatch.setenv(oai.WEIGHTS_ENV, str(mine))
+    assert oai._download(url) == str(mine) != cached
+    folder = tmp_path / "folder"  # a folder without the file: the other sources are asked
+    folder.mkdir()
+    monkeypatch.setenv(oai.WEIGHTS_ENV, str(folder))
+    assert oai._download(url) == cached
+    monkeypatch.setenv(oai.WEIGHTS_ENV, str(mine))
+    out = tmp_path / "run"
+    assert train.cli(train_argv(toy_root, out, "CoOp", "OPTIM.MAX_EPOCH", "1")) == 0, capsys.readouterr().err
+    recorded = json.loads((out / "results.json").read_text())["fingerprint"]["weights"]
+    assert recorded["sha256"] == hashlib.sha256(mine.read_bytes()).hexdigest()

@@ -1150,6 +1150,21 @@ def test_local_dir_folders_open_clip_cannot_use_are_one_line(toy_root, tmp_path,
     assert not out.exists()
 
 
+@pytest.mark.parametrize("what", ["file", "missing"])
+def test_local_dir_naming_a_file_or_nothing_says_which(toy_root, tmp_path, capsys, what):
+    """``local-dir:`` naming a weights file said "directory ... not found" of a path that exists, and named
+    the same folder twice as where it looked."""
+    target = tmp_path / "w.safetensors"
+    if what == "file":
+        target.write_bytes(_saved(_tiny_state(), "safetensors"))
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, tmp_path / "run", TRAINER, "MODEL.BACKBONE.NAME",
+                                                       f"local-dir:{target}")))
+    if what == "file":
+        assert f"'{target}' is a file, not an open_clip model folder" in line and "MODEL.BACKBONE.WEIGHTS" in line, line
+    else:
+        assert "not found (looked in" in line and line.count(str(REPO)) == 1, line
+
+
 def test_nan_weights_are_one_line_not_chance_results(toy_root, tmp_path, capsys):
     """Weights full of NaN trained into a traceback, and a zero-shot evaluation filed chance accuracy."""
     state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in _tiny_state().items()}
@@ -1161,6 +1176,45 @@ def test_nan_weights_are_one_line_not_chance_results(toy_root, tmp_path, capsys)
                                                            str(path), extra=extra)))
         assert "hold NaN or infinite values" in line and str(path) in line, line
         assert not out.exists()
+
+
+def test_a_logit_scale_that_overflows_is_one_line_not_a_number(toy_root, tmp_path, capsys):
+    """Weights whose ``logit_scale`` is 89 (exp is inf in float32) differ from intact ones in a factor that
+    cannot change an argmax, yet zero-shot filed IP 33.3 where the intact weights give 0.0 (NaN argmaxes,
+    exit 0), and FSNL's divergence blamed the learning rate. Now one line naming the file and the key."""
+    state = _tiny_state()
+    state["logit_scale"] = torch.tensor(89.0)
+    path = tmp_path / "scale89.pt"
+    torch.save(state, path)
+    for trainer, extra in ((TRAINER, []), ("ZeroshotCLIP_openclip", ["--eval-only"])):
+        out = tmp_path / f"run_{trainer}"
+        line = one_error_line(capsys, train.cli(train_argv(toy_root, out, trainer, "MODEL.BACKBONE.WEIGHTS",
+                                                           str(path), extra=extra)))
+        assert "logit_scale 89 overflows its exponential" in line and str(path) in line, line
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("content", ["truncated", "other-architecture"])
+def test_a_damaged_cached_download_of_a_tag_is_one_line(toy_root, tmp_path, capsys, monkeypatch, content):
+    """A pretrained tag whose cached hub file is damaged (a download cut short) or holds another model:
+    a safetensors or open_clip ``AssertionError`` traceback after the data loaded, and an output folder
+    left behind. Now one line naming the cached file and the fix (delete it, download again)."""
+    from huggingface_hub import constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, "test-tiny",
+                        {"cachedtag": open_clip.pretrained._pcfg(hf_hub="me/tiny-tag/")})
+    data = (save_safetensors(_tiny_state())[:3000] if content == "truncated"
+            else _saved({k: v.float() for k, v in load_file(str(MINI_WEIGHTS)).items()}, "safetensors"))
+    _hub_cache(tmp_path / "hub", "me/tiny-tag", {"open_clip_model.safetensors": data})
+    out = tmp_path / "run"
+    line = one_error_line(capsys, train.cli(train_argv(toy_root, out, TRAINER, "MODEL.BACKBONE.WEIGHTS", "cachedtag")))
+    cached = next((tmp_path / "hub").rglob("open_clip_model.safetensors"))
+    assert "MODEL.BACKBONE.WEIGHTS 'cachedtag' of test-tiny: the cached file" in line, line
+    assert f"delete {cached} and download the weights again" in line, line
+    assert ("is not a readable weights file" if content == "truncated" else "do not fit test-tiny") in line, line
+    assert not out.exists() and cached.read_bytes() == data
 
 
 def _nan_checkpoint(path: Path) -> None:

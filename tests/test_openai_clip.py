@@ -136,7 +136,7 @@ def test_download_prefers_a_verified_cache_file(tmp_path, monkeypatch):
     assert oai._download(good, root=str(tmp_path / ".cache" / "clip")) == str(cached)
 
 
-def test_download_order_cache_then_open_clip_then_local_file(tmp_path, monkeypatch, caplog):
+def test_download_order_local_file_then_cache_then_open_clip(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv(oai.WEIGHTS_ENV, raising=False)
     url = oai._MODELS["ViT-B/16"]
@@ -153,16 +153,17 @@ def test_download_order_cache_then_open_clip_then_local_file(tmp_path, monkeypat
     assert not (tmp_path / ".cache").exists()  # nothing written on failure
 
     local = _write(tmp_path / "mine" / "ViT-B-16.pt", b"local")
-    monkeypatch.setenv(oai.WEIGHTS_ENV, str(local.parent))  # a folder holding <file> ...
-    assert oai._download(url) == str(local)
-    monkeypatch.setenv(oai.WEIGHTS_ENV, str(local))  # ... or the file itself
-    assert oai._download(url) == str(local)
-
     hub = tmp_path / "hub" / "open_clip_model.safetensors"
     hub.parent.mkdir()
     save_file({"w": torch.arange(3.0)}, str(hub))
     monkeypatch.setattr(open_clip.pretrained, "download_pretrained", lambda cfg, *a, **k: str(hub))
-    converted = oai._download(url)  # open_clip's weights win over the local file, made torch-readable
+    monkeypatch.setenv(oai.WEIGHTS_ENV, str(local.parent))  # the user's folder holding <file> wins ...
+    assert oai._download(url) == str(local)
+    monkeypatch.setenv(oai.WEIGHTS_ENV, str(local))  # ... and so does the file itself
+    assert oai._download(url) == str(local)
+
+    monkeypatch.delenv(oai.WEIGHTS_ENV)
+    converted = oai._download(url)  # then open_clip's weights, made torch-readable
     assert converted.startswith(str(tmp_path / ".cache" / "clip")) and converted.endswith(".pt")
     assert torch.equal(torch.load(converted, weights_only=True)["w"], torch.arange(3.0))
 
