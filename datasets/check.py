@@ -245,7 +245,9 @@ def check_root(root: str, domains: Sequence[str] = ()) -> List[DomainReport]:
 
 
 def format_table(reports: Sequence[DomainReport]) -> str:
-    header = ("Domain", "Subset", "Folder", "Classes", "Train", "Val", "Test", "Missing", "Bad", "Status")
+    # the status is the domain's (a clean IP row read "PROBLEMS" under a bare "Status" when its OOP
+    # subset had a bad image): problems such as a copied image or a class in both subsets span the two
+    header = ("Domain", "Subset", "Folder", "Classes", "Train", "Val", "Test", "Missing", "Bad", "Domain status")
     rows = []
     for rep in reports:
         if rep.absent:

@@ -1092,6 +1092,14 @@ class LaionBeyond(DatasetBase):
                 f"DATASET.NUM_SHOTS {shots}: no class of {os.path.basename(part.directory)} has that many training "
                 f"images (at most {largest}); use a shot count <= {largest}, or -1 for all images"
             )
+        counts = Counter(d.classname for d in part.train)
+        short = sorted((name for name, n in counts.items() if n < shots), key=lambda name: (counts[name], name))
+        if short:
+            # Dassl's rule (the reference's): a class with fewer than K images trains on all of them. Kept,
+            # but said: the run is filed as K-shot while these classes had fewer (it was silent)
+            logger.warning("DATASET.NUM_SHOTS %d: %d class(es) of %s have fewer training images and train on all of "
+                           "them: %s", shots, len(short), os.path.basename(part.directory),
+                           _inline([f"{name} ({counts[name]})" for name in short], limit=5))
         filename = f"shot_{shots}-seed_{seed}-{part.digest}.json"
         dirs = self._cache_dirs(part, cfg)
         legacy = os.path.join(part.directory, FEWSHOT_DIRNAME, f"shot_{shots}-seed_{seed}.pkl")

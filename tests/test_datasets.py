@@ -464,6 +464,8 @@ def test_checker_ok_table(toy):
     assert row.split()[2:8] == ["Animals5_OOP", "5", str(len(raw["train"])), str(len(raw["val"])),
                                 str(len(raw["test"])), "0"]
     assert "Food53_27" not in text  # not present under this root: skipped, not an error
+    # the status is the domain's: a clean IP row of a domain with a bad OOP image read "PROBLEMS" under "Status"
+    assert text.splitlines()[0].split("  ")[-1].strip() == "Domain status"
 
 
 def test_checker_reports_problems(toy):

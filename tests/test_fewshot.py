@@ -89,6 +89,26 @@ def test_counts_follow_k_and_val_min_k_4(toy):
         assert len(set(names(ds.train_x))) == len(ds.train_x)
 
 
+def test_classes_below_k_are_named_in_a_warning(toy, caplog):
+    """A class with fewer than K training images trains on all of them (Dassl's rule, kept), but the run
+    is filed as K-shot: that was silent. The warning names each such class of the trained subset with
+    its count, computed here from the split file."""
+    with open(split_file(toy), encoding="utf-8") as f:
+        raw = json.load(f)
+    counts = Counter(i["classname"] for i in raw["train"].values())
+    expected = sorted(f"{name} ({n})" for name, n in counts.items() if n < 3)
+    assert expected  # the toy's label 1 has 2 training images
+    with caplog.at_level(logging.WARNING, logger=laion_beyond.logger.name):
+        build_dataset(make_cfg(toy, shots=3))
+    lines = [r.getMessage() for r in caplog.records if "have fewer training images" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith(f"DATASET.NUM_SHOTS 3: {len(expected)} class(es) of {OOP} "), lines
+    assert sorted(lines[0].split("train on all of them: ")[1].split(", ")) == expected, lines
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=laion_beyond.logger.name):
+        build_dataset(make_cfg(toy, shots=2))
+    assert not [r for r in caplog.records if "have fewer training images" in r.getMessage()]
+
+
 def test_sample_equals_reference_and_depends_on_seed(toy):
     a = build_dataset(make_cfg(toy, shots=3, seed=1))
     assert [names(a.train_x), names(a.val)] == reference_sample(toy, 3, 1)
