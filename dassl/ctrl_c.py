@@ -9,9 +9,9 @@ from __future__ import annotations
 import signal
 import sys
 from types import FrameType
-from typing import Optional
+from typing import Callable, NoReturn, Optional
 
-__all__ = ["quiet_ctrl_c_while_loading", "INTERRUPTED"]
+__all__ = ["quiet_ctrl_c_while_loading", "exit_with", "INTERRUPTED"]
 
 #: Exit status of a program stopped by Ctrl-C (128 + SIGINT).
 INTERRUPTED = 130
@@ -31,6 +31,21 @@ def quiet_ctrl_c_while_loading() -> None:
     A program started with Ctrl-C ignored (``cmd &`` in a script, ``nohup``) keeps ignoring it."""
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _interrupt)
+
+
+def exit_with(main: Callable[[], Optional[int]]) -> NoReturn:
+    """The last line of an entry point run as the program: ``sys.exit(main())``, except that a Ctrl-C
+    which ``main`` leaves to Python prints ``interrupted`` and exits with status 130 (it was a
+    KeyboardInterrupt traceback from wherever the program was: a k-means fit, an image decode, a
+    feature batch). Programs that handle Ctrl-C themselves (``train.py``, ``scripts.grid``,
+    ``scripts.launch``) never let it reach here. Nothing is written by the interrupted step: every
+    output of these programs is written atomically at its end."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        code = INTERRUPTED
+    sys.exit(code)
 
 
 def _interrupt(_signum: int, frame: Optional[FrameType]) -> None:

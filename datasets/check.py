@@ -19,6 +19,10 @@ from pathlib import Path
 
 if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":  # a Ctrl-C during the imports below: one line, not a traceback
+    from dassl.ctrl_c import quiet_ctrl_c_while_loading
+
+    quiet_ctrl_c_while_loading()
 
 import hashlib
 import os
@@ -30,6 +34,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, TextIO, Tuple
 from tqdm import tqdm
 
 from dassl.cli import ArgumentParser
+from dassl.ctrl_c import exit_with
 from dassl.utils import UnreadableImageError, check_cpu_option, read_image, shown_path, usable_cpus
 from datasets.laion_beyond import (
     MISSING,
@@ -315,4 +320,4 @@ def main(argv: Sequence[str] = (), stream: Optional[TextIO] = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_with(main)

@@ -24,12 +24,17 @@ from pathlib import Path
 
 if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":  # a Ctrl-C during the imports below: one line, not a traceback
+    from dassl.ctrl_c import quiet_ctrl_c_while_loading
+
+    quiet_ctrl_c_while_loading()
 
 import logging
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from dassl.cli import ArgumentParser
+from dassl.ctrl_c import exit_with
 from datasets import check, laion_beyond
 from datasets.laion_beyond import SUBSETS, laion_beyond_domains
 
@@ -164,4 +169,4 @@ def main(argv: Sequence[str] = ()) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    exit_with(lambda: main(sys.argv[1:]))

@@ -18,6 +18,10 @@ from pathlib import Path
 
 if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":  # a Ctrl-C during the imports below: one line, not a traceback
+    from dassl.ctrl_c import quiet_ctrl_c_while_loading
+
+    quiet_ctrl_c_while_loading()
 
 import colorsys
 import json
@@ -30,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from dassl.cli import ArgumentParser
+from dassl.ctrl_c import exit_with
 from dassl.utils import atomic_write_text
 from datasets.laion_beyond import laion_beyond_domains
 
@@ -262,4 +267,4 @@ def main(argv: Sequence[str] = ()) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_with(main)

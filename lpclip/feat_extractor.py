@@ -74,6 +74,7 @@ from clip.loader import check_backbone
 from configs import ConfigError, build_cfg, check_cfg
 from dassl import results
 from dassl.cli import ArgumentParser
+from dassl.ctrl_c import exit_with
 from dassl.data import build_data_loader
 from dassl.data.datasets import build_dataset, data_dirs, data_identity
 from dassl.data.transforms import build_transform
@@ -459,4 +460,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -76,6 +76,7 @@ from sklearn.linear_model import LogisticRegression
 
 from dassl import results as results_contract
 from dassl.cli import ArgumentParser
+from dassl.ctrl_c import exit_with
 from dassl.utils import WriteError, atomic_write, check_writable_dir, hold_output_dir, requested_device
 from dassl.utils.identity import content_identity
 from lpclip import logreg
@@ -934,4 +935,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -31,6 +31,10 @@ from pathlib import Path
 
 if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":  # a Ctrl-C during the imports below: one line, not a traceback
+    from dassl.ctrl_c import quiet_ctrl_c_while_loading
+
+    quiet_ctrl_c_while_loading()
 
 import argparse
 import json
@@ -46,6 +50,7 @@ import torch
 
 from clip import normalize_model_name, register_repo_configs
 from dassl.cli import ArgumentParser
+from dassl.ctrl_c import exit_with
 from dassl.utils import WriteError, atomic_write_text
 from scripts.domains import DomainError, count_classes, repo_path, resolve_domain
 from scripts.fsnl_rule import fsnl_bs_lr
@@ -363,4 +368,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -15,6 +15,10 @@ from pathlib import Path
 
 if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":  # a Ctrl-C during the imports below: one line, not a traceback
+    from dassl.ctrl_c import quiet_ctrl_c_while_loading
+
+    quiet_ctrl_c_while_loading()
 
 import argparse
 import json
@@ -28,6 +32,7 @@ from sklearn.cluster import KMeans
 
 import train
 from dassl.cli import ArgumentParser
+from dassl.ctrl_c import exit_with
 from dassl.evaluation.clustering import clustering_accuracy
 from dassl.utils import atomic_write_text, set_random_seed
 from scripts.domains import LAION_BEYOND_DOMAINS, DomainError, count_classes, resolve_domains, short_name
@@ -179,4 +184,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

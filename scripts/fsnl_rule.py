@@ -15,11 +15,16 @@ from pathlib import Path
 
 if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":  # a Ctrl-C during the imports below: one line, not a traceback
+    from dassl.ctrl_c import quiet_ctrl_c_while_loading
+
+    quiet_ctrl_c_while_loading()
 
 import argparse
 from typing import List, Optional, Tuple
 
 from dassl.cli import ArgumentParser
+from dassl.ctrl_c import exit_with
 from scripts.domains import DomainError, count_classes, resolve_domain
 
 __all__ = ["BASE_BATCH_SIZE", "BASE_LR", "MAX_SHOTS_PER_BATCH", "fsnl_bs_lr", "format_lr", "fsnl_rule_for", "main"]
@@ -66,4 +71,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

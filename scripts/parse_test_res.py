@@ -91,6 +91,7 @@ from scipy import stats
 
 from dassl import results
 from dassl.cli import ArgumentParser
+from dassl.ctrl_c import exit_with
 from dassl.utils import WriteError, atomic_write_text, check_writable_dir
 from dassl.utils.identity import json_digest
 from scripts.domains import short_name
@@ -1376,4 +1377,4 @@ def _write_outputs(outputs: Sequence[Tuple[Optional[str], str]]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

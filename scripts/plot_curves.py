@@ -33,6 +33,7 @@ import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from dassl.cli import ArgumentParser
+from dassl.ctrl_c import exit_with
 from dassl.utils import WriteError, atomic_write
 from scripts.domains import names_dataset, short_name, unmatched_names
 from scripts.parse_test_res import (
@@ -265,4 +266,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -19,6 +19,10 @@ from pathlib import Path
 
 if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":  # a Ctrl-C during the imports below: one line, not a traceback
+    from dassl.ctrl_c import quiet_ctrl_c_while_loading
+
+    quiet_ctrl_c_while_loading()
 
 import argparse
 import logging
@@ -29,6 +33,7 @@ import torch
 
 import train
 from dassl.cli import ArgumentParser, non_negative_int
+from dassl.ctrl_c import exit_with
 from dassl.utils import WriteError, set_random_seed
 from scripts.domains import DomainError, count_classes, resolve_domain, short_name
 from scripts.features import add_backbone_args, cfg_from_args, image_features, load_backbone
@@ -169,4 +174,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

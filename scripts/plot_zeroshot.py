@@ -20,6 +20,10 @@ from pathlib import Path
 
 if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":  # a Ctrl-C during the imports below: one line, not a traceback
+    from dassl.ctrl_c import quiet_ctrl_c_while_loading
+
+    quiet_ctrl_c_while_loading()
 
 import argparse
 import math
@@ -28,6 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from dassl.cli import ArgumentParser
+from dassl.ctrl_c import exit_with
 from dassl.utils import WriteError
 from scripts.domains import names_dataset, short_name, unmatched_names
 from scripts.parse_test_res import ZEROSHOT_SHOTS, GroupSummary, OutputError
@@ -149,4 +154,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

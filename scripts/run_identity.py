@@ -29,6 +29,10 @@ from pathlib import Path
 
 if not __package__:  # run by path (python dir/script.py): the repo root goes first on sys.path, as under -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":  # a Ctrl-C during the imports below: one line, not a traceback
+    from dassl.ctrl_c import quiet_ctrl_c_while_loading
+
+    quiet_ctrl_c_while_loading()
 
 import argparse
 import contextlib
@@ -44,6 +48,7 @@ import train
 from configs import ConfigError
 from dassl import results
 from dassl.cli import ArgumentParser
+from dassl.ctrl_c import exit_with
 from dassl.engine import expected_fingerprint
 from dassl.utils import absolute_path
 from dassl.utils.registry import RegistryKeyError
@@ -438,4 +443,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

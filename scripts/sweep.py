@@ -48,6 +48,7 @@ import yaml
 from configs import ConfigError, build_cfg
 from dassl import results
 from dassl.cli import ArgumentParser, console_logging
+from dassl.ctrl_c import exit_with
 from dassl.utils import WriteError, check_writable_dir
 from dassl.utils.identity import code_version
 from dassl.utils.registry import RegistryKeyError
@@ -649,4 +650,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -94,9 +94,12 @@ def test_model_dir_and_load_epoch_without_eval_only_are_refused(extra, message, 
     assert err[0].endswith(" --help") and not out.exists()
 
 
-ENTRY_POINTS = ("train.py", "scripts/grid.py", "scripts/sweep.py", "scripts/launch.py", "lpclip/feat_extractor.py",
-                "lpclip/linear_probe.py", "tools/mini_beyond/__main__.py", "scripts/parse_test_res.py",
-                "scripts/plot_curves.py")
+#: Every program of the project (benchmarks/ are developer tools and left out).
+ENTRY_POINTS = tuple(sorted(
+    str(p.relative_to(REPO)) for d in ("", "scripts", "lpclip", "datasets", "tools", "tools/mini_beyond")
+    for p in (REPO / d).glob("*.py") if '\nif __name__ == "__main__":' in p.read_text()))
+#: Programs that handle a Ctrl-C while they run themselves (a summary, a resumable run's message).
+HANDLE_CTRL_C = ("train.py", "scripts/grid.py", "scripts/launch.py")
 _LOADING_PROGRAM = '''
 if __name__ == "__main__":
     from dassl.ctrl_c import quiet_ctrl_c_while_loading
@@ -160,6 +163,34 @@ def test_entry_points_quiet_ctrl_c_before_their_imports(entry):
     first = next(i for i, ln in enumerate(lines) if i > start and ln.startswith(("import ", "from "))
                  and ln not in ("import sys", "from pathlib import Path"))
     assert call < first, entry
+
+
+def test_the_entry_points_are_found():
+    assert {"train.py", "scripts/cluster_eval.py", "datasets/check.py", "tools/cluster_names.py",
+            "tools/mini_beyond/__main__.py", "lpclip/linear_probe.py"} <= set(ENTRY_POINTS), ENTRY_POINTS
+
+
+@pytest.mark.parametrize("entry", [e for e in ENTRY_POINTS if e not in HANDLE_CTRL_C])
+def test_entry_points_end_with_exit_with(entry):
+    """A Ctrl-C once ``main`` runs was a KeyboardInterrupt traceback from inside a k-means fit or an image
+    decode (``scripts.cluster_eval``, ``lpclip``, ``datasets.check`` ...): each program ends with
+    ``exit_with(main)``, which makes it one line."""
+    lines = (REPO / entry).read_text().rstrip().splitlines()
+    assert lines[-2] == 'if __name__ == "__main__":' and lines[-1].startswith("    exit_with("), lines[-2:]
+
+
+def test_a_ctrl_c_main_leaves_is_one_line(tmp_path):
+    prog = tmp_path / "prog.py"
+    prog.write_text("import os, signal, time\nfrom dassl.ctrl_c import exit_with\n\n\ndef main():\n"
+                    "    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(5)\n    return 0\n\n\nexit_with(main)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    res = subprocess.run([sys.executable, str(prog)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60)
+    assert (res.returncode, res.stderr) == (130, "interrupted\n")
+    prog.write_text("from dassl.ctrl_c import exit_with\n\nexit_with(lambda: 3)\n")
+    res = subprocess.run([sys.executable, str(prog)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60)
+    assert (res.returncode, res.stderr) == (3, "")
 
 
 def test_the_ctrl_c_module_imports_nothing_slow():

@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 import torch
 
 from dassl.cli import ArgumentParser
+from dassl.ctrl_c import exit_with
 from dassl.utils import usable_cpus
 from tools.mini_beyond import __doc__ as package_doc
 from tools.mini_beyond import build, demo, evaluate, golden, pretrain, render
@@ -170,4 +171,4 @@ def run(args) -> None:
             print(d)
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)
