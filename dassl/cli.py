@@ -69,6 +69,22 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+#: The largest seed NumPy and scikit-learn take (``random_state`` is a 32-bit unsigned int).
+MAX_SEED = 2**32 - 1
+
+
+def rng_seed(text: str) -> int:
+    """``type=`` of a ``--seed`` that reaches NumPy or scikit-learn (k-means, t-SNE): outside
+    0..2**32-1 it was their traceback after the features were computed, now argparse's one line."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{value}: must be in 0..{MAX_SEED}")
+    return value
+
+
 def console_logging(*names: str, fmt: str = "%(message)s") -> None:
     """A launcher's console: INFO lines of its own loggers ``names``, warnings only from the rest. Its
     checks build every job's config to compute the fingerprint, and the config code's INFO lines (which

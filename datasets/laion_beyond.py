@@ -86,6 +86,7 @@ __all__ = [
     "check_disjoint_classnames",
     "merge_subsets",
     "laion_beyond_domains",
+    "subset_dirs_under",
 ]
 
 logger = logging.getLogger(__name__)
@@ -1164,6 +1165,20 @@ class LaionBeyond(DatasetBase):
         else:
             logger.warning("Could not cache the few-shot split anywhere: %s", "; ".join(errors))
         return train, val
+
+
+def subset_dirs_under(root: str) -> List[str]:
+    """Every subset folder of every registered domain found under ``root``: what no analysis output may
+    be written into (``tools.cluster_names --out`` onto another domain's split file replaced it)."""
+    root = os.path.abspath(os.path.expanduser(str(root)))
+    found = []
+    for cls in laion_beyond_domains().values():
+        for subset in SUBSETS:  # every match, also where several make the domain ambiguous
+            regex = subset_dir_regex(cls.prefix, subset)
+            for hit in sorted(glob.glob(os.path.join(glob.escape(root), glob.escape(cls.prefix) + "*_" + subset))):
+                if os.path.isdir(hit) and regex.fullmatch(os.path.basename(hit)):
+                    found.append(hit)
+    return list(dict.fromkeys(found))
 
 
 def laion_beyond_domains() -> Dict[str, type]:

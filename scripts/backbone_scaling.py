@@ -52,7 +52,7 @@ from clip import normalize_model_name, register_repo_configs
 from dassl.cli import ArgumentParser
 from dassl.ctrl_c import exit_with
 from dassl.utils import WriteError, atomic_write_text
-from scripts.domains import DomainError, count_classes, repo_path, resolve_domain
+from scripts.domains import DomainError, check_shots, count_classes, has_subset, repo_path, resolve_domain
 from scripts.fsnl_rule import fsnl_bs_lr
 from scripts.parse_test_res import (
     ZEROSHOT_SHOTS,
@@ -153,9 +153,22 @@ def build_jobs(
     seeds: Sequence[int] = (1, 2, 3), zeroshot_seed: int = 1, num_classes: Optional[int] = None,
     config: str = DEFAULT_CONFIG, opts: Sequence[str] = (), python: str = "python",
 ) -> List[Job]:
-    """Zero-shot and FSNL jobs per backbone (class count read from ``root`` unless given)."""
+    """Zero-shot and FSNL jobs per backbone. The class count (the paper's batch-size and LR rule) is read
+    from ``root``; ``num_classes`` stands in for it only where the data is not there (planning elsewhere):
+    one that contradicts the data gave every run the batch size and LR of another class count, silently.
+    Shot counts above the data's are refused, and a seed named twice is one job (it was planned twice,
+    into one folder)."""
     config_path, _ = trainer_config(TRAINER, config)
-    c = num_classes if num_classes else count_classes(repo_path(root), dataset, "OOP")
+    data_root = repo_path(root)
+    if has_subset(data_root, dataset, "OOP") or not num_classes:
+        c = count_classes(data_root, dataset, "OOP")
+        if num_classes and num_classes != c:
+            raise ValueError(f"--num-classes {num_classes}: {dataset} under --root has {c} OOP classes; drop "
+                             "--num-classes (it is read from the data)")
+        check_shots(data_root, dataset, [shots])
+    else:
+        c = num_classes
+    seeds = list(dict.fromkeys(seeds))
     bs, lr = fsnl_bs_lr(c, shots)
     jobs: List[Job] = []
     for bb in backbones:

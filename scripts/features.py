@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import configs
 from clip import autocast, load_clip
-from dassl.cli import non_negative_int
+from dassl.cli import non_negative_int, rng_seed
 from dassl.data import build_data_loader
 from dassl.data.datasets import build_dataset
 from dassl.data.transforms import build_transform
@@ -95,7 +95,7 @@ def add_backbone_args(parser: Any) -> None:
                         help=f"trainer yaml giving backbone, input size and test batch size (default {DEFAULT_CONFIG})")
     parser.add_argument("--backbone", default="", help="MODEL.BACKBONE.NAME (e.g. ViT-L-14, mini-clip, test-tiny)")
     parser.add_argument("--weights", default="", help="MODEL.BACKBONE.WEIGHTS (open_clip tag, file, or none)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of k-means / t-SNE / subsampling")
+    parser.add_argument("--seed", type=rng_seed, default=0, help="seed of k-means / t-SNE / subsampling")
     parser.add_argument("--device", default="", help="torch device (default: the GPU when available, else CPU)")
     parser.add_argument("--batch-size", type=non_negative_int, default=0, help="default: DATALOADER.TEST.BATCH_SIZE")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "amp"),

@@ -34,7 +34,8 @@ import torch
 import train
 from dassl.cli import ArgumentParser, non_negative_int
 from dassl.ctrl_c import exit_with
-from dassl.utils import WriteError, set_random_seed
+from dassl.utils import WriteError, check_outside, set_random_seed
+from datasets.laion_beyond import subset_dirs_under
 from scripts.domains import DomainError, count_classes, resolve_domain, short_name
 from scripts.features import add_backbone_args, cfg_from_args, image_features, load_backbone
 from scripts.parse_test_res import OutputError
@@ -152,6 +153,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         dataset = resolve_domain(args.domain)
         out = args.out or f"figures/tsne_{short_name(dataset).lower()}"
         check_figure_targets(out)
+        check_outside(out, subset_dirs_under(args.root), "--out")  # never among any domain's images
         for sub in ("OOP", "IP"):  # the data before the backbone: a wrong --root is not worth a model load
             count_classes(args.root, dataset, sub)
     except (DomainError, OutputError, WriteError) as err:

@@ -14,6 +14,7 @@ from scripts import backbone_scaling as bbs
 from scripts import cluster_eval
 from scripts import plot_tsne as plot_tsne_script
 from scripts.cluster_eval import kmeans_accuracy, render_markdown, write_outputs
+from scripts.domains import DomainError
 from scripts.plot_tsne import plot_tsne
 from scripts.plot_zeroshot import plot_zeroshot, zeroshot_bars
 from scripts.run_identity import command_fingerprint
@@ -159,6 +160,25 @@ def test_backbone_parsing():
     with pytest.raises(ValueError, match="NAME:WEIGHTS"):
         bbs.parse_backbone("ViT-B-16")
     assert bbs.backbone_tag("ViT-B-16", "weights/my model.pt") == "ViT-B-16__my_model"
+
+
+def test_scaling_jobs_follow_the_data_under_root(toy_root, tmp_path):
+    """``--num-classes 3`` on a domain of 4 OOP classes gave every FSNL run the batch size and LR of 3
+    classes (exit 0); a seed named twice was planned twice into one folder; ``--shots 1000`` was planned.
+    The data decides where it is there; elsewhere ``num_classes`` stands in for it."""
+    backbones = [bbs.Backbone("test-tiny", "none")]
+    out = str(tmp_path / "out")
+    with pytest.raises(ValueError, match="--num-classes 3: Pokemon89_39 under --root has 4 OOP classes"):
+        bbs.build_jobs(str(toy_root), out, "Pokemon89_39", backbones, shots=2, num_classes=3)
+    with pytest.raises(DomainError, match="--shots 1000: no class of Pokemon89_39"):
+        bbs.build_jobs(str(toy_root), out, "Pokemon89_39", backbones, shots=1000)
+    jobs = bbs.build_jobs(str(toy_root), out, "Pokemon89_39", backbones, shots=2, seeds=(1, 1, 2), num_classes=4)
+    assert [j.argv[j.argv.index("--seed") + 1] for j in jobs] == ["1", "1", "2"]  # zero-shot, then FSNL 1 and 2
+    assert len({j.done for j in jobs}) == len(jobs)
+    elsewhere = bbs.build_jobs(str(tmp_path / "no_data"), out, "Pokemon89_39", backbones, shots=2, seeds=(1,),
+                               num_classes=7)
+    fsnl = list(elsewhere[-1].argv)
+    assert fsnl[fsnl.index("DATALOADER.TRAIN_X.BATCH_SIZE") + 1] == str(2 * 7)
 
 
 def test_scaling_jobs_and_plot(toy_root, tmp_path):

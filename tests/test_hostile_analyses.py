@@ -198,3 +198,54 @@ def test_cluster_eval_refuses_no_k_means_restart(animals_root, tmp_path, monkeyp
                                         "--n-init", "0", "--out", str(tmp_path / "table")])
     line = _one_error_line(capsys.readouterr().err)
     assert rc == 2 and "--n-init" in line and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("tool", ["cluster_names", "cluster_eval", "plot_tsne"])
+def test_no_analysis_writes_into_another_domains_folder(toy_root, monkeypatch, capsys, tool):
+    """``tools.cluster_names --out <another domain's split file> --overwrite`` replaced that split file (exit 0)
+    and the domain was broken for every tool: only the clustered domain's folders were refused. The
+    analysis scripts wrote their tables and figures among any domain's images too."""
+    food = next(toy_root.glob("Food*_OOP"))
+    target = next(food.glob("split_Xin*.json"))
+    main, argv = {
+        "cluster_names": (cluster_names.main, [*_cluster_argv(toy_root), "--out", str(target), "--overwrite"]),
+        "cluster_eval": (cluster_eval.main, ["--root", str(toy_root), "--domains", "Animals", "--config", str(SMOKE),
+                                             "--out", str(food / "images" / "table")]),
+        "plot_tsne": (plot_tsne.main, ["--root", str(toy_root), "--domain", "Animals", "--config", str(SMOKE),
+                                       "--out", str(food / "tsne")]),
+    }[tool]
+    for module in (cluster_names, cluster_eval, plot_tsne):
+        monkeypatch.setattr(module, "load_backbone", _no_backbone)
+    before = snapshot_tree(food)
+    rc = _exit_code(main, argv)
+    line = _one_error_line(capsys.readouterr().err)
+    assert rc == 2 and "lies inside the dataset folder" in line and str(food) in line, line
+    assert snapshot_tree(food) == before
+
+
+@pytest.mark.parametrize("tool", ["cluster_names", "cluster_eval", "plot_tsne"])
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_a_seed_numpy_cannot_take_is_one_line_before_any_work(animals_root, tmp_path, monkeypatch, capsys, tool, seed):
+    """``--seed -1`` was scikit-learn's ``InvalidParameterError`` traceback after the features were computed."""
+    main, argv = {
+        "cluster_names": (cluster_names.main, _cluster_argv(animals_root, "--out", str(tmp_path / "c.json"))),
+        "cluster_eval": (cluster_eval.main, ["--root", str(animals_root), "--domains", "Animals", "--config",
+                                             str(SMOKE), "--out", str(tmp_path / "table")]),
+        "plot_tsne": (plot_tsne.main, ["--root", str(animals_root), "--domain", "Animals", "--config", str(SMOKE),
+                                       "--out", str(tmp_path / "tsne")]),
+    }[tool]
+    for module in (cluster_names, cluster_eval, plot_tsne):
+        monkeypatch.setattr(module, "load_backbone", _no_backbone)
+    rc = _exit_code(main, [*argv[:2], "--seed", seed, *argv[2:]])
+    line = _one_error_line(capsys.readouterr().err)
+    assert rc == 2 and f"argument --seed: {seed}: must be in 0..4294967295" in line, line
+    assert not list(tmp_path.iterdir())
+
+
+def test_cluster_eval_counts_a_subset_named_twice_once(animals_root, tmp_path, capsys):
+    """``--subsets OOP OOP`` encoded the subset twice and wrote two identical rows."""
+    rc = cluster_eval.main(["--root", str(animals_root), "--domains", "Animals", "--subsets", "OOP", "OOP",
+                            "--config", str(SMOKE), "--n-init", "1", "--out", str(tmp_path / "table")])
+    assert rc == 0, capsys.readouterr().err
+    rows = json.loads((tmp_path / "table.json").read_text())["rows"]
+    assert [r["subset"] for r in rows] == ["OOP"]

@@ -4,6 +4,7 @@ file is refused in one ``error:`` line with exit code 2 before any work, and not
 a normal run writes its outputs and a rerun replaces them."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
@@ -326,14 +327,42 @@ def test_cluster_eval_refuses_a_hostile_target_before_any_work(case: str, tmp_pa
     assert snapshot_tree(tmp_path) == before
 
 
-def test_cluster_eval_rerun_replaces_its_own_tables(tmp_path: Path, toy_root: Path) -> None:
+def test_cluster_eval_replaces_only_its_own_configuration(tmp_path: Path, toy_root: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """A second call with another seed, split or subset list replaced the first table without a word, and
+    the ``.md`` said nothing of what computed it. Now the JSON records the configuration (``run``), the
+    table names backbone, seed and splits, another configuration is refused unless ``--overwrite``, and
+    the same one recomputes in place."""
     out = str(tmp_path / "ce")
     assert cluster_eval.main(cluster_argv(toy_root, out)) == 0
-    first = json.loads((tmp_path / "ce.json").read_text())["rows"]
-    assert cluster_eval.main(cluster_argv(toy_root, out, "--splits", "train")) == 0
-    second = json.loads((tmp_path / "ce.json").read_text())["rows"]
-    assert [r["splits"] for r in first] == [["test"]] * 2 and [r["splits"] for r in second] == [["train"]] * 2
-    assert (tmp_path / "ce.md").read_text().startswith(cluster_eval.TABLE_NOTE)
+    first = json.loads((tmp_path / "ce.json").read_text())
+    assert [r["splits"] for r in first["rows"]] == [["test"]] * 2
+    run = first["run"]
+    assert (run["seed"], run["n_init"], run["splits"], run["subsets"]) == (0, 2, ["test"], ["OOP", "IP"])
+    split = next(toy_root.glob("Animals*_OOP")) / f"split_Xin_{next(toy_root.glob('Animals*_OOP')).name}.json"
+    assert run["data"]["Animals92_42"]["OOP"] == hashlib.sha256(split.read_bytes()).hexdigest()
+    assert run["backbone"] == "test-tiny" and run["weights"]["kind"] == "random"
+    md = (tmp_path / "ce.md").read_text()
+    assert md.startswith(cluster_eval.TABLE_NOTE) and "seed 0, k-means restarts 2, splits test" in md.splitlines()[1]
+    before = snapshot_tree(tmp_path)
+    capsys.readouterr()
+    for extra, key in ((("--splits", "train"), "splits"), (("--seed", "5"), "seed"), (("--subsets", "OOP"), "subsets")):
+        assert cluster_eval.main(cluster_argv(toy_root, out, *extra)) == 2
+        err = one_error_line(capsys)
+        assert "holds the clustering table of another configuration" in err and key in err and "--overwrite" in err, err
+        assert snapshot_tree(tmp_path) == before
+    assert cluster_eval.main(cluster_argv(toy_root, out)) == 0  # the same configuration: in place
+    assert json.loads((tmp_path / "ce.json").read_text()) == first
+    assert cluster_eval.main(cluster_argv(toy_root, out, "--splits", "train", "--overwrite")) == 0
+    second = json.loads((tmp_path / "ce.json").read_text())
+    assert [r["splits"] for r in second["rows"]] == [["train"]] * 2 and second["run"]["splits"] == ["train"]
+
+
+def test_cluster_eval_refuses_an_older_table_without_its_configuration(tmp_path: Path, toy_root: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    write_json(tmp_path / "ce.json", {"rows": []})  # what this script wrote before it recorded ``run``
+    assert cluster_eval.main(cluster_argv(toy_root, str(tmp_path / "ce"))) == 2
+    assert "an older version, which recorded none" in one_error_line(capsys)
 
 
 @pytest.mark.parametrize("script", ["cluster_eval", "plot_tsne"])

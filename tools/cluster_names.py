@@ -54,6 +54,7 @@ from dassl.data.datasets import data_dirs
 from dassl.evaluation.clustering import clustering_accuracy
 from dassl.utils import check_outside, set_random_seed
 from datasets.gcd import clustering_results_path, write_clustering_results
+from datasets.laion_beyond import subset_dirs_under
 from scripts.cluster_eval import kmeans_labels  # re-exported (moved so scripts/ never imports tools/)
 from scripts.domains import DomainError, count_classes, laion_beyond_classes, resolve_domain
 from scripts.features import add_backbone_args, cfg_from_args, image_features, load_backbone, text_features
@@ -171,9 +172,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         subfield = domains[dataset].prefix
         out = args.out or clustering_results_path(os.path.abspath(args.root), subfield)
         cfg = cfg_from_args(args, dataset)
-        # never among the images and split files it reads: --out onto the split file with --overwrite
-        # replaced it, and the domain was broken for every tool (exit 0)
-        check_outside(out, data_dirs(cfg), "--out")
+        # never among the images and split files of any domain: --out onto the split file with --overwrite
+        # replaced it, and the domain was broken for every tool (exit 0; another domain's, too)
+        check_outside(out, [*data_dirs(cfg), *subset_dirs_under(args.root)], "--out")
         check_output(out, results.overwrite_requested(args.overwrite))
         count_classes(args.root, dataset, "OOP")  # the data before the backbone: a wrong --root is not worth a load
         set_random_seed(args.seed)
