@@ -26,7 +26,9 @@ if __name__ == "__main__":  # a Ctrl-C during the imports below: one line, not a
     quiet_ctrl_c_while_loading()
 
 import argparse
+import logging
 import math
+import textwrap
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -39,6 +41,8 @@ from scripts.parse_test_res import ZEROSHOT_SHOTS, GroupSummary, OutputError
 from scripts.plot_curves import check_figure_targets, load_groups, save_figure
 
 __all__ = ["zeroshot_bars", "plot_zeroshot", "main"]
+
+logger = logging.getLogger(__name__)
 
 
 def zeroshot_bars(
@@ -81,6 +85,8 @@ def zeroshot_bars(
         "datasets": [g.dataset for g in chosen],
         "oop": [g.oop.mean for g in chosen],
         "ip": [g.ip.mean for g in chosen],
+        # the zero-shot methods (variants) not drawn: named on the console (they were left out silently)
+        "others": sorted({g.method for g in zs} - {method}),
     }
 
 
@@ -96,6 +102,9 @@ def plot_zeroshot(
     import matplotlib.pyplot as plt
 
     bars = zeroshot_bars(groups, method, domains)
+    if bars["others"]:
+        logger.warning("plotting %s; also found zero-shot results of %s (pick one with --method)", bars["method"],
+                       ", ".join(bars["others"]))
     names = [short_name(d) for d in bars["datasets"]]
     oop = list(bars["oop"])
     ip = list(bars["ip"])
@@ -120,7 +129,9 @@ def plot_zeroshot(
     ax.set_ylim(0, 105)
     ax.legend(frameon=False)
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title(title if title is not None else f"Zero-shot accuracy, OOP vs IP ({bars['method']})")
+    text = title if title is not None else f"Zero-shot accuracy, OOP vs IP ({bars['method']})"
+    # wrapped to the figure's width: a variant's key ran off its edge
+    ax.set_title("\n".join(textwrap.wrap(text, width=int(fig.get_figwidth() * 11)) or [""]), fontsize=9)
     fig.tight_layout()
     return save_figure(fig, out)
 

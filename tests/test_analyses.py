@@ -140,6 +140,34 @@ def test_zeroshot_bars_and_figure(tmp_path):
     assert_image(pdf)
     with pytest.raises(ValueError, match="no zero-shot results of method"):
         zeroshot_bars(groups, method="CoOp")
+    assert bars["others"] == []
+
+
+def test_zeroshot_figure_names_the_variants_it_leaves_out(tmp_path, caplog, monkeypatch):
+    """With two zero-shot variants in a tree, one was drawn and the other left out without a word, and the
+    variant's long key ran off the figure's title."""
+    for ds in ("Animals92_42", "Food53_27"):
+        write_result(tmp_path / "runs" / ds / "ZeroshotCLIP_openclip" / "ZS_OOP" / "seed1",
+                     trainer="ZeroshotCLIP_openclip", dataset=ds, sub_classes="OOP", accuracy=20.0, oop=20.0, ip=50.0)
+    write_result(tmp_path / "runs" / "Animals92_42" / "ZeroshotCLIP2_openclip" / "ZS_OOP" / "seed1",
+                 trainer="ZeroshotCLIP2_openclip", dataset="Animals92_42", sub_classes="OOP", accuracy=25.0, oop=25.0,
+                 ip=55.0)
+    from scripts.plot_curves import load_groups
+
+    groups = load_groups(str(tmp_path / "runs"))
+    assert zeroshot_bars(groups)["others"] == ["ZeroshotCLIP2_openclip"]
+    import scripts.plot_zeroshot as module
+
+    titles = []
+    monkeypatch.setattr(module, "save_figure", lambda fig, out: titles.append((fig.get_figwidth(),
+                                                                                fig.axes[0].get_title())))
+    long_title = "Zero-shot accuracy (ZeroshotCLIP_openclip [INPUT.INTERPOLATION='bicubic', " + "x" * 150 + "])"
+    with caplog.at_level("WARNING", logger="scripts.plot_zeroshot"):
+        plot_zeroshot(groups, str(tmp_path / "fig" / "zs"), title=long_title)
+    assert any("also found zero-shot results of ZeroshotCLIP2_openclip" in r.getMessage() for r in caplog.records)
+    ((width, title),) = titles
+    assert "".join(title.split()) == "".join(long_title.split())  # all of it, wrapped
+    assert len(title.split("\n")) > 1 and all(len(line) <= width * 11 for line in title.split("\n"))
 
 
 # ------------------------------------------------------------------------------- Finding 3
