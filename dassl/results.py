@@ -53,6 +53,7 @@ Spread: one convention project-wide, the sample standard deviation (ddof 1, :fun
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -66,7 +67,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 
 import yaml
 
-from .utils import Registry, atomic_write_text, write_json
+from .utils import Registry, WriteError, atomic_write_text, write_json
 from .utils.identity import code_version, json_digest, stat_identity
 
 __all__ = [
@@ -138,8 +139,17 @@ OVERWRITE_ENV = "FSNL_OVERWRITE"
 
 
 def overwrite_value(value: Optional[str]) -> bool:
-    """Whether a value of :data:`OVERWRITE_ENV` asks for overwriting (1/true/yes/on, any case)."""
-    return value is not None and value.strip().lower() in ("1", "true", "yes", "on")
+    """Whether a value of :data:`OVERWRITE_ENV` asks for overwriting: 1/true/yes/on (any case) is on;
+    unset, empty, 0/false/no/off is off, as the shell wrappers read their switches. Anything else raises
+    :class:`~dassl.utils.WriteError` (one line): ``FSNL_OVERWRITE=2`` or ``=y`` read as off, and the run
+    then refused a folder the user had asked to replace, naming a fix they believed they had applied."""
+    text = "" if value is None else value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    raise WriteError(errno.EINVAL, f"{OVERWRITE_ENV}={value!r} is not an on/off switch; set {OVERWRITE_ENV}=1 to "
+                                   "replace a run of another configuration, or unset it")
 
 
 def overwrite_requested(flag: bool = False) -> bool:

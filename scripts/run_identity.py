@@ -50,7 +50,7 @@ from dassl import results
 from dassl.cli import ArgumentParser
 from dassl.ctrl_c import exit_with
 from dassl.engine import expected_fingerprint
-from dassl.utils import absolute_path
+from dassl.utils import WriteError, absolute_path
 from dassl.utils.registry import RegistryKeyError
 from lpclip import feat_extractor, linear_probe
 from lpclip.files import feature_file
@@ -346,6 +346,11 @@ def command_state(argv: Sequence[str], done: str, cwd: Optional[str] = None,
     workdir = cwd or os.fspath(REPO_ROOT)
     marker = _abs(done, workdir)
     inv = invocation(argv, workdir)
+    if inv.entry:
+        try:  # a switch the job would refuse (FSNL_OVERWRITE=2): refused here, before any job of a launch runs
+            inv.asks_overwrite()
+        except WriteError as err:
+            return results.Finished("invalid", marker, [str(err)])
     if inv.entry == "extract":
         try:
             with _parse_messages() as messages:

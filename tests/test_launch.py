@@ -14,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
+import train
 from dassl import results
+from dassl.utils import WriteError
 from datasets.make_toy import make_toy
 from scripts import grid, launch, sweep
-from scripts.run_identity import command_argv, command_fingerprint, exit_status, invocation
+from scripts.run_identity import command_argv, command_fingerprint, command_state, exit_status, invocation
+from tests.helpers import train_argv
 
 PY = shlex.quote(sys.executable)
 REPO_TRAIN = shlex.quote(os.fspath(launch.REPO_ROOT / "train.py"))
@@ -251,17 +254,18 @@ def test_slurm_requeue_on_signal(tmp_path: Path, requeued: bool) -> None:
     fake.write_text(f'#!/usr/bin/env bash\necho "$*" > {work / "requeued"}\n' + ("" if requeued else "exit 1\n"))
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     child = py(f"import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: (open({str(work / 'term')!r}, "
-               "'w').write('x'), sys.exit(143))); time.sleep(60)")
+               f"'w').write('x'), sys.exit(143))); open({str(work / 'ready')!r}, 'w').close(); time.sleep(60)")
     options = launch.SlurmOptions(requeue=True)
     launch.write_slurm(launch.parse_commands(child + "\n"), str(work / "s"), options, str(work))
     env = dict(os.environ, SLURM_ARRAY_TASK_ID="0", SLURM_ARRAY_JOB_ID="7", SLURM_SUBMIT_DIR=str(work),
                PATH=f"{work / 'bin'}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.Popen(["bash", str(work / "s" / "job.sbatch")], cwd=work, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 30
+    deadline = time.time() + 60
     while "line 1" not in (proc.stdout.readline() or "") and time.time() < deadline:
         pass
-    time.sleep(1.0)  # let the child install its handler
+    while not (work / "ready").exists() and time.time() < deadline:  # the child's handler is installed
+        time.sleep(0.05)  # (a fixed second was too short on a loaded machine: the child died unhandled)
     proc.send_signal(signal.SIGUSR1)
     assert proc.wait(timeout=30) == (0 if requeued else 1)
     assert (work / "term").exists()
@@ -585,8 +589,31 @@ def test_an_overwrite_prefix_reads_like_the_tools_read_it(value: str, monkeypatc
     environment, would (``dassl.results.overwrite_requested``)."""
     monkeypatch.setenv(results.OVERWRITE_ENV, value)
     inv = invocation(["FSNL_OVERWRITE=" + value, "python", "train.py"])
-    assert inv.asks_overwrite() is results.overwrite_requested()
+    if value == "2":  # no on/off value: both refuse it (it read as off, and the run refused what it was to replace)
+        for ask in (inv.asks_overwrite, results.overwrite_requested):
+            with pytest.raises(WriteError, match="FSNL_OVERWRITE='2' is not an on/off switch"):
+                ask()
+    else:
+        assert inv.asks_overwrite() is results.overwrite_requested()
     assert invocation(["python", "train.py", "--overwrite"]).asks_overwrite()
+
+
+def test_an_overwrite_switch_that_is_no_switch_is_one_line_before_any_job(tmp_path: Path, toy_root: Path,
+                                                                          capsys: pytest.CaptureFixture,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``FSNL_OVERWRITE=y`` read as off: train.py refused the run of another configuration it was meant to
+    replace, naming the switch as the fix. Now the run and a launch of it say so in one line."""
+    out = tmp_path / "run"
+    monkeypatch.setenv(results.OVERWRITE_ENV, "y")
+    assert train.cli(train_argv(toy_root, out, "ZeroshotCLIP_openclip", extra=("--eval-only",))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: FSNL_OVERWRITE='y' is not an on/off switch; set FSNL_OVERWRITE=1 to replace a run of " \
+                  "another configuration, or unset it" and not out.exists()
+    monkeypatch.delenv(results.OVERWRITE_ENV)
+    cmd = shlex.join(["FSNL_OVERWRITE=y", sys.executable, "train.py", *train_argv(toy_root, out, "ZeroshotCLIP_openclip",
+                                                                                 extra=("--eval-only",))])
+    state = command_state(shlex.split(cmd), str(out / "results.json"))
+    assert state.state == "invalid" and "FSNL_OVERWRITE='y' is not an on/off switch" in state.differences[0]
 
 
 @pytest.fixture
