@@ -27,7 +27,7 @@ import os
 import random
 import re
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from clip.templates import DOMAIN_HINTS
 from dassl.data.datasets.base_dataset import DatasetBase, Datum
@@ -36,7 +36,14 @@ from dassl.evaluation.clustering import parent_dir_class
 from dassl.utils import closest_name, write_json
 from dassl.utils.identity import content_identity
 
-from .laion_beyond import DEFAULT_SEED, DatasetError, DatasetNotFoundError, check_images, laion_beyond_domains
+from .laion_beyond import (
+    DEFAULT_SEED,
+    DatasetError,
+    DatasetNotFoundError,
+    check_images,
+    find_subset_dir,
+    laion_beyond_domains,
+)
 
 __all__ = [
     "LAION_Beyond_GCD",
@@ -92,8 +99,15 @@ def _listing(items: Sequence[str]) -> str:
     return "\n".join(shown)
 
 
-def read_clustering_results(path: str, root: str) -> List[Tuple[str, str]]:
-    """``(absolute image path, pseudo class name)`` per record, in file order, after validation."""
+def read_clustering_results(path: str, root: str, images_dir: Optional[str] = None) -> List[Tuple[str, str]]:
+    """``(absolute image path, pseudo class name)`` per record, in file order, after validation.
+
+    With ``images_dir`` (the domain's ``<Prefix>*_OOP/images``) every image must lie in it: IP images
+    (or another domain's) in the file were trained and scored as clusters of OOP images, their folder
+    names counted as true classes, exit 0. ``pseudo_label`` is not what groups the records (the pseudo
+    class name does, as in the reference), but a file whose labels and names disagree -- a label named
+    twice, a name under two labels, a label that is no non-negative integer -- is not one clustering:
+    the reference merged two clusters of one name silently, and trained on another class count."""
     if not os.path.isfile(path):
         raise DatasetNotFoundError(
             f"No clustering results at {path!r}. Fix: produce them with "
@@ -111,6 +125,9 @@ def read_clustering_results(path: str, root: str) -> List[Tuple[str, str]]:
     out: List[Tuple[str, str]] = []
     seen: Dict[str, int] = {}
     base = os.path.normpath(os.path.abspath(root))
+    images = os.path.normpath(os.path.abspath(images_dir)) if images_dir else None
+    label_name: Dict[int, Tuple[str, int]] = {}
+    name_label: Dict[str, Tuple[int, int]] = {}
     for i, rec in enumerate(data):
         if not isinstance(rec, dict):
             problems.append(f"[{i}] is not an object")
@@ -127,15 +144,37 @@ def read_clustering_results(path: str, root: str) -> List[Tuple[str, str]]:
             problems.append(f"[{i}]: image_path {impath!r} lies outside DATASET.ROOT {root}; the data is read "
                             "only under the root: move the image there and write its path relative to it")
             continue
+        if images is not None and os.path.commonpath([full, images]) != images:
+            problems.append(f"[{i}]: image_path {impath!r} is not an image of the domain's OOP subset ({images}); "
+                            "GCD clusters OOP images only: drop the record")
+            continue
         if full in seen:
             problems.append(f"[{i}]: image_path {impath!r} repeats record [{seen[full]}]")
             continue
+        if "pseudo_label" in rec:
+            label = rec["pseudo_label"]
+            if isinstance(label, bool) or not isinstance(label, int) or label < 0:
+                problems.append(f"[{i}]: pseudo_label must be a non-negative integer, got {label!r}")
+                continue
+            if label_name.setdefault(label, (name, i))[0] != name:
+                problems.append(f"[{i}]: pseudo_label {label} is named {name!r} here and {label_name[label][0]!r} in "
+                                f"record [{label_name[label][1]}]: one cluster, one name")
+                continue
+            if name_label.setdefault(name, (label, i))[0] != label:
+                problems.append(f"[{i}]: pseudo_classname {name!r} names cluster {label} here and cluster "
+                                f"{name_label[name][0]} in record [{name_label[name][1]}]: two clusters would merge "
+                                "into one class")
+                continue
         seen[full] = i
         out.append((full, name))
     if not out and not problems:
         problems.append("no records")
     if problems:
-        raise DatasetError(f"{path}: {len(problems)} problem(s):\n{_listing(problems)}")
+        # one line for the run (the first problem; it was a line per problem), the listing in the log
+        listing = f"{path}: {len(problems)} problem(s):\n{_listing(problems)}"
+        logger.info("%s", listing)
+        more = f" (and {len(problems) - 1} more, listed in the log)" if len(problems) > 1 else ""
+        raise DatasetError(f"{path}: {len(problems)} problem(s): {problems[0]}{more}", listing)
     return out
 
 
@@ -215,7 +254,13 @@ class LAION_Beyond_GCD(DatasetBase):
             seed = DEFAULT_SEED
         self.seed = seed
 
-        records = read_clustering_results(self.results_file, self.root)
+        images_dir = None  # the domain's OOP images: what the clusters must be made of
+        try:
+            images_dir = os.path.join(find_subset_dir(self.root, self.subfield, "OOP"), "images")
+        except DatasetNotFoundError:
+            if os.path.isfile(self.results_file):  # else the reader says the file is missing, and how to make it
+                raise
+        records = read_clustering_results(self.results_file, self.root, images_dir)
         classnames, train, test = split_clusters(records, seed, self.train_per_class)
         check_images([(self.results_file, [*train, *test], self.root)])
         empty = sorted({d.classname for d in train} - {d.classname for d in test})

@@ -149,8 +149,9 @@ def test_reader_resolves_paths_and_reports_problems(tmp_path):
     ]))
     with pytest.raises(DatasetError) as err:
         read_clustering_results(str(path), str(tmp_path))
-    msg = str(err.value)
+    msg = err.value.report  # every problem; str() is one line: the first, and how many more
     assert "3 problem(s)" in msg and "repeats" in msg and "pseudo_classname" in msg
+    assert "\n" not in str(err.value) and str(err.value).endswith("repeats record [0] (and 2 more, listed in the log)")
 
 
 @pytest.mark.parametrize("impath", ["/etc/hostname", "../outside/x.jpg", "Sub/../../outside/x.jpg"])
@@ -310,3 +311,66 @@ def test_cluster_names_never_writes_into_the_domains_folders(tmp_path, capsys, o
     assert err[0] == (f'error: --out "{split}" lies inside the dataset folder "{split.parent}": a run would write '
                       "among its images; use a folder outside the dataset")
     assert snapshot_tree(root) == before
+
+
+def _records_of(root: Path, subset: str, limit: int = 0):
+    """``(image_path relative to root, folder class)`` of one subset's split-file images."""
+    folder = next(root.glob(f"Animals*_{subset}"))
+    split = json.loads(next(folder.glob("split_Xin*.json")).read_text())
+    items = [it for part in ("train", "val", "test") for it in split[part].values()]
+    return [(f"{folder.name}/images/{it['classname']}/{it['image_name']}", it["classname"])
+            for it in items[:limit or None]]
+
+
+@pytest.fixture(scope="module")
+def gcd_plain_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gcd_plain")
+    make_toy(root, domains=("Animals92_42",))
+    return root
+
+
+def test_clusters_of_images_outside_the_oop_subset_are_refused(gcd_plain_root, tmp_path, capsys):
+    """IP images in a clustering file were trained and scored as OOP clusters (their folder names the
+    truth), exit 0: ``clustering_accuracy`` of another experiment. Now one line naming the records."""
+    oop, ip = _records_of(gcd_plain_root, "OOP"), _records_of(gcd_plain_root, "IP", limit=3)
+    names = sorted({name for _, name in oop})
+    records = [{"image_path": p, "pseudo_label": names.index(n), "pseudo_classname": n} for p, n in oop]
+    records += [{"image_path": p, "pseudo_label": 0, "pseudo_classname": names[0]} for p, _ in ip]
+    results = Path(clustering_results_path(str(gcd_plain_root), "Animals"))
+    results.write_text(json.dumps(records))
+    try:
+        out = tmp_path / "run"
+        argv = train_argv(gcd_plain_root, out, TRAINER, "DATASET.SUBFIELD", "Animals", "DATASET.NUM_SHOTS", "1",
+                          "OPTIM.MAX_EPOCH", "1", "TEST.EVALUATOR", "ClusteringAccuracy", **GCD)
+        import train
+
+        assert train.cli(argv) == 2
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert len(err) == 1 and err[0].startswith("error: ") and f"{len(ip)} problem(s)" in err[0], err
+        assert f"[{len(oop)}]: image_path {ip[0][0]!r} is not an image of the domain's OOP subset" in err[0], err
+        assert not out.exists()
+        records = records[:len(oop)]  # the OOP images alone are one clustering: it runs
+        results.write_text(json.dumps(records))
+        assert train.cli(argv) == 0, capsys.readouterr().err
+    finally:
+        results.unlink()
+
+
+@pytest.mark.parametrize("case", ["label-two-names", "name-two-labels", "negative", "text", "float", "bool"])
+def test_pseudo_labels_that_are_not_one_clustering_are_refused(tmp_path, case):
+    """The reference groups records by ``pseudo_classname`` and never reads ``pseudo_label``: two clusters
+    given one name merged into one class (another class count, batch size and LR), and labels -5, "abc"
+    or 1e9 passed without a word."""
+    rows = [("S/images/a/1.jpg", 0, "a"), ("S/images/a/2.jpg", 0, "a"), ("S/images/b/3.jpg", 1, "b")]
+    bad = {"label-two-names": (1, "c"), "name-two-labels": (2, "a"), "negative": (-5, "c"), "text": ("abc", "c"),
+           "float": (1e9, "c"), "bool": (True, "c")}[case]
+    rows.append(("S/images/b/4.jpg", *bad))
+    path = tmp_path / "P_clustering_results.json"
+    path.write_text(json.dumps([{"image_path": p, "pseudo_label": lab, "pseudo_classname": n} for p, lab, n in rows]))
+    with pytest.raises(DatasetError) as err:
+        read_clustering_results(str(path), str(tmp_path))
+    msg = str(err.value)
+    expected = {"label-two-names": "[3]: pseudo_label 1 is named 'c' here and 'b' in record [2]",
+                "name-two-labels": "[3]: pseudo_classname 'a' names cluster 2 here and cluster 0 in record [0]"}.get(
+        case, f"[3]: pseudo_label must be a non-negative integer, got {bad[0]!r}")
+    assert "1 problem(s)" in msg and expected in msg, msg
