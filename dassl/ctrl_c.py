@@ -11,7 +11,7 @@ import sys
 from types import FrameType
 from typing import Callable, NoReturn, Optional
 
-__all__ = ["quiet_ctrl_c_while_loading", "exit_with", "INTERRUPTED"]
+__all__ = ["quiet_ctrl_c_while_loading", "quiet_ctrl_c_while_package_loads", "exit_with", "INTERRUPTED"]
 
 #: Exit status of a program stopped by Ctrl-C (128 + SIGINT).
 INTERRUPTED = 130
@@ -66,4 +66,15 @@ def _loading(frame: Optional[FrameType]) -> bool:
         if f.f_code.co_name == "<module>" and f.f_globals.get("__name__") == "__main__":
             inner = stack[i + 1] if i + 1 < len(stack) else None
             return inner is None or inner.f_code.co_filename.startswith("<frozen importlib")
-    return False
+    # `python -m pkg.mod` before mod's code runs: runpy is importing pkg (its __init__ may load torch)
+    return any(f.f_code.co_name == "_run_module_as_main" and f.f_code.co_filename.endswith(("runpy.py", "<frozen runpy>"))
+               for f in stack)
+
+
+def quiet_ctrl_c_while_package_loads() -> None:
+    """Called at the top of a package ``__init__`` that imports slow modules (``datasets``: torch): under
+    ``python -m package.module`` runpy imports the package before the module's own
+    :func:`quiet_ctrl_c_while_loading` can run, and a Ctrl-C there was a traceback through torch. Does
+    nothing unless the process is starting a ``-m`` module (``sys.argv[0]`` is still ``-m`` then)."""
+    if sys.argv[:1] == ["-m"]:
+        quiet_ctrl_c_while_loading()

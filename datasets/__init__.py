@@ -5,11 +5,15 @@ shadow Hugging Face's package of the same name.
 """
 from __future__ import annotations
 
-from typing import Any
+from dassl.ctrl_c import quiet_ctrl_c_while_package_loads
+
+quiet_ctrl_c_while_package_loads()  # `python -m datasets.check`: this package loads torch before check's guard
+
+from typing import Any  # noqa: E402
 
 # Imported for their side effect: the nine LAION-Beyond and the five Mini-Beyond domains register.
-from . import gcd, laion_beyond, mini_beyond  # noqa: F401
-from .laion_beyond import LaionBeyond
+from . import gcd, laion_beyond, mini_beyond  # noqa: F401, E402
+from .laion_beyond import LaionBeyond  # noqa: E402
 
 __all__ = ["add_dataset_config", "LaionBeyond"]
 

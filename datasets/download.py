@@ -35,6 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from dassl.cli import ArgumentParser
 from dassl.ctrl_c import exit_with
+from dassl.utils import check_writable_dir
 from datasets import check, laion_beyond
 from datasets.laion_beyond import SUBSETS, laion_beyond_domains
 
@@ -153,10 +154,12 @@ def main(argv: Sequence[str] = ()) -> int:
     root = os.path.abspath(os.path.expanduser(args.root))
     try:
         pairs = resolve_domains(args.domains)
-    except ValueError as err:
+        if args.max_workers < 1:
+            raise ValueError(f"--max-workers {args.max_workers}: must be >= 1")
+        check_writable_dir(root, "--root")  # a file there was a FileExistsError traceback
+    except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    os.makedirs(root, exist_ok=True)
     try:
         target = download(root, [n for n, _ in pairs], args.variant, args.revision, args.max_workers)
     except ConnectionError as err:

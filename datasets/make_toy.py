@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from dassl.cli import ArgumentParser
+from dassl.cli import ArgumentParser, rng_seed
 from dassl.ctrl_c import exit_with
 from dassl.utils import atomic_write_text
 from datasets.laion_beyond import laion_beyond_domains
@@ -249,7 +249,7 @@ def main(argv: Sequence[str] = ()) -> int:
     parser.add_argument("--train", type=int, default=6, help="train images per class")
     parser.add_argument("--val", type=int, default=3, help="val images per class")
     parser.add_argument("--test", type=int, default=4, help="test images per class")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=rng_seed, default=0, help="seed of the images (0..2**32-1)")
     args = parser.parse_args(list(argv) or None)
     try:
         info = make_toy(args.root, args.domains, args.image_size, args.train, args.val, args.test, args.seed)

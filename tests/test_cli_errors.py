@@ -154,6 +154,35 @@ def test_ctrl_c_while_a_program_loads_is_one_line(tmp_path, during, how):
     assert (res.returncode, res.stderr) == (1, "")
 
 
+@pytest.mark.parametrize("during", ["package", "main"])
+def test_ctrl_c_while_a_package_of_a_dash_m_program_loads_is_one_line(tmp_path, during):
+    """``python -m datasets.make_toy``: runpy imports the package (whose ``__init__`` loads torch) before the
+    module's own guard runs, and a Ctrl-C there was a traceback through torch. The package's
+    ``quiet_ctrl_c_while_package_loads`` makes it one line; ``main`` still gets its KeyboardInterrupt."""
+    pkg = tmp_path / "prog"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "from dassl.ctrl_c import quiet_ctrl_c_while_package_loads\n\nquiet_ctrl_c_while_package_loads()\n\n"
+        "import prog.heavy  # noqa\n")
+    (pkg / "heavy.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(0.5)\n"
+                                  if during == "package" else "")
+    (pkg / "entry.py").write_text(_LOADING_PROGRAM.format(heavy="os"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)])}
+    res = subprocess.run([sys.executable, "-m", "prog.entry"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60)
+    expected = (130, "interrupted\n") if during == "package" else (0, "main handled it\n")
+    assert (res.returncode, res.stderr) == expected
+
+
+def test_the_datasets_package_quiets_ctrl_c_first():
+    lines = (REPO / "datasets" / "__init__.py").read_text().splitlines()
+    call = lines.index("quiet_ctrl_c_while_package_loads()  # `python -m datasets.check`: this package loads torch "
+                       "before check's guard")
+    first = next(i for i, ln in enumerate(lines) if ln.startswith(("import ", "from ")) and "ctrl_c" not in ln
+                 and "__future__" not in ln)
+    assert call < first
+
+
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_entry_points_quiet_ctrl_c_before_their_imports(entry):
     """Each program installs the handler before any import of the project or a third-party package."""

@@ -114,3 +114,29 @@ def test_unreachable_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 def test_unknown_domain(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert download.main(["--root", str(tmp_path), "--domains", "Dinosaurs"]) == 2
     assert "unknown domain 'Dinosaurs'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["root-file", "workers-0"])
+def test_mistakes_are_one_line_before_any_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture, case: str) -> None:
+    """A file as ``--root`` was a FileExistsError traceback; ``--max-workers 0`` reached the hub client."""
+    monkeypatch.setattr(download, "snapshot_download", lambda **kw: pytest.fail("a download started"))
+    (tmp_path / "file").write_text("mine")
+    argv = {"root-file": ["--root", str(tmp_path / "file")],
+            "workers-0": ["--root", str(tmp_path / "lb"), "--max-workers", "0"]}[case]
+    assert download.main([*argv, "--domains", "Animals"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert {"root-file": "is a file, not a directory", "workers-0": "--max-workers 0: must be >= 1"}[case] in err[0]
+    assert (tmp_path / "file").read_text() == "mine" and not (tmp_path / "lb").exists()
+
+
+def test_make_toy_refuses_a_seed_numpy_cannot_take_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--seed -1`` said "expected non-negative integer" (naming no option) and left a class folder behind."""
+    from datasets import make_toy as toy
+
+    with pytest.raises(SystemExit) as stop:
+        toy.main(["--root", str(tmp_path / "toy"), "--seed", "-1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and "argument --seed: -1: must be in 0..4294967295" in err[0], err
+    assert not (tmp_path / "toy").exists()
