@@ -450,6 +450,10 @@ def sample_per_class(split: FeatureSplit, shots: int, rng: np.random.Generator) 
     return np.sort(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
 
 
+#: The most runs one probe makes: the torch solver holds every run's samples at once.
+MAX_RUNS = 1000
+
+
 def usable_shots(split: FeatureSplit, shots: Sequence[int], where: str) -> List[int]:
     """The shot counts of ``shots`` that some class of ``split`` has training images for. Above every
     class's count each class would contribute all its images (B31): the all-images run filed under K
@@ -849,8 +853,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the results of another probe configuration in --output-dir")
     args = p.parse_args(argv)
-    if args.num_run < 1:
-        p.error(f"--num-run {args.num_run}: must be >= 1")
+    if not 1 <= args.num_run <= MAX_RUNS:  # 10**8 runs grew past 4.5 GB before any fit (every run is a batch row)
+        p.error(f"--num-run {args.num_run}: must be in 1..{MAX_RUNS} (the reference's protocol uses 10)")
     if args.num_step < 0:
         p.error(f"--num-step {args.num_step}: must be >= 0")
     if any(k < 1 for k in args.shots):

@@ -35,7 +35,7 @@ ARGPARSE_CASES = [
      "scripts.sweep --help"),
     ("tools.mini_beyond.__main__", ["build", "--train", "x"], "argument --train: invalid int value: 'x'",
      "tools.mini_beyond build --help"),
-    ("lpclip.linear_probe", ["--dataset", "X", "--num-run", "0"], "--num-run 0: must be >= 1",
+    ("lpclip.linear_probe", ["--dataset", "X", "--num-run", "0"], "--num-run 0: must be in 1..1000",
      "lpclip/linear_probe.py --help"),
     ("scripts.launch", [], "the following arguments are required: source", "scripts.launch --help"),
     # parsers without a prog are named by their module (argparse said "check.py", "linear_probe.py")

@@ -732,7 +732,7 @@ def test_probe_refuses_the_results_of_another_configuration(tmp_path, capsys):
 
 @pytest.mark.parametrize("case", ["results_dir", "csv_dir", "lone_csv", "no_fingerprint", "empty_json",
                                   "dangling_link", "too_many_shots", "feature_dir_file", "dataset_path",
-                                  "empty_subset", "zero_runs"])
+                                  "empty_subset", "zero_runs", "huge_runs"])
 def test_probe_hostile_outputs_and_options_are_one_line_before_fitting(tmp_path, capsys, monkeypatch, case):
     """Hostile variants: a directory where results.json or the CSV goes (failed after every fit, the
     CSV case with results.json already written), a CSV or results.json of other code (silently
@@ -750,7 +750,9 @@ def test_probe_hostile_outputs_and_options_are_one_line_before_fitting(tmp_path,
         "empty_json": "holds a results.json without a fingerprint", "dangling_link": "is a dangling symbolic link",
         "too_many_shots": "--shots 9: no class of Toy9_9/IP has that many training images (at most 8)",
         "feature_dir_file": "is not a directory", "dataset_path": "--dataset '../feat/Toy9_9': give a name",
-        "empty_subset": "--sub-classes '': give a name", "zero_runs": "--num-run 0: must be >= 1",
+        "empty_subset": "--sub-classes '': give a name", "zero_runs": "--num-run 0: must be in 1..1000",
+        # every run is a batch row of the solver: 10**8 runs grew past 4.5 GB before any fit
+        "huge_runs": "--num-run 100000000: must be in 1..1000",
     }[case]
     if case in ("results_dir", "csv_dir"):
         (out / ("results.json" if case == "results_dir" else "linear_probe.csv")).mkdir(parents=True)
@@ -771,8 +773,8 @@ def test_probe_hostile_outputs_and_options_are_one_line_before_fitting(tmp_path,
         argv[3] = "../feat/Toy9_9"
     elif case == "empty_subset":
         argv[5] = ""
-    elif case == "zero_runs":
-        argv[argv.index("--num-run") + 1] = "0"
+    elif case in ("zero_runs", "huge_runs"):
+        argv[argv.index("--num-run") + 1] = "0" if case == "zero_runs" else "100000000"
     before = _snapshot(tmp_path)
     monkeypatch.setattr(lp, "linear_probe", lambda *a, **k: pytest.fail("the probe fitted"))
     try:
