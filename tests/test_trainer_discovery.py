@@ -61,3 +61,31 @@ def test_unknown_trainer_error_names_the_broken_module(broken_module, toy_root, 
     assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr
     assert "trainers/zz_broken_dropin.py not loaded" in errors[0]
     assert not (tmp_path / "x").exists()
+
+
+TAKEOVER = '''from dassl.engine import TRAINER_REGISTRY, TrainerX
+
+
+@TRAINER_REGISTRY.register()
+class CoOp(TrainerX):
+    def build_model(self):
+        raise SystemExit("the user's CoOp ran")
+'''
+
+
+@pytest.mark.parametrize("order", ["user-first", "user-last"])
+def test_a_dropin_registering_a_project_name_names_both_files(broken_module, toy_root, tmp_path, order):
+    """A user's file registering ``CoOp`` that sorts before ``coop.py`` took the name, and the warning said
+    "trainers/coop.py not loaded ... fix the file", blaming the project's file. The warning now names
+    the file that registered the name first and the one refused, whichever order they come in."""
+    broken_module.unlink()
+    user = broken_module.parent / ("aa_mine.py" if order == "user-first" else "zz_mine.py")
+    user.write_text(TAKEOVER)
+    argv = train_argv(toy_root, tmp_path / "run", "CoOp", config=trainer_config("CoOp"))
+    proc = _run([str(a) for a in argv], tmp_path, broken_module.parents[1])
+    lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if "not loaded" in ln]
+    assert len(lines) == 1, proc.stderr
+    first, second = ("aa_mine", "coop") if order == "user-first" else ("coop", "zz_mine")
+    assert (f"trainers/{second}.py not loaded: trainers/{second}.py registers 'CoOp', which trainers/{first}.py "
+            f"registered first, so --trainer CoOp runs trainers/{first}.py's class") in lines[0], lines
+    assert ("the user's CoOp ran" in proc.stderr) == (order == "user-first"), proc.stderr

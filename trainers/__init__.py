@@ -27,6 +27,8 @@ from typing import Any, Callable, List, Optional, Tuple
 
 from yacs.config import CfgNode as CN
 
+from dassl.utils.registry import DuplicateNameError
+
 __all__ = ["CONFIG_HOOKS", "add_trainer_configs", "broken_modules", "other_type_declarations",
            "trainer_module_names", "trainer_modules"]
 
@@ -54,12 +56,26 @@ def _discover(names: Tuple[str, ...]) -> Tuple[Tuple[ModuleType, ...], Tuple[str
     for name in names:
         try:
             modules.append(importlib.import_module(f"{__name__}.{name}"))
+        except DuplicateNameError as e:  # two files register one name: the first imported (sorted) owns it
+            first, second = _module_file(e.first_module), _module_file(e.second_module or f"{__name__}.{name}")
+            via = "" if second == f"trainers/{name}.py" else f" (imported by trainers/{name}.py)"
+            problem = (f"trainers/{name}.py not loaded: {second}{via} registers {e.name!r}, which {first} registered "
+                       f"first, so --trainer {e.name} runs {first}'s class; rename the class in one of the two "
+                       "files, or put your file in place of the other")
         except Exception as e:  # noqa: BLE001 -- any failure of a user's file is reported, not raised
             problem = (f"trainers/{name}.py not loaded: {type(e).__name__}: {e} "
                        "(fix the file, install what it imports, or move it out of trainers/)")
-            logger.warning("%s", problem)
-            problems.append(problem)
+        else:
+            continue
+        logger.warning("%s", problem)
+        problems.append(problem)
     return tuple(modules), tuple(problems)
+
+
+def _module_file(module: str) -> str:
+    """``trainers/<name>.py`` for a module of this package, else the module's dotted name."""
+    head, _, leaf = module.rpartition(".")
+    return f"trainers/{leaf}.py" if head == __name__ else module
 
 
 def trainer_modules() -> List[ModuleType]:

@@ -43,6 +43,15 @@ class RegistryKeyError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class DuplicateNameError(RegistryKeyError):
+    """A second registration of a name: ``name``, the module of the first one (``first_module``) and of
+    the one refused (``second_module``)."""
+
+    def __init__(self, message: str, name: str = "", first_module: str = "", second_module: str = "") -> None:
+        super().__init__(message)
+        self.name, self.first_module, self.second_module = name, first_module, second_module
+
+
 class Registry:
     """A named mapping from strings to classes or functions.
 
@@ -62,8 +71,12 @@ class Registry:
 
     def _do_register(self, name: str, obj: Any, force: bool = False) -> None:
         if name in self._obj_map and not force:
-            raise RegistryKeyError(
+            first = getattr(self._obj_map[name], "__module__", None)  # which file took the name: named, so a
+            # trainer dropped in under another file name is not mistaken for the project's file that fails
+            raise DuplicateNameError(
                 f'An object named "{name}" was already registered in the "{self._name}" registry'
+                + (f" (by {first})" if first else ""), name=name, first_module=first or "",
+                second_module=getattr(obj, "__module__", "") or "",
             )
         self._obj_map[name] = obj
 
