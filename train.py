@@ -47,6 +47,7 @@ from dassl.utils import (
     UnreadableImageError,
     WriteError,
     check_availability,
+    check_not_in_use,
     check_outside,
     check_writable_dir,
     clean_temp_files,
@@ -335,6 +336,7 @@ def main(args: argparse.Namespace) -> Any:
     # also under --no-train: building the trainer writes config.yaml (and with --eval-only, results.json)
     model_dir = args.model_dir if args.eval_only else ""
     overwrite = run_results.overwrite_requested(getattr(args, "overwrite", False))
+    check_not_in_use(str(cfg.OUTPUT_DIR))  # a folder a live run writes is "in use", not "another configuration"
     conflict = check_output_dir_run(cfg, model_dir, args.load_epoch, evaluating=args.eval_only, overwrite=overwrite)
     created = missing_dirs(str(cfg.OUTPUT_DIR)) if cfg.OUTPUT_DIR else []
     # what a failed start must give back: a finished run's config.yaml (building the trainer rewrites it)

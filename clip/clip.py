@@ -33,6 +33,7 @@ import logging
 import os
 import os.path as osp
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -329,7 +330,10 @@ def _download(url: str, root: Optional[str] = None) -> str:
 def load_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
     """The state dict of a JIT archive, else of a plain (``weights_only``) torch file."""
     try:
-        return torch.jit.load(str(path), map_location="cpu").eval().state_dict()
+        with warnings.catch_warnings():  # torch 2.14 deprecates the format OpenAI's weights ship in: every
+            # OpenAI-CLIP run printed that FutureWarning twice, about a file the user cannot change
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated", category=FutureWarning)
+            return torch.jit.load(str(path), map_location="cpu").eval().state_dict()
     except RuntimeError:
         return torch.load(str(path), map_location="cpu", weights_only=True)
 

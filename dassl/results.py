@@ -73,6 +73,8 @@ from .utils.identity import code_version, json_digest, stat_identity
 __all__ = [
     "SCHEMA",
     "RESULTS_FILE",
+    "DIGEST_FIELD",
+    "content_digest",
     "CONFIG_FILE",
     "KINDS",
     "EXCLUDED_KEYS",
@@ -599,9 +601,25 @@ def write_results(output_dir: str, payload: Mapping[str, Any], fp: Mapping[str, 
     out.update({k: v for k, v in payload.items() if k not in ("schema", "kind", "fingerprint", "loaded")})
     out["loaded"] = dict(loaded) if loaded else None
     out["fingerprint"] = dict(fp)
+    out = jsonable(out)
+    out[DIGEST_FIELD] = content_digest(out)
     path = osp.join(output_dir, RESULTS_FILE)
-    write_json(jsonable(out), path)
+    write_json(out, path)
     return path
+
+
+#: The field of a results.json holding the SHA-256 of the rest of its content (:func:`content_digest`).
+DIGEST_FIELD = "digest"
+
+
+def content_digest(data: Mapping[str, Any]) -> str:
+    """SHA-256 of ``data`` without :data:`DIGEST_FIELD`, as canonical JSON: a results.json edited by hand
+    after it was written (an accuracy changed, a field dropped) no longer matches it. The tables, the
+    sweep's skip check and every other reader went on trusting such a file: ``accuracy`` 99 beside an
+    ``error_rate`` of 60 was tabulated as 99."""
+    rest = {k: v for k, v in data.items() if k != DIGEST_FIELD}
+    text = json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def read_results(path: str) -> RunResults:
@@ -643,6 +661,10 @@ def read_results(path: str) -> RunResults:
     problem = _fingerprint_problem(fp) or _fields_problem(data, str(kind))
     if problem:  # a hand-edited file: each consumer's comparison was a traceback, or counted it finished
         raise ResultsError(f"{path}: {problem}; delete the run or rerun it")
+    recorded = data.get(DIGEST_FIELD)  # files of older code have none
+    if recorded is not None and recorded != content_digest(data):
+        raise ResultsError(f"{path}: its content no longer matches the digest written with it (edited after the "
+                           "run?); delete the run or rerun it")
     return RunResults(str(path), data, int(schema), str(kind), fp)
 
 

@@ -95,7 +95,7 @@ from dassl.ctrl_c import exit_with
 from dassl.utils import WriteError, atomic_write_text, check_writable_dir
 from dassl.utils.identity import json_digest
 from scripts.domains import short_name
-from scripts.methods import label_for
+from scripts.methods import METHODS, label_for
 
 __all__ = [
     "RunRecord",
@@ -466,10 +466,13 @@ def _record_from_json(path: Path, data: Dict[str, Any], depth: int) -> List[RunR
             logger.warning("Skipping %s: neither its folder nor its fields say which run it is", path)
             return []
         shots = _integer(data.get("shots") or 0, "shots")
+        # a zero-shot trainer's run is the 0-shot column whatever NUM_SHOTS it recorded; a trained run keeps
+        # its shots, -1 (all images) included: it was filed in the zero-shot column as "0"
+        zero_shot = any(m.kind == "zeroshot" and m.trainer == str(data["trainer"]) for m in METHODS.values())
         where = {
             "dataset": str(data["dataset"]),
             "method": str(data["trainer"]),
-            "shots": max(shots, 0),
+            "shots": ZEROSHOT_SHOTS if zero_shot else shots,
             "seed": data.get("seed"),
             "phase": "train",
             "sub_classes": "",

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import trainers.base
+from dassl import results as results_contract
 from dassl.data.datasets import build_dataset
 from lpclip import feat_extractor, linear_probe
 from scripts import grid
@@ -136,6 +137,7 @@ def test_linear_probe_cell_equals_the_sweep_jobs(toy_root, tmp_path):
     res_path = Path(cells[0].results_file)
     res = results(str(res_path))
     res["fingerprint"]["config"]["num_run"] = 3
+    res[results_contract.DIGEST_FIELD] = results_contract.content_digest(res)  # as that configuration wrote it
     res_path.write_text(json.dumps(res))
     before = res_path.read_bytes()
     gone.unlink()
@@ -213,6 +215,7 @@ def test_killed_grid_reruns_only_the_missing_cells(toy_root, tmp_path, capsys):
     path = Path(cells[0].results_file)
     res = results(str(path))
     res["fingerprint"]["config"]["OPTIM.MAX_EPOCH"] = 3
+    res[results_contract.DIGEST_FIELD] = results_contract.content_digest(res)  # as that configuration wrote it
     path.write_text(json.dumps(res))
     with pytest.raises(grid.RunConflict, match="OPTIM.MAX_EPOCH"):
         grid.run_grid(plan(toy_root, tmp_path / "g", ["fsnl", "clip_adapter"], shots=(1,)))

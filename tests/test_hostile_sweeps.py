@@ -93,6 +93,13 @@ def test_train_py_into_a_folder_another_process_is_running_in_is_refused(toy_roo
         line = one_line(capsys, train.cli(list(cell.run.argv(str(toy_root)))[2:]))
     assert "is in use: another process is running there now" in line and str(folder) in line
     assert snapshot_tree(folder) == before
+    # an evaluation into a folder a live run of another configuration writes: "in use", not "another
+    # configuration ... use --overwrite to replace it" (advice to overwrite a folder being written)
+    model = finished_grid / folder.relative_to(out)  # the finished run it copies
+    with hold_output_dir(str(folder)):  # the folder's checkpoints are a training's, not this evaluation's
+        line = one_line(capsys, train.cli(["--eval-only", "--model-dir", str(model),
+                                           *list(cell.run.argv(str(toy_root)))[2:]]))
+    assert "is in use: another process is running there now" in line and "--overwrite" not in line, line
     # and a fresh folder another process has just created
     fresh = tmp_path / "fresh"
     fresh.mkdir()
@@ -213,6 +220,7 @@ def test_unseeded_runs_keep_their_folders_seeds(finished_grid, tmp_path, caplog)
         for key in ("accuracy", "oop"):
             data[key] = accuracy
         data["subsets"]["OOP"]["accuracy"] = data["metrics"]["accuracy"] = accuracy
+        data[results.DIGEST_FIELD] = results.content_digest(data)  # as if written so (an edit is refused)
         path.write_text(json.dumps(data))
     with caplog.at_level(logging.WARNING):
         groups = [g for g in parse_test_res.collect(str(out)) if "FSNL" in g.method]

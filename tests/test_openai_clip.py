@@ -12,6 +12,7 @@ import ast
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import open_clip
@@ -106,6 +107,11 @@ def test_jit_archive_and_plain_state_dict_both_load(home, tmp_path):
     rebuilt = oai.build_model(state).float()
     with torch.no_grad():
         assert (rebuilt.encode_text(tokens) - model.encode_text(tokens)).abs().max() <= TOL
+    # reading OpenAI's format is ours to do quietly: torch's deprecation of it printed twice per run
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        ours = oai.load_state_dict(archive)
+    assert ours.keys() == state.keys() and all(torch.equal(ours[k], state[k]) for k in state)
 
 
 def test_load_returns_model_and_preprocess(home):

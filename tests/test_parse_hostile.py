@@ -443,3 +443,16 @@ def test_a_curve_never_joins_points_of_two_configurations(tmp_path: Path, split:
             ("CLIP-Adapter [DATALOADER.FEATURE_CACHE.VIEWS=2]", [2])]
     else:
         assert [(c["label"], [k for k, _ in c["points"]]) for c in curves] == [("CLIP-Adapter", [1, 2])]
+
+
+@pytest.mark.parametrize("trainer,shots,column", [("FSNL_openclip", -1, -1), ("FSNL_openclip", 4, 4),
+                                                  ("ZeroshotCLIP_openclip", -1, 0), ("ZeroshotCLIP_openclip", 16, 0)])
+def test_a_run_outside_the_layout_keeps_its_shots(tmp_path: Path, trainer: str, shots: int, column: int) -> None:
+    """A trained run with ``NUM_SHOTS -1`` (all images) outside the layout was tabulated as shots 0, the
+    zero-shot column; only a zero-shot trainer's run belongs there, whatever NUM_SHOTS it recorded."""
+    run = tmp_path / "runs" / "somewhere" / "my_run"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({"trainer": trainer, "dataset": "Animals92_42", "seed": 1,
+                                                  "accuracy": 50.0, "oop": 50.0, "shots": shots}))
+    (group,) = ptr.collect(str(tmp_path / "runs"))
+    assert group.shots == column and group.oop.mean == 50.0

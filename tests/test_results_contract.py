@@ -47,6 +47,42 @@ def test_round_trip_through_writer_and_reader(tmp_path: Path) -> None:
     assert "OUTPUT_DIR" not in fp["config"] and fp["config"]["OPTIM.LR"] == 0.1
 
 
+@pytest.mark.parametrize("edit", ["accuracy", "drop-metrics", "seed"])
+def test_a_results_file_edited_after_the_run_is_not_trusted(tmp_path: Path, caplog, edit: str) -> None:
+    """An ``accuracy`` edited to 99 (``error_rate`` still 60) was tabulated as 99, and a skip check took the
+    file as the finished run. The digest written with the file (SHA-256 of the rest, computed here
+    independently) no longer matches: every reader refuses it, naming the file."""
+    import hashlib
+
+    fp = fp_of({"TRAINER": {"NAME": "X"}}, data={"OOP": "abc"})
+    payload = {"trainer": "X", "dataset": "D", "seed": 1, "accuracy": 40.0, "error_rate": 60.0,
+               "metrics": {"accuracy": 40.0}, "oop": 40.0, "shots": 4}
+    path = Path(results.write_results(str(tmp_path / "run"), payload, fp))
+    data = json.loads(path.read_text())
+    rest = {k: v for k, v in data.items() if k != "digest"}
+    canonical = json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert data["digest"] == hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    assert results.find_finished(str(tmp_path / "run"), fp).state == "match"
+    if edit == "accuracy":
+        data["accuracy"] = data["oop"] = 99.0
+    elif edit == "drop-metrics":
+        del data["metrics"]
+    else:
+        data["seed"] = 2
+    path.write_text(json.dumps(data, indent=2))
+    with pytest.raises(results.ResultsError, match="no longer matches the digest written with it"):
+        results.read_results(str(path))
+    state = results.find_finished(str(tmp_path / "run"), fp)
+    assert state.state == "unreadable" and str(path) in state.differences[0]
+    with caplog.at_level(logging.WARNING):
+        assert list(results.iter_results(str(tmp_path))) == []
+    assert "no longer matches the digest" in caplog.text
+    # the same content rewritten in another layout (indentation, key order) is the same file
+    original = dict(json.loads(json.dumps(rest)), digest=hashlib.sha256(canonical.encode("utf-8")).hexdigest())
+    path.write_text(json.dumps(dict(reversed(list(original.items()))), indent=4))
+    assert results.read_results(str(path)).data["accuracy"] == 40.0
+
+
 def test_reader_schema_0_newer_and_broken_files(tmp_path: Path) -> None:
     (tmp_path / "old").mkdir()
     (tmp_path / "old/results.json").write_text(json.dumps({"trainer": "X", "accuracy": 1.0}))

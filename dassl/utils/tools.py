@@ -387,6 +387,15 @@ def hold_output_dir(directory: str) -> Iterator[None]:
             os.close(fd)
 
 
+def check_not_in_use(directory: str) -> None:
+    """Raise :func:`hold_output_dir`'s "in use" :class:`WriteError` now, when another process holds the
+    existing folder ``directory``: checked before the folder's content is judged, so a folder a live run
+    is writing is not called "a run of another configuration" with the advice to ``--overwrite`` it."""
+    if osp.isdir(directory):
+        with hold_output_dir(directory):
+            pass
+
+
 def clean_temp_files(directory: str, recursive: bool = True) -> List[str]:
     """Remove the temporary files that killed :func:`atomic_write` calls left in ``directory``.
 
