@@ -1165,32 +1165,29 @@ def test_local_dir_naming_a_file_or_nothing_says_which(toy_root, tmp_path, capsy
         assert "not found (looked in" in line and line.count(str(REPO)) == 1, line
 
 
-def test_nan_weights_are_one_line_not_chance_results(toy_root, tmp_path, capsys):
-    """Weights full of NaN trained into a traceback, and a zero-shot evaluation filed chance accuracy."""
-    state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in _tiny_state().items()}
-    path = tmp_path / "nan.pt"
-    torch.save(state, path)
-    for trainer, extra in ((TRAINER, []), ("ZeroshotCLIP_openclip", ["--eval-only"])):
-        out = tmp_path / f"run_{trainer}"
-        line = one_error_line(capsys, train.cli(train_argv(toy_root, out, trainer, "MODEL.BACKBONE.WEIGHTS",
-                                                           str(path), extra=extra)))
-        assert "hold NaN or infinite values" in line and str(path) in line, line
-        assert not out.exists()
+def _nan_weights(state):
+    return {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
 
 
-def test_a_logit_scale_that_overflows_is_one_line_not_a_number(toy_root, tmp_path, capsys):
-    """Weights whose ``logit_scale`` is 89 (exp is inf in float32) differ from intact ones in a factor that
+def _scale_89(state):
+    return {**state, "logit_scale": torch.tensor(89.0)}
+
+
+@pytest.mark.parametrize("damage,expected", [(_nan_weights, "hold NaN or infinite values"),
+                                             (_scale_89, "logit_scale 89 overflows its exponential")],
+                         ids=["nan", "logit-scale-89"])
+def test_weights_that_give_no_numbers_are_one_line(toy_root, tmp_path, capsys, damage, expected):
+    """Weights full of NaN trained into a traceback, and a zero-shot evaluation filed chance accuracy.
+    Weights whose ``logit_scale`` is 89 (exp is inf in float32) differ from intact ones in a factor that
     cannot change an argmax, yet zero-shot filed IP 33.3 where the intact weights give 0.0 (NaN argmaxes,
-    exit 0), and FSNL's divergence blamed the learning rate. Now one line naming the file and the key."""
-    state = _tiny_state()
-    state["logit_scale"] = torch.tensor(89.0)
-    path = tmp_path / "scale89.pt"
-    torch.save(state, path)
+    exit 0), and FSNL's divergence blamed the learning rate. Now one line naming the file."""
+    path = tmp_path / "damaged.pt"
+    torch.save(damage(_tiny_state()), path)
     for trainer, extra in ((TRAINER, []), ("ZeroshotCLIP_openclip", ["--eval-only"])):
         out = tmp_path / f"run_{trainer}"
         line = one_error_line(capsys, train.cli(train_argv(toy_root, out, trainer, "MODEL.BACKBONE.WEIGHTS",
                                                            str(path), extra=extra)))
-        assert "logit_scale 89 overflows its exponential" in line and str(path) in line, line
+        assert expected in line and str(path) in line, line
         assert not out.exists()
 
 
