@@ -413,6 +413,9 @@ def _run_held(args: argparse.Namespace, cfg: Any, conflict: Optional[str], creat
     results = getattr(trainer, "final_results", None)
     if results or (trainer is not None and not args.eval_only and not args.no_train and cfg.TEST.NO_TEST):
         logger.info("%s", run_summary(cfg, results or {}, time.time() - start), extra={"console": True})
+    elif args.no_train and trainer is not None:  # every other path ends with a line; this one said nothing
+        logger.info("built %s for %s (--no-train: nothing trained or evaluated); config.yaml and log.txt in %s",
+                    cfg.TRAINER.NAME, cfg.DATASET.NAME, cfg.OUTPUT_DIR, extra={"console": True})
     return trainer
 
 

@@ -119,11 +119,14 @@ def test_eval_only_on_another_subset_and_epoch(data_root, tmp_path):
     assert trainer.last_results is not None
 
 
-def test_no_train_builds_only(data_root, tmp_path):
+def test_no_train_builds_only(data_root, tmp_path, capsys):
     out = tmp_path / "nt"
     train.main(_args(data_root, out, "--no-train"))
     assert (out / "config.yaml").exists() and not (out / "results.json").exists()
     assert not (out / "linear").exists()
+    # one line on the console, as every other path ends with (it said nothing)
+    console = capsys.readouterr()
+    assert f"(--no-train: nothing trained or evaluated); config.yaml and log.txt in {out}" in console.out + console.err
 
 
 @pytest.mark.parametrize("argv_change,expected", [
