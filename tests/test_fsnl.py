@@ -385,6 +385,34 @@ def test_name_matching_reference_reproduces_the_original_embeddings():
             assert torch.equal(got[0], exp), caption
 
 
+def test_name_matching_reference_swaps_captions_as_the_original():
+    """NAME_MATCHING reference, template swapping (spec §2.7): the original replaces *every* substring
+    occurrence of the extracted name ("ant" inside "elephant" and "pants" too), fills the placeholder
+    with the partner's name and embeds the filled text. Splitting the caption first marked only the
+    occurrences the name alternation matched."""
+    from benchmarks.prompt_building import reference_text2embedding
+    from clip import PromptBatch
+    from trainers.fsnl import FSNLModel
+
+    model = FSNLModel(_fake_trainer(REFERENCE_NAMES, "folk art", "reference"))
+    nl, tok_emb = model.name_learner, model.text_encoder.token_embedding
+    learned = {n: nl.name_tensor(i) for i, n in enumerate(model.classnames)}
+    for caption in ["The elephant shrew next to a potted plant.", "A giant_anteater, a PLANT and pants",
+                    "mr _mime and a red  panda"]:
+        owner = model.caption_owner(caption, 0)
+        template = model.caption_template(caption, 0)
+        for partner in (2, 3, 6):
+            filled = caption.lower().replace(model.classnames[owner], model.classnames[partner])  # the original's
+            seq = model.fill(template, partner)
+            batch = PromptBatch.build([seq], nl.lengths, model.slot_token_ids, model.context_length)
+            with torch.no_grad():
+                got = batch.embed(model.token_weight, nl.bank)
+                exp, exp_ids = reference_text2embedding(filled, model.classnames, learned, model.tokenizer, tok_emb,
+                                                        model.context_length)
+            assert int(batch.eot_idx[0]) == int(exp_ids.argmax()), (caption, partner)
+            assert torch.equal(got[0], exp), (caption, partner)
+
+
 def test_name_matching_fixed_is_the_default_and_differs():
     """The default keeps B2/B4 fixed: "art" is not found inside the hint "folk art" or inside words."""
     from clip import Slot

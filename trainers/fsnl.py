@@ -64,6 +64,8 @@ LOSSES = ("full", "caption", "base", "clip_caption")
 Piece = Union[List[int], Slot]
 #: Marks "this caption's own class name" inside a cached caption template.
 OWN = Slot(-1)
+#: The placeholder of a reference-mode caption template (no class name or caption holds a NUL).
+REFERENCE_PLACEHOLDER = "\x00"
 def add_config(cfg: CN) -> None:
     """``TRAINER.FSNL.*`` with the reference defaults (spec §1.2), plus our documented options."""
     cfg.TRAINER.FSNL = CN()
@@ -254,6 +256,9 @@ class FSNLModel(nn.Module):
             self.slot_token_ids = name_ids
         self.context_length = loaded.context_length
         self.tokenizer = tokenizer
+        # reference-mode swapped captions, tokenised once per (template, name) and their text pieces' ids
+        self._filled: Dict[Tuple[str, int], List[Piece]] = {}
+        self._piece_ids: Dict[str, List[int]] = {}
         # The text encoder only holds references to frozen CLIP modules; it is not registered.
         object.__setattr__(self, "text_encoder", TextEncoder(loaded.model))
         object.__setattr__(self, "token_weight", token_weight)
@@ -287,21 +292,36 @@ class FSNLModel(nn.Module):
             return self.matcher.owner(caption)
         return int(label)
 
-    def caption_template(self, caption: str, label: int) -> Optional[List[Piece]]:
-        """Tokenised caption with its own class name as ``OWN``; None if the name is absent (B6)."""
+    def caption_template(self, caption: str, label: int) -> Optional[Union[List[Piece], str]]:
+        """Tokenised caption with its own class name as ``OWN``; None if the name is absent (B6).
+
+        Under ``NAME_MATCHING reference`` the template is the reference's own (spec §2.7): the lower-cased
+        caption with *every* substring occurrence of the extracted name replaced by a placeholder, also
+        inside other words and names ("pl<ant>", "eleph<ant> shrew": the swapped caption then reads
+        "eleph<name> shrew"), kept as text and split by :meth:`fill` once it is filled. Splitting the
+        caption first marked only the occurrences the name alternation matched: swapped captions differed
+        from the reference's wherever a name hides inside another word or name."""
         owner = self.caption_owner(caption, label)
         if owner is None:
             return None
         label = owner
-        pieces = self.matcher.split(caption if self.reference_matching else normalize_name(caption))
+        if self.reference_matching:
+            return str(caption).lower().replace(self.classnames[label], REFERENCE_PLACEHOLDER)
+        pieces = self.matcher.split(normalize_name(caption))
         if not any(isinstance(p, Slot) and p.index == label for p in pieces):
             return None
         marked = [OWN if isinstance(p, Slot) and p.index == label else p for p in pieces]
         return tokenize_pieces(self.tokenizer, marked)
 
-    def fill(self, template: Optional[List[Piece]], label: int) -> List[Piece]:
+    def fill(self, template: Optional[Union[List[Piece], str]], label: int) -> List[Piece]:
         if template is None:
             return self.class_pieces[label]
+        if isinstance(template, str):  # the reference's text template: fill, then split the filled text
+            key = (template, int(label))
+            if key not in self._filled:
+                text = template.replace(REFERENCE_PLACEHOLDER, self.classnames[label])
+                self._filled[key] = tokenize_pieces(self.tokenizer, self.matcher.split(text), self._piece_ids)
+            return self._filled[key]
         own = Slot(label)
         return [own if p is OWN or (isinstance(p, Slot) and p.index == -1) else p for p in template]
 
