@@ -413,6 +413,27 @@ def test_name_matching_reference_swaps_captions_as_the_original():
             assert torch.equal(got[0], exp), (caption, partner)
 
 
+@pytest.mark.parametrize("case", ["no-token-name", "long-name", "fle-n-ctx"])
+def test_names_that_cannot_be_learned_are_refused_at_build(case):
+    """A class name with no BPE token (a control character) was a ValueError traceback; a name the 77-token
+    context cuts out of its prompt (or FLE with N_CTX 80) left no slot: never learned and scored untrained
+    (exit 0), or a "does not require grad" traceback. One user error, naming the class and the fix."""
+    from clip import BackboneError
+    from trainers.fsnl import FSNLModel
+
+    names = ["ant", "red panda", {"no-token-name": "\x01", "long-name": "bear" + "0123456789" * 8}.get(case, "owl")]
+    trainer = _fake_trainer(names, "animal", "fixed")
+    if case == "fle-n-ctx":
+        trainer.cfg.TRAINER.FSNL.FLE, trainer.cfg.TRAINER.FSNL.N_CTX = True, 80
+    expected = {"no-token-name": "class name(s) ['\\x01'] encode to no token",
+                "long-name": f"the prompt of class {names[2]!r} needs",
+                "fle-n-ctx": "the prompt of class 'ant' needs"}[case]
+    with pytest.raises(BackboneError) as err:
+        FSNLModel(trainer)
+    assert expected in str(err.value) and "\n" not in str(err.value), str(err.value)
+    assert ("lower TRAINER.FSNL.N_CTX (now 80)" in str(err.value)) == (case == "fle-n-ctx")
+
+
 def test_name_matching_fixed_is_the_default_and_differs():
     """The default keeps B2/B4 fixed: "art" is not found inside the hint "folk art" or inside words."""
     from clip import Slot

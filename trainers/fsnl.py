@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from clip import (
+    BackboneError,
     NameMatcher,
     PromptBank,
     PromptBatch,
@@ -162,8 +163,10 @@ class NameLearner(nn.Module):
         if dupes:
             raise ValueError(f"Class names collide after normalisation: {dupes}")
         empty = [n for n, ids in zip(names, name_token_ids) if not ids]
-        if empty and not fle:
-            raise ValueError(f"Class names with no BPE token: {empty}")
+        if empty and not fle:  # a control character, a BOM: a ValueError traceback at model build
+            raise BackboneError(f"class name(s) {empty} encode to no token with this backbone's tokenizer, so FSNL "
+                                "has nothing to learn for them; fix the classname in the split file, or set "
+                                "TRAINER.FSNL.FLE True")
         self.classnames = names
         self.fle = bool(fle)
         self.lengths = [int(n_ctx)] * len(names) if fle else [len(ids) for ids in name_token_ids]
@@ -273,10 +276,25 @@ class FSNLModel(nn.Module):
             self.matcher = NameMatcher(self.classnames)
             self.class_pieces = [tokenize_pieces(tokenizer, p)
                                  for p in class_prompt_pieces(template, len(self.classnames))]
+        self._check_prompts_fit(cfg)
         self.prompt_bank = PromptBank(
             self.class_pieces, self.name_learner.lengths, self.slot_token_ids, token_weight,
             self.context_length, trim=True,
         )
+
+    def _check_prompts_fit(self, cfg: CN) -> None:
+        """Every class prompt, its learned name included, within the text context: the context cut a long
+        name (or ``FLE`` with a large ``N_CTX``) out of its prompt, so its tensor never got a gradient and
+        was saved and scored untrained (exit 0), or, with no slot left, training ended in a traceback."""
+        lengths = self.name_learner.lengths
+        for c, pieces in enumerate(self.class_pieces):
+            need = 2 + sum(lengths[p.index] if isinstance(p, Slot) else len(p) for p in pieces)  # + SOT, EOT
+            if need > self.context_length:
+                fix = (f"lower TRAINER.FSNL.N_CTX (now {cfg.N_CTX})" if cfg.FLE
+                       else "shorten the classname in the split file, or set TRAINER.FSNL.FLE True")
+                raise BackboneError(f"the prompt of class {self.classnames[c]!r} needs {need} tokens with its learned "
+                                    f"name, more than the text context of {self.context_length}: its name would "
+                                    f"never be learned; {fix}")
 
     # ----------------------------------------------------------- class prompts
     def class_text_features(self) -> torch.Tensor:
