@@ -193,8 +193,10 @@ def tokenize_pieces(tokenizer: Any, pieces: Sequence[Union[Piece, List[int]]],
                     cache: Optional[Dict[str, List[int]]] = None) -> List[TokenPiece]:
     """BPE-encode the text pieces (Slots and already-encoded pieces pass through unchanged).
 
-    Each piece is encoded on its own, which equals encoding the whole string when pieces meet at word
-    boundaries (what :class:`NameMatcher` guarantees). A whitespace-only piece encodes to ``[]``.
+    Each piece is encoded on its own, as the reference does (spec §2.5 step 3). That equals encoding the
+    whole string where pieces meet at spaces; a name that begins or ends with punctuation ("bear
+    (black)" before ", a type of") can merge with its neighbour into one BPE token in the whole string
+    ("),") and is two tokens here. A whitespace-only piece encodes to ``[]``.
     ``cache`` lets repeated template texts be encoded once.
     """
     out: List[TokenPiece] = []

@@ -3,7 +3,9 @@
 Both CLIP encoders stay frozen. Each class gets a small learned tensor that *replaces its name*
 wherever the name appears in a text: in the class prompt ``a photo of {name}, a type of {hint}.``
 and in image captions. With ``FLE False, CIFC True`` the tensor starts as the CLIP token rows of the
-name, so step 0 is exactly zero-shot CLIP with the FSNL template.
+name, so step 0 is exactly zero-shot CLIP with the FSNL template (token for token, except for a name
+that begins or ends with punctuation: it is encoded on its own, as in the reference, see
+``clip.tokenize_pieces``).
 
 Loss (spec §2.7): the bidirectional *same-label* contrastive loss between the batch images and the C
 class prompts ("base double"), averaged with the same loss between images and their captions after
