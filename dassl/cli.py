@@ -57,13 +57,18 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}; see {self.prog} --help\n")
 
 
+def _int(text: str) -> int:
+    """An option's integer, or argparse's "invalid int value" for anything else."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+
+
 def non_negative_int(text: str) -> int:
     """``type=`` of an option that counts something, 0 meaning "the default" or "all": a negative value
     is argparse's one-line error (``--max-per-class -1`` sampled nothing, or everything, silently)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value}: must be >= 0")
     return value
@@ -76,10 +81,7 @@ MAX_SEED = 2**32 - 1
 def rng_seed(text: str) -> int:
     """``type=`` of a ``--seed`` that reaches NumPy or scikit-learn (k-means, t-SNE): outside
     0..2**32-1 it was their traceback after the features were computed, now argparse's one line."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    value = _int(text)
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"{value}: must be in 0..{MAX_SEED}")
     return value
